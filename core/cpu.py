@@ -1,0 +1,146 @@
+"""CPU feature detection, done once, and the choice of a kernel variant.
+
+numba compiles for the host CPU and has no per-function ISA switch, so a variant is a different kernel
+shape (wide blocks LLVM vectorizes, or a plain scalar loop).  A variant declares the features it needs;
+the host picks the best one this CPU has.  Tests force features with :func:`override`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+from typing import Iterable, Iterator
+
+import attrs
+
+from .errors import PluginError
+
+#: Preference order when no variant is asked for: widest SIMD first.
+VARIANT_PREFERENCE = ("avx512", "avx2", "neon", "scalar")
+
+
+@attrs.frozen
+class CpuInfo:
+    machine: str
+    features: frozenset[str]
+
+    @property
+    def isa(self) -> str:
+        """The widest instruction-set family this CPU has, as a variant name."""
+        for name in VARIANT_PREFERENCE:
+            if name == "scalar" or name in self.features:
+                return name
+        return "scalar"
+
+
+_forced: list[frozenset[str]] = []
+
+
+@functools.lru_cache(maxsize=1)
+def _detect() -> CpuInfo:
+    machine = platform.machine().lower()
+    features: set[str] = set()
+    if machine in ("aarch64", "arm64"):
+        features.add("neon")  # mandatory on AArch64
+    elif machine in ("x86_64", "amd64", "i686", "x86"):
+        try:
+            import llvmlite.binding as llvm
+
+            raw = llvm.get_host_cpu_features()
+            flags = {f[1:] for f in raw.flatten().split(",") if f.startswith("+")}
+        except Exception:  # llvmlite missing or odd platform: fall back to /proc/cpuinfo
+            flags = _proc_cpuinfo_flags()
+        if "avx2" in flags and "fma" in flags:
+            features.add("avx2")
+        if "avx512f" in flags and "avx512bw" in flags:
+            features.add("avx512")
+        features |= {f for f in flags if f.startswith("avx512")}
+    env = os.environ.get("CORERT_CPU_FEATURES")
+    if env is not None:  # an override for tests and A/B on other hardware profiles
+        features = {f.strip() for f in env.split(",") if f.strip()}
+    return CpuInfo(machine=machine, features=frozenset(features))
+
+
+def _proc_cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def info() -> CpuInfo:
+    """This CPU's features (or the forced ones inside :func:`override`)."""
+    real = _detect()
+    if _forced:
+        return CpuInfo(machine=real.machine, features=_forced[-1])
+    return real
+
+
+@contextlib.contextmanager
+def override(features: Iterable[str]) -> Iterator[CpuInfo]:
+    """Pretend the CPU has exactly ``features`` (e.g. ``{"neon"}`` or ``set()`` for scalar only)."""
+    _forced.append(frozenset(features))
+    try:
+        yield info()
+    finally:
+        _forced.pop()
+
+
+@attrs.frozen
+class Variant:
+    """One kernel shape of an implementation and the CPU features it needs."""
+
+    name: str
+    requires: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)
+    #: Higher wins when several variants are supported and none was asked for.
+    priority: int = 0
+    description: str = ""
+
+    def supported(self, cpu: CpuInfo) -> bool:
+        return self.requires <= cpu.features
+
+
+def choose_variant(variants: Iterable[Variant], wanted: str | None, owner: str,
+                   cpu: CpuInfo | None = None) -> tuple[Variant, str]:
+    """Pick a variant: the one asked for (error if unknown or unsupported), else the best supported one.
+
+    Returns the variant and a short reason, shown by ``corert plugins``.
+    """
+    cpu = cpu or info()
+    variants = list(variants)
+    if not variants:
+        raise PluginError(f"{owner} declares no variants")
+    if wanted:
+        for v in variants:
+            if v.name == wanted:
+                if not v.supported(cpu):
+                    missing = ",".join(sorted(v.requires - cpu.features))
+                    raise PluginError(
+                        f"variant {owner}:{wanted} needs CPU features {missing} that this CPU "
+                        f"({cpu.machine}) lacks; choose one of "
+                        f"{', '.join(x.name for x in variants if x.supported(cpu))}")
+                return v, "chosen explicitly"
+        raise PluginError(f"unknown variant {owner}:{wanted}; known: {', '.join(v.name for v in variants)}")
+    ok = [v for v in variants if v.supported(cpu)]
+    if not ok:
+        raise PluginError(f"no variant of {owner} runs on this CPU ({cpu.machine})")
+    best = max(ok, key=lambda v: v.priority)
+    need = ",".join(sorted(best.requires)) or "nothing"
+    return best, f"best supported on this CPU (needs {need})"
+
+
+def simd_variants(scalar_desc: str = "plain reference loop") -> tuple[Variant, ...]:
+    """The standard variant set of a numba kernel plugin: avx2, neon and the scalar reference.
+
+    avx512 machines run the avx2 kernels (LLVM widens them to zmm where it pays).
+    """
+    return (
+        Variant("avx2", requires={"avx2"}, priority=20, description="32-byte blocks, vectorized"),
+        Variant("neon", requires={"neon"}, priority=10, description="16-byte blocks, vectorized"),
+        Variant("scalar", requires=(), priority=0, description=scalar_desc),
+    )

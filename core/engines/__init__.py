@@ -1,0 +1,1 @@
+"""Engines: llama.cpp (reference), native (numpy/numba), onnx (embeddings, classification)."""

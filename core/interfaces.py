@@ -1,0 +1,130 @@
+"""The small interfaces behind each area.  Plugins' factories return objects of these shapes; the host and
+the engines call them directly on the hot path.  Typing only: nothing here is enforced at run time."""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import attrs
+import numpy as np
+
+
+# -- tokenization ----------------------------------------------------------------------------------------
+class IncrementalDecoder(Protocol):
+    def feed(self, token_id: int) -> str:
+        """Text completed by this token; never half a UTF-8 character."""
+
+    def flush(self) -> str:
+        """Whatever is left (invalid trailing bytes become U+FFFD)."""
+
+
+class Tokenizer(Protocol):
+    name: str
+    vocab_size: int
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+
+    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def token_bytes(self, token_id: int) -> bytes: ...
+    def is_eog(self, token_id: int) -> bool: ...
+    def incremental_decoder(self) -> IncrementalDecoder: ...
+
+
+# -- engines ---------------------------------------------------------------------------------------------
+class Session(Protocol):
+    """One sequence's state inside a loaded model: the tokens in its KV cache and the means to extend or
+    roll them back."""
+
+    n_ctx: int
+    n_vocab: int
+    tokens: list[int]  # the ids whose K/V are in the cache, in order
+
+    def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        """Append ``ids`` to the sequence.  Returns the logits of the last position, shape (n_vocab,), or
+        with ``all_logits`` one row per id, shape (len(ids), n_vocab).  Float32."""
+
+    def truncate(self, n_tokens: int) -> None:
+        """Roll the sequence back to its first ``n_tokens`` tokens (drops their K/V from the cache)."""
+
+
+class LoadedModel(Protocol):
+    path: str
+    n_ctx: int
+    n_vocab: int
+    tokenizer: Tokenizer
+    metadata: dict[str, Any]
+
+    def session(self) -> Session:
+        """The model's session (reset to empty)."""
+
+    def close(self) -> None: ...
+
+
+class Engine(Protocol):
+    name: str
+
+    def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
+             threads: "ThreadBudget", config: Any) -> LoadedModel: ...
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+class LlamaKV(Protocol):
+    """The llama.cpp engine's KV cache: llama.cpp stores K/V itself; the plugin picks its type."""
+
+    def context_params(self) -> dict[str, Any]:
+        """Keyword arguments for ``llama_cpp.Llama`` (type_k, type_v, flash_attn)."""
+
+
+class KVStore(Protocol):
+    """The native engine's KV cache, read by its attention (see plugins/kv_cache)."""
+
+
+# -- decoding --------------------------------------------------------------------------------------------
+@attrs.frozen
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    seed: int | None = None
+
+
+class Decoder(Protocol):
+    name: str
+
+    def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
+                 is_eog: Callable[[int], bool]) -> Iterator[int]:
+        """Evaluate the prompt, then yield generated ids one by one until max_tokens or an end-of-generation
+        id (which is yielded too).  The caller may stop iterating at any time (a stop string)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Statistics of the last generate() (speculative: drafted, accepted...)."""
+
+
+# -- scheduling ------------------------------------------------------------------------------------------
+@attrs.frozen
+class ThreadBudget:
+    """How many threads each pool may use, so their sum never exceeds the cores."""
+
+    cores: int
+    llama_threads: int
+    llama_batch_threads: int
+    ort_intra_op: int
+    ort_inter_op: int
+    ort_spinning: bool
+    numba_threads: int
+
+
+PRIORITIES = ("interactive", "normal", "batch")
+
+
+class Scheduler(Protocol):
+    name: str
+
+    def submit(self, fn: Callable[..., Any], *args: Any, priority: str = "normal",
+               timeout: float | None = None, **kwargs: Any) -> Future: ...
+    def thread_budget(self) -> ThreadBudget: ...
+    def stats(self) -> dict[str, Any]: ...
+    def shutdown(self, wait: bool = True) -> None: ...
