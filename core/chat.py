@@ -1,0 +1,41 @@
+"""Chat prompts through the model's own chat template (tokenizer.chat_template in the GGUF)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .errors import InputError, ModelError
+
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def validate_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"message {i} must be a dict with 'role' and 'content'")
+        if m["role"] not in _ROLES:
+            raise InputError(f"message {i} has unknown role {m['role']!r}; use one of {', '.join(_ROLES)}")
+        if not isinstance(m["content"], str):
+            raise InputError(f"message {i} content must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def render(template: str | None, messages: Sequence[dict[str, str]], bos: str = "", eos: str = "") -> str:
+    if not template:
+        raise ModelError("this model has no chat template (tokenizer.chat_template); use generate instead")
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise InputError(f"chat template refused the messages: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=list(messages), add_generation_prompt=True,
+                                                bos_token=bos, eos_token=eos)
+    except TemplateError as exc:
+        raise ModelError(f"the model's chat template failed: {exc}") from exc
