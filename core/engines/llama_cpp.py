@@ -91,7 +91,9 @@ class LlamaCppEngine:
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache, n_ctx: int,
              threads: ThreadBudget, config: Any = None) -> LlamaCppModel:
-        import llama_cpp
+        from .llama_lib import llama_cpp as _lib
+
+        llama_cpp = _lib()
 
         header = read_header(model_path, want_arrays=False)  # rejects non-GGUF and truncated files first
         meta = {k: v for k, v in header.metadata.items() if v is not None}

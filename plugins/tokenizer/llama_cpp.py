@@ -13,9 +13,10 @@ class LlamaCppTokenizer:
     name = "llama_cpp"
 
     def __init__(self, model_path: str):
-        import llama_cpp
-
+        from corert.engines.llama_lib import llama_cpp as load_llama_cpp
         from corert.models.store import check_gguf
+
+        llama_cpp = load_llama_cpp()
 
         check_gguf(model_path)
         self._lib = llama_cpp
