@@ -1,0 +1,110 @@
+"""The ``q8`` preparation of an encoder graph, done once per model file and cached beside it.
+
+The MiniLM encoder ships with int8 *weights* that onnxruntime dequantizes to fp32 when the session starts:
+every matmul then runs in fp32.  Preparing the graph (1) folds it to plain fp32 with onnxruntime's basic
+optimizer, (2) appends the sentence-embedding tail (mean pooling, L2 norm) to an embedding graph, so one
+``run`` returns the vectors, and (3) re-quantizes every encoder MatMul with onnxruntime's dynamic
+quantization (int8 weights per output channel, uint8 activations per tensor): the matmuls then run on the
+CPU's integer dot-product units (AVX-512 VNNI / AVX-VNNI here), ~3x faster at 16 tokens.  A classifier
+head stays fp32.  Quality against the fp32 reference is checked in tests/test_embed_quality.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from ...errors import ModelError
+from . import graph
+
+#: Bump when the preparation changes, so cached graphs are rebuilt.
+RECIPE = "q8-v1"
+
+
+def _vnni() -> bool:
+    from ...cpu import info
+
+    f = info().features
+    return bool({"avx512_vnni", "avx512vnni", "avxvnni", "avx_vnni"} & f) or "neon" in f
+
+
+def stamp(src: Path) -> dict:
+    """What the cached graph was made from: a re-pulled model or a new onnxruntime rebuilds it."""
+    import onnxruntime as ort
+
+    st = src.stat()
+    return {"recipe": RECIPE, "source": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "onnxruntime": ort.__version__, "reduce_range": not _vnni()}
+
+
+def cache_paths(src: Path) -> tuple[Path, Path]:
+    """Beside the model when its folder is writable, else in the temp dir (keyed by the source path)."""
+    d = src.parent
+    if not os.access(d, os.W_OK):
+        key = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
+        d = Path(tempfile.gettempdir()) / "corert-prepared" / key
+        d.mkdir(parents=True, exist_ok=True)
+    return d / f"{src.stem}.{RECIPE}.onnx", d / f"{src.stem}.{RECIPE}.json"
+
+
+def prepared(src: str | os.PathLike, kind: str) -> Path:
+    """The q8 graph for ``src`` (``kind`` "embed" or "classify"), built on first use."""
+    src = Path(src)
+    out, meta = cache_paths(src)
+    want = stamp(src)
+    if out.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()) == want:
+                return out
+        except (OSError, ValueError):
+            pass
+    build(src, out, kind, reduce_range=want["reduce_range"])
+    tmp = meta.with_name(meta.name + ".partial")
+    tmp.write_text(json.dumps(want))
+    os.replace(tmp, meta)
+    return out
+
+
+def build(src: Path, out: Path, kind: str, reduce_range: bool = False) -> None:
+    import onnxruntime as ort
+
+    model = graph.load_model(str(src))
+    graph.check_inputs([i.name for i in model.graph.input], str(src))
+    if kind == "embed" and graph.EMBEDDING_OUTPUT not in [o.name for o in model.graph.output]:
+        graph.add_mean_pool_l2(model)
+    with tempfile.TemporaryDirectory(prefix="corert-prep-", dir=out.parent) as tmp:
+        stage1, stage2 = os.path.join(tmp, "tail.onnx"), os.path.join(tmp, "fp32.onnx")
+        graph.onnx_module().save(model, stage1)
+        # (1) fold: int8 weights * scales -> fp32 constants, with onnxruntime's own portable basic level
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = stage2
+        try:
+            ort.InferenceSession(stage1, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"onnxruntime cannot load {src}: {exc}") from exc
+        folded = graph.load_model(stage2)
+        # the head (if any) stays fp32: 384x157 is nothing, and its logits decide the label
+        keep = [n.name for n in folded.graph.node if n.name.startswith("corert/head")]
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        part = out.with_name(out.name + ".partial")
+        with _quiet_root_logger():  # the quantizer logs a pre-processing hint to the root logger
+            quantize_dynamic(stage2, str(part), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=reduce_range, op_types_to_quantize=["MatMul"], nodes_to_exclude=keep)
+        os.replace(part, out)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
