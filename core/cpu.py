@@ -44,13 +44,9 @@ def _detect() -> CpuInfo:
     if machine in ("aarch64", "arm64"):
         features.add("neon")  # mandatory on AArch64
     elif machine in ("x86_64", "amd64", "i686", "x86"):
-        try:
-            import llvmlite.binding as llvm
-
-            raw = llvm.get_host_cpu_features()
-            flags = {f[1:] for f in raw.flatten().split(",") if f.startswith("+")}
-        except Exception:  # llvmlite missing or odd platform: fall back to /proc/cpuinfo
-            flags = _proc_cpuinfo_flags()
+        # /proc/cpuinfo first: loading LLVM (llvmlite) just to read flags costs ~80 MB of RSS, which a
+        # runtime that never JIT-compiles anything (llama.cpp engine + reference plugins) should not pay.
+        flags = _proc_cpuinfo_flags() or _llvm_flags()
         if "avx2" in flags and "fma" in flags:
             features.add("avx2")
         if "avx512f" in flags and "avx512bw" in flags:
@@ -60,6 +56,16 @@ def _detect() -> CpuInfo:
     if env is not None:  # an override for tests and A/B on other hardware profiles
         features = {f.strip() for f in env.split(",") if f.strip()}
     return CpuInfo(machine=machine, features=frozenset(features))
+
+
+def _llvm_flags() -> set[str]:
+    try:
+        import llvmlite.binding as llvm
+
+        raw = llvm.get_host_cpu_features()
+        return {f[1:] for f in raw.flatten().split(",") if f.startswith("+")}
+    except Exception:  # noqa: BLE001 - no llvmlite, or a platform it does not know
+        return set()
 
 
 def _proc_cpuinfo_flags() -> set[str]:

@@ -1,0 +1,85 @@
+"""``corert bench generate``: raw llama-cpp-python vs corert on the same model, prompt, settings and threads.
+
+Each side runs in its own process (so its peak RSS is its own); rounds are interleaved raw, corert, raw, …
+Every round's prompt is new (a round number up front), so no side reuses another round's cached prefix.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..models.store import ModelStore
+from .sides import SideProcess
+from .stats import median, spread
+
+PROMPT = ("Write a detailed, friendly explanation of how a bicycle works, covering the frame, the wheels, "
+          "the chain and gears, the brakes, and how a rider keeps balance. Use several paragraphs.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=5, help="rounds per side (default 5)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per round (default 128)")
+    p.add_argument("--prompt", default=PROMPT)
+
+
+def run(args) -> dict[str, Any]:
+    from ..runtime import RuntimeConfig
+
+    cfg = RuntimeConfig.from_env()
+    model = args.model or cfg.model
+    path = str(ModelStore(progress=True).resolve(model))
+    engine = args.engine or cfg.engine
+    n_ctx = args.ctx or 2048
+    corert = SideProcess("corert", {"side": "corert", "model_path": path, "engine": engine,
+                                    "plugins": args.plugin, "threads": args.threads, "n_ctx": n_ctx})
+    threads = corert.info["threads"]
+    raw = SideProcess("raw", {"side": "raw", "model_path": path, "threads": threads, "n_ctx": n_ctx})
+    rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "corert": []}
+    try:
+        for i in range(args.rounds + 1):  # round 0 warms both sides up and is not counted
+            prompt = f"({i + 1}) {args.prompt}"
+            for name, side in (("raw", raw), ("corert", corert)):
+                r = side.call({"cmd": "run", "prompt": prompt, "max_tokens": args.max_tokens})
+                if i > 0:
+                    rounds[name].append(r)
+        rss = {name: side.call({"cmd": "rss"})["peak_rss_bytes"] for name, side in
+               (("raw", raw), ("corert", corert))}
+    finally:
+        raw.close()
+        corert.close()
+    size = os.path.getsize(path)
+    sides = {}
+    for name, rs in rounds.items():
+        dec = [r["decode_tokens"] / r["decode_s"] for r in rs if r["decode_s"] > 0]
+        pro = [r["prompt_tokens"] / r["prompt_s"] for r in rs if r["prompt_s"] > 0]
+        sides[name] = {"decode_tok_s": median(dec), "decode_tok_s_range": spread(dec),
+                       "prompt_tok_s": median(pro), "prompt_tok_s_range": spread(pro),
+                       "peak_rss_mb": rss[name] / 2**20, "memory_ratio": rss[name] / size}
+    same = sum(a["ids"] == b["ids"] for a, b in zip(rounds["raw"], rounds["corert"]))
+    return {
+        "bench": "generate", "model": model, "model_file_mb": size / 2**20, "engine": engine,
+        "plugins": corert.info.get("plugins"), "threads": threads, "rounds": args.rounds,
+        "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
+        "decode_ratio": sides["corert"]["decode_tok_s"] / sides["raw"]["decode_tok_s"],
+        "prompt_ratio": sides["corert"]["prompt_tok_s"] / sides["raw"]["prompt_tok_s"],
+        "identical_output_rounds": f"{same}/{args.rounds}",
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"corert bench generate — {r['model']} ({r['model_file_mb']:.0f} MB), engine {r['engine']}, "
+             f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy",
+             f"machine: {m['cpu']} ({m['cores']} cores, {m['isa']})",
+             f"corert plugins: {r['plugins']}", "",
+             f"{'side':<10}{'decode tok/s':>14}{'(min-max)':>18}{'prompt tok/s':>14}{'peak RSS MB':>13}{'RSS/model':>11}"]
+    for name in ("raw", "corert"):
+        s = r[name]
+        lo, hi = s["decode_tok_s_range"]
+        label = "llama-cpp" if name == "raw" else "corert"
+        lines.append(f"{label:<10}{s['decode_tok_s']:>14.1f}{f'({lo:.1f}-{hi:.1f})':>18}{s['prompt_tok_s']:>14.1f}"
+                     f"{s['peak_rss_mb']:>13.0f}{s['memory_ratio']:>11.2f}")
+    lines += ["", f"decode ratio corert/raw: {r['decode_ratio']:.3f}   prompt ratio: {r['prompt_ratio']:.3f}   "
+                  f"identical greedy output: {r['identical_output_rounds']} rounds"]
+    return "\n".join(lines)
