@@ -32,12 +32,12 @@ def _vnni() -> bool:
     return bool({"avx512_vnni", "avx512vnni", "avxvnni", "avx_vnni"} & f) or "neon" in f
 
 
-def stamp(src: Path) -> dict:
+def stamp(src: Path, kind: str) -> dict:
     """What the cached graph was made from: a re-pulled model or a new onnxruntime rebuilds it."""
     import onnxruntime as ort
 
     st = src.stat()
-    return {"recipe": RECIPE, "source": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    return {"recipe": RECIPE, "kind": kind, "source": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "onnxruntime": ort.__version__, "reduce_range": not _vnni()}
 
 
@@ -55,7 +55,7 @@ def prepared(src: str | os.PathLike, kind: str) -> Path:
     """The q8 graph for ``src`` (``kind`` "embed" or "classify"), built on first use."""
     src = Path(src)
     out, meta = cache_paths(src)
-    want = stamp(src)
+    want = stamp(src, kind)
     if out.is_file() and meta.is_file():
         try:
             if json.loads(meta.read_text()) == want:
@@ -64,10 +64,11 @@ def prepared(src: str | os.PathLike, kind: str) -> Path:
             pass
     build(src, out, kind, reduce_range=want["reduce_range"])
     for old in out.parent.glob(f"{src.stem}.q8-*"):  # graphs of earlier recipes: 58 MB each
-        if old.name not in (out.name, meta.name):
+        if old.suffix in (".onnx", ".json") and old.name not in (out.name, meta.name):
             old.unlink(missing_ok=True)
-    tmp = meta.with_name(meta.name + ".partial")
-    tmp.write_text(json.dumps(want))
+    fd, tmp = tempfile.mkstemp(prefix=meta.name, suffix=".partial", dir=meta.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(want, fh)
     os.replace(tmp, meta)
     return out
 
@@ -110,7 +111,7 @@ def build(src: Path, out: Path, kind: str, reduce_range: bool = False) -> None:
         keep = fp32_matmuls(folded)
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        part = out.with_name(out.name + ".partial")
+        part = os.path.join(tmp, "q8.onnx")  # unique per build: two processes may prepare at once
         with _quiet_root_logger():  # the quantizer logs a pre-processing hint to the root logger
             quantize_dynamic(stage2, str(part), weight_type=QuantType.QInt8, per_channel=True,
                              reduce_range=reduce_range, op_types_to_quantize=["MatMul"], nodes_to_exclude=keep)
