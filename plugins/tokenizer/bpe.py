@@ -1,0 +1,203 @@
+"""The bpe tokenizer: a GGUF model's own vocabulary, llama.cpp's exact ids, numba kernels.
+
+Input is ``str``.  Invalid UTF-8 cannot reach ``encode``; ``encode_bytes`` takes raw bytes and decodes them
+the way llama.cpp does (each invalid byte becomes U+FFFD) so its ids match llama.cpp's on the same bytes.
+A file decoded with ``errors="replace"`` (what the CLI does) is valid text, and llama.cpp gives the same ids
+for it as we do; only the number of U+FFFD Python puts for a broken multi-byte sequence can differ from
+what llama.cpp would have put for the raw bytes.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from corert.cpu import choose_variant, simd_variants
+from corert.errors import InputError
+from corert.textstream import Utf8Stream
+
+from . import kernels_encode as K
+from .kernels_scan import VARIANT_CODES
+from .special import SpecialTokens
+from .unicode_classes import class_table
+from .utf8 import llama_utf8
+from .vocab import PRE_TOKENIZERS, Vocab, load_vocab
+
+_SPACE = b" "
+_ESCAPED_SPACE = "\u2581".encode()
+_NUMBA_PARALLEL = threading.Lock()  # numba's workqueue layer must not be entered by two threads at once
+
+
+class BpeTokenizer:
+    """Implements :class:`corert.interfaces.Tokenizer` for 'gpt2' and 'llama' (SentencePiece) GGUF vocabs."""
+
+    def __init__(self, vocab: Vocab, variant: str = "scalar"):
+        if variant not in VARIANT_CODES:
+            raise InputError(f"unknown bpe variant {variant!r}; known: {', '.join(VARIANT_CODES)}")
+        self.vocab = vocab
+        self.variant = variant
+        self._vcode = VARIANT_CODES[variant]
+        self.name = f"bpe:{variant}"
+        self.vocab_size = vocab.n_vocab
+        self.bos_id = vocab.bos_id
+        self.eos_id = vocab.eos_id
+        self.add_bos = vocab.add_bos
+        self._eog = frozenset(int(t) for t in vocab.eog)
+        self._kind = PRE_TOKENIZERS.get(vocab.pre, 0)
+        self._table = class_table()
+        self._special = SpecialTokens([vocab.text(int(i)) for i in vocab.special_ids],
+                                      [int(i) for i in vocab.special_ids],
+                                      [bool(a) for a in vocab.special_always])
+        self._cache = K.new_word_cache()
+        self._lock = threading.Lock()  # the word cache is mutated by encode
+        self._pieces = [vocab.piece(i) for i in range(vocab.n_vocab)]
+
+    @classmethod
+    def from_gguf(cls, model_path: str, variant: str | None = None) -> "BpeTokenizer":
+        v, _ = choose_variant(simd_variants(), variant, "tokenizer bpe")
+        return cls(load_vocab(model_path), v.name)
+
+    # -- encoding ----------------------------------------------------------------------------------------
+    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
+        return self.encode_bytes(_utf8(text), add_bos, parse_special, _valid=True)
+
+    def encode_bytes(self, data: bytes, add_bos: bool | None = None, parse_special: bool = False,
+                     _valid: bool = False) -> list[int]:
+        """Encode raw bytes; invalid UTF-8 is handled exactly as llama.cpp handles it."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"encode_bytes takes bytes, not {type(data).__name__}")
+        data = bytes(data)
+        frags = self._fragments(data, parse_special, _valid)
+        arr, fs, fe, ft = frags
+        out = np.empty(arr.shape[0] + fs.shape[0] + 1, dtype=np.int32)
+        v = self.vocab
+        if v.is_spm:
+            n = K.spm_fragments(arr, fs, fe, ft, 0, fs.shape[0], v.text_table, v.text_blob, v.text_offs,
+                                v.srank, v.byte_tok, out, 0)
+        else:
+            slots, wbytes, wids, state = self._cache
+            with self._lock:
+                n = K.bpe_fragments(self._kind, self._vcode, arr, fs, fe, ft, 0, fs.shape[0], self._table,
+                                    v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right, v.m_result,
+                                    slots, wbytes, wids, state, True, out, 0)
+        ids = out[:n].tolist()
+        if self._want_bos(add_bos):
+            ids.insert(0, self.bos_id)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool | None = None,
+                     parse_special: bool = False, n_threads: int | None = None) -> list[list[int]]:
+        """Encode many texts in parallel (numba threads); the same ids as encoding them one by one."""
+        import numba
+
+        if isinstance(texts, str):
+            raise InputError("encode_batch takes a sequence of str, not one str")
+        parts = [self._fragments(_utf8(t), parse_special, True) for t in texts]
+        if not parts:
+            return []
+        sizes = np.array([p[0].shape[0] + p[1].shape[0] for p in parts], dtype=np.int64)
+        data = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint8)
+        base = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([p[0].shape[0] for p in parts], out=base[1:])
+        fs = np.concatenate([p[1] + base[i] for i, p in enumerate(parts)])
+        fe = np.concatenate([p[2] + base[i] for i, p in enumerate(parts)])
+        ft = np.concatenate([p[3] for p in parts])
+        nf = np.array([p[1].shape[0] for p in parts], dtype=np.int64)
+        f1 = np.cumsum(nf)
+        f0 = f1 - nf
+        out_off = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=out_off[1:])
+        counts = np.zeros(len(parts), dtype=np.int64)
+        v = self.vocab
+        threads = n_threads or numba.get_num_threads()
+        with _NUMBA_PARALLEL:
+            if v.is_spm:
+                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, v.text_table, v.text_blob,
+                                  v.text_offs, v.srank, v.byte_tok, counts)
+            else:
+                out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off,
+                                  max(1, min(threads, len(parts))), self._table, v.byte_ids, v.pair_keys,
+                                  v.pair_vals, v.m_left, v.m_right, v.m_result, counts)
+        bos = [self.bos_id] if self._want_bos(add_bos) else []
+        return [bos + out[out_off[t]:out_off[t] + counts[t]].tolist() for t in range(len(parts))]
+
+    def _want_bos(self, add_bos: bool | None) -> bool:
+        want = self.add_bos if add_bos is None else bool(add_bos)
+        if want and self.bos_id is None:
+            raise InputError(f"{self.vocab.path}: add_bos asked for, but the model has no BOS token")
+        return want
+
+    def _fragments(self, data: bytes, parse_special: bool, valid: bool):
+        """(bytes array, starts, ends, tokens) ready for the kernels."""
+        fs, fe, ft = self._special.split(data, parse_special)
+        v = self.vocab
+        if not v.is_spm:
+            if not valid:  # llama.cpp decodes each raw fragment with U+FFFD for bad bytes
+                data, fs, fe = _rebuild(data, fs, fe, ft, llama_utf8)
+            return np.frombuffer(data, dtype=np.uint8), fs, fe, ft
+        # SentencePiece: escape spaces per fragment; a leading space only if the model asks for it
+        first = True
+        pieces = []
+        starts = np.empty_like(fs)
+        ends = np.empty_like(fe)
+        pos = 0
+        for k in range(fs.shape[0]):
+            if ft[k] >= 0:
+                starts[k] = ends[k] = pos
+                first = True
+                continue
+            raw = data[fs[k]:fe[k]]
+            if v.add_space_prefix and first:
+                raw = _SPACE + raw
+            esc = raw.replace(_SPACE, _ESCAPED_SPACE)
+            pieces.append(esc)
+            starts[k] = pos
+            pos += len(esc)
+            ends[k] = pos
+            first = False
+        return np.frombuffer(b"".join(pieces), dtype=np.uint8), starts, ends, ft
+
+    # -- decoding ----------------------------------------------------------------------------------------
+    def token_bytes(self, token_id: int) -> bytes:
+        try:
+            if token_id < 0:
+                raise IndexError
+            return self._pieces[token_id]
+        except (IndexError, TypeError):
+            raise InputError(f"token id {token_id!r} is out of range for a vocabulary of "
+                             f"{self.vocab_size} tokens") from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(int(i)) for i in ids).decode("utf-8", errors="replace")
+
+    def is_eog(self, token_id: int) -> bool:
+        return token_id in self._eog
+
+    def incremental_decoder(self) -> Utf8Stream:
+        return Utf8Stream(self.token_bytes)
+
+
+def _utf8(text: str) -> bytes:
+    if not isinstance(text, str):
+        raise InputError(f"encode takes str, not {type(text).__name__} (use encode_bytes for raw bytes)")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"text has a lone surrogate at index {e.start} ({text[e.start]!r}); it cannot be "
+                         f"encoded as UTF-8") from None
+
+
+def _rebuild(data: bytes, fs, fe, ft, fix):
+    """Apply ``fix`` to every raw fragment and recompute the offsets."""
+    pieces = []
+    starts = np.empty_like(fs)
+    ends = np.empty_like(fe)
+    pos = 0
+    for k in range(fs.shape[0]):
+        chunk = b"" if ft[k] >= 0 else fix(data[fs[k]:fe[k]])
+        pieces.append(chunk)
+        starts[k] = pos
+        pos += len(chunk)
+        ends[k] = pos
+    return b"".join(pieces), starts, ends

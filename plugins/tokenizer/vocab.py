@@ -1,0 +1,296 @@
+"""The vocabulary of a GGUF model, read from the file itself, in the arrays the kernels use.
+
+Building it reads the token, type, score and merge arrays with corert's fast header reader and turns them
+into numpy tables (~1 s for a 262k vocabulary); the result is cached as one uncompressed .npz under the
+user cache dir, keyed by the file's path, size and mtime, so a warm load is a few file reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import attrs
+import numpy as np
+
+from corert.errors import ModelError
+from corert.models.gguf_header import read_header, string_array_bytes
+
+from .kernels_merge import build_pair_table, build_text_table
+from .unicode_classes import _cache_dir
+
+CACHE_VERSION = 3
+
+# llama.cpp token types (GGUF tokenizer.ggml.token_type)
+T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 1, 2, 3, 4, 5, 6
+
+#: pre-tokenizer names (tokenizer.ggml.pre) this plugin implements, -> splitter kind (kernels_scan)
+PRE_TOKENIZERS = {"smollm": 0, "starcoder": 0, "refact": 0, "command-r": 0, "codeshell": 0,
+                  "exaone": 0, "minerva-7b": 0, "qwen2": 1, "stablelm2": 1, "megrez": 1, "hunyuan": 1}
+
+# Token texts llama.cpp treats as end-of-generation (llama-vocab.cpp, special_eog_ids).
+_EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+              "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+              "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+              "<｜end▁of▁sentence｜>", "[e~["}
+# Auto-detected FIM tokens that llama.cpp also counts as end-of-generation.
+_FIM_PAD = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")
+_FIM_REP = ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>")
+_FIM_SEP = ("<|file_sep|>",)
+
+
+def _bytes_to_unicode() -> dict[int, int]:
+    """GPT-2's byte -> printable codepoint map (the form byte-level vocabularies are stored in)."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out = {b: b for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in out:
+            out[b] = 256 + n
+            n += 1
+    return out
+
+
+BYTE_TO_CP = _bytes_to_unicode()
+CP_TO_BYTE = {cp: b for b, cp in BYTE_TO_CP.items()}
+
+
+def _pack(items: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    offs = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum([len(x) for x in items], out=offs[1:])
+    return np.frombuffer(b"".join(items), dtype=np.uint8).copy(), offs
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(10, int(n * 2 - 1).bit_length())
+
+
+@attrs.define(eq=False)
+class Vocab:
+    """Everything the tokenizer needs; arrays are read-only after loading."""
+
+    path: str
+    model: str                 # "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE)
+    pre: str
+    n_vocab: int
+    bos_id: int | None
+    eos_id: int | None
+    add_bos: bool
+    add_space_prefix: bool
+    types: np.ndarray          # (n_vocab,) int32, llama.cpp token types
+    piece_blob: np.ndarray     # decoded text of each token (llama.cpp token_to_piece, special=False)
+    piece_offs: np.ndarray     # (n_vocab + 1,) int64
+    text_blob: np.ndarray      # the stored text of each token (what special tokens match against)
+    text_offs: np.ndarray
+    eog: np.ndarray            # (k,) int64 end-of-generation ids
+    special_ids: np.ndarray    # control / user-defined / unknown ids (llama.cpp cache_special_tokens)
+    special_always: np.ndarray  # bool: split out even without parse_special (user-defined)
+    # byte-level BPE
+    byte_ids: np.ndarray       # (256,) int32 token of each single byte, -1 if none
+    m_left: np.ndarray         # (n_merges,) int32 ids of each merge's parts and result, by rank
+    m_right: np.ndarray
+    m_result: np.ndarray
+    pair_keys: np.ndarray      # hash (left, right) -> rank
+    pair_vals: np.ndarray
+    # SentencePiece BPE
+    text_table: np.ndarray     # hash stored text -> id
+    srank: np.ndarray          # (n_vocab,) int64 rank of each token's score, 0 = highest
+    byte_tok: np.ndarray       # (256,) int32 <0xXX> token of each byte
+
+    @property
+    def is_spm(self) -> bool:
+        return self.model == "llama"
+
+    def piece(self, token_id: int) -> bytes:
+        return self.piece_blob[self.piece_offs[token_id]:self.piece_offs[token_id + 1]].tobytes()
+
+    def text(self, token_id: int) -> bytes:
+        return self.text_blob[self.text_offs[token_id]:self.text_offs[token_id + 1]].tobytes()
+
+    # -- cache -----------------------------------------------------------------------------------------
+    _ARRAYS = ("types", "piece_blob", "piece_offs", "text_blob", "text_offs", "eog", "special_ids",
+               "special_always", "byte_ids", "m_left", "m_right", "m_result", "pair_keys", "pair_vals",
+               "text_table", "srank", "byte_tok")
+    _SCALARS = ("model", "pre", "n_vocab", "bos_id", "eos_id", "add_bos", "add_space_prefix")
+
+    def save(self, path: Path) -> None:
+        meta = json.dumps({k: getattr(self, k) for k in self._SCALARS})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.frombuffer(meta.encode(), dtype=np.uint8),
+                     **{k: getattr(self, k) for k in self._ARRAYS})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load_cached(cls, model_path: str, path: Path) -> "Vocab":
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            arrays = {k: z[k] for k in cls._ARRAYS}
+        return cls(path=model_path, **meta, **arrays)
+
+
+def cache_path(model_path: str | Path) -> Path:
+    p = Path(model_path).resolve()
+    st = p.stat()
+    key = hashlib.sha1(f"{p}|{st.st_size}|{st.st_mtime_ns}|{CACHE_VERSION}".encode()).hexdigest()[:20]
+    return _cache_dir() / f"vocab-{key}.npz"
+
+
+def load_vocab(model_path: str | Path, use_cache: bool = True) -> Vocab:
+    """The vocabulary of a GGUF file, from the cache when it is fresh."""
+    p = Path(model_path)
+    if not p.is_file():
+        raise ModelError(f"model file not found: {p}")
+    cpath = cache_path(p)
+    if use_cache:
+        try:
+            return Vocab.load_cached(str(p), cpath)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    vocab = build_vocab(p)
+    if use_cache:
+        try:
+            vocab.save(cpath)
+        except OSError:  # a read-only cache costs time, never correctness
+            pass
+    return vocab
+
+
+def build_vocab(path: Path) -> Vocab:
+    header = read_header(path, want_arrays=lambda k: k.startswith("tokenizer.ggml.")
+                         and k not in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"))
+    md = header.metadata
+    model = md.get("tokenizer.ggml.model")
+    if model not in ("gpt2", "llama"):
+        raise ModelError(f"{path}: tokenizer model {model!r} is not supported by the bpe tokenizer "
+                         f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)")
+    pre = str(md.get("tokenizer.ggml.pre", "default"))
+    if model == "gpt2" and pre not in PRE_TOKENIZERS:
+        raise ModelError(f"{path}: unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); the bpe tokenizer "
+                         f"implements {', '.join(sorted(PRE_TOKENIZERS))}. Use --plugin tokenizer=llama_cpp.")
+    texts = string_array_bytes(path, "tokenizer.ggml.tokens")
+    n = len(texts)
+    types = md.get("tokenizer.ggml.token_type")
+    types = (np.asarray(types, dtype=np.int32) if types is not None
+             else np.full(n, T_NORMAL, dtype=np.int32))[:n]
+    if types.shape[0] < n:
+        raise ModelError(f"{path}: token_type has {types.shape[0]} entries for {n} tokens")
+    texts = [t if t else f"[EMPTY_{i}]".encode() for i, t in enumerate(texts)]
+    str_texts = [t.decode("utf-8", errors="replace") for t in texts]
+
+    def key_id(name: str) -> int | None:
+        v = md.get(f"tokenizer.ggml.{name}_token_id")
+        return int(v) if v is not None and 0 <= int(v) < n else None
+
+    by_text = {}
+    for i, s in enumerate(str_texts):
+        by_text.setdefault(s, i)
+    eog = _eog_ids(md, key_id, by_text, types, str_texts)
+    special = [i for i in range(n) if types[i] in (T_CONTROL, T_USER_DEFINED, T_UNKNOWN)]
+    is_spm = model == "llama"
+    pieces = _pieces(texts, types, is_spm)
+    piece_blob, piece_offs = _pack(pieces)
+    text_blob, text_offs = _pack(texts)
+    empty_i32 = np.zeros(0, dtype=np.int32)
+    byte_ids = np.full(256, -1, dtype=np.int32)
+    byte_tok = np.full(256, -1, dtype=np.int32)
+    m_left = m_right = m_result = empty_i32
+    pair_keys = np.full(1, -1, dtype=np.int64)
+    pair_vals = np.full(1, -1, dtype=np.int32)
+    text_table = np.full(1, -1, dtype=np.int32)
+    srank = np.zeros(n, dtype=np.int64)
+    if is_spm:
+        scores = md.get("tokenizer.ggml.scores")
+        scores = (np.asarray(scores, dtype=np.float32) if scores is not None
+                  else np.zeros(n, dtype=np.float32))[:n]
+        _, inv = np.unique(-scores, return_inverse=True)  # equal scores share a rank
+        srank = inv.astype(np.int64).reshape(-1)
+        text_table = build_text_table(text_blob, text_offs, _pow2(n))
+        for b in range(256):
+            t = by_text.get(f"<0x{b:02X}>")
+            if t is None:
+                t = by_text.get(chr(b)) if b < 0x80 else None
+            byte_tok[b] = -1 if t is None else t
+    else:
+        for b in range(256):
+            t = by_text.get(chr(BYTE_TO_CP[b]))
+            byte_ids[b] = -1 if t is None else t
+        m_left, m_right, m_result = _merges(path, by_text)
+        pair_keys, pair_vals = build_pair_table(m_left, m_right, _pow2(len(m_left)))
+    add_bos = md.get("tokenizer.ggml.add_bos_token")
+    add_bos = bool(add_bos) if add_bos is not None else is_spm
+    asp = md.get("tokenizer.ggml.add_space_prefix")
+    asp = bool(asp) if asp is not None else is_spm
+    return Vocab(path=str(path), model=model, pre=pre, n_vocab=n, bos_id=key_id("bos"), eos_id=key_id("eos"),
+                 add_bos=add_bos, add_space_prefix=asp, types=types, piece_blob=piece_blob,
+                 piece_offs=piece_offs, text_blob=text_blob, text_offs=text_offs,
+                 eog=np.array(sorted(eog), dtype=np.int64), special_ids=np.array(special, dtype=np.int64),
+                 special_always=np.array([types[i] == T_USER_DEFINED for i in special], dtype=bool),
+                 byte_ids=byte_ids, m_left=m_left, m_right=m_right, m_result=m_result, pair_keys=pair_keys,
+                 pair_vals=pair_vals, text_table=text_table, srank=srank, byte_tok=byte_tok)
+
+
+def _eog_ids(md, key_id, by_text, types, str_texts) -> set[int]:
+    eog = set()
+    for name, cands in (("fim_pad", _FIM_PAD), ("fim_rep", _FIM_REP), ("fim_sep", _FIM_SEP)):
+        t = key_id(name)
+        if t is None:
+            t = next((by_text[c] for c in cands if c in by_text), None)
+        if t is not None:
+            eog.add(t)
+    eog.update(by_text[s] for s in _EOG_TEXTS if s in by_text)
+    for name in ("eos", "eot", "eom"):
+        t = key_id(name)
+        if t is not None:
+            eog.add(t)
+    return eog
+
+
+def _pieces(texts: list[bytes], types: np.ndarray, is_spm: bool) -> list[bytes]:
+    """What llama.cpp's token_to_piece gives with special=False: control/unknown/unused -> nothing."""
+    out = []
+    table = {cp: b for cp, b in CP_TO_BYTE.items()}
+    for t, ty in zip(texts, types):
+        if ty == T_NORMAL:
+            if is_spm:
+                out.append(t.replace("\u2581".encode(), b" "))
+            else:
+                s = t.decode("utf-8", errors="replace")
+                try:
+                    out.append(bytes(table[ord(c)] for c in s))
+                except KeyError:  # a character outside the byte map: keep the text as it is
+                    out.append(t)
+        elif ty == T_USER_DEFINED:
+            out.append(t)
+        elif ty == T_BYTE:
+            out.append(bytes([int(t[3:5], 16)]) if len(t) == 6 and t[:3] == b"<0x" else b"")
+        else:
+            out.append(b"")
+    return out
+
+
+def _merges(path: Path, by_text: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        raw = string_array_bytes(path, "tokenizer.ggml.merges")
+    except ModelError:
+        raise ModelError(f"{path}: a 'gpt2' tokenizer without tokenizer.ggml.merges") from None
+    n = len(raw)
+    left = np.full(n, -1, dtype=np.int32)
+    right = np.full(n, -1, dtype=np.int32)
+    result = np.full(n, -1, dtype=np.int32)
+    get = by_text.get
+    for r, m in enumerate(raw):
+        s = m.decode("utf-8", errors="replace")
+        k = s.find(" ", 1)
+        if k < 0:
+            continue
+        a, b = s[:k], s[k + 1:]
+        ia, ib, ic = get(a), get(b), get(a + b)
+        if ia is None or ib is None or ic is None:
+            continue  # a merge whose parts or result are not tokens can never apply to token ids
+        left[r] = ia
+        right[r] = ib
+        result[r] = ic
+    return left, right, result
