@@ -78,7 +78,55 @@ class LlamaKV(Protocol):
 
 
 class KVStore(Protocol):
-    """The native engine's KV cache, read by its attention (see plugins/kv_cache)."""
+    """The native engine's K/V memory for one model: what its attention reads (see plugins/kv_cache).
+
+    A kv_cache plugin's factory returns a provider with ``allocate(n_layers, n_kv_heads, head_dim,
+    max_tokens, n_seqs=1) -> KVStore``; the engine calls it once per loaded model.  The store holds up to
+    ``n_seqs`` sequences, each up to ``max_tokens`` long; a forward pass carries one (seq id, position) pair
+    per row, so rows of several sequences can share one batch (continuous batching).  Arrays: ``seq_ids``
+    and ``positions`` int32 (rows,); ``k``, ``v`` f32 (rows, n_kv_heads, head_dim); ``q``, ``out`` f32
+    (rows, n_heads, head_dim).  A store may keep K/V in any layout and precision (contiguous f32, 16-token
+    pages of q8/f16/f32 with page tables...): only ``write`` and ``attend`` touch them.
+
+    Contract that makes batched verification exact: ``attend``'s result for a row depends only on that
+    row's query and its sequence's K/V at positions ``0..positions[i]``, never on the other rows.
+    """
+
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    max_tokens: int
+    n_seqs: int
+
+    def new_sequence(self) -> int:
+        """A free sequence id, its length 0.  Raises :class:`corert.errors.InputError` when none is free."""
+
+    def release(self, seq: int) -> None:
+        """Give a sequence's memory back (its id may be handed out again)."""
+
+    def length(self, seq: int) -> int:
+        """How many positions of ``seq`` hold K/V."""
+
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray) -> None:
+        """Make room for these rows before a forward pass (a paged store allocates pages here).  Each
+        sequence's positions must continue it: ``length(seq), length(seq)+1, ...``.  Raises
+        :class:`corert.errors.InputError` when a sequence would exceed ``max_tokens`` or memory is full."""
+
+    def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
+              v: np.ndarray) -> None:
+        """Store layer ``layer``'s keys and values of these rows (after RoPE)."""
+
+    def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
+               out: np.ndarray) -> None:
+        """Causal attention of layer ``layer``: ``out[i]`` = softmax(q[i] . K * scale) V over positions
+        ``0..positions[i]`` of sequence ``seq_ids[i]`` (grouped-query: head h reads KV head
+        h // (n_heads / n_kv_heads)).  Rows written by ``write`` in the same pass are visible."""
+
+    def truncate(self, seq: int, n_tokens: int) -> None:
+        """Roll ``seq`` back to its first ``n_tokens`` positions (speculative decoding's rejected drafts)."""
+
+    def nbytes(self) -> int:
+        """Memory held for K/V, in bytes."""
 
 
 # -- decoding --------------------------------------------------------------------------------------------

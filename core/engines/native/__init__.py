@@ -1,0 +1,7 @@
+"""The native engine: our own llama/qwen2 transformer over GGUF weights, in numpy and numba.
+
+Modules: numba_setup (threading layer, f16 table) · dequant (GGML blocks -> int8 blocks) · weights (GGUF
+tensors, requantized at load) · matmul (quantized products, CPU variants) · ops (RMSNorm, RoPE, SwiGLU,
+embedding) · attention (causal GQA over the contiguous KV store) · sampling · model (the forward pass) ·
+plugin (engine registration, loaded model, sessions).
+"""

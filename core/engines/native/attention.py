@@ -1,0 +1,57 @@
+"""Causal attention over a contiguous f32 K/V store (the reference memory layout), numba.
+
+Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head_dim), so the keys a head
+reads are contiguous.  Every (row, head) pair is computed independently by the same code, so a row's output
+does not depend on which other rows are in the batch.  Grouped-query attention: query head h reads KV head
+h // (n_heads / n_kv_heads).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _dot(a, b):
+    s = np.float32(0.0)
+    for i in range(a.shape[0]):
+        s += a[i] * b[i]
+    return s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def attend_contiguous(q, k, v, seq_ids, positions, scale, out):
+    """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
+    sequence seq_ids[i].  q, out: (rows, n_heads, head_dim)."""
+    n, n_heads, hd = q.shape
+    group = n_heads // k.shape[1]
+    for job in prange(n * n_heads):
+        i = job // n_heads
+        h = job - i * n_heads
+        s = seq_ids[i]
+        kvh = h // group
+        length = positions[i] + 1
+        scores = np.empty(length, np.float32)
+        qi = q[i, h]
+        m = np.float32(-np.inf)
+        for t in range(length):
+            x = _dot(qi, k[s, kvh, t]) * scale
+            scores[t] = x
+            m = max(m, x)
+        total = np.float32(0.0)
+        for t in range(length):
+            e = np.exp(scores[t] - m)
+            scores[t] = e
+            total += e
+        o = out[i, h]
+        o[:] = 0.0
+        for t in range(length):
+            w = scores[t]
+            vt = v[s, kvh, t]
+            for d in range(hd):
+                o[d] += w * vt[d]
+        inv = np.float32(1.0) / total
+        for d in range(hd):
+            o[d] *= inv

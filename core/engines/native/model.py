@@ -1,0 +1,174 @@
+"""The transformer of the native engine: llama and qwen2 decoder layers over :class:`QMatrix` weights.
+
+One ``forward`` evaluates any number of rows (tokens of one or several sequences, each with its position);
+K/V go to and attention reads from the KV store the kv_cache plugin allocated.  Every kernel computes each
+row independently with the same code, so a row's logits do not depend on the batch it was in.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ...errors import InputError, ModelError
+from ...models.gguf_header import GGUFHeader
+from . import ops
+from .matmul import MATMUL
+from .weights import QMatrix, TensorSource
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+
+@attrs.frozen
+class ModelConfig:
+    arch: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    eps: float
+    rope_base: float
+    rope_dim: int
+    rope_neox: bool  # qwen2 rotates (i, i + d/2) pairs; llama GGUFs are permuted for adjacent pairs
+    n_vocab: int
+    ctx_train: int
+
+    @classmethod
+    def from_header(cls, header: GGUFHeader) -> "ModelConfig":
+        arch = header.architecture
+        if arch not in SUPPORTED_ARCHS:
+            raise ModelError(f"{header.path}: architecture {arch!r} is not supported by the native engine "
+                             f"(supported: {', '.join(SUPPORTED_ARCHS)}); use --engine llama.cpp")
+        m = header.metadata
+
+        def get(key: str, default: Any = None) -> Any:
+            v = m.get(f"{arch}.{key}", default)
+            if v is None:
+                raise ModelError(f"{header.path}: metadata {arch}.{key} is missing")
+            return v
+
+        d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
+        head_dim = int(get("attention.key_length", d_model // n_heads))
+        emb = header.tensor("token_embd.weight")
+        return cls(arch=arch, n_layers=int(get("block_count")), d_model=d_model, n_heads=n_heads,
+                   n_kv_heads=int(get("attention.head_count_kv", n_heads)), head_dim=head_dim,
+                   d_ff=int(get("feed_forward_length")), eps=float(get("attention.layer_norm_rms_epsilon")),
+                   rope_base=float(get("rope.freq_base", 10000.0)),
+                   rope_dim=int(get("rope.dimension_count", head_dim)), rope_neox=arch == "qwen2",
+                   n_vocab=int(emb.shape[1]), ctx_train=int(get("context_length", 2048)))
+
+
+@attrs.define
+class Layer:
+    attn_norm: np.ndarray  # (d_model,)
+    wqkv: QMatrix  # rows: [q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]
+    bqkv: np.ndarray | None  # qwen2's q/k/v biases, same row order
+    wo: QMatrix
+    ffn_norm: np.ndarray
+    wgate_up: QMatrix  # rows: [gate (d_ff) | up (d_ff)]
+    wdown: QMatrix
+
+
+@attrs.define
+class Transformer:
+    cfg: ModelConfig
+    embedding: QMatrix  # (n_vocab, d_model)
+    layers: list[Layer]
+    out_norm: np.ndarray
+    output: QMatrix  # (n_vocab, d_model); the embedding itself when tied
+    variant: str
+    _matmul: Any = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._matmul = MATMUL[self.variant]
+
+    @classmethod
+    def load(cls, header: GGUFHeader, variant: str) -> "Transformer":
+        cfg = ModelConfig.from_header(header)
+        src = TensorSource(header)
+        try:
+            layers = []
+            for i in range(cfg.n_layers):
+                p = f"blk.{i}."
+                bias = None
+                if src.has(p + "attn_q.bias"):
+                    bias = np.concatenate([src.vector(p + n) for n in ("attn_q.bias", "attn_k.bias",
+                                                                        "attn_v.bias")])
+                layers.append(Layer(
+                    attn_norm=src.vector(p + "attn_norm.weight"),
+                    wqkv=src.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
+                    bqkv=bias, wo=src.matrix([p + "attn_output.weight"]),
+                    ffn_norm=src.vector(p + "ffn_norm.weight"),
+                    wgate_up=src.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"]),
+                    wdown=src.matrix([p + "ffn_down.weight"])))
+            embedding = src.matrix(["token_embd.weight"])
+            output = src.matrix(["output.weight"]) if src.has("output.weight") else embedding
+            out_norm = src.vector("output_norm.weight")
+        finally:
+            src.close()
+        q_rows = cfg.n_heads * cfg.head_dim
+        if layers and layers[0].wqkv.rows != q_rows + 2 * cfg.n_kv_heads * cfg.head_dim:
+            raise ModelError(f"{header.path}: attention tensors do not match {cfg.n_heads} heads of "
+                             f"{cfg.head_dim}")
+        return cls(cfg, embedding, layers, out_norm, output, variant)
+
+    @property
+    def weight_bytes(self) -> int:
+        mats = [self.embedding] + ([self.output] if self.output is not self.embedding else [])
+        for layer in self.layers:
+            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
+        return sum(m.nbytes for m in mats)
+
+    @property
+    def n_weights(self) -> int:
+        mats = [self.embedding] + ([self.output] if self.output is not self.embedding else [])
+        for layer in self.layers:
+            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
+        return sum(m.rows * m.cols for m in mats)
+
+    def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], w.rows), np.float32)
+        self._matmul(w.qs, w.sc, x, out, w.bs)
+        return out
+
+    def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
+                logit_rows: np.ndarray) -> np.ndarray:
+        """Run rows ``ids`` (int32) at ``positions`` of sequences ``seq_ids`` through the model, writing
+        their K/V to ``kv`` (already reserved); returns the logits of rows ``logit_rows``,
+        shape (len(logit_rows), n_vocab)."""
+        cfg = self.cfg
+        n = ids.shape[0]
+        if n and (ids.min() < 0 or ids.max() >= cfg.n_vocab):
+            raise InputError(f"token ids must be in [0, {cfg.n_vocab}), got {int(ids.min())}..{int(ids.max())}")
+        H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q_end, k_end = H * hd, (H + KV) * hd
+        x = np.empty((n, cfg.d_model), np.float32)  # (rows, d_model) residual stream
+        ops.embed(ids, self.embedding.qs, self.embedding.sc, self.embedding.bs, x)
+        cos, sin = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
+        h = np.empty_like(x)
+        att = np.empty((n, H, hd), np.float32)
+        act = np.empty((n, cfg.d_ff), np.float32)
+        scale = 1.0 / np.sqrt(hd)
+        for li, layer in enumerate(self.layers):
+            ops.rmsnorm(x, layer.attn_norm, cfg.eps, h)
+            qkv = self._mm(layer.wqkv, h)  # (rows, (H + 2 KV) * hd)
+            if layer.bqkv is not None:
+                qkv += layer.bqkv
+            q = np.ascontiguousarray(qkv[:, :q_end]).reshape(n, H, hd)
+            k = np.ascontiguousarray(qkv[:, q_end:k_end]).reshape(n, KV, hd)
+            v = np.ascontiguousarray(qkv[:, k_end:]).reshape(n, KV, hd)
+            ops.rope(q, cos, sin, cfg.rope_neox)
+            ops.rope(k, cos, sin, cfg.rope_neox)
+            kv.write(li, seq_ids, positions, k, v)
+            kv.attend(li, seq_ids, positions, q, scale, att)
+            ops.add_inplace(x, self._mm(layer.wo, att.reshape(n, H * hd)))
+            ops.rmsnorm(x, layer.ffn_norm, cfg.eps, h)
+            ops.swiglu(self._mm(layer.wgate_up, h), act)
+            ops.add_inplace(x, self._mm(layer.wdown, act))
+        xs = np.ascontiguousarray(x[logit_rows])
+        hs = np.empty_like(xs)
+        ops.rmsnorm(xs, self.out_norm, cfg.eps, hs)
+        return self._mm(self.output, hs)

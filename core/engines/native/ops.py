@@ -1,0 +1,80 @@
+"""Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU, embedding lookup.
+
+Each works on (rows, ...) arrays and computes every row with the same code, independent of the others, so
+a batch of rows gives exactly the per-row results (see matmul.py for why that matters).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def rmsnorm(x, w, eps, out):
+    """``out = x / sqrt(mean(x^2) + eps) * w`` per row; the mean is summed in f64 like ggml's rms_norm."""
+    n, d = x.shape
+    for t in prange(n):
+        ss = 0.0
+        for i in range(d):
+            v = np.float64(x[t, i])
+            ss += v * v
+        scale = np.float32(1.0) / np.sqrt(np.float32(ss / d) + np.float32(eps))
+        for i in range(d):
+            out[t, i] = (x[t, i] * scale) * w[i]
+
+
+def rope_tables(positions: np.ndarray, rot_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of ``pos * base^(-2i/rot_dim)``, shape (rows, rot_dim/2), computed in f64."""
+    inv = base ** (-np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
+    ang = positions.astype(np.float64)[:, None] * inv[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def rope(x, cos, sin, neox):
+    """Rotate each head of ``x`` (rows, heads, head_dim) in place.  Normal (llama) style rotates adjacent
+    pairs (2i, 2i+1); neox (qwen2) style rotates (i, i + rot/2)."""
+    n, h, _ = x.shape
+    half = cos.shape[1]
+    for t in prange(n):
+        for k in range(h):
+            for i in range(half):
+                c, s = cos[t, i], sin[t, i]
+                if neox:
+                    a, b = i, i + half
+                else:
+                    a, b = 2 * i, 2 * i + 1
+                x0, x1 = x[t, k, a], x[t, k, b]
+                x[t, k, a] = x0 * c - x1 * s
+                x[t, k, b] = x0 * s + x1 * c
+
+
+@njit(parallel=True, cache=True)
+def swiglu(gate_up, out):
+    """``out = silu(gate) * up`` where ``gate_up`` holds [gate | up] per row."""
+    n, f = out.shape
+    for t in prange(n):
+        for i in range(f):
+            g = gate_up[t, i]
+            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, f + i]
+
+
+@njit(cache=True)
+def embed(ids, qs, sc, bs, out):
+    """Rows of an int8 block-quantized table, dequantized: ``out[t] = table[ids[t]]``."""
+    for t in range(ids.shape[0]):
+        r = ids[t]
+        for b in range(sc.shape[1]):
+            d = sc[r, b]
+            for j in range(b * bs, b * bs + bs):
+                out[t, j] = np.float32(qs[r, j]) * d
+
+
+@njit(parallel=True, cache=True)
+def add_inplace(x, y):
+    """``x += y`` for 2-D arrays."""
+    for t in prange(x.shape[0]):
+        for i in range(x.shape[1]):
+            x[t, i] += y[t, i]

@@ -1,0 +1,50 @@
+"""Shared fixtures: real models from the model store (pulled on first use), a quiet plugin host."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from corert.models.store import ModelStore
+
+GEN_MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def store() -> ModelStore:
+    return ModelStore(progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2(store) -> str:
+    return str(store.resolve(GEN_MODEL))
+
+
+@pytest.fixture(scope="session")
+def qwen05(store) -> str:
+    return str(store.resolve("qwen2.5-coder-0.5b-instruct"))
+
+
+@pytest.fixture(scope="session")
+def gemma(store) -> str:
+    return str(store.resolve("gemma3-270m"))
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    """One llama.cpp runtime for the session (model loads are the slow part of these tests)."""
+    from corert import Runtime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = Runtime(engine="llama.cpp", model=GEN_MODEL)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def raw_llama(smollm2):
+    """llama-cpp-python used directly: the oracle."""
+    from corert.engines.llama_lib import llama_cpp
+
+    return llama_cpp().Llama(model_path=smollm2, n_ctx=2048, n_threads=2, verbose=False)

@@ -1,0 +1,251 @@
+"""The plugin host: entry points, overrides, fault isolation, allow/deny, check_pending, selection contract."""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import sys
+import types
+import warnings
+
+import pytest
+
+import corert
+from corert import Implementation, PluginError, Runtime, hookimpl
+from corert import plugin_host
+from corert.cli import main as cli_main
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+@pytest.fixture
+def fake_entry_points(monkeypatch):
+    """Adds entry points (as a third-party distribution would) after the real ones."""
+    added: list[importlib.metadata.EntryPoint] = []
+    real = plugin_host._entry_points
+
+    monkeypatch.setattr(plugin_host, "_entry_points", lambda: real() + list(added))
+    return added
+
+
+class CountingTokenizer:
+    """Wraps the reference tokenizer and counts calls: proves a request went through the override."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.encode_calls = 0
+        self.name = "counting"
+        for attr in ("vocab_size", "bos_id", "eos_id", "add_bos"):
+            setattr(self, attr, getattr(inner, attr))
+
+    def encode(self, text, add_bos=None, parse_special=False):
+        self.encode_calls += 1
+        return self.inner.encode(text, add_bos=add_bos, parse_special=parse_special)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_third_party_entry_point_overrides_a_default(fake_entry_points, smollm2):
+    from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
+
+    made = []
+
+    def factory(variant, model_path, config=None):
+        made.append(CountingTokenizer(LlamaCppTokenizer(model_path)))
+        return made[-1]
+
+    @hookimpl
+    def register_tokenizers(register):
+        register(Implementation(area="tokenizer", name="llama_cpp", factory=factory, priority=100,
+                                engines=("llama.cpp",), description="third-party override"))
+
+    _module("corert_test_override", register_tokenizers=register_tokenizers)
+    fake_entry_points.append(importlib.metadata.EntryPoint(
+        name="thirdparty_tok", value="corert_test_override", group="corert"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"})
+    res = rt.resolve("tokenizer")
+    assert res.plugin == "thirdparty_tok" and res.impl.description == "third-party override"
+    out = rt.generate("Hello", max_tokens=4, temperature=0)
+    assert made and made[0].encode_calls == 1 and len(out.token_ids) > 0
+    rt.close()
+
+
+def test_broken_plugins_are_isolated_and_reported(fake_entry_points, smollm2, capsys):
+    @hookimpl
+    def register_tokenizers(register):
+        raise RuntimeError("boom while registering")
+
+    _module("corert_test_raises", register_tokenizers=register_tokenizers)
+    fake_entry_points.append(importlib.metadata.EntryPoint(
+        name="broken_import", value="corert_test_no_such_module", group="corert"))
+    fake_entry_points.append(importlib.metadata.EntryPoint(
+        name="broken_register", value="corert_test_raises", group="corert"))
+    with pytest.warns(RuntimeWarning, match="broken_import"):
+        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"})
+    failures = {f.plugin: f.stage for f in rt.host.failures}
+    assert failures.get("broken_import") == "import" and failures.get("broken_register") == "register"
+    # the host still works
+    assert rt.generate("Hi", max_tokens=2, temperature=0).usage.completion_tokens > 0
+    info = rt.plugins_info()
+    assert {"broken_import", "broken_register"} <= {f["plugin"] for f in info["failures"]}
+    rt.close()
+    # and `corert plugins` shows them
+    assert cli_main(["plugins", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {"broken_import", "broken_register"} <= {f["plugin"] for f in shown["failures"]}
+
+
+class RecordingEntryPoint:
+    """An entry point that records whether the host tried to import it."""
+
+    def __init__(self, name):
+        self.name, self.value, self.group, self.dist, self.loaded = name, "x", "corert", None, False
+
+    def load(self):
+        self.loaded = True
+        raise ImportError("should not have been imported")
+
+
+@pytest.mark.parametrize("how", ["env", "config"])
+def test_denied_entry_point_is_never_imported(fake_entry_points, monkeypatch, how):
+    ep = RecordingEntryPoint("never_import_me")
+    fake_entry_points.append(ep)
+    if how == "env":
+        monkeypatch.setenv("CORERT_DISABLE", "never_import_me")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = plugin_host.PluginHost.build(deny=["never_import_me"] if how == "config" else [])
+    assert not ep.loaded
+    assert host.pm.is_blocked("never_import_me")
+
+
+def test_allow_list_admits_only_named_third_party_plugins(fake_entry_points):
+    ep = RecordingEntryPoint("not_allowed")
+    fake_entry_points.append(ep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = plugin_host.PluginHost.build(allow=["something_else"])
+    assert not ep.loaded
+    assert "llama_cpp" in host.implementations("tokenizer")  # built-ins are always admitted
+
+
+def test_misspelled_hook_implementation_fails_loudly():
+    @hookimpl
+    def register_tokenizer(register):  # missing "s": not a hook corert defines
+        pass
+
+    plugin = _module("corert_test_misspelled", register_tokenizer=register_tokenizer)
+    with pytest.raises(PluginError, match="register_tokenizer"):
+        plugin_host.PluginHost.build(extra=[("misspelled", plugin)])
+
+
+def test_registering_a_non_implementation_is_isolated():
+    @hookimpl
+    def register_kv_caches(register):
+        register("not an Implementation")
+
+    plugin = _module("corert_test_bad_register", register_kv_caches=register_kv_caches)
+    with pytest.warns(RuntimeWarning, match="bad_register"):
+        host = plugin_host.PluginHost.build(extra=[("bad_register", plugin)])
+    assert any(f.plugin == "bad_register" and f.stage == "register" for f in host.failures)
+
+
+# -- the selection contract, in its three forms ------------------------------------------------------------
+def test_selection_from_python(smollm2):
+    rt = Runtime(model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0", "tokenizer": "llama_cpp"})
+    assert rt.active_plugins()["kv_cache"] == "llama_cpp:q8_0"
+    assert rt.generate("The sky is", max_tokens=3, temperature=0).usage.completion_tokens == 3
+    rt.close()
+
+
+def test_selection_from_environment(monkeypatch):
+    monkeypatch.setenv("CORERT_PLUGINS", "kv_cache=llama_cpp:f32,tokenizer=llama_cpp")
+    rt = Runtime()
+    assert rt.active_plugins()["kv_cache"] == "llama_cpp:f32"
+    assert rt.active_plugins()["tokenizer"] == "llama_cpp:default"
+
+
+def test_selection_from_cli(capsys):
+    assert cli_main(["plugins", "--json", "--plugin", "kv_cache=llama_cpp:q8_0",
+                     "--plugin", "speculative=plain"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["areas"]["kv_cache"]["chosen"]["variant"] == "q8_0"
+    assert info["areas"]["speculative"]["chosen"]["name"] == "plain"
+
+
+def test_explicit_arguments_beat_the_environment(monkeypatch):
+    monkeypatch.setenv("CORERT_PLUGINS", "kv_cache=llama_cpp:f32")
+    rt = Runtime(plugins={"kv_cache": "llama_cpp:q8_0"})
+    assert rt.active_plugins()["kv_cache"] == "llama_cpp:q8_0"
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("tokenizer=no_such_tokenizer", "unknown tokenizer plugin"),
+    ("kv_cache=llama_cpp:q3_z", "unknown variant"),
+    ("nosucharea=x", "unknown plugin area"),
+    ("tokenizer", "expected AREA=NAME"),
+])
+def test_bad_selections_are_clear_errors(spec, match):
+    with pytest.raises(corert.CorertError, match=match):
+        Runtime(plugins=[spec])
+
+
+def test_plugins_json_lists_all_four_areas_with_a_chosen_variant(capsys):
+    assert cli_main(["plugins", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    for area in ("kv_cache", "speculative", "tokenizer", "scheduler"):
+        entry = info["areas"][area]
+        assert entry["implementations"], area
+        assert entry["chosen"]["name"] and entry["chosen"]["variant"], area
+    assert info["cpu"]["isa"] in ("avx512", "avx2", "neon", "scalar")
+
+
+def test_every_hook_has_a_test():
+    """datasette's meta-test: a new hook spec without a test here fails."""
+    covered = {"register_kv_caches", "register_decoders", "register_tokenizers", "register_schedulers",
+               "register_engines", "register_models", "on_request_start", "on_request_end"}
+    host = plugin_host.PluginHost.build()
+    specs = {name for name in dir(host.pm.hook) if not name.startswith("_")}
+    assert specs == covered
+
+
+def test_request_hooks_see_every_request(smollm2):
+    seen = []
+
+    class Tracer:
+        @hookimpl
+        def on_request_start(self, task, request):
+            seen.append(("start", task))
+
+        @hookimpl
+        def on_request_end(self, task, request, result, error):
+            seen.append(("end", task, error is None))
+
+    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"}, extra_plugins=[("tracer", Tracer())])
+    rt.generate("Hi", max_tokens=2, temperature=0)
+    with pytest.raises(corert.InputError):
+        rt.generate("", max_tokens=2)
+    list(rt.stream("Hi", max_tokens=2, temperature=0))
+    assert seen == [("start", "generate"), ("end", "generate", True),
+                    ("start", "generate"), ("end", "generate", True)]
+    rt.close()
+
+
+def test_registered_models_extend_the_store(tmp_path):
+    from corert.models import ModelFile, ModelSpec, WheelMember
+
+    @hookimpl
+    def register_models(register):
+        register(ModelSpec(name="my-model", kind="gguf", files=(
+            ModelFile("x.gguf", (WheelMember("pkg", "1", "x.gguf"),), "0" * 64),)))
+
+    rt = Runtime(models_dir=str(tmp_path), extra_plugins=[("mymodels", _module("corert_test_models",
+                                                                                register_models=register_models))])
+    assert "my-model" in rt.store.specs and "smollm2-135m-instruct" in rt.store.specs
