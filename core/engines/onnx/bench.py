@@ -1,0 +1,301 @@
+"""``corert bench embed`` / ``corert bench classify``: corert against the raw pipeline, in one run.
+
+Sides (same model, same texts, same onnxruntime threads, no spinning, interleaved call by call so the
+machine's noise falls on all of them alike):
+  raw-stock   onnxruntime + tokenizers written directly on the model file as shipped (pooling in numpy)
+  raw-same    the same, on the exact graph corert runs (its q8 preparation): corert's overhead baseline
+  corert      the onnx engine's loaded model: ``model.embed(texts)`` / ``model.classify(texts)``
+  runtime     the public API, ``Runtime.embed`` / ``Runtime.classify`` (through the scheduler)
+Measured: p50/p95 of single-text requests at 16 and 64 tokens ([CLS] and [SEP] included), and
+texts/s for batches of 32.  ``--explore`` adds a grid of session options on the raw graph.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ...interfaces import ThreadBudget
+from ...models.store import ModelStore
+from .config import OnnxConfig, session_options
+
+DEFAULT_MODEL = {"embed": "minilm-l6", "classify": "intent-minilm"}
+GOAL_P95_MS = {"embed": 3.0, "classify": 5.0}
+GOAL_RATIO = 1.05
+
+# Real prose: texts of exactly N tokens are word prefixes of these; batch texts are its sentences.
+PROSE = (
+    "The old lighthouse stood at the edge of the cliff, its white paint peeling after decades of salt wind. "
+    "Every evening the keeper climbed the spiral staircase to light the lamp, even though ships now relied on "
+    "satellite navigation. Villagers said the light was a promise rather than a warning. Tourists came in "
+    "summer to photograph the tower against the sunset, and in winter the storms kept everyone away. "
+    "When the council proposed closing it, the whole village signed a petition within two days. "
+    "Can you tell me how to transfer money from my checking account to my savings account? "
+    "I need to book a flight from Madrid to Chicago for the second week of March. "
+    "What's the weather forecast for the weekend in the mountains? "
+    "Please set a reminder to pick up the dry cleaning at five o'clock. "
+    "My credit card was declined at the grocery store this morning and I don't know why. "
+    "How many calories are in a large slice of pepperoni pizza? "
+    "Play the latest album by my favourite band in the kitchen. "
+    "The committee will publish its final report on renewable energy subsidies next month. "
+    "Researchers found that the new battery chemistry retains ninety percent of its capacity after "
+    "three thousand charge cycles, far beyond current lithium-ion cells. "
+    "She learned to sail as a child and later crossed the Atlantic alone in a small wooden boat. "
+    "Translate 'where is the train station' into Italian for me. "
+    "What is the exchange rate between the Japanese yen and the British pound today? "
+    "The recipe needs three eggs, a cup of sugar, and a teaspoon of vanilla extract. "
+    "Our team shipped the new search feature after fixing a tricky race condition in the indexer. "
+    "I lost my phone somewhere in the park; can you help me find it? "
+    "The documentary follows a family of elephants across the dry season in northern Kenya. "
+    "Is there heavy traffic on the bridge into the city right now? "
+    "Cancel my dinner reservation for tonight at the Thai place downtown. "
+    "How long should I boil an egg if I want the yolk to stay soft? "
+    "The library extended its opening hours during the exam period to help students. "
+    "Remind me what meetings I have on my calendar tomorrow afternoon. "
+    "What's the minimum payment due on my credit card this month? "
+    "The striker scored twice in the second half to secure the championship for her club. "
+    "Schedule a maintenance appointment for my car next Tuesday morning. "
+    "Tell me a fun fact about octopuses. "
+    "Water boils at a lower temperature at high altitude because the air pressure is lower. "
+    "Roll a twenty-sided die for my board game. "
+    "Find me a good Italian restaurant within walking distance that is open late. "
+    "The bakery on the corner sells out of croissants before eight every Saturday. "
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", type=int, default=300, help="single-text requests per side and length (default 300)")
+    p.add_argument("--batch-runs", type=int, default=20, help="batch-32 requests per side (default 20)")
+    p.add_argument("--warmup", type=int, default=30, help="untimed requests per side first (default 30)")
+    p.add_argument("--lengths", default="16,64", help="token lengths of the single-text inputs (default 16,64)")
+    p.add_argument("--explore", action="store_true",
+                   help="also time session-option combinations on the raw graph (16 tokens)")
+
+
+# -- inputs --------------------------------------------------------------------------------------------------
+def text_of_tokens(tokenizer, n: int) -> str:
+    """A real-prose text the tokenizer turns into exactly ``n`` tokens ([CLS] and [SEP] included)."""
+    words = PROSE.split()
+    for start in range(0, len(words)):
+        for end in range(start + 1, len(words) + 1):
+            c = tokenizer.count(" ".join(words[start:end]))
+            if c == n:
+                return " ".join(words[start:end])
+            if c > n:
+                break
+    raise ValueError(f"no prefix of the bench prose has exactly {n} tokens")
+
+
+def batch_texts(n: int = 32) -> list[str]:
+    sents = [s.strip() + "." for s in PROSE.replace("?", ".").split(". ") if s.strip()]
+    return [sents[i % len(sents)] for i in range(n)]
+
+
+# -- sides ---------------------------------------------------------------------------------------------------
+def _raw_side(graph_path: str, tokenizer_path: str, max_length: int, threads: ThreadBudget, kind: str,
+              pooled: bool) -> Callable[[list[str]], np.ndarray]:
+    """onnxruntime + tokenizers, written directly, as a user would without corert."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tokenizer_path)
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    sess = ort.InferenceSession(graph_path, session_options(OnnxConfig(), threads), providers=["CPUExecutionProvider"])
+    out = [sess.get_outputs()[0].name]
+
+    def run(texts: list[str]) -> np.ndarray:
+        encs = tok.encode_batch(texts) if len(texts) > 1 else [tok.encode(texts[0])]
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), np.int64)
+        mask = np.zeros((len(encs), width), np.int64)
+        for i, e in enumerate(encs):
+            ids[i, :len(e.ids)] = e.ids
+            mask[i, :len(e.ids)] = 1
+        y = sess.run(out, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        if kind == "embed" and not pooled:
+            m = mask[:, :, None].astype(np.float32)
+            y = (y * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            y = y / np.linalg.norm(y, axis=1, keepdims=True)
+        return y
+
+    return run
+
+
+def _timed(fn: Callable, texts: list[str]) -> float:
+    t0 = time.perf_counter_ns()
+    fn(texts)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def _interleaved(sides: dict[str, Callable], texts: list[str], runs: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for fn in sides.values():
+            fn(texts)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    names = list(sides)
+    for i in range(runs):
+        for k in names[i % len(names):] + names[:i % len(names)]:  # rotate who goes first
+            times[k].append(_timed(sides[k], texts))
+    return times
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
+            "mean_ms": float(a.mean()), "n": len(ms)}
+
+
+def run(args) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from ...errors import ConfigError
+    from .config import default_budget
+    from .plugin import make_engine
+
+    kind = args.bench if args.bench in DEFAULT_MODEL else "embed"
+    model = getattr(args, "model", None) or DEFAULT_MODEL[kind]
+    engine_sel = getattr(args, "engine", None) or "onnx"
+    if not engine_sel.startswith("onnx"):
+        raise ConfigError(f"bench {kind} runs the onnx engine, not {engine_sel!r}")
+    variant = engine_sel.partition(":")[2] or "q8"
+    cores = getattr(args, "threads", None) or default_budget().cores
+    budget = ThreadBudget(cores=cores, llama_threads=cores, llama_batch_threads=cores, ort_intra_op=cores,
+                          ort_inter_op=1, ort_spinning=False, numba_threads=cores)
+    path = ModelStore().resolve(model)
+    loaded = make_engine(variant).load(path, kind, budget)
+    call = (lambda t: loaded.embed(t)) if kind == "embed" else (lambda t: loaded.classify(t, top_k=5))
+    tok_path = str(path.parent / "tokenizer.json")
+    sides: dict[str, Callable] = {
+        "raw-stock": _raw_side(str(path), tok_path, loaded.max_length, budget, kind,
+                               pooled=kind != "embed"),
+        "raw-same": _raw_side(loaded.graph_path, tok_path, loaded.max_length, budget, kind,
+                              pooled=getattr(loaded, "pooled", True)),
+        "corert": call,
+    }
+    runtime_note = None
+    try:
+        from ...runtime import Runtime, RuntimeConfig
+
+        rt = Runtime(RuntimeConfig(n_threads=cores, engine="onnx"))
+        sides["runtime"] = ((lambda t: rt.embed(t, model=model)) if kind == "embed"
+                            else (lambda t: rt.classify(t, top_k=5, model=model)))
+        sides["runtime"](["warm up"])
+        budget_rt = rt.scheduler.thread_budget()
+        runtime_note = f"scheduler budget: ort intra {budget_rt.ort_intra_op}, spinning {budget_rt.ort_spinning}"
+    except Exception as exc:  # noqa: BLE001 - the Runtime side is extra; report why it is missing
+        sides.pop("runtime", None)
+        runtime_note = f"Runtime side skipped: {type(exc).__name__}: {exc}"
+
+    lengths = [int(x) for x in str(args.lengths).split(",") if x.strip()]
+    single: dict[str, dict[str, Any]] = {}
+    for n in lengths:
+        text = text_of_tokens(loaded.tokenizer, n)
+        times = _interleaved(sides, [text], args.runs, args.warmup)
+        single[str(n)] = {"text": text, **{k: _stats(v) for k, v in times.items()}}
+    texts = batch_texts(32)
+    times = _interleaved(sides, texts, args.batch_runs, 3)
+    batch = {k: {"texts_per_s": 32 / (float(np.median(v)) / 1e3), "p50_ms": float(np.median(v)), "n": len(v)}
+             for k, v in times.items()}
+
+    first = str(lengths[0])
+    result: dict[str, Any] = {
+        "bench": kind, "model": model, "graph": loaded.graph_path, "variant": variant,
+        "onnxruntime": ort.__version__, "threads": {"ort_intra_op": cores, "ort_inter_op": 1, "spinning": False},
+        "max_length": loaded.max_length, "runs": args.runs, "single": single, "batch32": batch,
+        "runtime_note": runtime_note,
+        "ratios": {
+            f"corert/raw-same p50 @{n}": single[str(n)]["corert"]["p50_ms"] / single[str(n)]["raw-same"]["p50_ms"]
+            for n in lengths},
+        "goals": {
+            f"p95 @{first} tokens <= {GOAL_P95_MS[kind]} ms": single[first]["corert"]["p95_ms"] <= GOAL_P95_MS[kind],
+            f"corert/raw-same <= {GOAL_RATIO}": all(
+                single[str(n)]["corert"]["p50_ms"] / single[str(n)]["raw-same"]["p50_ms"] <= GOAL_RATIO
+                for n in lengths),
+        },
+    }
+    result["ratios"].update({f"corert/raw-stock p50 @{n}": single[str(n)]["corert"]["p50_ms"]
+                             / single[str(n)]["raw-stock"]["p50_ms"] for n in lengths})
+    result["ratios"]["corert/raw-same batch32 texts/s"] = batch["corert"]["texts_per_s"] / batch["raw-same"]["texts_per_s"]
+    if "runtime" in sides:
+        result["ratios"].update({f"runtime/raw-same p50 @{n}": single[str(n)]["runtime"]["p50_ms"]
+                                 / single[str(n)]["raw-same"]["p50_ms"] for n in lengths})
+    if args.explore:
+        result["explore"] = explore(loaded.graph_path, tok_path, loaded.max_length, kind,
+                                    text_of_tokens(loaded.tokenizer, lengths[0]), cores,
+                                    runs=max(100, args.runs // 2))
+    return result
+
+
+def explore(graph_path: str, tok_path: str, max_length: int, kind: str, text: str, cores: int,
+            runs: int) -> list[dict[str, Any]]:
+    """Session options vs single-text latency, all variants interleaved (same noise for each)."""
+    import itertools
+
+    combos = []
+    for level, intra, mem, par in itertools.product(("basic", "extended", "all"), sorted({1, cores}),
+                                                    (True, False), (False,)):
+        combos.append({"graph_optimization": level, "intra_op": intra, "mem_pattern": mem, "parallel": par})
+    combos.append({"graph_optimization": "all", "intra_op": cores, "mem_pattern": True, "parallel": True})
+    combos.append({"graph_optimization": "all", "intra_op": cores, "mem_pattern": True, "parallel": False,
+                   "spinning": True})
+    sides = {}
+    for i, c in enumerate(combos):
+        b = ThreadBudget(cores=cores, llama_threads=1, llama_batch_threads=1, ort_intra_op=c["intra_op"],
+                         ort_inter_op=2 if c["parallel"] else 1, ort_spinning=c.get("spinning", False),
+                         numba_threads=1)
+        sides[str(i)] = _raw_side_cfg(graph_path, tok_path, max_length, b, kind,
+                                      OnnxConfig(graph_optimization=c["graph_optimization"],
+                                                 mem_pattern=c["mem_pattern"], parallel_execution=c["parallel"]))
+    times = _interleaved(sides, [text], runs, 20)
+    return [{**c, **_stats(times[str(i)])} for i, c in enumerate(combos)]
+
+
+def _raw_side_cfg(graph_path, tok_path, max_length, threads, kind, cfg):
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(tok_path)
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    sess = ort.InferenceSession(graph_path, session_options(cfg, threads), providers=["CPUExecutionProvider"])
+
+    def run(texts):
+        ids = np.array([tok.encode(texts[0]).ids], np.int64)
+        return sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                               "token_type_ids": np.zeros_like(ids)})
+
+    return run
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r.get("machine", {})
+    lengths = list(r["single"])
+    lines = [f"corert bench {r['bench']} — {r['model']} (engine onnx:{r['variant']}, onnxruntime {r['onnxruntime']}), "
+             f"{r['threads']['ort_intra_op']} intra-op threads, no spinning, max_length {r['max_length']}",
+             f"machine: {m.get('cpu', '?')} ({m.get('cores', '?')} cores, {m.get('isa', '?')})",
+             f"single-text requests: {r['runs']} per side and length, interleaved; batch: 32 texts", ""]
+    head = f"{'side':<11}" + "".join(f"{f'p50 @{n}':>10}{f'p95 @{n}':>10}" for n in lengths) + f"{'batch32 texts/s':>17}"
+    lines.append(head)
+    for side in r["batch32"]:
+        row = f"{side:<11}" + "".join(f"{r['single'][n][side]['p50_ms']:>9.3f} {r['single'][n][side]['p95_ms']:>9.3f} "
+                                      for n in lengths)
+        lines.append(row + f"{r['batch32'][side]['texts_per_s']:>16.0f}")
+    lines.append("(times in ms)")
+    lines.append("")
+    for k, v in r["ratios"].items():
+        lines.append(f"{k:<40}{v:>8.3f}")
+    lines.append("")
+    for k, ok in r["goals"].items():
+        lines.append(f"goal {k}: {'met' if ok else 'NOT met'}")
+    if r.get("runtime_note"):
+        lines.append(r["runtime_note"])
+    if r.get("explore"):
+        lines += ["", "session options on the raw graph (16 tokens):",
+                  f"{'optimization':<13}{'intra':>6}{'mem_pattern':>12}{'parallel':>9}{'spin':>6}{'p50':>8}{'p95':>8}"]
+        for e in r["explore"]:
+            lines.append(f"{e['graph_optimization']:<13}{e['intra_op']:>6}{str(e['mem_pattern']):>12}"
+                         f"{str(e['parallel']):>9}{str(e.get('spinning', False)):>6}{e['p50_ms']:>8.3f}{e['p95_ms']:>8.3f}")
+    return "\n".join(lines)
