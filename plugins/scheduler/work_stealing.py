@@ -92,6 +92,8 @@ class TaskFuture(Future):
             ok = super().cancel()
             if ok:
                 self._scheduler._count("cancelled")
+                # no worker will see it now: tell wait()/as_completed() waiters, as an executor would
+                self.set_running_or_notify_cancel()
             return ok
         if super().cancel():  # taken by a worker but not started: the worker will see it and count it
             self._task.token.cancel("cancelled")
@@ -219,22 +221,15 @@ class WorkStealingScheduler:
         stop only when ``cancel_pending``."""
         with self._cond:
             self._stopping = True
-            dropped = []
+            pending = [t for w in self._workers for d in w.deques.values() for t in d] if cancel_pending else []
             if cancel_pending:
                 for w in self._workers:
-                    for d in w.deques.values():
-                        dropped.extend(d)
-                        d.clear()
                     if w.running is not None:
                         w.running.token.cancel("shutdown")
-                self._queued = 0
-                for t in dropped:
-                    t.queued = False
             self._cond.notify_all()
-        for t in dropped:
+        for t in pending:  # withdraws, counts and notifies waiters; one a worker took meanwhile just runs
             t.token.cancel("shutdown")
-            if t.future.cancel():
-                self._count("cancelled")
+            t.future.cancel()
         if wait:
             for w in self._workers:
                 if w.thread is not threading.current_thread():
