@@ -96,8 +96,9 @@ def test_classify_result(classifier):
     top = r.results[0].top
     assert len(top) == 4 and top[0].score > 0.5 and top[0].score >= top[1].score >= top[3].score
     d = json.loads(json.dumps(r.to_dict()))
-    assert d["results"][0]["label"] == "alarm" and len(d["results"][0]["top_k"]) == 4
-    assert d["results"][0]["tokens"] == classifier.tokenizer.count("set an alarm for 7 am tomorrow")
+    assert d["results"][0][0]["label"] == "alarm" and len(d["results"][0]) == 4
+    assert d["inputs"][0] == {"tokens": classifier.tokenizer.count("set an alarm for 7 am tomorrow"),
+                              "truncated": False}
     assert classifier.classify(["tell me a joke"], top_k=1000).results[0].top.__len__() == 157
 
 

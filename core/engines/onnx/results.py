@@ -77,8 +77,9 @@ class ClassifyResult:
         return [r.label for r in self.results]
 
     def to_dict(self) -> dict[str, Any]:
+        """``results``: per text, its top_k labels best first; ``inputs``: per text, tokens and truncation
+        (the same shape as EmbedResult's)."""
         return {"model": self.model, "max_length": self.max_length, "n_labels": self.n_labels,
-                "results": [{"label": r.label, "score": r.score,
-                             "top_k": [{"label": x.label, "score": x.score} for x in r.top],
-                             "tokens": r.tokens, "truncated": r.truncated} for r in self.results],
+                "results": [[{"label": x.label, "score": x.score} for x in r.top] for r in self.results],
+                "inputs": [{"tokens": r.tokens, "truncated": r.truncated} for r in self.results],
                 "timings_ms": self.timings.to_dict()}
