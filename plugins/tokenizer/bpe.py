@@ -51,7 +51,9 @@ class BpeTokenizer:
                                       [bool(a) for a in vocab.special_always])
         self._cache = K.new_word_cache()
         self._lock = threading.Lock()  # the word cache is mutated by encode
-        self._pieces = [vocab.piece(i) for i in range(vocab.n_vocab)]
+        blob = vocab.piece_blob.tobytes()
+        offs = vocab.piece_offs.tolist()
+        self._pieces = [blob[a:b] for a, b in zip(offs[:-1], offs[1:])]
 
     @classmethod
     def from_gguf(cls, model_path: str, variant: str | None = None) -> "BpeTokenizer":

@@ -251,16 +251,16 @@ def _eog_ids(md, key_id, by_text, types, str_texts) -> set[int]:
 def _pieces(texts: list[bytes], types: np.ndarray, is_spm: bool) -> list[bytes]:
     """What llama.cpp's token_to_piece gives with special=False: control/unknown/unused -> nothing."""
     out = []
-    table = {cp: b for cp, b in CP_TO_BYTE.items()}
+    unmap = {cp: chr(b) for cp, b in CP_TO_BYTE.items()}
+    escaped = "\u2581".encode()
     for t, ty in zip(texts, types):
         if ty == T_NORMAL:
             if is_spm:
-                out.append(t.replace("\u2581".encode(), b" "))
+                out.append(t.replace(escaped, b" "))
             else:
-                s = t.decode("utf-8", errors="replace")
                 try:
-                    out.append(bytes(table[ord(c)] for c in s))
-                except KeyError:  # a character outside the byte map: keep the text as it is
+                    out.append(t.decode("utf-8").translate(unmap).encode("latin-1"))
+                except UnicodeError:  # a character outside the byte map: keep the text as it is
                     out.append(t)
         elif ty == T_USER_DEFINED:
             out.append(t)
