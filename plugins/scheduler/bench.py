@@ -1,0 +1,186 @@
+"""``corert bench scheduler``: interactive latency while batch generation saturates the machine.
+
+For each scheduler, in one process run and through the same :class:`corert.Runtime` path:
+
+1. idle    ``--requests`` interactive embeds of a short text (MiniLM, onnxruntime), one at a time, with a
+           short pause between them: their latency (submit to result) on an otherwise idle runtime;
+2. loaded  the same embeds (for at least ``--min-window`` seconds) while ``--batch-streams`` threads keep batch-priority generations running back
+           to back (SmolLM2 by default, llama.cpp): their latency, and the batch tokens/s meanwhile.
+
+Schedulers: ``work_stealing:inference`` (a core reserved for interactive work), ``work_stealing:balanced``
+(the default), ``fifo`` (the reference) and ``threadpool``, a plain ``ThreadPoolExecutor`` with one worker
+per core and the libraries' own thread defaults, as an app without a scheduler would run.  The goal:
+work_stealing's loaded p95 ≤ 1.5x its idle p95; the batch throughput it gives up for that is reported
+against the best batch figure of the run.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import threading
+import time
+from typing import Any
+
+from corert import Implementation, hookimpl
+from corert.interfaces import ThreadBudget
+
+SIDES = ("work_stealing:inference", "work_stealing:balanced", "fifo", "threadpool")
+TEXTS = ("how do I reset my password", "what's the weather like tomorrow", "book a table for two tonight",
+         "transfer fifty dollars to my savings account", "play some relaxing music")
+BATCH_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+GOAL = 1.5
+
+
+# -- the plain ThreadPoolExecutor side ---------------------------------------------------------------------
+class ThreadPoolScheduler:
+    """What an app gets without a scheduler: a ThreadPoolExecutor (FIFO, priorities and timeouts ignored)
+    and every pool at its library default size (all cores each; onnxruntime's spinning left on)."""
+
+    name = "threadpool"
+
+    def __init__(self, cores: int | None = None):
+        self.cores = cores or len(os.sched_getaffinity(0))
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.cores)
+
+    def submit(self, fn, *args, priority: str = "normal", timeout: float | None = None, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def thread_budget(self) -> ThreadBudget:
+        n = self.cores
+        return ThreadBudget(cores=n, llama_threads=n, llama_batch_threads=n, ort_intra_op=n, ort_inter_op=1,
+                            ort_spinning=True, numba_threads=n)
+
+    def stats(self) -> dict[str, Any]:
+        return {"scheduler": self.name, "workers": self.cores}
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait)
+
+
+class _ThreadPoolPlugin:
+    @hookimpl
+    def register_schedulers(self, register):
+        register(Implementation(area="scheduler", name="threadpool", priority=-100,
+                                factory=lambda variant, config=None: ThreadPoolScheduler(
+                                    getattr(config, "n_threads", None)),
+                                description="plain ThreadPoolExecutor (bench baseline)"))
+
+
+# -- the bench contract --------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--requests", type=int, default=30,
+                   help="interactive embeds per phase, at least (default 30)")
+    p.add_argument("--min-window", type=float, default=3.0,
+                   help="the loaded phase lasts at least this many seconds, for the batch tokens/s (3)")
+    p.add_argument("--gap-ms", type=float, default=20.0, help="pause between interactive requests (20)")
+    p.add_argument("--batch-streams", type=int, default=2,
+                   help="threads submitting batch generations back to back (default 2)")
+    p.add_argument("--batch-tokens", type=int, default=48, help="tokens per batch generation (default 48)")
+    p.add_argument("--sides", default=",".join(SIDES), help=f"schedulers to compare (default {','.join(SIDES)})")
+
+
+def _latencies(rt, n: int, gap: float) -> list[float]:
+    out = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        rt.embed([TEXTS[i % len(TEXTS)]], priority="interactive")
+        out.append(time.perf_counter() - t0)
+        time.sleep(gap)
+    return out
+
+
+def _summary(lat: list[float]) -> dict[str, float]:
+    from corert.bench.stats import percentile
+
+    ms = [x * 1e3 for x in lat]
+    return {"p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "max_ms": max(ms), "n": len(ms)}
+
+
+def run_side(side: str, args) -> dict[str, Any]:
+    from corert import Runtime
+
+    name, _, variant = side.partition(":")
+    kwargs: dict[str, Any] = {"plugins": {"scheduler": side}}
+    if getattr(args, "threads", None):
+        kwargs["n_threads"] = args.threads
+    if getattr(args, "model", None):
+        kwargs["model"] = args.model
+    with Runtime(extra_plugins=[("bench_threadpool", _ThreadPoolPlugin())], **kwargs) as rt:
+        budget = rt.scheduler.thread_budget()
+        rt.embed(["warm up"], priority="interactive")
+        rt.generate("Hi", max_tokens=2, temperature=0, priority="batch")
+        idle = _latencies(rt, args.requests, args.gap_ms / 1e3)
+
+        stop = threading.Event()
+        stamps: list[list[float]] = [[] for _ in range(args.batch_streams)]  # when each batch token arrived
+        running = threading.Barrier(args.batch_streams + 1)
+
+        def feed(i: int) -> None:
+            running.wait()
+            while not stop.is_set():
+                for chunk in rt.stream(f"({i}) {BATCH_PROMPT}", max_tokens=args.batch_tokens, temperature=0,
+                                       priority="batch"):
+                    now = time.perf_counter()
+                    stamps[i].extend(now for _ in chunk.token_ids)
+
+        feeders = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(args.batch_streams)]
+        for f in feeders:
+            f.start()
+        running.wait()
+        time.sleep(0.3)  # the batch generations are under way
+        t0 = time.perf_counter()
+        loaded = []
+        while len(loaded) < args.requests or time.perf_counter() - t0 < args.min_window:
+            loaded += _latencies(rt, 1, args.gap_ms / 1e3)
+        t1 = time.perf_counter()
+        stop.set()
+        for f in feeders:
+            f.join()
+        stats = rt.scheduler.stats()
+    window = t1 - t0
+    batch_tokens = sum(t0 <= t <= t1 for st in stamps for t in st)
+    idle_s, loaded_s = _summary(idle), _summary(loaded)
+    return {"side": side, "idle": idle_s, "loaded": loaded_s,
+            "p95_ratio": loaded_s["p95_ms"] / idle_s["p95_ms"],
+            "batch_tok_s": batch_tokens / window, "window_s": window,
+            "budget": {k: getattr(budget, k) for k in ("cores", "llama_threads", "ort_intra_op", "ort_spinning")},
+            "stats": {k: stats[k] for k in ("steals", "queue_wait_ms_by_priority", "per_worker", "completed")
+                      if k in stats}}
+
+
+def run(args) -> dict[str, Any]:
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    results = [run_side(side, args) for side in sides]
+    best_idle = min(r["idle"]["p95_ms"] for r in results)
+    best_batch = max(r["batch_tok_s"] for r in results)
+    for r in results:
+        r["p95_vs_best_idle"] = r["loaded"]["p95_ms"] / best_idle
+        r["batch_loss"] = 1.0 - r["batch_tok_s"] / best_batch if best_batch > 0 else float("nan")
+    ws = [r for r in results if r["side"].startswith("work_stealing:inference")]
+    return {"bench": "scheduler", "requests": args.requests, "gap_ms": args.gap_ms,
+            "batch_streams": args.batch_streams, "batch_tokens": args.batch_tokens,
+            "loadavg_1m_before": load_before,
+            "loadavg_1m_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "goal": f"work_stealing:inference loaded p95 <= {GOAL}x idle p95",
+            "goal_met": bool(ws) and all(r["p95_ratio"] <= GOAL for r in ws),
+            "sides": results}
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    lines = [f"scheduler bench: {result['requests']} interactive embeds (MiniLM) per phase, "
+             f"{result['batch_streams']} batch streams x {result['batch_tokens']} tokens",
+             f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores; load avg before/after "
+             f"{result['loadavg_1m_before']:.2f}/{result['loadavg_1m_after']:.2f}", "",
+             f"{'scheduler':26} {'idle p50':>9} {'idle p95':>9} {'load p50':>9} {'load p95':>9} "
+             f"{'p95 x':>6} {'x best idle':>11} {'batch tok/s':>11} {'batch loss':>10}"]
+    for r in result["sides"]:
+        lines.append(f"{r['side']:26} {r['idle']['p50_ms']:8.2f}m {r['idle']['p95_ms']:8.2f}m "
+                     f"{r['loaded']['p50_ms']:8.2f}m {r['loaded']['p95_ms']:8.2f}m {r['p95_ratio']:6.2f} "
+                     f"{r['p95_vs_best_idle']:11.2f} {r['batch_tok_s']:11.1f} {r['batch_loss'] * 100:9.1f}%")
+    lines += ["", f"goal ({result['goal']}): {'met' if result['goal_met'] else 'NOT met'}",
+              "latencies in ms (m); 'p95 x' = loaded p95 / the same scheduler's idle p95; batch loss is "
+              "against the best batch tok/s of this run"]
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""`corert bench scheduler` runs end to end on the real models (tiny settings; figures are not asserted)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from corert.models.store import ModelStore
+from corert.plugins.scheduler import bench
+
+
+@pytest.mark.slow
+def test_scheduler_bench_runs_every_side_and_renders():
+    try:
+        ModelStore().resolve("smollm2-135m-instruct"), ModelStore().resolve("minilm-l6")
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"models not available: {exc}")
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--requests", "3", "--min-window", "0.3", "--batch-tokens", "8",
+                              "--sides", "work_stealing:inference,threadpool"])
+    args.threads, args.model = None, None
+    result = bench.run(args)
+    assert [r["side"] for r in result["sides"]] == ["work_stealing:inference", "threadpool"]
+    for r in result["sides"]:
+        assert r["idle"]["n"] == 3 and r["loaded"]["n"] >= 3 and r["batch_tok_s"] > 0
+    ws = result["sides"][0]
+    assert ws["stats"]["completed"] >= 6  # every embed and generation went through the scheduler
+    assert ws["budget"]["ort_spinning"] is False and result["sides"][1]["budget"]["ort_spinning"] is True
+    text = bench.render({"machine": {"cpu": "test", "cores": 2}, **result})
+    assert "work_stealing:inference" in text and "goal" in text
