@@ -60,6 +60,9 @@ class RuntimeConfig:
     allow: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     deny: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     models_dir: str | None = None
+    #: speculative decoding: the draft model (default: the known pairing for the target) and max depth
+    draft_model: str | None = None
+    draft_depth: int = 8
     embed_model: str = DEFAULT_EMBED_MODEL
     classify_model: str = DEFAULT_CLASSIFY_MODEL
 
@@ -90,6 +93,7 @@ class RuntimeConfig:
         for key, field, conv in (("CORERT_MODEL", "model", str), ("CORERT_ENGINE", "engine", str),
                                  ("CORERT_CTX", "n_ctx", int), ("CORERT_THREADS", "n_threads", int),
                                  ("CORERT_MODELS_DIR", "models_dir", str), ("CORERT_ALLOW", "allow", str),
+                                 ("CORERT_DRAFT_MODEL", "draft_model", str),
                                  ("CORERT_DISABLE", "deny", str)):
             if env.get(key):
                 try:

@@ -1,0 +1,138 @@
+"""Speculative decoding: draft k tokens cheaply, verify them with one batched forward of the target, keep
+the accepted prefix, roll the rest back out of the KV cache.
+
+One step: the target's last token ``pending`` (sampled, not yet evaluated) and the drafts d1..dk are
+evaluated together, [pending, d1, …, dk], with logits at every position; the acceptance rule keeps a prefix
+d1..dj and picks the target's own next token; the cache is truncated to drop d(j+1)..dk.  With k = 0 a step
+is exactly a plain decoding step.  Greedy output is identical to plain decoding whenever the engine's
+batched logits equal its one-by-one logits (the native engine guarantees that; llama.cpp does not quite).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from corert.engines.common import prefill
+from corert.interfaces import SamplingParams, Session
+
+from .acceptance import accept_greedy, accept_sampled
+from .controller import Chooser, DepthController
+from .sampling import Sampler
+
+
+class DraftSource(Protocol):
+    name: str
+
+    def start(self, prompt_ids: Sequence[int]) -> None: ...
+    def extend(self, ids: Sequence[int]) -> None: ...
+    def available(self, k_max: int) -> int: ...
+    def propose(self, k: int, params: SamplingParams, rng: np.random.Generator
+                ) -> tuple[list[int], list[dict[int, float]]]: ...
+
+
+class SpeculativeDecoder:
+    """Drafts from one or more sources; ``adaptive`` chooses the source and depth each step (0 = off),
+    otherwise the depth is fixed at ``max_depth`` whenever the source has drafts."""
+
+    name = "speculative"
+
+    def __init__(self, sources: list[DraftSource], adaptive: bool = True, max_depth: int = 8):
+        self.sources = sources
+        self.adaptive = adaptive
+        self.max_depth = max_depth
+        self._stats: dict = {}
+
+    def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
+                 is_eog: Callable[[int], bool]) -> Iterator[int]:
+        greedy = params.temperature <= 0.0
+        sampler = Sampler(params)
+        rng = sampler.rng
+        verify_times: dict = {}
+        ctrls = [DepthController(max_depth=self.max_depth, verify=verify_times) for _ in self.sources]
+        chooser = Chooser()
+        st = {"drafted": 0, "accepted": 0, "steps": 0, "spec_steps": 0, "draft_ms": 0.0, "verify_ms": 0.0,
+              "per_source": {s.name: {"drafted": 0, "accepted": 0, "steps": 0} for s in self.sources}}
+        self._stats = st
+
+        t0 = time.perf_counter()
+        logits = prefill(session, prompt_ids)
+        st["prompt_ms"] = (time.perf_counter() - t0) * 1e3
+        for s in self.sources:
+            s.start(prompt_ids)
+        pending = sampler(logits)
+        produced = 0
+        while True:
+            yield pending
+            produced += 1
+            if is_eog(pending) or produced >= params.max_tokens:
+                break
+            for s in self.sources:
+                s.extend((pending,))
+            # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
+            room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
+            idx, k = self._choose(ctrls, chooser, room)
+            drafts: list[int] = []
+            qs: list[dict[int, float]] = []
+            if k > 0:
+                td = time.perf_counter()
+                drafts, qs = self.sources[idx].propose(k, params, rng)
+                ctrls[idx].record_draft(len(drafts), time.perf_counter() - td)
+                st["draft_ms"] += (time.perf_counter() - td) * 1e3
+            st["steps"] += 1
+            tv = time.perf_counter()
+            if not drafts:
+                logits = session.eval((pending,))
+                dt = time.perf_counter() - tv
+                ctrls[0].record_verify(1, dt)  # the verify table is shared by every controller
+                st["verify_ms"] += dt * 1e3
+                pending = sampler(logits)
+                continue
+            rows = session.eval([pending] + drafts, all_logits=True)
+            dt = time.perf_counter() - tv
+            ctrls[idx].record_verify(len(drafts) + 1, dt)
+            st["verify_ms"] += dt * 1e3
+            if greedy:
+                n_ok, nxt = accept_greedy(drafts, rows)
+            else:
+                n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
+            session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
+            ctrls[idx].record_acceptance(len(drafts), n_ok)
+            st["spec_steps"] += 1
+            st["drafted"] += len(drafts)
+            st["accepted"] += n_ok
+            ps = st["per_source"][self.sources[idx].name]
+            ps["drafted"] += len(drafts)
+            ps["accepted"] += n_ok
+            ps["steps"] += 1
+            stop = False
+            for tok in drafts[:n_ok]:
+                yield tok
+                produced += 1
+                if is_eog(tok) or produced >= params.max_tokens:
+                    stop = True
+                    break
+            if stop:
+                break
+            for s in self.sources:
+                s.extend(drafts[:n_ok])
+            pending = nxt
+
+    def _choose(self, ctrls: list[DepthController], chooser: Chooser, room: int) -> tuple[int, int]:
+        if room <= 0:
+            return 0, 0
+        options = [(i, c, s.available(room)) for i, (s, c) in enumerate(zip(self.sources, ctrls))]
+        if not self.adaptive:
+            for i, _, avail in options:
+                if avail > 0:
+                    return i, min(avail, room)
+            return 0, 0
+        return chooser.choose(options)
+
+    def stats(self) -> dict:
+        st = dict(self._stats)
+        if st:
+            st["acceptance_rate"] = st["accepted"] / st["drafted"] if st["drafted"] else 0.0
+            st["mean_depth"] = st["drafted"] / st["spec_steps"] if st["spec_steps"] else 0.0
+        return st

@@ -1,0 +1,60 @@
+"""The speculative decoding plugin: ``speculative=speculative:VARIANT``.
+
+Variants: ``adaptive`` (default: prompt lookup plus the draft model when one is paired with the target,
+source and depth chosen every step, 0 = off), ``lookup`` (prompt lookup, fixed depth) and ``draft`` (draft
+model, fixed depth).  The draft model is ``RuntimeConfig.draft_model`` or the known pairing below.
+"""
+from __future__ import annotations
+
+from corert import Implementation, Variant, hookimpl
+from corert.errors import PluginError
+
+from .decoder import SpeculativeDecoder
+from .sources import DraftModelSource, LookupSource, check_same_vocabulary
+
+#: target model -> draft model of the same family (same tokenizer)
+DRAFT_PAIRS = {"qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-0.5b-instruct"}
+
+
+def draft_model_for(runtime, model: str | None) -> str | None:
+    cfg = runtime.config
+    if getattr(cfg, "draft_model", None):
+        return cfg.draft_model
+    name = model or cfg.model
+    if name in DRAFT_PAIRS:
+        return DRAFT_PAIRS[name]
+    for target, draft in DRAFT_PAIRS.items():  # a path to a pulled model counts as its name
+        try:
+            if str(runtime.store.path(target)) == str(name):
+                return draft
+        except Exception:  # noqa: BLE001
+            continue
+    return None
+
+
+def make(variant: str, config=None, runtime=None, model=None, **_):
+    max_depth = int(getattr(config, "draft_depth", 0) or 8)
+    sources = []
+    if variant in ("lookup", "adaptive"):
+        sources.append(LookupSource())
+    if variant in ("draft", "adaptive"):
+        draft = draft_model_for(runtime, model) if runtime is not None else None
+        if draft is None and variant == "draft":
+            raise PluginError("speculative:draft needs a draft model: set draft_model (CORERT_DRAFT_MODEL, "
+                              "--draft-model) to a model with the target's vocabulary")
+        if draft is not None:
+            target_loaded, _ = runtime.load_generation_model(model)
+            draft_loaded, draft_lock = runtime.load_generation_model(draft)
+            check_same_vocabulary(target_loaded.tokenizer, draft_loaded.tokenizer)
+            sources.append(DraftModelSource(draft_loaded, draft_lock, max_depth))
+    return SpeculativeDecoder(sources, adaptive=variant == "adaptive", max_depth=max_depth)
+
+
+@hookimpl
+def register_decoders(register):
+    register(Implementation(
+        area="speculative", name="speculative", factory=make, priority=-1,
+        variants=(Variant("adaptive", priority=10, description="lookup + draft model, depth chosen per step"),
+                  Variant("lookup", priority=5, description="prompt lookup, fixed depth"),
+                  Variant("draft", priority=0, description="draft model, fixed depth")),
+        description="lossless speculative decoding: draft, verify in one batched forward, roll back"))
