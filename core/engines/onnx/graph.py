@@ -5,6 +5,7 @@ Needed when a model is pulled or first prepared, never on the request path.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import numpy as np
@@ -131,6 +132,56 @@ def add_linear_softmax(model, weight: np.ndarray, bias: np.ndarray, source: str 
     g.output.append(helper.make_tensor_value_info(PROBABILITIES_OUTPUT, TensorProto.FLOAT,
                                                   ["batch", int(weight.shape[0])]))
     return model
+
+
+def gather_before_dequant(model) -> int:
+    """Rewrite ``Gather(Cast(Q) * S, ids)`` (an int8 embedding table with a scale per row) into
+    ``Cast(Gather(Q, ids)) * Gather(S, ids)``: the same numbers, but the table stays int8 in memory instead
+    of being folded to fp32 when the graph is optimized (MiniLM's word table: 11 MB instead of 47 MB).
+    Returns how many tables were rewritten."""
+    onnx_module()
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    dead, new, done = set(), [], 0
+    for node in g.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        mul = producer.get(node.input[0]) if node.op_type == "Gather" and axis == 0 else None
+        cast = producer.get(mul.input[0]) if mul is not None and mul.op_type == "Mul" else None
+        if cast is None or cast.op_type != "Cast" or consumers.get(mul.output[0]) != 1 \
+                or consumers.get(cast.output[0]) != 1:
+            new.append(node)
+            continue
+        q, s = inits.get(cast.input[0]), inits.get(mul.input[1])
+        if q is None or s is None or q.data_type not in (TensorProto.INT8, TensorProto.UINT8) \
+                or len(q.dims) != 2 or list(s.dims) not in ([q.dims[0], 1], [q.dims[0]]):
+            new.append(node)
+            continue
+        to = next(a.i for a in cast.attribute if a.name == "to")
+        base, ids, out = node.name or node.output[0], node.input[1], node.output[0]
+        scale_rows = f"{base}/scale_rows"
+        new += [helper.make_node("Gather", [q.name, ids], [f"{base}/q_rows"], name=f"{base}/q_rows", axis=0),
+                helper.make_node("Cast", [f"{base}/q_rows"], [f"{base}/f_rows"], name=f"{base}/f_rows", to=to),
+                helper.make_node("Gather", [s.name, ids], [scale_rows], name=scale_rows, axis=0)]
+        if len(s.dims) == 1:  # (rows,) scales: one per gathered row, broadcast over the hidden axis
+            axes = f"{base}/axes"
+            g.initializer.append(helper.make_tensor(axes, TensorProto.INT64, [1], [-1]))
+            new.append(helper.make_node("Unsqueeze", [scale_rows, axes], [f"{base}/scale_e"], name=f"{base}/scale_e"))
+            scale_rows = f"{base}/scale_e"
+        new.append(helper.make_node("Mul", [f"{base}/f_rows", scale_rows], [out], name=f"{base}/dequant"))
+        dead.update({id(mul), id(cast)})
+        done += 1
+    if done:
+        keep = [copy.deepcopy(n) for n in new if id(n) not in dead]  # copies: deleting frees the originals
+        del g.node[:]
+        g.node.extend(keep)
+    return done
 
 
 def save_atomic(model, path: str) -> None:

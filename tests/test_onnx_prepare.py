@@ -1,0 +1,69 @@
+"""The q8 preparation of the encoder graph: what it changes, what it keeps, and its cache."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from corert.engines.onnx import graph, prepare
+from corert.engines.onnx.plugin import make_engine
+from corert.models.store import ModelStore
+
+onnx = pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def encoder_path():
+    return ModelStore().resolve("minilm-l6")
+
+
+def _run(model_bytes_or_path, ids):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(model_bytes_or_path, providers=["CPUExecutionProvider"])
+    return s.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0]
+
+
+def test_gather_before_dequant_gives_the_same_numbers(encoder_path):
+    m = graph.load_model(str(encoder_path))
+    assert graph.gather_before_dequant(m) == 2  # word and position tables
+    ids = np.array([[101, 7592, 2088, 1010, 2129, 2024, 2017, 1029, 102]], np.int64)
+    np.testing.assert_allclose(_run(m.SerializeToString(), ids), _run(str(encoder_path), ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, model, fp32", [("embed", "minilm-l6", 1), ("classify", "intent-minilm", 2)])
+def test_prepared_graph(kind, model, fp32):
+    path = prepare.prepared(ModelStore().resolve(model), kind)
+    m = graph.load_model(str(path))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("MatMulInteger") == 36 - 1  # every encoder projection but layer 0's FFN down
+    inits = {i.name: i for i in m.graph.initializer}
+    const_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert len(const_matmuls) == fp32  # that one, plus the classifier head
+    table = [i for i in m.graph.initializer if list(i.dims) == [30522, 384]]  # the word embeddings
+    assert len(table) == 1 and table[0].data_type == onnx.TensorProto.INT8
+    assert os.path.getsize(path) < 30e6
+    out = [o.name for o in m.graph.output]
+    assert out == (["sentence_embedding"] if kind == "embed" else ["probabilities"])
+
+
+def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, encoder_path):
+    src = tmp_path / "model.onnx"
+    shutil.copy(encoder_path, src)
+    first = prepare.prepared(src, "embed")
+    stamp = first.stat().st_mtime_ns
+    assert prepare.prepared(src, "embed") == first and first.stat().st_mtime_ns == stamp
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # "re-pulled"
+    again = prepare.prepared(src, "embed")
+    assert again == first and again.stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", f"model.{prepare.RECIPE}.json",
+                                                          f"model.{prepare.RECIPE}.onnx"]
+
+
+def test_q8_and_stock_agree(encoder_path):
+    texts = ["How do I reset my online banking password?", "Heavy rain is expected tomorrow."]
+    a = make_engine("q8").load(encoder_path, "embed").embed(texts).embeddings
+    b = make_engine("stock").load(encoder_path, "embed").embed(texts).embeddings
+    assert np.sum(a * b, axis=1).min() > 0.98
