@@ -62,6 +62,12 @@ def _decode_one(data, i, n, table, cls, boff, k):
     return i + step
 
 
+@njit(cache=True, inline="never")
+def _decode_slow(data, i, n, table, cls, boff, k):
+    # Kept out of line: inlined, its branches stop LLVM from vectorizing the ASCII blocks around it.
+    return _decode_one(data, i, n, table, cls, boff, k)
+
+
 @njit(cache=True)
 def classify_scalar(data, start, end, table, cls, boff):
     """Classes and byte offsets of the codepoints of data[start:end]; returns their count.
@@ -79,19 +85,33 @@ def classify_scalar(data, start, end, table, cls, boff):
 
 @njit(cache=True, inline="always")
 def _ascii_class(b):
-    # Branch-free form of the ASCII classes so that a block of them vectorizes.
-    r = np.int32(OTHER)
-    if np.uint32(b - 9) < 5:
-        r = np.int32(WS)
-    if b == 10 or b == 13:
-        r = np.int32(NEWLINE)
-    if b == 32:
-        r = np.int32(SPACE)
-    if np.uint32(b - 48) < 10:
-        r = np.int32(NUMBER)
-    if np.uint32((b | 32) - 97) < 26:
-        r = np.int32(LETTER)
-    return r
+    # Arithmetic form of the ASCII classes (the sets are disjoint) so that a block of them vectorizes:
+    # letter 1, digit 2, space 3, CR/LF 4, other whitespace 5, everything else 6.
+    letter = np.int32(np.uint32((b | 32) - 97) < 26)
+    digit = np.int32(np.uint32(b - 48) < 10)
+    space = np.int32(b == 32)
+    crlf = np.int32(b == 10) | np.int32(b == 13)
+    ws = np.int32(np.uint32(b - 9) < 5)
+    return np.uint8(6 - 5 * letter - 4 * digit - 3 * space - crlf - ws)
+
+
+@njit(cache=True, inline="always")
+def _ascii_block(data, i, end, cls, boff, k, width):
+    """Classify data[i:i + width] if it is all ASCII (one OR-reduction); returns whether it was."""
+    if i + width > end:
+        return False
+    # Unsigned indices: numba then skips its negative-index wraparound, which blocks vectorization.
+    ui = np.uint64(i)
+    uk = np.uint64(k)
+    acc = np.uint8(0)
+    for j in range(width):
+        acc |= data[ui + np.uint64(j)]
+    if acc >= 0x80:
+        return False
+    for j in range(width):
+        cls[uk + np.uint64(j)] = _ascii_class(np.int32(data[ui + np.uint64(j)]))
+        boff[uk + np.uint64(j)] = i + j
+    return True
 
 
 @njit(cache=True)
@@ -100,19 +120,12 @@ def classify_block32(data, start, end, table, cls, boff):
     i = start
     k = 0
     while i < end:
-        if i + 32 <= end:
-            acc = np.int32(0)
-            for j in range(32):
-                acc |= np.int32(data[i + j])
-            if acc < 0x80:
-                for j in range(32):
-                    cls[k + j] = _ascii_class(np.int32(data[i + j]))
-                    boff[k + j] = i + j
-                i += 32
-                k += 32
-                continue
-        i = _decode_one(data, i, end, table, cls, boff, k)
-        k += 1
+        if _ascii_block(data, i, end, cls, boff, k, 32):
+            i += 32
+            k += 32
+        else:
+            i = _decode_slow(data, i, end, table, cls, boff, k)
+            k += 1
     boff[k] = end
     return k
 
@@ -123,19 +136,12 @@ def classify_block16(data, start, end, table, cls, boff):
     i = start
     k = 0
     while i < end:
-        if i + 16 <= end:
-            acc = np.int32(0)
-            for j in range(16):
-                acc |= np.int32(data[i + j])
-            if acc < 0x80:
-                for j in range(16):
-                    cls[k + j] = _ascii_class(np.int32(data[i + j]))
-                    boff[k + j] = i + j
-                i += 16
-                k += 16
-                continue
-        i = _decode_one(data, i, end, table, cls, boff, k)
-        k += 1
+        if _ascii_block(data, i, end, cls, boff, k, 16):
+            i += 16
+            k += 16
+        else:
+            i = _decode_slow(data, i, end, table, cls, boff, k)
+            k += 1
     boff[k] = end
     return k
 
@@ -166,9 +172,10 @@ def run_end_scalar(cls, p, end, mask):
 @njit(cache=True)
 def run_end_block32(cls, p, end, mask):
     while p + 32 <= end:
+        up = np.uint64(p)
         miss = np.int64(0)
         for j in range(32):
-            miss |= _in(mask, cls[p + j]) ^ 1
+            miss |= _in(mask, cls[up + np.uint64(j)]) ^ 1
         if miss:
             break
         p += 32
@@ -180,9 +187,10 @@ def run_end_block32(cls, p, end, mask):
 @njit(cache=True)
 def run_end_block16(cls, p, end, mask):
     while p + 16 <= end:
+        up = np.uint64(p)
         miss = np.int64(0)
         for j in range(16):
-            miss |= _in(mask, cls[p + j]) ^ 1
+            miss |= _in(mask, cls[up + np.uint64(j)]) ^ 1
         if miss:
             break
         p += 16
