@@ -7,8 +7,10 @@ stops at its cancel token) is in test_scheduler_real.py.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import os
 import threading
+import weakref
 
 import pytest
 
@@ -37,6 +39,10 @@ def sched_factory():
     yield factory
     for s in made:
         s.shutdown(wait=True, cancel_pending=True)
+
+
+class Payload:
+    """Stands for what a task holds (a prompt, a KV cache, arrays): must be freed once the task is gone."""
 
 
 def gate(sched, priority="batch"):
@@ -158,8 +164,13 @@ def test_cancelling_a_queued_task_never_runs_it(sched_factory):
     sched = sched_factory("balanced", n_threads=1)
     _, release, _ = gate(sched)
     ran = threading.Event()
-    fut = sched.submit(ran.set)
+    payload = Payload()
+    held = weakref.ref(payload)
+    fut = sched.submit(lambda p: ran.set(), payload)
+    del payload
     assert fut.cancel() and fut.cancelled() and fut.token.cancelled
+    gc.collect()
+    assert held() is None  # the queued task's arguments are freed at once, not when a worker passes by
     release.set()
     assert sched.submit(lambda: 1).result(WAIT) == 1  # the worker went past the cancelled task
     assert not ran.is_set() and sched.stats()["cancelled"] == 1
@@ -191,9 +202,14 @@ def test_timeout_while_queued_frees_the_slot_and_never_runs(sched_factory):
     sched = sched_factory("balanced", n_threads=1, queue_size=1)
     _, release, _ = gate(sched)
     ran = threading.Event()
-    fut = sched.submit(ran.set, timeout=0.05)
+    payload = Payload()
+    held = weakref.ref(payload)
+    fut = sched.submit(lambda p: ran.set(), payload, timeout=0.05)
+    del payload
     assert isinstance(fut.exception(WAIT), TaskTimeoutError)
     assert sched.stats()["queued"] == 0
+    gc.collect()
+    assert held() is None
     after = sched.submit(lambda: "after")  # the slot is free again (queue_size=1)
     release.set()
     assert after.result(WAIT) == "after"
@@ -204,20 +220,25 @@ def test_timeout_while_queued_frees_the_slot_and_never_runs(sched_factory):
 def test_timeout_while_running_settles_the_future_and_stops_the_task(sched_factory):
     sched = sched_factory("balanced", n_threads=1)
     stopped = threading.Event()
+    payload = Payload()
+    held = weakref.ref(payload)
 
-    def stubborn():
+    def stubborn(p):
         token = current_token()
         token.wait()  # returns when the deadline passes
         stopped.set()
         token.check()
 
-    fut = sched.submit(stubborn, timeout=0.05)
+    fut = sched.submit(stubborn, payload, timeout=0.05)
+    del payload
     with pytest.raises(TaskTimeoutError):
         fut.result(WAIT)
     assert stopped.wait(WAIT)
-    assert sched.submit(lambda: "free").result(WAIT) == "free"
+    assert sched.submit(lambda: "free").result(WAIT) == "free"  # the worker is free again
+    gc.collect()
+    assert held() is None
     s = sched.stats()
-    assert s["timed_out"] == 1 and s["failed"] == 0
+    assert s["timed_out"] == 1 and s["failed"] == 0 and s["running_cancelled"] == 0
 
 
 # -- affinity and budgets --------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ class _Task:
     queued: bool = False   # in a deque right now
 
 
+def _release(task: _Task) -> None:
+    """Drop a finished or withdrawn task's callable and arguments (the timeout heap may keep its shell
+    until the deadline), so what they hold (prompts, arrays, models) is freed now."""
+    task.fn, task.args, task.kwargs = None, (), {}
+
+
 class TaskFuture(Future):
     """A Future whose ``cancel()`` also frees the queue slot, and asks a running task to stop (its token
     is set; ``cancel()`` still returns False then, as for any running Future).  ``token`` is the task's
@@ -208,6 +214,10 @@ class WorkStealingScheduler:
         with self._cond:
             out = {"scheduler": self.name, "preset": self.plan.preset, "workers": len(self._workers),
                    "queued": self._queued, "running": sum(w.running is not None for w in self._workers),
+                   # running although cancelled or past their timeout: they hold their worker until they
+                   # next check their token
+                   "running_cancelled": sum(w.running is not None and w.running.token.cancelled
+                                            for w in self._workers),
                    **self._stats.snapshot(),
                    "per_worker": [{"lane": w.lane.name, "cpus": list(w.lane.cpus),
                                    "priorities": list(w.lane.priorities), "affinity": w.affinity,
@@ -266,8 +276,9 @@ class WorkStealingScheduler:
                     return victim.deques[priority].pop(0), True  # the oldest: keeps the queue roughly FIFO
         return None
 
-    def _withdraw(self, task: _Task) -> bool:
-        """Remove a still-queued task from its deque; True if it was there."""
+    def _withdraw(self, task: _Task, release: bool = True) -> bool:
+        """Remove a still-queued task from its deque; True if it was there.  ``release``: it will not run,
+        drop what it holds."""
         with self._cond:
             if not task.queued:
                 return False
@@ -275,7 +286,9 @@ class WorkStealingScheduler:
             task.queued = False
             self._queued -= 1
             self._cond.notify_all()
-            return True
+        if release:
+            _release(task)
+        return True
 
     def _count(self, key: str) -> None:
         with self._cond:
@@ -283,11 +296,16 @@ class WorkStealingScheduler:
 
     # -- workers ----------------------------------------------------------------------------------------
     def _work(self, me: _Worker, started: threading.Barrier) -> None:
-        me.native_id = threading.get_native_id()
-        me.affinity = pin_current_thread(me.lane.cpus) if self.config.pin else "disabled"
-        apply_numba(me.lane.threads)
-        self._local.worker = me
-        started.wait()
+        try:
+            me.native_id = threading.get_native_id()
+            me.affinity = pin_current_thread(me.lane.cpus) if self.config.pin else "disabled"
+            try:
+                apply_numba(me.lane.threads)
+            except Exception as exc:  # noqa: BLE001 - numba's own budget is the engine's fallback
+                log.warning("could not set numba's thread count on %s: %s", me.lane.name, exc)
+            self._local.worker = me
+        finally:
+            started.wait()  # always: the constructor waits for every worker
         while True:
             with self._cond:
                 while True:
@@ -340,12 +358,15 @@ class WorkStealingScheduler:
             me.tasks += 1
             me.busy_s += time.monotonic() - start
         self._settle(fut, task, result, exc)
+        _release(task)
 
     def _settle(self, fut: TaskFuture, task: _Task, result: Any, exc: BaseException | None) -> None:
         if exc is None:
             key = "completed"
         elif isinstance(exc, (CancelledError, TaskTimeoutError)) and task.token.cancelled:
             key = "timed_out" if task.token.reason == "timeout" else "cancelled"
+            # a fresh error without the task's traceback: its frames (and what they hold) are freed now
+            exc = type(exc)(*exc.args)
         else:
             key = "failed"
         self._count(key)  # before settling, so stats() agree with what the caller just received
@@ -367,7 +388,7 @@ class WorkStealingScheduler:
     def _help(self, task: _Task) -> None:
         """Run ``task`` on the calling worker if it waits for it while it is still queued."""
         me = getattr(self._local, "worker", None)
-        if me is None or task.future.done() or not self._withdraw(task):
+        if me is None or task.future.done() or not self._withdraw(task, release=False):
             return
         prev, me.running = me.running, task
         try:
