@@ -1,0 +1,222 @@
+"""The bpe tokenizer's kernels and behaviour: variants, vector code, linear time, batching, loading, errors."""
+from __future__ import annotations
+
+import glob
+import platform
+import re
+import time
+
+import numpy as np
+import pytest
+
+from test_tokenizer_helpers import MODELS, REAL_TEXTS, model_path, tokenizer
+
+from corert.errors import InputError, ModelError
+
+QWEN = "qwen2.5-coder-0.5b-instruct"
+
+
+def _corpus_texts() -> list[str]:
+    return [open(p, encoding="utf-8").read() for p in sorted(glob.glob("/work/shared/corpus/*"))]
+
+
+# -- variants --------------------------------------------------------------------------------------------
+def _scan(variant: str, kind: int, text: str):
+    from corert.plugins.tokenizer import kernels_scan as S
+    from corert.plugins.tokenizer.unicode_classes import class_table
+
+    data = np.frombuffer(text.encode(), dtype=np.uint8)
+    n = data.shape[0]
+    cls = np.zeros(n, dtype=np.uint8)
+    boff = np.zeros(n + 1, dtype=np.int32)
+    words = np.zeros(max(n, 1), dtype=np.int32)
+    code = S.VARIANT_CODES[variant]
+    m = S.classify(code, data, 0, n, class_table(), cls, boff)
+    nw = S.split(kind, code, data, cls, boff, 0, m, words, 0)
+    return cls[:m].copy(), boff[:m + 1].copy(), words[:nw].copy()
+
+
+@pytest.mark.parametrize("variant", ["avx2", "neon"])
+@pytest.mark.parametrize("kind", [0, 1], ids=["smollm", "qwen2"])
+def test_scan_variants_equal_scalar(variant, kind):
+    rng = np.random.default_rng(7)
+    texts = _corpus_texts() + list(REAL_TEXTS.values())
+    # random mixes of ASCII runs and multi-byte characters, so blocks start and stop everywhere
+    alphabet = list("ab Z9\n\t'.") + ["é", "中", "😀", "\u00a0", "\u0301"]
+    texts += ["".join(rng.choice(alphabet, size=int(rng.integers(0, 300)))) for _ in range(200)]
+    for text in texts:
+        ref = _scan("scalar", kind, text)
+        got = _scan(variant, kind, text)
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 assembly only")
+@pytest.mark.parametrize("kernel", ["classify_block32", "run_end_block32"])
+def test_avx2_kernels_compile_to_wide_vector_code(kernel):
+    """numba hides the assembly of cached code, so compile a fresh copy of the kernel to inspect it."""
+    import numba
+
+    from corert.cpu import info
+    from corert.plugins.tokenizer import kernels_scan as S
+    from corert.plugins.tokenizer.unicode_classes import class_table
+
+    if "avx2" not in info().features:
+        pytest.skip("this CPU has no AVX2")
+    fresh = numba.njit(getattr(S, kernel).py_func)
+    data = np.frombuffer(b"plain ascii text, long enough for two blocks of 32", dtype=np.uint8)
+    cls = np.zeros(64, dtype=np.uint8)
+    if kernel.startswith("classify"):
+        fresh(data, 0, data.shape[0], class_table(), cls, np.zeros(65, dtype=np.int32))
+    else:
+        fresh(cls, 0, 64, np.int64(2))
+    asm = "\n".join(fresh.inspect_asm().values())
+    assert re.search(r"%[yz]mm\d+", asm), f"{kernel}: no ymm/zmm register in its assembly"
+
+
+# -- linear time -------------------------------------------------------------------------------------------
+def _ns_per_byte(tok, text: str) -> float:
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        tok.encode(text)
+        best = min(best, time.perf_counter() - t0)
+    return best / len(text.encode()) * 1e9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("shape", ["a", "spaces", "digits", "one_word", "newlines"])
+def test_no_quadratic_blowup(model, shape):
+    """Per-byte time at 200 kB stays within a generous bound of that at 10 kB (quadratic would be 20x)."""
+    tok = tokenizer(model)
+    rng = np.random.default_rng(1)
+
+    def make(n: int) -> str:
+        if shape == "a":
+            return "a" * n
+        if shape == "spaces":
+            return " " * n + "x"
+        if shape == "digits":
+            return "7" * n
+        if shape == "newlines":
+            return "\n" * n
+        return "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=n))
+
+    tok.encode(make(1000))
+    small = _ns_per_byte(tok, make(10_000))
+    large = _ns_per_byte(tok, make(200_000))
+    assert large < 6 * small + 200, f"{shape}: {small:.0f} ns/B at 10 kB, {large:.0f} ns/B at 200 kB"
+
+
+# -- batch -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", MODELS)
+def test_encode_batch_equals_one_by_one(model):
+    tok = tokenizer(model)
+    texts = _corpus_texts() + list(REAL_TEXTS.values()) + ["", " ", "<|im_end|> <bos>\n\n"]
+    for parse_special in (False, True):
+        one = [tok.encode(t, parse_special=parse_special) for t in texts]
+        assert tok.encode_batch(texts, parse_special=parse_special) == one
+    assert tok.encode_batch([]) == []
+    assert tok.encode_batch(texts[:3], add_bos=False) == [tok.encode(t, add_bos=False) for t in texts[:3]]
+
+
+# -- errors ------------------------------------------------------------------------------------------------
+def test_bad_input_is_a_typed_error():
+    tok = tokenizer(QWEN)
+    with pytest.raises(InputError, match="out of range"):
+        tok.decode([0, tok.vocab_size])
+    with pytest.raises(InputError, match="out of range"):
+        tok.decode([-1])
+    with pytest.raises(InputError, match="out of range"):
+        tok.token_bytes(10**9)
+    with pytest.raises(InputError, match="takes str"):
+        tok.encode(b"bytes")
+    with pytest.raises(InputError, match="surrogate"):
+        tok.encode("broken \ud800 text")
+    with pytest.raises(InputError):
+        tok.encode_batch("one string")
+    with pytest.raises(InputError):
+        tok.encode_bytes("not bytes")
+    assert tok.encode("", add_bos=False) == []
+    assert tok.decode([]) == ""
+
+
+def _write_gguf(path, model: str, pre: str) -> None:
+    """A tiny real GGUF file with only a tokenizer (no such model ships here, so the test writes one)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model(model)
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(["a", "b", "ab", "Ġ"])
+    w.add_token_types([1, 1, 1, 1])
+    w.add_token_merges(["a b"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    path = tmp_path / "klingon.gguf"
+    _write_gguf(path, "gpt2", "klingon")
+    with pytest.raises(ModelError, match="unknown pre-tokenizer 'klingon'"):
+        load_vocab(path, use_cache=False)
+    path2 = tmp_path / "bert.gguf"
+    _write_gguf(path2, "bert", "default")
+    with pytest.raises(ModelError, match="tokenizer model 'bert' is not supported"):
+        load_vocab(path2, use_cache=False)
+    with pytest.raises(ModelError, match="not found"):
+        load_vocab(tmp_path / "missing.gguf")
+
+
+def test_tiny_written_vocab_encodes(tmp_path):
+    """The same writer with a known pre-tokenizer gives a working tokenizer (merges applied)."""
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    path = tmp_path / "tiny.gguf"
+    _write_gguf(path, "gpt2", "qwen2")
+    tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
+    assert tok.encode("abab", add_bos=False) == [2, 2]
+    assert tok.encode("ba", add_bos=False) == [1, 0]
+    assert tok.decode([2, 3, 0]) == "ab a"
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", MODELS)
+def test_cached_vocab_equals_fresh_build(model, tmp_path, monkeypatch):
+    from corert.plugins.tokenizer.vocab import Vocab, build_vocab, load_vocab
+
+    monkeypatch.setenv("CORERT_TOKENIZER_CACHE", str(tmp_path))
+    path = model_path(model)
+    cold = load_vocab(path)  # builds and writes the cache
+    assert list(tmp_path.glob("vocab-*.npz")), "no cache file written"
+    warm = load_vocab(path)
+    fresh = build_vocab(__import__("pathlib").Path(path))
+    for v in (warm, fresh):
+        for name in Vocab._ARRAYS:
+            np.testing.assert_array_equal(getattr(cold, name), getattr(v, name), err_msg=name)
+        for name in Vocab._SCALARS:
+            assert getattr(cold, name) == getattr(v, name), name
+
+
+# -- plugin ------------------------------------------------------------------------------------------------
+def test_plugin_registers_bpe_as_default_tokenizer():
+    from corert.plugin_host import PluginHost
+
+    host = PluginHost.build()
+    reg = host.implementations("tokenizer")["bpe"]
+    assert reg.impl.priority == 10
+    assert {v.name for v in reg.impl.variants} == {"avx2", "neon", "scalar"}
+    assert reg.impl.supports_engine("llama.cpp") and reg.impl.supports_engine("native")
+    resolved = host.resolve("tokenizer", "bpe:scalar", engine="llama.cpp")
+    tok = host.create(resolved, model_path=model_path(QWEN), config=None)
+    assert tok.name == "bpe:scalar"
+    assert tok.encode("Hello world") == [9707, 1879]
+    assert host.resolve("tokenizer", None, engine="llama.cpp").impl.name == "bpe"
+    with pytest.raises(InputError):
+        reg.impl.factory("scalar", model_path=None, config=None)
