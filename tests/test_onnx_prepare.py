@@ -33,11 +33,34 @@ def test_gather_before_dequant_gives_the_same_numbers(encoder_path):
     np.testing.assert_allclose(_run(m.SerializeToString(), ids), _run(str(encoder_path), ids), atol=1e-5)
 
 
+def test_fused_attention_gives_the_same_numbers(tmp_path, encoder_path):
+    """One MultiHeadAttention per layer computes what the exported block did, padding included."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(tmp_path / "fp32.onnx")
+    ort.InferenceSession(str(encoder_path), so, providers=["CPUExecutionProvider"])
+    m = graph.load_model(str(tmp_path / "fp32.onnx"))
+    n_before = len(m.graph.node)
+    assert graph.fuse_attention(m) == 6
+    assert [n.op_type for n in m.graph.node].count("MultiHeadAttention") == 6
+    assert len(m.graph.node) < n_before // 2
+    ids = np.array([[101, 7592, 2088, 1010, 2129, 2024, 2017, 1029, 102], [101, 2023, 2003, 102, 0, 0, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    want = ort.InferenceSession(str(encoder_path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(got[0], want[0], atol=1e-4)
+    np.testing.assert_allclose(got[1, :4], want[1, :4], atol=1e-4)  # padded positions are never read
+
+
 @pytest.mark.parametrize("kind, model, fp32", [("embed", "minilm-l6", 1), ("classify", "intent-minilm", 2)])
 def test_prepared_graph(kind, model, fp32):
     path = prepare.prepared(ModelStore().resolve(model), kind)
     m = graph.load_model(str(path))
     ops = [n.op_type for n in m.graph.node]
+    assert ops.count("MultiHeadAttention") == 6
     assert ops.count("MatMulInteger") == 36 - 1  # every encoder projection but layer 0's FFN down
     inits = {i.name: i for i in m.graph.initializer}
     const_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits]

@@ -184,6 +184,98 @@ def gather_before_dequant(model) -> int:
     return done
 
 
+def fuse_attention(model) -> int:
+    """Replace each self-attention block exported from PyTorch's scaled_dot_product_attention (~25 small
+    nodes per layer: reshapes, transposes, the mask arithmetic, softmax, a NaN guard) by one
+    ``com.microsoft.MultiHeadAttention`` node on the Q, K, V projections, masked by attention_mask.
+    onnxruntime's own BERT fuser does not recognise this export.  Returns how many blocks were fused; a
+    block that does not match exactly is left as it is."""
+    onnx_module()
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def up(name: str) -> tuple[str, list]:
+        """Follow input 0 through layout-only ops to the projection (an Add with a constant bias)."""
+        path = []
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Mul", "Reshape", "Transpose"):
+            path.append(node)
+            name = node.input[0]
+            node = producer.get(name)
+        return name, path
+
+    def const(name: str):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    mask_name = "corert/attn/mask_i32"
+    fused, replaced = 0, {}
+    for sm in [n for n in g.node if n.op_type == "Softmax"]:
+        try:
+            guard = next(n for n in g.node if n.op_type == "IsNaN" and n.input[0] == sm.output[0])
+            where = next(n for n in g.node if n.op_type == "Where" and n.input[0] == guard.output[0])
+            av = next(n for n in g.node if n.op_type == "MatMul" and n.input[0] == where.output[0])
+            t_out = next(n for n in g.node if n.op_type == "Transpose" and n.input[0] == av.output[0])
+            r_out = next(n for n in g.node if n.op_type == "Reshape" and n.input[0] == t_out.output[0])
+            add_mask = producer[sm.input[0]]
+            qk = producer[add_mask.input[0]]
+        except (StopIteration, KeyError):
+            continue
+        if add_mask.op_type != "Add" or qk.op_type != "MatMul":
+            continue
+        q, q_path = up(qk.input[0])
+        k, k_path = up(qk.input[1])
+        v, _ = up(av.input[1])
+        projections = [producer.get(x) for x in (q, k, v)]
+        if any(p is None or p.op_type != "Add" for p in projections):
+            continue
+        # head size: the last constant of the Concat building Q's (batch, seq, -1, head) reshape
+        q_reshape = next((n for n in reversed(q_path) if n.op_type == "Reshape"), None)
+        shape_src = producer.get(q_reshape.input[1]) if q_reshape is not None else None
+        head = const(shape_src.input[-1]) if shape_src is not None and shape_src.op_type == "Concat" else None
+        bias = const(projections[0].input[1])
+        if head is None or bias is None or bias.ndim != 1 or bias.shape[0] % int(head.reshape(-1)[0]):
+            continue
+        heads = bias.shape[0] // int(head.reshape(-1)[0])
+        # the two scale Muls (sqrt(1/sqrt(head)) on each of Q and K) must multiply to MHA's default scale
+        scales = [const(n.input[1]) for n in q_path + k_path if n.op_type == "Mul"]
+        if len(scales) != 2 or any(s is None for s in scales) or \
+                not np.isclose(float(scales[0]) * float(scales[1]), 1 / np.sqrt(int(head.reshape(-1)[0])), rtol=1e-4):
+            continue
+        replaced[r_out.output[0]] = helper.make_node(
+            "MultiHeadAttention", [q, k, v, "", mask_name], [r_out.output[0]], name=f"corert/attn/{fused}",
+            domain="com.microsoft", num_heads=heads)
+        fused += 1
+    if not fused:
+        return 0
+    keep = []
+    for n in g.node:
+        if n.output and n.output[0] in replaced:
+            keep.append(replaced.pop(n.output[0]))  # same place in topological order
+        else:
+            keep.append(copy.deepcopy(n))
+    keep.insert(0, helper.make_node("Cast", ["attention_mask"], [mask_name], name=mask_name, to=TensorProto.INT32))
+    # drop what only fed the old blocks (the shared mask arithmetic goes too)
+    outputs = {o.name for o in g.output}
+    while True:
+        used = {i for n in keep for i in n.input} | outputs
+        alive = [n for n in keep if any(o in used for o in n.output)]
+        if len(alive) == len(keep):
+            break
+        keep = alive
+    del g.node[:]
+    g.node.extend(keep)
+    live = {i for n in keep for i in n.input}
+    kept_inits = [copy.deepcopy(i) for i in g.initializer if i.name in live]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
 def save_atomic(model, path: str) -> None:
     """Write a ModelProto so that ``path`` is either absent or whole (tmp file + os.replace)."""
     import os
