@@ -220,3 +220,53 @@ def test_plugin_registers_bpe_as_default_tokenizer():
     assert host.resolve("tokenizer", None, engine="llama.cpp").impl.name == "bpe"
     with pytest.raises(InputError):
         reg.impl.factory("scalar", model_path=None, config=None)
+
+
+# -- merge loops -------------------------------------------------------------------------------------------
+def test_long_word_buckets_equal_heap_merges():
+    """The rank-bucket merge of long words gives exactly the heap merge's ids, on real and random bytes."""
+    from corert.plugins.tokenizer import kernels_merge as M
+
+    v = tokenizer(QWEN).vocab
+    rng = np.random.default_rng(3)
+    samples = [t.encode() for t in _corpus_texts()] + [bytes(rng.integers(0, 256, size=int(n), dtype=np.uint8))
+                                                        for n in rng.integers(2, 3000, size=30)]
+    samples += [b"a" * 5000, b" " * 777, b"ab" * 999]
+    head = np.full(v.m_left.shape[0], -1, dtype=np.int32)
+    bits = np.zeros((v.m_left.shape[0] + 63) // 64, dtype=np.uint64)
+    for data in samples:
+        arr = np.frombuffer(data, dtype=np.uint8)
+        n = arr.shape[0]
+        i32 = lambda k: np.empty(k, dtype=np.int32)  # noqa: E731
+        i64 = lambda k: np.empty(k, dtype=np.int64)  # noqa: E731
+        out_a, out_b = i32(n), i32(n)
+        na = M.bpe_word(arr, 0, n, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right, v.m_result,
+                        i32(n), i32(n), i32(n), i64(3 * n), i64(3 * n), out_a, 0)
+        nb = M.bpe_word_long(arr, 0, n, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right,
+                             v.m_result, i32(n), i32(n), i32(n), head, bits, i64(3 * n), i32(3 * n),
+                             i32(3 * n), out_b, 0)
+        assert nb == na and (out_a[:na] == out_b[:nb]).all()
+        assert (head == -1).all() and (bits == 0).all()
+
+
+def test_merge_order_falls_back_when_ranks_are_not_monotone(tmp_path):
+    """A vocabulary whose merge creates a lower-ranked pair ('c ab' before 'a b') is merged in heap order."""
+    import gguf
+
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    path = tmp_path / "odd.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(["a", "b", "c", "ab", "cab"])
+    w.add_token_types([1] * 5)
+    w.add_token_merges(["c ab", "a b"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
+    assert tok.encode("cab" * 100, add_bos=False) == [4] * 100  # long word: buckets bail out to the heap
+    assert tok.encode("cab", add_bos=False) == [4]

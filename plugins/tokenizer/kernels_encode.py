@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels_merge import (CACHE_MAX_WORD, bpe_word, cache_get, cache_put, _cache_hash, new_word_cache,
-                            spm_fragment)
+from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, bpe_word, bpe_word_long, cache_get, cache_put,
+                            _cache_hash, new_word_cache, spm_fragment)
 from .kernels_scan import classify, split
 
 
@@ -38,6 +38,10 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
     prv = np.empty(0, dtype=np.int32)
     hkeys = np.empty(0, dtype=np.int64)
     haux = np.empty(0, dtype=np.int64)
+    head = np.empty(0, dtype=np.int32)  # rank buckets, allocated at the first long word
+    bits = np.empty(0, dtype=np.uint64)
+    ent_next = np.empty(0, dtype=np.int32)
+    lefts = np.empty(0, dtype=np.int32)
     for f in range(f0, f1):
         if ft[f] >= 0:
             out[o] = ft[f]
@@ -72,8 +76,19 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
                 prv = np.empty(scratch, dtype=np.int32)
                 hkeys = np.empty(3 * scratch, dtype=np.int64)
                 haux = np.empty(3 * scratch, dtype=np.int64)
-            o2 = bpe_word(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
-                          ids, nxt, prv, hkeys, haux, out, o)
+            o2 = -1
+            if n >= LONG_WORD:
+                if head.shape[0] == 0:
+                    head = np.full(m_left.shape[0], -1, dtype=np.int32)
+                    bits = np.zeros((m_left.shape[0] + 63) // 64, dtype=np.uint64)
+                if ent_next.shape[0] < 3 * n:
+                    ent_next = np.empty(3 * n, dtype=np.int32)
+                    lefts = np.empty(3 * n, dtype=np.int32)
+                o2 = bpe_word_long(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
+                                   ids, nxt, prv, head, bits, hkeys, ent_next, lefts, out, o)
+            if o2 < 0:
+                o2 = bpe_word(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
+                              ids, nxt, prv, hkeys, haux, out, o)
             if cached:
                 cache_put(slots, wbytes, wids, state, data, s, e, h, out, o, o2)
             o = o2

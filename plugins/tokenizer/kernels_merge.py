@@ -205,6 +205,139 @@ def bpe_word(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
     return o
 
 
+LONG_WORD = 128
+
+
+@njit(cache=True, inline="always")
+def _lowest_bit(x):
+    """Index of the lowest set bit of a non-zero uint64."""
+    x = x & (~x + np.uint64(1))
+    i = 0
+    if x & np.uint64(0xFFFFFFFF00000000):
+        i += 32
+    if x & np.uint64(0xFFFF0000FFFF0000):
+        i += 16
+    if x & np.uint64(0xFF00FF00FF00FF00):
+        i += 8
+    if x & np.uint64(0xF0F0F0F0F0F0F0F0):
+        i += 4
+    if x & np.uint64(0xCCCCCCCCCCCCCCCC):
+        i += 2
+    if x & np.uint64(0xAAAAAAAAAAAAAAAA):
+        i += 1
+    return i
+
+
+@njit(cache=True, inline="always")
+def _add_entry(head, bits, ent_left, ent_next, ne, r, left):
+    if head[r] < 0:
+        bits[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    ent_left[ne] = left
+    ent_next[ne] = head[r]
+    head[r] = ne
+    return ne + 1
+
+
+@njit(cache=True)
+def bpe_word_long(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
+                  ids, nxt, prv, head, bits, ent_left, ent_next, lefts, out, o):
+    """The same merges as :func:`bpe_word`, for long words, in rank buckets: all pairs of the lowest rank
+    are applied in one left-to-right sweep over a sorted list, so memory is touched in order and a 1 MB
+    word costs about what a thousand 1 kB words do.
+
+    A merge only ever creates pairs of a higher rank in a vocabulary trained the usual way; if one is
+    lower, the sweep order would differ from llama.cpp's heap order, so this returns -1 and the caller
+    runs :func:`bpe_word` instead.  The ranks present are a bitset (19 kB for 151k merges) scanned
+    upward; ``head`` ((n_merges,) int32, all -1) and ``bits`` (all 0) are left that way again.
+    Scratch: ids/nxt/prv need e - s slots; ent_left/ent_next/lefts 3 * (e - s).
+    """
+    n = e - s
+    for i in range(n):
+        ids[i] = byte_ids[data[s + i]]
+        nxt[i] = i + 1
+        prv[i] = i - 1
+    nxt[n - 1] = -1
+    ne = 0
+    for i in range(n - 1):
+        r = pair_rank(pkeys, pvals, ids[i], ids[i + 1])
+        if r >= 0:
+            ne = _add_entry(head, bits, ent_left, ent_next, ne, r, i)
+    monotone = True
+    w = 0
+    nwords = bits.shape[0]
+    while monotone:
+        while w < nwords and bits[w] == 0:
+            w += 1
+        if w == nwords:
+            break
+        r = w * 64 + _lowest_bit(bits[w])
+        bits[w] &= ~(np.uint64(1) << np.uint64(r & 63))
+        k = 0
+        ei = head[r]
+        head[r] = -1
+        while ei >= 0:  # the list is last-in first-out: mostly descending
+            lefts[k] = ent_left[ei]
+            k += 1
+            ei = ent_next[ei]
+        done = lefts[:k]
+        ordered = True
+        for j in range(k // 2):
+            t = done[j]
+            done[j] = done[k - 1 - j]
+            done[k - 1 - j] = t
+        for j in range(1, k):
+            if done[j - 1] > done[j]:
+                ordered = False
+                break
+        if not ordered:
+            done.sort()
+        ml = m_left[r]
+        mr = m_right[r]
+        mres = m_result[r]
+        for j in range(k):
+            left = done[j]
+            if ids[left] != ml:
+                continue
+            right = nxt[left]
+            if right < 0 or ids[right] != mr:
+                continue
+            ids[left] = mres
+            ids[right] = -2
+            nn = nxt[right]
+            nxt[left] = nn
+            if nn >= 0:
+                prv[nn] = left
+            pl = prv[left]
+            if pl >= 0:
+                r2 = pair_rank(pkeys, pvals, ids[pl], mres)
+                if r2 >= 0:
+                    if r2 <= r:
+                        monotone = False
+                        break
+                    ne = _add_entry(head, bits, ent_left, ent_next, ne, r2, pl)
+            if nn >= 0:
+                r2 = pair_rank(pkeys, pvals, mres, ids[nn])
+                if r2 >= 0:
+                    if r2 <= r:
+                        monotone = False
+                        break
+                    ne = _add_entry(head, bits, ent_left, ent_next, ne, r2, left)
+    if not monotone:
+        for j in range(w, nwords):
+            while bits[j] != 0:
+                r = j * 64 + _lowest_bit(bits[j])
+                bits[j] &= ~(np.uint64(1) << np.uint64(r & 63))
+                head[r] = -1
+        return -1
+    i = 0
+    while i != -1:
+        if ids[i] >= 0:
+            out[o] = ids[i]
+            o += 1
+        i = nxt[i]
+    return o
+
+
 # -- the word cache: word bytes -> ids, kept across calls -------------------------------------------------
 CACHE_SLOTS = 1 << 16
 CACHE_MAX_WORD = 48
