@@ -16,6 +16,7 @@ worker itself is freed when the task next checks its token.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
@@ -123,7 +124,8 @@ class TaskFuture(Future):
 class _Worker:
     index: int
     lane: Lane
-    deques: dict[str, list] = attrs.field(factory=lambda: {p: [] for p in PRIORITIES})
+    deques: dict[str, collections.deque] = attrs.field(
+        factory=lambda: {p: collections.deque() for p in PRIORITIES})
     thread: threading.Thread | None = None
     native_id: int | None = None
     affinity: str = "not started"
@@ -269,11 +271,11 @@ class WorkStealingScheduler:
             if priority == "batch" and self._running_batch >= self.plan.batch_cap:
                 continue
             if me.deques[priority]:
-                return me.deques[priority].pop(0), False
+                return me.deques[priority].popleft(), False
             for k in range(1, n):
                 victim = self._workers[(me.index + k) % n]
                 if victim.deques[priority]:
-                    return victim.deques[priority].pop(0), True  # the oldest: keeps the queue roughly FIFO
+                    return victim.deques[priority].popleft(), True  # the oldest: keeps the queue roughly FIFO
         return None
 
     def _withdraw(self, task: _Task, release: bool = True) -> bool:
