@@ -33,7 +33,7 @@ def test_gather_before_dequant_gives_the_same_numbers(encoder_path):
     np.testing.assert_allclose(_run(m.SerializeToString(), ids), _run(str(encoder_path), ids), atol=1e-5)
 
 
-def test_fused_attention_gives_the_same_numbers(tmp_path, encoder_path):
+def test_fused_attention_and_gelu_give_the_same_numbers(tmp_path, encoder_path):
     """One MultiHeadAttention per layer computes what the exported block did, padding included."""
     import onnxruntime as ort
 
@@ -43,9 +43,10 @@ def test_fused_attention_gives_the_same_numbers(tmp_path, encoder_path):
     ort.InferenceSession(str(encoder_path), so, providers=["CPUExecutionProvider"])
     m = graph.load_model(str(tmp_path / "fp32.onnx"))
     n_before = len(m.graph.node)
-    assert graph.fuse_attention(m) == 6
-    assert [n.op_type for n in m.graph.node].count("MultiHeadAttention") == 6
-    assert len(m.graph.node) < n_before // 2
+    assert graph.fuse_attention(m) == 6 and graph.fuse_gelu(m) == 6
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("MultiHeadAttention") == 6 and ops.count("Gelu") == 6 and "Erf" not in ops
+    assert len(m.graph.node) < 0.4 * n_before
     ids = np.array([[101, 7592, 2088, 1010, 2129, 2024, 2017, 1029, 102], [101, 2023, 2003, 102, 0, 0, 0, 0, 0]])
     mask = (ids != 0).astype(np.int64)
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}

@@ -257,23 +257,79 @@ def fuse_attention(model) -> int:
         else:
             keep.append(copy.deepcopy(n))
     keep.insert(0, helper.make_node("Cast", ["attention_mask"], [mask_name], name=mask_name, to=TensorProto.INT32))
-    # drop what only fed the old blocks (the shared mask arithmetic goes too)
+    _set_nodes(model, keep)  # what only fed the old blocks goes (the shared mask arithmetic too)
+    return fused
+
+
+def _set_nodes(model, nodes: list) -> None:
+    """Replace the graph's nodes, then drop nodes whose outputs nobody reads and initializers nobody uses;
+    declare the com.microsoft domain the fused nodes live in."""
+    from onnx import helper
+
+    g = model.graph
     outputs = {o.name for o in g.output}
     while True:
-        used = {i for n in keep for i in n.input} | outputs
-        alive = [n for n in keep if any(o in used for o in n.output)]
-        if len(alive) == len(keep):
+        used = {i for n in nodes for i in n.input} | outputs
+        alive = [n for n in nodes if any(o in used for o in n.output)]
+        if len(alive) == len(nodes):
             break
-        keep = alive
+        nodes = alive
     del g.node[:]
-    g.node.extend(keep)
-    live = {i for n in keep for i in n.input}
+    g.node.extend(nodes)
+    live = {i for n in nodes for i in n.input}
     kept_inits = [copy.deepcopy(i) for i in g.initializer if i.name in live]
     del g.initializer[:]
     g.initializer.extend(kept_inits)
+    names = live | {o for n in nodes for o in n.output}
+    kept_info = [copy.deepcopy(v) for v in g.value_info if v.name in names]
+    del g.value_info[:]
+    g.value_info.extend(kept_info)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return fused
+
+
+def fuse_gelu(model) -> int:
+    """Replace the exported exact GELU, ``x * (erf(x / sqrt 2) + 1) * 0.5`` (five nodes, in the order this
+    export writes them, which onnxruntime's fuser does not match), by one ``com.microsoft.Gelu``."""
+    onnx_module()
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def only(name: str, op: str):
+        c = consumers.get(name, [])
+        return c[0] if len(c) == 1 and c[0].op_type == op else None
+
+    def other_const(node, name: str):
+        rest = [i for i in node.input if i != name]
+        return float(numpy_helper.to_array(inits[rest[0]])) if len(rest) == 1 and rest[0] in inits else None
+
+    replace, dead = {}, set()
+    for erf in [n for n in g.node if n.op_type == "Erf"]:
+        div = producer.get(erf.input[0])
+        if div is None or div.op_type != "Div" or div.input[1] not in inits \
+                or not np.isclose(float(numpy_helper.to_array(inits[div.input[1]])), np.sqrt(2.0), rtol=1e-5):
+            continue
+        x = div.input[0]
+        add = only(erf.output[0], "Add")
+        half = only(add.output[0], "Mul") if add is not None and other_const(add, erf.output[0]) == 1.0 else None
+        last = only(half.output[0], "Mul") if half is not None and other_const(half, add.output[0]) == 0.5 else None
+        if last is None or x not in last.input:
+            continue
+        replace[id(last)] = helper.make_node("Gelu", [x], [last.output[0]], name=f"corert/gelu/{len(replace)}",
+                                             domain="com.microsoft")
+        dead.update({id(div), id(erf), id(add), id(half)})
+    if not replace:
+        return 0
+    _set_nodes(model, [replace[id(n)] if id(n) in replace else copy.deepcopy(n)
+                       for n in g.node if id(n) not in dead])
+    return len(replace)
 
 
 def save_atomic(model, path: str) -> None:
