@@ -17,13 +17,14 @@ from .lookup import PromptLookup
 class LookupSource:
     name = "lookup"
 
-    def __init__(self, max_ngram: int = 3):
-        self.max_ngram = max_ngram
-        self._lookup = PromptLookup(max_ngram)
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
+        # a single repeated token predicts little: matching at least two keeps junk drafts out
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._lookup = PromptLookup(max_ngram, min_ngram)
         self._proposal: list[int] = []
 
     def start(self, prompt_ids: Sequence[int]) -> None:
-        self._lookup = PromptLookup(self.max_ngram)
+        self._lookup = PromptLookup(self.max_ngram, self.min_ngram)
         self._lookup.extend(prompt_ids)
 
     def extend(self, ids: Sequence[int]) -> None:
