@@ -141,6 +141,19 @@ def test_inference_lane_serves_interactive_while_generation_lane_is_busy(sched_f
     assert normal.result(WAIT) == "normal" and batch.result(WAIT) == "held"
 
 
+def test_balanced_never_lets_batch_work_take_the_last_free_lane(sched_factory):
+    # A 4-core layout on unpinned workers: this machine may have fewer cores, the lanes are only labels.
+    sched = sched_factory("balanced", cpus=(0, 1, 2, 3), pin=False)
+    assert [w["cpus"] for w in sched.stats()["per_worker"]] == [[0, 1], [2, 3]]
+    _, release, first = gate(sched, "batch")
+    second = sched.submit(lambda: "second batch", priority="batch")
+    assert sched.submit(lambda: "urgent", priority="interactive").result(WAIT) == "urgent"
+    assert sched.submit(lambda: "normal").result(WAIT) == "normal"
+    assert not second.running() and not second.done()  # a lane is free, but it is kept for urgent work
+    release.set()
+    assert second.result(WAIT) == "second batch" and first.result(WAIT) == "held"
+
+
 # -- back-pressure ---------------------------------------------------------------------------------------
 def test_full_queue_raises_instead_of_growing_and_drops_nothing(sched_factory):
     sched = sched_factory("balanced", n_threads=1, queue_size=3)

@@ -49,6 +49,10 @@ class WorkStealingConfig:
     n_threads: int | None = None      # cores to use (the first of the affinity mask); None: all of them
     queue_size: int = DEFAULT_QUEUE_SIZE
     pin: bool = True                  # pin workers to their lane's cpus where the OS allows
+    #: cpu ids to lay the lanes out on (default: the process's affinity mask).  Unpinned, they are only
+    #: labels, which lets a test lay out a machine bigger than the one it runs on.
+    cpus: tuple[int, ...] | None = attrs.field(default=None,
+                                              converter=attrs.converters.optional(tuple))
 
     @classmethod
     def from_runtime(cls, preset: str, config: Any = None) -> "WorkStealingConfig":
@@ -143,7 +147,10 @@ class WorkStealingScheduler:
 
     def __init__(self, config: WorkStealingConfig | None = None):
         self.config = config or WorkStealingConfig()
-        cpus = process_cpus()
+        cpus = self.config.cpus or process_cpus()
+        if self.config.cpus and self.config.pin and not set(cpus) <= set(process_cpus()):
+            raise ConfigError(f"cpus {sorted(set(cpus) - set(process_cpus()))} are not in this process's "
+                              f"affinity mask {list(process_cpus())}")
         n = self.config.n_threads
         if n is not None:
             if n < 1 or n > len(cpus):
