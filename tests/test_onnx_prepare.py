@@ -33,7 +33,7 @@ def test_gather_before_dequant_gives_the_same_numbers(encoder_path):
     np.testing.assert_allclose(_run(m.SerializeToString(), ids), _run(str(encoder_path), ids), atol=1e-5)
 
 
-def test_fused_attention_and_gelu_give_the_same_numbers(tmp_path, encoder_path):
+def test_fusions_give_the_same_numbers(tmp_path, encoder_path):
     """One MultiHeadAttention per layer computes what the exported block did, padding included."""
     import onnxruntime as ort
 
@@ -43,9 +43,10 @@ def test_fused_attention_and_gelu_give_the_same_numbers(tmp_path, encoder_path):
     ort.InferenceSession(str(encoder_path), so, providers=["CPUExecutionProvider"])
     m = graph.load_model(str(tmp_path / "fp32.onnx"))
     n_before = len(m.graph.node)
-    assert graph.fuse_attention(m) == 6 and graph.fuse_gelu(m) == 6
+    assert graph.fuse_attention(m) == 6 and graph.fuse_gelu(m) == 6 and graph.pack_qkv(m) == 6
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MultiHeadAttention") == 6 and ops.count("Gelu") == 6 and "Erf" not in ops
+    assert ops.count("Split") == 6 and ops.count("MatMul") == 6 * 4  # QKV, output, FFN up, FFN down
     assert len(m.graph.node) < 0.4 * n_before
     ids = np.array([[101, 7592, 2088, 1010, 2129, 2024, 2017, 1029, 102], [101, 2023, 2003, 102, 0, 0, 0, 0, 0]])
     mask = (ids != 0).astype(np.int64)
@@ -62,7 +63,7 @@ def test_prepared_graph(kind, model, fp32):
     m = graph.load_model(str(path))
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MultiHeadAttention") == 6
-    assert ops.count("MatMulInteger") == 36 - 1  # every encoder projection but layer 0's FFN down
+    assert ops.count("MatMulInteger") == 6 * 4 - 1  # every encoder projection (QKV packed) but layer 0's FFN down
     inits = {i.name: i for i in m.graph.initializer}
     const_matmuls = [n for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
     assert len(const_matmuls) == fp32  # that one, plus the classifier head

@@ -77,6 +77,9 @@ def convert_intent_head(model_dir: Path, store) -> Path:
     _write_atomic(model_dir / LABELS, json.dumps(
         {"labels": labels, "max_length": 256, "encoder": ENCODER, "head": HEAD_FILE}, indent=1))
     graph.save_atomic(model, str(model_dir / OUTPUT))
+    from .prepare import prepared
+
+    prepared(model_dir / OUTPUT, "classify")  # the q8 graph too, now rather than on first use
     return model_dir / OUTPUT
 
 

@@ -24,7 +24,7 @@ from ...errors import ModelError
 from . import graph
 
 #: Bump when the preparation changes, so cached graphs are rebuilt.
-RECIPE = "q8-v6"
+RECIPE = "q8-v7"
 
 
 def _vnni() -> bool:
@@ -115,7 +115,7 @@ def build(src: Path, out: Path, kind: str, reduce_range: bool = False) -> None:
             raise ModelError(f"onnxruntime cannot load {src}: {exc}") from exc
         folded = graph.load_model(stage2)
         # one MultiHeadAttention per layer instead of ~25 small nodes, one Gelu instead of five
-        if graph.fuse_attention(folded) + graph.fuse_gelu(folded):
+        if graph.fuse_attention(folded) + graph.fuse_gelu(folded) + graph.pack_qkv(folded):
             graph.onnx_module().save(folded, stage2)
         keep = fp32_matmuls(folded)
         from onnxruntime.quantization import QuantType, quantize_dynamic
