@@ -54,6 +54,6 @@ REAL_TEXTS = {
     "emoji": "Hi 👋🏽! Family: 👨‍👩‍👧‍👦, flags 🇯🇵🇺🇸, keycap 1️⃣, ❤️‍🔥 done ✅",
     "combining": "e\u0301 a\u0308 n\u0303 Z\u0351\u0352\u0353algo",
     "whitespace": "  two\t\ttabs \u00a0nbsp\u3000ideo\u2003em   \n\n\n  \r\n\r\n    end  ",
-    "markup": "<div class=\"a\">Hello <b>world</b></div>\n<table><tr><td>1</td></tr></table> **bold** _it_",
+    "markup": "<div class=\"a\">Hello <b>world</b></div>\n<table><tr><td>1</td></tr></table> **bold** _it_ <p> </p>x> </y",
     "long_word": "Pneumonoultramicroscopicsilicovolcanoconiosis" * 20,
 }

@@ -74,11 +74,13 @@ class BpeTokenizer:
         arr, fs, fe, ft = frags
         out = np.empty(arr.shape[0] + fs.shape[0] + 1, dtype=np.int32)
         v = self.vocab
+        slots, wbytes, wids, state = self._cache
         if v.is_spm:
-            n = K.spm_fragments(arr, fs, fe, ft, 0, fs.shape[0], v.text_table, v.text_blob, v.text_offs,
-                                v.srank, v.byte_tok, out, 0)
+            with self._lock:
+                n = K.spm_fragments(arr, fs, fe, ft, 0, fs.shape[0], v.text_table, v.text_blob, v.text_offs,
+                                    v.srank, v.byte_tok, v.cross_blob, v.cross_offs, v.cross_at,
+                                    slots, wbytes, wids, state, True, out, 0)
         else:
-            slots, wbytes, wids, state = self._cache
             with self._lock:
                 n = K.bpe_fragments(self._kind, self._vcode, arr, fs, fe, ft, 0, fs.shape[0], self._table,
                                     v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right, v.m_result,
@@ -115,8 +117,9 @@ class BpeTokenizer:
         threads = n_threads or numba.get_num_threads()
         with _NUMBA_PARALLEL:
             if v.is_spm:
-                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, v.text_table, v.text_blob,
-                                  v.text_offs, v.srank, v.byte_tok, counts)
+                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, max(1, min(threads, len(parts))),
+                                  v.text_table, v.text_blob, v.text_offs, v.srank, v.byte_tok, v.cross_blob,
+                                  v.cross_offs, v.cross_at, counts)
             else:
                 out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off,
                                   max(1, min(threads, len(parts))), self._table, v.byte_ids, v.pair_keys,

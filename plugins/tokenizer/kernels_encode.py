@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, bpe_word, bpe_word_long, cache_get, cache_put,
-                            _cache_hash, new_word_cache, spm_fragment)
+from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, _cache_hash, _utf8_len, bpe_word, bpe_word_long,
+                            cache_get, cache_put, new_word_cache, spm_fragment)
 from .kernels_scan import classify, split
 
 
@@ -115,8 +115,38 @@ def bpe_batch(kind, variant, data, fs, fe, ft, text_f0, text_f1, out_off, n_chun
     return out
 
 
+@njit(cache=True, inline="always")
+def _is_escaped_space(data, p, end):
+    return p + 3 <= end and data[p] == 0xE2 and data[p + 1] == 0x96 and data[p + 2] == 0x81
+
+
 @njit(cache=True)
-def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok, out, o):
+def _mark_crossings(data, s, e, cross_blob, cross_offs, cross_at, unsafe):
+    """unsafe[p - s] = 1 where a token that spans a character-then-▁ place occurs over position p."""
+    for c in range(cross_at.shape[0]):
+        o = cross_offs[c]
+        L = cross_offs[c + 1] - o
+        for x in range(s, e - L + 1):
+            same = True
+            for j in range(L):
+                if data[x + j] != cross_blob[o + j]:
+                    same = False
+                    break
+            if same:
+                unsafe[x + cross_at[c] - s] = 1
+
+
+@njit(cache=True)
+def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok,
+                  cross_blob, cross_offs, cross_at, slots, wbytes, wids, state, use_cache, out, o):
+    """SentencePiece BPE of fragments f0..f1-1.
+
+    A raw fragment is merged in segments that each start at a run of ▁ (an escaped space) following
+    another character.  No merge can cross such a place unless the vocabulary has a token with a ▁ right
+    after another character, and the places those tokens cover are not cut; so each segment merges
+    exactly as inside the whole fragment (merges of different segments never touch one another), and
+    repeated segments ("▁the") come from the word cache.
+    """
     longest = 0
     for f in range(f0, f1):
         if ft[f] < 0 and fe[f] - fs[f] > longest:
@@ -128,23 +158,63 @@ def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok, 
     prv = np.empty(longest, dtype=np.int64)
     hkeys = np.empty(3 * longest + 1, dtype=np.int64)
     haux = np.empty(3 * longest + 1, dtype=np.int64)
+    unsafe = np.zeros(longest + 1, dtype=np.uint8)
     for f in range(f0, f1):
         if ft[f] >= 0:
             out[o] = ft[f]
             o += 1
             continue
-        o = spm_fragment(data, fs[f], fe[f], table, blob, offs, srank, byte_tok,
-                         st, ln, tok, nxt, prv, hkeys, haux, out, o)
+        s = fs[f]
+        e = fe[f]
+        unsafe[:e - s + 1] = 0
+        _mark_crossings(data, s, e, cross_blob, cross_offs, cross_at, unsafe)
+        a = s
+        while a < e:
+            # Walk symbol by symbol (UTF-8 lengths as llama.cpp reads them, even in broken text) to the
+            # next cut: a ▁ after a symbol that is not ▁, at a place no crossing token covers.
+            q = a
+            p = a + min(_utf8_len(data[a]), e - a)
+            while p < e:
+                if (_is_escaped_space(data, p, e) and unsafe[p - s] == 0
+                        and not (p - q == 3 and _is_escaped_space(data, q, e))):
+                    break
+                q = p
+                p += min(_utf8_len(data[p]), e - p)
+            b = p
+            n = b - a
+            cached = use_cache and n <= CACHE_MAX_WORD
+            h = np.int64(0)
+            hit = -1
+            if cached:
+                h = _cache_hash(data, a, b)
+                hit = cache_get(slots, wbytes, wids, data, a, b, h, out, o)
+            if hit >= 0:
+                o = hit
+            else:
+                o2 = spm_fragment(data, a, b, table, blob, offs, srank, byte_tok,
+                                  st, ln, tok, nxt, prv, hkeys, haux, out, o)
+                if cached:
+                    cache_put(slots, wbytes, wids, state, data, a, b, h, out, o, o2)
+                o = o2
+            a = b
     return o
 
 
 @njit(cache=True, parallel=True)
-def spm_batch(data, fs, fe, ft, text_f0, text_f1, out_off, table, blob, offs, srank, byte_tok, counts):
+def spm_batch(data, fs, fe, ft, text_f0, text_f1, out_off, n_chunks, table, blob, offs, srank, byte_tok,
+              cross_blob, cross_offs, cross_at, counts):
     out = np.empty(out_off[-1], dtype=np.int32)
-    for t in prange(text_f0.shape[0]):
-        o = spm_fragments(data, fs, fe, ft, text_f0[t], text_f1[t], table, blob, offs, srank, byte_tok,
-                          out, out_off[t])
-        counts[t] = o - out_off[t]
+    n_texts = text_f0.shape[0]
+    for c in prange(n_chunks):
+        slots = np.zeros((1 << 14, 5), dtype=np.int64)
+        wbytes = np.empty(1 << 19, dtype=np.uint8)
+        wids = np.empty(1 << 18, dtype=np.int32)
+        state = np.zeros(3, dtype=np.int64)
+        for t in range(c, n_texts, n_chunks):
+            o = spm_fragments(data, fs, fe, ft, text_f0[t], text_f1[t], table, blob, offs, srank, byte_tok,
+                              cross_blob, cross_offs, cross_at, slots, wbytes, wids, state, True,
+                              out, out_off[t])
+            counts[t] = o - out_off[t]
     return out
 
 

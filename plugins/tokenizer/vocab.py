@@ -20,7 +20,7 @@ from corert.models.gguf_header import read_header, string_array_bytes
 from .kernels_merge import build_pair_table, build_text_table
 from .unicode_classes import _cache_dir
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 # llama.cpp token types (GGUF tokenizer.ggml.token_type)
 T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 1, 2, 3, 4, 5, 6
@@ -97,6 +97,11 @@ class Vocab:
     text_table: np.ndarray     # hash stored text -> id
     srank: np.ndarray          # (n_vocab,) int64 rank of each token's score, 0 = highest
     byte_tok: np.ndarray       # (256,) int32 <0xXX> token of each byte
+    # Tokens in which U+2581 follows another character: the only merges that can cross the start of a
+    # "▁word" (see kernels_encode.spm_fragments).  One entry per such place: token text and offset.
+    cross_blob: np.ndarray
+    cross_offs: np.ndarray
+    cross_at: np.ndarray
 
     @property
     def is_spm(self) -> bool:
@@ -111,7 +116,7 @@ class Vocab:
     # -- cache -----------------------------------------------------------------------------------------
     _ARRAYS = ("types", "piece_blob", "piece_offs", "text_blob", "text_offs", "eog", "special_ids",
                "special_always", "byte_ids", "m_left", "m_right", "m_result", "pair_keys", "pair_vals",
-               "text_table", "srank", "byte_tok")
+               "text_table", "srank", "byte_tok", "cross_blob", "cross_offs", "cross_at")
     _SCALARS = ("model", "pre", "n_vocab", "bos_id", "eos_id", "add_bos", "add_space_prefix")
 
     def save(self, path: Path) -> None:
@@ -201,7 +206,17 @@ def build_vocab(path: Path) -> Vocab:
     pair_vals = np.full(1, -1, dtype=np.int32)
     text_table = np.full(1, -1, dtype=np.int32)
     srank = np.zeros(n, dtype=np.int64)
+    crossing: list[bytes] = []
+    cross_at: list[int] = []
     if is_spm:
+        esc = "\u2581".encode()
+        for t in texts:
+            k = t.find(esc, 1)
+            while k > 0:
+                if t[k - 3:k] != esc:  # a ▁ right after some other character
+                    crossing.append(t)
+                    cross_at.append(k)
+                k = t.find(esc, k + 1)
         scores = md.get("tokenizer.ggml.scores")
         scores = (np.asarray(scores, dtype=np.float32) if scores is not None
                   else np.zeros(n, dtype=np.float32))[:n]
@@ -229,7 +244,9 @@ def build_vocab(path: Path) -> Vocab:
                  eog=np.array(sorted(eog), dtype=np.int64), special_ids=np.array(special, dtype=np.int64),
                  special_always=np.array([types[i] == T_USER_DEFINED for i in special], dtype=bool),
                  byte_ids=byte_ids, m_left=m_left, m_right=m_right, m_result=m_result, pair_keys=pair_keys,
-                 pair_vals=pair_vals, text_table=text_table, srank=srank, byte_tok=byte_tok)
+                 pair_vals=pair_vals, text_table=text_table, srank=srank, byte_tok=byte_tok,
+                 cross_blob=_pack(crossing)[0], cross_offs=_pack(crossing)[1],
+                 cross_at=np.array(cross_at, dtype=np.int64))
 
 
 def _eog_ids(md, key_id, by_text, types, str_texts) -> set[int]:
