@@ -1,11 +1,15 @@
 """GGML block formats -> our 8-bit layout, one row at a time (numba).
 
-The native engine keeps every weight matrix as int8 values in blocks of ``bs`` (64, or 32 when a row is not
-a multiple of 64) with one f32 scale per block: 8.5 bits per weight at bs=64.  A GGUF row is decoded into a
-small f32 scratch row and requantized at once, so no f32 copy of a whole tensor ever exists.  The decoders
+The native engine keeps weight matrices in one of two layouts (see weights.QMatrix):
+  q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly
+  q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type
+      (Q6_K, Q5_1, Q5_K, F16, F32) is decoded one row at a time into a scratch row and requantized
+so no f32 copy of a whole tensor ever exists.  The decoders
 follow ggml's block layouts (ggml-common.h); tests compare them with gguf-py's numpy dequantizers.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -38,10 +42,13 @@ def _scale_min_k4(j, q, o):
 
 @njit(cache=True)
 def dequant_row(src, ggml_type, out, tab):
-    """Decode one row (its raw bytes ``src``) of a ``ggml_type`` tensor into ``out`` (f32, row length).
-    F32 rows are plain views and never come here."""
+    """Decode one row (its raw bytes ``src``) of a ``ggml_type`` tensor into ``out`` (f32, row length)."""
     n = out.shape[0]
-    if ggml_type == F16:
+    if ggml_type == F32:
+        f = src.view(np.float32)
+        for i in range(n):
+            out[i] = f[i]
+    elif ggml_type == F16:
         for i in range(n):
             out[i] = _h(src, 2 * i, tab)
     elif ggml_type == Q8_0:
@@ -147,27 +154,104 @@ def _i8(u):
 
 
 @njit(cache=True)
-def quantize_row(x, bs, qs, sc):
-    """Symmetric 8-bit blocks: ``sc[b] = max|x| / 127`` over block ``b`` of ``bs`` values."""
-    for b in range(x.shape[0] // bs):
+def f16_bits(x):
+    """The IEEE half-precision bit pattern nearest to ``x`` (0 <= x < 65520); numba has no float16."""
+    if x <= 0.0:
+        return np.uint16(0)
+    if x < 6.103515625e-05:  # subnormal: multiples of 2^-24
+        return np.uint16(np.rint(x * 16777216.0))
+    m, e = math.frexp(np.float64(x))  # x = m * 2^e, m in [0.5, 1)
+    f = np.int64(np.rint((2.0 * m - 1.0) * 1024.0))
+    ex = e + 14
+    if f == 1024:  # rounding carried into the exponent
+        f = 0
+        ex += 1
+    return np.uint16((ex << 10) | f)
+
+
+@njit(cache=True)
+def quantize_row_q8(x, qs, sc, tab):
+    """Symmetric 8-bit blocks of 32 with an f16 scale: ``sc[b]`` = f16(max|x| / 127)."""
+    for b in range(x.shape[0] // 32):
         amax = np.float32(0.0)
-        for j in range(b * bs, b * bs + bs):
+        for j in range(b * 32, b * 32 + 32):
             amax = max(amax, abs(x[j]))
-        d = amax / np.float32(127.0)
+        bits = f16_bits(amax / np.float32(127.0))
+        d = tab[bits]
         inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        sc[b] = d
-        for j in range(b * bs, b * bs + bs):
-            qs[j] = np.int8(np.rint(x[j] * inv))
+        sc[b] = bits
+        for j in range(b * 32, b * 32 + 32):
+            qs[j] = np.int8(max(-127.0, min(127.0, np.rint(x[j] * inv))))
+
+
+@njit(cache=True)
+def _direct_q8(src, ggml_type, qs, sc):
+    """Q8_0 and Q5_0 rows are int8 blocks of 32 with an f16 scale already: copy them exactly."""
+    size = 34 if ggml_type == Q8_0 else 22
+    for b in range(qs.shape[0] // 32):
+        o = b * size
+        sc[b] = np.uint16(np.int64(src[o]) | (np.int64(src[o + 1]) << 8))
+        if ggml_type == Q8_0:
+            for j in range(32):
+                qs[b * 32 + j] = np.int8(_i8(src[o + 2 + j]))
+        else:
+            qh = np.int64(src[o + 2]) | (np.int64(src[o + 3]) << 8) | (np.int64(src[o + 4]) << 16) \
+                | (np.int64(src[o + 5]) << 24)
+            for j in range(16):
+                q = np.int64(src[o + 6 + j])
+                qs[b * 32 + j] = np.int8(((q & 0xF) | (((qh >> j) & 1) << 4)) - 16)
+                qs[b * 32 + j + 16] = np.int8(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
 
 
 @njit(parallel=True, cache=True)
-def requantize(raw, ggml_type, bs, qs, sc, tab):
-    """Every row of ``raw`` (uint8, one GGUF row per line) into ``qs`` (int8) and ``sc`` (f32 scales)."""
+def to_q8(raw, ggml_type, qs, sc, tab):
+    """Every row of ``raw`` (uint8, one GGUF row per line) into int8 ``qs`` and f16-bit scales ``sc``."""
     rows, cols = qs.shape
     for r in prange(rows):
-        row = np.empty(cols, np.float32)
-        dequant_row(raw[r], ggml_type, row, tab)
-        quantize_row(row, bs, qs[r], sc[r])
+        if ggml_type == Q8_0 or ggml_type == Q5_0:
+            _direct_q8(raw[r], ggml_type, qs[r], sc[r])
+        else:
+            row = np.empty(cols, np.float32)
+            dequant_row(raw[r], ggml_type, row, tab)
+            quantize_row_q8(row, qs[r], sc[r], tab)
+
+
+Q4_SOURCES = (Q4_0, Q4_1, Q4_K)
+
+
+@njit(parallel=True, cache=True)
+def to_q4(raw, ggml_type, packed, d, m, tab):
+    """Q4_0 / Q4_1 / Q4_K rows, exactly, as 4-bit values q with a scale and an offset per 32 values:
+    ``y = d * q + m``.  ``packed[r, 16 b + j]`` holds q of value 32 b + j (low nibble) and 32 b + 16 + j."""
+    rows = packed.shape[0]
+    for r in prange(rows):
+        src = raw[r]
+        pr = packed[r]
+        if ggml_type == Q4_0 or ggml_type == Q4_1:
+            size = 18 if ggml_type == Q4_0 else 20
+            qo = 2 if ggml_type == Q4_0 else 4
+            for b in range(d.shape[1]):
+                o = b * size
+                db = _h(src, o, tab)
+                d[r, b] = db
+                m[r, b] = -8.0 * db if ggml_type == Q4_0 else _h(src, o + 2, tab)
+                for j in range(16):
+                    pr[16 * b + j] = src[o + qo + j]
+        else:  # Q4_K: 8 sub-blocks of 32 per 256; 32 bytes hold sub-block 2g (low) and 2g+1 (high)
+            for sb in range(d.shape[1] // 8):
+                o = sb * 144
+                dd = _h(src, o, tab)
+                dmin = _h(src, o + 2, tab)
+                for g in range(4):
+                    for h in range(2):
+                        sc, mn = _scale_min_k4(2 * g + h, src, o + 4)
+                        b = sb * 8 + 2 * g + h
+                        d[r, b] = dd * np.float32(sc)
+                        m[r, b] = -(dmin * np.float32(mn))
+                        for j in range(16):
+                            lo = (np.int64(src[o + 16 + 32 * g + j]) >> (4 * h)) & 0xF
+                            hi = (np.int64(src[o + 16 + 32 * g + 16 + j]) >> (4 * h)) & 0xF
+                            pr[16 * b + j] = np.uint8(lo | (hi << 4))
 
 
 @njit(parallel=True, cache=True)
@@ -175,3 +259,10 @@ def dequantize(raw, ggml_type, out, tab):
     """Rows of ``raw`` decoded to f32 (small tensors only: norms, biases)."""
     for r in prange(out.shape[0]):
         dequant_row(raw[r], ggml_type, out[r], tab)
+
+
+@njit(parallel=True, cache=True)
+def embed_rows(raw, ggml_type, ids, out, tab):
+    """``out[t]`` = row ``ids[t]`` of a GGUF tensor, decoded (embedding lookup straight from the file)."""
+    for t in prange(ids.shape[0]):
+        dequant_row(raw[ids[t]], ggml_type, out[t], tab)

@@ -14,7 +14,9 @@ import numpy as np
 from ...errors import InputError, ModelError
 from ...models.gguf_header import GGUFHeader
 from . import ops
-from .matmul import MATMUL
+from . import dequant
+from .matmul import KERNELS, QK, block_sums
+from .numba_setup import F16_TO_F32
 from .weights import QMatrix, TensorSource
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -75,15 +77,18 @@ class Layer:
 @attrs.define
 class Transformer:
     cfg: ModelConfig
-    embedding: QMatrix  # (n_vocab, d_model)
+    source: TensorSource  # the memory-mapped file: the embedding table is read from it
+    embed_raw: np.ndarray  # (n_vocab, bytes per row) of token_embd, in its GGUF type
+    embed_type: int
     layers: list[Layer]
     out_norm: np.ndarray
-    output: QMatrix  # (n_vocab, d_model); the embedding itself when tied
+    output: QMatrix  # (n_vocab, d_model)
     variant: str
-    _matmul: Any = attrs.field(init=False, repr=False)
+    _q8: Any = attrs.field(init=False, repr=False)
+    _q4: Any = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._matmul = MATMUL[self.variant]
+        self._q8, self._q4 = KERNELS[self.variant]
 
     @classmethod
     def load(cls, header: GGUFHeader, variant: str) -> "Transformer":
@@ -104,34 +109,46 @@ class Transformer:
                     ffn_norm=src.vector(p + "ffn_norm.weight"),
                     wgate_up=src.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"]),
                     wdown=src.matrix([p + "ffn_down.weight"])))
-            embedding = src.matrix(["token_embd.weight"])
-            output = src.matrix(["output.weight"]) if src.has("output.weight") else embedding
+            # no output.weight: the output projection is tied to the embedding table
+            output = src.matrix(["output.weight" if src.has("output.weight") else "token_embd.weight"])
             out_norm = src.vector("output_norm.weight")
-        finally:
+            emb = src.info("token_embd.weight")
+            embed_raw = src.raw_rows(emb)
+        except BaseException:
             src.close()
+            raise
         q_rows = cfg.n_heads * cfg.head_dim
         if layers and layers[0].wqkv.rows != q_rows + 2 * cfg.n_kv_heads * cfg.head_dim:
             raise ModelError(f"{header.path}: attention tensors do not match {cfg.n_heads} heads of "
                              f"{cfg.head_dim}")
-        return cls(cfg, embedding, layers, out_norm, output, variant)
+        return cls(cfg, src, embed_raw, emb.ggml_type, layers, out_norm, output, variant)
+
+    def matrices(self) -> list[QMatrix]:
+        mats = [self.output]
+        for layer in self.layers:
+            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
+        return mats
 
     @property
     def weight_bytes(self) -> int:
-        mats = [self.embedding] + ([self.output] if self.output is not self.embedding else [])
-        for layer in self.layers:
-            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
-        return sum(m.nbytes for m in mats)
+        """Bytes of the weights held in memory (the embedding table stays in the mapped file)."""
+        return sum(m.nbytes for m in self.matrices())
 
     @property
-    def n_weights(self) -> int:
-        mats = [self.embedding] + ([self.output] if self.output is not self.embedding else [])
-        for layer in self.layers:
-            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
-        return sum(m.rows * m.cols for m in mats)
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.weight_bytes / sum(m.rows * m.cols for m in self.matrices())
+
+    def close(self) -> None:
+        self.source.close()
 
     def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), np.float32)
-        self._matmul(w.qs, w.sc, x, out, w.bs)
+        if w.kind == "q8":
+            self._q8(w.q, w.scale, x, out, F16_TO_F32, QK)
+        else:
+            xsum = np.empty((x.shape[0], w.cols // QK), np.float32)
+            block_sums(x, xsum)
+            self._q4(w.q, w.scale, w.offset, x, xsum, out, QK)
         return out
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
@@ -146,7 +163,7 @@ class Transformer:
         H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_end, k_end = H * hd, (H + KV) * hd
         x = np.empty((n, cfg.d_model), np.float32)  # (rows, d_model) residual stream
-        ops.embed(ids, self.embedding.qs, self.embedding.sc, self.embedding.bs, x)
+        dequant.embed_rows(self.embed_raw, self.embed_type, ids, x, F16_TO_F32)
         cos, sin = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
         h = np.empty_like(x)
         att = np.empty((n, H, hd), np.float32)

@@ -1,4 +1,4 @@
-"""Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU, embedding lookup.
+"""Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU, residual add.
 
 Each works on (rows, ...) arrays and computes every row with the same code, independent of the others, so
 a batch of rows gives exactly the per-row results (see matmul.py for why that matters).
@@ -59,17 +59,6 @@ def swiglu(gate_up, out):
         for i in range(f):
             g = gate_up[t, i]
             out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, f + i]
-
-
-@njit(cache=True)
-def embed(ids, qs, sc, bs, out):
-    """Rows of an int8 block-quantized table, dequantized: ``out[t] = table[ids[t]]``."""
-    for t in range(ids.shape[0]):
-        r = ids[t]
-        for b in range(sc.shape[1]):
-            d = sc[r, b]
-            for j in range(b * bs, b * bs + bs):
-                out[t, j] = np.float32(qs[r, j]) * d
 
 
 @njit(parallel=True, cache=True)

@@ -100,6 +100,8 @@ class NativeModel:
         self.threads = threads.numba_threads
 
     def close(self) -> None:
+        if self.transformer is not None:
+            self.transformer.close()
         self.transformer = None
         self.kv = None
 

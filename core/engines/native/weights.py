@@ -1,9 +1,9 @@
 """Loading a GGUF file's tensors for the native engine.
 
-Matrices are requantized at load into :class:`QMatrix` (int8 blocks with one f32 scale per block of 64
-values — 8.5 bits per weight — or of 32 when a row length is not a multiple of 64).  The file is memory-
-mapped and decoded row by row, so no f32 copy of a weight matrix exists at any time.  Norm weights and
-biases (small) are kept as f32.
+Matrices become :class:`QMatrix` at load (4-bit sources kept exactly in the q4 layout, 6 bits/weight;
+the rest int8 blocks, 8.5 bits/weight; see dequant.py).  The file is memory-mapped and decoded row by row,
+so no f32 copy of a weight matrix exists at any time.  The embedding table is read straight from the file,
+one row per looked-up token.  Norm weights and biases (small) are kept as f32.
 """
 from __future__ import annotations
 
@@ -15,36 +15,29 @@ import numpy as np
 from ...errors import ModelError
 from ...models.gguf_header import GGUFHeader, TensorInfo
 from . import dequant
+from .matmul import QK
 from .numba_setup import F16_TO_F32
 
 
 @attrs.frozen
 class QMatrix:
-    """A weight matrix W (rows = outputs, cols = inputs) as int8 blocks: W[r, j] ~ qs[r, j] * sc[r, j // bs]."""
+    """A weight matrix W (rows = outputs, cols = inputs) in blocks of 32 values along a row.
 
-    qs: np.ndarray  # (rows, cols) int8
-    sc: np.ndarray  # (rows, cols // bs) f32
-    bs: int
+    kind "q8": ``q`` int8 (rows, cols), ``scale`` f16 bits uint16 (rows, cols/32); W = q * scale.
+    kind "q4": ``q`` uint8 (rows, cols/2), two 4-bit values a byte (low nibble: value j of a block, high:
+    j + 16), ``scale`` and ``offset`` f32 (rows, cols/32); W = q * scale + offset.
+    """
 
-    @property
-    def rows(self) -> int:
-        return self.qs.shape[0]
-
-    @property
-    def cols(self) -> int:
-        return self.qs.shape[1]
+    kind: str
+    rows: int
+    cols: int
+    q: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.qs.nbytes + self.sc.nbytes
-
-
-def block_size(cols: int) -> int:
-    if cols % 64 == 0:
-        return 64
-    if cols % 32 == 0:
-        return 32
-    raise ModelError(f"a weight row of {cols} values is not a multiple of 32")
+        return self.q.nbytes + self.scale.nbytes + (self.offset.nbytes if self.offset is not None else 0)
 
 
 class TensorSource:
@@ -89,38 +82,41 @@ class TensorSource:
         return out.reshape(-1)
 
     def matrix(self, names: Sequence[str]) -> QMatrix:
-        """The row-wise concatenation of 2-D tensors ``names`` (e.g. Q, K, V projections) as one QMatrix."""
+        """The row-wise concatenation of 2-D tensors ``names`` (e.g. Q, K, V projections) as one QMatrix:
+        q4 when every part is Q4_0/Q4_1/Q4_K (kept exactly), else q8."""
         infos = [self.info(n) for n in names]
         cols = infos[0].shape[0]
         for t in infos:
             if len(t.shape) != 2 or t.shape[0] != cols:
                 raise ModelError(f"{self.header.path}: tensor {t.name!r} has shape {t.shape}, expected "
                                  f"({cols}, n)")
-        bs = block_size(cols)
-        rows = sum(t.shape[1] for t in infos)
-        qs = np.empty((rows, cols), np.int8)
-        sc = np.empty((rows, cols // bs), np.float32)
+        if cols % QK:
+            raise ModelError(f"{self.header.path}: tensor {infos[0].name!r} rows of {cols} values are not a "
+                             f"multiple of {QK}")
+        raws = [self.raw_rows(t) for t in infos]
+        rows = sum(r.shape[0] for r in raws)
+        nb = cols // QK
+        if all(t.ggml_type in dequant.Q4_SOURCES for t in infos):
+            q = np.empty((rows, cols // 2), np.uint8)
+            scale = np.empty((rows, nb), np.float32)
+            offset = np.empty((rows, nb), np.float32)
+            r = 0
+            for t, raw in zip(infos, raws):
+                n = raw.shape[0]
+                dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
+                r += n
+            return QMatrix("q4", rows, cols, q, scale, offset)
+        q = np.empty((rows, cols), np.int8)
+        scale = np.empty((rows, nb), np.uint16)
         r = 0
-        for t in infos:
-            raw = self.raw_rows(t)
+        for t, raw in zip(infos, raws):
             n = raw.shape[0]
-            if t.ggml_type == dequant.F32:  # rare for matrices: quantize from an f32 view, chunk by chunk
-                flat = np.frombuffer(raw, dtype=np.float32).reshape(n, cols)
-                for a in range(0, n, 1024):
-                    _quantize_f32(flat[a:a + 1024], bs, qs[r + a:r + min(n, a + 1024)],
-                                  sc[r + a:r + min(n, a + 1024)])
-            else:
-                dequant.requantize(raw, t.ggml_type, bs, qs[r:r + n], sc[r:r + n], F16_TO_F32)
+            dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
             r += n
-        return QMatrix(qs, sc, bs)
+        return QMatrix("q8", rows, cols, q, scale)
 
     def close(self) -> None:
         mm = self._mm
         self._mm = None
         if mm is not None and getattr(mm, "_mmap", None) is not None:
             mm._mmap.close()
-
-
-def _quantize_f32(x: np.ndarray, bs: int, qs: np.ndarray, sc: np.ndarray) -> None:
-    for i in range(x.shape[0]):
-        dequant.quantize_row(np.ascontiguousarray(x[i]), bs, qs[i], sc[i])

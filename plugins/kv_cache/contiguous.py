@@ -1,0 +1,108 @@
+"""Contiguous f32 KV cache for the native engine: the reference memory layout.
+
+Each layer holds K and V as (n_seqs, n_kv_heads, max_tokens, head_dim) f32 arrays allocated up front, so
+a head's keys are one contiguous run the attention kernel streams through.  Simple and exact; the paged
+cache is the memory-efficient alternative.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from corert import Implementation, hookimpl
+from corert.cpu import Variant
+from corert.errors import InputError, PluginError
+
+
+class ContiguousKVStore:
+    """A :class:`corert.interfaces.KVStore` backed by preallocated f32 arrays."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, n_seqs: int = 1):
+        from corert.engines.native.attention import attend_contiguous
+
+        self._attend = attend_contiguous
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.max_tokens, self.n_seqs = max_tokens, n_seqs
+        shape = (n_layers, n_seqs, n_kv_heads, max_tokens, head_dim)
+        self.k = np.zeros(shape, np.float32)  # (layer, seq, kv_head, position, head_dim)
+        self.v = np.zeros(shape, np.float32)
+        self._len = np.zeros(n_seqs, np.int64)
+        self._free = list(range(n_seqs - 1, -1, -1))
+
+    def new_sequence(self) -> int:
+        if not self._free:
+            raise InputError(f"all {self.n_seqs} KV sequences are in use")
+        seq = self._free.pop()
+        self._len[seq] = 0
+        return seq
+
+    def release(self, seq: int) -> None:
+        self._check_seq(seq)
+        if seq not in self._free:
+            self._len[seq] = 0
+            self._free.append(seq)
+
+    def length(self, seq: int) -> int:
+        self._check_seq(seq)
+        return int(self._len[seq])
+
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray) -> None:
+        expect = {}
+        for s, p in zip(seq_ids.tolist(), positions.tolist()):
+            self._check_seq(s)
+            want = expect.get(s, int(self._len[s]))
+            if p != want:
+                raise InputError(f"KV sequence {s}: position {p} does not continue it (next is {want})")
+            if p >= self.max_tokens:
+                raise InputError(f"KV sequence {s} is full: {self.max_tokens} tokens")
+            expect[s] = p + 1
+        for s, n in expect.items():
+            self._len[s] = n
+
+    def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
+              v: np.ndarray) -> None:
+        # (rows, kv_heads, head_dim) -> [layer][seq, kv_head, position]
+        heads = np.arange(self.n_kv_heads)[None, :]
+        self.k[layer, seq_ids[:, None], heads, positions[:, None]] = k
+        self.v[layer, seq_ids[:, None], heads, positions[:, None]] = v
+
+    def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
+               out: np.ndarray) -> None:
+        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out)
+
+    def truncate(self, seq: int, n_tokens: int) -> None:
+        self._check_seq(seq)
+        if not 0 <= n_tokens <= self._len[seq]:
+            raise InputError(f"cannot roll KV sequence {seq} back to {n_tokens} tokens "
+                             f"(it holds {int(self._len[seq])})")
+        self._len[seq] = n_tokens  # later positions are overwritten before they are read again
+
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+    def _check_seq(self, seq: int) -> None:
+        if not 0 <= seq < self.n_seqs:
+            raise InputError(f"no KV sequence {seq} (the store has {self.n_seqs})")
+
+
+class ContiguousKV:
+    """The plugin's provider: allocates a store for a model's dimensions."""
+
+    name = "contiguous"
+
+    def allocate(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
+                 n_seqs: int = 1) -> ContiguousKVStore:
+        return ContiguousKVStore(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)
+
+
+def _factory(variant: str, engine: str = "native", **ctx) -> ContiguousKV:
+    if engine != "native":
+        raise PluginError(f"kv_cache=contiguous stores K/V for the native engine, not {engine!r}")
+    return ContiguousKV()
+
+
+@hookimpl
+def register_kv_caches(register):
+    register(Implementation(
+        area="kv_cache", name="contiguous", engines=("native",), factory=_factory,
+        variants=(Variant("f32", description="preallocated f32 arrays"),),
+        description="reference KV cache of the native engine: contiguous f32 per layer and sequence"))
