@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from corert.engines.onnx import graph, prepare
+from corert.engines.onnx import fusions, graph, prepare
 from corert.engines.onnx.plugin import make_engine
 from corert.models.store import ModelStore
 
@@ -28,7 +28,7 @@ def _run(model_bytes_or_path, ids):
 
 def test_gather_before_dequant_gives_the_same_numbers(encoder_path):
     m = graph.load_model(str(encoder_path))
-    assert graph.gather_before_dequant(m) == 2  # word and position tables
+    assert fusions.gather_before_dequant(m) == 2  # word and position tables
     ids = np.array([[101, 7592, 2088, 1010, 2129, 2024, 2017, 1029, 102]], np.int64)
     np.testing.assert_allclose(_run(m.SerializeToString(), ids), _run(str(encoder_path), ids), atol=1e-5)
 
@@ -43,7 +43,7 @@ def test_fusions_give_the_same_numbers(tmp_path, encoder_path):
     ort.InferenceSession(str(encoder_path), so, providers=["CPUExecutionProvider"])
     m = graph.load_model(str(tmp_path / "fp32.onnx"))
     n_before = len(m.graph.node)
-    assert graph.fuse_attention(m) == 6 and graph.fuse_gelu(m) == 6 and graph.pack_qkv(m) == 6
+    assert fusions.fuse_attention(m) == 6 and fusions.fuse_gelu(m) == 6 and fusions.pack_qkv(m) == 6
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MultiHeadAttention") == 6 and ops.count("Gelu") == 6 and "Erf" not in ops
     assert ops.count("Split") == 6 and ops.count("MatMul") == 6 * 4  # QKV, output, FFN up, FFN down

@@ -1,14 +1,18 @@
 """The ``q8`` preparation of an encoder graph, done once per model file and cached beside it.
 
 The MiniLM encoder ships with int8 *weights* that onnxruntime dequantizes to fp32 when the session starts:
-every matmul then runs in fp32.  Preparing the graph (1) folds it to plain fp32 with onnxruntime's basic
-optimizer, (2) appends the sentence-embedding tail (mean pooling, L2 norm) to an embedding graph, so one
-``run`` returns the vectors, and (3) re-quantizes every encoder MatMul with onnxruntime's dynamic
-quantization (int8 weights per output channel, uint8 activations per tensor): the matmuls then run on the
-CPU's integer dot-product units (AVX-512 VNNI / AVX-VNNI here), ~3x faster at 16 tokens.  Two matmuls
-stay fp32 (see fp32_matmuls).  Embedding tables shipped as int8 with a scale per row stay int8: rows are
-gathered first, then dequantized (graph.gather_before_dequant).  Quality against the fp32 reference is
-checked in tests/test_embed_quality.py.
+every matmul then runs in fp32, through ~400 small nodes.  Preparing the graph:
+  1. appends the sentence-embedding tail (mean pooling, L2 norm) to an embedding graph, so one ``run``
+     returns the vectors; keeps int8 embedding tables int8 (rows are gathered, then dequantized);
+  2. folds the rest to plain fp32 with onnxruntime's portable basic optimizer;
+  3. fuses each exported attention block into one MultiHeadAttention, each exact GELU into one Gelu, and
+     the Q/K/V projections into one matmul (fusions.py): ~400 nodes become ~100;
+  4. re-quantizes the encoder's matmuls with onnxruntime's dynamic quantization (int8 weights per output
+     channel, uint8 activations per tensor), so they run on the integer dot-product units (AVX-512 VNNI
+     here).  Two matmuls stay fp32 (see fp32_matmuls).
+Together: ~2.4x less CPU time per 16-token request than the graph as shipped, ~100 MB less resident
+memory (measured on this machine; `corert bench embed` shows the time side by side).  Quality against
+the fp32 reference is checked in tests/test_embed_quality.py (cosine >= 0.98; measured min 0.990).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ...errors import ModelError
-from . import graph
+from . import fusions, graph
 
 #: Bump when the preparation changes, so cached graphs are rebuilt.
 RECIPE = "q8-v7"
@@ -99,7 +103,7 @@ def build(src: Path, out: Path, kind: str, reduce_range: bool = False) -> None:
     graph.check_inputs([i.name for i in model.graph.input], str(src))
     if kind == "embed" and graph.EMBEDDING_OUTPUT not in [o.name for o in model.graph.output]:
         graph.add_mean_pool_l2(model)
-    graph.gather_before_dequant(model)  # int8 embedding tables stay int8 (36 MB less), same numbers
+    fusions.gather_before_dequant(model)  # int8 embedding tables stay int8 (36 MB less), same numbers
     with tempfile.TemporaryDirectory(prefix="corert-prep-", dir=out.parent) as tmp:
         stage1, stage2 = os.path.join(tmp, "tail.onnx"), os.path.join(tmp, "fp32.onnx")
         graph.onnx_module().save(model, stage1)
@@ -115,7 +119,7 @@ def build(src: Path, out: Path, kind: str, reduce_range: bool = False) -> None:
             raise ModelError(f"onnxruntime cannot load {src}: {exc}") from exc
         folded = graph.load_model(stage2)
         # one MultiHeadAttention per layer instead of ~25 small nodes, one Gelu instead of five
-        if graph.fuse_attention(folded) + graph.fuse_gelu(folded) + graph.pack_qkv(folded):
+        if fusions.fuse_attention(folded) + fusions.fuse_gelu(folded) + fusions.pack_qkv(folded):
             graph.onnx_module().save(folded, stage2)
         keep = fp32_matmuls(folded)
         from onnxruntime.quantization import QuantType, quantize_dynamic
