@@ -143,3 +143,13 @@ def test_every_variant_gives_the_same_ids_on_the_corpus():
         tok = BpeTokenizer(base.vocab, variant)
         assert [tok.encode(t) for t in texts] == ref, variant
     assert np.sum([len(r) for r in ref]) > 10000
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_special_tokens_in_long_text(model):
+    """Long text takes the prefix-window filter for special tokens; ids must not change."""
+    tok = tokenizer(model)
+    text = SPECIAL_TEXTS[model].join(_read(p) for p in CORPUS[:4])
+    for parse_special in (True, False):
+        ref = llama_vocab(model).tokenize(text.encode(), add_bos=False, special=parse_special)
+        assert tok.encode(text, add_bos=False, parse_special=parse_special) == ref

@@ -81,18 +81,55 @@ def partition(data, cand_blob, cand_offs, cand_ids):
     return fs[:nf], fe[:nf], ft[:nf]
 
 
+def _prefix_key(t: bytes) -> int:
+    k = t[:4]
+    return int.from_bytes(k, "little")
+
+
+def _window_keys(arr: np.ndarray, k: int) -> np.ndarray:
+    """The distinct k-byte windows of arr as little-endian integers (k <= 4)."""
+    n = arr.shape[0] - k + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint32)
+    keys = arr[:n].astype(np.uint32)
+    for j in range(1, k):
+        keys |= arr[j:j + n].astype(np.uint32) << np.uint32(8 * j)
+    return np.unique(keys)
+
+
+class _Pool:
+    """Special tokens in priority order, with their 1..4-byte prefix keys for a quick presence filter."""
+
+    def __init__(self, items: list[tuple[bytes, int]]):
+        self.items = items
+        self.klen = np.array([min(len(t), 4) for t, _ in items], dtype=np.int64)
+        self.keys = np.array([_prefix_key(t) for t, _ in items], dtype=np.uint32)
+
+    def present(self, data: bytes) -> list[tuple[bytes, int]]:
+        if not self.items:
+            return []
+        if len(self.items) * (len(data) + 500) < 3_000_000:  # then plain substring searches are cheaper
+            return [(t, i) for t, i in self.items if t in data]
+        arr = np.frombuffer(data, dtype=np.uint8)
+        maybe = np.zeros(len(self.items), dtype=bool)
+        for k in range(1, 5):
+            sel = self.klen == k
+            if sel.any():
+                maybe[sel] = np.isin(self.keys[sel], _window_keys(arr, k))
+        return [self.items[j] for j in np.nonzero(maybe)[0] if self.items[j][0] in data]
+
+
 class SpecialTokens:
     """The special tokens of a vocabulary, in llama.cpp's matching order, with a cheap presence test."""
 
     def __init__(self, texts: list[bytes], ids: list[int], always: list[bool]):
         order = sorted(range(len(ids)), key=lambda i: (-len(texts[i]), ids[i]))
-        self._all = [(texts[i], ids[i]) for i in order if texts[i]]
-        self._always = [(texts[i], ids[i]) for i in order if texts[i] and always[i]]
+        self._all = _Pool([(texts[i], ids[i]) for i in order if texts[i]])
+        self._always = _Pool([(texts[i], ids[i]) for i in order if texts[i] and always[i]])
 
     def candidates(self, data: bytes, parse_special: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The special tokens occurring in ``data`` as (blob, offsets, ids) in priority order."""
-        pool = self._all if parse_special else self._always
-        found = [(t, i) for t, i in pool if t in data] if pool else []
+        found = (self._all if parse_special else self._always).present(data)
         blob = np.frombuffer(b"".join(t for t, _ in found), dtype=np.uint8)
         offs = np.zeros(len(found) + 1, dtype=np.int64)
         if found:
