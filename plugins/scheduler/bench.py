@@ -77,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-streams", type=int, default=2,
                    help="threads submitting batch generations back to back (default 2)")
     p.add_argument("--batch-tokens", type=int, default=48, help="tokens per batch generation (default 48)")
+    p.add_argument("--passes", type=int, default=2,
+                   help="passes over the sides, alternating their order, requests split between them (2)")
     p.add_argument("--sides", default=",".join(SIDES), help=f"schedulers to compare (default {','.join(SIDES)})")
 
 
@@ -97,10 +99,10 @@ def _summary(lat: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95), "max_ms": max(ms), "n": len(ms)}
 
 
-def run_side(side: str, args) -> dict[str, Any]:
+def _measure(side: str, args, requests: int, min_window: float) -> dict[str, Any]:
+    """One pass of one side: raw latencies (s) idle and loaded, batch tokens in the loaded window."""
     from corert import Runtime
 
-    name, _, variant = side.partition(":")
     kwargs: dict[str, Any] = {"plugins": {"scheduler": side}}
     if getattr(args, "threads", None):
         kwargs["n_threads"] = args.threads
@@ -110,7 +112,7 @@ def run_side(side: str, args) -> dict[str, Any]:
         budget = rt.scheduler.thread_budget()
         rt.embed(["warm up"], priority="interactive")
         rt.generate("Hi", max_tokens=2, temperature=0, priority="batch")
-        idle = _latencies(rt, args.requests, args.gap_ms / 1e3)
+        idle = _latencies(rt, requests, args.gap_ms / 1e3)
 
         stop = threading.Event()
         stamps: list[list[float]] = [[] for _ in range(args.batch_streams)]  # when each batch token arrived
@@ -130,20 +132,16 @@ def run_side(side: str, args) -> dict[str, Any]:
         running.wait()
         time.sleep(0.3)  # the batch generations are under way
         t0 = time.perf_counter()
-        loaded = []
-        while len(loaded) < args.requests or time.perf_counter() - t0 < args.min_window:
+        loaded: list[float] = []
+        while len(loaded) < requests or time.perf_counter() - t0 < min_window:
             loaded += _latencies(rt, 1, args.gap_ms / 1e3)
         t1 = time.perf_counter()
         stop.set()
         for f in feeders:
             f.join()
         stats = rt.scheduler.stats()
-    window = t1 - t0
-    batch_tokens = sum(t0 <= t <= t1 for st in stamps for t in st)
-    idle_s, loaded_s = _summary(idle), _summary(loaded)
-    return {"side": side, "idle": idle_s, "loaded": loaded_s,
-            "p95_ratio": loaded_s["p95_ms"] / idle_s["p95_ms"],
-            "batch_tok_s": batch_tokens / window, "window_s": window,
+    return {"idle": idle, "loaded": loaded, "window_s": t1 - t0,
+            "batch_tokens": sum(t0 <= t <= t1 for st in stamps for t in st),
             "budget": {k: getattr(budget, k) for k in ("cores", "llama_threads", "ort_intra_op", "ort_spinning")},
             "stats": {k: stats[k] for k in ("steals", "queue_wait_ms_by_priority", "per_worker", "completed")
                       if k in stats}}
@@ -151,15 +149,32 @@ def run_side(side: str, args) -> dict[str, Any]:
 
 def run(args) -> dict[str, Any]:
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    passes = max(1, args.passes)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results = [run_side(side, args) for side in sides]
+    # sides run A B C D, then D C B A, ...: the machine's load drifts (it is shared), and the reversed
+    # order spreads that drift over every side instead of charging it to whichever ran last
+    raw: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    per_pass = max(1, -(-args.requests // passes))
+    for k in range(passes):
+        for side in (sides if k % 2 == 0 else sides[::-1]):
+            raw[side].append(_measure(side, args, per_pass, args.min_window / passes))
+    results = []
+    for side in sides:
+        runs = raw[side]
+        idle_s = _summary([x for r in runs for x in r["idle"]])
+        loaded_s = _summary([x for r in runs for x in r["loaded"]])
+        window = sum(r["window_s"] for r in runs)
+        results.append({"side": side, "idle": idle_s, "loaded": loaded_s,
+                        "p95_ratio": loaded_s["p95_ms"] / idle_s["p95_ms"],
+                        "batch_tok_s": sum(r["batch_tokens"] for r in runs) / window, "window_s": window,
+                        "budget": runs[-1]["budget"], "stats": runs[-1]["stats"]})
     best_idle = min(r["idle"]["p95_ms"] for r in results)
     best_batch = max(r["batch_tok_s"] for r in results)
     for r in results:
         r["p95_vs_best_idle"] = r["loaded"]["p95_ms"] / best_idle
         r["batch_loss"] = 1.0 - r["batch_tok_s"] / best_batch if best_batch > 0 else float("nan")
     ws = [r for r in results if r["side"].startswith("work_stealing:inference")]
-    return {"bench": "scheduler", "requests": args.requests, "gap_ms": args.gap_ms,
+    return {"bench": "scheduler", "requests": args.requests, "passes": passes, "gap_ms": args.gap_ms,
             "batch_streams": args.batch_streams, "batch_tokens": args.batch_tokens,
             "loadavg_1m_before": load_before,
             "loadavg_1m_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -170,7 +185,8 @@ def run(args) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     m = result.get("machine", {})
-    lines = [f"scheduler bench: {result['requests']} interactive embeds (MiniLM) per phase, "
+    lines = [f"scheduler bench: {result['requests']} interactive embeds (MiniLM) per phase "
+             f"(in {result.get('passes', 1)} passes, side order alternating), "
              f"{result['batch_streams']} batch streams x {result['batch_tokens']} tokens",
              f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores; load avg before/after "
              f"{result['loadavg_1m_before']:.2f}/{result['loadavg_1m_after']:.2f}", "",
