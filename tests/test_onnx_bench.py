@@ -14,10 +14,10 @@ from corert.interfaces import ThreadBudget
 from corert.models.store import ModelStore
 
 
-def _args(kind: str) -> argparse.Namespace:
+def _args(kind: str, *extra: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
-    a = p.parse_args(["--runs", "4", "--batch-runs", "2", "--warmup", "1"])
+    a = p.parse_args(["--runs", "4", "--batch-runs", "2", "--warmup", "1", *extra])
     a.bench, a.model, a.engine, a.threads, a.json = kind, None, None, 1, True
     return a
 
@@ -32,9 +32,9 @@ def test_texts_of_exactly_n_tokens(tokenizer, n):
     assert tokenizer.count(bench.text_of_tokens(tokenizer, n)) == n
 
 
-@pytest.mark.parametrize("kind", ["embed", "classify"])
-def test_bench_runs_and_renders(kind):
-    r = bench.run(_args(kind))
+@pytest.mark.parametrize("kind, extra", [("embed", ("--explore",)), ("classify", ())])
+def test_bench_runs_and_renders(kind, extra):
+    r = bench.run(_args(kind, *extra))
     r["machine"] = {"cpu": "test", "cores": 2, "isa": "x"}
     json.dumps(r)
     assert r["model"] == bench.DEFAULT_MODEL[kind] and r["runs"] == 4
@@ -44,6 +44,9 @@ def test_bench_runs_and_renders(kind):
     assert r["batch32"]["corert"]["texts_per_s"] > 0
     text = bench.render(r)
     assert "corert/raw-same p50 @16" in text and "goal p95 @16 tokens" in text
+    if extra:
+        assert len(r["explore"]) == 9 and r["explore"][0]["skip_ln_fusion"] is False
+        assert "SkipLN fusion" in text
 
 
 @pytest.mark.parametrize("kind", ["embed", "classify"])

@@ -19,7 +19,7 @@ import numpy as np
 
 from ...interfaces import ThreadBudget
 from ...models.store import ModelStore
-from .config import OnnxConfig, session_options
+from .config import OnnxConfig, new_session, session_options
 
 DEFAULT_MODEL = {"embed": "minilm-l6", "classify": "intent-minilm"}
 GOAL_P95_MS = {"embed": 3.0, "classify": 5.0}
@@ -95,15 +95,20 @@ def batch_texts(n: int = 32) -> list[str]:
 
 # -- sides ---------------------------------------------------------------------------------------------------
 def _raw_side(graph_path: str, tokenizer_path: str, max_length: int, threads: ThreadBudget, kind: str,
-              pooled: bool) -> Callable[[list[str]], np.ndarray]:
-    """onnxruntime + tokenizers, written directly, as a user would without corert."""
+              pooled: bool, cfg: OnnxConfig | None = None) -> Callable[[list[str]], np.ndarray]:
+    """onnxruntime + tokenizers, written directly, as a user would without corert.  ``cfg``: corert's
+    session settings (raw-same); None: onnxruntime's defaults, with the same threads and no spinning."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(tokenizer_path)
     tok.no_padding()
     tok.enable_truncation(max_length)
-    sess = ort.InferenceSession(graph_path, session_options(OnnxConfig(), threads), providers=["CPUExecutionProvider"])
+    if cfg is None:
+        sess = ort.InferenceSession(graph_path, session_options(OnnxConfig(), threads),
+                                    providers=["CPUExecutionProvider"])
+    else:
+        sess = new_session(graph_path, cfg, threads)
     out = [sess.get_outputs()[0].name]
 
     def run(texts: list[str]) -> np.ndarray:
@@ -165,14 +170,15 @@ def run(args) -> dict[str, Any]:
     budget = ThreadBudget(cores=cores, llama_threads=cores, llama_batch_threads=cores, ort_intra_op=cores,
                           ort_inter_op=1, ort_spinning=False, numba_threads=cores)
     path = ModelStore().resolve(model)
-    loaded = make_engine(variant).load(path, kind, budget)
+    engine = make_engine(variant)
+    loaded = engine.load(path, kind, budget)
     call = (lambda t: loaded.embed(t)) if kind == "embed" else (lambda t: loaded.classify(t, top_k=5))
     tok_path = str(path.parent / "tokenizer.json")
     sides: dict[str, Callable] = {
         "raw-stock": _raw_side(str(path), tok_path, loaded.max_length, budget, kind,
                                pooled=kind != "embed"),
         "raw-same": _raw_side(loaded.graph_path, tok_path, loaded.max_length, budget, kind,
-                              pooled=getattr(loaded, "pooled", True)),
+                              pooled=getattr(loaded, "pooled", True), cfg=engine.config),
         "corert": call,
     }
     runtime_note = None
@@ -225,49 +231,31 @@ def run(args) -> dict[str, Any]:
     if args.explore:
         result["explore"] = explore(loaded.graph_path, tok_path, loaded.max_length, kind,
                                     text_of_tokens(loaded.tokenizer, lengths[0]), cores,
-                                    runs=max(100, args.runs // 2))
+                                    runs=args.runs)
     return result
 
 
 def explore(graph_path: str, tok_path: str, max_length: int, kind: str, text: str, cores: int,
             runs: int) -> list[dict[str, Any]]:
-    """Session options vs single-text latency, all variants interleaved (same noise for each)."""
-    import itertools
-
-    combos = []
-    for level, intra, mem, par in itertools.product(("basic", "extended", "all"), sorted({1, cores}),
-                                                    (True, False), (False,)):
-        combos.append({"graph_optimization": level, "intra_op": intra, "mem_pattern": mem, "parallel": par})
-    combos.append({"graph_optimization": "all", "intra_op": cores, "mem_pattern": True, "parallel": True})
-    combos.append({"graph_optimization": "all", "intra_op": cores, "mem_pattern": True, "parallel": False,
-                   "spinning": True})
+    """Session options vs single-text latency, all combinations interleaved (same noise for each).  The
+    first row is corert's default; each other row changes one or two things from it."""
+    default = {"graph_optimization": "all", "intra_op": 1, "mem_pattern": True, "parallel": False,
+               "spinning": False, "skip_ln_fusion": False}
+    changes = [{}, {"intra_op": cores}, {"skip_ln_fusion": True}, {"skip_ln_fusion": True, "intra_op": cores},
+               {"graph_optimization": "extended"}, {"graph_optimization": "basic"},
+               {"mem_pattern": False}, {"intra_op": cores, "spinning": True},
+               {"intra_op": cores, "parallel": True}]
+    combos = [{**default, **c} for c in changes]
     sides = {}
     for i, c in enumerate(combos):
         b = ThreadBudget(cores=cores, llama_threads=1, llama_batch_threads=1, ort_intra_op=c["intra_op"],
-                         ort_inter_op=2 if c["parallel"] else 1, ort_spinning=c.get("spinning", False),
-                         numba_threads=1)
-        sides[str(i)] = _raw_side_cfg(graph_path, tok_path, max_length, b, kind,
-                                      OnnxConfig(graph_optimization=c["graph_optimization"],
-                                                 mem_pattern=c["mem_pattern"], parallel_execution=c["parallel"]))
+                         ort_inter_op=2 if c["parallel"] else 1, ort_spinning=c["spinning"], numba_threads=1)
+        cfg = OnnxConfig(graph_optimization=c["graph_optimization"], mem_pattern=c["mem_pattern"],
+                         parallel_execution=c["parallel"],
+                         disabled_optimizers=() if c["skip_ln_fusion"] else ("SkipLayerNormFusion",))
+        sides[str(i)] = _raw_side(graph_path, tok_path, max_length, b, kind, pooled=True, cfg=cfg)
     times = _interleaved(sides, [text], runs, 20)
     return [{**c, **_stats(times[str(i)])} for i, c in enumerate(combos)]
-
-
-def _raw_side_cfg(graph_path, tok_path, max_length, threads, kind, cfg):
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(tok_path)
-    tok.no_padding()
-    tok.enable_truncation(max_length)
-    sess = ort.InferenceSession(graph_path, session_options(cfg, threads), providers=["CPUExecutionProvider"])
-
-    def run(texts):
-        ids = np.array([tok.encode(texts[0]).ids], np.int64)
-        return sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                               "token_type_ids": np.zeros_like(ids)})
-
-    return run
 
 
 def render(r: dict[str, Any]) -> str:
@@ -293,9 +281,11 @@ def render(r: dict[str, Any]) -> str:
     if r.get("runtime_note"):
         lines.append(r["runtime_note"])
     if r.get("explore"):
-        lines += ["", "session options on the raw graph (16 tokens):",
-                  f"{'optimization':<13}{'intra':>6}{'mem_pattern':>12}{'parallel':>9}{'spin':>6}{'p50':>8}{'p95':>8}"]
+        lines += ["", f"session options on the graph corert runs ({lengths[0]} tokens, raw pipeline):",
+                  f"{'optimization':<13}{'intra':>6}{'mem_pattern':>12}{'parallel':>9}{'spin':>6}"
+                  f"{'SkipLN fusion':>14}{'p50':>8}{'p95':>8}"]
         for e in r["explore"]:
             lines.append(f"{e['graph_optimization']:<13}{e['intra_op']:>6}{str(e['mem_pattern']):>12}"
-                         f"{str(e['parallel']):>9}{str(e.get('spinning', False)):>6}{e['p50_ms']:>8.3f}{e['p95_ms']:>8.3f}")
+                         f"{str(e['parallel']):>9}{str(e['spinning']):>6}{str(e['skip_ln_fusion']):>14}"
+                         f"{e['p50_ms']:>8.3f}{e['p95_ms']:>8.3f}")
     return "\n".join(lines)

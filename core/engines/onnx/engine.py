@@ -15,7 +15,7 @@ import attrs
 from ...errors import ConfigError, ModelError
 from ...interfaces import ThreadBudget
 from . import graph
-from .config import DEFAULT_MAX_LENGTH, OnnxConfig, default_budget, session_options
+from .config import DEFAULT_MAX_LENGTH, OnnxConfig, default_budget, new_session
 from .tasks import ClassifyModel, EmbedModel
 from .wordpiece import WordPiece
 
@@ -91,11 +91,8 @@ def _main_file(p: Path) -> Path:
 
 
 def _session(graph_path: Path, src: Path, cfg: OnnxConfig, threads: ThreadBudget):
-    import onnxruntime as ort
-
     try:
-        return ort.InferenceSession(str(graph_path), session_options(cfg, threads),
-                                    providers=["CPUExecutionProvider"])
+        return new_session(str(graph_path), cfg, threads)
     except Exception as exc:
         if type(exc).__name__ == "InvalidProtobuf":
             raise ModelError(f"{src} is not an ONNX model (onnxruntime could not parse it)") from exc
