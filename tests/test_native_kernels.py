@@ -1,0 +1,256 @@
+"""The native engine's numba kernels against independent references: gguf-py's dequantizers, numpy, and
+each kernel variant against the scalar one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gguf
+import gguf.quants
+from corert.engines.native import attention, dequant, matmul, ops, sampling
+from corert.engines.native.numba_setup import F16_TO_F32
+from corert.models.gguf_header import read_header
+
+QTYPES = gguf.GGMLQuantizationType
+
+
+def _tensor_rows(path: str, ggml_type: int, n_rows: int = 48):
+    """Raw rows of the first tensor of ``ggml_type`` in a real model, and gguf-py's f32 decoding of them."""
+    h = read_header(path, want_arrays=False)
+    t = next(t for t in h.tensors if t.ggml_type == ggml_type and len(t.shape) == 2)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    rows = int(t.shape[1])
+    raw = np.asarray(mm[h.data_offset + t.offset:h.data_offset + t.offset + t.n_bytes]).reshape(rows, -1)
+    raw = np.ascontiguousarray(raw[:n_rows])
+    return raw, gguf.quants.dequantize(raw, QTYPES(ggml_type)), t.shape[0]
+
+
+def _synthetic_rows(ggml_type: int, cols: int = 256, rows: int = 16):
+    rng = np.random.default_rng(ggml_type)
+    x = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 3, (rows, 1))).astype(np.float32)
+    raw = gguf.quants.quantize(x, QTYPES(ggml_type))
+    return raw, gguf.quants.dequantize(raw, QTYPES(ggml_type)), cols
+
+
+@pytest.fixture(scope="module")
+def real_rows(smollm2, qwen05):
+    """Every GGML type the two models use: Q8_0, Q4_1 (smollm2), Q5_0, Q4_K, Q6_K (qwen2.5)."""
+    out = {t: _tensor_rows(smollm2, t) for t in (dequant.Q8_0, dequant.Q4_1)}
+    out.update({t: _tensor_rows(qwen05, t) for t in (dequant.Q5_0, dequant.Q4_K, dequant.Q6_K)})
+    for t in (dequant.Q4_0, dequant.Q5_1):
+        out[t] = _synthetic_rows(t)
+    return out
+
+
+@pytest.mark.parametrize("ggml_type", [dequant.Q8_0, dequant.Q4_0, dequant.Q4_1, dequant.Q5_0, dequant.Q5_1,
+                                       dequant.Q4_K, dequant.Q6_K])
+def test_dequant_matches_gguf_py(real_rows, ggml_type):
+    raw, ref, cols = real_rows[ggml_type]
+    out = np.empty((raw.shape[0], cols), np.float32)
+    dequant.dequantize(raw, ggml_type, out, F16_TO_F32)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("ggml_type", [dequant.Q4_0, dequant.Q4_1, dequant.Q4_K])
+def test_q4_layout_is_exact(real_rows, ggml_type):
+    raw, ref, cols = real_rows[ggml_type]
+    n, nb = raw.shape[0], cols // 32
+    packed = np.empty((n, cols // 2), np.uint8)
+    d, m = np.empty((n, nb), np.float32), np.empty((n, nb), np.float32)
+    dequant.to_q4(raw, ggml_type, packed, d, m, F16_TO_F32)
+    q = np.empty((n, nb, 32), np.float32)
+    p = packed.reshape(n, nb, 16)
+    q[..., :16], q[..., 16:] = p & 15, p >> 4
+    np.testing.assert_allclose((q * d[..., None] + m[..., None]).reshape(n, cols), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ggml_type", [dequant.Q8_0, dequant.Q5_0, dequant.Q6_K, dequant.Q5_1])
+def test_q8_layout(real_rows, ggml_type):
+    """Q8_0 and Q5_0 are copied exactly; other types are requantized within half a step of 8 bits."""
+    raw, ref, cols = real_rows[ggml_type]
+    n = raw.shape[0]
+    qs, sc = np.empty((n, cols), np.int8), np.empty((n, cols // 32), np.uint16)
+    dequant.to_q8(raw, ggml_type, qs, sc, F16_TO_F32)
+    got = (qs.reshape(n, -1, 32) * F16_TO_F32[sc][..., None]).reshape(n, cols)
+    if ggml_type in (dequant.Q8_0, dequant.Q5_0):
+        np.testing.assert_array_equal(got, ref)
+    else:
+        step = np.repeat(F16_TO_F32[sc], 32, axis=1)
+        assert np.all(np.abs(got - ref) <= 0.5 * step * 1.01 + 1e-12)
+        assert np.abs(qs).max() <= 127
+
+
+def test_f16_bits_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(0, 1, 2000) * 10.0 ** rng.integers(-9, 4, 2000), [0.0, 6e-8, 6.1e-5, 65504.0]])
+    got = np.array([dequant.f16_bits(v) for v in x.astype(np.float32)], dtype=np.uint16)
+    np.testing.assert_array_equal(got, x.astype(np.float32).astype(np.float16).view(np.uint16))
+
+
+# -- matrix products ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def q8_matrix():
+    rng = np.random.default_rng(2)
+    rows, cols = 200, 576
+    qs = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
+    sc = (rng.uniform(1e-3, 5e-2, (rows, cols // 32))).astype(np.float16).view(np.uint16)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ (qs.reshape(rows, -1, 32) * F16_TO_F32[sc][..., None]).reshape(rows, cols).T
+    return qs, sc, x, ref
+
+
+@pytest.fixture(scope="module")
+def q4_matrix():
+    rng = np.random.default_rng(3)
+    rows, cols = 200, 576
+    packed = rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8)
+    d = rng.uniform(1e-3, 5e-2, (rows, cols // 32)).astype(np.float32)
+    m = rng.uniform(-0.2, 0.2, (rows, cols // 32)).astype(np.float32)
+    p = packed.reshape(rows, -1, 16)
+    q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
+    w = (q * d[..., None] + m[..., None]).reshape(rows, cols)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    return packed, d, m, x, x.astype(np.float64) @ w.T
+
+
+def _run(variant, kind, mat, x):
+    k8, k4 = matmul.KERNELS[variant]
+    if kind == "q8":
+        qs, sc = mat
+        out = np.empty((x.shape[0], qs.shape[0]), np.float32)
+        k8(qs, sc, x, out, F16_TO_F32, matmul.QK)
+    else:
+        packed, d, m = mat
+        xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
+        matmul.block_sums(x, xsum)
+        out = np.empty((x.shape[0], packed.shape[0]), np.float32)
+        k4(packed, d, m, x, xsum, out, matmul.QK)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(matmul.KERNELS))
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix):
+    mat, x, ref = ((q8_matrix[:2], q8_matrix[2], q8_matrix[3]) if kind == "q8"
+                   else (q4_matrix[:3], q4_matrix[3], q4_matrix[4]))
+    got = _run(variant, kind, mat, x)
+    scalar = _run("scalar", kind, mat, x)
+    scale = np.abs(ref).max()
+    # float sums in another order: within a few f32 ulps of the largest output
+    assert np.abs(got - scalar).max() <= 1e-5 * scale
+    assert np.abs(got - ref).max() <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("variant", list(matmul.KERNELS))
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix):
+    mat, x = (q8_matrix[:2], q8_matrix[2]) if kind == "q8" else (q4_matrix[:3], q4_matrix[3])
+    x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
+    batched = _run(variant, kind, mat, x)
+    one_by_one = np.concatenate([_run(variant, kind, mat, x[i:i + 1]) for i in range(x.shape[0])])
+    assert np.array_equal(batched, one_by_one)
+
+
+def _fresh(dispatcher):
+    """numba hides the assembly of cached code: compile an uncached copy with the same options."""
+    import numba
+
+    opts = {k: v for k, v in dispatcher.targetoptions.items() if k in ("fastmath", "boundscheck")}
+    return numba.njit(**opts)(dispatcher.py_func)
+
+
+def _asm(dispatcher) -> str:
+    return "\n".join(dispatcher.inspect_asm().values())
+
+
+def test_simd_variants_are_vectorized():
+    """The SIMD variants' block dot products compile to packed float instructions on 256/512-bit registers
+    (x86 with AVX2); the scalar reference does not use packed FMAs."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("ymm/zmm check is for x86")
+    from corert.cpu import info
+
+    if "avx2" not in info().features:
+        pytest.skip("no AVX2 here")
+    import re
+
+    w8, x = np.ones(64, np.int8), np.ones(64, np.float32)
+    s8, w4, d, xs = np.zeros(2, np.uint16), np.ones(32, np.uint8), np.ones(2, np.float32), np.ones(2, np.float32)
+    q8_wide, q4_wide, q8_scalar = (_fresh(f) for f in (matmul.dot_q8_wide, matmul.dot_q4_wide,
+                                                       matmul.dot_q8_scalar))
+    assert q8_wide(w8, x, s8, F16_TO_F32, 32) == q8_scalar(w8, x, s8, F16_TO_F32, 32)
+    q4_wide(w4, x, d, d, xs, 16)
+    packed = re.compile(r"v(fmadd\d+ps|mulps|addps|cvtdq2ps)\s[^\n]*%[yz]mm")
+    for fn in (q8_wide, q4_wide):
+        assert packed.search(_asm(fn)), f"{fn.py_func.__name__} is not vectorized"
+    assert not re.search(r"vfmadd\d+ps\s[^\n]*%[yz]mm", _asm(q8_scalar))
+
+
+# -- row-wise ops ------------------------------------------------------------------------------------------
+def test_rmsnorm_matches_numpy():
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((5, 96)).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    out = np.empty_like(x)
+    ops.rmsnorm(x, w, 1e-5, out)
+    ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+def test_rope_matches_complex_rotation(neox):
+    rng = np.random.default_rng(5)
+    n, h, hd = 4, 3, 16
+    x = rng.standard_normal((n, h, hd)).astype(np.float32)
+    pos = np.array([0, 1, 7, 300])
+    cos, sin = ops.rope_tables(pos, hd, 10000.0)
+    y = x.copy()
+    ops.rope(y, cos, sin, neox)
+    a, b = (x[..., :hd // 2], x[..., hd // 2:]) if neox else (x[..., 0::2], x[..., 1::2])
+    ang = pos[:, None] * 10000.0 ** (-np.arange(0, hd, 2) / hd)
+    z = (a + 1j * b) * np.exp(1j * ang)[:, None, :]
+    ya, yb = (y[..., :hd // 2], y[..., hd // 2:]) if neox else (y[..., 0::2], y[..., 1::2])
+    np.testing.assert_allclose(ya, z.real, atol=1e-5)
+    np.testing.assert_allclose(yb, z.imag, atol=1e-5)
+    assert np.array_equal(y[0], x[0])  # position 0 is the identity
+
+
+def test_swiglu():
+    rng = np.random.default_rng(6)
+    gu = rng.standard_normal((3, 20)).astype(np.float32)
+    out = np.empty((3, 10), np.float32)
+    ops.swiglu(gu, out)
+    g, u = gu[:, :10].astype(np.float64), gu[:, 10:]
+    np.testing.assert_allclose(out, g / (1 + np.exp(-g)) * u, rtol=1e-6, atol=1e-7)
+
+
+def test_attention_matches_numpy_and_is_row_independent():
+    rng = np.random.default_rng(7)
+    n_heads, n_kv, hd, T = 6, 2, 16, 9
+    k = rng.standard_normal((1, n_kv, 32, hd)).astype(np.float32)
+    v = rng.standard_normal((1, n_kv, 32, hd)).astype(np.float32)
+    q = rng.standard_normal((T, n_heads, hd)).astype(np.float32)
+    pos = np.arange(T, dtype=np.int32)
+    seqs = np.zeros(T, np.int32)
+    out = np.empty_like(q)
+    attention.attend_contiguous(q, k, v, seqs, pos, np.float32(0.25), out)
+    for i in range(T):
+        for h in range(n_heads):
+            kv = h // (n_heads // n_kv)
+            s = k[0, kv, :i + 1].astype(np.float64) @ q[i, h] * 0.25
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(out[i, h], (p / p.sum()) @ v[0, kv, :i + 1], rtol=1e-5, atol=1e-6)
+        single = np.empty_like(q[i:i + 1])
+        attention.attend_contiguous(q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], np.float32(0.25), single)
+        assert np.array_equal(single[0], out[i])
+
+
+def test_sampling_helpers():
+    logits = np.array([0.1, 3.0, 2.9, -1.0], np.float32)
+    assert sampling.argmax(logits) == 1
+    assert sampling.sample(logits, 0.0, 40, 0.95, 0.99) == 1  # temperature 0 is greedy
+    assert sampling.sample(logits, 1.0, 1, 1.0, 0.99) == 1  # top-k 1
+    draws = [sampling.sample(logits, 1.0, 2, 1.0, u) for u in np.linspace(0, 0.999, 200)]
+    assert set(draws) == {1, 2}  # top-k 2 never picks the others
+    assert abs(draws.count(1) / 200 - 1 / (1 + np.exp(-0.1))) < 0.02  # p(1) = e^3 / (e^3 + e^2.9)
