@@ -123,8 +123,12 @@ def classify_block32(data, start, end, table, cls, boff):
         if _ascii_block(data, i, end, cls, boff, k, 32):
             i += 32
             k += 32
-        else:
-            i = _decode_slow(data, i, end, table, cls, boff, k)
+            continue
+        # not all ASCII: a block's worth one codepoint at a time, so non-ASCII text costs one failed
+        # block test per 32 bytes, not per character
+        stop = min(i + 32, end)
+        while i < stop:
+            i = _decode_one(data, i, end, table, cls, boff, k)
             k += 1
     boff[k] = end
     return k
@@ -139,8 +143,12 @@ def classify_block16(data, start, end, table, cls, boff):
         if _ascii_block(data, i, end, cls, boff, k, 16):
             i += 16
             k += 16
-        else:
-            i = _decode_slow(data, i, end, table, cls, boff, k)
+            continue
+        # not all ASCII: a block's worth one codepoint at a time, so non-ASCII text costs one failed
+        # block test per 16 bytes, not per character
+        stop = min(i + 16, end)
+        while i < stop:
+            i = _decode_one(data, i, end, table, cls, boff, k)
             k += 1
     boff[k] = end
     return k
@@ -171,6 +179,12 @@ def run_end_scalar(cls, p, end, mask):
 
 @njit(cache=True)
 def run_end_block32(cls, p, end, mask):
+    # most runs are short: a few plain steps first, blocks only for long runs
+    stop = min(p + 16, end)
+    while p < stop:
+        if not _in(mask, cls[p]):
+            return p
+        p += 1
     while p + 32 <= end:
         up = np.uint64(p)
         miss = np.int64(0)
@@ -186,6 +200,12 @@ def run_end_block32(cls, p, end, mask):
 
 @njit(cache=True)
 def run_end_block16(cls, p, end, mask):
+    # most runs are short: a few plain steps first, blocks only for long runs
+    stop = min(p + 16, end)
+    while p < stop:
+        if not _in(mask, cls[p]):
+            return p
+        p += 1
     while p + 16 <= end:
         up = np.uint64(p)
         miss = np.int64(0)
