@@ -77,7 +77,7 @@ def test_avx2_kernels_compile_to_wide_vector_code(kernel):
 # -- linear time -------------------------------------------------------------------------------------------
 def _ns_per_byte(tok, text: str) -> float:
     best = float("inf")
-    for _ in range(2):
+    for _ in range(3):
         t0 = time.perf_counter()
         tok.encode(text)
         best = min(best, time.perf_counter() - t0)
@@ -88,7 +88,8 @@ def _ns_per_byte(tok, text: str) -> float:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("shape", ["a", "spaces", "digits", "one_word", "newlines"])
 def test_no_quadratic_blowup(model, shape):
-    """Per-byte time at 200 kB stays within a generous bound of that at 10 kB (quadratic would be 20x)."""
+    """Per-byte time at 200 kB stays within a generous bound of that at 10 kB (quadratic would be 20x;
+    the bound leaves room for a shared, noisy machine: speed itself is the bench's business)."""
     tok = tokenizer(model)
     rng = np.random.default_rng(1)
 
@@ -106,7 +107,7 @@ def test_no_quadratic_blowup(model, shape):
     tok.encode(make(1000))
     small = _ns_per_byte(tok, make(10_000))
     large = _ns_per_byte(tok, make(200_000))
-    assert large < 6 * small + 200, f"{shape}: {small:.0f} ns/B at 10 kB, {large:.0f} ns/B at 200 kB"
+    assert large < 8 * small + 300, f"{shape}: {small:.0f} ns/B at 10 kB, {large:.0f} ns/B at 200 kB"
 
 
 # -- batch -------------------------------------------------------------------------------------------------

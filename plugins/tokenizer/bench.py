@@ -145,9 +145,11 @@ def run(args) -> dict[str, Any]:
         for n in LINEAR_SIZES:
             text = "a" * n
             best_tok.encode(text)
-            t0 = time.perf_counter()
-            best_tok.encode(text)
-            dt = time.perf_counter() - t0
+            dt = float("inf")
+            for _ in range(3):  # best of 3: the machine is shared
+                t0 = time.perf_counter()
+                best_tok.encode(text)
+                dt = min(dt, time.perf_counter() - t0)
             linear.append({"n": n, "ns_per_byte": dt / n * 1e9})
     per_byte = [x["ns_per_byte"] for x in linear]
     return {"bench": "tokenize", "model": model, "path": path, "pre_tokenizer": vocab.pre,
