@@ -107,3 +107,48 @@ def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(schedu
             assert after > 10, f"the embed waited for the generation ({after} chunks came after it)"
         else:  # FIFO: the embed queued behind the whole generation
             assert after <= 2  # the last chunks may be stamped a moment late by the consumer thread
+
+
+_NUMBA_TWO_LANES = r"""
+import threading
+import numpy as np
+from numba import njit, prange
+import numba
+import corert.engines.native.numba_setup  # noqa: F401  (chooses a thread-safe layer)
+from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
+
+@njit(parallel=True, cache=False)
+def row_sums(x):
+    out = np.empty(x.shape[0])
+    for i in prange(x.shape[0]):
+        out[i] = x[i].sum()
+    return out
+
+x = np.arange(200_000, dtype=np.float64).reshape(1000, 200)
+row_sums(x)
+both = threading.Barrier(2)
+
+def job():
+    both.wait()  # both lanes enter numba's parallel region together
+    return [float(row_sums(x).sum()) for _ in range(50)]
+
+sched = WorkStealingScheduler(WorkStealingConfig(preset="batch", cpus=(0, 1), pin=False))
+a, b = sched.submit(job), sched.submit(job)
+ra, rb = a.result(60), b.result(60)
+sched.shutdown()
+assert ra == rb == [float(x.sum())] * 50
+print(numba.threading_layer())
+"""
+
+
+def test_two_lanes_in_numba_parallel_code_at_once_do_not_abort():
+    # numba's workqueue layer aborts the process when two threads enter it at once; in a subprocess, so an
+    # abort fails this test instead of killing the run
+    pytest.importorskip("numba")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NUMBA_TWO_LANES], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() in ("omp", "tbb")
