@@ -201,6 +201,15 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"{r['side']:26} {r['idle']['p50_ms']:8.2f}m {r['idle']['p95_ms']:8.2f}m "
                      f"{r['loaded']['p50_ms']:8.2f}m {r['loaded']['p95_ms']:8.2f}m {r['p95_ratio']:6.2f} "
                      f"{r['p95_vs_best_idle']:11.2f} {r['batch_tok_s']:11.1f} {r['batch_loss'] * 100:9.1f}%")
+    lines += ["", "scheduler stats (last pass): steals, interactive queue wait p95, busy seconds per worker"]
+    for r in result["sides"]:
+        st = r.get("stats", {})
+        if "per_worker" not in st:
+            continue
+        qw = st["queue_wait_ms_by_priority"]["interactive"]["p95"]
+        busy = ", ".join(f"{w['lane']} {w['busy_s']:.2f}s" for w in st["per_worker"])
+        lines.append(f"  {r['side']:26} steals {st['steals']:3d}  queue wait p95 "
+                     f"{'-' if qw is None else f'{qw:.2f}ms'}  busy: {busy}")
     verdict = {True: "met", False: "NOT met", None: "not measured (side not run)"}[result["goal_met"]]
     lines += ["", f"goal ({result['goal']}): {verdict}",
               "latencies in ms (m); 'p95 x' = loaded p95 / the same scheduler's idle p95; batch loss is "
