@@ -41,7 +41,8 @@ def test_writes_one_graph_labels_and_tokenizer(converted):
     assert converted.name == "classifier.onnx"
     meta = json.loads((d / "labels.json").read_text())
     assert len(meta["labels"]) == 157 and "weather" in meta["labels"] and meta["max_length"] == 256
-    assert (d / "tokenizer.json").read_bytes() == (ModelStore().resolve("minilm-l6").parent / "tokenizer.json").read_bytes()
+    encoder_dir = ModelStore().resolve("minilm-l6").parent
+    assert (d / "tokenizer.json").read_bytes() == (encoder_dir / "tokenizer.json").read_bytes()
     m = graph.load_model(str(converted))
     assert [i.name for i in m.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in m.graph.output] == ["probabilities"]
