@@ -92,3 +92,11 @@ def test_q8_and_stock_agree(encoder_path):
     a = make_engine("q8").load(encoder_path, "embed").embed(texts).embeddings
     b = make_engine("stock").load(encoder_path, "embed").embed(texts).embeddings
     assert np.sum(a * b, axis=1).min() > 0.98
+
+
+def test_pull_time_hook_for_the_encoder(encoder_path):
+    """convert.prepare_encoder is the ModelSpec.convert hook that builds the q8 graph when minilm-l6 is
+    pulled (here the graph is already cached, so it only answers where it is)."""
+    from corert.engines.onnx.convert import prepare_encoder
+
+    assert prepare_encoder(encoder_path.parent, None) == prepare.prepared(encoder_path, "embed")
