@@ -34,8 +34,9 @@ GOAL = 1.5
 
 # -- the plain ThreadPoolExecutor side ---------------------------------------------------------------------
 class ThreadPoolScheduler:
-    """What an app gets without a scheduler: a ThreadPoolExecutor (FIFO, priorities and timeouts ignored)
-    and every pool at its library default size (all cores each; onnxruntime's spinning left on)."""
+    """What an app gets without a scheduler: a ThreadPoolExecutor with a worker per core (FIFO; priorities
+    and timeouts ignored) and every pool at its library's default: llama-cpp-python n_threads = cores // 2,
+    n_threads_batch = cores; onnxruntime intra-op = cores with spinning on."""
 
     name = "threadpool"
 
@@ -48,8 +49,8 @@ class ThreadPoolScheduler:
 
     def thread_budget(self) -> ThreadBudget:
         n = self.cores
-        return ThreadBudget(cores=n, llama_threads=n, llama_batch_threads=n, ort_intra_op=n, ort_inter_op=1,
-                            ort_spinning=True, numba_threads=n)
+        return ThreadBudget(cores=n, llama_threads=max(1, n // 2), llama_batch_threads=n, ort_intra_op=n,
+                            ort_inter_op=1, ort_spinning=True, numba_threads=n)
 
     def stats(self) -> dict[str, Any]:
         return {"scheduler": self.name, "workers": self.cores}
