@@ -31,6 +31,10 @@ class _Encoder:
     batch_size: int
     output: str          # the output read
     takes_token_types: bool
+    _outputs: list = attrs.field(init=False, repr=False)  # [output], built once: run() wants a list
+
+    def __attrs_post_init__(self) -> None:
+        self._outputs = [self.output]
 
     def _feed(self, b: Batch) -> dict:
         if self.takes_token_types:
@@ -40,7 +44,7 @@ class _Encoder:
 
     def _run(self, texts: list[str]) -> tuple[np.ndarray, list[int], list[bool], float, float]:
         """Rows of the output in the texts' order, tokens and truncation per text, tokenize and run ms."""
-        out_names = [self.output]
+        out_names = self._outputs
         if len(texts) <= self.batch_size:
             t0 = time.perf_counter()
             b = self.tokenizer.encode_batch(texts)
