@@ -17,9 +17,9 @@ class ContiguousKVStore:
     """A :class:`corert.interfaces.KVStore` backed by preallocated f32 arrays."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, n_seqs: int = 1):
-        from corert.engines.native.attention import attend_contiguous
+        from corert.engines.native.attention import attend_contiguous, write_contiguous
 
-        self._attend = attend_contiguous
+        self._attend, self._write = attend_contiguous, write_contiguous
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.max_tokens, self.n_seqs = max_tokens, n_seqs
         shape = (n_layers, n_seqs, n_kv_heads, max_tokens, head_dim)
@@ -60,10 +60,7 @@ class ContiguousKVStore:
 
     def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
               v: np.ndarray) -> None:
-        # (rows, kv_heads, head_dim) -> [layer][seq, kv_head, position]
-        heads = np.arange(self.n_kv_heads)[None, :]
-        self.k[layer, seq_ids[:, None], heads, positions[:, None]] = k
-        self.v[layer, seq_ids[:, None], heads, positions[:, None]] = v
+        self._write(self.k[layer], self.v[layer], seq_ids, positions, k, v)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
                out: np.ndarray) -> None:

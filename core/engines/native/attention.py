@@ -21,6 +21,17 @@ def _dot(a, b):
     return s
 
 
+@njit(cache=True)
+def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
+    """Rows' K and V (rows, n_kv_heads, head_dim) into one layer's store (n_seqs, n_kv_heads, max_tokens,
+    head_dim)."""
+    for i in range(k.shape[0]):
+        s, p = seq_ids[i], positions[i]
+        for h in range(k.shape[1]):
+            k_store[s, h, p, :] = k[i, h]
+            v_store[s, h, p, :] = v[i, h]
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def attend_contiguous(q, k, v, seq_ids, positions, scale, out):
     """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of

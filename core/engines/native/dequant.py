@@ -261,8 +261,8 @@ def dequantize(raw, ggml_type, out, tab):
         dequant_row(raw[r], ggml_type, out[r], tab)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def embed_rows(raw, ggml_type, ids, out, tab):
     """``out[t]`` = row ``ids[t]`` of a GGUF tensor, decoded (embedding lookup straight from the file)."""
-    for t in prange(ids.shape[0]):
+    for t in range(ids.shape[0]):
         dequant_row(raw[ids[t]], ggml_type, out[t], tab)

@@ -99,10 +99,10 @@ def dot_q4_scalar(p, x, d, m, xsum, half):
     return acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def block_sums(x, out):
     """``out[t, b]`` = sum of x[t, 32 b : 32 b + 32], in order (the q4 offset term)."""
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for b in range(out.shape[1]):
             s = np.float32(0.0)
             for j in range(b * QK, b * QK + QK):

@@ -1,21 +1,22 @@
 """Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU, residual add.
 
 Each works on (rows, ...) arrays and computes every row with the same code, independent of the others, so
-a batch of rows gives exactly the per-row results (see matmul.py for why that matters).
+a batch of rows gives exactly the per-row results (see matmul.py for why that matters).  They are serial on
+purpose: at decode they touch a few thousand floats, less work than waking the thread pool.
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import numba_setup  # noqa: F401
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(cache=True)
 def rmsnorm(x, w, eps, out):
     """``out = x / sqrt(mean(x^2) + eps) * w`` per row; the mean is summed in f64 like ggml's rms_norm."""
     n, d = x.shape
-    for t in prange(n):
+    for t in range(n):
         ss = 0.0
         for i in range(d):
             v = np.float64(x[t, i])
@@ -32,13 +33,13 @@ def rope_tables(positions: np.ndarray, rot_dim: int, base: float) -> tuple[np.nd
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def rope(x, cos, sin, neox):
     """Rotate each head of ``x`` (rows, heads, head_dim) in place.  Normal (llama) style rotates adjacent
     pairs (2i, 2i+1); neox (qwen2) style rotates (i, i + rot/2)."""
     n, h, _ = x.shape
     half = cos.shape[1]
-    for t in prange(n):
+    for t in range(n):
         for k in range(h):
             for i in range(half):
                 c, s = cos[t, i], sin[t, i]
@@ -51,19 +52,19 @@ def rope(x, cos, sin, neox):
                 x[t, k, b] = x0 * s + x1 * c
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def swiglu(gate_up, out):
     """``out = silu(gate) * up`` where ``gate_up`` holds [gate | up] per row."""
     n, f = out.shape
-    for t in prange(n):
+    for t in range(n):
         for i in range(f):
             g = gate_up[t, i]
             out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, f + i]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def add_inplace(x, y):
     """``x += y`` for 2-D arrays."""
-    for t in prange(x.shape[0]):
+    for t in range(x.shape[0]):
         for i in range(x.shape[1]):
             x[t, i] += y[t, i]
