@@ -140,6 +140,8 @@ def test_bad_input_is_a_typed_error():
     with pytest.raises(InputError):
         tok.encode_bytes("not bytes")
     assert tok.encode("", add_bos=False) == []
+    # bytes that decode past U+10FFFF make llama.cpp abort the process; we read them as U+FFFD
+    assert tok.encode_bytes(b"x\xf7\xbf\xbf\xbfy", add_bos=False) == tok.encode("x\ufffdy", add_bos=False)
     assert tok.decode([]) == ""
 
 
@@ -198,6 +200,9 @@ def test_cached_vocab_equals_fresh_build(model, tmp_path, monkeypatch):
     assert list(tmp_path.glob("vocab-*.npz")), "no cache file written"
     warm = load_vocab(path)
     fresh = build_vocab(__import__("pathlib").Path(path))
+    for bad in tmp_path.glob("vocab-*.npz"):  # a damaged cache file is rebuilt, not trusted
+        bad.write_bytes(b"not a zip file")
+    assert load_vocab(path).n_vocab == cold.n_vocab
     for v in (warm, fresh):
         for name in Vocab._ARRAYS:
             np.testing.assert_array_equal(getattr(cold, name), getattr(v, name), err_msg=name)

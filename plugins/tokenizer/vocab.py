@@ -152,7 +152,9 @@ def load_vocab(model_path: str | Path, use_cache: bool = True) -> Vocab:
     if use_cache:
         try:
             return Vocab.load_cached(str(p), cpath)
-        except (OSError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - a damaged or foreign cache file is rebuilt, never trusted
             pass
     vocab = build_vocab(p)
     if use_cache:
