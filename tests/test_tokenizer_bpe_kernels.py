@@ -276,3 +276,30 @@ def test_merge_order_falls_back_when_ranks_are_not_monotone(tmp_path):
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     assert tok.encode("cab" * 100, add_bos=False) == [4] * 100  # long word: buckets bail out to the heap
     assert tok.encode("cab", add_bos=False) == [4]
+
+
+def test_long_sentencepiece_buckets_equal_heap_merges():
+    """Score buckets for long SentencePiece text give exactly the heap's ids (or bail out to it)."""
+    from corert.plugins.tokenizer import kernels_merge as M
+
+    v = tokenizer("gemma3-270m").vocab
+    rng = np.random.default_rng(5)
+    texts = [t.replace(" ", "\u2581") for t in _corpus_texts()]
+    texts += ["a" * 3000, "".join(rng.choice(list("abcdefghij\u2581é中"), size=2000))]
+    head = np.full(v.srank.shape[0], -1, dtype=np.int32)
+    bits = np.zeros((v.srank.shape[0] + 63) // 64, dtype=np.uint64)
+    buckets_used = 0
+    for text in texts:
+        data = np.frombuffer(text.encode(), dtype=np.uint8)
+        n = data.shape[0]
+        i64 = lambda k: np.empty(k, dtype=np.int64)  # noqa: E731
+        out_a, out_b = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+        common = (data, 0, n, v.text_table, v.text_blob, v.text_offs, v.srank, v.byte_tok)
+        nb = M.spm_fragment_long(*common, i64(n), i64(n), i64(n), i64(n), i64(n), head, bits, i64(3 * n),
+                                 i64(3 * n), i64(3 * n), i64(3 * n), i64(3 * n), out_b, 0)
+        na = M.spm_fragment(*common, i64(n), i64(n), i64(n), i64(n), i64(n), i64(3 * n), i64(3 * n), out_a, 0)
+        assert (head == -1).all() and (bits == 0).all()
+        if nb >= 0:
+            buckets_used += 1
+            assert nb == na and (out_a[:na] == out_b[:nb]).all()
+    assert buckets_used >= len(texts) // 2

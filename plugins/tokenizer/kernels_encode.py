@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, _cache_hash, _utf8_len, bpe_word, bpe_word_long,
-                            cache_get, cache_put, new_word_cache, spm_fragment)
+                            cache_get, cache_put, new_word_cache, spm_fragment, spm_fragment_long)
 from .kernels_scan import classify, split
 
 
@@ -159,6 +159,11 @@ def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok,
     hkeys = np.empty(3 * longest + 1, dtype=np.int64)
     haux = np.empty(3 * longest + 1, dtype=np.int64)
     unsafe = np.zeros(longest + 1, dtype=np.uint8)
+    head = np.empty(0, dtype=np.int32)  # score buckets, allocated at the first long segment
+    bits = np.empty(0, dtype=np.uint64)
+    ent_next = np.empty(0, dtype=np.int64)
+    lefts = np.empty(0, dtype=np.int64)
+    vals = np.empty(0, dtype=np.int64)
     for f in range(f0, f1):
         if ft[f] >= 0:
             out[o] = ft[f]
@@ -191,8 +196,19 @@ def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok,
             if hit >= 0:
                 o = hit
             else:
-                o2 = spm_fragment(data, a, b, table, blob, offs, srank, byte_tok,
-                                  st, ln, tok, nxt, prv, hkeys, haux, out, o)
+                o2 = -1
+                if n >= LONG_WORD:
+                    if head.shape[0] == 0:
+                        head = np.full(srank.shape[0], -1, dtype=np.int32)
+                        bits = np.zeros((srank.shape[0] + 63) // 64, dtype=np.uint64)
+                        ent_next = np.empty(3 * longest + 1, dtype=np.int64)
+                        lefts = np.empty(3 * longest + 1, dtype=np.int64)
+                        vals = np.empty(3 * longest + 1, dtype=np.int64)
+                    o2 = spm_fragment_long(data, a, b, table, blob, offs, srank, byte_tok, st, ln, tok, nxt,
+                                           prv, head, bits, hkeys, haux, ent_next, lefts, vals, out, o)
+                if o2 < 0:
+                    o2 = spm_fragment(data, a, b, table, blob, offs, srank, byte_tok,
+                                      st, ln, tok, nxt, prv, hkeys, haux, out, o)
                 if cached:
                     cache_put(slots, wbytes, wids, state, data, a, b, h, out, o, o2)
                 o = o2

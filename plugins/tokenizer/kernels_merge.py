@@ -486,3 +486,117 @@ def spm_fragment(data, s, e, table, blob, offs, srank, byte_tok,
                     o += 1
         j = nxt[j]
     return o
+
+
+@njit(cache=True, inline="always")
+def _spm_add(data, st, ln, l, r, table, blob, offs, srank, head, bits, ent_left, ent_val, ent_next, ne):
+    """Bucket the bigram (l, r) under its score rank if its text is a token; returns (ne, rank or -1)."""
+    if l < 0 or r < 0:
+        return ne, np.int64(-1)
+    size = ln[l] + ln[r]
+    t = text_to_id(table, blob, offs, data, st[l], st[l] + size)
+    if t < 0:
+        return ne, np.int64(-1)
+    k = np.int64(srank[t])
+    if head[k] < 0:
+        bits[k >> 6] |= np.uint64(1) << np.uint64(k & 63)
+    ent_left[ne] = l
+    ent_val[ne] = (np.int64(t) << 20) | size
+    ent_next[ne] = head[k]
+    head[k] = ne
+    return ne + 1, k
+
+
+@njit(cache=True)
+def spm_fragment_long(data, s, e, table, blob, offs, srank, byte_tok, st, ln, tok, nxt, prv,
+                      head, bits, ent_left, ent_val, ent_next, lefts, vals, out, o):
+    """:func:`spm_fragment` for long text in score buckets (see :func:`bpe_word_long`): the bigrams of the
+    best score are applied in one left-to-right sweep.  A merge that creates a bigram scoring at least as
+    well as the current one would be taken next by llama.cpp's heap, which a sweep cannot do: then this
+    returns -1 (state cleaned) and the caller runs :func:`spm_fragment`.  ``head`` (one per score rank,
+    all -1) and ``bits`` (all 0) are left that way.  Scratch: 3 * (e - s) for the entry arrays."""
+    n = 0
+    i = s
+    while i < e:
+        k = min(_utf8_len(data[i]), e - i)
+        st[n] = i
+        ln[n] = k
+        tok[n] = -1
+        nxt[n] = n + 1
+        prv[n] = n - 1
+        n += 1
+        i += k
+    if n == 0:
+        return o
+    nxt[n - 1] = -1
+    ne = 0
+    for j in range(1, n):
+        ne, _ = _spm_add(data, st, ln, j - 1, j, table, blob, offs, srank, head, bits,
+                         ent_left, ent_val, ent_next, ne)
+    monotone = True
+    w = 0
+    nwords = bits.shape[0]
+    while monotone:
+        while w < nwords and bits[w] == 0:
+            w += 1
+        if w == nwords:
+            break
+        rk = w * 64 + _lowest_bit(bits[w])
+        bits[w] &= ~(np.uint64(1) << np.uint64(rk & 63))
+        m = 0
+        ei = head[rk]
+        head[rk] = -1
+        while ei >= 0:
+            lefts[m] = ent_left[ei]
+            vals[m] = ent_val[ei]
+            m += 1
+            ei = ent_next[ei]
+        order = np.argsort(lefts[:m], kind="mergesort")
+        for q in range(m):
+            jj = order[q]
+            left = lefts[jj]
+            val = vals[jj]
+            size = val & 0xFFFFF
+            right = nxt[left]
+            if ln[left] == 0 or right < 0 or ln[right] == 0 or ln[left] + ln[right] != size:
+                continue
+            ln[left] = size
+            ln[right] = 0
+            tok[left] = val >> 20
+            nn = nxt[right]
+            nxt[left] = nn
+            if nn >= 0:
+                prv[nn] = left
+            ne, k2 = _spm_add(data, st, ln, prv[left], left, table, blob, offs, srank, head, bits,
+                              ent_left, ent_val, ent_next, ne)
+            if 0 <= k2 <= rk:
+                monotone = False
+                break
+            ne, k2 = _spm_add(data, st, ln, left, nn, table, blob, offs, srank, head, bits,
+                              ent_left, ent_val, ent_next, ne)
+            if 0 <= k2 <= rk:
+                monotone = False
+                break
+    if not monotone:
+        for j in range(w, nwords):
+            while bits[j] != 0:
+                r = j * 64 + _lowest_bit(bits[j])
+                bits[j] &= ~(np.uint64(1) << np.uint64(r & 63))
+                head[r] = -1
+        return -1
+    j = 0
+    while j != -1:
+        t = tok[j]
+        if t < 0:
+            t = text_to_id(table, blob, offs, data, st[j], st[j] + ln[j])
+        if t >= 0:
+            out[o] = t
+            o += 1
+        else:
+            for b in range(st[j], st[j] + ln[j]):
+                bt = byte_tok[data[b]]
+                if bt >= 0:
+                    out[o] = bt
+                    o += 1
+        j = nxt[j]
+    return o
