@@ -1,0 +1,164 @@
+"""`corert ab`: every gate fails on a deliberately wrong plugin registered here, and passes on real ones."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import attrs
+import pytest
+
+from corert import Implementation, ab, hookimpl
+from corert.plugins.kv_cache.llama_cpp import LlamaCppKV
+from corert.plugins.speculative.plain import PlainDecoder
+from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
+
+
+class DroppingTokenizer(LlamaCppTokenizer):
+    """Wrong on purpose: loses the last token of every text."""
+
+    name = "dropping"
+
+    def encode(self, text, add_bos=None, parse_special=False):
+        return super().encode(text, add_bos=add_bos, parse_special=parse_special)[:-1]
+
+
+@attrs.frozen
+class LossyKV(LlamaCppKV):
+    """Wrong on purpose: 4-bit K and V (perturbs every cached value)."""
+
+    def context_params(self):
+        return {"type_k": 2, "type_v": 2, "flash_attn": True}  # GGML_TYPE_Q4_0
+
+
+class SwappingDecoder(PlainDecoder):
+    """Wrong on purpose: every 4th greedy token becomes the next id."""
+
+    def generate(self, session, prompt_ids, params, is_eog):
+        for i, tok in enumerate(super().generate(session, prompt_ids, params, is_eog)):
+            yield tok + 1 if i % 4 == 3 and not is_eog(tok) else tok
+
+
+class GreedyAlwaysDecoder(PlainDecoder):
+    """Wrong on purpose: ignores the temperature (a biased sampler)."""
+
+    def generate(self, session, prompt_ids, params, is_eog):
+        return super().generate(session, prompt_ids, attrs.evolve(params, temperature=0.0), is_eog)
+
+
+class SlowScheduler:
+    """Wrong on purpose: every task waits 150 ms before it runs."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = "slow"
+
+    def submit(self, fn, *args, **kwargs):
+        import time
+
+        def late(*a, **k):
+            time.sleep(0.15)
+            return fn(*a, **k)
+
+        return self.inner.submit(late, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class WrongPlugins:
+    @hookimpl
+    def register_tokenizers(self, register):
+        register(Implementation(area="tokenizer", name="dropping", engines=("llama.cpp",),
+                                factory=lambda v, model_path, config=None: DroppingTokenizer(model_path)))
+
+    @hookimpl
+    def register_kv_caches(self, register):
+        register(Implementation(area="kv_cache", name="lossy", engines=("llama.cpp",),
+                                factory=lambda v, **k: LossyKV("q4_0")))
+
+    @hookimpl
+    def register_decoders(self, register):
+        register(Implementation(area="speculative", name="swapping", factory=lambda v, **k: SwappingDecoder()))
+        register(Implementation(area="speculative", name="greedy_always",
+                                factory=lambda v, **k: GreedyAlwaysDecoder()))
+
+    @hookimpl
+    def register_schedulers(self, register):
+        from corert.plugins.scheduler.fifo import FifoScheduler
+
+        register(Implementation(area="scheduler", name="slow", factory=lambda v, **k: SlowScheduler(FifoScheduler())))
+
+
+WRONG = [("wrong_plugins", WrongPlugins())]
+BASE = ["tokenizer=llama_cpp"]
+
+
+def _gates(result, area):
+    gates = [g for g in result.gates if g.area == area]
+    assert gates, f"no {area} gate ran"
+    return gates
+
+
+def test_tokenizer_gate(smollm2):
+    texts = ["Hello world, this is a test.", "def f(x):\n    return x * 2\n", "日本語のテキスト 🎉"]
+    good = ab.compare("tokenizer=llama_cpp", "tokenizer=bpe", workload="tokenize", model=smollm2, inputs=texts,
+                      runs=1, extra_plugins=WRONG)
+    assert all(g.passed for g in _gates(good, "tokenizer")) and good.passed
+    bad = ab.compare("tokenizer=llama_cpp", "tokenizer=dropping", workload="tokenize", model=smollm2,
+                     inputs=texts, runs=1, extra_plugins=WRONG)
+    assert not bad.passed and not _gates(bad, "tokenizer")[0].passed
+
+
+def test_kv_cache_gate(smollm2):
+    # llama.cpp's own noise floor on this Q4_1 model (f16 vs f32 cache, batched vs one-by-one) is about
+    # 0.004-0.006 KLD and 94% top-1, so the llama.cpp-engine bounds here are wider than the native engine's.
+    bounds = ab.Bounds(kv_kld=0.02, kv_top1=0.9, quality_tokens=256)
+    good = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=llama_cpp:q8_0", workload="perplexity", model=smollm2,
+                      runs=1, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
+    assert good.passed, [attrs.asdict(g) for g in good.gates]
+    bad = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=lossy", workload="perplexity", model=smollm2, runs=1,
+                     bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
+    assert not bad.passed
+    assert not next(g for g in bad.gates if g.name == "kld_mean").passed
+
+
+def test_speculative_gates(smollm2):
+    bounds = ab.Bounds(sampling_n=120)
+    prompts = ["Repeat after me: the cat sat on the mat, the cat sat on the mat."]
+    good = ab.compare("speculative=plain", "speculative=speculative:lookup", model=smollm2, inputs=prompts,
+                      runs=1, max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
+    assert good.passed, [attrs.asdict(g) for g in good.gates]
+    bad = ab.compare("speculative=plain", "speculative=swapping", model=smollm2, inputs=prompts, runs=1,
+                     max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
+    greedy_gate = next(g for g in bad.gates if g.name == "greedy identical")
+    assert not greedy_gate.passed and not bad.passed
+    biased = ab.compare("speculative=plain", "speculative=greedy_always", model=smollm2, inputs=prompts, runs=1,
+                        max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
+    dist_gate = next(g for g in biased.gates if g.name.startswith("sampling distribution"))
+    assert not dist_gate.passed
+
+
+def test_scheduler_gate(smollm2):
+    prompts = ["Name a colour.", "Name a fruit.", "Name a country."]
+    good = ab.compare("scheduler=fifo", "scheduler=work_stealing", model=smollm2, inputs=prompts, runs=2,
+                      max_tokens=16, extra_plugins=WRONG, base_plugins=BASE)
+    assert all(g.passed for g in _gates(good, "scheduler")), [attrs.asdict(g) for g in good.gates]
+    bad = ab.compare("scheduler=fifo", "scheduler=slow", model=smollm2, inputs=prompts, runs=2, max_tokens=16,
+                     extra_plugins=WRONG, base_plugins=BASE)
+    assert not _gates(bad, "scheduler")[0].passed
+
+
+def test_cli_exit_code_json_and_plot(tmp_path):
+    plot = tmp_path / "ab.png"
+    proc = subprocess.run([sys.executable, "-m", "corert.cli", "ab", "--a", "tokenizer=llama_cpp", "--b",
+                           "tokenizer=bpe", "--workload", "tokenize", "--runs", "2", "--json", "--plot", str(plot)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["passed"] and d["differing_areas"] == ["tokenizer"]
+    assert {m["name"] for m in d["metrics"]} >= {"MB/s"}
+    assert plot.stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, "-m", "corert.cli", "ab", "--a", "tokenizer=llama_cpp", "--b",
+                          "tokenizer=nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown tokenizer plugin" in bad.stderr
