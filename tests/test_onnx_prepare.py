@@ -83,8 +83,10 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, encoder_p
     os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # "re-pulled"
     again = prepare.prepared(src, "embed")
     assert again == first and again.stat().st_mtime_ns != stamp
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", f"model.{prepare.RECIPE}.json",
-                                                          f"model.{prepare.RECIPE}.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", f"model.{prepare.RECIPE}-embed.json",
+                                                          f"model.{prepare.RECIPE}-embed.onnx"]
+    # the other kind gets its own graph; the embedding one stays
+    assert prepare.prepared(src, "classify") != first and first.stat().st_mtime_ns == again.stat().st_mtime_ns
 
 
 def test_q8_and_stock_agree(encoder_path):

@@ -36,8 +36,7 @@ class OnnxEngine:
             raise ConfigError(f"unknown task kind {kind!r} for the onnx engine; use one of {', '.join(KINDS)}")
         path = _main_file(Path(model_path))
         name = name or (path.parent.name if path.name in _MAIN_FILES else path.stem)
-        tokenizer = WordPiece.from_file(path.parent / "tokenizer.json", _max_length(path, self.config))
-        labels = _labels(path) if kind == "classify" else None
+        labels = _labels(path) if kind == "classify" else None  # cheap, and spares preparing a graph in vain
         graph_path = path
         if self.variant == "q8":
             from .prepare import prepared
@@ -46,6 +45,8 @@ class OnnxEngine:
         session = _session(graph_path, path, self.config, threads or default_budget())
         input_names = [i.name for i in session.get_inputs()]
         graph.check_inputs(input_names, str(path))
+        # after the graph: "this is not an ONNX model" says more than "no tokenizer beside it"
+        tokenizer = WordPiece.from_file(path.parent / "tokenizer.json", _max_length(path, self.config))
         common = dict(name=name, path=str(path), graph_path=str(graph_path), variant=self.variant,
                       session=session, tokenizer=tokenizer, max_length=tokenizer.max_length,
                       batch_size=self.config.batch_size, takes_token_types="token_type_ids" in input_names)

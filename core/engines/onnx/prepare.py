@@ -47,20 +47,21 @@ def stamp(src: Path, kind: str) -> dict:
             "onnxruntime": ort.__version__, "reduce_range": not _vnni()}
 
 
-def cache_paths(src: Path) -> tuple[Path, Path]:
+def cache_paths(src: Path, kind: str) -> tuple[Path, Path]:
     """Beside the model when its folder is writable, else in the temp dir (keyed by the source path)."""
     d = src.parent
     if not os.access(d, os.W_OK):
         key = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:12]
         d = Path(tempfile.gettempdir()) / "corert-prepared" / key
         d.mkdir(parents=True, exist_ok=True)
-    return d / f"{src.stem}.{RECIPE}.onnx", d / f"{src.stem}.{RECIPE}.json"
+    # one graph per kind: an embedding graph ends in pooling, a classifier's in its head
+    return d / f"{src.stem}.{RECIPE}-{kind}.onnx", d / f"{src.stem}.{RECIPE}-{kind}.json"
 
 
 def prepared(src: str | os.PathLike, kind: str) -> Path:
     """The q8 graph for ``src`` (``kind`` "embed" or "classify"), built on first use."""
     src = Path(src)
-    out, meta = cache_paths(src)
+    out, meta = cache_paths(src, kind)
     want = stamp(src, kind)
     if out.is_file() and meta.is_file():
         try:
@@ -69,8 +70,8 @@ def prepared(src: str | os.PathLike, kind: str) -> Path:
         except (OSError, ValueError):
             pass
     build(src, out, kind, reduce_range=want["reduce_range"])
-    for old in out.parent.glob(f"{src.stem}.q8-*"):  # graphs of earlier recipes: 58 MB each
-        if old.suffix in (".onnx", ".json") and old.name not in (out.name, meta.name):
+    for old in out.parent.glob(f"{src.stem}.q8-*"):  # graphs of earlier recipes: 25-58 MB each
+        if old.suffix in (".onnx", ".json") and not old.name.startswith(f"{src.stem}.{RECIPE}-"):
             old.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=meta.name, suffix=".partial", dir=meta.parent)
     with os.fdopen(fd, "w") as fh:
