@@ -192,8 +192,9 @@ def test_wrong_kind(encoder_path, classifier_path):
         make_engine("stock").load(encoder_path, "generate")
     with pytest.raises(ModelError, match="no label map"):
         make_engine("stock").load(encoder_path, "classify")
-    with pytest.raises(ModelError, match="not an embedding model"):
-        make_engine("stock").load(classifier_path, "embed")
+    for variant in ("stock", "q8"):
+        with pytest.raises(ModelError, match="not an embedding model"):
+            make_engine(variant).load(classifier_path, "embed")
 
 
 def test_label_count_must_match(tmp_path, classifier_path):

@@ -72,7 +72,8 @@ def add_mean_pool_l2(model, hidden: str | None = None, name: str = "corert/pool"
     if hidden not in outs:
         raise ModelError(f"the encoder graph has no output {hidden!r} (outputs: {list(outs)})")
     if _rank(outs[hidden]) not in (None, 3):
-        raise ModelError(f"output {hidden!r} has rank {_rank(outs[hidden])}; expected (batch, seq, hidden)")
+        raise ModelError(f"not an embedding model: its output {hidden!r} has rank {_rank(outs[hidden])}, "
+                         f"not the (batch, seq, hidden) states of an encoder")
 
     def c(n: str, value) -> str:  # a constant initializer, named under this tail
         g.initializer.append(numpy_helper.from_array(np.asarray(value), f"{name}/{n}"))
