@@ -114,16 +114,19 @@ class BpeTokenizer:
         np.cumsum(sizes, out=out_off[1:])
         counts = np.zeros(len(parts), dtype=np.int64)
         v = self.vocab
-        threads = n_threads or numba.get_num_threads()
-        with _NUMBA_PARALLEL:
+        chunks = max(1, min(n_threads or numba.get_num_threads(), len(parts)))
+        # the other chunks' word caches: sized to the batch, from 4k to 64k entries
+        cache_slots = 1 << min(16, max(12, (int(data.shape[0]) // (8 * chunks)).bit_length()))
+        slots, wbytes, wids, state = self._cache
+        with _NUMBA_PARALLEL, self._lock:  # chunk 0 works in this tokenizer's own word cache
             if v.is_spm:
-                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, max(1, min(threads, len(parts))),
-                                  v.text_table, v.text_blob, v.text_offs, v.srank, v.byte_tok, v.cross_blob,
-                                  v.cross_offs, v.cross_at, counts)
+                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, chunks, v.text_table, v.text_blob,
+                                  v.text_offs, v.srank, v.byte_tok, v.cross_blob, v.cross_offs, v.cross_at,
+                                  slots, wbytes, wids, state, cache_slots, counts)
             else:
-                out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off,
-                                  max(1, min(threads, len(parts))), self._table, v.byte_ids, v.pair_keys,
-                                  v.pair_vals, v.m_left, v.m_right, v.m_result, counts)
+                out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off, chunks,
+                                  self._table, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right,
+                                  v.m_result, slots, wbytes, wids, state, cache_slots, counts)
         bos = [self.bos_id] if self._want_bos(add_bos) else []
         return [bos + out[out_off[t]:out_off[t] + counts[t]].tolist() for t in range(len(parts))]
 

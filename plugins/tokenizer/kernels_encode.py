@@ -97,16 +97,20 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
 
 @njit(cache=True, parallel=True)
 def bpe_batch(kind, variant, data, fs, fe, ft, text_f0, text_f1, out_off, n_chunks, table, byte_ids,
-              pkeys, pvals, m_left, m_right, m_result, counts):
-    """Encode many texts: chunk c handles texts c, c + n_chunks, ... with its own word cache.  Text t's
-    ids go to out[out_off[t]:out_off[t] + counts[t]]."""
+              pkeys, pvals, m_left, m_right, m_result, slots0, wbytes0, wids0, state0, cache_slots, counts):
+    """Encode many texts: chunk c handles texts c, c + n_chunks, ...  Chunk 0 uses the caller's word
+    cache (slots0...), the others a fresh one of ``cache_slots`` entries.  Text t's ids go to
+    out[out_off[t]:out_off[t] + counts[t]]."""
     out = np.empty(out_off[-1], dtype=np.int32)
     n_texts = text_f0.shape[0]
     for c in prange(n_chunks):
-        slots = np.zeros((1 << 14, 5), dtype=np.int64)
-        wbytes = np.empty(1 << 19, dtype=np.uint8)
-        wids = np.empty(1 << 18, dtype=np.int32)
-        state = np.zeros(3, dtype=np.int64)
+        if c == 0:
+            slots, wbytes, wids, state = slots0, wbytes0, wids0, state0
+        else:
+            slots = np.zeros((cache_slots, 5), dtype=np.int64)
+            wbytes = np.empty(cache_slots * 32, dtype=np.uint8)
+            wids = np.empty(cache_slots * 16, dtype=np.int32)
+            state = np.zeros(3, dtype=np.int64)
         for t in range(c, n_texts, n_chunks):
             o = bpe_fragments(kind, variant, data, fs, fe, ft, text_f0[t], text_f1[t], table, byte_ids,
                               pkeys, pvals, m_left, m_right, m_result, slots, wbytes, wids, state, True,
@@ -218,14 +222,17 @@ def spm_fragments(data, fs, fe, ft, f0, f1, table, blob, offs, srank, byte_tok,
 
 @njit(cache=True, parallel=True)
 def spm_batch(data, fs, fe, ft, text_f0, text_f1, out_off, n_chunks, table, blob, offs, srank, byte_tok,
-              cross_blob, cross_offs, cross_at, counts):
+              cross_blob, cross_offs, cross_at, slots0, wbytes0, wids0, state0, cache_slots, counts):
     out = np.empty(out_off[-1], dtype=np.int32)
     n_texts = text_f0.shape[0]
     for c in prange(n_chunks):
-        slots = np.zeros((1 << 14, 5), dtype=np.int64)
-        wbytes = np.empty(1 << 19, dtype=np.uint8)
-        wids = np.empty(1 << 18, dtype=np.int32)
-        state = np.zeros(3, dtype=np.int64)
+        if c == 0:
+            slots, wbytes, wids, state = slots0, wbytes0, wids0, state0
+        else:
+            slots = np.zeros((cache_slots, 5), dtype=np.int64)
+            wbytes = np.empty(cache_slots * 32, dtype=np.uint8)
+            wids = np.empty(cache_slots * 16, dtype=np.int32)
+            state = np.zeros(3, dtype=np.int64)
         for t in range(c, n_texts, n_chunks):
             o = spm_fragments(data, fs, fe, ft, text_f0[t], text_f1[t], table, blob, offs, srank, byte_tok,
                               cross_blob, cross_offs, cross_at, slots, wbytes, wids, state, True,
