@@ -1,10 +1,16 @@
 """The bpe tokenizer: a GGUF model's own vocabulary, llama.cpp's exact ids, numba kernels.
 
-Input is ``str``.  Invalid UTF-8 cannot reach ``encode``; ``encode_bytes`` takes raw bytes and decodes them
-the way llama.cpp does (each invalid byte becomes U+FFFD) so its ids match llama.cpp's on the same bytes.
-A file decoded with ``errors="replace"`` (what the CLI does) is valid text, and llama.cpp gives the same ids
-for it as we do; only the number of U+FFFD Python puts for a broken multi-byte sequence can differ from
-what llama.cpp would have put for the raw bytes.
+Invalid UTF-8.  Input is ``str``, so invalid UTF-8 cannot reach ``encode`` (a lone surrogate is an
+InputError).  ``encode_bytes`` takes raw bytes and reads them the way llama.cpp does (byte-level BPE: each
+invalid byte becomes U+FFFD, overlong forms decode; SentencePiece: bytes pass through to byte tokens), so
+its ids match llama.cpp's on the same bytes -- except for 4-byte forms past U+10FFFF, on which llama.cpp
+aborts the process and we read U+FFFD.  A file decoded with ``errors="replace"`` (what the CLI does) is
+valid text and gets llama.cpp's ids for that text; it can differ from llama.cpp on the raw bytes only in
+how many U+FFFD a broken multi-byte sequence becomes (Python: one per maximal invalid part; llama.cpp:
+one per byte).
+
+Threads.  ``encode`` mutates the tokenizer's word cache under a lock; ``encode_batch`` runs numba's
+parallel loop (one caller at a time, process-wide: numba's workqueue layer must not be entered twice).
 """
 from __future__ import annotations
 
