@@ -158,8 +158,6 @@ def _stats(samples: list[tuple[float, float]]) -> dict[str, float]:
 
 
 def run(args) -> dict[str, Any]:
-    import onnxruntime as ort
-
     from ...errors import ConfigError
     from .config import default_budget
     from .plugin import make_engine
@@ -185,11 +183,11 @@ def run(args) -> dict[str, Any]:
                               pooled=getattr(loaded, "pooled", True), cfg=engine.config),
         "corert": call,
     }
-    runtime_note = None
+    runtime_note, rt = None, None
     try:
         from ...runtime import Runtime, RuntimeConfig
 
-        rt = Runtime(RuntimeConfig(n_threads=cores, engine="onnx"))
+        rt = Runtime(RuntimeConfig(n_threads=cores, engine="onnx", plugins=getattr(args, "plugin", None) or {}))
         sides["runtime"] = ((lambda t: rt.embed(t, model=model)) if kind == "embed"
                             else (lambda t: rt.classify(t, top_k=5, model=model)))
         sides["runtime"](["warm up"])
@@ -198,6 +196,17 @@ def run(args) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the Runtime side is extra; report why it is missing
         sides.pop("runtime", None)
         runtime_note = f"Runtime side skipped: {type(exc).__name__}: {exc}"
+    try:
+        result = _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path)
+    finally:
+        if rt is not None:
+            rt.close()
+    result["runtime_note"] = runtime_note
+    return result
+
+
+def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path) -> dict[str, Any]:
+    import onnxruntime as ort
 
     lengths = [int(x) for x in str(args.lengths).split(",") if x.strip()]
     single: dict[str, dict[str, Any]] = {}
@@ -215,7 +224,6 @@ def run(args) -> dict[str, Any]:
         "bench": kind, "model": model, "graph": loaded.graph_path, "variant": variant,
         "onnxruntime": ort.__version__, "threads": {"ort_intra_op": cores, "ort_inter_op": 1, "spinning": False},
         "max_length": loaded.max_length, "runs": args.runs, "single": single, "batch32": batch,
-        "runtime_note": runtime_note,
         "ratios": {
             f"corert/raw-same p50 @{n}": single[str(n)]["corert"]["p50_ms"] / single[str(n)]["raw-same"]["p50_ms"]
             for n in lengths},

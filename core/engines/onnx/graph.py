@@ -59,7 +59,7 @@ def add_mean_pool_l2(model, hidden: str | None = None, name: str = "corert/pool"
     """Append mean pooling over the attention mask and L2 normalisation to an encoder graph whose output is
     the last hidden state (batch, seq, hidden).  The graph's only output becomes ``sentence_embedding``
     (batch, hidden), exactly as sentence-transformers' Pooling(mean) + Normalize computes it."""
-    onnx = onnx_module()
+    onnx_module()
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
