@@ -85,9 +85,6 @@ class WordPiece:
         enc = self._tok.encode(text)
         return len(enc.ids) + sum(len(o.ids) - 2 for o in enc.overflowing)
 
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids))
-
 
 def check_texts(texts: object) -> list[str]:
     """Validate a request's texts; returns them as a list.  Raises InputError with the offending index."""
