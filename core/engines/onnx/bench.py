@@ -12,6 +12,7 @@ texts/s for batches of 32.  ``--explore`` adds a grid of session options on the 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any, Callable
 
@@ -196,12 +197,15 @@ def run(args) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the Runtime side is extra; report why it is missing
         sides.pop("runtime", None)
         runtime_note = f"Runtime side skipped: {type(exc).__name__}: {exc}"
+    load_before = os.getloadavg()[0]
     try:
         result = _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path)
     finally:
         if rt is not None:
             rt.close()
     result["runtime_note"] = runtime_note
+    # other tenants' load explains noisy wall times (the CPU-time column is immune to it)
+    result["load_average_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
 
 
@@ -277,7 +281,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"corert bench {r['bench']} — {r['model']} (engine onnx:{r['variant']}, "
              f"onnxruntime {r['onnxruntime']}), "
              f"{r['threads']['ort_intra_op']} intra-op threads, no spinning, max_length {r['max_length']}",
-             f"machine: {m.get('cpu', '?')} ({m.get('cores', '?')} cores, {m.get('isa', '?')})",
+             f"machine: {m.get('cpu', '?')} ({m.get('cores', '?')} cores, {m.get('isa', '?')}), load average "
+             f"{' -> '.join(str(x) for x in r.get('load_average_1m', []))} (before -> after)",
              f"single-text requests: {r['runs']} per side and length, interleaved; batch: 32 texts", ""]
     head = f"{'side':<11}" + "".join(f"{f'p50 @{n}':>9}{f'p95 @{n}':>9}{f'cpu @{n}':>9}" for n in lengths) \
         + f"{'batch32 texts/s':>17}"
