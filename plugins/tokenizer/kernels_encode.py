@@ -40,6 +40,7 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
     haux = np.empty(0, dtype=np.int64)
     head = np.empty(0, dtype=np.int32)  # rank buckets, allocated at the first long word
     bits = np.empty(0, dtype=np.uint64)
+    ent_left = np.empty(0, dtype=np.int32)
     ent_next = np.empty(0, dtype=np.int32)
     lefts = np.empty(0, dtype=np.int32)
     for f in range(f0, f1):
@@ -82,10 +83,11 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
                     head = np.full(m_left.shape[0], -1, dtype=np.int32)
                     bits = np.zeros((m_left.shape[0] + 63) // 64, dtype=np.uint64)
                 if ent_next.shape[0] < 3 * n:
+                    ent_left = np.empty(3 * n, dtype=np.int32)
                     ent_next = np.empty(3 * n, dtype=np.int32)
                     lefts = np.empty(3 * n, dtype=np.int32)
                 o2 = bpe_word_long(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
-                                   ids, nxt, prv, head, bits, hkeys, ent_next, lefts, out, o)
+                                   ids, nxt, prv, head, bits, ent_left, ent_next, lefts, out, o)
             if o2 < 0:
                 o2 = bpe_word(data, s, e, byte_ids, pkeys, pvals, m_left, m_right, m_result,
                               ids, nxt, prv, hkeys, haux, out, o)
