@@ -1,0 +1,391 @@
+"""The paged KV store: one pre-allocated pool of fixed-size pages, per-sequence page tables, prefix sharing,
+copy-on-write, LRU eviction of idle sequences and compaction.  Implements corert.interfaces.KVStore.
+
+Storage (all layers of a page together, so a page id means the same tokens in every layer):
+  k, v     (n_layers, n_pages, n_kv_heads, page_tokens, head_dim)   f32 | uint16 (f16 bits) | int8
+  ks, vs   (n_layers, n_pages, n_kv_heads, page_tokens, head_dim // 32)   uint16 f16 scales, q8 only
+  table    (n_seqs, max_pages) int32: page of each sequence's j-th block of page_tokens positions
+The integers (ref counts, free list, prefix hashes) live in :class:`PagePool`.
+
+Beyond the KVStore protocol (callers that know token ids get sharing and recompute):
+  reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
+  match_prefix(seq, ids) -> n   an empty sequence takes the cached pages of ids' longest cached prefix
+  evicted(seq) -> bool          the store dropped this idle sequence's K/V to make room: re-evaluate it
+  compact(), fragmentation(), stats()
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import attrs
+import numpy as np
+
+from corert.engines.native.numba_setup import F16_TO_F32
+from corert.errors import InputError
+
+from .blocks import PagePool, chain_hash
+from .config import DEFAULT_BUDGET_CAP, PagedConfig
+from .kernels import ATTEND, QB, quantize_q8, scatter
+
+_STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
+
+
+def page_bytes(cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
+    """Bytes of one page, K and V, all layers."""
+    per_value = np.dtype(_STORAGE[cfg.dtype]).itemsize
+    per_vec = head_dim * per_value + (head_dim // QB) * 2 * (cfg.dtype == "q8")
+    return 2 * n_layers * n_kv_heads * cfg.page_tokens * per_vec
+
+
+@attrs.define
+class SeqState:
+    pages: list[int] = attrs.Factory(list)
+    length: int = 0
+    tokens: list[int] | None = attrs.Factory(list)  # None: some positions were written without ids
+    hashes: list[int] = attrs.Factory(list)  # chain hash of each full page of known tokens
+    last_used: int = 0
+    evicted: bool = False
+
+
+class PagedKVStore:
+    """A :class:`corert.interfaces.KVStore` over a page pool (see the module docstring)."""
+
+    def __init__(self, cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
+                 n_seqs: int = 1):
+        if cfg.dtype == "q8" and head_dim % QB:
+            raise InputError(f"q8 KV pages need head_dim divisible by {QB}, got {head_dim}; use f16")
+        self.cfg = cfg
+        self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
+        self.max_tokens, self.n_seqs = max_tokens, n_seqs
+        P = self.page_tokens = cfg.page_tokens
+        self.max_pages = -(-max_tokens // P)
+        self.page_bytes = page_bytes(cfg, n_layers, n_kv_heads, head_dim)
+        budget = cfg.budget_bytes
+        if budget is None:
+            budget = min(DEFAULT_BUDGET_CAP, n_seqs * self.max_pages * self.page_bytes)
+            budget = max(budget, self.max_pages * self.page_bytes)  # one full sequence always fits
+        n_pages = min(budget // self.page_bytes, n_seqs * self.max_pages)
+        if n_pages < 1:
+            raise InputError(f"KV budget of {budget} bytes holds no page ({self.page_bytes} bytes each)")
+        self.budget_bytes = budget
+        shape = (n_layers, n_pages, n_kv_heads, P, head_dim)
+        self.k = np.zeros(shape, _STORAGE[cfg.dtype])
+        self.v = np.zeros(shape, _STORAGE[cfg.dtype])
+        if cfg.dtype == "q8":
+            sshape = (n_layers, n_pages, n_kv_heads, P, head_dim // QB)
+            self.ks, self.vs = np.zeros(sshape, np.uint16), np.zeros(sshape, np.uint16)
+        else:  # the kernels' signature is the same; these are never read
+            self.ks = self.vs = None
+        self.table = np.zeros((n_seqs, self.max_pages), np.int32)
+        self._attend = ATTEND[cfg.kernel][cfg.dtype]
+        self.pool = PagePool(n_pages)
+        self.seqs: dict[int, SeqState] = {}
+        self._free_ids = list(range(n_seqs - 1, -1, -1))
+        self._tick = 0
+        self.counters = {"evictions": 0, "prefix_queried": 0, "prefix_hits": 0, "cow_copies": 0,
+                         "compactions": 0}
+
+    @property
+    def n_pages(self) -> int:
+        return self.pool.n_pages
+
+    # -- sequences -------------------------------------------------------------------------------------
+    def new_sequence(self) -> int:
+        if not self._free_ids:
+            raise InputError(f"all {self.n_seqs} KV sequences are in use")
+        seq = self._free_ids.pop()
+        self.seqs[seq] = SeqState(last_used=self._tick)
+        return seq
+
+    def release(self, seq: int) -> None:
+        st = self.seqs.pop(self._check(seq), None)
+        if st is None:
+            return
+        for p in st.pages:
+            self.pool.decref(p)
+        self._free_ids.append(seq)
+
+    def length(self, seq: int) -> int:
+        st = self.seqs.get(self._check(seq))
+        return st.length if st else 0
+
+    def evicted(self, seq: int) -> bool:
+        st = self.seqs.get(self._check(seq))
+        return bool(st and st.evicted)
+
+    def tokens(self, seq: int) -> list[int] | None:
+        st = self.seqs.get(self._check(seq))
+        return None if st is None or st.tokens is None else list(st.tokens)
+
+    # -- prefix sharing --------------------------------------------------------------------------------
+    def match_prefix(self, seq: int, ids: Sequence[int]) -> int:
+        """Give the empty sequence ``seq`` the cached pages of the longest cached prefix of ``ids`` (whole
+        pages only, and at least the last id left to evaluate).  Returns how many positions it now holds."""
+        st = self._state(seq)
+        if st.length:
+            raise InputError(f"KV sequence {seq} is not empty ({st.length} positions): truncate it first")
+        ids = [int(t) for t in ids]
+        P, prev = self.page_tokens, -1
+        self.counters["prefix_queried"] += len(ids)
+        for j in range((len(ids) - 1) // P):
+            toks = tuple(ids[j * P:(j + 1) * P])
+            h = chain_hash(prev, toks)
+            page = self.pool.lookup(h, prev, toks)
+            if page is None:
+                break
+            self.pool.incref(page)
+            self.table[seq, j] = page
+            st.pages.append(page)
+            st.hashes.append(h)
+            prev = h
+        st.length = len(st.pages) * P
+        st.tokens = ids[:st.length]
+        st.evicted = False
+        self.counters["prefix_hits"] += st.length
+        return st.length
+
+    # -- a forward pass --------------------------------------------------------------------------------
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None) -> None:
+        P = self.page_tokens
+        new_len: dict[int, int] = {}
+        rows: dict[int, list[int]] = {}
+        for i, (s, p) in enumerate(zip(np.asarray(seq_ids).tolist(), np.asarray(positions).tolist())):
+            st = self._state(s)
+            want = new_len.get(s, st.length)
+            if p != want:
+                raise InputError(f"KV sequence {s}: position {p} does not continue it (next is {want})")
+            if p >= self.max_tokens:
+                raise InputError(f"KV sequence {s} is full: {self.max_tokens} tokens")
+            new_len[s] = p + 1
+            rows.setdefault(s, []).append(i)
+        need = 0
+        for s, n in new_len.items():
+            st = self.seqs[s]
+            need += -(-n // P) - len(st.pages)
+            if st.length % P and self.pool.ref[st.pages[-1]] > 1:
+                need += 1  # copy-on-write of the shared page we are about to write into
+        if not self.pool.can_allocate(need):
+            self._evict(need, busy=set(new_len))
+        self._tick += 1
+        ids = None if token_ids is None else np.asarray(token_ids).tolist()
+        for s, n in new_len.items():
+            st = self.seqs[s]
+            if st.length % P:
+                self._make_writable(s, st)
+            while len(st.pages) * P < n:
+                page = self.pool.allocate()
+                self.table[s, len(st.pages)] = page
+                st.pages.append(page)
+            if ids is None or st.tokens is None:
+                st.tokens = None
+            else:
+                st.tokens.extend(ids[i] for i in rows[s])
+                self._register_full(st, n)
+            st.length, st.last_used, st.evicted = n, self._tick, False
+
+    def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
+              v: np.ndarray) -> None:
+        pages, slots = self._where(seq_ids, positions)
+        dt = self.cfg.dtype
+        if dt == "q8":
+            kq, kd = quantize_q8(k)
+            vq, vd = quantize_q8(v)
+            scatter(self.k[layer], pages, slots, kq)
+            scatter(self.ks[layer], pages, slots, kd)
+            scatter(self.v[layer], pages, slots, vq)
+            scatter(self.vs[layer], pages, slots, vd)
+        elif dt == "f16":
+            scatter(self.k[layer], pages, slots, k.astype(np.float16).view(np.uint16))
+            scatter(self.v[layer], pages, slots, v.astype(np.float16).view(np.uint16))
+        else:
+            scatter(self.k[layer], pages, slots, np.ascontiguousarray(k, np.float32))
+            scatter(self.v[layer], pages, slots, np.ascontiguousarray(v, np.float32))
+
+    def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
+               out: np.ndarray) -> None:
+        seq_ids = np.asarray(seq_ids, np.int32)
+        positions = np.asarray(positions, np.int32)
+        if self.cfg.dtype == "q8":
+            self._attend(q, self.k[layer], self.ks[layer], self.v[layer], self.vs[layer], F16_TO_F32,
+                         self.table, self.page_tokens, seq_ids, positions, np.float32(scale), out)
+        else:
+            self._attend(q, self.k[layer], self.v[layer], F16_TO_F32, self.table, self.page_tokens,
+                         seq_ids, positions, np.float32(scale), out)
+
+    def truncate(self, seq: int, n_tokens: int) -> None:
+        st = self._state(seq)
+        if not 0 <= n_tokens <= st.length:
+            raise InputError(f"cannot roll KV sequence {seq} back to {n_tokens} tokens (it holds {st.length})")
+        P = self.page_tokens
+        keep = -(-n_tokens // P)
+        for p in st.pages[keep:]:
+            self.pool.decref(p)
+        del st.pages[keep:]
+        del st.hashes[n_tokens // P:]
+        if st.tokens is not None:
+            del st.tokens[n_tokens:]
+        elif n_tokens == 0:
+            st.tokens = []
+        st.length = n_tokens
+
+    def nbytes(self) -> int:
+        arrays = [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
+        return int(sum(a.nbytes for a in arrays))
+
+    # -- memory management -----------------------------------------------------------------------------
+    def compact(self) -> dict:
+        """Renumber pages so each sequence's pages are consecutive and every used page sits before every
+        free one (cached prefixes next, then empty pages); data moves with them.  Outputs do not change."""
+        before = self.fragmentation()
+        order: list[int] = []
+        seen: set[int] = set()
+        for s in sorted(self.seqs):
+            for p in self.seqs[s].pages:
+                if p not in seen:
+                    seen.add(p)
+                    order.append(p)
+        cached = [p for p in self.pool.free if self.pool.key[p] is not None]
+        rest = [p for p in self.pool.free if self.pool.key[p] is None]
+        order += cached + rest
+        perm = [0] * self.n_pages  # old -> new
+        for new, old in enumerate(order):
+            perm[old] = new
+        moved = self._permute(order)
+        self.pool.renumber(perm)
+        for s, st in self.seqs.items():
+            st.pages = [perm[p] for p in st.pages]
+            self.table[s, :len(st.pages)] = st.pages
+        self.counters["compactions"] += 1
+        return {"before": before, "after": self.fragmentation(), "pages_moved": moved}
+
+    def fragmentation(self) -> dict:
+        """How scattered the used pages are: ``scatter`` = share of a sequence's page-to-next-page steps
+        that are not to the adjacent page; ``span`` = (highest used page + 1) / pages used (1.0: packed)."""
+        steps = jumps = 0
+        top = -1
+        for st in self.seqs.values():
+            for a, b in zip(st.pages, st.pages[1:]):
+                steps += 1
+                jumps += b != a + 1
+            if st.pages:
+                top = max(top, max(st.pages))
+        used = self.pool.used
+        return {"scatter": jumps / steps if steps else 0.0, "span": (top + 1) / used if used else 1.0}
+
+    def stats(self) -> dict:
+        P, pool = self.page_tokens, self.pool
+        fill: dict[int, int] = {}
+        for st in self.seqs.values():
+            for j, p in enumerate(st.pages):
+                fill[p] = max(fill.get(p, 0), min(P, st.length - j * P))
+        tokens = sum(st.length for st in self.seqs.values())
+        q, hits = self.counters["prefix_queried"], self.counters["prefix_hits"]
+        return {
+            "dtype": self.cfg.dtype, "kernel": self.cfg.kernel, "page_tokens": P,
+            "pages_total": pool.n_pages, "pages_used": pool.used, "pages_free": len(pool.free),
+            "pages_cached_free": pool.cached_free, "shared_pages": pool.shared,
+            "page_bytes": self.page_bytes, "bytes_total": self.nbytes(), "bytes_used": pool.used * self.page_bytes,
+            "bytes_per_token": self.page_bytes / P, "sequences": len(self.seqs), "tokens": tokens,
+            "waste_slots": len(fill) * P - sum(fill.values()),
+            "waste": 1.0 - sum(fill.values()) / (len(fill) * P) if fill else 0.0,
+            "prefix_hit_rate": hits / q if q else 0.0, **self.counters, **self.fragmentation()}
+
+    def check(self) -> None:
+        """Bookkeeping consistency (tests): ref counts match the page tables, tables match the array."""
+        self.pool.check([st.pages for st in self.seqs.values()])
+        for s, st in self.seqs.items():
+            if list(self.table[s, :len(st.pages)]) != st.pages:
+                raise AssertionError(f"page table array of sequence {s} is stale")
+            if len(st.pages) != -(-st.length // self.page_tokens):
+                raise AssertionError(f"sequence {s} holds {len(st.pages)} pages for {st.length} positions")
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _check(self, seq: int) -> int:
+        if not 0 <= seq < self.n_seqs:
+            raise InputError(f"no KV sequence {seq} (the store has {self.n_seqs})")
+        return seq
+
+    def _state(self, seq: int) -> SeqState:
+        st = self.seqs.get(self._check(seq))
+        if st is None:
+            raise InputError(f"KV sequence {seq} is not in use (new_sequence() first)")
+        return st
+
+    def _where(self, seq_ids: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        positions = np.asarray(positions)
+        blocks = positions // self.page_tokens
+        return (self.table[np.asarray(seq_ids), blocks].astype(np.int32),
+                (positions - blocks * self.page_tokens).astype(np.int32))
+
+    def _make_writable(self, seq: int, st: SeqState) -> None:
+        """The next write lands in the sequence's last, partly filled page: copy it if shared."""
+        page = st.pages[-1]
+        if self.pool.ref[page] > 1:
+            new = self.pool.allocate()
+            self._copy_page(page, new)
+            self.pool.decref(page)
+            st.pages[-1] = new
+            self.table[seq, len(st.pages) - 1] = new
+            self.counters["cow_copies"] += 1
+        else:
+            self.pool.forget(page)  # its contents change: no longer a cached prefix
+
+    def _register_full(self, st: SeqState, n: int) -> None:
+        P = self.page_tokens
+        while len(st.hashes) < n // P:
+            j = len(st.hashes)
+            prev = st.hashes[-1] if st.hashes else -1
+            toks = tuple(st.tokens[j * P:(j + 1) * P])
+            h = chain_hash(prev, toks)
+            self.pool.register(st.pages[j], h, prev, toks)
+            st.hashes.append(h)
+
+    def _evict(self, need: int, busy: set[int]) -> None:
+        """Drop idle sequences' K/V, least recently used first, until ``need`` pages are free."""
+        idle = sorted((st.last_used, s) for s, st in self.seqs.items() if s not in busy and st.pages)
+        for _, s in idle:
+            if self.pool.can_allocate(need):
+                break
+            st = self.seqs[s]
+            for p in st.pages:
+                self.pool.decref(p)  # hashed pages stay findable until reused: recompute may hit them
+            st.pages, st.hashes, st.length, st.tokens, st.evicted = [], [], 0, [], True
+            self.counters["evictions"] += 1
+        if not self.pool.can_allocate(need):
+            raise InputError(
+                f"KV cache full: this step needs {need} more pages of {self.page_tokens} tokens but only "
+                f"{len(self.pool.free)} of {self.n_pages} are free after evicting every idle sequence "
+                f"(budget {self.budget_bytes >> 20} MiB); raise CORERT_KV_BUDGET or shorten the request")
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
+
+    def _copy_page(self, src: int, dst: int) -> None:
+        for a in self._arrays():
+            a[:, dst] = a[:, src]
+
+    def _permute(self, order: list[int]) -> int:
+        """Move page ``order[new]`` to ``new`` for every new, in place, one page of scratch per array."""
+        moved = 0
+        done = [False] * len(order)
+        arrays = self._arrays()
+        for start in range(len(order)):
+            if done[start] or order[start] == start:
+                done[start] = True
+                continue
+            tmp = [a[:, start].copy() for a in arrays]
+            j = start
+            while True:
+                done[j] = True
+                src = order[j]
+                if src == start:
+                    for a, t in zip(arrays, tmp):
+                        a[:, j] = t
+                    moved += 1
+                    break
+                for a in arrays:
+                    a[:, j] = a[:, src]
+                moved += 1
+                j = src
+        return moved
+
