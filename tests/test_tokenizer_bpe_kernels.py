@@ -1,7 +1,6 @@
 """The bpe tokenizer's kernels and behaviour: variants, vector code, linear time, batching, loading, errors."""
 from __future__ import annotations
 
-import glob
 import platform
 import re
 import time
@@ -9,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from test_tokenizer_helpers import MODELS, REAL_TEXTS, model_path, tokenizer
+from test_tokenizer_helpers import MODELS, REAL_TEXTS, corpus_texts, model_path, tokenizer
 
 from corert.errors import InputError, ModelError
 
@@ -17,7 +16,7 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 
 
 def _corpus_texts() -> list[str]:
-    return [open(p, encoding="utf-8").read() for p in sorted(glob.glob("/work/shared/corpus/*"))]
+    return corpus_texts()
 
 
 # -- variants --------------------------------------------------------------------------------------------

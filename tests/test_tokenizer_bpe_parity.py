@@ -1,16 +1,12 @@
 """The bpe tokenizer gives exactly llama.cpp's ids on real text, for the three real GGUF vocabularies."""
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
 import pytest
 
-from test_tokenizer_helpers import MODELS, REAL_TEXTS, llama_vocab, model_path, tokenizer
-
-CORPUS = sorted(glob.glob("/work/shared/corpus/*")) or sorted(
-    glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "*")))
+from test_tokenizer_helpers import CORPUS, MODELS, REAL_TEXTS, llama_vocab, model_path, tokenizer
 
 
 def _read(path: str) -> str:

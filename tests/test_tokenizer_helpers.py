@@ -2,10 +2,24 @@
 from __future__ import annotations
 
 import functools
+import glob
+import os
 
 import pytest
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m")
+
+# The shared corpus: /work/shared/corpus here, ../shared/corpus beside a CI clone.
+CORPUS = sorted(glob.glob("/work/shared/corpus/*")) or sorted(
+    glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus", "*")))
+
+
+def corpus_texts() -> list[str]:
+    out = []
+    for path in CORPUS:
+        with open(path, encoding="utf-8") as fh:
+            out.append(fh.read())
+    return out
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,7 +25,9 @@ def add_arguments(parser) -> None:
 
 
 def _corpus(folder: str | None) -> list[tuple[str, str]]:
-    folder = folder or os.environ.get("CORERT_CORPUS") or DEFAULT_CORPUS
+    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+    folder = (folder or os.environ.get("CORERT_CORPUS")
+              or (DEFAULT_CORPUS if os.path.isdir(DEFAULT_CORPUS) else str(beside_repo)))
     files = sorted(p for p in glob.glob(os.path.join(folder, "*")) if os.path.isfile(p)
                    and not p.endswith(("SOURCES.md",)))
     if not files:
