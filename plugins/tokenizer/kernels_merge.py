@@ -6,6 +6,13 @@ llama.cpp: O(n log n) per word, never quadratic, whatever the word's length.  He
 comparators order them.  Stale heap entries are recognised and skipped when popped.
 
 Hash tables are open-addressing arrays (a multiplicative hash, linear probing) built once per vocabulary.
+
+Long words and long SentencePiece segments switch to rank buckets (``bpe_word_long``,
+``spm_fragment_long``): the pairs of the best rank are applied in one sorted left-to-right sweep, which
+keeps memory access in order and a 1 MB word near the per-byte cost of a 10 kB one.
+
+These loops have one shape for every CPU variant: heap and linked-list work is pointer chasing with no
+lanes to fill, so the avx2/neon variants differ in the scan (kernels_scan), where wide blocks pay.
 """
 from __future__ import annotations
 
