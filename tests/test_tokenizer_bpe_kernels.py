@@ -302,3 +302,17 @@ def test_long_sentencepiece_buckets_equal_heap_merges():
             buckets_used += 1
             assert nb == na and (out_a[:na] == out_b[:nb]).all()
     assert buckets_used >= len(texts) // 2
+
+
+def test_threads_share_one_tokenizer_safely():
+    """encode and encode_batch from several threads at once give the ids of one thread alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tok = tokenizer(QWEN)
+    texts = _corpus_texts() + list(REAL_TEXTS.values())
+    ref = [tok.encode(t) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        singles = list(pool.map(tok.encode, texts * 3))
+        batches = list(pool.map(lambda _: tok.encode_batch(texts), range(3)))
+    assert singles == ref * 3
+    assert all(b == ref for b in batches)
