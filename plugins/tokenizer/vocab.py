@@ -173,6 +173,10 @@ def build_vocab(path: Path) -> Vocab:
     if model not in ("gpt2", "llama"):
         raise ModelError(f"{path}: tokenizer model {model!r} is not supported by the bpe tokenizer "
                          f"(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)")
+    name = str(md.get("general.name", "")).lower()
+    if "phi-3" in name or "phi3" in name:  # llama.cpp strips spaces after its special tokens (rstrip)
+        raise ModelError(f"{path}: phi-3 vocabularies need llama.cpp's rstrip handling of special tokens, "
+                         f"which the bpe tokenizer does not implement; use --plugin tokenizer=llama_cpp")
     pre = str(md.get("tokenizer.ggml.pre", "default"))
     if model == "gpt2" and pre not in PRE_TOKENIZERS:
         raise ModelError(f"{path}: unknown pre-tokenizer {pre!r} (tokenizer.ggml.pre); the bpe tokenizer "
