@@ -39,16 +39,21 @@ class SchedulerStats:
         self.waits[priority].append(seconds)
 
     def snapshot(self) -> dict:
-        def summary(values: list[float]) -> dict:
-            p50, p95 = percentile(values, 50), percentile(values, 95)
-            return {"n": len(values), "p50": None if p50 is None else p50 * 1e3,
-                    "p95": None if p95 is None else p95 * 1e3}
+        """Counters and copies of the wait windows: cheap, taken under the scheduler's lock."""
+        counters = {k: getattr(self, k) for k in ("submitted", "completed", "failed", "cancelled", "timed_out",
+                                                  "rejected", "overran", "steals")}
+        return {**counters, "waits": {p: list(q) for p, q in self.waits.items()}}
 
-        everything = [w for q in self.waits.values() for w in q]
-        return {
-            "submitted": self.submitted, "completed": self.completed, "failed": self.failed,
-            "cancelled": self.cancelled, "timed_out": self.timed_out, "rejected": self.rejected,
-            "overran": self.overran, "steals": self.steals,
-            "queue_wait_ms": summary(everything),
-            "queue_wait_ms_by_priority": {p: summary(list(q)) for p, q in self.waits.items()},
-        }
+
+def summarize(snapshot: dict) -> dict:
+    """The snapshot with its waits turned into percentiles (sorting: done outside the lock)."""
+    def summary(values: list[float]) -> dict:
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        return {"n": len(values), "p50": None if p50 is None else p50 * 1e3,
+                "p95": None if p95 is None else p95 * 1e3}
+
+    out = dict(snapshot)
+    waits = out.pop("waits")
+    out["queue_wait_ms"] = summary([w for q in waits.values() for w in q])
+    out["queue_wait_ms_by_priority"] = {p: summary(q) for p, q in waits.items()}
+    return out

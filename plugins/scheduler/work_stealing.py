@@ -34,7 +34,7 @@ from corert.interfaces import PRIORITIES, ThreadBudget
 from .affinity import pin_current_thread, process_cpus
 from .plan import PRESETS, Lane, ThreadPlan, make_plan
 from .pools import apply_numba
-from .stats import SchedulerStats
+from .stats import SchedulerStats, summarize
 from .token import CancelToken, _set_current, current_token
 
 log = logging.getLogger("corert.scheduler")
@@ -221,19 +221,19 @@ class WorkStealingScheduler:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
+            snap = self._stats.snapshot()
             out = {"scheduler": self.name, "preset": self.plan.preset, "workers": len(self._workers),
                    "queued": self._queued, "running": sum(w.running is not None for w in self._workers),
                    # running although cancelled or past their timeout: they hold their worker until they
                    # next check their token
                    "running_cancelled": sum(w.running is not None and w.running.token.cancelled
                                             for w in self._workers),
-                   **self._stats.snapshot(),
                    "per_worker": [{"lane": w.lane.name, "cpus": list(w.lane.cpus),
                                    "priorities": list(w.lane.priorities), "affinity": w.affinity,
                                    "native_id": w.native_id, "tasks": w.tasks, "steals": w.steals,
                                    "busy_s": round(w.busy_s, 6)} for w in self._workers],
                    "budget": attrs.asdict(self.plan.budget)}
-        return out
+        return {**out, **summarize(snap)}
 
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stop taking tasks.  Queued tasks still run unless ``cancel_pending``; running ones are asked to
