@@ -324,3 +324,25 @@ def test_shutdown_cancels_pending_and_refuses_new_work():
 
 def _alive(native_id: int) -> bool:
     return any(t.native_id == native_id and t.is_alive() for t in threading.enumerate())
+
+
+def test_queue_wait_percentiles_are_nearest_rank():
+    from corert.plugins.scheduler.stats import percentile
+
+    waits = [float(i) for i in range(1, 101)]  # 1..100
+    assert percentile(waits, 50) == 50.0 and percentile(waits, 95) == 95.0 and percentile(waits, 100) == 100.0
+    assert percentile([], 95) is None and percentile([7.0], 95) == 7.0
+
+
+def test_stats_count_queue_waits_per_priority_and_busy_time(sched_factory):
+    sched = sched_factory("balanced", n_threads=1)
+    _, release, held = gate(sched, "batch")
+    futs = [sched.submit(lambda: None, priority="interactive") for _ in range(3)]
+    release.set()
+    concurrent.futures.wait(futs + [held], timeout=WAIT)
+    s = sched.stats()
+    by = s["queue_wait_ms_by_priority"]
+    assert by["interactive"]["n"] == 3 and by["batch"]["n"] == 1 and by["normal"]["n"] == 0
+    assert by["interactive"]["p50"] > 0 and s["queue_wait_ms"]["n"] == 4
+    worker = s["per_worker"][0]
+    assert worker["tasks"] == 4 and worker["busy_s"] > 0
