@@ -316,3 +316,44 @@ def test_threads_share_one_tokenizer_safely():
         batches = list(pool.map(lambda _: tok.encode_batch(texts), range(3)))
     assert singles == ref * 3
     assert all(b == ref for b in batches)
+
+
+@pytest.mark.parametrize("space_prefix", [True, False])
+def test_sentencepiece_space_prefix_matches_llama(tmp_path, space_prefix):
+    """add_space_prefix (Gemma has it off; Llama-2-style vocabularies on): no shipped model has it, so a
+    small SentencePiece vocabulary is written and both tokenizers read the same file."""
+    import gguf
+
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = tmp_path / "spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    w.add_head_count(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "\u2581ab", "bc", "abc", "\u2581abc", "\u2581\u2581", "<x>"]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces)
+    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 1) + [4])
+    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_space_prefix(space_prefix)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
+    assert tok.vocab.add_space_prefix is space_prefix
+    for text in ["abc", " abc", "abc abc  ab", "a<x>abc", "<x> a", "xyz é", "", "  ", "<s>ab</s>"]:
+        for parse_special in (False, True):
+            ref = llama.tokenize(text.encode(), add_bos=True, special=parse_special)
+            assert tok.encode(text, parse_special=parse_special) == ref, (text, parse_special)
