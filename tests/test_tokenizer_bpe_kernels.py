@@ -357,3 +357,51 @@ def test_sentencepiece_space_prefix_matches_llama(tmp_path, space_prefix):
         for parse_special in (False, True):
             ref = llama.tokenize(text.encode(), add_bos=True, special=parse_special)
             assert tok.encode(text, parse_special=parse_special) == ref, (text, parse_special)
+
+
+@pytest.fixture(scope="module")
+def smollm_vocab_parts():
+    from corert.models.gguf_header import read_header, string_array_bytes
+
+    src = model_path("smollm2-135m-instruct")
+    return ([t.decode("utf-8") for t in string_array_bytes(src, "tokenizer.ggml.tokens")],
+            [m.decode("utf-8") for m in string_array_bytes(src, "tokenizer.ggml.merges")],
+            [int(t) for t in read_header(src, want_arrays={"tokenizer.ggml.token_type"})
+             .metadata["tokenizer.ggml.token_type"]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pre", ["starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
+                                 "stablelm2", "megrez", "hunyuan"])
+def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path):
+    """Names llama.cpp maps to the same patterns as smollm / qwen2: SmolLM2's real vocabulary written
+    under each name, read by both tokenizers."""
+    import gguf
+
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokens, merges, types = smollm_vocab_parts
+    path = tmp_path / f"{pre}.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,
+                w.add_head_count):
+        add(8)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
+    for text in list(REAL_TEXTS.values()) + _corpus_texts()[:3]:
+        assert tok.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=False), pre
