@@ -67,7 +67,7 @@ class ModelConfig:
 class Layer:
     attn_norm: np.ndarray  # (d_model,)
     wqkv: QMatrix  # rows: [q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]
-    bqkv: np.ndarray | None  # qwen2's q/k/v biases, same row order
+    bqkv: np.ndarray  # qwen2's q/k/v biases, same row order (empty: no bias)
     wo: QMatrix
     ffn_norm: np.ndarray
     wgate_up: QMatrix  # rows: [gate (d_ff) | up (d_ff)]
@@ -98,7 +98,7 @@ class Transformer:
             layers = []
             for i in range(cfg.n_layers):
                 p = f"blk.{i}."
-                bias = None
+                bias = np.empty(0, np.float32)
                 if src.has(p + "attn_q.bias"):
                     bias = np.concatenate([src.vector(p + n) for n in ("attn_q.bias", "attn_k.bias",
                                                                         "attn_v.bias")])
@@ -166,26 +166,21 @@ class Transformer:
         dequant.embed_rows(self.embed_raw, self.embed_type, ids, x, F16_TO_F32)
         cos, sin = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
         h = np.empty_like(x)
+        q = np.empty((n, H, hd), np.float32)
+        k = np.empty((n, KV, hd), np.float32)
+        v = np.empty((n, KV, hd), np.float32)
         att = np.empty((n, H, hd), np.float32)
         act = np.empty((n, cfg.d_ff), np.float32)
         scale = 1.0 / np.sqrt(hd)
+        ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
         for li, layer in enumerate(self.layers):
-            ops.rmsnorm(x, layer.attn_norm, cfg.eps, h)
             qkv = self._mm(layer.wqkv, h)  # (rows, (H + 2 KV) * hd)
-            if layer.bqkv is not None:
-                qkv += layer.bqkv
-            q = np.ascontiguousarray(qkv[:, :q_end]).reshape(n, H, hd)
-            k = np.ascontiguousarray(qkv[:, q_end:k_end]).reshape(n, KV, hd)
-            v = np.ascontiguousarray(qkv[:, k_end:]).reshape(n, KV, hd)
-            ops.rope(q, cos, sin, cfg.rope_neox)
-            ops.rope(k, cos, sin, cfg.rope_neox)
+            ops.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att)
-            ops.add_inplace(x, self._mm(layer.wo, att.reshape(n, H * hd)))
-            ops.rmsnorm(x, layer.ffn_norm, cfg.eps, h)
+            ops.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
             ops.swiglu(self._mm(layer.wgate_up, h), act)
-            ops.add_inplace(x, self._mm(layer.wdown, act))
-        xs = np.ascontiguousarray(x[logit_rows])
-        hs = np.empty_like(xs)
-        ops.rmsnorm(xs, self.out_norm, cfg.eps, hs)
-        return self._mm(self.output, hs)
+            nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
+            ops.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
+        # h holds the final norm of every row; only the rows whose logits are wanted go through the output
+        return self._mm(self.output, np.ascontiguousarray(h[logit_rows]))

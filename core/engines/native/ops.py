@@ -68,3 +68,31 @@ def add_inplace(x, y):
     for t in range(x.shape[0]):
         for i in range(x.shape[1]):
             x[t, i] += y[t, i]
+
+
+@njit(cache=True)
+def split_qkv(qkv, bias, cos, sin, neox, q, k, v):
+    """The fused Q|K|V projection rows -> q (rows, n_heads, hd), k and v (rows, n_kv_heads, hd), adding the
+    bias (an empty array when the model has none) and rotating q and k: one call instead of six."""
+    n, nh, hd = q.shape
+    nkv = k.shape[1]
+    has_bias = bias.shape[0] > 0
+    for t in range(n):
+        c = 0
+        for dst, heads in ((q, nh), (k, nkv), (v, nkv)):
+            for hh in range(heads):
+                for i in range(hd):
+                    val = qkv[t, c]
+                    if has_bias:
+                        val += bias[c]
+                    dst[t, hh, i] = val
+                    c += 1
+    rope(q, cos, sin, neox)
+    rope(k, cos, sin, neox)
+
+
+@njit(cache=True)
+def add_rmsnorm(x, y, w, eps, out):
+    """``x += y`` then ``out = rmsnorm(x) * w`` (the residual add and the next norm in one call)."""
+    add_inplace(x, y)
+    rmsnorm(x, w, eps, out)
