@@ -372,10 +372,11 @@ def smollm_vocab_parts():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pre", ["starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b",
-                                 "stablelm2", "megrez", "hunyuan"])
+                                 "stablelm2", "megrez", "hunyuan", "deepseek-r1-qwen", "gpt-2", "phi-2",
+                                 "olmo", "mpt", "llama-bpe", "llama3", "falcon3", "dbrx", "smaug-bpe"])
 def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path):
-    """Names llama.cpp maps to the same patterns as smollm / qwen2: SmolLM2's real vocabulary written
-    under each name, read by both tokenizers."""
+    """Names llama.cpp maps to the patterns implemented here (digits+GPT-2, qwen2, GPT-2, llama3):
+    SmolLM2's real vocabulary written under each name, read by both tokenizers."""
     import gguf
 
     from corert.plugins.tokenizer.bpe import BpeTokenizer
@@ -405,3 +406,39 @@ def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     for text in list(REAL_TEXTS.values()) + _corpus_texts()[:3]:
         assert tok.encode(text) == llama.tokenize(text.encode(), add_bos=False, special=False), pre
+
+
+@pytest.mark.parametrize("pre", ["llama-bpe", "dbrx", "qwen2"])
+def test_ignore_merges_as_llama_cpp(tmp_path, pre):
+    """llama3-type vocabularies take a pre-token that is a token as it is ('abc' below), where merges alone
+    would give 'a' + 'bc'; dbrx and qwen2 merge.  Written vocabulary, both tokenizers read it."""
+    import gguf
+
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from corert.plugins.tokenizer.vocab import load_vocab
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    path = tmp_path / "im.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,
+                w.add_head_count):
+        add(8)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(["a", "b", "c", "bc", "abc", "Ġ", "1", "Ġa", "<|bos|>"])
+    w.add_token_types([1] * 8 + [3])
+    w.add_token_merges(["b c", "Ġ a"])
+    w.add_bos_token_id(8)
+    w.add_eos_token_id(8)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+    tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
+    assert tok.vocab.ignore_merges is (pre == "llama-bpe")
+    assert tok.add_bos is (pre == "llama-bpe")  # llama.cpp's default when the file does not say
+    for text in ["abc", "abc abc", " a1111abcc", "bcabc", "a"]:
+        assert tok.encode(text) == llama.tokenize(text.encode(), add_bos=True, special=False), text
+    assert (tok.encode("abc", add_bos=False) == [4]) is (pre == "llama-bpe")

@@ -90,6 +90,7 @@ class BpeTokenizer:
             with self._lock:
                 n = K.bpe_fragments(self._kind, self._vcode, arr, fs, fe, ft, 0, fs.shape[0], self._table,
                                     v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right, v.m_result,
+                                    v.raw_table, v.raw_blob, v.raw_offs, v.ignore_merges,
                                     slots, wbytes, wids, state, True, out, 0)
         ids = out[:n].tolist()
         if self._want_bos(add_bos):
@@ -132,7 +133,8 @@ class BpeTokenizer:
             else:
                 out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off, chunks,
                                   self._table, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right,
-                                  v.m_result, slots, wbytes, wids, state, cache_slots, counts)
+                                  v.m_result, v.raw_table, v.raw_blob, v.raw_offs, v.ignore_merges,
+                                  slots, wbytes, wids, state, cache_slots, counts)
         bos = [self.bos_id] if self._want_bos(add_bos) else []
         return [bos + out[out_off[t]:out_off[t] + counts[t]].tolist() for t in range(len(parts))]
 

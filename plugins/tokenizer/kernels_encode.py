@@ -11,14 +11,16 @@ import numpy as np
 from numba import njit, prange
 
 from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, _cache_hash, _utf8_len, bpe_word, bpe_word_long,
-                            cache_get, cache_put, new_word_cache, spm_fragment, spm_fragment_long)
+                            cache_get, cache_put, new_word_cache, spm_fragment, spm_fragment_long, text_to_id)
 from .kernels_scan import classify, split
 
 
 @njit(cache=True)
 def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkeys, pvals,
-                  m_left, m_right, m_result, slots, wbytes, wids, state, use_cache, out, o):
-    """Encode fragments f0..f1-1 of ``data``; ids go to out[o:]; returns the new o."""
+                  m_left, m_right, m_result, raw_table, raw_blob, raw_offs, ignore_merges,
+                  slots, wbytes, wids, state, use_cache, out, o):
+    """Encode fragments f0..f1-1 of ``data``; ids go to out[o:]; returns the new o.  With
+    ``ignore_merges`` a word that is a token as a whole (raw_* hash of token bytes) is that token."""
     longest = 0
     for f in range(f0, f1):
         if ft[f] < 0 and fe[f] - fs[f] > longest:
@@ -62,6 +64,12 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
                     out[o] = t
                     o += 1
                 continue
+            if ignore_merges:
+                t = text_to_id(raw_table, raw_blob, raw_offs, data, s, e)
+                if t >= 0:
+                    out[o] = t
+                    o += 1
+                    continue
             cached = use_cache and n <= CACHE_MAX_WORD
             h = np.int64(0)
             if cached:
@@ -99,7 +107,8 @@ def bpe_fragments(kind, variant, data, fs, fe, ft, f0, f1, table, byte_ids, pkey
 
 @njit(cache=True, parallel=True)
 def bpe_batch(kind, variant, data, fs, fe, ft, text_f0, text_f1, out_off, n_chunks, table, byte_ids,
-              pkeys, pvals, m_left, m_right, m_result, slots0, wbytes0, wids0, state0, cache_slots, counts):
+              pkeys, pvals, m_left, m_right, m_result, raw_table, raw_blob, raw_offs, ignore_merges,
+              slots0, wbytes0, wids0, state0, cache_slots, counts):
     """Encode many texts: chunk c handles texts c, c + n_chunks, ...  Chunk 0 uses the caller's word
     cache (slots0...), the others a fresh one of ``cache_slots`` entries.  Text t's ids go to
     out[out_off[t]:out_off[t] + counts[t]]."""
@@ -115,8 +124,8 @@ def bpe_batch(kind, variant, data, fs, fe, ft, text_f0, text_f1, out_off, n_chun
             state = np.zeros(3, dtype=np.int64)
         for t in range(c, n_texts, n_chunks):
             o = bpe_fragments(kind, variant, data, fs, fe, ft, text_f0[t], text_f1[t], table, byte_ids,
-                              pkeys, pvals, m_left, m_right, m_result, slots, wbytes, wids, state, True,
-                              out, out_off[t])
+                              pkeys, pvals, m_left, m_right, m_result, raw_table, raw_blob, raw_offs,
+                              ignore_merges, slots, wbytes, wids, state, True, out, out_off[t])
             counts[t] = o - out_off[t]
     return out
 

@@ -298,8 +298,9 @@ def split_gpt2_digits(variant, data, cls, boff, s, e, words, nw):
 
 
 @njit(cache=True)
-def split_qwen2(variant, data, cls, boff, s, e, words, nw):
-    """The qwen2 pattern on codepoints [s, e) (see the module docstring)."""
+def split_qwen2(variant, data, cls, boff, s, e, words, nw, max_digits=1):
+    """The qwen2 pattern on codepoints [s, e) (see the module docstring); with ``max_digits=3`` it is
+    llama3's (``\\p{N}{1,3}``), which llama.cpp runs as custom code with the same semantics."""
     p = s
     while p < e:
         c = np.int32(cls[p])
@@ -323,7 +324,10 @@ def split_qwen2(variant, data, cls, boff, s, e, words, nw):
         elif c != NEWLINE and c != NUMBER and p + 1 < e and cls[p + 1] == LETTER:
             p = run_end(variant, cls, p + 2, e, M_LETTER)
         elif c == NUMBER:
-            p += 1
+            if max_digits == 1:
+                p += 1
+            else:
+                p = min(run_end(variant, cls, p, min(e, p + max_digits), M_NUMBER), e)
         elif c == SPACE and p + 1 < e and cls[p + 1] == OTHER:
             p = run_end(variant, cls, p + 2, e, M_OTHER)
             p = run_end(variant, cls, p, e, M_NEWLINE)
@@ -348,12 +352,18 @@ def split_qwen2(variant, data, cls, boff, s, e, words, nw):
 
 SPLIT_SMOLLM = 0
 SPLIT_QWEN2 = 1
+SPLIT_GPT2 = 2
+SPLIT_LLAMA3 = 3
 
 
 @njit(cache=True)
 def split(kind, variant, data, cls, boff, s, e, words, nw):
     if kind == SPLIT_QWEN2:
-        return split_qwen2(variant, data, cls, boff, s, e, words, nw)
+        return split_qwen2(variant, data, cls, boff, s, e, words, nw, 1)
+    if kind == SPLIT_LLAMA3:
+        return split_qwen2(variant, data, cls, boff, s, e, words, nw, 3)
+    if kind == SPLIT_GPT2:
+        return _gpt2_piece(variant, data, cls, boff, s, e, words, nw)
     return split_gpt2_digits(variant, data, cls, boff, s, e, words, nw)
 
 

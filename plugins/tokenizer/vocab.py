@@ -20,14 +20,24 @@ from corert.models.gguf_header import read_header, string_array_bytes
 from .kernels_merge import build_pair_table, build_text_table
 from .unicode_classes import _cache_dir
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 # llama.cpp token types (GGUF tokenizer.ggml.token_type)
 T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 1, 2, 3, 4, 5, 6
 
-#: pre-tokenizer names (tokenizer.ggml.pre) this plugin implements, -> splitter kind (kernels_scan)
-PRE_TOKENIZERS = {"smollm": 0, "starcoder": 0, "refact": 0, "command-r": 0, "codeshell": 0,
-                  "exaone": 0, "minerva-7b": 0, "qwen2": 1, "stablelm2": 1, "megrez": 1, "hunyuan": 1}
+#: pre-tokenizer names (tokenizer.ggml.pre) this plugin implements, -> splitter kind (kernels_scan):
+#: 0 digits then GPT-2, 1 qwen2, 2 GPT-2, 3 llama3 -- grouped the way llama-vocab.cpp groups them
+PRE_TOKENIZERS = {
+    **dict.fromkeys(("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b"), 0),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan"), 1),
+    **dict.fromkeys(("gpt-2", "phi-2", "mpt", "olmo", "jais", "trillion", "granite-docling", "exaone4",
+                     "gigachat"), 2),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0",
+                     "lfm2", "dbrx", "smaug-bpe"), 3),
+}
+#: llama3-type names whose whole pre-token is taken as is when it is a token (llama.cpp ignore_merges);
+#: they also add BOS when the file does not say
+_IGNORE_MERGES = {"llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"}
 
 # Token texts llama.cpp treats as end-of-generation (llama-vocab.cpp, special_eog_ids).
 _EOG_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
@@ -78,6 +88,7 @@ class Vocab:
     eos_id: int | None
     add_bos: bool
     add_space_prefix: bool
+    ignore_merges: bool        # a pre-token that is itself a token skips the merges (llama3 family)
     types: np.ndarray          # (n_vocab,) int32, llama.cpp token types
     piece_blob: np.ndarray     # decoded text of each token (llama.cpp token_to_piece, special=False)
     piece_offs: np.ndarray     # (n_vocab + 1,) int64
@@ -102,6 +113,10 @@ class Vocab:
     cross_blob: np.ndarray
     cross_offs: np.ndarray
     cross_at: np.ndarray
+    # byte-level vocabularies with ignore_merges: hash of each token's raw bytes -> id
+    raw_table: np.ndarray
+    raw_blob: np.ndarray
+    raw_offs: np.ndarray
 
     @property
     def is_spm(self) -> bool:
@@ -116,8 +131,9 @@ class Vocab:
     # -- cache -----------------------------------------------------------------------------------------
     _ARRAYS = ("types", "piece_blob", "piece_offs", "text_blob", "text_offs", "eog", "special_ids",
                "special_always", "byte_ids", "m_left", "m_right", "m_result", "pair_keys", "pair_vals",
-               "text_table", "srank", "byte_tok", "cross_blob", "cross_offs", "cross_at")
-    _SCALARS = ("model", "pre", "n_vocab", "bos_id", "eos_id", "add_bos", "add_space_prefix")
+               "text_table", "srank", "byte_tok", "cross_blob", "cross_offs", "cross_at", "raw_table", "raw_blob",
+               "raw_offs")
+    _SCALARS = ("model", "pre", "n_vocab", "bos_id", "eos_id", "add_bos", "add_space_prefix", "ignore_merges")
 
     def save(self, path: Path) -> None:
         meta = json.dumps({k: getattr(self, k) for k in self._SCALARS})
@@ -240,8 +256,14 @@ def build_vocab(path: Path) -> Vocab:
             byte_ids[b] = -1 if t is None else t
         m_left, m_right, m_result = _merges(path, by_text)
         pair_keys, pair_vals = build_pair_table(m_left, m_right, _pow2(len(m_left)))
+    ignore_merges = pre in _IGNORE_MERGES and not is_spm
+    raw_blob, raw_offs = _pack([])
+    raw_table = np.full(1, -1, dtype=np.int32)
+    if ignore_merges:
+        raw_blob, raw_offs = _pack(_raw_texts(str_texts))
+        raw_table = build_text_table(raw_blob, raw_offs, _pow2(n))
     add_bos = md.get("tokenizer.ggml.add_bos_token")
-    add_bos = bool(add_bos) if add_bos is not None else is_spm
+    add_bos = bool(add_bos) if add_bos is not None else (is_spm or ignore_merges)
     asp = md.get("tokenizer.ggml.add_space_prefix")
     asp = bool(asp) if asp is not None else is_spm
     return Vocab(path=str(path), model=model, pre=pre, n_vocab=n, bos_id=key_id("bos"), eos_id=key_id("eos"),
@@ -252,7 +274,8 @@ def build_vocab(path: Path) -> Vocab:
                  byte_ids=byte_ids, m_left=m_left, m_right=m_right, m_result=m_result, pair_keys=pair_keys,
                  pair_vals=pair_vals, text_table=text_table, srank=srank, byte_tok=byte_tok,
                  cross_blob=_pack(crossing)[0], cross_offs=_pack(crossing)[1],
-                 cross_at=np.array(cross_at, dtype=np.int64))
+                 cross_at=np.array(cross_at, dtype=np.int64), ignore_merges=ignore_merges,
+                 raw_table=raw_table, raw_blob=raw_blob, raw_offs=raw_offs)
 
 
 def _eog_ids(md, key_id, by_text, types, str_texts) -> set[int]:
@@ -290,6 +313,18 @@ def _pieces(texts: list[bytes], types: np.ndarray, is_spm: bool) -> list[bytes]:
         elif ty == T_BYTE:
             out.append(bytes([int(t[3:5], 16)]) if len(t) == 6 and t[:3] == b"<0x" else b"")
         else:
+            out.append(b"")
+    return out
+
+
+def _raw_texts(str_texts: list[str]) -> list[bytes]:
+    """The bytes each stored (byte-mapped) token text stands for; b"" where it is not byte-mapped text."""
+    unmap = {cp: chr(b) for cp, b in CP_TO_BYTE.items()}
+    out = []
+    for s in str_texts:
+        try:
+            out.append(s.translate(unmap).encode("latin-1"))
+        except UnicodeError:
             out.append(b"")
     return out
 
