@@ -48,24 +48,36 @@ class NativeSession:
         if arr.min() < 0 or arr.max() >= m.n_vocab:
             raise InputError(f"token ids must be in [0, {m.n_vocab})")
         start = len(self.tokens)
-        positions = np.arange(start, start + n, dtype=np.int32)
-        seq_ids = np.full(n, self.seq, dtype=np.int32)
-        rows = np.arange(n) if all_logits else np.array([n - 1])
+        paged = hasattr(m.kv, "match_prefix")  # a store that tracks ids (kv_cache=paged)
         with PARALLEL_LOCK:
             set_threads(m.threads)  # numba's thread count is per calling thread
-            m.kv.reserve(seq_ids, positions)
+            have = m.kv.length(self.seq)
+            if have < start:  # the store evicted this idle sequence's K/V: recompute them first
+                if have == 0 and paged:
+                    have = m.kv.match_prefix(self.seq, self.tokens + [int(arr[0])])
+                arr = np.concatenate([np.asarray(self.tokens[have:], np.int64), arr])
+            k = arr.shape[0]
+            positions = np.arange(have, have + k, dtype=np.int32)
+            seq_ids = np.full(k, self.seq, dtype=np.int32)
+            rows = np.arange(k - n, k) if all_logits else np.array([k - 1])
+            if paged:
+                m.kv.reserve(seq_ids, positions, token_ids=arr)
+            else:
+                m.kv.reserve(seq_ids, positions)
             try:
                 logits = m.transformer.forward(arr.astype(np.int32), seq_ids, positions, m.kv, rows)
             except BaseException:
-                m.kv.truncate(self.seq, start)
+                m.kv.truncate(self.seq, have)
                 raise
+        arr = arr[k - n:]
         self.tokens.extend(int(t) for t in arr)
         return logits if all_logits else logits[0]
 
     def truncate(self, n_tokens: int) -> None:
         if n_tokens < 0 or n_tokens > len(self.tokens):
             raise InputError(f"cannot roll back to {n_tokens} tokens (sequence has {len(self.tokens)})")
-        self._model.kv.truncate(self.seq, n_tokens)
+        kv = self._model.kv
+        kv.truncate(self.seq, min(n_tokens, kv.length(self.seq)))  # fewer if the store evicted it
         del self.tokens[n_tokens:]
 
     def close(self) -> None:

@@ -1,0 +1,191 @@
+"""Continuous batching on the native engine: several sequences advance in one forward pass.
+
+    runner = BatchRunner(loaded)                     # a NativeModel whose KV store has n_seqs slots
+    a = runner.add(prompt_ids, SamplingParams(...))  # joins before the next step
+    while runner.active:
+        for stream_id, token in runner.step():       # one forward: decode rows + prompt chunks
+            ...
+    runner.result(a)                                 # the generated ids, finish reason
+
+One step gathers, per live stream, the ids it has not evaluated yet (a prompt chunk, or the last sampled
+token) as rows of one forward; the KV store (kv_cache=paged) finds each row's pages through its sequence's
+page table.  Requests join and leave between steps.  Every kernel computes a row from that row and its
+own sequence's K/V only, so each stream's tokens are exactly those it produces alone.
+
+With a store that knows token ids (kv_cache=paged) a new stream first takes the cached pages of its
+prompt's longest cached prefix, and a stream whose K/V the store evicted (budget exhausted while it waited)
+is recomputed from its ids, transparently.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Sequence
+
+import attrs
+import numpy as np
+
+from ...errors import InputError
+from ...interfaces import SamplingParams
+from .numba_setup import PARALLEL_LOCK, set_threads
+
+#: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long.
+DEFAULT_PREFILL_ROWS = 256
+
+
+@attrs.define
+class Stream:
+    id: int
+    seq: int  # the KV store's sequence slot
+    tokens: list[int]  # every id of the sequence (prompt + generated): what its K/V must hold
+    done_upto: int  # how many of ``tokens`` have K/V in the store
+    params: SamplingParams
+    sample: Callable[[np.ndarray], int]
+    is_eog: Callable[[int], bool]
+    n_prompt: int
+    generated: list[int] = attrs.Factory(list)
+    finish: str | None = None  # "stop" | "length" | "cancelled" | "error: ..."
+    recomputed: int = 0  # positions evaluated again after an eviction
+
+
+class BatchRunner:
+    """Continuous batching over one loaded native model (see the module docstring)."""
+
+    def __init__(self, model, prefill_rows: int = DEFAULT_PREFILL_ROWS, share_prefixes: bool = True):
+        from corert.plugins.speculative.sampling import Sampler
+
+        self.model = model
+        self.kv = model.kv
+        self.prefill_rows = max(1, int(prefill_rows))
+        self._sampler = Sampler
+        self._tracks = hasattr(self.kv, "match_prefix")  # a paged store: ids, prefix sharing, eviction
+        self.share_prefixes = share_prefixes and self._tracks
+        self._ids = itertools.count()
+        self.streams: dict[int, Stream] = {}
+        self.finished: dict[int, Stream] = {}
+        self.steps = 0
+        self.rows = 0
+
+    # -- joining and leaving ---------------------------------------------------------------------------
+    def add(self, prompt_ids: Sequence[int], params: SamplingParams,
+            is_eog: Callable[[int], bool] | None = None) -> int:
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise InputError("the prompt is empty")
+        m = self.model
+        if min(ids) < 0 or max(ids) >= m.n_vocab:
+            raise InputError(f"token ids must be in [0, {m.n_vocab})")
+        if len(ids) >= m.n_ctx:
+            raise InputError(f"the prompt has {len(ids)} tokens; the context holds {m.n_ctx}")
+        seq = self.kv.new_sequence()
+        sid = next(self._ids)
+        max_new = min(params.max_tokens, m.n_ctx - len(ids))
+        st = Stream(sid, seq, ids, 0, attrs.evolve(params, max_tokens=max_new), self._sampler(params),
+                    is_eog or m.tokenizer.is_eog, len(ids))
+        if self.share_prefixes:
+            st.done_upto = self.kv.match_prefix(seq, ids)
+        self.streams[sid] = st
+        return sid
+
+    def cancel(self, sid: int) -> None:
+        st = self.streams.get(sid)
+        if st is not None:
+            self._finish(st, "cancelled")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.streams)
+
+    def result(self, sid: int) -> Stream:
+        return self.finished[sid]
+
+    # -- one step --------------------------------------------------------------------------------------
+    def step(self) -> list[tuple[int, int]]:
+        """One forward over every live stream's pending rows; returns (stream id, new token) pairs."""
+        plan = self._plan()
+        while plan:
+            try:
+                return self._run(plan)
+            except InputError as exc:
+                if len(plan) == 1 or "KV cache full" not in str(exc):
+                    self._finish(self.streams[plan[0][0]], f"error: {exc}")
+                    raise
+                plan = plan[:-1]  # not all fit: the newest waits a step (its K/V may be evicted)
+        return []
+
+    def _plan(self) -> list[tuple[int, int]]:
+        """(stream id, rows this step): every stream's pending ids, prompt rows capped per step."""
+        plan, budget = [], self.prefill_rows
+        for sid, st in self.streams.items():
+            have = self.kv.length(st.seq)
+            if have < st.done_upto:  # evicted while it waited: recompute its K/V from its ids
+                if have == 0 and self.share_prefixes:
+                    have = self.kv.match_prefix(st.seq, st.tokens)
+                st.recomputed += st.done_upto - have
+                st.done_upto = have
+            pending = len(st.tokens) - st.done_upto
+            if pending <= 1:
+                plan.append((sid, pending))
+            elif budget > 0:
+                n = min(pending, budget)
+                budget -= n
+                plan.append((sid, n))
+        return plan
+
+    def _run(self, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        ids, seqs, pos, logit_rows, sampled = [], [], [], [], []
+        for sid, n in plan:
+            st = self.streams[sid]
+            a = st.done_upto
+            ids += st.tokens[a:a + n]
+            seqs += [st.seq] * n
+            pos += range(a, a + n)
+            if a + n == len(st.tokens):  # the stream's last pending row: sample from it
+                logit_rows.append(len(ids) - 1)
+                sampled.append(st)
+        ids_a = np.asarray(ids, np.int32)
+        seq_a = np.asarray(seqs, np.int32)
+        pos_a = np.asarray(pos, np.int32)
+        m = self.model
+        with PARALLEL_LOCK:
+            set_threads(m.threads)
+            if self._tracks:
+                self.kv.reserve(seq_a, pos_a, token_ids=ids_a)
+            else:
+                self.kv.reserve(seq_a, pos_a)
+            try:
+                logits = m.transformer.forward(ids_a, seq_a, pos_a, self.kv, np.asarray(logit_rows))
+            except BaseException:
+                for sid, _ in plan:
+                    st = self.streams[sid]
+                    self.kv.truncate(st.seq, st.done_upto)
+                raise
+        for sid, n in plan:
+            self.streams[sid].done_upto += n
+        self.steps += 1
+        self.rows += len(ids)
+        out = []
+        for st, row in zip(sampled, logits):
+            tok = st.sample(row)
+            st.generated.append(tok)
+            out.append((st.id, tok))
+            if st.is_eog(tok):
+                self._finish(st, "stop")
+            elif len(st.generated) >= st.params.max_tokens:
+                self._finish(st, "length")
+            else:
+                st.tokens.append(tok)
+        return out
+
+    def _finish(self, st: Stream, reason: str) -> None:
+        st.finish = reason
+        self.kv.release(st.seq)
+        self.streams.pop(st.id, None)
+        self.finished[st.id] = st
+
+    # -- convenience -----------------------------------------------------------------------------------
+    def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[int]]:
+        """Serve every prompt at once until all finish; the generated ids of each."""
+        sids = [self.add(p, params) for p in prompts]
+        while self.active:
+            self.step()
+        return [self.finished[s].generated for s in sids]
