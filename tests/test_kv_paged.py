@@ -1,0 +1,264 @@
+"""kv_cache=paged at the store level: kernels (wide vs scalar, vs the contiguous f32 reference), q8 layout,
+bookkeeping (no page leaked after 1,000 mixed operations), prefix sharing, copy-on-write, LRU eviction,
+compaction, config and registration.  Synthetic K/V: the real-model part is tests/test_batching.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corert.errors import ConfigError, InputError, PluginError
+from corert.plugins.kv_cache.contiguous import ContiguousKVStore
+from corert.plugins.kv_cache.paged.config import PagedConfig, parse_bytes
+from corert.plugins.kv_cache.paged.kernels import ATTEND, quantize_q8
+from corert.plugins.kv_cache.paged.store import PagedKVStore, page_bytes
+
+L, KV, H, HD = 2, 2, 6, 64
+DTYPES = ("f32", "f16", "q8")
+#: max |paged - contiguous f32| of attention outputs on N(0,1) data: f16 / q8 rounding of K and V
+TOL = {"f32": 1e-5, "f16": 3e-3, "q8": 4e-2}
+
+
+def _store(dtype="q8", kernel="wide", page=16, n_seqs=4, max_tokens=256, budget=None):
+    return PagedKVStore(PagedConfig(dtype=dtype, kernel=kernel, page_tokens=page, budget_bytes=budget),
+                        L, KV, HD, max_tokens, n_seqs)
+
+
+def _fill(stores, lens, rng, start=None):
+    """One pass writing ``lens[s]`` new rows to sequence s of every store; returns (seq_ids, positions,
+    per-layer q) and the outputs of attend per store."""
+    start = start or {}
+    sid = np.concatenate([np.full(n, s, np.int32) for s, n in enumerate(lens)])
+    pos = np.concatenate([np.arange(start.get(s, 0), start.get(s, 0) + n) for s, n in enumerate(lens)]
+                         ).astype(np.int32)
+    ids = (sid * 1000 + pos).astype(np.int64)  # distinct token ids per position
+    for st in stores:
+        if isinstance(st, PagedKVStore):
+            st.reserve(sid, pos, token_ids=ids)
+        else:
+            st.reserve(sid, pos)
+    outs = [[] for _ in stores]
+    for layer in range(L):
+        k = rng.standard_normal((len(sid), KV, HD)).astype(np.float32)
+        v = rng.standard_normal((len(sid), KV, HD)).astype(np.float32)
+        q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+        for st, o in zip(stores, outs):
+            st.write(layer, sid, pos, k, v)
+            out = np.empty_like(q)
+            st.attend(layer, sid, pos, q, 0.125, out)
+            o.append(out)
+    return sid, pos, outs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_paged_attention_matches_contiguous_and_scalar(dtype):
+    rng = np.random.default_rng(1)
+    wide, scalar = _store(dtype, "wide"), _store(dtype, "scalar")
+    ref = ContiguousKVStore(L, KV, HD, 256, 4)
+    for st in (wide, scalar, ref):
+        for _ in range(3):
+            st.new_sequence()
+    start = {}
+    for lens in ([20, 7, 33], [1, 1, 1], [16, 17, 5]):  # ragged prefill, decode, crossing page borders
+        _, pos, (ow, os_, oref) = _fill([wide, scalar, ref], lens, rng, start)
+        start = {s: wide.length(s) for s in range(3)}
+        for a, b, c in zip(ow, os_, oref):
+            np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)  # variants agree (sum order only)
+            assert np.abs(a - c).max() < TOL[dtype]
+    wide.check()
+
+
+def test_q8_pages_are_int8_with_f16_scales_and_no_second_copy():
+    st = _store("q8")
+    arrays = {k: v for k, v in vars(st).items() if isinstance(v, np.ndarray)}
+    assert st.k.dtype == np.int8 and st.v.dtype == np.int8 and st.ks.dtype == np.uint16
+    floats = [n for n, a in arrays.items() if a.dtype.kind == "f"]
+    assert floats == [], f"float K/V arrays in a q8 store: {floats}"
+    ratio = page_bytes(PagedConfig("q8"), L, KV, HD) / page_bytes(PagedConfig("f32"), L, KV, HD)
+    assert ratio <= 0.27
+    assert st.nbytes() == st.n_pages * st.page_bytes
+
+
+def test_quantize_q8_roundtrip():
+    x = np.random.default_rng(2).standard_normal((5, KV, HD)).astype(np.float32)
+    x[0, 0, :32] = 0.0  # an all-zero block: scale 0, no division by zero
+    q, d = quantize_q8(x)
+    back = q.reshape(5, KV, 2, 32).astype(np.float32) * d.view(np.float16).astype(np.float32)[..., None]
+    err = np.abs(back.reshape(x.shape) - x)
+    assert err.max() <= np.abs(x).max() / 127 * 0.6 + 1e-3
+    assert not q[0, 0, :32].any()
+
+
+def test_no_page_leaked_after_1000_mixed_operations():
+    rng = np.random.default_rng(3)
+    # 20 pages of 4 tokens for 6 sequences of up to 64: the pool runs out, idle sequences get evicted
+    st = _store("q8", page=4, n_seqs=6, max_tokens=64, budget=20 * page_bytes(PagedConfig("q8", page_tokens=4),
+                                                                             L, KV, HD))
+    live: dict[int, list[int]] = {}
+    prompts = [list(rng.integers(0, 50, 40)) for _ in range(3)]  # shared prefixes recur
+    ops = {"start": 0, "extend": 0, "finish": 0, "cancel": 0, "truncate": 0, "evicted": 0}
+    for _ in range(1000):
+        op = rng.choice(["start", "extend", "extend", "finish", "cancel", "truncate"])
+        if op == "start" and len(live) < st.n_seqs:
+            s = st.new_sequence()
+            ids = prompts[rng.integers(3)][:rng.integers(1, 40)] + [int(rng.integers(50))]
+            n = st.match_prefix(s, ids)
+            live[s] = ids[:n]
+            rest = ids[n:]
+            try:
+                st.reserve(np.full(len(rest), s, np.int32), np.arange(n, len(ids), dtype=np.int32),
+                           token_ids=np.asarray(rest))
+                live[s] = ids
+            except InputError as exc:
+                assert "KV cache full" in str(exc)
+        elif op == "extend" and live:
+            s = int(rng.choice(list(live)))
+            if st.evicted(s) or st.length(s) < len(live[s]):
+                ops["evicted"] += 1
+                live[s] = live[s][:st.length(s)]
+            m = min(int(rng.integers(1, 6)), st.max_tokens - len(live[s]))
+            if m <= 0:
+                continue
+            new = [int(t) for t in rng.integers(0, 50, m)]
+            try:
+                st.reserve(np.full(m, s, np.int32), np.arange(len(live[s]), len(live[s]) + m, dtype=np.int32),
+                           token_ids=np.asarray(new))
+                live[s] += new
+            except InputError as exc:
+                assert "KV cache full" in str(exc)
+        elif op in ("finish", "cancel") and live:
+            s = int(rng.choice(list(live)))
+            st.release(s)
+            del live[s]
+        elif op == "truncate" and live:
+            s = int(rng.choice(list(live)))
+            n = int(rng.integers(0, st.length(s) + 1))
+            st.truncate(s, n)
+            live[s] = live[s][:n]
+        else:
+            continue
+        ops[op] += 1
+        st.check()
+        for s, ids in live.items():
+            assert st.length(s) == len(ids) or st.evicted(s)
+    assert ops["start"] > 100 and ops["finish"] + ops["cancel"] > 100
+    for s in list(live):
+        st.release(s)
+    st.check()
+    stats = st.stats()
+    assert stats["pages_used"] == 0 and stats["pages_free"] == st.n_pages, stats
+    assert stats["prefix_hits"] > 0 and stats["cow_copies"] > 0 and stats["evictions"] > 0, stats
+
+
+def test_prefix_pages_are_shared_and_copied_on_write():
+    rng = np.random.default_rng(4)
+    st = _store("f32", page=16)
+    a = st.new_sequence()
+    ids = np.arange(40)
+    st.reserve(np.full(40, a, np.int32), np.arange(40, dtype=np.int32), token_ids=ids)
+    for layer in range(L):
+        st.write(layer, np.full(40, a, np.int32), np.arange(40, dtype=np.int32),
+                 rng.standard_normal((40, KV, HD)).astype(np.float32),
+                 rng.standard_normal((40, KV, HD)).astype(np.float32))
+    q = rng.standard_normal((40, H, HD)).astype(np.float32)
+    before = np.empty_like(q)
+    st.attend(1, np.full(40, a, np.int32), np.arange(40, dtype=np.int32), q, 0.125, before)
+
+    b = st.new_sequence()
+    assert st.match_prefix(b, list(ids) + [7]) == 32  # two full pages; the partial third is not shared
+    assert st.seqs[b].pages == st.seqs[a].pages[:2]
+    assert st.stats()["shared_pages"] == 2
+    used = st.pool.used
+    st.truncate(b, 20)  # diverge inside the shared second page
+    st.reserve(np.array([b], np.int32), np.array([20], np.int32), token_ids=np.array([999]))
+    assert st.pool.used == used + 1 and st.counters["cow_copies"] == 1
+    assert st.seqs[b].pages[0] == st.seqs[a].pages[0] and st.seqs[b].pages[1] != st.seqs[a].pages[1]
+    for layer in range(L):  # b's write lands in its copy: a's K/V must not change
+        st.write(layer, np.array([b], np.int32), np.array([20], np.int32),
+                 np.full((1, KV, HD), 9.0, np.float32), np.full((1, KV, HD), 9.0, np.float32))
+    after = np.empty_like(q)
+    st.attend(1, np.full(40, a, np.int32), np.arange(40, dtype=np.int32), q, 0.125, after)
+    np.testing.assert_array_equal(before, after)
+    np.testing.assert_array_equal(st.k[:, st.seqs[b].pages[1], :, :4], st.k[:, st.seqs[a].pages[1], :, :4])
+    st.check()
+
+
+def test_lru_eviction_and_a_request_too_big_for_the_pool():
+    pb = page_bytes(PagedConfig("q8"), L, KV, HD)
+    st = _store("q8", page=16, n_seqs=3, max_tokens=256, budget=6 * pb)  # 6 pages
+    assert st.n_pages == 6
+    a, b, c = (st.new_sequence() for _ in range(3))
+    for s in (a, b):  # 2 pages each; a is the least recently used
+        st.reserve(np.full(32, s, np.int32), np.arange(32, dtype=np.int32), token_ids=np.arange(32) + 100 * s)
+    st.reserve(np.full(40, c, np.int32), np.arange(40, dtype=np.int32))  # 3 pages: one sequence must go
+    assert st.evicted(a) and st.length(a) == 0 and not st.evicted(b) and st.length(b) == 32
+    assert st.stats()["evictions"] == 1
+    st.check()
+    with pytest.raises(InputError, match="KV cache full"):
+        st.reserve(np.full(100, c, np.int32), np.arange(40, 140, dtype=np.int32))  # 9 pages > 6
+    assert st.length(c) == 40  # a failed reserve changes nothing of the busy sequence
+
+
+def test_compaction_keeps_outputs_bit_identical():
+    rng = np.random.default_rng(5)
+    st = _store("q8", page=4, n_seqs=4, max_tokens=128)
+    for _ in range(4):
+        st.new_sequence()
+    start = {}
+    for _ in range(6):  # interleaved growth scatters every sequence's pages over the pool
+        _fill([st], [3, 5, 2, 4], rng, start)
+        start = {s: st.length(s) for s in range(4)}
+    st.release(1)
+    frag = st.fragmentation()
+    q = rng.standard_normal((3, H, HD)).astype(np.float32)
+    sid, pos = np.array([0, 2, 3], np.int32), np.array([17, 11, 23], np.int32)
+    before = [np.empty_like(q) for _ in range(L)]
+    for layer in range(L):
+        st.attend(layer, sid, pos, q, 0.125, before[layer])
+    report = st.compact()
+    st.check()
+    after = st.fragmentation()
+    assert frag["scatter"] > 0.5 and after["scatter"] == 0.0 and after["span"] == 1.0, (frag, after)
+    assert report["pages_moved"] > 0
+    for layer in range(L):
+        out = np.empty_like(q)
+        st.attend(layer, sid, pos, q, 0.125, out)
+        np.testing.assert_array_equal(out, before[layer])
+
+
+def test_errors_and_config(monkeypatch):
+    st = _store()
+    s = st.new_sequence()
+    with pytest.raises(InputError, match="does not continue"):
+        st.reserve(np.array([s], np.int32), np.array([3], np.int32))
+    with pytest.raises(InputError, match="no KV sequence"):
+        st.length(99)
+    with pytest.raises(InputError, match="not in use"):
+        st.reserve(np.array([1], np.int32), np.array([0], np.int32))
+    with pytest.raises(InputError, match="roll"):
+        st.truncate(s, 5)
+    assert parse_bytes("256M") == 256 << 20 and parse_bytes("1.5GiB") == int(1.5 * (1 << 30))
+    with pytest.raises(ConfigError):
+        parse_bytes("lots")
+    monkeypatch.setenv("CORERT_KV_BUDGET", "64M")
+    monkeypatch.setenv("CORERT_KV_PAGE_TOKENS", "32")
+    cfg = PagedConfig.from_env("f16")
+    assert (cfg.budget_bytes, cfg.page_tokens, cfg.dtype) == (64 << 20, 32, "f16")
+    monkeypatch.setenv("CORERT_KV_PAGE_TOKENS", "x")
+    with pytest.raises(ConfigError):
+        PagedConfig.from_env("q8")
+
+
+def test_registered_for_the_native_engine_only():
+    from corert.plugin_host import PluginHost, parse_selections
+
+    host = PluginHost.build()
+    res = host.resolve("kv_cache", parse_selections({"kv_cache": "paged"})["kv_cache"], engine="native")
+    assert res.variant.name == "q8"
+    provider = host.create(res, engine="native", model="x", config=None)
+    store = provider.allocate(L, KV, HD, 64, 2)
+    assert provider.stats()["stores"][0]["pages_total"] == store.n_pages
+    with pytest.raises(PluginError):
+        host.resolve("kv_cache", parse_selections({"kv_cache": "paged:q8"})["kv_cache"], engine="llama.cpp")
+    with pytest.raises(PluginError):
+        host.create(res, engine="llama.cpp")
+    assert set(ATTEND["wide"]) == set(ATTEND["scalar"]) == set(DTYPES)
