@@ -66,6 +66,11 @@ class BpeTokenizer:
         v, _ = choose_variant(simd_variants(), variant, "tokenizer bpe")
         return cls(load_vocab(model_path), v.name)
 
+    def warm_up(self) -> None:
+        """Load the compiled kernels now (numba's first call in a process costs ~0.5 s); a host can run
+        this on a thread while the engine loads its weights."""
+        self.encode("warm up 1", add_bos=False)
+
     # -- encoding ----------------------------------------------------------------------------------------
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
         return self.encode_bytes(_utf8(text), add_bos, parse_special, _valid=True)
