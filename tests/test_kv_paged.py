@@ -263,3 +263,44 @@ def test_registered_for_the_native_engine_only():
     with pytest.raises(PluginError):
         host.create(res, engine="llama.cpp")
     assert set(ATTEND["wide"]) == set(ATTEND["scalar"]) == set(DTYPES)
+
+
+def _smoothing_error(chunks):
+    """Mean |paged q8 - contiguous f32| of attention over keys with two loud channels, written in
+    ``chunks`` rows at a time."""
+    rng = np.random.default_rng(6)
+    st, ref = _store("q8"), ContiguousKVStore(L, KV, HD, 256, 4)
+    st.new_sequence(), ref.new_sequence()
+    outlier = np.ones(HD, np.float32)
+    outlier[[3, 40]] = 25.0  # as Qwen2's K biases make
+    start = 0
+    for n in chunks:
+        sid, pos = np.zeros(n, np.int32), np.arange(start, start + n, dtype=np.int32)
+        start += n
+        st.reserve(sid, pos), ref.reserve(sid, pos)
+        for layer in range(L):
+            k = rng.standard_normal((n, KV, HD)).astype(np.float32) * outlier
+            v = rng.standard_normal((n, KV, HD)).astype(np.float32)
+            st.write(layer, sid, pos, k, v), ref.write(layer, sid, pos, k, v)
+    q = rng.standard_normal((start, H, HD)).astype(np.float32)
+    sid, pos = np.zeros(start, np.int32), np.arange(start, dtype=np.int32)
+    err = []
+    for layer in range(L):
+        a, b = np.empty_like(q), np.empty_like(q)
+        st.attend(layer, sid, pos, q, 0.125, a), ref.attend(layer, sid, pos, q, 0.125, b)
+        err.append(np.abs(a - b).mean())
+    return float(np.mean(err)), st
+
+
+def test_q8_key_smoothing_calibrates_late_and_requantizes_earlier_rows(monkeypatch):
+    import corert.plugins.kv_cache.paged.store as store_mod
+
+    # position 0 alone, too few rows, then enough: calibration happens in the third write and the
+    # earlier rows are re-quantized with the new scales
+    late, st = _smoothing_error((1, 3, 20))
+    assert (st.k_smooth[:, :, 3] > 10).all() and (st.k_smooth[:, :, 40] > 10).all()
+    at_once, _ = _smoothing_error((24,))
+    monkeypatch.setattr(store_mod, "CAL_ROWS", 10**9)  # never calibrate: plain q8 blocks
+    plain, st = _smoothing_error((24,))
+    assert (st.k_smooth == 1).all()
+    assert at_once < 0.6 * plain and late < 0.8 * plain, (at_once, late, plain)
