@@ -1,9 +1,10 @@
 """Cooperative cancellation: a token per task that the running code checks.
 
 A running Python thread cannot be killed, so a cancelled or timed-out task stops only when its own code
-looks at its token.  The Runtime's generate loop calls ``current_token().check()`` once per token: a
-cancelled request then ends within one decode step, and the worker (and the model it holds) is free for the
-next task.  Code not run by a scheduler gets a token that is never cancelled, so it can check freely.
+looks at its token.  Long-running task code (a generate loop) calls ``current_token().check()`` once per
+step, e.g. per token: a cancelled request then ends within one decode step, and the worker (and the model
+it holds) is free for the next task.  Code not run by a scheduler gets a token that is never cancelled, so
+it can check freely.
 """
 from __future__ import annotations
 
