@@ -5,6 +5,7 @@ tokens) and *stopping* (a generation ending at its cancel token long before max_
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 
 from corert.errors import CancelledError, TaskTimeoutError
 from corert.models.store import ModelStore
-from corert.plugins.scheduler.affinity import process_cpus
+from corert.plugins.scheduler.affinity import process_cpus, thread_cpus
 from corert.plugins.scheduler.pools import llama_kwargs
 from corert.plugins.scheduler.token import current_token
 from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
@@ -152,3 +153,33 @@ def test_two_lanes_in_numba_parallel_code_at_once_do_not_abort():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() in ("omp", "tbb")
+
+
+def _thread_ids() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.skipif(len(process_cpus()) < 2 or not os.path.isdir("/proc/self/task"),
+                    reason="needs 2 cores and Linux /proc")
+def test_llama_cpp_threads_started_by_a_task_stay_on_its_lane():
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(_path("smollm2-135m-instruct"), n_ctx=512, n_threads=2, n_threads_batch=2,
+                          verbose=False)  # two threads on purpose: llama.cpp must start a helper thread
+    sched = WorkStealingScheduler(WorkStealingConfig(preset="inference", n_threads=2))
+    try:
+        general = next(w for w in sched.stats()["per_worker"] if w["lane"] == "general-0")
+
+        def generate_and_look():
+            before = _thread_ids()
+            started: dict[int, frozenset[int] | None] = {}
+            for _ in llm.create_completion(COUNTING, max_tokens=16, temperature=0, stream=True):
+                for tid in _thread_ids() - before:  # llama.cpp's (OpenMP) helpers, alive mid-generation
+                    started.setdefault(tid, thread_cpus(tid))
+            return started
+
+        started = sched.submit(generate_and_look, priority="batch").result(WAIT)  # batch: general lane only
+        assert started, "llama.cpp started no helper thread"
+        assert all(cpus == frozenset(general["cpus"]) for cpus in started.values()), started
+    finally:
+        sched.shutdown()
+        llm.close()
