@@ -117,6 +117,7 @@ class Transformer:
         except BaseException:
             src.close()
             raise
+        src.drop_pages()
         q_rows = cfg.n_heads * cfg.head_dim
         if layers and layers[0].wqkv.rows != q_rows + 2 * cfg.n_kv_heads * cfg.head_dim:
             raise ModelError(f"{header.path}: attention tensors do not match {cfg.n_heads} heads of "

@@ -9,10 +9,17 @@ thrash the cores).
 """
 from __future__ import annotations
 
+import os
 import threading
 
-import numba
-import numpy as np
+# GNU OpenMP's threads spin at each barrier by default; with the 2 cores shared (other pools, other
+# processes) a spinning thread waits for a preempted peer for a whole timeslice, 150 times per token:
+# decode fell from ~40 to ~2 tok/s under load.  Sleeping waits cost a few microseconds per barrier instead.
+# libgomp reads this when it is loaded, i.e. at numba's first parallel call.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 if numba.config.THREADING_LAYER in ("default", ""):
     numba.config.THREADING_LAYER = "omp"

@@ -104,6 +104,7 @@ class TensorSource:
             for t, raw in zip(infos, raws):
                 n = raw.shape[0]
                 dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
+                self.drop_pages(t)
                 r += n
             return QMatrix("q4", rows, cols, q, scale, offset)
         q = np.empty((rows, cols), np.int8)
@@ -112,8 +113,24 @@ class TensorSource:
         for t, raw in zip(infos, raws):
             n = raw.shape[0]
             dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
+            self.drop_pages(t)
             r += n
         return QMatrix("q8", rows, cols, q, scale)
+
+    def drop_pages(self, t: TensorInfo | None = None) -> None:
+        """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);
+        they count in RSS.  Pages needed later (embedding rows) are read back on demand."""
+        import mmap
+
+        mm = getattr(self._mm, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        if t is None:
+            mm.madvise(mmap.MADV_DONTNEED)
+            return
+        start = self.header.data_offset + t.offset
+        first = start // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, first, start + t.n_bytes - first)
 
     def close(self) -> None:
         mm = self._mm
