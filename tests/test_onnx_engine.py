@@ -235,3 +235,16 @@ def test_any_sequence_classifier_with_logits_and_id2label(tmp_path, encoder_path
     assert a.labels == b.labels == ["book_flight", "credit_score"]
     np.testing.assert_allclose([x.score for r in a.results for x in r.top],
                                [x.score for r in b.results for x in r.top], atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 5, 156, 157])
+def test_top_k_rows_is_a_full_sort_cut_at_k(classifier, k):
+    from corert.engines.onnx.tasks import top_k_rows
+
+    texts = ["book a flight to rome", "what's my credit score", "play some jazz", "how old are you"]
+    b = classifier.tokenizer.encode_batch(texts)
+    probs = classifier.session.run(None, classifier._feed(b))[0]
+    idx, scores = top_k_rows(probs, k)
+    want = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(np.take_along_axis(probs, idx, 1), np.take_along_axis(probs, want, 1))
+    np.testing.assert_array_equal(scores, np.take_along_axis(probs, want, 1))

@@ -124,14 +124,22 @@ class ClassifyModel(_Encoder):
             raise InputError(f"top_k must be a positive integer, got {top_k!r}")
         items = check_texts(texts)
         probs, lengths, truncated, tok_ms, run_ms = self._run_checked(items)
-        k = min(int(top_k), len(self.labels))
-        results = []
-        for row, n, t in zip(probs, lengths, truncated):
-            best = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
-            best = best[np.argsort(-row[best], kind="stable")]
-            results.append(Classification(tuple(Label(self.labels[i], float(row[i])) for i in best), n, t))
-        return ClassifyResult(tuple(results), self.name, self.max_length, len(self.labels),
+        best, scores = top_k_rows(probs, min(int(top_k), len(self.labels)))
+        labels = self.labels
+        results = tuple(Classification(tuple(Label(labels[i], s) for i, s in zip(idx, sc)), n, t)
+                        for idx, sc, n, t in zip(best.tolist(), scores.tolist(), lengths, truncated))
+        return ClassifyResult(results, self.name, self.max_length, len(self.labels),
                               Timings(tok_ms, run_ms, (time.perf_counter() - t0) * 1e3))
+
+
+def top_k_rows(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k best class indices and their scores, best first: (rows, k) each, for all rows at
+    once (a batch of 32 costs one numpy call, not 32)."""
+    part = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < probs.shape[1] else \
+        np.broadcast_to(np.arange(probs.shape[1]), probs.shape)
+    part_scores = np.take_along_axis(probs, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
 def mean_pool_l2(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
