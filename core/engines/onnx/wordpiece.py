@@ -67,7 +67,7 @@ class WordPiece:
     def encode_batch(self, texts: Sequence[str]) -> Batch:
         if len(texts) == 1:
             return self.encode_one(texts[0])
-        encs = [self._tok.encode(t) for t in texts]  # sequential: no rayon pool spinning up beside ORT's
+        encs = self._tok.encode_batch(texts)  # in Rust, GIL released (TOKENIZERS_PARALLELISM applies)
         lengths = tuple(len(e.ids) for e in encs)
         width = max(lengths)
         ids = np.zeros((len(encs), width), np.int64)  # 0 is [PAD] in BERT vocabularies; masked out anyway
