@@ -295,12 +295,12 @@ def _smoothing_error(chunks):
 def test_q8_key_smoothing_calibrates_late_and_requantizes_earlier_rows(monkeypatch):
     import corert.plugins.kv_cache.paged.store as store_mod
 
-    # position 0 alone, too few rows, then enough: calibration happens in the third write and the
+    # position 0 alone, too few rows, then enough: calibration (32 rows) happens in the third write; the
     # earlier rows are re-quantized with the new scales
-    late, st = _smoothing_error((1, 3, 20))
+    late, st = _smoothing_error((1, 3, 40))
     assert (st.k_smooth[:, :, 3] > 10).all() and (st.k_smooth[:, :, 40] > 10).all()
-    at_once, _ = _smoothing_error((24,))
+    at_once, _ = _smoothing_error((44,))
     monkeypatch.setattr(store_mod, "CAL_ROWS", 10**9)  # never calibrate: plain q8 blocks
-    plain, st = _smoothing_error((24,))
+    plain, st = _smoothing_error((44,))
     assert (st.k_smooth == 1).all()
     assert at_once < 0.6 * plain and late < 0.8 * plain, (at_once, late, plain)

@@ -9,10 +9,11 @@ The integers (ref counts, free list, prefix hashes) live in :class:`PagePool`.
 
 q8 keys are smoothed per channel before quantization (SmoothQuant's idea applied to the cache): some models
 (Qwen2's K biases) put a few channels at 10x the others, and a 32-value block's one scale then crushes the
-rest (KLD 0.013 -> 0.0004 on Qwen2.5-0.5B).  The store stores k / s and attends with q * s, which is exact
-for any s; s = per-(layer, KV head, channel) max |k| over the first CAL_ROWS rows past position 0 (position
-0 is an attention sink with atypical keys), floored at the channels' median.  Rows written before the
-calibration are re-quantized once when it happens.
+rest (KLD 0.013 -> 0.0004 on Qwen2.5-0.5B).  The store keeps (k - mu) / s and attends with q * s: exact, since
+q . k = (q * s) . ((k - mu) / s) + q . mu and the last term is the same for every position of a row, which
+softmax ignores.  mu and s are per (layer, KV head, channel): the mean and max |k - mu| of the first
+CAL_ROWS key rows past position 0 (position 0 is an attention sink with atypical keys), s floored at the
+channels' median.  Rows written before the calibration are re-quantized once when it happens.
 
 Beyond the KVStore protocol (callers that know token ids get sharing and recompute):
   reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
@@ -36,7 +37,7 @@ from .kernels import ATTEND, QB, quantize_q8, scatter
 
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
 #: Key rows (past position 0) that calibrate a layer's q8 channel smoothing.
-CAL_ROWS = 8
+CAL_ROWS = 32
 
 
 def page_bytes(cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
@@ -84,7 +85,8 @@ class PagedKVStore:
             sshape = (n_layers, n_pages, n_kv_heads, P, head_dim // QB)
             self.ks, self.vs = np.zeros(sshape, np.uint16), np.zeros(sshape, np.uint16)
             self.k_smooth = np.ones((n_layers, n_kv_heads, head_dim), np.float32)  # (layer, kv_head, hd)
-            self._cal_amax = np.zeros((n_layers, n_kv_heads, head_dim), np.float32)
+            self.k_mean = np.zeros((n_layers, n_kv_heads, head_dim), np.float32)
+            self._cal_buf: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
             self._cal_rows = [0] * n_layers
             self._q_smooth: dict[int, np.ndarray] = {}  # layer -> (n_heads, hd) once calibrated
         else:  # the kernels' signature is the same; these are never read
@@ -205,7 +207,7 @@ class PagedKVStore:
         if dt == "q8":
             if self._cal_rows[layer] < CAL_ROWS:
                 self._calibrate(layer, positions, k)
-            kq, kd = quantize_q8(k / self.k_smooth[layer])
+            kq, kd = quantize_q8((k - self.k_mean[layer]) / self.k_smooth[layer])
             vq, vd = quantize_q8(v)
             scatter(self.k[layer], pages, slots, kq)
             scatter(self.ks[layer], pages, slots, kd)
@@ -228,7 +230,7 @@ class PagedKVStore:
                 qs = np.repeat(self.k_smooth[layer], q.shape[1] // self.n_kv_heads, axis=0)
                 if self._cal_rows[layer] >= CAL_ROWS:
                     self._q_smooth[layer] = qs
-            q = q * qs  # q . k = (q * s) . (k / s): the stored keys are k / s
+            q = q * qs  # the stored keys are (k - mu) / s: see the module docstring
             self._attend(q, self.k[layer], self.ks[layer], self.v[layer], self.vs[layer], F16_TO_F32,
                          self.table, self.page_tokens, seq_ids, positions, np.float32(scale), out)
         else:
@@ -386,22 +388,26 @@ class PagedKVStore:
         rows = k[np.asarray(positions) > 0]
         if rows.shape[0] == 0:
             return
-        np.maximum(self._cal_amax[layer], np.abs(rows).max(axis=0), out=self._cal_amax[layer])
+        self._cal_buf[layer].append(np.array(rows, np.float32))
         self._cal_rows[layer] += rows.shape[0]
         if self._cal_rows[layer] < CAL_ROWS:
             return
-        a = self._cal_amax[layer]
+        x = np.concatenate(self._cal_buf[layer])
+        self._cal_buf[layer] = []
+        mu = x.mean(axis=0)
+        a = np.abs(x - mu).max(axis=0)
         s = np.maximum(a, np.median(a, axis=-1, keepdims=True))
         s = np.where(s > 0, s, 1.0).astype(np.float32)
         hw, P, KV, hd = self._high, self.page_tokens, self.n_kv_heads, self.head_dim
-        if hw:  # what was stored with s = 1 is stored again as k / s
+        if hw:  # what was stored plain (mu = 0, s = 1) is stored again as (k - mu) / s
             kd = self.k[layer, :hw].reshape(hw, KV, P, hd // QB, QB).astype(np.float32)
             kd *= F16_TO_F32[self.ks[layer, :hw]][..., None]
-            x = (kd.reshape(hw, KV, P, hd) / s[None, :, None, :]).transpose(0, 2, 1, 3).reshape(hw * P, KV, hd)
+            x = ((kd.reshape(hw, KV, P, hd) - mu[None, :, None, :]) / s[None, :, None, :])
+            x = x.transpose(0, 2, 1, 3).reshape(hw * P, KV, hd)
             q, d = quantize_q8(np.ascontiguousarray(x))
             self.k[layer, :hw] = q.reshape(hw, P, KV, hd).transpose(0, 2, 1, 3)
             self.ks[layer, :hw] = d.reshape(hw, P, KV, hd // QB).transpose(0, 2, 1, 3)
-        self.k_smooth[layer] = s
+        self.k_smooth[layer], self.k_mean[layer] = s, mu
 
     def _arrays(self) -> list[np.ndarray]:
         return [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
