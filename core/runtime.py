@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import attrs
 
+from .cancel import current_token
 from .chat import render as render_chat, validate_messages
 from .engines.common import prefill  # noqa: F401  (re-exported for decoders)
 from .errors import ConfigError, InputError, ModelError
@@ -378,6 +379,7 @@ class Runtime:
                 raise
             finally:
                 cancel.set()  # the caller stopped early: let the worker stop too
+                fut.cancel()
             self.host.hook.on_request_end(task=task, request=req, result=result, error=None)
 
         return iterate()
@@ -407,7 +409,9 @@ class Runtime:
             first_at = None
             session = loaded.session()
             n_yielded = 0
+            stop_check = current_token()  # the scheduler's cancel token: timeouts and cancels end the loop
             for token in decoder.generate(session, ids, params, tok.is_eog):
+                stop_check.check()
                 n_yielded += 1
                 if first_at is None:
                     first_at = time.perf_counter()

@@ -16,7 +16,7 @@ import pytest
 
 from corert.errors import CancelledError, ConfigError, PluginError, QueueFullError, TaskTimeoutError
 from corert.plugins.scheduler.affinity import process_cpus, thread_cpus
-from corert.plugins.scheduler.token import current_token
+from corert.cancel import current_token
 from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
 
 WAIT = 10.0  # generous upper bound for an event that must happen; never reached when things work

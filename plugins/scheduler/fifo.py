@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Callable
 
 from corert import Implementation, hookimpl
+from corert.cancel import CancelToken, set_current
 from corert.errors import ConfigError, QueueFullError
 from corert.interfaces import PRIORITIES, ThreadBudget
 
@@ -36,7 +38,8 @@ class FifoScheduler:
             raise ConfigError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
         fut: Future = Future()
         try:
-            self._queue.put_nowait((fut, fn, args, kwargs))
+            deadline = time.monotonic() + timeout if timeout is not None else None
+            self._queue.put_nowait((fut, fn, args, kwargs, deadline))
         except queue.Full:
             raise QueueFullError(f"scheduler queue is full ({self._queue.maxsize} tasks); retry later") from None
         with self._lock:
@@ -48,10 +51,11 @@ class FifoScheduler:
             item = self._queue.get()
             if item is _STOP:
                 return
-            fut, fn, args, kwargs = item
+            fut, fn, args, kwargs, deadline = item
             if not fut.set_running_or_notify_cancel():
                 self._count("cancelled")
                 continue
+            set_current(CancelToken(deadline))  # a task past its timeout stops at its next check
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
@@ -60,6 +64,8 @@ class FifoScheduler:
             else:
                 fut.set_result(result)
                 self._count("completed")
+            finally:
+                set_current(None)
 
     def _count(self, key: str) -> None:
         with self._lock:

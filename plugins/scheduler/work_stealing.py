@@ -35,7 +35,7 @@ from .affinity import pin_current_thread, process_cpus
 from .plan import PRESETS, Lane, ThreadPlan, make_plan
 from .pools import apply_numba
 from .stats import SchedulerStats, summarize
-from .token import CancelToken, _set_current, current_token
+from corert.cancel import CancelToken, current_token, set_current as _set_current
 
 log = logging.getLogger("corert.scheduler")
 

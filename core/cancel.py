@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from corert.errors import CancelledError, TaskTimeoutError
+from .errors import CancelledError, TaskTimeoutError
 
 
 class CancelToken:
@@ -74,5 +74,6 @@ def current_token() -> CancelToken:
     return getattr(_local, "token", None) or _NEVER
 
 
-def _set_current(token: CancelToken | None) -> None:
+def set_current(token: CancelToken | None) -> None:
+    """Make ``token`` the current task's (schedulers call this around each task they run)."""
     _local.token = token
