@@ -152,4 +152,4 @@ def register_engines(register):
     register(Implementation(
         area="engine", name="native", factory=lambda variant, **ctx: NativeEngine(variant),
         variants=simd_variants("ordered f32 sums, no fastmath"),
-        description="numpy/numba transformer over GGUF weights (llama, qwen2); int8 weights"))
+        description="numpy/numba transformer over GGUF weights (llama, qwen2); 4-bit and 8-bit weight blocks"))
