@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import threading
 
-# GNU OpenMP's threads spin at each barrier by default; with the 2 cores shared (other pools, other
-# processes) a spinning thread waits for a preempted peer for a whole timeslice, 150 times per token:
-# decode fell from ~40 to ~2 tok/s under load.  Sleeping waits cost a few microseconds per barrier instead.
-# libgomp reads this when it is loaded, i.e. at numba's first parallel call.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# GNU OpenMP's threads spin at each barrier before sleeping (300k spins by default).  With the cores shared
+# (other pools, other processes) a spinning thread burns the core its preempted peer needs, ~150 barriers a
+# token: smollm2 decode fell from ~115 to ~2 tok/s under load.  Never spinning (OMP_WAIT_POLICY=passive)
+# is robust but pays a futex wake-up per barrier (~69 tok/s on an idle machine).  A short spin covers the
+# gap between two kernels of one token and gives up quickly when the peer is not running: measured here
+# ~115 tok/s idle, ~45 with one core busy elsewhere (1 thread: ~72 either way).  The user's settings win.
+# libgomp reads these when it is loaded, i.e. at numba's first parallel call.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
