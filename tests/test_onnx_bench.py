@@ -62,5 +62,7 @@ def test_raw_sides_compute_what_corert_computes(kind):
     if kind == "embed":
         np.testing.assert_allclose(raw, ours, atol=1e-5)
     else:
-        top = model.classify(texts, top_k=1)
-        assert [model.labels[i] for i in raw.argmax(1)] == top.labels
+        top = model.classify(texts, top_k=5)
+        best, scores = raw
+        assert [[model.labels[i] for i in row] for row in best] == [[x.label for x in r.top] for r in top.results]
+        np.testing.assert_allclose(scores, [[x.score for x in r.top] for r in top.results], atol=1e-6)

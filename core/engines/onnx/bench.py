@@ -125,6 +125,9 @@ def _raw_side(graph_path: str, tokenizer_path: str, max_length: int, threads: Th
             m = mask[:, :, None].astype(np.float32)
             y = (y * m).sum(1) / np.maximum(m.sum(1), 1e-9)
             y = y / np.linalg.norm(y, axis=1, keepdims=True)
+        if kind == "classify":  # what a caller needs: the 5 best classes and their probabilities
+            top = np.argsort(-y, axis=1)[:, :5]
+            return top, np.take_along_axis(y, top, axis=1)
         return y
 
     return run
