@@ -161,6 +161,14 @@ def _stats(samples: list[tuple[float, float]]) -> dict[str, float]:
             "mean_ms": float(wall.mean()), "cpu_p50_ms": float(np.percentile(cpu, 50)), "n": len(samples)}
 
 
+def _paired(times: dict[str, list[tuple[float, float]]], a: str, b: str) -> dict[str, float]:
+    """Median of the per-round ratios a/b: both calls of a round ran within milliseconds of each other,
+    under the same outside load, so the ratio cancels the load drift that moves whole medians."""
+    wall = [x[0] / y[0] for x, y in zip(times[a], times[b])]
+    cpu = [x[1] / y[1] for x, y in zip(times[a], times[b]) if y[1] > 0]
+    return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu))}
+
+
 def run(args) -> dict[str, Any]:
     from ...errors import ConfigError
     from .config import default_budget
@@ -220,7 +228,8 @@ def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path)
     for n in lengths:
         text = text_of_tokens(loaded.tokenizer, n)
         times = _interleaved(sides, [text], args.runs, args.warmup)
-        single[str(n)] = {"text": text, **{k: _stats(v) for k, v in times.items()}}
+        single[str(n)] = {"text": text, **{k: _stats(v) for k, v in times.items()},
+                          "paired": _paired(times, "corert", "raw-same")}
     texts = batch_texts(32)
     times = _interleaved(sides, texts, args.batch_runs, 3)
     batch = {k: {"texts_per_s": 32 / (st["p50_ms"] / 1e3), **st} for k, st in
@@ -237,20 +246,21 @@ def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path)
     for n in lengths:
         result["ratios"][f"corert/raw-same p50 @{n}"] = ratio("corert", "raw-same", "p50_ms", n)
         result["ratios"][f"corert/raw-same cpu @{n}"] = ratio("corert", "raw-same", "cpu_p50_ms", n)
+        result["ratios"][f"corert/raw-same paired wall @{n}"] = single[str(n)]["paired"]["wall"]
     for n in lengths:
         result["ratios"][f"corert/raw-stock p50 @{n}"] = ratio("corert", "raw-stock", "p50_ms", n)
     result["ratios"]["corert/raw-same batch32 texts/s (higher is better)"] = \
         batch["corert"]["texts_per_s"] / batch["raw-same"]["texts_per_s"]
     result["ratios"]["corert/raw-same batch32 cpu"] = batch["corert"]["cpu_p50_ms"] / batch["raw-same"]["cpu_p50_ms"]
-    # The overhead goal is judged on CPU time per request: on a shared machine the wall-time ratio of two
-    # ~2 ms calls swings by +-20% with the other tenants, while corert's own extra work shows up in CPU time.
+    # The overhead goal is judged on the paired ratio (median over rounds of corert/raw-same, each round's
+    # two calls back to back): on a shared machine a ratio of two medians of ~2 ms calls swings by +-10%.
     result["goals"] = {
         f"p95 @{first} tokens <= {GOAL_P95_MS[kind]} ms (wall)":
             single[first]["corert"]["p95_ms"] <= GOAL_P95_MS[kind],
         f"p50 CPU time @{first} tokens <= {GOAL_P95_MS[kind]} ms (~ latency on an idle machine)":
             single[first]["corert"]["cpu_p50_ms"] <= GOAL_P95_MS[kind],
-        f"corert/raw-same CPU time <= {GOAL_RATIO}": all(
-            ratio("corert", "raw-same", "cpu_p50_ms", n) <= GOAL_RATIO for n in lengths),
+        f"corert/raw-same (paired wall) <= {GOAL_RATIO}": all(
+            single[str(n)]["paired"]["wall"] <= GOAL_RATIO for n in lengths),
     }
     if "runtime" in sides:
         for n in lengths:
