@@ -136,7 +136,6 @@ def test_evicted_sequence_is_recomputed_transparently(smollm2):
         m.close()
 
 
-@pytest.mark.slow
 def test_compaction_mid_run_keeps_outputs(model):
     tok = model.tokenizer
     ids = [tok.encode(p) for p in PROMPTS[:3]]
