@@ -144,7 +144,10 @@ class NativeEngine:
         n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
-        return NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta)
+        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta)
+        if hasattr(kv, "prime"):  # e.g. paged q8 calibrates on a fixed text, so outputs never depend on history
+            kv.prime(loaded)
+        return loaded
 
 
 @hookimpl

@@ -13,7 +13,9 @@ rest (KLD 0.013 -> 0.0004 on Qwen2.5-0.5B).  The store keeps (k - mu) / s and at
 q . k = (q * s) . ((k - mu) / s) + q . mu and the last term is the same for every position of a row, which
 softmax ignores.  mu and s are per (layer, KV head, channel): the mean and max |k - mu| of the first
 CAL_ROWS key rows past position 0 (position 0 is an attention sink with atypical keys), s floored at the
-channels' median.  Rows written before the calibration are re-quantized once when it happens.
+channels' median.  The engine calls ``prime(model)`` at load, which evaluates CALIBRATION_TEXT in a scratch
+sequence: every store of a model gets the same mu and s, so no sequence's output depends on what ran before
+it.  (Without priming, rows written before the calibration are re-quantized once when it happens.)
 
 Beyond the KVStore protocol (callers that know token ids get sharing and recompute):
   reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
@@ -38,6 +40,13 @@ from .kernels import ATTEND, QB, quantize_q8, scatter
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
 #: Key rows (past position 0) that calibrate a layer's q8 channel smoothing.
 CAL_ROWS = 32
+#: What ``prime`` evaluates to calibrate (prose and code, so both kinds of keys are seen).
+CALIBRATION_TEXT = (
+    "The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
+    "changed physics: on the photoelectric effect, Brownian motion, special relativity and mass-energy "
+    "equivalence.\n\ndef mean(values):\n    \"\"\"Return the arithmetic mean of a list of numbers.\"\"\"\n"
+    "    if not values:\n        raise ValueError('empty list')\n    return sum(values) / len(values)\n\n"
+    "Q: What is the capital of Japan?\nA: Tokyo, which is also the largest city in the country.")
 
 
 def page_bytes(cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
@@ -256,6 +265,21 @@ class PagedKVStore:
     def nbytes(self) -> int:
         arrays = [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
         return int(sum(a.nbytes for a in arrays))
+
+    def prime(self, model) -> None:
+        """Calibrate q8 key smoothing on CALIBRATION_TEXT through ``model`` (a loaded native model whose
+        store this is), in a scratch sequence that is released afterwards."""
+        if self.cfg.dtype != "q8" or min(self._cal_rows) >= CAL_ROWS or not self._free_ids:
+            return
+        ids = model.tokenizer.encode(CALIBRATION_TEXT)[:max(CAL_ROWS + 1, 64)]
+        ids = ids[:min(len(ids), self.max_tokens, self.n_pages * self.page_tokens)]
+        session = model.new_session()
+        try:
+            session.eval(ids)
+        finally:
+            session.close()
+        for name in ("prefix_queried", "prefix_hits"):
+            self.counters[name] = 0
 
     # -- memory management -----------------------------------------------------------------------------
     def compact(self) -> dict:
