@@ -156,8 +156,10 @@ def test_controller_accounts_for_draft_cost():
 
 
 # -- end to end on a real model ----------------------------------------------------------------------
-GROUNDED = ("<|im_start|>user\nRepeat this list exactly: apples, pears, plums, cherries, peaches, grapes, "
-            "melons, lemons, limes, oranges.<|im_end|>\n<|im_start|>assistant\n")
+# a pattern the model continues by copying: prompt lookup's home ground (smollm2 is too small to follow
+# a "repeat this" instruction reliably)
+_LIST = "apples, pears, plums, cherries, peaches, grapes, melons, lemons, limes, oranges.\n"
+GROUNDED = _LIST * 2 + "apples, pears,"
 
 
 @pytest.fixture(scope="module")
