@@ -109,11 +109,14 @@ def test_shared_prefix_pages_and_copy_on_write(model):
     kv.check()
 
 
-def test_evicted_sequence_is_recomputed_transparently(smollm2):
+def test_evicted_sequence_is_recomputed_transparently(smollm2, model):
     pb = page_bytes(PagedConfig("q8"), 30, 3, 64)
     m = _load(smollm2, n_seqs=2, budget=12 * pb)  # 12 pages of 16 tokens for two sequences
     try:
         tok = m.tokenizer
+        # a fresh store (calibrated at load on a fixed text) and one that served the other tests agree
+        first = tok.encode(PROMPTS[4])
+        assert _alone(m, first) == _alone(model, first)
         ids = tok.encode(TEXT)
         a, b = m.new_session(), m.new_session()
         want = a.eval(ids[:100])  # 7 pages
