@@ -204,7 +204,9 @@ def test_rollback_leaves_the_cache_as_if_rejected_tokens_were_never_seen(spec_rt
 
 
 def test_sampled_speculative_generation_runs_and_is_seeded(smollm2):
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:adaptive"})
+    # a fixed depth policy: the adaptive one chooses depths from measured timings, so its sampled outputs
+    # follow the right distribution but are not reproducible token for token from a seed
+    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:lookup"})
     kw = dict(max_tokens=30, temperature=0.8, seed=11)
     a, b = rt.generate(GROUNDED, **kw), rt.generate(GROUNDED, **kw)
     assert a.token_ids == b.token_ids and len(a.token_ids) > 0

@@ -3,6 +3,9 @@
 Variants: ``adaptive`` (default: prompt lookup plus the draft model when one is paired with the target,
 source and depth chosen every step, 0 = off), ``lookup`` (prompt lookup, fixed depth) and ``draft`` (draft
 model, fixed depth).  The draft model is ``RuntimeConfig.draft_model`` or the known pairing below.
+
+With sampling, every variant draws from exactly the target's distribution; but ``adaptive`` picks depths
+from measured timings, so its sampled tokens are not reproducible from a seed (greedy output is).
 """
 from __future__ import annotations
 
