@@ -76,8 +76,10 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
             return np.array(out, dtype=np.intc)
 
     def make(draft=None):
-        return lib.Llama(model_path=target_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         verbose=False, draft_model=draft)
+        # llama-cpp-python's draft paths keep logits for every position and overrun a tight context
+        # (a broadcast error in Llama.eval), so they get twice the room
+        return lib.Llama(model_path=target_path, n_ctx=n_ctx * (2 if draft else 1), n_threads=threads,
+                         n_threads_batch=threads, verbose=False, draft_model=draft)
 
     sides = {"llama.cpp plain": make()}
     if with_spec:
@@ -123,7 +125,10 @@ def run(args) -> dict[str, Any]:
                     continue
                 ids = llm.tokenize(prompt.encode(), special=True)
                 llm.reset()
-                r = _timed(llm.generate(ids, temp=0.0), args.max_tokens, is_eog)
+                try:
+                    r = _timed(llm.generate(ids, temp=0.0), args.max_tokens, is_eog)
+                except Exception as exc:  # noqa: BLE001 - the competitor's failure is a result, not our crash
+                    r = {"ids": [], "first_s": 0.0, "decode_s": 0.0, "error": f"{type(exc).__name__}: {exc}"}
                 reference = r["ids"] if name == "llama.cpp plain" else reference
                 results.setdefault(name, {}).setdefault(set_name, []).append(r)
             for name, rt in runtimes.items():
@@ -150,7 +155,9 @@ def _summarize(results, target, draft, threads, args) -> dict[str, Any]:
         for set_name, rs in sets.items():
             toks = sum(max(0, len(r["ids"]) - 1) for r in rs)
             secs = sum(r["decode_s"] for r in rs)
-            entry = {"decode_tok_s": toks / secs if secs > 0 else 0.0,
+            errors = [r["error"] for r in rs if "error" in r]
+            entry = {"decode_tok_s": toks / secs if secs > 0 else 0.0, "errors": len(errors),
+                     "first_error": errors[0] if errors else None,
                      "median_prompt_decode_tok_s": median([(len(r["ids"]) - 1) / r["decode_s"]
                                                            for r in rs if r["decode_s"] > 0]),
                      "identical_to_llama_plain": f"{sum(r['identical_to_plain'] for r in rs)}/{len(rs)}",
@@ -191,6 +198,7 @@ def render(r: dict[str, Any]) -> str:
             vl = f"{e['vs_llama_plain']:.2f}" if e["vs_llama_plain"] else "-"
             vc = f"{e['vs_corert_plain']:.2f}" if e["vs_corert_plain"] else "-"
             lines.append(f"  {name:<26}{e['decode_tok_s']:>13.1f}{vl:>15}{vc:>16}{acc:>8}"
-                         f"{e['identical_to_llama_plain']:>11}")
+                         f"{e['identical_to_llama_plain']:>11}"
+                         + (f"  ({e['errors']} failed: {e['first_error'][:60]})" if e.get("errors") else ""))
         lines.append("")
     return "\n".join(lines)
