@@ -322,7 +322,7 @@ def compare(a: str | Side, b: str | Side, *, workload: str = "generate", model: 
         plugins = {**{k: str(v).split("=", 1)[1] for k, v in common.items()}, **s.plugins}
         rts.append(Runtime(base, engine=s.engine, plugins=plugins, extra_plugins=extra_plugins,
                            **({"model": model} if model else {})))
-    model_name = model or base.model
+    model_name = model or {"embed": base.embed_model, "classify": base.classify_model}.get(workload, base.model)
     try:
         differing = tuple(a for a in AREAS if _label(rts[0], a, sides[0].engine) != _label(rts[1], a, sides[1].engine))
         if sides[0].engine != sides[1].engine:
