@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -139,7 +140,7 @@ def run(args) -> dict[str, Any]:
             for name in results:
                 r = results[name][set_name][-1]
                 r["identical_to_plain"] = r["ids"] == reference
-            print(f"  {set_name} prompt {i + 1}/{len(ps)} done", flush=True)
+            print(f"corert bench speculative: {set_name} prompt {i + 1}/{len(ps)} done", file=sys.stderr, flush=True)
         gc.collect()
     for rt in runtimes.values():
         rt.close()
