@@ -25,6 +25,7 @@ Beyond the KVStore protocol (callers that know token ids get sharing and recompu
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import attrs
@@ -418,9 +419,14 @@ class PagedKVStore:
             return
         x = np.concatenate(self._cal_buf[layer])
         self._cal_buf[layer] = []
-        mu = x.mean(axis=0)
+        mode = os.environ.get("CORERT_KV_Q8_SMOOTH", "mean")  # mean | auto | scale | off (A/B)
+        mu = x.mean(axis=0) if mode in ("auto", "mean") else np.zeros(x.shape[1:], np.float32)
+        if mode == "auto":  # only one-sided (bias-dominated) channels: a rotating channel's mean is noise
+            mu = np.where(np.abs(mu) > 0.5 * np.abs(x).max(axis=0), mu, 0.0).astype(np.float32)
         a = np.abs(x - mu).max(axis=0)
         s = np.maximum(a, np.median(a, axis=-1, keepdims=True))
+        if mode == "off":
+            s = np.ones_like(s)
         s = np.where(s > 0, s, 1.0).astype(np.float32)
         hw, P, KV, hd = self._high, self.page_tokens, self.n_kv_heads, self.head_dim
         if hw:  # what was stored plain (mu = 0, s = 1) is stored again as (k - mu) / s
