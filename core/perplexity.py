@@ -75,6 +75,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if n_ctx < 16:
         raise InputError(f"--ctx must be at least 16 tokens, got {n_ctx}")
     rt = _runtime(args, getattr(args, "engine", None), list(getattr(args, "plugin", []) or []))
+    # a reference side exists when either --ref-engine or --ref-plugin is given; its engine defaults to
+    # the tested one, so `--plugin kv_cache=paged:q8 --ref-plugin kv_cache=contiguous` compares caches
+    if args.ref_plugin and not args.ref_engine:
+        args.ref_engine = rt.config.engine
     ref_rt = _runtime(args, args.ref_engine, list(args.ref_plugin)) if args.ref_engine else None
     try:
         loaded, lock = rt.load_generation_model()
