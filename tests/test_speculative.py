@@ -2,12 +2,12 @@
 the adaptive controller, and end-to-end generation."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
 from corert import Runtime
+from corert.ab import chi2_critical as ab_chi2_critical
 from corert.interfaces import SamplingParams
 from corert.plugins.speculative.acceptance import accept_greedy, accept_sampled, sparse_probs
 from corert.plugins.speculative.controller import Chooser, DepthController
@@ -16,9 +16,8 @@ from corert.plugins.speculative.lookup import PromptLookup
 FULL = SamplingParams(temperature=1.0, top_k=0, top_p=1.0)
 
 
-def chi2_critical(df: int, alpha_z: float = 3.09) -> float:
-    """Wilson–Hilferty approximation of the chi-square quantile (z=3.09: p=0.001)."""
-    return df * (1 - 2 / (9 * df) + alpha_z * math.sqrt(2 / (9 * df))) ** 3
+def chi2_critical(df: int) -> float:
+    return ab_chi2_critical(df, 3.09)  # p = 0.001
 
 
 def chi2_stat(counts: np.ndarray, probs: np.ndarray, min_expected: float = 5.0) -> tuple[float, int]:
