@@ -27,7 +27,7 @@ class _EncoderOnly:
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    pytest.importorskip("sklearn")
+    import sklearn  # noqa: F401
     src = ModelStore().resolve("intent-minilm").parent
     d = tmp_path_factory.mktemp("intent")
     for f in (convert.HEAD_FILE, convert.LABEL_MAP_FILE):
@@ -89,7 +89,7 @@ def test_missing_sklearn_says_what_to_install(tmp_path, monkeypatch):
 
 
 def test_head_that_is_not_a_linear_classifier(tmp_path):
-    joblib = pytest.importorskip("joblib")
+    import joblib as joblib
     joblib.dump({"not": "a model"}, tmp_path / convert.HEAD_FILE)
     joblib.dump({"0": "x"}, tmp_path / convert.LABEL_MAP_FILE)
     with pytest.raises(ModelError, match="not a multinomial linear classifier"):

@@ -11,7 +11,7 @@ from corert.engines.onnx import fusions, graph, prepare
 from corert.engines.onnx.plugin import make_engine
 from corert.models.store import ModelStore
 
-onnx = pytest.importorskip("onnx")
+import onnx as onnx
 
 
 @pytest.fixture(scope="module")

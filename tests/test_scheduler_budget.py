@@ -61,7 +61,7 @@ def test_the_check_catches_an_oversubscribed_plan():
 
 
 def test_pools_are_configured_from_the_budget():
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     b = make_plan("inference", range(4)).budget
     assert llama_kwargs(b) == {"n_threads": 3, "n_threads_batch": 3}
     so = ort_session_options(b)

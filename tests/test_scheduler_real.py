@@ -28,7 +28,7 @@ def _path(name):
 
 @pytest.fixture(scope="module")
 def llama():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     sched = WorkStealingScheduler(WorkStealingConfig(preset="batch", n_threads=1))
     llm = llama_cpp.Llama(_path("smollm2-135m-instruct"), n_ctx=1024, verbose=False,
                           **llama_kwargs(sched.thread_budget()))
@@ -79,7 +79,7 @@ def test_real_generation_stops_at_its_token_and_frees_the_worker(llama, how):
     ("fifo", 1, False),  # one llama.cpp thread: the point is queue order, and 2 threads crawl on a busy box
 ])
 def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(scheduler, n_threads, embed_overtakes):
-    corert = pytest.importorskip("corert")
+    import corert
     _path("smollm2-135m-instruct"), _path("minilm-l6")
     with corert.Runtime(plugins={"scheduler": scheduler}, n_threads=n_threads) as rt:
         rt.embed(["warm up the encoder"])
@@ -142,7 +142,7 @@ print(numba.threading_layer())
 def test_two_lanes_in_numba_parallel_code_at_once_do_not_abort():
     # numba's workqueue layer aborts the process when two threads enter it at once; in a subprocess, so an
     # abort fails this test instead of killing the run
-    pytest.importorskip("numba")
+    import numba  # noqa: F401
     import subprocess
     import sys
 
@@ -159,7 +159,7 @@ def _thread_ids() -> set[int]:
 @pytest.mark.skipif(len(process_cpus()) < 2 or not os.path.isdir("/proc/self/task"),
                     reason="needs 2 cores and Linux /proc")
 def test_llama_cpp_threads_started_by_a_task_stay_on_its_lane():
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     llm = llama_cpp.Llama(_path("smollm2-135m-instruct"), n_ctx=512, n_threads=2, n_threads_batch=2,
                           verbose=False)  # two threads on purpose: llama.cpp must start a helper thread
     sched = WorkStealingScheduler(WorkStealingConfig(preset="inference", n_threads=2))

@@ -327,7 +327,7 @@ def test_sentencepiece_space_prefix_matches_llama(tmp_path, space_prefix):
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     path = tmp_path / "spm.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(1)
@@ -382,7 +382,7 @@ def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     tokens, merges, types = smollm_vocab_parts
     path = tmp_path / f"{pre}.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
@@ -417,7 +417,7 @@ def test_ignore_merges_as_llama_cpp(tmp_path, pre):
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     path = tmp_path / "im.gguf"
     w = gguf.GGUFWriter(str(path), "llama")
     for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,

@@ -5,7 +5,6 @@ import functools
 import glob
 import os
 
-import pytest
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m")
 
@@ -42,7 +41,7 @@ def tokenizer(name: str, variant: str = "avx2"):
 
 @functools.lru_cache(maxsize=None)
 def llama_vocab(name: str):
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp
     return llama_cpp.Llama(model_path(name), vocab_only=True, verbose=False)
 
 

@@ -12,6 +12,16 @@ import numpy as np
 from .graph import onnx_module
 
 
+def _index(g):
+    """(initializers by name, producing node by output name, consumer count by tensor name) of a graph."""
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    return inits, producer, consumers
+
 def gather_before_dequant(model) -> int:
     """Rewrite ``Gather(Cast(Q) * S, ids)`` (an int8 embedding table with a scale per row) into
     ``Cast(Gather(Q, ids)) * Gather(S, ids)``: the same numbers, but the table stays int8 in memory instead
@@ -21,12 +31,7 @@ def gather_before_dequant(model) -> int:
     from onnx import TensorProto, helper
 
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    inits, producer, consumers = _index(g)
     dead, new, done = set(), [], 0
     for node in g.node:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
@@ -147,12 +152,7 @@ def pack_qkv(model) -> int:
     from onnx import TensorProto, helper, numpy_helper
 
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers[i] = consumers.get(i, 0) + 1
+    inits, producer, consumers = _index(g)
     replace, dead, packed = {}, set(), 0
     for mha in [n for n in g.node if n.op_type == "MultiHeadAttention"]:
         adds = [producer.get(x) for x in mha.input[:3]]
