@@ -20,7 +20,7 @@ from corert.models.gguf_header import read_header, string_array_bytes
 from .kernels_merge import build_pair_table, build_text_table
 from .unicode_classes import _cache_dir
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 # llama.cpp token types (GGUF tokenizer.ggml.token_type)
 T_NORMAL, T_UNKNOWN, T_CONTROL, T_USER_DEFINED, T_UNUSED, T_BYTE = 1, 2, 3, 4, 5, 6
@@ -270,7 +270,8 @@ def build_vocab(path: Path) -> Vocab:
                  add_bos=add_bos, add_space_prefix=asp, types=types, piece_blob=piece_blob,
                  piece_offs=piece_offs, text_blob=text_blob, text_offs=text_offs,
                  eog=np.array(sorted(eog), dtype=np.int64), special_ids=np.array(special, dtype=np.int64),
-                 special_always=np.array([types[i] == T_USER_DEFINED for i in special], dtype=bool),
+                 special_always=np.array([types[i] == T_USER_DEFINED and str_texts[i] not in _EOG_TEXTS  # llama.cpp re-marks those control
+                                                  for i in special], dtype=bool),
                  byte_ids=byte_ids, m_left=m_left, m_right=m_right, m_result=m_result, pair_keys=pair_keys,
                  pair_vals=pair_vals, text_table=text_table, srank=srank, byte_tok=byte_tok,
                  cross_blob=_pack(crossing)[0], cross_offs=_pack(crossing)[1],
