@@ -10,8 +10,10 @@ from corert import Runtime
 from corert.ab import chi2_critical as ab_chi2_critical
 from corert.interfaces import SamplingParams
 from corert.plugins.speculative.acceptance import accept_greedy, accept_sampled, sparse_probs
-from corert.plugins.speculative.controller import Chooser, DepthController
+from corert.plugins.speculative.controller import (RESUMED, SHADOW_SPAN, Chooser, DepthController, ShadowOffer,
+                                                  VerifyCost)
 from corert.plugins.speculative.lookup import PromptLookup
+from corert.plugins.speculative.sources import LookupSource
 
 FULL = SamplingParams(temperature=1.0, top_k=0, top_p=1.0)
 
@@ -123,35 +125,91 @@ def test_prompt_lookup_proposes_the_continuation_of_the_latest_match():
 
 
 # -- controller ------------------------------------------------------------------------------------------
-def test_controller_turns_itself_off_when_acceptance_is_low():
-    ctrl = DepthController(max_depth=8)
-    chooser = Chooser(probe_every=8)
-    for m in range(1, 10):
-        ctrl.record_verify(m, 0.030 + 0.010 * (m - 1))  # each extra position costs a third of a step
-    for _ in range(20):
-        ctrl.record_acceptance(drafted=4, accepted=0)
-    choices = [chooser.choose([(0, ctrl, 8)])[1] for _ in range(32)]
-    assert choices.count(0) >= 28 and max(choices) <= 2  # off, but for short probes
+def _llama_like_costs(ctrl):
+    """verify(m) as measured for qwen 1.5B on llama.cpp, 2 cores: 2 positions cost 1.9 steps, 16 only 5.3."""
+    for m, steps in ((1, 1.0), (2, 1.93), (4, 3.1), (8, 4.9), (12, 5.9), (16, 5.3), (32, 9.2)):
+        ctrl.record_verify(m, 0.027 * steps)
 
 
-def test_controller_goes_deep_when_drafts_are_accepted_and_verify_is_cheap():
-    ctrl = DepthController(max_depth=8)
-    for m in range(1, 10):
-        ctrl.record_verify(m, 0.030 + 0.001 * (m - 1))
-    for _ in range(20):
-        ctrl.record_acceptance(drafted=8, accepted=8)
-    idx, k = Chooser().choose([(0, ctrl, 8)])
-    assert k == 8
+def test_controller_turns_itself_off_when_drafts_are_rejected():
+    ctrl = DepthController()
+    _llama_like_costs(ctrl)
+    for cls in range(5):
+        for _ in range(6):
+            ctrl.record_acceptance(drafted=8, accepted=0, cls=cls)
+    assert all(Chooser().choose([(0, ctrl, 31, cls)]) == (0, 0) for cls in range(5))
+
+
+def test_controller_goes_deep_on_long_runs_and_stays_off_short_ones():
+    """With llama.cpp's cost curve, short drafts never pay (2 positions cost 1.9 steps) but a copy that
+    runs for 20+ tokens pays from depth 15 on (16 positions for 5.3 steps)."""
+    ctrl = DepthController()
+    _llama_like_costs(ctrl)
+    for _ in range(6):
+        ctrl.record_acceptance(drafted=31, accepted=25, cls=3)
+        ctrl.record_acceptance(drafted=4, accepted=1, cls=0)
+    idx, k = Chooser().choose([(0, ctrl, 31, 3)])
+    assert k >= 15
+    assert Chooser().choose([(0, ctrl, 31, 0)]) == (0, 0)
+
+
+def test_controller_weighs_bimodal_runs_by_their_samples():
+    """Half the offers copy 30 tokens, half break at once: deep drafting still pays (a geometric rate of
+    ~0.97 fitted to the same runs would say the same for depth 3, which loses)."""
+    ctrl = DepthController()
+    _llama_like_costs(ctrl)
+    for _ in range(3):
+        ctrl.record_acceptance(drafted=31, accepted=30, cls=2)
+        ctrl.record_acceptance(drafted=31, accepted=0, cls=2)
+    k, rate = ctrl.best(31, 2)
+    assert k >= 15 and rate > 1.3 * ctrl.plain_rate()
+    assert ctrl.expected_tokens(3, 2) < ctrl.verify(4) / ctrl.verify(1)
 
 
 def test_controller_accounts_for_draft_cost():
-    ctrl = DepthController(max_depth=8)
-    for m in range(1, 10):
+    ctrl = DepthController()
+    for m in range(1, 33):
         ctrl.record_verify(m, 0.030 + 0.002 * (m - 1))
-    for _ in range(20):
-        ctrl.record_acceptance(drafted=4, accepted=2)  # ~67% acceptance
+    for _ in range(6):
+        ctrl.record_acceptance(drafted=4, accepted=2)
     ctrl.record_draft(4, 4 * 0.040)  # a draft token costs more than a target step: never worth it
-    assert Chooser().choose([(0, ctrl, 8)])[1] == 0
+    assert Chooser().choose([(0, ctrl, 8, 0)])[1] == 0
+
+
+def test_verify_cost_interpolates_measured_sizes_and_explores_beyond():
+    cost = VerifyCost(prior_slope=0.3)
+    cost.record(1, 0.030)
+    assert cost(16) == pytest.approx(0.030 * (1 + 0.3 * 15))  # nothing measured yet: the prior line
+    cost.record(2, 0.058)
+    cost.record(16, 0.160)
+    assert cost(9) == pytest.approx(0.058 + (0.160 - 0.058) * 7 / 14)
+    assert cost(32) == pytest.approx(max(0.160, 0.030 * (1 + 0.3 * 31)))
+
+
+def test_shadow_offers_teach_a_class_without_verifying():
+    """Declined prompt-lookup offers are checked against what was produced: a class whose offers would
+    have been right is switched on without spending a verify on it."""
+    ctrl = DepthController()
+    _llama_like_costs(ctrl)
+    assert ctrl.best(31, RESUMED)[0] == 0  # no evidence for resumed copies yet: off
+    for _ in range(3):
+        sh = ShadowOffer(list(range(40)), ctrl, RESUMED)
+        assert not any(sh.observe(t) for t in range(SHADOW_SPAN - 1))
+        assert sh.observe(SHADOW_SPAN - 1)
+    assert ctrl.best(31, RESUMED)[0] >= 15
+
+
+def test_lookup_prefers_the_occurrence_with_the_longest_context_and_resumes_copies():
+    look = PromptLookup(max_ngram=3, min_ngram=2)
+    look.extend([1, 2, 3, 4, 5, 6, 7, 9, 8, 5, 6, 7, 11, 4, 5, 6, 7])
+    assert look.propose_with_match(2)[:2] == ([9, 8], 4)  # (4, 5, 6, 7) continues with 9, not with 11
+    src = LookupSource()
+    src.start([10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21])
+    src.extend([12, 13])  # copying from position 2 ...
+    assert src.available(31) and src.free_offer()[:2] == [14, 15]
+    src.extend([14, 99])  # ... an edit breaks the copy at position 5 (99 instead of 15)
+    src.extend([16, 17])  # the copy goes on after the edit
+    assert src.available(31) and src.free_offer()[0] == 18 and src.offer_class() == RESUMED
 
 
 # -- end to end on a real model ----------------------------------------------------------------------

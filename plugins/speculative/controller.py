@@ -1,16 +1,41 @@
 """Adaptive draft depth: each step, choose k (0 = plain decoding) to maximise expected tokens per second.
 
-Model (Leviathan et al.): with per-token acceptance rate a, a step that drafts k tokens yields
-E(k) = (1 - a^(k+1)) / (1 - a) tokens (accepted drafts plus the target's own token) and costs
-T(k) = draft_cost * k + verify(k + 1), where verify(m) is the measured time of one target forward over m
-positions.  Plain decoding yields 1 token per verify(1).  Everything is measured on this request, as it
-runs: acceptance per draft source, draft cost per token, and verify time per batch size.  k = 0 is chosen
-when no k beats plain decoding by a margin, so speculation never makes a request meaningfully slower; a
-cheap probe every few plain steps keeps the acceptance estimate fresh.
+A step that drafts k tokens yields E(k) = 1 + mean(min(run, k)) tokens (the accepted run of drafts plus the
+target's own token, over recently observed runs) and costs T(k) = draft_cost * k + verify(k + 1), where
+verify(m) is the measured time of one target forward over m positions.  Plain decoding yields 1 token per verify(1).  Everything is measured on this request as it runs:
+
+- verify(m) per batch size, interpolated between the sizes measured so far.  It is far from linear: on 2
+  cores llama.cpp verifies 2 positions in 1.9 steps' time, 8 in 4.9 and 16 in 5.3 (its batched kernels only
+  pay off from ~16 rows), so the depth must come from measurements, not from a slope guessed once;
+- accepted runs per *match class*: a source tags each offer with how well it is anchored (prompt lookup:
+  the length of the matched context, or a copy resumed after an edit), and each class keeps its own runs.
+  A long match is a copy in progress (~95% accepted); a bare 2-gram is a guess.  One pooled estimate would
+  average the two and pick a depth that is wrong for both.  Offers declined are still checked against the
+  tokens produced instead (``ShadowOffer``), so a class that is off keeps learning;
+- the draft cost per token.
+
+Depths are taken from a ladder of batch sizes, so a handful of sizes gets measured and reused.  k = 0 is
+chosen when no k beats plain decoding by a margin, so speculation never makes a request meaningfully slower.
 """
 from __future__ import annotations
 
+import collections
+
 import attrs
+
+#: draft depths considered (verify batches of 2, 3, 4, 6, 8, 12, 16, 24, 32 positions)
+LADDER = (1, 2, 3, 5, 7, 11, 15, 23, 31)
+#: match classes by anchor length: < 4, 4-7, 8-15, 16+ tokens; then a copy resumed after an edit
+CLASS_BOUNDS = (4, 8, 16)
+RESUMED = len(CLASS_BOUNDS) + 1
+#: prior accepted-run lengths per class (replaced by measured runs within a few offers)
+CLASS_PRIORS = ((0,), (0,), (0, 8), (31,), (0,))
+#: offers remembered per class
+RECENT_RUNS = 6
+
+
+def match_class(match_len: int, resumed: bool = False) -> int:
+    return RESUMED if resumed else sum(match_len >= b for b in CLASS_BOUNDS)
 
 
 @attrs.define
@@ -25,92 +50,156 @@ class Ema:
 
 
 @attrs.define
+class VerifyCost:
+    """Seconds of one target forward per batch size: measured sizes, linear in between, a prior line
+    beyond them."""
+
+    times: dict[int, Ema] = attrs.field(factory=dict)
+    prior_slope: float = 0.3  # extra cost per position, in single steps, before anything but m=1 is known
+
+    def record(self, m: int, seconds: float) -> None:
+        self.times.setdefault(m, Ema(seconds)).add(seconds)
+
+    def __call__(self, m: int) -> float:
+        if m in self.times:
+            return self.times[m].value
+        known = sorted(self.times)
+        if not known:
+            return 1.0
+        lo = [s for s in known if s < m]
+        hi = [s for s in known if s > m]
+        if not lo:  # smaller than anything measured: proportional
+            return self.times[hi[0]].value * m / hi[0]
+        t_lo = self.times[lo[-1]].value
+        if hi:
+            t_hi = self.times[hi[0]].value
+            return t_lo + (t_hi - t_lo) * (m - lo[-1]) / (hi[0] - lo[-1])
+        # beyond the largest measured size: the prior line from one step, never below what was measured.
+        # Optimistic on purpose: a size nobody tried would otherwise never be tried (llama.cpp's 2 positions
+        # cost 1.9 steps, yet 16 cost only 5.3), and one measurement corrects it.
+        step = self.times[known[0]].value / known[0]
+        return max(t_lo, step * (1.0 + self.prior_slope * (m - 1)))
+
+
+@attrs.define
+class RunLengths:
+    """How many drafted tokens in a row were accepted, over the recent offers of one class (a run that
+    reached the end of its offer counts as the offer's length).  Kept as samples, not as one rate: a copy
+    either holds for dozens of tokens or breaks at once, and a geometric rate fitted to that bimodal mix
+    undervalues deep drafts and overvalues shallow ones.  A few prior runs start the sample; they weigh
+    less as evidence arrives and the oldest evidence drops out (a change of regime shows within a few
+    offers)."""
+
+    prior: tuple[int, ...]
+    runs: collections.deque = attrs.field(factory=lambda: collections.deque(maxlen=RECENT_RUNS))
+
+    def record(self, drafted: int, accepted: int) -> None:
+        self.runs.append(accepted)
+
+    def expected_tokens(self, k: int) -> float:
+        """Tokens a step drafting ``k`` yields: the accepted run, cut at k, plus the target's own token."""
+        sample = (*self.prior, *self.runs)
+        return 1.0 + sum(min(r, k) for r in sample) / len(sample)
+
+    @property
+    def rate(self) -> float:
+        """Per-token acceptance (for reports): accepted / (accepted + breaks), prior included."""
+        sample = (*self.prior, *self.runs)
+        return sum(sample) / (sum(sample) + len(sample))
+
+
+@attrs.define
 class DepthController:
-    max_depth: int = 8
-    accept_prior: float = 0.5
-    verify: dict[int, Ema] = attrs.field(factory=dict)   # batch size -> seconds
+    """Per draft source: its acceptance per match class and draft cost; the verify costs are shared."""
+
+    max_depth: int = 31
+    verify: VerifyCost = attrs.field(factory=VerifyCost)
     draft_cost: Ema = attrs.field(factory=lambda: Ema(0.0))
-    accepted: float = 0.0
-    rejected: float = 0.0
+    classes: list[RunLengths] = attrs.field(factory=lambda: [RunLengths(p) for p in CLASS_PRIORS])
 
     # -- evidence ------------------------------------------------------------------------------------------
     def record_verify(self, batch: int, seconds: float) -> None:
-        self.verify.setdefault(batch, Ema(seconds)).add(seconds)
+        self.verify.record(batch, seconds)
 
     def record_draft(self, n_tokens: int, seconds: float) -> None:
         if n_tokens > 0:
             self.draft_cost.add(seconds / n_tokens)
 
-    def record_acceptance(self, drafted: int, accepted: int) -> None:
-        # geometric model: each accepted token is a success, the first rejection (if any) a failure;
-        # decay old evidence so a change of regime (copying -> free text) is noticed within a few steps
-        self.accepted = 0.8 * self.accepted + accepted
-        self.rejected = 0.8 * self.rejected + (1 if accepted < drafted else 0)
+    def record_acceptance(self, drafted: int, accepted: int, cls: int = 0) -> None:
+        self.classes[cls].record(drafted, accepted)
 
-    @property
-    def acceptance(self) -> float:
-        prior = 2.0
-        return (self.accepted + prior * self.accept_prior) / (self.accepted + self.rejected + prior)
+    def acceptance(self, cls: int = 0) -> float:
+        return self.classes[cls].rate
 
     # -- decision ------------------------------------------------------------------------------------------
-    def verify_time(self, m: int) -> float:
-        if m in self.verify:
-            return self.verify[m].value
-        known = sorted(self.verify)
-        if not known:
-            return 1.0
-        t1 = self.verify[known[0]].value
-        if len(known) == 1:
-            return t1 * (1.0 + 0.1 * (m - known[0]))  # prior: each extra position costs 10% of a step
-        # linear fit through the smallest and largest measured batch sizes
-        lo, hi = known[0], known[-1]
-        slope = max(0.0, (self.verify[hi].value - self.verify[lo].value) / (hi - lo))
-        return self.verify[lo].value + slope * (m - lo)
+    def expected_tokens(self, k: int, cls: int = 0) -> float:
+        return self.classes[cls].expected_tokens(k)
 
-    def expected_tokens(self, k: int) -> float:
-        a = min(self.acceptance, 0.999)
-        return (1.0 - a ** (k + 1)) / (1.0 - a)
+    def depths(self, available: int) -> list[int]:
+        top = min(self.max_depth, available)
+        ks = [k for k in LADDER if k <= top]
+        return ks + [top] if top > 0 and top not in ks else ks
 
-    def best(self, available: int) -> tuple[int, float]:
+    def best(self, available: int, cls: int = 0) -> tuple[int, float]:
         """The depth with the highest expected tokens per second (0 and the plain rate if none is better)."""
         best_k, best_rate = 0, self.plain_rate()
-        for k in range(1, min(self.max_depth, available) + 1):
-            rate = self.expected_tokens(k) / (self.draft_cost.value * k + self.verify_time(k + 1))
+        for k in self.depths(available):
+            rate = self.expected_tokens(k, cls) / (self.draft_cost.value * k + self.verify(k + 1))
             if rate > best_rate:
                 best_k, best_rate = k, rate
         return best_k, best_rate
 
     def plain_rate(self) -> float:
-        return 1.0 / self.verify_time(1)
+        return 1.0 / self.verify(1)
+
+
+#: how many tokens of a declined offer are checked against what was produced instead
+SHADOW_SPAN = 32
+
+
+@attrs.define
+class ShadowOffer:
+    """An offer the controller declined, checked token by token against what the target produced instead.
+    For a source whose offers cost nothing (prompt lookup) this is free evidence for the offer's class: a
+    class the priors keep switched off still learns that it would have been right (an edited copy), or
+    keeps learning that it would not (free text), without a single wasted verify."""
+
+    tokens: list[int]
+    ctrl: DepthController
+    cls: int
+    matched: int = 0
+
+    def observe(self, token: int) -> bool:
+        """Feed the next produced token; True once the offer is settled (and recorded)."""
+        if token == self.tokens[self.matched]:
+            self.matched += 1
+            if self.matched < min(len(self.tokens), SHADOW_SPAN):
+                return False
+            self.ctrl.record_acceptance(self.matched, self.matched, self.cls)
+        else:
+            self.ctrl.record_acceptance(self.matched + 1, self.matched, self.cls)
+        return True
 
 
 @attrs.define
 class Chooser:
     """Picks a draft source and depth per step among several controllers (one per draft source, sharing
-    the verify timings), or k = 0; probes now and then while off."""
+    the verify timings), or k = 0."""
 
     margin: float = 0.05
-    probe_every: int = 8
-    _off_steps: int = 0
 
-    def choose(self, options: list[tuple[int, DepthController, int]]) -> tuple[int, int]:
-        """``options``: (source index, its controller, tokens it can offer).  Returns (source index, k)."""
+    def choose(self, options: list[tuple[int, DepthController, int, int]]) -> tuple[int, int]:
+        """``options``: (source index, its controller, tokens it can offer, match class of the offer).
+        Returns (source index, k)."""
         best = (0, 0, 0.0)
         plain = None
-        for idx, ctrl, available in options:
+        for idx, ctrl, available, cls in options:
             plain = ctrl.plain_rate() if plain is None else plain
             if available <= 0:
                 continue
-            k, rate = ctrl.best(available)
+            k, rate = ctrl.best(available, cls)
             if k and rate > best[2]:
                 best = (idx, k, rate)
         if plain is not None and best[1] and best[2] >= plain * (1.0 + self.margin):
-            self._off_steps = 0
             return best[0], best[1]
-        self._off_steps += 1
-        offered = [(idx, avail) for idx, _, avail in options if avail > 0]
-        if offered and self._off_steps >= self.probe_every:  # look again: the text may have become copyable
-            self._off_steps = 0
-            idx, avail = offered[0]
-            return idx, min(2, avail)
         return 0, 0

@@ -18,7 +18,7 @@ from corert.engines.common import prefill
 from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
-from .controller import Chooser, DepthController
+from .controller import Chooser, DepthController, ShadowOffer, VerifyCost
 from .sampling import Sampler
 
 
@@ -28,6 +28,8 @@ class DraftSource(Protocol):
     def start(self, prompt_ids: Sequence[int]) -> None: ...
     def extend(self, ids: Sequence[int]) -> None: ...
     def available(self, k_max: int) -> int: ...
+    def offer_class(self) -> int: ...  # controller.match_class of the last offer (0: no anchor)
+    def free_offer(self) -> list[int]: ...  # the last offer if it cost nothing to make, else []
     def propose(self, k: int, params: SamplingParams, rng: np.random.Generator
                 ) -> tuple[list[int], list[dict[int, float]]]: ...
 
@@ -43,14 +45,16 @@ class SpeculativeDecoder:
         self.adaptive = adaptive
         self.max_depth = max_depth
         self._stats: dict = {}
+        # verify timings outlive a request: they are the engine's, per session (one per loaded model)
+        self._verify: dict[int, VerifyCost] = {}
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:
         greedy = params.temperature <= 0.0
         sampler = Sampler(params)
         rng = sampler.rng
-        verify_times: dict = {}
-        ctrls = [DepthController(max_depth=self.max_depth, verify=verify_times) for _ in self.sources]
+        verify = self._verify.setdefault(id(session), VerifyCost())
+        ctrls = [DepthController(max_depth=self.max_depth, verify=verify) for _ in self.sources]
         chooser = Chooser()
         st = {"drafted": 0, "accepted": 0, "steps": 0, "spec_steps": 0, "draft_ms": 0.0, "verify_ms": 0.0,
               "per_source": {s.name: {"drafted": 0, "accepted": 0, "steps": 0} for s in self.sources}}
@@ -63,6 +67,7 @@ class SpeculativeDecoder:
             s.start(prompt_ids)
         pending = sampler(logits)
         produced = 0
+        shadows: dict[tuple[int, int], ShadowOffer] = {}  # (source, class) -> declined offer being checked
         while True:
             yield pending
             produced += 1
@@ -70,9 +75,14 @@ class SpeculativeDecoder:
                 break
             for s in self.sources:
                 s.extend((pending,))
+            shadows = {key: sh for key, sh in shadows.items() if not sh.observe(pending)}
             # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
             room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
-            idx, k = self._choose(ctrls, chooser, room)
+            idx, k, cls = self._choose(ctrls, chooser, room)
+            if k > 0:
+                shadows.clear()  # a real verify is about to give better evidence
+            elif self.adaptive:
+                self._shadow(ctrls, shadows)
             drafts: list[int] = []
             qs: list[dict[int, float]] = []
             if k > 0:
@@ -98,7 +108,7 @@ class SpeculativeDecoder:
             else:
                 n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
             session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
-            ctrls[idx].record_acceptance(len(drafts), n_ok)
+            ctrls[idx].record_acceptance(len(drafts), n_ok, cls)
             st["spec_steps"] += 1
             st["drafted"] += len(drafts)
             st["accepted"] += n_ok
@@ -119,16 +129,29 @@ class SpeculativeDecoder:
                 s.extend(drafts[:n_ok])
             pending = nxt
 
-    def _choose(self, ctrls: list[DepthController], chooser: Chooser, room: int) -> tuple[int, int]:
+    def _shadow(self, ctrls: list[DepthController], shadows: dict) -> None:
+        """Check the free offers just declined, one at a time per source and class."""
+        for i, (s, c) in enumerate(zip(self.sources, ctrls)):
+            offer = s.free_offer()
+            key = (i, s.offer_class())
+            if offer and key not in shadows:
+                shadows[key] = ShadowOffer(offer, c, key[1])
+
+    def _choose(self, ctrls: list[DepthController], chooser: Chooser, room: int) -> tuple[int, int, int]:
+        """(source index, depth, match class of its offer); depth 0 = a plain step."""
         if room <= 0:
-            return 0, 0
-        options = [(i, c, s.available(room)) for i, (s, c) in enumerate(zip(self.sources, ctrls))]
+            return 0, 0, 0
+        options = []
+        for i, (s, c) in enumerate(zip(self.sources, ctrls)):
+            avail = s.available(room)
+            options.append((i, c, avail, s.offer_class() if avail else 0))
         if not self.adaptive:
-            for i, _, avail in options:
+            for i, _, avail, cls in options:
                 if avail > 0:
-                    return i, min(avail, room)
-            return 0, 0
-        return chooser.choose(options)
+                    return i, min(avail, room), cls
+            return 0, 0, 0
+        idx, k = chooser.choose(options)
+        return idx, k, options[idx][3]
 
     def stats(self) -> dict:
         st = dict(self._stats)

@@ -11,28 +11,54 @@ from corert.errors import PluginError
 from corert.interfaces import SamplingParams
 
 from .acceptance import sparse_probs
-from .lookup import PromptLookup
+from .controller import match_class
+from .lookup import RESUME, PromptLookup
 
 
 class LookupSource:
+    """Prompt lookup that also follows the copy it proposes: ``copy_at`` walks along the source while the
+    produced tokens equal it, and where they differ (the model edited the text) it stays as the place the
+    copy broke off.  A later match just after that place resumes the copy (the classic case: fixing a typo,
+    renaming a variable, adding a hint) and gets its own match class, however short the n-gram."""
+
     name = "lookup"
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
         # a single repeated token predicts little: matching at least two keeps junk drafts out
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
-        self._lookup = PromptLookup(max_ngram, min_ngram)
-        self._proposal: list[int] = []
+        self.start(())
 
     def start(self, prompt_ids: Sequence[int]) -> None:
         self._lookup = PromptLookup(self.max_ngram, self.min_ngram)
         self._lookup.extend(prompt_ids)
+        self._proposal: list[int] = []
+        self._class = 0
+        self._copy_at: int | None = None  # source position the output is copying now
+        self._broke_at: int | None = None  # where the last copy broke off
 
     def extend(self, ids: Sequence[int]) -> None:
-        self._lookup.extend(ids)
+        toks = self._lookup.tokens
+        for t in ids:
+            if self._copy_at is not None:
+                if self._copy_at < len(toks) and toks[self._copy_at] == int(t):
+                    self._copy_at += 1
+                else:
+                    self._broke_at, self._copy_at = self._copy_at, None
+            self._lookup.extend((t,))
 
     def available(self, k_max: int) -> int:
-        self._proposal = self._lookup.propose(k_max)
+        self._proposal, match, pos = self._lookup.propose_with_match(k_max, near=self._broke_at)
+        resumed = self._broke_at is not None and self._broke_at <= pos <= self._broke_at + RESUME
+        self._class = match_class(match, resumed)
+        if self._proposal:
+            self._copy_at = pos
         return len(self._proposal)
+
+    def offer_class(self) -> int:
+        return self._class
+
+    def free_offer(self) -> list[int]:
+        return self._proposal
 
     def propose(self, k: int, params: SamplingParams, rng: np.random.Generator):
         ids = self._proposal[:k] if self._proposal else self._lookup.propose(k)
@@ -58,6 +84,12 @@ class DraftModelSource:
 
     def available(self, k_max: int) -> int:
         return min(k_max, self.max_depth, self.loaded.n_ctx - len(self.ctx) - 1)
+
+    def offer_class(self) -> int:
+        return 0  # a model's draft has no anchor: one acceptance estimate for all its offers
+
+    def free_offer(self) -> list[int]:
+        return []  # every draft token costs a forward of the draft model
 
     def propose(self, k: int, params: SamplingParams, rng: np.random.Generator):
         greedy = params.temperature <= 0.0

@@ -38,7 +38,9 @@ def draft_model_for(runtime, model: str | None) -> str | None:
 
 
 def make(variant: str, config=None, runtime=None, model=None, **_):
-    max_depth = int(getattr(config, "draft_depth", 0) or 8)
+    # prompt lookup drafts for free and copies long spans: let it go deep (the controller decides how deep);
+    # a draft model pays per token
+    max_depth = int(getattr(config, "draft_depth", 0) or (31 if variant == "adaptive" else 8))
     sources = []
     if variant in ("lookup", "adaptive"):
         sources.append(LookupSource())
