@@ -114,17 +114,16 @@ def q4_matrix():
 
 
 def _run(variant, kind, mat, x):
+    """Row-major test matrices go through the load-time conversion to row groups, as a model's do (200
+    rows: the last group is padded)."""
     k8, k4 = matmul.KERNELS[variant]
+    out = np.empty((x.shape[0], mat[0].shape[0]), np.float32)
     if kind == "q8":
-        qs, sc = mat
-        out = np.empty((x.shape[0], qs.shape[0]), np.float32)
-        k8(qs, sc, x, out, F16_TO_F32, matmul.QK)
+        k8(*matmul.group_q8(*mat), x, out, F16_TO_F32)
     else:
-        packed, d, m = mat
         xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
         matmul.block_sums(x, xsum)
-        out = np.empty((x.shape[0], packed.shape[0]), np.float32)
-        k4(packed, d, m, x, xsum, out, matmul.QK)
+        k4(*matmul.group_q4(*mat), x, xsum, out)
     return out
 
 
@@ -164,8 +163,8 @@ def _asm(dispatcher) -> str:
 
 
 def test_simd_variants_are_vectorized():
-    """The SIMD variants' block dot products compile to packed float instructions on 256/512-bit registers
-    (x86 with AVX2); the scalar reference does not use packed FMAs."""
+    """The SIMD variants' group kernels compile to packed FMAs on 256/512-bit registers (x86 with AVX2);
+    the scalar reference has no FMA at all (no contraction without fastmath)."""
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -176,16 +175,21 @@ def test_simd_variants_are_vectorized():
         pytest.skip("no AVX2 here")
     import re
 
-    w8, x = np.ones(64, np.int8), np.ones(64, np.float32)
-    s8, w4, d, xs = np.zeros(2, np.uint16), np.ones(32, np.uint8), np.ones(2, np.float32), np.ones(2, np.float32)
-    q8_wide, q4_wide, q8_scalar = (_fresh(f) for f in (matmul.dot_q8_wide, matmul.dot_q4_wide,
-                                                       matmul.dot_q8_scalar))
-    assert q8_wide(w8, x, s8, F16_TO_F32, 32) == q8_scalar(w8, x, s8, F16_TO_F32, 32)
-    q4_wide(w4, x, d, d, xs, 16)
-    packed = re.compile(r"v(fmadd\d+ps|mulps|addps|cvtdq2ps)\s[^\n]*%[yz]mm")
+    g = matmul.GROUP
+    q8, s8, x = np.ones(32 * g, np.int8), np.zeros(g, np.uint16), np.ones(32, np.float32)
+    q4, d, xs = np.ones(16 * g, np.uint8), np.ones(g, np.float32), np.ones(1, np.float32)
+    acc, tmp = np.empty(g, np.float32), np.empty(g, np.float32)
+    q8_wide, q4_wide, q8_scalar, q4_scalar = (_fresh(f) for f in (
+        matmul.q8_group_wide, matmul.q4_group_wide, matmul.q8_group_scalar, matmul.q4_group_scalar))
+    for fn in (q8_wide, q8_scalar):
+        fn(q8, s8, x, F16_TO_F32, acc, tmp, g)
+    for fn in (q4_wide, q4_scalar):
+        fn(q4, d, d, x, xs, acc, tmp, g)
+    fma = re.compile(r"vfmadd\d+ps\s[^\n]*%[yz]mm")
     for fn in (q8_wide, q4_wide):
-        assert packed.search(_asm(fn)), f"{fn.py_func.__name__} is not vectorized"
-    assert not re.search(r"vfmadd\d+ps\s[^\n]*%[yz]mm", _asm(q8_scalar))
+        assert fma.search(_asm(fn)), f"{fn.py_func.__name__} is not vectorized"
+    for fn in (q8_scalar, q4_scalar):
+        assert not re.search(r"vfmadd", _asm(fn)), f"{fn.py_func.__name__} contracts to FMA"
 
 
 # -- row-wise ops ------------------------------------------------------------------------------------------

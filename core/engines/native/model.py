@@ -145,11 +145,11 @@ class Transformer:
     def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), np.float32)
         if w.kind == "q8":
-            self._q8(w.q, w.scale, x, out, F16_TO_F32, QK)
+            self._q8(w.q, w.scale, x, out, F16_TO_F32)
         else:
             xsum = np.empty((x.shape[0], w.cols // QK), np.float32)
             block_sums(x, xsum)
-            self._q4(w.q, w.scale, w.offset, x, xsum, out, QK)
+            self._q4(w.q, w.scale, w.offset, x, xsum, out)
         return out
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,

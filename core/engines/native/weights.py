@@ -15,17 +15,18 @@ import numpy as np
 from ...errors import ModelError
 from ...models.gguf_header import GGUFHeader, TensorInfo
 from . import dequant
-from .matmul import QK
+from .matmul import QK, group_q4, group_q8
 from .numba_setup import F16_TO_F32
 
 
 @attrs.frozen
 class QMatrix:
-    """A weight matrix W (rows = outputs, cols = inputs) in blocks of 32 values along a row.
+    """A weight matrix W (rows = outputs, cols = inputs) in blocks of 32 values along a row, stored in the
+    row groups of matmul.py (``q``, ``scale``, ``offset``: one row per group of 64 output rows).
 
-    kind "q8": ``q`` int8 (rows, cols), ``scale`` f16 bits uint16 (rows, cols/32); W = q * scale.
-    kind "q4": ``q`` uint8 (rows, cols/2), two 4-bit values a byte (low nibble: value j of a block, high:
-    j + 16), ``scale`` and ``offset`` f32 (rows, cols/32); W = q * scale + offset.
+    kind "q8": int8 values, f16 scale bits (uint16) per block; W = q * scale.
+    kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 ``scale`` and
+    ``offset`` per block; W = q * scale + offset.
     """
 
     kind: str
@@ -106,7 +107,7 @@ class TensorSource:
                 dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
                 self.drop_pages(t)
                 r += n
-            return QMatrix("q4", rows, cols, q, scale, offset)
+            return QMatrix("q4", rows, cols, *group_q4(q, scale, offset))
         q = np.empty((rows, cols), np.int8)
         scale = np.empty((rows, nb), np.uint16)
         r = 0
@@ -115,7 +116,7 @@ class TensorSource:
             dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
             self.drop_pages(t)
             r += n
-        return QMatrix("q8", rows, cols, q, scale)
+        return QMatrix("q8", rows, cols, *group_q8(q, scale))
 
     def drop_pages(self, t: TensorInfo | None = None) -> None:
         """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);
