@@ -7,6 +7,8 @@ configured runtimes side by side (the B side of an A/B is ``attrs.evolve(config,
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import queue
 import threading
@@ -18,7 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import attrs
 
-from .cancel import current_token
+from .cancel import CancelToken, current_token, set_current
 from .chat import render as render_chat, validate_messages
 from .engines.common import prefill  # noqa: F401  (re-exported for decoders)
 from .errors import ConfigError, InputError, ModelError
@@ -62,10 +64,18 @@ class RuntimeConfig:
     deny: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
     models_dir: str | None = None
     #: speculative decoding: the draft model (default: the known pairing for the target) and max depth
+    #: (0: the plugin's default, 31 for speculative:adaptive, 8 for the fixed-depth variants)
     draft_model: str | None = None
-    draft_depth: int = 8
+    draft_depth: int = 0
+    #: native engine: sequences decoded together by continuous batching (1: requests take turns)
+    n_seqs: int = attrs.field(default=1)
     embed_model: str = DEFAULT_EMBED_MODEL
     classify_model: str = DEFAULT_CLASSIFY_MODEL
+
+    @n_seqs.validator
+    def _check_seqs(self, attribute, value):
+        if not isinstance(value, int) or not 1 <= value <= 256:
+            raise ConfigError(f"n_seqs must be an integer in [1, 256], got {value!r}")
 
     @n_ctx.validator
     def _check_ctx(self, attribute, value):
@@ -87,14 +97,15 @@ class RuntimeConfig:
     def from_env(cls, base: "RuntimeConfig | None" = None, environ: dict[str, str] | None = None
                  ) -> "RuntimeConfig":
         """Apply ``CORERT_MODEL``, ``CORERT_ENGINE``, ``CORERT_PLUGINS``, ``CORERT_CTX``, ``CORERT_THREADS``,
-        ``CORERT_ALLOW``, ``CORERT_DISABLE`` and ``CORERT_MODELS_DIR`` on top of ``base``."""
+        ``CORERT_ALLOW``, ``CORERT_DISABLE``, ``CORERT_MODELS_DIR``, ``CORERT_DRAFT_MODEL`` and
+        ``CORERT_N_SEQS`` on top of ``base``."""
         env = os.environ if environ is None else environ
         base = base or cls()
         changes: dict[str, Any] = {}
         for key, field, conv in (("CORERT_MODEL", "model", str), ("CORERT_ENGINE", "engine", str),
                                  ("CORERT_CTX", "n_ctx", int), ("CORERT_THREADS", "n_threads", int),
                                  ("CORERT_MODELS_DIR", "models_dir", str), ("CORERT_ALLOW", "allow", str),
-                                 ("CORERT_DRAFT_MODEL", "draft_model", str),
+                                 ("CORERT_DRAFT_MODEL", "draft_model", str), ("CORERT_N_SEQS", "n_seqs", int),
                                  ("CORERT_DISABLE", "deny", str)):
             if env.get(key):
                 try:
@@ -224,6 +235,7 @@ class Runtime:
         self._tokenizers: dict[tuple, Any] = {}
         self._encoders: dict[tuple, Any] = {}
         self._model_locks: dict[tuple, threading.Lock] = {}
+        self._batch_waiters: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- plugins ------------------------------------------------------------------------------------------
     def _engine_for(self, area: str) -> str | None:
@@ -346,12 +358,42 @@ class Runtime:
         header = read_header(self.model_path(model), want_arrays=False)
         return header.metadata.get("tokenizer.chat_template")
 
+    # -- continuous batching (native engine, n_seqs > 1, plain decoding) ------------------------------------
+    def _batches(self, req: GenerateRequest) -> bool:
+        if self.config.n_seqs <= 1 or self.config.engine != "native":
+            return False
+        return self.resolve("speculative").impl.name == "plain"
+
+    def _run_step(self, fn):
+        """A batching step runs as a scheduler task: forwards queue with the other work on its cores."""
+        return self.scheduler.submit(fn, priority="normal").result()
+
+    def _submit(self, req: GenerateRequest, *args):
+        """A request on the batching path only waits for its tokens (the forwards are the service's, run
+        on the scheduler), so it waits on a thread of its own, not on a scheduler worker; its timeout is
+        honoured through the same cancel token the scheduler would give it."""
+        if not self._batches(req):
+            return self.scheduler.submit(self._serve, req, *args, priority=req.priority, timeout=req.timeout)
+        with self._lock:
+            if self._batch_waiters is None:
+                self._batch_waiters = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=4 * self.config.n_seqs, thread_name_prefix="corert-batched-request")
+        deadline = None if req.timeout is None else time.monotonic() + req.timeout
+
+        def serve():
+            set_current(CancelToken(deadline))
+            try:
+                return self._serve(req, *args)
+            finally:
+                set_current(None)
+
+        return self._batch_waiters.submit(serve)
+
     def _submit_and_wait(self, task: str, req: GenerateRequest) -> Completion:
         self.host.hook.on_request_start(task=task, request=req)
         submitted = time.perf_counter()
         try:
-            fut = self.scheduler.submit(self._serve, req, None, None, submitted, priority=req.priority,
-                                        timeout=req.timeout)
+            fut = self._submit(req, None, None, submitted)
             result = fut.result()
         except BaseException as exc:
             self.host.hook.on_request_end(task=task, request=req, result=None, error=exc)
@@ -364,8 +406,7 @@ class Runtime:
         chunks: queue.Queue = queue.Queue()
         cancel = threading.Event()
         submitted = time.perf_counter()
-        fut = self.scheduler.submit(self._serve, req, chunks.put, cancel, submitted, priority=req.priority,
-                                    timeout=req.timeout)
+        fut = self._submit(req, chunks.put, cancel, submitted)
         fut.add_done_callback(lambda f: chunks.put(_DONE))
 
         def iterate() -> Iterator[StreamChunk]:
@@ -391,7 +432,11 @@ class Runtime:
         tok = loaded.tokenizer
         decoder_res = self.resolve("speculative")
         decoder = self.host.create(decoder_res, config=self.config, runtime=self, model=req.model)
-        with lock:  # one sequence per loaded model: requests on the same model take turns
+        # continuous batching (native engine, n_seqs > 1, plain decoding): requests share forwards instead of
+        # taking turns; otherwise one sequence per loaded model and requests on it hold its lock in turn
+        batching = (loaded.batch_service() if self.config.n_seqs > 1 and decoder_res.impl.name == "plain"
+                    and hasattr(loaded, "batch_service") else None)
+        with contextlib.nullcontext() if batching is not None else lock:
             t0 = time.perf_counter()
             ids = tok.encode(req.prompt, parse_special=True)
             t1 = time.perf_counter()
@@ -407,10 +452,11 @@ class Runtime:
             text: list[str] = []
             finish = "length"
             first_at = None
-            session = loaded.session()
             n_yielded = 0
             stop_check = current_token()  # the scheduler's cancel token: timeouts and cancels end the loop
-            for token in decoder.generate(session, ids, params, tok.is_eog):
+            tokens = (batching.generate(ids, params, tok.is_eog) if batching is not None
+                      else decoder.generate(loaded.session(), ids, params, tok.is_eog))
+            for token in tokens:
                 stop_check.check()
                 n_yielded += 1
                 if first_at is None:
@@ -445,7 +491,9 @@ class Runtime:
             timings=Timings(queue_ms=(started - submitted) * 1e3, tokenize_ms=(t1 - t0) * 1e3,
                             prompt_ms=(first_at - t1) * 1e3, decode_ms=(end - first_at) * 1e3,
                             prompt_tokens=len(ids), decode_tokens=max(0, n_yielded - 1)),
-            plugins=self.active_plugins(), decoder_stats=decoder.stats(), chat=req.chat)
+            plugins=self.active_plugins(),
+            decoder_stats=({"continuous_batching": True, "peak_streams": batching.peak_streams}
+                           if batching is not None else decoder.stats()), chat=req.chat)
         if emit is not None:
             emit(StreamChunk("", (), finish, completion))
         return completion
@@ -524,6 +572,9 @@ class Runtime:
                 except Exception:  # noqa: BLE001
                     pass
             self._loaded.clear()
+            if self._batch_waiters is not None:
+                self._batch_waiters.shutdown(wait=False)
+                self._batch_waiters = None
             if self._scheduler is not None:
                 self._scheduler.shutdown(wait=False)
                 self._scheduler = None

@@ -10,6 +10,7 @@ e.g. kv_cache=contiguous); the engine asks it for one store per model, with ``n_
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -87,7 +88,7 @@ class NativeSession:
 
 class NativeModel:
     def __init__(self, path: str, transformer, tokenizer: Tokenizer, kv, n_ctx: int, threads: int,
-                 metadata: dict[str, Any]):
+                 metadata: dict[str, Any], n_seqs: int = DEFAULT_SEQS):
         self.path = path
         self.transformer = transformer
         self.tokenizer = tokenizer
@@ -96,7 +97,10 @@ class NativeModel:
         self.n_vocab = transformer.cfg.n_vocab
         self.threads = threads
         self.metadata = metadata
+        self.n_seqs = n_seqs
         self._session: NativeSession | None = None
+        self._batching = None
+        self._batching_lock = threading.Lock()
 
     def session(self) -> NativeSession:
         """The model's default session (its cached tokens are kept so a next prompt can reuse the prefix)."""
@@ -108,10 +112,27 @@ class NativeModel:
         """Another sequence in the same KV store (up to the store's n_seqs)."""
         return NativeSession(self, self.kv.new_sequence())
 
+    def batch_service(self, run=None):
+        """The continuous-batching service of this model (its KV store's sequence slots, less the default
+        session's if one was made), created on first use with ``run`` executing its steps; None when
+        there is room for one stream only."""
+        with self._batching_lock:  # requests arrive together: exactly one service per model
+            if self._batching is None:
+                from .serving import BatchService
+
+                slots = self.n_seqs - (1 if self._session is not None else 0)
+                if slots < 2:
+                    return None
+                self._batching = BatchService(self, slots, run)
+            return self._batching
+
     def set_threads(self, threads: ThreadBudget) -> None:
         self.threads = threads.numba_threads
 
     def close(self) -> None:
+        if self._batching is not None:
+            self._batching.close()
+            self._batching = None
         if self.transformer is not None:
             self.transformer.close()
         self.transformer = None
@@ -144,7 +165,7 @@ class NativeEngine:
         n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
-        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta)
+        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs)
         if hasattr(kv, "prime"):  # e.g. paged q8 calibrates on a fixed text, so outputs never depend on history
             kv.prime(loaded)
         return loaded

@@ -1,0 +1,144 @@
+"""Continuous batching behind ``Runtime.generate``: concurrent requests on one native model share forwards.
+
+    service = BatchService(loaded, n_seqs=8)
+    for token in service.generate(prompt_ids, params, is_eog):   # from any number of threads at once
+        ...
+
+One driver thread owns a :class:`BatchRunner` and steps it while any stream is live (each step runs
+through ``run``: the Runtime hands it to its scheduler, so steps queue with other work on the cores the
+scheduler owns, and the requests themselves only wait on their token queues); a request joins
+between two steps and leaves when it finishes, is cancelled, or its consumer stops iterating (closing the
+generator cancels the stream and frees its KV pages).  Requests beyond the store's ``n_seqs`` sequence
+slots wait for a slot in arrival order.  Each request's tokens are exactly those it gets alone (see
+batching.py), so batching changes throughput, never output.
+
+A bad request (e.g. one that cannot fit the KV budget even alone) fails alone with its typed error; the
+other streams go on.  An unexpected error in a forward fails every live request with it and leaves the
+service ready for new ones.
+"""
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from typing import Callable, Iterator, Sequence
+
+from ...errors import CorertError, InputError
+from ...interfaces import SamplingParams
+from .batching import BatchRunner
+
+_END = object()
+
+
+class _Request:
+    def __init__(self, ids: list[int], params: SamplingParams, is_eog: Callable[[int], bool]):
+        self.ids, self.params, self.is_eog = ids, params, is_eog
+        self.out: queue.Queue = queue.Queue()
+        self.sid: int | None = None
+        self.cancelled = False
+
+
+class BatchService:
+    def __init__(self, model, n_seqs: int, run: Callable | None = None):
+        self.runner = BatchRunner(model)
+        self.n_seqs = n_seqs
+        self._run = run or (lambda fn: fn())  # how a step is executed (the Runtime: as a scheduler task)
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._live: dict[int, _Request] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.peak_streams = 0  # most streams decoded in one forward so far (for stats and tests)
+
+    # -- the request side --------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
+                 is_eog: Callable[[int], bool]) -> Iterator[int]:
+        req = _Request([int(t) for t in prompt_ids], params, is_eog)
+        with self._lock:
+            if self._closed:
+                raise CorertError("the batching service is closed")
+            self._waiting.append(req)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drive, name="corert-batching", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        return self._tokens(req)
+
+    def _tokens(self, req: _Request) -> Iterator[int]:
+        try:
+            while (item := req.out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            with self._lock:
+                req.cancelled = True  # the driver drops it at the next step (a no-op once finished)
+                self._lock.notify()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the driver thread -------------------------------------------------------------------------------
+    def _admit(self) -> None:
+        """Under the lock: drop cancelled streams, let waiting requests take free sequence slots."""
+        for sid, req in list(self._live.items()):
+            if req.cancelled:
+                self.runner.cancel(sid)
+                del self._live[sid]
+        while self._waiting and len(self._live) < self.n_seqs:
+            req = self._waiting.popleft()
+            if req.cancelled:
+                continue
+            try:
+                req.sid = self.runner.add(req.ids, req.params, req.is_eog)
+            except CorertError as exc:
+                req.out.put(exc)
+                continue
+            self._live[req.sid] = req
+
+    def _drive(self) -> None:
+        while True:
+            with self._lock:
+                self._admit()
+                while not self._live and not self._closed:
+                    self._lock.wait()
+                    self._admit()
+                if self._closed:
+                    for req in [*self._live.values(), *self._waiting]:
+                        req.out.put(CorertError("the batching service was closed"))
+                    return
+            self.peak_streams = max(self.peak_streams, len(self.runner.streams))
+            try:
+                produced = self._run(self.runner.step)
+            except InputError as exc:  # the runner failed the one stream at fault; the rest go on
+                self._fail(exc, only_finished=True)
+                continue
+            except BaseException as exc:  # noqa: BLE001 - delivered to the requests, not lost in a thread
+                self._fail(exc, only_finished=False)
+                continue
+            for sid, token in produced:
+                req = self._live.get(sid)
+                if req is not None:
+                    req.out.put(token)
+            self._retire()
+
+    def _retire(self) -> None:
+        with self._lock:
+            for sid in [s for s in self._live if s in self.runner.finished]:
+                self._live.pop(sid).out.put(_END)
+                self.runner.finished.pop(sid, None)
+
+    def _fail(self, exc: BaseException, only_finished: bool) -> None:
+        with self._lock:
+            for sid, req in list(self._live.items()):
+                if only_finished and sid not in self.runner.finished:
+                    continue
+                if sid in self.runner.streams:
+                    self.runner.cancel(sid)
+                self.runner.finished.pop(sid, None)
+                del self._live[sid]
+                req.out.put(exc)

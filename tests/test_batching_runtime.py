@@ -1,0 +1,78 @@
+"""Continuous batching reached through the Runtime (native engine, n_seqs > 1): concurrent requests share
+forwards, each gets exactly the text it gets alone, a request that stops early or fails leaves the others
+and the KV pool intact."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from corert import Runtime
+from corert.errors import InputError
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
+           "The three primary colors are", "Q: What is 12 times 12?\nA:", "Water boils at"]
+
+
+@pytest.fixture(scope="module")
+def runtimes(smollm2):
+    common = dict(model=smollm2, engine="native", n_ctx=512,
+                  plugins={"tokenizer": "llama_cpp", "kv_cache": "paged:q8"})
+    alone, batched = Runtime(**common), Runtime(**common, n_seqs=4)
+    yield alone, batched
+    alone.close()
+    batched.close()
+
+
+def _concurrently(fn, items):
+    results, errors = [None] * len(items), [None] * len(items)
+
+    def run(i, item):
+        try:
+            results[i] = fn(item)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            errors[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i, x)) for i, x in enumerate(items)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results, errors
+
+
+def test_concurrent_requests_are_batched_and_identical_to_alone(runtimes):
+    alone_rt, rt = runtimes
+    alone = [alone_rt.generate(p, max_tokens=16, temperature=0) for p in PROMPTS]
+    got, errors = _concurrently(lambda p: rt.generate(p, max_tokens=16, temperature=0), PROMPTS)
+    assert errors == [None] * len(PROMPTS)
+    assert [c.token_ids for c in got] == [c.token_ids for c in alone]
+    assert [c.text for c in got] == [c.text for c in alone]
+    assert max(c.decoder_stats["peak_streams"] for c in got) >= 2  # they really shared forwards
+    assert all(c.decoder_stats["continuous_batching"] for c in got)
+
+
+def test_a_stream_stopped_early_and_a_bad_request_harm_no_one(runtimes):
+    alone_rt, rt = runtimes
+    loaded, _ = rt.load_generation_model()
+    kv = loaded.kv
+    expected = alone_rt.generate(PROMPTS[0], max_tokens=24, temperature=0)
+
+    def stop_early(_):
+        stream = rt.stream(PROMPTS[1], max_tokens=200, temperature=0)
+        next(stream)
+        stream.close()  # the consumer walks away: its stream is cancelled, its pages freed
+        return "closed"
+
+    def too_long(_):
+        return rt.generate("word " * 600, max_tokens=4, temperature=0)  # more than n_ctx=512
+
+    def normal(_):
+        return rt.generate(PROMPTS[0], max_tokens=24, temperature=0)
+
+    results, errors = _concurrently(lambda f: f(None), [stop_early, too_long, normal])
+    assert results[0] == "closed" and errors[0] is None
+    assert isinstance(errors[1], InputError)
+    assert errors[2] is None and results[2].token_ids == expected.token_ids
+    # every stream left: only pages still referenced by the prefix cache remain, none held by a sequence
+    assert not kv.seqs
