@@ -32,37 +32,62 @@ def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
             v_store[s, h, p, :] = v[i, h]
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def attend_contiguous(q, k, v, seq_ids, positions, scale, out):
-    """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
-    sequence seq_ids[i].  q, out: (rows, n_heads, head_dim)."""
+@njit(fastmath=True, cache=True)
+def _attend_head(qi, k, v, scale, o, scores):
+    """``o = softmax(qi . k[:n] * scale) @ v[:n]`` for one query head, n = len(scores)."""
+    length = scores.shape[0]
+    hd = o.shape[0]
+    m = np.float32(-np.inf)
+    for t in range(length):
+        x = _dot(qi, k[t]) * scale
+        scores[t] = x
+        m = max(m, x)
+    total = np.float32(0.0)
+    for t in range(length):
+        e = np.exp(scores[t] - m)
+        scores[t] = e
+        total += e
+    o[:] = 0.0
+    for t in range(length):
+        w = scores[t]
+        vt = v[t]
+        for d in range(hd):
+            o[d] += w * vt[d]
+    inv = np.float32(1.0) / total
+    for d in range(hd):
+        o[d] *= inv
+
+
+@njit(parallel=True, cache=True)
+def _attend_parallel(q, k, v, seq_ids, positions, scale, out):
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s = seq_ids[i]
-        kvh = h // group
-        length = positions[i] + 1
-        scores = np.empty(length, np.float32)
-        qi = q[i, h]
-        m = np.float32(-np.inf)
-        for t in range(length):
-            x = _dot(qi, k[s, kvh, t]) * scale
-            scores[t] = x
-            m = max(m, x)
-        total = np.float32(0.0)
-        for t in range(length):
-            e = np.exp(scores[t] - m)
-            scores[t] = e
-            total += e
-        o = out[i, h]
-        o[:] = 0.0
-        for t in range(length):
-            w = scores[t]
-            vt = v[s, kvh, t]
-            for d in range(hd):
-                o[d] += w * vt[d]
-        inv = np.float32(1.0) / total
-        for d in range(hd):
-            o[d] *= inv
+        s, kvh = seq_ids[i], h // group
+        _attend_head(q[i, h], k[s, kvh], v[s, kvh], scale, out[i, h], np.empty(positions[i] + 1, np.float32))
+
+
+@njit(cache=True)
+def _attend_serial(q, k, v, seq_ids, positions, scale, out):
+    n, n_heads, hd = q.shape
+    group = n_heads // k.shape[1]
+    for i in range(n):
+        scores = np.empty(positions[i] + 1, np.float32)
+        for h in range(n_heads):
+            s, kvh = seq_ids[i], h // group
+            _attend_head(q[i, h], k[s, kvh], v[s, kvh], scale, out[i, h], scores)
+
+
+#: below this many query-key products a forward's attention runs on the calling thread: waking the pool
+#: costs more than the work (decode over a short context)
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def attend_contiguous(q, k, v, seq_ids, positions, scale, out):
+    """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
+    sequence seq_ids[i].  q, out: (rows, n_heads, head_dim).  Serial or parallel over (row, head) by the
+    amount of work; both run the same per-head kernel, so a row's output never depends on which."""
+    work = q.shape[1] * (int(positions.sum()) + positions.shape[0]) * q.shape[2]
+    (_attend_parallel if work >= PARALLEL_MIN_WORK else _attend_serial)(q, k, v, seq_ids, positions, scale, out)
