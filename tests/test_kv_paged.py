@@ -9,7 +9,7 @@ import pytest
 from corert.errors import ConfigError, InputError, PluginError
 from corert.plugins.kv_cache.contiguous import ContiguousKVStore
 from corert.plugins.kv_cache.paged.config import PagedConfig, parse_bytes
-from corert.plugins.kv_cache.paged.kernels import ATTEND, quantize_q8
+from corert.plugins.kv_cache.paged.kernels import ATTEND, quantize_q8, rotate, rotation_block
 from corert.plugins.kv_cache.paged.store import PagedKVStore, page_bytes
 
 L, KV, H, HD = 2, 2, 6, 64
@@ -265,42 +265,82 @@ def test_registered_for_the_native_engine_only():
     assert set(ATTEND["wide"]) == set(ATTEND["scalar"]) == set(DTYPES)
 
 
-def _smoothing_error(chunks):
-    """Mean |paged q8 - contiguous f32| of attention over keys with two loud channels, written in
-    ``chunks`` rows at a time."""
+def test_rotate_is_an_orthonormal_walsh_hadamard_transform():
+    assert rotation_block(64) == 64 and rotation_block(96) == 32 and rotation_block(128) == 128
+    h = np.array([[1.0]])
+    while h.shape[0] < 64:
+        h = np.block([[h, h], [h, -h]])
+    x = np.random.default_rng(7).standard_normal((5, 3, 128)).astype(np.float32)
+    y = x.copy()
+    rotate(y, 64)  # two blocks of 64 per row
+    want = (x.reshape(5, 3, 2, 64).astype(np.float64) @ (h / 8.0)).reshape(x.shape)
+    np.testing.assert_allclose(y, want, atol=1e-5)
+    rotate(y, 64)
+    np.testing.assert_allclose(y, x, atol=1e-5)  # its own inverse
+
+
+def _q8_error(calibrate: bool, sink_at_0: bool = True):
+    """Mean |paged q8 - contiguous f32| of attention over keys shaped like Qwen2's (two loud channels with
+    an offset, from K biases) after a position-0 key shared by every sequence (an attention sink)."""
     rng = np.random.default_rng(6)
-    st, ref = _store("q8"), ContiguousKVStore(L, KV, HD, 256, 4)
-    st.new_sequence(), ref.new_sequence()
-    outlier = np.ones(HD, np.float32)
-    outlier[[3, 40]] = 25.0  # as Qwen2's K biases make
-    start = 0
-    for n in chunks:
-        sid, pos = np.zeros(n, np.int32), np.arange(start, start + n, dtype=np.int32)
-        start += n
-        st.reserve(sid, pos), ref.reserve(sid, pos)
+    st = _store("q8")
+    loud = np.ones(HD, np.float32)
+    loud[[3, 40]] = 25.0
+    sink = rng.standard_normal((L, KV, HD)).astype(np.float32) * 8.0
+
+    def keys(layer, n, pos0):
+        k = (rng.standard_normal((n, KV, HD)).astype(np.float32) + 2.0) * loud
+        if pos0 and sink_at_0:
+            k[0] = sink[layer]
+        return k
+
+
+    def run(store, n, ref=None):
+        """A sequence of n rows written and attended layer by layer; the mean error against ``ref``."""
+        s = store.new_sequence()
+        sid, pos = np.full(n, s, np.int32), np.arange(n, dtype=np.int32)
+        store.reserve(sid, pos, token_ids=pos.astype(np.int64))
+        if ref is not None:
+            ref.new_sequence()
+            ref.reserve(sid * 0, pos)
+        err = []
         for layer in range(L):
-            k = rng.standard_normal((n, KV, HD)).astype(np.float32) * outlier
-            v = rng.standard_normal((n, KV, HD)).astype(np.float32)
-            st.write(layer, sid, pos, k, v), ref.write(layer, sid, pos, k, v)
-    q = rng.standard_normal((start, H, HD)).astype(np.float32)
-    sid, pos = np.zeros(start, np.int32), np.arange(start, dtype=np.int32)
-    err = []
-    for layer in range(L):
-        a, b = np.empty_like(q), np.empty_like(q)
-        st.attend(layer, sid, pos, q, 0.125, a), ref.attend(layer, sid, pos, q, 0.125, b)
-        err.append(np.abs(a - b).mean())
-    return float(np.mean(err)), st
+            k, v = keys(layer, n, True), rng.standard_normal((n, KV, HD)).astype(np.float32)
+            q = rng.standard_normal((n, H, HD)).astype(np.float32)
+            q[..., 3] *= 0.1  # queries that barely read the loudest key channel
+            a = np.empty_like(q)
+            store.write(layer, sid, pos, k, v), store.attend(layer, sid, pos, q, 0.125, a)
+            if ref is not None:
+                b = np.empty_like(q)
+                ref.write(layer, sid * 0, pos, k, v), ref.attend(layer, sid * 0, pos, q, 0.125, b)
+                err.append(np.abs(a - b).mean())
+        return s, float(np.mean(err)) if err else None
+
+    if calibrate:
+        with st.calibrating():
+            s, _ = run(st, 80)
+            st.release(s)
+        assert st.pool.cached_free == 0  # pages of the old basis left the prefix cache
+    _, err = run(st, 60, ContiguousKVStore(L, KV, HD, 256, 4))
+    return err, st
 
 
-def test_q8_key_smoothing_calibrates_late_and_requantizes_earlier_rows(monkeypatch):
-    import corert.plugins.kv_cache.paged.store as store_mod
-
-    # position 0 alone, too few rows, then enough: calibration (32 rows) happens in the third write; the
-    # earlier rows are re-quantized with the new scales
-    late, st = _smoothing_error((1, 3, 40))
-    assert (st.k_smooth[:, :, 3] > 10).all() and (st.k_smooth[:, :, 40] > 10).all()
-    at_once, _ = _smoothing_error((44,))
-    monkeypatch.setattr(store_mod, "CAL_ROWS", 10**9)  # never calibrate: plain q8 blocks
-    plain, st = _smoothing_error((44,))
-    assert (st.k_smooth == 1).all()
-    assert at_once < 0.6 * plain and late < 0.8 * plain, (at_once, late, plain)
+def test_q8_calibration_weights_key_channels_and_stores_the_sink_exactly():
+    rotated_only, st = _q8_error(calibrate=False)
+    assert not st.coding.calibrated and (st.coding.w == 1).all()
+    calibrated, st = _q8_error(calibrate=True)
+    c = st.coding
+    assert c.calibrated and (c.w[:, :, 3] < 0.2 * np.median(c.w)).all()  # loud, rarely read: squeezed
+    assert np.abs(c.mu[:, :, 40] - 50.0).max() < 10.0  # the offset is taken out
+    # position 0 equals the calibration's position 0: stored as all zeros, its key exact via the kernel's sink
+    p0 = st.table[0, 0]
+    assert not st.k[:, p0, :, 0].any()
+    assert calibrated < 0.5 * rotated_only, (calibrated, rotated_only)
+    # the reference key of position 0 is a help, never needed for correctness
+    other_sink, _ = _q8_error(calibrate=True, sink_at_0=False)
+    assert other_sink < 0.5 * rotated_only, (other_sink, rotated_only)
+    with pytest.raises(InputError, match="release"):
+        st2 = _store("q8")
+        with st2.calibrating():
+            st2.new_sequence()
+            st2.reserve(np.zeros(1, np.int32), np.zeros(1, np.int32))

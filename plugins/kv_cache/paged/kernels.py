@@ -5,7 +5,9 @@ Layout of one layer's pool (the store keeps all layers in one array and passes `
   scales (n_pages, n_kv_heads, page_tokens, head_dim // QB)   f16 bits (uint16), q8 only
 A sequence's position t sits in page ``table[seq, t // page_tokens]`` at slot ``t % page_tokens``.
 Pages are dequantized inside the kernel (f16 bits through a 65536-entry table, q8 as int8 x block scale):
-no f32 copy of the cache exists anywhere.
+no f32 copy of the cache exists anywhere.  q8 pages hold keys and values in a rotated, smoothed basis (see
+q8.py); the q8 kernels take queries in that basis and return outputs in it, and add ``sink[kv_head] . q`` to
+the score of position 0, whose key is stored relative to a calibrated reference.
 
 Every (row, query head) pair is computed on its own by the same code, so a row's output depends only on its
 query and its own sequence's K/V (the KVStore contract that makes batching and verification exact).
@@ -48,6 +50,32 @@ def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inv = np.divide(1.0, d16.astype(np.float32), out=np.zeros_like(amax), where=d16 > 0)
     q = np.clip(np.rint(b * inv[..., None]), -127, 127).astype(np.int8)
     return q.reshape(rows, heads, d), d16.view(np.uint16)
+
+
+# -- rotation: a normalized fast Walsh-Hadamard transform (orthogonal and its own inverse) ----------------
+def rotation_block(head_dim: int) -> int:
+    """Values the rotation mixes: the largest power of two dividing head_dim (64 for head_dim 64)."""
+    return head_dim & -head_dim
+
+
+@njit(cache=True, boundscheck=False)
+def rotate(x, block):
+    """In place, every ``block`` values of the last axis of x (rows, heads, d): x <- H x / sqrt(block).
+    Strictly ordered f32 butterflies, the same for every row, so a row's result never depends on the batch."""
+    norm = np.float32(1.0 / np.sqrt(block))
+    for i in range(x.shape[0]):
+        for h in range(x.shape[1]):
+            v = x[i, h]
+            for b0 in range(0, v.shape[0], block):
+                span = 1
+                while span < block:
+                    for j in range(b0, b0 + block, 2 * span):
+                        for d in range(j, j + span):
+                            a, c = v[d], v[d + span]
+                            v[d], v[d + span] = a + c, a - c
+                    span *= 2
+                for d in range(b0, b0 + block):
+                    v[d] *= norm
 
 
 # -- softmax over a score row (shared) -------------------------------------------------------------------
@@ -163,7 +191,9 @@ def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, sc
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_q8_scalar(q, kp, ks, vp, vs, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_q8_scalar(q, kp, ks, vp, vs, sink, tab, table, page_tokens, seq_ids, positions, scale, out):
+    """As attend_f32_scalar over q8 pages; ``sink`` (n_kv_heads, head_dim) is what position 0's stored key
+    lacks (its dot with the query is added to that score)."""
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
@@ -172,9 +202,13 @@ def attend_q8_scalar(q, kp, ks, vp, vs, tab, table, page_tokens, seq_ids, positi
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
         scores = np.empty(length, np.float32)
         m = np.float32(-np.inf)
+        c0 = _dot_f32_s(q[i, h], sink[kvh], tab)
         for t in range(length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            x = _dot_q8_s(q[i, h], kp[pg, kvh, sl], ks[pg, kvh, sl], tab) * scale
+            x = _dot_q8_s(q[i, h], kp[pg, kvh, sl], ks[pg, kvh, sl], tab)
+            if t == 0:
+                x += c0
+            x *= scale
             scores[t] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
@@ -315,7 +349,7 @@ def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_q8_wide(q, kp, ks, vp, vs, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_q8_wide(q, kp, ks, vp, vs, sink, tab, table, page_tokens, seq_ids, positions, scale, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     bs = hd // ks.shape[3]
@@ -326,13 +360,17 @@ def attend_q8_wide(q, kp, ks, vp, vs, tab, table, page_tokens, seq_ids, position
         scores = np.empty(length, np.float32)
         m = np.float32(-np.inf)
         qi = q[i, h]
+        c0 = _dot_f32_w(qi, sink[kvh], hd)
         t = 0
         for j in range(table.shape[1]):
             if t >= length:
                 break
             pg = table[s, j]
             for sl in range(min(page_tokens, length - t)):
-                x = _dot_q8_w(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab, bs) * scale
+                x = _dot_q8_w(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab, bs)
+                if t == 0:
+                    x += c0
+                x *= scale
                 scores[t] = x
                 m = max(m, x)
                 t += 1
@@ -352,7 +390,7 @@ def attend_q8_wide(q, kp, ks, vp, vs, tab, table, page_tokens, seq_ids, position
             o[d] *= inv
 
 
-#: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, ...),
+#: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, sink, ...),
 #: the others (q, k, v, ...); the f16 table is passed to all (f32 ignores it).
 ATTEND = {
     "wide": {"f32": attend_f32_wide, "f16": attend_f16_wide, "q8": attend_q8_wide},

@@ -7,15 +7,11 @@ Storage (all layers of a page together, so a page id means the same tokens in ev
   table    (n_seqs, max_pages) int32: page of each sequence's j-th block of page_tokens positions
 The integers (ref counts, free list, prefix hashes) live in :class:`PagePool`.
 
-q8 keys are smoothed per channel before quantization (SmoothQuant's idea applied to the cache): some models
-(Qwen2's K biases) put a few channels at 10x the others, and a 32-value block's one scale then crushes the
-rest (KLD 0.013 -> 0.0004 on Qwen2.5-0.5B).  The store keeps (k - mu) / s and attends with q * s: exact, since
-q . k = (q * s) . ((k - mu) / s) + q . mu and the last term is the same for every position of a row, which
-softmax ignores.  mu and s are per (layer, KV head, channel): the mean and max |k - mu| of the first
-CAL_ROWS key rows past position 0 (position 0 is an attention sink with atypical keys), s floored at the
-channels' median.  The engine calls ``prime(model)`` at load, which evaluates CALIBRATION_TEXT in a scratch
-sequence: every store of a model gets the same mu and s, so no sequence's output depends on what ran before
-it.  (Without priming, rows written before the calibration are re-quantized once when it happens.)
+q8 pages hold keys and values in a basis where int8 blocks lose little (q8.py: per-channel centring and
+weighting of keys, a Walsh-Hadamard rotation of keys and values, position 0 against a reference key); the
+attention result is exact up to that rounding.  The basis is calibrated per layer on CALIBRATION_TEXT: the
+engine calls ``prime(model)`` at load, which evaluates it in a scratch sequence inside ``calibrating()``, so
+every store of a model gets the same basis and no sequence's output depends on what ran before it.
 
 Beyond the KVStore protocol (callers that know token ids get sharing and recompute):
   reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
@@ -25,8 +21,8 @@ Beyond the KVStore protocol (callers that know token ids get sharing and recompu
 """
 from __future__ import annotations
 
-import os
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import attrs
 import numpy as np
@@ -37,17 +33,27 @@ from corert.errors import InputError
 from .blocks import PagePool, chain_hash
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
 from .kernels import ATTEND, QB, quantize_q8, scatter
+from .q8 import CAL_ROWS, Calibration, Q8Coding
 
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
-#: Key rows (past position 0) that calibrate a layer's q8 channel smoothing.
-CAL_ROWS = 32
-#: What ``prime`` evaluates to calibrate (prose and code, so both kinds of keys are seen).
+#: What ``prime`` evaluates to calibrate q8 pages (prose, code, markup, lists, a table: the kinds of keys
+#: and queries a runtime sees).  Its first CAL_ROWS + 1 tokens are used.
 CALIBRATION_TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
     "changed physics: on the photoelectric effect, Brownian motion, special relativity and mass-energy "
     "equivalence.\n\ndef mean(values):\n    \"\"\"Return the arithmetic mean of a list of numbers.\"\"\"\n"
     "    if not values:\n        raise ValueError('empty list')\n    return sum(values) / len(values)\n\n"
-    "Q: What is the capital of Japan?\nA: Tokyo, which is also the largest city in the country.")
+    "Q: What is the capital of Japan?\nA: Tokyo, which is also the largest city in the country.\n\n"
+    "## Installation\n\nRun `pip install requests` and then import it:\n\n```js\nconst url = new URL('https://"
+    "example.com/path?query=1#top');\nconsole.log(url.hostname, url.searchParams.get('query'));\n```\n\n"
+    "Rivers carry sediment from the mountains to the sea, and over thousands of years their deltas grow into "
+    "fertile plains where farmers plant rice, wheat and cotton. Heavy rains in spring often flood the lowlands.\n\n"
+    "1. Open the settings menu.\n2. Select *Privacy* and turn off location history.\n3. Restart the device.\n\n"
+    "SELECT name, COUNT(*) AS n FROM orders WHERE created_at >= '2024-01-01' GROUP BY name ORDER BY n DESC;\n\n"
+    "She said, \"I'll be there by seven,\" but the train was late, so we waited on the platform, drinking "
+    "coffee and watching the snow fall over the empty tracks.\n\n"
+    "| Name | Age | City |\n|------|-----|------|\n| Anna | 34 | Berlin |\n| Luis | 28 | Madrid |\n\n"
+    "for (let i = 0; i < items.length; i++) {\n  if (items[i].done) continue;\n  total += items[i].price * 1.2;\n}\n")
 
 
 def page_bytes(cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
@@ -94,13 +100,10 @@ class PagedKVStore:
         if cfg.dtype == "q8":
             sshape = (n_layers, n_pages, n_kv_heads, P, head_dim // QB)
             self.ks, self.vs = np.zeros(sshape, np.uint16), np.zeros(sshape, np.uint16)
-            self.k_smooth = np.ones((n_layers, n_kv_heads, head_dim), np.float32)  # (layer, kv_head, hd)
-            self.k_mean = np.zeros((n_layers, n_kv_heads, head_dim), np.float32)
-            self._cal_buf: list[list[np.ndarray]] = [[] for _ in range(n_layers)]
-            self._cal_rows = [0] * n_layers
-            self._q_smooth: dict[int, np.ndarray] = {}  # layer -> (n_heads, hd) once calibrated
+            self.coding: Q8Coding | None = Q8Coding(n_layers, n_kv_heads, head_dim)
         else:  # the kernels' signature is the same; these are never read
-            self.ks = self.vs = None
+            self.ks = self.vs = self.coding = None
+        self._calibration: Calibration | None = None
         self.table = np.zeros((n_seqs, self.max_pages), np.int32)
         self._attend = ATTEND[cfg.kernel][cfg.dtype]
         self.pool = PagePool(n_pages)
@@ -215,10 +218,10 @@ class PagedKVStore:
         pages, slots = self._where(seq_ids, positions)
         dt = self.cfg.dtype
         if dt == "q8":
-            if self._cal_rows[layer] < CAL_ROWS:
-                self._calibrate(layer, positions, k)
-            kq, kd = quantize_q8((k - self.k_mean[layer]) / self.k_smooth[layer])
-            vq, vd = quantize_q8(v)
+            if self._calibration is not None:
+                self._calibration.add_keys(layer, positions, k)
+            kq, kd = quantize_q8(self.coding.keys(layer, positions, k))
+            vq, vd = quantize_q8(self.coding.values(v))
             scatter(self.k[layer], pages, slots, kq)
             scatter(self.ks[layer], pages, slots, kd)
             scatter(self.v[layer], pages, slots, vq)
@@ -235,14 +238,13 @@ class PagedKVStore:
         seq_ids = np.asarray(seq_ids, np.int32)
         positions = np.asarray(positions, np.int32)
         if self.cfg.dtype == "q8":
-            qs = self._q_smooth.get(layer)
-            if qs is None:
-                qs = np.repeat(self.k_smooth[layer], q.shape[1] // self.n_kv_heads, axis=0)
-                if self._cal_rows[layer] >= CAL_ROWS:
-                    self._q_smooth[layer] = qs
-            q = q * qs  # the stored keys are (k - mu) / s: see the module docstring
-            self._attend(q, self.k[layer], self.ks[layer], self.v[layer], self.vs[layer], F16_TO_F32,
-                         self.table, self.page_tokens, seq_ids, positions, np.float32(scale), out)
+            if self._calibration is not None:
+                self._calibration.add_queries(layer, positions, q)
+            c = self.coding  # pages hold keys and values in its basis: see q8.py
+            self._attend(c.queries(layer, q), self.k[layer], self.ks[layer], self.v[layer], self.vs[layer],
+                         c.sink[layer], F16_TO_F32, self.table, self.page_tokens, seq_ids, positions,
+                         np.float32(scale), out)
+            c.outputs(out)
         else:
             self._attend(q, self.k[layer], self.v[layer], F16_TO_F32, self.table, self.page_tokens,
                          seq_ids, positions, np.float32(scale), out)
@@ -268,19 +270,40 @@ class PagedKVStore:
         return int(sum(a.nbytes for a in arrays))
 
     def prime(self, model) -> None:
-        """Calibrate q8 key smoothing on CALIBRATION_TEXT through ``model`` (a loaded native model whose
-        store this is), in a scratch sequence that is released afterwards."""
-        if self.cfg.dtype != "q8" or min(self._cal_rows) >= CAL_ROWS or not self._free_ids:
+        """Calibrate the q8 basis on CALIBRATION_TEXT through ``model`` (a loaded native model whose store
+        this is), in a scratch sequence that is released afterwards."""
+        if self.coding is None or self.coding.calibrated or not self._free_ids:
             return
-        ids = model.tokenizer.encode(CALIBRATION_TEXT)[:max(CAL_ROWS + 1, 64)]
+        ids = model.tokenizer.encode(CALIBRATION_TEXT)[:CAL_ROWS + 1]
         ids = ids[:min(len(ids), self.max_tokens, self.n_pages * self.page_tokens)]
-        session = model.new_session()
-        try:
-            session.eval(ids)
-        finally:
-            session.close()
+        with self.calibrating():
+            session = model.new_session()
+            try:
+                session.eval(ids)
+            finally:
+                session.close()
         for name in ("prefix_queried", "prefix_hits"):
             self.counters[name] = 0
+
+    @contextlib.contextmanager
+    def calibrating(self) -> Iterator[None]:
+        """Whatever runs inside calibrates the q8 basis (once; its sequences must be released by the end).
+        Pages written before hold the old basis, so they leave the prefix cache."""
+        if self.coding is None or self.coding.calibrated:
+            yield
+            return
+        if any(st.pages for st in self.seqs.values()):
+            raise InputError("calibrate q8 KV pages before any sequence holds K/V")
+        self._calibration = Calibration(self.coding)
+        try:
+            yield
+        finally:
+            cal, self._calibration = self._calibration, None
+        if any(st.pages for st in self.seqs.values()):
+            raise InputError("a sequence still holds K/V written during calibration: release it first")
+        cal.finish()
+        for p in range(self.n_pages):
+            self.pool.forget(p)
 
     # -- memory management -----------------------------------------------------------------------------
     def compact(self) -> dict:
@@ -407,37 +430,6 @@ class PagedKVStore:
                 f"KV cache full: this step needs {need} more pages of {self.page_tokens} tokens but only "
                 f"{len(self.pool.free)} of {self.n_pages} are free after evicting every idle sequence "
                 f"(budget {self.budget_bytes >> 20} MiB); raise CORERT_KV_BUDGET or shorten the request")
-
-    def _calibrate(self, layer: int, positions: np.ndarray, k: np.ndarray) -> None:
-        """Accumulate key magnitudes; at CAL_ROWS rows fix the layer's smoothing and re-quantize its pages."""
-        rows = k[np.asarray(positions) > 0]
-        if rows.shape[0] == 0:
-            return
-        self._cal_buf[layer].append(np.array(rows, np.float32))
-        self._cal_rows[layer] += rows.shape[0]
-        if self._cal_rows[layer] < CAL_ROWS:
-            return
-        x = np.concatenate(self._cal_buf[layer])
-        self._cal_buf[layer] = []
-        mode = os.environ.get("CORERT_KV_Q8_SMOOTH", "mean")  # mean | auto | scale | off (A/B)
-        mu = x.mean(axis=0) if mode in ("auto", "mean") else np.zeros(x.shape[1:], np.float32)
-        if mode == "auto":  # only one-sided (bias-dominated) channels: a rotating channel's mean is noise
-            mu = np.where(np.abs(mu) > 0.5 * np.abs(x).max(axis=0), mu, 0.0).astype(np.float32)
-        a = np.abs(x - mu).max(axis=0)
-        s = np.maximum(a, np.median(a, axis=-1, keepdims=True))
-        if mode == "off":
-            s = np.ones_like(s)
-        s = np.where(s > 0, s, 1.0).astype(np.float32)
-        hw, P, KV, hd = self._high, self.page_tokens, self.n_kv_heads, self.head_dim
-        if hw:  # what was stored plain (mu = 0, s = 1) is stored again as (k - mu) / s
-            kd = self.k[layer, :hw].reshape(hw, KV, P, hd // QB, QB).astype(np.float32)
-            kd *= F16_TO_F32[self.ks[layer, :hw]][..., None]
-            x = ((kd.reshape(hw, KV, P, hd) - mu[None, :, None, :]) / s[None, :, None, :])
-            x = x.transpose(0, 2, 1, 3).reshape(hw * P, KV, hd)
-            q, d = quantize_q8(np.ascontiguousarray(x))
-            self.k[layer, :hw] = q.reshape(hw, P, KV, hd).transpose(0, 2, 1, 3)
-            self.ks[layer, :hw] = d.reshape(hw, P, KV, hd // QB).transpose(0, 2, 1, 3)
-        self.k_smooth[layer], self.k_mean[layer] = s, mu
 
     def _arrays(self) -> list[np.ndarray]:
         return [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
