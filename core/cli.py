@@ -8,6 +8,7 @@ import os
 import platform
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import CorertError, InputError
@@ -163,7 +164,32 @@ def cmd_plugins(args) -> int:
             print(f"  {impl['name']:<14} [{variants}]  {impl['description']}  (from {impl['plugin']})")
     for f in info["failures"]:
         print(f"\nfailed plugin {f['plugin']} ({f['stage']}): {f['error']}")
+    for line in _kv_cache_lines(info.get("kv_cache")):
+        print(line)
     return 0
+
+
+def _kv_cache_lines(kv: dict | None) -> list[str]:
+    """The KV cache's configuration and the live stats of loaded models' stores (paged cache)."""
+    if not kv or "name" not in kv:
+        return []
+    lines = [f"\nkv_cache {kv['name']}"]
+    cfg = kv.get("config")
+    if cfg:
+        budget = (f"{cfg['budget_bytes'] / 2**20:.0f} MiB" if cfg.get("budget_bytes") is not None else
+                  f"every sequence at full length, at most {cfg.get('default_budget_cap_bytes', 0) / 2**20:.0f} MiB")
+        lines.append(f"  pages of {cfg['page_tokens']} tokens, {cfg['dtype']}, budget {budget}, "
+                     f"kernel {cfg['kernel']}")
+    for st in kv.get("stores", []):
+        lines.append(
+            f"  {Path(st['model']).name}: pages {st['pages_used']} used / {st['pages_free']} free of "
+            f"{st['pages_total']} ({st['pages_cached_free']} free but cached), {st['shared_pages']} shared; "
+            f"{st['bytes_used'] / 2**20:.1f} of {st['bytes_total'] / 2**20:.1f} MiB, "
+            f"{st['bytes_per_token']:.0f} B/token; prefix hit rate {st['prefix_hit_rate']:.2f}, "
+            f"{st['evictions']} evictions, waste {st['waste']:.2f}")
+    if cfg and not kv.get("stores"):
+        lines.append("  (no model loaded in this process: live page stats appear once one is)")
+    return lines
 
 
 def cmd_models(args) -> int:

@@ -252,7 +252,24 @@ class Runtime:
         return self.host.resolve(area, self.selections.get(area), engine=eng)
 
     def plugins_info(self) -> dict[str, Any]:
-        return describe(self.host, self.selections, self.config.engine)
+        return {**describe(self.host, self.selections, self.config.engine), "kv_cache": self.kv_cache_info()}
+
+    def kv_cache_info(self) -> dict[str, Any] | None:
+        """The KV cache this runtime's engine uses, without loading anything: its provider's ``stats()`` when
+        it has one (paged: configured page geometry and budget) and the live stats of the stores of the
+        models this runtime has loaded (pages used/free, bytes, sharing, prefix hits, evictions, waste)."""
+        try:
+            res = self.resolve("kv_cache")
+            provider = self.host.create(res, engine=self.config.engine, model=None, config=self.config)
+        except Exception as exc:  # noqa: BLE001  (the area listing already reports why)
+            return {"error": str(exc)}
+        stats = getattr(provider, "stats", None)
+        info: dict[str, Any] = {"name": res.label, **(stats() if callable(stats) else {})}
+        with self._lock:
+            loaded = [(key[0], m) for key, m in self._loaded.items() if key[-2] == res.label]
+        info["stores"] = [{"model": path, **m.kv.stats()} for path, m in loaded
+                          if callable(getattr(getattr(m, "kv", None), "stats", None))]
+        return info
 
     @property
     def scheduler(self):

@@ -249,3 +249,25 @@ def test_registered_models_extend_the_store(tmp_path):
     rt = Runtime(models_dir=str(tmp_path), extra_plugins=[("mymodels", _module("corert_test_models",
                                                                                 register_models=register_models))])
     assert "my-model" in rt.store.specs and "smollm2-135m-instruct" in rt.store.specs
+
+
+def test_plugins_shows_paged_kv_config_and_live_stats(smollm2, capsys):
+    from corert.cli import _kv_cache_lines
+
+    rt = Runtime(model=smollm2, engine="native", plugins={"kv_cache": "paged:q8", "tokenizer": "llama_cpp"},
+                 n_ctx=256)
+    try:
+        kv = rt.plugins_info()["kv_cache"]  # nothing loaded yet: the configuration only
+        assert kv["name"] == "paged:q8" and kv["config"]["page_tokens"] == 16 and kv["stores"] == []
+        assert rt.generate("The capital of France is", max_tokens=3, temperature=0).usage.completion_tokens
+        (st,) = rt.plugins_info()["kv_cache"]["stores"]  # the loaded model's store, live
+        assert st["model"] == smollm2 and st["dtype"] == "q8"
+        assert st["pages_used"] + st["pages_free"] == st["pages_total"] > 0
+        assert st["bytes_per_token"] == 12240  # SmolLM2: 30 layers x 3 KV heads x 2 x (64 + 4) bytes
+        text = "\n".join(_kv_cache_lines(rt.plugins_info()["kv_cache"]))
+        assert "12240 B/token" in text and "prefix hit rate" in text and "evictions" in text
+    finally:
+        rt.close()
+    assert cli_main(["plugins", "--json", "--engine", "native", "--plugin", "kv_cache=paged:f16"]) == 0
+    shown = json.loads(capsys.readouterr().out)["kv_cache"]
+    assert shown["config"]["dtype"] == "f16" and shown["stores"] == []

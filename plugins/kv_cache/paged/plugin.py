@@ -11,7 +11,7 @@ from corert import Implementation, hookimpl
 from corert.cpu import Variant
 from corert.errors import PluginError
 
-from .config import PagedConfig
+from .config import DEFAULT_BUDGET_CAP, PagedConfig
 from .store import PagedKVStore
 
 
@@ -33,7 +33,8 @@ class PagedKV:
     def stats(self) -> dict[str, Any]:
         """The stats of the stores this provider allocated (one per loaded model)."""
         return {"config": {"dtype": self.cfg.dtype, "page_tokens": self.cfg.page_tokens,
-                           "budget_bytes": self.cfg.budget_bytes, "kernel": self.cfg.kernel},
+                           "budget_bytes": self.cfg.budget_bytes, "default_budget_cap_bytes": DEFAULT_BUDGET_CAP,
+                           "kernel": self.cfg.kernel},
                 "stores": [s.stats() for s in self.stores]}
 
 
