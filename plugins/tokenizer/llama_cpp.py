@@ -33,7 +33,6 @@ class LlamaCppTokenizer:
         self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
         self._eog = frozenset(i for i in range(self.vocab_size) if lib.llama_vocab_is_eog(self._vocab, i))
         self._pieces: dict[int, bytes] = {}
-        self._buf = ctypes.create_string_buffer(256)
 
     def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = False) -> list[int]:
         if not isinstance(text, str):
@@ -57,8 +56,9 @@ class LlamaCppTokenizer:
         if piece is None:
             if not 0 <= token_id < self.vocab_size:
                 raise InputError(f"token id {token_id} out of range 0..{self.vocab_size - 1}")
-            n = self._lib.llama_token_to_piece(self._vocab, token_id, self._buf, len(self._buf), 0, False)
-            piece = self._buf.raw[:n] if n > 0 else b""
+            buf = ctypes.create_string_buffer(256)  # per call: requests decode from several threads at once
+            n = self._lib.llama_token_to_piece(self._vocab, token_id, buf, len(buf), 0, False)
+            piece = buf.raw[:n] if n > 0 else b""
             self._pieces[token_id] = piece
         return piece
 
