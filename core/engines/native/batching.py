@@ -26,7 +26,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...interfaces import SamplingParams
-from .numba_setup import PARALLEL_LOCK, set_threads
+from .numba_setup import PARALLEL_LOCK, run_parallel
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long.
 DEFAULT_PREFILL_ROWS = 256
@@ -147,13 +147,13 @@ class BatchRunner:
         pos_a = np.asarray(pos, np.int32)
         m = self.model
         with PARALLEL_LOCK:
-            set_threads(m.threads)
             if self._tracks:
                 self.kv.reserve(seq_a, pos_a, token_ids=ids_a)
             else:
                 self.kv.reserve(seq_a, pos_a)
             try:
-                logits = m.transformer.forward(ids_a, seq_a, pos_a, self.kv, np.asarray(logit_rows))
+                logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv, np.asarray(logit_rows),
+                                      threads=m.threads)
             except BaseException:
                 for sid, _ in plan:
                     st = self.streams[sid]

@@ -21,7 +21,7 @@ from ...interfaces import ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
 from ...plugin_host import hookimpl
 from ...registry import Implementation
-from .numba_setup import PARALLEL_LOCK, set_threads
+from .numba_setup import PARALLEL_LOCK, run_parallel
 
 DEFAULT_SEQS = 1
 
@@ -51,7 +51,6 @@ class NativeSession:
         start = len(self.tokens)
         paged = hasattr(m.kv, "match_prefix")  # a store that tracks ids (kv_cache=paged)
         with PARALLEL_LOCK:
-            set_threads(m.threads)  # numba's thread count is per calling thread
             have = m.kv.length(self.seq)
             if have < start:  # the store evicted this idle sequence's K/V: recompute them first
                 if have == 0 and paged:
@@ -66,7 +65,8 @@ class NativeSession:
             else:
                 m.kv.reserve(seq_ids, positions)
             try:
-                logits = m.transformer.forward(arr.astype(np.int32), seq_ids, positions, m.kv, rows)
+                logits = run_parallel(m.transformer.forward, arr.astype(np.int32), seq_ids, positions, m.kv,
+                                      rows, threads=m.threads)
             except BaseException:
                 m.kv.truncate(self.seq, have)
                 raise
@@ -156,8 +156,7 @@ class NativeEngine:
             raise ModelError("the native engine needs a tokenizer plugin")
         n_threads = threads.numba_threads if threads is not None else 1
         with PARALLEL_LOCK:
-            set_threads(n_threads)
-            transformer = Transformer.load(header, self.variant)
+            transformer = run_parallel(Transformer.load, header, self.variant, threads=n_threads)
         cfg = transformer.cfg
         if tokenizer.vocab_size > cfg.n_vocab:
             raise ModelError(f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.n_vocab}")
