@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..compute import on_compute_thread
 from ..errors import InputError, ModelError
 from ..interfaces import ThreadBudget, Tokenizer
 from ..models.gguf_header import read_header
@@ -33,7 +34,10 @@ class LlamaCppSession:
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Logits of the last position (a view valid until the next eval) or, with ``all_logits``, a copy
-        with one row per id."""
+        with one row per id.  Runs on the process's compute thread (corert.compute: one OpenMP team)."""
+        return on_compute_thread(self._eval, ids, all_logits)
+
+    def _eval(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
         n = len(ids)
         if n == 0:
             raise InputError("nothing to evaluate")

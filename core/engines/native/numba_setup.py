@@ -9,9 +9,7 @@ thrash the cores).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import os
-import queue
 import threading
 
 # GNU OpenMP's threads spin at each barrier before sleeping (300k spins by default).  With the cores shared
@@ -25,6 +23,8 @@ if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 import numba  # noqa: E402
+
+from ...compute import on_compute_thread  # noqa: E402
 import numpy as np  # noqa: E402
 
 if numba.config.THREADING_LAYER in ("default", ""):
@@ -34,56 +34,16 @@ if numba.config.THREADING_LAYER in ("default", ""):
 PARALLEL_LOCK = threading.Lock()
 
 
-class _ParallelThread:
-    """The one thread that launches the engine's parallel kernels.
-
-    GNU OpenMP keeps a team of threads per thread that starts parallel regions.  When a model was loaded
-    from one thread (say the main thread) and then run from another (a scheduler worker), both teams
-    lived on and decode ran at 100 instead of 230 tok/s on SmolLM2 (2 cores, measured: the idle team's
-    threads still contend at every barrier).  Sending every forward pass to this thread keeps one team for
-    the process, whoever calls; the hop costs a few microseconds per forward.
-    """
-
-    def __init__(self):
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
-
-    def run(self, fn, *args, threads: int | None = None):
-        if threading.current_thread() is self._thread:  # already here (a forward inside a load)
-            return self._call(fn, args, threads)
-        with self._start:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="corert-numba-parallel", daemon=True)
-                self._thread.start()
-        done = concurrent.futures.Future()
-        self._jobs.put((done, fn, args, threads))
-        return done.result()
-
-    @staticmethod
-    def _call(fn, args, threads):
-        if threads is not None:
-            set_threads(threads)  # numba's thread count is per calling thread: set it here
-        return fn(*args)
-
-    def _loop(self) -> None:
-        while True:
-            done, fn, args, threads = self._jobs.get()
-            if not done.set_running_or_notify_cancel():
-                continue
-            try:
-                done.set_result(self._call(fn, args, threads))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                done.set_exception(exc)
-
-
-_PARALLEL = _ParallelThread()
+def _with_threads(fn, args, threads):
+    if threads is not None:
+        set_threads(threads)  # numba's thread count is per calling thread: set it on the compute thread
+    return fn(*args)
 
 
 def run_parallel(fn, *args, threads: int | None = None):
-    """``fn(*args)`` on the thread that launches every parallel kernel (see :class:`_ParallelThread`),
-    with ``threads`` numba threads; returns its result or raises its exception."""
-    return _PARALLEL.run(fn, *args, threads=threads)
+    """``fn(*args)`` on the process's compute thread (see corert.compute), with ``threads`` numba
+    threads; returns its result or raises its exception."""
+    return on_compute_thread(_with_threads, fn, args, threads)
 
 #: f16 bit pattern -> f32 value; numba has no float16 type on the CPU, GGUF scales are f16.
 F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
