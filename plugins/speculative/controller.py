@@ -28,8 +28,10 @@ LADDER = (1, 2, 3, 5, 7, 11, 15, 23, 31)
 #: match classes by anchor length: < 4, 4-7, 8-15, 16+ tokens; then a copy resumed after an edit
 CLASS_BOUNDS = (4, 8, 16)
 RESUMED = len(CLASS_BOUNDS) + 1
-#: prior accepted-run lengths per class (replaced by measured runs within a few offers)
-CLASS_PRIORS = ((0,), (0,), (0, 8), (31,), (0,))
+#: prior accepted-run lengths per class (replaced by measured runs within a few offers).  Only long
+#: matches start on: their first try drafts at most 15 (16 positions cost ~5 steps on llama.cpp, 32 cost
+#: ~9), the others wait for evidence from declined offers (ShadowOffer)
+CLASS_PRIORS = ((0,), (0,), (0, 8), (16,), (0,))
 #: offers remembered per class
 RECENT_RUNS = 6
 
