@@ -144,20 +144,38 @@ def test_bad_input_is_a_typed_error():
     assert tok.decode([]) == ""
 
 
-def _write_gguf(path, model: str, pre: str) -> None:
-    """A tiny real GGUF file with only a tokenizer (no such model ships here, so the test writes one)."""
+def _vocab_gguf(path, model: str, tokens, types, *, pre=None, merges=None, scores=None,
+                llama_loadable: bool = False, **keys) -> None:
+    """A tiny real GGUF file holding a tokenizer only (no such model ships here, so tests write one).
+    ``llama_loadable`` adds the hyperparameters llama.cpp reads even for a vocab_only load; ``keys`` are
+    further GGUFWriter.add_<key>(value) calls (bos_token_id=1, add_space_prefix=False, ...)."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), "llama")
+    if llama_loadable:
+        for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,
+                    w.add_head_count):
+            add(8)
+        w.add_layer_norm_rms_eps(1e-5)
     w.add_tokenizer_model(model)
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(["a", "b", "ab", "Ġ"])
-    w.add_token_types([1, 1, 1, 1])
-    w.add_token_merges(["a b"])
+    if pre is not None:
+        w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    if merges is not None:
+        w.add_token_merges(merges)
+    if scores is not None:
+        w.add_token_scores(scores)
+    for key, value in keys.items():
+        getattr(w, f"add_{key}")(value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _write_gguf(path, model: str, pre: str) -> None:
+    _vocab_gguf(path, model, ["a", "b", "ab", "Ġ"], [1, 1, 1, 1], pre=pre, merges=["a b"])
 
 
 def test_unknown_pre_tokenizer_is_a_clear_error(tmp_path):
@@ -256,22 +274,11 @@ def test_long_word_buckets_equal_heap_merges():
 
 def test_merge_order_falls_back_when_ranks_are_not_monotone(tmp_path):
     """A vocabulary whose merge creates a lower-ranked pair ('c ab' before 'a b') is merged in heap order."""
-    import gguf
-
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
     path = tmp_path / "odd.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(["a", "b", "c", "ab", "cab"])
-    w.add_token_types([1] * 5)
-    w.add_token_merges(["c ab", "a b"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _vocab_gguf(path, "gpt2", ["a", "b", "c", "ab", "cab"], [1] * 5, pre="qwen2", merges=["c ab", "a b"])
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     assert tok.encode("cab" * 100, add_bos=False) == [4] * 100  # long word: buckets bail out to the heap
     assert tok.encode("cab", add_bos=False) == [4]
@@ -322,34 +329,16 @@ def test_threads_share_one_tokenizer_safely():
 def test_sentencepiece_space_prefix_matches_llama(tmp_path, space_prefix):
     """add_space_prefix (Gemma has it off; Llama-2-style vocabularies on): no shipped model has it, so a
     small SentencePiece vocabulary is written and both tokenizers read the same file."""
-    import gguf
-
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
     import llama_cpp
     path = tmp_path / "spm.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    w.add_context_length(64)
-    w.add_embedding_length(8)
-    w.add_feed_forward_length(16)
-    w.add_head_count(1)
-    w.add_layer_norm_rms_eps(1e-5)
     pieces = ["\u2581", "a", "b", "c", "\u2581a", "ab", "\u2581ab", "bc", "abc", "\u2581abc", "\u2581\u2581", "<x>"]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces)
-    w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 1) + [4])
-    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_space_prefix(space_prefix)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _vocab_gguf(path, "llama", ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces,
+                [2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 1) + [4],
+                scores=[0.0] * 259 + [-float(i) for i in range(len(pieces))], llama_loadable=True,
+                bos_token_id=1, eos_token_id=2, unk_token_id=0, add_bos_token=True, add_space_prefix=space_prefix)
     llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     assert tok.vocab.add_space_prefix is space_prefix
@@ -377,31 +366,14 @@ def smollm_vocab_parts():
 def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path):
     """Names llama.cpp maps to the patterns implemented here (digits+GPT-2, qwen2, GPT-2, llama3):
     SmolLM2's real vocabulary written under each name, read by both tokenizers."""
-    import gguf
-
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
     import llama_cpp
     tokens, merges, types = smollm_vocab_parts
     path = tmp_path / f"{pre}.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,
-                w.add_head_count):
-        add(8)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _vocab_gguf(path, "gpt2", tokens, types, pre=pre, merges=merges, llama_loadable=True,
+                bos_token_id=1, eos_token_id=2, add_bos_token=False)
     llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     for text in list(REAL_TEXTS.values()) + _corpus_texts()[:3]:
@@ -412,29 +384,13 @@ def test_other_pre_tokenizer_names_match_llama(pre, smollm_vocab_parts, tmp_path
 def test_ignore_merges_as_llama_cpp(tmp_path, pre):
     """llama3-type vocabularies take a pre-token that is a token as it is ('abc' below), where merges alone
     would give 'a' + 'bc'; dbrx and qwen2 merge.  Written vocabulary, both tokenizers read it."""
-    import gguf
-
     from corert.plugins.tokenizer.bpe import BpeTokenizer
     from corert.plugins.tokenizer.vocab import load_vocab
 
     import llama_cpp
     path = tmp_path / "im.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add in (w.add_block_count, w.add_context_length, w.add_embedding_length, w.add_feed_forward_length,
-                w.add_head_count):
-        add(8)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(pre)
-    w.add_token_list(["a", "b", "c", "bc", "abc", "Ġ", "1", "Ġa", "<|bos|>"])
-    w.add_token_types([1] * 8 + [3])
-    w.add_token_merges(["b c", "Ġ a"])
-    w.add_bos_token_id(8)
-    w.add_eos_token_id(8)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _vocab_gguf(path, "gpt2", ["a", "b", "c", "bc", "abc", "Ġ", "1", "Ġa", "<|bos|>"], [1] * 8 + [3], pre=pre,
+                merges=["b c", "Ġ a"], llama_loadable=True, bos_token_id=8, eos_token_id=8)
     llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
     tok = BpeTokenizer(load_vocab(path, use_cache=False), "scalar")
     assert tok.vocab.ignore_merges is (pre == "llama-bpe")

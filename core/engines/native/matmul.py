@@ -31,6 +31,8 @@ halve the vector width.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -160,55 +162,39 @@ def block_sums(x, out):
 
 
 # -- matrix products: x (n, cols) f32, out (n, rows) f32 ------------------------------------------------------
-# One driver per (kind, variant): numba caches a function by name, so a driver cannot take its group kernel
-# as a parameter and stay cached.
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q8_wide(q, s, x, out, tab):
+# ``wide`` picks the group kernel (a literal per variant, see KERNELS); the drivers only move results, so
+# one driver serves both: numba caches a function by name, and a driver taking its group kernel as a
+# parameter would not stay cached.
+@njit(parallel=True, cache=True, boundscheck=False)
+def q8_matmul(q, s, x, out, tab, wide):
     rows, n = out.shape[1], x.shape[0]
     for g in prange(q.shape[0]):
         acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
         r0 = g * GROUP
         for t in range(n):
-            q8_group_wide(q[g], s[g], x[t], tab, acc, tmp, GROUP)
+            if wide:
+                q8_group_wide(q[g], s[g], x[t], tab, acc, tmp, GROUP)
+            else:
+                q8_group_scalar(q[g], s[g], x[t], tab, acc, tmp, GROUP)
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def q8_scalar(q, s, x, out, tab):
+def q4_matmul(q, d, m, x, xsum, out, wide):
     rows, n = out.shape[1], x.shape[0]
     for g in prange(q.shape[0]):
         acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
         r0 = g * GROUP
         for t in range(n):
-            q8_group_scalar(q[g], s[g], x[t], tab, acc, tmp, GROUP)
-            for r in range(min(GROUP, rows - r0)):
-                out[t, r0 + r] = acc[r]
-
-
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4_wide(q, d, m, x, xsum, out):
-    rows, n = out.shape[1], x.shape[0]
-    for g in prange(q.shape[0]):
-        acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
-        r0 = g * GROUP
-        for t in range(n):
-            q4_group_wide(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
-            for r in range(min(GROUP, rows - r0)):
-                out[t, r0 + r] = acc[r]
-
-
-@njit(parallel=True, cache=True, boundscheck=False)
-def q4_scalar(q, d, m, x, xsum, out):
-    rows, n = out.shape[1], x.shape[0]
-    for g in prange(q.shape[0]):
-        acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
-        r0 = g * GROUP
-        for t in range(n):
-            q4_group_scalar(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
+            if wide:
+                q4_group_wide(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
+            else:
+                q4_group_scalar(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 
 
 #: variant -> (q8 kernel, q4 kernel)
-KERNELS = {"avx2": (q8_wide, q4_wide), "neon": (q8_wide, q4_wide), "scalar": (q8_scalar, q4_scalar)}
+KERNELS = {name: (functools.partial(q8_matmul, wide=wide), functools.partial(q4_matmul, wide=wide))
+           for name, wide in (("avx2", True), ("neon", True), ("scalar", False))}
