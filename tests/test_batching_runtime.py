@@ -76,3 +76,14 @@ def test_a_stream_stopped_early_and_a_bad_request_harm_no_one(runtimes):
     assert errors[2] is None and results[2].token_ids == expected.token_ids
     # every stream left: only pages still referenced by the prefix cache remain, none held by a sequence
     assert not kv.seqs
+
+
+def test_bad_n_seqs_is_a_config_error():
+    from corert import RuntimeConfig
+    from corert.errors import ConfigError
+
+    for bad in (0, 257, "4"):
+        with pytest.raises(ConfigError, match="n_seqs"):
+            Runtime(n_seqs=bad)
+    with pytest.raises(ConfigError, match="CORERT_N_SEQS"):
+        RuntimeConfig.from_env(environ={"CORERT_N_SEQS": "many"})
