@@ -12,6 +12,11 @@ AREAS = ("kv_cache", "speculative", "tokenizer", "scheduler")
 ENGINE_AREA = "engine"
 
 
+def engine_name(engine: str) -> str:
+    """``native:vnni`` -> ``native``: an engine's variant does not change which plugins work with it."""
+    return engine.split(":", 1)[0]
+
+
 @attrs.frozen
 class Implementation:
     """One swappable implementation, e.g. the ``bpe`` tokenizer with variants avx2/neon/scalar.
@@ -32,4 +37,4 @@ class Implementation:
     description: str = ""
 
     def supports_engine(self, engine: str) -> bool:
-        return self.engines is None or engine in self.engines
+        return self.engines is None or engine_name(engine) in self.engines

@@ -28,7 +28,7 @@ from .interfaces import PRIORITIES, SamplingParams
 from .models.registry import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_GENERATION_MODEL
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
-from .registry import AREAS, ENGINE_AREA
+from .registry import AREAS, ENGINE_AREA, engine_name
 from .stops import StopMatcher
 
 GENERATION_ENGINES = ("llama.cpp", "native")
@@ -260,7 +260,8 @@ class Runtime:
         models this runtime has loaded (pages used/free, bytes, sharing, prefix hits, evictions, waste)."""
         try:
             res = self.resolve("kv_cache")
-            provider = self.host.create(res, engine=self.config.engine, model=None, config=self.config)
+            provider = self.host.create(res, engine=engine_name(self.config.engine), model=None,
+                                        config=self.config)
         except Exception as exc:  # noqa: BLE001  (the area listing already reports why)
             return {"error": str(exc)}
         stats = getattr(provider, "stats", None)
@@ -296,10 +297,10 @@ class Runtime:
 
     def load_generation_model(self, model: str | None = None, engine: str | None = None):
         engine = engine or self.config.engine
-        if engine not in GENERATION_ENGINES and engine != self.config.engine:
+        if engine_name(engine) not in GENERATION_ENGINES and engine != self.config.engine:
             raise ConfigError(f"engine {engine!r} does not generate text; use one of {', '.join(GENERATION_ENGINES)}")
         eng_res = self.resolve(ENGINE_AREA, engine)
-        if engine == "onnx":
+        if engine_name(engine) == "onnx":
             raise ConfigError("engine 'onnx' serves embed and classify, not generation; "
                               f"use --engine {' or '.join(GENERATION_ENGINES)}")
         path = self.model_path(model)
@@ -310,7 +311,7 @@ class Runtime:
             loaded = self._loaded.get(key)
             if loaded is None:
                 tokenizer = self.tokenizer(model, engine)
-                kv = self.host.create(kv_res, engine=engine, model=str(path), config=self.config)
+                kv = self.host.create(kv_res, engine=engine_name(engine), model=str(path), config=self.config)
                 eng = self.host.create(eng_res, config=self.config)
                 loaded = eng.load(str(path), tokenizer=tokenizer, kv_cache=kv, n_ctx=self.config.n_ctx,
                                   threads=self.scheduler.thread_budget(), config=self.config)
@@ -377,7 +378,7 @@ class Runtime:
 
     # -- continuous batching (native engine, n_seqs > 1, plain decoding) ------------------------------------
     def _batches(self, req: GenerateRequest) -> bool:
-        if self.config.n_seqs <= 1 or self.config.engine != "native":
+        if self.config.n_seqs <= 1 or engine_name(self.config.engine) != "native":
             return False
         return self.resolve("speculative").impl.name == "plain"
 

@@ -7,7 +7,7 @@ import pytest
 
 import gguf
 import gguf.quants
-from corert.engines.native import attention, dequant, matmul, ops, sampling
+from corert.engines.native import attention, dequant, matmul, matmul_i8, ops, products, sampling
 from corert.engines.native.numba_setup import F16_TO_F32
 from corert.models.gguf_header import read_header
 
@@ -114,24 +114,37 @@ def q4_matrix():
 
 
 def _run(variant, kind, mat, x):
-    """Row-major test matrices go through the load-time conversion to row groups, as a model's do (200
-    rows: the last group is padded)."""
-    k8, k4 = matmul.KERNELS[variant]
+    """Row-major test matrices go through the variant's load-time layout, as a model's do (200 rows: the
+    last group is padded)."""
+    p = products.PRODUCTS[variant]
     out = np.empty((x.shape[0], mat[0].shape[0]), np.float32)
     if kind == "q8":
-        k8(*matmul.group_q8(*mat), x, out, F16_TO_F32)
+        p.q8(p.layout_q8(*mat), x, out)
     else:
-        xsum = np.empty((x.shape[0], x.shape[1] // 32), np.float32)
-        matmul.block_sums(x, xsum)
-        k4(*matmul.group_q4(*mat), x, xsum, out)
+        p.q4(p.layout_q4(*mat), x, out)
     return out
 
 
-@pytest.mark.parametrize("variant", list(matmul.KERNELS))
+def _needs(variant):
+    from corert.cpu import info
+    from corert.engines.native.plugin import VNNI
+
+    if variant == "vnni" and not VNNI.supported(info()):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+
+
+F32_VARIANTS = ["avx2", "neon", "scalar"]
+
+
+def _matrix(kind, q8_matrix, q4_matrix):
+    return ((q8_matrix[:2], q8_matrix[2], q8_matrix[3]) if kind == "q8"
+            else (q4_matrix[:3], q4_matrix[3], q4_matrix[4]))
+
+
+@pytest.mark.parametrize("variant", F32_VARIANTS)
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix):
-    mat, x, ref = ((q8_matrix[:2], q8_matrix[2], q8_matrix[3]) if kind == "q8"
-                   else (q4_matrix[:3], q4_matrix[3], q4_matrix[4]))
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
     got = _run(variant, kind, mat, x)
     scalar = _run("scalar", kind, mat, x)
     scale = np.abs(ref).max()
@@ -140,9 +153,45 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matri
     assert np.abs(got - ref).max() <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("variant", list(matmul.KERNELS))
+def _weights_f64(kind, mat):
+    if kind == "q8":
+        qs, sc = mat
+        return (qs.reshape(qs.shape[0], -1, 32) * F16_TO_F32[sc][..., None]).reshape(qs.shape[0], -1), None
+    packed, d, m = mat
+    p = packed.reshape(packed.shape[0], -1, 16)
+    q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
+    return (q * d[..., None]).reshape(packed.shape[0], -1), m
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
+    """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
+    (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
+    _needs("vnni")
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
+    got = _run("vnni", kind, mat, x)
+    n, cols = x.shape
+    blocks = x.reshape(n, -1, 32).astype(np.float32)
+    d1 = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    q1 = np.rint(blocks * (np.float32(127) / np.abs(blocks).max(axis=2, keepdims=True)))
+    d2 = d1 / np.float32(matmul_i8.LEVEL2)
+    q2 = np.rint((blocks - q1 * d1) * (np.float32(matmul_i8.LEVEL2) * np.float32(127)
+                                       / np.abs(blocks).max(axis=2, keepdims=True)))
+    assert np.abs(q1).max() <= 127 and np.abs(q2).max() <= 127
+    x_hat = (q1.astype(np.float64) * d1 + q2.astype(np.float64) * d2)
+    w, m = _weights_f64(kind, mat)
+    exact = x_hat.reshape(n, cols) @ w.T
+    if m is not None:  # the offset term uses the sums of the rounded blocks
+        exact += x_hat.sum(axis=2) @ m.T.astype(np.float64)
+    scale = np.abs(ref).max()
+    assert np.abs(got - exact).max() <= 1e-5 * scale
+    assert np.abs(got - ref).max() <= 3e-5 * scale  # ~16-bit activations: close to the f32 kernels
+
+
+@pytest.mark.parametrize("variant", list(products.PRODUCTS))
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix):
+    _needs(variant)
     mat, x = (q8_matrix[:2], q8_matrix[2]) if kind == "q8" else (q4_matrix[:3], q4_matrix[3])
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
     batched = _run(variant, kind, mat, x)
@@ -190,6 +239,22 @@ def test_simd_variants_are_vectorized():
         assert fma.search(_asm(fn)), f"{fn.py_func.__name__} is not vectorized"
     for fn in (q8_scalar, q4_scalar):
         assert not re.search(r"vfmadd", _asm(fn)), f"{fn.py_func.__name__} contracts to FMA"
+
+
+def test_vnni_kernels_use_vpdpbusd():
+    """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
+    _needs("vnni")
+    import re
+
+    x, xd, xs = np.zeros((1, 2, 32), np.uint8), np.zeros((1, 2, 1), np.float32), np.zeros((1, 1), np.float32)
+    d, out = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
+    for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, xd, xs, out)),
+                     (matmul_i8.q8_matmul, (np.zeros((1, 8 * 64), np.int8), d, np.zeros((1, 16), np.int32),
+                                            x, xd, out))):
+        f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
+        f(*args)
+        asm = _asm(f)
+        assert re.search(r"vpdpbusd\s+[^\n]*%zmm", asm), f"{fn.py_func.__name__}: no vpdpbusd"
 
 
 # -- row-wise ops ------------------------------------------------------------------------------------------

@@ -31,8 +31,6 @@ halve the vector width.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -162,7 +160,7 @@ def block_sums(x, out):
 
 
 # -- matrix products: x (n, cols) f32, out (n, rows) f32 ------------------------------------------------------
-# ``wide`` picks the group kernel (a literal per variant, see KERNELS); the drivers only move results, so
+# ``wide`` picks the group kernel (a literal per variant, see products.py); the drivers only move results, so
 # one driver serves both: numba caches a function by name, and a driver taking its group kernel as a
 # parameter would not stay cached.
 @njit(parallel=True, cache=True, boundscheck=False)
@@ -194,7 +192,3 @@ def q4_matmul(q, d, m, x, xsum, out, wide):
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 
-
-#: variant -> (q8 kernel, q4 kernel)
-KERNELS = {name: (functools.partial(q8_matmul, wide=wide), functools.partial(q4_matmul, wide=wide))
-           for name, wide in (("avx2", True), ("neon", True), ("scalar", False))}

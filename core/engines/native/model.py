@@ -15,8 +15,8 @@ from ...errors import InputError, ModelError
 from ...models.gguf_header import GGUFHeader
 from . import ops
 from . import dequant
-from .matmul import KERNELS, QK, block_sums
 from .numba_setup import F16_TO_F32
+from .products import PRODUCTS
 from .weights import QMatrix, TensorSource
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
@@ -84,16 +84,15 @@ class Transformer:
     out_norm: np.ndarray
     output: QMatrix  # (n_vocab, d_model)
     variant: str
-    _q8: Any = attrs.field(init=False, repr=False)
-    _q4: Any = attrs.field(init=False, repr=False)
+    _products: Any = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        self._q8, self._q4 = KERNELS[self.variant]
+        self._products = PRODUCTS[self.variant]
 
     @classmethod
     def load(cls, header: GGUFHeader, variant: str) -> "Transformer":
         cfg = ModelConfig.from_header(header)
-        src = TensorSource(header)
+        src = TensorSource(header, PRODUCTS[variant])
         try:
             layers = []
             for i in range(cfg.n_layers):
@@ -144,12 +143,7 @@ class Transformer:
 
     def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), np.float32)
-        if w.kind == "q8":
-            self._q8(w.q, w.scale, x, out, F16_TO_F32)
-        else:
-            xsum = np.empty((x.shape[0], w.cols // QK), np.float32)
-            block_sums(x, xsum)
-            self._q4(w.q, w.scale, w.offset, x, xsum, out)
+        (self._products.q8 if w.kind == "q8" else self._products.q4)(w.parts, x, out)
         return out
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...cpu import simd_variants
+from ...cpu import Variant, simd_variants
 from ...errors import InputError, ModelError
 from ...interfaces import ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
@@ -170,9 +170,14 @@ class NativeEngine:
         return loaded
 
 
+#: int8 ``vpdpbusd`` products (matmul_i8.py); preferred where the CPU has it
+VNNI = Variant("vnni", requires={"avx512_vnni", "avx512bw"}, priority=30,
+               description="activations as two int8 levels (~16 bits), AVX-512 VNNI dot products")
+
+
 @hookimpl
 def register_engines(register):
     register(Implementation(
         area="engine", name="native", factory=lambda variant, **ctx: NativeEngine(variant),
-        variants=simd_variants("ordered f32 sums, no fastmath"),
+        variants=simd_variants("ordered f32 sums, no fastmath") + (VNNI,),
         description="numpy/numba transformer over GGUF weights (llama, qwen2); 4-bit and 8-bit weight blocks"))

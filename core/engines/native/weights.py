@@ -15,37 +15,37 @@ import numpy as np
 from ...errors import ModelError
 from ...models.gguf_header import GGUFHeader, TensorInfo
 from . import dequant
-from .matmul import QK, group_q4, group_q8
+from .matmul import QK
 from .numba_setup import F16_TO_F32
+from .products import F32Products, I8Products
 
 
 @attrs.frozen
 class QMatrix:
-    """A weight matrix W (rows = outputs, cols = inputs) in blocks of 32 values along a row, stored in the
-    row groups of matmul.py (``q``, ``scale``, ``offset``: one row per group of 64 output rows).
+    """A weight matrix W (rows = outputs, cols = inputs) in blocks of 32 values along a row, in the layout
+    of the variant's kernels (``parts``: see products.py, matmul.py, matmul_i8.py).
 
-    kind "q8": int8 values, f16 scale bits (uint16) per block; W = q * scale.
-    kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 ``scale`` and
-    ``offset`` per block; W = q * scale + offset.
+    kind "q8": int8 values and one f16 scale per block; W = q * scale.
+    kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 scale and offset
+    per block; W = q * scale + offset.
     """
 
     kind: str
     rows: int
     cols: int
-    q: np.ndarray
-    scale: np.ndarray
-    offset: np.ndarray | None = None
+    parts: tuple[np.ndarray, ...]
 
     @property
     def nbytes(self) -> int:
-        return self.q.nbytes + self.scale.nbytes + (self.offset.nbytes if self.offset is not None else 0)
+        return sum(p.nbytes for p in self.parts)
 
 
 class TensorSource:
     """The raw bytes of a GGUF file's tensors, memory-mapped."""
 
-    def __init__(self, header: GGUFHeader):
+    def __init__(self, header: GGUFHeader, products: F32Products | I8Products):
         self.header = header
+        self.products = products  # lays matrices out for the variant's kernels
         self._mm = np.memmap(header.path, dtype=np.uint8, mode="r")
         self._by_name = {t.name: t for t in header.tensors}
 
@@ -107,7 +107,7 @@ class TensorSource:
                 dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
                 self.drop_pages(t)
                 r += n
-            return QMatrix("q4", rows, cols, *group_q4(q, scale, offset))
+            return QMatrix("q4", rows, cols, self.products.layout_q4(q, scale, offset))
         q = np.empty((rows, cols), np.int8)
         scale = np.empty((rows, nb), np.uint16)
         r = 0
@@ -116,7 +116,7 @@ class TensorSource:
             dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
             self.drop_pages(t)
             r += n
-        return QMatrix("q8", rows, cols, *group_q8(q, scale))
+        return QMatrix("q8", rows, cols, self.products.layout_q8(q, scale))
 
     def drop_pages(self, t: TensorInfo | None = None) -> None:
         """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);

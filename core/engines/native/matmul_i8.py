@@ -1,0 +1,214 @@
+"""Matrix products on AVX-512 VNNI with activations as two int8 levels (the ``vnni`` variant):
+out[t, r] = W[r] . x[t].
+
+Why.  The f32 kernels of matmul.py run at ~70% of this CPU's f32 multiply-add peak once a batch has a few
+rows, so continuous batching cannot go faster with them.  ``vpdpbusd`` does 64 int8 multiply-adds per
+instruction (4x the f32 rate), exactly.  Each row of x is split per 32-value block into two int8 levels
+(``quantize_rows``): x ~ d1 q1 + d2 q2, where q1 is x rounded to 8 bits (llama.cpp's Q8 activations) and
+q2 the rounding error of q1 in steps d2 = d1 / 254, so x is kept to ~16 bits.  Both levels' block products
+are integer and exact; the f32 scales are applied once per block.
+
+Why two levels.  With one (as llama.cpp), the engine is ~8 bits accurate (KL 0.003 to the f32 engine on
+smollm2), and worse, it amplifies any other small change: a rounding step flips somewhere, the next layer
+sees a different 8-bit value, and so on.  Comparing the paged q8 KV cache with the f32 one measured the
+activation rounding rather than the cache (KL 0.0053, top-1 0.963 on smollm2 against 0.00017 / 0.997
+through the f32 kernels).  The second level costs 8 more ``vpdpbusd`` per block and token, on weights
+already in registers.
+
+Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane each):
+  q4: ``q`` uint8, group g: [block b][step s < 4][row r][i < 4] = byte 4 s + i of row r's block b in the
+      GGUF Q4 packing: its low nibbles are columns 4 s + i, its high nibbles columns 16 + 4 s + i, so one
+      64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` f32 [block][row];
+      W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
+  q8: ``q`` int8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f32 [block][row];
+      ``bias`` int32 [block][row] = 128 * (sum of the row's block): ``vpdpbusd`` multiplies unsigned by
+      signed bytes, so x enters as x + 128 and the bias is taken back out.
+Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
+Activations: ``xq`` (n, 2, cols) bytes (level 1, level 2), ``xd`` (n, 2, cols / 32) f32 their steps,
+``xs`` (n, cols / 32) f32 the sums of the rounded blocks.
+
+Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
+so k tokens at once give bit-identical results to one at a time.  The group's weights are loaded and
+unpacked once per block and used by every row of the batch from registers.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import numba_setup  # noqa: F401
+from .numba_setup import F16_TO_F32
+from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32, load_i32,
+                   low_nibbles, mul_f32, prefetch, splat_f32, store_f32, sub_i32, to_f32, zeros_i32)
+
+QK = 32
+#: output rows per group: the 16 int32 lanes of one zmm register
+ROWS = 16
+
+
+# -- layout conversion (at load) ---------------------------------------------------------------------------
+def _pad_rows(a: np.ndarray) -> np.ndarray:
+    extra = -a.shape[0] % ROWS
+    return a if extra == 0 else np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)])
+
+
+def _per_block(a: np.ndarray, ng: int, nb: int) -> np.ndarray:
+    """(rows, nb) -> (groups, nb * ROWS): [block][row] inside a group."""
+    return np.ascontiguousarray(a.reshape(ng, ROWS, nb).transpose(0, 2, 1).reshape(ng, -1))
+
+
+def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major q4 (rows, cols/2) uint8, (rows, cols/32) f32 scale and offset -> (q, d, m)."""
+    nb = packed.shape[1] * 2 // QK
+    packed, scale, offset = _pad_rows(packed), _pad_rows(scale), _pad_rows(offset)
+    ng = packed.shape[0] // ROWS
+    q = packed.reshape(ng, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
+    return (np.ascontiguousarray(q), _per_block(scale.astype(np.float32), ng, nb),
+            _per_block(offset.astype(np.float32), ng, nb))
+
+
+def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major q8 (rows, cols) int8 and (rows, cols/32) f16 scale bits -> (q, d, bias)."""
+    nb = q.shape[1] // QK
+    q, scale_bits = _pad_rows(q), _pad_rows(scale_bits)
+    ng = q.shape[0] // ROWS
+    bias = q.reshape(q.shape[0], nb, QK).sum(axis=2, dtype=np.int32) * np.int32(128)
+    gq = q.reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
+    return np.ascontiguousarray(gq), _per_block(F16_TO_F32[scale_bits], ng, nb), _per_block(bias, ng, nb)
+
+
+#: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
+#: block that the hardware prefetcher falls behind on matrices larger than the caches: the 49152 x 576
+#: output matrix took 2.5 ms instead of 1.1 ms at 8 rows (and 0.65 ms instead of 0.5 ms at 1).
+PREFETCH_BYTES = 4096
+
+
+# -- activations -------------------------------------------------------------------------------------------
+#: level 2's step is level 1's divided by this: level 1's rounding error (at most half a step) fits int8
+LEVEL2 = 254
+
+
+@njit(fastmath=True, cache=True, boundscheck=False)
+def quantize_rows(x, offset, xq, xd, xs):
+    """Per row of x (n, cols) and 32-value block: level 1 step ``d1`` = max|x| / 127, ``q1`` = round(x / d1),
+    level 2 step ``d2`` = d1 / LEVEL2, ``q2`` = round((x - d1 q1) / d2); bytes q + offset (0: signed,
+    128: unsigned) into ``xq`` (n, 2, cols), steps into ``xd`` (n, 2, nb); ``xs`` = sum of d1 q1 + d2 q2.
+
+    ``xs`` sums the *rounded* block, not x: the q4 offset term m * sum(x) then carries the same rounding
+    as the q term, so a block product's error is sum((q d + m) e) over the rounding errors e, proportional
+    to the weights (centred for Q4_1: m ~ -8 d), instead of sum(q d e), about twice as large.
+    fastmath only reorders a max and sums of small integers held in floats: both exact in any order."""
+    off = np.float32(offset)
+    for t in range(x.shape[0]):
+        for b in range(x.shape[1] // QK):
+            amax = np.float32(0.0)
+            for j in range(b * QK, b * QK + QK):
+                amax = max(amax, abs(x[t, j]))
+            d1 = amax / np.float32(127.0)
+            d2 = d1 / np.float32(LEVEL2)
+            inv1 = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
+            inv2 = np.float32(LEVEL2) * inv1
+            sum1, sum2 = np.float32(0.0), np.float32(0.0)
+            for j in range(b * QK, b * QK + QK):
+                q1 = np.rint(x[t, j] * inv1)
+                q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((x[t, j] - q1 * d1) * inv2)))
+                sum1 += q1
+                sum2 += q2
+                xq[t, 0, j] = np.uint8(np.int32(q1 + off) & 255)
+                xq[t, 1, j] = np.uint8(np.int32(q2 + off) & 255)
+            xd[t, 0, b] = d1
+            xd[t, 1, b] = d2
+            xs[t, b] = d1 * sum1 + d2 * sum2
+
+
+# -- products: out (n, rows) f32 ---------------------------------------------------------------------------
+@njit(inline="always")
+def _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo):
+    """Integer dot of one 16-row x 32-column q4 block with the 32 signed bytes at xq[xo]."""
+    lo = dot_u8s8(zeros_i32(), l0, broadcast_word(xq, xo))
+    hi = dot_u8s8(zeros_i32(), h0, broadcast_word(xq, xo + 16))
+    lo = dot_u8s8(lo, l1, broadcast_word(xq, xo + 4))
+    hi = dot_u8s8(hi, h1, broadcast_word(xq, xo + 20))
+    lo = dot_u8s8(lo, l2, broadcast_word(xq, xo + 8))
+    hi = dot_u8s8(hi, h2, broadcast_word(xq, xo + 24))
+    lo = dot_u8s8(lo, l3, broadcast_word(xq, xo + 12))
+    hi = dot_u8s8(hi, h3, broadcast_word(xq, xo + 28))
+    return add_i32(lo, hi)
+
+
+@njit(inline="always")
+def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, bias):
+    """Integer dot of one 16-row x 32-column q8 block with the 32 unsigned (x + 128) bytes at xq[xo]."""
+    s0 = dot_u8s8(zeros_i32(), broadcast_word(xq, xo), w0)
+    s1 = dot_u8s8(zeros_i32(), broadcast_word(xq, xo + 4), w1)
+    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 8), w2)
+    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 12), w3)
+    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 16), w4)
+    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 20), w5)
+    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 24), w6)
+    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 28), w7)
+    return sub_i32(add_i32(s0, s1), bias)
+
+
+@njit(inline="always")
+def _store_rows(acc, out, n, g, rows):
+    r0 = g * ROWS
+    for t in range(n):
+        for r in range(min(ROWS, rows - r0)):
+            out[t, r0 + r] = acc[t * ROWS + r]
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q4_matmul(q, d, m, xq, xd, xs, out):
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, dg, mg = q[g], d[g], m[g]
+        ahead = PREFETCH_BYTES // (4 * 64)
+        for b in range(nb):
+            o = b * 4 * 64
+            for line in range(4):  # past the group's end: the next group's, contiguous
+                prefetch(qg, o + PREFETCH_BYTES + line * 64)
+            prefetch(dg, (b + ahead) * ROWS)
+            prefetch(mg, (b + ahead) * ROWS)
+            w0, w1 = load_bytes(qg, o), load_bytes(qg, o + 64)
+            w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+            l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
+            h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
+            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
+            for t in range(n):
+                xo = t * 2 * cols + b * QK
+                part = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
+                i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
+                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), part)
+                i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
+                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+        _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q8_matmul(q, d, bias, xq, xd, out):
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, dg, bg = q[g], d[g], bias[g]
+        ahead = PREFETCH_BYTES // (8 * 64)
+        for b in range(nb):
+            o = b * 8 * 64
+            for line in range(8):
+                prefetch(qg, o + PREFETCH_BYTES + line * 64)
+            prefetch(dg, (b + ahead) * ROWS)
+            prefetch(bg, (b + ahead) * ROWS)
+            w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), \
+                load_bytes(qg, o + 192)
+            w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
+                load_bytes(qg, o + 448)
+            dv, bv = load_f32(dg, b * ROWS), load_i32(bg, b * ROWS)
+            for t in range(n):
+                xo = t * 2 * cols + b * QK
+                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, bv)
+                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
+                i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, bv)
+                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+        _store_rows(acc, out, n, g, out.shape[1])

@@ -1,0 +1,67 @@
+"""The matrix-product kernels of each engine variant: the weight layout made at load, and the product run
+on every forward.  A variant is chosen once per model (cpu.py); its layout only fits its own kernels.
+
+  avx2 / neon / scalar   f32 activations (matmul.py): 64-row groups, numba-vectorized loops
+  vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups
+"""
+from __future__ import annotations
+
+import attrs
+import numpy as np
+
+from . import matmul, matmul_i8
+from .numba_setup import F16_TO_F32
+
+QK = matmul.QK
+
+
+@attrs.frozen
+class F32Products:
+    """x stays f32; ``wide`` picks the vectorized group kernels over the scalar reference."""
+
+    wide: bool
+
+    def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul.group_q8(q, scale_bits)
+
+    def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul.group_q4(q, scale, offset)
+
+    def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        matmul.q8_matmul(*parts, x, out, F16_TO_F32, self.wide)
+
+    def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        xsum = np.empty((x.shape[0], x.shape[1] // QK), np.float32)
+        matmul.block_sums(x, xsum)
+        matmul.q4_matmul(*parts, x, xsum, out, self.wide)
+
+
+@attrs.frozen
+class I8Products:
+    """x split into two int8 levels per 32-value block before each product (see matmul_i8.py)."""
+
+    def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul_i8.layout_q8(q, scale_bits)
+
+    def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul_i8.layout_q4(q, scale, offset)
+
+    @staticmethod
+    def _quantized(x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, cols = x.shape
+        xq, xd = np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // QK), np.float32)
+        xs = np.empty((n, cols // QK), np.float32)
+        matmul_i8.quantize_rows(x, offset, xq, xd, xs)
+        return xq, xd, xs
+
+    def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        xq, xd, _ = self._quantized(x, 128)  # unsigned: see matmul_i8's q8 layout
+        matmul_i8.q8_matmul(*parts, xq, xd, out)
+
+    def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        matmul_i8.q4_matmul(*parts, *self._quantized(x, 0), out)
+
+
+#: variant name -> its products
+PRODUCTS = {"avx2": F32Products(wide=True), "neon": F32Products(wide=True), "scalar": F32Products(wide=False),
+            "vnni": I8Products()}

@@ -1,0 +1,230 @@
+"""Explicit SIMD for numba kernels: 512-bit vector values and the AVX-512 VNNI dot product.
+
+numba vectorizes plain loops well, but a loop-carried accumulator that is an array stays in memory (a
+load and a store per multiply-add), and it has no way to ask for ``vpdpbusd`` (64 int8 multiply-adds in
+one instruction).  Here a vector is a numba *value* (an LLVM ``<16 x i32>``, ``<64 x i8>`` or
+``<16 x float>``), so a kernel's accumulators are SSA registers, and each operation below is one or two
+LLVM instructions.  Only kernels of the ``vnni`` variant use these; numba compiles a function at its first
+call, so a CPU without AVX-512 VNNI never compiles them (the variant is not offered there, see cpu.py).
+
+Memory operations take a C-contiguous array and a flat element index (any dimension count): the kernel
+does its own index arithmetic, as it would in C.  Nothing is bounds-checked.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+_I8, _I32, _F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+_LL = {"i8": (_I8, 64), "i32": (_I32, 16), "f32": (_F32, 16)}
+
+
+class Vec(types.Type):
+    """A 512-bit vector value."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        super().__init__(name=f"Vec512({kind})")
+
+    def llvm(self) -> ir.VectorType:
+        return ir.VectorType(*_LL[self.kind])
+
+
+I8x64, I32x16, F32x16 = Vec("i8"), Vec("i32"), Vec("f32")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, fe_type.llvm())
+
+
+def _array(arr, bits: int) -> bool:
+    return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype.bitwidth == bits
+
+
+def _address(context, builder, aty, arr, idx, pointee):
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [idx]), pointee.as_pointer())
+
+
+def _splat(builder, value, vty: ir.VectorType):
+    one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
+
+
+# -- memory ------------------------------------------------------------------------------------------------
+@intrinsic
+def load_bytes(typingctx, arr, idx):
+    """64 bytes of a 1-byte array from ``arr[idx]``."""
+    if not (_array(arr, 8) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_address(context, builder, sig.args[0], args[0], args[1], I8x64.llvm()), align=1)
+    return I8x64(arr, idx), codegen
+
+
+@intrinsic
+def broadcast_word(typingctx, arr, idx):
+    """The 4 bytes at ``arr[idx]`` (a 1-byte array) repeated 16 times (one ``{1to16}`` memory operand)."""
+    if not (_array(arr, 8) and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        word = builder.load(_address(context, builder, sig.args[0], args[0], args[1], _I32), align=1)
+        return builder.bitcast(_splat(builder, word, I32x16.llvm()), I8x64.llvm())
+    return I8x64(arr, idx), codegen
+
+
+def _load_lanes(vec: Vec):
+    @intrinsic
+    def load(typingctx, arr, idx):
+        if not (_array(arr, 32) and isinstance(idx, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.load(_address(context, builder, sig.args[0], args[0], args[1], vec.llvm()), align=4)
+        return vec(arr, idx), codegen
+    return load
+
+
+#: 16 int32 / 16 float32 from ``arr[idx]`` (the array's own element type is not checked beyond its width)
+load_i32, load_f32 = _load_lanes(I32x16), _load_lanes(F32x16)
+
+
+@intrinsic
+def store_f32(typingctx, arr, idx, v):
+    """``arr[idx:idx + 16] = v`` for a float32 array."""
+    if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()),
+                      align=4)
+        return context.get_dummy_value()
+    return types.void(arr, idx, v), codegen
+
+
+# -- values ------------------------------------------------------------------------------------------------
+@intrinsic
+def zeros_i32(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(I32x16.llvm(), None)
+    return I32x16(), codegen
+
+
+@intrinsic
+def splat_f32(typingctx, x):
+    """A float repeated 16 times."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[0], sig.args[0], types.float32)
+        return _splat(builder, value, F32x16.llvm())
+    return F32x16(x), codegen
+
+
+@intrinsic
+def low_nibbles(typingctx, v):
+    """Each byte & 0x0F."""
+    if v != I8x64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.and_(args[0], ir.Constant(I8x64.llvm(), [0x0F] * 64))
+    return I8x64(v), codegen
+
+
+@intrinsic
+def high_nibbles(typingctx, v):
+    """Each byte >> 4 (unsigned)."""
+    if v != I8x64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.lshr(args[0], ir.Constant(I8x64.llvm(), [4] * 64))
+    return I8x64(v), codegen
+
+
+@intrinsic
+def dot_u8s8(typingctx, acc, a, b):
+    """``acc`` + per int32 lane: the sum of 4 products of unsigned bytes of ``a`` and signed bytes of
+    ``b`` (``vpdpbusd``: 64 multiply-adds, exact)."""
+    if not (acc == I32x16 and a == I8x64 and b == I8x64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(I32x16.llvm(), [I32x16.llvm(), I8x64.llvm(), I8x64.llvm()])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(fn, list(args))
+    return I32x16(acc, a, b), codegen
+
+
+def _int_binary(op: str):
+    @intrinsic
+    def binary(typingctx, a, b):
+        if not (a == I32x16 and b == I32x16):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return I32x16(a, b), codegen
+    return binary
+
+
+#: lane-wise int32 a + b, a - b
+add_i32, sub_i32 = _int_binary("add"), _int_binary("sub")
+
+
+@intrinsic
+def to_f32(typingctx, v):
+    """int32 lanes -> float32 lanes (exact below 2**24)."""
+    if v != I32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sitofp(args[0], F32x16.llvm())
+    return F32x16(v), codegen
+
+
+@intrinsic
+def mul_f32(typingctx, a, b):
+    if not (a == F32x16 and b == F32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], args[1])
+    return F32x16(a, b), codegen
+
+
+@intrinsic
+def fma_f32(typingctx, a, b, c):
+    """a * b + c, one rounding."""
+    if not (a == F32x16 and b == F32x16 and c == F32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(F32x16.llvm(), [F32x16.llvm()] * 3)
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fma.v16f32")
+        return builder.call(fn, list(args))
+    return F32x16(a, b, c), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Ask for the cache line of ``arr[idx]`` to be loaded (a hint: no fault, no result)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        addr = builder.bitcast(builder.gep(data, [args[1]]), _I8.as_pointer())
+        fnty = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [addr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.void(arr, idx), codegen
