@@ -7,9 +7,14 @@ purpose: at decode they touch a few thousand floats, less work than waking the t
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 
 from . import numba_setup  # noqa: F401
+from .simd import f32_from_bits
+
+#: 2^f = sum(c_k f^k) on [-1/2, 1/2]: the Taylor terms (ln 2)^k / k!, degree 7 (relative error < 1e-8)
+_POW2 = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,
+         0.0013333558146428443, 0.00015403530393381608, 1.525273380405984e-05)
 
 
 @njit(cache=True)
@@ -52,14 +57,29 @@ def rope(x, cos, sin, neox):
                 x[t, k, b] = x0 * s + x1 * c
 
 
-@njit(cache=True)
+@njit(inline="always")
+def _exp(x):
+    """e^x in f32 arithmetic that LLVM vectorizes (libm's expf is a call per value: SwiGLU over 8 rows of
+    1536 took 32 us, a tenth of a batched decode step).  2^k by building the float's exponent bits, 2^f
+    by a polynomial; |x| is clamped to 87 (e^87 ~ 6e37: beyond, silu is 0 or g to f32 precision)."""
+    y = min(max(x, np.float32(-87.0)), np.float32(87.0)) * np.float32(1.4426950408889634)
+    k = np.floor(y + np.float32(0.5))
+    f = y - k
+    c0, c1, c2, c3, c4, c5, c6, c7 = _POW2
+    p = ((((((np.float32(c7) * f + np.float32(c6)) * f + np.float32(c5)) * f + np.float32(c4)) * f
+            + np.float32(c3)) * f + np.float32(c2)) * f + np.float32(c1)) * f + np.float32(c0)
+    return p * f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")  # numpy: no zero-division branch in the loop
 def swiglu(gate_up, out):
     """``out = silu(gate) * up`` where ``gate_up`` holds [gate | up] per row."""
     n, f = out.shape
     for t in range(n):
-        for i in range(f):
-            g = gate_up[t, i]
-            out[t, i] = g / (np.float32(1.0) + np.exp(-g)) * gate_up[t, f + i]
+        gu, o = gate_up[t], out[t]
+        for i in range(uint64(f)):  # unsigned: no negative-index code, so the loop vectorizes
+            g = gu[i]
+            o[i] = g / (np.float32(1.0) + _exp(-g)) * gu[uint64(f) + i]
 
 
 @njit(cache=True)

@@ -228,3 +228,14 @@ def prefetch(typingctx, arr, idx):
         builder.call(fn, [addr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
     return types.void(arr, idx), codegen
+
+
+@intrinsic
+def f32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is the low 32 bits of an integer (plain LLVM: any CPU, vectorizes)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.trunc(args[0], _I32) if sig.args[0].bitwidth > 32 else args[0], _F32)
+    return types.float32(bits), codegen
