@@ -24,8 +24,8 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       ``bias`` int32 [block][row] = 128 * (sum of the row's block): ``vpdpbusd`` multiplies unsigned by
       signed bytes, so x enters as x + 128 and the bias is taken back out.
 Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
-Activations: ``xq`` (n, 2, cols) bytes (level 1, level 2), ``xd`` (n, 2, cols / 32) f32 their steps,
-``xs`` (n, cols / 32) f32 the sums of the rounded blocks.
+Activations (made by the products from x): ``xq`` (n, 2, cols) bytes (level 1, level 2), ``xd``
+(n, 2, cols / 32) f32 their steps, ``xs`` (n, cols / 32) f32 the sums of the rounded blocks.
 
 Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
 so k tokens at once give bit-identical results to one at a time.  The group's weights are loaded and
@@ -34,7 +34,7 @@ unpacked once per block and used by every row of the batch from registers.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from . import numba_setup  # noqa: F401
 from .numba_setup import F16_TO_F32
@@ -89,7 +89,7 @@ PREFETCH_BYTES = 4096
 LEVEL2 = 254
 
 
-@njit(fastmath=True, cache=True, boundscheck=False)
+@njit(fastmath=True, cache=True, boundscheck=False, error_model="numpy")
 def quantize_rows(x, offset, xq, xd, xs):
     """Per row of x (n, cols) and 32-value block: level 1 step ``d1`` = max|x| / 127, ``q1`` = round(x / d1),
     level 2 step ``d2`` = d1 / LEVEL2, ``q2`` = round((x - d1 q1) / d2); bytes q + offset (0: signed,
@@ -101,22 +101,24 @@ def quantize_rows(x, offset, xq, xd, xs):
     fastmath only reorders a max and sums of small integers held in floats: both exact in any order."""
     off = np.float32(offset)
     for t in range(x.shape[0]):
-        for b in range(x.shape[1] // QK):
+        xr, q1r, q2r = x[t], xq[t, 0], xq[t, 1]
+        for b in range(uint64(x.shape[1] // QK)):  # unsigned indices: no negative-index code, loops vectorize
+            base = b * uint64(QK)
             amax = np.float32(0.0)
-            for j in range(b * QK, b * QK + QK):
-                amax = max(amax, abs(x[t, j]))
+            for j in range(base, base + uint64(QK)):
+                amax = max(amax, abs(xr[j]))
             d1 = amax / np.float32(127.0)
             d2 = d1 / np.float32(LEVEL2)
             inv1 = np.float32(127.0) / amax if amax > 0 else np.float32(0.0)
             inv2 = np.float32(LEVEL2) * inv1
             sum1, sum2 = np.float32(0.0), np.float32(0.0)
-            for j in range(b * QK, b * QK + QK):
-                q1 = np.rint(x[t, j] * inv1)
-                q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((x[t, j] - q1 * d1) * inv2)))
+            for j in range(base, base + uint64(QK)):
+                q1 = np.rint(xr[j] * inv1)
+                q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((xr[j] - q1 * d1) * inv2)))
                 sum1 += q1
                 sum2 += q2
-                xq[t, 0, j] = np.uint8(np.int32(q1 + off) & 255)
-                xq[t, 1, j] = np.uint8(np.int32(q2 + off) & 255)
+                q1r[j] = np.uint8(np.int32(q1 + off) & 255)
+                q2r[j] = np.uint8(np.int32(q2 + off) & 255)
             xd[t, 0, b] = d1
             xd[t, 1, b] = d2
             xs[t, b] = d1 * sum1 + d2 * sum2
@@ -159,8 +161,21 @@ def _store_rows(acc, out, n, g, rows):
             out[t, r0 + r] = acc[t * ROWS + r]
 
 
+@njit
+def _levels(x, offset):
+    """x's two int8 levels, their steps and the rounded block sums (quantize_rows), freshly allocated."""
+    n, cols = x.shape
+    xq, xd = np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // QK), np.float32)
+    xs = np.empty((n, cols // QK), np.float32)
+    quantize_rows(x, offset, xq, xd, xs)
+    return xq, xd, xs
+
+
+# The products take x (n, cols) f32 and quantize it first, serially, in the same call: one dispatch from
+# Python per product instead of two (at 8 rows a call costs more than the quantization).
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4_matmul(q, d, m, xq, xd, xs, out):
+def q4_matmul(q, d, m, x, out):
+    xq, xd, xs = _levels(x, 0)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
@@ -188,7 +203,8 @@ def q4_matmul(q, d, m, xq, xd, xs, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q8_matmul(q, d, bias, xq, xd, out):
+def q8_matmul(q, d, bias, x, out):
+    xq, xd, _ = _levels(x, 128)  # unsigned: see the q8 layout
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)

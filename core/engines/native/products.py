@@ -46,20 +46,11 @@ class I8Products:
     def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q4(q, scale, offset)
 
-    @staticmethod
-    def _quantized(x: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n, cols = x.shape
-        xq, xd = np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // QK), np.float32)
-        xs = np.empty((n, cols // QK), np.float32)
-        matmul_i8.quantize_rows(x, offset, xq, xd, xs)
-        return xq, xd, xs
-
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        xq, xd, _ = self._quantized(x, 128)  # unsigned: see matmul_i8's q8 layout
-        matmul_i8.q8_matmul(*parts, xq, xd, out)
+        matmul_i8.q8_matmul(*parts, x, out)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.q4_matmul(*parts, *self._quantized(x, 0), out)
+        matmul_i8.q4_matmul(*parts, x, out)
 
 
 #: variant name -> its products
