@@ -137,8 +137,17 @@ F32_VARIANTS = ["avx2", "neon", "scalar"]
 
 
 def _matrix(kind, q8_matrix, q4_matrix):
-    return ((q8_matrix[:2], q8_matrix[2], q8_matrix[3]) if kind == "q8"
-            else (q4_matrix[:3], q4_matrix[3], q4_matrix[4]))
+    if kind == "q8":
+        return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
+    if kind == "q4":
+        return q4_matrix[:3], q4_matrix[3], q4_matrix[4]
+    # q4 whose scales are exact in f16 (Q4_0 / Q4_1 sources): the vnni layout keeps them as f16 bits
+    packed, d, m, x, _ = q4_matrix
+    d, m = (a.astype(np.float16).astype(np.float32) for a in (d, m))
+    p = packed.reshape(packed.shape[0], -1, 16)
+    q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
+    w = (q * d[..., None] + m[..., None]).reshape(packed.shape[0], -1)
+    return (packed, d, m), x, x.astype(np.float64) @ w.T
 
 
 @pytest.mark.parametrize("variant", F32_VARIANTS)
@@ -163,13 +172,15 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q4"])
+@pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales"])
 def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     _needs("vnni")
     mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
-    got = _run("vnni", kind, mat, x)
+    got = _run("vnni", kind[:2], mat, x)
+    if kind == "q4-f16-scales":
+        assert products.PRODUCTS["vnni"].layout_q4(*mat)[1].dtype == np.uint16
     n, cols = x.shape
     blocks = x.reshape(n, -1, 32).astype(np.float32)
     d1 = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)

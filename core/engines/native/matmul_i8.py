@@ -18,9 +18,10 @@ already in registers.
 Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane each):
   q4: ``q`` uint8, group g: [block b][step s < 4][row r][i < 4] = byte 4 s + i of row r's block b in the
       GGUF Q4 packing: its low nibbles are columns 4 s + i, its high nibbles columns 16 + 4 s + i, so one
-      64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` f32 [block][row];
+      64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
+      bits (uint16) when exact, else f32;
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
-  q8: ``q`` int8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f32 [block][row];
+  q8: ``q`` int8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits [block][row];
       ``bias`` int32 [block][row] = 128 * (sum of the row's block): ``vpdpbusd`` multiplies unsigned by
       signed bytes, so x enters as x + 128 and the bias is taken back out.
 Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
@@ -37,9 +38,8 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import numba_setup  # noqa: F401
-from .numba_setup import F16_TO_F32
 from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32, load_i32,
-                   low_nibbles, mul_f32, prefetch, splat_f32, store_f32, sub_i32, to_f32, zeros_i32)
+                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, store_f32, sub_i32, to_f32, zeros_i32)
 
 QK = 32
 #: output rows per group: the 16 int32 lanes of one zmm register
@@ -57,6 +57,13 @@ def _per_block(a: np.ndarray, ng: int, nb: int) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(ng, ROWS, nb).transpose(0, 2, 1).reshape(ng, -1))
 
 
+def _compact(a: np.ndarray) -> np.ndarray:
+    """f32 values as f16 bits (uint16) when that is exact (Q4_0 / Q4_1 scales are f16 in the file; Q4_K's
+    products of a scale and a 6-bit factor are not): the kernels read half the bytes per block."""
+    half = a.astype(np.float16)
+    return half.view(np.uint16) if np.array_equal(half.astype(np.float32), a) else a
+
+
 def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row-major q4 (rows, cols/2) uint8, (rows, cols/32) f32 scale and offset -> (q, d, m)."""
@@ -64,8 +71,8 @@ def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
     packed, scale, offset = _pad_rows(packed), _pad_rows(scale), _pad_rows(offset)
     ng = packed.shape[0] // ROWS
     q = packed.reshape(ng, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
-    return (np.ascontiguousarray(q), _per_block(scale.astype(np.float32), ng, nb),
-            _per_block(offset.astype(np.float32), ng, nb))
+    return (np.ascontiguousarray(q), _per_block(_compact(scale.astype(np.float32)), ng, nb),
+            _per_block(_compact(offset.astype(np.float32)), ng, nb))
 
 
 def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,7 +82,7 @@ def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.nda
     ng = q.shape[0] // ROWS
     bias = q.reshape(q.shape[0], nb, QK).sum(axis=2, dtype=np.int32) * np.int32(128)
     gq = q.reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
-    return np.ascontiguousarray(gq), _per_block(F16_TO_F32[scale_bits], ng, nb), _per_block(bias, ng, nb)
+    return np.ascontiguousarray(gq), _per_block(scale_bits, ng, nb), _per_block(bias, ng, nb)
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
@@ -191,7 +198,7 @@ def q4_matmul(q, d, m, x, out):
             w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
             l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
             h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
-            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
+            dv, mv = load_scales(dg, b * ROWS), load_scales(mg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
                 part = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
@@ -220,7 +227,7 @@ def q8_matmul(q, d, bias, x, out):
                 load_bytes(qg, o + 192)
             w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
                 load_bytes(qg, o + 448)
-            dv, bv = load_f32(dg, b * ROWS), load_i32(bg, b * ROWS)
+            dv, bv = load_scales(dg, b * ROWS), load_i32(bg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
                 i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, bv)

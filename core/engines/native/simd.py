@@ -96,6 +96,24 @@ load_i32, load_f32 = _load_lanes(I32x16), _load_lanes(F32x16)
 
 
 @intrinsic
+def load_scales(typingctx, arr, idx):
+    """16 floats from ``arr[idx]``: a float32 array as it is, a uint16 array as f16 bit patterns (widened
+    exactly, ``vcvtph2ps``): weights whose scales are f16 in the file keep them in half the bytes."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(idx, types.Integer)
+            and arr.dtype in (types.float32, types.uint16)):
+        return None
+    half = arr.dtype == types.uint16
+
+    def codegen(context, builder, sig, args):
+        if not half:
+            return builder.load(_address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()), align=4)
+        vh = ir.VectorType(ir.HalfType(), 16)
+        return builder.fpext(builder.load(_address(context, builder, sig.args[0], args[0], args[1], vh), align=2),
+                             F32x16.llvm())
+    return F32x16(arr, idx), codegen
+
+
+@intrinsic
 def store_f32(typingctx, arr, idx, v):
     """``arr[idx:idx + 16] = v`` for a float32 array."""
     if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
