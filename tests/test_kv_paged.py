@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from corert.errors import ConfigError, InputError, PluginError
 from corert.plugins.kv_cache.contiguous import ContiguousKVStore
 from corert.plugins.kv_cache.paged.config import PagedConfig, parse_bytes
-from corert.plugins.kv_cache.paged.kernels import ATTEND, quantize_q8, rotate, rotation_block
+from corert.plugins.kv_cache.paged.kernels import ATTEND
+from corert.plugins.kv_cache.paged.rotation import rotate, rotation_block
+from corert.plugins.kv_cache.paged.writes import f16_bits, quantize_q8
 from corert.plugins.kv_cache.paged.store import PagedKVStore, page_bytes
 
 L, KV, H, HD = 2, 2, 6, 64
+F16 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
 DTYPES = ("f32", "f16", "q8")
 #: max |paged - contiguous f32| of attention outputs on N(0,1) data: f16 / q8 rounding of K and V
 TOL = {"f32": 1e-5, "f16": 3e-3, "q8": 4e-2}
@@ -87,6 +91,125 @@ def test_quantize_q8_roundtrip():
     err = np.abs(back.reshape(x.shape) - x)
     assert err.max() <= np.abs(x).max() / 127 * 0.6 + 1e-3
     assert not q[0, 0, :32].any()
+
+
+def _coded_store(dtype, kernel="wide", seed=8):
+    """A store whose q8 basis is not the identity (centring, weights and a sink key on every layer)."""
+    rng = np.random.default_rng(seed)
+    st = _store(dtype, kernel)
+    if st.coding is not None:
+        for layer in range(L):
+            st.coding.set(layer, rng.standard_normal((KV, HD)).astype(np.float32),
+                          rng.lognormal(0.0, 0.5, (KV, HD)).astype(np.float32),
+                          rng.standard_normal((KV, HD)).astype(np.float32))
+    return st
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_write_kernel_stores_what_the_numpy_reference_computes(dtype):
+    rng = np.random.default_rng(9)
+    st = _coded_store(dtype)
+    for _ in range(3):
+        st.new_sequence()
+    sid = np.repeat(np.arange(3, dtype=np.int32), 21)
+    pos = np.tile(np.arange(21, dtype=np.int32), 3)  # position 0 (stored against the sink key) and page borders
+    st.reserve(sid, pos)
+    pages, slots = st.table[sid, pos // st.page_tokens], pos % st.page_tokens
+    for layer in range(L):
+        k = (rng.standard_normal((len(sid), KV, HD)) * 4).astype(np.float32)
+        v = rng.standard_normal((len(sid), KV, HD)).astype(np.float32)
+        k[0, 0, :32] = 0.0  # an all-zero block: scale 0
+        st.write(layer, sid, pos, k, v)
+        if dtype == "q8":
+            c = st.coding
+            want = quantize_q8(c.keys(layer, pos, k)) + quantize_q8(c.values(v))
+            got = [a[layer][pages, :, slots] for a in (st.k, st.ks, st.v, st.vs)]
+        elif dtype == "f16":
+            want = [k.astype(np.float16).view(np.uint16), v.astype(np.float16).view(np.uint16)]
+            got = [st.k[layer][pages, :, slots], st.v[layer][pages, :, slots]]
+        else:
+            want, got = [k, v], [st.k[layer][pages, :, slots], st.v[layer][pages, :, slots]]
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+@njit(cache=True)
+def _f16_all(bits, out):
+    for i in range(bits.shape[0]):
+        out[i] = f16_bits(bits[i])
+
+
+def test_f16_bits_rounds_like_numpy():
+    rng = np.random.default_rng(10)
+    edges = np.array([0x477FEFFF, 0x477FF000, 0x477FE000, 0x38800000, 0x387FFFFF, 0x33000000, 0x33000001,
+                      0x32FFFFFF, 0x33800000, 0x7F800000, 0x00000001, 0x3F800000], np.uint32)
+    # every f32 exponent from f16's subnormals to past its largest value, random mantissas; random patterns
+    span = np.arange(0x32000000, 0x48000000, 0x1001, dtype=np.uint32)
+    bits = np.concatenate([edges, span, rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)])
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    got = np.empty(len(bits), np.uint16)
+    _f16_all(bits, got)
+    x = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.isnan(got[nan].view(np.float16)).all()
+
+
+@pytest.mark.parametrize("kernel", ["wide", "scalar"])
+def test_q8_attention_equals_its_numpy_reference(kernel):
+    """The kernels code the queries and decode the outputs themselves; numpy does it step by step here."""
+    rng = np.random.default_rng(11)
+    st = _coded_store("q8", kernel)
+    lens = [1, 17, 40]
+    for _ in lens:
+        st.new_sequence()
+    sid, pos, (outs,) = _fill([st], lens, rng)
+    c, P = st.coding, st.page_tokens
+    for layer in range(L):
+        q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+        got = np.empty_like(q)
+        st.attend(layer, sid, pos, q, 0.125, got)
+        want = c.queries(layer, q).astype(np.float64)
+        group = H // KV
+        for i, (s, p) in enumerate(zip(sid, pos)):
+            t = np.arange(p + 1)
+            pages, slots = st.table[s, t // P], t % P
+
+            def pages_of(x, xs):
+                scale = F16[xs[layer][pages, :, slots]]  # (t, kv, blocks)
+                return (x[layer][pages, :, slots].astype(np.float64).reshape(len(t), KV, -1, 32)
+                        * scale[..., None]).reshape(len(t), KV, HD)
+
+            keys, values = pages_of(st.k, st.ks), pages_of(st.v, st.vs)
+            for h in range(H):
+                g = h // group
+                scores = keys[:, g] @ want[i, h]
+                scores[0] += c.sink[layer, g] @ want[i, h]
+                e = np.exp((scores - scores.max()) * 0.125)
+                want[i, h] = (e / e.sum()) @ values[:, g]
+        want = want.astype(np.float32)
+        c.outputs(want)
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["wide", "scalar"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_rows_attention_does_not_depend_on_the_batch(dtype, kernel):
+    rng = np.random.default_rng(12)
+    st = _coded_store(dtype, kernel)
+    lens = [5, 23, 40, 2]
+    for _ in lens:
+        st.new_sequence()
+    sid, pos, _ = _fill([st], lens, rng)
+    q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+    whole = np.empty_like(q)
+    st.attend(1, sid, pos, q, 0.125, whole)
+    for rows in ([7], [60, 3, 30], list(range(len(sid) - 1, -1, -4))):
+        part = np.empty((len(rows), H, HD), np.float32)
+        st.attend(1, sid[rows], pos[rows], np.ascontiguousarray(q[rows]), 0.125, part)
+        np.testing.assert_array_equal(part, whole[rows])
 
 
 def test_no_page_leaked_after_1000_mixed_operations():

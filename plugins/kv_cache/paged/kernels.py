@@ -6,16 +6,21 @@ Layout of one layer's pool (the store keeps all layers in one array and passes `
 A sequence's position t sits in page ``table[seq, t // page_tokens]`` at slot ``t % page_tokens``.
 Pages are dequantized inside the kernel (f16 bits through a 65536-entry table, q8 as int8 x block scale):
 no f32 copy of the cache exists anywhere.  q8 pages hold keys and values in a rotated, smoothed basis (see
-q8.py); the q8 kernels take queries in that basis and return outputs in it, and add ``sink[kv_head] . q`` to
-the score of position 0, whose key is stored relative to a calibrated reference.
+q8.py); the q8 kernels take the model's queries, code them into that basis (H(q / w)), decode the outputs
+back through H, and add ``sink[kv_head] . q`` to the score of position 0, whose key is stored relative to a
+calibrated reference.  All of it in the one call: around a decode step's few rows the numpy calls that did
+it cost more than the attention itself.
 
-Every (row, query head) pair is computed on its own by the same code, so a row's output depends only on its
-query and its own sequence's K/V (the KVStore contract that makes batching and verification exact).
+Every (row, query head) pair is computed by the same code whatever else is in the batch, so a row's output
+depends only on its query and its own sequence's K/V (the KVStore contract that makes batching and
+verification exact).
 
 Variants (a dispatch table, chosen once per store):
   wide    fastmath, unsigned indices, run-time block bounds: LLVM vectorizes the head_dim loops (ymm on
-          avx2, q registers on neon)
-  scalar  strictly ordered sums, no fastmath: the reference the wide kernels are tested against
+          avx2, q registers on neon).  q8: one job per (row, KV head) that serves the KV head's query heads
+          together, each position's K and V row dequantized once for all of them
+  scalar  strictly ordered sums, no fastmath, one job per (row, query head): the reference the wide kernels
+          are tested against
 """
 from __future__ import annotations
 
@@ -24,58 +29,8 @@ from numba import njit, prange, uint64
 
 from corert.engines.native import numba_setup  # noqa: F401  (threading layer before the first prange)
 
-QB = 32  # values per q8 block (one f16 scale each), as llama.cpp's q8_0
-
-
-# -- writes: rows' K or V into their (page, slot); quantization happens before, in numpy ----------------
-@njit(cache=True, boundscheck=False)
-def scatter(pool, pages, slots, x):
-    """``pool[pages[i], :, slots[i], :] = x[i]``; pool (n_pages, kv_heads, page_tokens, d), x (rows, kv_heads,
-    d) of the pool's dtype (works for data and scales alike)."""
-    for i in range(x.shape[0]):
-        p, s = pages[i], slots[i]
-        for h in range(x.shape[1]):
-            for d in range(x.shape[2]):
-                pool[p, h, s, d] = x[i, h, d]
-
-
-def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, heads, d) f32 -> int8 values and f16-bit scales (rows, heads, d // QB), round to nearest.
-    The scale is rounded to f16 first and the values are quantized with that rounded scale, so what is
-    stored decodes to the closest representable value."""
-    rows, heads, d = x.shape
-    b = x.reshape(rows, heads, d // QB, QB)
-    amax = np.abs(b).max(axis=-1)
-    d16 = (amax / 127.0).astype(np.float16)
-    inv = np.divide(1.0, d16.astype(np.float32), out=np.zeros_like(amax), where=d16 > 0)
-    q = np.clip(np.rint(b * inv[..., None]), -127, 127).astype(np.int8)
-    return q.reshape(rows, heads, d), d16.view(np.uint16)
-
-
-# -- rotation: a normalized fast Walsh-Hadamard transform (orthogonal and its own inverse) ----------------
-def rotation_block(head_dim: int) -> int:
-    """Values the rotation mixes: the largest power of two dividing head_dim (64 for head_dim 64)."""
-    return head_dim & -head_dim
-
-
-@njit(cache=True, boundscheck=False)
-def rotate(x, block):
-    """In place, every ``block`` values of the last axis of x (rows, heads, d): x <- H x / sqrt(block).
-    Strictly ordered f32 butterflies, the same for every row, so a row's result never depends on the batch."""
-    norm = np.float32(1.0 / np.sqrt(block))
-    for i in range(x.shape[0]):
-        for h in range(x.shape[1]):
-            v = x[i, h]
-            for b0 in range(0, v.shape[0], block):
-                span = 1
-                while span < block:
-                    for j in range(b0, b0 + block, 2 * span):
-                        for d in range(j, j + span):
-                            a, c = v[d], v[d + span]
-                            v[d], v[d + span] = a + c, a - c
-                    span *= 2
-                for d in range(b0, b0 + block):
-                    v[d] *= norm
+from .rotation import rotate_vec
+from .writes import QB
 
 
 # -- softmax over a score row (shared) -------------------------------------------------------------------
@@ -190,22 +145,38 @@ def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, sc
             o[d] *= inv
 
 
+@njit(cache=True, boundscheck=False)
+def _coded_query(q, i, h, w, kvh, out, tmp, block):
+    """out <- H(q[i, h] / w[kvh]): a query head in the basis of its KV head's q8 keys (q8.py).  No fastmath,
+    in both variants, so the wide and scalar kernels see the same query.  Indexes q and w itself (no views:
+    see the wide q8 kernel)."""
+    for d in range(uint64(out.shape[0])):
+        out[d] = q[i, h, d] / w[kvh, d]
+    rotate_vec(out, tmp, block)
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_q8_scalar(q, kp, ks, vp, vs, sink, tab, table, page_tokens, seq_ids, positions, scale, out):
-    """As attend_f32_scalar over q8 pages; ``sink`` (n_kv_heads, head_dim) is what position 0's stored key
-    lacks (its dot with the query is added to that score)."""
+def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
+                     out):
+    """As attend_f32_scalar over q8 pages, taking queries and returning outputs in the model's basis: each
+    query head goes to H(q / w[kv_head]) and its output back through H (``w``, ``sink``: (n_kv_heads,
+    head_dim); ``block``: values one rotation mixes).  ``sink`` is what position 0's stored key lacks (its
+    dot with the coded query is added to that score)."""
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        qi = np.empty(hd, np.float32)
+        tmp = np.empty(hd, np.float32)
+        _coded_query(q, i, h, w, kvh, qi, tmp, block)
         scores = np.empty(length, np.float32)
         m = np.float32(-np.inf)
-        c0 = _dot_f32_s(q[i, h], sink[kvh], tab)
+        c0 = _dot_f32_s(qi, sink[kvh], tab)
         for t in range(length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            x = _dot_q8_s(q[i, h], kp[pg, kvh, sl], ks[pg, kvh, sl], tab)
+            x = _dot_q8_s(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab)
             if t == 0:
                 x += c0
             x *= scale
@@ -220,6 +191,7 @@ def attend_q8_scalar(q, kp, ks, vp, vs, sink, tab, table, page_tokens, seq_ids, 
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
+        rotate_vec(o, tmp, block)
 
 
 # -- wide (vectorized) -----------------------------------------------------------------------------------
@@ -249,29 +221,6 @@ def _dot_f16_w(q, k, tab, hd):
 def _axpy_f16_w(o, w, v, tab, hd):
     for d in range(uint64(hd)):
         o[d] += w * tab[v[d]]
-
-
-@njit(fastmath=True, cache=True, boundscheck=False)
-def _dot_q8_w(q, k, ks, tab, bs):
-    s = np.float32(0.0)
-    ubs = uint64(bs)
-    for b in range(ks.shape[0]):
-        o = uint64(b) * ubs
-        t = np.float32(0.0)
-        for j in range(ubs):
-            t += q[o + j] * np.float32(k[o + j])
-        s += t * tab[ks[b]]
-    return s
-
-
-@njit(fastmath=True, cache=True, boundscheck=False)
-def _axpy_q8_w(o, w, v, vs, tab, bs):
-    ubs = uint64(bs)
-    for b in range(vs.shape[0]):
-        wb = w * tab[vs[b]]
-        ob = uint64(b) * ubs
-        for j in range(ubs):
-            o[ob + j] += wb * np.float32(v[ob + j])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
@@ -348,50 +297,104 @@ def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
             o[d] *= inv
 
 
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_q8_wide(q, kp, ks, vp, vs, sink, tab, table, page_tokens, seq_ids, positions, scale, out):
-    n, n_heads, hd = q.shape
+# -- wide q8: one job per (row, KV head), its query heads together -----------------------------------------
+# The helpers index the pool and the caller's arrays directly and are inlined: a view per position or per head
+# costs a reference count (an atomic, shared by both threads), more than the arithmetic it serves.
+@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
+def _dequant_q8(x, xs, pg, kvh, sl, tab, bs, out):
+    """out <- the page row x[pg, kvh, sl] in f32: int8 values times their block's scale."""
+    ubs = uint64(bs)
+    for b in range(xs.shape[3]):
+        o = uint64(b) * ubs
+        sb = tab[xs[pg, kvh, sl, b]]
+        for j in range(ubs):
+            out[o + j] = np.float32(x[pg, kvh, sl, o + j]) * sb
+
+
+@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
+def _dot_rows(a, r, b, hd):
+    s = np.float32(0.0)
+    for d in range(uint64(hd)):
+        s += a[r, d] * b[d]
+    return s
+
+
+@njit(fastmath=True, cache=True, boundscheck=False)
+def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, length, i, g, scale, out):
+    """Row i's query heads that read KV head g: each position's K and V row is dequantized once for all of
+    them (grouped-query attention).  Per head the result is the same computation whatever the batch."""
+    n_heads, hd = q.shape[1], q.shape[2]
     group = n_heads // kp.shape[1]
     bs = hd // ks.shape[3]
-    for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
-        scores = np.empty(length, np.float32)
-        m = np.float32(-np.inf)
-        qi = q[i, h]
-        c0 = _dot_f32_w(qi, sink[kvh], hd)
-        t = 0
-        for j in range(table.shape[1]):
-            if t >= length:
-                break
-            pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
-                x = _dot_q8_w(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab, bs)
+    h0 = g * group
+    gh = group * hd
+    buf = np.empty(2 * gh + hd + 2 * group + group * length, np.float32)  # one allocation per job
+    qg = buf[:gh].reshape((group, hd))  # coded queries
+    og = buf[gh:2 * gh].reshape((group, hd))  # outputs, in the value basis
+    row = buf[2 * gh:2 * gh + hd]  # a dequantized K or V row; rotation scratch
+    c0 = buf[2 * gh + hd:2 * gh + hd + group]  # sink term, then 1 / softmax total
+    m = buf[2 * gh + hd + group:2 * gh + hd + 2 * group]  # running max score
+    scores = buf[2 * gh + hd + 2 * group:].reshape((group, length))
+    for r in range(group):
+        _coded_query(q, i, h0 + r, w, g, qg[r], row, block)
+        x = np.float32(0.0)
+        for d in range(uint64(hd)):
+            x += qg[r, d] * sink[g, d]
+        c0[r] = x
+        m[r] = -np.inf
+    t = 0
+    for j in range(table.shape[1]):  # page by page: one table lookup per page
+        if t >= length:
+            break
+        pg = table[s, j]
+        for sl in range(min(page_tokens, length - t)):
+            _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
+            for r in range(group):
+                x = _dot_rows(qg, r, row, hd)
                 if t == 0:
-                    x += c0
+                    x += c0[r]
                 x *= scale
-                scores[t] = x
-                m = max(m, x)
-                t += 1
-        total = _exp_normalize(scores, m)
-        o = out[i, h]
-        o[:] = 0.0
-        t = 0
-        for j in range(table.shape[1]):
-            if t >= length:
-                break
-            pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
-                _axpy_q8_w(o, scores[t], vp[pg, kvh, sl], vs[pg, kvh, sl], tab, bs)
-                t += 1
-        inv = np.float32(1.0) / total
-        for d in range(hd):
-            o[d] *= inv
+                scores[r, t] = x
+                m[r] = max(m[r], x)
+            t += 1
+    for r in range(group):
+        c0[r] = np.float32(1.0) / _exp_normalize(scores[r], m[r])
+        for d in range(uint64(hd)):
+            og[r, d] = 0.0
+    t = 0
+    for j in range(table.shape[1]):
+        if t >= length:
+            break
+        pg = table[s, j]
+        for sl in range(min(page_tokens, length - t)):
+            _dequant_q8(vp, vs, pg, g, sl, tab, bs, row)
+            for r in range(group):
+                p = scores[r, t]
+                for d in range(uint64(hd)):
+                    og[r, d] += p * row[d]
+            t += 1
+    for r in range(group):
+        inv = c0[r]
+        for d in range(uint64(hd)):
+            og[r, d] *= inv
+        rotate_vec(og[r], row, block)  # back to the model's basis
+        for d in range(uint64(hd)):
+            out[i, h0 + r, d] = og[r, d]
 
 
-#: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, sink, ...),
-#: the others (q, k, v, ...); the f16 table is passed to all (f32 ignores it).
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
+                   out):
+    n, n_kv = q.shape[0], kp.shape[1]
+    for job in prange(n * n_kv):
+        i = job // n_kv
+        g = job - i * n_kv
+        _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i],
+                         positions[i] + 1, i, g, scale, out)
+
+
+#: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, w, sink, block,
+#: ...), the others (q, k, v, ...); the f16 table is passed to all (f32 ignores it).
 ATTEND = {
     "wide": {"f32": attend_f32_wide, "f16": attend_f16_wide, "q8": attend_q8_wide},
     "scalar": {"f32": attend_f32_scalar, "f16": attend_f16_scalar, "q8": attend_q8_scalar},

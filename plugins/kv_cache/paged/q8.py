@@ -17,13 +17,17 @@ basis make the blocks even (measured on SmolLM2-135M / Qwen2.5-0.5B attention, R
 mu, w and sink are per (layer, KV head) and fixed once by :class:`Calibration` on the engine's calibration
 text, so no sequence's output depends on what ran before it.  Before that (or when a layer saw too few
 rows) they are the identity: mu = 0, w = 1, sink = 0, rotation only.
+
+The hot path codes inside the kernels (writes.write_q8 for keys and values, the q8 attention kernels for
+queries and outputs); :class:`Q8Coding`'s ``keys`` / ``values`` / ``queries`` / ``outputs`` are the same
+steps in numpy, the reference the tests hold the kernels to.
 """
 from __future__ import annotations
 
 import attrs
 import numpy as np
 
-from .kernels import rotate, rotation_block
+from .rotation import rotate, rotation_block
 
 #: Rows (past position 0) of keys and of queries each layer's calibration uses at most.
 CAL_ROWS = 256
@@ -51,6 +55,7 @@ class Q8Coding:
         self.w = np.ones(shape, np.float32)
         self.block = rotation_block(self.head_dim)
 
+    # -- numpy reference of the kernels' coding ----------------------------------------------------------
     def keys(self, layer: int, positions: np.ndarray, k: np.ndarray) -> np.ndarray:
         """(rows, kv_heads, hd) keys -> what is quantized: H(w * (k - mu)), position 0 against sink_key."""
         first = (np.asarray(positions) == 0)[:, None, None]

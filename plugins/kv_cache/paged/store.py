@@ -32,8 +32,9 @@ from corert.errors import InputError
 
 from .blocks import PagePool, chain_hash
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
-from .kernels import ATTEND, QB, quantize_q8, scatter
+from .kernels import ATTEND
 from .q8 import CAL_ROWS, Calibration, Q8Coding
+from .writes import F16_POW2, QB, write_f16, write_f32, write_q8
 
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
 #: What ``prime`` evaluates to calibrate q8 pages (prose, code, markup, lists, a table: the kinds of keys
@@ -106,6 +107,18 @@ class PagedKVStore:
         self._calibration: Calibration | None = None
         self.table = np.zeros((n_seqs, self.max_pages), np.int32)
         self._attend = ATTEND[cfg.kernel][cfg.dtype]
+        # Per layer, what the write and attention kernels take besides the rows: views made once (a decode
+        # step calls each 30-odd times; calibration and compaction write into these arrays in place).
+        layers = range(n_layers)
+        if cfg.dtype == "q8":
+            c = self.coding
+            self._write_args = [(self.k[i], self.ks[i], self.v[i], self.vs[i], c.mu[i], c.w[i], c.sink_key[i],
+                                 c.block, F16_POW2, self.table, P) for i in layers]
+            self._attend_args = [(self.k[i], self.ks[i], self.v[i], self.vs[i], c.w[i], c.sink[i], c.block,
+                                  F16_TO_F32, self.table, P) for i in layers]
+        else:
+            self._write_args = [(self.k[i], self.v[i], self.table, P) for i in layers]
+            self._attend_args = [(self.k[i], self.v[i], F16_TO_F32, self.table, P) for i in layers]
         self.pool = PagePool(n_pages)
         self.seqs: dict[int, SeqState] = {}
         self._free_ids = list(range(n_seqs - 1, -1, -1))
@@ -215,39 +228,32 @@ class PagedKVStore:
 
     def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
               v: np.ndarray) -> None:
-        pages, slots = self._where(seq_ids, positions)
+        # one kernel per layer: page lookup, q8 coding, quantization and stores (writes.py)
+        seq_ids = np.asarray(seq_ids, np.int32)
+        positions = np.asarray(positions, np.int32)
         dt = self.cfg.dtype
         if dt == "q8":
             if self._calibration is not None:
                 self._calibration.add_keys(layer, positions, k)
-            kq, kd = quantize_q8(self.coding.keys(layer, positions, k))
-            vq, vd = quantize_q8(self.coding.values(v))
-            scatter(self.k[layer], pages, slots, kq)
-            scatter(self.ks[layer], pages, slots, kd)
-            scatter(self.v[layer], pages, slots, vq)
-            scatter(self.vs[layer], pages, slots, vd)
-        elif dt == "f16":
-            scatter(self.k[layer], pages, slots, k.astype(np.float16).view(np.uint16))
-            scatter(self.v[layer], pages, slots, v.astype(np.float16).view(np.uint16))
+            write_q8(np.asarray(k, np.float32), np.asarray(v, np.float32), *self._write_args[layer], seq_ids,
+                     positions)
+        elif dt == "f16":  # the kernel rounds f32 bit patterns (numba has no float16)
+            write_f16(np.ascontiguousarray(k, np.float32).view(np.uint32),
+                      np.ascontiguousarray(v, np.float32).view(np.uint32), *self._write_args[layer], seq_ids,
+                      positions)
         else:
-            scatter(self.k[layer], pages, slots, np.ascontiguousarray(k, np.float32))
-            scatter(self.v[layer], pages, slots, np.ascontiguousarray(v, np.float32))
+            write_f32(np.asarray(k, np.float32), np.asarray(v, np.float32), *self._write_args[layer], seq_ids,
+                      positions)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
                out: np.ndarray) -> None:
         seq_ids = np.asarray(seq_ids, np.int32)
         positions = np.asarray(positions, np.int32)
-        if self.cfg.dtype == "q8":
-            if self._calibration is not None:
-                self._calibration.add_queries(layer, positions, q)
-            c = self.coding  # pages hold keys and values in its basis: see q8.py
-            self._attend(c.queries(layer, q), self.k[layer], self.ks[layer], self.v[layer], self.vs[layer],
-                         c.sink[layer], F16_TO_F32, self.table, self.page_tokens, seq_ids, positions,
-                         np.float32(scale), out)
-            c.outputs(out)
-        else:
-            self._attend(q, self.k[layer], self.v[layer], F16_TO_F32, self.table, self.page_tokens,
-                         seq_ids, positions, np.float32(scale), out)
+        if self._calibration is not None:
+            self._calibration.add_queries(layer, positions, q)
+        # q8: the kernel codes the queries into the pages' basis and decodes the outputs (q8.py)
+        self._attend(np.asarray(q, np.float32), *self._attend_args[layer], seq_ids, positions, np.float32(scale),
+                     out)
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         st = self._state(seq)
@@ -383,12 +389,6 @@ class PagedKVStore:
         if st is None:
             raise InputError(f"KV sequence {seq} is not in use (new_sequence() first)")
         return st
-
-    def _where(self, seq_ids: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.asarray(positions)
-        blocks = positions // self.page_tokens
-        return (self.table[np.asarray(seq_ids), blocks].astype(np.int32),
-                (positions - blocks * self.page_tokens).astype(np.int32))
 
     def _make_writable(self, seq: int, st: SeqState) -> None:
         """The next write lands in the sequence's last, partly filled page: copy it if shared."""
