@@ -28,6 +28,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from corert.engines.native import numba_setup  # noqa: F401  (threading layer before the first prange)
+from corert.engines.native.simd import prefetch
 
 from .rotation import rotate_vec
 from .writes import QB
@@ -311,6 +312,22 @@ def _dequant_q8(x, xs, pg, kvh, sl, tab, bs, out):
             out[o + j] = np.float32(x[pg, kvh, sl, o + j]) * sb
 
 
+@njit(cache=True, boundscheck=False, inline="always")
+def _prefetch_page(x, xs, table, s, j, kvh, n_slots):
+    """Ask for the cache lines of the first n_slots int8 rows (and their scales) of KV head kvh in the
+    sequence's j-th page.  A page is a run of lines the hardware follows, but the next page is anywhere and
+    the whole layer is cold after its weights: asking one page ahead took a decode step's attention from
+    ~37 to ~28 us a layer (8 rows, smollm2)."""
+    if j >= table.shape[1] or n_slots <= 0:
+        return
+    n_kv, P, hd, nb = x.shape[1], x.shape[2], x.shape[3], xs.shape[3]
+    r = (table[s, j] * n_kv + kvh) * P
+    for o in range(0, n_slots * hd, 64):
+        prefetch(x, r * hd + o)
+    for o in range(0, n_slots * nb * 2, 64):
+        prefetch(xs, r * nb + o // 2)
+
+
 @njit(fastmath=True, cache=True, boundscheck=False, inline="always")
 def _dot_rows(a, r, b, hd):
     s = np.float32(0.0)
@@ -342,11 +359,14 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
             x += qg[r, d] * sink[g, d]
         c0[r] = x
         m[r] = -np.inf
+    _prefetch_page(kp, ks, table, s, 0, g, min(page_tokens, length))
+    _prefetch_page(vp, vs, table, s, 0, g, min(page_tokens, length))
     t = 0
     for j in range(table.shape[1]):  # page by page: one table lookup per page
         if t >= length:
             break
         pg = table[s, j]
+        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, length - t - page_tokens))
         for sl in range(min(page_tokens, length - t)):
             _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
             for r in range(group):
@@ -366,6 +386,7 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         if t >= length:
             break
         pg = table[s, j]
+        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, length - t - page_tokens))
         for sl in range(min(page_tokens, length - t)):
             _dequant_q8(vp, vs, pg, g, sl, tab, bs, row)
             for r in range(group):

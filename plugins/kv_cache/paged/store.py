@@ -34,7 +34,7 @@ from .blocks import PagePool, chain_hash
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
 from .kernels import ATTEND
 from .q8 import CAL_ROWS, Calibration, Q8Coding
-from .writes import F16_POW2, QB, write_f16, write_f32, write_q8
+from .writes import QB, write_f16, write_f32, write_q8
 
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
 #: What ``prime`` evaluates to calibrate q8 pages (prose, code, markup, lists, a table: the kinds of keys
@@ -113,7 +113,7 @@ class PagedKVStore:
         if cfg.dtype == "q8":
             c = self.coding
             self._write_args = [(self.k[i], self.ks[i], self.v[i], self.vs[i], c.mu[i], c.w[i], c.sink_key[i],
-                                 c.block, F16_POW2, self.table, P) for i in layers]
+                                 c.block, F16_TO_F32, self.table, P) for i in layers]
             self._attend_args = [(self.k[i], self.ks[i], self.v[i], self.vs[i], c.w[i], c.sink[i], c.block,
                                   F16_TO_F32, self.table, P) for i in layers]
         else:

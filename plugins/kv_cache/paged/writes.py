@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from corert.engines.native.simd import prefetch
+
 from .rotation import rotate_vec
 
 QB = 32  # values per q8 block (one f16 scale each), as llama.cpp's q8_0
@@ -40,22 +42,6 @@ def f16_bits(u):
     return np.uint16(sign | h)
 
 
-#: 2^(e - 25) for an f16 exponent field e (31: inf), so that a normal f16 is (1024 + mantissa) * POW2[e].
-F16_POW2 = np.array([2.0 ** (e - 25) for e in range(31)] + [np.inf], np.float32)
-
-
-@njit(cache=True, inline="always")
-def f16_value(bits, pow2):
-    """The f32 value of non-negative f16 bits (a q8 scale), from a 128-byte table: the 256 KiB table of every
-    f16 misses the cache once the layer's weights have streamed through it, and each q8 row waits on its
-    scale."""
-    e = np.int64(bits) >> 10
-    m = np.int64(bits) & 0x3FF
-    if e == 0:  # subnormal: m * 2^-24
-        return np.float32(m) * pow2[1]
-    return np.float32(m + 1024) * pow2[e]
-
-
 def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """numpy reference of the q8 write: (rows, heads, d) f32 -> int8 values and f16-bit scales (rows, heads,
     d // QB), round to nearest.  The scale is rounded to f16 first and the values are quantized with that
@@ -70,7 +56,7 @@ def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(cache=True, boundscheck=False)
-def _quantize_into(x, q, sc, scale_f32, scale_bits, pow2):
+def _quantize_into(x, q, sc, scale_f32, scale_bits, tab):
     """x (d,) f32 -> q (d,) int8 and sc (d // QB,) f16 bits, as :func:`quantize_q8`.  scale_f32 is a 1-value
     f32 scratch and scale_bits its uint32 view (numba has no scalar bit cast)."""
     for b in range(sc.shape[0]):
@@ -81,23 +67,36 @@ def _quantize_into(x, q, sc, scale_f32, scale_bits, pow2):
         scale_f32[0] = amax / np.float32(127.0)
         bits = f16_bits(scale_bits[0])
         sc[b] = bits
-        d = f16_value(bits, pow2)
+        d = tab[bits]
         inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
         for j in range(uint64(QB)):
             q[o + j] = np.int8(min(max(np.rint(x[o + j] * inv), np.float32(-127.0)), np.float32(127.0)))
 
 
 @njit(cache=True, boundscheck=False)
-def write_q8(k, v, kp, ks, vp, vs, mu, w, sink_key, block, pow2, table, page_tokens, seq_ids, positions):
+def write_q8(k, v, kp, ks, vp, vs, mu, w, sink_key, block, tab, table, page_tokens, seq_ids, positions):
     """Rows' keys and values (rows, kv_heads, d) f32 into one layer's q8 pages kp/vp (n_pages, kv_heads,
     page_tokens, d) int8 and scales ks/vs (..., d // QB) f16 bits.  Keys are stored as H(w * (k - mu)),
     position 0's against sink_key instead of mu; values as H v (mu, w, sink_key: (kv_heads, d), q8.py).
-    ``pow2`` is F16_POW2."""
+    ``tab``: f16 bits -> f32."""
     n, n_kv, hd = k.shape
     x = np.empty(hd, np.float32)
     tmp = np.empty(hd, np.float32)
     scale_f32 = np.empty(1, np.float32)
     scale_bits = scale_f32.view(np.uint32)
+    P, nb = page_tokens, ks.shape[3]
+    # The destination rows are cold after a layer's weights: ask for all their lines at once rather than
+    # wait on each row's stores in turn (measured: 14.5 -> 10.5 us a layer for 8 decode rows).
+    for i in range(n):
+        pos = positions[i]
+        pg, sl = table[seq_ids[i], pos // P], pos % P
+        for h in range(n_kv):
+            r = (pg * n_kv + h) * P + sl
+            for o in range(0, hd, 64):  # int8: a byte per value
+                prefetch(kp, r * hd + o)
+                prefetch(vp, r * hd + o)
+            prefetch(ks, r * nb)
+            prefetch(vs, r * nb)
     for i in range(n):
         pos = positions[i]
         pg, sl = table[seq_ids[i], pos // page_tokens], pos % page_tokens
@@ -107,11 +106,11 @@ def write_q8(k, v, kp, ks, vp, vs, mu, w, sink_key, block, pow2, table, page_tok
             for d in range(hd):
                 x[d] = (k[i, h, d] - base[d]) * wh[d]
             rotate_vec(x, tmp, block)
-            _quantize_into(x, kp[pg, h, sl], ks[pg, h, sl], scale_f32, scale_bits, pow2)
+            _quantize_into(x, kp[pg, h, sl], ks[pg, h, sl], scale_f32, scale_bits, tab)
             for d in range(hd):
                 x[d] = v[i, h, d]
             rotate_vec(x, tmp, block)
-            _quantize_into(x, vp[pg, h, sl], vs[pg, h, sl], scale_f32, scale_bits, pow2)
+            _quantize_into(x, vp[pg, h, sl], vs[pg, h, sl], scale_f32, scale_bits, tab)
 
 
 @njit(cache=True, boundscheck=False)
