@@ -20,7 +20,8 @@ evaluated at once give bit-identical results to one at a time (what makes specul
 plain decoding).  Groups are spread over numba threads (prange); the tokens of a batch are looped inside a
 group, so the group's weights stay in L1 while every token uses them.
 
-Variants (a dispatch table, chosen once when a model loads):
+Variants (a dispatch table in products.py, chosen once when a model loads; ``vnni``, the int8 one, is in
+matmul_i8.py):
   avx2    fastmath: LLVM vectorizes the row loop with FMAs, on ymm or zmm
   neon    the same code: a contiguous row loop vectorizes on 128-bit registers as it is
   scalar  no fastmath (no FMA contraction, no reassociation): the reference every variant is tested against
