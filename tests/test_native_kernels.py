@@ -260,7 +260,7 @@ def test_vnni_kernels_use_vpdpbusd():
     x = np.ones((1, 32), np.float32)
     d, out = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
     for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, out)),
-                     (matmul_i8.q8_matmul, (np.zeros((1, 8 * 64), np.int8), d, np.zeros((1, 16), np.int32),
+                     (matmul_i8.q8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
                                             x, out))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)

@@ -22,11 +22,15 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       bits (uint16) when exact, else f32;
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
   q8: ``q`` int8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits [block][row];
-      ``bias`` int32 [block][row] = 128 * (sum of the row's block): ``vpdpbusd`` multiplies unsigned by
-      signed bytes, so x enters as x + 128 and the bias is taken back out.
+      ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
+      the weights unsigned the activations can be the instruction's memory operand (a broadcast word);
+      the extra 128 * sum(x) of each block comes back out from the activations' integer sums (exact).
+      The alternative, x + 128 against signed weights, needs a per-block weight sum in memory: 1 more bit
+      read per weight.
 Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
-Activations (made by the products from x): ``xq`` (n, 2, cols) bytes (level 1, level 2), ``xd``
-(n, 2, cols / 32) f32 their steps, ``xs`` (n, cols / 32) f32 the sums of the rounded blocks.
+Activations (made by the products from x, see quantize_rows): ``xq`` (n, 2, cols) signed bytes (level 1,
+level 2), ``xd`` (n, 2, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
+f32 the sums of the rounded blocks.
 
 Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
 so k tokens at once give bit-identical results to one at a time.  The group's weights are loaded and
@@ -38,8 +42,8 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import numba_setup  # noqa: F401
-from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32, load_i32,
-                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, store_f32, sub_i32, to_f32, zeros_i32)
+from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
+                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
 
 QK = 32
 #: output rows per group: the 16 int32 lanes of one zmm register
@@ -75,14 +79,14 @@ def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
             _per_block(_compact(offset.astype(np.float32)), ng, nb))
 
 
-def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-major q8 (rows, cols) int8 and (rows, cols/32) f16 scale bits -> (q, d, bias)."""
+def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major q8 (rows, cols) int8 and (rows, cols/32) f16 scale bits -> (q + 128 as uint8, d)."""
     nb = q.shape[1] // QK
     q, scale_bits = _pad_rows(q), _pad_rows(scale_bits)
     ng = q.shape[0] // ROWS
-    bias = q.reshape(q.shape[0], nb, QK).sum(axis=2, dtype=np.int32) * np.int32(128)
-    gq = q.reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
-    return np.ascontiguousarray(gq), _per_block(scale_bits, ng, nb), _per_block(bias, ng, nb)
+    shifted = q.view(np.uint8) ^ np.uint8(0x80)  # two's complement q -> q + 128
+    gq = shifted.reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
+    return np.ascontiguousarray(gq), _per_block(scale_bits, ng, nb)
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
@@ -97,16 +101,16 @@ LEVEL2 = 254
 
 
 @njit(fastmath=True, cache=True, boundscheck=False, error_model="numpy")
-def quantize_rows(x, offset, xq, xd, xs):
+def quantize_rows(x, xq, xd, xi, xs):
     """Per row of x (n, cols) and 32-value block: level 1 step ``d1`` = max|x| / 127, ``q1`` = round(x / d1),
-    level 2 step ``d2`` = d1 / LEVEL2, ``q2`` = round((x - d1 q1) / d2); bytes q + offset (0: signed,
-    128: unsigned) into ``xq`` (n, 2, cols), steps into ``xd`` (n, 2, nb); ``xs`` = sum of d1 q1 + d2 q2.
+    level 2 step ``d2`` = d1 / LEVEL2, ``q2`` = round((x - d1 q1) / d2).  Into ``xq`` (n, 2, cols) the
+    q as signed bytes, ``xd`` (n, 2, nb) the steps, ``xi`` (n, 2, nb) int32 the sums of the q's, and
+    ``xs`` (n, nb) the sum of d1 q1 + d2 q2.
 
     ``xs`` sums the *rounded* block, not x: the q4 offset term m * sum(x) then carries the same rounding
     as the q term, so a block product's error is sum((q d + m) e) over the rounding errors e, proportional
     to the weights (centred for Q4_1: m ~ -8 d), instead of sum(q d e), about twice as large.
     fastmath only reorders a max and sums of small integers held in floats: both exact in any order."""
-    off = np.float32(offset)
     for t in range(x.shape[0]):
         xr, q1r, q2r = x[t], xq[t, 0], xq[t, 1]
         for b in range(uint64(x.shape[1] // QK)):  # unsigned indices: no negative-index code, loops vectorize
@@ -124,10 +128,12 @@ def quantize_rows(x, offset, xq, xd, xs):
                 q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((xr[j] - q1 * d1) * inv2)))
                 sum1 += q1
                 sum2 += q2
-                q1r[j] = np.uint8(np.int32(q1 + off) & 255)
-                q2r[j] = np.uint8(np.int32(q2 + off) & 255)
+                q1r[j] = np.uint8(np.int32(q1) & 255)
+                q2r[j] = np.uint8(np.int32(q2) & 255)
             xd[t, 0, b] = d1
             xd[t, 1, b] = d2
+            xi[t, 0, b] = np.int32(sum1)
+            xi[t, 1, b] = np.int32(sum2)
             xs[t, b] = d1 * sum1 + d2 * sum2
 
 
@@ -147,17 +153,18 @@ def _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo):
 
 
 @njit(inline="always")
-def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, bias):
-    """Integer dot of one 16-row x 32-column q8 block with the 32 unsigned (x + 128) bytes at xq[xo]."""
-    s0 = dot_u8s8(zeros_i32(), broadcast_word(xq, xo), w0)
-    s1 = dot_u8s8(zeros_i32(), broadcast_word(xq, xo + 4), w1)
-    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 8), w2)
-    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 12), w3)
-    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 16), w4)
-    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 20), w5)
-    s0 = dot_u8s8(s0, broadcast_word(xq, xo + 24), w6)
-    s1 = dot_u8s8(s1, broadcast_word(xq, xo + 28), w7)
-    return sub_i32(add_i32(s0, s1), bias)
+def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xsum):
+    """Integer dot of one 16-row x 32-column q8 block (stored q + 128) with the 32 signed bytes at xq[xo],
+    whose sum is ``xsum``: the + 128 comes back out as 128 * xsum."""
+    s0 = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo))
+    s1 = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + 4))
+    s0 = dot_u8s8(s0, w2, broadcast_word(xq, xo + 8))
+    s1 = dot_u8s8(s1, w3, broadcast_word(xq, xo + 12))
+    s0 = dot_u8s8(s0, w4, broadcast_word(xq, xo + 16))
+    s1 = dot_u8s8(s1, w5, broadcast_word(xq, xo + 20))
+    s0 = dot_u8s8(s0, w6, broadcast_word(xq, xo + 24))
+    s1 = dot_u8s8(s1, w7, broadcast_word(xq, xo + 28))
+    return sub_i32(add_i32(s0, s1), splat_i32(xsum * 128))
 
 
 @njit(inline="always")
@@ -169,20 +176,20 @@ def _store_rows(acc, out, n, g, rows):
 
 
 @njit
-def _levels(x, offset):
-    """x's two int8 levels, their steps and the rounded block sums (quantize_rows), freshly allocated."""
+def _levels(x):
+    """x's two int8 levels, their steps and sums (quantize_rows), freshly allocated."""
     n, cols = x.shape
     xq, xd = np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // QK), np.float32)
-    xs = np.empty((n, cols // QK), np.float32)
-    quantize_rows(x, offset, xq, xd, xs)
-    return xq, xd, xs
+    xi, xs = np.empty((n, 2, cols // QK), np.int32), np.empty((n, cols // QK), np.float32)
+    quantize_rows(x, xq, xd, xi, xs)
+    return xq, xd, xi, xs
 
 
 # The products take x (n, cols) f32 and quantize it first, serially, in the same call: one dispatch from
 # Python per product instead of two (at 8 rows a call costs more than the quantization).
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def q4_matmul(q, d, m, x, out):
-    xq, xd, xs = _levels(x, 0)
+    xq, xd, _, xs = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
@@ -210,28 +217,27 @@ def q4_matmul(q, d, m, x, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q8_matmul(q, d, bias, x, out):
-    xq, xd, _ = _levels(x, 128)  # unsigned: see the q8 layout
+def q8_matmul(q, d, x, out):
+    xq, xd, xi, _ = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
-        qg, dg, bg = q[g], d[g], bias[g]
+        qg, dg = q[g], d[g]
         ahead = PREFETCH_BYTES // (8 * 64)
         for b in range(nb):
             o = b * 8 * 64
             for line in range(8):
                 prefetch(qg, o + PREFETCH_BYTES + line * 64)
             prefetch(dg, (b + ahead) * ROWS)
-            prefetch(bg, (b + ahead) * ROWS)
             w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), \
                 load_bytes(qg, o + 192)
             w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
                 load_bytes(qg, o + 448)
-            dv, bv = load_scales(dg, b * ROWS), load_i32(bg, b * ROWS)
+            dv = load_scales(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
-                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, bv)
+                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
                 part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
-                i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, bv)
+                i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
                 store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
         _store_rows(acc, out, n, g, out.shape[1])

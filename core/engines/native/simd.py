@@ -91,8 +91,8 @@ def _load_lanes(vec: Vec):
     return load
 
 
-#: 16 int32 / 16 float32 from ``arr[idx]`` (the array's own element type is not checked beyond its width)
-load_i32, load_f32 = _load_lanes(I32x16), _load_lanes(F32x16)
+#: 16 float32 from ``arr[idx]`` (the array's own element type is not checked beyond its width)
+load_f32 = _load_lanes(F32x16)
 
 
 @intrinsic
@@ -144,6 +144,19 @@ def splat_f32(typingctx, x):
         value = context.cast(builder, args[0], sig.args[0], types.float32)
         return _splat(builder, value, F32x16.llvm())
     return F32x16(x), codegen
+
+
+@intrinsic
+def splat_i32(typingctx, x):
+    """An integer (truncated to 32 bits) repeated 16 times."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = builder.trunc(args[0], _I32) if sig.args[0].bitwidth > 32 else \
+            builder.sext(args[0], _I32) if sig.args[0].bitwidth < 32 else args[0]
+        return _splat(builder, value, I32x16.llvm())
+    return I32x16(x), codegen
 
 
 @intrinsic
