@@ -62,10 +62,16 @@ def _per_block(a: np.ndarray, ng: int, nb: int) -> np.ndarray:
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
-    """f32 values as f16 bits (uint16) when that is exact (Q4_0 / Q4_1 scales are f16 in the file; Q4_K's
-    products of a scale and a 6-bit factor are not): the kernels read half the bytes per block."""
+    """Block scales or offsets as f16 bits (uint16), which the kernels read in half the bytes, when every
+    value survives as a normal f16: exactly for Q4_0 / Q4_1 (f16 in the file); Q4_K's products of an f16
+    scale and a 6-bit factor are rounded, by at most 2^-11 relative, i.e. a weight moves by at most
+    1/270 of its 4-bit step.  Otherwise (tiny or huge values) they stay f32."""
     half = a.astype(np.float16)
-    return half.view(np.uint16) if np.array_equal(half.astype(np.float32), a) else a
+    back = half.astype(np.float32)
+    nonzero = a != 0
+    ok = np.all(np.abs(back[nonzero] - a[nonzero]) <= np.abs(a[nonzero]) * 2.0 ** -11) and \
+        np.all(np.abs(a[nonzero]) >= np.finfo(np.float16).tiny) and np.all(np.isfinite(back))
+    return half.view(np.uint16) if ok else a
 
 
 def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
