@@ -141,9 +141,11 @@ def _matrix(kind, q8_matrix, q4_matrix):
         return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
     if kind == "q4":
         return q4_matrix[:3], q4_matrix[3], q4_matrix[4]
-    # q4 whose scales are exact in f16 (Q4_0 / Q4_1 sources): the vnni layout keeps them as f16 bits
     packed, d, m, x, _ = q4_matrix
-    d, m = (a.astype(np.float16).astype(np.float32) for a in (d, m))
+    if kind == "q4-f16-scales":  # exact in f16, as Q4_0 / Q4_1 scales are
+        d, m = (a.astype(np.float16).astype(np.float32) for a in (d, m))
+    else:  # "q4-tiny-scales": below f16's normal range, so the vnni layout keeps them f32
+        d, m = d * np.float32(1e-3), m * np.float32(1e-3)
     p = packed.reshape(packed.shape[0], -1, 16)
     q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
     w = (q * d[..., None] + m[..., None]).reshape(packed.shape[0], -1)
@@ -172,15 +174,23 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales"])
+@pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales", "q4-tiny-scales"])
 def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     _needs("vnni")
     mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
     got = _run("vnni", kind[:2], mat, x)
-    if kind == "q4-f16-scales":
-        assert products.PRODUCTS["vnni"].layout_q4(*mat)[1].dtype == np.uint16
+    w, m = _weights_f64(kind[:2], mat)
+    if kind != "q8":
+        stored = [a.dtype for a in products.PRODUCTS["vnni"].layout_q4(*mat)[1:]]
+        assert stored[0] == (np.float32 if kind == "q4-tiny-scales" else np.uint16)
+        if kind == "q4":  # f32 scales rounded to f16 where every value stays normal (as Q4_K's are)
+            ref_w = w
+            w, m = _weights_f64("q4", (mat[0], *(a.astype(np.float16).astype(np.float32) if t == np.uint16
+                                                  else a for a, t in zip(mat[1:], stored))))
+            assert np.abs(w - ref_w).max() <= 15 * np.abs(mat[1]).max() * 2.0 ** -11
+            ref = x.astype(np.float64) @ (w + np.repeat(m, 32, axis=1)).T  # the weights as stored
     n, cols = x.shape
     blocks = x.reshape(n, -1, 32).astype(np.float32)
     d1 = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
@@ -190,7 +200,6 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
                                        / np.abs(blocks).max(axis=2, keepdims=True)))
     assert np.abs(q1).max() <= 127 and np.abs(q2).max() <= 127
     x_hat = (q1.astype(np.float64) * d1 + q2.astype(np.float64) * d2)
-    w, m = _weights_f64(kind, mat)
     exact = x_hat.reshape(n, cols) @ w.T
     if m is not None:  # the offset term uses the sums of the rounded blocks
         exact += x_hat.sum(axis=2) @ m.T.astype(np.float64)
