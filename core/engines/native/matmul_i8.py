@@ -19,10 +19,10 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
   q4: ``q`` uint8, group g: [block b][step s < 4][row r][i < 4] = byte 4 s + i of row r's block b in the
       GGUF Q4 packing: its low nibbles are columns 4 s + i, its high nibbles columns 16 + 4 s + i, so one
       64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
-      bits (uint16) when exact, else f32;
+      bits (uint16) when every value stays a normal f16 (see _compact), else f32.
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
-  q8: ``q`` int8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits [block][row];
-      ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
+  q8: ``q`` uint8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits
+      [block][row].  ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
       the weights unsigned the activations can be the instruction's memory operand (a broadcast word);
       the extra 128 * sum(x) of each block comes back out from the activations' integer sums (exact).
       The alternative, x + 128 against signed weights, needs a per-block weight sum in memory: 1 more bit
@@ -43,7 +43,8 @@ from numba import njit, prange, uint64
 
 from . import numba_setup  # noqa: F401
 from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
-                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
+                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32,
+                   to_f32, zeros_i32)
 
 QK = 32
 #: output rows per group: the 16 int32 lanes of one zmm register
@@ -214,6 +215,7 @@ def q4_matmul(q, d, m, x, out):
             dv, mv = load_scales(dg, b * ROWS), load_scales(mg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
+                # the small terms first: the offset, level 2, then level 1
                 part = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
                 i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
                 part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), part)
@@ -242,6 +244,7 @@ def q8_matmul(q, d, x, out):
             dv = load_scales(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
+                # level 2 (the small term) first
                 i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
                 part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
