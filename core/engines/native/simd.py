@@ -188,10 +188,13 @@ def dot_u8s8(typingctx, acc, a, b):
     if not (acc == I32x16 and a == I8x64 and b == I8x64):
         return None
 
+    # Declared with the <16 x i32> operands of LLVM <= 20 (the byte vectors bitcast): the form numba's older
+    # llvmlite builds accept, and the one newer LLVM (byte-vector operands) still upgrades on parsing.
     def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(I32x16.llvm(), [I32x16.llvm(), I8x64.llvm(), I8x64.llvm()])
+        v32 = I32x16.llvm()
+        fnty = ir.FunctionType(v32, [v32, v32, v32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.avx512.vpdpbusd.512")
-        return builder.call(fn, list(args))
+        return builder.call(fn, [args[0], builder.bitcast(args[1], v32), builder.bitcast(args[2], v32)])
     return I32x16(acc, a, b), codegen
 
 
