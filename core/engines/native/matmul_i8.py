@@ -91,9 +91,9 @@ def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.nda
     nb = q.shape[1] // QK
     q, scale_bits = _pad_rows(q), _pad_rows(scale_bits)
     ng = q.shape[0] // ROWS
-    shifted = q.view(np.uint8) ^ np.uint8(0x80)  # two's complement q -> q + 128
-    gq = shifted.reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
-    return np.ascontiguousarray(gq), _per_block(scale_bits, ng, nb)
+    gq = np.ascontiguousarray(q.view(np.uint8).reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)).reshape(ng, -1)
+    gq ^= np.uint8(0x80)  # two's complement q -> q + 128, in place: no second copy of the matrix at load
+    return gq, _per_block(scale_bits, ng, nb)
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
