@@ -48,3 +48,16 @@ def raw_llama(smollm2):
     from corert.engines.llama_lib import llama_cpp
 
     return llama_cpp().Llama(model_path=smollm2, n_ctx=2048, n_threads=2, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def need_variant():
+    """``need_variant(name)`` skips the test when this CPU cannot run the native engine's variant ``name``:
+    vnni needs AVX-512 VNNI; the f32 kernel variants are plain numba loops and run on any CPU."""
+    from corert.cpu import info
+    from corert.engines.native.plugin import VNNI
+
+    def need(name: str) -> None:
+        if name == VNNI.name and not VNNI.supported(info()):
+            pytest.skip("this CPU has no AVX-512 VNNI")
+    return need

@@ -120,14 +120,10 @@ def test_smollm2_matches_f64_reference(small, smollm2):
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
 
 
-def test_vnni_variant_matches_f64_reference(smollm2):
+def test_vnni_variant_matches_f64_reference(smollm2, need_variant):
     """The vnni variant's two int8 activation levels keep ~16 bits: far below llama.cpp's 8-bit rounding
     (KL ~5e-3 to this reference on smollm2), and the same greedy tokens."""
-    from corert.cpu import info
-    from corert.engines.native.plugin import VNNI
-
-    if not VNNI.supported(info()):
-        pytest.skip("this CPU has no AVX-512 VNNI")
+    need_variant("vnni")
     m = _load(smollm2, variant="vnni", n_ctx=64)
     try:
         ids = _ids(m, 12)
@@ -156,12 +152,8 @@ def test_qwen2_matches_f64_reference(qwen05):
 
 # -- batch invariance and rollback -----------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["avx2", "vnni", "scalar"])
-def test_batched_logits_identical_to_one_by_one(smollm2, variant):
-    from corert.cpu import info
-    from corert.engines.native.plugin import VNNI
-
-    if variant == "vnni" and not VNNI.supported(info()):
-        pytest.skip("this CPU has no AVX-512 VNNI")
+def test_batched_logits_identical_to_one_by_one(smollm2, variant, need_variant):
+    need_variant(variant)
     m = _load(smollm2, variant=variant, n_ctx=64)
     try:
         n = 9 if variant == "scalar" else 20  # the scalar reference kernels are slow

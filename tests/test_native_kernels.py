@@ -125,14 +125,6 @@ def _run(variant, kind, mat, x):
     return out
 
 
-def _needs(variant):
-    from corert.cpu import info
-    from corert.engines.native.plugin import VNNI
-
-    if variant == "vnni" and not VNNI.supported(info()):
-        pytest.skip("this CPU has no AVX-512 VNNI")
-
-
 F32_VARIANTS = ["avx2", "neon", "scalar"]
 
 
@@ -175,10 +167,10 @@ def _weights_f64(kind, mat):
 
 
 @pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales", "q4-tiny-scales"])
-def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
+def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
-    _needs("vnni")
+    need_variant("vnni")
     mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
     got = _run("vnni", kind[:2], mat, x)
     w, m = _weights_f64(kind[:2], mat)
@@ -210,8 +202,8 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix):
 
 @pytest.mark.parametrize("variant", list(products.PRODUCTS))
 @pytest.mark.parametrize("kind", ["q8", "q4"])
-def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix):
-    _needs(variant)
+def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, need_variant):
+    need_variant(variant)
     mat, x = (q8_matrix[:2], q8_matrix[2]) if kind == "q8" else (q4_matrix[:3], q4_matrix[3])
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
     batched = _run(variant, kind, mat, x)
@@ -261,9 +253,9 @@ def test_simd_variants_are_vectorized():
         assert not re.search(r"vfmadd", _asm(fn)), f"{fn.py_func.__name__} contracts to FMA"
 
 
-def test_vnni_kernels_use_vpdpbusd():
+def test_vnni_kernels_use_vpdpbusd(need_variant):
     """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
-    _needs("vnni")
+    need_variant("vnni")
     import re
 
     x = np.ones((1, 32), np.float32)

@@ -42,11 +42,11 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from . import numba_setup  # noqa: F401
+from .matmul import QK
 from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
-                   load_scales, low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32,
+                   low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32,
                    to_f32, zeros_i32)
 
-QK = 32
 #: output rows per group: the 16 int32 lanes of one zmm register
 ROWS = 16
 
@@ -145,33 +145,37 @@ def quantize_rows(x, xq, xd, xi, xs):
 
 
 # -- products: out (n, rows) f32 ---------------------------------------------------------------------------
+#: where in a 32-value block the activation word of each of a block's 8 weight operands starts.  q4: the
+#: low nibbles of the 4 loads (columns 4 s + i) and the high ones (16 + 4 s + i), interleaved; q8: in order.
+Q4_WORDS = (0, 16, 4, 20, 8, 24, 12, 28)
+Q8_WORDS = (0, 4, 8, 12, 16, 20, 24, 28)
+
+
+@njit(inline="always")
+def _block_dot(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, words):
+    """Integer dot of one 16-row x 32-column block, as 8 unsigned-byte operands, with the 32 signed bytes
+    at xq[xo]; two accumulator chains (even and odd operands) so consecutive ``vpdpbusd`` do not wait on
+    each other."""
+    even = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo + words[0]))
+    odd = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + words[1]))
+    even = dot_u8s8(even, w2, broadcast_word(xq, xo + words[2]))
+    odd = dot_u8s8(odd, w3, broadcast_word(xq, xo + words[3]))
+    even = dot_u8s8(even, w4, broadcast_word(xq, xo + words[4]))
+    odd = dot_u8s8(odd, w5, broadcast_word(xq, xo + words[5]))
+    even = dot_u8s8(even, w6, broadcast_word(xq, xo + words[6]))
+    odd = dot_u8s8(odd, w7, broadcast_word(xq, xo + words[7]))
+    return add_i32(even, odd)
+
+
 @njit(inline="always")
 def _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo):
-    """Integer dot of one 16-row x 32-column q4 block with the 32 signed bytes at xq[xo]."""
-    lo = dot_u8s8(zeros_i32(), l0, broadcast_word(xq, xo))
-    hi = dot_u8s8(zeros_i32(), h0, broadcast_word(xq, xo + 16))
-    lo = dot_u8s8(lo, l1, broadcast_word(xq, xo + 4))
-    hi = dot_u8s8(hi, h1, broadcast_word(xq, xo + 20))
-    lo = dot_u8s8(lo, l2, broadcast_word(xq, xo + 8))
-    hi = dot_u8s8(hi, h2, broadcast_word(xq, xo + 24))
-    lo = dot_u8s8(lo, l3, broadcast_word(xq, xo + 12))
-    hi = dot_u8s8(hi, h3, broadcast_word(xq, xo + 28))
-    return add_i32(lo, hi)
+    return _block_dot(l0, h0, l1, h1, l2, h2, l3, h3, xq, xo, Q4_WORDS)
 
 
 @njit(inline="always")
 def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xsum):
-    """Integer dot of one 16-row x 32-column q8 block (stored q + 128) with the 32 signed bytes at xq[xo],
-    whose sum is ``xsum``: the + 128 comes back out as 128 * xsum."""
-    s0 = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo))
-    s1 = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + 4))
-    s0 = dot_u8s8(s0, w2, broadcast_word(xq, xo + 8))
-    s1 = dot_u8s8(s1, w3, broadcast_word(xq, xo + 12))
-    s0 = dot_u8s8(s0, w4, broadcast_word(xq, xo + 16))
-    s1 = dot_u8s8(s1, w5, broadcast_word(xq, xo + 20))
-    s0 = dot_u8s8(s0, w6, broadcast_word(xq, xo + 24))
-    s1 = dot_u8s8(s1, w7, broadcast_word(xq, xo + 28))
-    return sub_i32(add_i32(s0, s1), splat_i32(xsum * 128))
+    """q8 blocks hold q + 128: the extra 128 * sum(x) comes back out (``xsum``: the block's sum of x)."""
+    return sub_i32(_block_dot(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, Q8_WORDS), splat_i32(xsum * 128))
 
 
 @njit(inline="always")
@@ -212,7 +216,7 @@ def q4_matmul(q, d, m, x, out):
             w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
             l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
             h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
-            dv, mv = load_scales(dg, b * ROWS), load_scales(mg, b * ROWS)
+            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
                 # the small terms first: the offset, level 2, then level 1
@@ -241,7 +245,7 @@ def q8_matmul(q, d, x, out):
                 load_bytes(qg, o + 192)
             w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
                 load_bytes(qg, o + 448)
-            dv = load_scales(dg, b * ROWS)
+            dv = load_f32(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
                 # level 2 (the small term) first

@@ -79,24 +79,8 @@ def broadcast_word(typingctx, arr, idx):
     return I8x64(arr, idx), codegen
 
 
-def _load_lanes(vec: Vec):
-    @intrinsic
-    def load(typingctx, arr, idx):
-        if not (_array(arr, 32) and isinstance(idx, types.Integer)):
-            return None
-
-        def codegen(context, builder, sig, args):
-            return builder.load(_address(context, builder, sig.args[0], args[0], args[1], vec.llvm()), align=4)
-        return vec(arr, idx), codegen
-    return load
-
-
-#: 16 float32 from ``arr[idx]`` (the array's own element type is not checked beyond its width)
-load_f32 = _load_lanes(F32x16)
-
-
 @intrinsic
-def load_scales(typingctx, arr, idx):
+def load_f32(typingctx, arr, idx):
     """16 floats from ``arr[idx]``: a float32 array as it is, a uint16 array as f16 bit patterns (widened
     exactly, ``vcvtph2ps``): weights whose scales are f16 in the file keep them in half the bytes."""
     if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(idx, types.Integer)
@@ -159,26 +143,21 @@ def splat_i32(typingctx, x):
     return I32x16(x), codegen
 
 
-@intrinsic
-def low_nibbles(typingctx, v):
-    """Each byte & 0x0F."""
-    if v != I8x64:
-        return None
+def _byte_op(op: str, operand: int, doc: str):
+    @intrinsic
+    def byte_op(typingctx, v):
+        if v != I8x64:
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.and_(args[0], ir.Constant(I8x64.llvm(), [0x0F] * 64))
-    return I8x64(v), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], ir.Constant(I8x64.llvm(), [operand] * 64))
+        return I8x64(v), codegen
+    byte_op.__doc__ = doc
+    return byte_op
 
 
-@intrinsic
-def high_nibbles(typingctx, v):
-    """Each byte >> 4 (unsigned)."""
-    if v != I8x64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.lshr(args[0], ir.Constant(I8x64.llvm(), [4] * 64))
-    return I8x64(v), codegen
+low_nibbles = _byte_op("and_", 0x0F, "Each byte & 0x0F.")
+high_nibbles = _byte_op("lshr", 4, "Each byte >> 4 (unsigned).")
 
 
 @intrinsic
@@ -255,8 +234,7 @@ def prefetch(typingctx, arr, idx):
         return None
 
     def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        addr = builder.bitcast(builder.gep(data, [args[1]]), _I8.as_pointer())
+        addr = _address(context, builder, sig.args[0], args[0], args[1], _I8)
         fnty = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         builder.call(fn, [addr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
