@@ -25,13 +25,14 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
+from .bench.labels import model_label
 from .bench.stats import median, percentile
+from .data import corpus_texts
 from .errors import ConfigError, InputError
 from .plugin_host import parse_selections
 from .registry import AREAS
 
 WORKLOADS = ("generate", "tokenize", "embed", "classify", "perplexity")
-_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 DEFAULT_PROMPTS = (
     "Explain in two sentences why the sky is blue.",
@@ -131,6 +132,9 @@ class ABResult:
     metrics: tuple[Metric, ...]
     gates: tuple[Gate, ...]
     differing_areas: tuple[str, ...]
+    #: where the measured texts came from: {"source": "corpus" | "file <name>" | "caller" | "built-in",
+    #: "texts": count, "bytes": UTF-8 size}
+    inputs: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -140,6 +144,7 @@ class ABResult:
         return {"workload": self.workload, "model": self.model, "runs": self.runs,
                 "a": attrs.asdict(self.a), "b": attrs.asdict(self.b),
                 "differing_areas": list(self.differing_areas),
+                "inputs": self.inputs,
                 "metrics": [m.to_dict() for m in self.metrics], "gates": [g.to_dict() for g in self.gates],
                 "passed": self.passed}
 
@@ -161,10 +166,7 @@ def _read_inputs(workload: str, path: str | None) -> list[str]:
         return list(DEFAULT_PROMPTS)
     if workload in ("embed", "classify"):
         return list(DEFAULT_SENTENCES)
-    files = sorted(_CORPUS.glob("*")) if _CORPUS.is_dir() else []
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files if f.suffix in (".txt", ".md", ".py")]
-    if not texts:
-        raise InputError("no input: pass --input FILE")
+    texts = corpus_texts()  # the packaged corpus: the same text wherever corert runs from
     return texts if workload == "tokenize" else ["\n\n".join(texts)]
 
 
@@ -322,7 +324,11 @@ def compare(a: str | Side, b: str | Side, *, workload: str = "generate", model: 
         plugins = {**{k: str(v).split("=", 1)[1] for k, v in common.items()}, **s.plugins}
         rts.append(Runtime(base, engine=s.engine, plugins=plugins, extra_plugins=extra_plugins,
                            **({"model": model} if model else {})))
-    model_name = model or {"embed": base.embed_model, "classify": base.classify_model}.get(workload, base.model)
+    model_name = model_label(model or {"embed": base.embed_model, "classify": base.classify_model}
+                             .get(workload, base.model))
+    source = ("caller" if inputs else f"file {Path(input_file).name}" if input_file
+              else "built-in" if workload in ("generate", "embed", "classify") else "corpus")
+    inputs_info = {"source": source, "texts": len(texts), "bytes": sum(len(t.encode()) for t in texts)}
     try:
         differing = tuple(a for a in AREAS if _label(rts[0], a, sides[0].engine) != _label(rts[1], a, sides[1].engine))
         if sides[0].engine != sides[1].engine:
@@ -359,7 +365,8 @@ def compare(a: str | Side, b: str | Side, *, workload: str = "generate", model: 
     finally:
         for rt in rts:
             rt.close()
-    result = ABResult(workload, model_name, sides[0], sides[1], runs, metrics, tuple(gates), differing)
+    result = ABResult(workload, model_name, sides[0], sides[1], runs, metrics, tuple(gates), differing,
+                      inputs_info)
     if plot:
         draw(result, plot)
     return result
@@ -425,11 +432,16 @@ def run(args) -> dict[str, Any]:
     return d
 
 
+def _inputs_line(d: dict[str, Any]) -> list[str]:
+    i = d.get("inputs")
+    return [f"inputs: {i['texts']} texts, {i['bytes'] / 1e3:.1f} kB ({i['source']})"] if i else []
+
+
 def render(d: dict[str, Any]) -> str:
     fmt = lambda side: f"engine={side['engine']} " + (",".join(f"{k}={v}" for k, v in side["plugins"].items()) or "defaults")  # noqa: E731
     lines = [f"corert ab — workload {d['workload']}, model {d['model']}, {d['runs']} interleaved rounds",
              f"A: {fmt(d['a'])}", f"B: {fmt(d['b'])}",
-             f"differing areas: {', '.join(d['differing_areas']) or 'none'}", "",
+             f"differing areas: {', '.join(d['differing_areas']) or 'none'}", *_inputs_line(d), "",
              f"{'metric':<18}{'A median':>12}{'B median':>12}{'B/A':>8}{'spread':>18}"]
     for m in d["metrics"]:
         lo, hi = m["ratio_spread"]

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from corert.data import corpus_file
 from corert.engines.native.batching import BatchRunner
 from corert.engines.native.plugin import NativeEngine
 from corert.errors import InputError
@@ -21,7 +22,7 @@ BUDGET = ThreadBudget(cores=2, llama_threads=2, llama_batch_threads=2, ort_intra
                       ort_spinning=False, numba_threads=2)
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three primary colors are", "Q: What is 12 times 12?\nA:"]
-TEXT = open("/work/shared/corpus/license-apache2.txt", encoding="utf-8").read()
+TEXT = corpus_file("license-apache2.txt").read_text(encoding="utf-8")
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 
 

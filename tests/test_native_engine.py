@@ -10,6 +10,7 @@ import pytest
 
 import gguf
 import gguf.quants
+from corert.data import corpus_file
 from corert.engines.native.plugin import NativeEngine
 from corert.errors import InputError, ModelError
 from corert.interfaces import ThreadBudget
@@ -19,7 +20,7 @@ from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
 
 from oracle import raw_greedy
 
-TEXT = open("/work/shared/corpus/license-apache2.txt", encoding="utf-8").read()
+TEXT = corpus_file("license-apache2.txt").read_text(encoding="utf-8")
 BUDGET = ThreadBudget(cores=2, llama_threads=2, llama_batch_threads=2, ort_intra_op=1, ort_inter_op=1,
                       ort_spinning=False, numba_threads=2)
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",

@@ -6,9 +6,10 @@ import json
 import pytest
 
 from corert.cli import main
+from corert.data import corpus_file
 from corert.errors import InputError
 
-TEXT = "/work/shared/corpus/license-apache2.txt"
+TEXT = str(corpus_file("license-apache2.txt"))
 
 
 def _perplexity(capsys, *extra: str) -> dict:

@@ -2,23 +2,13 @@
 from __future__ import annotations
 
 import functools
-import glob
-import os
 
+from corert.data import corpus_files, corpus_texts  # noqa: F401 - corpus_texts is imported by the kernel tests
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m")
 
-# The shared corpus: /work/shared/corpus here, ../shared/corpus beside a CI clone.
-CORPUS = sorted(glob.glob("/work/shared/corpus/*")) or sorted(
-    glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus", "*")))
-
-
-def corpus_texts() -> list[str]:
-    out = []
-    for path in CORPUS:
-        with open(path, encoding="utf-8") as fh:
-            out.append(fh.read())
-    return out
+# The corpus shipped in the package (corert/data/text-corpus; sources and licences in its SOURCES.md).
+CORPUS = [str(p) for p in corpus_files()]
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..compute import on_compute_thread
+from .labels import model_label
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three primary colors are", "import numpy as np\n\n# compute the mean of a list",
@@ -126,7 +127,7 @@ def run(args) -> dict[str, Any]:
         for side in ("corert", "llama"):
             r[side].pop("outputs")
     best = rows[-1]
-    return {"model": path, "threads": threads, "max_tokens": args.max_tokens,
+    return {"model": model_label(path), "threads": threads, "max_tokens": args.max_tokens,
             "kv_cache": rt.resolve("kv_cache", "native").label, "rows": rows,
             "streams_identical_whatever_n": identical,
             "same_tokens_as_llama_at_max_n": f"{same_as_llama}/{best['streams']}",

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from ..models.store import ModelStore
+from .labels import model_label
 from .sides import SideProcess
 from .stats import median, spread
 
@@ -58,7 +59,7 @@ def run(args) -> dict[str, Any]:
                        "peak_rss_mb": rss[name] / 2**20, "memory_ratio": rss[name] / size}
     same = sum(a["ids"] == b["ids"] for a, b in zip(rounds["raw"], rounds["corert"]))
     return {
-        "bench": "generate", "model": model, "model_file_mb": size / 2**20, "engine": engine,
+        "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20, "engine": engine,
         "plugins": corert.info.get("plugins"), "threads": threads, "rounds": args.rounds,
         "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
         "decode_ratio": sides["corert"]["decode_tok_s"] / sides["raw"]["decode_tok_s"],

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _dims(model: str | None) -> dict[str, Any]:
+    from corert.bench.labels import model_label
     from corert.engines.native.model import ModelConfig
     from corert.models.gguf_header import read_header
     from corert.models.store import ModelStore
@@ -43,7 +44,7 @@ def _dims(model: str | None) -> dict[str, Any]:
     name = model or RuntimeConfig.from_env().model
     path = ModelStore(progress=True).resolve(name)
     cfg = ModelConfig.from_header(read_header(path, want_arrays=False))
-    return {"model": str(name), "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
+    return {"model": model_label(name), "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
             "n_heads": cfg.n_heads, "head_dim": cfg.head_dim}
 
 

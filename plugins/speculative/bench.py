@@ -150,7 +150,10 @@ def run(args) -> dict[str, Any]:
 
 
 def _summarize(results, target, draft, threads, args) -> dict[str, Any]:
-    out: dict[str, Any] = {"bench": "speculative", "target": target, "draft": draft, "threads": threads,
+    from corert.bench.labels import model_label
+
+    out: dict[str, Any] = {"bench": "speculative", "target": model_label(target), "draft": model_label(draft),
+                           "threads": threads,
                            "max_tokens": args.max_tokens, "engine": args.engine or "llama.cpp", "sides": {}}
     base = {}
     for name, sets in results.items():

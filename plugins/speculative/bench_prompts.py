@@ -1,11 +1,9 @@
 """Prompt sets for ``corert bench speculative``: grounded (the answer copies much of the prompt) and
-open-ended (it does not).  The grounded inputs are real code and text from shared/corpus when it is there,
-and fixed snippets otherwise."""
+open-ended (it does not).  The grounded inputs are real code from the packaged corpus (CPython's
+json/decoder.py) and fixed snippets."""
 from __future__ import annotations
 
-from pathlib import Path
-
-_CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+from corert.data import corpus_file
 
 _BUGGY = '''def moving_average(values, window):
     """Return the moving averages of values over the given window."""
@@ -30,11 +28,8 @@ _TEXT = ("The Licensor provides the Work on an as is basis, without warrenties o
 
 
 def _code(start: int, lines: int) -> str:
-    path = _CORPUS / "json_decoder.py"
-    if path.is_file():
-        src = path.read_text(encoding="utf-8").splitlines()
-        return "\n".join(src[start:start + lines])
-    return _BUGGY
+    src = corpus_file("json_decoder.py.txt").read_text(encoding="utf-8").splitlines()
+    return "\n".join(src[start:start + lines])
 
 
 GROUNDED = [

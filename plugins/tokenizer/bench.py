@@ -3,14 +3,12 @@ runs) against Hugging Face ``tokenizers`` built from the same vocabulary and mer
 own tokenizer, on the same corpus in one process run; plus the time per byte of 'a' * N (linear time)."""
 from __future__ import annotations
 
-import glob
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
-DEFAULT_CORPUS = "/work/shared/corpus"
 LINEAR_SIZES = (10_000, 100_000, 1_000_000)
 
 # The pre-tokenizer regexes of the Hugging Face tokenizer.json files these GGUF vocabularies come from.
@@ -19,22 +17,27 @@ _HF_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--corpus", default=None, help=f"folder of text files (default {DEFAULT_CORPUS})")
+    parser.add_argument("--corpus", default=None,
+                        help="folder of text files (default: the corpus shipped with corert, $CORERT_CORPUS overrides)")
     parser.add_argument("--repeat", type=int, default=3, help="passes over the corpus; the best counts")
     parser.add_argument("--no-linear", action="store_true", help="skip the 'a' * N timing")
 
 
-def _corpus(folder: str | None) -> list[tuple[str, str]]:
-    beside_repo = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
-    folder = (folder or os.environ.get("CORERT_CORPUS")
-              or (DEFAULT_CORPUS if os.path.isdir(DEFAULT_CORPUS) else str(beside_repo)))
-    files = sorted(p for p in glob.glob(os.path.join(folder, "*")) if os.path.isfile(p)
-                   and not p.endswith(("SOURCES.md",)))
-    if not files:
-        from corert.errors import InputError
+def _corpus(folder: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """(what the result calls the corpus, [(file name, text)]): the given folder or the packaged corpus."""
+    from corert.data import corpus_files
+    from corert.errors import InputError
 
+    folder = folder or os.environ.get("CORERT_CORPUS")
+    try:
+        files = corpus_files(folder)
+    except OSError as exc:
+        raise InputError(f"cannot read the corpus folder {folder}: {exc.strerror}") from None
+    if not files:
         raise InputError(f"no corpus files in {folder}")
-    return [(Path(p).name, Path(p).read_text(encoding="utf-8", errors="replace")) for p in files]
+    # the folder's name, not its path: results are compared across machines
+    label = Path(folder).name if folder else "corert text-corpus"
+    return label, [(p.name, p.read_text(encoding="utf-8", errors="replace")) for p in files]
 
 
 def _best_mbps(encode, texts: list[str], n_bytes: int, repeat: int) -> tuple[float, list[list[int]]]:
@@ -76,6 +79,7 @@ def hf_tokenizer(vocab):
 
 
 def run(args) -> dict[str, Any]:
+    from corert.bench.labels import model_label
     from corert.cpu import choose_variant, info, simd_variants
     from corert.models.store import ModelStore
 
@@ -84,7 +88,7 @@ def run(args) -> dict[str, Any]:
 
     model = getattr(args, "model", None) or DEFAULT_MODEL
     path = str(Path(model)) if Path(model).is_file() else str(ModelStore().resolve(model))
-    files = _corpus(getattr(args, "corpus", None))
+    corpus, files = _corpus(getattr(args, "corpus", None))
     texts = [t for _, t in files]
     n_bytes = sum(len(t.encode()) for t in texts)
     repeat = int(getattr(args, "repeat", 3) or 3)
@@ -160,8 +164,8 @@ def run(args) -> dict[str, Any]:
                 dt = min(dt, time.perf_counter() - t0)
             linear.append({"n": n, "ns_per_byte": dt / n * 1e9})
     per_byte = [x["ns_per_byte"] for x in linear]
-    return {"bench": "tokenize", "model": model, "path": path, "pre_tokenizer": vocab.pre,
-            "corpus_files": len(files), "corpus_bytes": n_bytes, "repeat": repeat,
+    return {"bench": "tokenize", "model": model_label(model), "pre_tokenizer": vocab.pre,
+            "corpus": corpus, "corpus_files": len(files), "corpus_bytes": n_bytes, "repeat": repeat,
             "vocab_load_s": load_s, "rows": rows, "best": best["name"], "default": default["name"],
             "ratio_vs_hf": ratio,
             "goal_ratio_vs_hf": 2.0, "linear": linear,
@@ -171,7 +175,8 @@ def run(args) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     m = result.get("machine", {})
     lines = [f"tokenize bench — {result['model']} (pre-tokenizer {result['pre_tokenizer']}), "
-             f"{result['corpus_files']} files, {result['corpus_bytes'] / 1e3:.0f} kB, best of "
+             f"{result.get('corpus', 'corpus')}: {result['corpus_files']} files, "
+             f"{result['corpus_bytes'] / 1e3:.0f} kB, best of "
              f"{result['repeat']} passes, single thread unless noted",
              f"machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, isa {m.get('isa', '?')}",
              f"{'tokenizer':<48} {'MB/s':>8}  same ids as corert"]

@@ -170,6 +170,7 @@ def _paired(times: dict[str, list[tuple[float, float]]], a: str, b: str) -> dict
 
 
 def run(args) -> dict[str, Any]:
+    from ...bench.labels import model_label
     from ...errors import ConfigError
     from .config import default_budget
     from .plugin import make_engine
@@ -237,7 +238,7 @@ def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path)
 
     first = str(lengths[0])
     result: dict[str, Any] = {
-        "bench": kind, "model": model, "graph": loaded.graph_path, "variant": variant,
+        "bench": kind, "model": model_label(model), "graph": os.path.basename(loaded.graph_path), "variant": variant,
         "onnxruntime": ort.__version__, "threads": {"ort_intra_op": cores, "ort_inter_op": 1, "spinning": False},
         "max_length": loaded.max_length, "runs": args.runs, "single": single, "batch32": batch,
         "ratios": {},
