@@ -1,7 +1,8 @@
 """CPU feature detection, done once, and the choice of a kernel variant.
 
-numba compiles for the host CPU and has no per-function ISA switch, so a variant is a different kernel
-shape (wide blocks LLVM vectorizes, or a plain scalar loop).  A variant declares the features it needs;
+numba compiles for the host CPU (or the one ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` name: then only the
+features both have count) and has no per-function ISA switch, so a variant is a different kernel shape (wide
+blocks LLVM vectorizes, or a plain scalar loop).  A variant declares the features it needs;
 the host picks the best one this CPU has.  Tests force features with :func:`override`.
 """
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _detect() -> CpuInfo:
         # /proc/cpuinfo first: loading LLVM (llvmlite) just to read flags costs ~80 MB of RSS, which a
         # runtime that never JIT-compiles anything (llama.cpp engine + reference plugins) should not pay.
         flags = _proc_cpuinfo_flags() or _llvm_flags()
+        target = _numba_target_flags()
+        if target is not None:  # numba compiles for another CPU: only what both have
+            flags = {f for f in flags if _llvm_name(f) in target}
         if "avx2" in flags and "fma" in flags:
             features.add("avx2")
         if "avx512f" in flags and "avx512bw" in flags:
@@ -66,6 +70,30 @@ def _llvm_flags() -> set[str]:
         return {f[1:] for f in raw.flatten().split(",") if f.startswith("+")}
     except Exception:  # noqa: BLE001 - no llvmlite, or a platform it does not know
         return set()
+
+
+def _llvm_name(flag: str) -> str:
+    """A /proc/cpuinfo flag as LLVM spells it (``avx512_vnni`` -> ``avx512vnni``, ``sse4_1`` -> ``sse41``)."""
+    return flag.replace("_", "").replace(".", "")
+
+
+def _numba_target_flags() -> set[str] | None:
+    """The flags numba compiles for (LLVM spelling) when told not to compile for this CPU, else None.
+
+    ``NUMBA_CPU_NAME=generic`` (numba's advice for a cache shared between machines) or an explicit
+    ``NUMBA_CPU_FEATURES`` make numba's code lack instructions this CPU has.  A kernel with explicit
+    intrinsics (the native engine's ``vnni``) compiled for such a target aborts the process in LLVM, so a
+    variant is chosen from the features both have.  Only ``+flags`` listed count: those a named CPU implies
+    are not known without LLVM, so they are taken as absent (slower kernels, never a crash).  Read from the
+    environment as numba reads it, so a runtime that never compiles anything does not load LLVM.
+    """
+    name = os.environ.get("NUMBA_CPU_NAME")
+    listed = os.environ.get("NUMBA_CPU_FEATURES")
+    if listed is None:
+        if name is None or name.strip().lower() != "generic":
+            return None  # numba uses this CPU's features
+        listed = ""
+    return {_llvm_name(f.strip()[1:]) for f in listed.split(",") if f.strip().startswith("+")}
 
 
 def _proc_cpuinfo_flags() -> set[str]:
