@@ -17,7 +17,7 @@ _START = r"(?<![\w.~/$-])"
 PATTERNS = {
     "an absolute path under a development root": re.compile(_START + r"/(?:work|root|mnt|srv|workspace)/"),
     "a user's home folder": re.compile(_START + r"(?:/home|/Users)/[^/\s]+/|[A-Za-z]:\\Users\\"),
-    "a temporary file named by path (use tmp_path or tempfile)": re.compile(_START + r"/tmp/"),
+    "a temporary file named by path (use tmp_path or tempfile)": re.compile(_START + r"/(?:tmp|var/tmp)/"),
     "the shared folder beside a checkout (use the packaged corpus)": re.compile(r"\.\./shared\b|\bshared/corpus\b"),
 }
 
@@ -68,12 +68,13 @@ def test_no_machine_path_in_tracked_files():
         "\n".join(found)
 
 
+# The bad examples are cut in two so that this file passes its own scan.
 @pytest.mark.parametrize("line, bad", [
-    ('TEXT = open("' + "/wo" + 'rk/shared/corpus/a.txt")', True),
+    ('TEXT = open("' + "/wo" + 'rk/sha' + 'red/corpus/a.txt")', True),
     ('"model": "' + "/ro" + 'ot/.cache/corert/models/x.gguf"', True),
     ("see " + "/ho" + "me/alice/src/corert", True),
     ("pip wheel -w " + "/t" + "mp/wheels .", True),
-    ("_CORPUS = ROOT / '..' / 'shared'" + ' or "..' + '/shared/corpus"', True),
+    ("_CORPUS = ROOT / '..' / 'shared'" + ' or "..' + '/sha' + 'red/corpus"', True),
     ("https://example.org" + "/ho" + "me/alice/page", False),
     ("docs/work/notes.md and ./tmp/out", False),
     ("the cache is ~/.cache/corert/models", False),
