@@ -21,7 +21,7 @@ PATTERNS = {
     "the shared folder beside a checkout (use the packaged corpus)": re.compile(r"\.\./shared\b|\bshared/corpus\b"),
 }
 
-# (path, pattern name): tracked files that may match, and why.
+# (path, pattern name) -> why that tracked file may match anyway.  None needs to today.
 ALLOWED: dict[tuple[str, str], str] = {}
 
 
