@@ -20,6 +20,26 @@ def _corpus_texts() -> list[str]:
 
 
 # -- variants --------------------------------------------------------------------------------------------
+def _plugin_variants() -> list[str]:
+    """The bpe plugin's variants as it registers them, so a new variant is tested without editing this file."""
+    from corert.plugins.tokenizer.bpe_plugin import register_tokenizers
+
+    impls = []
+    register_tokenizers(impls.append)
+    return [v.name for v in impls[0].variants]
+
+
+VARIANTS = _plugin_variants()
+#: the variants compared with the scalar reference
+OTHERS = [v for v in VARIANTS if v != "scalar"]
+
+
+def test_every_variant_has_its_kernels():
+    from corert.plugins.tokenizer.kernels_scan import VARIANT_CODES
+
+    assert set(VARIANTS) == set(VARIANT_CODES) and "scalar" in VARIANTS
+
+
 def _scan(variant: str, kind: int, text: str):
     from corert.plugins.tokenizer import kernels_scan as S
     from corert.plugins.tokenizer.unicode_classes import class_table
@@ -35,9 +55,10 @@ def _scan(variant: str, kind: int, text: str):
     return cls[:m].copy(), boff[:m + 1].copy(), words[:nw].copy()
 
 
-@pytest.mark.parametrize("variant", ["avx2", "neon"])
+@pytest.mark.parametrize("variant", OTHERS)
 @pytest.mark.parametrize("kind", [0, 1], ids=["smollm", "qwen2"])
 def test_scan_variants_equal_scalar(variant, kind):
+    """Every variant's scan (plain numba: any CPU executes each shape) gives the scalar reference's output."""
     rng = np.random.default_rng(7)
     texts = _corpus_texts() + list(REAL_TEXTS.values())
     # random mixes of ASCII runs and multi-byte characters, so blocks start and stop everywhere
@@ -48,6 +69,20 @@ def test_scan_variants_equal_scalar(variant, kind):
         got = _scan(variant, kind, text)
         for a, b in zip(ref, got):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("variant", OTHERS)
+@pytest.mark.parametrize("model", MODELS)
+def test_encode_variants_equal_scalar(model, variant):
+    """Whole encodes (scan, split, merges, special tokens; one by one and batched) of every variant."""
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+
+    ref = tokenizer(model, "scalar")
+    tok = BpeTokenizer(ref.vocab, variant)
+    texts = _corpus_texts() + list(REAL_TEXTS.values()) + ["", " ", "<|im_end|> <bos>\n\n"]
+    want = [ref.encode(t, parse_special=True) for t in texts]
+    assert [tok.encode(t, parse_special=True) for t in texts] == want
+    assert tok.encode_batch(texts, parse_special=True) == want
 
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86 assembly only")
