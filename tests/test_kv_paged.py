@@ -9,7 +9,7 @@ from numba import njit
 
 from corert.errors import ConfigError, InputError, PluginError
 from corert.plugins.kv_cache.contiguous import ContiguousKVStore
-from corert.plugins.kv_cache.paged.config import PagedConfig, parse_bytes
+from corert.plugins.kv_cache.paged.config import KERNELS, PagedConfig, parse_bytes
 from corert.plugins.kv_cache.paged.kernels import ATTEND
 from corert.plugins.kv_cache.paged.rotation import rotate, rotation_block
 from corert.plugins.kv_cache.paged.writes import f16_bits, quantize_q8
@@ -53,22 +53,33 @@ def _fill(stores, lens, rng, start=None):
     return sid, pos, outs
 
 
+#: every kernel variant of the dispatch table: a new one is tested without editing this file
+OTHERS = [k for k in ATTEND if k != "scalar"]
+
+
+def test_every_kernel_variant_is_configurable_and_complete():
+    assert set(ATTEND) == set(KERNELS) and "scalar" in ATTEND
+    assert all(set(table) == set(DTYPES) for table in ATTEND.values())
+
+
+@pytest.mark.parametrize("kernel", OTHERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_paged_attention_matches_contiguous_and_scalar(dtype):
+def test_paged_attention_matches_contiguous_and_scalar(dtype, kernel):
     rng = np.random.default_rng(1)
-    wide, scalar = _store(dtype, "wide"), _store(dtype, "scalar")
+    other, scalar = _store(dtype, kernel), _store(dtype, "scalar")
     ref = ContiguousKVStore(L, KV, HD, 256, 4)
-    for st in (wide, scalar, ref):
+    for st in (other, scalar, ref):
         for _ in range(3):
             st.new_sequence()
     start = {}
     for lens in ([20, 7, 33], [1, 1, 1], [16, 17, 5]):  # ragged prefill, decode, crossing page borders
-        _, pos, (ow, os_, oref) = _fill([wide, scalar, ref], lens, rng, start)
-        start = {s: wide.length(s) for s in range(3)}
-        for a, b, c in zip(ow, os_, oref):
+        _, pos, (oo, os_, oref) = _fill([other, scalar, ref], lens, rng, start)
+        start = {s: other.length(s) for s in range(3)}
+        for a, b, c in zip(oo, os_, oref):
             np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)  # variants agree (sum order only)
             assert np.abs(a - c).max() < TOL[dtype]
-    wide.check()
+            assert np.abs(b - c).max() < TOL[dtype]
+    other.check()
 
 
 def test_q8_pages_are_int8_with_f16_scales_and_no_second_copy():
@@ -157,7 +168,7 @@ def test_f16_bits_rounds_like_numpy():
     assert np.isnan(got[nan].view(np.float16)).all()
 
 
-@pytest.mark.parametrize("kernel", ["wide", "scalar"])
+@pytest.mark.parametrize("kernel", list(ATTEND))
 def test_q8_attention_equals_its_numpy_reference(kernel):
     """The kernels code the queries and decode the outputs themselves; numpy does it step by step here."""
     rng = np.random.default_rng(11)
@@ -194,7 +205,7 @@ def test_q8_attention_equals_its_numpy_reference(kernel):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel", ["wide", "scalar"])
+@pytest.mark.parametrize("kernel", list(ATTEND))
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_a_rows_attention_does_not_depend_on_the_batch(dtype, kernel):
     rng = np.random.default_rng(12)
@@ -385,7 +396,6 @@ def test_registered_for_the_native_engine_only():
         host.resolve("kv_cache", parse_selections({"kv_cache": "paged:q8"})["kv_cache"], engine="llama.cpp")
     with pytest.raises(PluginError):
         host.create(res, engine="llama.cpp")
-    assert set(ATTEND["wide"]) == set(ATTEND["scalar"]) == set(DTYPES)
 
 
 def test_rotate_is_an_orthonormal_walsh_hadamard_transform():
