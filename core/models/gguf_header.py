@@ -7,6 +7,7 @@ tokenizer and native engine read metadata with.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -25,6 +26,33 @@ _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4)
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _STRING, _ARRAY = 8, 9
+U32, I32, F32, BOOL = 4, 5, 6, 7
+TYPE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
+              8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+_INTEGERS = (0, 1, 2, 3, 4, 5, 10, 11)
+_FLOATS = (6, 12)
+
+# Limits llama.cpp's GGUF reader enforces too (GGML_MAX_DIMS, GGML_MAX_NAME - 1)
+MAX_DIMS = 4
+MAX_NAME_BYTES = 63
+DEFAULT_ALIGNMENT = 32
+# The fewest bytes a metadata entry (empty key, one-byte value) and a tensor info (empty name, no
+# dimensions) can take: a count that needs more than the file holds is damage, found before any loop.
+_MIN_KV_BYTES = 8 + 4 + 1
+_MIN_TENSOR_BYTES = 8 + 4 + 4 + 8
+
+# Keys whose type readers rely on without checking it: llama.cpp asserts general.alignment is a uint32
+# (a process abort otherwise) and reads the token type and score arrays as raw int32 / float32 for every
+# token; the tokenizer plugins and chat templates read the strings.  (type, array item type or None)
+_KNOWN_TYPES = {
+    "general.architecture": (_STRING, None), "general.alignment": (U32, None),
+    "tokenizer.ggml.model": (_STRING, None), "tokenizer.ggml.pre": (_STRING, None),
+    "tokenizer.chat_template": (_STRING, None),
+    "tokenizer.ggml.tokens": (_ARRAY, _STRING), "tokenizer.ggml.merges": (_ARRAY, _STRING),
+    "tokenizer.ggml.token_type": (_ARRAY, I32), "tokenizer.ggml.scores": (_ARRAY, F32),
+}
+# Per-token arrays: exactly one entry per token (llama.cpp indexes them up to the token count)
+_PER_TOKEN = ("tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
 @attrs.frozen
@@ -44,6 +72,8 @@ class GGUFHeader:
     tensors: tuple[TensorInfo, ...]
     data_offset: int
     file_size: int
+    #: key -> (GGUF value type, array item type or None, array length or None), for every key
+    value_types: dict[str, tuple[int, int | None, int | None]] = attrs.field(factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -53,7 +83,65 @@ class GGUFHeader:
         for t in self.tensors:
             if t.name == name:
                 return t
-        raise ModelError(f"{self.path}: no tensor {name!r}")
+        raise ModelError(f"{self.path}: no tensor {_show(name)}")
+
+    def array_length(self, key: str) -> int | None:
+        """The length of an array-valued key (decoded or not); None when the key is absent."""
+        info = self.value_types.get(key)
+        return info[2] if info is not None else None
+
+    def int_value(self, key: str, default: int | None = None, lo: int = 0, hi: int = 2**31 - 1) -> int:
+        """Key ``key`` as an integer in [lo, hi]: a clear error when it is missing (and no default), of
+        another type, or out of range."""
+        v = self.metadata.get(key)
+        if v is None:
+            if default is None:
+                raise ModelError(f"{self.path}: metadata {key} is missing")
+            return default
+        if self.value_types.get(key, (None,))[0] not in _INTEGERS:
+            raise ModelError(f"{self.path}: metadata {key} must be an integer, not {self._type_name(key)}")
+        if not lo <= v <= hi:
+            raise ModelError(f"{self.path}: metadata {key} = {v} is out of range [{lo}, {hi}]")
+        return int(v)
+
+    def float_value(self, key: str, default: float | None = None, positive: bool = True) -> float:
+        """Key ``key`` as a finite float (``positive``: > 0); integers are accepted."""
+        v = self.metadata.get(key)
+        if v is None:
+            if default is None:
+                raise ModelError(f"{self.path}: metadata {key} is missing")
+            return default
+        if self.value_types.get(key, (None,))[0] not in _FLOATS + _INTEGERS:
+            raise ModelError(f"{self.path}: metadata {key} must be a number, not {self._type_name(key)}")
+        f = float(v)
+        if not math.isfinite(f) or (positive and f <= 0):
+            raise ModelError(f"{self.path}: metadata {key} = {f} must be a finite"
+                             f"{' positive' if positive else ''} number")
+        return f
+
+    def bool_value(self, key: str, default: bool) -> bool:
+        """A boolean key (an integer is read as one); ``default`` when absent."""
+        if key not in self.metadata:
+            return default
+        if self.value_types[key][0] not in (BOOL,) + _INTEGERS:
+            raise ModelError(f"{self.path}: metadata {key} must be a bool, not {self._type_name(key)}")
+        return bool(self.metadata[key])
+
+    def _type_name(self, key: str) -> str:
+        vtype, itype, _ = self.value_types.get(key, (None, None, None))
+        if vtype == _ARRAY:
+            return f"an array of {TYPE_NAMES.get(itype, itype)}"
+        return f"a {TYPE_NAMES.get(vtype, vtype)}"
+
+
+_U64 = struct.Struct("<Q").unpack_from
+
+
+def _show(name: str, limit: int = 60) -> str:
+    """A name read from a file, fit for a one-line message: escaped, and cut when long (damage can make a
+    key swallow megabytes of the header)."""
+    r = repr(name)
+    return r if len(r) <= limit else r[:limit - 4] + "...'"
 
 
 class _Cursor:
@@ -65,23 +153,56 @@ class _Cursor:
     def take(self, n: int) -> int:
         start = self.pos
         if start + n > self.size:
-            raise ModelError(f"{self.path} is truncated inside its header")
+            raise ModelError(f"{self.path} is truncated or corrupt: its header needs byte {start + n}, the "
+                             f"file has {self.size}")
         self.pos = start + n
         return start
 
     def unpack(self, fmt: str, n: int):
         return struct.unpack_from(fmt, self.buf, self.take(n))[0]
 
-    def string(self) -> str:
+    def raw_string(self) -> bytes:
         n = self.unpack("<Q", 8)
         start = self.take(n)
-        return bytes(self.buf[start:start + n]).decode("utf-8", errors="replace")
+        return bytes(self.buf[start:start + n])
+
+    def string(self) -> str:
+        return self.raw_string().decode("utf-8", errors="replace")
 
     def skip_string(self) -> None:
         self.take(self.unpack("<Q", 8))
 
+    def strings(self, count: int, keep: bool) -> list[bytes] | None:
+        """``count`` strings' raw bytes (``keep``) or None, walked in one tight loop: vocabularies hold
+        ~50k-250k of them."""
+        self.room_for(count, 8, "a string array")
+        buf, pos, size, u64 = self.buf, self.pos, self.size, _U64
+        out: list[bytes] | None = [] if keep else None
+        for _ in range(count):
+            if pos + 8 > size:
+                break
+            end = pos + 8 + u64(buf, pos)[0]
+            if end > size:
+                break
+            if keep:
+                out.append(bytes(buf[pos + 8:end]))
+            pos = end
+        else:
+            self.pos = pos
+            return out
+        self.pos = pos
+        self.take(8 + size)  # raises the truncation error
+        return None
+
+    def room_for(self, count: int, item_bytes: int, what: str) -> None:
+        """``count`` items of at least ``item_bytes`` each must fit in what is left of the file."""
+        if count * item_bytes > self.size - self.pos:
+            raise ModelError(f"{self.path}: {what} claims {count} entries, more than the remaining "
+                             f"{self.size - self.pos} bytes of the file can hold")
+
 
 def _type_size(ggml_type: int) -> tuple[int, int]:
+    """(values per block, bytes per block) of a GGML tensor type."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     try:
@@ -92,8 +213,13 @@ def _type_size(ggml_type: int) -> tuple[int, int]:
 
 def read_header(path: str | Path, want_arrays: Callable[[str], bool] | Iterable[str] | bool = True
                 ) -> GGUFHeader:
-    """Parse ``path``'s header.  ``want_arrays`` selects which array-valued keys are decoded (others are
-    skipped and stored as None): True for all, False for none, a set of keys, or a predicate."""
+    """Parse and validate ``path``'s header.  ``want_arrays`` selects which array-valued keys are decoded
+    (others are skipped and stored as None): True for all, False for none, a set of keys, or a predicate.
+
+    Everything a reader could trip on is checked here, with a :class:`ModelError` saying what is wrong:
+    counts and lengths bounded by the file, known keys of the right type, tensor names unique and short,
+    shapes whose element count is representable and whose rows fill whole blocks of their type, offsets
+    aligned, inside the file and not overlapping."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model file not found: {p}")
@@ -126,62 +252,116 @@ def _parse(buf: memoryview, path: str, size: int, want: Callable[[str], bool]) -
     cur.take(4)
     version = cur.unpack("<I", 4)
     if version not in (2, 3):
-        raise ModelError(f"{path}: unsupported GGUF version {version}")
+        raise ModelError(f"{path}: unsupported GGUF version {version} (supported: 2, 3)")
     n_tensors = cur.unpack("<Q", 8)
     n_kv = cur.unpack("<Q", 8)
-    if n_tensors > 1_000_000 or n_kv > 1_000_000:
-        raise ModelError(f"{path}: implausible GGUF header (n_tensors={n_tensors}, n_kv={n_kv})")
+    cur.room_for(n_kv, _MIN_KV_BYTES, "the metadata count")
+    cur.room_for(n_tensors, _MIN_TENSOR_BYTES, "the tensor count")
     metadata: dict[str, Any] = {}
+    types: dict[str, tuple[int, int | None, int | None]] = {}
     for _ in range(n_kv):
         key = cur.string()
+        if key in metadata:
+            raise ModelError(f"{path}: metadata key {_show(key)} appears twice")
         vtype = cur.unpack("<I", 4)
-        metadata[key] = _value(cur, vtype, want(key))
+        metadata[key], types[key] = _value(cur, vtype, want(key), key)
+    _check_known_keys(path, types)
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if alignment == 0 or alignment & (alignment - 1):
+        raise ModelError(f"{path}: general.alignment {alignment} is not a power of 2")
     tensors = []
+    names: set[str] = set()
     for _ in range(n_tensors):
-        name = cur.string()
-        n_dims = cur.unpack("<I", 4)
-        if n_dims > 8:
-            raise ModelError(f"{path}: tensor {name!r} has {n_dims} dimensions")
-        shape = tuple(cur.unpack("<Q", 8) for _ in range(n_dims))
-        ggml_type = cur.unpack("<I", 4)
-        offset = cur.unpack("<Q", 8)
-        block, type_size = _type_size(ggml_type)
-        n_elems = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        tensors.append(TensorInfo(name, shape, ggml_type, offset, n_elems // block * type_size))
-    alignment = int(metadata.get("general.alignment", 32) or 32)
+        tensors.append(_tensor_info(cur, path, alignment, names))
     data_offset = (cur.pos + alignment - 1) // alignment * alignment
-    header = GGUFHeader(path, version, metadata, tuple(tensors), data_offset, size)
-    end = max((data_offset + t.offset + t.n_bytes for t in tensors), default=data_offset)
-    if end > size:
-        raise ModelError(f"{path} is truncated: its tensors need {end} bytes, the file has {size}")
-    return header
+    _check_data_section(path, tensors, data_offset, size)
+    return GGUFHeader(path, version, metadata, tuple(tensors), data_offset, size, types)
 
 
-def _value(cur: _Cursor, vtype: int, decode_arrays: bool):
+def _tensor_info(cur: _Cursor, path: str, alignment: int, names: set[str]) -> TensorInfo:
+    raw = cur.raw_string()
+    name = raw.decode("utf-8", errors="replace")
+    if len(raw) > MAX_NAME_BYTES:
+        raise ModelError(f"{path}: tensor name {_show(name)} is {len(raw)} bytes long (at most {MAX_NAME_BYTES})")
+    if name in names:
+        raise ModelError(f"{path}: tensor {_show(name)} appears twice")
+    names.add(name)
+    n_dims = cur.unpack("<I", 4)
+    if n_dims > MAX_DIMS:
+        raise ModelError(f"{path}: tensor {_show(name)} has {n_dims} dimensions (at most {MAX_DIMS})")
+    shape = tuple(cur.unpack("<Q", 8) for _ in range(n_dims))
+    n_elems = math.prod(shape)  # exact: a product that wraps around 2**64 must not pass for a small one
+    if n_elems >= 2**63:
+        raise ModelError(f"{path}: tensor {_show(name)} has shape {shape}: {n_elems} elements is not representable")
+    ggml_type = cur.unpack("<I", 4)
+    try:
+        block, type_size = _type_size(ggml_type)
+    except ModelError:
+        raise ModelError(f"{path}: tensor {_show(name)} has unknown GGML type {ggml_type}") from None
+    row = shape[0] if shape else 1  # missing dimensions are 1s
+    if row % block:
+        raise ModelError(f"{path}: tensor {_show(name)} has rows of {row} values, not a whole number of its "
+                         f"type's blocks of {block}")
+    offset = cur.unpack("<Q", 8)
+    if offset % alignment:
+        raise ModelError(f"{path}: tensor {_show(name)} has offset {offset}, not a multiple of the alignment "
+                         f"{alignment}")
+    return TensorInfo(name, shape, ggml_type, offset, n_elems // block * type_size)
+
+
+def _check_data_section(path: str, tensors: list[TensorInfo], data_offset: int, size: int) -> None:
+    """Every tensor inside the file, and no two sharing bytes."""
+    for t in tensors:
+        end = data_offset + t.offset + t.n_bytes
+        if end > size:
+            raise ModelError(f"{path} is truncated or corrupt: tensor {_show(t.name)} needs bytes up to {end}, "
+                             f"the file has {size}")
+    by_offset = sorted((t for t in tensors if t.n_bytes), key=lambda t: t.offset)
+    for a, b in zip(by_offset, by_offset[1:]):
+        if a.offset + a.n_bytes > b.offset:
+            raise ModelError(f"{path}: tensors {_show(a.name)} and {_show(b.name)} overlap (offsets {a.offset} and "
+                             f"{b.offset}, {a.n_bytes} bytes)")
+
+
+def _check_known_keys(path: str, types: dict[str, tuple[int, int | None, int | None]]) -> None:
+    for key, (vtype, itype) in _KNOWN_TYPES.items():
+        got = types.get(key)
+        if got is not None and (got[0], got[1]) != (vtype, itype):
+            want = f"an array of {TYPE_NAMES[itype]}" if vtype == _ARRAY else f"a {TYPE_NAMES[vtype]}"
+            have = (f"an array of {TYPE_NAMES.get(got[1], got[1])}" if got[0] == _ARRAY
+                    else f"a {TYPE_NAMES.get(got[0], got[0])}")
+            raise ModelError(f"{path}: metadata {key} must be {want}, not {have}")
+    n_tokens = types.get("tokenizer.ggml.tokens", (None, None, None))[2]
+    for key in _PER_TOKEN:
+        if key in types and types[key][2] != n_tokens:
+            raise ModelError(f"{path}: metadata {key} has {types[key][2]} entries for {n_tokens} tokens")
+
+
+def _value(cur: _Cursor, vtype: int, decode_arrays: bool, key: str):
+    """(value, (type, item type, length)) of the value at the cursor."""
     if vtype in _SCALARS:
         fmt, n = _SCALARS[vtype]
-        return cur.unpack(fmt, n)
+        return cur.unpack(fmt, n), (vtype, None, None)
     if vtype == _STRING:
-        return cur.string()
+        return cur.string(), (vtype, None, None)
     if vtype == _ARRAY:
         itype = cur.unpack("<I", 4)
         count = cur.unpack("<Q", 8)
+        info = (vtype, itype, count)
         if itype in _SCALARS:
+            cur.room_for(count, _SCALARS[itype][1], f"array {_show(key)}")
             n = _SCALARS[itype][1] * count
             start = cur.take(n)
             if not decode_arrays:
-                return None
-            return np.frombuffer(cur.buf[start:start + n], dtype=_NUMPY[itype]).copy()
+                return None, info
+            return np.frombuffer(cur.buf[start:start + n], dtype=_NUMPY[itype]).copy(), info
         if itype == _STRING:
-            if not decode_arrays:
-                for _ in range(count):
-                    cur.skip_string()
-                return None
-            return [cur.string() for _ in range(count)]
-        if itype == _ARRAY:
-            return [_value(cur, _ARRAY, decode_arrays) for _ in range(count)]
-        raise ModelError(f"{cur.path}: unknown GGUF array item type {itype}")
-    raise ModelError(f"{cur.path}: unknown GGUF value type {vtype}")
+            cur.room_for(count, 8, f"array {_show(key)}")
+            raw = cur.strings(count, decode_arrays)
+            return (None if raw is None else [b.decode("utf-8", errors="replace") for b in raw]), info
+        # arrays of arrays: the format allows them, no model uses them, llama.cpp rejects them
+        raise ModelError(f"{cur.path}: metadata {_show(key)} is an array of unsupported item type {itype}")
+    raise ModelError(f"{cur.path}: metadata {_show(key)} has unknown GGUF value type {vtype}")
 
 
 def string_array_bytes(path: str | Path, key: str) -> list[bytes]:
@@ -204,11 +384,7 @@ def _string_array(buf: memoryview, p: Path, key: str) -> list[bytes]:
             count = cur.unpack("<Q", 8)
             if itype != _STRING:
                 break
-            out = []
-            for _ in range(count):
-                n = cur.unpack("<Q", 8)
-                s = cur.take(n)
-                out.append(bytes(buf[s:s + n]))
-            return out
-        _value(cur, vtype, False)
-    raise ModelError(f"{p}: no string array {key!r}")
+            cur.room_for(count, 8, f"array {_show(key)}")
+            return cur.strings(count, True)
+        _value(cur, vtype, False, k)
+    raise ModelError(f"{p}: no string array {_show(key)}")

@@ -208,8 +208,11 @@ def build_vocab(path: Path) -> Vocab:
     str_texts = [t.decode("utf-8", errors="replace") for t in texts]
 
     def key_id(name: str) -> int | None:
-        v = md.get(f"tokenizer.ggml.{name}_token_id")
-        return int(v) if v is not None and 0 <= int(v) < n else None
+        key = f"tokenizer.ggml.{name}_token_id"
+        if key not in md:
+            return None
+        v = header.int_value(key, lo=-2**63, hi=2**64 - 1)
+        return v if 0 <= v < n else None  # llama.cpp ignores an id outside the vocabulary too
 
     by_text = {}
     for i, s in enumerate(str_texts):
@@ -262,10 +265,8 @@ def build_vocab(path: Path) -> Vocab:
     if ignore_merges:
         raw_blob, raw_offs = _pack(_raw_texts(str_texts))
         raw_table = build_text_table(raw_blob, raw_offs, _pow2(n))
-    add_bos = md.get("tokenizer.ggml.add_bos_token")
-    add_bos = bool(add_bos) if add_bos is not None else (is_spm or ignore_merges)
-    asp = md.get("tokenizer.ggml.add_space_prefix")
-    asp = bool(asp) if asp is not None else is_spm
+    add_bos = header.bool_value("tokenizer.ggml.add_bos_token", is_spm or ignore_merges)
+    asp = header.bool_value("tokenizer.ggml.add_space_prefix", is_spm)
     return Vocab(path=str(path), model=model, pre=pre, n_vocab=n, bos_id=key_id("bos"), eos_id=key_id("eos"),
                  add_bos=add_bos, add_space_prefix=asp, types=types, piece_blob=piece_blob,
                  piece_offs=piece_offs, text_blob=text_blob, text_offs=text_offs,
@@ -312,10 +313,20 @@ def _pieces(texts: list[bytes], types: np.ndarray, is_spm: bool) -> list[bytes]:
         elif ty == T_USER_DEFINED:
             out.append(t)
         elif ty == T_BYTE:
-            out.append(bytes([int(t[3:5], 16)]) if len(t) == 6 and t[:3] == b"<0x" else b"")
+            out.append(_byte_piece(t))
         else:
             out.append(b"")
     return out
+
+
+def _byte_piece(text: bytes) -> bytes:
+    """The byte a byte token ``<0xXX>`` stands for; nothing for a damaged one."""
+    if len(text) == 6 and text[:3] == b"<0x":
+        try:
+            return bytes([int(text[3:5], 16)])
+        except ValueError:
+            pass
+    return b""
 
 
 def _raw_texts(str_texts: list[str]) -> list[bytes]:

@@ -40,27 +40,75 @@ class ModelConfig:
 
     @classmethod
     def from_header(cls, header: GGUFHeader) -> "ModelConfig":
+        """The hyperparameters, each checked for type and range (the kernels index buffers by them)."""
         arch = header.architecture
         if arch not in SUPPORTED_ARCHS:
             raise ModelError(f"{header.path}: architecture {arch!r} is not supported by the native engine "
                              f"(supported: {', '.join(SUPPORTED_ARCHS)}); use --engine llama.cpp")
-        m = header.metadata
 
-        def get(key: str, default: Any = None) -> Any:
-            v = m.get(f"{arch}.{key}", default)
-            if v is None:
-                raise ModelError(f"{header.path}: metadata {arch}.{key} is missing")
-            return v
+        def count(key: str, default: int | None = None, hi: int = 1 << 20) -> int:
+            return header.int_value(f"{arch}.{key}", default, lo=1, hi=hi)
 
-        d_model, n_heads = int(get("embedding_length")), int(get("attention.head_count"))
-        head_dim = int(get("attention.key_length", d_model // n_heads))
+        d_model, n_heads = count("embedding_length"), count("attention.head_count", hi=4096)
+        if f"{arch}.attention.key_length" not in header.metadata and d_model % n_heads:
+            raise ModelError(f"{header.path}: embedding_length {d_model} is not a multiple of head_count "
+                             f"{n_heads}")
+        head_dim = count("attention.key_length", d_model // n_heads, hi=4096)
+        if count("attention.value_length", head_dim, hi=4096) != head_dim:
+            raise ModelError(f"{header.path}: attention.value_length differs from key_length; the native "
+                             f"engine supports equal key and value heads only")
+        n_kv_heads = count("attention.head_count_kv", n_heads, hi=4096)
+        if n_heads % n_kv_heads:
+            raise ModelError(f"{header.path}: head_count {n_heads} is not a multiple of head_count_kv "
+                             f"{n_kv_heads}")
+        rope_dim = count("rope.dimension_count", head_dim, hi=4096)
+        if rope_dim > head_dim or rope_dim % 2:
+            raise ModelError(f"{header.path}: rope.dimension_count {rope_dim} must be even and at most the "
+                             f"head size {head_dim}")
         emb = header.tensor("token_embd.weight")
-        return cls(arch=arch, n_layers=int(get("block_count")), d_model=d_model, n_heads=n_heads,
-                   n_kv_heads=int(get("attention.head_count_kv", n_heads)), head_dim=head_dim,
-                   d_ff=int(get("feed_forward_length")), eps=float(get("attention.layer_norm_rms_epsilon")),
-                   rope_base=float(get("rope.freq_base", 10000.0)),
-                   rope_dim=int(get("rope.dimension_count", head_dim)), rope_neox=arch == "qwen2",
-                   n_vocab=int(emb.shape[1]), ctx_train=int(get("context_length", 2048)))
+        if len(emb.shape) != 2 or emb.shape[1] < 1:
+            raise ModelError(f"{header.path}: token_embd.weight has shape {emb.shape}, expected ({d_model}, n_vocab)")
+        return cls(arch=arch, n_layers=count("block_count", hi=4096), d_model=d_model, n_heads=n_heads,
+                   n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=count("feed_forward_length"),
+                   eps=header.float_value(f"{arch}.attention.layer_norm_rms_epsilon"),
+                   rope_base=header.float_value(f"{arch}.rope.freq_base", 10000.0),
+                   rope_dim=rope_dim, rope_neox=arch == "qwen2", n_vocab=int(emb.shape[1]),
+                   ctx_train=count("context_length", 2048, hi=2**31 - 1))
+
+    def tensor_shapes(self, has_bias: bool, has_output: bool) -> dict[str, tuple[int, ...]]:
+        """The GGUF shape (innermost dimension first) of every tensor the engine reads."""
+        d, q, kv, f, v = self.d_model, self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, \
+            self.d_ff, self.n_vocab
+        shapes = {"token_embd.weight": (d, v), "output_norm.weight": (d,)}
+        if has_output:
+            shapes["output.weight"] = (d, v)
+        for i in range(self.n_layers):
+            p = f"blk.{i}."
+            shapes.update({p + "attn_norm.weight": (d,), p + "attn_q.weight": (d, q), p + "attn_k.weight": (d, kv),
+                           p + "attn_v.weight": (d, kv), p + "attn_output.weight": (q, d), p + "ffn_norm.weight": (d,),
+                           p + "ffn_gate.weight": (d, f), p + "ffn_up.weight": (d, f), p + "ffn_down.weight": (f, d)})
+            if has_bias:
+                shapes.update({p + "attn_q.bias": (q,), p + "attn_k.bias": (kv,), p + "attn_v.bias": (kv,)})
+        return shapes
+
+    def check_tensors(self, header: GGUFHeader) -> None:
+        """Every tensor present with the shape the hyperparameters give, and no layer beyond block_count:
+        the kernels run unchecked over these sizes, so a mismatch must stop here."""
+        have = {t.name: t.shape for t in header.tensors}
+        has_bias = any(n.startswith("blk.") and n.endswith(".attn_q.bias") for n in have)  # then every layer
+        shapes = self.tensor_shapes(has_bias, "output.weight" in have)
+        for name, shape in shapes.items():
+            got = have.get(name)
+            if got is None:
+                raise ModelError(f"{header.path}: tensor {name!r} is missing")
+            if got != shape:
+                raise ModelError(f"{header.path}: tensor {name!r} has shape {got}, the model's hyperparameters "
+                                 f"give {shape}")
+        for name in have:
+            if name.startswith("blk.") and name not in shapes and name.split(".")[1].isdigit() \
+                    and int(name.split(".")[1]) >= self.n_layers:
+                raise ModelError(f"{header.path}: tensor {name!r} belongs to a layer beyond block_count "
+                                 f"{self.n_layers}")
 
 
 @attrs.define
@@ -92,6 +140,7 @@ class Transformer:
     @classmethod
     def load(cls, header: GGUFHeader, variant: str) -> "Transformer":
         cfg = ModelConfig.from_header(header)
+        cfg.check_tensors(header)
         src = TensorSource(header, PRODUCTS[variant])
         try:
             layers = []
