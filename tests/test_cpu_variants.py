@@ -57,3 +57,54 @@ def test_env_override(monkeypatch):
     finally:
         monkeypatch.delenv("CORERT_CPU_FEATURES")
         cpu._detect.cache_clear()
+
+
+# -- the real kernel plugins under forced features ------------------------------------------------------------
+@pytest.mark.parametrize("features,engine,tokenizer,kv_kernel", [
+    ({"avx2", "avx512", "avx512f", "avx512bw", "avx512_vnni"}, "vnni", "avx2", "wide"),
+    ({"avx2", "avx512", "avx512f", "avx512bw"}, "avx2", "avx2", "wide"),  # AVX-512 without VNNI
+    ({"avx2"}, "avx2", "avx2", "wide"),
+    ({"neon"}, "neon", "neon", "wide"),
+    (set(), "scalar", "scalar", "scalar"),
+])
+def test_kernel_plugins_fall_back(features, engine, tokenizer, kv_kernel):
+    """Each kernel plugin's default on a CPU with ``features`` (the child-process runs are in
+    test_cpu_profiles.py)."""
+    from corert.plugins.kv_cache.paged.config import PagedConfig
+
+    host = PluginHost.build()
+    with cpu.override(features):
+        assert host.resolve("engine", "native").variant.name == engine
+        assert host.resolve("tokenizer", "bpe", engine="native").variant.name == tokenizer
+        assert PagedConfig.from_env("q8", environ={}).kernel == kv_kernel
+
+
+@pytest.fixture
+def redetect(monkeypatch):
+    """``redetect(**env)``: this CPU's features as detected with these environment variables."""
+    for name in ("CORERT_CPU_FEATURES", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES"):
+        monkeypatch.delenv(name, raising=False)
+
+    def detect(**env: str) -> frozenset[str]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        cpu._detect.cache_clear()
+        return cpu._detect().features
+
+    yield detect
+    cpu._detect.cache_clear()
+
+
+def test_features_numba_does_not_compile_for_are_not_offered(redetect):
+    """numba compiling for another CPU (NUMBA_CPU_NAME=generic, or a NUMBA_CPU_FEATURES list) must not get
+    a variant that needs what that CPU lacks: LLVM aborts the process on vnni's vpdpbusd there."""
+    real = redetect()
+    if not {"avx2", "avx512_vnni"} <= real:
+        pytest.skip("needs a CPU with AVX2 and AVX-512 VNNI")
+    assert redetect(NUMBA_CPU_NAME="haswell") == real  # a CPU name alone: numba keeps this CPU's features
+    assert redetect(NUMBA_CPU_NAME="generic") == frozenset()
+    without_vnni = redetect(NUMBA_CPU_NAME="x86-64",
+                            NUMBA_CPU_FEATURES="+avx2,+fma,+avx512f,+avx512bw,-avx512vnni")
+    assert {"avx2", "avx512", "avx512bw"} <= without_vnni and "avx512_vnni" not in without_vnni
+    assert redetect(NUMBA_CPU_FEATURES="+avx2,+fma,+avx512f,+avx512bw,+avx512vnni") >= {"avx512_vnni"}
+    assert redetect(CORERT_CPU_FEATURES="avx2") == {"avx2"}  # the test override still wins
