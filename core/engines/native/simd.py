@@ -5,7 +5,8 @@ load and a store per multiply-add), and it has no way to ask for ``vpdpbusd`` (6
 one instruction).  Here a vector is a numba *value* (an LLVM ``<16 x i32>``, ``<64 x i8>`` or
 ``<16 x float>``), so a kernel's accumulators are SSA registers, and each operation below is one or two
 LLVM instructions.  Only kernels of the ``vnni`` variant use these; numba compiles a function at its first
-call, so a CPU without AVX-512 VNNI never compiles them (the variant is not offered there, see cpu.py).
+call, so a CPU without AVX-512 VNNI never compiles them (the variant is not offered there, nor when numba
+compiles for a CPU without it, e.g. ``NUMBA_CPU_NAME=generic``: see cpu.py; tests/test_cpu_profiles.py).
 
 Memory operations take a C-contiguous array and a flat element index (any dimension count): the kernel
 does its own index arithmetic, as it would in C.  Nothing is bounds-checked.
