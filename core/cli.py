@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -148,6 +149,7 @@ def cmd_chat(args) -> int:
 def cmd_plugins(args) -> int:
     rt = _runtime(args)
     info = rt.plugins_info()
+    info["llama_cpp"] = _llama_cpp_info(rt)
     if args.json:
         _print_json(info)
         return 0
@@ -166,7 +168,33 @@ def cmd_plugins(args) -> int:
         print(f"\nfailed plugin {f['plugin']} ({f['stage']}): {f['error']}")
     for line in _kv_cache_lines(info.get("kv_cache")):
         print(line)
+    for line in _llama_cpp_lines(info["llama_cpp"]):
+        print(line)
     return 0
+
+
+def _llama_cpp_info(rt) -> dict:
+    """The llama.cpp engine's build, CPU backend and extra-buffer verdict; probes (once per build and CPU,
+    in a child process) when no verdict exists yet and the configured model is already on disk."""
+    from .engines import llama_lib, llama_probe
+
+    if llama_probe.llama_package_dir() is None:
+        return {"available": False, "error": "llama-cpp-python is not installed"}
+    if llama_probe.current_verdict().source == "default":
+        with contextlib.suppress(Exception):  # no model on disk yet: the verdict comes on the first load
+            path = rt.store.resolve(rt.config.model, pull=False)
+            if path.is_file() and path.suffix == ".gguf":
+                llama_lib.prepare(str(path))
+    return llama_lib.describe()
+
+
+def _llama_cpp_lines(info: dict) -> list[str]:
+    if not info.get("available"):
+        return [f"\nengine llama.cpp: unavailable ({info.get('error', '')})"]
+    state = "on" if info["extra_buffers"] else "off"
+    return [f"\nengine llama.cpp {info['version']} (build {info['build']}): CPU backend {info['cpu_backend']} "
+            f"({info['cpu_backend_choice']}), features {' '.join(info['cpu_features']) or 'none'}",
+            f"  extra weight buffers {state} [{info['extra_buffers_source']}]: {info['extra_buffers_reason']}"]
 
 
 def _kv_cache_lines(kv: dict | None) -> list[str]:

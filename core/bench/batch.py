@@ -80,7 +80,7 @@ def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]
 
 
 def run(args) -> dict[str, Any]:
-    from ..engines.llama_lib import llama_cpp
+    from ..engines.llama_lib import llama_cpp, prepare
     from ..errors import InputError
     from ..runtime import Runtime, RuntimeConfig
 
@@ -102,6 +102,7 @@ def run(args) -> dict[str, Any]:
         model = _native(rt, path, counts[-1], 512)
         tok = model.tokenizer
         ids = [tok.encode(p) for p in PROMPTS]
+        prepare(path)
         llm = llama_cpp().Llama(model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads,
                                 verbose=False)
         _run_native(model, ids[:1], 4)  # warm-up: kernels compiled / loaded, caches hot

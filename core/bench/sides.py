@@ -51,9 +51,10 @@ class _RawLlama:
     """llama-cpp-python used directly, the way its own docs show: Llama(...).generate(tokens)."""
 
     def __init__(self, model_path: str, threads: int, n_ctx: int, **_):
-        from corert.engines.llama_lib import llama_cpp
+        from corert.engines.llama_lib import llama_cpp, prepare
 
         lib = llama_cpp()
+        prepare(model_path)  # the same extra-buffer verdict as corert's side
         self.llm = lib.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                              verbose=False)
         vocab = lib.llama_model_get_vocab(self.llm._model.model)

@@ -95,11 +95,12 @@ class LlamaCppEngine:
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache, n_ctx: int,
              threads: ThreadBudget, config: Any = None) -> LlamaCppModel:
-        from .llama_lib import llama_cpp as _lib
+        from . import llama_lib
 
-        llama_cpp = _lib()
+        llama_cpp = llama_lib.llama_cpp()
 
         header = read_header(model_path, want_arrays=False)  # rejects non-GGUF and truncated files first
+        llama_lib.prepare(model_path)  # extra weight buffers only where a child process saw them run
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         train_ctx = int(meta.get(f"{header.architecture}.context_length", n_ctx) or n_ctx)
         if kv_cache is None or not hasattr(kv_cache, "context_params"):
