@@ -45,8 +45,10 @@ def run_parallel(fn, *args, threads: int | None = None):
     threads; returns its result or raises its exception."""
     return on_compute_thread(_with_threads, fn, args, threads)
 
-#: f16 bit pattern -> f32 value; numba has no float16 type on the CPU, GGUF scales are f16.
-F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+#: f16 bit pattern -> f32 value; numba has no float16 type on the CPU, GGUF scales are f16.  (aarch64's
+#: conversion flags the signalling NaN patterns as invalid: numpy would warn at every import.)
+with np.errstate(invalid="ignore"):
+    F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def set_threads(n: int) -> None:
