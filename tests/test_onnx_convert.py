@@ -12,7 +12,7 @@ import pytest
 from corert.engines.onnx import convert, graph
 from corert.engines.onnx.plugin import make_engine
 from corert.errors import ModelError
-from corert.models.store import ModelStore
+from corert.models.store import ModelStore, sha256_of
 
 TEXTS = ["what is the weather in london", "cancel my reservation for tonight", "how many calories in a banana",
          "transfer 200 dollars to my savings account", "who made you"]
@@ -92,5 +92,9 @@ def test_head_that_is_not_a_linear_classifier(tmp_path):
     import joblib as joblib
     joblib.dump({"not": "a model"}, tmp_path / convert.HEAD_FILE)
     joblib.dump({"0": "x"}, tmp_path / convert.LABEL_MAP_FILE)
-    with pytest.raises(ModelError, match="not a multinomial linear classifier"):
+    with pytest.raises(ModelError, match="does not match its registered sha256"):
         convert.convert_intent_head(tmp_path, _EncoderOnly())
+    # files whose digests are the expected ones, yet not a classifier
+    digests = {f: sha256_of(tmp_path / f) for f in (convert.HEAD_FILE, convert.LABEL_MAP_FILE)}
+    with pytest.raises(ModelError, match="not a multinomial linear classifier"):
+        convert.read_head(tmp_path, digests)

@@ -7,6 +7,7 @@ tokenizer and native engine read metadata with.
 """
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 import struct
@@ -36,6 +37,12 @@ _FLOATS = (6, 12)
 MAX_DIMS = 4
 MAX_NAME_BYTES = 63
 DEFAULT_ALIGNMENT = 32
+# llama.cpp maps tensor data in place and asserts (aborting the process) that every tensor starts on a
+# multiple of ggml's TENSOR_ALIGNMENT in the file, whatever general.alignment says
+TENSOR_ALIGNMENT = 32
+# ggml's element-wise ops (a norm's scale, a bias) take f32 operands only and abort on any other type; every
+# converter stores 1-D tensors as f32
+F32_TYPE = 0
 # The fewest bytes a metadata entry (empty key, one-byte value) and a tensor info (empty name, no
 # dimensions) can take: a count that needs more than the file holds is damage, found before any loop.
 _MIN_KV_BYTES = 8 + 4 + 1
@@ -53,6 +60,18 @@ _KNOWN_TYPES = {
 }
 # Per-token arrays: exactly one entry per token (llama.cpp indexes them up to the token count)
 _PER_TOKEN = ("tokenizer.ggml.token_type", "tokenizer.ggml.scores")
+_TOKENS = "tokenizer.ggml.tokens"
+_TEMPLATE = "tokenizer.chat_template"
+
+# Hyperparameters llama.cpp checks with GGML_ASSERT (a process abort) rather than an error; a damaged file
+# is refused here, before it is handed over.  Keys are "{general.architecture}.<name>".
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 512
+_EPSILONS = ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon")
+
+# Files whose vocabulary passed the uniqueness check in this process, by (path, size, mtime): a model load
+# reads the header several times, the check costs ~0.1 s for a 262k vocabulary, once is enough.
+_VOCAB_CHECKED: dict[tuple[str, int, int], None] = {}
 
 
 @attrs.frozen
@@ -233,21 +252,28 @@ def read_header(path: str | Path, want_arrays: Callable[[str], bool] | Iterable[
             want = keys.__contains__
     else:
         want = want_arrays
-    size = p.stat().st_size
+    st = p.stat()
+    size = st.st_size
     if size < 24:
         raise ModelError(f"{p} is not a GGUF file (only {size} bytes)")
+    identity = (str(p.resolve()), size, st.st_mtime_ns)
     with open(p, "rb") as fh:
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             if mm[:4] != GGUF_MAGIC:
                 raise ModelError(f"{p} is not a GGUF file (bad magic {bytes(mm[:4])!r})")
             view = memoryview(mm)
             try:
-                return _parse(view, str(p), size, want)
+                header = _parse(view, str(p), size, want, check_vocab=identity not in _VOCAB_CHECKED)
             finally:
                 view.release()
+    if len(_VOCAB_CHECKED) > 64:
+        _VOCAB_CHECKED.clear()
+    _VOCAB_CHECKED[identity] = None
+    return header
 
 
-def _parse(buf: memoryview, path: str, size: int, want: Callable[[str], bool]) -> GGUFHeader:
+def _parse(buf: memoryview, path: str, size: int, want: Callable[[str], bool], check_vocab: bool = True
+           ) -> GGUFHeader:
     cur = _Cursor(buf, path)
     cur.take(4)
     version = cur.unpack("<I", 4)
@@ -264,8 +290,17 @@ def _parse(buf: memoryview, path: str, size: int, want: Callable[[str], bool]) -
         if key in metadata:
             raise ModelError(f"{path}: metadata key {_show(key)} appears twice")
         vtype = cur.unpack("<I", 4)
-        metadata[key], types[key] = _value(cur, vtype, want(key), key)
+        if key == _TOKENS and check_vocab and vtype == _ARRAY:
+            metadata[key], types[key] = _tokens(cur, want(key))
+        else:
+            metadata[key], types[key] = _value(cur, vtype, want(key), key)
     _check_known_keys(path, types)
+    for key, value in metadata.items():
+        if key == _TEMPLATE or key.startswith(_TEMPLATE + "."):
+            if types[key][0] != _STRING:
+                raise ModelError(f"{path}: metadata {_show(key)} must be a string, not a "
+                                 f"{TYPE_NAMES.get(types[key][0])}")
+            _check_template(path, key, value)
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if alignment == 0 or alignment & (alignment - 1):
         raise ModelError(f"{path}: general.alignment {alignment} is not a power of 2")
@@ -275,7 +310,9 @@ def _parse(buf: memoryview, path: str, size: int, want: Callable[[str], bool]) -
         tensors.append(_tensor_info(cur, path, alignment, names))
     data_offset = (cur.pos + alignment - 1) // alignment * alignment
     _check_data_section(path, tensors, data_offset, size)
-    return GGUFHeader(path, version, metadata, tuple(tensors), data_offset, size, types)
+    header = GGUFHeader(path, version, metadata, tuple(tensors), data_offset, size, types)
+    _check_hparams(header)
+    return header
 
 
 def _tensor_info(cur: _Cursor, path: str, alignment: int, names: set[str]) -> TensorInfo:
@@ -310,12 +347,18 @@ def _tensor_info(cur: _Cursor, path: str, alignment: int, names: set[str]) -> Te
 
 
 def _check_data_section(path: str, tensors: list[TensorInfo], data_offset: int, size: int) -> None:
-    """Every tensor inside the file, and no two sharing bytes."""
+    """Every tensor inside the file, aligned, and no two sharing bytes; 1-D tensors f32."""
     for t in tensors:
         end = data_offset + t.offset + t.n_bytes
         if end > size:
             raise ModelError(f"{path} is truncated or corrupt: tensor {_show(t.name)} needs bytes up to {end}, "
                              f"the file has {size}")
+        if (data_offset + t.offset) % TENSOR_ALIGNMENT:
+            raise ModelError(f"{path}: tensor {_show(t.name)} starts at byte {data_offset + t.offset}, not a "
+                             f"multiple of {TENSOR_ALIGNMENT} (general.alignment is too small)")
+        if len(t.shape) == 1 and t.ggml_type != F32_TYPE:
+            raise ModelError(f"{path}: 1-D tensor {_show(t.name)} has GGML type {t.ggml_type}; norm weights and "
+                             f"biases must be F32")
     by_offset = sorted((t for t in tensors if t.n_bytes), key=lambda t: t.offset)
     for a, b in zip(by_offset, by_offset[1:]):
         if a.offset + a.n_bytes > b.offset:
@@ -335,6 +378,62 @@ def _check_known_keys(path: str, types: dict[str, tuple[int, int | None, int | N
     for key in _PER_TOKEN:
         if key in types and types[key][2] != n_tokens:
             raise ModelError(f"{path}: metadata {key} has {types[key][2]} entries for {n_tokens} tokens")
+
+
+def _check_hparams(header: GGUFHeader) -> None:
+    arch = header.architecture
+    if not arch:
+        return
+    m = header.metadata
+    if f"{arch}.block_count" in m:
+        header.int_value(f"{arch}.block_count", lo=1, hi=LLAMA_MAX_LAYERS)
+    for name in _EPSILONS:
+        if f"{arch}.{name}" in m and header.float_value(f"{arch}.{name}", positive=False) < 0:
+            raise ModelError(f"{header.path}: metadata {arch}.{name} is negative")
+    n_expert = header.int_value(f"{arch}.expert_count", 0, hi=LLAMA_MAX_EXPERTS) if f"{arch}.expert_count" in m else 0
+    if f"{arch}.expert_used_count" in m or n_expert:
+        used = header.int_value(f"{arch}.expert_used_count", 0, hi=n_expert) if f"{arch}.expert_used_count" in m else 0
+        if n_expert and not used:
+            raise ModelError(f"{header.path}: {n_expert} experts but {arch}.expert_used_count is 0 or missing")
+
+
+def _tokens(cur: _Cursor, decode: bool):
+    """The vocabulary array, its tokens checked unique (llama.cpp asserts they are: a process abort)."""
+    start = cur.pos
+    itype = cur.unpack("<I", 4)
+    count = cur.unpack("<Q", 8)
+    if itype != _STRING:  # read it as any array; _check_known_keys then says what is wrong
+        cur.pos = start
+        return _value(cur, _ARRAY, decode, _TOKENS)
+    raw = cur.strings(count, True)
+    if len(set(raw)) != count:
+        first: dict[bytes, int] = {}
+        for i, t in enumerate(raw):
+            if t in first:
+                raise ModelError(f"{cur.path}: token {i} ({_show(t.decode('utf-8', 'replace'))}) duplicates "
+                                 f"token {first[t]}; a vocabulary's tokens must be unique")
+            first[t] = i
+    return ([t.decode("utf-8", errors="replace") for t in raw] if decode else None), (_ARRAY, itype, count)
+
+
+def _check_template(path: str, key: str, template: str) -> None:
+    """llama-cpp-python compiles every chat template when it loads a model, and its syntax errors escape
+    as jinja2 exceptions; our chat renders it.  A template that does not compile is damage."""
+    error = _template_error(template)
+    if error:
+        raise ModelError(f"{path}: metadata {key} is not a valid Jinja template ({error})")
+
+
+@functools.lru_cache(maxsize=16)
+def _template_error(template: str) -> str | None:
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:
+        ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    except TemplateError as exc:
+        return " ".join(str(exc).split())[:120]
+    return None
 
 
 def _value(cur: _Cursor, vtype: int, decode_arrays: bool, key: str):

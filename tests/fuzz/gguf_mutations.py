@@ -453,3 +453,34 @@ def mutants(path: str | Path, seed: int = 0, scale: float = 1.0) -> Iterator[Mut
         rng = random.Random(f"{seed}:{family.__name__}")  # a family's mutants do not depend on the others'
         for _ in range(max(1, round(n * scale))):
             yield family(rng, lay)
+
+
+def representative(path: str | Path) -> dict[str, Mutant]:
+    """A few fixed mutants, one per kind of damage, for tests that run the whole CLI on each."""
+    lay = parse(path)
+    arch = lay.kv("general.architecture").scalar
+    t2 = next(t for t in lay.tensors if len(t.shape) == 2 and t.name.startswith("blk.0."))
+    last = lay.tensors[-1]
+
+    def hparam(key: str, vtype: int, value) -> Mutant:
+        head, size = rebuild(lay, _set_kv(lay, key, vtype, value))
+        return Mutant("inconsistent", f"{key} = {value!r}", head, size)
+
+    return {
+        "bad-magic": Mutant("flip_header", "magic GGUF -> GGUE", _patch(lay.head, 3, b"E"), lay.file_size),
+        "cut-in-data": Mutant("truncate", "cut inside the tensor data",
+                              lay.head, lay.data_offset + lay.data_size // 2),
+        "n-kv-huge": Mutant("huge_count", "n_kv = 2**63", _patch(lay.head, 16, struct.pack("<Q", 2**63)),
+                            lay.file_size),
+        "dims-overflow": Mutant("huge_count", f"{t2.name}: dims (2**32, 2**32)",
+                                _patch(lay.head, t2.ndims_at + 4, struct.pack("<QQ", 2**32, 2**32)), lay.file_size),
+        "alignment-string": Mutant("wrong_type", "general.alignment = '32'",
+                                   *rebuild(lay, _set_kv(lay, "general.alignment", STRING, "32"))),
+        "alignment-3": hparam("general.alignment", U32, 3),
+        "offset-past-end": Mutant("inconsistent", f"{last.name}: offset past the end",
+                                  _patch(lay.head, last.offset_at, struct.pack("<Q", lay.data_size)), lay.file_size),
+        "head-count-0": hparam(f"{arch}.attention.head_count", U32, 0),
+        "rope-dim-too-big": hparam(f"{arch}.rope.dimension_count", U32, 128),
+        "token-type-short": hparam("tokenizer.ggml.token_type", ARRAY,
+                                   (I32, [1] * (lay.kv("tokenizer.ggml.tokens").count - 1))),
+    }

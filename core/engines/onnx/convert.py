@@ -3,8 +3,9 @@
 ``convert_intent_head`` turns rag-intent-classifier's scikit-learn LogisticRegression (trained on
 all-MiniLM-L6-v2 sentence embeddings, which are mean-pooled and L2-normalised) into ONE ONNX graph:
 the minilm-l6 encoder + mean pooling + L2 norm + MatMul/Add with the head + Softmax, plus labels.json.
-scikit-learn and joblib are needed here only; the sha256 of both joblib files was checked by the store
-before this runs (a joblib file is a pickle: loading it runs code).
+scikit-learn and joblib are needed here only.  A joblib file is a pickle: loading it runs code, so each is
+checked against the registry's sha256 right before it is loaded -- not only when it was downloaded (a pull
+that finds the files already there, e.g. after classifier.onnx was deleted, converts what is on disk).
 """
 from __future__ import annotations
 
@@ -36,13 +37,48 @@ def _joblib():
     return joblib
 
 
-def read_head(model_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(weight (classes, 384), bias (classes,), label per class row) from the verified joblib files."""
+def head_digests(store=None) -> dict[str, str]:
+    """filename -> sha256 of the joblib files, from the spec whose convert hook is this module's (the
+    store's specs when it has them: a plugin may register the model)."""
+    from ...models.registry import BUILTIN_MODELS
+
+    specs = list(getattr(store, "specs", {}).values()) or list(BUILTIN_MODELS)
+    hook = f"{__name__}:convert_intent_head"
+    for spec in specs:
+        if spec.convert == hook:
+            return {f.filename: f.sha256 for f in spec.files}
+    raise ModelError(f"no model spec converts with {hook}: the joblib files cannot be verified")
+
+
+def _verified(path: Path, digests: dict[str, str]) -> Path:
+    from ...models.store import sha256_of
+
+    want = digests.get(path.name)
+    if want is None:
+        raise ModelError(f"{path.name} has no registered sha256; refusing to unpickle it")
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; run: corert models pull --force intent-minilm")
+    got = sha256_of(path)
+    if got != want:
+        raise ModelError(f"{path} does not match its registered sha256 (got {got[:12]}..., expected "
+                         f"{want[:12]}...); it was not loaded. Run: corert models pull --force intent-minilm")
+    return path
+
+
+def read_head(model_dir: Path, digests: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(weight (classes, 384), bias (classes,), label per class row) from the joblib files, each unpickled
+    only after its sha256 matched ``digests`` (default: the registry's)."""
     joblib = _joblib()
+    digests = head_digests() if digests is None else digests
+    head, label_file = _verified(model_dir / HEAD_FILE, digests), _verified(model_dir / LABEL_MAP_FILE, digests)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # InconsistentVersionWarning: trained with another sklearn
-        clf = joblib.load(model_dir / HEAD_FILE)
-        label_map = joblib.load(model_dir / LABEL_MAP_FILE)
+        try:
+            clf = joblib.load(head)
+            label_map = joblib.load(label_file)
+        except Exception as exc:  # noqa: BLE001 - verified files that still fail: another sklearn, say
+            raise ModelError(f"cannot load the classifier head from {model_dir}: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:200]}") from exc
     coef = np.asarray(getattr(clf, "coef_", None), dtype=np.float32)
     bias = np.asarray(getattr(clf, "intercept_", None), dtype=np.float32)
     classes = [str(c) for c in getattr(clf, "classes_", [])]
@@ -62,7 +98,7 @@ def convert_intent_head(model_dir: Path, store) -> Path:
     """Write classifier.onnx, labels.json and the encoder's tokenizer.json into ``model_dir``.  Idempotent;
     every output is written atomically."""
     model_dir = Path(model_dir)
-    coef, bias, labels = read_head(model_dir)
+    coef, bias, labels = read_head(model_dir, head_digests(store))
     encoder_path = Path(store.path(ENCODER))
     if not encoder_path.is_file():
         raise ModelError(f"the encoder {ENCODER!r} is not pulled ({encoder_path}); run: corert models pull {ENCODER}")

@@ -1,0 +1,121 @@
+"""Malformed model files never crash anything: seeded mutants of the real SmolLM2 GGUF, each loaded in a
+child process through both generation engines and both tokenizer plugins, must end in a typed corert
+error or a successful load (two forward passes) -- never a signal, an uncaught exception or a hang.
+
+    .venv/bin/python -m pytest -q tests/test_fuzz_models.py -s     # prints the counts by outcome
+
+The mutations (tests/fuzz/gguf_mutations.py) target the header, metadata and tensor infos; the children
+are tests/fuzz/load_driver.py, many files each, a dead child's job rerun alone (tests/fuzz/runner.py).
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fuzz.gguf_mutations import mutants, representative
+from fuzz.runner import child_env, run_jobs
+
+SEED = int(os.environ.get("CORERT_FUZZ_SEED", "14"))  # another seed: another 320 mutants
+MIN_FILES = 300
+FILES_PER_BATCH = 40  # mutants on disk at a time (sparse, ~2 MB each)
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+TARGETS = ("tokenizer:bpe", "engine:native") + (("tokenizer:llama_cpp", "engine:llama.cpp") if HAS_LLAMA_CPP else ())
+
+
+def _clean(outcome: str) -> bool:
+    return outcome == "ok" or outcome.startswith("error:")
+
+
+def _table(counter: collections.Counter, rows: list[str], title: str) -> str:
+    cols = sorted({c for _, c in counter}, key=lambda c: (not c.startswith("ok"), not c.startswith("error"), c))
+    width = max(len(r) for r in rows) + 2
+    lines = [title, " " * width + "".join(f"{c:>20}" for c in cols)]
+    for r in rows:
+        lines.append(f"{r:<{width}}" + "".join(f"{counter.get((r, c), 0):>20}" for c in cols))
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+def test_mutated_gguf_files_end_in_a_typed_error_or_a_load(smollm2, tmp_path):
+    start = time.monotonic()
+    all_mutants = list(mutants(smollm2, seed=SEED))
+    assert len(all_mutants) >= MIN_FILES
+    env = child_env(str(tmp_path / "tokenizer-cache"))
+    workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if workers > 1:
+        env["CORERT_THREADS"] = "1"  # one core per worker
+
+    def run_batch(first: int) -> list[tuple[int, str, dict]]:
+        batch = all_mutants[first:first + FILES_PER_BATCH]
+        jobs, files = [], []
+        for k, m in enumerate(batch, first):
+            path = tmp_path / f"mutant-{k:03d}.gguf"
+            m.write(path)
+            files.append(path)
+            for t in TARGETS:
+                jobs.append({"i": len(jobs), "k": k, "path": str(path), "target": t})
+        try:
+            results = run_jobs(jobs, smollm2, env)
+        finally:
+            for f in files:
+                f.unlink(missing_ok=True)
+        return [(j["k"], j["target"], results[j["i"]]) for j in jobs]
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        outcomes = [r for rs in pool.map(run_batch, range(0, len(all_mutants), FILES_PER_BATCH)) for r in rs]
+
+    by_target = collections.Counter((t, r["outcome"]) for _, t, r in outcomes)
+    by_kind = collections.Counter((all_mutants[k].kind, r["outcome"].split(":")[0] if _clean(r["outcome"])
+                                   else r["outcome"]) for k, _, r in outcomes)
+    kinds = list(dict.fromkeys(m.kind for m in all_mutants))
+    print(f"\n{len(all_mutants)} mutants of {os.path.basename(smollm2)} (seed {SEED}; "
+          + ", ".join(f"{k} {sum(m.kind == k for m in all_mutants)}" for k in kinds)
+          + f"), {len(outcomes)} loads in {time.monotonic() - start:.0f} s")
+    print(_table(by_target, list(TARGETS), "outcome by target:"))
+    print(_table(by_kind, kinds, "outcome by mutation kind (all targets):"))
+    if not HAS_LLAMA_CPP:
+        print("llama-cpp-python is not installed: the llama.cpp engine and tokenizer were not run")
+
+    bad = [f"{t} on {all_mutants[k].kind} [{all_mutants[k].label}]: {r['outcome']} {r.get('message', '')} "
+           f"{r.get('where', '')}{r.get('stderr', '')[-300:]}" for k, t, r in outcomes if not _clean(r["outcome"])]
+    assert not bad, "\n".join(bad)
+    assert len(outcomes) == len(all_mutants) * len(TARGETS)
+    # a typed error is one clear line: the CLI prints it as is
+    long = [r["message"] for _, _, r in outcomes if r["outcome"].startswith("error:")
+            and ("\n" in r["message"] or len(r["message"]) > 1000)]
+    assert not long, long[:5]
+
+
+# -- the CLI on a few representative mutants: one line on stderr, exit code 2 -------------------------------
+@pytest.fixture(scope="module")
+def representative_files(smollm2, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mutants")
+    files = {}
+    for name, m in representative(smollm2).items():
+        files[name] = d / f"{name}.gguf"
+        m.write(files[name])
+    return files
+
+
+ENGINES = ["native", pytest.param("llama.cpp", marks=pytest.mark.skipif(
+    not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cli_generate_on_a_mutated_file_prints_one_line_and_exits_2(representative_files, engine):
+    failures = []
+    for name, path in representative_files.items():
+        proc = subprocess.run([sys.executable, "-m", "corert.cli", "generate", "-m", str(path), "--engine", engine,
+                               "--max-tokens", "2", "--temperature", "0", "hi"],
+                              capture_output=True, text=True, env={**os.environ, "CORERT_DISABLE": ""})
+        lines = proc.stderr.splitlines()
+        if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("corert: error:"):
+            failures.append(f"{name}: exit {proc.returncode}, stderr {proc.stderr[-500:]!r}")
+    assert not failures, "\n".join(failures)
