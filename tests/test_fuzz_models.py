@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -119,3 +120,61 @@ def test_cli_generate_on_a_mutated_file_prints_one_line_and_exits_2(representati
         if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("corert: error:"):
             failures.append(f"{name}: exit {proc.returncode}, stderr {proc.stderr[-500:]!r}")
     assert not failures, "\n".join(failures)
+
+
+# -- the onnx engine's model folders ------------------------------------------------------------------------
+ONNX_TARGETS = ("onnx:q8", "onnx:stock")
+
+
+@pytest.mark.slow
+def test_mutated_onnx_model_folders_end_in_a_typed_error_or_a_load(store, tmp_path):
+    from fuzz.onnx_mutations import mutants as folder_mutants
+
+    start = time.monotonic()
+    sources = {"embed": store.resolve("minilm-l6").parent, "classify": store.resolve("intent-minilm").parent}
+    before = {f: (f.stat().st_size, f.stat().st_mtime_ns) for d in sources.values() for f in d.iterdir()}
+    env = child_env(str(tmp_path / "tokenizer-cache"))
+    env["CORERT_THREADS"] = "1"
+
+    def run_batch(batch: list[tuple[int, object, object]]) -> list[tuple[object, str, dict]]:
+        jobs = []
+        for k, m, d in batch:
+            for t in ONNX_TARGETS:
+                jobs.append({"i": len(jobs), "path": str(d), "target": f"{t}:{m.task}", "k": k})
+        try:
+            results = run_jobs(jobs, "", env)
+        finally:
+            for _, _, d in batch:
+                shutil.rmtree(d, ignore_errors=True)
+        by_k = {k: m for k, m, _ in batch}
+        return [(by_k[j["k"]], j["target"], results[j["i"]]) for j in jobs]
+
+    outcomes, futures, batch, n = [], [], [], 0
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for k, m in enumerate(folder_mutants(sources["embed"], sources["classify"], seed=SEED)):
+            d = tmp_path / f"folder-{k:03d}"
+            m.materialize(sources[m.task], d)  # one at a time: a mutated graph is 23 MB
+            batch.append((k, m, d))
+            n += 1
+            if len(batch) == 12:
+                futures.append(pool.submit(run_batch, batch))
+                batch = []
+        if batch:
+            futures.append(pool.submit(run_batch, batch))
+        for f in futures:
+            outcomes += f.result()
+
+    targets = [f"{t}:{task}" for task in ("embed", "classify") for t in ONNX_TARGETS]
+    by_target = collections.Counter((t, r["outcome"]) for _, t, r in outcomes)
+    kinds = list(dict.fromkeys(m.kind for m, _, _ in outcomes))
+    by_kind = collections.Counter((m.kind, r["outcome"].split(":")[0] if _clean(r["outcome"]) else r["outcome"])
+                                  for m, _, r in outcomes)
+    print(f"\n{n} mutated onnx model folders (seed {SEED}), {len(outcomes)} loads in "
+          f"{time.monotonic() - start:.0f} s")
+    print(_table(by_target, targets, "outcome by target:"))
+    print(_table(by_kind, kinds, "outcome by mutation kind (all targets):"))
+    after = {f: (f.stat().st_size, f.stat().st_mtime_ns) for d in sources.values() for f in d.iterdir()}
+    assert after == before, "a mutant wrote through a hard link into the pulled model"
+    bad = [f"{t} on {m.kind} [{m.label}]: {r['outcome']} {r.get('message', '')} {r.get('where', '')}"
+           f"{r.get('stderr', '')[-300:]}" for m, t, r in outcomes if not _clean(r["outcome"])]
+    assert not bad, "\n".join(bad)

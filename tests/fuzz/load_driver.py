@@ -3,13 +3,14 @@
     python load_driver.py PRISTINE_GGUF < jobs.jsonl
 
 Each job line is ``{"i": 0, "path": "...", "target": "engine:native"}``; targets are ``tokenizer:bpe``,
-``tokenizer:llama_cpp``, ``engine:native`` and ``engine:llama.cpp``.  Before a job the driver prints
+``tokenizer:llama_cpp``, ``engine:native`` and ``engine:llama.cpp`` for a GGUF file, ``onnx:VARIANT:TASK``
+(e.g. ``onnx:q8:embed``) for a model folder of the onnx engine.  Before a job the driver prints
 ``S <i>``, after it ``R <i> <json>`` with ``outcome`` "ok", "error:<Class>" (a corert error) or
 "traceback:<Class>" (anything else), so the parent can tell which job a signal killed.
 
 An engine job loads the file with the pristine model's tokenizer (the engine is what is judged, not a
 tokenizer that would reject the file first), evaluates the prompt and one greedy token: a load that
-succeeds has run two forward passes.
+succeeds has run two forward passes.  An onnx job loads the folder and embeds or classifies one text.
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ class Driver:
 
     def run(self, target: str, path: str) -> None:
         area, name = target.split(":", 1)
+        if area == "onnx":
+            from corert.engines.onnx.plugin import make_engine
+
+            variant, task = name.split(":")
+            model = make_engine(variant).load(path, task)
+            (model.embed if task == "embed" else model.classify)([PROMPT])
+            return
         if area == "tokenizer":
             tok = self.tokenizer(name, path)
             ids = tok.encode(PROMPT)
@@ -83,7 +91,7 @@ def main() -> int:
             result = {"outcome": "ok"}
         except CorertError as exc:
             result = {"outcome": f"error:{type(exc).__name__}", "message": str(exc)}
-        except Exception as exc:  # noqa: BLE001 - exactly what the fuzz test is looking for
+        except BaseException as exc:  # noqa: BLE001 - exactly what the fuzz test looks for (pyo3 panics too)
             tb = traceback.extract_tb(exc.__traceback__)[-1]
             result = {"outcome": f"traceback:{type(exc).__name__}", "message": str(exc)[:300],
                       "where": f"{tb.filename}:{tb.lineno} {tb.name}"}

@@ -100,11 +100,33 @@ def _session(graph_path: Path, src: Path, cfg: OnnxConfig, threads: ThreadBudget
         raise ModelError(f"onnxruntime cannot load {src}: {exc}") from exc
 
 
+#: the longest input a model file may declare; beyond it the number is damage, not a model (a (1, n) int64
+#: mask is allocated at load)
+MAX_DECLARED_LENGTH = 1 << 20
+
+
 def _read_json(p: Path) -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {p}: {exc}") from exc
+        raise ModelError(f"cannot read {p}: {' '.join(str(exc).split())}") from exc
+
+
+def _json_object(p: Path) -> dict:
+    data = _read_json(p)
+    if not isinstance(data, dict):
+        raise ModelError(f"{p} is not a JSON object")
+    return data
+
+
+def _declared_length(p: Path, key: str) -> int | None:
+    """``key`` of the JSON object in ``p``: None when absent, else a positive integer within reason."""
+    value = _json_object(p).get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DECLARED_LENGTH:
+        raise ModelError(f"{p}: {key} is {value!r}; expected a token count in 1..{MAX_DECLARED_LENGTH}")
+    return value
 
 
 def _max_length(path: Path, cfg: OnnxConfig) -> int:
@@ -113,13 +135,12 @@ def _max_length(path: Path, cfg: OnnxConfig) -> int:
     d = path.parent
     n = cfg.max_length
     if n is None and (d / "sentence_bert_config.json").is_file():
-        n = _read_json(d / "sentence_bert_config.json").get("max_seq_length")
-    if n is None and (d / "labels.json").is_file():
-        meta = _read_json(d / "labels.json")
-        n = meta.get("max_length") if isinstance(meta, dict) else None
+        n = _declared_length(d / "sentence_bert_config.json", "max_seq_length")
+    if n is None and (d / "labels.json").is_file() and isinstance(_read_json(d / "labels.json"), dict):
+        n = _declared_length(d / "labels.json", "max_length")
     n = int(n or DEFAULT_MAX_LENGTH)
     if (d / "config.json").is_file():
-        n = min(n, int(_read_json(d / "config.json").get("max_position_embeddings", n)))
+        n = min(n, _declared_length(d / "config.json", "max_position_embeddings") or n)
     if n < 3:
         raise ConfigError(f"max_length {n} leaves no room for text between [CLS] and [SEP]")
     return n

@@ -67,6 +67,8 @@ def add_mean_pool_l2(model, hidden: str | None = None, name: str = "corert/pool"
     if _opset(model) < _MIN_OPSET:
         raise ModelError(f"the encoder graph uses opset {_opset(model)}; corert needs opset >= {_MIN_OPSET}")
     outs = {o.name: o for o in g.output}
+    if not outs:
+        raise ModelError("the encoder graph has no outputs")
     if hidden is None:
         hidden = "last_hidden_state" if "last_hidden_state" in outs else g.output[0].name
     if hidden not in outs:

@@ -17,6 +17,8 @@ from ...errors import InputError, ModelError
 #: A hard cap on one text's size before tokenization: beyond it the text is rejected rather than spending
 #: seconds tokenizing what truncation would throw away anyway.
 MAX_CHARS = 1_000_000
+#: encoded once at load: plain words and punctuation any working WordPiece vocabulary can represent
+_PROBE = "Hello, world: 42 tokens."
 
 
 @attrs.frozen
@@ -50,15 +52,23 @@ class WordPiece:
             raise ModelError(f"tokenizer not found: {path} (an encoder model needs its tokenizer.json beside it)")
         try:
             tok = Tokenizer.from_file(path)
+            tok.no_padding()
+            tok.enable_truncation(max_length)
+            tok.encode(_PROBE)  # a tokenizer that cannot encode plain words (e.g. no [UNK]) fails here, not later
         except Exception as exc:  # the Rust side raises a plain Exception on malformed JSON
-            raise ModelError(f"{path} is not a tokenizers tokenizer.json: {exc}") from exc
-        tok.no_padding()
-        tok.enable_truncation(max_length)
+            raise ModelError(f"{path} is not a usable tokenizers tokenizer.json: {' '.join(str(exc).split())}"
+                             ) from exc
         return cls(path, max_length, tok, np.ones((1, max_length), np.int64), np.zeros((1, max_length), np.int64))
+
+    def _encode(self, text: str):
+        try:
+            return self._tok.encode(text)
+        except Exception as exc:  # e.g. a character its vocabulary cannot represent and no [UNK] to fall back to
+            raise ModelError(f"{self.path} could not encode the text: {' '.join(str(exc).split())}") from exc
 
     def encode_one(self, text: str) -> Batch:
         """The single-request fast path: one encode, one array, the masks are views."""
-        enc = self._tok.encode(text)
+        enc = self._encode(text)
         ids = enc.ids
         n = len(ids)
         return Batch(np.array(ids, dtype=np.int64).reshape(1, n), self._ones[:, :n], self._zeros[:, :n],
@@ -67,7 +77,10 @@ class WordPiece:
     def encode_batch(self, texts: Sequence[str]) -> Batch:
         if len(texts) == 1:
             return self.encode_one(texts[0])
-        encs = self._tok.encode_batch(texts)  # in Rust, GIL released (TOKENIZERS_PARALLELISM applies)
+        try:
+            encs = self._tok.encode_batch(texts)  # in Rust, GIL released (TOKENIZERS_PARALLELISM applies)
+        except Exception as exc:
+            raise ModelError(f"{self.path} could not encode the texts: {' '.join(str(exc).split())}") from exc
         lengths = tuple(len(e.ids) for e in encs)
         width = max(lengths)
         ids = np.zeros((len(encs), width), np.int64)  # 0 is [PAD] in BERT vocabularies; masked out anyway
@@ -79,10 +92,10 @@ class WordPiece:
 
     def count(self, text: str) -> int:
         """Tokens the model sees for ``text`` (after truncation), [CLS] and [SEP] included."""
-        return len(self._tok.encode(text).ids)
+        return len(self._encode(text).ids)
 
     def untruncated_count(self, text: str) -> int:
-        enc = self._tok.encode(text)
+        enc = self._encode(text)
         return len(enc.ids) + sum(len(o.ids) - 2 for o in enc.overflowing)
 
 
