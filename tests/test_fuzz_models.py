@@ -178,3 +178,55 @@ def test_mutated_onnx_model_folders_end_in_a_typed_error_or_a_load(store, tmp_pa
     bad = [f"{t} on {m.kind} [{m.label}]: {r['outcome']} {r.get('message', '')} {r.get('where', '')}"
            f"{r.get('stderr', '')[-300:]}" for m, t, r in outcomes if not _clean(r["outcome"])]
     assert not bad, "\n".join(bad)
+
+
+# -- the intent head's joblib files: pickles, so verified before they are unpickled -------------------------
+class _RunsCode:
+    """Unpickling this creates a directory: proof that the pickle was loaded."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def _joblib_mutations(real: bytes, marker: str) -> dict[str, bytes | None]:
+    import io
+
+    import joblib
+
+    evil = io.BytesIO()
+    joblib.dump(_RunsCode(marker), evil)
+    flipped = bytearray(real)
+    flipped[len(real) // 2] ^= 0x20
+    return {"a byte flipped": bytes(flipped), "truncated": real[:len(real) // 3], "empty": b"",
+            "a pickle that runs code": evil.getvalue(), "deleted": None}
+
+
+@pytest.mark.parametrize("target", ["LogisticRegression.joblib", "label_map.joblib"])
+def test_damaged_joblib_is_refused_before_it_is_unpickled(store, tmp_path, target):
+    from corert.engines.onnx import convert
+    from corert.errors import ModelError
+
+    src = store.resolve("intent-minilm").parent
+    marker = tmp_path / "pickle-was-loaded"
+
+    class Encoder:
+        def path(self, name):
+            return store.resolve(name)
+
+    for what, content in _joblib_mutations((src / target).read_bytes(), str(marker)).items():
+        d = tmp_path / what.replace(" ", "-")
+        d.mkdir()
+        for f in (convert.HEAD_FILE, convert.LABEL_MAP_FILE):
+            shutil.copy(src / f, d / f)
+        if content is None:
+            (d / target).unlink()
+        else:
+            (d / target).write_bytes(content)
+        with pytest.raises(ModelError, match="sha256|missing") as err:
+            convert.convert_intent_head(d, Encoder())
+        assert len(str(err.value).splitlines()) == 1
+        assert not marker.exists(), f"{target} ({what}) was unpickled"
+        assert not (d / convert.OUTPUT).exists()
