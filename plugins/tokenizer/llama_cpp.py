@@ -25,6 +25,8 @@ class LlamaCppTokenizer:
         if not self._model:
             raise ModelError(f"llama.cpp could not read the vocabulary of {model_path}")
         self._vocab = lib.llama_model_get_vocab(self._model)
+        if lib.llama_vocab_type(self._vocab) == lib.LLAMA_VOCAB_TYPE_NONE:  # tokenizing one aborts the process
+            raise ModelError(f"{model_path} has no vocabulary (tokenizer.ggml.model says none): it cannot tokenize")
         self.vocab_size = int(lib.llama_vocab_n_tokens(self._vocab))
         bos = int(lib.llama_vocab_bos(self._vocab))
         eos = int(lib.llama_vocab_eos(self._vocab))
