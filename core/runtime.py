@@ -474,26 +474,34 @@ class Runtime:
             stop_check = current_token()  # the scheduler's cancel token: timeouts and cancels end the loop
             tokens = (batching.generate(ids, params, tok.is_eog) if batching is not None
                       else decoder.generate(loaded.session(), ids, params, tok.is_eog))
-            for token in tokens:
-                stop_check.check()
-                n_yielded += 1
-                if first_at is None:
-                    first_at = time.perf_counter()
-                if tok.is_eog(token):
-                    finish = "stop"
-                    break
-                out.append(token)
-                piece, hit = stops.push(detok.feed(token))
-                if piece:
-                    text.append(piece)
-                    if emit is not None:
-                        emit(StreamChunk(piece, (token,)))
-                if hit:
-                    finish = "stop"
-                    break
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
+            try:
+                for token in tokens:
+                    stop_check.check()
+                    n_yielded += 1
+                    if first_at is None:
+                        first_at = time.perf_counter()
+                    if tok.is_eog(token):
+                        finish = "stop"
+                        break
+                    out.append(token)
+                    piece, hit = stops.push(detok.feed(token))
+                    if piece:
+                        text.append(piece)
+                        if emit is not None:
+                            emit(StreamChunk(piece, (token,)))
+                    if hit:
+                        finish = "stop"
+                        break
+                    if cancel is not None and cancel.is_set():
+                        finish = "cancelled"
+                        break
+            finally:
+                # end the decoder too, whatever ended the loop.  A request stopped by its token or a raised
+                # error would otherwise leave it suspended, and the error's traceback keeps it alive: a
+                # batched stream then goes on decoding in the batch until its max_tokens
+                close = getattr(tokens, "close", None)
+                if close is not None:
+                    close()
             end = time.perf_counter()
             if finish != "stop":
                 tail, _ = stops.push(detok.flush())
