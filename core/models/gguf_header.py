@@ -3,7 +3,9 @@
 gguf's GGUFReader builds numpy views for every string of a vocabulary (~10 s for 262k tokens); this reader
 walks the header once with struct over an mmap and decodes string arrays only when asked.  It is what
 corert uses to validate a model file before llama.cpp (which aborts on some damage) opens it, and what the
-tokenizer and native engine read metadata with.
+tokenizer and native engine read metadata with.  Whatever is wrong with a file -- a count, a length, a
+type, a shape, an offset -- is a ModelError saying what, never an exception from deeper down or a crash in
+llama.cpp; tests/test_fuzz_models.py holds it to that over hundreds of mutated files.
 """
 from __future__ import annotations
 
@@ -104,35 +106,25 @@ class GGUFHeader:
                 return t
         raise ModelError(f"{self.path}: no tensor {_show(name)}")
 
-    def array_length(self, key: str) -> int | None:
-        """The length of an array-valued key (decoded or not); None when the key is absent."""
-        info = self.value_types.get(key)
-        return info[2] if info is not None else None
-
     def int_value(self, key: str, default: int | None = None, lo: int = 0, hi: int = 2**31 - 1) -> int:
         """Key ``key`` as an integer in [lo, hi]: a clear error when it is missing (and no default), of
         another type, or out of range."""
-        v = self.metadata.get(key)
-        if v is None:
-            if default is None:
-                raise ModelError(f"{self.path}: metadata {key} is missing")
+        if not self._present(key, default):
             return default
-        if self.value_types.get(key, (None,))[0] not in _INTEGERS:
+        if self._gguf_type(key) not in _INTEGERS:
             raise ModelError(f"{self.path}: metadata {key} must be an integer, not {self._type_name(key)}")
+        v = self.metadata[key]
         if not lo <= v <= hi:
             raise ModelError(f"{self.path}: metadata {key} = {v} is out of range [{lo}, {hi}]")
         return int(v)
 
     def float_value(self, key: str, default: float | None = None, positive: bool = True) -> float:
         """Key ``key`` as a finite float (``positive``: > 0); integers are accepted."""
-        v = self.metadata.get(key)
-        if v is None:
-            if default is None:
-                raise ModelError(f"{self.path}: metadata {key} is missing")
+        if not self._present(key, default):
             return default
-        if self.value_types.get(key, (None,))[0] not in _FLOATS + _INTEGERS:
+        if self._gguf_type(key) not in _FLOATS + _INTEGERS:
             raise ModelError(f"{self.path}: metadata {key} must be a number, not {self._type_name(key)}")
-        f = float(v)
+        f = float(self.metadata[key])
         if not math.isfinite(f) or (positive and f <= 0):
             raise ModelError(f"{self.path}: metadata {key} = {f} must be a finite"
                              f"{' positive' if positive else ''} number")
@@ -142,12 +134,28 @@ class GGUFHeader:
         """A boolean key (an integer is read as one); ``default`` when absent."""
         if key not in self.metadata:
             return default
-        if self.value_types[key][0] not in (BOOL,) + _INTEGERS:
+        if self._gguf_type(key) not in (BOOL,) + _INTEGERS:
             raise ModelError(f"{self.path}: metadata {key} must be a bool, not {self._type_name(key)}")
         return bool(self.metadata[key])
 
+    def _present(self, key: str, default) -> bool:
+        if key in self.metadata:
+            return True
+        if default is None:
+            raise ModelError(f"{self.path}: metadata {key} is missing")
+        return False
+
+    def _gguf_type(self, key: str) -> int | None:
+        """The key's GGUF value type; for a header built by hand (no types), guessed from the value."""
+        if key in self.value_types:
+            return self.value_types[key][0]
+        v = self.metadata[key]
+        if isinstance(v, bool):
+            return BOOL
+        return 11 if isinstance(v, (int, np.integer)) else F32 if isinstance(v, (float, np.floating)) else None
+
     def _type_name(self, key: str) -> str:
-        vtype, itype, _ = self.value_types.get(key, (None, None, None))
+        vtype, itype, _ = self.value_types.get(key, (self._gguf_type(key), None, None))
         if vtype == _ARRAY:
             return f"an array of {TYPE_NAMES.get(itype, itype)}"
         return f"a {TYPE_NAMES.get(vtype, vtype)}"
