@@ -61,8 +61,12 @@ class EvalTrace:
             items = list(self._items)
         return [e for e in items if isinstance(e, Eval) and (token is None or e.token is token)]
 
+    def position(self, label: str) -> int:
+        """Where the mark ``label`` is in the trace (comparable with ``Eval.index``)."""
+        with self._lock:
+            return self._items.index(label)
+
     def after(self, label: str, token: CancelToken) -> list[Eval]:
         """The evals of ``token``'s request that began after the mark ``label``."""
-        with self._lock:
-            at = self._items.index(label)
+        at = self.position(label)
         return [e for e in self.evals(token) if e.index > at]

@@ -1,76 +1,80 @@
-"""The work_stealing scheduler under real work: SmolLM2 generation (llama.cpp) and MiniLM embeddings.
+"""The work_stealing scheduler under real work: SmolLM2 generation (llama.cpp) and MiniLM embeddings, served
+by the Runtime.
 
-No timings are asserted; the tests assert *order* (an embed finishing while a generation is still emitting
-tokens) and *stopping* (a generation ending at its cancel token long before max_tokens).
+No timings are asserted.  The generation is held at a known token by its own engine session (eval_trace.py
+wraps the real session's ``eval``), so the tests assert *stopping* (no token evaluated after the cancel or
+timeout) and *order* (an embed finishing while a generation holds its lane) as facts, not as likelihoods.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
-import time
 
 import pytest
 
-from corert.errors import CancelledError, TaskTimeoutError
+from corert import Runtime
+from corert.errors import TaskTimeoutError
 from corert.models.store import ModelStore
 from corert.plugins.scheduler.affinity import process_cpus, thread_cpus
-from corert.plugins.scheduler.pools import llama_kwargs
-from corert.cancel import current_token
 from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
 
-WAIT = 60.0
+from eval_trace import EvalTrace
+
+WAIT = 60.0  # bound on an event that must happen; never reached when things work
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"  # greedy SmolLM2 keeps counting: no early end of text
+HOLD_AT = 5  # the generation is held before its 5th evaluation (the prompt, then 3 tokens, then this one)
 
 
 def _path(name):
     return str(ModelStore(progress=False).resolve(name))  # pulled on first use, never skipped
 
 
-@pytest.fixture(scope="module")
-def llama():
-    import llama_cpp
-    sched = WorkStealingScheduler(WorkStealingConfig(preset="batch", n_threads=1))
-    llm = llama_cpp.Llama(_path("smollm2-135m-instruct"), n_ctx=1024, verbose=False,
-                          **llama_kwargs(sched.thread_budget()))
-    sched.shutdown()
-    yield llm
-    llm.close()
+def _hold(at: int, until):
+    """A pause for EvalTrace: the first request's ``at``-th evaluation waits for ``until(token)``."""
+    held = threading.Event()
 
+    def pause(token, n):
+        if n == at and not held.is_set():
+            held.set()
+            until(token)
 
-def _generate_checking_token(llm, n_tokens: int, produced: list[int]) -> list[int]:
-    """What the Runtime's generate loop does: one token, one look at the cancel token."""
-    token = current_token()
-    for tok in llm.generate(llm.tokenize(COUNTING.encode()), temp=0.0):
-        token.check()
-        produced.append(tok)
-        if len(produced) >= n_tokens:
-            break
-    return produced
+    return held, pause
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout"])
-def test_real_generation_stops_at_its_token_and_frees_the_worker(llama, how):
-    sched = WorkStealingScheduler(WorkStealingConfig(preset="balanced", n_threads=1))
-    try:
-        produced: list[int] = []
-        fut = sched.submit(_generate_checking_token, llama, 400, produced, priority="batch",
-                           timeout=1.0 if how == "timeout" else None)
+def test_real_generation_stops_at_its_token_and_frees_the_worker(how, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="corert.scheduler")
+    go_on = threading.Event()
+    held, pause = _hold(HOLD_AT, (lambda token: token.wait()) if how == "timeout" else
+                        (lambda token: go_on.wait(WAIT)))
+    with Runtime(model=_path("smollm2-135m-instruct"), n_threads=1,
+                 plugins={"scheduler": "work_stealing:balanced", "tokenizer": "llama_cpp"}) as rt:
+        rt.generate("Hi", max_tokens=1, temperature=0)  # loads the model
+        loaded, _ = rt.load_generation_model()
+        trace = EvalTrace(monkeypatch, loaded.session(), pause=pause)
         if how == "cancel":
-            while len(produced) < 5 and not fut.done():  # let it get going, then cancel mid-generation
-                threading.Event().wait(0.01)
-            assert fut.cancel() is False  # running: cooperative
-            expected = CancelledError
+            stream = rt.stream(COUNTING, max_tokens=400, temperature=0, priority="batch")
+            next(stream)
+            assert held.wait(WAIT)  # mid-generation, about to evaluate its next token
+            stream.close()  # the caller walks away: the task's token is cancelled
+            go_on.set()
         else:
-            expected = TaskTimeoutError
-        with pytest.raises(expected):
-            fut.result(WAIT)
+            with pytest.raises(TaskTimeoutError):
+                rt.generate(COUNTING, max_tokens=400, temperature=0, priority="batch", timeout=2.0)
+            assert held.is_set(), "the deadline passed before the generation got going"
         # the worker is free again (the task stopped at its next token), so the next task runs
-        assert sched.submit(len, produced).result(WAIT) == len(produced)
-        assert 0 < len(produced) < 400
-        s = sched.stats()
-        assert s["completed"] == 1 and s["timed_out" if how == "timeout" else "cancelled"] == 1
-    finally:
-        sched.shutdown()
+        assert rt.scheduler.submit(len, "abc").result(WAIT) == 3
+        (generation,) = trace.requests()
+        assert len(trace.evals(generation)) == HOLD_AT  # the held evaluation was the last
+        s = rt.scheduler.stats()
+    assert s["completed"] == 2 and s["failed"] == 0  # the warm-up generate and len
+    if how == "cancel":
+        assert s["cancelled"] == 1  # ended by a CancelledError at its token, not by running out
+    else:
+        # the watchdog failed the future at the deadline; the task itself then stopped at its token
+        assert s["timed_out"] == 1 and s["overran"] == 1
+        assert "stopped at its token" in caplog.text and "ran to the end" not in caplog.text
 
 
 @pytest.mark.skipif(len(process_cpus()) < 2, reason="the reserved lane needs 2 cores")
@@ -78,33 +82,53 @@ def test_real_generation_stops_at_its_token_and_frees_the_worker(llama, how):
     ("work_stealing:inference", 2, True),
     ("fifo", 1, False),  # one llama.cpp thread: the point is queue order, and 2 threads crawl on a busy box
 ])
-def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(scheduler, n_threads, embed_overtakes):
-    import corert
+def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(scheduler, n_threads, embed_overtakes,
+                                                                         monkeypatch):
     _path("smollm2-135m-instruct"), _path("minilm-l6")
-    with corert.Runtime(plugins={"scheduler": scheduler}, n_threads=n_threads) as rt:
+    release = threading.Event()
+    held, pause = _hold(HOLD_AT, lambda token: release.wait(WAIT))
+    with Runtime(plugins={"scheduler": scheduler}, n_threads=n_threads) as rt:
         rt.embed(["warm up the encoder"])
-        rt.generate("Hi", max_tokens=1, temperature=0)  # load the model outside the measured part
-        chunks = rt.stream(COUNTING, max_tokens=80, temperature=0, priority="batch")
-        produced_at: list[float] = []
-        first = threading.Event()
+        rt.generate("Hi", max_tokens=1, temperature=0)  # load the model outside the observed part
+        loaded, _ = rt.load_generation_model()
+        trace = EvalTrace(monkeypatch, loaded.session(), pause=pause)
+        queued = threading.Event()
+        real_submit = rt.scheduler.submit
 
-        def consume():  # stamps each chunk as it arrives (the stream buffers, so stamp here, not later)
-            for _ in chunks:
-                produced_at.append(time.monotonic())
-                first.set()
+        def submit(fn, *args, priority="normal", **kwargs):  # the real submit; notes when the embed is queued
+            fut = real_submit(fn, *args, priority=priority, **kwargs)
+            if priority == "interactive":
+                queued.set()
+            return fut
 
-        consumer = threading.Thread(target=consume)
-        consumer.start()
-        assert first.wait(WAIT)  # the generation is running now
-        vec = rt.embed(["how do I reset my password"], priority="interactive")
-        embed_done = time.monotonic()
-        consumer.join(WAIT)
-        after = sum(t > embed_done for t in produced_at)
-        assert vec.embeddings.shape == (1, 384)
+        monkeypatch.setattr(rt.scheduler, "submit", submit)
+        chunks = rt.stream(COUNTING, max_tokens=40, temperature=0, priority="batch")
+        next(chunks)
+        assert held.wait(WAIT)  # the generation holds its worker, mid-way
+        got = {}
+
+        def embed():
+            got["vec"] = rt.embed(["how do I reset my password"], priority="interactive")
+            trace.mark("embed done")
+
+        embedder = threading.Thread(target=embed)
+        embedder.start()
+        assert queued.wait(WAIT)  # the embed is in the scheduler's queue while the generation is held
         if embed_overtakes:
-            assert after > 10, f"the embed waited for the generation ({after} chunks came after it)"
-        else:  # FIFO: the embed queued behind the whole generation
-            assert after <= 2  # the last chunks may be stamped a moment late by the consumer thread
+            embedder.join(WAIT)
+            assert "vec" in got, "the embed waited for the generation"
+        release.set()
+        rest = list(chunks)
+        embedder.join(WAIT)
+    assert got["vec"].embeddings.shape == (1, 384)
+    assert rest[-1].completion is not None and rest[-1].completion.usage.completion_tokens == 40
+    (generation,) = trace.requests()
+    evals = trace.evals(generation)
+    done = trace.position("embed done")
+    if embed_overtakes:  # served on the reserved lane while the generation was held before its 5th token
+        assert evals[HOLD_AT - 1].index < done < evals[HOLD_AT].index
+    else:  # FIFO: the embed queued behind the whole generation
+        assert done > evals[-1].index
 
 
 _NUMBA_TWO_LANES = r"""
