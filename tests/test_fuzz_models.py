@@ -1,11 +1,15 @@
 """Malformed model files never crash anything: seeded mutants of the real SmolLM2 GGUF, each loaded in a
 child process through both generation engines and both tokenizer plugins, must end in a typed corert
-error or a successful load (two forward passes) -- never a signal, an uncaught exception or a hang.
+error or a successful load (two forward passes) -- never a signal, an uncaught exception or a hang.  The
+same for the onnx engine's model folders (embeddings, classification) on both variants, and the intent
+head's joblib files must be refused by their sha256 before anything unpickles them.
 
     .venv/bin/python -m pytest -q tests/test_fuzz_models.py -s     # prints the counts by outcome
+    CORERT_FUZZ_SEED=3 .venv/bin/python -m pytest -q tests/test_fuzz_models.py -s   # other mutants
 
-The mutations (tests/fuzz/gguf_mutations.py) target the header, metadata and tensor infos; the children
-are tests/fuzz/load_driver.py, many files each, a dead child's job rerun alone (tests/fuzz/runner.py).
+The mutations (tests/fuzz/gguf_mutations.py, onnx_mutations.py) target the header, metadata and tensor
+infos, and the graph, tokenizer and config files; the children are tests/fuzz/load_driver.py, many files
+each, a dead child's job rerun alone (tests/fuzz/runner.py).
 """
 from __future__ import annotations
 
@@ -37,9 +41,10 @@ def _clean(outcome: str) -> bool:
 def _table(counter: collections.Counter, rows: list[str], title: str) -> str:
     cols = sorted({c for _, c in counter}, key=lambda c: (not c.startswith("ok"), not c.startswith("error"), c))
     width = max(len(r) for r in rows) + 2
-    lines = [title, " " * width + "".join(f"{c:>20}" for c in cols)]
+    col = max(len(c) for c in cols) + 2
+    lines = [title, " " * width + "".join(f"{c:>{col}}" for c in cols)]
     for r in rows:
-        lines.append(f"{r:<{width}}" + "".join(f"{counter.get((r, c), 0):>20}" for c in cols))
+        lines.append(f"{r:<{width}}" + "".join(f"{counter.get((r, c), 0):>{col}}" for c in cols))
     return "\n".join(lines)
 
 
