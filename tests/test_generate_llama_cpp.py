@@ -85,19 +85,42 @@ def test_kv_cache_type_is_applied(smollm2):
     rt.close()
 
 
-def test_prefix_is_reused_and_rollback_is_exact(rt_ref):
-    """Session.truncate drops K/V: evaluating after a rollback gives the logits of a fresh evaluation."""
+def test_prefix_is_reused_and_rollback_is_exact(rt_ref, raw_llama):
+    """A prompt that shares a prefix with what the context holds evaluates only the rest (llama.cpp's own
+    counters say so) and generates what a fresh context generates; Session.truncate drops K/V exactly."""
     import numpy as np
 
+    from corert.engines.common import common_prefix_len
+
     loaded, lock = rt_ref.load_generation_model()
-    tok = loaded.tokenizer
+    lib, ctx, session, tok = loaded.lib, loaded.llama._ctx.ctx, loaded.session(), loaded.tokenizer
+
+    def evaluated() -> int:  # tokens llama.cpp has decoded in this context: prompt batches + single tokens
+        perf = lib.llama_perf_context(ctx)
+        return perf.n_p_eval + perf.n_eval
+
+    first = "The quick brown fox jumps over the lazy dog"
+    second = first + ". Then the fox ran into the forest, and"
+    rt_ref.generate(first, max_tokens=8, temperature=0)
+    ids = tok.encode(second, parse_special=True)
+    shared = common_prefix_len(session.tokens, ids)
+    assert shared >= len(tok.encode(first, parse_special=True)) - 1  # the whole first prompt, give or take
+    before = evaluated()
+    out = rt_ref.generate(second, max_tokens=16, temperature=0)
+    # the new part of the prompt in one batch, then one decode per generated token after the first
+    assert evaluated() - before == (len(ids) - shared) + out.timings.decode_tokens
+    # llama.cpp's KV cache holds exactly the session's tokens: the shared prefix was kept, not rebuilt
+    assert session.tokens[:len(ids)] == ids
+    assert lib.llama_memory_seq_pos_max(lib.llama_get_memory(ctx), 0) == len(session.tokens) - 1
+    # and the reused prefix changed nothing: a fresh context generates the same
+    assert list(out.token_ids) == raw_greedy(raw_llama, second, 16)
+
     ids = tok.encode("The quick brown fox jumps over the lazy dog")
     with lock:
-        s = loaded.session()
-        s.truncate(0)
-        fresh = s.eval(ids).copy()
-        s.eval(tok.encode(" and then", add_bos=False))
-        s.truncate(len(ids) - 1)
-        again = s.eval(ids[-1:]).copy()
+        session.truncate(0)
+        fresh = session.eval(ids).copy()
+        session.eval(tok.encode(" and then", add_bos=False))
+        session.truncate(len(ids) - 1)
+        again = session.eval(ids[-1:]).copy()
     assert np.allclose(fresh, again, atol=1e-4)
     assert int(np.argmax(fresh)) == int(np.argmax(again))
