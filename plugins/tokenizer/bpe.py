@@ -9,6 +9,11 @@ valid text and gets llama.cpp's ids for that text; it can differ from llama.cpp 
 how many U+FFFD a broken multi-byte sequence becomes (Python: one per maximal invalid part; llama.cpp:
 one per byte).
 
+Bytes without a token.  A byte-level vocabulary may lack a token for some byte values (SmolLM2 lacks 21:
+six control characters, 0xC0, 0xC1, 0xF1, 0xF2 and 0xF5-0xFF); such a byte is dropped from the ids, as
+llama.cpp drops it, so decoding gives the text less those bytes.  SentencePiece vocabularies keep every
+byte through their byte tokens.
+
 Threads.  ``encode`` mutates the tokenizer's word cache under a lock; ``encode_batch`` runs numba's
 parallel loop (one caller at a time, process-wide: numba's workqueue layer must not be entered twice).
 """
