@@ -4,8 +4,9 @@
 #   - an arm64 Debian rootfs holding python3, libgomp1 (numba's OpenMP layer) and libstdc++6 (numpy,
 #     llvmlite), its packages only extracted (mmdebstrap's extract variant runs no arm64 program, so no
 #     binfmt_misc is needed);
-#   - PyPI's aarch64 wheels of what corert imports on the native path, at the versions of the x86 .venv
-#     when there is one, in the rootfs's dist-packages.
+#   - PyPI's aarch64 wheels of corert's dependencies and test extra as pyproject.toml lists them, at the
+#     versions of the x86 .venv when there is one, in the rootfs's dist-packages; all but
+#     llama-cpp-python, which has no aarch64 wheel and is never imported on the native path.
 # Idempotent: each step is skipped while its stamp (what it was made from) is unchanged.  Everything lives in
 # $CORERT_AARCH64_CACHE (default ~/.cache/corert/aarch64), outside the repository, so a fresh clone on the
 # same machine reuses it.
@@ -16,8 +17,6 @@ ROOT=$CACHE/rootfs
 SITE=$ROOT/usr/lib/python3/dist-packages  # a site dir of the rootfs's python3
 SUITE=bookworm
 DEBS=python3,libgomp1,libstdc++6
-# numpy/numba/llvmlite are the kernels' toolchain; the others are what `import corert` and the tests need.
-WHEELS=(numpy numba llvmlite pluggy attrs gguf platformdirs tqdm pyyaml pytest iniconfig packaging)
 HOST_PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && HOST_PY=.venv/bin/python
 say() { echo "aarch64-env: $*" >&2; }
@@ -53,14 +52,21 @@ PY_VER=$(qemu-aarch64-static -L "$ROOT" "$ROOT/usr/bin/python3" -c \
 
 # -- aarch64 wheels --------------------------------------------------------------------------------------------
 # Pinned to the x86 venv's versions, so both sides of the x86/aarch64 comparison run the same numba and numpy.
-specs=$("$HOST_PY" - "${WHEELS[@]}" <<'EOF'
-import sys
+specs=$("$HOST_PY" - <<'EOF'
+import re
+import tomllib
 from importlib import metadata
-for name in sys.argv[1:]:
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + project["optional-dependencies"]["test"] + ["llvmlite"]  # numba's, pinned too
+for spec in wanted:
+    name = re.match(r"[A-Za-z0-9_.-]+", spec).group(0)
+    if name.lower() == "llama-cpp-python":
+        continue
     try:
         print(f"{name}=={metadata.version(name)}")
     except metadata.PackageNotFoundError:
-        print(name)
+        print(spec.split(";")[0].replace(" ", ""))
 EOF
 )
 wheel_stamp="$PY_VER $(echo $specs)"

@@ -256,6 +256,7 @@ def _emulation_missing() -> str | None:
     return proc.stderr.strip() or "scripts/aarch64-test.sh --check failed"
 
 
+@pytest.mark.slow  # ~12 min when numba compiles under emulation (a new source state), ~1 min when cached
 @pytest.mark.skipif(AARCH64, reason="this is the emulated side")
 def test_emulated_aarch64_run(neon_run, store, tmp_path):
     """This file on an emulated aarch64 CPU: every test passes (none skipped), and greedy generation gives the
