@@ -95,7 +95,8 @@ def run(args) -> dict[str, Any]:
         over["model"] = args.model
     if args.threads:
         over["n_threads"] = args.threads
-    rt = Runtime(RuntimeConfig.from_env(), **over)
+    base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None
+    rt = Runtime(RuntimeConfig.from_env(base), **over)
     try:
         path = str(rt.model_path())
         threads = rt.scheduler.thread_budget().numba_threads

@@ -27,13 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> dict[str, Any]:
     from ..runtime import RuntimeConfig
 
-    cfg = RuntimeConfig.from_env()
+    cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     model = args.model or cfg.model
     path = str(ModelStore(progress=True).resolve(model))
     engine = args.engine or cfg.engine
-    n_ctx = args.ctx or 2048
+    n_ctx = args.ctx or cfg.n_ctx
+    plugins = [f"{area}={value}" for area, value in cfg.plugins.items()] + list(args.plugin or [])
     corert = SideProcess("corert", {"side": "corert", "model_path": path, "engine": engine,
-                                    "plugins": args.plugin, "threads": args.threads, "n_ctx": n_ctx})
+                                    "plugins": plugins, "threads": args.threads or cfg.n_threads, "n_ctx": n_ctx})
     threads = corert.info["threads"]
     raw = SideProcess("raw", {"side": "raw", "model_path": path, "threads": threads, "n_ctx": n_ctx})
     rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "corert": []}

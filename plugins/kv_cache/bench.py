@@ -34,14 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per sequence in the compaction timing (default 1024)")
 
 
-def _dims(model: str | None) -> dict[str, Any]:
+def _dims(model: str | None, config: str | None = None) -> dict[str, Any]:
     from corert.bench.labels import model_label
     from corert.engines.native.model import ModelConfig
     from corert.models.gguf_header import read_header
     from corert.models.store import ModelStore
     from corert.runtime import RuntimeConfig
 
-    name = model or RuntimeConfig.from_env().model
+    name = model or RuntimeConfig.from_env(RuntimeConfig.from_toml(config) if config else None).model
     path = ModelStore(progress=True).resolve(name)
     cfg = ModelConfig.from_header(read_header(path, want_arrays=False))
     return {"model": model_label(name), "n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads,
@@ -138,7 +138,7 @@ def run(args) -> dict[str, Any]:
     from corert.plugins.kv_cache.paged.config import PagedConfig, parse_bytes
     from corert.plugins.kv_cache.paged.store import page_bytes
 
-    d = _dims(getattr(args, "model", None))
+    d = _dims(getattr(args, "model", None), getattr(args, "config", None))
     budget = parse_bytes(args.budget)
     contiguous_tok = 2 * d["n_layers"] * d["n_kv_heads"] * d["head_dim"] * 4
     rows = {"contiguous": {"bytes_per_token": contiguous_tok, "vs_f32": 1.0,
