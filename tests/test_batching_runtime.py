@@ -41,14 +41,37 @@ def _concurrently(fn, items):
     return results, errors
 
 
-def test_concurrent_requests_are_batched_and_identical_to_alone(runtimes):
+def test_concurrent_requests_are_batched_and_identical_to_alone(runtimes, monkeypatch):
     alone_rt, rt = runtimes
     alone = [alone_rt.generate(p, max_tokens=16, temperature=0) for p in PROMPTS]
+    loaded, _ = rt.load_generation_model()
+    service = loaded.batch_service()  # the one the Runtime's requests join
+    # the batch's first forward waits until every request has joined the service, so the requests overlap
+    # by construction, not by the luck of thread timing
+    arrived, all_in, lock = [], threading.Event(), threading.Lock()
+    join, step = service.generate, service.runner.step
+
+    def counted_join(*args, **kwargs):
+        tokens = join(*args, **kwargs)  # the request is queued in the service now
+        with lock:
+            arrived.append(1)
+            if len(arrived) == len(PROMPTS):
+                all_in.set()
+        return tokens
+
+    def gated_step():
+        assert all_in.wait(300), f"only {len(arrived)} of {len(PROMPTS)} requests reached the service"
+        return step()
+
+    monkeypatch.setattr(service, "generate", counted_join)
+    monkeypatch.setattr(service.runner, "step", gated_step)
     got, errors = _concurrently(lambda p: rt.generate(p, max_tokens=16, temperature=0), PROMPTS)
     assert errors == [None] * len(PROMPTS)
     assert [c.token_ids for c in got] == [c.token_ids for c in alone]
     assert [c.text for c in got] == [c.text for c in alone]
-    assert max(c.decoder_stats["peak_streams"] for c in got) >= 2  # they really shared forwards
+    # they shared forwards: every sequence slot was decoding in one forward (6 requests, 4 slots)
+    assert service.n_seqs == 4 < len(PROMPTS)
+    assert max(c.decoder_stats["peak_streams"] for c in got) == service.n_seqs
     assert all(c.decoder_stats["continuous_batching"] for c in got)
 
 
