@@ -105,27 +105,34 @@ def test_waiting_on_a_queued_subtask_runs_it_instead_of_deadlocking(sched_factor
 # -- priorities ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset,n", [("balanced", 1), pytest.param("batch", 2, marks=two_cores)])
 def test_priority_order_holds_under_load(sched_factory, preset, n):
+    """Nine tasks queue, worst priority first, while every worker is busy.  One worker is then freed and
+    runs them all (with two workers the other stays held, so the order recorded inside the tasks is the order
+    they were taken, not a race between two workers): every interactive task before any normal one, normal
+    before batch, taking from the held worker's deque too."""
     sched = sched_factory(preset, n_threads=n)
     gates = [gate(sched, "normal") for _ in range(n)]  # every worker busy
     started: list[str] = []
-    lock = threading.Lock()
 
     def job(label):
-        with lock:
-            started.append(label)
+        started.append(label)
 
     futs = []
     for i in range(3):  # interleaved, worst first
         for prio in ("batch", "normal", "interactive"):
             futs.append(sched.submit(job, f"{prio}{i}", priority=prio))
-    for _, release, _ in gates:
+    gates[0][1].set()  # free one worker
+    done, _ = concurrent.futures.wait(futs, timeout=WAIT)
+    assert len(done) == len(futs)
+    stats = sched.stats()
+    for _, release, _ in gates[1:]:
         release.set()
-    concurrent.futures.wait(futs, timeout=WAIT)
     ranks = [("interactive", "normal", "batch").index(label.rstrip("0123456789")) for label in started]
     assert ranks == sorted(ranks), started  # every interactive started before any normal, normal before batch
     if n == 1:  # one worker: first-in first-out within a priority too
         assert started == [f"{p}{i}" for p in ("interactive", "normal", "batch") for i in range(3)]
-    assert sched.stats()["queue_wait_ms_by_priority"]["interactive"]["n"] == 3
+    else:  # the tasks were spread over both workers' deques: the free one stole the held one's, by priority
+        assert stats["steals"] >= 1
+    assert stats["queue_wait_ms_by_priority"]["interactive"]["n"] == 3
 
 
 @two_cores
