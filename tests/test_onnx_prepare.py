@@ -96,9 +96,23 @@ def test_q8_and_stock_agree(encoder_path):
     assert np.sum(a * b, axis=1).min() > 0.98
 
 
-def test_pull_time_hook_for_the_encoder(encoder_path):
-    """convert.prepare_encoder is the ModelSpec.convert hook that builds the q8 graph when minilm-l6 is
-    pulled (here the graph is already cached, so it only answers where it is)."""
-    from corert.engines.onnx.convert import prepare_encoder
+def test_pull_time_hook_builds_the_graph_loading_uses(tmp_path, encoder_path):
+    """minilm-l6's ModelSpec.convert hook, called as the store calls it after a pull, builds the q8 graph in
+    the model's folder; loading the model then uses that graph without building it again."""
+    import importlib
 
-    assert prepare_encoder(encoder_path.parent, None) == prepare.prepared(encoder_path, "embed")
+    store = ModelStore()
+    spec = store.spec("minilm-l6")
+    for f in spec.files:  # a freshly pulled folder: the model's files, no prepared graph yet
+        shutil.copy(encoder_path.parent / f.filename, tmp_path / f.filename)
+    module, _, func = spec.convert.partition(":")
+    hook = getattr(importlib.import_module(module), func)
+    built = hook(tmp_path, store)
+    assert built.parent == tmp_path and built.is_file()
+    m = graph.load_model(str(built))
+    assert [n.op_type for n in m.graph.node].count("MatMulInteger") == 6 * 4 - 1
+    assert [o.name for o in m.graph.output] == ["sentence_embedding"]
+    stamp = built.stat().st_mtime_ns
+    loaded = make_engine("q8").load(tmp_path / spec.main, "embed")
+    assert os.path.samefile(loaded.graph_path, built) and built.stat().st_mtime_ns == stamp
+    assert loaded.embed(["a pulled model embeds"]).embeddings.shape == (1, 384)
