@@ -170,7 +170,6 @@ def _paired(times: dict[str, list[tuple[float, float]]], a: str, b: str) -> dict
 
 
 def run(args) -> dict[str, Any]:
-    from ...bench.labels import model_label
     from ...errors import ConfigError
     from .config import default_budget
     from .plugin import make_engine
@@ -223,6 +222,8 @@ def run(args) -> dict[str, Any]:
 
 def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path) -> dict[str, Any]:
     import onnxruntime as ort
+
+    from ...bench.labels import model_label
 
     lengths = [int(x) for x in str(args.lengths).split(",") if x.strip()]
     single: dict[str, dict[str, Any]] = {}
