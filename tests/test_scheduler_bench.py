@@ -1,22 +1,22 @@
-"""`corert bench scheduler` runs end to end on the real models (tiny settings; figures are not asserted)."""
+"""`corert bench scheduler` runs end to end through the CLI on the real models (tiny settings; figures are not
+asserted)."""
 from __future__ import annotations
 
-import argparse
+import json
 
 import pytest
 
+from corert.cli import main as cli_main
 from corert.plugins.scheduler import bench
 
 
 @pytest.mark.slow
-def test_scheduler_bench_runs_every_side_and_renders(smollm2, store):
+def test_scheduler_bench_runs_every_side_and_renders(smollm2, store, capsys):
     store.resolve("minilm-l6")  # pulled when missing, like every model a test needs
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    args = parser.parse_args(["--requests", "4", "--min-window", "2", "--batch-tokens", "8",
-                              "--sides", "work_stealing:inference,threadpool", "--passes", "2"])
-    args.threads, args.model = None, None
-    result = bench.run(args)
+    assert cli_main(["bench", "scheduler", "--json", "--requests", "4", "--min-window", "2", "--batch-tokens", "8",
+                     "--sides", "work_stealing:inference,threadpool", "--passes", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["machine"]["cores"] >= 1  # the CLI adds the machine
     assert [r["side"] for r in result["sides"]] == ["work_stealing:inference", "threadpool"]
     for r in result["sides"]:
         assert r["idle"]["n"] == 4 and r["loaded"]["n"] >= 4, r  # two passes of 2
@@ -24,5 +24,5 @@ def test_scheduler_bench_runs_every_side_and_renders(smollm2, store):
     ws = result["sides"][0]
     assert ws["stats"]["completed"] >= 4  # every embed and generation went through the scheduler
     assert ws["budget"]["ort_spinning"] is False and result["sides"][1]["budget"]["ort_spinning"] is True
-    text = bench.render({"machine": {"cpu": "test", "cores": 2}, **result})
+    text = bench.render(result)
     assert "work_stealing:inference" in text and "goal" in text
