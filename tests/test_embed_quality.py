@@ -129,10 +129,6 @@ def model(request):
 
 
 # -- tests --------------------------------------------------------------------------------------------------
-def test_sentences_are_many_and_distinct():
-    assert len(set(SENTENCES)) == len(SENTENCES) >= 50
-
-
 def test_reference_forward_discriminates(reference):
     """The reference is a real sentence encoder: unrelated sentences are far apart, so the cosine bar below
     can fail."""
@@ -151,6 +147,17 @@ def test_int8_matches_fp32_reference(model, reference):
     # and each vector is closest to its own reference, not a neighbour's
     assert np.array_equal((got @ reference.T).argmax(axis=1), np.arange(len(SENTENCES)))
     print(f"\n{model.variant}: cosine vs fp32 min {cos.min():.4f} mean {cos.mean():.4f}")
+
+
+def test_pairwise_similarities_match_the_reference(model, reference):
+    """What retrieval reads: the cosine of every pair of sentences (1,326 pairs) stays within 0.06 of the fp32
+    reference's (measured: q8 0.037, stock 0.009), and the pairs keep their order (Spearman; measured q8 0.993)."""
+    got = model.embed(SENTENCES).embeddings.astype(np.float64)
+    upper = np.triu_indices(len(SENTENCES), 1)
+    ours, ref = (got @ got.T)[upper], (reference @ reference.T)[upper]
+    assert np.abs(ours - ref).max() <= 0.06, (model.variant, np.abs(ours - ref).max())
+    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+    assert np.corrcoef(rank(ours), rank(ref))[0, 1] >= 0.98
 
 
 def test_batched_equals_single(model):
