@@ -38,10 +38,18 @@ def classifier_path():
     return ModelStore().resolve("intent-minilm")
 
 
-def test_queries_cover_20_known_intents(classifier_path):
+@pytest.mark.parametrize("variant", ["q8", "stock"])
+def test_scores_are_a_distribution_over_the_label_map(classifier_path, variant):
+    """The converted head ends in a softmax over the label map the conversion wrote: asked for every label, a
+    classification lists each exactly once, best first, with scores that sum to 1."""
     labels = json.loads((classifier_path.parent / "labels.json").read_text())["labels"]
-    assert len(QUERIES) == 20
-    assert set(QUERIES) <= set(labels)
+    model = make_engine(variant).load(classifier_path, "classify")
+    assert list(model.labels) == labels
+    result = model.classify(list(QUERIES.values())[:4], top_k=len(labels) + 10)  # more than there are: all
+    for r in result.results:
+        assert sorted(x.label for x in r.top) == sorted(labels)
+        scores = [x.score for x in r.top]
+        assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1.0) < 1e-4
 
 
 @pytest.mark.parametrize("variant", ["q8", "stock"])
