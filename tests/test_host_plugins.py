@@ -7,12 +7,21 @@ import sys
 import types
 import warnings
 
+import pluggy
 import pytest
 
 import corert
-from corert import Implementation, PluginError, Runtime, hookimpl
+from corert import Implementation, PluginError, Runtime, Variant, hookimpl, hookspecs
 from corert import plugin_host
 from corert.cli import main as cli_main
+
+
+def exercises(*hooks: str):
+    """Marks a test as exercising these hooks through a plugin: test_every_hook_has_a_test reads the marks."""
+    def mark(test):
+        test.exercises_hooks = hooks
+        return test
+    return mark
 
 
 def _module(name: str, **attrs) -> types.ModuleType:
@@ -50,6 +59,7 @@ class CountingTokenizer:
         return getattr(self.inner, name)
 
 
+@exercises("register_tokenizers")
 def test_third_party_entry_point_overrides_a_default(fake_entry_points, smollm2):
     from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
 
@@ -207,15 +217,152 @@ def test_plugins_json_lists_all_four_areas_with_a_chosen_variant(capsys):
     assert info["cpu"]["isa"] in ("avx512", "avx2", "neon", "scalar")
 
 
-def test_every_hook_has_a_test():
-    """datasette's meta-test: a new hook spec without a test here fails."""
-    covered = {"register_kv_caches", "register_decoders", "register_tokenizers", "register_schedulers",
-               "register_engines", "register_models", "on_request_start", "on_request_end"}
-    host = plugin_host.PluginHost.build()
-    specs = {name for name in dir(host.pm.hook) if not name.startswith("_")}
-    assert specs == covered
+def _hook_specs() -> list[str]:
+    """Every hook corert's host defines, read from its spec module (a new spec is picked up here)."""
+    pm = pluggy.PluginManager(plugin_host.ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    return sorted(name for name in dir(pm.hook) if not name.startswith("_"))
 
 
+def _exercised() -> dict[str, list[str]]:
+    """hook -> the tests of this module marked as exercising it."""
+    out: dict[str, list[str]] = {}
+    for name, test in globals().items():
+        if name.startswith("test_") and callable(test):
+            for hook in getattr(test, "exercises_hooks", ()):
+                out.setdefault(hook, []).append(name)
+    return out
+
+
+@pytest.mark.parametrize("hook", _hook_specs())
+def test_every_hook_has_a_test(hook):
+    """datasette's meta-test: a hook spec without a test here that exercises it through a plugin fails."""
+    assert _exercised().get(hook), (f"no test exercises the {hook!r} hook: write one that goes through a plugin "
+                                    f"implementing it and mark it @exercises({hook!r})")
+
+
+def test_exercised_hooks_are_hook_specs():
+    """A mark naming no spec (a typo, a renamed hook) would count a test for nothing."""
+    assert set(_exercised()) <= set(_hook_specs())
+
+
+@exercises("register_kv_caches")
+def test_kv_cache_plugin_is_what_the_engine_uses(smollm2):
+    from corert.plugins.kv_cache.llama_cpp import LlamaCppKV
+
+    made = []
+
+    class KVPlugin:
+        @hookimpl
+        def register_kv_caches(self, register):
+            def factory(variant, engine, model, config=None):
+                made.append((variant, engine, model))
+                return LlamaCppKV(variant)
+
+            register(Implementation(area="kv_cache", name="traced", engines=("llama.cpp",), factory=factory,
+                                    variants=(Variant("q8_0"),)))
+
+    rt = Runtime(model=smollm2, plugins={"kv_cache": "traced:q8_0", "tokenizer": "llama_cpp"},
+                 extra_plugins=[("traced_kv", KVPlugin())])
+    try:
+        assert rt.generate("The sky is", max_tokens=3, temperature=0).usage.completion_tokens == 3
+        loaded, _ = rt.load_generation_model()
+    finally:
+        rt.close()
+    assert made == [("q8_0", "llama.cpp", smollm2)]
+    assert loaded.llama.context_params.type_k == 8  # the plugin's cache type reached llama.cpp's context
+
+
+@exercises("register_decoders")
+def test_decoder_plugin_drives_the_generation(smollm2):
+    from corert.plugins.speculative.plain import PlainDecoder
+
+    made = []
+
+    class CountingDecoder(PlainDecoder):
+        def __init__(self):
+            super().__init__()
+            self.generations = 0
+
+        def generate(self, *args, **kwargs):
+            self.generations += 1
+            return super().generate(*args, **kwargs)
+
+    class DecoderPlugin:
+        @hookimpl
+        def register_decoders(self, register):
+            register(Implementation(area="speculative", name="counting",
+                                    factory=lambda variant, **ctx: made.append(CountingDecoder()) or made[-1]))
+
+    rt = Runtime(model=smollm2, plugins={"speculative": "counting", "tokenizer": "llama_cpp"},
+                 extra_plugins=[("counting_decoder", DecoderPlugin())])
+    try:
+        out = rt.generate("The sky is", max_tokens=4, temperature=0)
+    finally:
+        rt.close()
+    assert out.plugins["speculative"] == "counting:default" and len(out.token_ids) == 4
+    assert [d.generations for d in made] == [1]
+
+
+@exercises("register_schedulers")
+def test_scheduler_plugin_runs_the_requests(smollm2):
+    from corert.plugins.scheduler.fifo import FifoScheduler
+
+    class CountingScheduler(FifoScheduler):
+        name = "counting"
+
+        def __init__(self):
+            super().__init__(cores=1)
+            self.submitted = []
+
+        def submit(self, fn, *args, priority="normal", **kwargs):
+            self.submitted.append(priority)
+            return super().submit(fn, *args, priority=priority, **kwargs)
+
+    class SchedulerPlugin:
+        @hookimpl
+        def register_schedulers(self, register):
+            register(Implementation(area="scheduler", name="counting",
+                                    factory=lambda variant, config=None: CountingScheduler()))
+
+    rt = Runtime(model=smollm2, plugins={"scheduler": "counting", "tokenizer": "llama_cpp"},
+                 extra_plugins=[("counting_scheduler", SchedulerPlugin())])
+    try:
+        rt.generate("The sky is", max_tokens=2, temperature=0, priority="interactive")
+        scheduler = rt.scheduler
+    finally:
+        rt.close()
+    assert isinstance(scheduler, CountingScheduler) and scheduler.submitted == ["interactive"]
+
+
+@exercises("register_engines")
+def test_engine_plugin_replaces_a_built_in_engine(smollm2):
+    from corert.engines.llama_cpp import LlamaCppEngine
+
+    loads = []
+
+    class CountingEngine(LlamaCppEngine):
+        def load(self, model_path, **kwargs):
+            loads.append(model_path)
+            return super().load(model_path, **kwargs)
+
+    class EnginePlugin:
+        @hookimpl
+        def register_engines(self, register):  # the same name: registered later, it replaces the built-in
+            register(Implementation(area="engine", name="llama.cpp", description="counting llama.cpp",
+                                    factory=lambda variant, **ctx: CountingEngine()))
+
+    rt = Runtime(model=smollm2, engine="llama.cpp", plugins={"tokenizer": "llama_cpp"},
+                 extra_plugins=[("counting_engine", EnginePlugin())])
+    try:
+        assert rt.resolve("engine").plugin == "counting_engine"
+        assert rt.generate("The sky is", max_tokens=2, temperature=0).usage.completion_tokens == 2
+    finally:
+        rt.close()
+    assert loads == [smollm2]
+
+
+@exercises("on_request_start", "on_request_end")
 def test_request_hooks_see_every_request(smollm2):
     seen = []
 
@@ -238,6 +385,7 @@ def test_request_hooks_see_every_request(smollm2):
     rt.close()
 
 
+@exercises("register_models")
 def test_registered_models_extend_the_store(tmp_path):
     from corert.models import ModelFile, ModelSpec, WheelMember
 
