@@ -51,6 +51,9 @@ def make(variant: str, config=None, runtime=None, model=None, **_):
                               "--draft-model) to a model with the target's vocabulary")
         target_loaded, _ = runtime.load_generation_model(model)
         draft_loaded, draft_lock = runtime.load_generation_model(draft)
+        if draft_loaded is target_loaded:  # one session and one lock: drafting would wait on itself forever
+            raise PluginError(f"the draft model {draft!r} is the target model itself; pick a smaller model of "
+                              f"the same family (draft_model, CORERT_DRAFT_MODEL, --draft-model)")
         check_same_vocabulary(target_loaded.tokenizer, draft_loaded.tokenizer)
         sources.append(DraftModelSource(draft_loaded, draft_lock, max_depth))
     return SpeculativeDecoder(sources, adaptive=variant == "adaptive", max_depth=max_depth)

@@ -152,8 +152,10 @@ class BatchRunner:
             else:
                 self.kv.reserve(seq_a, pos_a)
             try:
-                logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv, np.asarray(logit_rows),
-                                      threads=m.threads)
+                # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)
+                # samples nothing, and an empty float array is no index
+                logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv,
+                                      np.asarray(logit_rows, np.int64), threads=m.threads)
             except BaseException:
                 for sid, _ in plan:
                     st = self.streams[sid]

@@ -88,6 +88,7 @@ class BatchService:
         for sid, req in list(self._live.items()):
             if req.cancelled:
                 self.runner.cancel(sid)
+                self.runner.finished.pop(sid, None)  # nobody reads a cancelled stream's result: keep none
                 del self._live[sid]
         while self._waiting and len(self._live) < self.n_seqs:
             req = self._waiting.popleft()
