@@ -3,11 +3,10 @@ produce exactly the tokens they produce alone), prefix sharing with copy-on-writ
 transparent recompute, compaction mid-run, and no page leaked after mixed add/cancel/finish operations."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
+from corert import RuntimeConfig
 from corert.data import corpus_file
 from corert.engines.native.batching import BatchRunner
 from corert.engines.native.plugin import NativeEngine
@@ -29,7 +28,7 @@ GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 def _load(path, dtype="q8", n_seqs=4, budget=None, n_ctx=512):
     kv = PagedKV(PagedConfig(dtype=dtype, budget_bytes=budget))
     return NativeEngine("avx2").load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=kv, n_ctx=n_ctx,
-                                     threads=BUDGET, config=SimpleNamespace(n_seqs=n_seqs))
+                                     threads=BUDGET, config=RuntimeConfig(n_seqs=n_seqs))
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@ rollback, errors, threads, and greedy agreement with llama.cpp."""
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import gguf
 import gguf.quants
+from corert import RuntimeConfig
 from corert.data import corpus_file
 from corert.engines.native.plugin import NativeEngine
 from corert.errors import InputError, ModelError
@@ -31,7 +31,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 def _load(path: str, variant: str = "avx2", n_ctx: int = 512, n_seqs: int = 1):
     return NativeEngine(variant).load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=ContiguousKV(),
-                                      n_ctx=n_ctx, threads=BUDGET, config=SimpleNamespace(n_seqs=n_seqs))
+                                      n_ctx=n_ctx, threads=BUDGET, config=RuntimeConfig(n_seqs=n_seqs))
 
 
 @pytest.fixture(scope="module")
