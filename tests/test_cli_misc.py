@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +175,10 @@ def test_third_party_plugins_disable_and_allow(plugin_env):
     assert "extra-model" not in names and "smollm2-135m-instruct" in names and err == ""
     names, err = _models("--disable", "corert_extra", env={**plugin_env, "CORERT_DISABLE": "corert_broken"})
     assert "extra-model" not in names and err == ""  # the environment's list and the flag add up
+    cfg = plugin_env["PYTHONPATH"].split(os.pathsep)[0] + "/deny.toml"
+    Path(cfg).write_text('[corert]\ndeny = ["corert_broken"]\n')
+    names, err = _models("--config", cfg, "--disable", "corert_extra", env=plugin_env)
+    assert "extra-model" not in names and err == ""  # so do the config file's list and the flag
 
     # --allow admits only the named third-party entry points; the built-in plugins always load
     names, err = _models("--allow", "corert_extra", env=plugin_env)
