@@ -214,9 +214,10 @@ def test_batched_timeout_stops_the_stream_and_frees_its_pages(batched):
             else:
                 batched.generate(COUNT, max_tokens=1500, timeout=1.0, **GREEDY)
         _wait_for(lambda: not service.runner.streams, "the timed-out stream to leave the batch")
-        # what stopped: a few forwards past the tokens delivered (prompt, the step in flight), not 1,500
+        # what stopped: a few forwards past the tokens delivered (the prompt's, the step in flight, and the
+        # few the driver may be ahead of a starved request thread), not 1,500
         steps = service.runner.steps - steps0
-        assert steps < 1500 // 2 and (not streaming or steps <= received + 3), (steps, received)
+        assert steps < 1500 // 2 and (not streaming or steps <= received + 10), (steps, received)
         assert service.runner.finished == {}  # nothing kept for a cancelled stream
         stats = loaded.kv.stats()
         assert stats["sequences"] == 0 and stats["pages_used"] == 0
