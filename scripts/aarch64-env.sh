@@ -74,7 +74,7 @@ if [ "$(cat "$CACHE/wheels.stamp" 2>/dev/null)" != "$wheel_stamp" ]; then
   say "installing aarch64 wheels for Python $PY_VER: $(echo $specs)"
   rm -rf "$SITE.new"
   # shellcheck disable=SC2086
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$HOST_PY" -m pip install -q --no-warn-conflicts --target "$SITE.new" \
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$HOST_PY" -m pip install -q --no-warn-conflicts --root-user-action=ignore --target "$SITE.new" \
     --only-binary=:all: --implementation cp --python-version "$PY_VER" --abi "cp${PY_VER/./}" \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
     --platform linux_aarch64 $specs

@@ -39,7 +39,7 @@ if [ ! -f "$SNAP/ok" ]; then
   rm -rf "$SNAP"
   HOST_PY=python3
   [ -x .venv/bin/python ] && HOST_PY=.venv/bin/python
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$HOST_PY" -m pip install -q --no-deps --no-warn-conflicts \
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$HOST_PY" -m pip install -q --no-deps --no-warn-conflicts --root-user-action=ignore \
     --target "$SNAP/site" "$REPO" >/dev/null
   touch "$SNAP/ok"
   # keep the three newest snapshots (and their numba caches)
