@@ -109,8 +109,8 @@ class LlamaCppEngine:
             llama = llama_cpp.Llama(model_path=str(model_path), n_ctx=min(n_ctx, train_ctx),
                                     n_threads=threads.llama_threads, n_threads_batch=threads.llama_batch_threads,
                                     verbose=False, **kv_cache.context_params())
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"llama.cpp could not load {model_path}: {exc}") from exc
+        except Exception as exc:  # llama-cpp-python's own parsing (metadata, chat template) raises more than ValueError
+            raise ModelError(f"llama.cpp could not load {model_path}: {type(exc).__name__}: {exc}") from exc
         if tokenizer is None:
             raise ModelError("the llama.cpp engine needs a tokenizer plugin")
         if tokenizer.vocab_size != llama.n_vocab():
