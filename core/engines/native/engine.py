@@ -1,0 +1,50 @@
+"""The native engine: loads a GGUF file into a NativeModel with a KV store from the kv_cache plugin.
+
+    eng = NativeEngine(variant)                           # variant: avx2 | neon | scalar | vnni (matmul kernels)
+    loaded = eng.load(path, tokenizer=tok, kv_cache=kv, n_ctx=..., threads=budget, config=cfg)
+    sess = loaded.session(); sess.eval(ids, all_logits=False)
+
+``kv_cache`` is a native KV provider (``allocate(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)``,
+e.g. kv_cache=contiguous); the engine asks it for one store per model, with ``n_seqs`` sequence slots
+(``config.n_seqs`` when the config has it, else 1).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import ModelError
+from ...interfaces import ThreadBudget, Tokenizer
+from ...models.gguf_header import read_header
+from .loaded import DEFAULT_SEQS, NativeModel
+from .numba_setup import PARALLEL_LOCK, run_parallel
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, variant: str):
+        self.variant = variant
+
+    def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
+             threads: ThreadBudget | None, config: Any = None) -> NativeModel:
+        from .model import Transformer
+
+        header = read_header(model_path, want_arrays=False)
+        if kv_cache is None or not hasattr(kv_cache, "allocate"):
+            raise ModelError("the native engine needs a native KV cache plugin (kv_cache=contiguous)")
+        if tokenizer is None:
+            raise ModelError("the native engine needs a tokenizer plugin")
+        n_threads = threads.numba_threads if threads is not None else 1
+        with PARALLEL_LOCK:
+            transformer = run_parallel(Transformer.load, header, self.variant, threads=n_threads)
+        cfg = transformer.cfg
+        if tokenizer.vocab_size > cfg.n_vocab:
+            raise ModelError(f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.n_vocab}")
+        n_ctx = min(int(n_ctx), cfg.ctx_train)
+        n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
+        kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
+        meta = {k: v for k, v in header.metadata.items() if v is not None}
+        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs)
+        if hasattr(kv, "prime"):  # e.g. paged q8 calibrates on a fixed text, so outputs never depend on history
+            kv.prime(loaded)
+        return loaded

@@ -1,0 +1,63 @@
+"""A native model loaded for inference: transformer, tokenizer, KV store, sessions and batching service."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ...interfaces import ThreadBudget, Tokenizer
+from .session import NativeSession
+
+DEFAULT_SEQS = 1
+
+
+class NativeModel:
+    def __init__(self, path: str, transformer, tokenizer: Tokenizer, kv, n_ctx: int, threads: int,
+                 metadata: dict[str, Any], n_seqs: int = DEFAULT_SEQS):
+        self.path = path
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.kv = kv
+        self.n_ctx = n_ctx
+        self.n_vocab = transformer.cfg.n_vocab
+        self.threads = threads
+        self.metadata = metadata
+        self.n_seqs = n_seqs
+        self._session: NativeSession | None = None
+        self._batching = None
+        self._batching_lock = threading.Lock()
+
+    def session(self) -> NativeSession:
+        """The model's default session (its cached tokens are kept so a next prompt can reuse the prefix)."""
+        if self._session is None:
+            self._session = NativeSession(self, self.kv.new_sequence())
+        return self._session
+
+    def new_session(self) -> NativeSession:
+        """Another sequence in the same KV store (up to the store's n_seqs)."""
+        return NativeSession(self, self.kv.new_sequence())
+
+    def batch_service(self, run=None):
+        """The continuous-batching service of this model (its KV store's sequence slots, less the default
+        session's if one was made), created on first use with ``run`` executing its steps; None when
+        there is room for one stream only."""
+        with self._batching_lock:  # requests arrive together: exactly one service per model
+            if self._batching is None:
+                from .serving import BatchService
+
+                slots = self.n_seqs - (1 if self._session is not None else 0)
+                if slots < 2:
+                    return None
+                self._batching = BatchService(self, slots, run)
+            return self._batching
+
+    def set_threads(self, threads: ThreadBudget) -> None:
+        self.threads = threads.numba_threads
+
+    def close(self) -> None:
+        if self._batching is not None:
+            self._batching.close()
+            self._batching = None
+        if self.transformer is not None:
+            self.transformer.close()
+        self.transformer = None
+        self.kv = None
