@@ -18,8 +18,12 @@ __all__ = ["AREAS", "CancelledError", "ConfigError", "CorertError", "Implementat
 
 
 def __getattr__(name):  # Runtime pulls in numpy and the engines: import it only when asked for
-    if name in ("Runtime", "RuntimeConfig"):
+    if name == "Runtime":
         from . import runtime
 
-        return getattr(runtime, name)
+        return runtime.Runtime
+    if name == "RuntimeConfig":
+        from .config import RuntimeConfig
+
+        return RuntimeConfig
     raise AttributeError(name)

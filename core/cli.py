@@ -38,6 +38,8 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     g.add_argument("--allow", action="append", default=[], metavar="ENTRY_POINT",
                    help="load only these third-party entry points (repeatable)")
     g.add_argument("--config", help="TOML config file ([corert] table)")
+    g.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE", dest="set_options",
+                   help="one sub-config setting, e.g. kv.budget=256M or scheduler.pin_threads=0 (repeatable)")
     g.add_argument("--threads", type=int, help="cores to use (default: all this process may use)")
     g.add_argument("--ctx", type=int, help="context length in tokens (default 2048)")
 
@@ -47,6 +49,8 @@ def _runtime(args: argparse.Namespace, **extra: Any):
 
     base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else RuntimeConfig()
     base = RuntimeConfig.from_env(base)
+    for option in getattr(args, "set_options", None) or ():
+        base = base.set_option(option)
     over: dict[str, Any] = {}
     model_is_generation = not extra.pop("model_is_not_generation", False)
     if getattr(args, "model", None) and model_is_generation:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import os
 import queue
 import threading
 import time
-import tomllib
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -22,107 +20,16 @@ import attrs
 
 from .cancel import CancelToken, current_token, set_current
 from .chat import render as render_chat, validate_messages
+from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
 from .engines.common import prefill  # noqa: F401  (re-exported for decoders)
 from .errors import ConfigError, InputError, ModelError
 from .interfaces import PRIORITIES, SamplingParams
-from .models.registry import DEFAULT_CLASSIFY_MODEL, DEFAULT_EMBED_MODEL, DEFAULT_GENERATION_MODEL
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
 from .registry import AREAS, ENGINE_AREA, engine_name
 from .stops import StopMatcher
 
 GENERATION_ENGINES = ("llama.cpp", "native")
-
-
-def _plugins_converter(value: Any) -> dict[str, str]:
-    sels = parse_selections(value)
-    return {area: str(sel).split("=", 1)[1] for area, sel in sels.items()}
-
-
-def _tuple_of_str(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    if isinstance(value, str):
-        value = value.split(",")
-    return tuple(v.strip() for v in value if v and v.strip())
-
-
-@attrs.frozen
-class RuntimeConfig:
-    """Everything a Runtime is configured with.  Precedence: explicit arguments > environment > TOML file >
-    these defaults."""
-
-    model: str = DEFAULT_GENERATION_MODEL
-    engine: str = "llama.cpp"
-    #: selection contract, area -> "NAME[:VARIANT]"
-    plugins: dict[str, str] = attrs.field(factory=dict, converter=_plugins_converter)
-    n_ctx: int = attrs.field(default=2048)
-    n_threads: int | None = None
-    queue_size: int = 256
-    #: entry-point names to load exclusively (third-party) / never load
-    allow: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
-    deny: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
-    models_dir: str | None = None
-    #: speculative decoding: the draft model (default: the known pairing for the target) and max depth
-    #: (0: the plugin's default, 31 for speculative:adaptive, 8 for the fixed-depth variants)
-    draft_model: str | None = None
-    draft_depth: int = 0
-    #: native engine: sequences decoded together by continuous batching (1: requests take turns)
-    n_seqs: int = attrs.field(default=1)
-    embed_model: str = DEFAULT_EMBED_MODEL
-    classify_model: str = DEFAULT_CLASSIFY_MODEL
-
-    @n_seqs.validator
-    def _check_seqs(self, attribute, value):
-        if not isinstance(value, int) or not 1 <= value <= 256:
-            raise ConfigError(f"n_seqs must be an integer in [1, 256], got {value!r}")
-
-    @n_ctx.validator
-    def _check_ctx(self, attribute, value):
-        if not isinstance(value, int) or value < 16:
-            raise ConfigError(f"n_ctx must be an integer ≥ 16, got {value!r}")
-
-    @classmethod
-    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> "RuntimeConfig":
-        """Read ``[corert]`` (or the top level) of a TOML file."""
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        data = data.get("corert", data)
-        return cls._from_mapping(data, overrides)
-
-    @classmethod
-    def from_env(cls, base: "RuntimeConfig | None" = None, environ: dict[str, str] | None = None
-                 ) -> "RuntimeConfig":
-        """Apply ``CORERT_MODEL``, ``CORERT_ENGINE``, ``CORERT_PLUGINS``, ``CORERT_CTX``, ``CORERT_THREADS``,
-        ``CORERT_ALLOW``, ``CORERT_DISABLE``, ``CORERT_MODELS_DIR``, ``CORERT_DRAFT_MODEL`` and
-        ``CORERT_N_SEQS`` on top of ``base``."""
-        env = os.environ if environ is None else environ
-        base = base or cls()
-        changes: dict[str, Any] = {}
-        for key, field, conv in (("CORERT_MODEL", "model", str), ("CORERT_ENGINE", "engine", str),
-                                 ("CORERT_CTX", "n_ctx", int), ("CORERT_THREADS", "n_threads", int),
-                                 ("CORERT_MODELS_DIR", "models_dir", str), ("CORERT_ALLOW", "allow", str),
-                                 ("CORERT_DRAFT_MODEL", "draft_model", str), ("CORERT_N_SEQS", "n_seqs", int),
-                                 ("CORERT_DISABLE", "deny", str)):
-            if env.get(key):
-                try:
-                    changes[field] = conv(env[key])
-                except ValueError:
-                    raise ConfigError(f"{key}={env[key]!r} is not a valid {conv.__name__}") from None
-        if env.get("CORERT_PLUGINS"):
-            changes["plugins"] = {**base.plugins, **_plugins_converter(env["CORERT_PLUGINS"])}
-        return attrs.evolve(base, **changes)
-
-    @classmethod
-    def _from_mapping(cls, data: dict[str, Any], overrides: dict[str, Any]) -> "RuntimeConfig":
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**{**data, **overrides})
 
 
 # -- results ---------------------------------------------------------------------------------------------
@@ -215,12 +122,7 @@ class Runtime:
     def __init__(self, config: RuntimeConfig | None = None, *, extra_plugins: Iterable[tuple[str, object]] = (),
                  progress: bool = False, **overrides: Any):
         base = config if config is not None else RuntimeConfig.from_env()
-        if "plugins" in overrides:
-            overrides["plugins"] = {**base.plugins, **_plugins_converter(overrides["plugins"])}
-        try:
-            self.config = attrs.evolve(base, **overrides)
-        except TypeError as exc:
-            raise ConfigError(f"unknown Runtime option: {exc}") from None
+        self.config = base.evolve(**overrides)  # plugins area by area, sub-configs key by key
         self.host = PluginHost.build(allow=self.config.allow, deny=self.config.deny, extra=extra_plugins)
         self.selections: dict[str, Selection] = parse_selections(self.config.plugins)
         self.store = ModelStore(root=self.config.models_dir or ModelStore().root, progress=progress)

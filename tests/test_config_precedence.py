@@ -14,8 +14,10 @@ from corert.errors import ConfigError
 
 SMOL = "smollm2-135m-instruct"
 QWEN = "qwen2.5-coder-0.5b-instruct"
+SUB_ENV = ("CORERT_KV_BUDGET", "CORERT_KV_PAGE_TOKENS", "CORERT_KV_KERNEL", "CORERT_SCHEDULER_PIN_THREADS",
+           "CORERT_SCHEDULER_CPUS", "CORERT_NATIVE_PREFILL_ROWS")
 ALL_ENV = ("CORERT_MODEL", "CORERT_ENGINE", "CORERT_PLUGINS", "CORERT_CTX", "CORERT_THREADS", "CORERT_ALLOW",
-           "CORERT_DISABLE", "CORERT_MODELS_DIR", "CORERT_DRAFT_MODEL", "CORERT_N_SEQS")
+           "CORERT_DISABLE", "CORERT_MODELS_DIR", "CORERT_DRAFT_MODEL", "CORERT_N_SEQS") + SUB_ENV
 
 
 @pytest.fixture
@@ -51,12 +53,23 @@ def test_from_toml_reads_the_corert_table_or_the_top_level(tmp_path):
         classify_model = "c"
         models_dir = "/somewhere"
         queue_size = 8
+        [corert.kv]
+        budget = "3M"
+        page_tokens = 32
+        kernel = "scalar"
+        [corert.scheduler]
+        pin_threads = false
+        cpus = [0]
+        [corert.native]
+        prefill_rows = 64
         """))
     assert (table.model, table.engine, table.n_ctx, table.n_threads, table.n_seqs) == (QWEN, "native", 512, 1, 4)
     assert table.plugins == {"kv_cache": "paged:f16", "tokenizer": "llama_cpp"}
     assert (table.deny, table.allow) == (("tokenizer_bpe",), ("a", "b"))
     assert (table.draft_model, table.draft_depth, table.embed_model, table.classify_model) == ("d", 3, "e", "c")
     assert (table.models_dir, table.queue_size) == ("/somewhere", 8)
+    assert (table.kv.budget, table.kv.page_tokens, table.kv.kernel) == (3 << 20, 32, "scalar")
+    assert (table.scheduler.pin_threads, table.scheduler.cpus, table.native.prefill_rows) == (False, (0,), 64)
     top = RuntimeConfig.from_toml(_toml(tmp_path, 'n_ctx = 256\nplugins = ["tokenizer=bpe:scalar"]\n', "top.toml"))
     assert top.n_ctx == 256 and top.plugins == {"tokenizer": "bpe:scalar"} and top.model == SMOL
     over = RuntimeConfig.from_toml(tmp_path / "top.toml", n_ctx=1024)
@@ -71,6 +84,18 @@ def test_from_toml_reads_the_corert_table_or_the_top_level(tmp_path):
     ("n_seqs = 0\n", r"n_seqs must be an integer in \[1, 256\]"),
     ("plugins = {memory = 'x'}\n", "unknown plugin area 'memory'"),
     ("plugins = ['kv_cache']\n", "bad plugin selection 'kv_cache'"),
+    ("[kv]\nbugdet = '1M'\n", "unknown kv config keys: bugdet; known: page_tokens, budget, kernel"),
+    ("[kv]\npage_tokens = 0\n", r"kv.page_tokens must be an integer in \[1, 4096\], got 0"),
+    ("[kv]\npage_tokens = '16'\n", r"kv.page_tokens must be an integer in \[1, 4096\], got '16'"),
+    ("[kv]\npage_tokens = true\n", r"kv.page_tokens must be an integer in \[1, 4096\], got True"),
+    ("[kv]\nbudget = 'lots'\n", "kv.budget: not a byte size: 'lots'"),
+    ("[kv]\nbudget = 0\n", "kv.budget must be an integer ≥ 1, got 0"),
+    ("[kv]\nkernel = 'fast'\n", "kv.kernel must be one of wide, scalar, got 'fast'"),
+    ("kv = 5\n", r"kv must be a table of settings \(\[corert.kv\]\), got 5"),
+    ("[scheduler]\npin_threads = 'no'\n", "scheduler.pin_threads must be true or false, got 'no'"),
+    ("[scheduler]\ncpus = ['a']\n", "scheduler.cpus must be a list of cpu ids"),
+    ("[native]\nprefill_rows = -1\n", r"native.prefill_rows must be an integer in \[1, 1048576\], got -1"),
+    ("[native]\nn_seqs = 2\n", "unknown native config keys: n_seqs; known: prefill_rows"),
 ])
 def test_from_toml_bad_settings_are_config_errors(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -98,7 +123,8 @@ def test_every_documented_variable_applies():
     assert RuntimeConfig.from_env(environ={k: "" for k in ALL_ENV}) == RuntimeConfig()
 
 
-@pytest.mark.parametrize("key, value", [("CORERT_CTX", "2k"), ("CORERT_THREADS", "two"), ("CORERT_N_SEQS", "1.5")])
+@pytest.mark.parametrize("key, value", [("CORERT_CTX", "2k"), ("CORERT_THREADS", "two"), ("CORERT_N_SEQS", "1.5"),
+                                        ("CORERT_KV_PAGE_TOKENS", "x"), ("CORERT_NATIVE_PREFILL_ROWS", "1e3")])
 def test_bad_variables_are_config_errors_naming_the_variable(key, value):
     with pytest.raises(ConfigError, match=f"{key}='{value}' is not a valid int"):
         RuntimeConfig.from_env(environ={key: value})
@@ -109,6 +135,22 @@ def test_bad_variable_values_fail_their_validators():
         RuntimeConfig.from_env(environ={"CORERT_N_SEQS": "0"})
     with pytest.raises(ConfigError, match="unknown plugin area"):
         RuntimeConfig.from_env(environ={"CORERT_PLUGINS": "memory=x"})
+    with pytest.raises(ConfigError, match=r"CORERT_SCHEDULER_PIN_THREADS='maybe' is not a valid bool"):
+        RuntimeConfig.from_env(environ={"CORERT_SCHEDULER_PIN_THREADS": "maybe"})
+    with pytest.raises(ConfigError, match="kv.kernel must be one of wide, scalar, got 'avx'"):
+        RuntimeConfig.from_env(environ={"CORERT_KV_KERNEL": "avx"})
+    with pytest.raises(ConfigError, match="kv.budget: not a byte size"):
+        RuntimeConfig.from_env(environ={"CORERT_KV_BUDGET": "much"})
+
+
+def test_every_sub_config_variable_applies():
+    env = {"CORERT_KV_BUDGET": "64M", "CORERT_KV_PAGE_TOKENS": "8", "CORERT_KV_KERNEL": "wide",
+           "CORERT_SCHEDULER_PIN_THREADS": "off", "CORERT_SCHEDULER_CPUS": "0,1", "CORERT_NATIVE_PREFILL_ROWS": "32"}
+    cfg = RuntimeConfig.from_env(environ=env)
+    assert (cfg.kv.budget, cfg.kv.page_tokens, cfg.kv.kernel) == (64 << 20, 8, "wide")
+    assert (cfg.scheduler.pin_threads, cfg.scheduler.cpus, cfg.native.prefill_rows) == (False, (0, 1), 32)
+    assert all(k in RuntimeConfig.from_env.__doc__ for k in SUB_ENV)
+    assert RuntimeConfig.from_env(environ={"CORERT_SCHEDULER_PIN_THREADS": "1"}).scheduler.pin_threads is True
 
 
 # -- precedence ------------------------------------------------------------------------------------------
@@ -139,6 +181,79 @@ def test_toml_then_env_then_arguments(tmp_path, clean_env):
         assert rt.resolve("kv_cache").label == "contiguous:f32" and rt.resolve("tokenizer").impl.name == "llama_cpp"
     finally:
         rt.close()
+
+
+def test_sub_configs_key_by_key_toml_then_env_then_arguments(tmp_path, clean_env):
+    """Each kv key comes from the highest layer that sets it; what the paged plugin is built with (its
+    provider's stats, no model loaded) is that merged table."""
+    path = _toml(tmp_path, TOML + """
+    [corert.kv]
+    budget = "64M"
+    page_tokens = 32
+    kernel = "wide"
+    """)
+    cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(path), environ={"CORERT_KV_BUDGET": "32M"})
+    assert (cfg.kv.budget, cfg.kv.page_tokens, cfg.kv.kernel) == (32 << 20, 32, "wide")  # env over TOML: budget only
+    rt = Runtime(cfg, kv={"kernel": "scalar"})
+    try:
+        assert rt.kv_cache_info()["config"] == {"dtype": "f16", "page_tokens": 32, "budget_bytes": 32 << 20,
+                                                "default_budget_cap_bytes": 512 << 20, "kernel": "scalar"}
+    finally:
+        rt.close()
+    with pytest.raises(ConfigError, match="unknown kv config keys: pages"):
+        Runtime(cfg, kv={"pages": 3})
+    with pytest.raises(ConfigError, match="unknown Runtime option: kv_budget"):
+        Runtime(cfg, kv_budget="1M")  # the old getattr name was never a field
+
+
+def test_toml_kv_budget_reaches_the_paged_store(tmp_path, smollm2, clean_env):
+    """[corert.kv] in a file, through from_toml / from_env / Runtime, sizes the pool of the store the native
+    engine really allocates: pages_total = budget // page_bytes."""
+    from corert.plugins.kv_cache.paged.config import PagedConfig
+    from corert.plugins.kv_cache.paged.store import page_bytes
+
+    per_page = page_bytes(PagedConfig("q8", page_tokens=32), 30, 3, 64)  # SmolLM2-135M: 30 layers, 3 x 64
+    path = _toml(tmp_path, f"""
+        [corert]
+        model = "{smollm2}"
+        engine = "native"
+        n_ctx = 256
+        plugins = {{kv_cache = "paged:q8", tokenizer = "llama_cpp"}}
+        [corert.kv]
+        budget = {11 * per_page}
+        page_tokens = 32
+        [corert.native]
+        prefill_rows = 48
+        """)
+    rt = Runtime(RuntimeConfig.from_env(RuntimeConfig.from_toml(path)), n_seqs=2)
+    try:
+        loaded, _ = rt.load_generation_model()
+        stats = loaded.kv.stats()
+        assert (stats["page_tokens"], stats["pages_total"], stats["bytes_total"]) == (32, 11, 11 * per_page)
+        assert rt.kv_cache_info()["stores"][0]["pages_total"] == 11
+        assert loaded.batch_service().runner.prefill_rows == 48  # [corert.native] reached the batcher
+    finally:
+        rt.close()
+
+
+def test_toml_pin_threads_reaches_the_scheduler(tmp_path, clean_env):
+    """pin_threads = false leaves the work-stealing workers unpinned (their affinity says so); the
+    environment turns it back on over the file, and an argument off again."""
+    path = _toml(tmp_path, '[corert.scheduler]\npin_threads = false\n')
+    cfg = RuntimeConfig.from_toml(path)
+
+    def affinities(config, **args):
+        rt = Runtime(config, plugins={"scheduler": "work_stealing"}, **args)
+        try:
+            return {w["affinity"] for w in rt.scheduler.stats()["per_worker"]}
+        finally:
+            rt.close()
+
+    assert affinities(cfg) == {"disabled"}
+    pinned = affinities(RuntimeConfig.from_env(cfg, environ={"CORERT_SCHEDULER_PIN_THREADS": "1"}))
+    assert "disabled" not in pinned and pinned != {"not started"}
+    assert affinities(RuntimeConfig.from_env(cfg, environ={"CORERT_SCHEDULER_PIN_THREADS": "1"}),
+                      scheduler={"pin_threads": False}) == {"disabled"}
 
 
 def test_runtime_without_config_reads_the_environment(clean_env):
@@ -195,6 +310,24 @@ def test_cli_bad_config_is_one_line_and_exit_2(tmp_path, clean_env):
     bad = _toml(tmp_path, "[corert]\nenigne = 'native'\n")
     assert_bad_input(run_cli("plugins", "--config", str(bad)), "unknown config keys: enigne")
     assert_bad_input(run_cli("plugins", env={"CORERT_CTX": "lots"}), "CORERT_CTX='lots' is not a valid int")
+    bad_kv = _toml(tmp_path, "[corert.kv]\npage_tokens = 0\n", "kv.toml")
+    assert_bad_input(run_cli("plugins", "--config", str(bad_kv)), "kv.page_tokens must be an integer in [1, 4096]")
+    assert_bad_input(run_cli("plugins", "--set", "kv.pages=3"), "unknown kv config keys: pages")
+    assert_bad_input(run_cli("plugins", "--set", "budget=3M"), "expected TABLE.KEY=VALUE")
+
+
+def test_cli_kv_table_from_file_env_and_set(tmp_path, clean_env):
+    path = _toml(tmp_path, TOML + '\n[corert.kv]\nbudget = "64M"\npage_tokens = 32\n')
+    base = {k: None for k in ALL_ENV}
+
+    def kv_config(*args, env=base):
+        return cli_json("plugins", "--json", "--config", str(path), *args, env=env)["kv_cache"]["config"]
+
+    assert (kv_config()["budget_bytes"], kv_config()["page_tokens"]) == (64 << 20, 32)
+    got = kv_config(env={**base, "CORERT_KV_BUDGET": "16M"})
+    assert (got["budget_bytes"], got["page_tokens"]) == (16 << 20, 32)
+    got = kv_config("--set", "kv.budget=8M", "--set", "kv.kernel=scalar", env={**base, "CORERT_KV_BUDGET": "16M"})
+    assert (got["budget_bytes"], got["page_tokens"], got["kernel"]) == (8 << 20, 32, "scalar")
 
 
 def test_bench_honours_the_config_file_under_the_environment(tmp_path):

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import attrs
 
 from corert import Implementation, Variant, hookimpl
+from corert.config import SchedulerConfig
 from corert.errors import CancelledError, ConfigError, PluginError, QueueFullError, TaskTimeoutError
 from corert.interfaces import PRIORITIES, ThreadBudget
 
@@ -56,11 +57,12 @@ class WorkStealingConfig:
 
     @classmethod
     def from_runtime(cls, preset: str, config: Any = None) -> "WorkStealingConfig":
-        """Read ``n_threads`` / ``queue_size`` from the Runtime's config (any object, a dict, or None)."""
-        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-        return cls(preset=preset, n_threads=get("n_threads", None),
-                   queue_size=get("queue_size", None) or DEFAULT_QUEUE_SIZE,
-                   pin=bool(get("pin_threads", True)))
+        """Read ``n_threads`` / ``queue_size`` and the ``scheduler`` table (``pin_threads``, ``cpus``) from the
+        Runtime's config (any object, or None: the defaults and the ``CORERT_SCHEDULER_*`` variables)."""
+        table = SchedulerConfig.of(config)
+        return cls(preset=preset, n_threads=getattr(config, "n_threads", None),
+                   queue_size=getattr(config, "queue_size", None) or DEFAULT_QUEUE_SIZE,
+                   pin=table.pin_threads, cpus=table.cpus)
 
 
 @attrs.define(eq=False)

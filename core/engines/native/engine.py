@@ -6,12 +6,14 @@
 
 ``kv_cache`` is a native KV provider (``allocate(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)``,
 e.g. kv_cache=contiguous); the engine asks it for one store per model, with ``n_seqs`` sequence slots
-(``config.n_seqs`` when the config has it, else 1).
+(``config.n_seqs`` when the config has it, else 1).  From a RuntimeConfig it also reads the ``native`` table
+(NativeConfig: ``prefill_rows``).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from ...config import NativeConfig
 from ...errors import ModelError
 from ...interfaces import ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
@@ -44,7 +46,8 @@ class NativeEngine:
         n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
-        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs)
+        loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
+                             prefill_rows=NativeConfig.of(config).prefill_rows)
         if hasattr(kv, "prime"):  # e.g. paged q8 calibrates on a fixed text, so outputs never depend on history
             kv.prime(loaded)
         return loaded

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ...config import NativeConfig
 from ...interfaces import ThreadBudget, Tokenizer
 from .session import NativeSession
 
@@ -12,7 +13,8 @@ DEFAULT_SEQS = 1
 
 class NativeModel:
     def __init__(self, path: str, transformer, tokenizer: Tokenizer, kv, n_ctx: int, threads: int,
-                 metadata: dict[str, Any], n_seqs: int = DEFAULT_SEQS):
+                 metadata: dict[str, Any], n_seqs: int = DEFAULT_SEQS,
+                 prefill_rows: int = NativeConfig().prefill_rows):
         self.path = path
         self.transformer = transformer
         self.tokenizer = tokenizer
@@ -22,6 +24,7 @@ class NativeModel:
         self.threads = threads
         self.metadata = metadata
         self.n_seqs = n_seqs
+        self.prefill_rows = prefill_rows  # prompt tokens per continuous-batching step
         self._session: NativeSession | None = None
         self._batching = None
         self._batching_lock = threading.Lock()

@@ -40,7 +40,7 @@ class _Request:
 
 class BatchService:
     def __init__(self, model, n_seqs: int, run: Callable | None = None):
-        self.runner = BatchRunner(model)
+        self.runner = BatchRunner(model, prefill_rows=model.prefill_rows)
         self.n_seqs = n_seqs
         self._run = run or (lambda fn: fn())  # how a step is executed (the Runtime: as a scheduler task)
         self._lock = threading.Condition()
