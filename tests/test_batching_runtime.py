@@ -3,12 +3,12 @@ forwards, each gets exactly the text it gets alone, a request that stops early o
 and the KV pool intact."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from corert import Runtime
 from corert.errors import InputError
+
+from concurrent_requests import hold_first_step_until_joined, run_concurrently
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three primary colors are", "Q: What is 12 times 12?\nA:", "Water boils at"]
@@ -24,48 +24,13 @@ def runtimes(smollm2):
     batched.close()
 
 
-def _concurrently(fn, items):
-    results, errors = [None] * len(items), [None] * len(items)
-
-    def run(i, item):
-        try:
-            results[i] = fn(item)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertions
-            errors[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, x)) for i, x in enumerate(items)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    return results, errors
-
-
 def test_concurrent_requests_are_batched_and_identical_to_alone(runtimes, monkeypatch):
     alone_rt, rt = runtimes
     alone = [alone_rt.generate(p, max_tokens=16, temperature=0) for p in PROMPTS]
     loaded, _ = rt.load_generation_model()
     service = loaded.batch_service()  # the one the Runtime's requests join
-    # the batch's first forward waits until every request has joined the service, so the requests overlap
-    # by construction, not by the luck of thread timing
-    arrived, all_in, lock = [], threading.Event(), threading.Lock()
-    join, step = service.generate, service.runner.step
-
-    def counted_join(*args, **kwargs):
-        tokens = join(*args, **kwargs)  # the request is queued in the service now
-        with lock:
-            arrived.append(1)
-            if len(arrived) == len(PROMPTS):
-                all_in.set()
-        return tokens
-
-    def gated_step():
-        assert all_in.wait(300), f"only {len(arrived)} of {len(PROMPTS)} requests reached the service"
-        return step()
-
-    monkeypatch.setattr(service, "generate", counted_join)
-    monkeypatch.setattr(service.runner, "step", gated_step)
-    got, errors = _concurrently(lambda p: rt.generate(p, max_tokens=16, temperature=0), PROMPTS)
+    hold_first_step_until_joined(monkeypatch, service, len(PROMPTS))
+    got, errors = run_concurrently(lambda p: rt.generate(p, max_tokens=16, temperature=0), PROMPTS)
     assert errors == [None] * len(PROMPTS)
     assert [c.token_ids for c in got] == [c.token_ids for c in alone]
     assert [c.text for c in got] == [c.text for c in alone]
@@ -93,7 +58,7 @@ def test_a_stream_stopped_early_and_a_bad_request_harm_no_one(runtimes):
     def normal(_):
         return rt.generate(PROMPTS[0], max_tokens=24, temperature=0)
 
-    results, errors = _concurrently(lambda f: f(None), [stop_early, too_long, normal])
+    results, errors = run_concurrently(lambda f: f(None), [stop_early, too_long, normal])
     assert results[0] == "closed" and errors[0] is None
     assert isinstance(errors[1], InputError)
     assert errors[2] is None and results[2].token_ids == expected.token_ids

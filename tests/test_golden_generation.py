@@ -22,13 +22,14 @@ on every run).  A second prompt (OTHER) makes drafts be rejected and rolled back
 from __future__ import annotations
 
 import json
-import threading
 import warnings
 from pathlib import Path
 
 import pytest
 
 from corert import Runtime
+
+from concurrent_requests import hold_first_step_until_joined, run_concurrently
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_smollm2_greedy.json").read_text())
 PROMPT, MAX_TOKENS, N_CTX = GOLDEN["prompt"], GOLDEN["max_tokens"], GOLDEN["n_ctx"]
@@ -88,46 +89,6 @@ def test_one_request_at_a_time(smollm2, reference, kv_cache, decoder):
         assert 0 < second.decoder_stats["accepted"] < second.decoder_stats["drafted"], second.decoder_stats
 
 
-def _concurrently(fn, items) -> list:
-    results, errors = [None] * len(items), [None] * len(items)
-
-    def run(i, item):
-        try:
-            results[i] = fn(item)
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
-            errors[i] = exc
-
-    threads = [threading.Thread(target=run, args=(i, x)) for i, x in enumerate(items)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert errors == [None] * len(items)
-    return results
-
-
-def _gate_until_all_joined(monkeypatch, service, n: int) -> None:
-    """The batch's first forward waits until all ``n`` requests joined the service, so they share forwards
-    by construction, not by the luck of thread timing."""
-    arrived, all_in, lock = [], threading.Event(), threading.Lock()
-    join, step = service.generate, service.runner.step
-
-    def counted_join(*args, **kwargs):
-        tokens = join(*args, **kwargs)  # queued in the service now
-        with lock:
-            arrived.append(1)
-            if len(arrived) == n:
-                all_in.set()
-        return tokens
-
-    def gated_step():
-        assert all_in.wait(300), f"only {len(arrived)} of {n} requests reached the service"
-        return step()
-
-    monkeypatch.setattr(service, "generate", counted_join)
-    monkeypatch.setattr(service.runner, "step", gated_step)
-
-
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("kv_cache", KV_CACHES)
 def test_concurrent_requests_with_n_seqs(smollm2, reference, kv_cache, decoder, monkeypatch):
@@ -136,8 +97,9 @@ def test_concurrent_requests_with_n_seqs(smollm2, reference, kv_cache, decoder, 
     with _native(smollm2, kv_cache, decoder, n_seqs=4) as rt:
         if decoder == "plain":
             loaded, _ = rt.load_generation_model()
-            _gate_until_all_joined(monkeypatch, loaded.batch_service(), len(prompts))
-        got = _concurrently(lambda p: _generate(rt, p), prompts)
+            hold_first_step_until_joined(monkeypatch, loaded.batch_service(), len(prompts))
+        got, errors = run_concurrently(lambda p: _generate(rt, p), prompts)
+    assert errors == [None] * len(prompts)
     assert [c.token_ids for c in got] == [golden.token_ids, other.token_ids, golden.token_ids]
     assert [c.text for c in got] == [golden.text, other.text, golden.text]
     if decoder == "plain":  # all three decoded in one forward
