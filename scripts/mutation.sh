@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Mutation score of the modules that hold logic (issue 21), with mutmut 3: a command you run, not part of CI.
+#
+#   scripts/mutation.sh                 every module below, in order
+#   scripts/mutation.sh stops cancel    only those
+#
+# Each module is mutated alone and checked only by its own fast tests (no model load where the module
+# needs none), so one module takes minutes on 2 cores.  Kernels are left out: their tests compare against
+# references already.
+#
+# mutmut imports the mutated code from a copy of the package, found on sys.path by its import name.  Our
+# folders are not named after the package (core/ is `corert`, plugins/ is `corert.plugins`, see setup.py),
+# so each run gets a staging folder, build/mutation/<module>/, laid out as installed:
+#   corert/ (= core/), corert/plugins/ (= plugins/), tests/, and a pyproject.toml holding the run's settings.
+# The results stay there: `cd build/mutation/<module> && ../../../.venv/bin/mutmut results` lists the
+# survivors, `mutmut show <name>` shows one.  Scores are printed as a table at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+NICE=${MUTATION_NICE:-15}
+CHILDREN=${MUTATION_CHILDREN:-2}
+
+# module key | file inside the package | its fast tests (pytest selections)
+MODULES=(
+  "plugin_host|corert/plugin_host.py|tests/test_mutants_plugin_host.py tests/test_host_plugins.py tests/test_scheduler_budget.py"
+  "stops|corert/stops.py|tests/test_mutants_stops.py"
+  "cancel|corert/cancel.py|tests/test_mutants_cancel.py tests/test_scheduler_work_stealing.py"
+  "paged_blocks|corert/plugins/kv_cache/paged/blocks.py|tests/test_mutants_paged_blocks.py tests/test_kv_paged.py"
+  "scheduler_queue|corert/plugins/scheduler/work_stealing.py|tests/test_scheduler_work_stealing.py tests/test_mutants_scheduler_queue.py"
+  "speculative_acceptance|corert/plugins/speculative/acceptance.py|tests/test_speculative.py tests/test_mutants_speculative.py"
+  "speculative_controller|corert/plugins/speculative/controller.py|tests/test_speculative.py tests/test_mutants_speculative.py"
+  "models_store|corert/models/store.py|tests/test_mutants_models_store.py"
+)
+
+if ! "$PY" -c "import mutmut" 2>/dev/null; then
+  "$PY" -m pip install -q -e ".[test,pull,dev]"
+fi
+
+wanted=("$@")
+want() {
+  [ ${#wanted[@]} -eq 0 ] && return 0
+  local w
+  for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done
+  return 1
+}
+
+stage() {  # $1 key, $2 file, $3 tests -> prints the staging folder
+  local dir=$ROOT/build/mutation/$1 tests sel=""
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp -r core "$dir/corert" && cp -r plugins "$dir/corert/plugins" && cp -r tests "$dir/tests"
+  find "$dir" -name __pycache__ -prune -exec rm -rf {} +
+  for tests in $3; do [ -e "$tests" ] && sel="$sel\"$tests\", "; done
+  cat > "$dir/pyproject.toml" <<EOF
+[tool.mutmut]
+source_paths = ["corert"]
+only_mutate = ["$2"]
+pytest_add_cli_args_test_selection = [${sel%, }]
+pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow"]
+
+[tool.pytest.ini_options]
+markers = ["slow: long-running tests"]
+EOF
+  echo "$dir"
+}
+
+summary=()
+for spec in "${MODULES[@]}"; do
+  IFS='|' read -r key file tests <<<"$spec"
+  want "$key" || continue
+  dir=$(stage "$key" "$file" "$tests")
+  echo "== mutation: $key ($file) against: $tests" >&2
+  start=$(date +%s)
+  (cd "$dir" && nice -n "$NICE" "$ROOT/.venv/bin/mutmut" run --max-children "$CHILDREN" >"$dir/run.log" 2>&1) || {
+    echo "mutmut failed for $key; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; continue; }
+  took=$(( $(date +%s) - start ))
+  (cd "$dir" && "$ROOT/.venv/bin/mutmut" export-cicd-stats >/dev/null)
+  line=$("$PY" - "$dir/mutants/mutmut-cicd-stats.json" "$key" "$took" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+killed, total = s["killed"], s["total"]
+print(f"| {sys.argv[2]} | {killed}/{total} | {s['survived']} | {s['timeout']} | {s['suspicious']} "
+      f"| {s['no_tests']} | {int(sys.argv[3]) // 60} min {int(sys.argv[3]) % 60} s |")
+EOF
+)
+  summary+=("$line")
+  echo "$line" >&2
+done
+
+echo "| module | killed/total | survived | timeout | suspicious | no tests | time |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+for line in "${summary[@]}"; do echo "$line"; done
