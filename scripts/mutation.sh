@@ -21,16 +21,16 @@ PY=$ROOT/.venv/bin/python
 NICE=${MUTATION_NICE:-15}
 CHILDREN=${MUTATION_CHILDREN:-2}
 
-# module key | file inside the package | its fast tests (pytest selections)
+# module key | file inside the package | its fast tests: the body of a TOML list of pytest arguments
 MODULES=(
-  "plugin_host|corert/plugin_host.py|tests/test_mutants_plugin_host.py tests/test_host_plugins.py tests/test_scheduler_budget.py"
-  "stops|corert/stops.py|tests/test_mutants_stops.py"
-  "cancel|corert/cancel.py|tests/test_mutants_cancel.py tests/test_scheduler_work_stealing.py"
-  "paged_blocks|corert/plugins/kv_cache/paged/blocks.py|tests/test_mutants_paged_blocks.py tests/test_kv_paged.py"
-  "scheduler_queue|corert/plugins/scheduler/work_stealing.py|tests/test_scheduler_work_stealing.py tests/test_mutants_scheduler_queue.py"
-  "speculative_acceptance|corert/plugins/speculative/acceptance.py|tests/test_speculative.py tests/test_mutants_speculative.py"
-  "speculative_controller|corert/plugins/speculative/controller.py|tests/test_speculative.py tests/test_mutants_speculative.py"
-  "models_store|corert/models/store.py|tests/test_mutants_models_store.py"
+  'plugin_host|corert/plugin_host.py|"tests/test_mutants_plugin_host.py", "tests/test_host_plugins.py", "tests/test_scheduler_budget.py", "-k", "not (selection_from_python or third_party or broken_plugins or kv_cache_plugin or decoder_plugin or scheduler_plugin or engine_plugin or request_hooks or paged_kv)"'
+  'stops|corert/stops.py|"tests/test_mutants_stops.py"'
+  'cancel|corert/cancel.py|"tests/test_mutants_cancel.py", "tests/test_scheduler_work_stealing.py"'
+  'paged_blocks|corert/plugins/kv_cache/paged/blocks.py|"tests/test_mutants_paged_blocks.py"'
+  'scheduler_queue|corert/plugins/scheduler/work_stealing.py|"tests/test_scheduler_work_stealing.py"'
+  'speculative_acceptance|corert/plugins/speculative/acceptance.py|"tests/test_speculative.py", "-k", "not (draft_model or draft_variant)"'
+  'speculative_controller|corert/plugins/speculative/controller.py|"tests/test_speculative.py", "-k", "not (draft_model or draft_variant)"'
+  'models_store|corert/models/store.py|"tests/test_mutants_models_store.py"'
 )
 
 if ! "$PY" -c "import mutmut" 2>/dev/null; then
@@ -46,16 +46,15 @@ want() {
 }
 
 stage() {  # $1 key, $2 file, $3 tests -> prints the staging folder
-  local dir=$ROOT/build/mutation/$1 tests sel=""
+  local dir=$ROOT/build/mutation/$1
   rm -rf "$dir" && mkdir -p "$dir"
   cp -r core "$dir/corert" && cp -r plugins "$dir/corert/plugins" && cp -r tests "$dir/tests"
   find "$dir" -name __pycache__ -prune -exec rm -rf {} +
-  for tests in $3; do [ -e "$tests" ] && sel="$sel\"$tests\", "; done
   cat > "$dir/pyproject.toml" <<EOF
 [tool.mutmut]
 source_paths = ["corert"]
 only_mutate = ["$2"]
-pytest_add_cli_args_test_selection = [${sel%, }]
+pytest_add_cli_args_test_selection = [$3]
 pytest_add_cli_args = ["-q", "-p", "no:cacheprovider", "-m", "not slow"]
 
 [tool.pytest.ini_options]
