@@ -180,7 +180,7 @@ def cmd_plugins(args) -> int:
 def _llama_cpp_info(rt) -> dict:
     """The llama.cpp engine's build, CPU backend and extra-buffer verdict; probes (once per build and CPU,
     in a child process) when no verdict exists yet and the configured model is already on disk."""
-    from .engines import llama_lib, llama_probe
+    from . import llama_lib, llama_probe
 
     if llama_probe.llama_package_dir() is None:
         return {"available": False, "error": "llama-cpp-python is not installed"}

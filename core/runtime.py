@@ -21,11 +21,11 @@ import attrs
 from .cancel import CancelToken, current_token, set_current
 from .chat import render as render_chat, validate_messages
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
-from .engines.common import prefill  # noqa: F401  (re-exported for decoders)
 from .errors import ConfigError, InputError, ModelError
 from .interfaces import PRIORITIES, SamplingParams
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
+from .prefill import prefill  # noqa: F401  (re-exported for decoders)
 from .registry import AREAS, ENGINE_AREA, engine_name
 from .stops import StopMatcher
 

@@ -3,7 +3,7 @@
 #
 # llama-cpp-python has no wheel on the package index, so it is built here from its sdist, portably: no
 # -march=native, ggml's CPU backend as one module per x86-64 level (or Arm level) that ggml picks at load
-# time from the CPU it runs on (see core/engines/llama_lib.py).  One build is correct on any CPU of the
+# time from the CPU it runs on (see core/llama_lib.py).  One build is correct on any CPU of the
 # architecture and uses AVX-512/VNNI where the CPU has them.
 #
 # The built wheel is kept in our own cache, keyed by the version, the build flags and the architecture.

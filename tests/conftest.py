@@ -45,7 +45,7 @@ def runtime():
 @pytest.fixture(scope="session")
 def raw_llama(smollm2):
     """llama-cpp-python used directly: the oracle."""
-    from corert.engines.llama_lib import llama_cpp, prepare
+    from corert.llama_lib import llama_cpp, prepare
 
     prepare(smollm2)
     return llama_cpp().Llama(model_path=smollm2, n_ctx=2048, n_threads=2, verbose=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def raw_greedy(llm, prompt: str, max_tokens: int) -> list[int]:
     """Raw llama-cpp-python greedy continuation, stopping at an end-of-generation token."""
-    from corert.engines.llama_lib import llama_cpp
+    from corert.llama_lib import llama_cpp
 
     lib = llama_cpp()
     vocab = lib.llama_model_get_vocab(llm._model.model)

@@ -13,7 +13,7 @@ import pytest
 
 from corert import Runtime
 from corert.data import corpus_file
-from corert.engines.common import common_prefix_len, prefill
+from corert.prefill import common_prefix_len, prefill
 from corert.engines.native.batching import BatchRunner
 from corert.errors import InputError, PluginError, TaskTimeoutError
 from corert.interfaces import SamplingParams

@@ -90,7 +90,7 @@ def test_prefix_is_reused_and_rollback_is_exact(rt_ref, raw_llama):
     counters say so) and generates what a fresh context generates; Session.truncate drops K/V exactly."""
     import numpy as np
 
-    from corert.engines.common import common_prefix_len
+    from corert.prefill import common_prefix_len
 
     loaded, lock = rt_ref.load_generation_model()
     lib, ctx, session, tok = loaded.lib, loaded.llama._ctx.ctx, loaded.session(), loaded.tokenizer

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from corert.engines import llama_probe
+from corert import llama_probe
 
 CHILD_TIMEOUT = 300
 
@@ -76,7 +76,7 @@ def test_fault_with_extra_buffers_turns_them_off_and_is_cached(probe_cache, smol
     assert llama_probe.cached_verdict() == verdict
     # Every later process on this build and CPU loads without extra buffers, raw llama-cpp-python included,
     # and still generates.
-    code = ("from corert.engines.llama_lib import llama_cpp, prepare; import json; "
+    code = ("from corert.llama_lib import llama_cpp, prepare; import json; "
             f"lib = llama_cpp(); v = prepare({smollm2!r}); "
             "p = lib.llama_cpp.llama_model_default_params(); "
             f"llm = lib.Llama(model_path={smollm2!r}, n_ctx=64, n_threads=2, verbose=False); "
@@ -128,7 +128,7 @@ def test_plugins_shows_the_verdict(probe_cache, smollm2):
 
 
 def _greedy_with_backend(smollm2: str, backend: str) -> subprocess.CompletedProcess:
-    code = ("from corert.engines.llama_lib import llama_cpp, describe; import json; lib = llama_cpp(); "
+    code = ("from corert.llama_lib import llama_cpp, describe; import json; lib = llama_cpp(); "
             f"llm = lib.Llama(model_path={smollm2!r}, n_ctx=128, n_threads=2, verbose=False); "
             "toks = [int(t) for _, t in zip(range(8), llm.generate(llm.tokenize(b'The capital of France is'), "
             "temp=0.0))]; "

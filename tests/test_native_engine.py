@@ -293,7 +293,7 @@ def test_greedy_continuations_follow_llama_cpp_until_a_near_tie(name, request):
     evaluated at once and token by token differ, so its own greedy path can part from its prefix logits.)
     What must hold: wherever the paths part, both tokens are among llama.cpp's top three for that prefix and
     its logits for them are close."""
-    from corert.engines.llama_lib import llama_cpp
+    from corert.llama_lib import llama_cpp
 
     path = request.getfixturevalue(name)
     model = _load(path, n_ctx=256)

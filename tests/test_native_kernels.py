@@ -7,8 +7,9 @@ import pytest
 
 import gguf
 import gguf.quants
-from corert.engines.native import attention, dequant, matmul, matmul_i8, ops, products, sampling
-from corert.engines.native.numba_setup import F16_TO_F32
+from corert.engines.native import dequant, matmul, matmul_i8, ops, products
+from corert.kernels.f16 import F16_TO_F32
+from corert.plugins.kv_cache import contiguous_attention as attention
 from corert.models.gguf_header import read_header
 
 QTYPES = gguf.GGMLQuantizationType
@@ -360,12 +361,3 @@ def test_attention_matches_numpy_and_is_row_independent():
         attention.attend_contiguous(q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], np.float32(0.25), single)
         assert np.array_equal(single[0], out[i])
 
-
-def test_sampling_helpers():
-    logits = np.array([0.1, 3.0, 2.9, -1.0], np.float32)
-    assert sampling.argmax(logits) == 1
-    assert sampling.sample(logits, 0.0, 40, 0.95, 0.99) == 1  # temperature 0 is greedy
-    assert sampling.sample(logits, 1.0, 1, 1.0, 0.99) == 1  # top-k 1
-    draws = [sampling.sample(logits, 1.0, 2, 1.0, u) for u in np.linspace(0, 0.999, 200)]
-    assert set(draws) == {1, 2}  # top-k 2 never picks the others
-    assert abs(draws.count(1) / 200 - 1 / (1 + np.exp(-0.1))) < 0.02  # p(1) = e^3 / (e^3 + e^2.9)

@@ -136,7 +136,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 import numba
-import corert.engines.native.numba_setup  # noqa: F401  (chooses a thread-safe layer)
+import corert.numba_setup  # noqa: F401  (chooses a thread-safe layer)
 from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
 
 @njit(parallel=True, cache=False)

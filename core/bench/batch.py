@@ -80,7 +80,7 @@ def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]
 
 
 def run(args) -> dict[str, Any]:
-    from ..engines.llama_lib import llama_cpp, prepare
+    from ..llama_lib import llama_cpp, prepare
     from ..errors import InputError
     from ..runtime import Runtime, RuntimeConfig
 

@@ -51,7 +51,7 @@ class _RawLlama:
     """llama-cpp-python used directly, the way its own docs show: Llama(...).generate(tokens)."""
 
     def __init__(self, model_path: str, threads: int, n_ctx: int, **_):
-        from corert.engines.llama_lib import llama_cpp, prepare
+        from corert.llama_lib import llama_cpp, prepare
 
         lib = llama_cpp()
         prepare(model_path)  # the same extra-buffer verdict as corert's side

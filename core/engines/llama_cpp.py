@@ -95,7 +95,7 @@ class LlamaCppEngine:
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache, n_ctx: int,
              threads: ThreadBudget, config: Any = None) -> LlamaCppModel:
-        from . import llama_lib
+        from .. import llama_lib
 
         llama_cpp = llama_lib.llama_cpp()
 

@@ -17,7 +17,7 @@ class ContiguousKVStore:
     """A :class:`corert.interfaces.KVStore` backed by preallocated f32 arrays."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, n_seqs: int = 1):
-        from corert.engines.native.attention import attend_contiguous, write_contiguous
+        from .contiguous_attention import attend_contiguous, write_contiguous
 
         self._attend, self._write = attend_contiguous, write_contiguous
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim

@@ -11,7 +11,7 @@ import numpy as np
 
 from corert.interfaces import SamplingParams
 
-from .sampling import probabilities
+from corert.sampling import probabilities
 
 
 def accept_greedy(draft: Sequence[int], target_rows: np.ndarray) -> tuple[int, int]:

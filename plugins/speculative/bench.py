@@ -56,7 +56,7 @@ def _timed(gen: Iterator[int], max_tokens: int, is_eog: Callable[[int], bool]) -
 
 
 def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with_spec: bool):
-    from corert.engines.llama_lib import llama_cpp, prepare
+    from corert.llama_lib import llama_cpp, prepare
 
     lib = llama_cpp()
     prepare(target_path)

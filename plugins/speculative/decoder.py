@@ -14,12 +14,12 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from corert.engines.common import prefill
+from corert.prefill import prefill
 from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
 from .controller import Chooser, DepthController, ShadowOffer, VerifyCost
-from .sampling import Sampler
+from corert.sampling import Sampler
 
 
 class DraftSource(Protocol):

@@ -5,10 +5,10 @@ import time
 from typing import Callable, Iterator, Sequence
 
 from corert import Implementation, hookimpl
-from corert.engines.common import prefill
+from corert.prefill import prefill
 from corert.interfaces import SamplingParams, Session
 
-from .sampling import Sampler
+from corert.sampling import Sampler
 
 
 class PlainDecoder:

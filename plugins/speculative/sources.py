@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from corert.engines.common import prefill
+from corert.prefill import prefill
 from corert.errors import PluginError
 from corert.interfaces import SamplingParams
 

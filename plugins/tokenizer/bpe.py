@@ -15,7 +15,8 @@ llama.cpp drops it, so decoding gives the text less those bytes.  SentencePiece 
 byte through their byte tokens.
 
 Threads.  ``encode`` mutates the tokenizer's word cache under a lock; ``encode_batch`` runs numba's
-parallel loop (one caller at a time, process-wide: numba's workqueue layer must not be entered twice).
+parallel loop under the process's one parallel lock and on its compute thread (corert.numba_setup), so it
+never overlaps an engine's forward pass.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from corert.cpu import choose_variant, simd_variants
 from corert.errors import InputError
+from corert.numba_setup import PARALLEL_LOCK, run_parallel
 from corert.textstream import Utf8Stream
 
 from . import kernels_encode as K
@@ -37,7 +39,6 @@ from .vocab import PRE_TOKENIZERS, Vocab, load_vocab
 
 _SPACE = b" "
 _ESCAPED_SPACE = "\u2581".encode()
-_NUMBA_PARALLEL = threading.Lock()  # numba's workqueue layer must not be entered by two threads at once
 
 
 class BpeTokenizer:
@@ -135,16 +136,16 @@ class BpeTokenizer:
         # the other chunks' word caches: sized to the batch, from 4k to 64k entries
         cache_slots = 1 << min(16, max(12, (int(data.shape[0]) // (8 * chunks)).bit_length()))
         slots, wbytes, wids, state = self._cache
-        with _NUMBA_PARALLEL, self._lock:  # chunk 0 works in this tokenizer's own word cache
+        with PARALLEL_LOCK, self._lock:  # chunk 0 works in this tokenizer's own word cache
             if v.is_spm:
-                out = K.spm_batch(data, fs, fe, ft, f0, f1, out_off, chunks, v.text_table, v.text_blob,
-                                  v.text_offs, v.srank, v.byte_tok, v.cross_blob, v.cross_offs, v.cross_at,
-                                  slots, wbytes, wids, state, cache_slots, counts)
+                out = run_parallel(K.spm_batch, data, fs, fe, ft, f0, f1, out_off, chunks, v.text_table,
+                                   v.text_blob, v.text_offs, v.srank, v.byte_tok, v.cross_blob, v.cross_offs,
+                                   v.cross_at, slots, wbytes, wids, state, cache_slots, counts, threads=chunks)
             else:
-                out = K.bpe_batch(self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off, chunks,
-                                  self._table, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left, v.m_right,
-                                  v.m_result, v.raw_table, v.raw_blob, v.raw_offs, v.ignore_merges,
-                                  slots, wbytes, wids, state, cache_slots, counts)
+                out = run_parallel(K.bpe_batch, self._kind, self._vcode, data, fs, fe, ft, f0, f1, out_off,
+                                   chunks, self._table, v.byte_ids, v.pair_keys, v.pair_vals, v.m_left,
+                                   v.m_right, v.m_result, v.raw_table, v.raw_blob, v.raw_offs, v.ignore_merges,
+                                   slots, wbytes, wids, state, cache_slots, counts, threads=chunks)
         bos = [self.bos_id] if self._want_bos(add_bos) else []
         return [bos + out[out_off[t]:out_off[t] + counts[t]].tolist() for t in range(len(parts))]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from corert import numba_setup  # noqa: F401  (threading layer before the first prange)
+
 from .kernels_merge import (CACHE_MAX_WORD, LONG_WORD, _cache_hash, _utf8_len, bpe_word, bpe_word_long,
                             cache_get, cache_put, new_word_cache, spm_fragment, spm_fragment_long, text_to_id)
 from .kernels_scan import classify, split

@@ -14,7 +14,7 @@ class LlamaCppTokenizer:
     name = "llama_cpp"
 
     def __init__(self, model_path: str):
-        from corert.engines.llama_lib import llama_cpp as load_llama_cpp
+        from corert.llama_lib import llama_cpp as load_llama_cpp
         from corert.models.store import check_gguf
 
         check_gguf(model_path)

@@ -87,7 +87,7 @@ def test_tokenizer_scan_neon_equals_scalar(kind):
 def _matrices():
     rng = np.random.default_rng(2)
     rows, cols = 200, 576  # 200 rows: the last 64-row group is padded
-    from corert.engines.native.numba_setup import F16_TO_F32
+    from corert.kernels.f16 import F16_TO_F32
 
     qs = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
     sc = rng.uniform(1e-3, 5e-2, (rows, cols // 32)).astype(np.float16).view(np.uint16)
@@ -191,7 +191,7 @@ def test_neon_kernels_compile_to_neon_vector_code():
     loads, shifts and ORs: numba widens the class test to 64-bit lanes, two per q register, which LLVM's cost
     model declines) and the paged f16 kernels (the f16 table lookup is a gather; NEON has none)."""
     from corert.engines.native import matmul
-    from corert.engines.native.numba_setup import F16_TO_F32
+    from corert.kernels.f16 import F16_TO_F32
     from corert.plugins.kv_cache.paged import kernels as paged
     from corert.plugins.tokenizer import kernels_scan as scan
     from corert.plugins.tokenizer.unicode_classes import class_table

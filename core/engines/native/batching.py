@@ -26,7 +26,8 @@ import numpy as np
 
 from ...errors import InputError
 from ...interfaces import SamplingParams
-from .numba_setup import PARALLEL_LOCK, run_parallel
+from ...numba_setup import PARALLEL_LOCK, run_parallel
+from ...sampling import Sampler
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long.
 DEFAULT_PREFILL_ROWS = 256
@@ -51,8 +52,6 @@ class BatchRunner:
     """Continuous batching over one loaded native model (see the module docstring)."""
 
     def __init__(self, model, prefill_rows: int = DEFAULT_PREFILL_ROWS, share_prefixes: bool = True):
-        from corert.plugins.speculative.sampling import Sampler
-
         self.model = model
         self.kv = model.kv
         self.prefill_rows = max(1, int(prefill_rows))

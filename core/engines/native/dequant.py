@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from . import numba_setup  # noqa: F401  (threading layer before the first parallel kernel)
+from ... import numba_setup  # noqa: F401  (threading layer before the first parallel kernel)
 
 # ggml type ids -> (values per block, bytes per block)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14

@@ -17,8 +17,8 @@ from ...config import NativeConfig
 from ...errors import ModelError
 from ...interfaces import ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
+from ...numba_setup import PARALLEL_LOCK, run_parallel
 from .loaded import DEFAULT_SEQS, NativeModel
-from .numba_setup import PARALLEL_LOCK, run_parallel
 
 
 class NativeEngine:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
-from . import numba_setup  # noqa: F401
+from ... import numba_setup  # noqa: F401
 
 QK = 32  # values per block in both layouts
 #: output rows per group

@@ -41,9 +41,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
-from . import numba_setup  # noqa: F401
+from ... import numba_setup  # noqa: F401
 from .matmul import QK
-from .simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
+from ...kernels.simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
                    low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32,
                    to_f32, zeros_i32)
 

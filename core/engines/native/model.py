@@ -15,7 +15,7 @@ from ...errors import InputError, ModelError
 from ...models.gguf_header import GGUFHeader
 from . import ops
 from . import dequant
-from .numba_setup import F16_TO_F32
+from ...kernels.f16 import F16_TO_F32
 from .products import PRODUCTS
 from .weights import QMatrix, TensorSource
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-from . import numba_setup  # noqa: F401
-from .simd import f32_from_bits
+from ... import numba_setup  # noqa: F401
+from ...kernels.simd import f32_from_bits
 
 #: 2^f = sum(c_k f^k) on [-1/2, 1/2]: the Taylor terms (ln 2)^k / k!, degree 7 (relative error < 1e-8)
 _POW2 = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,

@@ -10,7 +10,7 @@ import attrs
 import numpy as np
 
 from . import matmul, matmul_i8
-from .numba_setup import F16_TO_F32
+from ...kernels.f16 import F16_TO_F32
 
 QK = matmul.QK
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...errors import InputError
-from .numba_setup import PARALLEL_LOCK, run_parallel
+from ...numba_setup import PARALLEL_LOCK, run_parallel
 
 if TYPE_CHECKING:
     from .loaded import NativeModel

@@ -16,7 +16,7 @@ from ...errors import ModelError
 from ...models.gguf_header import GGUFHeader, TensorInfo
 from . import dequant
 from .matmul import QK
-from .numba_setup import F16_TO_F32
+from ...kernels.f16 import F16_TO_F32
 from .products import F32Products, I8Products
 
 

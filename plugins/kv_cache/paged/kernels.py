@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
-from corert.engines.native import numba_setup  # noqa: F401  (threading layer before the first prange)
-from corert.engines.native.simd import prefetch
+from corert import numba_setup  # noqa: F401  (threading layer before the first prange)
+from corert.kernels.simd import prefetch
 
 from .rotation import rotate_vec
 from .writes import QB

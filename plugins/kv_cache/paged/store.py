@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import attrs
 import numpy as np
 
-from corert.engines.native.numba_setup import F16_TO_F32
+from corert.kernels.f16 import F16_TO_F32
 from corert.errors import InputError
 
 from .blocks import PagePool, chain_hash

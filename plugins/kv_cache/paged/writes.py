@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
-from corert.engines.native.simd import prefetch
+from corert.kernels.simd import prefetch
 
 from .rotation import rotate_vec
 

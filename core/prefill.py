@@ -5,8 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import InputError
-from ..interfaces import Session
+from .errors import InputError
+from .interfaces import Session
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

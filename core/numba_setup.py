@@ -1,11 +1,23 @@
-"""numba configuration shared by every native kernel module; import it before the first @njit(parallel=True).
+"""numba set-up for the whole process, and the one lock around its parallel layer.
+
+Every module with a numba kernel -- the native engine's, the paged KV cache's, the bpe tokenizer's --
+imports this module before its first ``@njit(parallel=True)``, so the threading layer is chosen once,
+here, whoever is imported first.
 
 Threading layer: numba's default ``workqueue`` layer aborts when two Python threads enter parallel code at
 once (a Runtime serves requests from a scheduler's pool), so we ask for GNU OpenMP (``omp``), which is
-thread-safe.  If it is not available numba falls back to its own choice and
-:data:`corert.engines.native.numba_setup.PARALLEL_LOCK` serializes the engine's forward passes, which is
-always held around a forward pass anyway (one forward uses every numba thread; two at once would only
-thrash the cores).
+thread-safe.  If it is not available numba falls back to its own choice, and :data:`PARALLEL_LOCK` is what
+keeps two parallel calls apart.
+
+One lock: :data:`PARALLEL_LOCK` is held around every parallel numba call in the process -- an engine's
+forward pass (with its KV store's reserve), a model load, a tokenizer's ``encode_batch``.  One parallel call
+uses every numba thread it is given; two at once would only thrash the cores, and under ``workqueue``
+would abort.  :func:`run_parallel` runs the call itself on the process's compute thread (corert.compute),
+so there is one OpenMP team in the process; the caller takes the lock first (it is not re-entrant, and an
+engine also guards its KV store with it).
+
+    with PARALLEL_LOCK:
+        logits = run_parallel(forward, ids, ..., threads=budget.numba_threads)
 """
 from __future__ import annotations
 
@@ -24,13 +36,12 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 import numba  # noqa: E402
 
-from ...compute import on_compute_thread  # noqa: E402
-import numpy as np  # noqa: E402
+from .compute import on_compute_thread  # noqa: E402
 
 if numba.config.THREADING_LAYER in ("default", ""):
     numba.config.THREADING_LAYER = "omp"
 
-#: Held around each forward pass: numba's thread pool is process-wide.
+#: Held around each parallel numba call in the process (see the module docstring); not re-entrant.
 PARALLEL_LOCK = threading.Lock()
 
 
@@ -42,13 +53,8 @@ def _with_threads(fn, args, threads):
 
 def run_parallel(fn, *args, threads: int | None = None):
     """``fn(*args)`` on the process's compute thread (see corert.compute), with ``threads`` numba
-    threads; returns its result or raises its exception."""
+    threads; returns its result or raises its exception.  Call it with :data:`PARALLEL_LOCK` held."""
     return on_compute_thread(_with_threads, fn, args, threads)
-
-#: f16 bit pattern -> f32 value; numba has no float16 type on the CPU, GGUF scales are f16.  (aarch64's
-#: conversion flags the signalling NaN patterns as invalid: numpy would warn at every import.)
-with np.errstate(invalid="ignore"):
-    F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def set_threads(n: int) -> None:

@@ -8,7 +8,7 @@ they were seen to run, and llama.cpp's log routed to Python logging.
   load.  ``CORERT_GGML_CPU_BACKEND=haswell`` (a module's suffix) loads that one instead, for A/B.
 - **Extra buffers.** Every ``Llama(...)`` in this process, ours or a benchmark's raw one, takes its model
   parameters from ``llama_model_default_params``; we wrap it so ``use_extra_bufts`` follows the probe's
-  verdict (corert.engines.llama_probe).  Until a verdict exists the default is off: slower on some CPUs,
+  verdict (corert.llama_probe).  Until a verdict exists the default is off: slower on some CPUs,
   never a crash.
 - **Log.** llama.cpp prints warnings straight to stderr (e.g. for the vocabulary-only load the tokenizer
   uses), which would break the CLI's one-line error contract; here they go to the ``corert.llama_cpp`` logger.
@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import PluginError
+from .errors import PluginError
 from . import llama_probe
 
 log = logging.getLogger("corert.llama_cpp")

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import attrs
 
-from ..errors import ModelError
+from .errors import ModelError
 
 #: What the child evaluates: a short real prompt, greedy, a few tokens (the fault comes on the first decode).
 PROBE_PROMPT = "The sea is"
@@ -169,7 +169,7 @@ def run_probe(model_path: str, command: Sequence[str] | None = None,
     (extra buffers off, not cached): the model itself failing says nothing about the CPU.  A child killed by
     a signal before its plain step raises ModelError: that model would kill this process too."""
     build, cpu = build_id(), cpu_id()
-    cmd = list(command) if command else [sys.executable, "-m", "corert.engines.llama_probe", str(model_path)]
+    cmd = list(command) if command else [sys.executable, "-m", "corert.llama_probe", str(model_path)]
     env = {**os.environ, ENV_SETTING: ""}  # the child sets the option itself, per step
     common = {"build": build, "cpu": cpu, "model": Path(model_path).name, "probed_at": time.time()}
     try:
@@ -233,7 +233,7 @@ def _decode(model_path: str, extra_buffers: bool) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m corert.engines.llama_probe MODEL.gguf", file=sys.stderr)
+        print("usage: python -m corert.llama_probe MODEL.gguf", file=sys.stderr)
         return 2
     for step, extra in (("plain", False), ("extra", True)):
         tokens = _decode(args[0], extra)

@@ -1,9 +1,13 @@
-"""Choosing the next token from logits: greedy, or temperature + top-k + top-p sampling."""
+"""Choosing the next token from logits: greedy, or temperature + top-k + top-p sampling.
+
+The one sampler of the process: decoders (plain, speculative) and the native engine's batcher all draw
+through it, so a seed gives the same tokens on every path.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from corert.interfaces import SamplingParams
+from .interfaces import SamplingParams
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:

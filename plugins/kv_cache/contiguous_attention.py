@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import numba_setup  # noqa: F401
+from corert import numba_setup  # noqa: F401
 
 
 @njit(fastmath=True, cache=True, inline="always")
