@@ -8,10 +8,22 @@ same happened to llama.cpp next to it.  Sending every forward to this one thread
 process, whoever calls; the hop costs a few microseconds per forward.
 
     logits = on_compute_thread(session_eval, ids)     # runs there, returns here, raises here
+
+Who owns the cores: the scheduler plugin.  It decides how many threads each pool gets (the ThreadBudget an
+engine is loaded with: a forward runs ``run_parallel(..., threads=budget.numba_threads)`` here) and it pins
+its lanes, so the Python work of a task and any pool a task starts on its own thread stay on the lane's
+cores.  The forwards themselves do not run on the lane: they all hop here, so the process has one OpenMP
+team (per-lane teams are what the measurement above rules out).  This thread is therefore not any lane's:
+it starts on the process's cpus -- the main thread's affinity mask, which is where the scheduler lays its
+lanes out by default -- never on the mask of whichever lane happened to create it (Linux threads inherit
+their creator's), so a model first loaded from a one-core lane does not leave every later forward and the
+OpenMP team on that core.  Its budget, not its mask, is what keeps it inside the scheduler's share; a
+scheduler given a subset of the cpus (``cpus`` / ``n_threads``) bounds this thread's pools by count only.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import threading
 
@@ -20,7 +32,16 @@ _thread: threading.Thread | None = None
 _start = threading.Lock()
 
 
+def _leave_creator_cpus() -> None:
+    """Run on the process's cpus rather than the mask inherited from the creating thread (see above)."""
+    try:
+        os.sched_setaffinity(0, os.sched_getaffinity(os.getpid()))  # pid: the main thread's mask
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows) or not allowed: nothing inherited
+        pass
+
+
 def _loop() -> None:
+    _leave_creator_cpus()
     while True:
         done, fn, args = _jobs.get()
         if not done.set_running_or_notify_cancel():

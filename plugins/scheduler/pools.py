@@ -33,7 +33,8 @@ def ort_session_options(budget: ThreadBudget) -> Any:
 
 def apply_numba(threads: int) -> bool:
     """Set numba's thread count for the calling thread (numba keeps it per thread), if numba's parallel
-    backend is already running.  Starting the backend here would fix its threading layer before the engine
+    backend is already running.  This covers numba code a task runs on its lane thread; the engines' and
+    the tokenizer's parallel calls run on the compute thread with their own budget (corert.numba_setup).  Starting the backend here would fix its threading layer before the engine
     chose one (``workqueue`` aborts when two threads enter it at once), so an engine that has not started
     it yet applies the budget itself.  Returns whether it was applied."""
     parallel = sys.modules.get("numba.np.ufunc.parallel")
