@@ -352,20 +352,18 @@ def machine_info() -> dict[str, Any]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import BENCHES
-
-    return _module_command(BENCHES[args.bench], args)
+    return _module_command(args.bench_module, args)
 
 
 # -- parser ----------------------------------------------------------------------------------------------
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The full parser.  Only the module of the command being run (``argv``) is imported to add its own
     arguments, so `corert generate` does not pay for importing every benchmark."""
-    from .bench import BENCHES
-
     argv = list(argv)
-    wanted = (BENCHES.get(argv[1]) if len(argv) > 1 and argv[0] == "bench" else
-              {"perplexity": "corert.perplexity", "ab": "corert.ab"}.get(argv[0]) if argv else None)
+    # bench cases come from plugins (the register_bench_cases hook): collected only for `corert bench`
+    cases = _bench_cases() if not argv or argv[0] in ("bench", "-h", "--help") else {}
+    wanted = (cases[argv[1]].module if len(argv) > 1 and argv[0] == "bench" and argv[1] in cases else
+              {"perplexity": "corert.tools.perplexity", "ab": "corert.tools.ab"}.get(argv[0]) if argv else None)
 
     def module_arguments(module_name: str, p: argparse.ArgumentParser) -> None:
         if module_name == wanted:
@@ -432,24 +430,30 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = sub.add_parser("perplexity", help="perplexity over a text file, optionally KL divergence vs a reference")
     _common(p)
     p.add_argument("--json", action="store_true")
-    module_arguments("corert.perplexity", p)
-    p.set_defaults(func=lambda a: _module_command("corert.perplexity", a))
+    module_arguments("corert.tools.perplexity", p)
+    p.set_defaults(func=lambda a: _module_command("corert.tools.perplexity", a))
 
     p = sub.add_parser("ab", help="compare two plugin sets on one workload, with quality gates")
     _common(p)
     p.add_argument("--json", action="store_true")
-    module_arguments("corert.ab", p)
-    p.set_defaults(func=lambda a: _module_command("corert.ab", a))
+    module_arguments("corert.tools.ab", p)
+    p.set_defaults(func=lambda a: _module_command("corert.tools.ab", a))
 
     bench = sub.add_parser("bench", help="benchmarks against the raw competitor, in one run")
     bsub = bench.add_subparsers(dest="bench", required=True, parser_class=_Parser)
-    for name, module in BENCHES.items():
-        bp = bsub.add_parser(name, help=f"benchmark {name}")
+    for case in cases.values():
+        bp = bsub.add_parser(case.name, help=case.help or f"benchmark {case.name}")
         _common(bp)
         bp.add_argument("--json", action="store_true")
-        module_arguments(module, bp)
-        bp.set_defaults(func=cmd_bench)
+        module_arguments(case.module, bp)
+        bp.set_defaults(func=cmd_bench, bench_module=case.module)
     return parser
+
+
+def _bench_cases() -> dict[str, Any]:
+    from .tools.cases import bench_cases
+
+    return bench_cases()
 
 
 def _add_module_arguments(module_name: str, parser: argparse.ArgumentParser) -> None:

@@ -135,3 +135,19 @@ def on_request_end(task, request, result, error):
 
     Every implementation is called; return values are ignored.
     """
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------------------
+@hookspec
+def register_bench_cases(register):
+    """Register benchmarks, run as ``corert bench NAME``.
+
+    :param register: call ``register(BenchCase(name=..., module=..., help=...))``
+        (:class:`corert.tools.cases.BenchCase`) once per benchmark.  ``module`` names a module that defines
+        ``add_arguments(parser)``, ``run(args) -> dict`` and ``render(result) -> str``; it is imported only
+        when its benchmark runs.  A name registered later (a third-party plugin) replaces an earlier one.
+
+    Only ``corert bench`` calls this hook; the Runtime never does.
+    """

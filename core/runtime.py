@@ -23,6 +23,7 @@ from .chat import render as render_chat, validate_messages
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
 from .errors import ConfigError, InputError, ModelError
 from .interfaces import PRIORITIES, SamplingParams
+from .models.labels import model_label
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
 from .prefill import prefill  # noqa: F401  (re-exported for decoders)
@@ -170,7 +171,7 @@ class Runtime:
         info: dict[str, Any] = {"name": res.label, **(stats() if callable(stats) else {})}
         with self._lock:
             loaded = [(key[0], m) for key, m in self._loaded.items() if key[-2] == res.label]
-        info["stores"] = [{"model": path, **m.kv.stats()} for path, m in loaded
+        info["stores"] = [{"model": model_label(path, self.store), **m.kv.stats()} for path, m in loaded
                           if callable(getattr(getattr(m, "kv", None), "stats", None))]
         return info
 

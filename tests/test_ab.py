@@ -9,7 +9,8 @@ import sys
 import attrs
 import pytest
 
-from corert import Implementation, ab, hookimpl
+from corert import Implementation, hookimpl
+from corert.tools import ab
 from corert.plugins.kv_cache.llama_cpp import LlamaCppKV
 from corert.plugins.speculative.plain import PlainDecoder
 from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
@@ -183,6 +184,18 @@ def test_cli_exit_code_json_and_plot(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "corert.cli", "ab", "--a", "tokenizer=llama_cpp", "--b",
                           "tokenizer=nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown tokenizer plugin" in bad.stderr
+
+
+def test_plot_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """matplotlib is the optional extra corert[plots]: without it --plot fails before any run, saying so."""
+    from corert.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` sees when it is absent
+    plot = tmp_path / "ab.png"
+    code = main(["ab", "--a", "tokenizer=llama_cpp", "--b", "tokenizer=bpe", "--workload", "tokenize",
+                 "--plot", str(plot)])
+    assert code == 2 and "pip install 'corert[plots]'" in capsys.readouterr().err
+    assert not plot.exists()
 
 
 class NoisyLlamaEngine:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from corert import RuntimeConfig
-from corert.data import corpus_file
+from corert.tools.corpus import corpus_file
 from corert.engines.native.batching import BatchRunner
 from corert.engines.native.plugin import NativeEngine
 from corert.errors import InputError

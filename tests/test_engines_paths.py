@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from corert import Runtime
-from corert.data import corpus_file
+from corert.tools.corpus import corpus_file
 from corert.prefill import common_prefix_len, prefill
 from corert.engines.native.batching import BatchRunner
 from corert.errors import InputError, PluginError, TaskTimeoutError

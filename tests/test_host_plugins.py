@@ -409,7 +409,7 @@ def test_plugins_shows_paged_kv_config_and_live_stats(smollm2, capsys):
         assert kv["name"] == "paged:q8" and kv["config"]["page_tokens"] == 16 and kv["stores"] == []
         assert rt.generate("The capital of France is", max_tokens=3, temperature=0).usage.completion_tokens
         (st,) = rt.plugins_info()["kv_cache"]["stores"]  # the loaded model's store, live
-        assert st["model"] == smollm2 and st["dtype"] == "q8"
+        assert st["model"] == "smollm2-135m-instruct" and st["dtype"] == "q8"  # a registry name, not a path
         assert st["pages_used"] + st["pages_free"] == st["pages_total"] > 0
         assert st["bytes_per_token"] == 12240  # SmolLM2: 30 layers x 3 KV heads x 2 x (64 + 4) bytes
         text = "\n".join(_kv_cache_lines(rt.plugins_info()["kv_cache"]))
@@ -419,3 +419,35 @@ def test_plugins_shows_paged_kv_config_and_live_stats(smollm2, capsys):
     assert cli_main(["plugins", "--json", "--engine", "native", "--plugin", "kv_cache=paged:f16"]) == 0
     shown = json.loads(capsys.readouterr().out)["kv_cache"]
     assert shown["config"]["dtype"] == "f16" and shown["stores"] == []
+
+
+@exercises("register_bench_cases")
+def test_a_plugin_adds_and_replaces_bench_cases(fake_entry_points, capsys):
+    """`corert bench` runs what plugins register: a new case, and a built-in name replaced by a later plugin."""
+    from corert.tools.cases import BenchCase
+
+    def add_arguments(p):
+        p.add_argument("--times", type=int, default=2)
+
+    _module("corert_test_bench_run", add_arguments=add_arguments,
+            run=lambda args: {"bench": args.bench, "doubled": [args.times * 2]},
+            render=lambda r: f"{r['bench']} doubled {r['doubled'][0]} on {r['machine']['cpu']}")
+
+    @hookimpl
+    def register_bench_cases(register):
+        register(BenchCase("double", "corert_test_bench_run", "a third party's case"))
+        register(BenchCase("kv", "corert_test_bench_run", "replaces the built-in kv case"))
+
+    _module("corert_test_bench_cases", register_bench_cases=register_bench_cases)
+    fake_entry_points.append(importlib.metadata.EntryPoint(
+        name="thirdparty_bench", value="corert_test_bench_cases", group="corert"))
+    assert cli_main(["bench", "double", "--times", "21", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["bench"] == "double" and r["doubled"] == [42] and r["machine"]["cores"] >= 1
+    assert cli_main(["bench", "kv"]) == 0
+    assert capsys.readouterr().out.startswith("kv doubled 4 on ")
+    from corert.tools.cases import bench_cases
+
+    cases = bench_cases()  # the built-ins stay beside the new case, in their order; kv is the plugin's now
+    assert list(cases)[:3] == ["generate", "tokenize", "embed"] and "double" in cases
+    assert cases["generate"].module == "corert.tools.bench.generate" and cases["kv"].module == "corert_test_bench_run"

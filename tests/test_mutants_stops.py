@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from corert.data import corpus_texts
+from corert.tools.corpus import corpus_texts
 from corert.stops import StopMatcher
 
 

@@ -10,7 +10,7 @@ import pytest
 import gguf
 import gguf.quants
 from corert import RuntimeConfig
-from corert.data import corpus_file
+from corert.tools.corpus import corpus_file
 from corert.engines.native.plugin import NativeEngine
 from corert.errors import InputError, ModelError
 from corert.interfaces import ThreadBudget

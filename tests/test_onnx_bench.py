@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from corert.cli import main as cli_main
-from corert.engines.onnx import bench
+from corert.tools.bench import encoders as bench
 from corert.engines.onnx.plugin import make_engine
 from corert.interfaces import ThreadBudget
 from corert.models.store import ModelStore
@@ -39,6 +39,9 @@ def test_bench_embed_json_through_the_cli(capsys):
     for n in ("16", "64"):
         for side in ("raw-stock", "raw-same", "corert"):
             assert r["single"][n][side]["n"] == 4 and r["single"][n][side]["p95_ms"] > 0
+        paired = r["single"][n]["paired"]  # corert/raw-same, call by call, summarized per round of calls
+        assert len(paired["wall_rounds"]) == 3 and all(x > 0 for x in paired["wall_rounds"])
+        assert paired["wall_range"] == [min(paired["wall_rounds"]), max(paired["wall_rounds"])]
     assert r["batch32"]["corert"]["texts_per_s"] > 0
     assert len(r["explore"]) == 9 and r["explore"][0]["skip_ln_fusion"] is False
     text = bench.render(r)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from corert.cli import main
-from corert.data import corpus_file
+from corert.tools.corpus import corpus_file
 from corert.errors import InputError
 
 TEXT = str(corpus_file("license-apache2.txt"))
@@ -25,6 +25,7 @@ def test_native_against_llama_cpp(capsys):
     assert {"ppl", "ref_ppl", "tokens", "kld_mean", "top1_agree"} <= r.keys()
     assert r["tokens"] == 2 * 63  # second half of each 128-token chunk: positions 64..126 predict 65..127
     assert r["plugins"]["engine"] == "native" and r["ref_plugins"]["engine"] == "llama.cpp"
+    assert r["model"] == "smollm2-135m-instruct" and r["file"] == "license-apache2.txt"  # names, not paths
     assert 1.0 < r["ppl"] < 100.0
     assert abs(r["ppl"] / r["ref_ppl"] - 1.0) < 0.03
     assert r["kld_mean"] < 0.01

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corert.data import corpus_dir, corpus_files, corpus_texts
+from corert.tools.corpus import corpus_dir, corpus_files, corpus_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -81,9 +81,10 @@ def test_wheel_ships_the_corpus(tmp_path):
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True,
                    capture_output=True, timeout=600)
-    probe = ("import json, corert, corert.ab, corert.data, corert.plugins.tokenizer.bench as tb; "
-             "print(json.dumps({'module': corert.__file__, 'files': [p.name for p in corert.data.corpus_files()], "
-             "'ab_texts': len(corert.ab._read_inputs('tokenize', None)), 'bench_files': len(tb._corpus(None)[1])}))")
+    probe = ("import json, corert, corert.tools.ab as ab, corert.tools.corpus as corpus, "
+             "corert.tools.bench.tokenizer as tb; "
+             "print(json.dumps({'module': corert.__file__, 'files': [p.name for p in corpus.corpus_files()], "
+             "'ab_texts': len(ab._read_inputs('tokenize', None)), 'bench_files': len(tb._corpus(None)[1])}))")
     run = tmp_path / "elsewhere"
     run.mkdir()
     out = subprocess.run([sys.executable, "-c", probe], cwd=run, env={**_env(), "PYTHONPATH": str(site)},

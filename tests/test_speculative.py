@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from corert import Runtime
-from corert.ab import chi2_critical as ab_chi2_critical
+from corert.tools.ab import chi2_critical as ab_chi2_critical
 from corert.interfaces import SamplingParams
 from corert.plugins.speculative.acceptance import accept_greedy, accept_sampled, sparse_probs
 from corert.plugins.speculative.controller import (RESUMED, SHADOW_SPAN, Chooser, DepthController, ShadowOffer,

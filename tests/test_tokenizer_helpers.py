@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 
-from corert.data import corpus_files, corpus_texts  # noqa: F401 - corpus_texts is imported by the kernel tests
+from corert.tools.corpus import corpus_files, corpus_texts  # noqa: F401 - corpus_texts is imported by the kernel tests
 
 MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m")
 

@@ -9,24 +9,28 @@ import argparse
 import os
 from typing import Any
 
-from ..models.store import ModelStore
-from .labels import model_label
+from corert.models.store import ModelStore
+from corert.models.labels import model_label
 from .sides import SideProcess
-from .stats import median, spread
+from corert.tools.stats import MIN_ROUNDS, format_ratio, median, ratio_summary, ratios, spread
 
 PROMPT = ("Write a detailed, friendly explanation of how a bicycle works, covering the frame, the wheels, "
           "the chain and gears, the brakes, and how a rider keeps balance. Use several paragraphs.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rounds", type=int, default=5, help="rounds per side (default 5)")
+    p.add_argument("--rounds", type=int, default=5, help=f"rounds per side, at least {MIN_ROUNDS} (default 5)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per round (default 128)")
     p.add_argument("--prompt", default=PROMPT)
 
 
 def run(args) -> dict[str, Any]:
-    from ..runtime import RuntimeConfig
+    from corert.runtime import RuntimeConfig
 
+    if args.rounds < MIN_ROUNDS:
+        from corert.errors import InputError
+
+        raise InputError(f"--rounds must be at least {MIN_ROUNDS}: the ratio's spread needs several rounds")
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     model = args.model or cfg.model
     path = str(ModelStore(progress=True).resolve(model))
@@ -58,13 +62,21 @@ def run(args) -> dict[str, Any]:
         sides[name] = {"decode_tok_s": median(dec), "decode_tok_s_range": spread(dec),
                        "prompt_tok_s": median(pro), "prompt_tok_s_range": spread(pro),
                        "peak_rss_mb": rss[name] / 2**20, "memory_ratio": rss[name] / size}
+    per_round = {name: {"decode": [r["decode_tokens"] / r["decode_s"] if r["decode_s"] > 0 else 0.0 for r in rs],
+                        "prompt": [r["prompt_tokens"] / r["prompt_s"] if r["prompt_s"] > 0 else 0.0 for r in rs]}
+                 for name, rs in rounds.items()}
+    # the ratio of each round (both sides ran back to back), then their median and spread
+    decode = ratio_summary(ratios(per_round["corert"]["decode"], per_round["raw"]["decode"]))
+    prompt = ratio_summary(ratios(per_round["corert"]["prompt"], per_round["raw"]["prompt"]))
     same = sum(a["ids"] == b["ids"] for a, b in zip(rounds["raw"], rounds["corert"]))
     return {
         "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20, "engine": engine,
         "plugins": corert.info.get("plugins"), "threads": threads, "rounds": args.rounds,
         "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
-        "decode_ratio": sides["corert"]["decode_tok_s"] / sides["raw"]["decode_tok_s"],
-        "prompt_ratio": sides["corert"]["prompt_tok_s"] / sides["raw"]["prompt_tok_s"],
+        "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
+        "decode_ratio_rounds": decode["rounds"],
+        "prompt_ratio": prompt["median"], "prompt_ratio_range": prompt["range"],
+        "prompt_ratio_rounds": prompt["rounds"],
         "identical_output_rounds": f"{same}/{args.rounds}",
     }
 
@@ -82,6 +94,8 @@ def render(r: dict[str, Any]) -> str:
         label = "llama-cpp" if name == "raw" else "corert"
         lines.append(f"{label:<10}{s['decode_tok_s']:>14.1f}{f'({lo:.1f}-{hi:.1f})':>18}{s['prompt_tok_s']:>14.1f}"
                      f"{s['peak_rss_mb']:>13.0f}{s['memory_ratio']:>11.2f}")
-    lines += ["", f"decode ratio corert/raw: {r['decode_ratio']:.3f}   prompt ratio: {r['prompt_ratio']:.3f}   "
-                  f"identical greedy output: {r['identical_output_rounds']} rounds"]
+    decode, prompt = ({"median": r[f"{k}_ratio"], "range": r[f"{k}_ratio_range"], "rounds": r[f"{k}_ratio_rounds"]}
+                      for k in ("decode", "prompt"))
+    lines += ["", f"decode ratio corert/raw, median of the rounds' ratios: {format_ratio(decode)}",
+              f"prompt ratio: {format_ratio(prompt)}   identical greedy output: {r['identical_output_rounds']} rounds"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Data shipped inside the package: the text corpus of the tokenizer tests and the benchmarks.
+"""The text corpus of the tokenizer tests and the benchmarks, shipped inside the package.
 
 Everything is found through :mod:`importlib.resources`, so an installed wheel, an editable install and a
 clone in a directory of any name read the same files, whatever the working directory.
@@ -16,7 +16,7 @@ def corpus_dir() -> Path:
     """The folder of the packaged corpus (see its SOURCES.md for sources and licences)."""
     # Wheels and editable installs keep package data as plain files, so a real path exists; a zip
     # import would need as_file(), which corert (numba caches, mmap'd models) does not support anyway.
-    return Path(str(resources.files(__name__).joinpath("text-corpus")))
+    return Path(str(resources.files(__package__).joinpath("text-corpus")))
 
 
 def corpus_files(folder: str | Path | None = None) -> list[Path]:

@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ...interfaces import ThreadBudget
-from ...models.store import ModelStore
-from .config import OnnxConfig, new_session, session_options
+from corert.interfaces import ThreadBudget
+from corert.models.store import ModelStore
+from corert.tools.stats import MIN_ROUNDS, ratio_summary
+from corert.engines.onnx.config import OnnxConfig, new_session, session_options
 
 DEFAULT_MODEL = {"embed": "minilm-l6", "classify": "intent-minilm"}
 GOAL_P95_MS = {"embed": 3.0, "classify": 5.0}
@@ -166,13 +167,17 @@ def _paired(times: dict[str, list[tuple[float, float]]], a: str, b: str) -> dict
     under the same outside load, so the ratio cancels the load drift that moves whole medians."""
     wall = [x[0] / y[0] for x, y in zip(times[a], times[b])]
     cpu = [x[1] / y[1] for x, y in zip(times[a], times[b]) if y[1] > 0]
-    return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu))}
+    # the calls cut into MIN_ROUNDS consecutive rounds, a median ratio each: how far the figure moves
+    # within one run (single calls' ratios are too noisy to show a min-max of their own)
+    rounds = ratio_summary([float(np.median(c)) for c in np.array_split(np.asarray(wall), MIN_ROUNDS) if len(c)])
+    return {"wall": float(np.median(wall)), "cpu": float(np.median(cpu)), "wall_range": rounds["range"],
+            "wall_rounds": rounds["rounds"]}
 
 
 def run(args) -> dict[str, Any]:
-    from ...errors import ConfigError
-    from .config import default_budget
-    from .plugin import make_engine
+    from corert.errors import ConfigError
+    from corert.engines.onnx.config import default_budget
+    from corert.engines.onnx.plugin import make_engine
 
     kind = args.bench if args.bench in DEFAULT_MODEL else "embed"
     model = getattr(args, "model", None) or DEFAULT_MODEL[kind]
@@ -197,7 +202,7 @@ def run(args) -> dict[str, Any]:
     }
     runtime_note, rt = None, None
     try:
-        from ...runtime import Runtime, RuntimeConfig
+        from corert.runtime import Runtime, RuntimeConfig
 
         rt = Runtime(RuntimeConfig(n_threads=cores, engine="onnx", plugins=getattr(args, "plugin", None) or {}))
         sides["runtime"] = ((lambda t: rt.embed(t, model=model)) if kind == "embed"
@@ -223,7 +228,7 @@ def run(args) -> dict[str, Any]:
 def _measure(args, kind, model, variant, cores, engine, loaded, sides, tok_path) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from ...bench.labels import model_label
+    from corert.models.labels import model_label
 
     lengths = [int(x) for x in str(args.lengths).split(",") if x.strip()]
     single: dict[str, dict[str, Any]] = {}
@@ -319,6 +324,10 @@ def render(r: dict[str, Any]) -> str:
     lines.append("")
     for k, v in r["ratios"].items():
         lines.append(f"{k:<52}{v:>8.3f}")
+    for n in lengths:
+        p = r["single"][n]["paired"]
+        lines.append(f"corert/raw-same paired wall @{n}, per round ({len(p['wall_rounds'])} rounds): "
+                     f"min {p['wall_range'][0]:.3f}, max {p['wall_range'][1]:.3f}")
     lines.append("")
     for k, ok in r["goals"].items():
         lines.append(f"goal {k}: {'met' if ok else 'NOT met'}")

@@ -7,7 +7,7 @@ from typing import Sequence
 import attrs
 import numpy as np
 
-from .errors import InputError
+from corert.errors import InputError
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from corert.errors import InputError
+from corert.models.labels import model_label
 
 DEFAULT_CHUNK = 512
 #: Rows of logits asked for at a time (bounds memory: 128 x 152k vocabulary x 4 bytes = 78 MB).
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _runtime(args: argparse.Namespace, engine: str | None, plugins: list[str]):
-    from .runtime import Runtime, RuntimeConfig
+    from corert.runtime import Runtime, RuntimeConfig
 
     over: dict[str, Any] = {"plugins": plugins}
     if getattr(args, "model", None):
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ref_rt.close()
     nll_all = np.concatenate(nll)
     result: dict[str, Any] = {
-        "model": str(loaded.path), "file": str(path), "engine": rt.config.engine,
+        # names, not paths: results are committed and compared across machines
+        "model": model_label(loaded.path, rt.store), "file": path.name, "engine": rt.config.engine,
         "plugins": rt.active_plugins(), "ctx": n_ctx, "chunks": n_chunks, "scored": args.score,
         "tokens": int(nll_all.size), "ppl": float(np.exp(nll_all.mean())),
         "ref_engine": args.ref_engine, "ref_ppl": None, "kld_mean": None, "top1_agree": None,

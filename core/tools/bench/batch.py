@@ -8,7 +8,9 @@ every side does the same work) are served at N = 1, 4, 8:
 Aggregate decode tok/s = tokens generated after each request's first / wall time from the moment every
 request has its first token to the last token (corert) or the sum of per-request decode times (llama).
 End-to-end tok/s counts every token over the whole wall time, prompts included.  The corert streams are
-checked to be identical whatever N (each stream's tokens equal what it produces alone).
+checked to be identical whatever N (each stream's tokens equal what it produces alone) and in every round.
+Every N runs --rounds times (3), the side that goes first alternating; a row reports each side's medians
+and the median and min-max of the per-round ratios.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from ..compute import on_compute_thread
-from .labels import model_label
+from corert.compute import on_compute_thread
+from corert.models.labels import model_label
+from corert.tools.stats import MIN_ROUNDS, median, ratio_summary, ratios, spread
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
            "The three primary colors are", "import numpy as np\n\n# compute the mean of a list",
@@ -27,11 +30,14 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", default="1,4,8", help="concurrent request counts (default 1,4,8)")
-    p.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default 32)")
+    # 128: at 32 tokens a run lasted ~7 s and two runs measured 2.56x and 4.00x at 8 streams
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per request (default 128)")
+    p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
+                   help=f"rounds of every stream count, sides interleaved, at least {MIN_ROUNDS} (default {MIN_ROUNDS})")
 
 
 def _native(rt, path: str, n_max: int, n_ctx: int):
-    from ..engines.native.batching import BatchRunner  # noqa: F401  (import check before the load)
+    from corert.engines.native.batching import BatchRunner  # noqa: F401  (import check before the load)
 
     kv = rt.host.create(rt.resolve("kv_cache", "native"), engine="native", model=path, config=rt.config)
     eng = rt.host.create(rt.resolve("engine", "native"), config=rt.config)
@@ -40,8 +46,8 @@ def _native(rt, path: str, n_max: int, n_ctx: int):
 
 
 def _run_native(model, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
-    from ..engines.native.batching import BatchRunner
-    from ..interfaces import SamplingParams
+    from corert.engines.native.batching import BatchRunner
+    from corert.interfaces import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     r = BatchRunner(model, share_prefixes=False)
@@ -80,13 +86,15 @@ def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]
 
 
 def run(args) -> dict[str, Any]:
-    from ..llama_lib import llama_cpp, prepare
-    from ..errors import InputError
-    from ..runtime import Runtime, RuntimeConfig
+    from corert.errors import InputError
+    from corert.llama_lib import llama_cpp, prepare
+    from corert.runtime import Runtime, RuntimeConfig
 
     counts = sorted({int(x) for x in str(args.streams).split(",") if x.strip()})
     if not counts or counts[0] < 1 or counts[-1] > len(PROMPTS):
         raise InputError(f"--streams must be between 1 and {len(PROMPTS)}")
+    if args.rounds < MIN_ROUNDS:
+        raise InputError(f"--rounds must be at least {MIN_ROUNDS}: the ratio's spread needs several rounds")
     plugins = list(args.plugin or [])
     if not any(p.startswith("kv_cache=") for p in plugins):
         plugins.append("kv_cache=paged:q8")
@@ -108,28 +116,24 @@ def run(args) -> dict[str, Any]:
                                 verbose=False)
         _run_native(model, ids[:1], 4)  # warm-up: kernels compiled / loaded, caches hot
         on_compute_thread(_run_llama, llm, ids[:1], 4)
-        rows = []
-        for n in counts:
-            nat = _run_native(model, ids[:n], args.max_tokens)
-            lla = on_compute_thread(_run_llama, llm, ids[:n], args.max_tokens)
-            rows.append({"streams": n, "corert": nat, "llama": lla,
-                         "decode_ratio": nat["decode_tok_s"] / lla["decode_tok_s"],
-                         "e2e_ratio": nat["e2e_tok_s"] / lla["e2e_tok_s"]})
-        by_n = {r["streams"]: r["corert"]["outputs"] for r in rows}
-        identical = all(by_n[n][i] == by_n[counts[0]][i] for n in counts for i in range(min(n, counts[0])))
-        identical = identical and all(by_n[n][i] == by_n[m][i] for n in counts for m in counts
-                                      for i in range(min(n, m)))
-        same_as_llama = sum(a == b for r in rows[-1:] for a, b in zip(r["corert"]["outputs"],
-                                                                        r["llama"]["outputs"]))
+        runs: dict[int, dict[str, list[dict[str, Any]]]] = {n: {"corert": [], "llama": []} for n in counts}
+        for k in range(args.rounds):
+            for n in counts:  # the side that goes first alternates: load drift falls on both alike
+                for side in (("corert", "llama") if k % 2 == 0 else ("llama", "corert")):
+                    runs[n][side].append(_run_native(model, ids[:n], args.max_tokens) if side == "corert" else
+                                         on_compute_thread(_run_llama, llm, ids[:n], args.max_tokens))
+        rows = [_row(n, runs[n]) for n in counts]
+        # every stream's tokens, in every round and whatever the number of streams beside it
+        outs = [(n, o) for n in counts for o in (r["outputs"] for r in runs[n]["corert"])]
+        identical = all(a[i] == b[i] for _, a in outs for _, b in outs for i in range(min(len(a), len(b))))
+        last = runs[counts[-1]]
+        same_as_llama = sum(a == b for a, b in zip(last["corert"][-1]["outputs"], last["llama"][-1]["outputs"]))
         kv_stats = model.kv.stats() if hasattr(model.kv, "stats") else {}
         model.close()
     finally:
         rt.close()
-    for r in rows:
-        for side in ("corert", "llama"):
-            r[side].pop("outputs")
     best = rows[-1]
-    return {"model": model_label(path), "threads": threads, "max_tokens": args.max_tokens,
+    return {"model": model_label(path), "threads": threads, "max_tokens": args.max_tokens, "rounds": args.rounds,
             "kv_cache": rt.resolve("kv_cache", "native").label, "rows": rows,
             "streams_identical_whatever_n": identical,
             "same_tokens_as_llama_at_max_n": f"{same_as_llama}/{best['streams']}",
@@ -137,16 +141,34 @@ def run(args) -> dict[str, Any]:
             "goal_4x_at_8": best["streams"] == 8 and best["decode_ratio"] >= 4.0}
 
 
+def _row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One stream count over its rounds: each side's median figures and the per-round ratios' summary."""
+    row: dict[str, Any] = {"streams": n}
+    for side, rs in runs.items():
+        row[side] = {k: median([r[k] for r in rs]) for k in ("decode_tok_s", "e2e_tok_s", "seconds")}
+        row[side]["decode_tok_s_range"] = spread([r["decode_tok_s"] for r in rs])
+        if side == "corert":
+            row[side]["steps"] = rs[-1]["steps"]
+    for k in ("decode", "e2e"):
+        summary = ratio_summary(ratios([r[f"{k}_tok_s"] for r in runs["corert"]],
+                                       [r[f"{k}_tok_s"] for r in runs["llama"]]))
+        row.update({f"{k}_ratio": summary["median"], f"{k}_ratio_range": summary["range"],
+                    f"{k}_ratio_rounds": summary["rounds"]})
+    return row
+
+
 def render(r: dict[str, Any]) -> str:
     lines = [f"continuous batching: {r['model']} ({r['max_tokens']} tokens per request, {r['threads']} threads, "
-             f"native kv_cache={r['kv_cache']}); machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
-             f"  {'streams':>7} {'corert decode':>14} {'llama decode':>13} {'ratio':>7} {'corert e2e':>11} "
-             f"{'llama e2e':>10} {'ratio':>7}   (tok/s, aggregate)"]
+             f"native kv_cache={r['kv_cache']}, {r['rounds']} rounds, sides interleaved); "
+             f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
+             f"  {'streams':>7} {'corert decode':>14} {'llama decode':>13} {'ratio (min-max)':>20} "
+             f"{'corert e2e':>11} {'llama e2e':>10} {'ratio (min-max)':>20}   (tok/s aggregate, medians)"]
     for row in r["rows"]:
         c, ll = row["corert"], row["llama"]
+        cells = {k: f"{row[f'{k}_ratio']:.2f}x ({row[f'{k}_ratio_range'][0]:.2f}-{row[f'{k}_ratio_range'][1]:.2f})"
+                 for k in ("decode", "e2e")}
         lines.append(f"  {row['streams']:>7} {c['decode_tok_s']:>14.1f} {ll['decode_tok_s']:>13.1f} "
-                     f"{row['decode_ratio']:>6.2f}x {c['e2e_tok_s']:>11.1f} {ll['e2e_tok_s']:>10.1f} "
-                     f"{row['e2e_ratio']:>6.2f}x")
+                     f"{cells['decode']:>20} {c['e2e_tok_s']:>11.1f} {ll['e2e_tok_s']:>10.1f} {cells['e2e']:>20}")
     lines.append(f"  each corert stream identical whatever the number of streams: {r['streams_identical_whatever_n']}; "
                  f"greedy tokens equal to llama.cpp's: {r['same_tokens_as_llama_at_max_n']}")
     lines.append(f"  goal >= 4x llama-cpp-python at 8 streams: {'met' if r['goal_4x_at_8'] else 'NOT met'}"

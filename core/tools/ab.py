@@ -1,4 +1,4 @@
-"""``corert ab`` / ``corert.ab.compare``: two plugin sets on one workload, interleaved, with quality gates.
+"""``corert ab`` / ``corert.tools.ab.compare``: two plugin sets on one workload, interleaved, with quality gates.
 
 A host app promotes an optimization only after seeing, on its own workload, that it is faster and changes
 results by no more than a stated bound.  A and B run in one process, alternating A B A B …, so drift in
@@ -25,12 +25,12 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
-from .bench.labels import model_label
-from .bench.stats import median, percentile
-from .data import corpus_texts
-from .errors import ConfigError, InputError
-from .plugin_host import parse_selections
-from .registry import AREAS
+from corert.models.labels import model_label
+from corert.tools.stats import median, percentile
+from corert.tools.corpus import corpus_texts
+from corert.errors import ConfigError, InputError
+from corert.plugin_host import parse_selections
+from corert.registry import AREAS
 
 WORKLOADS = ("generate", "tokenize", "embed", "classify", "perplexity")
 
@@ -308,12 +308,14 @@ def compare(a: str | Side, b: str | Side, *, workload: str = "generate", model: 
             runs: int = 5, max_tokens: int = 64, bounds: Bounds = Bounds(), plot: str | None = None,
             extra_plugins: Sequence[tuple[str, object]] = (), base_plugins: Sequence[str] = (),
             progress: Callable[[str], None] | None = None) -> ABResult:
-    from .runtime import Runtime, RuntimeConfig
+    from corert.runtime import Runtime, RuntimeConfig
 
     if workload not in WORKLOADS:
         raise ConfigError(f"unknown workload {workload!r}; use one of {', '.join(WORKLOADS)}")
     if not isinstance(runs, int) or runs < 1:
         raise InputError(f"runs must be a positive integer, got {runs!r}")
+    if plot:
+        _require_matplotlib()  # before the runs, not after minutes of them
     base = RuntimeConfig.from_env()
     default_engine = engine or base.engine
     sides = [x if isinstance(x, Side) else Side.parse(lbl, x, default_engine) for lbl, x in (("A", a), ("B", b))]
@@ -379,8 +381,16 @@ def _label(rt, area: str, engine: str) -> str | None:
         return None
 
 
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ConfigError("a plot needs matplotlib, an optional extra: pip install 'corert[plots]'") from None
+
+
 def draw(result: ABResult, path: str) -> None:
     """One panel per metric: A and B per round (dots) and medians (bars)."""
+    _require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")

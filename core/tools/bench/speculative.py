@@ -6,7 +6,8 @@ Sides (each a generator of token ids after a common chat-formatted prompt):
   llama.cpp prompt lookup    Llama(target, draft_model=LlamaPromptLookupDecoding(...))
   llama.cpp draft model      Llama(target, draft_model=<the 0.5B model through LlamaDraftModel>)
   corert plain / lookup / draft / adaptive   Runtime(plugins={"speculative": ...})
-For each prompt every side runs once, in that order, so drift in machine speed hits all sides alike.
+For each prompt every side runs once, in that order, so drift in machine speed hits all sides alike; each
+ratio is reported over all tokens and, per prompt (the rounds), as a median and min-max.
 Decode tok/s counts tokens after the first over the time after the first (prompt evaluation excluded).
 """
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from corert.bench.stats import median
+from corert.tools.stats import median, ratio_summary, ratios
 from corert.compute import on_compute_thread
 from corert.chat import render as render_chat
 
-from .bench_prompts import GROUNDED, OPEN_ENDED
+from corert.tools.prompts import GROUNDED, OPEN_ENDED
 
 TARGET = "qwen2.5-coder-1.5b-instruct"
 DRAFT = "qwen2.5-coder-0.5b-instruct"
@@ -151,7 +152,7 @@ def run(args) -> dict[str, Any]:
 
 
 def _summarize(results, target, draft, threads, args) -> dict[str, Any]:
-    from corert.bench.labels import model_label
+    from corert.models.labels import model_label
 
     out: dict[str, Any] = {"bench": "speculative", "target": model_label(target), "draft": model_label(draft),
                            "threads": threads,
@@ -185,7 +186,19 @@ def _summarize(results, target, draft, threads, args) -> dict[str, Any]:
             entry["vs_llama_plain"] = entry["decode_tok_s"] / base[set_name] if base.get(set_name) else None
             cp = out["sides"].get("corert plain", {}).get(set_name)
             entry["vs_corert_plain"] = entry["decode_tok_s"] / cp["decode_tok_s"] if cp else None
+            # per prompt (every side ran it back to back): the ratios' median and spread
+            for key, ref in (("vs_llama_plain", "llama.cpp plain"), ("vs_corert_plain", "corert plain")):
+                if ref in results:
+                    summary = ratio_summary(ratios(_per_prompt(results[name][set_name]),
+                                                   _per_prompt(results[ref][set_name])))
+                    entry.update({f"{key}_median": summary["median"], f"{key}_range": summary["range"],
+                                  f"{key}_rounds": summary["rounds"]})
     return out
+
+
+def _per_prompt(rs: list[dict[str, Any]]) -> list[float]:
+    """Decode tok/s of each prompt (0 where a side failed or produced one token)."""
+    return [(len(r["ids"]) - 1) / r["decode_s"] if r["decode_s"] > 0 else 0.0 for r in rs]
 
 
 def render(r: dict[str, Any]) -> str:
@@ -195,8 +208,8 @@ def render(r: dict[str, Any]) -> str:
              f"machine: {m['cpu']} ({m['cores']} cores)", ""]
     for set_name in ("grounded", "open-ended"):
         lines.append(f"[{set_name}]")
-        lines.append(f"  {'side':<26}{'decode tok/s':>13}{'x llama plain':>15}{'x corert plain':>16}"
-                     f"{'accept':>8}{'identical':>11}")
+        lines.append(f"  {'side':<26}{'decode tok/s':>13}{'x llama plain':>15}{'per prompt (min-max)':>23}"
+                     f"{'x corert plain':>16}{'accept':>8}{'identical':>11}")
         for name, side in r["sides"].items():
             e = side.get(set_name)
             if not e:
@@ -204,7 +217,9 @@ def render(r: dict[str, Any]) -> str:
             acc = f"{e['acceptance_rate']:.2f}" if "acceptance_rate" in e else "-"
             vl = f"{e['vs_llama_plain']:.2f}" if e["vs_llama_plain"] else "-"
             vc = f"{e['vs_corert_plain']:.2f}" if e["vs_corert_plain"] else "-"
-            lines.append(f"  {name:<26}{e['decode_tok_s']:>13.1f}{vl:>15}{vc:>16}{acc:>8}"
+            pp = (f"{e['vs_llama_plain_median']:.2f} ({e['vs_llama_plain_range'][0]:.2f}-"
+                  f"{e['vs_llama_plain_range'][1]:.2f})" if e.get("vs_llama_plain_rounds") else "-")
+            lines.append(f"  {name:<26}{e['decode_tok_s']:>13.1f}{vl:>15}{pp:>23}{vc:>16}{acc:>8}"
                          f"{e['identical_to_llama_plain']:>11}"
                          + (f"  ({e['errors']} failed: {e['first_error'][:60]})" if e.get("errors") else ""))
         lines.append("")

@@ -3,7 +3,7 @@ open-ended (it does not).  The grounded inputs are real code from the packaged c
 json/decoder.py) and fixed snippets."""
 from __future__ import annotations
 
-from corert.data import corpus_file
+from corert.tools.corpus import corpus_file
 
 _BUGGY = '''def moving_average(values, window):
     """Return the moving averages of values over the given window."""

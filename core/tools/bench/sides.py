@@ -19,7 +19,7 @@ class SideProcess:
 
     def __init__(self, name: str, init: dict[str, Any]):
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-m", "corert.bench.sides"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "corert.tools.bench.sides"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self.call({"cmd": "init", **init})
 
@@ -32,7 +32,7 @@ class SideProcess:
             raise RuntimeError(f"bench side {self.name!r} died (exit code {self.proc.wait()})")
         reply = json.loads(line)
         if "error" in reply:
-            from ..errors import CorertError
+            from corert.errors import CorertError
 
             raise CorertError(f"bench side {self.name!r}: {reply['error']}")
         return reply
