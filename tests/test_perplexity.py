@@ -40,7 +40,7 @@ def test_same_engine_on_both_sides_agrees_exactly(capsys):
 
 
 def test_bad_input(capsys, tmp_path):
-    from corert import perplexity
+    from corert.tools import perplexity
 
     empty = tmp_path / "short.txt"
     empty.write_text("too short")
