@@ -46,7 +46,7 @@ def test_corpus_is_real_text_with_sources_and_licences():
 
 
 def test_bench_tokenize_from_any_directory(tmp_path):
-    r = _corert(tmp_path, "bench", "tokenize", "--model", MODEL, "--repeat", "1", "--no-linear", "--threads", "1")
+    r = _corert(tmp_path, "bench", "tokenize", "--model", MODEL, "--repeat", "3", "--no-linear", "--threads", "1")
     assert r["corpus"] == "corert text-corpus"
     assert r["corpus_files"] == len(corpus_files()) and r["corpus_bytes"] > 150_000
     assert r["model"] == MODEL  # the registry name, not the path of this machine's model cache
