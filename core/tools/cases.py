@@ -45,7 +45,9 @@ def bench_cases(host: PluginHost | None = None) -> dict[str, BenchCase]:
 
     A plugin whose hook fails is warned about and skipped, like a plugin that fails to import."""
     host = host or PluginHost.build()
-    cases: dict[str, BenchCase] = {}
+    # seeded with the built-ins, which the hook registers again: an install whose entry points predate
+    # this module (an editable install not yet reinstalled) still runs them
+    cases: dict[str, BenchCase] = {case.name: case for case in _BUILTIN}
     # pluggy lists implementations in registration order (and calls them in reverse): walk them in order
     # so that a later plugin's case of the same name wins
     for impl in host.pm.hook.register_bench_cases.get_hookimpls():
