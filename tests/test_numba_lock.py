@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from corert import RuntimeConfig, numba_setup
-from corert.engines.native import batching, plugin
+from corert.engines.native import batching, engine as engine_module, session as session_module
 from corert.engines.native.plugin import NativeEngine, NativeSession
 from corert.interfaces import ThreadBudget
 from corert.plugins.kv_cache.contiguous import ContiguousKV
@@ -94,8 +94,8 @@ class _Pair:
 
 def test_every_parallel_caller_uses_the_one_lock():
     assert bpe.PARALLEL_LOCK is numba_setup.PARALLEL_LOCK
-    assert plugin.PARALLEL_LOCK is numba_setup.PARALLEL_LOCK
-    assert batching.PARALLEL_LOCK is numba_setup.PARALLEL_LOCK
+    for module in (engine_module, session_module, batching):
+        assert module.PARALLEL_LOCK is numba_setup.PARALLEL_LOCK, module.__name__
 
 
 class _With:
