@@ -7,13 +7,13 @@
 from .errors import (CancelledError, ConfigError, CorertError, InputError, ModelError, PluginError,
                      QueueFullError, TaskTimeoutError)
 from .plugin_host import Selection, hookimpl
-from .registry import AREAS, Implementation
+from .implementation import AREAS, Implementation, Mode
 from .cpu import Variant
 
 __version__ = "0.1.0"
 
 __all__ = ["AREAS", "CancelledError", "ConfigError", "CorertError", "Implementation", "InputError",
-           "ModelError", "PluginError", "QueueFullError", "Runtime", "RuntimeConfig", "Selection",
+           "ModelError", "Mode", "PluginError", "QueueFullError", "Runtime", "RuntimeConfig", "Selection",
            "TaskTimeoutError", "Variant", "hookimpl"]
 
 

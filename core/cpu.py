@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 import platform
-from typing import Iterable, Iterator
+from typing import ClassVar, Iterable, Iterator
 
 import attrs
 
@@ -127,8 +127,10 @@ def override(features: Iterable[str]) -> Iterator[CpuInfo]:
 
 @attrs.frozen
 class Variant:
-    """One kernel shape of an implementation and the CPU features it needs."""
+    """A CPU variant: one kernel shape of an implementation and the CPU features it needs.  (A plugin's
+    behaviour options are :class:`corert.implementation.Mode`\ s, chosen the same way minus the CPU check.)"""
 
+    kind: ClassVar[str] = "variant"
     name: str
     requires: frozenset[str] = attrs.field(factory=frozenset, converter=frozenset)
     #: Higher wins when several variants are supported and none was asked for.
@@ -149,6 +151,7 @@ def choose_variant(variants: Iterable[Variant], wanted: str | None, owner: str,
     variants = list(variants)
     if not variants:
         raise PluginError(f"{owner} declares no variants")
+    modes = variants[0].kind == "mode"
     if wanted:
         for v in variants:
             if v.name == wanted:
@@ -159,13 +162,16 @@ def choose_variant(variants: Iterable[Variant], wanted: str | None, owner: str,
                         f"({cpu.machine}) lacks; choose one of "
                         f"{', '.join(x.name for x in variants if x.supported(cpu))}")
                 return v, "chosen explicitly"
-        raise PluginError(f"unknown variant {owner}:{wanted}; known: {', '.join(v.name for v in variants)}")
+        raise PluginError(f"unknown variant {owner}:{wanted}; known {'modes' if modes else 'CPU variants'}: "
+                          f"{', '.join(v.name for v in variants)}")
     ok = [v for v in variants if v.supported(cpu)]
     if not ok:
         raise PluginError(f"no variant of {owner} runs on this CPU ({cpu.machine})")
-    best = max(ok, key=lambda v: v.priority)
+    best = max(ok, key=lambda v: v.priority)  # ties: the first declared
+    if modes:
+        return best, "mode of highest priority"
     need = ",".join(sorted(best.requires)) or "nothing"
-    return best, f"best supported on this CPU (needs {need})"
+    return best, f"variant best supported on this CPU (needs {need})"
 
 
 def simd_variants(scalar_desc: str = "plain reference loop") -> tuple[Variant, ...]:

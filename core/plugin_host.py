@@ -19,7 +19,7 @@ import pluggy
 from . import hookspecs
 from .cpu import CpuInfo, Variant, choose_variant, info
 from .errors import ConfigError, PluginError
-from .registry import AREAS, ENGINE_AREA, Implementation
+from .implementation import AREAS, ENGINE_AREA, Implementation
 
 ENTRY_POINT_GROUP = "corert"
 OWN_DISTRIBUTION = "corert"
@@ -221,14 +221,15 @@ class PluginHost:
                                   f"(it supports {', '.join(reg.impl.engines or ())})")
             variant, reason = choose_variant(reg.impl.variants, selection.variant,
                                              f"{area}={selection.name}", cpu)
-            return Resolved(reg.impl, variant, reason if selection.variant else "selected; variant " + reason,
+            return Resolved(reg.impl, variant, reason if selection.variant else f"selected; {reason}",
                             reg.plugin)
         candidates = [r for r in known.values() if engine is None or r.impl.supports_engine(engine)]
         if not candidates:
             raise PluginError(f"no {area} plugin is available" + (f" for engine {engine!r}" if engine else ""))
-        best = max(candidates, key=lambda r: r.impl.priority)
+        # highest priority; ties go to the first name, never to whichever plugin happened to register first
+        best = min(candidates, key=lambda r: (-r.impl.priority, r.impl.name))
         variant, reason = choose_variant(best.impl.variants, None, f"{area}={best.impl.name}", cpu)
-        return Resolved(best.impl, variant, f"default; variant {reason}", best.plugin)
+        return Resolved(best.impl, variant, f"default; {reason}", best.plugin)
 
     def create(self, resolved: Resolved, **context: Any) -> Any:
         return resolved.impl.factory(resolved.variant.name, **context)
@@ -257,7 +258,7 @@ def describe(host: PluginHost, selections: dict[str, Selection], engine: str,
             impls.append({
                 "name": name, "plugin": reg.plugin, "description": reg.impl.description,
                 "engines": list(reg.impl.engines) if reg.impl.engines else "any",
-                "priority": reg.impl.priority,
+                "priority": reg.impl.priority, "option_kind": reg.impl.option_kind,
                 "variants": [{"name": v.name, "requires": sorted(v.requires),
                               "supported": v.supported(cpu), "description": v.description}
                              for v in reg.impl.variants],

@@ -22,12 +22,12 @@ from .cancel import CancelToken, current_token, set_current
 from .chat import render as render_chat, validate_messages
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
 from .errors import ConfigError, InputError, ModelError
+from .implementation import AREAS, ENGINE_AREA, engine_name
 from .interfaces import PRIORITIES, SamplingParams
 from .models.labels import model_label
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
 from .prefill import prefill  # noqa: F401  (re-exported for decoders)
-from .registry import AREAS, ENGINE_AREA, engine_name
 from .stops import StopMatcher
 
 GENERATION_ENGINES = ("llama.cpp", "native")

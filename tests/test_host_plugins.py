@@ -451,3 +451,58 @@ def test_a_plugin_adds_and_replaces_bench_cases(fake_entry_points, capsys):
     cases = bench_cases()  # the built-ins stay beside the new case, in their order; kv is the plugin's now
     assert list(cases)[:3] == ["generate", "tokenize", "embed"] and "double" in cases
     assert cases["generate"].module == "corert.tools.bench.generate" and cases["kv"].module == "corert_test_bench_run"
+
+
+# -- default per area, CPU variants and modes ---------------------------------------------------------------
+def _kv_plugin(name: str, priority: int = 0):
+    class KVPlugin:
+        @hookimpl
+        def register_kv_caches(self, register):
+            register(Implementation(area="kv_cache", name=name, engines=("native",), priority=priority,
+                                    factory=lambda variant, **ctx: None, variants=(corert.Mode("f32"),)))
+    return KVPlugin()
+
+
+@exercises("register_kv_caches")
+def test_default_per_area_does_not_depend_on_registration_order():
+    """The built-in kv caches registered in both orders (their entry points denied, the same modules
+    registered again as extras): the native default stays contiguous, which declares it by priority.  Two
+    plugins of equal priority: the first name wins, whichever registered first."""
+    from corert.plugins.kv_cache import contiguous
+    from corert.plugins.kv_cache.paged import plugin as paged
+
+    builtins = [("again_contiguous", contiguous), ("again_paged", paged)]
+    deny = ["kv_cache_contiguous", "kv_cache_paged"]
+    for extra in (builtins, builtins[::-1]):
+        host = plugin_host.PluginHost.build(deny=deny, extra=extra)
+        assert host.resolve("kv_cache", engine="native").label == "contiguous:f32"
+    tied = [("zeta_kv", _kv_plugin("zeta", priority=5)), ("alpha_kv", _kv_plugin("alpha", priority=5))]
+    for extra in (tied, tied[::-1]):
+        chosen = plugin_host.PluginHost.build(extra=extra).resolve("kv_cache", engine="native")
+        assert chosen.impl.name == "alpha" and chosen.reason.startswith("default; mode")
+    # a higher priority still beats the name
+    chosen = plugin_host.PluginHost.build(extra=[("zeta_kv", _kv_plugin("zeta", priority=6)), tied[1]])
+    assert chosen.resolve("kv_cache", engine="native").impl.name == "zeta"
+
+
+def test_cpu_variants_and_modes_are_told_apart():
+    """A selection's option is a CPU variant (tokenizer=bpe:scalar) or a mode (kv_cache=paged:q8); both keep
+    the NAME[:VARIANT] syntax, and errors and `corert plugins` say which kind an implementation takes."""
+    host = plugin_host.PluginHost.build()
+    bpe = host.resolve("tokenizer", "bpe", engine="native")
+    paged = host.resolve("kv_cache", "paged", engine="native")
+    assert (bpe.impl.option_kind, paged.impl.option_kind) == ("CPU variant", "mode")
+    assert bpe.reason.startswith("selected; variant best supported on this CPU")
+    assert paged.reason == "selected; mode of highest priority" and paged.label == "paged:q8"
+    assert isinstance(paged.variant, corert.Mode) and not isinstance(bpe.variant, corert.Mode)
+    with pytest.raises(PluginError, match="unknown variant kv_cache=paged:avx2; known modes: q8, f16, f32"):
+        host.resolve("kv_cache", "paged:avx2", engine="native")
+    with pytest.raises(PluginError, match="unknown variant tokenizer=bpe:q8; known CPU variants: avx2, neon, scalar"):
+        host.resolve("tokenizer", "bpe:q8", engine="native")
+    info = plugin_host.describe(host, {}, "native")
+    kinds = {i["name"]: i["option_kind"] for a in ("tokenizer", "scheduler") for i in info["areas"][a]["implementations"]}
+    assert kinds["bpe"] == "CPU variant" and kinds["work_stealing"] == "mode"
+    with pytest.raises(ValueError, match="mixes CPU variants and modes"):
+        Implementation(area="tokenizer", name="x", factory=print, variants=(Variant("avx2"), corert.Mode("fast")))
+    with pytest.raises(ValueError, match="declare it as a CPU Variant"):
+        corert.Mode("wide", requires={"avx2"})

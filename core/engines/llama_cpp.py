@@ -15,7 +15,7 @@ from ..errors import InputError, ModelError
 from ..interfaces import ThreadBudget, Tokenizer
 from ..models.gguf_header import read_header
 from ..plugin_host import hookimpl
-from ..registry import Implementation
+from ..implementation import Implementation
 
 
 class LlamaCppSession:

@@ -29,8 +29,8 @@ from corert.models.labels import model_label
 from corert.tools.stats import median, percentile
 from corert.tools.corpus import corpus_texts
 from corert.errors import ConfigError, InputError
+from corert.implementation import AREAS
 from corert.plugin_host import parse_selections
-from corert.registry import AREAS
 
 WORKLOADS = ("generate", "tokenize", "embed", "classify", "perplexity")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from corert import Implementation, hookimpl
-from corert.cpu import Variant
+from corert import Implementation, Mode, hookimpl
 from corert.errors import InputError, PluginError
 
 
@@ -101,5 +100,6 @@ def _factory(variant: str, engine: str = "native", **ctx) -> ContiguousKV:
 def register_kv_caches(register):
     register(Implementation(
         area="kv_cache", name="contiguous", engines=("native",), factory=_factory,
-        variants=(Variant("f32", description="preallocated f32 arrays"),),
+        variants=(Mode("f32", description="preallocated f32 arrays"),),
+        priority=1,  # the exact reference is the native default; kv_cache=paged is chosen by name
         description="reference KV cache of the native engine: contiguous f32 per layer and sequence"))

@@ -1,13 +1,13 @@
 """Reference KV cache for the llama.cpp engine: llama.cpp keeps K/V itself; this plugin picks its type.
 
-Variants are cache types: ``f16`` (llama.cpp's default), ``q8_0`` (K and V in 8-bit blocks; a quantized V
+Modes are cache types: ``f16`` (llama.cpp's default), ``q8_0`` (K and V in 8-bit blocks; a quantized V
 cache needs flash attention, so it is switched on) and ``f32``.
 """
 from __future__ import annotations
 
 import attrs
 
-from corert import Implementation, Variant, hookimpl
+from corert import Implementation, Mode, hookimpl
 
 _TYPES = {"f16": 1, "q8_0": 8, "f32": 0}  # ggml type ids (GGML_TYPE_F16 / Q8_0 / F32)
 
@@ -29,8 +29,8 @@ class LlamaCppKV:
 def register_kv_caches(register):
     register(Implementation(
         area="kv_cache", name="llama_cpp", engines=("llama.cpp",),
-        variants=(Variant("f16", priority=10, description="llama.cpp default"),
-                  Variant("q8_0", priority=5, description="8-bit K/V blocks, flash attention on"),
-                  Variant("f32", priority=0, description="full precision")),
+        variants=(Mode("f16", priority=10, description="llama.cpp default"),
+                  Mode("q8_0", priority=5, description="8-bit K/V blocks, flash attention on"),
+                  Mode("f32", priority=0, description="full precision")),
         factory=lambda variant, **ctx: LlamaCppKV(variant),
         description="llama.cpp's own KV cache; the variant is its cache type"))

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import attrs
 
-from corert import Implementation, Variant, hookimpl
+from corert import Implementation, Mode, hookimpl
 from corert.config import SchedulerConfig
 from corert.errors import CancelledError, ConfigError, PluginError, QueueFullError, TaskTimeoutError
 from corert.interfaces import PRIORITIES, ThreadBudget
@@ -442,12 +442,13 @@ class WorkStealingScheduler:
                         task.priority)
 
 
-VARIANTS = (
-    Variant("inference", priority=5,
-            description="low latency: a 1-core lane reserved for interactive work, the rest for generation"),
-    Variant("balanced", priority=10,
-            description="lanes of ~4 cores (at least 2); batch work never takes the last free lane"),
-    Variant("batch", priority=0, description="throughput: one single-threaded lane per core"),
+#: the presets (see plan.py): scheduler=work_stealing:inference
+MODES = (
+    Mode("inference", priority=5,
+         description="low latency: a 1-core lane reserved for interactive work, the rest for generation"),
+    Mode("balanced", priority=10,
+         description="lanes of ~4 cores (at least 2); batch work never takes the last free lane"),
+    Mode("batch", priority=0, description="throughput: one single-threaded lane per core"),
 )
 
 
@@ -457,5 +458,5 @@ def create(variant: str, config: Any = None) -> WorkStealingScheduler:
 
 @hookimpl
 def register_schedulers(register):
-    register(Implementation(area="scheduler", name="work_stealing", factory=create, variants=VARIANTS,
+    register(Implementation(area="scheduler", name="work_stealing", factory=create, variants=MODES,
                             priority=10, description="work-stealing priority pool that owns the core budget"))

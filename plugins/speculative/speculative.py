@@ -1,6 +1,6 @@
 """The speculative decoding plugin: ``speculative=speculative:VARIANT``.
 
-Variants: ``adaptive`` (default: prompt lookup with the depth chosen every step, 0 = off), ``lookup``
+Modes: ``adaptive`` (default: prompt lookup with the depth chosen every step, 0 = off), ``lookup``
 (prompt lookup, fixed depth) and ``draft`` (draft model, fixed depth).  ``adaptive`` leaves the draft model
 out: measured here on 2 cores, a 0.5B draft costs ~0.6 of a 1.5B target step and must first prefill the
 whole prompt itself, so it lost in every run (`corert bench speculative`); the controller can still weigh
@@ -11,7 +11,7 @@ from measured timings, so its sampled tokens are not reproducible from a seed (g
 """
 from __future__ import annotations
 
-from corert import Implementation, Variant, hookimpl
+from corert import Implementation, Mode, hookimpl
 from corert.errors import PluginError
 
 from .decoder import SpeculativeDecoder
@@ -63,7 +63,7 @@ def make(variant: str, config=None, runtime=None, model=None, **_):
 def register_decoders(register):
     register(Implementation(
         area="speculative", name="speculative", factory=make, priority=-1,
-        variants=(Variant("adaptive", priority=10, description="lookup + draft model, depth chosen per step"),
-                  Variant("lookup", priority=5, description="prompt lookup, fixed depth"),
-                  Variant("draft", priority=0, description="draft model, fixed depth")),
+        variants=(Mode("adaptive", priority=10, description="lookup + draft model, depth chosen per step"),
+                  Mode("lookup", priority=5, description="prompt lookup, fixed depth"),
+                  Mode("draft", priority=0, description="draft model, fixed depth")),
         description="lossless speculative decoding: draft, verify in one batched forward, roll back"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from corert import hookimpl
 from corert.cpu import simd_variants
 from corert.errors import InputError
-from corert.registry import Implementation
+from corert.implementation import Implementation
 
 
 def make_tokenizer(variant: str, model_path: str | None = None, config=None, **_context):

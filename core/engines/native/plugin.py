@@ -6,8 +6,8 @@ session.py (NativeSession); they are re-exported here for existing imports.
 from __future__ import annotations
 
 from ...cpu import Variant, simd_variants
+from ...implementation import Implementation
 from ...plugin_host import hookimpl
-from ...registry import Implementation
 from .engine import NativeEngine
 from .loaded import DEFAULT_SEQS, NativeModel
 from .session import NativeSession

@@ -1,9 +1,8 @@
 """Registers the onnx engine (embeddings and classification on onnxruntime)."""
 from __future__ import annotations
 
-from ...cpu import Variant
+from ...implementation import Implementation, Mode
 from ...plugin_host import hookimpl
-from ...registry import Implementation
 
 
 def make_engine(variant: str = "q8", config=None, **_context):
@@ -18,10 +17,10 @@ def register_engines(register):
     register(Implementation(
         area="engine", name="onnx", factory=make_engine,
         variants=(
-            Variant("q8", priority=10,
+            Mode("q8", priority=10,
                     description="graph prepared once: int8 weights per channel, int8 activations, "
                                 "integer matmuls (VNNI), pooling inside the graph"),
-            Variant("stock", priority=0,
+            Mode("stock", priority=0,
                     description="the model file as shipped (MiniLM: int8 weights dequantized to fp32 at "
                                 "load, fp32 matmuls), pooling in numpy"),
         ),

@@ -1,4 +1,4 @@
-"""Registers ``kv_cache=paged`` (variants q8 / f16 / f32: the page dtype) for the native engine.
+"""Registers ``kv_cache=paged`` (modes q8 / f16 / f32: the page dtype) for the native engine.
 
     provider = factory("q8", engine="native", model=path, config=cfg)
     store = provider.allocate(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)   # a PagedKVStore
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from corert import Implementation, hookimpl
-from corert.cpu import Variant
+from corert import Implementation, Mode, hookimpl
 from corert.errors import PluginError
 
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
@@ -49,8 +48,8 @@ def _factory(variant: str, engine: str = "native", config: Any = None, **ctx: An
 def register_kv_caches(register):
     register(Implementation(
         area="kv_cache", name="paged", engines=("native",), factory=_factory,
-        variants=(Variant("q8", priority=10, description="int8 pages + f16 scale per 32 values (0.27x f32)"),
-                  Variant("f16", priority=5, description="f16 pages (0.5x f32)"),
-                  Variant("f32", priority=0, description="f32 pages (exact)")),
+        variants=(Mode("q8", priority=10, description="int8 pages + f16 scale per 32 values (0.27x f32)"),
+                  Mode("f16", priority=5, description="f16 pages (0.5x f32)"),
+                  Mode("f32", priority=0, description="f32 pages (exact)")),
         description="16-token pages in one pool under a byte budget: prefix sharing, copy-on-write, "
                     "LRU eviction, compaction; attention dequantizes pages in the kernel"))
