@@ -16,7 +16,7 @@ Each sub-config key has the environment variable ``CORERT_<TABLE>_<KEY>`` (``COR
 ``CORERT_KV_PAGE_TOKENS``, ``CORERT_KV_KERNEL``, ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``,
 ``CORERT_NATIVE_PREFILL_ROWS``) and the argument form ``Runtime(kv={"budget": "256M"})`` (the CLI:
 ``--set kv.budget=256M``).  A sub-config given as a mapping changes only the keys it names.  Unknown keys,
-wrong types and out-of-range values are :class:`~corert.errors.ConfigError`\\ s naming the key.
+wrong types and out-of-range values are :class:`~corert.errors.ConfigError` naming the key.
 """
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ class KVConfig(_Table):
 
 @attrs.frozen
 class SchedulerConfig(_Table):
-    """``[corert.scheduler]``: the scheduler plugin's settings (``n_threads`` and ``queue_size`` stay top-level)."""
+    """``[corert.scheduler]``: the scheduler plugin's settings (``n_threads``, ``queue_size``: top-level)."""
 
     TABLE = "scheduler"
     #: pin worker lanes to their cores where the OS allows (work_stealing)
@@ -270,7 +270,8 @@ class RuntimeConfig:
         known = {a.name for a in attrs.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(known))}")
         return cls().evolve(**{**data, **overrides})
 
     @classmethod

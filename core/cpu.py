@@ -128,7 +128,7 @@ def override(features: Iterable[str]) -> Iterator[CpuInfo]:
 @attrs.frozen
 class Variant:
     """A CPU variant: one kernel shape of an implementation and the CPU features it needs.  (A plugin's
-    behaviour options are :class:`corert.implementation.Mode`\ s, chosen the same way minus the CPU check.)"""
+    behaviour options are modes, :class:`corert.implementation.Mode`, chosen the same way minus the CPU check.)"""
 
     kind: ClassVar[str] = "variant"
     name: str

@@ -6,9 +6,9 @@ registered that way too, first, so a third-party plugin registered later can ove
 
 The four optimization areas — memory, decoding, tokenization, scheduling — plus engines work the same
 way: a ``register_*`` hook receives a ``register`` callback and calls it once per implementation it
-provides (an :class:`corert.implementation.Implementation`: area, name, CPU variants or modes, factory).  The host keeps
-the registrations, resolves the selection contract ``AREA=NAME[:VARIANT]`` against them, and calls the
-factory of the chosen implementation.  The objects a factory returns are then called directly on the hot
+provides (an :class:`corert.implementation.Implementation`: area, name, CPU variants or modes,
+factory).  The host keeps the registrations, resolves the selection contract ``AREA=NAME[:VARIANT]``
+against them, and calls the factory of the chosen implementation.  The objects a factory returns are then called directly on the hot
 path (a pluggy dispatch per token and layer would cost more than the work it routes); their interfaces are
 in :mod:`corert.interfaces`.
 

@@ -15,7 +15,7 @@ from corert.errors import ConfigError, PluginError
 from corert.models.registry import ModelFile, ModelSpec
 from corert.plugin_host import (PluginFailure, PluginHost, Resolved, Selection, describe, hookimpl,
                                 parse_selections)
-from corert.registry import Implementation
+from corert.implementation import Implementation
 
 #: a CPU with AVX2 and nothing wider: variant choices are fixed whatever machine runs the test
 AVX2 = CpuInfo("x86_64", frozenset({"avx2", "fma", "sse4_2"}))
@@ -314,7 +314,7 @@ def test_resolve_the_default():
     host = _toy_host()
     r = host.resolve("tokenizer", cpu=AVX2)
     assert (r.impl.name, r.variant.name, r.plugin) == ("high", "default", "toys")
-    assert r.reason == "default; variant best supported on this CPU (needs nothing)"
+    assert r.reason == "default; mode of highest priority"  # no options declared: one mode, "default"
     r = host.resolve("tokenizer", engine="llama.cpp", cpu=SCALAR)  # high does not support llama.cpp
     assert (r.impl.name, r.variant.name) == ("low", "narrow")
     with pytest.raises(PluginError, match="^no scheduler plugin is available$"):
@@ -348,7 +348,7 @@ def test_describe_lists_areas_choices_and_errors():
     assert [i["name"] for i in tok["implementations"]] == ["high", "low"]
     low = tok["implementations"][1]
     assert low == {"name": "low", "plugin": "toys", "description": "low for tests", "engines": "any",
-                   "priority": 1,
+                   "priority": 1, "option_kind": "CPU variant",
                    "variants": [{"name": "wide", "requires": ["avx2"], "supported": False, "description": ""},
                                 {"name": "narrow", "requires": [], "supported": True, "description": ""}]}
     assert tok["implementations"][0]["engines"] == ["native"]
