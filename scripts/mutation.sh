@@ -22,12 +22,15 @@ NICE=${MUTATION_NICE:-15}
 CHILDREN=${MUTATION_CHILDREN:-2}
 
 # module key | file inside the package | its fast tests: the body of a TOML list of pytest arguments
+#   [| mutant names (globs) to run, when only some functions of the file are the module's logic]
 MODULES=(
   'plugin_host|corert/plugin_host.py|"tests/test_mutants_plugin_host.py", "tests/test_host_plugins.py", "tests/test_scheduler_budget.py", "-k", "not (selection_from_python or third_party or broken_plugins or kv_cache_plugin or decoder_plugin or scheduler_plugin or engine_plugin or request_hooks or paged_kv)"'
   'stops|corert/stops.py|"tests/test_mutants_stops.py"'
   'cancel|corert/cancel.py|"tests/test_mutants_cancel.py", "tests/test_scheduler_work_stealing.py"'
   'paged_blocks|corert/plugins/kv_cache/paged/blocks.py|"tests/test_mutants_paged_blocks.py"'
-  'scheduler_queue|corert/plugins/scheduler/work_stealing.py|"tests/test_scheduler_work_stealing.py"'
+  # the queue: submit, placement, taking and stealing, withdrawal, the worker loop (timeouts, settling, stats
+  # and shutdown are left out)
+  'scheduler_queue|corert/plugins/scheduler/work_stealing.py|"tests/test_scheduler_work_stealing.py", "tests/test_mutants_scheduler_queue.py"|*ǁ_Workerǁload* *ǁsubmit* *ǁ_home_for* *ǁ_take* *ǁ_withdraw* *ǁ_work_* *ǁTaskFutureǁcancel*'
   'speculative_acceptance|corert/plugins/speculative/acceptance.py|"tests/test_speculative.py", "-k", "not (draft_model or draft_variant)"'
   'speculative_controller|corert/plugins/speculative/controller.py|"tests/test_speculative.py", "-k", "not (draft_model or draft_variant)"'
   'models_store|corert/models/store.py|"tests/test_mutants_models_store.py"'
@@ -65,21 +68,26 @@ EOF
 
 summary=()
 for spec in "${MODULES[@]}"; do
-  IFS='|' read -r key file tests <<<"$spec"
+  IFS='|' read -r key file tests only <<<"$spec"
   want "$key" || continue
   dir=$(stage "$key" "$file" "$tests")
   echo "== mutation: $key ($file) against: $tests" >&2
   start=$(date +%s)
-  (cd "$dir" && nice -n "$NICE" "$ROOT/.venv/bin/mutmut" run --max-children "$CHILDREN" >"$dir/run.log" 2>&1) || {
+  (set -f; cd "$dir" && nice -n "$NICE" "$ROOT/.venv/bin/mutmut" run --max-children "$CHILDREN" $only >"$dir/run.log" 2>&1) || {
     echo "mutmut failed for $key; see $dir/run.log" >&2; tail -20 "$dir/run.log" >&2; continue; }
   took=$(( $(date +%s) - start ))
-  (cd "$dir" && "$ROOT/.venv/bin/mutmut" export-cicd-stats >/dev/null)
-  line=$("$PY" - "$dir/mutants/mutmut-cicd-stats.json" "$key" "$took" <<'EOF'
-import json, sys
-s = json.load(open(sys.argv[1]))
-killed, total = s["killed"], s["total"]
-print(f"| {sys.argv[2]} | {killed}/{total} | {s['survived']} | {s['timeout']} | {s['suspicious']} "
-      f"| {s['no_tests']} | {int(sys.argv[3]) // 60} min {int(sys.argv[3]) % 60} s |")
+  line=$(set -f; "$PY" - "$dir/mutants/$file.meta" "$key" "$took" $only <<'EOF'
+import fnmatch, json, sys
+from collections import Counter
+meta, key, took, globs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+codes = json.load(open(meta))["exit_code_by_key"]
+codes = {k: c for k, c in codes.items() if not globs or any(fnmatch.fnmatch(k, g) for g in globs)}
+# mutmut's exit codes: 1, 3 killed; 0 survived; 5, 33 no tests; 36, 24, -24, 152, 255 timeout; None not run
+kind = Counter("killed" if c in (1, 3) else "survived" if c == 0 else "no tests" if c in (5, 33)
+               else "timeout" if c in (36, 24, -24, 152, 255) else "not run" if c is None else "suspicious"
+               for c in codes.values())
+print(f"| {key} | {kind['killed']}/{len(codes)} | {kind['survived']} | {kind['timeout']} | {kind['suspicious']} "
+      f"| {kind['no tests']} | {took // 60} min {took % 60} s |")
 EOF
 )
   summary+=("$line")

@@ -59,6 +59,7 @@ def _registering(name, *impls, models=()):
 
 # -- the selection grammar ----------------------------------------------------------------------------------
 def test_selection_parse_and_str():
+    assert Selection.parse("tokenizer=we=ird") == Selection("tokenizer", "we=ird")  # split at the first '='
     s = Selection.parse("  tokenizer = bpe:scalar ")
     assert (s.area, s.name, s.variant) == ("tokenizer", "bpe", "scalar")
     assert str(s) == "tokenizer=bpe:scalar"
@@ -200,6 +201,8 @@ def test_failures_are_recorded_and_warned(monkeypatch):
         PluginFailure("raises", "register", "RuntimeError: boom"),
         PluginFailure("bad_model", "register", "PluginError: registered 'not a spec', not a ModelSpec"),
     ]
+    # the import failure is reported where the host was built (the caller of PluginHost.build)
+    assert caught[0].filename == __file__
     assert [str(w.message) for w in caught] == [
         "corert plugin 'broken_import' skipped (import failed: ImportError: no such module)",
         "corert plugin 'raises' skipped (register failed: RuntimeError: boom)",
@@ -304,6 +307,10 @@ def test_resolve_a_selection():
 
 def test_resolve_an_engine_by_string():
     host = _toy_host()
+    with pytest.raises(PluginError, match="^unknown variant engine=eng:slow:x; known: fast, slow$"):
+        host.resolve("engine", "eng:slow:x")  # split at the first ':' only
+    with pytest.raises(ConfigError, match="^empty plugin name for area 'tokenizer'$"):
+        host.resolve("tokenizer", ":wide")  # an area's string goes through the selection grammar
     r = host.resolve("engine", "eng:slow", cpu=AVX2)
     assert (r.impl.name, r.variant.name, r.reason) == ("eng", "slow", "chosen explicitly")
     r = host.resolve("engine", "eng", cpu=AVX2)
@@ -364,6 +371,8 @@ def test_describe_lists_areas_choices_and_errors():
     big = CpuInfo("x86_64", frozenset({"avx2", "avx512f", "fma", "neon"}))
     wide = describe(host, {}, "eng", cpu=big)
     assert wide["cpu"]["features"] == ["avx2", "avx512f", "neon"] and wide["cpu"]["isa"] == big.isa == "avx2"
+    full = CpuInfo("x86_64", frozenset({"avx2", "avx512", "avx512f", "avx512bw", "avx512vnni", "sse2"}))
+    assert describe(host, {}, "eng", cpu=full)["cpu"]["features"] == ["avx2", "avx512", "avx512bw", "avx512f"]
     # "high" is for the native engine only: the default for "eng" is "low", at its widest variant
     assert wide["areas"]["tokenizer"]["chosen"] == {"name": "low", "variant": "wide",
                                                     "reason": "default; variant best supported on this CPU "

@@ -1,0 +1,93 @@
+"""The work_stealing scheduler's queue: what cancelling a task does in each of its states (queued, taken but
+not started, running, finished), and what the queue counts.  Written to kill mutmut's mutants of the queue
+functions of corert/plugins/scheduler/work_stealing.py (scripts/mutation.sh).  Tasks block on events, so
+every state is forced, never waited for by time."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from corert.cancel import current_token
+from corert.errors import CancelledError
+from corert.plugins.scheduler.work_stealing import WorkStealingConfig, WorkStealingScheduler
+
+WAIT = 10.0  # an upper bound for an event that must happen; never reached when things work
+
+
+@pytest.fixture
+def sched():
+    s = WorkStealingScheduler(WorkStealingConfig(preset="balanced", n_threads=1))
+    yield s
+    s.shutdown(wait=True, cancel_pending=True)
+
+
+def _hold(sched):
+    """Occupy the only worker; returns (release event, its future)."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        assert release.wait(WAIT)
+        return "held"
+
+    fut = sched.submit(hold)
+    assert started.wait(WAIT)
+    return release, fut
+
+
+def test_cancelling_a_queued_task(sched):
+    release, held = _hold(sched)
+    ran = []
+    fut = sched.submit(ran.append, 1)
+    assert sched.stats()["queued"] == 1
+    assert fut.cancel() is True
+    assert fut.cancelled() and fut.token.cancelled and fut.token.reason == "cancelled"
+    st = sched.stats()
+    assert st["queued"] == 0 and st["cancelled"] == 1
+    assert fut.cancel() is True  # again: still cancelled, nothing withdrawn twice, counted once
+    assert sched.stats()["cancelled"] == 1
+    release.set()
+    assert held.result(WAIT) == "held"
+    assert sched.submit(lambda: "next").result(WAIT) == "next"
+    assert ran == []
+
+
+def test_cancelling_a_task_taken_but_not_started(sched):
+    release, held = _hold(sched)
+    fut = sched.submit(lambda: "never")
+    # what a worker does when it takes the task: out of the deque, not yet running
+    assert sched._withdraw(fut._task, release=False) is True
+    assert sched.stats()["queued"] == 0
+    assert fut.cancel() is True
+    assert fut.cancelled() and fut.token.reason == "cancelled"
+    release.set()
+    held.result(WAIT)
+
+
+def test_cancelling_a_running_task_asks_it_to_stop(sched):
+    started, stop_seen = threading.Event(), threading.Event()
+
+    def run():
+        started.set()
+        assert current_token().wait(WAIT)  # returns once cancelled
+        stop_seen.set()
+        current_token().check()
+
+    fut = sched.submit(run)
+    assert started.wait(WAIT)
+    assert fut.cancel() is False  # a running Future cannot be cancelled ...
+    assert fut.token.cancelled and fut.token.reason == "cancelled"  # ... but it is asked to stop
+    assert stop_seen.wait(WAIT)
+    with pytest.raises(CancelledError, match=r"\(cancelled\)"):
+        fut.result(WAIT)
+    assert sched.stats()["cancelled"] == 1
+
+
+def test_cancelling_a_finished_task_changes_nothing(sched):
+    fut = sched.submit(lambda: 42)
+    assert fut.result(WAIT) == 42
+    assert fut.cancel() is False
+    assert not fut.cancelled() and fut.token.cancelled is False and fut.token.reason == ""
+    st = sched.stats()
+    assert st["completed"] == 1 and st["cancelled"] == 0 and st["queued"] == 0
