@@ -91,3 +91,65 @@ def test_cancelling_a_finished_task_changes_nothing(sched):
     assert not fut.cancelled() and fut.token.cancelled is False and fut.token.reason == ""
     st = sched.stats()
     assert st["completed"] == 1 and st["cancelled"] == 0 and st["queued"] == 0
+
+
+def test_submit_refusals_say_why(sched):
+    from corert.errors import ConfigError, PluginError, QueueFullError
+
+    with pytest.raises(ConfigError, match="^unknown priority 'urgent'; use one of interactive, normal, batch$"):
+        sched.submit(print, priority="urgent")
+    with pytest.raises(ConfigError, match="^submit\\(\\) needs a callable, not int$"):
+        sched.submit(3)
+    small = WorkStealingScheduler(WorkStealingConfig(preset="balanced", n_threads=1, queue_size=1))
+    try:
+        release, held = _hold(small)
+        small.submit(print)
+        for _ in range(2):
+            with pytest.raises(QueueFullError):
+                small.submit(print)
+        assert small.stats()["rejected"] == 2
+        release.set()
+        held.result(WAIT)
+    finally:
+        small.shutdown()
+    with pytest.raises(PluginError, match="^the work_stealing scheduler is shut down; create a new one$"):
+        small.submit(print)
+
+
+def _lanes(n_cpus: int) -> WorkStealingScheduler:
+    """A machine of ``n_cpus`` laid out unpinned: one single-core lane (worker) per cpu."""
+    return WorkStealingScheduler(WorkStealingConfig(preset="batch", cpus=tuple(range(n_cpus)), pin=False))
+
+
+def test_a_new_task_goes_to_an_idle_worker_not_a_busy_one():
+    sched = _lanes(2)
+    try:
+        release, held = _hold(sched)
+        steals = sched.stats()["steals"]
+        started = threading.Event()
+        second = sched.submit(lambda: started.set() or "second")
+        assert started.wait(WAIT) and second.result(WAIT) == "second"
+        # placed on the idle worker, which took it from its own deque: nothing was stolen
+        assert sched.stats()["steals"] == steals
+        release.set()
+        held.result(WAIT)
+    finally:
+        sched.shutdown()
+
+
+def test_equal_loads_take_turns_in_worker_order():
+    sched = _lanes(4)
+    try:
+        holds = [_hold(sched) for _ in range(4)]  # every worker busy: equal loads
+        homes = []
+        for _ in range(4):
+            fut = sched.submit(print)
+            homes.append(fut._task.home.index)
+            assert fut.cancel()  # withdrawn: the loads are equal again
+        assert sorted(homes) == [0, 1, 2, 3]
+        assert all((b - a) % 4 == 1 for a, b in zip(homes, homes[1:]))  # round robin, in index order
+        for release, held in holds:
+            release.set()
+            held.result(WAIT)
+    finally:
+        sched.shutdown()
