@@ -24,7 +24,7 @@ CHILDREN=${MUTATION_CHILDREN:-2}
 # module key | file inside the package | its fast tests: the body of a TOML list of pytest arguments
 #   [| mutant names (globs) to run, when only some functions of the file are the module's logic]
 MODULES=(
-  'plugin_host|corert/plugin_host.py|"tests/test_mutants_plugin_host.py", "tests/test_host_plugins.py", "tests/test_scheduler_budget.py", "-k", "not (selection_from_python or third_party or broken_plugins or kv_cache_plugin or decoder_plugin or scheduler_plugin or engine_plugin or request_hooks or paged_kv)"'
+  'plugin_host|corert/plugin_host.py|"tests/test_mutants_plugin_host.py", "tests/test_host_plugins.py", "tests/test_scheduler_budget.py", "-k", "not (test_selection_from_python or test_third_party_entry_point_overrides or test_broken_plugins_are_isolated or test_kv_cache_plugin_is_what or test_decoder_plugin_drives or test_scheduler_plugin_runs or test_engine_plugin_replaces or test_request_hooks_see or test_plugins_shows_paged_kv)"'
   'stops|corert/stops.py|"tests/test_mutants_stops.py"'
   'cancel|corert/cancel.py|"tests/test_mutants_cancel.py", "tests/test_scheduler_work_stealing.py"'
   'paged_blocks|corert/plugins/kv_cache/paged/blocks.py|"tests/test_mutants_paged_blocks.py"'

@@ -169,9 +169,9 @@ def test_allow_admits_only_named_third_party_plugins(monkeypatch):
     assert [e.loaded for e in eps] == [True, False]
     # the same name twice: the second is skipped, not registered again
     monkeypatch.delenv("CORERT_ALLOW")
-    eps[:] = [EP("twin"), EP("twin")]
+    eps[:] = [EP("twin"), EP("twin"), EP("after")]
     PluginHost.build()
-    assert [e.loaded for e in eps] == [True, False]
+    assert [e.loaded for e in eps] == [True, False, True]
 
 
 def test_failures_are_recorded_and_warned(monkeypatch):
@@ -263,8 +263,13 @@ def test_plain_functions_are_not_hooks():
     def register_tokenizers(register):  # no @hookimpl: pluggy ignores it, and so does the host
         register(_impl(name="unmarked"))
 
-    host = PluginHost.build(extra=[("plain", _plugin("p", register_tokenizers=register_tokenizers))])
+    def register_models(register):
+        register(ModelSpec(name="unmarked-model", kind="bin", files=(ModelFile("t.bin", (), "0"),)))
+
+    host = PluginHost.build(extra=[("plain", _plugin("p", register_tokenizers=register_tokenizers,
+                                                     register_models=register_models))])
     assert "unmarked" not in host.implementations("tokenizer") and host.failures == []
+    assert "unmarked-model" not in host.models
 
 
 # -- resolution ---------------------------------------------------------------------------------------------------
@@ -303,6 +308,13 @@ def test_resolve_a_selection():
                                           r"\(it supports native\)$"):
         host.resolve("tokenizer", "high", engine="llama.cpp")
     assert host.resolve("tokenizer", "high", engine="native:vnni").impl.name == "high"
+    with pytest.raises(PluginError, match="^unknown variant tokenizer=low:zzz; known: wide, narrow$"):
+        host.resolve("tokenizer", "low:zzz")
+    with pytest.raises(PluginError, match=r"\(it supports native, onnx\)$"):
+        PluginHost.build(extra=[("two", _registering("two", _impl(name="two", engines=("native", "onnx"))))]
+                         ).resolve("tokenizer", "two", engine="llama.cpp")
+    with pytest.raises(PluginError, match="^unknown scheduler plugin 'x'; known: none$"):
+        PluginHost.build(deny=["scheduler_fifo", "scheduler_work_stealing"]).resolve("scheduler", "x")
 
 
 def test_resolve_an_engine_by_string():
@@ -330,6 +342,10 @@ def test_resolve_the_default():
                             extra=[("n", _registering("n", _impl(name="n_only", engines=("native",))))])
     with pytest.raises(PluginError, match="^no tokenizer plugin is available for engine 'onnx'$"):
         bare.resolve("tokenizer", engine="onnx")
+    with pytest.raises(PluginError, match=r"^no variant of tokenizer=n_only runs on this CPU \(x86_64\)$"):
+        PluginHost.build(deny=["tokenizer_bpe", "tokenizer_llama_cpp"], extra=[(
+            "n", _registering("n", _impl(name="n_only", variants=(Variant("w", requires={"avx2"}),))))]
+        ).resolve("tokenizer", cpu=SCALAR)
 
 
 def test_create_passes_the_variant_and_context():
