@@ -100,6 +100,9 @@ def test_own_entry_points_come_first():
     dists = [plugin_host._dist_name(ep) for ep in eps]
     own = [d == "corert" for d in dists]
     assert own == sorted(own, reverse=True)  # every own entry point before any other
+    assert len(names) == len(set(names)) == len(importlib.metadata.entry_points(group="corert"))
+    by_name = dict(zip(names, dists))
+    assert by_name["engine_llama_cpp"] == by_name["tokenizer_bpe"] == "corert"  # the distribution's name, lower case
     bare = importlib.metadata.EntryPoint(name="x", value="x", group="corert")
     assert plugin_host._dist_name(bare) is None
 
@@ -181,8 +184,14 @@ def test_failures_are_recorded_and_warned(monkeypatch):
         def load(self):
             raise ImportError("no such module")
 
+    class Good:  # after the broken one: still loaded
+        name, value, group, dist = "good_after", "x", "corert", None
+
+        def load(self):
+            return _registering("good", _impl(name="good_after"))
+
     real = plugin_host._entry_points
-    monkeypatch.setattr(plugin_host, "_entry_points", lambda: real() + [Broken()])
+    monkeypatch.setattr(plugin_host, "_entry_points", lambda: real() + [Broken(), Good()])
 
     @hookimpl
     def register_tokenizers(register):
@@ -210,6 +219,7 @@ def test_failures_are_recorded_and_warned(monkeypatch):
         "ModelSpec)",
     ]
     assert "half" not in host.implementations("tokenizer")  # nothing of a failed plugin is kept
+    assert host.implementations("tokenizer")["good_after"].plugin == "good_after"
     assert not host.pm.has_plugin("raises") and not host.pm.has_plugin("bad_model")
 
 
