@@ -153,3 +153,59 @@ def test_equal_loads_take_turns_in_worker_order():
             held.result(WAIT)
     finally:
         sched.shutdown()
+
+
+def test_a_queued_task_past_its_timeout_fails_while_queued(sched):
+    from corert.errors import TaskTimeoutError
+
+    release, held = _hold(sched)
+    fut = sched.submit(print, timeout=0.05)
+    with pytest.raises(TaskTimeoutError, match="while queued"):
+        fut.result(WAIT)
+    assert sched.stats()["queued"] == 0
+    release.set()
+    held.result(WAIT)
+
+
+def test_unpinned_workers_say_so_and_set_numba_quietly(caplog):
+    with caplog.at_level("WARNING", logger="corert.scheduler"):
+        sched = _lanes(2)
+    try:
+        assert [w["affinity"] for w in sched.stats()["per_worker"]] == ["disabled", "disabled"]
+        assert "numba" not in caplog.text
+    finally:
+        sched.shutdown()
+
+
+def _gate(sched, priority):
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        assert release.wait(WAIT)
+
+    return started, release, sched.submit(hold, priority=priority)
+
+
+def test_batch_work_never_takes_the_last_free_lane():
+    # 12 cpus, balanced: three 4-core lanes and at most two batch tasks at once
+    sched = WorkStealingScheduler(WorkStealingConfig(preset="balanced", cpus=tuple(range(12)), pin=False))
+    try:
+        assert sched.plan.batch_cap == 2 and len(sched.plan.lanes) == 3
+        b1, b2 = _gate(sched, "batch"), _gate(sched, "batch")
+        assert b1[0].wait(WAIT) and b2[0].wait(WAIT)
+        b3 = _gate(sched, "batch")
+        # the third lane is free, yet takes no batch work: a normal task runs there at once
+        assert sched.submit(lambda: "normal").result(WAIT) == "normal"
+        assert not b3[0].is_set()
+        b1[1].set()  # one batch task ends: the queued one may start
+        assert b3[0].wait(WAIT)
+        b4 = _gate(sched, "batch")
+        assert sched.submit(lambda: "again").result(WAIT) == "again"
+        assert not b4[0].is_set()  # two batch tasks run again: still capped
+        for g in (b2, b3, b4):
+            g[1].set()
+        for g in (b1, b2, b3, b4):
+            g[2].result(WAIT)
+    finally:
+        sched.shutdown()
