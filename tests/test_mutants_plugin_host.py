@@ -320,7 +320,7 @@ def test_resolve_a_selection():
                                           r"\(it supports native\)$"):
         host.resolve("tokenizer", "high", engine="llama.cpp")
     assert host.resolve("tokenizer", "high", engine="native:vnni").impl.name == "high"
-    with pytest.raises(PluginError, match="^unknown variant tokenizer=low:zzz; known: wide, narrow$"):
+    with pytest.raises(PluginError, match="^unknown variant tokenizer=low:zzz; known CPU variants: wide, narrow$"):
         host.resolve("tokenizer", "low:zzz")
     with pytest.raises(PluginError, match=r"\(it supports native, onnx\)$"):
         PluginHost.build(extra=[("two", _registering("two", _impl(name="two", engines=("native", "onnx"))))]
@@ -331,7 +331,7 @@ def test_resolve_a_selection():
 
 def test_resolve_an_engine_by_string():
     host = _toy_host()
-    with pytest.raises(PluginError, match="^unknown variant engine=eng:slow:x; known: fast, slow$"):
+    with pytest.raises(PluginError, match="^unknown variant engine=eng:slow:x; known CPU variants: fast, slow$"):
         host.resolve("engine", "eng:slow:x")  # split at the first ':' only
     with pytest.raises(ConfigError, match="^empty plugin name for area 'tokenizer'$"):
         host.resolve("tokenizer", ":wide")  # an area's string goes through the selection grammar
