@@ -51,9 +51,13 @@ def register_decoders(register):
 
     :param register: call ``register(Implementation(area="speculative", ...))`` once per strategy.
 
-    The factory is called as ``factory(variant, config=...)`` and returns a
+    The factory is called as ``factory(variant, config=..., context=...)`` with a
+    :class:`corert.interfaces.DecoderContext` (the target model's name, a loader for other generation models
+    such as a draft, the model store's paths; never the Runtime) and returns a
     :class:`corert.interfaces.Decoder`: it drives an engine session from the prompt ids to the generated
-    ids, choosing each next token (plain greedy/sampling, or draft-then-verify speculative decoding).
+    ids, choosing each next token (plain greedy/sampling, or draft-then-verify speculative decoding).  The
+    Runtime builds one decoder per loaded model and keeps it as long as the model, so what a decoder learns
+    (measured costs) carries over from one request to the next.
     """
 
 
@@ -96,7 +100,9 @@ def register_engines(register):
     :param register: call ``register(Implementation(area="engine", ...))`` once per engine.
 
     The factory is called as ``factory(variant, config=...)`` and returns a
-    :class:`corert.interfaces.Engine`, which loads models into sessions.
+    :class:`corert.interfaces.Engine`, which loads models into sessions and declares what it can do
+    (:class:`corert.interfaces.EngineCapabilities`: tasks, continuous batching, prefix reuse, KV
+    calibration).
     """
 
 

@@ -1,9 +1,13 @@
 """The small interfaces behind each area.  Plugins' factories return objects of these shapes; the host and
-the engines call them directly on the hot path.  Typing only: nothing here is enforced at run time."""
+the engines call them directly on the hot path.  Mostly typing: only the ``runtime_checkable`` protocols
+(optional KV-store extensions) and the declared capabilities are looked at at run time."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import attrs
 import numpy as np
@@ -49,7 +53,29 @@ class Session(Protocol):
         """Roll the sequence back to its first ``n_tokens`` tokens (drops their K/V from the cache)."""
 
 
+TASKS = ("generate", "embed", "classify")
+
+
+@attrs.frozen
+class EngineCapabilities:
+    """What an engine can do, declared by the engine (and repeated on its loaded models); the Runtime asks
+    these instead of checking an engine's name."""
+
+    #: the Runtime tasks its loaded models serve (of TASKS)
+    tasks: frozenset[str] = attrs.field(converter=frozenset)
+    #: loaded models have ``batch_service()`` (:class:`BatchingModel`): concurrent requests share forwards
+    continuous_batching: bool = False
+    #: a session keeps its cached tokens, so a next prompt with the same prefix re-evaluates only the rest
+    prefix_reuse: bool = False
+    #: the engine calibrates a :class:`CalibratedKVStore` at load (it evaluates the store's text)
+    kv_calibration: bool = False
+
+    def serves(self, task: str) -> bool:
+        return task in self.tasks
+
+
 class LoadedModel(Protocol):
+    capabilities: EngineCapabilities
     path: str
     n_ctx: int
     n_vocab: int
@@ -62,8 +88,25 @@ class LoadedModel(Protocol):
     def close(self) -> None: ...
 
 
+class BatchingModel(LoadedModel, Protocol):
+    """A loaded model with continuous batching (``capabilities.continuous_batching``)."""
+
+    def batch_service(self) -> "BatchService | None":
+        """The model's one batching service, created on first use; None when its KV store has room for one
+        stream only."""
+
+
+class BatchService(Protocol):
+    peak_streams: int  # most streams decoded in one forward so far
+
+    def generate(self, prompt_ids: Sequence[int], params: "SamplingParams",
+                 is_eog: Callable[[int], bool]) -> Iterator[int]:
+        """Like :meth:`Decoder.generate`, callable from many threads at once; plain decoding."""
+
+
 class Engine(Protocol):
     name: str
+    capabilities: EngineCapabilities
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
              threads: "ThreadBudget", config: Any) -> LoadedModel: ...
@@ -129,6 +172,44 @@ class KVStore(Protocol):
         """Memory held for K/V, in bytes."""
 
 
+@runtime_checkable
+class PrefixMatchingKVStore(Protocol):
+    """A store that knows which token ids its pages hold (kv_cache=paged): the engine passes the ids of the
+    rows it reserves, so full pages of known tokens become shareable prefix-cache entries, and a sequence
+    whose K/V was evicted (or a new one) takes the cached pages of its longest cached prefix."""
+
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None) -> None:
+        """:meth:`KVStore.reserve`, with ``token_ids`` (int, (rows,)) the ids of those rows."""
+
+    def match_prefix(self, seq: int, ids: Sequence[int]) -> int:
+        """An empty ``seq`` takes the cached pages of ``ids``' longest cached prefix; returns how many
+        positions it now holds (their K/V need no evaluation)."""
+
+
+@attrs.frozen
+class CalibrationRequest:
+    """What a store wants evaluated to calibrate itself: the first ``max_tokens`` tokens of ``text``."""
+
+    text: str
+    max_tokens: int
+
+
+@runtime_checkable
+class CalibratedKVStore(Protocol):
+    """A store whose encoding is fitted to the model (kv_cache=paged:q8 fits its q8 basis per layer).  The
+    engine drives it once at load, before any sequence holds K/V::
+
+        request = store.calibration()          # None: nothing to calibrate
+        with store.calibrating():
+            evaluate tokenize(request.text)[:request.max_tokens] in a scratch sequence, then release it
+
+    The store only sees the K/V the engine writes; it never calls the engine."""
+
+    def calibration(self) -> CalibrationRequest | None: ...
+
+    def calibrating(self) -> contextlib.AbstractContextManager[None]: ...
+
+
 # -- decoding --------------------------------------------------------------------------------------------
 @attrs.frozen
 class SamplingParams:
@@ -139,8 +220,27 @@ class SamplingParams:
     seed: int | None = None
 
 
+@attrs.frozen
+class DecoderContext:
+    """What a decoder factory may use of its runtime (never the Runtime itself)."""
+
+    #: the target model, as the request named it (a registry name or a path)
+    model: str
+    #: ``load_model(name) -> (loaded model, its lock)``: a generation model on the target's engine and
+    #: plugins (a draft model); the same object for the same name
+    load_model: Callable[[str], tuple[LoadedModel, threading.Lock]] = attrs.field(repr=False)
+    #: ``store_path(name)``: where the model store keeps a registered model (pulled or not)
+    store_path: Callable[[str], Path] = attrs.field(repr=False)
+
+
 class Decoder(Protocol):
+    """Built once per loaded model and kept as long as it (what it learns outlives a request); one request
+    at a time: requests on a loaded model hold its lock."""
+
     name: str
+    #: True when the continuous batcher decodes exactly as this decoder would (plain decoding), so its
+    #: requests may join a batch instead
+    runs_in_batcher: bool
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:

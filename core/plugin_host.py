@@ -17,6 +17,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .hook_calls import trace_from_env
 from .cpu import CpuInfo, Variant, choose_variant, info
 from .errors import ConfigError, PluginError
 from .implementation import AREAS, ENGINE_AREA, Implementation
@@ -125,6 +126,7 @@ class PluginHost:
         pairs, which a host app or a test registers directly and which come last, so they override."""
         pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         pm.add_hookspecs(hookspecs)
+        trace_from_env(pm)
         host = cls(pm)
         deny = set(deny) | set(_env_list("CORERT_DISABLE"))
         allow = set(allow) | set(_env_list("CORERT_ALLOW"))

@@ -1,9 +1,14 @@
 """The public API: ``Runtime`` serves generate, stream, chat, tokenize, embed and classify requests.
 
-Data path of one generate request (DESIGN.md): scheduler (priority, thread budget) -> tokenizer plugin (ids)
--> engine forward (K/V through the kv_cache plugin) -> decoding plugin (plain or speculative) -> incremental
-detokenize -> caller.  Each Runtime has its own plugin manager, so a host app can hold two differently
-configured runtimes side by side (the B side of an A/B is ``attrs.evolve(config, plugins=...)``).
+The facade validates a request, fires the task hooks, picks the path (a scheduler task, or a waiter thread
+when the engine declares continuous batching and the decoder can run inside the batcher) and hands the
+request to :mod:`corert.generation`, which runs it: tokenizer plugin (ids) -> decoder plugin driving the
+engine session (K/V through the kv_cache plugin), or the model's batch service -> incremental detokenize ->
+stop strings -> Completion.  The Runtime owns what lives longer than a request: plugin selections, loaded
+models with their locks, one decoder per loaded model, the scheduler.  It asks engines what they can do
+(:class:`corert.interfaces.EngineCapabilities`), never checks their names.  Each Runtime has its own plugin
+manager, so a host app can hold two differently configured runtimes side by side (the B side of an A/B is
+``attrs.evolve(config, plugins=...)``).
 """
 from __future__ import annotations
 
@@ -12,107 +17,39 @@ import contextlib
 import queue
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import attrs
 
-from .cancel import CancelToken, current_token, set_current
+from . import generation
+from .cancel import CancelToken, set_current
 from .chat import render as render_chat, validate_messages
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
-from .errors import ConfigError, InputError, ModelError
+from .errors import ConfigError, InputError, PluginError
+from .hook_calls import request_hooks
 from .implementation import AREAS, ENGINE_AREA, engine_name
-from .interfaces import PRIORITIES, SamplingParams
+from .interfaces import PRIORITIES, DecoderContext, EngineCapabilities, SamplingParams
 from .models.labels import model_label
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
 from .prefill import prefill  # noqa: F401  (re-exported for decoders)
-from .stops import StopMatcher
+from .results import Completion, GenerateRequest, StreamChunk, Timings, Usage  # noqa: F401  (public)
 
-GENERATION_ENGINES = ("llama.cpp", "native")
-
-
-# -- results ---------------------------------------------------------------------------------------------
-@attrs.frozen
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def to_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
-
-
-@attrs.frozen
-class Timings:
-    queue_ms: float
-    tokenize_ms: float
-    prompt_ms: float   # prompt evaluation up to the first generated token
-    decode_ms: float   # from the first generated token to the last
-    prompt_tokens: int
-    decode_tokens: int  # tokens generated after the first
-
-    def to_dict(self) -> dict[str, float]:
-        d = attrs.asdict(self)
-        d["prompt_tokens_per_s"] = self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
-        d["decode_tokens_per_s"] = self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0
-        return d
-
-
-@attrs.frozen
-class Completion:
-    """A finished generation, OpenAI-shaped through :meth:`to_dict`."""
-
-    id: str
-    model: str
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (end of generation or a stop string), "length", "cancelled"
-    usage: Usage
-    timings: Timings
-    plugins: dict[str, str]
-    decoder_stats: dict[str, Any]
-    created: int = attrs.field(factory=lambda: int(time.time()))
-    chat: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": self.text}
-        else:
-            choice["text"] = self.text
-        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": [choice], "text": self.text,
-                "token_ids": list(self.token_ids), "usage": self.usage.to_dict(),
-                "timings": self.timings.to_dict(), "plugins": dict(self.plugins),
-                "decoder": dict(self.decoder_stats)}
-
-
-@attrs.frozen
-class StreamChunk:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str | None = None
-    completion: Completion | None = None  # set on the last chunk
-
-
-@attrs.frozen
-class GenerateRequest:
-    prompt: str
-    model: str
-    params: SamplingParams
-    stop: tuple[str, ...] = ()
-    priority: str = "normal"
-    timeout: float | None = None
-    chat: bool = False
 
 
 _DONE = object()
+
+
+@attrs.frozen
+class ModelKey:
+    """A loaded generation model is one per file and choice of engine, KV cache and tokenizer."""
+
+    path: str
+    engine: str
+    engine_impl: str
+    kv_cache: str
+    tokenizer: str
 
 
 class Runtime:
@@ -134,10 +71,14 @@ class Runtime:
             self.host.resolve(area, sel, engine=self._engine_for(area))
         self._lock = threading.RLock()
         self._scheduler = None
-        self._loaded: dict[tuple, Any] = {}
+        self._engines: dict[str, Any] = {}
+        self._loaded: dict[ModelKey, Any] = {}
         self._tokenizers: dict[tuple, Any] = {}
         self._encoders: dict[tuple, Any] = {}
-        self._model_locks: dict[tuple, threading.Lock] = {}
+        self._model_locks: dict[ModelKey, threading.Lock] = {}
+        #: one decoder per loaded model and decoding plugin, kept as long as the model: what it measured
+        #: (speculative:adaptive's verify costs and accepted runs) serves the next request
+        self._decoders: dict[tuple[ModelKey, str], Any] = {}
         self._batch_waiters: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- plugins ------------------------------------------------------------------------------------------
@@ -170,7 +111,7 @@ class Runtime:
         stats = getattr(provider, "stats", None)
         info: dict[str, Any] = {"name": res.label, **(stats() if callable(stats) else {})}
         with self._lock:
-            loaded = [(key[0], m) for key, m in self._loaded.items() if key[-2] == res.label]
+            loaded = [(key.path, m) for key, m in self._loaded.items() if key.kv_cache == res.label]
         info["stores"] = [{"model": model_label(path, self.store), **m.kv.stats()} for path, m in loaded
                           if callable(getattr(getattr(m, "kv", None), "stats", None))]
         return info
@@ -198,29 +139,71 @@ class Runtime:
                 self._tokenizers[key] = tok
             return tok
 
+    def engine(self, engine: str | None = None):
+        """The engine object (not a loaded model) for ``engine`` (default: the configured one); it declares
+        its :class:`corert.interfaces.EngineCapabilities`."""
+        res = self.resolve(ENGINE_AREA, engine)
+        with self._lock:
+            eng = self._engines.get(res.label)
+            if eng is None:
+                eng = self.host.create(res, config=self.config)
+                if not isinstance(getattr(eng, "capabilities", None), EngineCapabilities):
+                    raise PluginError(f"engine {res.label!r} declares no capabilities: give it a "
+                                      f"corert.interfaces.EngineCapabilities 'capabilities' attribute")
+                self._engines[res.label] = eng
+            return eng
+
+    def _engines_serving(self, task: str) -> list[str]:
+        """Registered engines whose declared tasks include ``task``, best first (priority, then name)."""
+        regs = sorted(self.host.implementations(ENGINE_AREA).values(), key=lambda r: (-r.impl.priority, r.impl.name))
+        out = []
+        for reg in regs:
+            try:
+                if self.engine(reg.impl.name).capabilities.serves(task):
+                    out.append(reg.impl.name)
+            except Exception:  # noqa: BLE001 - an engine that cannot be built serves nothing here
+                continue
+        return out
+
+    def _model_key(self, model: str | None, engine: str) -> ModelKey:
+        return ModelKey(str(self.model_path(model)), engine, self.resolve(ENGINE_AREA, engine).label,
+                        self.resolve("kv_cache", engine).label, self.resolve("tokenizer", engine).label)
+
     def load_generation_model(self, model: str | None = None, engine: str | None = None):
+        """The loaded model for ``model`` on ``engine`` and its lock (held by whoever uses its session)."""
         engine = engine or self.config.engine
-        if engine_name(engine) not in GENERATION_ENGINES and engine != self.config.engine:
-            raise ConfigError(f"engine {engine!r} does not generate text; use one of {', '.join(GENERATION_ENGINES)}")
-        eng_res = self.resolve(ENGINE_AREA, engine)
-        if engine_name(engine) == "onnx":
-            raise ConfigError("engine 'onnx' serves embed and classify, not generation; "
-                              f"use --engine {' or '.join(GENERATION_ENGINES)}")
-        path = self.model_path(model)
-        kv_res = self.resolve("kv_cache", engine)
-        tok_res = self.resolve("tokenizer", engine)
-        key = (str(path), engine, eng_res.label, kv_res.label, tok_res.label)
+        eng = self.engine(engine)
+        if not eng.capabilities.serves("generate"):
+            raise ConfigError(f"engine {engine!r} serves {' and '.join(sorted(eng.capabilities.tasks))}, not "
+                              f"generation; use --engine {' or '.join(self._engines_serving('generate'))}")
+        key = self._model_key(model, engine)
         with self._lock:
             loaded = self._loaded.get(key)
             if loaded is None:
                 tokenizer = self.tokenizer(model, engine)
-                kv = self.host.create(kv_res, engine=engine_name(engine), model=str(path), config=self.config)
-                eng = self.host.create(eng_res, config=self.config)
-                loaded = eng.load(str(path), tokenizer=tokenizer, kv_cache=kv, n_ctx=self.config.n_ctx,
+                kv = self.host.create(self.resolve("kv_cache", engine), engine=engine_name(engine), model=key.path,
+                                      config=self.config)
+                loaded = eng.load(key.path, tokenizer=tokenizer, kv_cache=kv, n_ctx=self.config.n_ctx,
                                   threads=self.scheduler.thread_budget(), config=self.config)
                 self._loaded[key] = loaded
                 self._model_locks[key] = threading.Lock()
             return loaded, self._model_locks[key]
+
+    def decoder(self, model: str | None = None):
+        """The decoding plugin's decoder for ``model`` on the configured engine, built once and kept as long
+        as the loaded model.  One decoder per loaded model is safe on the plain path because every request
+        on that model holds the model's lock for its whole generation; batched requests never use it."""
+        model = model or self.config.model
+        res = self.resolve("speculative")
+        dkey = (self._model_key(model, self.config.engine), res.label)
+        with self._lock:
+            decoder = self._decoders.get(dkey)
+            if decoder is None:
+                context = DecoderContext(model=model, load_model=self.load_generation_model,
+                                         store_path=self.store.path)
+                decoder = self.host.create(res, config=self.config, context=context)
+                self._decoders[dkey] = decoder
+            return decoder
 
     # -- generation ---------------------------------------------------------------------------------------
     def _request(self, prompt: str, model: str | None, max_tokens: int, temperature: float, top_k: int,
@@ -279,22 +262,19 @@ class Runtime:
         header = read_header(self.model_path(model), want_arrays=False)
         return header.metadata.get("tokenizer.chat_template")
 
-    # -- continuous batching (native engine, n_seqs > 1, plain decoding) ------------------------------------
-    def _batches(self, req: GenerateRequest) -> bool:
-        if self.config.n_seqs <= 1 or engine_name(self.config.engine) != "native":
-            return False
-        return self.resolve("speculative").impl.name == "plain"
-
-    def _run_step(self, fn):
-        """A batching step runs as a scheduler task: forwards queue with the other work on its cores."""
-        return self.scheduler.submit(fn, priority="normal").result()
+    # -- continuous batching (an engine that declares it, n_seqs > 1, a decoder the batcher can stand for) --
+    def _batches(self, decoder) -> bool:
+        return (self.config.n_seqs > 1 and self.engine().capabilities.continuous_batching
+                and getattr(decoder, "runs_in_batcher", False))  # undeclared: it keeps its own turn
 
     def _submit(self, req: GenerateRequest, *args):
-        """A request on the batching path only waits for its tokens (the forwards are the service's, run
-        on the scheduler), so it waits on a thread of its own, not on a scheduler worker; its timeout is
+        """A request on the batching path only waits for its tokens (the forwards run on the batch service's
+        driver thread), so it waits on a thread of its own, not on a scheduler worker; its timeout is
         honoured through the same cancel token the scheduler would give it."""
-        if not self._batches(req):
-            return self.scheduler.submit(self._serve, req, *args, priority=req.priority, timeout=req.timeout)
+        decoder = self.decoder(req.model)
+        if not self._batches(decoder):
+            return self.scheduler.submit(self._serve, req, decoder, *args, priority=req.priority,
+                                         timeout=req.timeout)
         with self._lock:
             if self._batch_waiters is None:
                 self._batch_waiters = concurrent.futures.ThreadPoolExecutor(
@@ -304,128 +284,49 @@ class Runtime:
         def serve():
             set_current(CancelToken(deadline))
             try:
-                return self._serve(req, *args)
+                return self._serve(req, decoder, *args)
             finally:
                 set_current(None)
 
         return self._batch_waiters.submit(serve)
 
     def _submit_and_wait(self, task: str, req: GenerateRequest) -> Completion:
-        self.host.hook.on_request_start(task=task, request=req)
-        submitted = time.perf_counter()
-        try:
-            fut = self._submit(req, None, None, submitted)
-            result = fut.result()
-        except BaseException as exc:
-            self.host.hook.on_request_end(task=task, request=req, result=None, error=exc)
-            raise
-        self.host.hook.on_request_end(task=task, request=req, result=result, error=None)
-        return result
+        with request_hooks(self.host.hook, task, req) as call:
+            call.result = self._submit(req, None, None, time.perf_counter()).result()
+        return call.result
 
     def _stream(self, task: str, req: GenerateRequest) -> Iterator[StreamChunk]:
-        self.host.hook.on_request_start(task=task, request=req)
         chunks: queue.Queue = queue.Queue()
         cancel = threading.Event()
-        submitted = time.perf_counter()
-        fut = self._submit(req, chunks.put, cancel, submitted)
+        with contextlib.ExitStack() as setup:  # a request that fails to start ends its hooks here
+            call = setup.enter_context(request_hooks(self.host.hook, task, req))
+            fut = self._submit(req, chunks.put, cancel, time.perf_counter())
+            hooks = setup.pop_all()  # ...else the stream's consumer ends them
         fut.add_done_callback(lambda f: chunks.put(_DONE))
 
         def iterate() -> Iterator[StreamChunk]:
-            try:
-                while (item := chunks.get()) is not _DONE:
-                    yield item
-                result = fut.result()
-            except BaseException as exc:
-                cancel.set()
-                self.host.hook.on_request_end(task=task, request=req, result=None, error=exc)
-                raise
-            finally:
-                cancel.set()  # the caller stopped early: let the worker stop too
-                fut.cancel()
-            self.host.hook.on_request_end(task=task, request=req, result=result, error=None)
+            with hooks:
+                try:
+                    while (item := chunks.get()) is not _DONE:
+                        yield item
+                    call.result = fut.result()
+                finally:
+                    cancel.set()  # the caller stopped early: let the worker stop too
+                    fut.cancel()
 
         return iterate()
 
-    def _serve(self, req: GenerateRequest, emit, cancel: threading.Event | None, submitted: float) -> Completion:
-        """Runs on a scheduler worker: the whole data path of one generation."""
+    def _serve(self, req: GenerateRequest, decoder, emit, cancel: threading.Event | None,
+               submitted: float) -> Completion:
+        """Runs on a scheduler worker (or a batched request's waiter thread): one generation."""
         started = time.perf_counter()
         loaded, lock = self.load_generation_model(req.model)
-        tok = loaded.tokenizer
-        decoder_res = self.resolve("speculative")
-        decoder = self.host.create(decoder_res, config=self.config, runtime=self, model=req.model)
-        # continuous batching (native engine, n_seqs > 1, plain decoding): requests share forwards instead of
-        # taking turns; otherwise one sequence per loaded model and requests on it hold its lock in turn
-        batching = (loaded.batch_service() if self.config.n_seqs > 1 and decoder_res.impl.name == "plain"
-                    and hasattr(loaded, "batch_service") else None)
-        with contextlib.nullcontext() if batching is not None else lock:
-            t0 = time.perf_counter()
-            ids = tok.encode(req.prompt, parse_special=True)
-            t1 = time.perf_counter()
-            if not ids:
-                raise InputError("the prompt is empty after tokenization")
-            if len(ids) >= loaded.n_ctx:
-                raise InputError(f"the prompt has {len(ids)} tokens; the context holds {loaded.n_ctx} "
-                                 f"(prompt + at least one generated token): shorten it or raise n_ctx")
-            params = attrs.evolve(req.params, max_tokens=min(req.params.max_tokens, loaded.n_ctx - len(ids)))
-            detok = tok.incremental_decoder()
-            stops = StopMatcher(req.stop)
-            out: list[int] = []
-            text: list[str] = []
-            finish = "length"
-            first_at = None
-            n_yielded = 0
-            stop_check = current_token()  # the scheduler's cancel token: timeouts and cancels end the loop
-            tokens = (batching.generate(ids, params, tok.is_eog) if batching is not None
-                      else decoder.generate(loaded.session(), ids, params, tok.is_eog))
-            try:
-                for token in tokens:
-                    stop_check.check()
-                    n_yielded += 1
-                    if first_at is None:
-                        first_at = time.perf_counter()
-                    if tok.is_eog(token):
-                        finish = "stop"
-                        break
-                    out.append(token)
-                    piece, hit = stops.push(detok.feed(token))
-                    if piece:
-                        text.append(piece)
-                        if emit is not None:
-                            emit(StreamChunk(piece, (token,)))
-                    if hit:
-                        finish = "stop"
-                        break
-                    if cancel is not None and cancel.is_set():
-                        finish = "cancelled"
-                        break
-            finally:
-                # end the decoder too, whatever ended the loop.  A request stopped by its token or a raised
-                # error would otherwise leave it suspended, and the error's traceback keeps it alive: a
-                # batched stream then goes on decoding in the batch until its max_tokens
-                close = getattr(tokens, "close", None)
-                if close is not None:
-                    close()
-            end = time.perf_counter()
-            if finish != "stop":
-                tail, _ = stops.push(detok.flush())
-                tail += stops.flush()
-                if tail:
-                    text.append(tail)
-                    if emit is not None:
-                        emit(StreamChunk(tail, ()))
-        first_at = first_at or end
-        completion = Completion(
-            id=f"cmpl-{uuid.uuid4().hex[:24]}", model=req.model, text="".join(text), token_ids=tuple(out),
-            finish_reason=finish, usage=Usage(len(ids), len(out)),
-            timings=Timings(queue_ms=(started - submitted) * 1e3, tokenize_ms=(t1 - t0) * 1e3,
-                            prompt_ms=(first_at - t1) * 1e3, decode_ms=(end - first_at) * 1e3,
-                            prompt_tokens=len(ids), decode_tokens=max(0, n_yielded - 1)),
-            plugins=self.active_plugins(),
-            decoder_stats=({"continuous_batching": True, "peak_streams": batching.peak_streams}
-                           if batching is not None else decoder.stats()), chat=req.chat)
-        if emit is not None:
-            emit(StreamChunk("", (), finish, completion))
-        return completion
+        # continuous batching: requests share forwards instead of taking turns; otherwise one sequence per
+        # loaded model and requests on it hold its lock in turn
+        batching = loaded.batch_service() if self._batches(decoder) else None
+        target = generation.Target(loaded, lock, decoder, batching)
+        return generation.generate(req, target, generation.Clock(submitted, started), self.active_plugins(),
+                                   emit=emit, cancel=cancel)
 
     def active_plugins(self, engine: str | None = None) -> dict[str, str]:
         engine = engine or self.config.engine
@@ -464,9 +365,13 @@ class Runtime:
         with self._lock:
             enc = self._encoders.get(key)
             if enc is None:
-                engine = self.config.engine if self.config.engine.startswith("onnx") else "onnx"
-                eng = self.host.create(self.resolve(ENGINE_AREA, engine), config=self.config)
-                enc = eng.load(str(path), kind=kind, threads=self.scheduler.thread_budget())
+                engine = self.config.engine
+                if not self.engine(engine).capabilities.serves(kind):  # e.g. a generation engine is configured
+                    serving = self._engines_serving(kind)
+                    if not serving:
+                        raise ConfigError(f"no registered engine serves {kind}")
+                    engine = serving[0]
+                enc = self.engine(engine).load(str(path), kind=kind, threads=self.scheduler.thread_budget())
                 self._encoders[key] = enc
             return enc
 
@@ -483,14 +388,9 @@ class Runtime:
         return self._run_task("classify", texts, enc.classify, priority, timeout, texts, top_k=top_k)
 
     def _run_task(self, task: str, request: Any, fn, priority: str, timeout: float | None, *args, **kwargs):
-        self.host.hook.on_request_start(task=task, request=request)
-        try:
-            result = self.scheduler.submit(fn, *args, priority=priority, timeout=timeout, **kwargs).result()
-        except BaseException as exc:
-            self.host.hook.on_request_end(task=task, request=request, result=None, error=exc)
-            raise
-        self.host.hook.on_request_end(task=task, request=request, result=result, error=None)
-        return result
+        with request_hooks(self.host.hook, task, request) as call:
+            call.result = self.scheduler.submit(fn, *args, priority=priority, timeout=timeout, **kwargs).result()
+        return call.result
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -501,6 +401,7 @@ class Runtime:
                 except Exception:  # noqa: BLE001
                     pass
             self._loaded.clear()
+            self._decoders.clear()
             if self._batch_waiters is not None:
                 self._batch_waiters.shutdown(wait=False)
                 self._batch_waiters = None

@@ -385,6 +385,37 @@ def test_request_hooks_see_every_request(smollm2):
     rt.close()
 
 
+def test_trace_hooks_env_prints_each_hook_call(smollm2, monkeypatch, capsys):
+    """CORERT_TRACE_HOOKS=1: pluggy's hook-call monitoring prints each task hook call (arguments, the
+    plugins that ran, the outcome) to stderr; unset, nothing is printed."""
+    class Quiet:
+        @hookimpl
+        def on_request_end(self, task, request, result, error):
+            pass
+
+    for traced in (True, False):
+        if traced:
+            monkeypatch.setenv("CORERT_TRACE_HOOKS", "1")
+        else:
+            monkeypatch.delenv("CORERT_TRACE_HOOKS")
+        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"}, extra_plugins=[("quiet", Quiet())])
+        capsys.readouterr()
+        try:
+            rt.generate("Hi", max_tokens=2, temperature=0)
+        finally:
+            rt.close()
+        err = capsys.readouterr().err
+        if not traced:
+            assert "corert hook:" not in err
+            continue
+        lines = [ln for ln in err.splitlines() if ln.startswith("corert hook:")]
+        assert len(lines) == 4, lines
+        assert lines[0].startswith("corert hook: on_request_start(task='generate', request=GenerateRequest(")
+        assert lines[0].endswith("-> []") and lines[1] == "corert hook: on_request_start returned []"
+        assert lines[2].startswith("corert hook: on_request_end(task='generate'") and "error=None" in lines[2]
+        assert lines[2].endswith("-> [quiet]") and lines[3] == "corert hook: on_request_end returned []"
+
+
 @exercises("register_models")
 def test_registered_models_extend_the_store(tmp_path):
     from corert.models import ModelFile, ModelSpec, WheelMember

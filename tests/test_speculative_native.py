@@ -33,3 +33,27 @@ def test_greedy_speculative_equals_plain_on_native(smollm2, plain_outputs, spec)
         drafted += out.decoder_stats["drafted"]
     assert drafted > 0  # speculation really happened
     rt.close()
+
+
+def test_adaptive_keeps_its_measurements_across_requests(smollm2):
+    """The Runtime keeps one decoder per loaded model, so speculative:adaptive's second request starts from
+    the verify costs the first measured (and the accepted runs it sampled) instead of from the priors.
+    Every decoding step records exactly one verify timing, so the evidence held after each request counts
+    the steps of every request so far."""
+    rt = Runtime(engine="native", model=smollm2, plugins={"speculative": "speculative:adaptive"})
+    decoder = rt.decoder()
+
+    def evidence():
+        return sum(e.weight for e in decoder.verify.times.values())
+
+    first = rt.generate(PROMPTS[0], max_tokens=40, temperature=0)
+    assert rt.decoder() is decoder
+    assert evidence() == first.decoder_stats["steps"] > 0
+    classes = decoder.controllers[0].classes
+    sampled = sum(len(c.runs) for c in classes)
+    assert sampled > 0  # the first request's accepted runs were sampled
+    second = rt.generate(PROMPTS[1], max_tokens=40, temperature=0)
+    assert rt.decoder() is decoder and decoder.controllers[0].classes is classes
+    assert evidence() == first.decoder_stats["steps"] + second.decoder_stats["steps"]
+    assert sum(len(c.runs) for c in classes) >= sampled  # added to, never restarted
+    rt.close()

@@ -12,10 +12,15 @@ import numpy as np
 
 from ..compute import on_compute_thread
 from ..errors import InputError, ModelError
-from ..interfaces import ThreadBudget, Tokenizer
+from ..interfaces import EngineCapabilities, ThreadBudget, Tokenizer
 from ..models.gguf_header import read_header
 from ..plugin_host import hookimpl
 from ..implementation import Implementation
+
+
+#: llama.cpp keeps one sequence per context here: requests take turns (no continuous batching), and its own
+#: KV cache needs no calibration
+CAPABILITIES = EngineCapabilities(tasks={"generate"}, prefix_reuse=True)
 
 
 class LlamaCppSession:
@@ -68,6 +73,8 @@ class LlamaCppSession:
 
 
 class LlamaCppModel:
+    capabilities = CAPABILITIES
+
     def __init__(self, path: str, llama, tokenizer: Tokenizer, kv, metadata: dict[str, Any], lib):
         self.path = path
         self.llama = llama
@@ -92,6 +99,7 @@ class LlamaCppModel:
 
 class LlamaCppEngine:
     name = "llama.cpp"
+    capabilities = CAPABILITIES
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache, n_ctx: int,
              threads: ThreadBudget, config: Any = None) -> LlamaCppModel:

@@ -36,25 +36,30 @@ class DraftSource(Protocol):
 
 class SpeculativeDecoder:
     """Drafts from one or more sources; ``adaptive`` chooses the source and depth each step (0 = off),
-    otherwise the depth is fixed at ``max_depth`` whenever the source has drafts."""
+    otherwise the depth is fixed at ``max_depth`` whenever the source has drafts.
+
+    The Runtime keeps one decoder per loaded model, so what the controllers learn outlives a request: the
+    verify cost per batch size (the engine's), and per source its draft cost and accepted runs per match
+    class.  What belongs to one request (sampler, shadows, counts) lives in ``generate``'s frame; requests
+    on a model take its lock, so one runs at a time."""
 
     name = "speculative"
+    runs_in_batcher = False  # the batcher decodes plainly: a request that wants drafts keeps its own turn
 
     def __init__(self, sources: list[DraftSource], adaptive: bool = True, max_depth: int = 8):
         self.sources = sources
         self.adaptive = adaptive
         self.max_depth = max_depth
         self._stats: dict = {}
-        # verify timings outlive a request: they are the engine's, per session (one per loaded model)
-        self._verify: dict[int, VerifyCost] = {}
+        self.verify = VerifyCost()
+        self.controllers = [DepthController(max_depth=max_depth, verify=self.verify) for _ in sources]
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:
         greedy = params.temperature <= 0.0
         sampler = Sampler(params)
         rng = sampler.rng
-        verify = self._verify.setdefault(id(session), VerifyCost())
-        ctrls = [DepthController(max_depth=self.max_depth, verify=verify) for _ in self.sources]
+        ctrls = self.controllers
         chooser = Chooser()
         st = {"drafted": 0, "accepted": 0, "steps": 0, "spec_steps": 0, "draft_ms": 0.0, "verify_ms": 0.0,
               "per_source": {s.name: {"drafted": 0, "accepted": 0, "steps": 0} for s in self.sources}}

@@ -13,6 +13,7 @@ from corert.sampling import Sampler
 
 class PlainDecoder:
     name = "plain"
+    runs_in_batcher = True  # the continuous batcher samples exactly like this (one forward per token)
 
     def __init__(self):
         self._stats: dict = {}

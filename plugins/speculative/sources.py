@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -70,13 +70,16 @@ class DraftModelSource:
 
     name = "draft"
 
-    def __init__(self, loaded, lock: threading.Lock, max_depth: int = 8):
-        self.loaded = loaded
-        self.lock = lock
+    def __init__(self, load: Callable[[], tuple[Any, threading.Lock]], max_depth: int = 8):
+        self._load = load  # () -> (draft model, its lock); called once, by the first request
+        self.loaded = None
+        self.lock: threading.Lock | None = None
         self.max_depth = max_depth
         self.ctx: list[int] = []
 
     def start(self, prompt_ids: Sequence[int]) -> None:
+        if self.loaded is None:
+            self.loaded, self.lock = self._load()
         self.ctx = list(prompt_ids)
 
     def extend(self, ids: Sequence[int]) -> None:

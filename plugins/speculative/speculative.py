@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from corert import Implementation, Mode, hookimpl
 from corert.errors import PluginError
+from corert.interfaces import DecoderContext
 
 from .decoder import SpeculativeDecoder
 from .sources import DraftModelSource, LookupSource, check_same_vocabulary
@@ -21,23 +22,22 @@ from .sources import DraftModelSource, LookupSource, check_same_vocabulary
 DRAFT_PAIRS = {"qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-0.5b-instruct"}
 
 
-def draft_model_for(runtime, model: str | None) -> str | None:
-    cfg = runtime.config
-    if getattr(cfg, "draft_model", None):
-        return cfg.draft_model
-    name = model or cfg.model
-    if name in DRAFT_PAIRS:
-        return DRAFT_PAIRS[name]
+def draft_model_for(config, context: DecoderContext) -> str | None:
+    """The configured draft model, else the known pairing for the target (by name or by its store path)."""
+    if getattr(config, "draft_model", None):
+        return config.draft_model
+    if context.model in DRAFT_PAIRS:
+        return DRAFT_PAIRS[context.model]
     for target, draft in DRAFT_PAIRS.items():  # a path to a pulled model counts as its name
         try:
-            if str(runtime.store.path(target)) == str(name):
+            if str(context.store_path(target)) == str(context.model):
                 return draft
         except Exception:  # noqa: BLE001
             continue
     return None
 
 
-def make(variant: str, config=None, runtime=None, model=None, **_):
+def make(variant: str, config=None, context: DecoderContext | None = None, **_):
     # prompt lookup drafts for free and copies long spans: let it go deep (the controller decides how deep);
     # a draft model pays per token
     max_depth = int(getattr(config, "draft_depth", 0) or (31 if variant == "adaptive" else 8))
@@ -45,18 +45,23 @@ def make(variant: str, config=None, runtime=None, model=None, **_):
     if variant in ("lookup", "adaptive"):
         sources.append(LookupSource())
     if variant == "draft":
-        draft = draft_model_for(runtime, model) if runtime is not None else None
+        draft = draft_model_for(config, context) if context is not None else None
         if draft is None:
             raise PluginError("speculative:draft needs a draft model: set draft_model (CORERT_DRAFT_MODEL, "
                               "--draft-model) to a model with the target's vocabulary")
-        target_loaded, _ = runtime.load_generation_model(model)
-        draft_loaded, draft_lock = runtime.load_generation_model(draft)
-        if draft_loaded is target_loaded:  # one session and one lock: drafting would wait on itself forever
-            raise PluginError(f"the draft model {draft!r} is the target model itself; pick a smaller model of "
-                              f"the same family (draft_model, CORERT_DRAFT_MODEL, --draft-model)")
-        check_same_vocabulary(target_loaded.tokenizer, draft_loaded.tokenizer)
-        sources.append(DraftModelSource(draft_loaded, draft_lock, max_depth))
+        sources.append(DraftModelSource(lambda: _load_draft(context, draft), max_depth))
     return SpeculativeDecoder(sources, adaptive=variant == "adaptive", max_depth=max_depth)
+
+
+def _load_draft(context: DecoderContext, draft: str):
+    """The draft model and its lock, checked against the target (loaded when the first request drafts)."""
+    target_loaded, _ = context.load_model(context.model)
+    draft_loaded, draft_lock = context.load_model(draft)
+    if draft_loaded is target_loaded:  # one session and one lock: drafting would wait on itself forever
+        raise PluginError(f"the draft model {draft!r} is the target model itself; pick a smaller model of "
+                          f"the same family (draft_model, CORERT_DRAFT_MODEL, --draft-model)")
+    check_same_vocabulary(target_loaded.tokenizer, draft_loaded.tokenizer)
+    return draft_loaded, draft_lock
 
 
 @hookimpl

@@ -15,14 +15,15 @@ from typing import Any
 
 from ...config import NativeConfig
 from ...errors import ModelError
-from ...interfaces import ThreadBudget, Tokenizer
+from ...interfaces import CalibratedKVStore, KVProvider, ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
 from ...numba_setup import PARALLEL_LOCK, run_parallel
-from .loaded import DEFAULT_SEQS, NativeModel
+from .loaded import CAPABILITIES, DEFAULT_SEQS, NativeModel
 
 
 class NativeEngine:
     name = "native"
+    capabilities = CAPABILITIES
 
     def __init__(self, variant: str):
         self.variant = variant
@@ -32,7 +33,7 @@ class NativeEngine:
         from .model import Transformer
 
         header = read_header(model_path, want_arrays=False)
-        if kv_cache is None or not hasattr(kv_cache, "allocate"):
+        if not isinstance(kv_cache, KVProvider):
             raise ModelError("the native engine needs a native KV cache plugin (kv_cache=contiguous)")
         if tokenizer is None:
             raise ModelError("the native engine needs a tokenizer plugin")
@@ -48,6 +49,21 @@ class NativeEngine:
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
                              prefill_rows=NativeConfig.of(config).prefill_rows)
-        if hasattr(kv, "prime"):  # e.g. paged q8 calibrates on a fixed text, so outputs never depend on history
-            kv.prime(loaded)
+        if isinstance(kv, CalibratedKVStore):  # paged q8 calibrates on a fixed text: outputs never depend on history
+            _calibrate(loaded, kv)
         return loaded
+
+
+def _calibrate(model: NativeModel, kv: CalibratedKVStore) -> None:
+    """Evaluate the text the store asks for in a scratch sequence, inside its calibration window: the engine
+    drives, the store only sees the K/V written."""
+    request = kv.calibration()
+    if request is None:
+        return
+    ids = model.tokenizer.encode(request.text)[:request.max_tokens]
+    with kv.calibrating():
+        session = model.new_session()
+        try:
+            session.eval(ids)
+        finally:
+            session.close()

@@ -5,13 +5,17 @@ import threading
 from typing import Any
 
 from ...config import NativeConfig
-from ...interfaces import ThreadBudget, Tokenizer
+from ...interfaces import EngineCapabilities, ThreadBudget, Tokenizer
 from .session import NativeSession
 
 DEFAULT_SEQS = 1
+CAPABILITIES = EngineCapabilities(tasks={"generate"}, continuous_batching=True, prefix_reuse=True,
+                                  kv_calibration=True)
 
 
 class NativeModel:
+    capabilities = CAPABILITIES
+
     def __init__(self, path: str, transformer, tokenizer: Tokenizer, kv, n_ctx: int, threads: int,
                  metadata: dict[str, Any], n_seqs: int = DEFAULT_SEQS,
                  prefill_rows: int = NativeConfig().prefill_rows):
@@ -41,8 +45,8 @@ class NativeModel:
 
     def batch_service(self, run=None):
         """The continuous-batching service of this model (its KV store's sequence slots, less the default
-        session's if one was made), created on first use with ``run`` executing its steps; None when
-        there is room for one stream only."""
+        session's if one was made), created on first use with ``run`` executing its steps (default: on the
+        service's driver thread); None when there is room for one stream only."""
         with self._batching_lock:  # requests arrive together: exactly one service per model
             if self._batching is None:
                 from .serving import BatchService

@@ -5,10 +5,10 @@
         ...
 
 One driver thread owns a :class:`BatchRunner` and steps it while any stream is live (each step runs
-through ``run``: the Runtime hands it to its scheduler, so steps queue with other work on the cores the
-scheduler owns, and the requests themselves only wait on their token queues); a request joins
-between two steps and leaves when it finishes, is cancelled, or its consumer stops iterating (closing the
-generator cancels the stream and frees its KV pages).  Requests beyond the store's ``n_seqs`` sequence
+through ``run``, by default directly on that driver thread; the Runtime uses the default, so batched
+forwards do not queue on the scheduler, and the requests themselves only wait on their token queues); a
+request joins between two steps and leaves when it finishes, is cancelled, or its consumer stops iterating
+(closing the generator cancels the stream and frees its KV pages).  Requests beyond the store's ``n_seqs`` sequence
 slots wait for a slot in arrival order.  Each request's tokens are exactly those it gets alone (see
 batching.py), so batching changes throughput, never output.
 
@@ -42,7 +42,7 @@ class BatchService:
     def __init__(self, model, n_seqs: int, run: Callable | None = None):
         self.runner = BatchRunner(model, prefill_rows=model.prefill_rows)
         self.n_seqs = n_seqs
-        self._run = run or (lambda fn: fn())  # how a step is executed (the Runtime: as a scheduler task)
+        self._run = run or (lambda fn: fn())  # how a step is executed (default: here, on the driver thread)
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Request] = collections.deque()
         self._live: dict[int, _Request] = {}

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...errors import InputError
+from ...interfaces import PrefixMatchingKVStore
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class NativeSession:
         if arr.min() < 0 or arr.max() >= m.n_vocab:
             raise InputError(f"token ids must be in [0, {m.n_vocab})")
         start = len(self.tokens)
-        paged = hasattr(m.kv, "match_prefix")  # a store that tracks ids (kv_cache=paged)
+        paged = isinstance(m.kv, PrefixMatchingKVStore)  # a store that tracks ids (kv_cache=paged)
         with PARALLEL_LOCK:
             have = m.kv.length(self.seq)
             if have < start:  # the store evicted this idle sequence's K/V: recompute them first

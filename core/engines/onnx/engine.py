@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
 from ...errors import ConfigError, ModelError
-from ...interfaces import ThreadBudget
+from ...interfaces import EngineCapabilities, ThreadBudget
 from . import graph
 from .config import DEFAULT_MAX_LENGTH, OnnxConfig, default_budget, new_session
 from .tasks import ClassifyModel, EmbedModel
@@ -22,10 +22,12 @@ from .wordpiece import WordPiece
 KINDS = ("embed", "classify")
 VARIANTS = ("q8", "stock")
 _MAIN_FILES = ("model.onnx", "classifier.onnx")
+CAPABILITIES = EngineCapabilities(tasks=set(KINDS))
 
 
 @attrs.define
 class OnnxEngine:
+    capabilities: ClassVar[EngineCapabilities] = CAPABILITIES
     name: str = "onnx"
     variant: str = "q8"
     config: OnnxConfig = attrs.field(factory=OnnxConfig)

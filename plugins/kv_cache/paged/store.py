@@ -9,11 +9,13 @@ The integers (ref counts, free list, prefix hashes) live in :class:`PagePool`.
 
 q8 pages hold keys and values in a basis where int8 blocks lose little (q8.py: per-channel centring and
 weighting of keys, a Walsh-Hadamard rotation of keys and values, position 0 against a reference key); the
-attention result is exact up to that rounding.  The basis is calibrated per layer on CALIBRATION_TEXT: the
-engine calls ``prime(model)`` at load, which evaluates it in a scratch sequence inside ``calibrating()``, so
-every store of a model gets the same basis and no sequence's output depends on what ran before it.
+attention result is exact up to that rounding.  The basis is calibrated per layer on CALIBRATION_TEXT: at
+load the engine asks ``calibration()`` and evaluates that text in a scratch sequence inside
+``calibrating()`` (corert.interfaces.CalibratedKVStore), so every store of a model gets the same basis and
+no sequence's output depends on what ran before it.
 
-Beyond the KVStore protocol (callers that know token ids get sharing and recompute):
+Beyond the KVStore protocol (callers that know token ids get sharing and recompute;
+corert.interfaces.PrefixMatchingKVStore):
   reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
   match_prefix(seq, ids) -> n   an empty sequence takes the cached pages of ids' longest cached prefix
   evicted(seq) -> bool          the store dropped this idle sequence's K/V to make room: re-evaluate it
@@ -29,6 +31,7 @@ import numpy as np
 
 from corert.kernels.f16 import F16_TO_F32
 from corert.errors import InputError
+from corert.interfaces import CalibrationRequest
 
 from .blocks import PagePool, chain_hash
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
@@ -37,7 +40,7 @@ from .q8 import CAL_ROWS, Calibration, Q8Coding
 from .writes import QB, write_f16, write_f32, write_q8
 
 _STORAGE = {"f32": np.float32, "f16": np.uint16, "q8": np.int8}
-#: What ``prime`` evaluates to calibrate q8 pages (prose, code, markup, lists, a table: the kinds of keys
+#: What the engine evaluates to calibrate q8 pages (prose, code, markup, lists, a table: the kinds of keys
 #: and queries a runtime sees).  Its first CAL_ROWS + 1 tokens are used.
 CALIBRATION_TEXT = (
     "The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
@@ -275,21 +278,13 @@ class PagedKVStore:
         arrays = [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
         return int(sum(a.nbytes for a in arrays))
 
-    def prime(self, model) -> None:
-        """Calibrate the q8 basis on CALIBRATION_TEXT through ``model`` (a loaded native model whose store
-        this is), in a scratch sequence that is released afterwards."""
+    def calibration(self) -> CalibrationRequest | None:
+        """What the engine should evaluate inside :meth:`calibrating` (q8 pages not yet calibrated), else
+        None.  The engine tokenizes and evaluates it: the store only sees the K/V written meanwhile."""
         if self.coding is None or self.coding.calibrated or not self._free_ids:
-            return
-        ids = model.tokenizer.encode(CALIBRATION_TEXT)[:CAL_ROWS + 1]
-        ids = ids[:min(len(ids), self.max_tokens, self.n_pages * self.page_tokens)]
-        with self.calibrating():
-            session = model.new_session()
-            try:
-                session.eval(ids)
-            finally:
-                session.close()
-        for name in ("prefix_queried", "prefix_hits"):
-            self.counters[name] = 0
+            return None
+        return CalibrationRequest(CALIBRATION_TEXT, min(CAL_ROWS + 1, self.max_tokens,
+                                                        self.n_pages * self.page_tokens))
 
     @contextlib.contextmanager
     def calibrating(self) -> Iterator[None]:
@@ -310,6 +305,8 @@ class PagedKVStore:
         cal.finish()
         for p in range(self.n_pages):
             self.pool.forget(p)
+        for name in ("prefix_queried", "prefix_hits"):  # calibration is not traffic
+            self.counters[name] = 0
 
     # -- memory management -----------------------------------------------------------------------------
     def compact(self) -> dict:

@@ -1,0 +1,88 @@
+"""What a generate request is and what it returns: the request, the finished Completion (OpenAI-shaped)
+and the chunks of a stream.  Plain values, shared by the Runtime facade and the generation loop."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+
+from .interfaces import SamplingParams
+
+
+@attrs.frozen
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@attrs.frozen
+class Timings:
+    queue_ms: float
+    tokenize_ms: float
+    prompt_ms: float   # prompt evaluation up to the first generated token
+    decode_ms: float   # from the first generated token to the last
+    prompt_tokens: int
+    decode_tokens: int  # tokens generated after the first
+
+    def to_dict(self) -> dict[str, float]:
+        d = attrs.asdict(self)
+        d["prompt_tokens_per_s"] = self.prompt_tokens / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
+        d["decode_tokens_per_s"] = self.decode_tokens / (self.decode_ms / 1e3) if self.decode_ms > 0 else 0.0
+        return d
+
+
+@attrs.frozen
+class Completion:
+    """A finished generation, OpenAI-shaped through :meth:`to_dict`."""
+
+    id: str
+    model: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # "stop" (end of generation or a stop string), "length", "cancelled"
+    usage: Usage
+    timings: Timings
+    plugins: dict[str, str]
+    decoder_stats: dict[str, Any]
+    created: int = attrs.field(factory=lambda: int(time.time()))
+    chat: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": self.text}
+        else:
+            choice["text"] = self.text
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": [choice], "text": self.text,
+                "token_ids": list(self.token_ids), "usage": self.usage.to_dict(),
+                "timings": self.timings.to_dict(), "plugins": dict(self.plugins),
+                "decoder": dict(self.decoder_stats)}
+
+
+@attrs.frozen
+class StreamChunk:
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None = None
+    completion: Completion | None = None  # set on the last chunk
+
+
+@attrs.frozen
+class GenerateRequest:
+    prompt: str
+    model: str
+    params: SamplingParams
+    stop: tuple[str, ...] = ()
+    priority: str = "normal"
+    timeout: float | None = None
+    chat: bool = False
