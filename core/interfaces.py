@@ -113,6 +113,7 @@ class Engine(Protocol):
 
 
 # -- memory ----------------------------------------------------------------------------------------------
+@runtime_checkable
 class LlamaKV(Protocol):
     """The llama.cpp engine's KV cache: llama.cpp stores K/V itself; the plugin picks its type."""
 
@@ -170,6 +171,14 @@ class KVStore(Protocol):
 
     def nbytes(self) -> int:
         """Memory held for K/V, in bytes."""
+
+
+@runtime_checkable
+class KVProvider(Protocol):
+    """What a kv_cache plugin's factory returns for the native engine: one store per loaded model."""
+
+    def allocate(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
+                 n_seqs: int = 1) -> KVStore: ...
 
 
 @runtime_checkable

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..compute import on_compute_thread
 from ..errors import InputError, ModelError
-from ..interfaces import EngineCapabilities, ThreadBudget, Tokenizer
+from ..interfaces import EngineCapabilities, LlamaKV, ThreadBudget, Tokenizer
 from ..models.gguf_header import read_header
 from ..plugin_host import hookimpl
 from ..implementation import Implementation
@@ -111,7 +111,7 @@ class LlamaCppEngine:
         llama_lib.prepare(model_path)  # extra weight buffers only where a child process saw them run
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         train_ctx = int(meta.get(f"{header.architecture}.context_length", n_ctx) or n_ctx)
-        if kv_cache is None or not hasattr(kv_cache, "context_params"):
+        if not isinstance(kv_cache, LlamaKV):
             raise ModelError("the llama.cpp engine needs a llama.cpp KV cache plugin (kv_cache=llama_cpp)")
         try:
             llama = llama_cpp.Llama(model_path=str(model_path), n_ctx=min(n_ctx, train_ctx),

@@ -25,7 +25,7 @@ import attrs
 import numpy as np
 
 from ...errors import InputError
-from ...interfaces import SamplingParams
+from ...interfaces import PrefixMatchingKVStore, SamplingParams
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 from ...sampling import Sampler
 
@@ -56,7 +56,7 @@ class BatchRunner:
         self.kv = model.kv
         self.prefill_rows = max(1, int(prefill_rows))
         self._sampler = Sampler
-        self._tracks = hasattr(self.kv, "match_prefix")  # a paged store: ids, prefix sharing, eviction
+        self._tracks = isinstance(self.kv, PrefixMatchingKVStore)  # a paged store: ids, prefix sharing, eviction
         self.share_prefixes = share_prefixes and self._tracks
         self._ids = itertools.count()
         self.streams: dict[int, Stream] = {}
