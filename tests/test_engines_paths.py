@@ -313,7 +313,7 @@ def test_speculative_draft_with_its_real_draft_model(store):
     try:
         got = spec.generate(GROUNDED, max_tokens=24, **GREEDY)
         assert spec.config.draft_model is None
-        assert any(k[0].endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") for k in spec._loaded)
+        assert any(k.path.endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") for k in spec._loaded)
     finally:
         spec.close()
     assert got.token_ids == want.token_ids
