@@ -1,0 +1,100 @@
+"""The adaptive depth controller's arithmetic and the chooser's decision, on given timings and runs.
+Written to kill mutmut's mutants of corert/plugins/speculative/controller.py (scripts/mutation.sh); the
+end-to-end behaviour on a real model is in test_speculative.py."""
+from __future__ import annotations
+
+import pytest
+
+from corert.plugins.speculative.controller import (RESUMED, SHADOW_SPAN, Chooser, DepthController, ShadowOffer,
+                                                  match_class)
+
+
+def _ctrl(verify, draft=0.0) -> DepthController:
+    """A controller whose verify of m positions takes ``verify(m)`` seconds (every size measured)."""
+    c = DepthController()
+    for m in range(1, 33):
+        c.record_verify(m, verify(m))
+    if draft:
+        c.record_draft(1, draft)
+    return c
+
+
+def test_match_classes():
+    assert [match_class(n) for n in (0, 3, 4, 7, 8, 15, 16, 100)] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert match_class(2, resumed=True) == match_class(40, resumed=True) == RESUMED == 4
+
+
+def test_record_draft_keeps_the_cost_per_token():
+    c = DepthController()
+    c.record_draft(0, 0.5)  # nothing drafted: no evidence (and no division by zero)
+    assert c.draft_cost.value == 0.0 and c.draft_cost.weight == 0.0
+    c.record_draft(1, 0.02)
+    assert c.draft_cost.value == pytest.approx(0.02)
+    d = DepthController()
+    d.record_draft(4, 0.08)
+    assert d.draft_cost.value == pytest.approx(0.02)
+
+
+def test_a_rejected_shadow_offer_records_its_run_in_its_class():
+    c = DepthController()
+    sh = ShadowOffer([5, 6, 7, 8], c, 2)
+    assert sh.observe(5) is False and sh.observe(6) is False
+    assert sh.observe(9) is True  # the third token differs: a run of 2
+    assert list(c.classes[2].runs) == [2]
+    assert all(not c.classes[k].runs for k in (0, 1, 3, 4))
+
+
+def test_a_fully_matched_shadow_offer_records_its_length():
+    c = DepthController()
+    sh = ShadowOffer([1, 2, 3], c, 1)
+    assert [sh.observe(t) for t in (1, 2, 3)] == [False, False, True]
+    assert list(c.classes[1].runs) == [3]
+    long = ShadowOffer(list(range(100)), c, 3)
+    assert not any(long.observe(t) for t in range(SHADOW_SPAN - 1)) and long.observe(SHADOW_SPAN - 1)
+    assert list(c.classes[3].runs) == [SHADOW_SPAN]
+
+
+FLAT = lambda m: 0.03 + 0.001 * (m - 1)  # noqa: E731 - verifying more positions costs little
+
+
+def test_chooser_takes_the_source_that_pays_and_says_which():
+    good = _ctrl(FLAT)
+    k, rate = good.best(8, 3)
+    assert k > 1 and rate > good.plain_rate()
+    # the first source offers nothing: skipped, the next one is chosen, by its index
+    assert Chooser().choose([(4, _ctrl(FLAT), 0, 3), (7, good, 8, 3)]) == (7, k)
+    # one token on offer is still worth a step of k = 1
+    assert Chooser().choose([(2, good, 1, 3)]) == (2, 1)
+    # a later source that declines (k = 0) does not replace an earlier one that pays
+    assert Chooser().choose([(7, good, 8, 3), (9, _ctrl(FLAT), 8, 0)]) == (7, k)
+    # equal offers: the first keeps it
+    assert Chooser().choose([(5, good, 8, 3), (6, good, 8, 3)]) == (5, k)
+    assert Chooser().choose([]) == (0, 0)
+
+
+def test_chooser_on_slow_steps():
+    # seconds per step: every rate is below 1 token/s, and still the better one wins
+    slow = _ctrl(lambda m: 20.0 + 0.1 * m)
+    k, rate = slow.best(8, 3)
+    assert rate < 1.0 and k > 0
+    assert Chooser().choose([(3, slow, 8, 3)]) == (3, k)
+
+
+def test_chooser_margin():
+    # class 2's prior: half the offers run 8 tokens, half none; verify grows with the size
+    c = _ctrl(lambda m: 0.03 * (1 + 0.1 * (m - 1)))
+    k, rate = c.best(8, 2)
+    gain = rate / c.plain_rate()
+    assert 2.5 < gain < 3.0, gain
+    assert Chooser(margin=1.5).choose([(1, c, 8, 2)]) == (1, k)
+    assert Chooser(margin=2.0).choose([(1, c, 8, 2)]) == (0, 0)  # pays, but not by the margin
+
+
+def test_chooser_reads_plain_decoding_from_the_first_controller():
+    # the controllers share verify timings in the decoder; the chooser reads plain decoding's rate once
+    first = _ctrl(FLAT)
+    # here plain decoding runs 100 tokens/s and drafting 102: better, though not by the 5% margin, while
+    # the first controller's plain rate (33 tokens/s) is beaten by far
+    odd = _ctrl(lambda m: 0.01 if m == 1 else 0.0098 * m)
+    assert odd.best(8, 3)[0] == 1
+    assert Chooser().choose([(0, first, 0, 3), (1, odd, 8, 3)]) == (1, 1)
