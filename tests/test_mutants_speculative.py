@@ -98,3 +98,40 @@ def test_chooser_reads_plain_decoding_from_the_first_controller():
     odd = _ctrl(lambda m: 0.01 if m == 1 else 0.0098 * m)
     assert odd.best(8, 3)[0] == 1
     assert Chooser().choose([(0, first, 0, 3), (1, odd, 8, 3)]) == (1, 1)
+
+
+def test_ema_is_a_plain_mean_until_enough_evidence():
+    from corert.plugins.speculative.controller import Ema
+
+    e = Ema(0.0)
+    for x in (1.0, 2.0, 3.0, 4.0):
+        e.add(x)
+    assert e.value == pytest.approx(2.5) and e.weight == 4.0
+    e.add(12.0)  # from the fifth sample on: alpha = 0.25
+    assert e.value == pytest.approx(2.5 + 0.25 * 9.5) and e.weight == 5.0
+
+
+def test_verify_cost_before_any_measurement():
+    from corert.plugins.speculative.controller import VerifyCost
+
+    assert VerifyCost()(1) == VerifyCost()(7) == 1.0
+
+
+def test_depths_follow_the_ladder_up_to_what_is_available():
+    c = DepthController()
+    assert c.depths(0) == [] and c.depths(1) == [1]
+    assert c.depths(4) == [1, 2, 3, 4] and c.depths(5) == [1, 2, 3, 5]
+    assert c.depths(40) == [1, 2, 3, 5, 7, 11, 15, 23, 31]
+    assert DepthController(max_depth=9).depths(40) == [1, 2, 3, 5, 7, 9]
+
+
+def test_defaults_are_class_zero_and_ties_keep_plain_decoding():
+    c = _ctrl(lambda m: 0.25 * m)  # exact binary fractions: every k of class 3 ties with plain decoding
+    assert c.best(8, 3) == (0, 4.0)
+    assert c.best(8) == c.best(8, 0)
+    c.record_acceptance(8, 5)
+    assert list(c.classes[0].runs) == [5]
+    assert c.expected_tokens(3) == c.expected_tokens(3, 0) == 1.0 + (0 + 3) / 2
+    d = _ctrl(FLAT)
+    k, rate = d.best(1, 3)
+    assert (k, rate) == (1, pytest.approx(2 / FLAT(2)))
