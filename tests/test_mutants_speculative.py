@@ -135,3 +135,34 @@ def test_defaults_are_class_zero_and_ties_keep_plain_decoding():
     d = _ctrl(FLAT)
     k, rate = d.best(1, 3)
     assert (k, rate) == (1, pytest.approx(2 / FLAT(2)))
+
+
+def test_verify_cost_below_between_and_beyond_the_measured_sizes():
+    from corert.plugins.speculative.controller import VerifyCost
+
+    c = VerifyCost(prior_slope=0.3)
+    c.record(4, 0.08)
+    c.record(8, 0.1)
+    assert c(2) == pytest.approx(0.08 * 2 / 4)  # below: proportional to the smallest measured size
+    c.record(1, 0.03)
+    c.record(2, 0.05)
+    c.record(16, 0.2)
+    assert c(12) == pytest.approx(0.1 + (0.2 - 0.1) * (12 - 8) / (16 - 8))  # between the nearest two
+    assert c(6) == pytest.approx(0.08 + (0.1 - 0.08) * (6 - 4) / (8 - 4))
+    d = VerifyCost(prior_slope=0.3)
+    d.record(2, 0.06)
+    assert d(5) == pytest.approx(max(0.06, 0.06 / 2 * (1 + 0.3 * 4)))  # beyond: the prior line from one step
+
+
+def test_a_draft_token_the_target_would_never_sample_is_rejected():
+    import numpy as np
+
+    from corert.interfaces import SamplingParams
+    from corert.plugins.speculative.acceptance import accept_sampled
+
+    logits = np.log(np.array([0.05, 0.5, 0.4, 0.05]))
+    top2 = SamplingParams(temperature=1.0, top_k=2, top_p=1.0)  # the target samples only tokens 1 and 2
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_ok, nxt = accept_sampled([3], [{3: 1.0}], np.stack([logits, logits]), top2, rng)
+        assert n_ok == 0 and nxt in (1, 2)
