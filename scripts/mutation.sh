@@ -33,7 +33,7 @@ MODULES=(
   'scheduler_queue|corert/plugins/scheduler/work_stealing.py|"tests/test_scheduler_work_stealing.py", "tests/test_mutants_scheduler_queue.py"|*ǁ_Workerǁload* *ǁsubmit* *ǁ_home_for* *ǁ_take* *ǁ_withdraw* *ǁ_work_* *ǁTaskFutureǁcancel*'
   # the pure tests of each (the end-to-end ones load a model per mutant and do not fit)
   'speculative_acceptance|corert/plugins/speculative/acceptance.py|"tests/test_speculative.py", "tests/test_mutants_speculative.py", "-k", "test_greedy_ or test_sampled_acceptance_ or test_rejection_ or test_a_draft_token"'
-  'speculative_controller|corert/plugins/speculative/controller.py|"tests/test_speculative.py", "tests/test_mutants_speculative.py", "-k", "test_controller_ or test_verify_cost_ or test_shadow_offers_ or test_match_ or test_record_ or test_a_ or test_chooser_ or test_ema_ or test_depths_ or test_defaults_"'
+  'speculative_controller|corert/plugins/speculative/controller.py|"tests/test_speculative.py", "tests/test_mutants_speculative.py", "-k", "test_controller_ or test_verify_cost_ or test_shadow_offers_ or test_match_ or test_record_ or test_a_ or test_chooser_ or test_ema_ or test_depths_ or test_defaults_ or test_acceptance_rate"'
   'models_store|corert/models/store.py|"tests/test_mutants_models_store.py"'
 )
 

@@ -166,3 +166,30 @@ def test_a_draft_token_the_target_would_never_sample_is_rejected():
     for _ in range(200):
         n_ok, nxt = accept_sampled([3], [{3: 1.0}], np.stack([logits, logits]), top2, rng)
         assert n_ok == 0 and nxt in (1, 2)
+
+
+def test_sampled_acceptance_stops_at_the_first_rejection_and_draws_from_the_residual():
+    import numpy as np
+
+    from corert.interfaces import SamplingParams
+    from corert.plugins.speculative.acceptance import accept_sampled
+
+    top2 = SamplingParams(temperature=1.0, top_k=2, top_p=1.0)
+    logits = np.log(np.array([0.05, 0.55, 0.4, 0.05]))  # the target samples 1 (p ~ .58) and 2 (p ~ .42)
+    rows = np.stack([logits, logits, logits])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        # the draft's 3 is never sampled by the target: rejected at once, whatever came before it
+        n_ok, nxt = accept_sampled([1, 3], [{1: 0.5, 2: 0.5}, {1: 0.9, 3: 0.1}], rows, top2, rng)
+        assert n_ok in (0, 1)
+        if n_ok == 1:
+            # q puts 0.9 on 1, more than p: the residual max(0, p - q) holds token 2 alone
+            assert nxt == 2
+
+
+def test_acceptance_rate_defaults_to_class_zero():
+    c = DepthController()
+    for _ in range(6):
+        c.record_acceptance(8, 8, cls=1)
+    assert c.acceptance() == c.acceptance(0) != c.acceptance(1)
+    assert c.best(31) == c.best(31, 0) != c.best(31, 1)
