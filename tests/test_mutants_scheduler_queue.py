@@ -209,3 +209,47 @@ def test_batch_work_never_takes_the_last_free_lane():
             g[2].result(WAIT)
     finally:
         sched.shutdown()
+
+
+def test_a_free_worker_steals_from_the_next_worker_first():
+    sched = _lanes(3)
+    try:
+        ids, holds = [], []
+        for _ in range(3):
+            started, release = threading.Event(), threading.Event()
+
+            def hold(started=started, release=release):
+                ids.append(threading.get_native_id())
+                started.set()
+                assert release.wait(WAIT)
+
+            holds.append((release, sched.submit(hold)))
+            assert started.wait(WAIT)
+        index_of = {w["native_id"]: i for i, w in enumerate(sched.stats()["per_worker"])}
+        order: list[str] = []
+        both_ran = threading.Event()
+
+        def record(label):
+            order.append(label)
+            if len(order) == 2:
+                both_ran.set()
+
+        placed: dict[int, str] = {}
+        n = 0
+        while len(placed) < 2:  # one queued task on each of the workers after worker 0 (others withdrawn)
+            n += 1
+            label = f"task-{n}"
+            fut = sched.submit(record, label)
+            home = fut._task.home.index
+            if home == 0 or home in placed:
+                assert fut.cancel()
+            else:
+                placed[home] = label
+        holds[[index_of[i] for i in ids].index(0)][0].set()  # free worker 0 only
+        assert both_ran.wait(WAIT)
+        assert order == [placed[1], placed[2]]  # it steals from worker 1 (its next) before worker 2
+        for release, held in holds:
+            release.set()
+            held.result(WAIT)
+    finally:
+        sched.shutdown()
