@@ -9,7 +9,7 @@ Combinations (native engine):
     kv_cache {contiguous, paged:f32} x decoding {plain, speculative:lookup, speculative:adaptive}
     x {one request at a time (cold, then reusing the cached prompt), n_seqs=4 with concurrent requests}
 With n_seqs > 1, plain decoding runs in the continuous batcher (the requests share forwards); speculative
-decoders do not run in the batcher (runtime.py ``_serve`` batches plain only), so there the concurrent
+decoders do not run in the batcher (they declare runs_in_batcher = False), so there the concurrent
 requests take turns on the model's one session; the test checks that this is what happened.
 Not applicable: paged:q8 / paged:f16 (quantized pages are not lossless); speculative:draft (it needs a
 smaller model of the same family, and SmolLM2-135M is the smallest); the llama.cpp engine with n_seqs > 1

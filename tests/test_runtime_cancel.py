@@ -39,17 +39,20 @@ def _served_next(trace, stopped, following) -> None:
 def test_timeout_stops_a_long_generation_and_frees_the_model(served, monkeypatch):
     rt, session, expected = served
     held = threading.Event()
+    armed = threading.Event()  # only the timed request is held: a following one has no deadline to wait for
+    armed.set()
 
     def hold_until_late(token, n):
         # the timed request's 4th evaluation (prompt + 3 tokens) waits for its deadline: the timeout comes
         # mid-generation, with the engine about to evaluate the next token
-        if n == 4 and not held.is_set():
+        if n == 4 and armed.is_set() and not held.is_set():
             held.set()
             token.wait()
 
     trace = EvalTrace(monkeypatch, session, pause=hold_until_late)
     with pytest.raises(TaskTimeoutError):
-        rt.generate(COUNT, max_tokens=LONG, temperature=0, timeout=2.0)
+        rt.generate(COUNT, max_tokens=LONG, temperature=0, timeout=5.0)
+    armed.clear()
     trace.mark("timed out")
     after = rt.generate(NEXT, max_tokens=12, temperature=0)
     assert held.is_set(), "the deadline passed before the generation got going"
