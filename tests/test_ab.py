@@ -206,6 +206,7 @@ class NoisyLlamaEngine:
 
         self.inner = LlamaCppEngine()
         self.name = "noisy"
+        self.capabilities = self.inner.capabilities  # what it wraps can do
 
     def load(self, *args, **kwargs):
         import numpy as np
