@@ -88,7 +88,9 @@ def test_wheel_ships_the_corpus(tmp_path):
     run = tmp_path / "elsewhere"
     run.mkdir()
     out = subprocess.run([sys.executable, "-c", probe], cwd=run, env={**_env(), "PYTHONPATH": str(site)},
-                         capture_output=True, text=True, check=True, timeout=300).stdout
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = out.stdout
     r = json.loads(out)
     assert Path(r["module"]).is_relative_to(site), r["module"]  # the wheel's copy, not the checkout
     assert r["files"] == [p.name for p in corpus_files()]
