@@ -24,13 +24,15 @@ from typing import Callable, Sequence
 import attrs
 import numpy as np
 
+from ...config import NativeConfig
 from ...errors import InputError
 from ...interfaces import PrefixMatchingKVStore, SamplingParams
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 from ...sampling import Sampler
 
-#: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long.
-DEFAULT_PREFILL_ROWS = 256
+#: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long
+#: (one default, the native settings table's).
+DEFAULT_PREFILL_ROWS = NativeConfig().prefill_rows
 
 
 @attrs.define
