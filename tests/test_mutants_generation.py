@@ -1,0 +1,173 @@
+"""The generation loop (corert/generation.py) on SmolLM2 through llama.cpp: what it keeps, emits and counts.
+
+Written to kill mutmut's mutants of the loop (scripts/mutation.sh generation): each test drives
+``generation.generate`` with the Runtime's own loaded model and decoder, and checks one rule of the loop
+against the model's own greedy output (computed once per module), not against constants of its own.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from corert import Runtime, generation
+from corert.cancel import CancelToken, set_current
+from corert.errors import InputError, TaskTimeoutError
+from corert.interfaces import SamplingParams
+from corert.results import GenerateRequest
+
+MODEL = "smollm2-135m-instruct"
+N_CTX = 256  # llama.cpp rounds a context up to a multiple of 256: ask for exactly that
+PROMPT = "The three primary colours are"
+CHAT = "<|im_start|>user\nSay hello in one word.<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def rt():
+    runtime = Runtime(engine="llama.cpp", model=MODEL, n_ctx=N_CTX, plugins={"speculative": "plain"})
+    yield runtime
+    runtime.close()
+
+
+class Recording:
+    """The model's real decoder, recording whether the loop closed its token iterator."""
+
+    def __init__(self, decoder):
+        self.inner = decoder
+        self.closed = 0
+        self.runs_in_batcher = False
+
+    def generate(self, session, ids, params, is_eog):
+        try:
+            yield from self.inner.generate(session, ids, params, is_eog)
+        finally:
+            self.closed += 1
+
+    def stats(self):
+        return {"recorded": True, **self.inner.stats()}
+
+
+def run(rt, prompt=PROMPT, *, max_tokens=24, stop=(), cancel=None, clock=(10.0, 10.25), decoder=None):
+    loaded, lock = rt.load_generation_model(MODEL)
+    dec = decoder or Recording(rt.decoder(MODEL))
+    req = GenerateRequest(prompt, MODEL, SamplingParams(max_tokens=max_tokens, temperature=0.0), tuple(stop))
+    chunks = []
+    done = generation.generate(req, generation.Target(loaded, lock, dec), generation.Clock(*clock),
+                               {"engine": "llama.cpp"}, emit=chunks.append, cancel=cancel)
+    return done, chunks, dec
+
+
+@pytest.fixture(scope="module")
+def free(rt):
+    """The greedy run with nothing stopping it early: the reference the other tests cut."""
+    done, chunks, _ = run(rt)
+    assert done.finish_reason == "length" and len(done.token_ids) == 24
+    return done
+
+
+def test_text_is_the_detokenized_ids_and_the_chunks_add_up_to_it(rt, free):
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    assert free.text == tok.decode(list(free.token_ids))
+    done, chunks, dec = run(rt)
+    assert done.text == free.text and done.token_ids == free.token_ids
+    assert "".join(c.text for c in chunks) == done.text
+    assert [i for c in chunks for i in c.token_ids] == list(done.token_ids)
+    last = chunks[-1]
+    assert last.completion is done and last.finish_reason == "length" and last.text == "" and last.token_ids == ()
+    assert all(c.completion is None and c.finish_reason is None for c in chunks[:-1])
+    assert dec.closed == 1
+
+
+def test_usage_and_timings_count_what_ran(rt, free):
+    n_prompt = len(rt.tokenizer(MODEL, "llama.cpp").encode(PROMPT, parse_special=True))
+    assert free.usage.prompt_tokens == n_prompt and free.usage.completion_tokens == 24
+    t = free.timings
+    assert t.prompt_tokens == n_prompt and t.decode_tokens == 23
+    assert t.queue_ms == pytest.approx(250.0)
+    assert t.tokenize_ms >= 0 and t.prompt_ms > 0 and t.decode_ms > 0
+    assert free.id.startswith("cmpl-") and len(free.id) == 29 and free.model == MODEL
+    assert free.plugins == {"engine": "llama.cpp"} and free.decoder_stats.get("recorded") is True
+    assert free.chat is False
+
+
+def test_a_stop_string_cuts_the_text_before_it_and_ends_the_decoder(rt, free):
+    stop = free.text[10:14]
+    assert stop and free.text.find(stop) == 10
+    done, chunks, dec = run(rt, stop=[stop])
+    assert done.finish_reason == "stop" and done.text == free.text[:10]
+    # the ids kept run up to and including the token that completed the stop string
+    assert 0 < len(done.token_ids) < 24 and done.token_ids == free.token_ids[:len(done.token_ids)]
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    assert stop in tok.decode(list(done.token_ids)) and stop not in tok.decode(list(done.token_ids[:-1]))
+    assert "".join(c.text for c in chunks) == done.text
+    assert done.usage.completion_tokens == len(done.token_ids)
+    assert dec.closed == 1
+
+
+def test_text_held_for_a_stop_string_that_never_completes_is_flushed(rt, free):
+    tail = free.text[-3:]
+    done, chunks, _ = run(rt, stop=[tail + "\x00never"])
+    assert done.finish_reason == "length" and done.text == free.text
+    assert "".join(c.text for c in chunks) == free.text
+
+
+def test_end_of_generation_is_not_kept(rt):
+    done, _, _ = run(rt, CHAT, max_tokens=40)
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    assert done.finish_reason == "stop" and len(done.token_ids) < 40
+    assert not any(tok.is_eog(i) for i in done.token_ids)
+    assert done.timings.decode_tokens == len(done.token_ids)  # the end-of-generation id was yielded too
+    assert done.text.strip()
+
+
+def test_a_cancel_keeps_the_token_in_hand_and_stops(rt, free):
+    cancel = threading.Event()
+    cancel.set()
+    done, chunks, dec = run(rt, cancel=cancel)
+    assert done.finish_reason == "cancelled" and done.token_ids == free.token_ids[:1]
+    assert chunks[-1].finish_reason == "cancelled" and dec.closed == 1
+
+
+def test_the_scheduler_token_ends_the_loop_with_its_error(rt):
+    token = CancelToken()
+    token.cancel("timeout")
+    set_current(token)
+    try:
+        with pytest.raises(TaskTimeoutError):
+            run(rt)
+    finally:
+        set_current(None)
+
+
+def long_prompt(rt, n_tokens: int) -> str:
+    """Real text cut to about ``n_tokens`` tokens."""
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    words = " ".join(["The river runs past the mill, and the miller counts the sacks of grain."] * 40)
+    return tok.decode(tok.encode(words, parse_special=True)[:n_tokens])
+
+
+def test_max_tokens_is_clamped_to_the_context(rt):
+    loaded, _ = rt.load_generation_model(MODEL)
+    assert loaded.n_ctx == N_CTX
+    prompt = long_prompt(rt, N_CTX - 12)
+    n_prompt = len(rt.tokenizer(MODEL, "llama.cpp").encode(prompt, parse_special=True))
+    assert n_prompt < N_CTX
+    done, _, _ = run(rt, prompt, max_tokens=10_000)
+    assert done.finish_reason == "length" and len(done.token_ids) == N_CTX - n_prompt
+
+
+def test_a_prompt_that_fills_the_context_is_refused_before_any_decode(rt):
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    ids = tok.encode(long_prompt(rt, N_CTX + 20), parse_special=True)
+    prompt = tok.decode(ids[:N_CTX])
+    n = len(tok.encode(prompt, parse_special=True))
+    assert n >= N_CTX
+    dec = Recording(rt.decoder(MODEL))
+    with pytest.raises(InputError, match=f"has {n} tokens; the context holds {N_CTX}"):
+        run(rt, prompt, decoder=dec)
+    assert dec.closed == 0
+    # one token shorter than the context still runs, and generates exactly the one token left
+    prompt = tok.decode(ids[:N_CTX - 1])
+    if len(tok.encode(prompt, parse_special=True)) == N_CTX - 1:
+        done, _, _ = run(rt, prompt)
+        assert len(done.token_ids) == 1 and done.finish_reason == "length"
