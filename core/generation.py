@@ -7,6 +7,7 @@ model's decoder and, when the request joins continuous batching, the model's bat
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 import time
@@ -18,7 +19,7 @@ import attrs
 from .cancel import current_token
 from .errors import InputError
 from .interfaces import BatchService, Decoder, LoadedModel
-from .results import Completion, GenerateRequest, StreamChunk, Timings, Usage
+from .results import Completion, GenerateRequest, StreamChunk, Timings, TokenLogprob, Usage
 from .stops import StopMatcher
 
 
@@ -59,9 +60,14 @@ def generate(req: GenerateRequest, target: Target, clock: Clock, plugins: dict[s
             raise InputError(f"the prompt has {len(ids)} tokens; the context holds {loaded.n_ctx} "
                              f"(prompt + at least one generated token): shorten it or raise n_ctx")
         params = attrs.evolve(req.params, max_tokens=min(req.params.max_tokens, loaded.n_ctx - len(ids)))
+        # the Sampler (inside the decoder or the batcher) reports each chosen token's logprobs here, before
+        # the token reaches this loop
+        sampled = collections.deque() if params.logprobs is not None else None
+        if sampled is not None:
+            params = attrs.evolve(params, report=sampled.append)
         tokens = (batching.generate(ids, params, tok.is_eog) if batching is not None
                   else target.decoder.generate(loaded.session(), ids, params, tok.is_eog))
-        run = _Run(tok, StopMatcher(req.stop), emit)
+        run = _Run(tok, StopMatcher(req.stop), emit, sampled)
         try:
             run.consume(tokens, current_token(), cancel)
         finally:
@@ -83,7 +89,8 @@ def generate(req: GenerateRequest, target: Target, clock: Clock, plugins: dict[s
         timings=Timings(queue_ms=(clock.started - clock.submitted) * 1e3, tokenize_ms=(t1 - t0) * 1e3,
                         prompt_ms=(first_at - t1) * 1e3, decode_ms=(end - first_at) * 1e3,
                         prompt_tokens=len(ids), decode_tokens=max(0, run.n_yielded - 1)),
-        plugins=plugins, decoder_stats=decoder_stats, chat=req.chat)
+        plugins=plugins, decoder_stats=decoder_stats, chat=req.chat,
+        logprobs=tuple(run.logprobs) if sampled is not None else None)
     if emit is not None:
         emit(StreamChunk("", (), run.finish, completion))
     return completion
@@ -96,12 +103,15 @@ class _Run:
     tok: object
     stops: StopMatcher
     emit: Callable[[StreamChunk], None] | None
+    sampled: collections.deque | None = None  # corert.sampling.SampledToken, one per yielded token
     detok: object = attrs.field(init=False)
     out: list[int] = attrs.field(factory=list)
     text: list[str] = attrs.field(factory=list)
     finish: str = "length"
     first_at: float | None = None
     n_yielded: int = 0
+    logprobs: list[TokenLogprob] = attrs.field(factory=list)
+    unsent: list[TokenLogprob] = attrs.field(factory=list)  # logprobs of tokens whose text is held back
 
     def __attrs_post_init__(self) -> None:
         self.detok = self.tok.incremental_decoder()
@@ -114,10 +124,15 @@ class _Run:
             self.n_yielded += 1
             if self.first_at is None:
                 self.first_at = time.perf_counter()
+            chosen = self.sampled.popleft() if self.sampled else None
             if self.tok.is_eog(token):
                 self.finish = "stop"
                 return
             self.out.append(token)
+            if chosen is not None:
+                lp = self._logprob(chosen)
+                self.logprobs.append(lp)
+                self.unsent.append(lp)
             piece, hit = self.stops.push(self.detok.feed(token))
             self._piece(piece, (token,))
             if hit:
@@ -133,8 +148,14 @@ class _Run:
             tail, _ = self.stops.push(self.detok.flush())
             self._piece(tail + self.stops.flush(), ())
 
+    def _logprob(self, chosen) -> TokenLogprob:
+        piece = self.tok.token_bytes
+        return TokenLogprob(chosen.token, piece(chosen.token), chosen.logprob,
+                            tuple(TokenLogprob(t, piece(t), lp) for t, lp in chosen.top))
+
     def _piece(self, piece: str, ids: tuple[int, ...]) -> None:
         if piece:
             self.text.append(piece)
             if self.emit is not None:
-                self.emit(StreamChunk(piece, ids))
+                self.emit(StreamChunk(piece, ids, logprobs=tuple(self.unsent)))
+            self.unsent.clear()

@@ -220,13 +220,40 @@ class CalibratedKVStore(Protocol):
 
 
 # -- decoding --------------------------------------------------------------------------------------------
+def _bias_pairs(value: Any) -> tuple[tuple[int, float], ...]:
+    items = value.items() if hasattr(value, "items") else (value or ())
+    return tuple(sorted((int(t), float(b)) for t, b in items))
+
+
 @attrs.frozen
 class SamplingParams:
+    """How a request chooses its tokens (the Runtime validates the ranges).  Everything past ``seed`` is a
+    logit processor applied by :class:`corert.sampling.Sampler` before it chooses, in this order: logit
+    bias, presence/frequency penalties over the generated tokens (OpenAI's definition), the grammar mask;
+    logprobs are read from the logits so processed."""
+
     max_tokens: int = 128
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    #: (token id, bias added to its logit) pairs; a mapping converts
+    logit_bias: tuple[tuple[int, float], ...] = attrs.field(default=(), converter=_bias_pairs)
+    #: None: no logprobs; N: the chosen token's logprob and the N most likely alternatives (0..20)
+    logprobs: int | None = None
+    #: a :class:`corert.constraint.Constraint` (structured output), or None
+    constraint: Any = None
+    #: receives each chosen token's :class:`corert.sampling.SampledToken` when ``logprobs`` is set (the
+    #: generation loop's channel: the Sampler runs inside a decoder or a batcher it does not see)
+    report: Callable[[Any], None] | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def processes_logits(self) -> bool:
+        """True when the Sampler must do more than choose from the raw logits."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias
+                    or self.logprobs is not None or self.constraint is not None)
 
 
 @attrs.frozen
@@ -250,6 +277,10 @@ class Decoder(Protocol):
     #: True when the continuous batcher decodes exactly as this decoder would (plain decoding), so its
     #: requests may join a batch instead
     runs_in_batcher: bool
+    #: True when every token it yields was chosen by a :class:`corert.sampling.Sampler` (plain decoding),
+    #: so a request's logit processors (penalties, logit_bias, logprobs, a grammar) hold for all of them;
+    #: the Runtime refuses such requests on a decoder that accepts drafts without the Sampler
+    samples_every_token: bool
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:

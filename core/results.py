@@ -41,6 +41,37 @@ class Timings:
 
 
 @attrs.frozen
+class TokenLogprob:
+    """A generated token's logprob (see :class:`corert.sampling.SampledToken`), its bytes, and the most likely
+    alternatives at its position (``top``, each with no ``top`` of its own)."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple["TokenLogprob", ...] = ()
+
+    @property
+    def text(self) -> str:
+        return self.piece.decode("utf-8", errors="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's chat shape: {"token", "logprob", "bytes", "top_logprobs"}."""
+        d: dict[str, Any] = {"token": self.text, "logprob": self.logprob, "bytes": list(self.piece)}
+        d["top_logprobs"] = [{"token": t.text, "logprob": t.logprob, "bytes": list(t.piece)} for t in self.top]
+        return d
+
+
+def completions_logprobs(lps: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's legacy completions shape: parallel lists, text offsets into the completion."""
+    offsets, at = [], 0
+    for lp in lps:
+        offsets.append(at)
+        at += len(lp.text)
+    return {"tokens": [lp.text for lp in lps], "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{t.text: t.logprob for t in lp.top} for lp in lps], "text_offset": offsets}
+
+
+@attrs.frozen
 class Completion:
     """A finished generation, OpenAI-shaped through :meth:`to_dict`."""
 
@@ -55,13 +86,19 @@ class Completion:
     decoder_stats: dict[str, Any]
     created: int = attrs.field(factory=lambda: int(time.time()))
     chat: bool = False
+    #: one per generated token (end-of-generation excluded) when the request asked for logprobs
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": self.text}
+            if self.logprobs is not None:
+                choice["logprobs"] = {"content": [lp.to_dict() for lp in self.logprobs]}
         else:
             choice["text"] = self.text
+            if self.logprobs is not None:
+                choice["logprobs"] = completions_logprobs(self.logprobs)
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [choice], "text": self.text,
                 "token_ids": list(self.token_ids), "usage": self.usage.to_dict(),
@@ -75,6 +112,8 @@ class StreamChunk:
     token_ids: tuple[int, ...]
     finish_reason: str | None = None
     completion: Completion | None = None  # set on the last chunk
+    #: the logprobs of the tokens whose text this chunk completes (when the request asked for them)
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @attrs.frozen

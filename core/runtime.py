@@ -34,6 +34,7 @@ from .models.labels import model_label
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
 from .prefill import prefill  # noqa: F401  (re-exported for decoders)
+from .request_params import sampling_params
 from .results import Completion, GenerateRequest, StreamChunk, Timings, Usage  # noqa: F401  (public)
 
 
@@ -206,54 +207,54 @@ class Runtime:
             return decoder
 
     # -- generation ---------------------------------------------------------------------------------------
-    def _request(self, prompt: str, model: str | None, max_tokens: int, temperature: float, top_k: int,
-                 top_p: float, seed: int | None, stop: str | Sequence[str] | None, priority: str,
-                 timeout: float | None, chat: bool = False) -> GenerateRequest:
+    def _request(self, prompt: str, model: str | None, stop: str | Sequence[str] | None, priority: str,
+                 timeout: float | None, chat: bool = False, **sampling: Any) -> GenerateRequest:
+        """``sampling``: :func:`corert.request_params.sampling_params`' options (max_tokens, temperature,
+        top_k, top_p, seed, presence_penalty, frequency_penalty, logit_bias, logprobs, response_format,
+        grammar)."""
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
         if not prompt:
             raise InputError("the prompt is empty")
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            raise InputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if temperature < 0:
-            raise InputError(f"temperature must be ≥ 0, got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise InputError(f"top_p must be in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise InputError(f"top_k must be ≥ 0 (0 = whole vocabulary), got {top_k}")
         if priority not in PRIORITIES:
             raise InputError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                                seed=seed)
+        try:
+            params = sampling_params(lambda: self.tokenizer(model), **sampling)
+        except TypeError as exc:  # an unknown option
+            raise InputError(str(exc)) from None
         return GenerateRequest(prompt, model or self.config.model, params, stops, priority, timeout, chat)
 
     def generate(self, prompt: str, *, model: str | None = None, max_tokens: int = 128,
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
                  stop: str | Sequence[str] | None = None, priority: str = "normal",
-                 timeout: float | None = None) -> Completion:
-        req = self._request(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop, priority, timeout)
+                 timeout: float | None = None, **options: Any) -> Completion:
+        """``options``: presence_penalty, frequency_penalty, logit_bias, logprobs, response_format, grammar
+        (see :func:`corert.request_params.sampling_params`)."""
+        req = self._request(prompt, model, stop, priority, timeout, max_tokens=max_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **options)
         return self._submit_and_wait("generate", req)
 
     def stream(self, prompt: str, *, model: str | None = None, max_tokens: int = 128, temperature: float = 0.8,
                top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
                stop: str | Sequence[str] | None = None, priority: str = "normal",
-               timeout: float | None = None) -> Iterator[StreamChunk]:
-        req = self._request(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop, priority, timeout)
+               timeout: float | None = None, **options: Any) -> Iterator[StreamChunk]:
+        req = self._request(prompt, model, stop, priority, timeout, max_tokens=max_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **options)
         return self._stream("generate", req)
 
     def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = False, model: str | None = None,
              max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
              seed: int | None = None, stop: str | Sequence[str] | None = None, priority: str = "normal",
-             timeout: float | None = None):
+             timeout: float | None = None, **options: Any):
         msgs = validate_messages(messages)
         tok = self.tokenizer(model)
         loaded_meta = self._chat_template(model)
         bos = tok.decode([tok.bos_id]) if tok.bos_id is not None else ""
         eos = tok.decode([tok.eos_id]) if tok.eos_id is not None else ""
         prompt = render_chat(loaded_meta, msgs, bos=bos, eos=eos)
-        req = self._request(prompt, model, max_tokens, temperature, top_k, top_p, seed, stop, priority, timeout,
-                            chat=True)
+        req = self._request(prompt, model, stop, priority, timeout, chat=True, max_tokens=max_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **options)
         return self._stream("chat", req) if stream else self._submit_and_wait("chat", req)
 
     def _chat_template(self, model: str | None) -> str | None:
@@ -272,6 +273,10 @@ class Runtime:
         driver thread), so it waits on a thread of its own, not on a scheduler worker; its timeout is
         honoured through the same cancel token the scheduler would give it."""
         decoder = self.decoder(req.model)
+        if req.params.processes_logits and not getattr(decoder, "samples_every_token", False):
+            raise InputError(f"decoder {decoder.name!r} cannot apply penalties, logit_bias, logprobs or a "
+                             f"grammar (its accepted drafts bypass the sampler); use --plugin "
+                             f"speculative=plain for such requests")
         if not self._batches(decoder):
             return self.scheduler.submit(self._serve, req, decoder, *args, priority=req.priority,
                                          timeout=req.timeout)

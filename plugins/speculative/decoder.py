@@ -45,6 +45,9 @@ class SpeculativeDecoder:
 
     name = "speculative"
     runs_in_batcher = False  # the batcher decodes plainly: a request that wants drafts keeps its own turn
+    #: accepted drafts bypass the Sampler, so the Runtime refuses logit processors (penalties, logit_bias,
+    #: logprobs, grammars) here rather than apply them to some tokens only; use speculative=plain for them
+    samples_every_token = False
 
     def __init__(self, sources: list[DraftSource], adaptive: bool = True, max_depth: int = 8):
         self.sources = sources
