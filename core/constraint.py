@@ -1,13 +1,15 @@
 """Structured output: a grammar every generated token must keep the text inside (llguidance).
 
-    constraint = compile_constraint(tokenizer, json_schema={...})   # or grammar="root ::= ...", json_object
-    params = SamplingParams(..., constraint=constraint)              # the Sampler enforces it every step
+    constraint = compile_constraint(tokenizer, response_format={"type": "json_schema", ...})  # or grammar=GBNF
+    params = SamplingParams(..., constraint=constraint)  # the Sampler enforces it every step
 
 A :class:`Constraint` is the grammar compiled for one vocabulary; each stream's Sampler starts its own
 :class:`Guide` (an llguidance matcher and a preallocated token bitmask).  Each step the guide fills the
-bitmask of the tokens the grammar allows next and sets every other logit to -inf in place (a numba kernel:
-no vocabulary-sized temporaries); the sampled token advances the matcher.  Once the grammar is complete it
-allows only the end-of-generation tokens, so generation ends there on every path.
+bitmask of the tokens the grammar allows next and sets every other logit to -inf in place
+(corert.kernels.bitmask: no vocabulary-sized temporaries); the sampled token advances the matcher.  Once
+the grammar is complete it allows only the end-of-generation tokens, so generation ends there on every path
+(plain decoding on either engine, the engines' batchers).  Speculative decoding is refused, not composed:
+its accepted drafts do not pass through the Sampler (the Runtime raises InputError for the combination).
 """
 from __future__ import annotations
 
@@ -17,23 +19,12 @@ import weakref
 from typing import Any, Mapping
 
 import attrs
-import numba
 import numpy as np
 
 from .errors import InputError
 
 _TOKENIZERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 _TOKENIZERS_LOCK = threading.Lock()
-
-
-@numba.njit(cache=True, nogil=True)
-def apply_bitmask(logits: np.ndarray, mask: np.ndarray) -> None:
-    """logits[i] = -inf where bit i of ``mask`` (int32 words, little-endian bits) is 0; ids past the mask's
-    bits (a model vocabulary padded beyond the tokenizer's) are never allowed."""
-    n_bits = mask.shape[0] * 32
-    for i in range(logits.shape[0]):
-        if i >= n_bits or (mask[i >> 5] >> (i & 31)) & 1 == 0:
-            logits[i] = -np.inf
 
 
 class _Vocabulary:
@@ -89,13 +80,16 @@ class Guide:
         if self.matcher.is_error():
             raise InputError(f"the {constraint.kind} cannot be used: {self.matcher.get_error()}")
         self.bitmask = np.full((1, (constraint.tokenizer.vocab_size + 31) // 32), -1, np.int32)
+        from .kernels.bitmask import apply_bitmask  # numba: imported by the first constrained request only
+
+        self._apply = apply_bitmask
 
     def mask(self, logits: np.ndarray) -> None:
         """Disallowed tokens' logits become -inf, in place."""
         from llguidance.numpy import fill_next_token_bitmask
 
         fill_next_token_bitmask(self.matcher, self.bitmask)
-        apply_bitmask(logits, self.bitmask[0])
+        self._apply(logits, self.bitmask[0])
 
     def advance(self, token: int) -> None:
         if not self.matcher.consume_token(token):
@@ -134,6 +128,13 @@ def compile_constraint(tok, *, response_format: Mapping[str, Any] | None = None,
             raise InputError('response_format json_schema must be {"name": ..., "schema": {...}}')
         return _checked(kind, json_schema_grammar(spec.get("schema", {})), tok)
     raise InputError(f"response_format type must be text, json_object or json_schema, not {kind!r}")
+
+
+def lark_constraint(tok, kind: str, lark: str) -> Constraint:
+    """A constraint from llguidance's Lark dialect (``%json {...}`` embeds a JSON schema): tool calls."""
+    import llguidance
+
+    return _checked(kind, llguidance.LLMatcher.grammar_from_lark(lark), tok)
 
 
 def json_schema_grammar(schema: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-from .constraint import compile_constraint
+from .constraint import Constraint, compile_constraint
 from .errors import InputError
 from .interfaces import SamplingParams
 
@@ -26,11 +26,12 @@ def sampling_params(tokenizer: Callable[[], Any], *, max_tokens: int = 128, temp
                     top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
                     presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                     logit_bias: Mapping[Any, float] | None = None, logprobs: int | None = None,
-                    response_format: Mapping[str, Any] | None = None, grammar: str | None = None
-                    ) -> SamplingParams:
+                    response_format: Mapping[str, Any] | None = None, grammar: str | None = None,
+                    constraint: Constraint | None = None) -> SamplingParams:
     """``tokenizer()`` gives the model's tokenizer (called only when token ids or a grammar need it).
     ``logit_bias`` maps token ids (ints or their decimal strings, as JSON sends them) to a bias;
-    ``logprobs``: None for none, else how many top alternatives per token (0..20)."""
+    ``logprobs``: None for none, else how many top alternatives per token (0..20); ``constraint``: one
+    already compiled (tool calls), instead of ``response_format`` / ``grammar``."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise InputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if temperature < 0:
@@ -57,8 +58,9 @@ def sampling_params(tokenizer: Callable[[], Any], *, max_tokens: int = 128, temp
             if isinstance(key, bool) or not 0 <= token < n_vocab:
                 raise InputError(f"logit_bias token id {key!r} is not in the vocabulary (0..{n_vocab - 1})")
             bias[token] = _number(f"logit_bias[{key}]", value, *BIAS_RANGE)
-    constraint = None
     if response_format is not None or grammar is not None:
+        if constraint is not None:
+            raise InputError("response_format and grammar cannot be combined with tools")
         constraint = compile_constraint(tokenizer(), response_format=response_format, grammar=grammar)
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                           presence_penalty=presence, frequency_penalty=frequency, logit_bias=bias,

@@ -79,7 +79,7 @@ class Completion:
     model: str
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: str  # "stop" (end of generation or a stop string), "length", "cancelled"
+    finish_reason: str  # "stop" (end of generation or a stop string), "length", "cancelled", "tool_calls"
     usage: Usage
     timings: Timings
     plugins: dict[str, str]
@@ -88,11 +88,15 @@ class Completion:
     chat: bool = False
     #: one per generated token (end-of-generation excluded) when the request asked for logprobs
     logprobs: tuple[TokenLogprob, ...] | None = None
+    #: OpenAI ``tool_calls`` parsed from the output (chat with tools; finish_reason "tool_calls")
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": self.text}
+            choice["message"] = {"role": "assistant", "content": (self.text or None) if self.tool_calls else self.text}
+            if self.tool_calls:
+                choice["message"]["tool_calls"] = [dict(c) for c in self.tool_calls]
             if self.logprobs is not None:
                 choice["logprobs"] = {"content": [lp.to_dict() for lp in self.logprobs]}
         else:

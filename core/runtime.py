@@ -22,9 +22,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import attrs
 
-from . import generation
+from . import generation, tool_calls
 from .cancel import CancelToken, set_current
 from .chat import render as render_chat, validate_messages
+from .constraint import lark_constraint
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
 from .errors import ConfigError, InputError, PluginError
 from .hook_calls import request_hooks
@@ -246,16 +247,36 @@ class Runtime:
     def chat(self, messages: Sequence[dict[str, str]], *, stream: bool = False, model: str | None = None,
              max_tokens: int = 256, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
              seed: int | None = None, stop: str | Sequence[str] | None = None, priority: str = "normal",
-             timeout: float | None = None, **options: Any):
+             timeout: float | None = None, tools: Sequence[dict] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool | None = None, **options: Any):
+        """``tools`` / ``tool_choice`` as OpenAI's (see :mod:`corert.tool_calls`): the calls' arguments are
+        held to each function's schema and come back parsed in ``Completion.tool_calls``."""
         msgs = validate_messages(messages)
         tok = self.tokenizer(model)
-        loaded_meta = self._chat_template(model)
+        template = self._chat_template(model)
         bos = tok.decode([tok.bos_id]) if tok.bos_id is not None else ""
         eos = tok.decode([tok.eos_id]) if tok.eos_id is not None else ""
-        prompt = render_chat(loaded_meta, msgs, bos=bos, eos=eos)
+        calls = tool_calls.tool_request(tools, tool_choice, parallel_tool_calls)
+        rendered_tools = None
+        if calls is not None:
+            msgs = tool_calls.template_messages(msgs)
+            if template and tool_calls.template_renders_tools(template):
+                rendered_tools = list(calls.tools)
+            else:  # the template ignores tools: describe them in the system message
+                note = tool_calls.tools_system_message(calls)
+                if msgs[0]["role"] == "system":
+                    msgs[0] = {**msgs[0], "content": f"{msgs[0]['content']}\n\n{note}"}
+                else:
+                    msgs.insert(0, {"role": "system", "content": note})
+            options["constraint"] = lark_constraint(tok, "tools", tool_calls.grammar(calls))
+        prompt = render_chat(template, msgs, bos=bos, eos=eos, tools=rendered_tools)
         req = self._request(prompt, model, stop, priority, timeout, chat=True, max_tokens=max_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **options)
-        return self._stream("chat", req) if stream else self._submit_and_wait("chat", req)
+        if calls is None:
+            return self._stream("chat", req) if stream else self._submit_and_wait("chat", req)
+        if stream:
+            return tool_calls.stream_with_calls(self._stream("chat", req))
+        return tool_calls.finish(self._submit_and_wait("chat", req))
 
     def _chat_template(self, model: str | None) -> str | None:
         from .models.gguf_header import read_header
