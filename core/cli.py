@@ -30,7 +30,8 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     g = p.add_argument_group("runtime")
     if model:
         g.add_argument("--model", "-m", help="model name from `corert models list`, or a path")
-    g.add_argument("--engine", help="llama.cpp | native | onnx")
+    g.add_argument("--engine", help="auto (default: native where it runs the model here, else llama.cpp) | "
+                                   "native | llama.cpp | onnx")
     g.add_argument("--plugin", "-p", action="append", default=[], metavar="AREA=NAME[:VARIANT]",
                    help="select a plugin, e.g. tokenizer=bpe:scalar (repeatable)")
     g.add_argument("--disable", action="append", default=[], metavar="ENTRY_POINT",
@@ -158,8 +159,9 @@ def cmd_plugins(args) -> int:
         _print_json(info)
         return 0
     cpu = info["cpu"]
+    choice = info["engine_choice"]
     print(f"CPU: {cpu['machine']} ({cpu['isa']}; {', '.join(cpu['features']) or 'no SIMD features'})  "
-          f"engine: {info['engine']}")
+          f"engine: {info['engine']} -> {choice['engine'] or '?'} ({choice['reason']})")
     for area, entry in info["areas"].items():
         chosen = entry.get("chosen")
         head = f"{chosen['name']}:{chosen['variant']} ({chosen['reason']})" if chosen else \
@@ -386,8 +388,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("message", nargs="?", help="one message; without it, read a conversation from stdin")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("plugins", help="list plugins per area, their variants and the chosen ones")
-    _common(p, model=False)
+    p = sub.add_parser("plugins", help="list plugins per area, their variants and the chosen ones (and the "
+                                       "engine auto picks for --model, never pulled for this)")
+    _common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_plugins)
 

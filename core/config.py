@@ -3,7 +3,7 @@
 Precedence, key by key: explicit arguments > environment > TOML file > the defaults below.
 
     [corert]                    # or the top level of the file
-    engine = "native"
+    engine = "native"           # default "auto": native where it runs the model here, else llama.cpp
     n_seqs = 4
     [corert.kv]                 # KVConfig: the native engine's paged KV cache
     budget = "256M"
@@ -225,7 +225,8 @@ class RuntimeConfig:
     these defaults (see the module docstring for the ``kv``, ``scheduler`` and ``native`` tables)."""
 
     model: str = DEFAULT_GENERATION_MODEL
-    engine: str = "llama.cpp"
+    #: "auto": per model file, native where it runs the file on this CPU, else llama.cpp (corert.auto_engine)
+    engine: str = "auto"
     #: selection contract, area -> "NAME[:MODE]"
     plugins: dict[str, str] = attrs.field(factory=dict, converter=_plugins_converter)
     n_ctx: int = attrs.field(default=2048)

@@ -74,6 +74,23 @@ class EngineCapabilities:
         return task in self.tasks
 
 
+@attrs.frozen
+class SupportVerdict:
+    """Whether an engine runs a model file on this CPU: why it does, or the first reason it does not."""
+
+    ok: bool
+    reason: str
+
+
+@runtime_checkable
+class ModelSupport(Protocol):
+    """An engine that tells from a model file's header alone whether it runs that file here.  ``engine="auto"``
+    takes the first generation engine (highest priority first) whose verdict is ok; an engine without this
+    check is taken to run every file it loads."""
+
+    def check_model(self, model_path: str) -> SupportVerdict: ...
+
+
 class LoadedModel(Protocol):
     capabilities: EngineCapabilities
     path: str

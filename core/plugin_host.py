@@ -246,9 +246,10 @@ def _is_hookimpl(fn: object) -> bool:
     return hasattr(fn, "corert_impl")
 
 
-def describe(host: PluginHost, selections: dict[str, Selection], engine: str,
+def describe(host: PluginHost, selections: dict[str, Selection], engine: str | None,
              cpu: CpuInfo | None = None) -> dict[str, Any]:
-    """What ``corert plugins`` shows: per area, the implementations, their variants and the choice."""
+    """What ``corert plugins`` shows: per area, the implementations, their variants and the choice
+    (``engine`` None: not known yet, engine=auto decides when it reads the model file)."""
     cpu = cpu or info()
     out: dict[str, Any] = {"cpu": {"machine": cpu.machine, "isa": cpu.isa,
                                    "features": sorted(f for f in cpu.features if f in
@@ -268,6 +269,8 @@ def describe(host: PluginHost, selections: dict[str, Selection], engine: str,
         entry: dict[str, Any] = {"implementations": impls}
         try:
             if area == ENGINE_AREA:
+                if engine is None:
+                    raise ConfigError("engine=auto: decided when the model file is read")
                 chosen = host.resolve(area, engine, cpu=cpu)
             else:
                 chosen = host.resolve(area, selections.get(area), engine=engine, cpu=cpu)

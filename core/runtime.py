@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import attrs
 
 from . import generation, tool_calls
+from .auto_engine import AUTO, EngineChoice, choose as choose_engine, explicit as explicit_engine
 from .cancel import CancelToken, set_current
 from .chat import render as render_chat, validate_messages
 from .constraint import lark_constraint
@@ -81,33 +82,78 @@ class Runtime:
         #: one decoder per loaded model and decoding plugin, kept as long as the model: what it measured
         #: (speculative:adaptive's verify costs and accepted runs) serves the next request
         self._decoders: dict[tuple[ModelKey, str], Any] = {}
+        self._engine_choices: dict[str, EngineChoice] = {}  # model file -> auto's choice
         self._batch_waiters: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- plugins ------------------------------------------------------------------------------------------
     def _engine_for(self, area: str) -> str | None:
-        return self.config.engine if area in ("kv_cache", "tokenizer") else None
+        # under auto the engine is known per model file: selections are checked against it at load
+        engine = self.config.engine
+        return engine if area in ("kv_cache", "tokenizer") and engine != AUTO else None
 
     def _check_engine(self, engine: str) -> None:
-        self.host.resolve(ENGINE_AREA, engine)
+        if engine != AUTO:
+            self.host.resolve(ENGINE_AREA, engine)
 
-    def resolve(self, area: str, engine: str | None = None) -> Resolved:
-        """The implementation and variant this runtime uses for ``area``."""
+    def engine_choice(self, model: str | None = None, pull: bool = True) -> EngineChoice:
+        """The engine ``model`` runs on: the configured one, or under ``engine="auto"`` the first generation
+        engine (by priority) that runs the file here, with the reason (see corert.auto_engine)."""
+        if self.config.engine != AUTO:
+            return explicit_engine(self.config.engine)
+        path = str(self.store.resolve(model or self.config.model, pull=pull))
+        with self._lock:
+            choice = self._engine_choices.get(path)
+            if choice is None:
+                regs = sorted(self.host.implementations(ENGINE_AREA).values(),
+                              key=lambda r: (-r.impl.priority, r.impl.name))
+                choice = choose_engine(path, [r.impl.name for r in regs], self.engine, self._conflicts)
+                self._engine_choices[path] = choice
+            return choice
+
+    def _conflicts(self, engine: str) -> list[str]:
+        """The plugin selections that do not work with ``engine`` (auto passes such an engine over)."""
+        out = []
+        for area, sel in self.selections.items():
+            reg = self.host.implementations(area).get(sel.name)
+            if reg is not None and not reg.impl.supports_engine(engine):
+                out.append(str(sel))
+        return out
+
+    def generation_engine(self, model: str | None = None) -> str:
+        return self.engine_choice(model).engine
+
+    def resolve(self, area: str, engine: str | None = None, model: str | None = None) -> Resolved:
+        """The implementation and variant this runtime uses for ``area`` (kv_cache and tokenizer: on
+        ``engine``, default the engine of ``model``)."""
         if area == ENGINE_AREA:
-            return self.host.resolve(ENGINE_AREA, engine or self.config.engine)
-        eng = engine or (self.config.engine if area in ("kv_cache", "tokenizer") else None)
+            return self.host.resolve(ENGINE_AREA, engine or self.generation_engine(model))
+        eng = engine or (self.generation_engine(model) if area in ("kv_cache", "tokenizer") else None)
         return self.host.resolve(area, self.selections.get(area), engine=eng)
 
+    def _listed_engine(self) -> tuple[str | None, dict[str, Any]]:
+        """The default model's engine for the listings, without pulling the model."""
+        try:
+            choice = self.engine_choice(pull=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. not pulled yet: auto decides at load
+            return None, {"requested": self.config.engine, "engine": None,
+                          "reason": f"decided when the model is loaded ({exc})"}
+        return choice.engine, choice.to_dict()
+
     def plugins_info(self) -> dict[str, Any]:
-        return {**describe(self.host, self.selections, self.config.engine), "kv_cache": self.kv_cache_info()}
+        engine, choice = self._listed_engine()
+        info = describe(self.host, self.selections, engine)
+        return {**info, "engine": self.config.engine, "engine_choice": choice, "kv_cache": self.kv_cache_info()}
 
     def kv_cache_info(self) -> dict[str, Any] | None:
         """The KV cache this runtime's engine uses, without loading anything: its provider's ``stats()`` when
         it has one (paged: configured page geometry and budget) and the live stats of the stores of the
         models this runtime has loaded (pages used/free, bytes, sharing, prefix hits, evictions, waste)."""
         try:
-            res = self.resolve("kv_cache")
-            provider = self.host.create(res, engine=engine_name(self.config.engine), model=None,
-                                        config=self.config)
+            engine, _ = self._listed_engine()
+            if engine is None:
+                return None
+            res = self.resolve("kv_cache", engine)
+            provider = self.host.create(res, engine=engine_name(engine), model=None, config=self.config)
         except Exception as exc:  # noqa: BLE001  (the area listing already reports why)
             return {"error": str(exc)}
         stats = getattr(provider, "stats", None)
@@ -132,7 +178,7 @@ class Runtime:
     def tokenizer(self, model: str | None = None, engine: str | None = None):
         """The tokenizer plugin's tokenizer for a GGUF model (no engine load)."""
         path = self.model_path(model)
-        res = self.resolve("tokenizer", engine)
+        res = self.resolve("tokenizer", engine, model)
         key = (str(path), res.label)
         with self._lock:
             tok = self._tokenizers.get(key)
@@ -141,10 +187,10 @@ class Runtime:
                 self._tokenizers[key] = tok
             return tok
 
-    def engine(self, engine: str | None = None):
-        """The engine object (not a loaded model) for ``engine`` (default: the configured one); it declares
-        its :class:`corert.interfaces.EngineCapabilities`."""
-        res = self.resolve(ENGINE_AREA, engine)
+    def engine(self, engine: str | None = None, model: str | None = None):
+        """The engine object (not a loaded model) for ``engine`` (default: the engine of ``model``); it
+        declares its :class:`corert.interfaces.EngineCapabilities`."""
+        res = self.resolve(ENGINE_AREA, engine, model)
         with self._lock:
             eng = self._engines.get(res.label)
             if eng is None:
@@ -173,7 +219,7 @@ class Runtime:
 
     def load_generation_model(self, model: str | None = None, engine: str | None = None):
         """The loaded model for ``model`` on ``engine`` and its lock (held by whoever uses its session)."""
-        engine = engine or self.config.engine
+        engine = engine or self.generation_engine(model)
         eng = self.engine(engine)
         if not eng.capabilities.serves("generate"):
             raise ConfigError(f"engine {engine!r} serves {' and '.join(sorted(eng.capabilities.tasks))}, not "
@@ -197,12 +243,13 @@ class Runtime:
         on that model holds the model's lock for its whole generation; batched requests never use it."""
         model = model or self.config.model
         res = self.resolve("speculative")
-        dkey = (self._model_key(model, self.config.engine), res.label)
+        engine = self.generation_engine(model)
+        dkey = (self._model_key(model, engine), res.label)
         with self._lock:
             decoder = self._decoders.get(dkey)
             if decoder is None:
-                context = DecoderContext(model=model, load_model=self.load_generation_model,
-                                         store_path=self.store.path)
+                context = DecoderContext(model=model, store_path=self.store.path,
+                                         load_model=lambda name: self.load_generation_model(name, engine))
                 decoder = self.host.create(res, config=self.config, context=context)
                 self._decoders[dkey] = decoder
             return decoder
@@ -285,8 +332,8 @@ class Runtime:
         return header.metadata.get("tokenizer.chat_template")
 
     # -- continuous batching (an engine that declares it, n_seqs > 1, a decoder the batcher can stand for) --
-    def _batches(self, decoder) -> bool:
-        return (self.config.n_seqs > 1 and self.engine().capabilities.continuous_batching
+    def _batches(self, decoder, model: str | None) -> bool:
+        return (self.config.n_seqs > 1 and self.engine(model=model).capabilities.continuous_batching
                 and getattr(decoder, "runs_in_batcher", False))  # undeclared: it keeps its own turn
 
     def _submit(self, req: GenerateRequest, *args):
@@ -298,7 +345,7 @@ class Runtime:
             raise InputError(f"decoder {decoder.name!r} cannot apply penalties, logit_bias, logprobs or a "
                              f"grammar (its accepted drafts bypass the sampler); use --plugin "
                              f"speculative=plain for such requests")
-        if not self._batches(decoder):
+        if not self._batches(decoder, req.model):
             return self.scheduler.submit(self._serve, req, decoder, *args, priority=req.priority,
                                          timeout=req.timeout)
         with self._lock:
@@ -349,13 +396,14 @@ class Runtime:
         loaded, lock = self.load_generation_model(req.model)
         # continuous batching: requests share forwards instead of taking turns; otherwise one sequence per
         # loaded model and requests on it hold its lock in turn
-        batching = loaded.batch_service() if self._batches(decoder) else None
+        batching = loaded.batch_service() if self._batches(decoder, req.model) else None
         target = generation.Target(loaded, lock, decoder, batching)
-        return generation.generate(req, target, generation.Clock(submitted, started), self.active_plugins(),
+        return generation.generate(req, target, generation.Clock(submitted, started),
+                                   self.active_plugins(model=req.model),
                                    emit=emit, cancel=cancel)
 
-    def active_plugins(self, engine: str | None = None) -> dict[str, str]:
-        engine = engine or self.config.engine
+    def active_plugins(self, engine: str | None = None, model: str | None = None) -> dict[str, str]:
+        engine = engine or self.generation_engine(model)
         out = {"engine": engine}
         for area in AREAS:
             try:
@@ -392,7 +440,7 @@ class Runtime:
             enc = self._encoders.get(key)
             if enc is None:
                 engine = self.config.engine
-                if not self.engine(engine).capabilities.serves(kind):  # e.g. a generation engine is configured
+                if engine == AUTO or not self.engine(engine).capabilities.serves(kind):  # e.g. a generation engine
                     serving = self._engines_serving(kind)
                     if not serving:
                         raise ConfigError(f"no registered engine serves {kind}")

@@ -104,10 +104,10 @@ def _gates(result, area):
 
 def test_tokenizer_gate(smollm2):
     texts = ["Hello world, this is a test.", "def f(x):\n    return x * 2\n", "日本語のテキスト 🎉"]
-    good = ab.compare("tokenizer=llama_cpp", "tokenizer=bpe", workload="tokenize", model=smollm2, inputs=texts,
+    good = ab.compare("tokenizer=llama_cpp", "tokenizer=bpe", workload="tokenize", model=smollm2, engine="llama.cpp", inputs=texts,
                       runs=1, extra_plugins=WRONG)
     assert all(g.passed for g in _gates(good, "tokenizer")) and good.passed
-    bad = ab.compare("tokenizer=llama_cpp", "tokenizer=dropping", workload="tokenize", model=smollm2,
+    bad = ab.compare("tokenizer=llama_cpp", "tokenizer=dropping", workload="tokenize", model=smollm2, engine="llama.cpp",
                      inputs=texts, runs=1, extra_plugins=WRONG)
     assert not bad.passed and not _gates(bad, "tokenizer")[0].passed
 
@@ -116,10 +116,10 @@ def test_kv_cache_gate(smollm2):
     # llama.cpp's own noise floor on this Q4_1 model (f16 vs f32 cache, batched vs one-by-one) is about
     # 0.004-0.006 KLD and 94% top-1, so the llama.cpp-engine bounds here are wider than the native engine's.
     bounds = ab.Bounds(kv_kld=0.02, kv_top1=0.9, quality_tokens=256)
-    good = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=llama_cpp:q8_0", workload="perplexity", model=smollm2,
+    good = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=llama_cpp:q8_0", workload="perplexity", model=smollm2, engine="llama.cpp",
                       runs=1, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
     assert good.passed, [attrs.asdict(g) for g in good.gates]
-    bad = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=lossy", workload="perplexity", model=smollm2, runs=1,
+    bad = ab.compare("kv_cache=llama_cpp:f16", "kv_cache=lossy", workload="perplexity", model=smollm2, engine="llama.cpp", runs=1,
                      bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
     assert not bad.passed
     assert not next(g for g in bad.gates if g.name == "kld_mean").passed
@@ -128,14 +128,14 @@ def test_kv_cache_gate(smollm2):
 def test_speculative_gates(smollm2):
     bounds = ab.Bounds(sampling_n=120)
     prompts = ["Repeat after me: the cat sat on the mat, the cat sat on the mat."]
-    good = ab.compare("speculative=plain", "speculative=speculative:lookup", model=smollm2, inputs=prompts,
+    good = ab.compare("speculative=plain", "speculative=speculative:lookup", model=smollm2, engine="llama.cpp", inputs=prompts,
                       runs=1, max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
     assert good.passed, [attrs.asdict(g) for g in good.gates]
-    bad = ab.compare("speculative=plain", "speculative=swapping", model=smollm2, inputs=prompts, runs=1,
+    bad = ab.compare("speculative=plain", "speculative=swapping", model=smollm2, engine="llama.cpp", inputs=prompts, runs=1,
                      max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
     greedy_gate = next(g for g in bad.gates if g.name == "greedy identical")
     assert not greedy_gate.passed and not bad.passed
-    biased = ab.compare("speculative=plain", "speculative=greedy_always", model=smollm2, inputs=prompts, runs=1,
+    biased = ab.compare("speculative=plain", "speculative=greedy_always", model=smollm2, engine="llama.cpp", inputs=prompts, runs=1,
                         max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)
     dist_gate = next(g for g in biased.gates if g.name.startswith("sampling distribution"))
     assert not dist_gate.passed
@@ -159,7 +159,7 @@ def test_scheduler_gate_reads_every_measured_request(smollm2):
     """Only the scheduler differs: compare() runs the scheduler gate alone, on the latencies it measured, and
     those include the time a request spends in the scheduler (no verdict on real timings is asserted)."""
     prompts = ["Name a colour.", "Name a fruit."]
-    result = ab.compare("scheduler=fifo", "scheduler=slow", model=smollm2, inputs=prompts, runs=2, max_tokens=8,
+    result = ab.compare("scheduler=fifo", "scheduler=slow", model=smollm2, engine="llama.cpp", inputs=prompts, runs=2, max_tokens=8,
                         extra_plugins=WRONG, base_plugins=BASE)
     assert result.differing_areas == ("scheduler",)
     (gate,) = result.gates

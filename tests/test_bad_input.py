@@ -11,7 +11,7 @@ from corert import ConfigError, InputError, ModelError, PluginError, Runtime
 
 @pytest.fixture(scope="module")
 def rt(smollm2):
-    r = Runtime(model=smollm2, n_ctx=128, plugins={"tokenizer": "llama_cpp"})
+    r = Runtime(engine="llama.cpp", model=smollm2, n_ctx=128, plugins={"tokenizer": "llama_cpp"})
     yield r
     r.close()
 

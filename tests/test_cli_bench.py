@@ -35,7 +35,7 @@ def test_bench_generate(smollm2):
     # the model given as the path of its pulled file: results still name it by its registry name
     # one thread: with two, OpenMP's spinning teams of two sides on a shared 2-core machine triple the time
     r = cli_json("bench", "generate", "--json", "--model", smollm2, "--rounds", "3", "--max-tokens", "8",
-                 "--threads", "1")
+                 "--threads", "1", "--engine", "llama.cpp")
     _machine(r)
     assert r["threads"] == 1
     assert r["bench"] == "generate" and r["model"] == SMOL and r["engine"] == "llama.cpp"

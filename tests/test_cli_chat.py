@@ -42,10 +42,10 @@ def _reply(rt, *turns: str, system: str | None = None) -> str:
 def test_chat_one_message_text_and_json(rt, smollm2):
     want = _reply(rt, FRUIT)
     assert want.strip()
-    proc = run_cli("chat", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N, FRUIT)
+    proc = run_cli("chat", "--engine", "llama.cpp", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N, FRUIT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want + "\n"
-    d = cli_json("chat", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N, "--json",
+    d = cli_json("chat", "--engine", "llama.cpp", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N, "--json",
                  "--system", "You answer in one word.", FRUIT)
     assert d["object"] == "chat.completion"
     assert d["choices"][0]["message"] == {"role": "assistant", "content": d["text"]}
@@ -63,7 +63,8 @@ class Terminal:
 
     def __init__(self, *args: str):
         self.master, slave = os.openpty()
-        self.proc = subprocess.Popen([CORERT, "chat", *args], stdin=slave, stdout=slave, stderr=slave,
+        self.proc = subprocess.Popen([CORERT, "chat", "--engine", "llama.cpp", *args],
+                                     stdin=slave, stdout=slave, stderr=slave,
                                      start_new_session=True)
         os.close(slave)
         self.out = ""
@@ -147,7 +148,7 @@ def test_chat_conversation_from_a_pipe(rt, smollm2):
     """Not a terminal: no prompts, one reply line per non-blank input line, exit 0 at EOF."""
     first = _reply(rt, FRUIT)
     second = _reply(rt, FRUIT, first, COLOR)
-    proc = run_cli("chat", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N,
+    proc = run_cli("chat", "--engine", "llama.cpp", "-m", smollm2, "--ctx", str(CTX), "-t", "0", "-n", N,
                    input=f"\n{FRUIT}\n\n  \n{COLOR}")  # blank lines, and no newline before EOF
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"{first}\n{second}\n"

@@ -111,9 +111,10 @@ def test_classify_cli(runtime):
 def test_generate_plain_text_and_prompt_on_stdin(runtime):
     want = runtime.generate(PROMPT, max_tokens=12, temperature=0).text
     assert want.strip()
-    arg = run_cli("generate", "-t", "0", "-n", "12", PROMPT)
+    arg = run_cli("generate", "--engine", "llama.cpp", "-t", "0", "-n", "12", PROMPT)
     assert arg.returncode == 0 and arg.stdout == want + "\n"
-    stdin = run_cli("generate", "-t", "0", "-n", "12", "--verbose", input=PROMPT)
+    stdin = run_cli("generate", "--engine", "llama.cpp", "-t", "0", "-n", "12", "--verbose",
+                    input=PROMPT)
     assert stdin.returncode == 0 and stdin.stdout == want + "\n"
     usage = [ln for ln in stdin.stderr.splitlines() if ln.startswith("[")]
     assert len(usage) == 1 and usage[0].startswith(f"[{len(runtime.tokenize(PROMPT, parse_special=True))} prompt tokens, ")
@@ -127,7 +128,8 @@ def test_generate_with_several_stop_strings(runtime):
     assert len(words) >= 4
     first, later = words[1], words[3]
     cut = min(whole.find(first), whole.find(later))
-    args = ["generate", "-t", "0", "-n", "24", "--stop", later, "--stop", "never-in-the-text", "--stop", first]
+    args = ["generate", "--engine", "llama.cpp", "-t", "0", "-n", "24", "--stop", later,
+            "--stop", "never-in-the-text", "--stop", first]
     proc = run_cli(*args, PROMPT)
     assert proc.returncode == 0 and proc.stdout == whole[:cut] + "\n"
     out = runtime.generate(PROMPT, max_tokens=24, temperature=0, stop=[later, "never-in-the-text", first])

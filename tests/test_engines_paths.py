@@ -284,7 +284,8 @@ def test_a_request_waiting_behind_a_timed_out_one_is_served(batched):
 def test_draft_model_that_is_the_target_is_a_plugin_error(smollm2):
     """The same model as target and draft shares one session and one lock: it used to wait on itself forever."""
     for draft in (smollm2, "smollm2-135m-instruct"):  # by path or by name, the same loaded model
-        rt = Runtime(model="smollm2-135m-instruct", draft_model=draft, plugins={"speculative": "speculative:draft"})
+        rt = Runtime(engine="llama.cpp", model="smollm2-135m-instruct", draft_model=draft,
+                     plugins={"speculative": "speculative:draft"})
         try:
             with pytest.raises(PluginError, match="is the target model itself"):
                 rt.generate("Hello", max_tokens=4, timeout=120, **GREEDY)

@@ -72,13 +72,13 @@ def test_chat_uses_the_models_template(rt_ref, raw_llama):
 
 
 def test_chat_without_template_is_a_clear_error(gemma):
-    rt = Runtime(model=gemma, plugins={"tokenizer": "llama_cpp"})
+    rt = Runtime(engine="llama.cpp", model=gemma, plugins={"tokenizer": "llama_cpp"})
     with pytest.raises(ModelError, match="no chat template"):
         rt.chat([{"role": "user", "content": "hi"}])
 
 
 def test_kv_cache_type_is_applied(smollm2):
-    rt = Runtime(model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0", "tokenizer": "llama_cpp"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0", "tokenizer": "llama_cpp"})
     loaded, _ = rt.load_generation_model()
     assert loaded.llama.context_params.type_k == 8 and loaded.llama.context_params.type_v == 8
     assert len(rt.generate(PROMPT, max_tokens=8, temperature=0).token_ids) == 8

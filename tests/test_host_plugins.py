@@ -79,7 +79,7 @@ def test_third_party_entry_point_overrides_a_default(fake_entry_points, smollm2)
         name="thirdparty_tok", value="corert_test_override", group="corert"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"})
+        rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp"})
     res = rt.resolve("tokenizer")
     assert res.plugin == "thirdparty_tok" and res.impl.description == "third-party override"
     out = rt.generate("Hello", max_tokens=4, temperature=0)
@@ -98,7 +98,7 @@ def test_broken_plugins_are_isolated_and_reported(fake_entry_points, smollm2, ca
     fake_entry_points.append(importlib.metadata.EntryPoint(
         name="broken_register", value="corert_test_raises", group="corert"))
     with pytest.warns(RuntimeWarning, match="broken_import"):
-        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"})
+        rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp"})
     failures = {f.plugin: f.stage for f in rt.host.failures}
     assert failures.get("broken_import") == "import" and failures.get("broken_register") == "register"
     # the host still works
@@ -169,7 +169,7 @@ def test_registering_a_non_implementation_is_isolated():
 
 # -- the selection contract, in its three forms ------------------------------------------------------------
 def test_selection_from_python(smollm2):
-    rt = Runtime(model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0", "tokenizer": "llama_cpp"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0", "tokenizer": "llama_cpp"})
     assert rt.active_plugins()["kv_cache"] == "llama_cpp:q8_0"
     assert rt.generate("The sky is", max_tokens=3, temperature=0).usage.completion_tokens == 3
     rt.close()
@@ -262,7 +262,7 @@ def test_kv_cache_plugin_is_what_the_engine_uses(smollm2):
             register(Implementation(area="kv_cache", name="traced", engines=("llama.cpp",), factory=factory,
                                     variants=(Variant("q8_0"),)))
 
-    rt = Runtime(model=smollm2, plugins={"kv_cache": "traced:q8_0", "tokenizer": "llama_cpp"},
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"kv_cache": "traced:q8_0", "tokenizer": "llama_cpp"},
                  extra_plugins=[("traced_kv", KVPlugin())])
     try:
         assert rt.generate("The sky is", max_tokens=3, temperature=0).usage.completion_tokens == 3
@@ -294,7 +294,7 @@ def test_decoder_plugin_drives_the_generation(smollm2):
             register(Implementation(area="speculative", name="counting",
                                     factory=lambda variant, **ctx: made.append(CountingDecoder()) or made[-1]))
 
-    rt = Runtime(model=smollm2, plugins={"speculative": "counting", "tokenizer": "llama_cpp"},
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"speculative": "counting", "tokenizer": "llama_cpp"},
                  extra_plugins=[("counting_decoder", DecoderPlugin())])
     try:
         out = rt.generate("The sky is", max_tokens=4, temperature=0)
@@ -325,7 +325,7 @@ def test_scheduler_plugin_runs_the_requests(smollm2):
             register(Implementation(area="scheduler", name="counting",
                                     factory=lambda variant, config=None: CountingScheduler()))
 
-    rt = Runtime(model=smollm2, plugins={"scheduler": "counting", "tokenizer": "llama_cpp"},
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"scheduler": "counting", "tokenizer": "llama_cpp"},
                  extra_plugins=[("counting_scheduler", SchedulerPlugin())])
     try:
         rt.generate("The sky is", max_tokens=2, temperature=0, priority="interactive")
@@ -375,7 +375,7 @@ def test_request_hooks_see_every_request(smollm2):
         def on_request_end(self, task, request, result, error):
             seen.append(("end", task, error is None))
 
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"}, extra_plugins=[("tracer", Tracer())])
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp"}, extra_plugins=[("tracer", Tracer())])
     rt.generate("Hi", max_tokens=2, temperature=0)
     with pytest.raises(corert.InputError):
         rt.generate("", max_tokens=2)
@@ -398,7 +398,8 @@ def test_trace_hooks_env_prints_each_hook_call(smollm2, monkeypatch, capsys):
             monkeypatch.setenv("CORERT_TRACE_HOOKS", "1")
         else:
             monkeypatch.delenv("CORERT_TRACE_HOOKS")
-        rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"}, extra_plugins=[("quiet", Quiet())])
+        rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp"},
+                     extra_plugins=[("quiet", Quiet())])
         capsys.readouterr()
         try:
             rt.generate("Hi", max_tokens=2, temperature=0)

@@ -23,7 +23,8 @@ LONG = 1900  # tokens a timed-out or abandoned request would produce if nothing 
 @pytest.fixture(scope="module", params=["fifo", "work_stealing"])
 def served(smollm2, request):
     """(runtime, its model's session, what NEXT gives alone) for each scheduler."""
-    rt = Runtime(model=smollm2, n_ctx=2048, plugins={"scheduler": request.param, "tokenizer": "llama_cpp"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, n_ctx=2048,
+                 plugins={"scheduler": request.param, "tokenizer": "llama_cpp"})
     expected = rt.generate(NEXT, max_tokens=12, temperature=0).token_ids  # also loads the model
     loaded, _ = rt.load_generation_model()
     yield rt, loaded.session(), expected

@@ -48,7 +48,7 @@ def test_real_generation_stops_at_its_token_and_frees_the_worker(how, monkeypatc
     go_on = threading.Event()
     held, pause = _hold(HOLD_AT, (lambda token: token.wait()) if how == "timeout" else
                         (lambda token: go_on.wait(WAIT)))
-    with Runtime(model=_path("smollm2-135m-instruct"), n_threads=1,
+    with Runtime(engine="llama.cpp", model=_path("smollm2-135m-instruct"), n_threads=1,
                  plugins={"scheduler": "work_stealing:balanced", "tokenizer": "llama_cpp"}) as rt:
         rt.generate("Hi", max_tokens=1, temperature=0)  # loads the model
         loaded, _ = rt.load_generation_model()
@@ -87,7 +87,7 @@ def test_embed_runs_beside_a_batch_generation_only_with_the_reserved_lane(schedu
     _path("smollm2-135m-instruct"), _path("minilm-l6")
     release = threading.Event()
     held, pause = _hold(HOLD_AT, lambda token: release.wait(WAIT))
-    with Runtime(plugins={"scheduler": scheduler}, n_threads=n_threads) as rt:
+    with Runtime(engine="llama.cpp", plugins={"scheduler": scheduler}, n_threads=n_threads) as rt:
         rt.embed(["warm up the encoder"])
         rt.generate("Hi", max_tokens=1, temperature=0)  # load the model outside the observed part
         loaded, _ = rt.load_generation_model()

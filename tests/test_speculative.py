@@ -85,7 +85,7 @@ def test_sampled_speculation_is_lossless_on_a_real_model(smollm2):
     """The target's next-token distribution at a fixed prefix (real smollm2 logits) against a draft
     distribution from another real prefix: 20k draws through the acceptance rule match the target's
     distribution (chi-square, p=0.001)."""
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp"})
     loaded, lock = rt.load_generation_model()
     tok = loaded.tokenizer
     with lock:
@@ -221,7 +221,7 @@ GROUNDED = _LIST * 2 + "apples, pears,"
 
 @pytest.fixture(scope="module")
 def spec_rt(smollm2):
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:lookup"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:lookup"})
     yield rt
     rt.close()
 
@@ -263,7 +263,7 @@ def test_rollback_leaves_the_cache_as_if_rejected_tokens_were_never_seen(spec_rt
 def test_sampled_speculative_generation_runs_and_is_seeded(smollm2):
     # a fixed depth policy: the adaptive one chooses depths from measured timings, so its sampled outputs
     # follow the right distribution but are not reproducible token for token from a seed
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:lookup"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:lookup"})
     kw = dict(max_tokens=30, temperature=0.8, seed=11)
     a, b = rt.generate(GROUNDED, **kw), rt.generate(GROUNDED, **kw)
     assert a.token_ids == b.token_ids and len(a.token_ids) > 0
@@ -273,7 +273,7 @@ def test_sampled_speculative_generation_runs_and_is_seeded(smollm2):
 def test_draft_variant_without_a_draft_model_is_a_clear_error(smollm2):
     from corert import PluginError
 
-    rt = Runtime(model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:draft"})
+    rt = Runtime(engine="llama.cpp", model=smollm2, plugins={"tokenizer": "llama_cpp", "speculative": "speculative:draft"})
     with pytest.raises(PluginError, match="draft model"):
         rt.generate("hi", max_tokens=4)
     rt.close()
@@ -282,7 +282,7 @@ def test_draft_variant_without_a_draft_model_is_a_clear_error(smollm2):
 def test_draft_model_with_another_vocabulary_is_a_clear_error(smollm2, qwen05):
     from corert import PluginError
 
-    rt = Runtime(model=smollm2, draft_model=qwen05,
+    rt = Runtime(engine="llama.cpp", model=smollm2, draft_model=qwen05,
                  plugins={"tokenizer": "llama_cpp", "speculative": "speculative:draft"})
     with pytest.raises(PluginError, match="vocabulary"):
         rt.generate("hi", max_tokens=4)

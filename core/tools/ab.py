@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import attrs
 import numpy as np
 
+from corert.auto_engine import AUTO
 from corert.models.labels import model_label
 from corert.tools.stats import median, percentile
 from corert.tools.corpus import corpus_texts
@@ -376,6 +377,8 @@ def compare(a: str | Side, b: str | Side, *, workload: str = "generate", model: 
 
 def _label(rt, area: str, engine: str) -> str | None:
     try:
+        if engine == AUTO:  # the engine auto picks for the default model (never pulls it for a label)
+            engine = rt.engine_choice(pull=False).engine
         return rt.resolve(area, engine).label
     except Exception:  # noqa: BLE001 - no implementation of this area for that engine
         return None

@@ -122,10 +122,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     nll_all = np.concatenate(nll)
     result: dict[str, Any] = {
         # names, not paths: results are committed and compared across machines
-        "model": model_label(loaded.path, rt.store), "file": path.name, "engine": rt.config.engine,
+        "model": model_label(loaded.path, rt.store), "file": path.name, "engine": rt.generation_engine(),
         "plugins": rt.active_plugins(), "ctx": n_ctx, "chunks": n_chunks, "scored": args.score,
         "tokens": int(nll_all.size), "ppl": float(np.exp(nll_all.mean())),
-        "ref_engine": args.ref_engine, "ref_ppl": None, "kld_mean": None, "top1_agree": None,
+        "ref_engine": ref_rt.generation_engine() if ref_rt is not None else None,
+        "ref_ppl": None, "kld_mean": None, "top1_agree": None,
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
     }
     if ref is not None:

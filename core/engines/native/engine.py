@@ -15,7 +15,7 @@ from typing import Any
 
 from ...config import NativeConfig
 from ...errors import ModelError
-from ...interfaces import CalibratedKVStore, KVProvider, ThreadBudget, Tokenizer
+from ...interfaces import CalibratedKVStore, KVProvider, SupportVerdict, ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 from .loaded import CAPABILITIES, DEFAULT_SEQS, NativeModel
@@ -27,6 +27,12 @@ class NativeEngine:
 
     def __init__(self, variant: str):
         self.variant = variant
+
+    def check_model(self, model_path: str) -> SupportVerdict:
+        """Whether this engine runs ``model_path`` here (architecture, tensor types, CPU): see support.py."""
+        from .support import check_file
+
+        return check_file(model_path)
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
              threads: ThreadBudget | None, config: Any = None) -> NativeModel:

@@ -12,17 +12,19 @@ from .engine import NativeEngine
 from .loaded import DEFAULT_SEQS, NativeModel
 from .session import NativeSession
 
-__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "VNNI", "register_engines"]
+__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "VARIANTS", "VNNI", "register_engines"]
 
 
 #: int8 ``vpdpbusd`` products (matmul_i8.py); preferred where the CPU has it
 VNNI = Variant("vnni", requires={"avx512_vnni", "avx512bw"}, priority=30,
                description="activations as two int8 levels (~16 bits), AVX-512 VNNI dot products")
+#: the native engine's CPU variants (support.py asks which of them this CPU runs)
+VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (VNNI,)
 
 
 @hookimpl
 def register_engines(register):
     register(Implementation(
         area="engine", name="native", factory=lambda variant, **ctx: NativeEngine(variant),
-        variants=simd_variants("ordered f32 sums, no fastmath") + (VNNI,),
+        variants=VARIANTS, priority=10,  # engine="auto" tries it first (when check_model says it runs the file)
         description="numpy/numba transformer over GGUF weights (llama, qwen2); 4-bit and 8-bit weight blocks"))

@@ -70,7 +70,8 @@ def run(args) -> dict[str, Any]:
     prompt = ratio_summary(ratios(per_round["corert"]["prompt"], per_round["raw"]["prompt"]))
     same = sum(a["ids"] == b["ids"] for a, b in zip(rounds["raw"], rounds["corert"]))
     return {
-        "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20, "engine": engine,
+        "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20,
+        "engine": corert.info.get("engine") or engine, "engine_requested": engine,
         "plugins": corert.info.get("plugins"), "threads": threads, "rounds": args.rounds,
         "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
         "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],

@@ -88,7 +88,8 @@ class _Corert:
         self.rt = Runtime(model=model_path, engine=engine, plugins=plugins or {}, n_threads=threads, n_ctx=n_ctx)
         self.rt.load_generation_model()
         budget = self.rt.scheduler.thread_budget()
-        self.threads = budget.llama_threads if engine == "llama.cpp" else budget.numba_threads
+        self.engine = self.rt.generation_engine()  # auto's choice, or the one asked for
+        self.threads = budget.llama_threads if self.engine == "llama.cpp" else budget.numba_threads
         self.plugins = self.rt.active_plugins()
 
     def run(self, prompt: str, max_tokens: int) -> dict[str, Any]:
@@ -108,7 +109,8 @@ def _worker() -> None:
         try:
             if msg["cmd"] == "init":
                 side = (_RawLlama if msg["side"] == "raw" else _Corert)(**msg)
-                reply: dict[str, Any] = {"threads": side.threads, "plugins": getattr(side, "plugins", None)}
+                reply: dict[str, Any] = {"threads": side.threads, "plugins": getattr(side, "plugins", None),
+                                         "engine": getattr(side, "engine", None)}
             elif msg["cmd"] == "run":
                 reply = side.run(msg["prompt"], msg["max_tokens"])
             elif msg["cmd"] == "rss":

@@ -1,0 +1,120 @@
+"""engine="auto" (the default): per model file, native where it runs the file on this CPU, else llama.cpp,
+with the reason; an explicit engine or a plugin selection that needs an engine wins.  No model is loaded
+here: the choice reads the file's header only."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cli_support import cli_json
+from corert import Runtime
+from corert.engines.native import support
+from corert.models.gguf_header import read_header
+
+D, FF, VOCAB = 256, 512, 64
+
+
+def _tiny_llama(path, ffn_down_type):
+    """A one-layer llama GGUF whose every tensor is F32 but ffn_down, stored as ``ffn_down_type`` (random
+    bytes: only the header is read here)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("embedding_length", D), ("block_count", 1), ("feed_forward_length", FF),
+                       ("attention.head_count", 4), ("context_length", 128)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    rng = np.random.default_rng(0)
+
+    def f32(name, *shape):  # numpy order: outer dimension first
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+
+    f32("token_embd.weight", VOCAB, D)
+    f32("output_norm.weight", D)
+    for n in ("attn_norm", "ffn_norm"):
+        f32(f"blk.0.{n}.weight", D)
+    for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        f32(f"blk.0.{n}.weight", D, D)
+    f32("blk.0.ffn_gate.weight", FF, D)
+    f32("blk.0.ffn_up.weight", FF, D)
+    per_block, block_bytes = gguf.GGML_QUANT_SIZES[ffn_down_type]
+    raw = rng.integers(0, 256, (D, FF // per_block * block_bytes), dtype=np.uint8)
+    w.add_tensor("blk.0.ffn_down.weight", raw, raw_dtype=ffn_down_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def q2k_file(tmp_path_factory):
+    import gguf
+
+    return _tiny_llama(tmp_path_factory.mktemp("auto") / "tiny-q2k.gguf", gguf.GGMLQuantizationType.Q2_K)
+
+
+def test_support_check_names_the_unsupported_tensor_and_type(q2k_file, tmp_path):
+    import gguf
+
+    verdict = support.check(read_header(q2k_file, want_arrays=False))
+    assert not verdict.ok and "blk.0.ffn_down.weight" in verdict.reason and "Q2_K" in verdict.reason
+    ok = support.check(read_header(_tiny_llama(tmp_path / "q8.gguf", gguf.GGMLQuantizationType.Q8_0),
+                                   want_arrays=False))
+    assert ok.ok and ok.reason.startswith("llama with F32, Q8_0 on the "), ok.reason
+
+
+def test_support_check_wants_a_vectorized_variant(smollm2):
+    from corert.cpu import override
+
+    header = read_header(smollm2, want_arrays=False)
+    with override(()) as cpu:  # a CPU with no SIMD feature: only the scalar reference would run
+        verdict = support.check(header, cpu)
+    assert not verdict.ok and "no vectorized variant" in verdict.reason
+
+
+def test_auto_runs_a_registry_model_natively_and_an_unsupported_file_on_llama_cpp(smollm2, q2k_file):
+    rt = Runtime(model=smollm2)
+    try:
+        assert rt.config.engine == "auto"
+        choice = rt.engine_choice()
+        assert (choice.requested, choice.engine) == ("auto", "native")
+        assert "llama with" in choice.reason and "Q4_1" in choice.reason
+        assert rt.active_plugins()["kv_cache"].startswith("contiguous")  # the native engine's default cache
+        fallback = rt.engine_choice(q2k_file)  # the same runtime, another file: chosen per file
+        assert fallback.engine == "llama.cpp"
+        assert "not native: tensor 'blk.0.ffn_down.weight' has type Q2_K" in fallback.reason
+        assert rt.active_plugins(model=q2k_file)["kv_cache"].startswith("llama_cpp")
+    finally:
+        rt.close()
+
+
+def test_an_explicit_engine_or_an_engine_bound_plugin_wins(smollm2, monkeypatch):
+    rt = Runtime(model=smollm2, engine="llama.cpp")
+    assert rt.engine_choice().to_dict() == {"requested": "llama.cpp", "engine": "llama.cpp",
+                                            "reason": "selected explicitly"}
+    monkeypatch.setenv("CORERT_ENGINE", "llama.cpp")
+    assert Runtime(model=smollm2).generation_engine() == "llama.cpp"
+    monkeypatch.delenv("CORERT_ENGINE")
+    bound = Runtime(model=smollm2, plugins={"kv_cache": "llama_cpp:q8_0"}).engine_choice()
+    assert bound.engine == "llama.cpp" and "kv_cache=llama_cpp:q8_0 does not work with it" in bound.reason
+
+
+def test_plugins_json_says_which_engine_auto_chose_and_why(smollm2):
+    info = cli_json("plugins", "--json", "--model", smollm2)
+    assert info["engine"] == "auto"
+    assert info["engine_choice"]["engine"] == "native" and "Q4_1" in info["engine_choice"]["reason"]
+    assert info["areas"]["engine"]["chosen"]["name"] == "native"
+    assert info["areas"]["kv_cache"]["chosen"]["name"] == "contiguous"
+    assert json.loads(json.dumps(info))  # plain JSON
+
+
+def test_embeddings_route_to_the_onnx_engine_under_auto(store):
+    store.resolve("minilm-l6")
+    rt = Runtime()
+    try:
+        assert rt.embed(["a sentence to embed"]).embeddings.shape == (1, 384)
+    finally:
+        rt.close()
