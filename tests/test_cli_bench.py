@@ -1,7 +1,8 @@
-"""`corert bench generate|tokenize|kv|batch|speculative` through the CLI (a subprocess, ``--json``), with
-the smallest options that still run every side: the JSON's structure and the invariants a benchmark must
-hold whatever the machine's speed (identical greedy outputs, positive ratios that are the ratios of the
-reported figures, models named by their registry name).  Speeds themselves are never asserted."""
+"""`corert bench generate|tokenize|kv|batch|speculative|grammar` through the CLI (a subprocess,
+``--json``), with the smallest options that still run every side: the JSON's structure and the invariants a
+benchmark must hold whatever the machine's speed (identical greedy outputs, positive ratios that are the
+ratios of the reported figures, models named by their registry name).  Speeds themselves are never
+asserted."""
 from __future__ import annotations
 
 import math
@@ -170,3 +171,16 @@ def test_bench_rounds_below_three_is_bad_input():
     # one or two rounds give a ratio without a spread worth the name
     assert_bad_input(run_cli("bench", "generate", "--rounds", "2"), "--rounds must be at least 3")
     assert_bad_input(run_cli("bench", "batch", "--rounds", "1"), "--rounds must be at least 3")
+
+
+@pytest.mark.slow
+def test_bench_grammar():
+    r = cli_json("bench", "grammar", "--json", "--model", SMOL, "--engine", "llama.cpp", "--rounds", "3",
+                 "--max-tokens", "12", "--threads", "1")
+    _machine(r)
+    assert r["bench"] == "grammar" and r["model"] == SMOL and r["tokens"] == 12 and r["vocab"] == 49152
+    assert _positive(r["mask_ms_per_token"]) and _positive(r["plain_sampler_ms_per_token"])
+    lo, hi = r["mask_ms_range"]
+    assert lo <= r["mask_ms_per_token"] <= hi
+    assert all(_positive(v) for v in r["decode_ms_per_token"].values())
+    _ratio_summary(r["decode_ratio"], r["decode_ratio_range"], r["decode_ratio_rounds"], 3)

@@ -31,6 +31,7 @@ _BUILTIN = (
     BenchCase("kv", "corert.tools.bench.kv_cache", "paged KV cache memory and compaction"),
     BenchCase("batch", "corert.tools.bench.batch", "continuous batching vs llama-cpp-python one by one"),
     BenchCase("speculative", "corert.tools.bench.speculative", "speculative decoding vs llama.cpp's draft paths"),
+    BenchCase("grammar", "corert.tools.bench.grammar", "structured output: the grammar mask's cost per token"),
 )
 
 
