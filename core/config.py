@@ -77,11 +77,16 @@ def _key(inst, attribute) -> str:
     return f"{table}.{attribute.name}" if table else attribute.name
 
 
-def _optional_bytes(value: Any) -> int | None:
-    try:
-        return None if value is None else parse_bytes(value)
-    except ConfigError as exc:
-        raise ConfigError(f"kv.budget: {exc}") from None
+def _optional_bytes_of(key: str):
+    def convert(value: Any) -> int | None:
+        try:
+            return None if value is None else parse_bytes(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return convert
+
+
+_optional_bytes = _optional_bytes_of("kv.budget")
 
 
 def _cpu_ids(value: Any) -> tuple[int, ...] | None:
@@ -195,7 +200,27 @@ class NativeConfig(_Table):
     prefill_rows: int = attrs.field(default=256, validator=_int_in(1, 1 << 20))
 
 
-SUB_CONFIGS: dict[str, type[_Table]] = {t.TABLE: t for t in (KVConfig, SchedulerConfig, NativeConfig)}
+@attrs.frozen
+class WorkerConfig(_Table):
+    """``[corert.worker]``: the supervised worker processes of ``isolation = "process"``."""
+
+    TABLE = "worker"
+    #: address space of one worker (RLIMIT_AS: "4G", an integer; None: no limit)
+    memory: int | None = attrs.field(default=None, converter=_optional_bytes_of("worker.memory"),
+                                   validator=_int_in(1, optional=True))
+    #: open files of one worker (RLIMIT_NOFILE)
+    open_files: int = attrs.field(default=1024, validator=_int_in(16, 1 << 20))
+    #: seconds without a heartbeat after which a worker counts as hung and is replaced
+    heartbeat_s: int = attrs.field(default=15, validator=_int_in(1, 3600))
+    #: seconds a request may run past its deadline before its worker is replaced (it ignored the cancel)
+    grace_s: int = attrs.field(default=2, validator=_int_in(0, 3600))
+    #: crashes within ``restart_window_s`` after which the model is marked failed instead of restarted
+    max_restarts: int = attrs.field(default=5, validator=_int_in(0, 1 << 20))
+    restart_window_s: int = attrs.field(default=60, validator=_int_in(1, 1 << 20))
+
+
+SUB_CONFIGS: dict[str, type[_Table]] = {t.TABLE: t for t in (KVConfig, SchedulerConfig, NativeConfig,
+                                                             WorkerConfig)}
 
 
 # -- the runtime config ------------------------------------------------------------------------------------
@@ -216,7 +241,7 @@ def _tuple_of_str(value: Any) -> tuple[str, ...]:
 _ENV = {"CORERT_MODEL": ("model", str), "CORERT_ENGINE": ("engine", str), "CORERT_CTX": ("n_ctx", int),
         "CORERT_THREADS": ("n_threads", int), "CORERT_MODELS_DIR": ("models_dir", str),
         "CORERT_ALLOW": ("allow", str), "CORERT_DRAFT_MODEL": ("draft_model", str),
-        "CORERT_N_SEQS": ("n_seqs", int), "CORERT_DISABLE": ("deny", str)}
+        "CORERT_N_SEQS": ("n_seqs", int), "CORERT_DISABLE": ("deny", str), "CORERT_ISOLATION": ("isolation", str)}
 
 
 @attrs.frozen
@@ -247,6 +272,9 @@ class RuntimeConfig:
     kv: KVConfig = attrs.field(factory=KVConfig, converter=KVConfig.from_mapping)
     scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig, converter=SchedulerConfig.from_mapping)
     native: NativeConfig = attrs.field(factory=NativeConfig, converter=NativeConfig.from_mapping)
+    #: "none": engines run in this process; "process": each loaded model runs in a supervised worker process
+    isolation: str = attrs.field(default="none", validator=_one_of("none", "process"))
+    worker: WorkerConfig = attrs.field(factory=WorkerConfig, converter=WorkerConfig.from_mapping)
 
     @n_seqs.validator
     def _check_seqs(self, attribute, value):
@@ -279,7 +307,8 @@ class RuntimeConfig:
     def from_env(cls, base: "RuntimeConfig | None" = None, environ: Mapping[str, str] | None = None
                  ) -> "RuntimeConfig":
         """Apply ``CORERT_MODEL``, ``CORERT_ENGINE``, ``CORERT_PLUGINS``, ``CORERT_CTX``, ``CORERT_THREADS``,
-        ``CORERT_ALLOW``, ``CORERT_DISABLE``, ``CORERT_MODELS_DIR``, ``CORERT_DRAFT_MODEL``, ``CORERT_N_SEQS``
+        ``CORERT_ALLOW``, ``CORERT_DISABLE``, ``CORERT_MODELS_DIR``, ``CORERT_DRAFT_MODEL``, ``CORERT_N_SEQS``,
+        ``CORERT_ISOLATION``, the ``CORERT_WORKER_*`` variables
         and the sub-config variables ``CORERT_KV_BUDGET``, ``CORERT_KV_PAGE_TOKENS``, ``CORERT_KV_KERNEL``,
         ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``, ``CORERT_NATIVE_PREFILL_ROWS`` on top of
         ``base``; the plugins and the sub-configs change only where a variable is set."""

@@ -32,3 +32,8 @@ class TaskTimeoutError(CorertError, TimeoutError):
 
 class CancelledError(CorertError):
     """A task was cancelled before it finished."""
+
+
+class WorkerCrashed(CorertError):
+    """The worker process serving a request died (a signal, an exit code) or stopped answering; the request
+    is lost, the worker is restarted with its model.  Retrying the request is safe."""

@@ -32,6 +32,7 @@ from .errors import ConfigError, InputError, PluginError
 from .hook_calls import request_hooks
 from .implementation import AREAS, ENGINE_AREA, engine_name
 from .interfaces import PRIORITIES, DecoderContext, EngineCapabilities, SamplingParams
+from .isolation.pool import RemoteEncoder, WorkerPool
 from .models.labels import model_label
 from .models.store import ModelStore
 from .plugin_host import PluginHost, Resolved, Selection, describe, parse_selections
@@ -64,6 +65,7 @@ class Runtime:
                  progress: bool = False, **overrides: Any):
         base = config if config is not None else RuntimeConfig.from_env()
         self.config = base.evolve(**overrides)  # plugins area by area, sub-configs key by key
+        extra_plugins = tuple(extra_plugins)
         self.host = PluginHost.build(allow=self.config.allow, deny=self.config.deny, extra=extra_plugins)
         self.selections: dict[str, Selection] = parse_selections(self.config.plugins)
         self.store = ModelStore(root=self.config.models_dir or ModelStore().root, progress=progress)
@@ -84,6 +86,8 @@ class Runtime:
         self._decoders: dict[tuple[ModelKey, str], Any] = {}
         self._engine_choices: dict[str, EngineChoice] = {}  # model file -> auto's choice
         self._batch_waiters: concurrent.futures.ThreadPoolExecutor | None = None
+        #: isolation="process": the supervised workers that load and run the models instead of this process
+        self._workers = WorkerPool(self.config, extra_plugins) if self.config.isolation == "process" else None
 
     # -- plugins ------------------------------------------------------------------------------------------
     def _engine_for(self, area: str) -> str | None:
@@ -392,6 +396,11 @@ class Runtime:
     def _serve(self, req: GenerateRequest, decoder, emit, cancel: threading.Event | None,
                submitted: float) -> Completion:
         """Runs on a scheduler worker (or a batched request's waiter thread): one generation."""
+        if self._workers is not None:
+            key = self._model_key(req.model, self.config.engine)
+            sup = self._workers.model(key, "generate", req.model, key.path,
+                                      capacity=self.config.n_seqs if self._batches(decoder) else 1)
+            return self._workers.generate(sup, req, emit, cancel, submitted)
         started = time.perf_counter()
         loaded, lock = self.load_generation_model(req.model)
         # continuous batching: requests share forwards instead of taking turns; otherwise one sequence per
@@ -436,6 +445,8 @@ class Runtime:
         name = model or (self.config.embed_model if kind == "embed" else self.config.classify_model)
         path = self.store.resolve(name)
         key = (kind, str(path))
+        if self._workers is not None:
+            return RemoteEncoder(self._workers.model(key, kind, name, str(path), capacity=1))
         with self._lock:
             enc = self._encoders.get(key)
             if enc is None:
@@ -468,6 +479,8 @@ class Runtime:
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
         with self._lock:
             for loaded in self._loaded.values():
                 try:

@@ -1,0 +1,119 @@
+"""One worker process and the socket to it: start, framed messages both ways, kill, reap.
+
+The worker is a fresh interpreter (``python -m corert.isolation.worker FD``) started with ``subprocess``:
+exec after fork, like multiprocessing's spawn context, so no thread of the host is ever forked, and unlike
+spawn it never re-imports the host's ``__main__`` (an embedding script without a ``__main__`` guard would run
+again in every worker).  Messages are pickled tuples framed by
+:class:`multiprocessing.connection.Connection` (a 4-byte length, then the pickle) over a socketpair.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+
+def log_dir() -> Path:
+    """Where workers write their logs (stdout, stderr, llama.cpp's own log): the user cache."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("corert")) / "workers"
+
+
+def describe_exit(code: int | None) -> str:
+    """``-9`` -> "was killed by signal SIGKILL (9)", ``3`` -> "exited with code 3"."""
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by signal {name} ({-code})"
+    return f"exited with code {code}"
+
+
+class WorkerProcess:
+    """A started worker: ``send`` from any thread; ``on_message(worker, msg)`` and, once, ``on_exit(code)`` are
+    called on this worker's reader thread."""
+
+    def __init__(self, label: str, spec: dict[str, Any], on_message: Callable[["WorkerProcess", tuple], None],
+                 on_exit: Callable[["WorkerProcess", int | None], None]):
+        self.label = label
+        log_dir().mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair()
+        self.log_path = log_dir() / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(self):x}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "corert.isolation.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        theirs.close()
+        self.pid = self.proc.pid
+        self.conn = Connection(ours.detach())
+        self._send_lock = threading.Lock()
+        self.last_seen = time.monotonic()
+        #: why the host killed it (heartbeat, deadline), for the error message; None: it died by itself
+        self.kill_reason: str | None = None
+        self.exit_code: int | None = None
+        self._on_message, self._on_exit = on_message, on_exit
+        self.send(("spec", spec))
+        self._reader = threading.Thread(target=self._read, name=f"corert-worker-{label}", daemon=True)
+        self._reader.start()
+
+    def send(self, msg: tuple) -> bool:
+        """False when the worker is gone (its exit is reported by the reader thread)."""
+        try:
+            with self._send_lock:
+                self.conn.send(msg)
+            return True
+        except (OSError, EOFError, ValueError):
+            return False
+
+    def _read(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                self.last_seen = time.monotonic()
+                self._on_message(self, msg)
+        except (EOFError, OSError):
+            pass
+        finally:
+            self.conn.close()
+            self.exit_code = self._reap()
+            self._on_exit(self, self.exit_code)
+
+    def _reap(self) -> int | None:
+        try:
+            return self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # closed its socket yet still running: it cannot serve us
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill(self, reason: str | None = None) -> None:
+        """SIGKILL; the reader thread reports the exit."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask it to exit, kill it if it does not, and wait until it is reaped."""
+        self.send(("stop",))
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill("the host stopped it")
+        if self._reader is not threading.current_thread():
+            self._reader.join(timeout=timeout + 5)
+
+    def alive(self) -> bool:
+        return self.exit_code is None and self.proc.poll() is None

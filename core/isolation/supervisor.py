@@ -1,0 +1,213 @@
+"""One supervised model: at most one worker process at a time, the host-side queue of requests waiting for
+a slot in it, and the restart policy.
+
+A request takes a slot (``capacity``: the model's continuous-batching width, else 1), in priority order, once
+the worker is ready; everything behind it waits here, in the host, so when a worker dies only the requests
+it was serving fail (:class:`corert.errors.WorkerCrashed`) and the waiting ones go to its replacement.  A
+worker that dies while serving is restarted at once (then after a growing backoff); more than
+``max_restarts`` crashes within ``restart_window_s`` mark the model failed.
+"""
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import threading
+import time
+from typing import Any, Callable
+
+import attrs
+
+from ..cancel import CancelToken
+from ..config import WorkerConfig
+from ..errors import TaskTimeoutError, WorkerCrashed
+from ..interfaces import PRIORITIES
+from .channel import WorkerProcess, describe_exit
+
+_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+_POLL_S = 0.05  # how often a waiting request looks at its cancel token and deadline
+
+
+@attrs.define
+class Pending:
+    """One request sent to a worker, until its result, its error or the worker's death."""
+
+    proc: WorkerProcess
+    emit: Callable[[Any], None] | None
+    done: threading.Event = attrs.field(factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class SupervisedModel:
+    def __init__(self, label: str, spec: dict[str, Any], cfg: WorkerConfig, capacity: int):
+        self.label, self.spec, self.cfg, self.capacity = label, spec, cfg, capacity
+        self._cond = threading.Condition()
+        self.proc: WorkerProcess | None = None
+        #: stopped -> starting -> ready -> (crash) restarting -> starting ...; failed is final
+        self.state = "stopped"
+        self.failed_reason: str | None = None
+        self.info: dict[str, Any] = {}
+        self.restarts = 0
+        self._attempt = 0
+        self._start_error: tuple[int, BaseException] | None = None
+        self._crashes: collections.deque[float] = collections.deque()
+        self._inflight: dict[int, Pending] = {}
+        self._busy = 0
+        self._waiting: list[tuple[int, int]] = []
+        self._tickets = itertools.count()
+        self._rids = itertools.count()
+        self._closed = False
+
+    # -- the worker's lifetime ----------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._attempt += 1
+        self.state = "starting"
+        self.proc = WorkerProcess(self.label, self.spec, self._on_message, self._on_exit)
+
+    def _on_message(self, proc: WorkerProcess, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "hb":
+            return
+        with self._cond:
+            if kind == "chunks":
+                for rid, chunk in msg[1]:
+                    pending = self._inflight.get(rid)
+                    if pending is not None and pending.emit is not None:
+                        pending.emit(chunk)
+            elif kind in ("done", "err"):
+                pending = self._inflight.pop(msg[1], None)
+                if pending is not None:
+                    pending.finish(*((msg[2], None) if kind == "done" else (None, msg[2])))
+            elif kind == "ready" and proc is self.proc:
+                self.state, self.info = "ready", msg[1]
+                self._cond.notify_all()
+            elif kind == "fail" and proc is self.proc:
+                self._start_error = (self._attempt, msg[1])
+
+    def _on_exit(self, proc: WorkerProcess, code: int | None) -> None:
+        how = describe_exit(code)
+        if proc.kill_reason:
+            how += f" (the host killed it: {proc.kill_reason})"
+        message = f"the worker for {self.label} (pid {proc.pid}) {how}; its log: {proc.log_path}"
+        with self._cond:
+            for rid, pending in list(self._inflight.items()):
+                if pending.proc is proc:
+                    del self._inflight[rid]
+                    pending.finish(error=WorkerCrashed(message))
+            if proc is not self.proc:
+                return
+            self.proc = None
+            was_ready, self.state = self.state == "ready", "stopped"
+            self._cond.notify_all()
+            if self._closed:
+                return
+            if not was_ready and self._start_error is not None and self._start_error[0] == self._attempt:
+                return  # the model failed to load (a typed error): the next request tries again
+            if not was_ready:
+                limit = self.spec["limits"].memory
+                hint = (f" (its address space is limited to {limit >> 20} MiB by worker.memory)"
+                        if limit is not None else "")
+                self._start_error = (self._attempt, WorkerCrashed(f"{message}, while loading its model{hint}"))
+            now = time.monotonic()
+            self._crashes.append(now)
+            while self._crashes and self._crashes[0] < now - self.cfg.restart_window_s:
+                self._crashes.popleft()
+            if len(self._crashes) > self.cfg.max_restarts:
+                self.state = "failed"
+                self.failed_reason = (f"{self.label} is marked failed: its worker crashed {len(self._crashes)} "
+                                      f"times within {self.cfg.restart_window_s} s (last: {message}); fix the "
+                                      f"cause, then start a new Runtime")
+            elif was_ready:
+                # a worker that served and died is replaced now; waiting requests go to the new one
+                self.state = "restarting"
+                delay = 0.0 if len(self._crashes) <= 1 else min(5.0, 0.25 * 2 ** (len(self._crashes) - 2))
+                timer = threading.Timer(delay, self._restart)
+                timer.daemon = True
+                timer.start()
+
+    def _restart(self) -> None:
+        with self._cond:
+            if self.state == "restarting" and not self._closed:
+                self.restarts += 1
+                self._start()
+
+    # -- requests -----------------------------------------------------------------------------------------
+    def _acquire(self, priority: str, token: CancelToken) -> WorkerProcess:
+        """A slot in a ready worker (starting one if none runs), in priority order."""
+        ticket = (_RANK.get(priority, 1), next(self._tickets))
+        mine: int | None = None  # the start attempt this request waits for
+        with self._cond:
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while True:
+                    if self.state == "failed":
+                        raise WorkerCrashed(self.failed_reason)
+                    if self._closed:
+                        raise WorkerCrashed(f"the runtime was closed while a request on {self.label} waited")
+                    if self.state == "stopped":
+                        if mine is not None and self._start_error and self._start_error[0] == mine:
+                            raise self._start_error[1]
+                        self._start()
+                    if self.state == "starting" and mine is None:
+                        mine = self._attempt
+                    if self.state == "ready" and self._busy < self.capacity and self._waiting[0] == ticket:
+                        heapq.heappop(self._waiting)
+                        self._busy += 1
+                        return self.proc
+                    self._cond.wait(_POLL_S)
+                    token.check()
+            except BaseException:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._cond.notify_all()
+                raise
+
+    def call(self, message: Callable[[int], tuple], *, priority: str, token: CancelToken,
+             emit: Callable[[Any], None] | None = None, cancel: threading.Event | None = None) -> Any:
+        """Send ``message(rid)`` to the worker and wait for its result (``emit`` gets its stream chunks).
+        A cancelled request (``cancel``, the token) is cancelled in the worker; one still running
+        ``grace_s`` after its deadline gets its worker replaced and fails with TaskTimeoutError."""
+        proc = self._acquire(priority, token)
+        rid = next(self._rids)
+        pending = Pending(proc, emit)
+        try:
+            with self._cond:
+                if self.proc is not proc:
+                    raise WorkerCrashed(f"the worker for {self.label} died before the request reached it")
+                self._inflight[rid] = pending
+            proc.send(message(rid))  # a dead worker: its exit fails the request
+            cancelled = False
+            while not pending.done.wait(_POLL_S):
+                if not cancelled and (token.cancelled or (cancel is not None and cancel.is_set())):
+                    cancelled = proc.send(("cancel", rid))
+                if token.deadline is not None and time.monotonic() > token.deadline + self.cfg.grace_s:
+                    proc.kill(f"a request ran {self.cfg.grace_s} s past its deadline")
+                    raise TaskTimeoutError(f"the request on {self.label} ran past its timeout and its worker did "
+                                           f"not stop it; the worker was replaced (log: {proc.log_path})")
+            if pending.error is not None:
+                raise pending.error
+            return pending.result
+        finally:
+            with self._cond:
+                self._inflight.pop(rid, None)
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def check_heartbeat(self, now: float) -> None:
+        proc = self.proc
+        if proc is not None and proc.alive() and now - proc.last_seen > self.cfg.heartbeat_s:
+            proc.kill(f"it sent no heartbeat for {self.cfg.heartbeat_s} s")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            proc, self.proc = self.proc, None
+            self._cond.notify_all()
+        if proc is not None:
+            proc.stop()

@@ -1,0 +1,182 @@
+"""The worker process: one loaded model (generation, embed or classify) in an in-process Runtime.
+
+It owns the tokenizer, engine, KV cache, decoder and batch service; the host sends requests and gets back
+stream chunks (token ids and text, whatever else a chunk carries) and the finished result, never logits.
+Started by :class:`corert.isolation.channel.WorkerProcess` as ``python -m corert.isolation.worker FD``.
+
+Messages in:  ("spec", dict) first, then ("gen", rid, GenerateRequest, stream) · ("cancel", rid) ·
+              ("enc", rid, method, args, kwargs) · ("stop",)
+Messages out: ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
+              ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+_CHUNK = "chunk"
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (the host re-raises the same type), else a PluginError with its text."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - anything unpicklable
+        from ..errors import PluginError
+
+        return PluginError(f"{type(exc).__name__}: {exc}")
+
+
+class _Outbox:
+    """Everything the worker sends goes through one thread, in order; chunks that are ready together (a
+    batch step's tokens for several streams, a burst) leave in one message."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.items: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="corert-worker-outbox", daemon=True).start()
+
+    def put(self, msg: tuple) -> None:
+        self.items.put(msg)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything put so far has been sent."""
+        done = threading.Event()
+        self.items.put(("_flushed", done))
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            msg = self.items.get()
+            chunks = []
+            while msg is not None and msg[0] == _CHUNK:
+                chunks.append(msg[1:])
+                try:
+                    msg = self.items.get_nowait()
+                except queue.Empty:
+                    msg = None
+            if msg is not None and msg[0] == "_flushed":
+                msg, flushed = None, msg[1]
+            else:
+                flushed = None
+            try:
+                if chunks:
+                    self.conn.send(("chunks", chunks))
+                if msg is not None:
+                    self.conn.send(msg)
+                if flushed is not None:
+                    flushed.set()
+            except (OSError, EOFError, ValueError):
+                os._exit(0)  # the host is gone
+
+
+def _heartbeat(outbox: _Outbox, every: float) -> None:
+    while True:
+        outbox.put(("hb",))
+        time.sleep(every)
+
+
+class _Server:
+    """Dispatches the host's requests to the in-process Runtime."""
+
+    def __init__(self, spec: dict[str, Any], outbox: _Outbox):
+        from ..runtime import Runtime
+
+        self.spec, self.outbox = spec, outbox
+        extra = pickle.loads(spec["extra_plugins"])
+        self.rt = Runtime(spec["config"].evolve(isolation="none"), extra_plugins=extra)
+        self.cancels: dict[int, threading.Event] = {}
+        self.encoder = None
+
+    def load(self) -> dict[str, Any]:
+        kind, model = self.spec["kind"], self.spec["model"]
+        if kind == "generate":
+            self.rt.load_generation_model(model)
+            decoder = self.rt.decoder(model)
+            return {"batches": self.rt._batches(decoder)}
+        self.encoder = self.rt._encoder(kind, model)
+        return {}
+
+    def serve(self, conn: Connection) -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = msg[0]
+            if kind == "gen":
+                self._generate(*msg[1:])
+            elif kind == "cancel":
+                event = self.cancels.get(msg[1])
+                if event is not None:
+                    event.set()
+            elif kind == "enc":
+                self._encode(*msg[1:])
+            elif kind == "stop":
+                return
+
+    def _generate(self, rid: int, req, stream: bool) -> None:
+        cancel = threading.Event()
+        self.cancels[rid] = cancel
+        emit = (lambda chunk: self.outbox.put((_CHUNK, rid, chunk))) if stream else None
+        try:
+            fut = self.rt._submit(req, emit, cancel, time.perf_counter())
+        except Exception as exc:  # noqa: BLE001 - a full queue, a bad request: the host re-raises it
+            self._finish(rid, None, exc)
+            return
+        fut.add_done_callback(lambda f: self._finish(rid, f, None))
+
+    def _finish(self, rid: int, fut, exc: BaseException | None) -> None:
+        self.cancels.pop(rid, None)
+        if exc is None:
+            exc = fut.exception()
+        self.outbox.put(("err", rid, portable_error(exc)) if exc is not None else ("done", rid, fut.result()))
+
+    def _encode(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
+        # inline on the receiving thread: one encoder call at a time, no hand-off to pay for
+        try:
+            self.outbox.put(("done", rid, getattr(self.encoder, method)(*args, **kwargs)))
+        except Exception as exc:  # noqa: BLE001
+            self.outbox.put(("err", rid, portable_error(exc)))
+
+
+def main(fd: int) -> None:
+    conn = Connection(fd)
+    _, spec = conn.recv()
+    sys.path[:] = spec["sys_path"]  # what the host can import (a test's plugin module), the worker can
+    from . import limits
+
+    applied = limits.apply(spec["limits"])
+    print(f"corert worker pid {os.getpid()} for {spec['kind']} {spec['model']}: limits {applied}", flush=True)
+    outbox = _Outbox(conn)
+    threading.Thread(target=_heartbeat, args=(outbox, spec["heartbeat_every"]), name="corert-worker-heartbeat",
+                     daemon=True).start()
+    try:
+        server = _Server(spec, outbox)
+        info = server.load()
+    except BaseException as exc:  # noqa: BLE001 - MemoryError under the address-space limit included
+        traceback.print_exc()
+        outbox.put(("fail", portable_error(exc)))
+        outbox.flush()
+        os._exit(3)
+    print(f"loaded: {info}", flush=True)
+    outbox.put(("ready", info))
+    server.serve(conn)
+    try:
+        server.rt.close()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # engine threads must not keep a finished worker alive
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))
