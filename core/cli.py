@@ -43,6 +43,8 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
                    help="one sub-config setting, e.g. kv.budget=256M or scheduler.pin_threads=0 (repeatable)")
     g.add_argument("--threads", type=int, help="cores to use (default: all this process may use)")
     g.add_argument("--ctx", type=int, help="context length in tokens (default 2048)")
+    g.add_argument("--isolation", choices=("none", "process"),
+                   help="process: each loaded model runs in a supervised worker process (default none)")
 
 
 def _runtime(args: argparse.Namespace, **extra: Any):
@@ -64,6 +66,8 @@ def _runtime(args: argparse.Namespace, **extra: Any):
         over["n_threads"] = args.threads
     if getattr(args, "ctx", None):
         over["n_ctx"] = args.ctx
+    if getattr(args, "isolation", None):
+        over["isolation"] = args.isolation
     if getattr(args, "disable", None):
         over["deny"] = tuple(base.deny) + tuple(args.disable)
     if getattr(args, "allow", None):

@@ -398,7 +398,7 @@ class Runtime:
         """Runs on a scheduler worker (or a batched request's waiter thread): one generation."""
         if self._workers is not None:
             key = self._model_key(req.model, self.config.engine)
-            sup = self._workers.model(key, "generate", req.model, key.path,
+            sup = self._workers.model(key, "generate", req.model,
                                       capacity=self.config.n_seqs if self._batches(decoder) else 1)
             return self._workers.generate(sup, req, emit, cancel, submitted)
         started = time.perf_counter()
@@ -446,7 +446,7 @@ class Runtime:
         path = self.store.resolve(name)
         key = (kind, str(path))
         if self._workers is not None:
-            return RemoteEncoder(self._workers.model(key, kind, name, str(path), capacity=1))
+            return RemoteEncoder(self._workers.model(key, kind, name, capacity=1))
         with self._lock:
             enc = self._encoders.get(key)
             if enc is None:
@@ -476,6 +476,10 @@ class Runtime:
         with request_hooks(self.host.hook, task, request) as call:
             call.result = self.scheduler.submit(fn, *args, priority=priority, timeout=timeout, **kwargs).result()
         return call.result
+
+    def workers_info(self) -> list[dict[str, Any]]:
+        """With isolation="process": each supervised model's worker (state, pid, log, restarts)."""
+        return self._workers.info() if self._workers is not None else []
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:

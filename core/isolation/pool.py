@@ -46,8 +46,9 @@ def portable_plugins(extra: Iterable[tuple[str, object]]) -> bytes:
     return pickle.dumps(refs)
 
 
-def _label(kind: str, path: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{Path(path).stem}")[:80]
+def _label(kind: str, name: str) -> str:
+    """``generate-smollm2-135m-instruct``: names the worker in errors and its log file."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{Path(name).stem if '/' in name else name}")[:80]
 
 
 class WorkerPool:
@@ -59,7 +60,7 @@ class WorkerPool:
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
 
-    def model(self, key: Any, kind: str, name: str, path: str, capacity: int) -> SupervisedModel:
+    def model(self, key: Any, kind: str, name: str, capacity: int) -> SupervisedModel:
         """The supervised model for ``key`` (created on first use; its worker starts with the first request)."""
         with self._lock:
             sup = self._models.get(key)
@@ -68,7 +69,7 @@ class WorkerPool:
                 spec = {"sys_path": list(sys.path), "config": self.config, "extra_plugins": self._extra,
                         "kind": kind, "model": name, "limits": Limits(cfg.memory, cfg.open_files),
                         "heartbeat_every": min(1.0, cfg.heartbeat_s / 5)}
-                sup = self._models[key] = SupervisedModel(_label(kind, path), spec, cfg, capacity)
+                sup = self._models[key] = SupervisedModel(_label(kind, name), spec, cfg, capacity)
                 if self._watchdog is None:
                     self._watchdog = threading.Thread(target=self._watch, name="corert-worker-watchdog",
                                                       daemon=True)
@@ -102,6 +103,10 @@ class WorkerPool:
         completion = sup.call(message, priority=req.priority, token=token, cancel=cancel,
                               emit=forward if emit is not None else None)
         return _queued(completion, waited_ms)
+
+    def info(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [sup.info() for sup in self._models.values()]
 
     def close(self) -> None:
         self._stop.set()

@@ -52,7 +52,7 @@ class SupervisedModel:
         #: stopped -> starting -> ready -> (crash) restarting -> starting ...; failed is final
         self.state = "stopped"
         self.failed_reason: str | None = None
-        self.info: dict[str, Any] = {}
+        self.loaded_info: dict[str, Any] = {}
         self.restarts = 0
         self._attempt = 0
         self._start_error: tuple[int, BaseException] | None = None
@@ -85,7 +85,7 @@ class SupervisedModel:
                 if pending is not None:
                     pending.finish(*((msg[2], None) if kind == "done" else (None, msg[2])))
             elif kind == "ready" and proc is self.proc:
-                self.state, self.info = "ready", msg[1]
+                self.state, self.loaded_info = "ready", msg[1]
                 self._cond.notify_all()
             elif kind == "fail" and proc is self.proc:
                 self._start_error = (self._attempt, msg[1])
@@ -198,6 +198,12 @@ class SupervisedModel:
                 self._inflight.pop(rid, None)
                 self._busy -= 1
                 self._cond.notify_all()
+
+    def info(self) -> dict[str, Any]:
+        proc = self.proc
+        return {"model": self.label, "state": self.state, "pid": proc.pid if proc else None,
+                "log": str(proc.log_path) if proc else None, "restarts": self.restarts,
+                "failed": self.failed_reason}
 
     def check_heartbeat(self, now: float) -> None:
         proc = self.proc

@@ -11,6 +11,7 @@ Messages out: ("ready", info) or ("fail", error) once the model is loaded or fai
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import queue
@@ -33,6 +34,20 @@ def portable_error(exc: BaseException) -> BaseException:
         from ..errors import PluginError
 
         return PluginError(f"{type(exc).__name__}: {exc}")
+
+
+def load_error(exc: BaseException, what: str, memory: int | None) -> BaseException:
+    """A failed load as a typed error; running out of the address-space limit says so."""
+    from ..errors import CorertError, ModelError
+
+    out_of_memory = isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
+    if out_of_memory and memory is not None:
+        return ModelError(f"loading {what} needs more memory than its worker may use: the worker's address space "
+                          f"is limited to {memory >> 20} MiB (worker.memory); raise the limit or use a smaller "
+                          f"model ({type(exc).__name__}: {exc})")
+    if isinstance(exc, CorertError):
+        return portable_error(exc)
+    return ModelError(f"the worker could not load {what}: {type(exc).__name__}: {exc}")
 
 
 class _Outbox:
@@ -164,7 +179,7 @@ def main(fd: int) -> None:
         info = server.load()
     except BaseException as exc:  # noqa: BLE001 - MemoryError under the address-space limit included
         traceback.print_exc()
-        outbox.put(("fail", portable_error(exc)))
+        outbox.put(("fail", load_error(exc, spec["model"], spec["limits"].memory)))
         outbox.flush()
         os._exit(3)
     print(f"loaded: {info}", flush=True)
