@@ -22,6 +22,8 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..cancel import CancelToken, set_current
+
 _CHUNK = "chunk"
 
 
@@ -139,21 +141,26 @@ class _Server:
                 return
 
     def _generate(self, rid: int, req, stream: bool) -> None:
+        """Each request on a thread of its own, which answers only when the generation has really ended: the
+        host's scheduler already ordered and admitted it (its slots), so a request that ignores its
+        deadline keeps its slot until the host replaces this worker."""
         cancel = threading.Event()
         self.cancels[rid] = cancel
         emit = (lambda chunk: self.outbox.put((_CHUNK, rid, chunk))) if stream else None
-        try:
-            fut = self.rt._submit(req, emit, cancel, time.perf_counter())
-        except Exception as exc:  # noqa: BLE001 - a full queue, a bad request: the host re-raises it
-            self._finish(rid, None, exc)
-            return
-        fut.add_done_callback(lambda f: self._finish(rid, f, None))
+        deadline = None if req.timeout is None else time.monotonic() + req.timeout
+        threading.Thread(target=self._run, args=(rid, req, emit, cancel, deadline, time.perf_counter()),
+                         name=f"corert-worker-request-{rid}", daemon=True).start()
 
-    def _finish(self, rid: int, fut, exc: BaseException | None) -> None:
-        self.cancels.pop(rid, None)
-        if exc is None:
-            exc = fut.exception()
-        self.outbox.put(("err", rid, portable_error(exc)) if exc is not None else ("done", rid, fut.result()))
+    def _run(self, rid: int, req, emit, cancel: threading.Event, deadline: float | None, submitted: float) -> None:
+        set_current(CancelToken(deadline))
+        try:
+            msg = ("done", rid, self.rt._serve(req, self.rt.decoder(req.model), emit, cancel, submitted))
+        except BaseException as exc:  # noqa: BLE001 - the host re-raises it
+            msg = ("err", rid, portable_error(exc))
+        finally:
+            set_current(None)
+            self.cancels.pop(rid, None)
+        self.outbox.put(msg)
 
     def _encode(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
         # inline on the receiving thread: one encoder call at a time, no hand-off to pay for

@@ -1,0 +1,227 @@
+"""Process isolation on real models: the same results across the boundary, and faults (kill -9, a segfaulting
+plugin, a hanging plugin, a memory limit, random kills) that cost the requests they hit, never the host.
+
+Every worker a test starts is stopped by its Runtime's close() (the heartbeat test checks that none is left)."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import isolation_faults
+from corert import Runtime
+from corert.errors import ModelError, TaskTimeoutError, WorkerCrashed
+
+MODEL = "smollm2-135m-instruct"
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "The three primary colors are"]
+
+
+def _worker(rt: Runtime, kind: str = "generate") -> dict:
+    return next(w for w in rt.workers_info() if w["model"].startswith(kind))
+
+
+def _wait_ready(rt: Runtime, kind: str = "generate", timeout: float = 60.0) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = _worker(rt, kind)
+        if info["state"] == "ready":
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"the {kind} worker did not get ready in {timeout} s: {rt.workers_info()}")
+
+
+def _children() -> dict[int, str]:
+    """This process's child processes and their states (Z: a zombie)."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == os.getpid():
+                out[int(pid)] = fields[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def expected(runtime):
+    """Greedy tokens of each prompt, in-process (the session's llama.cpp runtime)."""
+    return {p: runtime.generate(p, max_tokens=8, temperature=0).token_ids for p in PROMPTS}
+
+
+@pytest.fixture(scope="module")
+def iso():
+    """One isolated runtime: the llama.cpp generation worker and the MiniLM embed worker."""
+    rt = Runtime(engine="llama.cpp", model=MODEL, isolation="process",
+                 worker={"max_restarts": 1000, "restart_window_s": 1})
+    yield rt
+    rt.close()
+
+
+def test_greedy_output_and_stream_identical_across_the_boundary(iso, runtime, expected):
+    for prompt, ids in expected.items():
+        got = iso.generate(prompt, max_tokens=8, temperature=0)
+        assert got.token_ids == ids
+        assert got.text == runtime.generate(prompt, max_tokens=8, temperature=0).text
+    chunks = list(iso.stream(PROMPTS[0], max_tokens=8, temperature=0))
+    assert tuple(i for c in chunks for i in c.token_ids) == expected[PROMPTS[0]]
+    assert chunks[-1].completion is not None and chunks[-1].completion.token_ids == expected[PROMPTS[0]]
+    info = _worker(iso)
+    assert info["pid"] != os.getpid() and info["state"] == "ready" and os.path.exists(info["log"])
+
+
+def test_embed_identical_across_the_boundary(iso, runtime):
+    texts = ["a cat sat on the mat", "stock markets fell sharply"]
+    np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))
+
+
+def test_cancelled_stream_leaves_the_worker_serving(iso, expected):
+    pid = _wait_ready(iso)["pid"]
+    stream = iso.stream(PROMPTS[1], max_tokens=200, temperature=0)
+    next(stream)
+    stream.close()  # the consumer stops: the worker is told to cancel
+    assert iso.generate(PROMPTS[2], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[2]]
+    assert _worker(iso)["pid"] == pid  # cancelled, not killed
+
+
+def test_kill_9_mid_stream(iso, expected):
+    iso.embed(["warm"])
+    victim = _wait_ready(iso)["pid"]
+    embeds, stop = [], threading.Event()
+
+    def embed_meanwhile():  # a request on another model, in flight across the kill
+        while not stop.is_set() and len(embeds) < 200:
+            embeds.append(iso.embed(["unaffected"]).embeddings)
+
+    other = threading.Thread(target=embed_meanwhile)
+    other.start()
+    try:
+        stream = iso.stream(PROMPTS[3], max_tokens=200, temperature=0)
+        next(stream)
+        os.kill(victim, signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match=r"SIGKILL.*its log: .*\.log"):
+            for _ in stream:
+                pass
+    finally:
+        stop.set()
+        other.join(30)
+    assert embeds and all(np.array_equal(e, embeds[0]) for e in embeds)
+    assert iso.generate(PROMPTS[0], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[0]]
+    info = _worker(iso)
+    assert info["pid"] != victim and info["restarts"] >= 1
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    rt = Runtime(engine="llama.cpp", model=MODEL, isolation="process", plugins={"speculative": "faulty"},
+                 extra_plugins=[("isolation_faults", isolation_faults)],
+                 worker={"heartbeat_s": 3, "grace_s": 1, "max_restarts": 2, "restart_window_s": 600})
+    yield rt
+    rt.close()
+
+
+def test_segfaulting_plugin_costs_one_request(faulty):
+    with pytest.raises(WorkerCrashed, match="SIGSEGV"):
+        faulty.generate(PROMPTS[0], max_tokens=8, temperature=0, seed=isolation_faults.SEGFAULT)
+    # the host is alive (we are here); the worker was replaced
+    assert len(faulty.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+
+
+def test_hanging_plugin_is_replaced_after_its_deadline(faulty):
+    pid = _wait_ready(faulty)["pid"]
+    t0 = time.monotonic()
+    with pytest.raises(TaskTimeoutError):
+        faulty.generate(PROMPTS[0], max_tokens=8, temperature=0, seed=isolation_faults.HANG, timeout=1.0)
+    # the worker ignores the cancel: grace_s after the deadline the host replaces it
+    while pid in _children() and time.monotonic() - t0 < isolation_faults.HANG_S / 2:
+        time.sleep(0.05)
+    assert pid not in _children()
+    assert len(faulty.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+
+
+def test_restart_storm_marks_the_model_failed(faulty):
+    # max_restarts=2: the third crash within the window marks the model failed, with the reason
+    for _ in range(4):
+        with pytest.raises(WorkerCrashed) as crash:
+            faulty.generate(PROMPTS[0], max_tokens=4, temperature=0, seed=isolation_faults.SEGFAULT)
+        if "marked failed" in str(crash.value):
+            break
+    assert "crashed 3 times" in str(crash.value) and "SIGSEGV" in str(crash.value)
+    assert _worker(faulty)["state"] == "failed" and _worker(faulty)["pid"] is None
+
+
+def test_stopped_worker_misses_its_heartbeat_and_is_replaced():
+    with Runtime(engine="llama.cpp", model=MODEL, isolation="process", worker={"heartbeat_s": 2}) as rt:
+        rt.generate(PROMPTS[0], max_tokens=2, temperature=0)
+        pid = _worker(rt)["pid"]
+        os.kill(pid, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+        with pytest.raises(WorkerCrashed, match="no heartbeat"):
+            rt.generate(PROMPTS[0], max_tokens=4, temperature=0, timeout=30)
+        assert len(rt.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+        pids = (pid, _worker(rt)["pid"])
+    assert not set(pids) & set(_children())  # close() stopped and reaped every worker
+
+
+def test_model_over_the_memory_limit_is_a_clear_error():
+    with Runtime(engine="llama.cpp", model=MODEL, isolation="process", worker={"memory": "700M"}) as rt:
+        with pytest.raises(ModelError, match=r"limited to 700 MiB \(worker.memory\)"):
+            rt.generate(PROMPTS[0], max_tokens=2)
+
+
+def test_extra_plugin_that_cannot_reach_a_worker_is_a_config_error():
+    from corert.errors import ConfigError
+
+    class Local:  # defined in a function: no worker can import it
+        pass
+
+    with pytest.raises(ConfigError, match="cannot reach a worker process"):
+        Runtime(isolation="process", extra_plugins=[("local", Local())])
+
+
+@pytest.mark.slow
+def test_200_requests_with_20_random_kills(iso, expected):
+    rng = random.Random(16)
+    done = threading.Event()
+    kills = []
+
+    def killer():
+        while len(kills) < 20 and not done.is_set():
+            time.sleep(rng.uniform(0.05, 0.4))
+            pid = _worker(iso)["pid"]
+            if pid is not None and pid not in kills:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(pid)
+                except ProcessLookupError:
+                    pass
+
+    def one(i: int):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        try:
+            return prompt, iso.generate(prompt, max_tokens=8, temperature=0, timeout=60).token_ids
+        except WorkerCrashed as exc:
+            return prompt, exc
+
+    shm_before = set(os.listdir("/dev/shm"))
+    k = threading.Thread(target=killer)
+    k.start()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(200), timeout=170))
+    done.set()
+    k.join(10)
+    crashed = [r for _, r in results if isinstance(r, WorkerCrashed)]
+    assert all(ids == expected[p] for p, ids in results if not isinstance(ids, WorkerCrashed))
+    assert len(kills) >= 10 and crashed and len(crashed) < 200
+    assert iso.generate(PROMPTS[0], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[0]]
+    assert set(os.listdir("/dev/shm")) <= shm_before
+    zombies = [pid for pid, state in _children().items() if state == "Z"]
+    assert not zombies
+
