@@ -23,10 +23,13 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", 
 
 
 def _worker(rt: Runtime, kind: str = "generate") -> dict:
-    return next(w for w in rt.workers_info() if w["model"].startswith(kind))
+    """The worker serving ``kind`` (an empty record before its first request)."""
+    return next((w for w in rt.workers_info() if w["model"].startswith(kind)), {"pid": None, "state": None})
 
 
 def _wait_ready(rt: Runtime, kind: str = "generate", timeout: float = 60.0) -> dict:
+    if _worker(rt, kind)["state"] is None:  # no request yet: start it
+        rt.generate(PROMPTS[0], max_tokens=1)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         info = _worker(rt, kind)
@@ -206,7 +209,7 @@ def test_200_requests_with_20_random_kills(iso, expected):
     def one(i: int):
         prompt = PROMPTS[i % len(PROMPTS)]
         try:
-            return prompt, iso.generate(prompt, max_tokens=8, temperature=0, timeout=60).token_ids
+            return prompt, iso.generate(prompt, max_tokens=4, temperature=0, timeout=60).token_ids
         except WorkerCrashed as exc:
             return prompt, exc
 
@@ -218,7 +221,7 @@ def test_200_requests_with_20_random_kills(iso, expected):
     done.set()
     k.join(10)
     crashed = [r for _, r in results if isinstance(r, WorkerCrashed)]
-    assert all(ids == expected[p] for p, ids in results if not isinstance(ids, WorkerCrashed))
+    assert all(ids == expected[p][:4] for p, ids in results if not isinstance(ids, WorkerCrashed))
     assert len(kills) >= 10 and crashed and len(crashed) < 200
     assert iso.generate(PROMPTS[0], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[0]]
     assert set(os.listdir("/dev/shm")) <= shm_before

@@ -32,6 +32,8 @@ _BUILTIN = (
     BenchCase("batch", "corert.tools.bench.batch", "continuous batching vs llama-cpp-python one by one"),
     BenchCase("speculative", "corert.tools.bench.speculative", "speculative decoding vs llama.cpp's draft paths"),
     BenchCase("grammar", "corert.tools.bench.grammar", "structured output: the grammar mask's cost per token"),
+    BenchCase("isolation", "corert.tools.bench.isolation", "process isolation vs in-process: per-token cost, "
+              "TTFT, embed p95, restart"),
 )
 
 

@@ -1,0 +1,165 @@
+"""``corert bench isolation``: what process isolation costs, against in-process, in one run.
+
+Both runtimes live in this process (the isolated one's model in its worker) and take turns, round by round:
+- generation on SmolLM2, native and llama.cpp engines, greedy: decode tok/s and time to first token as the
+  caller sees them (stream chunks), so the boundary's cost is inside the figures;
+- MiniLM embed, one text per request: p50/p95 latency;
+- restart: kill -9 the worker, then time a request from the kill to its first token (the supervisor notices
+  the death, starts a worker, reloads the model, the request runs).
+Goals (the isolation issue): decode ≥ 0.95x in-process, embed p95 ≤ in-process p95 + 0.3 ms, restart to
+first token ≤ 2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+
+from corert.tools.stats import MIN_ROUNDS, median, ratio_summary, ratios
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+GOALS = {"decode_ratio": 0.95, "embed_p95_extra_ms": 0.3, "restart_to_first_token_s": 2.0}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=3, help=f"rounds, at least {MIN_ROUNDS} (default 3)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens per generation (default 64)")
+    p.add_argument("--embed-runs", type=int, default=200, help="embed requests per side and round (default 200)")
+    p.add_argument("--engines", default="native,llama.cpp", help="generation engines (default native,llama.cpp)")
+
+
+def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """One greedy request as its caller sees it: time to first token, decode tok/s after it, the ids."""
+    t0 = time.perf_counter()
+    first = last = None
+    ids: list[int] = []
+    for chunk in rt.stream(prompt, max_tokens=max_tokens, temperature=0):
+        now = time.perf_counter()
+        if chunk.token_ids:
+            first = first or now
+            last = now
+            ids.extend(chunk.token_ids)
+    n = len(ids)
+    return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "ids": ids,
+            "decode_tok_s": (n - 1) / (last - first) if n > 1 and last > first else 0.0}
+
+
+def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) -> dict[str, Any]:
+    from corert.runtime import Runtime
+
+    sides = {"in_process": Runtime(engine=engine, model=model) if model else Runtime(engine=engine),
+             "process": Runtime(engine=engine, model=model, isolation="process") if model else
+             Runtime(engine=engine, isolation="process")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    try:
+        for rt in sides.values():
+            _stream(rt, PROMPT, 8)  # load, JIT, warm caches
+        for i in range(rounds):
+            order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+            for name in order:
+                runs[name].append(_stream(sides[name], f"({i + 1}) {PROMPT}", max_tokens))
+        restarts = [_restart_to_first_token(sides["process"]) for _ in range(rounds)]
+    finally:
+        for rt in sides.values():
+            rt.close()
+    dec = {k: [r["decode_tok_s"] for r in v] for k, v in runs.items()}
+    ttft = {k: [r["ttft_ms"] for r in v] for k, v in runs.items()}
+    decode = ratio_summary(ratios(dec["process"], dec["in_process"]))
+    per_token_us = [(1 / p - 1 / q) * 1e6 for p, q in zip(dec["process"], dec["in_process"]) if p > 0 and q > 0]
+    return {"engine": engine,
+            "decode_tok_s": {k: median(v) for k, v in dec.items()},
+            "ttft_ms": {k: median(v) for k, v in ttft.items()},
+            "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
+            "decode_ratio_rounds": decode["rounds"],
+            "per_token_overhead_us": median(per_token_us),
+            "ttft_extra_ms": median([p - q for p, q in zip(ttft["process"], ttft["in_process"])]),
+            "restart_to_first_token_s": median(restarts), "restart_to_first_token_s_rounds": restarts,
+            "identical_output_rounds": f"{sum(a['ids'] == b['ids'] for a, b in zip(*runs.values()))}/{rounds}"}
+
+
+def _restart_to_first_token(rt) -> float:
+    """kill -9 the generation worker, then time a request from the kill to its first token."""
+    from corert.errors import WorkerCrashed
+
+    pid = next(w["pid"] for w in rt.workers_info() if w["model"].startswith("generate"))
+    t0 = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(5):  # a request that reaches the dying worker fails; the next goes to the new one
+        try:
+            sent = time.perf_counter()
+            return (sent - t0) + _stream(rt, PROMPT, 2)["ttft_ms"] / 1e3
+        except WorkerCrashed:
+            continue
+    raise RuntimeError("the worker did not come back after 5 attempts")
+
+
+def _embed(rounds: int, runs: int) -> dict[str, Any]:
+    from corert.runtime import Runtime
+
+    sides = {"in_process": Runtime(), "process": Runtime(isolation="process")}
+    text = ["The quick brown fox jumps over the lazy dog near the river bank."]
+    samples: dict[str, list[list[float]]] = {k: [] for k in sides}
+    try:
+        for rt in sides.values():
+            for _ in range(20):
+                rt.embed(text)
+        for _ in range(rounds):
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            for i in range(runs):
+                for name in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+                    t0 = time.perf_counter()
+                    sides[name].embed(text)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            for name, ts in times.items():
+                samples[name].append(ts)
+    finally:
+        for rt in sides.values():
+            rt.close()
+    p95 = {k: [float(np.percentile(ts, 95)) for ts in v] for k, v in samples.items()}
+    p50 = {k: [float(np.percentile(ts, 50)) for ts in v] for k, v in samples.items()}
+    extra = [p - q for p, q in zip(p95["process"], p95["in_process"])]
+    return {"p50_ms": {k: median(v) for k, v in p50.items()}, "p95_ms": {k: median(v) for k, v in p95.items()},
+            "p95_extra_ms": median(extra), "p95_extra_ms_rounds": extra, "runs": runs}
+
+
+def run(args) -> dict[str, Any]:
+    if args.rounds < MIN_ROUNDS:
+        from corert.errors import InputError
+
+        raise InputError(f"--rounds must be at least {MIN_ROUNDS}")
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    gen = [_generation(e, args.model, args.rounds, args.max_tokens) for e in engines]
+    emb = _embed(args.rounds, args.embed_runs)
+    goals = {f"decode_ratio[{g['engine']}]": g["decode_ratio"] >= GOALS["decode_ratio"] for g in gen}
+    goals.update({f"restart_to_first_token[{g['engine']}]":
+                  g["restart_to_first_token_s"] <= GOALS["restart_to_first_token_s"] for g in gen})
+    goals["embed_p95_extra"] = emb["p95_extra_ms"] <= GOALS["embed_p95_extra_ms"]
+    return {"bench": "isolation", "model": args.model or "smollm2-135m-instruct", "rounds": args.rounds,
+            "max_tokens": args.max_tokens, "load_average": os.getloadavg(), "generation": gen, "embed": emb,
+            "goals": GOALS, "goals_met": goals}
+
+
+def render(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [f"corert bench isolation — {r['model']}, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy; "
+             f"MiniLM embed, {r['embed']['runs']} requests per side and round",
+             f"machine: {m['cpu']} ({m['cores']} cores), load average {r['load_average'][0]:.1f}", "",
+             f"{'engine':<11}{'in-proc tok/s':>14}{'process tok/s':>14}{'ratio (min-max)':>22}"
+             f"{'us/token':>10}{'TTFT in/proc ms':>18}{'restart->1st tok s':>20}{'same ids':>10}"]
+    for g in r["generation"]:
+        lo, hi = g["decode_ratio_range"]
+        ratio = f"{g['decode_ratio']:.3f} ({lo:.3f}-{hi:.3f})"
+        ttft = f"{g['ttft_ms']['in_process']:.1f}/{g['ttft_ms']['process']:.1f}"
+        lines.append(f"{g['engine']:<11}{g['decode_tok_s']['in_process']:>14.1f}{g['decode_tok_s']['process']:>14.1f}"
+                     f"{ratio:>22}{g['per_token_overhead_us']:>10.0f}{ttft:>18}"
+                     f"{g['restart_to_first_token_s']:>20.2f}{g['identical_output_rounds']:>10}")
+    e = r["embed"]
+    lines += ["", f"embed p50 ms in-process {e['p50_ms']['in_process']:.2f}, process {e['p50_ms']['process']:.2f}; "
+                  f"p95 in-process {e['p95_ms']['in_process']:.2f}, process {e['p95_ms']['process']:.2f} "
+                  f"(+{e['p95_extra_ms']:.2f} ms)", "",
+              "goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in r["goals_met"].items())]
+    return "\n".join(lines)
