@@ -217,6 +217,9 @@ class WorkerConfig(_Table):
     #: crashes within ``restart_window_s`` after which the model is marked failed instead of restarted
     max_restarts: int = attrs.field(default=5, validator=_int_in(0, 1 << 20))
     restart_window_s: int = attrs.field(default=60, validator=_int_in(1, 1 << 20))
+    #: keep a standby worker per model (interpreter, imports and tokenizer ready, no model): a restart then
+    #: costs the model's load only; false saves the standby's memory
+    standby: bool = attrs.field(default=True, validator=_is_bool)
 
 
 SUB_CONFIGS: dict[str, type[_Table]] = {t.TABLE: t for t in (KVConfig, SchedulerConfig, NativeConfig,

@@ -8,7 +8,9 @@ again in every worker).  Messages are pickled tuples framed by
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -40,6 +42,35 @@ def describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+class _Launcher:
+    """Every worker is started from this one long-lived thread.  A worker asks for SIGKILL when its parent
+    dies (PR_SET_PDEATHSIG), and Linux means the *thread* that started it: a worker started from a reader or
+    timer thread would be killed when that thread ends."""
+
+    _lock = threading.Lock()
+    _jobs: "queue.SimpleQueue | None" = None
+
+    @classmethod
+    def run(cls, fn: Callable[[], Any]) -> Any:
+        with cls._lock:
+            if cls._jobs is None:
+                cls._jobs = queue.SimpleQueue()
+                threading.Thread(target=cls._serve, args=(cls._jobs,), name="corert-worker-launcher",
+                                 daemon=True).start()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        cls._jobs.put((fn, fut))
+        return fut.result()
+
+    @staticmethod
+    def _serve(jobs: "queue.SimpleQueue") -> None:
+        while True:
+            fn, fut = jobs.get()
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                fut.set_exception(exc)
+
+
 class WorkerProcess:
     """A started worker: ``send`` from any thread; ``on_message(worker, msg)`` and, once, ``on_exit(code)`` are
     called on this worker's reader thread."""
@@ -51,9 +82,9 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         self.log_path = log_dir() / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(self):x}.log"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = _Launcher.run(lambda: subprocess.Popen(
                 [sys.executable, "-m", "corert.isolation.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         theirs.close()
         self.pid = self.proc.pid
         self.conn = Connection(ours.detach())
@@ -63,7 +94,7 @@ class WorkerProcess:
         self.kill_reason: str | None = None
         self.exit_code: int | None = None
         self._on_message, self._on_exit = on_message, on_exit
-        self.send(("spec", spec))
+        self.send(("spec", {**spec, "spawned_at": time.time()}))
         self._reader = threading.Thread(target=self._read, name=f"corert-worker-{label}", daemon=True)
         self._reader.start()
 

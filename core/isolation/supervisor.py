@@ -5,7 +5,8 @@ A request takes a slot (``capacity``: the model's continuous-batching width, els
 the worker is ready; everything behind it waits here, in the host, so when a worker dies only the requests
 it was serving fail (:class:`corert.errors.WorkerCrashed`) and the waiting ones go to its replacement.  A
 worker that dies while serving is restarted at once (then after a growing backoff); more than
-``max_restarts`` crashes within ``restart_window_s`` mark the model failed.
+``max_restarts`` crashes within ``restart_window_s`` mark the model failed.  With ``standby`` on, a second
+worker waits with everything but the model loaded, so a restart costs the model's load only.
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class SupervisedModel:
         self.label, self.spec, self.cfg, self.capacity = label, spec, cfg, capacity
         self._cond = threading.Condition()
         self.proc: WorkerProcess | None = None
+        #: a worker started ahead of time (interpreter, imports, tokenizer: all but the model), which takes
+        #: over when ``proc`` dies, so a restart costs only the model's load
+        self._standby: WorkerProcess | None = None
         #: stopped -> starting -> ready -> (crash) restarting -> starting ...; failed is final
         self.state = "stopped"
         self.failed_reason: str | None = None
@@ -68,7 +72,12 @@ class SupervisedModel:
     def _start(self) -> None:
         self._attempt += 1
         self.state = "starting"
-        self.proc = WorkerProcess(self.label, self.spec, self._on_message, self._on_exit)
+        standby, self._standby = self._standby, None
+        self.proc = standby if standby is not None and standby.alive() else self._spawn()
+        self.proc.send(("load",))
+
+    def _spawn(self) -> WorkerProcess:
+        return WorkerProcess(self.label, self.spec, self._on_message, self._on_exit)
 
     def _on_message(self, proc: WorkerProcess, msg: tuple) -> None:
         kind = msg[0]
@@ -87,6 +96,8 @@ class SupervisedModel:
             elif kind == "ready" and proc is self.proc:
                 self.state, self.loaded_info = "ready", msg[1]
                 self._cond.notify_all()
+                if self.cfg.standby and self._standby is None and not self._closed:
+                    self._standby = self._spawn()
             elif kind == "fail" and proc is self.proc:
                 self._start_error = (self._attempt, msg[1])
 
@@ -100,6 +111,8 @@ class SupervisedModel:
                 if pending.proc is proc:
                     del self._inflight[rid]
                     pending.finish(error=WorkerCrashed(message))
+            if proc is self._standby:
+                self._standby = None
             if proc is not self.proc:
                 return
             self.proc = None
@@ -206,14 +219,15 @@ class SupervisedModel:
                 "failed": self.failed_reason}
 
     def check_heartbeat(self, now: float) -> None:
-        proc = self.proc
-        if proc is not None and proc.alive() and now - proc.last_seen > self.cfg.heartbeat_s:
-            proc.kill(f"it sent no heartbeat for {self.cfg.heartbeat_s} s")
+        for proc in (self.proc, self._standby):
+            if proc is not None and proc.alive() and now - proc.last_seen > self.cfg.heartbeat_s:
+                proc.kill(f"it sent no heartbeat for {self.cfg.heartbeat_s} s")
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            proc, self.proc = self.proc, None
+            procs, self.proc, self._standby = (self.proc, self._standby), None, None
             self._cond.notify_all()
-        if proc is not None:
-            proc.stop()
+        for proc in procs:
+            if proc is not None:
+                proc.stop()

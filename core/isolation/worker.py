@@ -4,9 +4,11 @@ It owns the tokenizer, engine, KV cache, decoder and batch service; the host sen
 stream chunks (token ids and text, whatever else a chunk carries) and the finished result, never logits.
 Started by :class:`corert.isolation.channel.WorkerProcess` as ``python -m corert.isolation.worker FD``.
 
-Messages in:  ("spec", dict) first, then ("gen", rid, GenerateRequest, stream) · ("cancel", rid) ·
-              ("enc", rid, method, args, kwargs) · ("stop",)
-Messages out: ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
+Messages in:  ("spec", dict), ("load",) (a standby gets it when it takes over), then
+              ("gen", rid, GenerateRequest, stream) · ("cancel", rid) · ("enc", rid, method, args, kwargs) ·
+              ("stop",)
+Messages out: ("standby",) once all but the model is loaded ·
+              ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
               ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
 """
 from __future__ import annotations
@@ -113,6 +115,16 @@ class _Server:
         self.cancels: dict[int, threading.Event] = {}
         self.encoder = None
 
+    def prepare(self) -> None:
+        """What can be done before the model is needed: the engine object, the generation model's tokenizer
+        and decoder (a standby worker does this ahead of time)."""
+        if self.spec["kind"] == "generate":
+            self.rt.engine()
+            tok = self.rt.tokenizer(self.spec["model"])
+            # a tokenizer's kernels may load (numba's cache) on first use: seconds a restart need not pay
+            tok.incremental_decoder().feed(tok.encode("warm up", parse_special=True)[-1])
+            self.rt.decoder(self.spec["model"])
+
     def load(self) -> dict[str, Any]:
         kind, model = self.spec["kind"], self.spec["model"]
         if kind == "generate":
@@ -181,15 +193,23 @@ def main(fd: int) -> None:
     outbox = _Outbox(conn)
     threading.Thread(target=_heartbeat, args=(outbox, spec["heartbeat_every"]), name="corert-worker-heartbeat",
                      daemon=True).start()
+    t0 = time.time()
     try:
         server = _Server(spec, outbox)
+        server.prepare()
+        outbox.put(("standby",))
+        # a standby waits here, everything but the model loaded, until its worker dies
+        if conn.recv()[0] != "load":
+            os._exit(0)
+        t1 = time.time()
         info = server.load()
     except BaseException as exc:  # noqa: BLE001 - MemoryError under the address-space limit included
         traceback.print_exc()
         outbox.put(("fail", load_error(exc, spec["model"], spec["limits"].memory)))
         outbox.flush()
         os._exit(3)
-    print(f"loaded: {info}", flush=True)
+    print(f"loaded {info}: interpreter and imports {t0 - spec['spawned_at']:.2f} s, runtime {t1 - t0:.2f} s, "
+          f"model {time.time() - t1:.2f} s", flush=True)
     outbox.put(("ready", info))
     server.serve(conn)
     try:
