@@ -93,6 +93,8 @@ class WorkerProcess:
         #: why the host killed it (heartbeat, deadline), for the error message; None: it died by itself
         self.kill_reason: str | None = None
         self.exit_code: int | None = None
+        #: everything but the model is loaded (the worker said "standby")
+        self.prepared = False
         self._on_message, self._on_exit = on_message, on_exit
         self.send(("spec", {**spec, "spawned_at": time.time()}))
         self._reader = threading.Thread(target=self._read, name=f"corert-worker-{label}", daemon=True)

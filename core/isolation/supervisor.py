@@ -83,6 +83,9 @@ class SupervisedModel:
         kind = msg[0]
         if kind == "hb":
             return
+        if kind == "standby":
+            proc.prepared = True
+            return
         with self._cond:
             if kind == "chunks":
                 for rid, chunk in msg[1]:
@@ -216,6 +219,7 @@ class SupervisedModel:
         proc = self.proc
         return {"model": self.label, "state": self.state, "pid": proc.pid if proc else None,
                 "log": str(proc.log_path) if proc else None, "restarts": self.restarts,
+                "standby": None if self._standby is None else "ready" if self._standby.prepared else "starting",
                 "failed": self.failed_reason}
 
     def check_heartbeat(self, now: float) -> None:

@@ -60,11 +60,20 @@ class _Outbox:
 
     def __init__(self, conn: Connection):
         self.conn = conn
+        self._send_lock = threading.Lock()
         self.items: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._run, name="corert-worker-outbox", daemon=True).start()
 
     def put(self, msg: tuple) -> None:
         self.items.put(msg)
+
+    def send_now(self, msg: tuple) -> None:
+        """Send from the calling thread (an encoder's answer: no chunks to keep in order with, no hand-off)."""
+        try:
+            with self._send_lock:
+                self.conn.send(msg)
+        except (OSError, EOFError, ValueError):
+            os._exit(0)  # the host is gone
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything put so far has been sent."""
@@ -87,10 +96,11 @@ class _Outbox:
             else:
                 flushed = None
             try:
-                if chunks:
-                    self.conn.send(("chunks", chunks))
-                if msg is not None:
-                    self.conn.send(msg)
+                with self._send_lock:
+                    if chunks:
+                        self.conn.send(("chunks", chunks))
+                    if msg is not None:
+                        self.conn.send(msg)
                 if flushed is not None:
                     flushed.set()
             except (OSError, EOFError, ValueError):
@@ -177,9 +187,10 @@ class _Server:
     def _encode(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
         # inline on the receiving thread: one encoder call at a time, no hand-off to pay for
         try:
-            self.outbox.put(("done", rid, getattr(self.encoder, method)(*args, **kwargs)))
+            msg = ("done", rid, getattr(self.encoder, method)(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001
-            self.outbox.put(("err", rid, portable_error(exc)))
+            msg = ("err", rid, portable_error(exc))
+        self.outbox.send_now(msg)
 
 
 def main(fd: int) -> None:

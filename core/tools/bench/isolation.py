@@ -85,7 +85,11 @@ def _restart_to_first_token(rt) -> float:
     """kill -9 the generation worker, then time a request from the kill to its first token."""
     from corert.errors import WorkerCrashed
 
-    pid = next(w["pid"] for w in rt.workers_info() if w["model"].startswith("generate"))
+    worker = lambda: next(w for w in rt.workers_info() if w["model"].startswith("generate"))  # noqa: E731
+    end = time.monotonic() + 120
+    while worker()["standby"] != "ready" and time.monotonic() < end:  # the steady state: a standby waits
+        time.sleep(0.05)
+    pid = worker()["pid"]
     t0 = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     for _ in range(5):  # a request that reaches the dying worker fails; the next goes to the new one
