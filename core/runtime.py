@@ -397,9 +397,9 @@ class Runtime:
                submitted: float) -> Completion:
         """Runs on a scheduler worker (or a batched request's waiter thread): one generation."""
         if self._workers is not None:
-            key = self._model_key(req.model, self.config.engine)
+            key = self._model_key(req.model, self.generation_engine(req.model))
             sup = self._workers.model(key, "generate", req.model,
-                                      capacity=self.config.n_seqs if self._batches(decoder) else 1)
+                                      capacity=self.config.n_seqs if self._batches(decoder, req.model) else 1)
             return self._workers.generate(sup, req, emit, cancel, submitted)
         started = time.perf_counter()
         loaded, lock = self.load_generation_model(req.model)

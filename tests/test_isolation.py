@@ -81,6 +81,13 @@ def test_greedy_output_and_stream_identical_across_the_boundary(iso, runtime, ex
     assert info["pid"] != os.getpid() and info["state"] == "ready" and os.path.exists(info["log"])
 
 
+def test_constraint_and_logprobs_cross_the_boundary(iso, runtime):
+    kwargs = dict(max_tokens=12, temperature=0, response_format={"type": "json_object"}, logprobs=2)
+    got, want = (rt.generate("A JSON object with a name:", **kwargs) for rt in (iso, runtime))
+    assert got.token_ids == want.token_ids and got.text == want.text
+    assert got.logprobs == want.logprobs and got.logprobs
+
+
 def test_embed_identical_across_the_boundary(iso, runtime):
     texts = ["a cat sat on the mat", "stock markets fell sharply"]
     np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))

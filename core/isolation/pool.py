@@ -46,6 +46,34 @@ def portable_plugins(extra: Iterable[tuple[str, object]]) -> bytes:
     return pickle.dumps(refs)
 
 
+@attrs.frozen
+class ConstraintText:
+    """A request's constraint as it crosses to a worker: the compiled grammar's text; the worker binds it to
+    its own tokenizer (the host's llguidance tokenizer is a native object)."""
+
+    kind: str
+    grammar: str
+
+
+def portable_request(req, **changes: Any):
+    """``req`` as a worker can unpickle it."""
+    c = req.params.constraint
+    if c is not None:
+        changes["params"] = attrs.evolve(req.params, constraint=ConstraintText(c.kind, c.grammar))
+    return attrs.evolve(req, **changes)
+
+
+def bind_constraint(req, tokenizer):
+    """In the worker: ``req`` with its constraint compiled for ``tokenizer`` again."""
+    c = req.params.constraint
+    if not isinstance(c, ConstraintText):
+        return req
+    from ..constraint import Constraint, ll_tokenizer
+
+    return attrs.evolve(req, params=attrs.evolve(req.params, constraint=Constraint(c.kind, c.grammar,
+                                                                                    ll_tokenizer(tokenizer))))
+
+
 def _label(kind: str, name: str) -> str:
     """``generate-smollm2-135m-instruct``: names the worker in errors and its log file."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}-{Path(name).stem if '/' in name else name}")[:80]
@@ -93,7 +121,7 @@ class WorkerPool:
 
         def message(rid: int) -> tuple:
             timeout = None if token.deadline is None else max(1e-3, token.deadline - time.monotonic())
-            return ("gen", rid, attrs.evolve(req, timeout=timeout), emit is not None)
+            return ("gen", rid, portable_request(req, timeout=timeout), emit is not None)
 
         def forward(chunk) -> None:
             if chunk.completion is not None:

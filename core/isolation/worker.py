@@ -140,7 +140,7 @@ class _Server:
         if kind == "generate":
             self.rt.load_generation_model(model)
             decoder = self.rt.decoder(model)
-            return {"batches": self.rt._batches(decoder)}
+            return {"batches": self.rt._batches(decoder, model)}
         self.encoder = self.rt._encoder(kind, model)
         return {}
 
@@ -174,8 +174,11 @@ class _Server:
                          name=f"corert-worker-request-{rid}", daemon=True).start()
 
     def _run(self, rid: int, req, emit, cancel: threading.Event, deadline: float | None, submitted: float) -> None:
+        from .pool import bind_constraint
+
         set_current(CancelToken(deadline))
         try:
+            req = bind_constraint(req, self.rt.load_generation_model(req.model)[0].tokenizer)
             msg = ("done", rid, self.rt._serve(req, self.rt.decoder(req.model), emit, cancel, submitted))
         except BaseException as exc:  # noqa: BLE001 - the host re-raises it
             msg = ("err", rid, portable_error(exc))
