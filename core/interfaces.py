@@ -178,10 +178,12 @@ class KVStore(Protocol):
         """Store layer ``layer``'s keys and values of these rows (after RoPE)."""
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray) -> None:
+               out: np.ndarray, window: int = 0) -> None:
         """Causal attention of layer ``layer``: ``out[i]`` = softmax(q[i] . K * scale) V over positions
         ``0..positions[i]`` of sequence ``seq_ids[i]`` (grouped-query: head h reads KV head
-        h // (n_heads / n_kv_heads)).  Rows written by ``write`` in the same pass are visible."""
+        h // (n_heads / n_kv_heads)).  Rows written by ``write`` in the same pass are visible.  ``window``
+        > 0 (a sliding-window layer) reads only the last ``window`` positions, ``positions[i] - window + 1
+        .. positions[i]``."""
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         """Roll ``seq`` back to its first ``n_tokens`` positions (speculative decoding's rejected drafts)."""

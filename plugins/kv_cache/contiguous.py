@@ -62,8 +62,8 @@ class ContiguousKVStore:
         self._write(self.k[layer], self.v[layer], seq_ids, positions, k, v)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray) -> None:
-        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out)
+               out: np.ndarray, window: int = 0) -> None:
+        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out, window)
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         self._check_seq(seq)

@@ -3,7 +3,8 @@
 Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head_dim), so the keys a head
 reads are contiguous.  Every (row, head) pair is computed independently by the same code, so a row's output
 does not depend on which other rows are in the batch.  Grouped-query attention: query head h reads KV head
-h // (n_heads / n_kv_heads).
+h // (n_heads / n_kv_heads).  Sliding-window layers (gemma3's local ones) pass ``window`` > 0: a row at
+position p reads positions p - window + 1 .. p only.
 """
 from __future__ import annotations
 
@@ -58,26 +59,35 @@ def _attend_head(qi, k, v, scale, o, scores):
         o[d] *= inv
 
 
+@njit(cache=True, inline="always")
+def window_start(p, window):
+    """The first position a row at position ``p`` reads (0 without a window)."""
+    return max(0, p + 1 - window) if window > 0 else 0
+
+
 @njit(parallel=True, cache=True)
-def _attend_parallel(q, k, v, seq_ids, positions, scale, out):
+def _attend_parallel(q, k, v, seq_ids, positions, scale, window, out):
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh = seq_ids[i], h // group
-        _attend_head(q[i, h], k[s, kvh], v[s, kvh], scale, out[i, h], np.empty(positions[i] + 1, np.float32))
+        lo, end = window_start(positions[i], window), positions[i] + 1
+        _attend_head(q[i, h], k[s, kvh, lo:end], v[s, kvh, lo:end], scale, out[i, h],
+                     np.empty(end - lo, np.float32))
 
 
 @njit(cache=True)
-def _attend_serial(q, k, v, seq_ids, positions, scale, out):
+def _attend_serial(q, k, v, seq_ids, positions, scale, window, out):
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     for i in range(n):
-        scores = np.empty(positions[i] + 1, np.float32)
+        lo, end = window_start(positions[i], window), positions[i] + 1
+        scores = np.empty(end - lo, np.float32)
         for h in range(n_heads):
             s, kvh = seq_ids[i], h // group
-            _attend_head(q[i, h], k[s, kvh], v[s, kvh], scale, out[i, h], scores)
+            _attend_head(q[i, h], k[s, kvh, lo:end], v[s, kvh, lo:end], scale, out[i, h], scores)
 
 
 #: below this many query-key products a forward's attention runs on the calling thread: waking the pool
@@ -85,9 +95,11 @@ def _attend_serial(q, k, v, seq_ids, positions, scale, out):
 PARALLEL_MIN_WORK = 1 << 16
 
 
-def attend_contiguous(q, k, v, seq_ids, positions, scale, out):
+def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0):
     """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
     sequence seq_ids[i].  q, out: (rows, n_heads, head_dim).  Serial or parallel over (row, head) by the
     amount of work; both run the same per-head kernel, so a row's output never depends on which."""
-    work = q.shape[1] * (int(positions.sum()) + positions.shape[0]) * q.shape[2]
-    (_attend_parallel if work >= PARALLEL_MIN_WORK else _attend_serial)(q, k, v, seq_ids, positions, scale, out)
+    span = positions + 1 if window <= 0 else np.minimum(positions + 1, window)
+    work = q.shape[1] * int(span.sum()) * q.shape[2]
+    (_attend_parallel if work >= PARALLEL_MIN_WORK else _attend_serial)(q, k, v, seq_ids, positions, scale,
+                                                                         int(window), out)

@@ -38,7 +38,8 @@ class NativeEngine:
              threads: ThreadBudget | None, config: Any = None) -> NativeModel:
         from .model import Transformer
 
-        header = read_header(model_path, want_arrays=False)
+        # the only array the engine reads: gemma3's per-layer sliding-window flags, when a GGUF has them
+        header = read_header(model_path, want_arrays=lambda key: key.endswith(".attention.sliding_window_pattern"))
         if not isinstance(kv_cache, KVProvider):
             raise ModelError("the native engine needs a native KV cache plugin (kv_cache=contiguous)")
         if tokenizer is None:

@@ -1,4 +1,4 @@
-"""The transformer of the native engine: llama and qwen2 decoder layers over :class:`QMatrix` weights.
+"""The transformer of the native engine: llama, qwen2 and gemma3 decoder layers over :class:`QMatrix` weights.
 
 One ``forward`` evaluates any number of rows (tokens of one or several sequences, each with its position);
 K/V go to and attention reads from the KV store the kv_cache plugin allocated.  Every kernel computes each
@@ -19,7 +19,9 @@ from ...kernels.f16 import F16_TO_F32
 from .products import PRODUCTS
 from .weights import QMatrix, TensorSource
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+#: gemma3's layers are local (sliding window) but every n-th, when the GGUF gives no pattern (llama.cpp's 6)
+GEMMA3_SWA_PERIOD = 6
 
 
 @attrs.frozen
@@ -37,6 +39,13 @@ class ModelConfig:
     rope_neox: bool  # qwen2 rotates (i, i + d/2) pairs; llama GGUFs are permuted for adjacent pairs
     n_vocab: int
     ctx_train: int
+    # gemma3 (the llama/qwen2 defaults leave the layer as it was)
+    gemma: bool = False  # q/k norms, post-attention and post-FFN norms, GELU-tanh gate, sqrt(d) embedding scale
+    attn_scale: float = 0.0  # scores = q . k * attn_scale (0: 1 / sqrt(head_dim))
+    window: int = 0  # local layers attend to the last ``window`` positions (0: no local layers)
+    local_layers: tuple[bool, ...] = ()  # per layer: local (sliding window) or global
+    rope_base_local: float = 10000.0
+    softcap: float = 0.0  # final logits = softcap * tanh(logits / softcap) (0: none)
 
     @classmethod
     def from_header(cls, header: GGUFHeader) -> "ModelConfig":
@@ -68,12 +77,42 @@ class ModelConfig:
         emb = header.tensor("token_embd.weight")
         if len(emb.shape) != 2 or emb.shape[1] < 1:
             raise ModelError(f"{header.path}: token_embd.weight has shape {emb.shape}, expected ({d_model}, n_vocab)")
-        return cls(arch=arch, n_layers=count("block_count", hi=4096), d_model=d_model, n_heads=n_heads,
-                   n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=count("feed_forward_length"),
-                   eps=header.float_value(f"{arch}.attention.layer_norm_rms_epsilon"),
-                   rope_base=header.float_value(f"{arch}.rope.freq_base", 10000.0),
-                   rope_dim=rope_dim, rope_neox=arch == "qwen2", n_vocab=int(emb.shape[1]),
-                   ctx_train=count("context_length", 2048, hi=2**31 - 1))
+        n_layers = count("block_count", hi=4096)
+        cfg = cls(arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                  n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=count("feed_forward_length"),
+                  eps=header.float_value(f"{arch}.attention.layer_norm_rms_epsilon"),
+                  rope_base=header.float_value(f"{arch}.rope.freq_base", 10000.0),
+                  rope_dim=rope_dim, rope_neox=arch != "llama", n_vocab=int(emb.shape[1]),
+                  ctx_train=count("context_length", 2048, hi=2**31 - 1))
+        return cfg._gemma3(header) if arch == "gemma3" else cfg
+
+    def _gemma3(self, header: GGUFHeader) -> "ModelConfig":
+        """gemma3's settings, read as llama.cpp reads them: a sliding window when the GGUF gives one, on
+        every layer but each 6th (or the GGUF's pattern: a period or one flag per layer); local layers rotate
+        with rope.freq_base_swa (default 10000); queries scaled by 1/sqrt(head_dim), except the 62-layer
+        model's 1/sqrt(d_model / n_heads); logits soft-capped only when the GGUF says so.  The GGUF stores
+        Gemma's norm weights as (1 + w) already (the converter adds the 1), so they are plain RMSNorms."""
+        a, L = self.arch, self.n_layers
+        window = header.int_value(f"{a}.attention.sliding_window", 0, hi=2**31 - 1)
+        local: tuple[bool, ...] = (False,) * L
+        if window:
+            key = f"{a}.attention.sliding_window_pattern"
+            pattern = header.metadata.get(key)
+            if pattern is None and key in header.metadata:
+                raise ModelError(f"{header.path}: metadata {key} was not read (an array the loader skipped)")
+            if pattern is not None and not np.isscalar(pattern):
+                flags = [bool(f) for f in np.asarray(pattern).reshape(-1)]
+                if len(flags) != L:
+                    raise ModelError(f"{header.path}: {key} has {len(flags)} flags for {L} layers")
+                local = tuple(flags)
+            else:
+                period = header.int_value(key, GEMMA3_SWA_PERIOD, hi=4096)
+                local = tuple(period == 0 or i % period < period - 1 for i in range(L))
+        per_head = self.d_model / self.n_heads if L == 62 else self.head_dim
+        return attrs.evolve(
+            self, gemma=True, attn_scale=float(1.0 / np.sqrt(np.float32(per_head))), window=window,
+            local_layers=local, rope_base_local=header.float_value(f"{a}.rope.freq_base_swa", 10000.0),
+            softcap=header.float_value(f"{a}.final_logit_softcapping", 0.0, positive=False))
 
     def tensor_shapes(self, has_bias: bool, has_output: bool) -> dict[str, tuple[int, ...]]:
         """The GGUF shape (innermost dimension first) of every tensor the engine reads."""
@@ -89,6 +128,9 @@ class ModelConfig:
                            p + "ffn_gate.weight": (d, f), p + "ffn_up.weight": (d, f), p + "ffn_down.weight": (f, d)})
             if has_bias:
                 shapes.update({p + "attn_q.bias": (q,), p + "attn_k.bias": (kv,), p + "attn_v.bias": (kv,)})
+            if self.gemma:
+                shapes.update({p + "attn_q_norm.weight": (self.head_dim,), p + "attn_k_norm.weight": (self.head_dim,),
+                               p + "post_attention_norm.weight": (d,), p + "post_ffw_norm.weight": (d,)})
         return shapes
 
     def check_tensors(self, header: GGUFHeader) -> None:
@@ -120,6 +162,11 @@ class Layer:
     ffn_norm: np.ndarray
     wgate_up: QMatrix  # rows: [gate (d_ff) | up (d_ff)]
     wdown: QMatrix
+    # gemma3 only (empty otherwise): q/k norms (head_dim,), post-attention and post-FFN norms (d_model,)
+    q_norm: np.ndarray = attrs.field(factory=lambda: np.empty(0, np.float32))
+    k_norm: np.ndarray = attrs.field(factory=lambda: np.empty(0, np.float32))
+    post_attn_norm: np.ndarray = attrs.field(factory=lambda: np.empty(0, np.float32))
+    post_ffn_norm: np.ndarray = attrs.field(factory=lambda: np.empty(0, np.float32))
 
 
 @attrs.define
@@ -150,13 +197,18 @@ class Transformer:
                 if src.has(p + "attn_q.bias"):
                     bias = np.concatenate([src.vector(p + n) for n in ("attn_q.bias", "attn_k.bias",
                                                                         "attn_v.bias")])
+                extra = {}
+                if cfg.gemma:
+                    extra = {k: src.vector(p + n) for k, n in (
+                        ("q_norm", "attn_q_norm.weight"), ("k_norm", "attn_k_norm.weight"),
+                        ("post_attn_norm", "post_attention_norm.weight"), ("post_ffn_norm", "post_ffw_norm.weight"))}
                 layers.append(Layer(
                     attn_norm=src.vector(p + "attn_norm.weight"),
                     wqkv=src.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
                     bqkv=bias, wo=src.matrix([p + "attn_output.weight"]),
                     ffn_norm=src.vector(p + "ffn_norm.weight"),
                     wgate_up=src.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"]),
-                    wdown=src.matrix([p + "ffn_down.weight"])))
+                    wdown=src.matrix([p + "ffn_down.weight"]), **extra))
             # no output.weight: the output projection is tied to the embedding table
             output = src.matrix(["output.weight" if src.has("output.weight") else "token_embd.weight"])
             out_norm = src.vector("output_norm.weight")
@@ -205,26 +257,44 @@ class Transformer:
         if n and (ids.min() < 0 or ids.max() >= cfg.n_vocab):
             raise InputError(f"token ids must be in [0, {cfg.n_vocab}), got {int(ids.min())}..{int(ids.max())}")
         H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        q_end, k_end = H * hd, (H + KV) * hd
         x = np.empty((n, cfg.d_model), np.float32)  # (rows, d_model) residual stream
         dequant.embed_rows(self.embed_raw, self.embed_type, ids, x, F16_TO_F32)
-        cos, sin = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
+        if cfg.gemma:
+            x *= np.sqrt(np.float32(cfg.d_model))
+        rope = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
+        rope_local = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base_local) if cfg.window else rope
         h = np.empty_like(x)
         q = np.empty((n, H, hd), np.float32)
         k = np.empty((n, KV, hd), np.float32)
         v = np.empty((n, KV, hd), np.float32)
         att = np.empty((n, H, hd), np.float32)
         act = np.empty((n, cfg.d_ff), np.float32)
-        scale = 1.0 / np.sqrt(hd)
+        scale = cfg.attn_scale or 1.0 / np.sqrt(hd)
         ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
         for li, layer in enumerate(self.layers):
+            local = cfg.window > 0 and cfg.local_layers[li]
+            cos, sin = rope_local if local else rope
             qkv = self._mm(layer.wqkv, h)  # (rows, (H + 2 KV) * hd)
+            nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
+            if cfg.gemma:
+                ops.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
+                kv.write(li, seq_ids, positions, k, v)
+                kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0)
+                ops.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
+                               layer.ffn_norm, cfg.eps, h)
+                ops.geglu(self._mm(layer.wgate_up, h), act)
+                ops.add_normed(x, self._mm(layer.wdown, act), layer.post_ffn_norm, nxt, cfg.eps, h)
+                continue
             ops.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att)
             ops.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
             ops.swiglu(self._mm(layer.wgate_up, h), act)
-            nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
             ops.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
-        return self._mm(self.output, np.ascontiguousarray(h[logit_rows]))
+        logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]))
+        if cfg.softcap:
+            cap = np.float32(cfg.softcap)
+            np.tanh(logits / cap, out=logits)
+            logits *= cap
+        return logits

@@ -1,4 +1,4 @@
-"""Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU, residual add.
+"""Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU / GELU gate, residual add.
 
 Each works on (rows, ...) arrays and computes every row with the same code, independent of the others, so
 a batch of rows gives exactly the per-row results (see matmul.py for why that matters).  They are serial on
@@ -83,6 +83,23 @@ def swiglu(gate_up, out):
             o[i] = g / (np.float32(1.0) + _exp(-g)) * gu[uint64(f) + i]
 
 
+#: sqrt(2 / pi), GELU's tanh approximation
+_GELU_C = 0.7978845608028654
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def geglu(gate_up, out):
+    """``out = gelu(gate) * up`` (GELU's tanh form, Gemma's) where ``gate_up`` holds [gate | up] per row.
+    0.5 (1 + tanh(y)) = 1 / (1 + e^(-2y)), so it is SwiGLU's loop with another argument."""
+    n, f = out.shape
+    for t in range(n):
+        gu, o = gate_up[t], out[t]
+        for i in range(uint64(f)):
+            g = gu[i]
+            y = np.float32(2.0 * _GELU_C) * (g + np.float32(0.044715) * g * g * g)
+            o[i] = g / (np.float32(1.0) + _exp(-y)) * gu[uint64(f) + i]
+
+
 @njit(cache=True)
 def add_inplace(x, y):
     """``x += y`` for 2-D arrays."""
@@ -92,9 +109,9 @@ def add_inplace(x, y):
 
 
 @njit(cache=True)
-def split_qkv(qkv, bias, cos, sin, neox, q, k, v):
+def _split(qkv, bias, q, k, v):
     """The fused Q|K|V projection rows -> q (rows, n_heads, hd), k and v (rows, n_kv_heads, hd), adding the
-    bias (an empty array when the model has none) and rotating q and k: one call instead of six."""
+    bias (an empty array when the model has none)."""
     n, nh, hd = q.shape
     nkv = k.shape[1]
     has_bias = bias.shape[0] > 0
@@ -108,8 +125,26 @@ def split_qkv(qkv, bias, cos, sin, neox, q, k, v):
                         val += bias[c]
                     dst[t, hh, i] = val
                     c += 1
+
+
+@njit(cache=True)
+def split_qkv(qkv, bias, cos, sin, neox, q, k, v):
+    """Split (with the bias) and rotate q and k: one call instead of six."""
+    _split(qkv, bias, q, k, v)
     rope(q, cos, sin, neox)
     rope(k, cos, sin, neox)
+
+
+@njit(cache=True)
+def split_qkv_normed(qkv, q_norm, k_norm, eps, cos, sin, q, k, v):
+    """gemma3's split: every q and k head RMS-normed with its own weight (head_dim,), then rotated (neox)."""
+    _split(qkv, np.empty(0, np.float32), q, k, v)
+    q2 = q.reshape(q.shape[0] * q.shape[1], q.shape[2])
+    k2 = k.reshape(k.shape[0] * k.shape[1], k.shape[2])
+    rmsnorm(q2, q_norm, eps, q2)  # in place: each row's scale is taken before the row is written
+    rmsnorm(k2, k_norm, eps, k2)
+    rope(q, cos, sin, True)
+    rope(k, cos, sin, True)
 
 
 @njit(cache=True)
@@ -117,3 +152,13 @@ def add_rmsnorm(x, y, w, eps, out):
     """``x += y`` then ``out = rmsnorm(x) * w`` (the residual add and the next norm in one call)."""
     add_inplace(x, y)
     rmsnorm(x, w, eps, out)
+
+
+
+@njit(cache=True)
+def add_normed(x, y, w_post, w_next, eps, out):
+    """gemma3's residual: ``x += rmsnorm(y) * w_post`` (the sublayer's own output norm, ``y`` normed in
+    place), then ``out = rmsnorm(x) * w_next``."""
+    rmsnorm(y, w_post, eps, y)
+    add_inplace(x, y)
+    rmsnorm(x, w_next, eps, out)
