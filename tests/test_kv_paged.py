@@ -477,3 +477,34 @@ def test_q8_calibration_weights_key_channels_and_stores_the_sink_exactly():
         with st2.calibrating():
             st2.new_sequence()
             st2.reserve(np.zeros(1, np.int32), np.zeros(1, np.int32))
+
+
+@pytest.mark.parametrize("kernel", list(ATTEND))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_sliding_window_reads_only_its_last_positions(dtype, kernel):
+    """gemma3's local layers: ``window`` w reads positions p - w + 1 .. p, page borders included; the
+    contiguous reference against numpy, every paged kernel against the contiguous one."""
+    rng = np.random.default_rng(13)
+    st, ref = _store(dtype, kernel), ContiguousKVStore(L, KV, HD, 256, 4)
+    for s in (st, ref):
+        for _ in range(3):
+            s.new_sequence()
+    sid, pos, _ = _fill([st, ref], [40, 9, 23], rng)
+    q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+    full = np.empty_like(q)
+    ref.attend(1, sid, pos, q, 0.125, full)
+    for window in (1, 9, 16, 17, 41):
+        got, want = np.empty_like(q), np.empty_like(q)
+        st.attend(1, sid, pos, q, 0.125, got, window=window)
+        ref.attend(1, sid, pos, q, 0.125, want, window=window)
+        assert np.abs(got - want).max() < TOL[dtype]
+        exact = np.empty(q.shape)
+        for i, (s, p) in enumerate(zip(sid, pos)):
+            lo = max(0, p + 1 - window)
+            for h in range(H):
+                keys = ref.k[1, s, h // (H // KV), lo:p + 1].astype(np.float64)
+                e = np.exp((keys @ q[i, h] - (keys @ q[i, h]).max()) * 0.125)
+                exact[i, h] = (e / e.sum()) @ ref.v[1, s, h // (H // KV), lo:p + 1]
+        np.testing.assert_allclose(want, exact, atol=1e-5)
+        covered = pos < window  # the window holds the whole prefix: plain causal attention
+        np.testing.assert_array_equal(want[covered], full[covered])

@@ -45,6 +45,13 @@ def _exp_normalize(scores, m):
     return total
 
 
+@njit(cache=True, inline="always")
+def _window_start(length, window):
+    """The first position a row reading positions < ``length`` attends to: the last ``window`` of them
+    (sliding-window layers), or all (``window`` 0)."""
+    return max(0, length - window) if window > 0 else 0
+
+
 # -- scalar reference ------------------------------------------------------------------------------------
 @njit(cache=True, boundscheck=False)
 def _dot_f32_s(q, k, tab):
@@ -94,7 +101,7 @@ def _axpy_q8_s(o, w, v, vs, tab):
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
     """out[i, h] = softmax(q[i, h] . K * scale) V over positions 0..positions[i] of seq_ids[i]."""
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
@@ -102,45 +109,47 @@ def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, sc
         i = job // n_heads
         h = job - i * n_heads
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
-        scores = np.empty(length, np.float32)
+        lo = _window_start(length, window)
+        scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_f32_s(q[i, h], kp[pg, kvh, sl], tab) * scale
-            scores[t] = x
+            scores[t - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_f32_s(o, scores[t], vp[pg, kvh, sl], tab)
+            _axpy_f32_s(o, scores[t - lo], vp[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
-        scores = np.empty(length, np.float32)
+        lo = _window_start(length, window)
+        scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_f16_s(q[i, h], kp[pg, kvh, sl], tab) * scale
-            scores[t] = x
+            scores[t - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_f16_s(o, scores[t], vp[pg, kvh, sl], tab)
+            _axpy_f16_s(o, scores[t - lo], vp[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -158,7 +167,7 @@ def _coded_query(q, i, h, w, kvh, out, tmp, block):
 
 @njit(parallel=True, cache=True, boundscheck=False)
 def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
-                     out):
+                     window, out):
     """As attend_f32_scalar over q8 pages, taking queries and returning outputs in the model's basis: each
     query head goes to H(q / w[kv_head]) and its output back through H (``w``, ``sink``: (n_kv_heads,
     head_dim); ``block``: values one rotation mixes).  ``sink`` is what position 0's stored key lacks (its
@@ -172,23 +181,24 @@ def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         qi = np.empty(hd, np.float32)
         tmp = np.empty(hd, np.float32)
         _coded_query(q, i, h, w, kvh, qi, tmp, block)
-        scores = np.empty(length, np.float32)
+        lo = _window_start(length, window)
+        scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         c0 = _dot_f32_s(qi, sink[kvh], tab)
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_q8_s(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab)
             if t == 0:
                 x += c0
             x *= scale
-            scores[t] = x
+            scores[t - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(length):
+        for t in range(lo, length):
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_q8_s(o, scores[t], vp[pg, kvh, sl], vs[pg, kvh, sl], tab)
+            _axpy_q8_s(o, scores[t - lo], vp[pg, kvh, sl], vs[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -225,74 +235,72 @@ def _axpy_f16_w(o, w, v, tab, hd):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
-        scores = np.empty(length, np.float32)
+        lo = _window_start(length, window)
+        scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         qi = q[i, h]
-        t = 0
-        for j in range(table.shape[1]):  # page by page: one table lookup per page
-            if t >= length:
+        for j in range(lo // page_tokens, table.shape[1]):  # page by page: one table lookup per page
+            t0 = j * page_tokens
+            if t0 >= length:
                 break
             pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
                 x = _dot_f32_w(qi, kp[pg, kvh, sl], hd) * scale
-                scores[t] = x
+                scores[t0 + sl - lo] = x
                 m = max(m, x)
-                t += 1
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        t = 0
-        for j in range(table.shape[1]):
-            if t >= length:
+        for j in range(lo // page_tokens, table.shape[1]):
+            t0 = j * page_tokens
+            if t0 >= length:
                 break
             pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
-                _axpy_f32_w(o, scores[t], vp[pg, kvh, sl], hd)
-                t += 1
+            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+                _axpy_f32_w(o, scores[t0 + sl - lo], vp[pg, kvh, sl], hd)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, out):
+def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh, length = seq_ids[i], h // group, positions[i] + 1
-        scores = np.empty(length, np.float32)
+        lo = _window_start(length, window)
+        scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         qi = q[i, h]
-        t = 0
-        for j in range(table.shape[1]):
-            if t >= length:
+        for j in range(lo // page_tokens, table.shape[1]):  # page by page: one table lookup per page
+            t0 = j * page_tokens
+            if t0 >= length:
                 break
             pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
                 x = _dot_f16_w(qi, kp[pg, kvh, sl], tab, hd) * scale
-                scores[t] = x
+                scores[t0 + sl - lo] = x
                 m = max(m, x)
-                t += 1
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        t = 0
-        for j in range(table.shape[1]):
-            if t >= length:
+        for j in range(lo // page_tokens, table.shape[1]):
+            t0 = j * page_tokens
+            if t0 >= length:
                 break
             pg = table[s, j]
-            for sl in range(min(page_tokens, length - t)):
-                _axpy_f16_w(o, scores[t], vp[pg, kvh, sl], tab, hd)
-                t += 1
+            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+                _axpy_f16_w(o, scores[t0 + sl - lo], vp[pg, kvh, sl], tab, hd)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -337,21 +345,24 @@ def _dot_rows(a, r, b, hd):
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
-def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, length, i, g, scale, out):
-    """Row i's query heads that read KV head g: each position's K and V row is dequantized once for all of
-    them (grouped-query attention).  Per head the result is the same computation whatever the batch."""
+def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, length, i, g, scale,
+                     out):
+    """Row i's query heads that read KV head g over positions lo..length-1: each position's K and V row is
+    dequantized once for all of them (grouped-query attention).  Per head the result is the same computation
+    whatever the batch."""
     n_heads, hd = q.shape[1], q.shape[2]
     group = n_heads // kp.shape[1]
     bs = hd // ks.shape[3]
     h0 = g * group
     gh = group * hd
-    buf = np.empty(2 * gh + hd + 2 * group + group * length, np.float32)  # one allocation per job
+    span = length - lo
+    buf = np.empty(2 * gh + hd + 2 * group + group * span, np.float32)  # one allocation per job
     qg = buf[:gh].reshape((group, hd))  # coded queries
     og = buf[gh:2 * gh].reshape((group, hd))  # outputs, in the value basis
     row = buf[2 * gh:2 * gh + hd]  # a dequantized K or V row; rotation scratch
     c0 = buf[2 * gh + hd:2 * gh + hd + group]  # sink term, then 1 / softmax total
     m = buf[2 * gh + hd + group:2 * gh + hd + 2 * group]  # running max score
-    scores = buf[2 * gh + hd + 2 * group:].reshape((group, length))
+    scores = buf[2 * gh + hd + 2 * group:].reshape((group, span))
     for r in range(group):
         _coded_query(q, i, h0 + r, w, g, qg[r], row, block)
         x = np.float32(0.0)
@@ -359,41 +370,41 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
             x += qg[r, d] * sink[g, d]
         c0[r] = x
         m[r] = -np.inf
-    _prefetch_page(kp, ks, table, s, 0, g, min(page_tokens, length))
-    _prefetch_page(vp, vs, table, s, 0, g, min(page_tokens, length))
-    t = 0
-    for j in range(table.shape[1]):  # page by page: one table lookup per page
-        if t >= length:
+    j0 = lo // page_tokens
+    _prefetch_page(kp, ks, table, s, j0, g, min(page_tokens, length - j0 * page_tokens))
+    _prefetch_page(vp, vs, table, s, j0, g, min(page_tokens, length - j0 * page_tokens))
+    for j in range(j0, table.shape[1]):  # page by page: one table lookup per page
+        t0 = j * page_tokens
+        if t0 >= length:
             break
         pg = table[s, j]
-        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, length - t - page_tokens))
-        for sl in range(min(page_tokens, length - t)):
+        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, length - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+            t = t0 + sl
             _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
             for r in range(group):
                 x = _dot_rows(qg, r, row, hd)
                 if t == 0:
                     x += c0[r]
                 x *= scale
-                scores[r, t] = x
+                scores[r, t - lo] = x
                 m[r] = max(m[r], x)
-            t += 1
     for r in range(group):
         c0[r] = np.float32(1.0) / _exp_normalize(scores[r], m[r])
         for d in range(uint64(hd)):
             og[r, d] = 0.0
-    t = 0
-    for j in range(table.shape[1]):
-        if t >= length:
+    for j in range(j0, table.shape[1]):
+        t0 = j * page_tokens
+        if t0 >= length:
             break
         pg = table[s, j]
-        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, length - t - page_tokens))
-        for sl in range(min(page_tokens, length - t)):
+        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, length - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
             _dequant_q8(vp, vs, pg, g, sl, tab, bs, row)
             for r in range(group):
-                p = scores[r, t]
+                p = scores[r, t0 + sl - lo]
                 for d in range(uint64(hd)):
                     og[r, d] += p * row[d]
-            t += 1
     for r in range(group):
         inv = c0[r]
         for d in range(uint64(hd)):
@@ -405,13 +416,14 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
-                   out):
+                   window, out):
     n, n_kv = q.shape[0], kp.shape[1]
     for job in prange(n * n_kv):
         i = job // n_kv
         g = job - i * n_kv
+        length = positions[i] + 1
         _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i],
-                         positions[i] + 1, i, g, scale, out)
+                         _window_start(length, window), length, i, g, scale, out)
 
 
 #: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, w, sink, block,

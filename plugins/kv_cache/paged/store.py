@@ -249,14 +249,16 @@ class PagedKVStore:
                       positions)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray) -> None:
+               out: np.ndarray, window: int = 0) -> None:
         seq_ids = np.asarray(seq_ids, np.int32)
         positions = np.asarray(positions, np.int32)
         if self._calibration is not None:
             self._calibration.add_queries(layer, positions, q)
         # q8: the kernel codes the queries into the pages' basis and decodes the outputs (q8.py)
+        # window > 0 (a sliding-window layer): the kernels skip the pages before it.  They are not freed: the
+        # page table is shared by all layers, and a model's global layers still read them.
         self._attend(np.asarray(q, np.float32), *self._attend_args[layer], seq_ids, positions, np.float32(scale),
-                     out)
+                     int(window), out)
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         st = self._state(seq)
