@@ -46,7 +46,8 @@ def _ids(model, n: int) -> list[int]:
 
 
 # -- an independent reference: gguf-py's dequantized weights, float64 numpy, textbook formulas -----------
-def reference_logits(path: str, ids: list[int]) -> np.ndarray:
+def reference_logits(path: str, ids: list[int], window: int | None = None) -> np.ndarray:
+    """llama, qwen2 and gemma3 (its sliding window from the file, or ``window``)."""
     h = read_header(path, want_arrays=False)
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     names = {t.name for t in h.tensors}
@@ -61,12 +62,15 @@ def reference_logits(path: str, ids: list[int]) -> np.ndarray:
     arch, md = h.architecture, h.metadata
     L, H, KV = (md[f"{arch}.{k}"] for k in ("block_count", "attention.head_count", "attention.head_count_kv"))
     d = md[f"{arch}.embedding_length"]
-    hd, eps = d // H, md[f"{arch}.attention.layer_norm_rms_epsilon"]
-    base, neox = md.get(f"{arch}.rope.freq_base", 10000.0), arch == "qwen2"
+    hd, eps = md.get(f"{arch}.attention.key_length", d // H), md[f"{arch}.attention.layer_norm_rms_epsilon"]
+    base, neox, gemma = md.get(f"{arch}.rope.freq_base", 10000.0), arch != "llama", arch == "gemma3"
     n = len(ids)
-    ang = np.arange(n)[:, None] * base ** (-np.arange(0, hd, 2) / hd)[None]
+    window = md.get(f"{arch}.attention.sliding_window", 0) if window is None else window
 
-    def rope(v):  # (n, heads, hd): rotate pairs as complex numbers
+    def angles(b):
+        return np.arange(n)[:, None] * b ** (-np.arange(0, hd, 2) / hd)[None]
+
+    def rope(v, ang):  # (n, heads, hd): rotate pairs as complex numbers
         a, b = (v[..., :hd // 2], v[..., hd // 2:]) if neox else (v[..., 0::2], v[..., 1::2])
         z = (a + 1j * b) * np.exp(1j * ang)[:, None, :]
         out = np.empty_like(v)
@@ -79,23 +83,34 @@ def reference_logits(path: str, ids: list[int]) -> np.ndarray:
     def norm(v, w):
         return v / np.sqrt((v * v).mean(-1, keepdims=True) + eps) * w
 
-    x = T("token_embd.weight")[ids]
-    mask = np.triu(np.full((n, n), -np.inf), 1)
+    x = T("token_embd.weight")[ids] * (np.sqrt(d) if gemma else 1.0)
+    causal = np.triu(np.full((n, n), -np.inf), 1)
+    # gemma3: five local layers of six, keys further back than the window masked, RoPE base 10000
+    local_mask = causal + np.tril(np.full((n, n), -np.inf), -window) if window else causal
     for i in range(L):
         p = f"blk.{i}."
+        local = gemma and window and i % 6 < 5
+        ang = angles(10000.0 if local else base)
         h_ = norm(x, T(p + "attn_norm.weight"))
         q, k, v = (h_ @ T(p + f"attn_{c}.weight").T for c in "qkv")
         if p + "attn_q.bias" in names:
             q, k, v = (a + T(p + f"attn_{c}.bias") for a, c in zip((q, k, v), "qkv"))
-        q, k = rope(q.reshape(n, H, hd)), np.repeat(rope(k.reshape(n, KV, hd)), H // KV, axis=1)
+        q, k = q.reshape(n, H, hd), k.reshape(n, KV, hd)
+        if gemma:
+            q, k = norm(q, T(p + "attn_q_norm.weight")), norm(k, T(p + "attn_k_norm.weight"))
+        q, k = rope(q, ang), np.repeat(rope(k, ang), H // KV, axis=1)
         v = np.repeat(v.reshape(n, KV, hd), H // KV, axis=1)
-        s = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd) + mask
+        s = np.einsum("ihd,jhd->hij", q, k) / np.sqrt(hd) + (local_mask if local else causal)
         s = np.exp(s - s.max(-1, keepdims=True))
         att = np.einsum("hij,jhd->ihd", s / s.sum(-1, keepdims=True), v).reshape(n, H * hd)
-        x = x + att @ T(p + "attn_output.weight").T
+        a = att @ T(p + "attn_output.weight").T
+        x = x + (norm(a, T(p + "post_attention_norm.weight")) if gemma else a)
         h_ = norm(x, T(p + "ffn_norm.weight"))
         g = h_ @ T(p + "ffn_gate.weight").T
-        x = x + (g / (1 + np.exp(-g)) * (h_ @ T(p + "ffn_up.weight").T)) @ T(p + "ffn_down.weight").T
+        # gemma: GELU, tanh form; the others: SiLU
+        act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) if gemma else g / (1 + np.exp(-g))
+        f = (act * (h_ @ T(p + "ffn_up.weight").T)) @ T(p + "ffn_down.weight").T
+        x = x + (norm(f, T(p + "post_ffw_norm.weight")) if gemma else f)
     out = T("output.weight" if "output.weight" in names else "token_embd.weight")
     return norm(x, T("output_norm.weight")) @ out.T
 
@@ -246,9 +261,16 @@ def test_bad_input_is_a_typed_error(small):
         small.new_session(), small.new_session()  # the store has two sequence slots
 
 
-def test_unsupported_model_and_missing_plugins(smollm2, gemma):
-    with pytest.raises(ModelError, match="architecture 'gemma3'"):
-        NativeEngine("avx2").load(gemma, tokenizer=LlamaCppTokenizer(gemma), kv_cache=ContiguousKV(),
+def test_unsupported_model_and_missing_plugins(smollm2, tmp_path):
+    path = str(tmp_path / "phi2.gguf")
+    w = gguf.GGUFWriter(path, "phi2")
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelError, match="architecture 'phi2'"):
+        NativeEngine("avx2").load(path, tokenizer=LlamaCppTokenizer(smollm2), kv_cache=ContiguousKV(),
                                   n_ctx=64, threads=BUDGET)
     with pytest.raises(ModelError, match="KV cache"):
         NativeEngine("avx2").load(smollm2, tokenizer=LlamaCppTokenizer(smollm2), kv_cache=None, n_ctx=64,

@@ -81,6 +81,19 @@ def test_q8_layout(real_rows, ggml_type):
         assert np.abs(qs).max() <= 127
 
 
+@pytest.mark.parametrize("ggml_type", [dequant.Q6_K, dequant.Q8_0, dequant.Q5_0, dequant.Q4_0])
+def test_q6_layout_is_exact(real_rows, ggml_type):
+    """Q6_K (and the symmetric 32-blocks that may join it in one matrix) as int8 with an f32 scale per 16,
+    against gguf-py's decoding in float64."""
+    raw, ref, cols = real_rows[ggml_type]
+    n = raw.shape[0]
+    qs, sc = np.empty((n, cols), np.int8), np.empty((n, cols // 16), np.float32)
+    dequant.to_q6(raw, ggml_type, qs, sc, F16_TO_F32)
+    assert qs.min() >= -127 and (ggml_type != dequant.Q6_K or (qs.min() >= -32 and qs.max() <= 31))
+    got = (qs.reshape(n, -1, 16).astype(np.float64) * sc[..., None].astype(np.float64)).reshape(n, cols)
+    np.testing.assert_allclose(got, ref.astype(np.float64), rtol=2 ** -23, atol=0)
+
+
 def test_f16_bits_matches_numpy():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.uniform(0, 1, 2000) * 10.0 ** rng.integers(-9, 4, 2000), [0.0, 6e-8, 6.1e-5, 65504.0]])
@@ -97,6 +110,18 @@ def q8_matrix():
     sc = (rng.uniform(1e-3, 5e-2, (rows, cols // 32))).astype(np.float16).view(np.uint16)
     x = rng.standard_normal((7, cols)).astype(np.float32)
     ref = x.astype(np.float64) @ (qs.reshape(rows, -1, 32) * F16_TO_F32[sc][..., None]).reshape(rows, cols).T
+    return qs, sc, x, ref
+
+
+@pytest.fixture(scope="module")
+def q6_matrix():
+    """Q6_K-like: 6-bit values, a signed scale per 16 (some negative, as Q6_K's int8 scales may be)."""
+    rng = np.random.default_rng(4)
+    rows, cols = 200, 576
+    qs = rng.integers(-32, 32, (rows, cols)).astype(np.int8)
+    sc = (rng.uniform(1e-3, 5e-2, (rows, cols // 16)) * rng.choice([-1, 1], (rows, cols // 16))).astype(np.float32)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ (qs.reshape(rows, -1, 16) * sc[..., None].astype(np.float64)).reshape(rows, cols).T
     return qs, sc, x, ref
 
 
@@ -121,6 +146,8 @@ def _run(variant, kind, mat, x):
     out = np.empty((x.shape[0], mat[0].shape[0]), np.float32)
     if kind == "q8":
         p.q8(p.layout_q8(*mat), x, out)
+    elif kind == "q6":
+        p.q6(p.layout_q6(*mat), x, out)
     else:
         p.q4(p.layout_q4(*mat), x, out)
     return out
@@ -146,9 +173,11 @@ def test_every_engine_variant_has_its_products():
     assert all(type(p) in ACCURACY for p in products.PRODUCTS.values())
 
 
-def _matrix(kind, q8_matrix, q4_matrix):
+def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
     if kind == "q8":
         return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
+    if kind == "q6":
+        return q6_matrix[:2], q6_matrix[2], q6_matrix[3]
     if kind == "q4":
         return q4_matrix[:3], q4_matrix[3], q4_matrix[4]
     packed, d, m, x, _ = q4_matrix
@@ -163,14 +192,14 @@ def _matrix(kind, q8_matrix, q4_matrix):
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales"])
-def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q4", "q4-f16-scales"])
+def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
     """Every variant of the engine this CPU can execute against the scalar reference and float64."""
     need_variant(variant)
     p = products.PRODUCTS[variant]
     if kind == "q4" and isinstance(p, products.I8Products):
         pytest.skip("vnni stores f32 block scales as f16: see test_vnni_matches_integer_reference")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
     got = _run(variant, kind[:2], mat, x)
     scalar = _run("scalar", kind[:2], mat, x)
     scale = np.abs(ref).max()
@@ -181,6 +210,9 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matri
 
 
 def _weights_f64(kind, mat):
+    if kind == "q6":
+        qs, sc = mat
+        return (qs.reshape(qs.shape[0], -1, 16) * sc[..., None].astype(np.float64)).reshape(qs.shape[0], -1), None
     if kind == "q8":
         qs, sc = mat
         return (qs.reshape(qs.shape[0], -1, 32) * F16_TO_F32[sc][..., None]).reshape(qs.shape[0], -1), None
@@ -190,15 +222,15 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q4", "q4-f16-scales", "q4-tiny-scales"])
-def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q4", "q4-f16-scales", "q4-tiny-scales"])
+def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     need_variant("vnni")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix)
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
     got = _run("vnni", kind[:2], mat, x)
     w, m = _weights_f64(kind[:2], mat)
-    if kind != "q8":
+    if kind.startswith("q4"):
         stored = [a.dtype for a in products.PRODUCTS["vnni"].layout_q4(*mat)[1:]]
         assert stored[0] == (np.float32 if kind == "q4-tiny-scales" else np.uint16)
         if kind == "q4":  # f32 scales rounded to f16 where every value stays normal (as Q4_K's are)
@@ -225,10 +257,10 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, need_variant
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q4"])
-def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q4"])
+def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
     need_variant(variant)
-    mat, x = (q8_matrix[:2], q8_matrix[2]) if kind == "q8" else (q4_matrix[:3], q4_matrix[3])
+    mat, x, _ = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
     batched = _run(variant, kind, mat, x)
     one_by_one = np.concatenate([_run(variant, kind, mat, x[i:i + 1]) for i in range(x.shape[0])])

@@ -1,9 +1,12 @@
 """GGML block formats -> our 8-bit layout, one row at a time (numba).
 
-The native engine keeps weight matrices in one of two layouts (see weights.QMatrix):
+The native engine keeps weight matrices in one of three layouts (see weights.QMatrix):
   q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly
+  q6  int8 values with an f32 scale per 16 (10 bits/weight): Q6_K exactly (its scales are per 16), and
+      Q8_0 / Q5_0 / Q4_0 tensors joined with a Q6_K one in a matrix
   q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type
-      (Q6_K, Q5_1, Q5_K, F16, F32) is decoded one row at a time into a scratch row and requantized
+      (Q6_K beside a Q4_K tensor, Q5_1, Q5_K, F16, F32) is decoded one row at a time into a scratch row and
+      requantized
 so no f32 copy of a whole tensor ever exists.  The decoders
 follow ggml's block layouts (ggml-common.h); tests compare them with gguf-py's numpy dequantizers.
 """
@@ -266,3 +269,50 @@ def embed_rows(raw, ggml_type, ids, out, tab):
     """``out[t]`` = row ``ids[t]`` of a GGUF tensor, decoded (embedding lookup straight from the file)."""
     for t in range(ids.shape[0]):
         dequant_row(raw[ids[t]], ggml_type, out[t], tab)
+
+
+#: types kept exactly in the q6 layout (int8 values, an f32 scale per 16): Q6_K's 16-value sub-blocks need
+#: it; the symmetric 32-blocks join a Q6_K tensor in one matrix without rounding
+Q6_SOURCES = (Q6_K, Q8_0, Q5_0, Q4_0)
+
+
+@njit(parallel=True, cache=True)
+def to_q6(raw, ggml_type, qs, sc, tab):
+    """Rows of a symmetric type, exactly, as int8 ``qs`` (rows, cols) and an f32 scale per 16 values ``sc``
+    (rows, cols / 16): W = q * scale.  Q6_K: q - 32 with d * (its sub-block's int8 scale), a product of an
+    f16 and a byte, exact in f32."""
+    rows, cols = qs.shape
+    for r in prange(rows):
+        src, q, s = raw[r], qs[r], sc[r]
+        if ggml_type == Q6_K:
+            for b in range(cols // 256):
+                o = b * 210
+                d = _h(src, o + 208, tab)
+                for j in range(16):
+                    s[16 * b + j] = d * np.float32(_i8(src[o + 192 + j]))
+                for half in range(2):
+                    ql, qh, y = o + 64 * half, o + 128 + 32 * half, 256 * b + 128 * half
+                    for l in range(32):
+                        h = np.int64(src[qh + l])
+                        a = np.int64(src[ql + l])
+                        c = np.int64(src[ql + l + 32])
+                        q[y + l] = np.int8(((a & 0xF) | ((h & 3) << 4)) - 32)
+                        q[y + l + 32] = np.int8(((c & 0xF) | (((h >> 2) & 3) << 4)) - 32)
+                        q[y + l + 64] = np.int8(((a >> 4) | (((h >> 4) & 3) << 4)) - 32)
+                        q[y + l + 96] = np.int8(((c >> 4) | (((h >> 6) & 3) << 4)) - 32)
+        elif ggml_type == Q4_0:
+            for b in range(cols // 32):
+                o = b * 18
+                d = _h(src, o, tab)
+                s[2 * b] = d
+                s[2 * b + 1] = d
+                for j in range(16):
+                    v = np.int64(src[o + 2 + j])
+                    q[32 * b + j] = np.int8((v & 0xF) - 8)
+                    q[32 * b + 16 + j] = np.int8((v >> 4) - 8)
+        else:  # Q8_0, Q5_0: int8 blocks of 32 with an f16 scale
+            bits = np.empty(cols // 32, np.uint16)
+            _direct_q8(src, ggml_type, q, bits)
+            for b in range(cols // 32):
+                s[2 * b] = tab[bits[b]]
+                s[2 * b + 1] = tab[bits[b]]

@@ -10,6 +10,7 @@ kept numba at ~5 G multiply-adds/s per core; this layout runs ~4x faster (see gi
 
   q8: ``q`` int8, group g: [block b][column c][row r]; ``scale`` f16 bits (uint16): [block b][row r];
       W = q * scale.
+  q6: ``q`` as q8's; ``scale`` f32: [16-value block][row r]; W = q * scale.
   q4: ``q`` uint8, group g: [block b][pair j][row r]; byte low nibble = value j, high = value j + 16 of the
       block (the GGUF Q4 packing, kept); ``scale``, ``offset`` f32: [block b][row r]; W = q * scale + offset.
 
@@ -75,6 +76,15 @@ def group_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
     return np.ascontiguousarray(gq), np.ascontiguousarray(per_block[0]), np.ascontiguousarray(per_block[1])
 
 
+def group_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major q6 (rows, cols) int8 and (rows, cols/16) f32 -> the grouped layout: ``q`` as q8's,
+    ``scale`` [16-value block][row]."""
+    gq, _ = group_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))
+    scale = _pad_rows(scale)
+    ng, n16 = scale.shape[0] // GROUP, scale.shape[1]
+    return gq, np.ascontiguousarray(scale.reshape(ng, GROUP, n16).transpose(0, 2, 1).reshape(ng, -1))
+
+
 # -- one group, one token: acc[r] = W[g*GROUP + r] . x -------------------------------------------------------
 @njit(fastmath=True, cache=True, boundscheck=False)
 def q8_group_wide(q, s, x, tab, acc, tmp, gs):
@@ -108,6 +118,46 @@ def q8_group_scalar(q, s, x, tab, acc, tmp, gs):
                 tmp[r] += xc * np.float32(q[(b * QK + c) * gs + r])
         for r in range(gs):
             acc[r] += tmp[r] * tab[s[b * gs + r]]
+
+
+#: values per q6 scale (Q6_K's sub-blocks)
+Q6_BLOCK = 16
+
+
+@njit(fastmath=True, cache=True, boundscheck=False)
+def q6_group_wide(q, s, x, acc, tmp, gs):
+    """As q8_group_wide with an f32 scale per 16 columns (the q8 layout's columns are contiguous per row
+    group, so a 16-column block is half of a 32-column one)."""
+    ug, ubs = uint64(gs), uint64(Q6_BLOCK)
+    for r in range(ug):
+        acc[r] = 0.0
+    for b in range(uint64(s.shape[0]) // ug):
+        for r in range(ug):
+            tmp[r] = 0.0
+        base = b * ubs * ug
+        for c in range(ubs):
+            xc = x[b * ubs + c]
+            o = base + c * ug
+            for r in range(ug):
+                tmp[r] += xc * np.float32(q[o + r])
+        ob = b * ug
+        for r in range(ug):
+            acc[r] += tmp[r] * s[ob + r]
+
+
+@njit(cache=True, boundscheck=False)
+def q6_group_scalar(q, s, x, acc, tmp, gs):
+    for r in range(gs):
+        acc[r] = 0.0
+    for b in range(s.shape[0] // gs):
+        for r in range(gs):
+            tmp[r] = 0.0
+        for c in range(Q6_BLOCK):
+            xc = x[b * Q6_BLOCK + c]
+            for r in range(gs):
+                tmp[r] += xc * np.float32(q[(b * Q6_BLOCK + c) * gs + r])
+        for r in range(gs):
+            acc[r] += tmp[r] * s[b * gs + r]
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
@@ -193,3 +243,18 @@ def q4_matmul(q, d, m, x, xsum, out, wide):
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def q6_matmul(q, s, x, out, wide):
+    rows, n = out.shape[1], x.shape[0]
+    for g in prange(q.shape[0]):
+        acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
+        r0 = g * GROUP
+        for t in range(n):
+            if wide:
+                q6_group_wide(q[g], s[g], x[t], acc, tmp, GROUP)
+            else:
+                q6_group_scalar(q[g], s[g], x[t], acc, tmp, GROUP)
+            for r in range(min(GROUP, rows - r0)):
+                out[t, r0 + r] = acc[r]

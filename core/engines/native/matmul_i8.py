@@ -21,6 +21,8 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
       bits (uint16) when every value stays a normal f16 (see _compact), else f32.
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
+  q6: ``q`` as q8's; ``d`` f32 [16-value block][row]: a block's first 4 operands are columns 0-15, the
+      last 4 columns 16-31, so each half gets its own scale.
   q8: ``q`` uint8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits
       [block][row].  ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
       the weights unsigned the activations can be the instruction's memory operand (a broadcast word);
@@ -94,6 +96,14 @@ def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.nda
     gq = np.ascontiguousarray(q.view(np.uint8).reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)).reshape(ng, -1)
     gq ^= np.uint8(0x80)  # two's complement q -> q + 128, in place: no second copy of the matrix at load
     return gq, _per_block(scale_bits, ng, nb)
+
+
+def layout_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major q6 (rows, cols) int8 and (rows, cols/16) f32 -> (q + 128 as uint8 as q8's, d [16-value
+    block][row] f32)."""
+    gq, _ = layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))
+    scale = _pad_rows(scale.astype(np.float32))
+    return gq, _per_block(scale, scale.shape[0] // ROWS, scale.shape[1])
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
@@ -179,6 +189,33 @@ def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xsum):
 
 
 @njit(inline="always")
+def _half_dot(w0, w1, w2, w3, xq, xo, xsum):
+    """Integer dot of a 16-row x 16-column half block (q + 128 against the signed bytes at xq[xo]), the
+    extra 128 * sum(x) taken back out (``xsum``: the half block's sum of x)."""
+    even = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo))
+    odd = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + 4))
+    even = dot_u8s8(even, w2, broadcast_word(xq, xo + 8))
+    odd = dot_u8s8(odd, w3, broadcast_word(xq, xo + 12))
+    return sub_i32(add_i32(even, odd), splat_i32(xsum * 128))
+
+
+@njit(cache=True, boundscheck=False)
+def _half_sums(xq):
+    """(n, 2, cols / 16) int32: the sums of each level's signed bytes per 16 columns (q6's blocks)."""
+    n, cols = xq.shape[0], xq.shape[2]
+    out = np.empty((n, 2, cols // 16), np.int32)
+    for t in range(n):
+        for lv in range(2):
+            for b in range(cols // 16):
+                total = 0
+                for j in range(b * 16, b * 16 + 16):
+                    v = np.int32(xq[t, lv, j])
+                    total += v - 256 if v > 127 else v
+                out[t, lv, b] = total
+    return out
+
+
+@njit(inline="always")
 def _store_rows(acc, out, n, g, rows):
     r0 = g * ROWS
     for t in range(n):
@@ -253,4 +290,41 @@ def q8_matmul(q, d, x, out):
                 part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
                 store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+        _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q6_matmul(q, d, x, out):
+    """As q8_matmul with an f32 scale per 16 columns: each 32-column block's 8 operands make two half-block
+    integer dots, each scaled by its own d."""
+    xq, xd, _, _ = _levels(x)
+    xh = _half_sums(xq)
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, dg = q[g], d[g]
+        ahead = PREFETCH_BYTES // (8 * 64)
+        for b in range(nb):
+            o = b * 8 * 64
+            for line in range(8):
+                prefetch(qg, o + PREFETCH_BYTES + line * 64)
+            prefetch(dg, (2 * b + 2 * ahead) * ROWS)
+            w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), \
+                load_bytes(qg, o + 192)
+            w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
+                load_bytes(qg, o + 448)
+            d_lo, d_hi = load_f32(dg, 2 * b * ROWS), load_f32(dg, (2 * b + 1) * ROWS)
+            for t in range(n):
+                xo = t * 2 * cols + b * QK
+                # level 2 (the small term) first
+                s2 = splat_f32(xd[t, 1, b])
+                part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo + cols, xh[t, 1, 2 * b])), mul_f32(d_lo, s2),
+                               load_f32(acc, t * ROWS))
+                part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, xh[t, 1, 2 * b + 1])),
+                               mul_f32(d_hi, s2), part)
+                s1 = splat_f32(xd[t, 0, b])
+                part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo, xh[t, 0, 2 * b])), mul_f32(d_lo, s1), part)
+                part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + 16, xh[t, 0, 2 * b + 1])),
+                               mul_f32(d_hi, s1), part)
+                store_f32(acc, t * ROWS, part)
         _store_rows(acc, out, n, g, out.shape[1])

@@ -244,7 +244,7 @@ class Transformer:
 
     def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], w.rows), np.float32)
-        (self._products.q8 if w.kind == "q8" else self._products.q4)(w.parts, x, out)
+        getattr(self._products, w.kind)(w.parts, x, out)  # q8, q6 or q4
         return out
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,

@@ -27,8 +27,14 @@ class F32Products:
     def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul.group_q4(q, scale, offset)
 
+    def layout_q6(self, q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul.group_q6(q, scale)
+
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul.q8_matmul(*parts, x, out, F16_TO_F32, self.wide)
+
+    def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        matmul.q6_matmul(*parts, x, out, self.wide)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         xsum = np.empty((x.shape[0], x.shape[1] // QK), np.float32)
@@ -46,8 +52,14 @@ class I8Products:
     def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q4(q, scale, offset)
 
+    def layout_q6(self, q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul_i8.layout_q6(q, scale)
+
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul_i8.q8_matmul(*parts, x, out)
+
+    def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
+        matmul_i8.q6_matmul(*parts, x, out)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul_i8.q4_matmul(*parts, x, out)

@@ -26,6 +26,7 @@ class QMatrix:
     of the variant's kernels (``parts``: see products.py, matmul.py, matmul_i8.py).
 
     kind "q8": int8 values and one f16 scale per block; W = q * scale.
+    kind "q6": int8 values and one f32 scale per 16 values (Q6_K's sub-blocks); W = q * scale.
     kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 scale and offset
     per block; W = q * scale + offset.
     """
@@ -84,7 +85,8 @@ class TensorSource:
 
     def matrix(self, names: Sequence[str]) -> QMatrix:
         """The row-wise concatenation of 2-D tensors ``names`` (e.g. Q, K, V projections) as one QMatrix:
-        q4 when every part is Q4_0/Q4_1/Q4_K (kept exactly), else q8."""
+        q4 when every part is Q4_0/Q4_1/Q4_K, q6 when one is Q6_K and the others symmetric blocks (both
+        kept exactly), else q8."""
         infos = [self.info(n) for n in names]
         cols = infos[0].shape[0]
         for t in infos:
@@ -108,6 +110,16 @@ class TensorSource:
                 self.drop_pages(t)
                 r += n
             return QMatrix("q4", rows, cols, self.products.layout_q4(q, scale, offset))
+        if any(t.ggml_type == dequant.Q6_K for t in infos) and all(t.ggml_type in dequant.Q6_SOURCES for t in infos):
+            q = np.empty((rows, cols), np.int8)
+            scale6 = np.empty((rows, cols // 16), np.float32)
+            r = 0
+            for t, raw in zip(infos, raws):
+                n = raw.shape[0]
+                dequant.to_q6(raw, t.ggml_type, q[r:r + n], scale6[r:r + n], F16_TO_F32)
+                self.drop_pages(t)
+                r += n
+            return QMatrix("q6", rows, cols, self.products.layout_q6(q, scale6))
         q = np.empty((rows, cols), np.int8)
         scale = np.empty((rows, nb), np.uint16)
         r = 0
