@@ -36,10 +36,9 @@ class NativeEngine:
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
              threads: ThreadBudget | None, config: Any = None) -> NativeModel:
-        from .model import Transformer
+        from .model import Transformer, header_arrays
 
-        # the only array the engine reads: gemma3's per-layer sliding-window flags, when a GGUF has them
-        header = read_header(model_path, want_arrays=lambda key: key.endswith(".attention.sliding_window_pattern"))
+        header = read_header(model_path, want_arrays=header_arrays)
         if not isinstance(kv_cache, KVProvider):
             raise ModelError("the native engine needs a native KV cache plugin (kv_cache=contiguous)")
         if tokenizer is None:

@@ -24,6 +24,12 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 GEMMA3_SWA_PERIOD = 6
 
 
+def header_arrays(key: str) -> bool:
+    """The array-valued metadata the native engine reads (``read_header``'s want_arrays): gemma3's per-layer
+    sliding-window flags, when a GGUF gives them as an array."""
+    return key.endswith(".attention.sliding_window_pattern")
+
+
 @attrs.frozen
 class ModelConfig:
     arch: str

@@ -62,8 +62,10 @@ def check(header: GGUFHeader, cpu: CpuInfo | None = None) -> SupportVerdict:
 
 def check_file(path: str) -> SupportVerdict:
     """``check`` of a file's header; a file the header reader rejects is not supported either."""
+    from .model import header_arrays
+
     try:
-        header = read_header(path, want_arrays=False)
+        header = read_header(path, want_arrays=header_arrays)
     except ModelError as exc:
         return SupportVerdict(False, str(exc))
     return check(header)
