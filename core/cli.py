@@ -327,6 +327,17 @@ def cmd_classify(args) -> int:
     return 0
 
 
+# -- serve -----------------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    from .server import command
+
+    def make_runtime(**extra: Any):
+        first = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
+        return _runtime(first, **extra)
+
+    return command.run(args, make_runtime)
+
+
 # -- modules with their own arguments (bench, perplexity, ab) ---------------------------------------------
 def _module_command(module_name: str, args) -> int:
     mod = importlib.import_module(module_name)
@@ -433,6 +444,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the serve extra)")
+    _common(p, model=False)
+    from .server.command import add_arguments as serve_arguments
+
+    serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("perplexity", help="perplexity over a text file, optionally KL divergence vs a reference")
     _common(p)

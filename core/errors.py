@@ -22,6 +22,10 @@ class InputError(CorertError, ValueError):
     """A request's input is invalid (empty prompt, ids out of range, text too long...)."""
 
 
+class ContextLengthError(InputError):
+    """A prompt does not fit the model's context (with room for one generated token)."""
+
+
 class QueueFullError(CorertError):
     """The scheduler's queue is full: back-pressure, retry later."""
 

@@ -17,7 +17,7 @@ from typing import Callable
 import attrs
 
 from .cancel import current_token
-from .errors import InputError
+from .errors import ContextLengthError, InputError
 from .interfaces import BatchService, Decoder, LoadedModel
 from .results import Completion, GenerateRequest, StreamChunk, Timings, TokenLogprob, Usage
 from .stops import StopMatcher
@@ -57,7 +57,7 @@ def generate(req: GenerateRequest, target: Target, clock: Clock, plugins: dict[s
         if not ids:
             raise InputError("the prompt is empty after tokenization")
         if len(ids) >= loaded.n_ctx:
-            raise InputError(f"the prompt has {len(ids)} tokens; the context holds {loaded.n_ctx} "
+            raise ContextLengthError(f"the prompt has {len(ids)} tokens; the context holds {loaded.n_ctx} "
                              f"(prompt + at least one generated token): shorten it or raise n_ctx")
         params = attrs.evolve(req.params, max_tokens=min(req.params.max_tokens, loaded.n_ctx - len(ids)))
         # the Sampler (inside the decoder or the batcher) reports each chosen token's logprobs here, before

@@ -1,0 +1,147 @@
+"""Serving a completions / chat request: admission -> one Runtime stream per choice -> a JSON body, or SSE
+chunks in OpenAI's format.
+
+The first chunk is awaited before any header is sent, so an error the Runtime raises at the start (a
+prompt longer than the context, a bad message list) is an HTTP error with its status, not a broken stream.
+Streaming: chat choices open with a chunk carrying the role; each piece of text is one chunk; each choice
+ends with a chunk carrying its finish_reason; ``stream_options.include_usage`` adds a last chunk with the
+usage and no choices; then ``data: [DONE]``.  An error after the first chunk ends the stream with an
+``{"error": ...}`` event.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from functools import partial
+from typing import Any, AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from .admission import Admission
+from .errors import from_exception
+from .metrics import Metrics
+from .middleware import unless_disconnected
+from .requests import GenerationPlan
+from .streams import Item, LiveThreads, StreamGroup
+
+
+def _finish_reason(reason: str | None) -> str:
+    return "length" if reason == "length" else "stop"  # "cancelled" never reaches a listening client
+
+
+class _Tally:
+    """Per request: text and completions by choice, usage, and the latency metrics as chunks arrive."""
+
+    def __init__(self, plan: GenerationPlan, metrics: Metrics, arrived: float):
+        self.plan, self.metrics, self.arrived = plan, metrics, arrived
+        self.text: dict[int, list[str]] = {c.index: [] for c in plan.choices}
+        self.completions: dict[int, Any] = {}
+        self._last: dict[int, float] = {}
+
+    def add(self, item: Item) -> None:
+        chunk = item.chunk
+        if chunk.token_ids:
+            last = self._last.get(item.index)
+            if last is None:
+                self.metrics.ttft.observe(item.at - self.arrived)
+            else:
+                self.metrics.itl.observe(item.at - last)
+            self._last[item.index] = item.at
+        self.text[item.index].append(chunk.text)
+        if chunk.completion is not None:
+            self.completions[item.index] = chunk.completion
+            self.metrics.finished(chunk.completion)
+
+    def usage(self) -> dict[str, int]:
+        per_prompt = max(1, len(self.plan.choices) // self.plan.n)  # choices of one prompt are consecutive
+        prompt = sum(c.usage.prompt_tokens for i, c in self.completions.items() if i % per_prompt == 0)
+        completion = sum(c.usage.completion_tokens for c in self.completions.values())
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class GenerationServer:
+    def __init__(self, runtime: Any, admission: Admission, metrics: Metrics, threads: LiveThreads):
+        self.runtime, self.admission, self.metrics, self.threads = runtime, admission, metrics, threads
+
+    async def serve(self, plan: GenerationPlan, request: Request, arrived: float):
+        stack = contextlib.AsyncExitStack()
+        try:
+            await unless_disconnected(request, stack.enter_async_context(self.admission.hold(len(plan.choices))))
+            group = StreamGroup(self.threads)
+            stack.callback(group.cancel)
+            for choice in plan.choices:
+                group.start(choice.index, partial(choice.call, self.runtime))
+            items = group.__aiter__()
+            stack.push_async_callback(items.aclose)
+            tally = _Tally(plan, self.metrics, arrived)
+            first = await unless_disconnected(request, anext(items, None))
+        except BaseException:
+            await stack.aclose()
+            raise
+        rid = f"{'chatcmpl' if plan.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        if not plan.stream:
+            async with stack:
+                await unless_disconnected(request, self._collect(first, items, tally))
+            return JSONResponse(self._body(rid, tally))
+        return StreamingResponse(self._events(rid, first, items, tally, stack), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @staticmethod
+    async def _collect(first: Item | None, items: AsyncIterator[Item], tally: _Tally) -> None:
+        if first is not None:
+            tally.add(first)
+        async for item in items:
+            tally.add(item)
+
+    def _body(self, rid: str, tally: _Tally) -> dict[str, Any]:
+        plan, created = tally.plan, int(time.time())
+        choices = []
+        for c in plan.choices:
+            text = "".join(tally.text[c.index])
+            reason = _finish_reason(tally.completions[c.index].finish_reason)
+            choices.append({"index": c.index, "finish_reason": reason, "logprobs": None,
+                            **({"message": {"role": "assistant", "content": text}} if plan.chat else {"text": text})})
+        return {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
+                "model": plan.model, "choices": choices, "usage": tally.usage()}
+
+    async def _events(self, rid: str, first: Item | None, items: AsyncIterator[Item], tally: _Tally,
+                      stack: contextlib.AsyncExitStack) -> AsyncIterator[str]:
+        plan, created = tally.plan, int(time.time())
+        kind = "chat.completion.chunk" if plan.chat else "text_completion"
+        usage_field = {"usage": None} if plan.include_usage else {}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            body = {"id": rid, "object": kind, "created": created, "model": plan.model, "choices": choices,
+                    **usage_field, **extra}
+            return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+        def choice(index: int, text: str | None, reason: str | None) -> dict[str, Any]:
+            if plan.chat:
+                delta = {} if text is None else {"content": text}
+                return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+            return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+        async with stack:  # ends the choices' streams and frees their slots, however the response ends
+            if plan.chat:
+                yield event([{"index": c.index, "delta": {"role": "assistant", "content": ""},
+                              "finish_reason": None, "logprobs": None} for c in plan.choices])
+            try:
+                pending = [first] if first is not None else []
+                while True:
+                    item = pending.pop() if pending else await anext(items, None)
+                    if item is None:
+                        break
+                    tally.add(item)
+                    if item.chunk.text:
+                        yield event([choice(item.index, item.chunk.text, None)])
+                    if item.chunk.completion is not None:
+                        yield event([choice(item.index, None, _finish_reason(item.chunk.finish_reason))])
+            except Exception as exc:  # noqa: BLE001 - the status is sent: the error goes in the stream
+                yield f"data: {json.dumps(from_exception(exc).body(), ensure_ascii=False)}\n\n"
+                return
+            if plan.include_usage:
+                yield event([], usage=tally.usage())
+            yield "data: [DONE]\n\n"

@@ -1,0 +1,123 @@
+"""OpenAI request bodies -> Runtime calls: the one place where the HTTP API's parameters meet the Runtime's.
+
+Defaults are OpenAI's (temperature 1, top_p 1; top_k, corert's extension, 0 = whole vocabulary;
+max_tokens 16 for completions, the rest of the context for chat).  ``n`` > 1 and a list of prompts become
+one Runtime request per choice (seed + i when a seed is given, so each choice is reproducible and the
+choices differ).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+
+from .errors import bad_request
+from .schemas import MAX_STOPS, ChatCompletionRequest, CompletionRequest
+
+#: Valid OpenAI parameters (and corert's GBNF ``grammar``) the Runtime does not support yet.  Each maps to
+#: a test of "not used" (absent or its neutral value); a request that uses one gets a 400 naming it, never a
+#: silent ignore.  To support one: map it onto the Runtime in :func:`_sampling` (or the chat messages) and
+#: delete its entry here; the schema field already exists in :mod:`corert.server.schemas`.
+UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "logprobs": lambda v: v is None or v is False,
+    "top_logprobs": lambda v: v is None,
+    "presence_penalty": lambda v: v is None or v == 0,
+    "frequency_penalty": lambda v: v is None or v == 0,
+    "logit_bias": lambda v: not v,
+    "response_format": lambda v: v is None or v == {"type": "text"},
+    "grammar": lambda v: v is None,
+    "tools": lambda v: not v,
+    "tool_choice": lambda v: v is None or v == "none",
+    "parallel_tool_calls": lambda v: v is None,
+    "echo": lambda v: not v,
+    "suffix": lambda v: not v,
+    "best_of": lambda v: v is None or v == 1,
+}
+
+
+@attrs.frozen
+class Choice:
+    """One Runtime request: ``call(runtime)`` returns its blocking stream of StreamChunks."""
+
+    index: int
+    call: Callable[[Any], Any]
+
+
+@attrs.frozen
+class GenerationPlan:
+    """What one completions / chat request runs."""
+
+    model: str
+    chat: bool
+    stream: bool
+    include_usage: bool
+    choices: tuple[Choice, ...]
+    #: how many prompts the choices cover (usage counts each prompt's tokens once)
+    n: int
+
+
+def check_supported(body: CompletionRequest | ChatCompletionRequest) -> None:
+    for name, unused in UNSUPPORTED.items():
+        if name in type(body).model_fields and not unused(getattr(body, name)):
+            raise bad_request(f"parameter {name!r} is not supported by this server yet; leave it out",
+                              param=name, code="unsupported_parameter")
+
+
+def _stops(stop: str | list[str] | None) -> list[str] | None:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOPS:
+        raise bad_request(f"stop takes at most {MAX_STOPS} strings, got {len(stops)}", param="stop")
+    if any(not s for s in stops):
+        raise bad_request("stop strings must not be empty", param="stop")
+    return stops or None
+
+
+def _sampling(body: CompletionRequest | ChatCompletionRequest, max_tokens: int, i: int) -> dict[str, Any]:
+    return {"model": body.model, "max_tokens": max_tokens,
+            "temperature": 1.0 if body.temperature is None else body.temperature,
+            "top_p": 1.0 if body.top_p is None else body.top_p,
+            "top_k": 0 if body.top_k is None else body.top_k,
+            "seed": None if body.seed is None else body.seed + i,
+            "stop": _stops(body.stop)}
+
+
+def _include_usage(body) -> bool:
+    if body.stream_options is not None and not body.stream:
+        raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def completion_plan(body: CompletionRequest) -> GenerationPlan:
+    check_supported(body)
+    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    if not prompts:
+        raise bad_request("prompt must not be an empty list", param="prompt")
+    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    choices = []
+    for p, prompt in enumerate(prompts):
+        for i in range(body.n):
+            kw = _sampling(body, max_tokens, i)
+            choices.append(Choice(p * body.n + i, lambda rt, prompt=prompt, kw=kw: rt.stream(prompt, **kw)))
+    return GenerationPlan(body.model, False, body.stream, _include_usage(body), tuple(choices), len(prompts))
+
+
+def messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The messages as the Runtime takes them: text parts joined, OpenAI's "developer" role as "system"."""
+    out = []
+    for m in body.messages:
+        content = m.content if isinstance(m.content, str) else "".join(part.text for part in m.content)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+    return out
+
+
+def chat_plan(body: ChatCompletionRequest, n_ctx: int) -> GenerationPlan:
+    check_supported(body)
+    if body.max_tokens is not None and body.max_completion_tokens is not None \
+            and body.max_tokens != body.max_completion_tokens:
+        raise bad_request("max_tokens and max_completion_tokens differ; give one", param="max_completion_tokens")
+    limit = body.max_completion_tokens or body.max_tokens
+    max_tokens = n_ctx if limit is None else limit  # the generation loop caps it at what the context leaves
+    msgs = messages(body)
+    choices = tuple(Choice(i, lambda rt, kw=_sampling(body, max_tokens, i): rt.chat(msgs, stream=True, **kw))
+                    for i in range(body.n))
+    return GenerationPlan(body.model, True, body.stream, _include_usage(body), choices, 1)
