@@ -80,7 +80,7 @@ def create_app(runtime: Any, settings: ServeSettings = ServeSettings()) -> FastA
     def authorized(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         check_key(settings.api_key, cred.credentials if cred is not None else None)
 
-    auth = [Depends(authorized)]
+    auth = [Depends(authorized)] if settings.api_key is not None else []  # documented only when required
 
     def ready() -> None:
         if not settings.load_at_start:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import stat
 from typing import Any, Callable
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace, make_runtime: Callable[..., Any]) -> int:
                                  max_body_bytes=args.max_body)
         config = uvicorn.Config(create_app(runtime, settings), log_level=args.log_level, access_log=False,
                                 timeout_graceful_shutdown=5, lifespan="on")
+        # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found:
+        # let that be a no-op, so the socket file is removed and the Runtime closed below
+        signal.signal(signal.SIGTERM, lambda *_: None)
         try:
             _announcing_server(config, url).run(sockets=[sock])
         finally:

@@ -62,6 +62,13 @@ class _Tally:
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+async def _close(items: AsyncIterator[Item]) -> None:
+    """Close the chunk iterator; one still running in a task that is being cancelled (the request itself
+    was cancelled) ends by that cancellation, and the group's threads were already told to stop."""
+    with contextlib.suppress(RuntimeError):
+        await items.aclose()
+
+
 class GenerationServer:
     def __init__(self, runtime: Any, admission: Admission, metrics: Metrics, threads: LiveThreads):
         self.runtime, self.admission, self.metrics, self.threads = runtime, admission, metrics, threads
@@ -75,7 +82,7 @@ class GenerationServer:
             for choice in plan.choices:
                 group.start(choice.index, partial(choice.call, self.runtime))
             items = group.__aiter__()
-            stack.push_async_callback(items.aclose)
+            stack.push_async_callback(_close, items)
             tally = _Tally(plan, self.metrics, arrived)
             first = await unless_disconnected(request, anext(items, None))
         except BaseException:
