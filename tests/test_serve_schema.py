@@ -26,7 +26,7 @@ def app():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rt = Runtime(engine="llama.cpp", model=MODEL, n_ctx=64)
+        rt = Runtime(engine="llama.cpp", model=MODEL, n_ctx=48)
     rt.load_generation_model()
     yield create_app(rt, ServeSettings(models=(MODEL,), api_key=KEY, load_at_start=False, max_queue=8))
     rt.close()

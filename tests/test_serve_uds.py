@@ -55,18 +55,15 @@ def test_no_key_means_open_on_the_socket(server):
         assert metric(m, "corert_slots") == 1 and metric(m, "corert_request_threads") == 0
 
 
-def test_the_socket_file_goes_when_the_server_stops(tmp_path):
-    path = tmp_path / "s.sock"
-    srv = Server("--uds", str(path), "--engine", "llama.cpp", "--model", MODEL, env={"CORERT_API_KEY": ""})
-    try:
-        assert path.exists()
-    finally:
-        srv.stop()
-    assert srv.proc.returncode == 0 and not path.exists()
-
-
 @pytest.mark.parametrize("host", ["0.0.0.0", "::"])
 def test_no_key_refuses_a_non_loopback_host(host):
     proc = run_cli("serve", "--host", host, "--port", "0", env={"CORERT_API_KEY": None}, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "without an API key" in proc.stderr
+
+
+def test_stop_removes_the_socket_file(server):
+    """Last in this module: SIGTERM ends the server cleanly (exit 0) and takes its socket file along."""
+    path = server.uds
+    server.stop()
+    assert server.proc.returncode == 0 and not os.path.exists(path)
