@@ -210,7 +210,8 @@ class WorkerConfig(_Table):
                                    validator=_int_in(1, optional=True))
     #: open files of one worker (RLIMIT_NOFILE)
     open_files: int = attrs.field(default=1024, validator=_int_in(16, 1 << 20))
-    #: seconds without a heartbeat after which a worker counts as hung and is replaced
+    #: seconds without a heartbeat after which a serving worker counts as hung and is replaced (a starting one:
+    #: four times that, at least 60)
     heartbeat_s: int = attrs.field(default=15, validator=_int_in(1, 3600))
     #: seconds a request may run past its deadline before its worker is replaced (it ignored the cancel)
     grace_s: int = attrs.field(default=2, validator=_int_in(0, 3600))

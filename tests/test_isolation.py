@@ -169,7 +169,7 @@ def test_restart_storm_marks_the_model_failed(faulty):
 
 
 def test_stopped_worker_misses_its_heartbeat_and_is_replaced():
-    with Runtime(engine="llama.cpp", model=MODEL, isolation="process", worker={"heartbeat_s": 2}) as rt:
+    with Runtime(engine="llama.cpp", model=MODEL, isolation="process", worker={"heartbeat_s": 3}) as rt:
         rt.generate(PROMPTS[0], max_tokens=2, temperature=0)
         pid = _worker(rt)["pid"]
         os.kill(pid, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell

@@ -223,9 +223,13 @@ class SupervisedModel:
                 "failed": self.failed_reason}
 
     def check_heartbeat(self, now: float) -> None:
+        """Kill a worker that has been silent too long: ``heartbeat_s`` once it serves; while it starts
+        (imports, a model's load on a busy machine) four times that, at least a minute."""
         for proc in (self.proc, self._standby):
-            if proc is not None and proc.alive() and now - proc.last_seen > self.cfg.heartbeat_s:
-                proc.kill(f"it sent no heartbeat for {self.cfg.heartbeat_s} s")
+            serving = proc is self.proc and self.state == "ready"
+            limit = self.cfg.heartbeat_s if serving else max(60, 4 * self.cfg.heartbeat_s)
+            if proc is not None and proc.alive() and now - proc.last_seen > limit:
+                proc.kill(f"it sent no heartbeat for {limit} s")
 
     def close(self) -> None:
         with self._cond:
