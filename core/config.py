@@ -14,8 +14,8 @@ Precedence, key by key: explicit arguments > environment > TOML file > the defau
 
 Each sub-config key has the environment variable ``CORERT_<TABLE>_<KEY>`` (``CORERT_KV_BUDGET``,
 ``CORERT_KV_PAGE_TOKENS``, ``CORERT_KV_KERNEL``, ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``,
-``CORERT_NATIVE_PREFILL_ROWS``) and the argument form ``Runtime(kv={"budget": "256M"})`` (the CLI:
-``--set kv.budget=256M``).  A sub-config given as a mapping changes only the keys it names.  Unknown keys,
+``CORERT_NATIVE_PREFILL_ROWS``, ``CORERT_NATIVE_LAYOUT_CACHE``) and the argument form
+``Runtime(kv={"budget": "256M"})`` (the CLI: ``--set kv.budget=256M``).  A sub-config given as a mapping changes only the keys it names.  Unknown keys,
 wrong types and out-of-range values are :class:`~corert.errors.ConfigError` naming the key.
 """
 from __future__ import annotations
@@ -198,6 +198,9 @@ class NativeConfig(_Table):
     TABLE = "native"
     #: prompt tokens one continuous-batching step evaluates; a longer prompt is spread over several steps
     prefill_rows: int = attrs.field(default=256, validator=_int_in(1, 1 << 20))
+    #: where converted weight layouts are cached and mapped from: "auto" (the user cache dir), "off" (convert
+    #: into memory at every load) or a directory
+    layout_cache: str = attrs.field(default="auto", validator=attrs.validators.instance_of(str))
 
 
 @attrs.frozen

@@ -12,58 +12,20 @@ from cli_support import cli_json
 from corert import Runtime
 from corert.engines.native import support
 from corert.models.gguf_header import read_header
-
-D, FF, VOCAB = 256, 512, 64
-
-
-def _tiny_llama(path, ffn_down_type):
-    """A one-layer llama GGUF whose every tensor is F32 but ffn_down, stored as ``ffn_down_type`` (random
-    bytes: only the header is read here)."""
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "llama")
-    for key, value in (("embedding_length", D), ("block_count", 1), ("feed_forward_length", FF),
-                       ("attention.head_count", 4), ("context_length", 128)):
-        w.add_uint32(f"llama.{key}", value)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-    rng = np.random.default_rng(0)
-
-    def f32(name, *shape):  # numpy order: outer dimension first
-        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-
-    f32("token_embd.weight", VOCAB, D)
-    f32("output_norm.weight", D)
-    for n in ("attn_norm", "ffn_norm"):
-        f32(f"blk.0.{n}.weight", D)
-    for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        f32(f"blk.0.{n}.weight", D, D)
-    f32("blk.0.ffn_gate.weight", FF, D)
-    f32("blk.0.ffn_up.weight", FF, D)
-    per_block, block_bytes = gguf.GGML_QUANT_SIZES[ffn_down_type]
-    raw = rng.integers(0, 256, (D, FF // per_block * block_bytes), dtype=np.uint8)
-    w.add_tensor("blk.0.ffn_down.weight", raw, raw_dtype=ffn_down_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return str(path)
-
+from tiny_gguf import write_tiny_llama
 
 @pytest.fixture(scope="module")
 def q2k_file(tmp_path_factory):
     import gguf
 
-    return _tiny_llama(tmp_path_factory.mktemp("auto") / "tiny-q2k.gguf", gguf.GGMLQuantizationType.Q2_K)
+    return write_tiny_llama(tmp_path_factory.mktemp("auto") / "tiny-q2k.gguf", gguf.GGMLQuantizationType.Q2_K)
 
 
 def test_support_check_names_the_unsupported_tensor_and_type(q2k_file, tmp_path):
-    import gguf
-
     verdict = support.check(read_header(q2k_file, want_arrays=False))
     assert not verdict.ok and "blk.0.ffn_down.weight" in verdict.reason and "Q2_K" in verdict.reason
-    ok = support.check(read_header(_tiny_llama(tmp_path / "q8.gguf", gguf.GGMLQuantizationType.Q8_0),
-                                   want_arrays=False))
-    assert ok.ok and ok.reason.startswith("llama with F32, Q8_0 on the "), ok.reason
+    ok = support.check(read_header(write_tiny_llama(tmp_path / "q8.gguf"), want_arrays=False))
+    assert ok.ok and ok.reason.startswith("llama with F32, Q4_0, Q8_0 on the "), ok.reason
 
 
 def test_support_check_wants_a_vectorized_variant(smollm2):

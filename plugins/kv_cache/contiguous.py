@@ -10,6 +10,7 @@ import numpy as np
 
 from corert import Implementation, Mode, hookimpl
 from corert.errors import InputError, PluginError
+from corert.memory import lazy_zeros
 
 
 class ContiguousKVStore:
@@ -22,8 +23,9 @@ class ContiguousKVStore:
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.max_tokens, self.n_seqs = max_tokens, n_seqs
         shape = (n_layers, n_seqs, n_kv_heads, max_tokens, head_dim)
-        self.k = np.zeros(shape, np.float32)  # (layer, seq, kv_head, position, head_dim)
-        self.v = np.zeros(shape, np.float32)
+        # resident only where written (corert.memory): a short request costs its tokens, not n_ctx
+        self.k = lazy_zeros(shape, np.float32)  # (layer, seq, kv_head, position, head_dim)
+        self.v = lazy_zeros(shape, np.float32)
         self._len = np.zeros(n_seqs, np.int64)
         self._free = list(range(n_seqs - 1, -1, -1))
 

@@ -7,7 +7,7 @@
 ``kv_cache`` is a native KV provider (``allocate(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)``,
 e.g. kv_cache=contiguous); the engine asks it for one store per model, with ``n_seqs`` sequence slots
 (``config.n_seqs`` when the config has it, else 1).  From a RuntimeConfig it also reads the ``native`` table
-(NativeConfig: ``prefill_rows``).
+(NativeConfig: ``prefill_rows``, ``layout_cache``).
 """
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ class NativeEngine:
         if tokenizer is None:
             raise ModelError("the native engine needs a tokenizer plugin")
         n_threads = threads.numba_threads if threads is not None else 1
+        native = NativeConfig.of(config)
         with PARALLEL_LOCK:
-            transformer = run_parallel(Transformer.load, header, self.variant, threads=n_threads)
+            transformer = run_parallel(Transformer.load, header, self.variant, native.layout_cache,
+                                       threads=n_threads)
         cfg = transformer.cfg
         if tokenizer.vocab_size > cfg.n_vocab:
             raise ModelError(f"tokenizer has {tokenizer.vocab_size} tokens, the model only {cfg.n_vocab}")
@@ -54,7 +56,7 @@ class NativeEngine:
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
-                             prefill_rows=NativeConfig.of(config).prefill_rows)
+                             prefill_rows=native.prefill_rows)
         if isinstance(kv, CalibratedKVStore):  # paged q8 calibrates on a fixed text: outputs never depend on history
             _calibrate(loaded, kv)
         return loaded

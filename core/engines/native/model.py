@@ -191,10 +191,11 @@ class Transformer:
         self._products = PRODUCTS[self.variant]
 
     @classmethod
-    def load(cls, header: GGUFHeader, variant: str) -> "Transformer":
+    def load(cls, header: GGUFHeader, variant: str, layout_cache: str = "off") -> "Transformer":
+        """``layout_cache``: "auto", "off" or a directory (see layout_cache.py)."""
         cfg = ModelConfig.from_header(header)
         cfg.check_tensors(header)
-        src = TensorSource(header, PRODUCTS[variant])
+        src = TensorSource(header, PRODUCTS[variant], layout_cache)
         try:
             layers = []
             for i in range(cfg.n_layers):

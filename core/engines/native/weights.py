@@ -2,8 +2,10 @@
 
 Matrices become :class:`QMatrix` at load (4-bit sources kept exactly in the q4 layout, 6 bits/weight;
 the rest int8 blocks, 8.5 bits/weight; see dequant.py).  The file is memory-mapped and decoded row by row,
-so no f32 copy of a weight matrix exists at any time.  The embedding table is read straight from the file,
-one row per looked-up token.  Norm weights and biases (small) are kept as f32.
+so no f32 copy of a weight matrix exists at any time.  With a layout cache (layout_cache.py) each converted
+matrix is written once and then mapped from the cache file: no process holds a weight in private memory.
+The embedding table is read straight from the file, one row per looked-up token.  Norm weights and biases
+(small) are kept as f32.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 from ...errors import ModelError
 from ...models.gguf_header import GGUFHeader, TensorInfo
 from . import dequant
+from .layout_cache import LayoutCache
 from .matmul import QK
 from ...kernels.f16 import F16_TO_F32
 from .products import F32Products, I8Products
@@ -44,9 +47,11 @@ class QMatrix:
 class TensorSource:
     """The raw bytes of a GGUF file's tensors, memory-mapped."""
 
-    def __init__(self, header: GGUFHeader, products: F32Products | I8Products):
+    def __init__(self, header: GGUFHeader, products: F32Products | I8Products, layout_cache: str = "off"):
         self.header = header
         self.products = products  # lays matrices out for the variant's kernels
+        #: converted matrices are mapped from here, written on first use (layout_cache.py); "off": in memory
+        self.cache = LayoutCache.open(layout_cache, header, type(products).__name__)
         self._mm = np.memmap(header.path, dtype=np.uint8, mode="r")
         self._by_name = {t.name: t for t in header.tensors}
 
@@ -98,8 +103,25 @@ class TensorSource:
                              f"multiple of {QK}")
         raws = [self.raw_rows(t) for t in infos]
         rows = sum(r.shape[0] for r in raws)
-        nb = cols // QK
         if all(t.ggml_type in dequant.Q4_SOURCES for t in infos):
+            kind = "q4"
+        elif any(t.ggml_type == dequant.Q6_K for t in infos) and \
+                all(t.ggml_type in dequant.Q6_SOURCES for t in infos):
+            kind = "q6"
+        else:
+            kind = "q8"
+        if self.cache is None:
+            return QMatrix(kind, rows, cols, self._convert(kind, infos, raws, rows, cols))
+        parts = self.cache.load(names, kind, rows, cols)
+        if parts is None:  # first load of this file (or a changed converter): convert once, then map
+            parts = self.cache.store(names, kind, rows, cols, self._convert(kind, infos, raws, rows, cols))
+        return QMatrix(kind, rows, cols, parts)
+
+    def _convert(self, kind: str, infos: list[TensorInfo], raws: list[np.ndarray], rows: int, cols: int
+                 ) -> tuple[np.ndarray, ...]:
+        """The tensors' rows decoded into the row-major q4 / q8 arrays, then laid out for the kernels."""
+        nb = cols // QK
+        if kind == "q4":
             q = np.empty((rows, cols // 2), np.uint8)
             scale = np.empty((rows, nb), np.float32)
             offset = np.empty((rows, nb), np.float32)
@@ -109,8 +131,8 @@ class TensorSource:
                 dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
                 self.drop_pages(t)
                 r += n
-            return QMatrix("q4", rows, cols, self.products.layout_q4(q, scale, offset))
-        if any(t.ggml_type == dequant.Q6_K for t in infos) and all(t.ggml_type in dequant.Q6_SOURCES for t in infos):
+            return self.products.layout_q4(q, scale, offset)
+        if kind == "q6":
             q = np.empty((rows, cols), np.int8)
             scale6 = np.empty((rows, cols // 16), np.float32)
             r = 0
@@ -119,7 +141,7 @@ class TensorSource:
                 dequant.to_q6(raw, t.ggml_type, q[r:r + n], scale6[r:r + n], F16_TO_F32)
                 self.drop_pages(t)
                 r += n
-            return QMatrix("q6", rows, cols, self.products.layout_q6(q, scale6))
+            return self.products.layout_q6(q, scale6)
         q = np.empty((rows, cols), np.int8)
         scale = np.empty((rows, nb), np.uint16)
         r = 0
@@ -128,7 +150,7 @@ class TensorSource:
             dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
             self.drop_pages(t)
             r += n
-        return QMatrix("q8", rows, cols, self.products.layout_q8(q, scale))
+        return self.products.layout_q8(q, scale)
 
     def drop_pages(self, t: TensorInfo | None = None) -> None:
         """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);

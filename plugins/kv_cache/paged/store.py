@@ -31,6 +31,7 @@ import numpy as np
 
 from corert.kernels.f16 import F16_TO_F32
 from corert.errors import InputError
+from corert.memory import lazy_zeros
 from corert.interfaces import CalibrationRequest
 
 from .blocks import PagePool, chain_hash
@@ -99,11 +100,12 @@ class PagedKVStore:
             raise InputError(f"KV budget of {budget} bytes holds no page ({self.page_bytes} bytes each)")
         self.budget_bytes = budget
         shape = (n_layers, n_pages, n_kv_heads, P, head_dim)
-        self.k = np.zeros(shape, _STORAGE[cfg.dtype])
-        self.v = np.zeros(shape, _STORAGE[cfg.dtype])
+        # resident only where written (corert.memory): pages in use, not the whole budget
+        self.k = lazy_zeros(shape, _STORAGE[cfg.dtype])
+        self.v = lazy_zeros(shape, _STORAGE[cfg.dtype])
         if cfg.dtype == "q8":
             sshape = (n_layers, n_pages, n_kv_heads, P, head_dim // QB)
-            self.ks, self.vs = np.zeros(sshape, np.uint16), np.zeros(sshape, np.uint16)
+            self.ks, self.vs = lazy_zeros(sshape, np.uint16), lazy_zeros(sshape, np.uint16)
             self.coding: Q8Coding | None = Q8Coding(n_layers, n_kv_heads, head_dim)
         else:  # the kernels' signature is the same; these are never read
             self.ks = self.vs = self.coding = None
