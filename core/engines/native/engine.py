@@ -17,7 +17,6 @@ from ...config import NativeConfig
 from ...errors import ModelError
 from ...interfaces import CalibratedKVStore, KVProvider, SupportVerdict, ThreadBudget, Tokenizer
 from ...models.gguf_header import read_header
-from ...numba_setup import PARALLEL_LOCK, run_parallel
 from .loaded import CAPABILITIES, DEFAULT_SEQS, NativeModel
 
 
@@ -36,6 +35,7 @@ class NativeEngine:
 
     def load(self, model_path: str, *, tokenizer: Tokenizer | None, kv_cache: Any, n_ctx: int,
              threads: ThreadBudget | None, config: Any = None) -> NativeModel:
+        from ...numba_setup import PARALLEL_LOCK, run_parallel  # numba only once a model loads here
         from .model import Transformer, header_arrays
 
         header = read_header(model_path, want_arrays=header_arrays)

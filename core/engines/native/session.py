@@ -7,7 +7,6 @@ import numpy as np
 
 from ...errors import InputError
 from ...interfaces import PrefixMatchingKVStore
-from ...numba_setup import PARALLEL_LOCK, run_parallel
 
 if TYPE_CHECKING:
     from .loaded import NativeModel
@@ -26,6 +25,8 @@ class NativeSession:
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append ``ids``; logits of the last position (n_vocab,) or, with ``all_logits``, of every
         position (len(ids), n_vocab), f32."""
+        from ...numba_setup import PARALLEL_LOCK, run_parallel  # not at import: registering needs no numba
+
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = arr.shape[0]
         if n == 0:

@@ -5,13 +5,15 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corert import Implementation, Mode, hookimpl
 from corert.errors import PluginError
 
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
-from .store import PagedKVStore
+
+if TYPE_CHECKING:  # the store's numba kernels load with the first store, not with the plugin listing
+    from .store import PagedKVStore
 
 
 class PagedKV:
@@ -21,10 +23,12 @@ class PagedKV:
 
     def __init__(self, cfg: PagedConfig):
         self.cfg = cfg
-        self.stores: list[PagedKVStore] = []
+        self.stores: list["PagedKVStore"] = []
 
     def allocate(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
-                 n_seqs: int = 1) -> PagedKVStore:
+                 n_seqs: int = 1) -> "PagedKVStore":
+        from .store import PagedKVStore
+
         store = PagedKVStore(self.cfg, n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)
         self.stores.append(store)
         return store
