@@ -166,6 +166,8 @@ class Runtime:
             loaded = [(key.path, m) for key, m in self._loaded.items() if key.kv_cache == res.label]
         info["stores"] = [{"model": model_label(path, self.store), **m.kv.stats()} for path, m in loaded
                           if callable(getattr(getattr(m, "kv", None), "stats", None))]
+        if self._workers is not None:  # the models live in the workers: their stores' stats come from there
+            info["stores"] = self._workers.kv_stores(res.label)
         return info
 
     @property

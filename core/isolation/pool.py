@@ -132,6 +132,12 @@ class WorkerPool:
                               emit=forward if emit is not None else None)
         return _queued(completion, waited_ms)
 
+    def kv_stores(self, kv_cache: str) -> list[dict[str, Any]]:
+        """The live stats of the KV stores of the generation workers whose cache is ``kv_cache``."""
+        with self._lock:
+            models = [sup for key, sup in self._models.items() if getattr(key, "kv_cache", None) == kv_cache]
+        return [store for sup in models for store in (sup.query("kv") or [])]
+
     def info(self) -> list[dict[str, Any]]:
         with self._lock:
             return [sup.info() for sup in self._models.values()]

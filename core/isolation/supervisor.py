@@ -215,6 +215,22 @@ class SupervisedModel:
                 self._busy -= 1
                 self._cond.notify_all()
 
+    def query(self, kind: str, timeout: float = 2.0) -> Any:
+        """A cheap question to a ready worker, outside the request slots (monitoring); None when it has no
+        ready worker or does not answer in ``timeout`` seconds."""
+        with self._cond:
+            proc = self.proc if self.state == "ready" else None
+            if proc is None:
+                return None
+            rid = next(self._rids)
+            pending = self._inflight[rid] = Pending(proc, None)
+        try:
+            proc.send((kind, rid))
+            return pending.result if pending.done.wait(timeout) and pending.error is None else None
+        finally:
+            with self._cond:
+                self._inflight.pop(rid, None)
+
     def info(self) -> dict[str, Any]:
         proc = self.proc
         return {"model": self.label, "state": self.state, "pid": proc.pid if proc else None,

@@ -6,7 +6,7 @@ Started by :class:`corert.isolation.channel.WorkerProcess` as ``python -m corert
 
 Messages in:  ("spec", dict), ("load",) (a standby gets it when it takes over), then
               ("gen", rid, GenerateRequest, stream) · ("cancel", rid) · ("enc", rid, method, args, kwargs) ·
-              ("stop",)
+              ("kv", rid) (its KV stores' stats) · ("stop",)
 Messages out: ("standby",) once all but the model is loaded ·
               ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
               ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
@@ -159,6 +159,9 @@ class _Server:
                     event.set()
             elif kind == "enc":
                 self._encode(*msg[1:])
+            elif kind == "kv":
+                info = self.rt.kv_cache_info() or {}
+                self.outbox.send_now(("done", msg[1], info.get("stores", [])))
             elif kind == "stop":
                 return
 

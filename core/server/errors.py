@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import (CancelledError, ConfigError, ContextLengthError, CorertError, InputError, ModelError, PluginError,
-                      QueueFullError, TaskTimeoutError)
+                      QueueFullError, TaskTimeoutError, WorkerCrashed)
 
 
 class APIError(Exception):
@@ -22,7 +22,7 @@ class APIError(Exception):
     def response(self):
         from starlette.responses import JSONResponse  # the serve extra: imported by the running server only
 
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}.get(self.status)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
@@ -33,6 +33,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 #: corert's typed errors -> (status, OpenAI type).  First match wins (subclasses before their bases).
 _STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (QueueFullError, 429, "rate_limit_error"),
+    (WorkerCrashed, 503, "service_unavailable"),  # its worker is being restarted: retrying is safe
     (TaskTimeoutError, 504, "timeout_error"),
     (CancelledError, 499, "cancelled"),
     (ContextLengthError, 400, "invalid_request_error"),

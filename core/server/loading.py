@@ -22,7 +22,8 @@ class ModelLoader:
     def _load(self) -> None:
         try:
             for model in self.models:
-                self.runtime.load_generation_model(model)
+                if self.runtime.config.isolation == "none":  # else the warm-up loads it in its worker
+                    self.runtime.load_generation_model(model)
                 self.runtime.generate("Hello", model=model, max_tokens=1, temperature=0.0)  # warm-up
             self.state = "ok"
         except Exception as exc:  # noqa: BLE001 - reported by /health and the log, the server stays up
