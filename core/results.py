@@ -61,9 +61,10 @@ class TokenLogprob:
         return d
 
 
-def completions_logprobs(lps: tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    """OpenAI's legacy completions shape: parallel lists, text offsets into the completion."""
-    offsets, at = [], 0
+def completions_logprobs(lps: tuple[TokenLogprob, ...], start: int = 0) -> dict[str, Any]:
+    """OpenAI's legacy completions shape: parallel lists, text offsets into the completion (its first token
+    at ``start``)."""
+    offsets, at = [], start
     for lp in lps:
         offsets.append(at)
         at += len(lp.text)
@@ -94,7 +95,8 @@ class Completion:
     def to_dict(self) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish_reason}
         if self.chat:
-            choice["message"] = {"role": "assistant", "content": (self.text or None) if self.tool_calls else self.text}
+            content = (self.text or None) if self.tool_calls else self.text
+            choice["message"] = {"role": "assistant", "content": content}
             if self.tool_calls:
                 choice["message"]["tool_calls"] = [dict(c) for c in self.tool_calls]
             if self.logprobs is not None:

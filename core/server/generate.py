@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
+from ..results import completions_logprobs
 from .admission import Admission
 from .errors import from_exception
 from .metrics import Metrics
@@ -29,7 +30,22 @@ from .streams import Item, LiveThreads, StreamGroup
 
 
 def _finish_reason(reason: str | None) -> str:
-    return "length" if reason == "length" else "stop"  # "cancelled" never reaches a listening client
+    # "cancelled" never reaches a listening client
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def _logprobs(chat: bool, lps, offset: int = 0) -> dict[str, Any] | None:
+    """OpenAI's logprobs object of these tokens: chat's {"content": [...]}, or completions' parallel lists
+    (text offsets counted from ``offset``, where these tokens' text starts in the choice's text)."""
+    if lps is None:
+        return None
+    if chat:
+        return {"content": [lp.to_dict() for lp in lps]}
+    return completions_logprobs(tuple(lps), offset)
+
+
+def _tool_call_deltas(calls) -> list[dict[str, Any]]:
+    return [{"index": k, **call} for k, call in enumerate(calls)]
 
 
 class _Tally:
@@ -38,6 +54,7 @@ class _Tally:
     def __init__(self, plan: GenerationPlan, metrics: Metrics, arrived: float):
         self.plan, self.metrics, self.arrived = plan, metrics, arrived
         self.text: dict[int, list[str]] = {c.index: [] for c in plan.choices}
+        self.sent: dict[int, int] = {c.index: 0 for c in plan.choices}  # characters streamed per choice
         self.completions: dict[int, Any] = {}
         self._last: dict[int, float] = {}
 
@@ -107,10 +124,15 @@ class GenerationServer:
         plan, created = tally.plan, int(time.time())
         choices = []
         for c in plan.choices:
+            done = tally.completions[c.index]
             text = "".join(tally.text[c.index])
-            reason = _finish_reason(tally.completions[c.index].finish_reason)
-            choices.append({"index": c.index, "finish_reason": reason, "logprobs": None,
-                            **({"message": {"role": "assistant", "content": text}} if plan.chat else {"text": text})})
+            reason = _finish_reason(done.finish_reason)
+            if done.tool_calls:
+                message = {"role": "assistant", "content": done.text or None, "tool_calls": list(done.tool_calls)}
+            else:
+                message = {"role": "assistant", "content": text}
+            choices.append({"index": c.index, "finish_reason": reason, "logprobs": _logprobs(plan.chat, done.logprobs),
+                            **({"message": message} if plan.chat else {"text": text})})
         return {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
                 "model": plan.model, "choices": choices, "usage": tally.usage()}
 
@@ -125,11 +147,16 @@ class GenerationServer:
                     **usage_field, **extra}
             return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
 
-        def choice(index: int, text: str | None, reason: str | None) -> dict[str, Any]:
+        def choice(index: int, text: str | None, reason: str | None, lps=None, calls=None) -> dict[str, Any]:
+            logprobs = _logprobs(plan.chat, lps, tally.sent[index]) if lps else None
+            if text:
+                tally.sent[index] += len(text)
             if plan.chat:
                 delta = {} if text is None else {"content": text}
-                return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
-            return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+                if calls:
+                    delta["tool_calls"] = _tool_call_deltas(calls)
+                return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": logprobs}
+            return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": logprobs}
 
         async with stack:  # ends the choices' streams and frees their slots, however the response ends
             if plan.chat:
@@ -143,8 +170,11 @@ class GenerationServer:
                         break
                     tally.add(item)
                     if item.chunk.text:
-                        yield event([choice(item.index, item.chunk.text, None)])
-                    if item.chunk.completion is not None:
+                        yield event([choice(item.index, item.chunk.text, None, item.chunk.logprobs)])
+                    done = item.chunk.completion
+                    if done is not None:
+                        if plan.chat and done.tool_calls:  # held back while generated: sent whole
+                            yield event([choice(item.index, done.text or None, None, calls=done.tool_calls)])
                         yield event([choice(item.index, None, _finish_reason(item.chunk.finish_reason))])
             except Exception as exc:  # noqa: BLE001 - the status is sent: the error goes in the stream
                 yield f"data: {json.dumps(from_exception(exc).body(), ensure_ascii=False)}\n\n"

@@ -14,21 +14,11 @@ import attrs
 from .errors import bad_request
 from .schemas import MAX_STOPS, ChatCompletionRequest, CompletionRequest
 
-#: Valid OpenAI parameters (and corert's GBNF ``grammar``) the Runtime does not support yet.  Each maps to
-#: a test of "not used" (absent or its neutral value); a request that uses one gets a 400 naming it, never a
-#: silent ignore.  To support one: map it onto the Runtime in :func:`_sampling` (or the chat messages) and
-#: delete its entry here; the schema field already exists in :mod:`corert.server.schemas`.
+#: Valid OpenAI parameters the Runtime does not support.  Each maps to a test of "not used" (absent or its
+#: neutral value); a request that uses one gets a 400 naming it, never a silent ignore.  To support one: map
+#: it onto the Runtime in :func:`_sampling` (or the chat messages) and delete its entry here; the schema
+#: field already exists in :mod:`corert.server.schemas`.
 UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "logprobs": lambda v: v is None or v is False,
-    "top_logprobs": lambda v: v is None,
-    "presence_penalty": lambda v: v is None or v == 0,
-    "frequency_penalty": lambda v: v is None or v == 0,
-    "logit_bias": lambda v: not v,
-    "response_format": lambda v: v is None or v == {"type": "text"},
-    "grammar": lambda v: v is None,
-    "tools": lambda v: not v,
-    "tool_choice": lambda v: v is None or v == "none",
-    "parallel_tool_calls": lambda v: v is None,
     "echo": lambda v: not v,
     "suffix": lambda v: not v,
     "best_of": lambda v: v is None or v == 1,
@@ -78,7 +68,22 @@ def _sampling(body: CompletionRequest | ChatCompletionRequest, max_tokens: int, 
             "top_p": 1.0 if body.top_p is None else body.top_p,
             "top_k": 0 if body.top_k is None else body.top_k,
             "seed": None if body.seed is None else body.seed + i,
-            "stop": _stops(body.stop)}
+            "stop": _stops(body.stop),
+            "presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0,
+            "logit_bias": body.logit_bias or None, "logprobs": _logprobs(body),
+            "response_format": body.response_format, "grammar": body.grammar}
+
+
+def _logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:
+    """How many alternatives per token the Runtime reports (None: no logprobs).  Completions: ``logprobs``
+    is that count; chat: ``logprobs`` switches them on and ``top_logprobs`` is the count."""
+    if isinstance(body, CompletionRequest):
+        return body.logprobs
+    if not body.logprobs:
+        if body.top_logprobs is not None:
+            raise bad_request("top_logprobs needs logprobs=true", param="top_logprobs")
+        return None
+    return body.top_logprobs or 0
 
 
 def _include_usage(body) -> bool:
@@ -101,12 +106,17 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
     return GenerationPlan(body.model, False, body.stream, _include_usage(body), tuple(choices), len(prompts))
 
 
-def messages(body: ChatCompletionRequest) -> list[dict[str, str]]:
-    """The messages as the Runtime takes them: text parts joined, OpenAI's "developer" role as "system"."""
+def messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The messages as the Runtime takes them: text parts joined, OpenAI's "developer" role as "system", an
+    assistant's tool calls and a tool result's call id kept."""
     out = []
     for m in body.messages:
-        content = m.content if isinstance(m.content, str) else "".join(part.text for part in m.content)
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": content})
+        content = m.content if isinstance(m.content, str) or m.content is None else \
+            "".join(part.text for part in m.content)
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": content}
+        msg.update({k: v for k, v in (("tool_calls", m.tool_calls), ("tool_call_id", m.tool_call_id),
+                                       ("name", m.name)) if v is not None})
+        out.append(msg)
     return out
 
 
@@ -118,6 +128,8 @@ def chat_plan(body: ChatCompletionRequest, n_ctx: int) -> GenerationPlan:
     limit = body.max_completion_tokens or body.max_tokens
     max_tokens = n_ctx if limit is None else limit  # the generation loop caps it at what the context leaves
     msgs = messages(body)
-    choices = tuple(Choice(i, lambda rt, kw=_sampling(body, max_tokens, i): rt.chat(msgs, stream=True, **kw))
+    tools = {"tools": body.tools, "tool_choice": body.tool_choice, "parallel_tool_calls": body.parallel_tool_calls}
+    choices = tuple(Choice(i, lambda rt, kw=_sampling(body, max_tokens, i): rt.chat(msgs, stream=True, **kw,
+                                                                                   **tools))
                     for i in range(body.n))
     return GenerationPlan(body.model, True, body.stream, _include_usage(body), choices, 1)

@@ -2,8 +2,8 @@
 /openapi.json documents.  Shapes follow OpenAI's API; corert's extensions are marked as such.
 
 Request bodies forbid unknown fields: a parameter corert does not know is a 400 that names it, never a
-silent ignore.  Valid OpenAI parameters that corert does not support yet are declared here and refused in
-one place, :data:`corert.server.requests.UNSUPPORTED`.
+silent ignore.  Valid OpenAI parameters that corert does not support are declared here and refused in one
+place, :data:`corert.server.requests.UNSUPPORTED`.
 """
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, description="accepted for compatibility; corert keeps no per-user state")
-    # valid OpenAI parameters (and corert's GBNF extension) that are not supported yet: see UNSUPPORTED
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
-    response_format: dict[str, Any] | None = None
-    grammar: str | None = Field(None, description="corert extension: a GBNF grammar")
+    logit_bias: dict[str, float] | None = Field(None, description="token id (a decimal string) -> bias, -100..100")
+    response_format: dict[str, Any] | None = Field(None, description=(
+        '{"type": "text" | "json_object"}, or {"type": "json_schema", "json_schema": {"schema": {...}}}'))
+    grammar: str | None = Field(None, description="corert extension: a GBNF grammar the output must match")
 
 
 class CompletionRequest(_Sampling):
@@ -81,8 +81,10 @@ class TextPart(_Request):
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart]
+    content: str | list[TextPart] | None = Field(None, description="may be null on an assistant's tool calls")
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -96,7 +98,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 # -- generation responses ------------------------------------------------------------------------------------
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Usage(_Response):
@@ -109,7 +111,7 @@ class CompletionChoice(_Response):
     index: int
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class CompletionResponse(_Response):
@@ -123,14 +125,15 @@ class CompletionResponse(_Response):
 
 class AssistantMessage(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChoice(_Response):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionResponse(_Response):
@@ -145,13 +148,14 @@ class ChatCompletionResponse(_Response):
 class Delta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatChunkChoice(_Response):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class ChatCompletionChunk(_Response):
