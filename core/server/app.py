@@ -52,7 +52,10 @@ class ServeSettings:
 _ERRORS = {status: {"model": s.ErrorResponse, "description": why} for status, why in (
     (400, "bad request"), (401, "missing or wrong API key"), (404, "unknown model"),
     (413, "request body too large"), (429, "queue full"), (500, "server error"), (503, "models loading"))}
-_SSE = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+# the schema of one server-sent event (what schemathesis checks each streamed event against)
+_SSE = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"]}}},
               "description": "JSON, or server-sent events when stream is true"}}
 
 

@@ -127,11 +127,11 @@ class GenerationServer:
             done = tally.completions[c.index]
             text = "".join(tally.text[c.index])
             reason = _finish_reason(done.finish_reason)
-            if done.tool_calls:
-                message = {"role": "assistant", "content": done.text or None, "tool_calls": list(done.tool_calls)}
-            else:
-                message = {"role": "assistant", "content": text}
-            choices.append({"index": c.index, "finish_reason": reason, "logprobs": _logprobs(plan.chat, done.logprobs),
+            message = {"role": "assistant", "content": text}
+            if done.tool_calls:  # the call's text was held back: the completion has what is left of it
+                message = {**message, "content": done.text or None, "tool_calls": list(done.tool_calls)}
+            choices.append({"index": c.index, "finish_reason": reason,
+                            "logprobs": _logprobs(plan.chat, done.logprobs),
                             **({"message": message} if plan.chat else {"text": text})})
         return {"id": rid, "object": "chat.completion" if plan.chat else "text_completion", "created": created,
                 "model": plan.model, "choices": choices, "usage": tally.usage()}
