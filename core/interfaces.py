@@ -121,6 +121,37 @@ class BatchService(Protocol):
         """Like :meth:`Decoder.generate`, callable from many threads at once; plain decoding."""
 
 
+class BatchingRunner(Protocol):
+    """An engine's continuous-batching core, driven by :class:`corert.batch_service.BatchService` on one
+    thread: streams join with ``add`` and advance together, one forward per ``step``.  A stream's tokens
+    are drawn through :class:`corert.sampling.Sampler` and equal what it produces alone.
+
+    ``step`` raising :class:`corert.errors.InputError` means it finished the one stream at fault (now in
+    ``finished``, reason ``"error: ..."``); any other exception leaves every live stream's K/V as it was
+    before the step, so the service can cancel them and go on."""
+
+    streams: dict[int, Any]  # live streams by id
+    finished: dict[int, Any]  # finished streams by id, until the service takes them out
+    steps: int  # forwards run so far
+
+    def add(self, prompt_ids: Sequence[int], params: "SamplingParams",
+            is_eog: Callable[[int], bool] | None = None) -> int:
+        """A new stream (it joins at the next step); raises InputError for a prompt it cannot serve."""
+
+    def step(self) -> list[tuple[int, int]]:
+        """One forward over every live stream; the (stream id, new token) pairs it produced."""
+
+    def cancel(self, sid: int) -> None:
+        """Finish a live stream now (reason ``"cancelled"``); its sequence slot is free for the next add."""
+
+    def result(self, sid: int) -> Any:
+        """A finished stream (generated ids, finish reason)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether any stream is live."""
+
+
 class Engine(Protocol):
     name: str
     capabilities: EngineCapabilities

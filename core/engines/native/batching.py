@@ -21,33 +21,17 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Sequence
 
-import attrs
 import numpy as np
 
+from ...batch_service import Stream, check_prompt
 from ...config import NativeConfig
 from ...errors import InputError
 from ...interfaces import PrefixMatchingKVStore, SamplingParams
 from ...numba_setup import PARALLEL_LOCK, run_parallel
-from ...sampling import Sampler
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long
 #: (one default, the native settings table's).
 DEFAULT_PREFILL_ROWS = NativeConfig().prefill_rows
-
-
-@attrs.define
-class Stream:
-    id: int
-    seq: int  # the KV store's sequence slot
-    tokens: list[int]  # every id of the sequence (prompt + generated): what its K/V must hold
-    done_upto: int  # how many of ``tokens`` have K/V in the store
-    params: SamplingParams
-    sample: Callable[[np.ndarray], int]
-    is_eog: Callable[[int], bool]
-    n_prompt: int
-    generated: list[int] = attrs.Factory(list)
-    finish: str | None = None  # "stop" | "length" | "cancelled" | "error: ..."
-    recomputed: int = 0  # positions evaluated again after an eviction
 
 
 class BatchRunner:
@@ -57,7 +41,6 @@ class BatchRunner:
         self.model = model
         self.kv = model.kv
         self.prefill_rows = max(1, int(prefill_rows))
-        self._sampler = Sampler
         self._tracks = isinstance(self.kv, PrefixMatchingKVStore)  # a paged store: ids, prefix sharing, eviction
         self.share_prefixes = share_prefixes and self._tracks
         self._ids = itertools.count()
@@ -70,22 +53,14 @@ class BatchRunner:
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
             is_eog: Callable[[int], bool] | None = None) -> int:
         ids = [int(t) for t in prompt_ids]
-        if not ids:
-            raise InputError("the prompt is empty")
         m = self.model
-        if min(ids) < 0 or max(ids) >= m.n_vocab:
-            raise InputError(f"token ids must be in [0, {m.n_vocab})")
-        if len(ids) >= m.n_ctx:
-            raise InputError(f"the prompt has {len(ids)} tokens; the context holds {m.n_ctx}")
+        check_prompt(ids, m.n_vocab, m.n_ctx)
         seq = self.kv.new_sequence()
-        sid = next(self._ids)
-        max_new = min(params.max_tokens, m.n_ctx - len(ids))
-        st = Stream(sid, seq, ids, 0, attrs.evolve(params, max_tokens=max_new), self._sampler(params),
-                    is_eog or m.tokenizer.is_eog, len(ids))
+        st = Stream.start(next(self._ids), seq, ids, params, m.n_ctx, is_eog or m.tokenizer.is_eog)
         if self.share_prefixes:
             st.done_upto = self.kv.match_prefix(seq, ids)
-        self.streams[sid] = st
-        return sid
+        self.streams[st.id] = st
+        return st.id
 
     def cancel(self, sid: int) -> None:
         st = self.streams.get(sid)
@@ -168,15 +143,10 @@ class BatchRunner:
         self.rows += len(ids)
         out = []
         for st, row in zip(sampled, logits):
-            tok = st.sample(row)
-            st.generated.append(tok)
+            tok, finish = st.accept(row)
             out.append((st.id, tok))
-            if st.is_eog(tok):
-                self._finish(st, "stop")
-            elif len(st.generated) >= st.params.max_tokens:
-                self._finish(st, "length")
-            else:
-                st.tokens.append(tok)
+            if finish is not None:
+                self._finish(st, finish)
         return out
 
     def _finish(self, st: Stream, reason: str) -> None:

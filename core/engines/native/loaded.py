@@ -49,12 +49,13 @@ class NativeModel:
         service's driver thread); None when there is room for one stream only."""
         with self._batching_lock:  # requests arrive together: exactly one service per model
             if self._batching is None:
-                from .serving import BatchService
+                from ...batch_service import BatchService
+                from .batching import BatchRunner
 
                 slots = self.n_seqs - (1 if self._session is not None else 0)
                 if slots < 2:
                     return None
-                self._batching = BatchService(self, slots, run)
+                self._batching = BatchService(BatchRunner(self, prefill_rows=self.prefill_rows), slots, run)
             return self._batching
 
     def set_threads(self, threads: ThreadBudget) -> None:

@@ -1,16 +1,16 @@
-"""Continuous batching behind ``Runtime.generate``: concurrent requests on one native model share forwards.
+"""Continuous batching behind ``Runtime.generate``, for any engine: concurrent requests share forwards.
 
-    service = BatchService(loaded, n_seqs=8)
+    service = BatchService(runner, n_seqs=8)      # runner: the engine's BatchingRunner (corert.interfaces)
     for token in service.generate(prompt_ids, params, is_eog):   # from any number of threads at once
         ...
 
-One driver thread owns a :class:`BatchRunner` and steps it while any stream is live (each step runs
-through ``run``, by default directly on that driver thread; the Runtime uses the default, so batched
-forwards do not queue on the scheduler, and the requests themselves only wait on their token queues); a
-request joins between two steps and leaves when it finishes, is cancelled, or its consumer stops iterating
-(closing the generator cancels the stream and frees its KV pages).  Requests beyond the store's ``n_seqs`` sequence
-slots wait for a slot in arrival order.  Each request's tokens are exactly those it gets alone (see
-batching.py), so batching changes throughput, never output.
+One driver thread owns the engine's runner and steps it while any stream is live (each step runs through
+``run``, by default directly on that driver thread; the Runtime uses the default, so batched forwards do
+not queue on the scheduler, and the requests themselves only wait on their token queues); a request joins
+between two steps and leaves when it finishes, is cancelled, or its consumer stops iterating (closing the
+generator cancels the stream and frees its sequence slot).  Requests beyond ``n_seqs`` sequence slots wait
+for a slot in arrival order.  A runner draws each stream's tokens exactly as that stream alone would, so
+batching changes throughput, never output.
 
 A bad request (e.g. one that cannot fit the KV budget even alone) fails alone with its typed error; the
 other streams go on.  An unexpected error in a forward fails every live request with it and leaves the
@@ -23,11 +23,58 @@ import queue
 import threading
 from typing import Callable, Iterator, Sequence
 
-from ...errors import CorertError, InputError
-from ...interfaces import SamplingParams
-from .batching import BatchRunner
+import attrs
+import numpy as np
+
+from .errors import CorertError, InputError
+from .interfaces import BatchingRunner, SamplingParams
+from .sampling import Sampler
 
 _END = object()
+
+
+# -- what every engine's runner keeps per stream -----------------------------------------------------------
+@attrs.define
+class Stream:
+    id: int
+    seq: int  # the KV sequence slot it decodes in
+    tokens: list[int]  # every id of the sequence (prompt + generated): what its K/V must hold
+    done_upto: int  # how many of ``tokens`` have K/V in the sequence
+    params: SamplingParams
+    sample: Callable[[np.ndarray], int]
+    is_eog: Callable[[int], bool]
+    n_prompt: int
+    generated: list[int] = attrs.Factory(list)
+    finish: str | None = None  # "stop" | "length" | "cancelled" | "error: ..."
+    recomputed: int = 0  # positions evaluated again after an eviction (native paged store)
+
+    @classmethod
+    def start(cls, sid: int, seq: int, ids: list[int], params: SamplingParams, n_ctx: int,
+              is_eog: Callable[[int], bool]) -> "Stream":
+        """A stream over ``ids`` whose max_tokens fits the context; its tokens drawn through the Sampler."""
+        max_new = min(params.max_tokens, n_ctx - len(ids))
+        return cls(sid, seq, ids, 0, attrs.evolve(params, max_tokens=max_new), Sampler(params), is_eog, len(ids))
+
+    def accept(self, logits: np.ndarray) -> tuple[int, str | None]:
+        """Draw the next token from its logits row; the token and why the stream ends with it (or None)."""
+        tok = self.sample(logits)
+        self.generated.append(tok)
+        if self.is_eog(tok):
+            return tok, "stop"
+        if len(self.generated) >= self.params.max_tokens:
+            return tok, "length"
+        self.tokens.append(tok)
+        return tok, None
+
+
+def check_prompt(ids: list[int], n_vocab: int, n_ctx: int) -> None:
+    """A prompt a runner can serve: non-empty, ids in the vocabulary, room for one generated token."""
+    if not ids:
+        raise InputError("the prompt is empty")
+    if min(ids) < 0 or max(ids) >= n_vocab:
+        raise InputError(f"token ids must be in [0, {n_vocab})")
+    if len(ids) >= n_ctx:
+        raise InputError(f"the prompt has {len(ids)} tokens; the context holds {n_ctx}")
 
 
 class _Request:
@@ -39,8 +86,8 @@ class _Request:
 
 
 class BatchService:
-    def __init__(self, model, n_seqs: int, run: Callable | None = None):
-        self.runner = BatchRunner(model, prefill_rows=model.prefill_rows)
+    def __init__(self, runner: BatchingRunner, n_seqs: int, run: Callable | None = None):
+        self.runner = runner
         self.n_seqs = n_seqs
         self._run = run or (lambda fn: fn())  # how a step is executed (default: here, on the driver thread)
         self._lock = threading.Condition()
