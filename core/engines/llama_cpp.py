@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import threading
+
 import numpy as np
 
 from ..compute import on_compute_thread
@@ -18,9 +20,10 @@ from ..plugin_host import hookimpl
 from ..implementation import Implementation
 
 
-#: llama.cpp keeps one sequence per context here: requests take turns (no continuous batching), and its own
+#: the model's own context holds one sequence (the session: plain and speculative decoding); with n_seqs > 1
+#: a second context of n_seqs sequences serves continuous batching (llama_cpp_batching).  llama.cpp's own
 #: KV cache needs no calibration
-CAPABILITIES = EngineCapabilities(tasks={"generate"}, prefix_reuse=True)
+CAPABILITIES = EngineCapabilities(tasks={"generate"}, continuous_batching=True, prefix_reuse=True)
 
 
 class LlamaCppSession:
@@ -75,7 +78,8 @@ class LlamaCppSession:
 class LlamaCppModel:
     capabilities = CAPABILITIES
 
-    def __init__(self, path: str, llama, tokenizer: Tokenizer, kv, metadata: dict[str, Any], lib):
+    def __init__(self, path: str, llama, tokenizer: Tokenizer, kv, metadata: dict[str, Any], lib,
+                 n_seqs: int = 1):
         self.path = path
         self.llama = llama
         self.tokenizer = tokenizer
@@ -85,15 +89,39 @@ class LlamaCppModel:
         self.n_ctx = int(llama.n_ctx())
         self.n_vocab = int(llama.n_vocab())
         self._session = LlamaCppSession(self)
+        self.n_seqs = n_seqs
+        self._batching = None
+        self._batching_lock = threading.Lock()
 
     def session(self) -> LlamaCppSession:
         """The model's one session; its cached tokens are kept so the next prompt can reuse the prefix."""
         return self._session
 
+    def batch_service(self, run=None):
+        """The continuous-batching service of this model: its own context of ``n_seqs`` sequences, created
+        on first use (``run`` executes its steps; default: on the service's driver thread, each decode
+        hopping to the compute thread); None when ``n_seqs`` is 1."""
+        with self._batching_lock:  # requests arrive together: exactly one service per model
+            if self._batching is None:
+                if self.n_seqs < 2:
+                    return None
+                from ..batch_service import BatchService
+                from .llama_cpp_batching import BatchContext, LlamaBatchRunner
+
+                self._batching = BatchService(LlamaBatchRunner(BatchContext.create(self, self.n_seqs)),
+                                              self.n_seqs, run)
+            return self._batching
+
     def set_threads(self, threads: ThreadBudget) -> None:
         self.llama._ctx.set_n_threads(threads.llama_threads, threads.llama_batch_threads)
+        if self._batching is not None:
+            self._batching.runner.context.set_threads(threads.llama_threads, threads.llama_batch_threads)
 
     def close(self) -> None:
+        if self._batching is not None:
+            self._batching.close()
+            self._batching.runner.context.close()
+            self._batching = None
         self.llama.close()
 
 
@@ -123,7 +151,8 @@ class LlamaCppEngine:
             raise ModelError("the llama.cpp engine needs a tokenizer plugin")
         if tokenizer.vocab_size != llama.n_vocab():
             raise ModelError(f"tokenizer has {tokenizer.vocab_size} tokens, the model {llama.n_vocab()}")
-        return LlamaCppModel(str(model_path), llama, tokenizer, kv_cache, meta, llama_cpp)
+        n_seqs = int(getattr(config, "n_seqs", 1) or 1)
+        return LlamaCppModel(str(model_path), llama, tokenizer, kv_cache, meta, llama_cpp, n_seqs)
 
 
 @hookimpl
