@@ -19,6 +19,7 @@ service ready for new ones.
 from __future__ import annotations
 
 import collections
+import itertools
 import queue
 import threading
 from typing import Callable, Iterator, Sequence
@@ -65,6 +66,39 @@ class Stream:
             return tok, "length"
         self.tokens.append(tok)
         return tok, None
+
+
+class StreamTable:
+    """The live and finished streams of a runner, and the verbs of :class:`corert.interfaces.BatchingRunner`
+    that only touch them; a runner gives its sequence back in ``_release``."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count()
+        self.streams: dict[int, Stream] = {}
+        self.finished: dict[int, Stream] = {}
+        self.steps = 0
+        self.rows = 0  # positions evaluated so far (a reused prefix is not evaluated)
+
+    def cancel(self, sid: int) -> None:
+        st = self.streams.get(sid)
+        if st is not None:
+            self._finish(st, "cancelled")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.streams)
+
+    def result(self, sid: int) -> Stream:
+        return self.finished[sid]
+
+    def _finish(self, st: Stream, reason: str) -> None:
+        st.finish = reason
+        self._release(st)
+        self.streams.pop(st.id, None)
+        self.finished[st.id] = st
+
+    def _release(self, st: Stream) -> None:
+        raise NotImplementedError
 
 
 def check_prompt(ids: list[int], n_vocab: int, n_ctx: int) -> None:

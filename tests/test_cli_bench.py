@@ -137,6 +137,15 @@ def test_bench_batch():
     assert r["goal_4x_at_8"] is False  # not measured at 8 streams: never claimed
 
 
+def test_bench_batch_on_the_llama_cpp_engine():
+    r = cli_json("bench", "batch", "--engine", "llama.cpp", "--json", "--streams", "1,2", "--max-tokens", "4")
+    assert r["engine"] == "llama.cpp" and r["kv_cache"].startswith("llama_cpp")
+    assert [row["corert"]["steps"] for row in r["rows"]] == [4, 4]  # one llama_decode per token for both streams
+    assert r["streams_identical_whatever_n"] is True and r["same_tokens_as_llama_at_max_n"] == "2/2"
+    assert "goal_4x_at_8" not in r  # the native engine's goal
+    assert_bad_input(run_cli("bench", "batch", "--engine", "onnx"), "--engine must be native or llama.cpp")
+
+
 def test_bench_batch_bad_streams_is_bad_input():
     assert_bad_input(run_cli("bench", "batch", "--streams", "9"), "--streams must be between 1 and 8")
 

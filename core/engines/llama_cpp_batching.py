@@ -21,13 +21,12 @@ remainder.  Without such a slot it takes an empty one, else the least recently u
 from __future__ import annotations
 
 import ctypes
-import itertools
 from typing import Callable, Sequence
 
 import attrs
 import numpy as np
 
-from ..batch_service import Stream, check_prompt
+from ..batch_service import Stream, StreamTable, check_prompt
 from ..compute import on_compute_thread
 from ..errors import InputError, ModelError
 from ..interfaces import SamplingParams
@@ -47,7 +46,7 @@ class Slot:
     seq: int
     tokens: list[int] = attrs.Factory(list)  # the ids whose K/V the sequence holds, in order
     stream: int | None = None  # the live stream decoding in it
-    used: int = 0  # when a stream last took it (the runner's add count): least recently used goes first
+    used: int = 0  # when a stream last took it (the runner's count of adds): least recently used goes first
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -119,19 +118,16 @@ class BatchContext:
         self.ctx.close()
 
 
-class LlamaBatchRunner:
+class LlamaBatchRunner(StreamTable):
     """Continuous batching over one :class:`BatchContext` (see the module docstring); a
     :class:`corert.interfaces.BatchingRunner`."""
 
     def __init__(self, context: BatchContext, prefill_rows: int = DEFAULT_PREFILL_ROWS):
+        super().__init__()
         self.context = context
         self.prefill_rows = max(1, min(int(prefill_rows), context.rows - context.n_seqs))
         self.slots = [Slot(i) for i in range(context.n_seqs)]
-        self._ids = itertools.count(1)
-        self.streams: dict[int, Stream] = {}
-        self.finished: dict[int, Stream] = {}
-        self.steps = 0
-        self.rows = 0  # positions evaluated so far (a reused prefix is not evaluated)
+        self._adds = 0
 
     # -- joining and leaving ---------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -144,7 +140,8 @@ class LlamaBatchRunner:
         del slot.tokens[reuse:]
         st = Stream.start(next(self._ids), slot.seq, ids, params, c.n_ctx, is_eog or c.tokenizer.is_eog)
         st.done_upto = reuse
-        slot.stream, slot.used = st.id, st.id
+        self._adds += 1
+        slot.stream, slot.used = st.id, self._adds
         self.streams[st.id] = st
         return st.id
 
@@ -160,26 +157,21 @@ class LlamaBatchRunner:
             return free[best], shared[best]
         return min(free, key=lambda s: (bool(s.tokens), s.used, s.seq)), 0
 
-    def cancel(self, sid: int) -> None:
-        st = self.streams.get(sid)
-        if st is not None:
-            self._finish(st, "cancelled")
-
-    @property
-    def active(self) -> bool:
-        return bool(self.streams)
-
-    def result(self, sid: int) -> Stream:
-        return self.finished[sid]
+    def forget(self) -> None:
+        """Empty every free slot (its cached prefix is not reused any more)."""
+        for slot in self.slots:
+            if slot.stream is None:
+                self.context.seq_rm(slot.seq, 0)
+                slot.tokens.clear()
 
     # -- one step --------------------------------------------------------------------------------------
     def step(self) -> list[tuple[int, int]]:
         """One llama_decode over every live stream's pending rows; returns (stream id, new token) pairs."""
         plan, budget = [], self.prefill_rows
         for st in sorted(self.streams.values(), key=lambda s: s.seq):  # ascending ids: fewest micro-batches
-            pending = len(st.tokens) - st.done_upto
-            if pending <= 1:
-                plan.append((st, pending))
+            pending = len(st.tokens) - st.done_upto  # >= 1: a stream always has a row to evaluate
+            if pending == 1:
+                plan.append((st, 1))
             elif budget > 0:
                 n = min(pending, budget)
                 budget -= n
@@ -214,10 +206,7 @@ class LlamaBatchRunner:
                 self._finish(st, finish)
         return out
 
-    def _finish(self, st: Stream, reason: str) -> None:
-        st.finish = reason
+    def _release(self, st: Stream) -> None:
         slot = self.slots[st.seq]
         slot.tokens = st.tokens[:st.done_upto]  # its K/V stay: a later prompt may reuse them
         slot.stream = None
-        self.streams.pop(st.id, None)
-        self.finished[st.id] = st

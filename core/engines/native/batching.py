@@ -18,12 +18,11 @@ is recomputed from its ids, transparently.
 """
 from __future__ import annotations
 
-import itertools
 from typing import Callable, Sequence
 
 import numpy as np
 
-from ...batch_service import Stream, check_prompt
+from ...batch_service import Stream, StreamTable, check_prompt
 from ...config import NativeConfig
 from ...errors import InputError
 from ...interfaces import PrefixMatchingKVStore, SamplingParams
@@ -34,20 +33,16 @@ from ...numba_setup import PARALLEL_LOCK, run_parallel
 DEFAULT_PREFILL_ROWS = NativeConfig().prefill_rows
 
 
-class BatchRunner:
+class BatchRunner(StreamTable):
     """Continuous batching over one loaded native model (see the module docstring)."""
 
     def __init__(self, model, prefill_rows: int = DEFAULT_PREFILL_ROWS, share_prefixes: bool = True):
+        super().__init__()
         self.model = model
         self.kv = model.kv
         self.prefill_rows = max(1, int(prefill_rows))
         self._tracks = isinstance(self.kv, PrefixMatchingKVStore)  # a paged store: ids, prefix sharing, eviction
         self.share_prefixes = share_prefixes and self._tracks
-        self._ids = itertools.count()
-        self.streams: dict[int, Stream] = {}
-        self.finished: dict[int, Stream] = {}
-        self.steps = 0
-        self.rows = 0
 
     # -- joining and leaving ---------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -61,18 +56,6 @@ class BatchRunner:
             st.done_upto = self.kv.match_prefix(seq, ids)
         self.streams[st.id] = st
         return st.id
-
-    def cancel(self, sid: int) -> None:
-        st = self.streams.get(sid)
-        if st is not None:
-            self._finish(st, "cancelled")
-
-    @property
-    def active(self) -> bool:
-        return bool(self.streams)
-
-    def result(self, sid: int) -> Stream:
-        return self.finished[sid]
 
     # -- one step --------------------------------------------------------------------------------------
     def step(self) -> list[tuple[int, int]]:
@@ -149,11 +132,8 @@ class BatchRunner:
                 self._finish(st, finish)
         return out
 
-    def _finish(self, st: Stream, reason: str) -> None:
-        st.finish = reason
+    def _release(self, st: Stream) -> None:
         self.kv.release(st.seq)
-        self.streams.pop(st.id, None)
-        self.finished[st.id] = st
 
     # -- convenience -----------------------------------------------------------------------------------
     def run(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[int]]:
