@@ -8,10 +8,17 @@
 
 The context holds ``n_seqs`` KV sequences (slots), each of the model's full ``n_ctx``, in separate KV
 streams (``kv_unified`` off): a sequence's cells then sit at the same places, in the same order, as in a
-context of its own, so attention sums its K/V in the same order and each stream's greedy tokens are the
-ones it produces alone.  (A unified buffer interleaves the sequences' cells and changes that order.)
-llama.cpp splits one decode into micro-batches of consecutive sequence ids, so rows go in ascending slot
-order and empty slots are taken lowest first.
+context of its own, so attention reads its K/V in the same order as alone.  (A unified buffer interleaves
+the sequences' cells and changes that order.)  llama.cpp splits one decode into micro-batches of
+consecutive sequence ids, so rows go in ascending slot order and empty slots are taken lowest first.
+
+Exactness: ggml multiplies a weight matrix by a micro-batch of rows with a kernel chosen by the row count
+(one to three rows: per-row dot products; from four, with the repacked extra buffers, 4-row gemm tiles;
+without them llamafile's tinyBLAS tiles change at eight).  Q4_1 weights (SmolLM2) have one kernel for every
+count: each stream's greedy tokens equal its tokens alone, whatever the batch.  Q5_0/Q8_0/Q4_K weights
+(Qwen 0.5B) round differently in a batch of four or more, so a stream's greedy tokens may part from its
+solo ones after a near tie.  A fixed row count per step (pad rows in idle slots) would make them
+batch-invariant, at several times the cost of a lone stream's step: not done.
 
 Slot prefix reuse: a finished or cancelled stream leaves its tokens in its slot; a new request takes the
 free slot whose cached tokens share the longest prefix with its prompt (when that prefix is at least
