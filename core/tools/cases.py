@@ -34,6 +34,7 @@ _BUILTIN = (
     BenchCase("grammar", "corert.tools.bench.grammar", "structured output: the grammar mask's cost per token"),
     BenchCase("isolation", "corert.tools.bench.isolation", "process isolation vs in-process: per-token cost, "
               "TTFT, embed p95, restart"),
+    BenchCase("serve", "corert.tools.bench.serve", "corert serve vs llama-server and llama-cpp-python's server"),
 )
 
 
