@@ -35,6 +35,7 @@ _BUILTIN = (
     BenchCase("isolation", "corert.tools.bench.isolation", "process isolation vs in-process: per-token cost, "
               "TTFT, embed p95, restart"),
     BenchCase("serve", "corert.tools.bench.serve", "corert serve vs llama-server and llama-cpp-python's server"),
+    BenchCase("soak", "corert.tools.bench.soak", "1,000 mixed requests against corert serve; leaks from /metrics"),
 )
 
 

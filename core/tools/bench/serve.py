@@ -237,8 +237,8 @@ def _public_argv(argv: tuple[str, ...], path: str) -> list[str]:
 
 
 def _row(n: int, per_side: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """One client count: each side's figures over its rounds, and the per-round ratios of corert's sides
-    to every other side."""
+    """One client count: each side's figures over its rounds, and the per-round ratios of each corert side
+    to each competitor."""
     row: dict[str, Any] = {"clients": n, "sides": {}, "ratios": {}}
     for name, rs in per_side.items():
         ttfts = [t for r in rs for t in r["ttfts"]]
@@ -252,7 +252,7 @@ def _row(n: int, per_side: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "rounds": len(rs), "tok_s_rounds": [r["tok_s"] for r in rs],
             "ttft_p95_ms_rounds": [r["ttft_p95"] * 1e3 for r in rs]}
     for ours in (s for s in CORERT_SIDES if s in per_side):
-        for other in (s for s in per_side if s != ours):
+        for other in (s for s in per_side if s not in CORERT_SIDES):
             a, b = row["sides"][ours], row["sides"][other]
             tok = ratio_summary(ratios(a["tok_s_rounds"], b["tok_s_rounds"]))
             ttft = ratio_summary(ratios(a["ttft_p95_ms_rounds"], b["ttft_p95_ms_rounds"]))
