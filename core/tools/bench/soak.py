@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import contextlib
 import json
 import math
 import random
@@ -30,7 +29,7 @@ import attrs
 from corert.errors import InputError
 from corert.tools.bench.prometheus_text import samples
 from corert.tools.bench.server_procs import HOST, ServerProcess, ServerSpec, get
-from corert.tools.bench.stream_client import Reply, post, stream
+from corert.tools.bench.stream_client import Reply, declare_body, post, stream
 
 COMPLETION_PROMPTS = [
     "The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,",
@@ -58,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clients at once (default 12: more than the slots, so requests queue)")
     p.add_argument("--max-tokens", type=int, default=16, help="tokens per answer (default 16)")
     p.add_argument("--n-seqs", type=int, default=8, help="the server's sequence slots (default 8)")
-    p.add_argument("--embed-model", default="minilm-l6", help="the embedding model (default minilm-l6)")
     p.add_argument("--seed", type=int, default=0, help="the order of the mix (default 0)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
     p.add_argument("--leak-wait", type=float, default=30.0,
@@ -139,16 +137,11 @@ class Client:
                                                        timeout=self.timeout),
             "unsupported_parameter": lambda: post(self.port, "/v1/completions", {**base, "logprobs": 2},
                                                   timeout=self.timeout),
-            "body_too_large": lambda: post(self.port, "/v1/completions",
-                                           {**base, "prompt": "x" * (32 << 20)}, timeout=self.timeout),
+            "body_too_large": lambda: declare_body(self.port, "/v1/completions", 1 << 30),
             "unknown_field": lambda: post(self.port, "/v1/completions", {**base, "no_such_field": 1},
                                           timeout=self.timeout),
         }
         return bodies[name]()
-
-
-def _text(reply: Reply) -> str:
-    return reply.text
 
 
 def references(c: Client) -> dict[str, Any]:
@@ -249,9 +242,10 @@ def settle(port: int, before: dict[str, float], wait_s: float) -> tuple[dict[str
         time.sleep(0.5)
 
 
-def server_spec(args, path: str, embed: str) -> ServerSpec:
+def server_spec(args, path: str) -> ServerSpec:
+    """corert serve with the generation model (its embedding model is the Runtime's configured one)."""
     argv = [sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
-            "--model", embed, "--n-seqs", str(args.n_seqs)]
+            "--n-seqs", str(args.n_seqs)]
     engine = args.engine or "native"
     argv += ["--engine", engine]
     plugins = list(args.plugin or [])
@@ -263,6 +257,8 @@ def server_spec(args, path: str, embed: str) -> ServerSpec:
         argv += ["--threads", str(args.threads)]
     if args.ctx:
         argv += ["--ctx", str(args.ctx)]
+    if getattr(args, "config", None):
+        argv += ["--config", args.config]
     return ServerSpec("corert serve", tuple(argv), ready_path="/health", port_pattern=LISTENING)
 
 
@@ -276,12 +272,12 @@ def run(args) -> dict[str, Any]:
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     store = ModelStore(progress=True)
     path = str(store.resolve(args.model or cfg.model))
-    store.resolve(args.embed_model)
-    spec = server_spec(args, path, args.embed_model)
+    store.resolve(cfg.embed_model)  # pulled here, with progress, rather than inside the server's load
+    spec = server_spec(args, path)
     jobs = plan(args.requests, args.seed)
     with ServerProcess(spec) as server:
         models = [m["id"] for m in json.loads(get(server.port, "/v1/models")[1])["data"]]
-        c = Client(server.port, _model_id(models, path), _model_id(models, args.embed_model), args.max_tokens,
+        c = Client(server.port, _model_id(models, path), _model_id(models, cfg.embed_model), args.max_tokens,
                    args.timeout, args.ctx or cfg.n_ctx)
         refs = references(c)
         before = metrics(server.port)
@@ -301,7 +297,7 @@ def run(args) -> dict[str, Any]:
     checks = {"no lost or wrong answers": not wrong, **leak_checks,
               "solo answers unchanged after the soak": again == refs}
     gauges = sorted({*ZERO_AFTER, *BASELINE_AFTER, "corert_process_threads"})
-    return {"bench": "soak", "model": model_label(path), "embed_model": args.embed_model,
+    return {"bench": "soak", "model": model_label(path), "embed_model": cfg.embed_model,
             "engine": args.engine or "native", "plugins": list(spec.argv[spec.argv.index("--engine"):]),
             "requests": len(outcomes), "concurrency": args.concurrency, "n_seqs": args.n_seqs,
             "max_tokens": args.max_tokens, "seed": args.seed, "seconds": seconds,

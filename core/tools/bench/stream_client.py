@@ -44,6 +44,13 @@ def _chunk_text(choice: dict[str, Any]) -> str:
     return (choice.get("delta") or {}).get("content") or ""
 
 
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
+
+
 def post(port: int, path: str, body: Any, *, timeout: float = 300.0, raw: bytes | None = None,
          headers: dict[str, str] | None = None) -> Reply:
     """A non-streamed request (or one whose reply is an error): the status and the parsed JSON body."""
@@ -58,10 +65,7 @@ def post(port: int, path: str, body: Any, *, timeout: float = 300.0, raw: bytes 
         return Reply(status=0, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
     finally:
         conn.close()
-    try:
-        parsed = json.loads(data) if data else None
-    except ValueError:
-        parsed = None
+    parsed = _json(data)
     text = ""
     if isinstance(parsed, dict) and parsed.get("choices"):
         c = parsed["choices"][0]
@@ -69,6 +73,26 @@ def post(port: int, path: str, body: Any, *, timeout: float = 300.0, raw: bytes 
     tokens = ((parsed or {}).get("usage") or {}).get("completion_tokens", 0) if isinstance(parsed, dict) else 0
     return Reply(status=resp.status, text=text or "", tokens=tokens or 0, body=parsed,
                  seconds=time.perf_counter() - t0)
+
+
+def declare_body(port: int, path: str, size: int, timeout: float = 30.0) -> Reply:
+    """A request that declares a ``size``-byte body and waits (``Expect: 100-continue``) before sending it:
+    how a client such as curl sends a large upload.  A server that refuses the size answers at once."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    t0 = time.perf_counter()
+    try:
+        conn.putrequest("POST", path)
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(size)),
+                            ("Expect", "100-continue")):
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        return Reply(status=0, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
+    finally:
+        conn.close()
+    return Reply(status=resp.status, body=_json(data), seconds=time.perf_counter() - t0)
 
 
 def stream(port: int, path: str, body: dict[str, Any], *, timeout: float = 300.0,
@@ -89,12 +113,7 @@ def stream(port: int, path: str, body: dict[str, Any], *, timeout: float = 300.0
         resp = conn.getresponse()
         status = resp.status
         if status != 200:
-            data = resp.read()
-            try:
-                parsed = json.loads(data)
-            except ValueError:
-                parsed = None
-            return Reply(status=status, body=parsed, seconds=time.perf_counter() - t0)
+            return Reply(status=status, body=_json(resp.read()), seconds=time.perf_counter() - t0)
         for raw in resp:
             if time.perf_counter() > deadline:
                 return Reply(status=status, text="".join(parts), tokens=len(times), chunk_times=tuple(times),
