@@ -10,7 +10,8 @@ stops itself:
                     (scripts/build-llama-server.sh builds one)
 N clients (1, 4, 8, 16) each stream one /v1/completions request, all released together: the same prompts on
 every side, greedy, --max-tokens tokens asked, end-of-generation suppressed where the server has a way
-(min_tokens, ignore_eos); the tokens actually received are reported beside those asked.  Per side and N:
+(llama-cpp-python's min_tokens, llama-server's ignore_eos; corert serve has none, and the prompts run past
+128 tokens without one); the tokens actually received are reported beside those asked.  Per side and N:
 aggregate tok/s (tokens received / wall time from the first request to the last stream's end), TTFT p50 /
 p95 (request sent → first text chunk) and the inter-token p95 (gaps between text chunks), the last two
 pooled over every stream of every round.  Rounds interleave the sides (the first side rotates), so load
@@ -67,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llama-server", metavar="PATH", help="llama.cpp's llama-server binary (see "
                                                           "scripts/build-llama-server.sh)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
+    p.add_argument("--start-timeout", type=float, default=1200.0,
+                   help="seconds a server may take to load (default 1200: a first run compiles kernels)")
     p.add_argument("--plot", metavar="PNG", help="tok/s and TTFT p95 against clients, per side")
 
 
@@ -86,8 +89,8 @@ def _corert_side(name: str, path: str, threads: int, engine: str, plugins: list[
         argv += ["--plugin", plugin]
     if args.ctx:
         argv += ["--ctx", str(args.ctx)]
-    return Side(name, ServerSpec(name, tuple(argv), ready_path="/health", port_pattern=LISTENING),
-                {"ignore_eos": True})
+    return Side(name, ServerSpec(name, tuple(argv), ready_path="/health", port_pattern=LISTENING,
+                                 start_timeout_s=args.start_timeout))
 
 
 def build_sides(names: list[str], path: str, threads: int, args) -> list[Side]:
@@ -105,12 +108,13 @@ def build_sides(names: list[str], path: str, threads: int, args) -> list[Side]:
                     "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(args.ctx or 2048),
                     "--interrupt_requests", "False"]
             # its completion defaults add a 1.1 repeat penalty: off, like every other side's
-            sides.append(Side(name, ServerSpec(name, tuple(argv)),
+            sides.append(Side(name, ServerSpec(name, tuple(argv), start_timeout_s=args.start_timeout),
                               {"min_tokens": args.max_tokens, "repeat_penalty": 1.0}))
         elif name == "llama-server":
             argv = [args.llama_server, "-m", path, "--host", HOST, "--port", "{port}", "-np", str(N_SEQS), "-cb",
                     "-t", str(threads), "-tb", str(threads)]
-            sides.append(Side(name, ServerSpec(name, tuple(argv), ready_path="/health"), {"ignore_eos": True}))
+            sides.append(Side(name, ServerSpec(name, tuple(argv), ready_path="/health",
+                                               start_timeout_s=args.start_timeout), {"ignore_eos": True}))
     return sides
 
 

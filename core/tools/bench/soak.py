@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-seqs", type=int, default=8, help="the server's sequence slots (default 8)")
     p.add_argument("--seed", type=int, default=0, help="the order of the mix (default 0)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
+    p.add_argument("--start-timeout", type=float, default=1200.0,
+                   help="seconds the server may take to load (default 1200: a first run compiles kernels)")
     p.add_argument("--leak-wait", type=float, default=30.0,
                    help="seconds to wait for the metrics to settle after the last request (default 30)")
 
@@ -259,7 +261,8 @@ def server_spec(args, path: str) -> ServerSpec:
         argv += ["--ctx", str(args.ctx)]
     if getattr(args, "config", None):
         argv += ["--config", args.config]
-    return ServerSpec("corert serve", tuple(argv), ready_path="/health", port_pattern=LISTENING)
+    return ServerSpec("corert serve", tuple(argv), ready_path="/health", port_pattern=LISTENING,
+                      start_timeout_s=args.start_timeout)
 
 
 def run(args) -> dict[str, Any]:
