@@ -9,7 +9,8 @@ Checks, each one failing the run (exit code 1):
     embedding matches its reference; every bad input gets its own 4xx; nothing else fails;
   - no leak: once the last request is over, /metrics shows no active or queued sequence, no live KV
     sequence, the KV pages in use and the request threads back to where they were before the soak
-    (read within a bounded wait), and the process's threads no more than before;
+    (read within a bounded wait), and the process's threads no more than before (read after a warm-up
+    burst at full concurrency, so the thread pools have grown to their working size);
   - still right afterwards: every reference asked again alone gives the same answer.
 """
 from __future__ import annotations
@@ -283,7 +284,11 @@ def run(args) -> dict[str, Any]:
         c = Client(server.port, _model_id(models, path), _model_id(models, cfg.embed_model), args.max_tokens,
                    args.timeout, args.ctx or cfg.n_ctx)
         refs = references(c)
-        before = metrics(server.port)
+        # a burst of every kind at full concurrency first: the server's thread pools grow to what this
+        # concurrency needs, so what the soak adds on top of that is a leak, not a pool warming up
+        with concurrent.futures.ThreadPoolExecutor(args.concurrency, thread_name_prefix="soak-warm") as pool:
+            list(pool.map(lambda j: run_job(c, j, refs), plan(4 * args.concurrency, args.seed + 1)))
+        before = settle(server.port, metrics(server.port), args.leak_wait)[0]
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.concurrency, thread_name_prefix="soak") as pool:
             outcomes = list(pool.map(lambda j: run_job(c, j, refs), jobs))
