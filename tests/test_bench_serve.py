@@ -3,6 +3,7 @@ settings that still run corert serve for real: the JSON's shape, tokens actually
 stopped.  Speeds are never asserted; the competitors' sides run in the full benchmark, not here."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -66,11 +67,13 @@ def test_prometheus_samples_sum_over_labels():
 
 @pytest.mark.slow
 def test_soak_mixed_requests(smollm2):
-    r = cli_json("bench", "soak", "--json", "--model", smollm2, "--requests", "30", "--concurrency", "4",
-                 "--max-tokens", "8", "--leak-wait", "20", timeout=600)
+    proc = run_cli("bench", "soak", "--json", "--model", smollm2, "--requests", "30", "--concurrency", "4",
+                   "--max-tokens", "8", "--leak-wait", "20", timeout=600)
+    r = json.loads(proc.stdout)  # printed whatever the verdict, so a failure shows which check failed
     r.pop("machine")
     assert r["requests"] == 30 and r["failed"] == 0, r["failures"]
-    assert all(r["checks"].values()), r["checks"]
+    assert all(r["checks"].values()), (r["checks"], r["metrics_before"], r["metrics_after"])
+    assert proc.returncode == 0
     assert sum(int(v.split("/")[1]) for v in r["by_kind"].values()) == 30
     assert r["metrics_after"]["corert_kv_sequences"] == 0 and r["metrics_after"]["corert_active_sequences"] == 0
     assert r["exit_code"] == 0
