@@ -19,6 +19,7 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow
 def test_bench_serve_corert_sides(smollm2):
     r = cli_json("bench", "serve", "--json", "--model", smollm2, "--sides", "corert-native,corert-llama",
                  "--clients", "1,2", "--max-tokens", "16", "--rounds", "1", timeout=600)

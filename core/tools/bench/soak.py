@@ -138,7 +138,7 @@ class Client:
             "prompt_longer_than_context": lambda: post(self.port, "/v1/completions",
                                                        {**base, "prompt": "lorem ipsum " * self.n_ctx},
                                                        timeout=self.timeout),
-            "unsupported_parameter": lambda: post(self.port, "/v1/completions", {**base, "logprobs": 2},
+            "unsupported_parameter": lambda: post(self.port, "/v1/completions", {**base, "echo": True},
                                                   timeout=self.timeout),
             "body_too_large": lambda: declare_body(self.port, "/v1/completions", 1 << 30),
             "unknown_field": lambda: post(self.port, "/v1/completions", {**base, "no_such_field": 1},
