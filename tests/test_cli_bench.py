@@ -137,6 +137,7 @@ def test_bench_batch():
     assert r["goal_4x_at_8"] is False  # not measured at 8 streams: never claimed
 
 
+@pytest.mark.slow
 def test_bench_batch_on_the_llama_cpp_engine():
     r = cli_json("bench", "batch", "--engine", "llama.cpp", "--json", "--streams", "1,2", "--max-tokens", "4")
     assert r["engine"] == "llama.cpp" and r["kv_cache"].startswith("llama_cpp")
