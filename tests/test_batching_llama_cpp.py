@@ -102,6 +102,26 @@ def test_prefix_reuse_takes_the_slot_holding_the_prompt_and_evaluates_only_the_r
     assert slot_a.tokens == ids_long
 
 
+def test_a_new_stream_takes_the_slot_that_keeps_the_live_ones_consecutive(rt, service):
+    """llama.cpp cuts a decode into micro-batches of consecutive sequence ids: a hole between live slots
+    costs a pass over the weights every step, so a newcomer without a cached prefix fills it.  (The runner
+    is driven directly while the service is idle.)"""
+    runner, tok = service.runner, rt.tokenizer()
+    prompts = [f"Slot placement check number {i}: an unrelated sentence about {w} and nothing else."
+               for i, w in enumerate(("kites", "granite", "violins", "tea"))]
+    params = SamplingParams(max_tokens=50, temperature=0)
+    sids = [runner.add(tok.encode(p), params) for p in prompts[:3]]
+    seqs = sorted(runner.streams[s].seq for s in sids)
+    assert seqs == list(range(seqs[0], seqs[0] + 3))  # one run
+    middle = next(s for s in sids if runner.streams[s].seq == seqs[1])
+    runner.cancel(middle)
+    late = runner.add(tok.encode(prompts[3]), params)
+    assert runner.streams[late].seq == seqs[1]
+    for sid in list(runner.streams):
+        runner.cancel(sid)
+    runner.finished.clear()
+
+
 def test_a_bad_request_fails_alone_and_a_failed_forward_leaves_the_service_usable(rt, service, solo,
                                                                                   monkeypatch):
     is_eog = rt.tokenizer().is_eog

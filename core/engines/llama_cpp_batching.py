@@ -10,7 +10,7 @@ The context holds ``n_seqs`` KV sequences (slots), each of the model's full ``n_
 streams (``kv_unified`` off): a sequence's cells then sit at the same places, in the same order, as in a
 context of its own, so attention reads its K/V in the same order as alone.  (A unified buffer interleaves
 the sequences' cells and changes that order.)  llama.cpp splits one decode into micro-batches of
-consecutive sequence ids, so rows go in ascending slot order and empty slots are taken lowest first.
+consecutive sequence ids, so rows go in ascending slot order and a new stream fills a hole when it can.
 
 Exactness: ggml multiplies a weight matrix by a micro-batch of rows with a kernel chosen by the row count
 (one to three rows: per-row dot products; from four, with the repacked extra buffers, 4-row gemm tiles;
@@ -23,7 +23,8 @@ batch-invariant, at several times the cost of a lone stream's step: not done.
 Slot prefix reuse: a finished or cancelled stream leaves its tokens in its slot; a new request takes the
 free slot whose cached tokens share the longest prefix with its prompt (when that prefix is at least
 :data:`MIN_REUSE_FRACTION` of the prompt), removes the rest of that slot's K/V and evaluates only the
-remainder.  Without such a slot it takes an empty one, else the least recently used free one.
+remainder.  Without such a slot it takes the one that keeps the live slots in the fewest runs of
+consecutive ids, then an empty one, then the least recently used.
 """
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def _runs(seqs: set[int]) -> int:
+    """How many runs of consecutive ids ``seqs`` makes (llama.cpp's micro-batches of one decode step)."""
+    return sum(1 for q in seqs if q - 1 not in seqs)
 
 
 class BatchContext:
@@ -162,7 +168,10 @@ class LlamaBatchRunner(StreamTable):
         best = max(range(len(free)), key=lambda i: (shared[i], -free[i].seq))
         if shared[best] > 0 and shared[best] >= MIN_REUSE_FRACTION * len(ids):
             return free[best], shared[best]
-        return min(free, key=lambda s: (bool(s.tokens), s.used, s.seq)), 0
+        live = {s.seq for s in self.slots if s.stream is not None}
+        # fewest runs of consecutive live ids first (each run is a micro-batch: a hole costs a whole pass
+        # over the weights every step), then an empty slot, then the least recently used cache
+        return min(free, key=lambda s: (_runs(live | {s.seq}), bool(s.tokens), s.used, s.seq)), 0
 
     def forget(self) -> None:
         """Empty every free slot (its cached prefix is not reused any more)."""
