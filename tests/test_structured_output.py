@@ -1,7 +1,8 @@
 """Structured output on SmolLM2: Hypothesis-generated JSON schemas whose every output validates; a grammar
 that admits any text leaves greedy output unchanged; the same constrained request gives the same tokens on
-the plain llama.cpp path, the plain native path and the native batcher; the grammar mask reaches the tokens
-(a GBNF choice) and ends generation when complete."""
+the plain llama.cpp path, the plain native path and the native batcher, and llama.cpp's batcher keeps each
+stream to its own schema; the grammar mask reaches the tokens (a GBNF choice) and ends generation when
+complete."""
 from __future__ import annotations
 
 import json
@@ -103,3 +104,24 @@ def test_every_path_gives_the_same_constrained_output(runtime, native_runtimes, 
     assert errors == [None, None]
     assert results[0].decoder_stats.get("continuous_batching") and results[0].token_ids == want.token_ids
     jsonschema.validate(json.loads(results[1].text), flag)
+
+
+@pytest.mark.slow
+def test_the_llama_cpp_batcher_holds_each_stream_to_its_schema(smollm2, monkeypatch):
+    """llama.cpp's continuous batching (n_seqs > 1): two concurrent streams, each with its own grammar, both
+    valid.  Its batched logits are not bit-exact with one-by-one steps, so validity is what is compared."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rt = Runtime(engine="llama.cpp", model=smollm2, n_seqs=2)
+    flag = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+            "additionalProperties": False}
+    with rt:
+        loaded, _ = rt.load_generation_model()
+        hold_first_step_until_joined(monkeypatch, loaded.batch_service(), 2)
+        results, errors = run_concurrently(
+            lambda schema: rt.generate(ASK, max_tokens=80, temperature=0, response_format=_fmt(schema)),
+            [PET, flag])
+    assert errors == [None, None]
+    for out, schema in zip(results, (PET, flag)):
+        assert out.decoder_stats["peak_streams"] == 2 and out.finish_reason == "stop"
+        jsonschema.validate(json.loads(out.text), schema)
