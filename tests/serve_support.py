@@ -19,7 +19,7 @@ _LISTENING = re.compile(r"corert serve: listening on (\S+)")
 
 
 class Server:
-    def __init__(self, *args: str, env: dict[str, str] | None = None, start_timeout: float = 240):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, start_timeout: float = 600):
         self.args = args
         self.proc = subprocess.Popen([CORERT, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ, **(env or {})})
@@ -66,7 +66,7 @@ class Server:
             return httpx.Client(transport=httpx.HTTPTransport(uds=self.uds), base_url="http://corert", **kw)
         return httpx.Client(base_url=self.address, **kw)
 
-    def wait_ready(self, timeout: float = 240) -> None:
+    def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         with self.client(timeout=5) as c:
             while time.monotonic() < deadline:

@@ -109,6 +109,18 @@ def test_n_choices_and_seeds(client):
     assert greedy.choices[0].text == greedy.choices[1].text
 
 
+def test_n_choices_share_the_prompt_pages(client, http):
+    """The other choices start once the first has its first token: its prompt pages are then cached, so
+    they take them instead of evaluating the prompt again (paged prefix sharing)."""
+    prompt = "In a quiet village by the sea, there lived an old fisherman who " * 3
+    before = metric(metrics(http), "corert_kv_prefix_hit_tokens_total")
+    out = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, n=3, temperature=0)
+    n_prompt = out.usage.prompt_tokens
+    hits = metric(metrics(http), "corert_kv_prefix_hit_tokens_total") - before
+    assert n_prompt > 32 and hits >= 2 * (n_prompt // 16 - 1) * 16, (n_prompt, hits)
+    assert len({c.text for c in out.choices}) == 1
+
+
 def test_stop_string_ends_the_text(client):
     out = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=20, temperature=0, stop=[" 7"])
     assert out.choices[0].finish_reason == "stop" and " 7" not in out.choices[0].text

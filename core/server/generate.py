@@ -97,7 +97,7 @@ class GenerationServer:
             group = StreamGroup(self.threads)
             stack.callback(group.cancel)
             for choice in plan.choices:
-                group.start(choice.index, partial(choice.call, self.runtime))
+                group.start(choice.index, partial(choice.call, self.runtime), after=choice.after)
             items = group.__aiter__()
             stack.push_async_callback(_close, items)
             tally = _Tally(plan, self.metrics, arrived)

@@ -91,15 +91,21 @@ _KV_GAUGES = (("pages_used", "corert_kv_pages_used", "KV pages held by live sequ
               ("sequences", "corert_kv_sequences", "live KV sequences"),
               ("prefix_hit_rate", "corert_kv_prefix_hit_rate", "prompt tokens found in cached pages / looked up"))
 
+_KV_COUNTERS = (("evictions", "corert_kv_pages_evicted", "cached KV pages evicted"),
+                ("prefix_hits", "corert_kv_prefix_hit_tokens", "prompt tokens whose K/V came from cached pages"),
+                ("prefix_queried", "corert_kv_prefix_lookup_tokens", "prompt tokens looked up in the cache"))
+
 
 def _kv_metrics(stores: list[dict[str, Any]]) -> Iterator[Any]:
     gauges = {key: GaugeMetricFamily(name, doc, labels=["model"]) for key, name, doc in _KV_GAUGES}
-    evicted = CounterMetricFamily("corert_kv_pages_evicted", "cached KV pages evicted", labels=["model"])
+    counters = {key: CounterMetricFamily(name, doc, labels=["model"]) for key, name, doc in _KV_COUNTERS}
     for st in stores:
         model = Path(str(st.get("model", ""))).name
         for key, family in gauges.items():
             if key in st:
                 family.add_metric([model], float(st[key]))
-        evicted.add_metric([model], float(st.get("evictions", 0)))
+        for key, family in counters.items():
+            if key in st:
+                family.add_metric([model], float(st[key]))
     yield from gauges.values()
-    yield evicted
+    yield from counters.values()

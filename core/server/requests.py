@@ -31,6 +31,9 @@ class Choice:
 
     index: int
     call: Callable[[Any], Any]
+    #: the choice on the same prompt that starts first; this one starts once that one has its first token,
+    #: when the prompt's K/V is in the cache (paged prefix sharing: the prompt is evaluated once, not n times)
+    after: int | None = None
 
 
 @attrs.frozen
@@ -102,7 +105,8 @@ def completion_plan(body: CompletionRequest) -> GenerationPlan:
     for p, prompt in enumerate(prompts):
         for i in range(body.n):
             kw = _sampling(body, max_tokens, i)
-            choices.append(Choice(p * body.n + i, lambda rt, prompt=prompt, kw=kw: rt.stream(prompt, **kw)))
+            choices.append(Choice(p * body.n + i, lambda rt, prompt=prompt, kw=kw: rt.stream(prompt, **kw),
+                                  after=p * body.n if i else None))
     return GenerationPlan(body.model, False, body.stream, _include_usage(body), tuple(choices), len(prompts))
 
 
@@ -130,6 +134,6 @@ def chat_plan(body: ChatCompletionRequest, n_ctx: int) -> GenerationPlan:
     msgs = messages(body)
     tools = {"tools": body.tools, "tool_choice": body.tool_choice, "parallel_tool_calls": body.parallel_tool_calls}
     choices = tuple(Choice(i, lambda rt, kw=_sampling(body, max_tokens, i): rt.chat(msgs, stream=True, **kw,
-                                                                                   **tools))
-                    for i in range(body.n))
+                                                                                   **tools),
+                           after=0 if i else None) for i in range(body.n))
     return GenerationPlan(body.model, True, body.stream, _include_usage(body), choices, 1)

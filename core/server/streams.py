@@ -15,9 +15,6 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import attrs
 
-_END = object()
-
-
 @attrs.frozen
 class Item:
     index: int
@@ -28,6 +25,11 @@ class Item:
 class _Failed:
     def __init__(self, index: int, exc: BaseException):
         self.index, self.exc = index, exc
+
+
+class _Ended:
+    def __init__(self, index: int):
+        self.index = index
 
 
 class LiveThreads:
@@ -51,12 +53,24 @@ class StreamGroup:
         self._stop = threading.Event()
         self._threads = threads
         self._running = 0
+        self._followers: dict[int, list[tuple[int, Callable[[], Iterator[Any]]]]] = {}
 
-    def start(self, index: int, open_stream: Callable[[], Iterator[Any]]) -> None:
+    def start(self, index: int, open_stream: Callable[[], Iterator[Any]], after: int | None = None) -> None:
+        """Run choice ``index``; with ``after``, only once choice ``after`` has sent its first chunk (or
+        ended)."""
         self._running += 1
+        if after is not None:
+            self._followers.setdefault(after, []).append((index, open_stream))
+            return
         self._threads.add(1)
         threading.Thread(target=self._run, args=(index, open_stream), daemon=True,
                          name=f"corert-serve-choice-{index}").start()
+
+    def _release_followers(self, index: int) -> None:
+        for follower, open_stream in self._followers.pop(index, ()):
+            self._running -= 1
+            if not self._stop.is_set():
+                self.start(follower, open_stream)
 
     def cancel(self) -> None:
         """Stop every choice; each thread closes its Runtime stream at its next chunk."""
@@ -84,18 +98,20 @@ class StreamGroup:
             self._put(_Failed(index, exc))
         finally:
             self._threads.add(-1)
-            self._put(_END)
+            self._put(_Ended(index))
 
     async def __aiter__(self) -> AsyncIterator[Item]:
         """Chunks of every choice until all end; the first choice's error is raised (the rest are stopped)."""
         try:
             while self._running:
                 item = await self._queue.get()
-                if item is _END:
+                if isinstance(item, _Ended):
                     self._running -= 1
+                    self._release_followers(item.index)  # a leader that sent nothing: start them anyway
                 elif isinstance(item, _Failed):
                     raise item.exc
                 else:
+                    self._release_followers(item.index)
                     yield item
         finally:
             self.cancel()
