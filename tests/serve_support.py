@@ -19,6 +19,8 @@ _LISTENING = re.compile(r"corert serve: listening on (\S+)")
 
 
 class Server:
+    """``with Server(ARGS…) as srv:`` starts `corert serve ARGS…`, waits for /health 200, stops it after."""
+
     def __init__(self, *args: str, env: dict[str, str] | None = None, start_timeout: float = 600):
         self.args = args
         self.proc = subprocess.Popen([CORERT, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -55,6 +57,17 @@ class Server:
             if m:
                 return m.group(1)
         raise TimeoutError(f"corert serve printed no address in {timeout} s: {self.stderr[-2000:]}")
+
+    def __enter__(self) -> "Server":
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     @property
     def uds(self) -> str | None:

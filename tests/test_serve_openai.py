@@ -27,14 +27,10 @@ MAX_BODY = 65536
 
 @pytest.fixture(scope="module")
 def server():
-    srv = Server("--port", "0", "--engine", "native", "--plugin", "kv_cache=paged:q8", "--n-seqs", "4",
-                 "--ctx", "512", "--model", MODEL, "--api-key", KEY, "--max-queue", "2",
-                 "--max-body", str(MAX_BODY))
-    try:
-        srv.wait_ready()
+    with Server("--port", "0", "--engine", "native", "--plugin", "kv_cache=paged:q8", "--n-seqs", "4",
+                "--ctx", "512", "--model", MODEL, "--api-key", KEY, "--max-queue", "2",
+                "--max-body", str(MAX_BODY)) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,9 @@ MODEL = "smollm2-135m-instruct"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     path = tmp_path_factory.mktemp("serve") / "corert.sock"
-    srv = Server("--uds", str(path), "--engine", "llama.cpp", "--model", MODEL, "--ctx", "256",
-                 env={"CORERT_API_KEY": ""})
-    try:
-        srv.wait_ready()
+    with Server("--uds", str(path), "--engine", "llama.cpp", "--model", MODEL, "--ctx", "256",
+                env={"CORERT_API_KEY": ""}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

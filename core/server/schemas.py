@@ -107,18 +107,24 @@ class Usage(_Response):
     total_tokens: int
 
 
-class CompletionChoice(_Response):
+class _Choice(_Response):
     index: int
-    text: str
-    finish_reason: FinishReason | None = None
     logprobs: dict[str, Any] | None = None
 
 
-class CompletionResponse(_Response):
+class _Generated(_Response):
     id: str
-    object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+
+
+class CompletionChoice(_Choice):
+    text: str
+    finish_reason: FinishReason | None = None
+
+
+class CompletionResponse(_Generated):
+    object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -129,18 +135,13 @@ class AssistantMessage(_Response):
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class ChatChoice(_Response):
-    index: int
+class ChatChoice(_Choice):
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletionResponse(_Response):
-    id: str
+class ChatCompletionResponse(_Generated):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -151,20 +152,15 @@ class Delta(_Response):
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class ChatChunkChoice(_Response):
-    index: int
+class ChatChunkChoice(_Choice):
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: dict[str, Any] | None = None
 
 
-class ChatCompletionChunk(_Response):
+class ChatCompletionChunk(_Generated):
     """One ``data:`` event of a streamed chat completion (documented here; sent as text/event-stream)."""
 
-    id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
 
