@@ -38,13 +38,13 @@ def real_rows(smollm2, qwen05):
     """Every GGML type the two models use: Q8_0, Q4_1 (smollm2), Q5_0, Q4_K, Q6_K (qwen2.5)."""
     out = {t: _tensor_rows(smollm2, t) for t in (dequant.Q8_0, dequant.Q4_1)}
     out.update({t: _tensor_rows(qwen05, t) for t in (dequant.Q5_0, dequant.Q4_K, dequant.Q6_K)})
-    for t in (dequant.Q4_0, dequant.Q5_1):
+    for t in (dequant.Q4_0, dequant.Q5_1, dequant.BF16):
         out[t] = _synthetic_rows(t)
     return out
 
 
 @pytest.mark.parametrize("ggml_type", [dequant.Q8_0, dequant.Q4_0, dequant.Q4_1, dequant.Q5_0, dequant.Q5_1,
-                                       dequant.Q4_K, dequant.Q6_K])
+                                       dequant.Q4_K, dequant.Q6_K, dequant.BF16])
 def test_dequant_matches_gguf_py(real_rows, ggml_type):
     raw, ref, cols = real_rows[ggml_type]
     out = np.empty((raw.shape[0], cols), np.float32)

@@ -5,7 +5,7 @@ The native engine keeps weight matrices in one of three layouts (see weights.QMa
   q6  int8 values with an f32 scale per 16 (10 bits/weight): Q6_K exactly (its scales are per 16), and
       Q8_0 / Q5_0 / Q4_0 tensors joined with a Q6_K one in a matrix
   q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type
-      (Q6_K beside a Q4_K tensor, Q5_1, Q5_K, F16, F32) is decoded one row at a time into a scratch row and
+      (Q6_K beside a Q4_K tensor, Q5_1, Q5_K, F16, BF16, F32) is decoded one row at a time into a scratch row and
       requantized
 so no f32 copy of a whole tensor ever exists.  The decoders
 follow ggml's block layouts (ggml-common.h); tests compare them with gguf-py's numpy dequantizers.
@@ -18,13 +18,14 @@ import numpy as np
 from numba import njit, prange
 
 from ... import numba_setup  # noqa: F401  (threading layer before the first parallel kernel)
+from ...kernels.simd import f32_from_bits
 
 # ggml type ids -> (values per block, bytes per block)
-F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 BLOCKS = {F32: (1, 4), F16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22), Q5_1: (32, 24),
-          Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
+          Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210), BF16: (1, 2)}
 NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0", Q5_1: "Q5_1", Q8_0: "Q8_0",
-         Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K"}
+         Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", BF16: "BF16"}
 
 
 @njit(cache=True, inline="always")
@@ -54,6 +55,9 @@ def dequant_row(src, ggml_type, out, tab):
     elif ggml_type == F16:
         for i in range(n):
             out[i] = _h(src, 2 * i, tab)
+    elif ggml_type == BF16:  # the top 16 bits of an f32
+        for i in range(n):
+            out[i] = f32_from_bits((np.int32(src[2 * i]) | (np.int32(src[2 * i + 1]) << 8)) << 16)
     elif ggml_type == Q8_0:
         for b in range(n // 32):
             o = b * 34

@@ -193,8 +193,13 @@ class Transformer:
     @classmethod
     def load(cls, header: GGUFHeader, variant: str, layout_cache: str = "off") -> "Transformer":
         """``layout_cache``: "auto", "off" or a directory (see layout_cache.py)."""
+        from .support import unsupported_tensor
+
         cfg = ModelConfig.from_header(header)
         cfg.check_tensors(header)
+        bad = unsupported_tensor(header)
+        if bad is not None:
+            raise ModelError(f"{header.path}: {bad}; use --engine llama.cpp")
         src = TensorSource(header, PRODUCTS[variant], layout_cache)
         try:
             layers = []
