@@ -235,3 +235,23 @@ def test_200_requests_with_20_random_kills(iso, expected):
     zombies = [pid for pid, state in _children().items() if state == "Z"]
     assert not zombies
 
+
+
+def test_isolation_is_set_by_argument_environment_toml_and_cli(tmp_path):
+    from corert.cli import _runtime, build_parser
+    from corert.config import RuntimeConfig
+    from corert.errors import ConfigError
+
+    env = RuntimeConfig.from_env(environ={"CORERT_ISOLATION": "process", "CORERT_WORKER_MEMORY": "2G"})
+    assert env.isolation == "process" and env.worker.memory == 2 << 30
+    toml = tmp_path / "c.toml"
+    toml.write_text('[corert]\nisolation = "process"\n[corert.worker]\nheartbeat_s = 5\nstandby = false\n')
+    cfg = RuntimeConfig.from_toml(toml)
+    assert cfg.isolation == "process" and cfg.worker.heartbeat_s == 5 and not cfg.worker.standby
+    with pytest.raises(ConfigError, match="isolation must be one of none, process"):
+        RuntimeConfig().evolve(isolation="thread")
+    with pytest.raises(ConfigError, match="worker.memory"):
+        RuntimeConfig().evolve(worker={"memory": "lots"})
+    args = build_parser(["generate"]).parse_args(["generate", "--isolation", "process", "hi"])
+    with _runtime(args) as rt:  # no request: no worker starts
+        assert rt.config.isolation == "process" and rt.workers_info() == []
