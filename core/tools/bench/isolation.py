@@ -32,8 +32,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engines", default="native,llama.cpp", help="generation engines (default native,llama.cpp)")
 
 
+def _cpu_s(rt) -> float:
+    """CPU seconds used so far by this process and ``rt``'s serving workers (Linux: /proc): the cost of a
+    request on an idle machine, whatever the other tenants of the cores do to wall times."""
+    total = time.process_time()
+    for w in rt.workers_info():
+        try:
+            with open(f"/proc/{w['pid']}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, TypeError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """One greedy request as its caller sees it: time to first token, decode tok/s after it, the ids."""
+    """One greedy request as its caller sees it: time to first token, decode tok/s after it, the ids, and
+    the CPU seconds per generated token (host and worker)."""
+    cpu0 = _cpu_s(rt)
     t0 = time.perf_counter()
     first = last = None
     ids: list[int] = []
@@ -45,6 +61,7 @@ def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
             ids.extend(chunk.token_ids)
     n = len(ids)
     return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "ids": ids,
+            "cpu_ms_per_token": (_cpu_s(rt) - cpu0) * 1e3 / max(1, n),
             "decode_tok_s": (n - 1) / (last - first) if n > 1 and last > first else 0.0}
 
 
@@ -67,6 +84,7 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
         for rt in sides.values():
             rt.close()
     dec = {k: [r["decode_tok_s"] for r in v] for k, v in runs.items()}
+    cpu = {k: [r["cpu_ms_per_token"] for r in v] for k, v in runs.items()}
     ttft = {k: [r["ttft_ms"] for r in v] for k, v in runs.items()}
     decode = ratio_summary(ratios(dec["process"], dec["in_process"]))
     per_token_us = [(1 / p - 1 / q) * 1e6 for p, q in zip(dec["process"], dec["in_process"]) if p > 0 and q > 0]
@@ -76,6 +94,10 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
             "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
             "decode_ratio_rounds": decode["rounds"],
             "per_token_overhead_us": median(per_token_us),
+            "cpu_ms_per_token": {k: median(v) for k, v in cpu.items()},
+            # the same ratio from CPU time (host + worker): what the boundary costs on idle cores
+            "cpu_decode_ratio": median(ratios(cpu["in_process"], cpu["process"])),
+            "cpu_overhead_us_per_token": median([(p - q) * 1e3 for p, q in zip(cpu["process"], cpu["in_process"])]),
             "ttft_extra_ms": median([p - q for p, q in zip(ttft["process"], ttft["in_process"])]),
             "restart_to_first_token_s": median(restarts), "restart_to_first_token_s_rounds": restarts,
             "identical_output_rounds": f"{sum(a['ids'] == b['ids'] for a, b in zip(*runs.values()))}/{rounds}"}
@@ -107,19 +129,24 @@ def _embed(rounds: int, runs: int) -> dict[str, Any]:
     sides = {"in_process": Runtime(), "process": Runtime(isolation="process")}
     text = ["The quick brown fox jumps over the lazy dog near the river bank."]
     samples: dict[str, list[list[float]]] = {k: [] for k in sides}
+    cpu: dict[str, list[float]] = {k: [] for k in sides}
     try:
         for rt in sides.values():
             for _ in range(20):
                 rt.embed(text)
         for _ in range(rounds):
             times: dict[str, list[float]] = {k: [] for k in sides}
+            cpu_ms = {k: 0.0 for k in sides}
             for i in range(runs):
                 for name in (list(sides) if i % 2 == 0 else list(sides)[::-1]):
+                    c0 = _cpu_s(sides[name])
                     t0 = time.perf_counter()
                     sides[name].embed(text)
                     times[name].append((time.perf_counter() - t0) * 1e3)
+                    cpu_ms[name] += (_cpu_s(sides[name]) - c0) * 1e3
             for name, ts in times.items():
                 samples[name].append(ts)
+                cpu[name].append(cpu_ms[name] / runs)
     finally:
         for rt in sides.values():
             rt.close()
@@ -127,7 +154,8 @@ def _embed(rounds: int, runs: int) -> dict[str, Any]:
     p50 = {k: [float(np.percentile(ts, 50)) for ts in v] for k, v in samples.items()}
     extra = [p - q for p, q in zip(p95["process"], p95["in_process"])]
     return {"p50_ms": {k: median(v) for k, v in p50.items()}, "p95_ms": {k: median(v) for k, v in p95.items()},
-            "p95_extra_ms": median(extra), "p95_extra_ms_rounds": extra, "runs": runs}
+            "p95_extra_ms": median(extra), "p95_extra_ms_rounds": extra, "runs": runs,
+            "cpu_ms_per_request": {k: median(v) for k, v in cpu.items()}}
 
 
 def run(args) -> dict[str, Any]:
@@ -161,9 +189,17 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"{g['engine']:<11}{g['decode_tok_s']['in_process']:>14.1f}{g['decode_tok_s']['process']:>14.1f}"
                      f"{ratio:>22}{g['per_token_overhead_us']:>10.0f}{ttft:>18}"
                      f"{g['restart_to_first_token_s']:>20.2f}{g['identical_output_rounds']:>10}")
+    lines.append("")
+    for g in r["generation"]:
+        c = g["cpu_ms_per_token"]
+        lines.append(f"{g['engine']}: CPU per token (host + worker) in-process {c['in_process']:.2f} ms, process "
+                     f"{c['process']:.2f} ms: {g['cpu_overhead_us_per_token']:+.0f} us, CPU-time decode ratio "
+                     f"{g['cpu_decode_ratio']:.3f}")
     e = r["embed"]
     lines += ["", f"embed p50 ms in-process {e['p50_ms']['in_process']:.2f}, process {e['p50_ms']['process']:.2f}; "
                   f"p95 in-process {e['p95_ms']['in_process']:.2f}, process {e['p95_ms']['process']:.2f} "
-                  f"(+{e['p95_extra_ms']:.2f} ms)", "",
+                  f"(+{e['p95_extra_ms']:.2f} ms); CPU per request in-process "
+                  f"{e['cpu_ms_per_request']['in_process']:.2f} ms, process {e['cpu_ms_per_request']['process']:.2f} ms",
+              "",
               "goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in r["goals_met"].items())]
     return "\n".join(lines)
