@@ -29,6 +29,18 @@ def log_dir() -> Path:
     return Path(platformdirs.user_cache_dir("corert")) / "workers"
 
 
+KEPT_LOGS = 200  # a host that restarts workers for months keeps the newest logs, not all of them
+
+
+def _prune_logs(folder: Path) -> None:
+    logs = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+    for old in logs[:-KEPT_LOGS]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
 def describe_exit(code: int | None) -> str:
     """``-9`` -> "was killed by signal SIGKILL (9)", ``3`` -> "exited with code 3"."""
     if code is None:
@@ -79,6 +91,7 @@ class WorkerProcess:
                  on_exit: Callable[["WorkerProcess", int | None], None]):
         self.label = label
         log_dir().mkdir(parents=True, exist_ok=True)
+        _prune_logs(log_dir())
         ours, theirs = socket.socketpair()
         self.log_path = log_dir() / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(self):x}.log"
         with open(self.log_path, "ab") as log:
