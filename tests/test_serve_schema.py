@@ -7,6 +7,7 @@ case's ``model`` is the served one most of the time, so generation runs instead 
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import pytest
@@ -28,7 +29,11 @@ def app():
         warnings.simplefilter("ignore")
         rt = Runtime(engine="llama.cpp", model=MODEL, n_ctx=48)
     rt.load_generation_model()
-    yield create_app(rt, ServeSettings(models=(MODEL,), api_key=KEY, load_at_start=False, max_queue=8))
+    app = create_app(rt, ServeSettings(models=(MODEL,), api_key=KEY, load_at_start=False, max_queue=8))
+    yield app
+    deadline = time.monotonic() + 30  # a stream the checks stopped reading ends within a token
+    while app.state.threads.count and time.monotonic() < deadline:
+        time.sleep(0.05)
     rt.close()
 
 

@@ -74,10 +74,12 @@ def create_app(runtime: Any, settings: ServeSettings = ServeSettings()) -> FastA
         if settings.load_at_start:
             loader.start()
         yield
+        await server.drain(timeout=10)  # the caller closes the Runtime after this
 
     app = FastAPI(title="corert", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None, description="OpenAI-compatible API over a corert Runtime")
     app.state.runtime, app.state.loader, app.state.metrics, app.state.admission = runtime, loader, metrics, admission
+    app.state.threads = threads
     bearer = HTTPBearer(auto_error=False, description="the server's API key (when it has one)")
 
     def authorized(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:

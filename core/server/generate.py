@@ -10,10 +10,12 @@ usage and no choices; then ``data: [DONE]``.  An error after the first chunk end
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import uuid
+import weakref
 from functools import partial
 from typing import Any, AsyncIterator
 
@@ -89,12 +91,24 @@ async def _close(items: AsyncIterator[Item]) -> None:
 class GenerationServer:
     def __init__(self, runtime: Any, admission: Admission, metrics: Metrics, threads: LiveThreads):
         self.runtime, self.admission, self.metrics, self.threads = runtime, admission, metrics, threads
+        self._groups: weakref.WeakSet[StreamGroup] = weakref.WeakSet()
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop every live request and wait (at most ``timeout`` s) until their threads are gone, so whoever
+        closes the Runtime next does not free a model under a running stream.  True when all are gone."""
+        for group in list(self._groups):
+            group.cancel()
+        deadline = time.monotonic() + timeout
+        while self.threads.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.threads.count
 
     async def serve(self, plan: GenerationPlan, request: Request, arrived: float):
         stack = contextlib.AsyncExitStack()
         try:
             await unless_disconnected(request, stack.enter_async_context(self.admission.hold(len(plan.choices))))
             group = StreamGroup(self.threads)
+            self._groups.add(group)
             stack.callback(group.cancel)
             for choice in plan.choices:
                 group.start(choice.index, partial(choice.call, self.runtime), after=choice.after)
