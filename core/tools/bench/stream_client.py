@@ -7,7 +7,7 @@ import http.client
 import json
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 
@@ -51,41 +51,12 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def post(port: int, path: str, body: Any, *, timeout: float = 300.0, raw: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Reply:
-    """A non-streamed request (or one whose reply is an error): the status and the parsed JSON body."""
+def _exchange(port: int, send: Callable[[http.client.HTTPConnection], None], timeout: float) -> Reply:
+    """One request sent by ``send`` on a fresh connection; its whole reply read: status and parsed JSON."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     t0 = time.perf_counter()
     try:
-        conn.request("POST", path, body=raw if raw is not None else json.dumps(body),
-                     headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        data = resp.read()
-    except OSError as exc:
-        return Reply(status=0, error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
-    finally:
-        conn.close()
-    parsed = _json(data)
-    text = ""
-    if isinstance(parsed, dict) and parsed.get("choices"):
-        c = parsed["choices"][0]
-        text = c.get("text") if "text" in c else ((c.get("message") or {}).get("content") or "")
-    tokens = ((parsed or {}).get("usage") or {}).get("completion_tokens", 0) if isinstance(parsed, dict) else 0
-    return Reply(status=resp.status, text=text or "", tokens=tokens or 0, body=parsed,
-                 seconds=time.perf_counter() - t0)
-
-
-def declare_body(port: int, path: str, size: int, timeout: float = 30.0) -> Reply:
-    """A request that declares a ``size``-byte body and waits (``Expect: 100-continue``) before sending it:
-    how a client such as curl sends a large upload.  A server that refuses the size answers at once."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    t0 = time.perf_counter()
-    try:
-        conn.putrequest("POST", path)
-        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(size)),
-                            ("Expect", "100-continue")):
-            conn.putheader(name, value)
-        conn.endheaders()
+        send(conn)
         resp = conn.getresponse()
         data = resp.read()
     except OSError as exc:
@@ -93,6 +64,33 @@ def declare_body(port: int, path: str, size: int, timeout: float = 30.0) -> Repl
     finally:
         conn.close()
     return Reply(status=resp.status, body=_json(data), seconds=time.perf_counter() - t0)
+
+
+def post(port: int, path: str, body: Any, *, timeout: float = 300.0, raw: bytes | None = None) -> Reply:
+    """A non-streamed request (or one whose reply is an error): the status, the parsed JSON body, and the
+    first choice's text and the completion tokens when it is a completion."""
+    reply = _exchange(port, lambda conn: conn.request("POST", path, body=raw if raw is not None else json.dumps(body),
+                                                      headers={"Content-Type": "application/json"}), timeout)
+    parsed = reply.body
+    if not (isinstance(parsed, dict) and parsed.get("choices")):
+        return reply
+    c = parsed["choices"][0]
+    text = c.get("text") if "text" in c else ((c.get("message") or {}).get("content") or "")
+    tokens = (parsed.get("usage") or {}).get("completion_tokens", 0)
+    return attrs.evolve(reply, text=text or "", tokens=tokens or 0)
+
+
+def declare_body(port: int, path: str, size: int, timeout: float = 30.0) -> Reply:
+    """A request that declares a ``size``-byte body and waits (``Expect: 100-continue``) before sending it:
+    how a client such as curl sends a large upload.  A server that refuses the size answers at once."""
+    def send(conn: http.client.HTTPConnection) -> None:
+        conn.putrequest("POST", path)
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(size)),
+                            ("Expect", "100-continue")):
+            conn.putheader(name, value)
+        conn.endheaders()
+
+    return _exchange(port, send, timeout)
 
 
 def stream(port: int, path: str, body: dict[str, Any], *, timeout: float = 300.0,
