@@ -109,3 +109,33 @@ def test_agrees_with_llama_cpp(model, gemma):
     s.truncate(0)
     assert _kld(ref, got).mean() <= 0.02
     assert (ref.argmax(-1) == got.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_speculative_and_continuous_batching_on_paged_q8(gemma, monkeypatch):
+    """paged:q8 with a window of 8 (so generation runs past it): greedy output is the same alone, in
+    concurrent requests sharing forwards, and drafted by speculative:lookup (verified in batches)."""
+    from corert import Runtime
+    from concurrent_requests import hold_first_step_until_joined, run_concurrently
+
+    prompts = ["Repeat: one two three four, one two three four, one two three four,",
+               "The capital of France is", "def fibonacci(n):"]
+    common = dict(model=gemma, engine="native", n_ctx=256, plugins={"tokenizer": "llama_cpp", "kv_cache": "paged:q8"})
+    batched = Runtime(**common, n_seqs=3)
+    spec = Runtime(**{**common, "plugins": {**common["plugins"], "speculative": "speculative:lookup"}})
+    try:
+        for rt in (batched, spec):
+            t = rt.load_generation_model()[0].transformer
+            t.cfg = attrs.evolve(t.cfg, window=8)
+        alone = [batched.generate(p, max_tokens=24, temperature=0).token_ids for p in prompts]
+        service = batched.load_generation_model()[0].batch_service()
+        hold_first_step_until_joined(monkeypatch, service, len(prompts))
+        together, errors = run_concurrently(lambda p: batched.generate(p, max_tokens=24, temperature=0), prompts)
+        assert errors == [None] * len(prompts)
+        assert [c.token_ids for c in together] == alone
+        drafted = [spec.generate(p, max_tokens=24, temperature=0) for p in prompts]
+        assert [c.token_ids for c in drafted] == alone
+        assert sum(c.decoder_stats["drafted"] for c in drafted) > 0
+    finally:
+        batched.close()
+        spec.close()
