@@ -153,8 +153,8 @@ def test_vnni_variant_matches_f64_reference(smollm2, need_variant):
 
 @pytest.mark.slow
 def test_qwen2_matches_f64_reference(qwen05):
-    """Q5_0/Q8_0/Q4_K kept exactly, Q6_K requantized to 8 bits: still far closer to float64 than llama.cpp
-    (whose KL divergence from this reference is ~1e-3 here)."""
+    """Q5_0/Q8_0/Q4_K/Q6_K kept exactly: far closer to float64 than llama.cpp (whose KL divergence from
+    this reference is ~1e-3 here)."""
     m = _load(qwen05, n_ctx=64)
     try:
         ids = _ids(m, 10)
