@@ -189,6 +189,16 @@ def _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xsum):
 
 
 @njit(inline="always")
+def _int8_block(qg, o):
+    """The 8 operands of a q8 / q6 block at byte ``o`` of a group's weights, the weights a prefetch distance
+    ahead asked for."""
+    for line in range(8):
+        prefetch(qg, o + PREFETCH_BYTES + line * 64)
+    return (load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192),
+            load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), load_bytes(qg, o + 448))
+
+
+@njit(inline="always")
 def _half_dot(w0, w1, w2, w3, xq, xo, xsum):
     """Integer dot of a 16-row x 16-column half block (q + 128 against the signed bytes at xq[xo]), the
     extra 128 * sum(x) taken back out (``xsum``: the half block's sum of x)."""
@@ -275,13 +285,8 @@ def q8_matmul(q, d, x, out):
         ahead = PREFETCH_BYTES // (8 * 64)
         for b in range(nb):
             o = b * 8 * 64
-            for line in range(8):
-                prefetch(qg, o + PREFETCH_BYTES + line * 64)
             prefetch(dg, (b + ahead) * ROWS)
-            w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), \
-                load_bytes(qg, o + 192)
-            w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
-                load_bytes(qg, o + 448)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, o)
             dv = load_f32(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
@@ -306,13 +311,8 @@ def q6_matmul(q, d, x, out):
         ahead = PREFETCH_BYTES // (8 * 64)
         for b in range(nb):
             o = b * 8 * 64
-            for line in range(8):
-                prefetch(qg, o + PREFETCH_BYTES + line * 64)
             prefetch(dg, (2 * b + 2 * ahead) * ROWS)
-            w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), \
-                load_bytes(qg, o + 192)
-            w4, w5, w6, w7 = load_bytes(qg, o + 256), load_bytes(qg, o + 320), load_bytes(qg, o + 384), \
-                load_bytes(qg, o + 448)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, o)
             d_lo, d_hi = load_f32(dg, 2 * b * ROWS), load_f32(dg, (2 * b + 1) * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
