@@ -43,6 +43,8 @@ from .results import Completion, GenerateRequest, StreamChunk, Timings, Usage  #
 
 
 _DONE = object()
+#: how long close() waits for a model's running request to stop before leaving the model alone
+CLOSE_WAIT_S = 30.0
 
 
 @attrs.frozen
@@ -485,22 +487,33 @@ class Runtime:
 
     # -- lifetime -----------------------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop the work in flight, then free each model once nobody is generating on it: freeing a model
+        under a running forward would crash the process.  Running generations are asked to stop through
+        their cancel token (they end at their next token); a model still busy after ``CLOSE_WAIT_S`` is
+        left to the garbage collector rather than freed under its user."""
         if self._workers is not None:
             self._workers.close()
-        with self._lock:
-            for loaded in self._loaded.values():
-                try:
-                    loaded.close()
-                except Exception:  # noqa: BLE001
-                    pass
+        with self._lock:  # taken apart under the lock, waited on outside it (a request may need the lock)
+            scheduler, self._scheduler = self._scheduler, None
+            loaded = list(self._loaded.items())
             self._loaded.clear()
             self._decoders.clear()
-            if self._batch_waiters is not None:
-                self._batch_waiters.shutdown(wait=False)
-                self._batch_waiters = None
-            if self._scheduler is not None:
-                self._scheduler.shutdown(wait=False)
-                self._scheduler = None
+            waiters, self._batch_waiters = self._batch_waiters, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=False, cancel_pending=True)
+        for key, model in loaded:
+            lock = self._model_locks.get(key)
+            if lock is not None and not lock.acquire(timeout=CLOSE_WAIT_S):
+                continue
+            try:
+                model.close()  # a batch service stops its driver thread first
+            except Exception:  # noqa: BLE001
+                pass
+            finally:
+                if lock is not None:
+                    lock.release()
+        if waiters is not None:
+            waiters.shutdown(wait=False)
 
     def __enter__(self) -> "Runtime":
         return self

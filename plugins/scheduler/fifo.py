@@ -29,6 +29,7 @@ class FifoScheduler:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._counts = {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0}
         self._lock = threading.Lock()
+        self._running: CancelToken | None = None  # the token of the task in flight
         self._worker = threading.Thread(target=self._run, name="corert-fifo", daemon=True)
         self._worker.start()
 
@@ -55,7 +56,10 @@ class FifoScheduler:
             if not fut.set_running_or_notify_cancel():
                 self._count("cancelled")
                 continue
-            set_current(CancelToken(deadline))  # a task past its timeout stops at its next check
+            token = CancelToken(deadline)  # a task past its timeout stops at its next check
+            with self._lock:
+                self._running = token
+            set_current(token)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
@@ -66,6 +70,8 @@ class FifoScheduler:
                 self._count("completed")
             finally:
                 set_current(None)
+                with self._lock:
+                    self._running = None
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -80,7 +86,18 @@ class FifoScheduler:
         with self._lock:
             return {"scheduler": self.name, "workers": 1, "queued": self._queue.qsize(), **self._counts}
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        if cancel_pending:
+            while True:  # queued tasks are cancelled; the one in flight is asked to stop
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP and item[0].cancel():
+                    self._count("cancelled")
+            with self._lock:
+                if self._running is not None:
+                    self._running.cancel("shutdown")
         self._queue.put(_STOP)
         if wait:
             self._worker.join()
