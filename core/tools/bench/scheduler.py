@@ -56,8 +56,8 @@ class ThreadPoolScheduler:
     def stats(self) -> dict[str, Any]:
         return {"scheduler": self.name, "workers": self.cores}
 
-    def shutdown(self, wait: bool = True) -> None:
-        self._pool.shutdown(wait=wait)
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_pending)
 
 
 class _ThreadPoolPlugin:
