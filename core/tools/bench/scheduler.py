@@ -109,7 +109,10 @@ def _measure(side: str, args, requests: int, min_window: float) -> dict[str, Any
     # --plugin choices for the other areas apply to every side; the scheduler is the side's
     chosen = {area: str(sel).split("=", 1)[1] for area, sel in
               parse_selections(getattr(args, "plugin", None) or []).items()}
-    kwargs: dict[str, Any] = {"plugins": {**chosen, "scheduler": side}}
+    # every request must be a scheduler task: on an engine with continuous batching (native, which auto
+    # picks) the batch streams would wait on the batch service instead and the scheduler would see none
+    kwargs: dict[str, Any] = {"plugins": {**chosen, "scheduler": side}, "n_seqs": 1,
+                              "engine": getattr(args, "engine", None) or "llama.cpp"}
     if getattr(args, "threads", None):
         kwargs["n_threads"] = args.threads
     if getattr(args, "model", None):
