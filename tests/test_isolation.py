@@ -16,7 +16,7 @@ import pytest
 
 import isolation_faults
 from corert import Runtime
-from corert.errors import ModelError, TaskTimeoutError, WorkerCrashed
+from corert.errors import ConfigError, ModelError, TaskTimeoutError, WorkerCrashed
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "The three primary colors are"]
@@ -91,6 +91,15 @@ def test_constraint_and_logprobs_cross_the_boundary(iso, runtime):
 def test_embed_identical_across_the_boundary(iso, runtime):
     texts = ["a cat sat on the mat", "stock markets fell sharply"]
     np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))
+
+
+def test_embed_runs_on_the_calling_thread_and_checks_its_priority(iso):
+    # no scheduler hop: the supervisor orders requests for the worker's slot
+    before = iso.scheduler.stats()
+    iso.embed(["direct"], priority="batch")
+    assert iso.scheduler.stats()["submitted"] == before["submitted"]
+    with pytest.raises(ConfigError, match="unknown priority"):
+        iso.embed(["x"], priority="urgent")
 
 
 def test_cancelled_stream_leaves_the_worker_serving(iso, expected):

@@ -16,6 +16,7 @@ import attrs
 
 from ..cancel import current_token
 from ..errors import ConfigError
+from ..interfaces import PRIORITIES
 from .limits import Limits
 from .supervisor import SupervisedModel
 
@@ -161,12 +162,14 @@ class RemoteEncoder:
     def __init__(self, sup: SupervisedModel):
         self.sup = sup
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self.sup.call(lambda rid: ("enc", rid, method, args, kwargs), priority="interactive",
+    def _call(self, method: str, *args: Any, priority: str = "interactive", **kwargs: Any) -> Any:
+        if priority not in PRIORITIES:
+            raise ConfigError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
+        return self.sup.call(lambda rid: ("enc", rid, method, args, kwargs), priority=priority,
                              token=current_token())
 
-    def embed(self, texts):
-        return self._call("embed", texts)
+    def embed(self, texts, *, priority: str = "interactive"):
+        return self._call("embed", texts, priority=priority)
 
-    def classify(self, texts, top_k: int = 5):
-        return self._call("classify", texts, top_k=top_k)
+    def classify(self, texts, top_k: int = 5, *, priority: str = "interactive"):
+        return self._call("classify", texts, top_k=top_k, priority=priority)
