@@ -76,6 +76,7 @@ if [ "$(cat "$CACHE/wheels.stamp" 2>/dev/null)" != "$wheel_stamp" ]; then
   # shellcheck disable=SC2086
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$HOST_PY" -m pip install -q --no-warn-conflicts --root-user-action=ignore --target "$SITE.new" \
     --only-binary=:all: --implementation cp --python-version "$PY_VER" --abi "cp${PY_VER/./}" \
+    --platform manylinux_2_36_aarch64 --platform manylinux_2_34_aarch64 --platform manylinux_2_31_aarch64 \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
     --platform linux_aarch64 $specs
   rm -rf "$SITE" && mv "$SITE.new" "$SITE"
