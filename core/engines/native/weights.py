@@ -119,38 +119,29 @@ class TensorSource:
 
     def _convert(self, kind: str, infos: list[TensorInfo], raws: list[np.ndarray], rows: int, cols: int
                  ) -> tuple[np.ndarray, ...]:
-        """The tensors' rows decoded into the row-major q4 / q8 arrays, then laid out for the kernels."""
+        """The tensors' rows decoded into the row-major q4 / q6 / q8 arrays, then laid out for the kernels."""
         nb = cols // QK
         if kind == "q4":
-            q = np.empty((rows, cols // 2), np.uint8)
-            scale = np.empty((rows, nb), np.float32)
-            offset = np.empty((rows, nb), np.float32)
-            r = 0
-            for t, raw in zip(infos, raws):
-                n = raw.shape[0]
-                dequant.to_q4(raw, t.ggml_type, q[r:r + n], scale[r:r + n], offset[r:r + n], F16_TO_F32)
-                self.drop_pages(t)
-                r += n
-            return self.products.layout_q4(q, scale, offset)
+            q4 = (np.empty((rows, cols // 2), np.uint8), np.empty((rows, nb), np.float32),
+                  np.empty((rows, nb), np.float32))  # values, scale, offset
+            return self.products.layout_q4(*self._decode_rows(infos, raws, dequant.to_q4, q4))
         if kind == "q6":
-            q = np.empty((rows, cols), np.int8)
-            scale6 = np.empty((rows, cols // 16), np.float32)
-            r = 0
-            for t, raw in zip(infos, raws):
-                n = raw.shape[0]
-                dequant.to_q6(raw, t.ggml_type, q[r:r + n], scale6[r:r + n], F16_TO_F32)
-                self.drop_pages(t)
-                r += n
-            return self.products.layout_q6(q, scale6)
-        q = np.empty((rows, cols), np.int8)
-        scale = np.empty((rows, nb), np.uint16)
+            q6 = (np.empty((rows, cols), np.int8), np.empty((rows, cols // 16), np.float32))
+            return self.products.layout_q6(*self._decode_rows(infos, raws, dequant.to_q6, q6))
+        q8 = (np.empty((rows, cols), np.int8), np.empty((rows, nb), np.uint16))
+        return self.products.layout_q8(*self._decode_rows(infos, raws, dequant.to_q8, q8))
+
+    def _decode_rows(self, infos: list[TensorInfo], raws: list[np.ndarray], decode, outs: tuple[np.ndarray, ...]
+                     ) -> tuple[np.ndarray, ...]:
+        """Each tensor decoded into its rows of ``outs`` (fused tensors fill consecutive rows), its file pages
+        let go as soon as it is done."""
         r = 0
         for t, raw in zip(infos, raws):
             n = raw.shape[0]
-            dequant.to_q8(raw, t.ggml_type, q[r:r + n], scale[r:r + n], F16_TO_F32)
+            decode(raw, t.ggml_type, *(o[r:r + n] for o in outs), F16_TO_F32)
             self.drop_pages(t)
             r += n
-        return self.products.layout_q8(q, scale)
+        return outs
 
     def drop_pages(self, t: TensorInfo | None = None) -> None:
         """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);
