@@ -30,7 +30,8 @@ def test_greedy_is_deterministic_and_matches_raw_llama_cpp(rt_ref, raw_llama):
 
 
 def test_cli_generate_json_matches_raw_llama_cpp(smollm2, raw_llama):
-    cmd = [sys.executable, "-m", "corert.cli", "generate", "--model", "smollm2-135m-instruct", "--temperature", "0",
+    cmd = [sys.executable, "-m", "corert.cli", "generate", "--engine", "llama.cpp", "--model", "smollm2-135m-instruct",
+           "--temperature", "0",
            "--max-tokens", "64", "--json", PROMPT]
     runs = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout) for _ in range(2)]
     for out in runs:

@@ -97,7 +97,7 @@ def test_the_check_sees_every_kind_of_import(source, expected):
 
 def test_relative_imports_resolve_against_the_package():
     found = imports_of(ROOT / "core" / "engines" / "native" / "batching.py")
-    assert {"corert.numba_setup", "corert.sampling.Sampler", "corert.errors.InputError"} <= found
+    assert {"corert.numba_setup", "corert.batch_service.Stream", "corert.errors.InputError"} <= found
 
 
 def test_the_exceptions_are_still_needed():
