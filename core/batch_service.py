@@ -98,7 +98,8 @@ class StreamTable:
         self.finished[st.id] = st
 
     def _release(self, st: Stream) -> None:
-        raise NotImplementedError
+        """Free the stream's sequence slot in the runner's own KV (each engine's runner defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _release")
 
 
 def check_prompt(ids: list[int], n_vocab: int, n_ctx: int) -> None:
