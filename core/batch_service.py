@@ -28,7 +28,7 @@ import attrs
 import numpy as np
 
 from .errors import CorertError, InputError
-from .interfaces import BatchingRunner, SamplingParams
+from .interfaces import BatchingRunner, BatchSpeculation, SamplingParams
 from .sampling import Sampler
 
 _END = object()
@@ -58,7 +58,10 @@ class Stream:
 
     def accept(self, logits: np.ndarray) -> tuple[int, str | None]:
         """Draw the next token from its logits row; the token and why the stream ends with it (or None)."""
-        tok = self.sample(logits)
+        return self.take(self.sample(logits))
+
+    def take(self, tok: int) -> tuple[int, str | None]:
+        """Append a token chosen for it (drawn here, or a verified draft); why the stream ends with it."""
         self.generated.append(tok)
         if self.is_eog(tok):
             return tok, "stop"
@@ -113,8 +116,9 @@ def check_prompt(ids: list[int], n_vocab: int, n_ctx: int) -> None:
 
 
 class _Request:
-    def __init__(self, ids: list[int], params: SamplingParams, is_eog: Callable[[int], bool]):
-        self.ids, self.params, self.is_eog = ids, params, is_eog
+    def __init__(self, ids: list[int], params: SamplingParams, is_eog: Callable[[int], bool],
+                 speculation: BatchSpeculation | None):
+        self.ids, self.params, self.is_eog, self.speculation = ids, params, is_eog, speculation
         self.out: queue.Queue = queue.Queue()
         self.sid: int | None = None
         self.cancelled = False
@@ -134,8 +138,8 @@ class BatchService:
 
     # -- the request side --------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams,
-                 is_eog: Callable[[int], bool]) -> Iterator[int]:
-        req = _Request([int(t) for t in prompt_ids], params, is_eog)
+                 is_eog: Callable[[int], bool], speculation: BatchSpeculation | None = None) -> Iterator[int]:
+        req = _Request([int(t) for t in prompt_ids], params, is_eog, speculation)
         with self._lock:
             if self._closed:
                 raise CorertError("the batching service is closed")
@@ -177,7 +181,9 @@ class BatchService:
             if req.cancelled:
                 continue
             try:
-                req.sid = self.runner.add(req.ids, req.params, req.is_eog)
+                # only a runner that verifies drafts gets them (the Runtime asks the engine's capabilities)
+                extra = {} if req.speculation is None else {"speculation": req.speculation}
+                req.sid = self.runner.add(req.ids, req.params, req.is_eog, **extra)
             except CorertError as exc:
                 req.out.put(exc)
                 continue

@@ -18,7 +18,7 @@ import attrs
 
 from .cancel import current_token
 from .errors import ContextLengthError, InputError
-from .interfaces import BatchService, Decoder, LoadedModel
+from .interfaces import BatchService, BatchSpeculation, Decoder, LoadedModel
 from .results import Completion, GenerateRequest, StreamChunk, Timings, TokenLogprob, Usage
 from .stops import StopMatcher
 
@@ -33,6 +33,8 @@ class Target:
     lock: threading.Lock
     decoder: Decoder
     batching: BatchService | None = None
+    #: the decoder's drafts, verified inside ``batching``'s steps (None: the batch decodes this stream plainly)
+    speculation: BatchSpeculation | None = None
 
 
 @attrs.frozen
@@ -65,7 +67,8 @@ def generate(req: GenerateRequest, target: Target, clock: Clock, plugins: dict[s
         sampled = collections.deque() if params.logprobs is not None else None
         if sampled is not None:
             params = attrs.evolve(params, report=sampled.append)
-        tokens = (batching.generate(ids, params, tok.is_eog) if batching is not None
+        tokens = (batching.generate(ids, params, tok.is_eog, speculation=target.speculation)
+                  if batching is not None
                   else target.decoder.generate(loaded.session(), ids, params, tok.is_eog))
         run = _Run(tok, StopMatcher(req.stop), emit, sampled)
         try:

@@ -69,6 +69,8 @@ class EngineCapabilities:
     prefix_reuse: bool = False
     #: the engine calibrates a :class:`CalibratedKVStore` at load (it evaluates the store's text)
     kv_calibration: bool = False
+    #: its batching runner verifies a :class:`BatchSpeculation`'s drafts inside the batched step
+    batched_speculation: bool = False
 
     def serves(self, task: str) -> bool:
         return task in self.tasks
@@ -117,8 +119,37 @@ class BatchService(Protocol):
     peak_streams: int  # most streams decoded in one forward so far
 
     def generate(self, prompt_ids: Sequence[int], params: "SamplingParams",
-                 is_eog: Callable[[int], bool]) -> Iterator[int]:
-        """Like :meth:`Decoder.generate`, callable from many threads at once; plain decoding."""
+                 is_eog: Callable[[int], bool], speculation: "BatchSpeculation | None" = None) -> Iterator[int]:
+        """Like :meth:`Decoder.generate`, callable from many threads at once; plain decoding, or with
+        ``speculation`` (engines with ``batched_speculation``) the stream's drafts verified in the batch."""
+
+
+class StreamDrafter(Protocol):
+    """One stream's drafts inside continuous batching (made by :meth:`BatchSpeculation.stream`)."""
+
+    def settle(self, rows: np.ndarray) -> tuple[int, int]:
+        """The stream's last drafts d1..dk were verified: ``rows`` (k + 1, n_vocab) f32 are the logits after
+        its pending token and after each draft.  Returns (drafts accepted, the target's own next token), by
+        the lossless rule (greedy: the argmax)."""
+
+
+class BatchSpeculation(Protocol):
+    """A speculative decoder's part in continuous batching, kept per loaded model (what it learns outlives
+    requests): it makes each stream's drafter and, every step, chooses every stream's drafts knowing the
+    rows already in the step, since a row's marginal cost depends on the batch around it."""
+
+    def stream(self, prompt_ids: Sequence[int], params: "SamplingParams",
+               rng: np.random.Generator) -> StreamDrafter:
+        """A drafter for a new stream (``rng``: its Sampler's, so acceptance draws from the stream's seed)."""
+
+    def draft(self, streams: Sequence[tuple[StreamDrafter, Sequence[int], int]], base_rows: int,
+              base_tokens: int) -> list[list[int]]:
+        """Each stream's drafts for this step.  ``streams``: (drafter, every token of the stream so far,
+        the last one pending, most drafts it may take); ``base_rows`` rows are in the step already and
+        yield ``base_tokens`` tokens."""
+
+    def record_step(self, rows: int, seconds: float) -> None:
+        """A batched forward of ``rows`` rows took ``seconds``."""
 
 
 class BatchingRunner(Protocol):
@@ -331,6 +362,8 @@ class Decoder(Protocol):
     #: so a request's logit processors (penalties, logit_bias, logprobs, a grammar) hold for all of them;
     #: the Runtime refuses such requests on a decoder that accepts drafts without the Sampler
     samples_every_token: bool
+    #: its part in continuous batching when it speculates (None: it decodes plainly or keeps its own turn)
+    batch_speculation: BatchSpeculation | None
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:

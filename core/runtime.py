@@ -341,8 +341,17 @@ class Runtime:
 
     # -- continuous batching (an engine that declares it, n_seqs > 1, a decoder the batcher can stand for) --
     def _batches(self, decoder, model: str | None) -> bool:
-        return (self.config.n_seqs > 1 and self.engine(model=model).capabilities.continuous_batching
-                and getattr(decoder, "runs_in_batcher", False))  # undeclared: it keeps its own turn
+        caps = self.engine(model=model).capabilities
+        return (self.config.n_seqs > 1 and caps.continuous_batching
+                and (getattr(decoder, "runs_in_batcher", False)  # undeclared: it keeps its own turn
+                     or self._batch_speculation(decoder, model) is not None))
+
+    def _batch_speculation(self, decoder, model: str | None):
+        """The decoder's drafts verified inside the batch, when it has a batch side and the engine verifies
+        drafts there (else None: a speculative request keeps its own turn)."""
+        if not self.engine(model=model).capabilities.batched_speculation:
+            return None
+        return getattr(decoder, "batch_speculation", None)
 
     def _submit(self, req: GenerateRequest, *args):
         """A request on the batching path only waits for its tokens (the forwards run on the batch service's
@@ -410,7 +419,8 @@ class Runtime:
         # continuous batching: requests share forwards instead of taking turns; otherwise one sequence per
         # loaded model and requests on it hold its lock in turn
         batching = loaded.batch_service() if self._batches(decoder, req.model) else None
-        target = generation.Target(loaded, lock, decoder, batching)
+        target = generation.Target(loaded, lock, decoder, batching,
+                                   self._batch_speculation(decoder, req.model) if batching is not None else None)
         return generation.generate(req, target, generation.Clock(submitted, started),
                                    self.active_plugins(model=req.model),
                                    emit=emit, cancel=cancel)

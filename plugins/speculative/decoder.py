@@ -18,7 +18,9 @@ from corert.prefill import prefill
 from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
+from .batched import BatchedLookup
 from .controller import Chooser, DepthController, ShadowOffer, VerifyCost
+from .sources import LookupSource
 from corert.sampling import Sampler
 
 
@@ -44,7 +46,7 @@ class SpeculativeDecoder:
     on a model take its lock, so one runs at a time."""
 
     name = "speculative"
-    runs_in_batcher = False  # the batcher decodes plainly: a request that wants drafts keeps its own turn
+    runs_in_batcher = False  # it joins a batch only through batch_speculation, where the engine verifies drafts
     #: accepted drafts bypass the Sampler, so the Runtime refuses logit processors (penalties, logit_bias,
     #: logprobs, grammars) here rather than apply them to some tokens only; use speculative=plain for them
     samples_every_token = False
@@ -56,6 +58,10 @@ class SpeculativeDecoder:
         self._stats: dict = {}
         self.verify = VerifyCost()
         self.controllers = [DepthController(max_depth=max_depth, verify=self.verify) for _ in sources]
+        #: continuous batching verifies a lone lookup source's drafts in the batch (a draft model would need
+        #: a session per stream); it learns into the controllers above
+        self.batch_speculation = (BatchedLookup(self) if len(sources) == 1 and isinstance(sources[0], LookupSource)
+                                  else None)
 
     def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
                  is_eog: Callable[[int], bool]) -> Iterator[int]:

@@ -15,6 +15,7 @@ class PlainDecoder:
     name = "plain"
     runs_in_batcher = True  # the continuous batcher samples exactly like this (one forward per token)
     samples_every_token = True  # so penalties, logit_bias, logprobs and grammars apply
+    batch_speculation = None
 
     def __init__(self):
         self._stats: dict = {}

@@ -15,9 +15,16 @@ own sequence's K/V only, so each stream's tokens are exactly those it produces a
 With a store that knows token ids (kv_cache=paged) a new stream first takes the cached pages of its
 prompt's longest cached prefix, and a stream whose K/V the store evicted (budget exhausted while it waited)
 is recomputed from its ids, transparently.
+
+Speculation inside the batch: a stream added with a ``speculation`` (corert.interfaces.BatchSpeculation,
+a speculative decoder's) also gets draft rows after its pending token, chosen each step knowing the rows
+already in it; the same forward verifies them, the stream keeps the accepted drafts plus the target's own
+token and its sequence is truncated past them.  A row's logits do not depend on the other rows, so each
+stream's greedy tokens stay exactly its plain ones, whatever runs beside it.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,7 +32,7 @@ import numpy as np
 from ...batch_service import Stream, StreamTable, check_prompt
 from ...config import NativeConfig
 from ...errors import InputError
-from ...interfaces import PrefixMatchingKVStore, SamplingParams
+from ...interfaces import BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long
@@ -43,10 +50,14 @@ class BatchRunner(StreamTable):
         self.prefill_rows = max(1, int(prefill_rows))
         self._tracks = isinstance(self.kv, PrefixMatchingKVStore)  # a paged store: ids, prefix sharing, eviction
         self.share_prefixes = share_prefixes and self._tracks
+        #: speculating streams: their BatchSpeculation and drafter
+        self._drafters: dict[int, tuple[BatchSpeculation, StreamDrafter]] = {}
+        self.drafted = 0  # draft rows verified so far
+        self.accepted = 0  # of which accepted
 
     # -- joining and leaving ---------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
-            is_eog: Callable[[int], bool] | None = None) -> int:
+            is_eog: Callable[[int], bool] | None = None, speculation: BatchSpeculation | None = None) -> int:
         ids = [int(t) for t in prompt_ids]
         m = self.model
         check_prompt(ids, m.n_vocab, m.n_ctx)
@@ -55,21 +66,49 @@ class BatchRunner(StreamTable):
         if self.share_prefixes:
             st.done_upto = self.kv.match_prefix(seq, ids)
         self.streams[st.id] = st
+        if speculation is not None:
+            self._drafters[st.id] = (speculation, speculation.stream(ids, st.params, st.sample.rng))
         return st.id
 
     # -- one step --------------------------------------------------------------------------------------
     def step(self) -> list[tuple[int, int]]:
         """One forward over every live stream's pending rows; returns (stream id, new token) pairs."""
-        plan = self._plan()
+        plan = self._draft(self._plan())
         while plan:
             try:
                 return self._run(plan)
             except InputError as exc:
+                if "KV cache full" in str(exc) and any(d for _, _, d in plan):
+                    plan = [(sid, n, []) for sid, n, _ in plan]  # no room for drafts: decode plainly
+                    continue
                 if len(plan) == 1 or "KV cache full" not in str(exc):
                     self._finish(self.streams[plan[0][0]], f"error: {exc}")
                     raise
                 plan = plan[:-1]  # not all fit: the newest waits a step (its K/V may be evicted)
         return []
+
+    def _draft(self, plan: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
+        """(stream id, rows, drafts): each speculating stream's drafts after its pending token, chosen by
+        its BatchSpeculation with the rows already in the step."""
+        rows = sum(n for _, n in plan)
+        tokens = sum(1 for sid, n in plan if self.streams[sid].done_upto + n == len(self.streams[sid].tokens))
+        drafts: dict[int, list[int]] = {}
+        groups: dict[int, list[int]] = {}
+        for sid, n in plan:
+            if sid in self._drafters and n == 1:
+                groups.setdefault(id(self._drafters[sid][0]), []).append(sid)
+        for sids in groups.values():
+            spec = self._drafters[sids[0]][0]
+            entries = []
+            for sid in sids:
+                st = self.streams[sid]
+                # room: never past max_tokens (accepted + the target's own token) or the context
+                room = min(st.params.max_tokens - len(st.generated) - 1, self.model.n_ctx - len(st.tokens))
+                entries.append((self._drafters[sid][1], st.tokens, max(0, room)))
+            for sid, d in zip(sids, spec.draft(entries, rows, tokens)):
+                drafts[sid] = [int(t) for t in d]
+                rows += len(d)
+        return [(sid, n, drafts.get(sid, [])) for sid, n in plan]
 
     def _plan(self) -> list[tuple[int, int]]:
         """(stream id, rows this step): every stream's pending ids, prompt rows capped per step."""
@@ -90,17 +129,18 @@ class BatchRunner(StreamTable):
                 plan.append((sid, n))
         return plan
 
-    def _run(self, plan: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _run(self, plan: list[tuple[int, int, list[int]]]) -> list[tuple[int, int]]:
         ids, seqs, pos, logit_rows, sampled = [], [], [], [], []
-        for sid, n in plan:
+        for sid, n, drafts in plan:
             st = self.streams[sid]
             a = st.done_upto
-            ids += st.tokens[a:a + n]
-            seqs += [st.seq] * n
-            pos += range(a, a + n)
-            if a + n == len(st.tokens):  # the stream's last pending row: sample from it
-                logit_rows.append(len(ids) - 1)
-                sampled.append(st)
+            rows = st.tokens[a:a + n] + drafts
+            ids += rows
+            seqs += [st.seq] * len(rows)
+            pos += range(a, a + len(rows))
+            if a + n == len(st.tokens):  # the stream's last pending row (and its drafts'): sample from it
+                logit_rows += range(len(ids) - 1 - len(drafts), len(ids))
+                sampled.append((st, drafts))
         ids_a = np.asarray(ids, np.int32)
         seq_a = np.asarray(seqs, np.int32)
         pos_a = np.asarray(pos, np.int32)
@@ -110,29 +150,48 @@ class BatchRunner(StreamTable):
                 self.kv.reserve(seq_a, pos_a, token_ids=ids_a)
             else:
                 self.kv.reserve(seq_a, pos_a)
+            t0 = time.perf_counter()
             try:
                 # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)
                 # samples nothing, and an empty float array is no index
                 logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv,
                                       np.asarray(logit_rows, np.int64), threads=m.threads)
             except BaseException:
-                for sid, _ in plan:
+                for sid, _, _ in plan:
                     st = self.streams[sid]
                     self.kv.truncate(st.seq, st.done_upto)
                 raise
-        for sid, n in plan:
+            seconds = time.perf_counter() - t0
+        for spec in {id(s): s for s, _ in self._drafters.values()}.values():
+            spec.record_step(len(ids), seconds)
+        for sid, n, _ in plan:
             self.streams[sid].done_upto += n
         self.steps += 1
         self.rows += len(ids)
-        out = []
-        for st, row in zip(sampled, logits):
-            tok, finish = st.accept(row)
-            out.append((st.id, tok))
-            if finish is not None:
-                self._finish(st, finish)
+        out: list[tuple[int, int]] = []
+        j = 0
+        for st, drafts in sampled:
+            rows = logits[j:j + len(drafts) + 1]
+            j += len(drafts) + 1
+            if not drafts:
+                chosen = [st.sample(rows[0])]
+            else:
+                n_ok, nxt = self._drafters[st.id][1].settle(rows)
+                chosen = drafts[:n_ok] + [nxt]
+                st.done_upto += n_ok
+                self.kv.truncate(st.seq, st.done_upto)  # drop the rejected drafts' K/V
+                self.drafted += len(drafts)
+                self.accepted += n_ok
+            for tok in chosen:
+                tok, finish = st.take(tok)
+                out.append((st.id, tok))
+                if finish is not None:
+                    self._finish(st, finish)
+                    break
         return out
 
     def _release(self, st: Stream) -> None:
+        self._drafters.pop(st.id, None)
         self.kv.release(st.seq)
 
     # -- convenience -----------------------------------------------------------------------------------

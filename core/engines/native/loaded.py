@@ -10,7 +10,7 @@ from .session import NativeSession
 
 DEFAULT_SEQS = 1
 CAPABILITIES = EngineCapabilities(tasks={"generate"}, continuous_batching=True, prefix_reuse=True,
-                                  kv_calibration=True)
+                                  kv_calibration=True, batched_speculation=True)
 
 
 class NativeModel:

@@ -1,0 +1,119 @@
+"""Speculation inside continuous batching (corert.interfaces.BatchSpeculation): every stream drafts from its
+own prompt/output lookup, and each step the depths are chosen for the whole batch.
+
+A step of R rows yielding T tokens costs verify(R) (the decoder's VerifyCost: the same table solo requests
+fill, keyed by rows in the forward).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes
+the step cost verify(R + k), so it pays when it raises the step's tokens per second:
+
+    (T + E(k) - 1) / verify(R + k)  >  T / verify(R)
+
+Streams are served best-anchored first (a long match is a copy in progress); each stream's rows then count
+as already in the step for the next one.  A draft row is cheap while the batch is small (8 rows cost ~3x
+one on the int8 kernels) and dear once it is full, so the same stream drafts deeper alone than beside
+seven others.  What is learned (verify costs, accepted runs per match class) is the decoder's, kept per
+loaded model across requests; a stream's lookup index, offer and shadows are its own.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import attrs
+import numpy as np
+
+from corert.interfaces import SamplingParams
+
+from .acceptance import accept_greedy, accept_sampled
+from .controller import DepthController, ShadowOffer
+from .sources import LookupSource
+
+if TYPE_CHECKING:
+    from .decoder import SpeculativeDecoder
+
+
+@attrs.define
+class StreamDrafts:
+    """One stream's lookup source and what it offered last (corert.interfaces.StreamDrafter)."""
+
+    source: LookupSource
+    ctrl: DepthController  # the decoder's: acceptance is learned across streams and requests
+    params: SamplingParams
+    rng: np.random.Generator
+    seen: int  # tokens of the stream the source has indexed
+    available: int = 0  # tokens the source can offer this step
+    cls: int = 0  # match class of the offer
+    drafts: list[int] = attrs.Factory(list)
+    qs: list[dict[int, float]] = attrs.Factory(list)
+    shadows: dict[int, ShadowOffer] = attrs.Factory(dict)  # declined offers being checked, per class
+
+    def sync(self, tokens: Sequence[int], room: int) -> None:
+        """Index the tokens produced since the last step (feeding the shadows), then look up an offer."""
+        new = [int(t) for t in tokens[self.seen:]]
+        self.seen = len(tokens)
+        self.source.extend(new)
+        for t in new:
+            self.shadows = {c: sh for c, sh in self.shadows.items() if not sh.observe(t)}
+        self.available = self.source.available(room) if room > 0 else 0
+        self.cls = self.source.offer_class() if self.available else 0
+
+    def take(self, k: int) -> list[int]:
+        self.drafts, self.qs = self.source.propose(k, self.params, self.rng) if k > 0 else ([], [])
+        return self.drafts
+
+    def settle(self, rows: np.ndarray) -> tuple[int, int]:
+        if self.params.temperature <= 0.0:
+            n_ok, nxt = accept_greedy(self.drafts, rows)
+        else:
+            n_ok, nxt = accept_sampled(self.drafts, self.qs, rows, self.params, self.rng)
+        self.ctrl.record_acceptance(len(self.drafts), n_ok, self.cls)
+        return n_ok, nxt
+
+
+class BatchedLookup:
+    """The batch side of a SpeculativeDecoder whose one source is prompt lookup (adaptive or fixed depth)."""
+
+    def __init__(self, decoder: "SpeculativeDecoder", margin: float = 0.05):
+        self.decoder = decoder
+        self.margin = margin  # like Chooser's: a draft must beat no draft by this much
+
+    @property
+    def ctrl(self) -> DepthController:
+        return self.decoder.controllers[0]
+
+    def stream(self, prompt_ids: Sequence[int], params: SamplingParams, rng: np.random.Generator) -> StreamDrafts:
+        src = self.decoder.sources[0]
+        source = LookupSource(src.max_ngram, src.min_ngram)
+        source.start(prompt_ids)
+        return StreamDrafts(source, self.ctrl, params, rng, seen=len(prompt_ids))
+
+    def record_step(self, rows: int, seconds: float) -> None:
+        self.ctrl.record_verify(rows, seconds)
+
+    def draft(self, streams: Sequence[tuple[StreamDrafts, Sequence[int], int]], base_rows: int,
+              base_tokens: int) -> list[list[int]]:
+        depth_cap = self.decoder.max_depth
+        for d, tokens, room in streams:
+            d.sync(tokens, min(room, depth_cap))
+        if not self.decoder.adaptive:  # fixed depth: every offer as far as it goes
+            return [d.take(d.available) for d, _, _ in streams]
+        ctrl, cost = self.ctrl, self.ctrl.verify
+        rows, tokens = base_rows, float(base_tokens)
+        depths = [0] * len(streams)
+        order = sorted(range(len(streams)), key=lambda i: -ctrl.acceptance(streams[i][0].cls))
+        for i in order:
+            d = streams[i][0]
+            if not d.available:
+                continue
+            rate = tokens / cost(rows)
+            best_k, best_rate = 0, rate * (1.0 + self.margin)
+            for k in ctrl.depths(d.available):
+                r = (tokens + ctrl.expected_tokens(k, d.cls) - 1.0) / (ctrl.draft_cost.value * k + cost(rows + k))
+                if r > best_rate:
+                    best_k, best_rate = k, r
+            depths[i] = best_k
+            if best_k:
+                rows += best_k
+                tokens += ctrl.expected_tokens(best_k, d.cls) - 1.0
+                d.shadows.clear()  # a real verify gives better evidence
+            elif d.cls not in d.shadows:  # declined: still learn whether it would have been right
+                d.shadows[d.cls] = ShadowOffer(d.source.free_offer(), ctrl, d.cls)
+        return [d.take(k) for (d, _, _), k in zip(streams, depths)]
