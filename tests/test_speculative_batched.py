@@ -1,0 +1,126 @@
+"""Speculation inside continuous batching on the native engine (SmolLM2-135M): every stream's greedy tokens
+equal its solo plain run with 1, 3 and 8 streams, on contiguous and paged:q8 stores; a rollback leaves the
+stream's K/V, page tokens and prefix hashes exactly as if only the accepted tokens had been evaluated; the
+Runtime batches speculative requests."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corert import Runtime, RuntimeConfig
+from corert.engines.native.batching import BatchRunner
+from corert.engines.native.plugin import NativeEngine
+from corert.interfaces import SamplingParams, ThreadBudget
+from corert.plugins.kv_cache.contiguous import ContiguousKV
+from corert.plugins.kv_cache.paged.config import PagedConfig
+from corert.plugins.kv_cache.paged.plugin import PagedKV
+from corert.plugins.speculative.speculative import make
+from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
+
+from concurrent_requests import hold_first_step_until_joined, run_concurrently
+
+BUDGET = ThreadBudget(cores=2, llama_threads=2, llama_batch_threads=2, ort_intra_op=1, ort_inter_op=1,
+                      ort_spinning=False, numba_threads=2)
+_FOX = "the quick brown fox jumps over the lazy dog, the quick brown fox jumps over the lazy dog."
+_CODE = "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+# chat-formatted copy tasks: SmolLM2 copies much of them, so lookup drafts get accepted (and rejected)
+PROMPTS = [f"<|im_start|>user\n{task}<|im_end|>\n<|im_start|>assistant\n" for task in (
+    f"Repeat exactly: {_FOX}",
+    f"Return this code unchanged:\n{_CODE}",
+    "Repeat exactly: one, two, three, four, five, six, seven, eight, nine, ten.",
+    f"Rewrite in capitals: {_FOX}",
+    f"Add a comment to this code:\n{_CODE}",
+    "Repeat exactly: red, green, blue, red, green, blue, red, green, blue.",
+    "Copy this list: apples, pears, plums, cherries, grapes, lemons, limes.",
+    f"Repeat twice: {_FOX}",
+)]
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+STORES = {"contiguous": lambda: ContiguousKV(), "paged:q8": lambda: PagedKV(PagedConfig(dtype="q8"))}
+
+
+@pytest.fixture(scope="module", params=list(STORES))
+def loaded(request, smollm2):
+    m = NativeEngine("avx2").load(smollm2, tokenizer=LlamaCppTokenizer(smollm2), kv_cache=STORES[request.param](),
+                                  n_ctx=256, threads=BUDGET, config=RuntimeConfig(n_seqs=8))
+    ids = [m.tokenizer.encode(p, parse_special=True) for p in PROMPTS]
+    solo = [BatchRunner(m, share_prefixes=False).run([x], GREEDY)[0] for x in ids]
+    yield m, ids, solo
+    m.close()
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_batched_speculation_equals_solo_plain(loaded, n):
+    model, ids, solo = loaded
+    # fixed depth drafts whenever it can; adaptive chooses (once, with a full batch: it decides per row cost)
+    for variant in ("lookup", "adaptive") if n == 8 else ("lookup",):
+        spec = make(variant).batch_speculation
+        r = BatchRunner(model)
+        sids = [r.add(x, GREEDY, speculation=spec) for x in ids[:n]]
+        while r.active:
+            r.step()
+        assert [r.result(s).generated for s in sids] == solo[:n], variant
+        if variant == "lookup":
+            assert 0 < r.accepted < r.drafted  # drafts were verified, some kept and some rolled back
+            assert r.steps < GREEDY.max_tokens + 1  # accepted drafts saved steps
+    assert model.kv.nbytes() > 0 and all(model.kv.length(s) == 0 for s in range(model.kv.n_seqs))
+
+
+def _kv_rows(kv, seq: int, n: int) -> list[np.ndarray]:
+    """The stored K/V of positions 0..n-1 of ``seq`` (and q8 scales), layout aside."""
+    if not hasattr(kv, "seqs"):  # contiguous: (layer, seq, kv_head, position, head_dim)
+        return [kv.k[:, seq, :, :n], kv.v[:, seq, :, :n]]
+    P, pages = kv.page_tokens, kv.seqs[seq].pages
+    at = [(pages[p // P], p % P) for p in range(n)]
+    arrays = [kv.k, kv.v] + ([kv.ks, kv.vs] if kv.ks is not None else [])
+    return [np.stack([a[:, page, :, slot] for page, slot in at]) for a in arrays]
+
+
+def test_rollback_leaves_the_kv_as_if_only_accepted_tokens_were_written(loaded):
+    model, ids, _ = loaded
+    kv = model.kv
+    r = BatchRunner(model, share_prefixes=False)
+    sids = [r.add(x, GREEDY, speculation=make("lookup").batch_speculation) for x in ids[:3]]
+    for _ in range(4):  # mid-flight: drafts verified and partly rolled back, nobody finished yet
+        r.step()
+    assert r.drafted > r.accepted > 0 and all(s in r.streams for s in sids)
+    for sid in sids:
+        st = r.streams[sid]
+        assert kv.length(st.seq) == st.done_upto == len(st.tokens) - 1  # only the pending token lacks K/V
+        ref = model.new_session()  # the same tokens, evaluated plainly: prompt, then one token at a time
+        ref.eval(st.tokens[:st.n_prompt])
+        for t in st.tokens[st.n_prompt:st.done_upto]:
+            ref.eval([t])
+        for got, want in zip(_kv_rows(kv, st.seq, st.done_upto), _kv_rows(kv, ref.seq, st.done_upto)):
+            np.testing.assert_array_equal(got, want)
+        if hasattr(kv, "seqs"):  # page tokens and prefix-cache hashes: those of the accepted tokens only
+            assert kv.seqs[st.seq].tokens == kv.seqs[ref.seq].tokens == st.tokens[:st.done_upto]
+            assert kv.seqs[st.seq].hashes == kv.seqs[ref.seq].hashes
+        ref.close()
+    for sid in sids:
+        r.cancel(sid)
+    if hasattr(kv, "check"):
+        kv.check()
+        assert kv.stats()["pages_used"] == 0
+
+
+@pytest.mark.slow
+def test_runtime_batches_speculative_requests(smollm2, monkeypatch):
+    """speculative:lookup with n_seqs > 1 on the native engine: concurrent requests join one batch and get
+    their solo plain text; logit processors are still refused."""
+    common = dict(model=smollm2, engine="native", n_ctx=256, plugins={"tokenizer": "llama_cpp", "kv_cache": "paged:q8"})
+    plain = Runtime(**common)
+    expected = [plain.generate(p, max_tokens=16, temperature=0).token_ids for p in PROMPTS[:3]]
+    plain.close()
+    rt = Runtime(**{**common, "plugins": {**common["plugins"], "speculative": "speculative:lookup"}}, n_seqs=4)
+    try:
+        service = rt.load_generation_model()[0].batch_service()
+        hold_first_step_until_joined(monkeypatch, service, 3)
+        got, errors = run_concurrently(lambda p: rt.generate(p, max_tokens=16, temperature=0), PROMPTS[:3])
+        assert errors == [None] * 3
+        assert [c.token_ids for c in got] == expected
+        assert all(c.decoder_stats["continuous_batching"] for c in got) and service.peak_streams == 3
+        assert service.runner.accepted > 0
+        with pytest.raises(Exception, match="logit_bias"):
+            rt.generate(PROMPTS[0], max_tokens=4, logit_bias={1: 1.0})
+    finally:
+        rt.close()
