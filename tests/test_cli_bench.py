@@ -194,3 +194,23 @@ def test_bench_grammar():
     assert lo <= r["mask_ms_per_token"] <= hi
     assert all(_positive(v) for v in r["decode_ms_per_token"].values())
     _ratio_summary(r["decode_ratio"], r["decode_ratio_range"], r["decode_ratio_rounds"], 3)
+
+
+@pytest.mark.slow
+def test_bench_batch_speculative():
+    r = cli_json("bench", "batch", "--speculative", "--json", "--streams", "2", "--max-tokens", "6")
+    _machine(r)
+    assert (r["bench"], r["model"], r["kv_cache"], r["speculative"]) == (
+        "batch --speculative", SMOL, "paged:q8", "speculative:adaptive")
+    row = r["row"]
+    assert row["streams"] == 2 and r["rounds"] == 3 and r["max_tokens"] == 6
+    for side in ("spec", "plain", "llama"):
+        assert _positive(row[side]["decode_tok_s"]) and _positive(row[side]["e2e_tok_s"]), row
+    for other in ("plain", "llama"):
+        for k in ("decode", "e2e"):
+            _ratio_summary(row[f"{k}_vs_{other}"], row[f"{k}_vs_{other}_range"], row[f"{k}_vs_{other}_rounds"], 3)
+    assert 0 <= row["spec"]["accepted"] <= row["spec"]["drafted"]
+    assert r["streams_identical_to_solo_plain"] is True
+    assert isinstance(r["goal_1.3x_vs_plain_batch"], bool)
+    assert_bad_input(run_cli("bench", "batch", "--speculative", "--engine", "llama.cpp"),
+                     "--speculative runs on the native engine")

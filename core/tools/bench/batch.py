@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per request (default 128)")
     p.add_argument("--rounds", type=int, default=MIN_ROUNDS,
                    help=f"rounds of every stream count, sides interleaved, at least {MIN_ROUNDS} (default {MIN_ROUNDS})")
+    p.add_argument("--speculative", action="store_true",
+                   help="grounded prompts at the largest --streams count: speculative:adaptive inside the batch vs "
+                        "the same batch decoded plainly vs llama.cpp one after another (native engine)")
 
 
 def _native(rt, path: str, n_max: int, n_ctx: int):
@@ -66,13 +69,14 @@ def _llama_cpp_runner(runner):
     return runner
 
 
-def _run_batched(r, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
+def _run_batched(r, prompts: list[list[int]], max_tokens: int, speculation=None) -> dict[str, Any]:
     from corert.interfaces import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     steps0 = r.steps
+    extra = {} if speculation is None else {"speculation": speculation}  # native runners only
     t0 = time.perf_counter()
-    sids = [r.add(p, params, is_eog=lambda t: False) for p in prompts]
+    sids = [r.add(p, params, is_eog=lambda t: False, **extra) for p in prompts]
     first_all = None
     while r.active:
         r.step()
@@ -82,7 +86,8 @@ def _run_batched(r, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]
     outs = [r.result(s).generated for s in sids]
     n = len(prompts)
     return {"decode_tok_s": n * (max_tokens - 1) / (end - first_all), "e2e_tok_s": n * max_tokens / (end - t0),
-            "seconds": end - t0, "steps": r.steps - steps0, "outputs": outs}
+            "seconds": end - t0, "steps": r.steps - steps0, "outputs": outs,
+            "drafted": getattr(r, "drafted", 0), "accepted": getattr(r, "accepted", 0)}
 
 
 def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
@@ -118,9 +123,13 @@ def run(args) -> dict[str, Any]:
     engine = args.engine or "native"
     if engine not in ("native", "llama.cpp"):
         raise InputError(f"--engine must be native or llama.cpp (the engines with continuous batching), not {engine!r}")
+    if args.speculative and engine != "native":
+        raise InputError("--speculative runs on the native engine (its batch verifies drafts)")
     plugins = list(args.plugin or [])
     if engine == "native" and not any(p.startswith("kv_cache=") for p in plugins):
         plugins.append("kv_cache=paged:q8")
+    if args.speculative and not any(p.startswith("speculative=") for p in plugins):
+        plugins.append("speculative=speculative:adaptive")
     over: dict[str, Any] = {"engine": engine, "plugins": plugins, "n_ctx": 512}
     if args.model:
         over["model"] = args.model
@@ -129,6 +138,10 @@ def run(args) -> dict[str, Any]:
     base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None
     rt = Runtime(RuntimeConfig.from_env(base), **over)
     try:
+        if args.speculative:
+            from . import batch_speculative
+
+            return batch_speculative.run(args, rt, counts)
         path = str(rt.model_path())
         budget = rt.scheduler.thread_budget()
         threads = budget.numba_threads if engine == "native" else budget.llama_threads
@@ -191,6 +204,10 @@ def _row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def render(r: dict[str, Any]) -> str:
+    if r.get("bench") == "batch --speculative":
+        from . import batch_speculative
+
+        return batch_speculative.render(r)
     lines = [f"continuous batching: {r['model']} ({r['max_tokens']} tokens per request, {r['threads']} threads, "
              f"{r.get('engine', 'native')} kv_cache={r['kv_cache']}, {r['rounds']} rounds, sides interleaved); "
              f"machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",

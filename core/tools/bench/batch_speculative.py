@@ -1,0 +1,103 @@
+"""``corert bench batch --speculative``: speculation inside continuous batching on the native engine.
+
+N streams (8 by default) of grounded prompts (corert.tools.prompts.GROUNDED, chat-formatted, cycled past
+its six), greedy, exactly --max-tokens tokens each (end-of-generation ignored, so every side does the same
+work), three sides per round in a rotating order:
+  spec    all N streams in one BatchRunner, each drafting from its own prompt/output lookup
+          (speculative:adaptive: depths chosen per step with the batch's rows; the decoder, and what it
+          learned, is kept across rounds as the Runtime keeps it across requests)
+  plain   the same batch decoded plainly
+  llama   llama-cpp-python (same model, same threads) serving them one after another
+Aggregate decode tok/s as in ``bench batch`` (tokens after each stream's first / time from the moment every
+stream has its first token); the ratios spec/plain and spec/llama per round, median and min-max.  Every
+spec stream is checked against its solo plain run (one BatchRunner stream alone), in every round.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from corert.compute import on_compute_thread
+from corert.models.labels import model_label
+from corert.tools.stats import median, ratio_summary, ratios, spread
+
+from .batch import _native, _run_batched, _run_llama
+
+#: the issue's goal: adaptive speculation in the batch against the same batch decoded plainly
+GOAL_VS_PLAIN = 1.3
+N_CTX = 1024
+
+
+def run(args, rt, counts: list[int]) -> dict[str, Any]:
+    from corert.chat import render
+    from corert.engines.native.batching import BatchRunner
+    from corert.llama_lib import llama_cpp, prepare
+    from corert.models.gguf_header import read_header
+    from corert.tools.prompts import GROUNDED
+
+    n = counts[-1]
+    path = str(rt.model_path())
+    threads = rt.scheduler.thread_budget().numba_threads
+    model = _native(rt, path, n, N_CTX)
+    spec = rt.decoder().batch_speculation
+    if spec is None:
+        from corert.errors import InputError
+        raise InputError("--speculative needs speculative=speculative:adaptive or speculative:lookup (a decoder "
+                         "that drafts by lookup)")
+    template = read_header(path, want_arrays=False).metadata.get("tokenizer.chat_template")
+    texts = [render(template, [{"role": "user", "content": GROUNDED[i % len(GROUNDED)]}]) for i in range(n)]
+    ids = [model.tokenizer.encode(t, parse_special=True)[:N_CTX - args.max_tokens - 1] for t in texts]
+    prepare(path)
+    llm = llama_cpp().Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
+    try:
+        runner = lambda: BatchRunner(model, share_prefixes=False)  # noqa: E731  (no side reuses a prompt)
+        solo = [_run_batched(runner(), [x], args.max_tokens)["outputs"][0] for x in ids]
+        _run_batched(runner(), ids, 16, spec)  # warm-up: kernels hot, the controller's first timings
+        on_compute_thread(_run_llama, llm, ids[:1], 4)
+        sides = {"spec": lambda: _run_batched(runner(), ids, args.max_tokens, spec),
+                 "plain": lambda: _run_batched(runner(), ids, args.max_tokens),
+                 "llama": lambda: on_compute_thread(_run_llama, llm, ids, args.max_tokens)}
+        names = list(sides)
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in names}
+        for k in range(args.rounds):  # the order rotates: load drift falls on every side alike
+            for side in names[k % 3:] + names[:k % 3]:
+                runs[side].append(sides[side]())
+    finally:
+        model.close()
+        del llm
+    identical = all(r["outputs"] == solo for side in ("spec", "plain") for r in runs[side])
+    row: dict[str, Any] = {"streams": n}
+    for side, rs in runs.items():
+        row[side] = {k: median([r[k] for r in rs]) for k in ("decode_tok_s", "e2e_tok_s", "seconds")}
+        row[side]["decode_tok_s_range"] = spread([r["decode_tok_s"] for r in rs])
+        if side != "llama":
+            row[side]["steps"] = rs[-1]["steps"]
+    last = runs["spec"][-1]
+    row["spec"].update(drafted=last["drafted"], accepted=last["accepted"])
+    for other in ("plain", "llama"):
+        for k in ("decode", "e2e"):
+            s = ratio_summary(ratios([r[f"{k}_tok_s"] for r in runs["spec"]], [r[f"{k}_tok_s"] for r in runs[other]]))
+            row.update({f"{k}_vs_{other}": s["median"], f"{k}_vs_{other}_range": s["range"],
+                        f"{k}_vs_{other}_rounds": s["rounds"]})
+    return {"bench": "batch --speculative", "model": model_label(path), "engine": "native", "threads": threads,
+            "max_tokens": args.max_tokens, "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", "native").label,
+            "speculative": rt.resolve("speculative", "native").label, "prompts": "grounded", "row": row,
+            "streams_identical_to_solo_plain": identical,
+            f"goal_{GOAL_VS_PLAIN}x_vs_plain_batch": row["decode_vs_plain"] >= GOAL_VS_PLAIN}
+
+
+def render(r: dict[str, Any]) -> str:
+    row = r["row"]
+    cell = lambda k: (f"{row[k]:.2f}x ({row[k + '_range'][0]:.2f}-{row[k + '_range'][1]:.2f})")  # noqa: E731
+    lines = [f"speculation in continuous batching: {r['model']}, {row['streams']} grounded streams x "
+             f"{r['max_tokens']} tokens, {r['threads']} threads, kv_cache={r['kv_cache']}, {r['speculative']}, "
+             f"{r['rounds']} rounds, sides interleaved; machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
+             f"  decode tok/s (aggregate, medians): spec {row['spec']['decode_tok_s']:.1f} "
+             f"(steps {row['spec']['steps']}, drafted {row['spec']['drafted']}, accepted {row['spec']['accepted']}), "
+             f"plain batch {row['plain']['decode_tok_s']:.1f} (steps {row['plain']['steps']}), "
+             f"llama.cpp one after another {row['llama']['decode_tok_s']:.1f}",
+             f"  spec vs plain batch: decode {cell('decode_vs_plain')}, e2e {cell('e2e_vs_plain')}",
+             f"  spec vs llama.cpp:   decode {cell('decode_vs_llama')}, e2e {cell('e2e_vs_llama')}",
+             f"  every stream identical to its solo plain run: {r['streams_identical_to_solo_plain']}",
+             f"  goal >= {GOAL_VS_PLAIN}x the plain batch: "
+             f"{'met' if r[f'goal_{GOAL_VS_PLAIN}x_vs_plain_batch'] else 'NOT met'}  (shared machine: noisy)"]
+    return "\n".join(lines)
