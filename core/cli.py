@@ -44,13 +44,17 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
     g.add_argument("--threads", type=int, help="cores to use (default: all this process may use)")
     g.add_argument("--ctx", type=int, help="context length in tokens (default 2048)")
     g.add_argument("--isolation", choices=("none", "process"),
-                   help="process: each loaded model runs in a supervised worker process (default none)")
+                   help="process: each loaded model runs in a supervised worker process (default none; "
+                        "corert serve: process)")
 
 
-def _runtime(args: argparse.Namespace, **extra: Any):
+def _runtime(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **extra: Any):
+    """The Runtime a command runs on.  Precedence: flags > environment > TOML file > ``defaults`` (a command's
+    own, e.g. serve's isolation) > RuntimeConfig's."""
     from .runtime import Runtime, RuntimeConfig
 
-    base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else RuntimeConfig()
+    start = RuntimeConfig().evolve(**(defaults or {}))
+    base = RuntimeConfig.from_toml(args.config, base=start) if getattr(args, "config", None) else start
     base = RuntimeConfig.from_env(base)
     for option in getattr(args, "set_options", None) or ():
         base = base.set_option(option)

@@ -294,9 +294,10 @@ class RuntimeConfig:
             raise ConfigError(f"n_ctx must be an integer ≥ 16, got {value!r}")
 
     @classmethod
-    def from_toml(cls, path: str | os.PathLike, **overrides: Any) -> "RuntimeConfig":
+    def from_toml(cls, path: str | os.PathLike, base: "RuntimeConfig | None" = None, **overrides: Any
+                  ) -> "RuntimeConfig":
         """Read ``[corert]`` (or the top level) of a TOML file, with its ``kv`` / ``scheduler`` / ``native``
-        sub-tables."""
+        sub-tables, on top of ``base`` (default: these defaults)."""
         try:
             with open(path, "rb") as fh:
                 data = tomllib.load(fh)
@@ -308,7 +309,7 @@ class RuntimeConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(sorted(known))}")
-        return cls().evolve(**{**data, **overrides})
+        return (base or cls()).evolve(**{**data, **overrides})
 
     @classmethod
     def from_env(cls, base: "RuntimeConfig | None" = None, environ: Mapping[str, str] | None = None

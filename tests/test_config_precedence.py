@@ -76,6 +76,15 @@ def test_from_toml_reads_the_corert_table_or_the_top_level(tmp_path):
     assert over.n_ctx == 1024 and over.plugins == top.plugins
 
 
+def test_a_commands_defaults_sit_under_the_file(tmp_path):
+    """`corert serve` starts from isolation="process"; a TOML file (and anything above it) still wins."""
+    serve_defaults = RuntimeConfig().evolve(isolation="process")
+    assert RuntimeConfig.from_toml(_toml(tmp_path, "n_ctx = 256\n"), base=serve_defaults).isolation == "process"
+    chosen = RuntimeConfig.from_toml(_toml(tmp_path, 'isolation = "none"\n', "none.toml"), base=serve_defaults)
+    assert chosen.isolation == "none" and chosen.n_ctx == 2048
+    assert RuntimeConfig.from_env(chosen, environ={"CORERT_ISOLATION": "process"}).isolation == "process"
+
+
 @pytest.mark.parametrize("text, message", [
     ("n_ctx = 512\nmodle = 'x'\n", "unknown config keys: modle; known: "),
     ("n_ctx = \n", "cannot read config"),

@@ -1,5 +1,6 @@
-"""`corert serve --isolation process`: the same greedy text as in-process, and a worker killed under a request
-answers 503 with a retry hint while the server lives on and serves the next request."""
+"""`corert serve` runs its models in supervised workers by default: the same greedy text as in-process, and a
+worker killed under a request answers 503 with a retry hint while the server lives on and serves the next
+request.  `--isolation none` keeps them in the server's process."""
 from __future__ import annotations
 
 import os
@@ -33,7 +34,7 @@ def _workers_of(pid: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = Server("--port", "0", "--engine", "llama.cpp", "--isolation", "process", "--ctx", "512", "--model", MODEL)
+    srv = Server("--port", "0", "--engine", "llama.cpp", "--ctx", "512", "--model", MODEL)  # isolation: the default
     try:
         srv.wait_ready()
         yield srv
@@ -45,6 +46,7 @@ def server():
 def test_killed_worker_is_a_503_and_the_server_serves_on(server, runtime):
     body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
     want = runtime.generate(body["prompt"], max_tokens=8, temperature=0).text
+    assert _workers_of(server.proc.pid), "corert serve should run its model in a worker by default"
     with server.client(timeout=120) as http:
         assert http.post("/v1/completions", json=body).json()["choices"][0]["text"] == want
         answer = {}
@@ -62,3 +64,12 @@ def test_killed_worker_is_a_503_and_the_server_serves_on(server, runtime):
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert "SIGKILL" in r.json()["error"]["message"]
         assert http.post("/v1/completions", json=body).json()["choices"][0]["text"] == want
+
+
+def test_isolation_none_serves_from_the_server_process(runtime):
+    body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    with Server("--port", "0", "--engine", "llama.cpp", "--ctx", "512", "--model", MODEL,
+                "--isolation", "none") as srv, srv.client(timeout=120) as http:
+        text = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+        assert text == runtime.generate(body["prompt"], max_tokens=4, temperature=0).text
+        assert _workers_of(srv.proc.pid) == []

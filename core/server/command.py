@@ -40,7 +40,9 @@ def run(args: argparse.Namespace, make_runtime: Callable[..., Any]) -> int:
     if not args.uds:
         check_bind(args.host, api_key)
     extra = {"n_seqs": args.n_seqs} if args.n_seqs else {}
-    runtime = make_runtime(**extra)
+    # a server outlives its requests: a crash, hang or runaway model in an engine costs one request, not the
+    # server, so models run in supervised workers unless the flag, CORERT_ISOLATION or the TOML says "none"
+    runtime = make_runtime(defaults={"isolation": "process"}, **extra)
     try:
         sock, url = _bind_uds(args.uds) if args.uds else _bind_tcp(args.host, 8080 if args.port is None else args.port)
         settings = ServeSettings(models=tuple(args.model), api_key=api_key, max_queue=args.max_queue,
