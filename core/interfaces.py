@@ -7,10 +7,13 @@ import contextlib
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 import attrs
 import numpy as np
+
+if TYPE_CHECKING:
+    from .tree import TreeMask
 
 
 # -- tokenization ----------------------------------------------------------------------------------------
@@ -51,6 +54,21 @@ class Session(Protocol):
 
     def truncate(self, n_tokens: int) -> None:
         """Roll the sequence back to its first ``n_tokens`` tokens (drops their K/V from the cache)."""
+
+
+@runtime_checkable
+class TreeSession(Protocol):
+    """A session that verifies a token tree in one forward (the native engine)."""
+
+    def eval_tree(self, ids: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Evaluate tree nodes ``ids`` after the sequence: ``parents[i]`` is the index of node i's parent (an
+        earlier node), -1 for a node that continues the sequence.  Returns every node's logits, shape
+        (len(ids), n_vocab), each equal to evaluating its path alone.  The nodes stay provisional until
+        :meth:`keep_path`."""
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        """Keep nodes ``nodes`` (a root-to-node path of the last tree, in order) as the sequence's next
+        tokens; the other nodes' K/V are dropped, as if only the path had been evaluated."""
 
 
 TASKS = ("generate", "embed", "classify")
@@ -240,12 +258,19 @@ class KVStore(Protocol):
         """Store layer ``layer``'s keys and values of these rows (after RoPE)."""
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray, window: int = 0) -> None:
+               out: np.ndarray, window: int = 0, tree: "TreeMask | None" = None) -> None:
         """Causal attention of layer ``layer``: ``out[i]`` = softmax(q[i] . K * scale) V over positions
         ``0..positions[i]`` of sequence ``seq_ids[i]`` (grouped-query: head h reads KV head
         h // (n_heads / n_kv_heads)).  Rows written by ``write`` in the same pass are visible.  ``window``
         > 0 (a sliding-window layer) reads only the last ``window`` positions, ``positions[i] - window + 1
-        .. positions[i]``."""
+        .. positions[i]``.  With ``tree`` (:class:`corert.tree.TreeMask`) the rows are token-tree nodes at
+        slots ``positions``: row i reads its context and its ancestors' slots only, in path order, exactly as
+        a sequential forward of its path would (``window`` counts along that path)."""
+
+    def keep_path(self, seq: int, start: int, slots: Sequence[int], token_ids: Sequence[int] | None = None) -> None:
+        """After a token tree's forward: keep the K/V of tree slots ``slots`` (increasing, all >= ``start``)
+        at positions ``start, start+1, ...`` and drop every other slot from ``start`` on, leaving the store
+        as if only those rows had been written (``token_ids``: their ids, for a store that tracks them)."""
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         """Roll ``seq`` back to its first ``n_tokens`` positions (speculative decoding's rejected drafts)."""
@@ -268,8 +293,10 @@ class PrefixMatchingKVStore(Protocol):
     rows it reserves, so full pages of known tokens become shareable prefix-cache entries, and a sequence
     whose K/V was evicted (or a new one) takes the cached pages of its longest cached prefix."""
 
-    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None) -> None:
-        """:meth:`KVStore.reserve`, with ``token_ids`` (int, (rows,)) the ids of those rows."""
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None,
+                provisional: bool = False) -> None:
+        """:meth:`KVStore.reserve`, with ``token_ids`` (int, (rows,)) the ids of those rows; ``provisional``
+        rows (a token tree) get their ids from ``keep_path``."""
 
     def match_prefix(self, seq: int, ids: Sequence[int]) -> int:
         """An empty ``seq`` takes the cached pages of ``ids``' longest cached prefix; returns how many

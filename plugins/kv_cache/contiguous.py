@@ -6,11 +6,14 @@ cache is the memory-efficient alternative.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from corert import Implementation, Mode, hookimpl
 from corert.errors import InputError, PluginError
 from corert.memory import lazy_zeros
+from corert.tree import NO_TREE, TreeMask
 
 
 class ContiguousKVStore:
@@ -64,8 +67,22 @@ class ContiguousKVStore:
         self._write(self.k[layer], self.v[layer], seq_ids, positions, k, v)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray, window: int = 0) -> None:
-        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out, window)
+               out: np.ndarray, window: int = 0, tree: TreeMask | None = None) -> None:
+        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out, window,
+                     NO_TREE if tree is None else tree.visible)
+
+    def keep_path(self, seq: int, start: int, slots: Sequence[int], token_ids: Sequence[int] | None = None) -> None:
+        self._check_seq(seq)
+        slots = np.asarray(slots, np.int64)
+        n = int(self._len[seq])
+        if np.any(np.diff(slots) <= 0) or (slots.size and (slots[0] < start or slots[-1] >= n)):
+            raise InputError(f"KV sequence {seq}: tree slots {slots.tolist()} must increase within {start}..{n - 1}")
+        dst = np.arange(start, start + slots.size)
+        moved = slots != dst
+        if moved.any():  # fancy indexing copies the sources before it writes
+            self.k[:, seq, :, dst[moved]] = self.k[:, seq, :, slots[moved]]
+            self.v[:, seq, :, dst[moved]] = self.v[:, seq, :, slots[moved]]
+        self._len[seq] = start + slots.size
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         self._check_seq(seq)

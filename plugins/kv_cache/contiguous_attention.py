@@ -4,7 +4,8 @@ Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head
 reads are contiguous.  Every (row, head) pair is computed independently by the same code, so a row's output
 does not depend on which other rows are in the batch.  Grouped-query attention: query head h reads KV head
 h // (n_heads / n_kv_heads).  Sliding-window layers (gemma3's local ones) pass ``window`` > 0: a row at
-position p reads positions p - window + 1 .. p only.
+position p reads positions p - window + 1 .. p only.  Token-tree rows (``tree``, corert.tree.TreeMask.visible)
+read the context and their ancestors' slots only, in path order (corert.kernels.tree_rows).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from numba import njit, prange
 
 from corert import numba_setup  # noqa: F401
+from corert.kernels.tree_rows import row_span, slot_of
+from corert.tree import NO_TREE
 
 
 @njit(fastmath=True, cache=True, inline="always")
@@ -34,13 +37,14 @@ def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
 
 
 @njit(fastmath=True, cache=True)
-def _attend_head(qi, k, v, scale, o, scores):
-    """``o = softmax(qi . k[:n] * scale) @ v[:n]`` for one query head, n = len(scores)."""
+def _attend_head(qi, k, v, tree, i, lo, ctx, scale, o, scores):
+    """``o = softmax(qi . k * scale) @ v`` over row i's visible positions lo..lo+len(scores)-1 (k, v: one
+    sequence and KV head, (max_tokens, head_dim)); ``ctx``: where its context ends (tree_rows)."""
     length = scores.shape[0]
     hd = o.shape[0]
     m = np.float32(-np.inf)
     for t in range(length):
-        x = _dot(qi, k[t]) * scale
+        x = _dot(qi, k[slot_of(tree, i, ctx, lo + t)]) * scale
         scores[t] = x
         m = max(m, x)
     total = np.float32(0.0)
@@ -51,7 +55,7 @@ def _attend_head(qi, k, v, scale, o, scores):
     o[:] = 0.0
     for t in range(length):
         w = scores[t]
-        vt = v[t]
+        vt = v[slot_of(tree, i, ctx, lo + t)]
         for d in range(hd):
             o[d] += w * vt[d]
     inv = np.float32(1.0) / total
@@ -66,28 +70,30 @@ def window_start(p, window):
 
 
 @njit(parallel=True, cache=True)
-def _attend_parallel(q, k, v, seq_ids, positions, scale, window, out):
+def _attend_parallel(q, k, v, seq_ids, positions, scale, window, tree, out):
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
         s, kvh = seq_ids[i], h // group
-        lo, end = window_start(positions[i], window), positions[i] + 1
-        _attend_head(q[i, h], k[s, kvh, lo:end], v[s, kvh, lo:end], scale, out[i, h],
+        ctx, end = row_span(tree, i, positions[i])
+        lo = window_start(end - 1, window)
+        _attend_head(q[i, h], k[s, kvh], v[s, kvh], tree, i, lo, ctx, scale, out[i, h],
                      np.empty(end - lo, np.float32))
 
 
 @njit(cache=True)
-def _attend_serial(q, k, v, seq_ids, positions, scale, window, out):
+def _attend_serial(q, k, v, seq_ids, positions, scale, window, tree, out):
     n, n_heads, hd = q.shape
     group = n_heads // k.shape[1]
     for i in range(n):
-        lo, end = window_start(positions[i], window), positions[i] + 1
+        ctx, end = row_span(tree, i, positions[i])
+        lo = window_start(end - 1, window)
         scores = np.empty(end - lo, np.float32)
         for h in range(n_heads):
             s, kvh = seq_ids[i], h // group
-            _attend_head(q[i, h], k[s, kvh, lo:end], v[s, kvh, lo:end], scale, out[i, h], scores)
+            _attend_head(q[i, h], k[s, kvh], v[s, kvh], tree, i, lo, ctx, scale, out[i, h], scores)
 
 
 #: below this many query-key products a forward's attention runs on the calling thread: waking the pool
@@ -95,11 +101,13 @@ def _attend_serial(q, k, v, seq_ids, positions, scale, window, out):
 PARALLEL_MIN_WORK = 1 << 16
 
 
-def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0):
+def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0, tree=NO_TREE):
     """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
-    sequence seq_ids[i].  q, out: (rows, n_heads, head_dim).  Serial or parallel over (row, head) by the
-    amount of work; both run the same per-head kernel, so a row's output never depends on which."""
-    span = positions + 1 if window <= 0 else np.minimum(positions + 1, window)
+    sequence seq_ids[i] (a tree row: over its context and ancestors).  q, out: (rows, n_heads, head_dim).
+    Serial or parallel over (row, head) by the amount of work; both run the same per-head kernel, so a
+    row's output never depends on which."""
+    reach = positions + 1 if tree.shape[0] == 0 else tree[:, 0] + (tree[:, 1:] >= 0).sum(axis=1)
+    span = reach if window <= 0 else np.minimum(reach, window)
     work = q.shape[1] * int(span.sum()) * q.shape[2]
     (_attend_parallel if work >= PARALLEL_MIN_WORK else _attend_serial)(q, k, v, seq_ids, positions, scale,
-                                                                         int(window), out)
+                                                                         int(window), tree, out)

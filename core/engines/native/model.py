@@ -18,6 +18,7 @@ from . import dequant
 from ...kernels.f16 import F16_TO_F32
 from .products import PRODUCTS
 from .weights import QMatrix, TensorSource
+from ...tree import TreeMask
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 #: gemma3's layers are local (sliding window) but every n-th, when the GGUF gives no pattern (llama.cpp's 6)
@@ -260,10 +261,11 @@ class Transformer:
         return out
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
-                logit_rows: np.ndarray) -> np.ndarray:
+                logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:
         """Run rows ``ids`` (int32) at ``positions`` of sequences ``seq_ids`` through the model, writing
         their K/V to ``kv`` (already reserved); returns the logits of rows ``logit_rows``,
-        shape (len(logit_rows), n_vocab)."""
+        shape (len(logit_rows), n_vocab).  With ``tree`` the rows are token-tree nodes stored at slots
+        ``positions``: each is rotated at its depth in the tree and attends to its context and ancestors."""
         cfg = self.cfg
         n = ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= cfg.n_vocab):
@@ -273,8 +275,9 @@ class Transformer:
         dequant.embed_rows(self.embed_raw, self.embed_type, ids, x, F16_TO_F32)
         if cfg.gemma:
             x *= np.sqrt(np.float32(cfg.d_model))
-        rope = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base)
-        rope_local = ops.rope_tables(positions, cfg.rope_dim, cfg.rope_base_local) if cfg.window else rope
+        at = positions if tree is None else tree.path_positions  # where RoPE puts each row
+        rope = ops.rope_tables(at, cfg.rope_dim, cfg.rope_base)
+        rope_local = ops.rope_tables(at, cfg.rope_dim, cfg.rope_base_local) if cfg.window else rope
         h = np.empty_like(x)
         q = np.empty((n, H, hd), np.float32)
         k = np.empty((n, KV, hd), np.float32)
@@ -291,7 +294,7 @@ class Transformer:
             if cfg.gemma:
                 ops.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
                 kv.write(li, seq_ids, positions, k, v)
-                kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0)
+                kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
                 ops.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
                                layer.ffn_norm, cfg.eps, h)
                 ops.geglu(self._mm(layer.wgate_up, h), act)
@@ -299,7 +302,7 @@ class Transformer:
                 continue
             ops.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
-            kv.attend(li, seq_ids, positions, q, scale, att)
+            kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
             ops.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
             ops.swiglu(self._mm(layer.wgate_up, h), act)
             ops.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)

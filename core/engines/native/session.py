@@ -7,6 +7,7 @@ import numpy as np
 
 from ...errors import InputError
 from ...interfaces import PrefixMatchingKVStore
+from ...tree import TreeMask
 
 if TYPE_CHECKING:
     from .loaded import NativeModel
@@ -21,21 +22,68 @@ class NativeSession:
         self.n_ctx = model.n_ctx
         self.n_vocab = model.n_vocab
         self.tokens: list[int] = []
+        self._tree: tuple[int, list[int], list[int]] | None = None  # (start, node ids, parents) until kept
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Append ``ids``; logits of the last position (n_vocab,) or, with ``all_logits``, of every
         position (len(ids), n_vocab), f32."""
-        from ...numba_setup import PARALLEL_LOCK, run_parallel  # not at import: registering needs no numba
+        arr = self._checked(ids)
+        n = arr.shape[0]
+        logits = self._forward(arr, None if all_logits else [n - 1], None)
+        self.tokens.extend(int(t) for t in arr)
+        return logits if all_logits else logits[0]
 
+    def eval_tree(self, ids: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Token-tree verification (corert.interfaces.TreeSession): every node's logits, (len(ids), n_vocab),
+        each equal to a sequential forward of its path; the nodes stay provisional until ``keep_path``."""
+        arr = self._checked(ids)
+        if len(parents) != arr.shape[0]:
+            raise InputError(f"a token tree needs one parent per node: {len(parents)} for {arr.shape[0]}")
+        logits = self._forward(arr, None, [int(p) for p in parents])
+        self._tree = (len(self.tokens), [int(t) for t in arr], [int(p) for p in parents])
+        return logits
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        """Keep the last tree's nodes ``nodes`` (a path from a root, in order) as the next tokens; drop the
+        other nodes' K/V (the store compacts the path to consecutive positions)."""
+        if self._tree is None:
+            raise InputError("keep_path needs a token tree evaluated by eval_tree first")
+        start, ids, parents = self._tree
+        nodes = [int(x) for x in nodes]
+        for a, b in zip([-1] + nodes, nodes):
+            if not 0 <= b < len(ids) or parents[b] != a:
+                raise InputError(f"nodes {nodes} are not a path from a root of the token tree")
+        self._tree = None
+        path_ids = [ids[j] for j in nodes]
+        self._model.kv.keep_path(self.seq, start, [start + j for j in nodes], token_ids=path_ids)
+        self.tokens.extend(path_ids)
+
+    def _checked(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         n = arr.shape[0]
         if n == 0:
             raise InputError("nothing to evaluate")
         if len(self.tokens) + n > self.n_ctx:
             raise InputError(f"context full: {len(self.tokens)} + {n} tokens exceed n_ctx={self.n_ctx}")
+        if arr.min() < 0 or arr.max() >= self._model.n_vocab:
+            raise InputError(f"token ids must be in [0, {self._model.n_vocab})")
+        self._settle_tree()
+        return arr
+
+    def _settle_tree(self) -> None:
+        """A tree nobody kept a path of: drop its nodes."""
+        if self._tree is not None:
+            start = self._tree[0]
+            self._tree = None
+            self._model.kv.truncate(self.seq, min(start, self._model.kv.length(self.seq)))
+
+    def _forward(self, arr: np.ndarray, rows: list[int] | None, parents: list[int] | None) -> np.ndarray:
+        """One forward of ``arr`` after the session's tokens (re-evaluating K/V the store evicted first);
+        logits of ``rows`` of ``arr`` (None: all).  ``parents``: arr is a token tree (see eval_tree)."""
+        from ...numba_setup import PARALLEL_LOCK, run_parallel  # not at import: registering needs no numba
+
         m = self._model
-        if arr.min() < 0 or arr.max() >= m.n_vocab:
-            raise InputError(f"token ids must be in [0, {m.n_vocab})")
+        n = arr.shape[0]
         start = len(self.tokens)
         paged = isinstance(m.kv, PrefixMatchingKVStore)  # a store that tracks ids (kv_cache=paged)
         with PARALLEL_LOCK:
@@ -45,24 +93,33 @@ class NativeSession:
                     have = m.kv.match_prefix(self.seq, self.tokens + [int(arr[0])])
                 arr = np.concatenate([np.asarray(self.tokens[have:], np.int64), arr])
             k = arr.shape[0]
+            redo = k - n  # rows re-evaluated before the new ones
             positions = np.arange(have, have + k, dtype=np.int32)
             seq_ids = np.full(k, self.seq, dtype=np.int32)
-            rows = np.arange(k - n, k) if all_logits else np.array([k - 1])
+            out_rows = np.arange(redo, k) if rows is None else np.asarray(rows) + redo
+            tree = None
+            if parents is not None:  # recomputed rows are a chain the tree's roots continue
+                chain = list(range(-1, redo - 1))
+                tree = TreeMask.from_parents(seq_ids, positions,
+                                             chain + [p + redo if p >= 0 else redo - 1 for p in parents])
             if paged:
-                m.kv.reserve(seq_ids, positions, token_ids=arr)
+                if redo and parents is not None:  # the recomputed rows are tokens; the tree stays provisional
+                    m.kv.reserve(seq_ids[:redo], positions[:redo], token_ids=arr[:redo])
+                    m.kv.reserve(seq_ids[redo:], positions[redo:], token_ids=arr[redo:], provisional=True)
+                else:
+                    m.kv.reserve(seq_ids, positions, token_ids=arr, provisional=parents is not None)
             else:
                 m.kv.reserve(seq_ids, positions)
             try:
                 logits = run_parallel(m.transformer.forward, arr.astype(np.int32), seq_ids, positions, m.kv,
-                                      rows, threads=m.threads)
+                                      out_rows, tree, threads=m.threads)
             except BaseException:
                 m.kv.truncate(self.seq, have)
                 raise
-        arr = arr[k - n:]
-        self.tokens.extend(int(t) for t in arr)
-        return logits if all_logits else logits[0]
+        return logits
 
     def truncate(self, n_tokens: int) -> None:
+        self._settle_tree()
         if n_tokens < 0 or n_tokens > len(self.tokens):
             raise InputError(f"cannot roll back to {n_tokens} tokens (sequence has {len(self.tokens)})")
         kv = self._model.kv

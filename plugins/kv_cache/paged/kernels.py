@@ -11,6 +11,9 @@ back through H, and add ``sink[kv_head] . q`` to the score of position 0, whose 
 calibrated reference.  All of it in the one call: around a decode step's few rows the numpy calls that did
 it cost more than the attention itself.
 
+Token-tree rows (``tree``: corert.tree.TreeMask.visible; empty for plain causal rows) read their context and
+then their ancestors' slots, in path order, so a node's output is its path's sequential output.
+
 Every (row, query head) pair is computed by the same code whatever else is in the batch, so a row's output
 depends only on its query and its own sequence's K/V (the KVStore contract that makes batching and
 verification exact).
@@ -29,6 +32,8 @@ from numba import njit, prange, uint64
 
 from corert import numba_setup  # noqa: F401  (threading layer before the first prange)
 from corert.kernels.simd import prefetch
+
+from corert.kernels.tree_rows import row_span, slot_of
 
 from .rotation import rotate_vec
 from .writes import QB
@@ -101,55 +106,61 @@ def _axpy_q8_s(o, w, v, vs, tab):
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
+def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, tree, out):
     """out[i, h] = softmax(q[i, h] . K * scale) V over positions 0..positions[i] of seq_ids[i]."""
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        s, kvh = seq_ids[i], h // group
+        ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
         scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_f32_s(q[i, h], kp[pg, kvh, sl], tab) * scale
-            scores[t - lo] = x
+            scores[j - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_f32_s(o, scores[t - lo], vp[pg, kvh, sl], tab)
+            _axpy_f32_s(o, scores[j - lo], vp[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
 
 
 @njit(parallel=True, cache=True, boundscheck=False)
-def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
+def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, tree, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        s, kvh = seq_ids[i], h // group
+        ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
         scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_f16_s(q[i, h], kp[pg, kvh, sl], tab) * scale
-            scores[t - lo] = x
+            scores[j - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_f16_s(o, scores[t - lo], vp[pg, kvh, sl], tab)
+            _axpy_f16_s(o, scores[j - lo], vp[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -167,7 +178,7 @@ def _coded_query(q, i, h, w, kvh, out, tmp, block):
 
 @njit(parallel=True, cache=True, boundscheck=False)
 def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
-                     window, out):
+                     window, tree, out):
     """As attend_f32_scalar over q8 pages, taking queries and returning outputs in the model's basis: each
     query head goes to H(q / w[kv_head]) and its output back through H (``w``, ``sink``: (n_kv_heads,
     head_dim); ``block``: values one rotation mixes).  ``sink`` is what position 0's stored key lacks (its
@@ -177,7 +188,8 @@ def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        s, kvh = seq_ids[i], h // group
+        ctx, length = row_span(tree, i, positions[i])
         qi = np.empty(hd, np.float32)
         tmp = np.empty(hd, np.float32)
         _coded_query(q, i, h, w, kvh, qi, tmp, block)
@@ -185,20 +197,22 @@ def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         c0 = _dot_f32_s(qi, sink[kvh], tab)
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
             x = _dot_q8_s(qi, kp[pg, kvh, sl], ks[pg, kvh, sl], tab)
             if t == 0:
                 x += c0
             x *= scale
-            scores[t - lo] = x
+            scores[j - lo] = x
             m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
-        for t in range(lo, length):
+        for j in range(lo, length):
+            t = slot_of(tree, i, ctx, j)
             pg, sl = table[s, t // page_tokens], t % page_tokens
-            _axpy_q8_s(o, scores[t - lo], vp[pg, kvh, sl], vs[pg, kvh, sl], tab)
+            _axpy_q8_s(o, scores[j - lo], vp[pg, kvh, sl], vs[pg, kvh, sl], tab)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -235,72 +249,94 @@ def _axpy_f16_w(o, w, v, tab, hd):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
+def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, tree, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        s, kvh = seq_ids[i], h // group
+        ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
         scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         qi = q[i, h]
         for j in range(lo // page_tokens, table.shape[1]):  # page by page: one table lookup per page
             t0 = j * page_tokens
-            if t0 >= length:
+            if t0 >= ctx:
                 break
             pg = table[s, j]
-            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
                 x = _dot_f32_w(qi, kp[pg, kvh, sl], hd) * scale
                 scores[t0 + sl - lo] = x
                 m = max(m, x)
+        for j in range(max(lo, ctx), length):  # a tree row's ancestors, slot by slot
+            t = tree[i, 1 + j - ctx]
+            pg, sl = table[s, t // page_tokens], t % page_tokens
+            x = _dot_f32_w(qi, kp[pg, kvh, sl], hd) * scale
+            scores[j - lo] = x
+            m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
         for j in range(lo // page_tokens, table.shape[1]):
             t0 = j * page_tokens
-            if t0 >= length:
+            if t0 >= ctx:
                 break
             pg = table[s, j]
-            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
                 _axpy_f32_w(o, scores[t0 + sl - lo], vp[pg, kvh, sl], hd)
+        for j in range(max(lo, ctx), length):
+            t = tree[i, 1 + j - ctx]
+            pg, sl = table[s, t // page_tokens], t % page_tokens
+            _axpy_f32_w(o, scores[j - lo], vp[pg, kvh, sl], hd)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, out):
+def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scale, window, tree, out):
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
         i = job // n_heads
         h = job - i * n_heads
-        s, kvh, length = seq_ids[i], h // group, positions[i] + 1
+        s, kvh = seq_ids[i], h // group
+        ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
         scores = np.empty(length - lo, np.float32)
         m = np.float32(-np.inf)
         qi = q[i, h]
         for j in range(lo // page_tokens, table.shape[1]):  # page by page: one table lookup per page
             t0 = j * page_tokens
-            if t0 >= length:
+            if t0 >= ctx:
                 break
             pg = table[s, j]
-            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
                 x = _dot_f16_w(qi, kp[pg, kvh, sl], tab, hd) * scale
                 scores[t0 + sl - lo] = x
                 m = max(m, x)
+        for j in range(max(lo, ctx), length):  # a tree row's ancestors, slot by slot
+            t = tree[i, 1 + j - ctx]
+            pg, sl = table[s, t // page_tokens], t % page_tokens
+            x = _dot_f16_w(qi, kp[pg, kvh, sl], tab, hd) * scale
+            scores[j - lo] = x
+            m = max(m, x)
         total = _exp_normalize(scores, m)
         o = out[i, h]
         o[:] = 0.0
         for j in range(lo // page_tokens, table.shape[1]):
             t0 = j * page_tokens
-            if t0 >= length:
+            if t0 >= ctx:
                 break
             pg = table[s, j]
-            for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+            for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
                 _axpy_f16_w(o, scores[t0 + sl - lo], vp[pg, kvh, sl], tab, hd)
+        for j in range(max(lo, ctx), length):
+            t = tree[i, 1 + j - ctx]
+            pg, sl = table[s, t // page_tokens], t % page_tokens
+            _axpy_f16_w(o, scores[j - lo], vp[pg, kvh, sl], tab, hd)
         inv = np.float32(1.0) / total
         for d in range(hd):
             o[d] *= inv
@@ -345,11 +381,11 @@ def _dot_rows(a, r, b, hd):
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
-def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, length, i, g, scale,
-                     out):
+def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, ctx, length, tree, i, g,
+                     scale, out):
     """Row i's query heads that read KV head g over positions lo..length-1: each position's K and V row is
     dequantized once for all of them (grouped-query attention).  Per head the result is the same computation
-    whatever the batch."""
+    whatever the batch.  Positions lo..ctx-1 page by page, then a tree row's ancestor slots (tree_rows)."""
     n_heads, hd = q.shape[1], q.shape[2]
     group = n_heads // kp.shape[1]
     bs = hd // ks.shape[3]
@@ -371,15 +407,15 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         c0[r] = x
         m[r] = -np.inf
     j0 = lo // page_tokens
-    _prefetch_page(kp, ks, table, s, j0, g, min(page_tokens, length - j0 * page_tokens))
-    _prefetch_page(vp, vs, table, s, j0, g, min(page_tokens, length - j0 * page_tokens))
+    _prefetch_page(kp, ks, table, s, j0, g, min(page_tokens, ctx - j0 * page_tokens))
+    _prefetch_page(vp, vs, table, s, j0, g, min(page_tokens, ctx - j0 * page_tokens))
     for j in range(j0, table.shape[1]):  # page by page: one table lookup per page
         t0 = j * page_tokens
-        if t0 >= length:
+        if t0 >= ctx:
             break
         pg = table[s, j]
-        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, length - t0 - page_tokens))
-        for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, ctx - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
             t = t0 + sl
             _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
             for r in range(group):
@@ -389,22 +425,39 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
                 x *= scale
                 scores[r, t - lo] = x
                 m[r] = max(m[r], x)
+    for jt in range(max(lo, ctx), length):  # a tree row's ancestors, slot by slot
+        t = tree[i, 1 + jt - ctx]
+        _dequant_q8(kp, ks, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
+        for r in range(group):
+            x = _dot_rows(qg, r, row, hd)
+            if t == 0:
+                x += c0[r]
+            x *= scale
+            scores[r, jt - lo] = x
+            m[r] = max(m[r], x)
     for r in range(group):
         c0[r] = np.float32(1.0) / _exp_normalize(scores[r], m[r])
         for d in range(uint64(hd)):
             og[r, d] = 0.0
     for j in range(j0, table.shape[1]):
         t0 = j * page_tokens
-        if t0 >= length:
+        if t0 >= ctx:
             break
         pg = table[s, j]
-        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, length - t0 - page_tokens))
-        for sl in range(max(lo - t0, 0), min(page_tokens, length - t0)):
+        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, ctx - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
             _dequant_q8(vp, vs, pg, g, sl, tab, bs, row)
             for r in range(group):
                 p = scores[r, t0 + sl - lo]
                 for d in range(uint64(hd)):
                     og[r, d] += p * row[d]
+    for jt in range(max(lo, ctx), length):
+        t = tree[i, 1 + jt - ctx]
+        _dequant_q8(vp, vs, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
+        for r in range(group):
+            p = scores[r, jt - lo]
+            for d in range(uint64(hd)):
+                og[r, d] += p * row[d]
     for r in range(group):
         inv = c0[r]
         for d in range(uint64(hd)):
@@ -416,14 +469,14 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
-                   window, out):
+                   window, tree, out):
     n, n_kv = q.shape[0], kp.shape[1]
     for job in prange(n * n_kv):
         i = job // n_kv
         g = job - i * n_kv
-        length = positions[i] + 1
+        ctx, length = row_span(tree, i, positions[i])
         _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i],
-                         _window_start(length, window), length, i, g, scale, out)
+                         _window_start(length, window), ctx, length, tree, i, g, scale, out)
 
 
 #: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, w, sink, block,

@@ -33,6 +33,7 @@ from corert.kernels.f16 import F16_TO_F32
 from corert.errors import InputError
 from corert.memory import lazy_zeros
 from corert.interfaces import CalibrationRequest
+from corert.tree import NO_TREE, TreeMask
 
 from .blocks import PagePool, chain_hash
 from .config import DEFAULT_BUDGET_CAP, PagedConfig
@@ -192,7 +193,10 @@ class PagedKVStore:
         return st.length
 
     # -- a forward pass --------------------------------------------------------------------------------
-    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None) -> None:
+    def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None,
+                provisional: bool = False) -> None:
+        """``provisional``: the rows are a token tree; their ids become the sequence's (and full pages
+        shareable) only when ``keep_path`` names the rows that stay."""
         P = self.page_tokens
         new_len: dict[int, int] = {}
         rows: dict[int, list[int]] = {}
@@ -224,7 +228,9 @@ class PagedKVStore:
                 self._high = max(self._high, page + 1)
                 self.table[s, len(st.pages)] = page
                 st.pages.append(page)
-            if ids is None or st.tokens is None:
+            if provisional:
+                pass  # keep_path or truncate settles the ids
+            elif ids is None or st.tokens is None or len(st.tokens) != st.length:
                 st.tokens = None
             else:
                 st.tokens.extend(ids[i] for i in rows[s])
@@ -251,7 +257,7 @@ class PagedKVStore:
                       positions)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
-               out: np.ndarray, window: int = 0) -> None:
+               out: np.ndarray, window: int = 0, tree: TreeMask | None = None) -> None:
         seq_ids = np.asarray(seq_ids, np.int32)
         positions = np.asarray(positions, np.int32)
         if self._calibration is not None:
@@ -260,7 +266,7 @@ class PagedKVStore:
         # window > 0 (a sliding-window layer): the kernels skip the pages before it.  They are not freed: the
         # page table is shared by all layers, and a model's global layers still read them.
         self._attend(np.asarray(q, np.float32), *self._attend_args[layer], seq_ids, positions, np.float32(scale),
-                     int(window), out)
+                     int(window), NO_TREE if tree is None else tree.visible, out)
 
     def truncate(self, seq: int, n_tokens: int) -> None:
         st = self._state(seq)
@@ -273,10 +279,33 @@ class PagedKVStore:
         del st.pages[keep:]
         del st.hashes[n_tokens // P:]
         if st.tokens is not None:
-            del st.tokens[n_tokens:]
+            del st.tokens[n_tokens:]  # (a tree's provisional rows have no ids yet)
         elif n_tokens == 0:
             st.tokens = []
         st.length = n_tokens
+
+    def keep_path(self, seq: int, start: int, slots: Sequence[int], token_ids: Sequence[int] | None = None) -> None:
+        """After a token tree's forward: the K/V of tree slots ``slots`` (increasing, from ``start``) move to
+        positions start, start+1, ... and every other tree slot is dropped; ``token_ids`` are the kept rows'
+        ids.  The pages then hold what a forward of the kept rows alone would have left (full pages of
+        known ids become shareable)."""
+        st = self._state(seq)
+        slots = [int(x) for x in slots]
+        if any(b <= a for a, b in zip(slots, slots[1:])) or (slots and (slots[0] < start or slots[-1] >= st.length)):
+            raise InputError(f"KV sequence {seq}: tree slots {slots} must increase within {start}..{st.length - 1}")
+        P = self.page_tokens
+        for j, src in enumerate(slots):  # destinations never pass their sources: in place, in order
+            dst = start + j
+            if dst != src:
+                for a in self._arrays():
+                    a[:, st.pages[dst // P], :, dst % P] = a[:, st.pages[src // P], :, src % P]
+        tokens = st.tokens
+        self.truncate(seq, start + len(slots))
+        if tokens is None or len(tokens) < start or token_ids is None:
+            st.tokens = None
+        else:
+            st.tokens = tokens[:start] + [int(t) for t in token_ids]
+            self._register_full(st, st.length)
 
     def nbytes(self) -> int:
         arrays = [self.k, self.v] + ([self.ks, self.vs] if self.ks is not None else [])
