@@ -67,6 +67,20 @@ class PromptLookup:
             return toks[best:best + k], best_len, best
         return [], 0, -1
 
+    def matches(self, per_ngram: int = CANDIDATES) -> list[tuple[int, int]]:
+        """Every recent occurrence of the context's suffix n-grams (longest n first, latest first within
+        one n) as (continuation start, match length), each start once: the places a tree of drafts
+        branches from."""
+        toks, out, seen = self.tokens, [], set()
+        for n in range(self.max_ngram, self.min_ngram - 1, -1):
+            if len(toks) < n:
+                continue
+            for pos in reversed(self._index[n].get(tuple(toks[-n:]), ())[-per_ngram:]):
+                if pos not in seen:
+                    seen.add(pos)
+                    out.append((pos, self._match_length(pos)))
+        return out
+
     def propose(self, k: int) -> list[int]:
         """Up to ``k`` tokens continuing the best matching suffix n-gram (empty when none matches)."""
         return self.propose_with_match(k)[0]

@@ -1,7 +1,8 @@
 """The speculative decoding plugin: ``speculative=speculative:VARIANT``.
 
-Modes: ``adaptive`` (default: prompt lookup with the depth chosen every step, 0 = off), ``lookup``
-(prompt lookup, fixed depth) and ``draft`` (draft model, fixed depth).  ``adaptive`` leaves the draft model
+Modes: ``adaptive`` (default: prompt lookup with the depth chosen every step, 0 = off), ``tree`` (several
+lookup candidates as one token tree, its size chosen every step: tree_decoder.py), ``lookup`` (prompt
+lookup, fixed depth) and ``draft`` (draft model, fixed depth).  ``adaptive`` leaves the draft model
 out: measured here on 2 cores, a 0.5B draft costs ~0.6 of a 1.5B target step and must first prefill the
 whole prompt itself, so it lost in every run (`corert bench speculative`); the controller can still weigh
 it (``DraftModelSource``) where a draft is much cheaper than its target.  The draft model is ``RuntimeConfig.draft_model`` or the known pairing below.
@@ -17,6 +18,7 @@ from corert.interfaces import DecoderContext
 
 from .decoder import SpeculativeDecoder
 from .sources import DraftModelSource, LookupSource, check_same_vocabulary
+from .tree_decoder import TreeDecoder
 
 #: target model -> draft model of the same family (same tokenizer)
 DRAFT_PAIRS = {"qwen2.5-coder-1.5b-instruct": "qwen2.5-coder-0.5b-instruct"}
@@ -38,6 +40,8 @@ def draft_model_for(config, context: DecoderContext) -> str | None:
 
 
 def make(variant: str, config=None, context: DecoderContext | None = None, **_):
+    if variant == "tree":
+        return TreeDecoder(max_depth=int(getattr(config, "draft_depth", 0) or 31))
     # prompt lookup drafts for free and copies long spans: let it go deep (the controller decides how deep);
     # a draft model pays per token
     max_depth = int(getattr(config, "draft_depth", 0) or (31 if variant == "adaptive" else 8))
@@ -69,6 +73,8 @@ def register_decoders(register):
     register(Implementation(
         area="speculative", name="speculative", factory=make, priority=-1,
         variants=(Mode("adaptive", priority=10, description="lookup + draft model, depth chosen per step"),
+                  Mode("tree", priority=7, description="a token tree of lookup candidates (prompt and output, "
+                                                      "several matches) verified in one forward, size chosen per step"),
                   Mode("lookup", priority=5, description="prompt lookup, fixed depth"),
                   Mode("draft", priority=0, description="draft model, fixed depth")),
         description="lossless speculative decoding: draft, verify in one batched forward, roll back"))

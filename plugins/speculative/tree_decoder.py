@@ -1,0 +1,137 @@
+"""Token-tree speculative decoding for one request: several lookup candidates verified in one forward.
+
+One step: the source offers candidates (prompt and output lookup, several matches); the controller picks how
+many and how deep (tree.py); ``[pending] + their prefix tree`` is evaluated in one forward with a tree mask
+(corert.interfaces.TreeSession.eval_tree); the acceptance rule walks the tree (tree_accept.py) and the
+session keeps only the accepted path's K/V.  With no plan the step is a plain one.  On a session without
+tree verification (llama.cpp) only the best candidate is verified, as a chain.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from corert.interfaces import SamplingParams, Session, TreeSession
+from corert.prefill import prefill
+from corert.sampling import Sampler
+
+from .controller import ShadowOffer
+from .tree import TreeController, TreeLookupSource, merge
+from .tree_accept import accept_tree_greedy, accept_tree_sampled
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < len(a) and n < len(b) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+class TreeDecoder:
+    """Built once per loaded model (what the controller learns persists); one request at a time."""
+
+    name = "speculative"
+    runs_in_batcher = False
+    samples_every_token = False  # accepted drafts bypass the Sampler (see SpeculativeDecoder)
+
+    def __init__(self, max_depth: int = 31):
+        self.max_depth = max_depth
+        self.source = TreeLookupSource()
+        self.ctrl = TreeController()
+        self.verify = self.ctrl.verify
+        self._stats: dict = {}
+
+    def generate(self, session: Session, prompt_ids: Sequence[int], params: SamplingParams,
+                 is_eog: Callable[[int], bool]) -> Iterator[int]:
+        greedy = params.temperature <= 0.0
+        sampler = Sampler(params)
+        tree_ok = isinstance(session, TreeSession)
+        ctrl, src = self.ctrl, self.source
+        branches = ctrl.max_branches if tree_ok else 1
+        st = {"drafted": 0, "accepted": 0, "steps": 0, "spec_steps": 0, "tree_nodes": 0, "branches": 0,
+              "verify_ms": 0.0, "accepted_from": {"prompt": 0, "output": 0}}
+        self._stats = st
+        t0 = time.perf_counter()
+        logits = prefill(session, prompt_ids)
+        st["prompt_ms"] = (time.perf_counter() - t0) * 1e3
+        src.start(prompt_ids)
+        pending = sampler(logits)
+        produced = 0
+        shadows: dict[int, ShadowOffer] = {}  # match class -> a declined offer being checked
+        while True:
+            yield pending
+            produced += 1
+            if is_eog(pending) or produced >= params.max_tokens:
+                break
+            src.extend((pending,))
+            shadows = {c: sh for c, sh in shadows.items() if not sh.observe(pending)}
+            room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
+            cands = src.candidates(room) if room > 0 else []
+            plan = ctrl.plan(cands, room, branches)
+            st["steps"] += 1
+            tv = time.perf_counter()
+            if not plan:
+                for c in cands:  # free offers declined: learn from them anyway, one per class
+                    if c.cls not in shadows:
+                        shadows[c.cls] = ShadowOffer(list(c.tokens), ctrl, c.cls)
+                logits = session.eval((pending,))
+                self._timed(1, tv)
+                pending = sampler(logits)
+                continue
+            shadows.clear()  # a real verify gives better evidence
+            tokens, parents = merge([d for _, d in plan])
+            tokens[0] = pending
+            if tree_ok:
+                rows = session.eval_tree(tokens, parents)
+            else:
+                rows = session.eval(tokens, all_logits=True)
+            self._timed(len(tokens), tv)
+            if greedy:
+                path, nxt = accept_tree_greedy(tokens, parents, rows)
+            else:
+                qs = [{t: 1.0} for t in tokens]  # lookup drafts are point masses
+                path, nxt = accept_tree_sampled(tokens, parents, qs, rows, params, sampler.rng)
+            if tree_ok:
+                session.keep_path(path)
+            else:
+                session.truncate(len(session.tokens) - (len(tokens) - len(path)))
+            out = [tokens[j] for j in path[1:]]
+            self._record(plan, out + [nxt], st, len(tokens) - 1)
+            st["accepted"] += len(out)
+            stop = False
+            for tok in out:
+                yield tok
+                produced += 1
+                if is_eog(tok) or produced >= params.max_tokens:
+                    stop = True
+                    break
+            if stop:
+                break
+            src.extend(out)
+            pending = nxt
+
+    def _timed(self, rows: int, since: float) -> None:
+        dt = time.perf_counter() - since
+        self.ctrl.record_verify(rows, dt)
+        self._stats["verify_ms"] += dt * 1e3
+
+    def _record(self, plan, produced: list[int], st: dict, nodes: int) -> None:
+        """Each verified candidate's accepted run goes to its match class."""
+        st["spec_steps"] += 1
+        st["drafted"] += nodes
+        st["tree_nodes"] += nodes
+        st["branches"] += len(plan)
+        runs = [(_common_prefix(d, produced), c) for c, d in plan]
+        for (run, c), (_, d) in zip(runs, plan):
+            self.ctrl.record_acceptance(len(d), run, c.cls)
+        run, c = max(runs, key=lambda x: x[0])
+        st["accepted_from"][c.origin] += min(run, len(produced) - 1)
+
+    def stats(self) -> dict:
+        st = dict(self._stats)
+        if st:
+            st["acceptance_rate"] = st["accepted"] / st["drafted"] if st["drafted"] else 0.0
+            st["mean_nodes"] = st["tree_nodes"] / st["spec_steps"] if st["spec_steps"] else 0.0
+        return st
