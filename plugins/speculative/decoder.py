@@ -24,6 +24,16 @@ from .sources import LookupSource
 from corert.sampling import Sampler
 
 
+def until_stop(tokens: Sequence[int], produced: int, max_tokens: int, is_eog: Callable[[int], bool]
+               ) -> tuple[list[int], bool]:
+    """The accepted tokens a request still takes (through the first end-of-generation id or max_tokens), and
+    whether it ends there."""
+    for n, tok in enumerate(tokens, 1):
+        if is_eog(tok) or produced + n >= max_tokens:
+            return list(tokens[:n]), True
+    return list(tokens), False
+
+
 class DraftSource(Protocol):
     name: str
 
@@ -130,13 +140,9 @@ class SpeculativeDecoder:
             ps["drafted"] += len(drafts)
             ps["accepted"] += n_ok
             ps["steps"] += 1
-            stop = False
-            for tok in drafts[:n_ok]:
-                yield tok
-                produced += 1
-                if is_eog(tok) or produced >= params.max_tokens:
-                    stop = True
-                    break
+            emit, stop = until_stop(drafts[:n_ok], produced, params.max_tokens, is_eog)
+            yield from emit
+            produced += len(emit)
             if stop:
                 break
             for s in self.sources:

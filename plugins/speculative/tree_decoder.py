@@ -18,6 +18,7 @@ from corert.prefill import prefill
 from corert.sampling import Sampler
 
 from .controller import ShadowOffer
+from .decoder import until_stop
 from .tree import TreeController, TreeLookupSource, merge
 from .tree_accept import accept_tree_greedy, accept_tree_sampled
 
@@ -51,7 +52,7 @@ class TreeDecoder:
         ctrl, src = self.ctrl, self.source
         branches = ctrl.max_branches if tree_ok else 1
         st = {"drafted": 0, "accepted": 0, "steps": 0, "spec_steps": 0, "tree_nodes": 0, "branches": 0,
-              "verify_ms": 0.0, "accepted_from": {"prompt": 0, "output": 0}}
+              "draft_ms": 0.0, "verify_ms": 0.0, "accepted_from": {"prompt": 0, "output": 0}}
         self._stats = st
         t0 = time.perf_counter()
         logits = prefill(session, prompt_ids)
@@ -68,8 +69,10 @@ class TreeDecoder:
             src.extend((pending,))
             shadows = {c: sh for c, sh in shadows.items() if not sh.observe(pending)}
             room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
+            td = time.perf_counter()
             cands = src.candidates(room) if room > 0 else []
             plan = ctrl.plan(cands, room, branches)
+            st["draft_ms"] += (time.perf_counter() - td) * 1e3  # finding and planning the drafts
             st["steps"] += 1
             tv = time.perf_counter()
             if not plan:
@@ -100,13 +103,9 @@ class TreeDecoder:
             out = [tokens[j] for j in path[1:]]
             self._record(plan, out + [nxt], st, len(tokens) - 1)
             st["accepted"] += len(out)
-            stop = False
-            for tok in out:
-                yield tok
-                produced += 1
-                if is_eog(tok) or produced >= params.max_tokens:
-                    stop = True
-                    break
+            emit, stop = until_stop(out, produced, params.max_tokens, is_eog)
+            yield from emit
+            produced += len(emit)
             if stop:
                 break
             src.extend(out)

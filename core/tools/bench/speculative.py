@@ -5,7 +5,7 @@ Sides (each a generator of token ids after a common chat-formatted prompt):
   llama.cpp plain            Llama(target).generate
   llama.cpp prompt lookup    Llama(target, draft_model=LlamaPromptLookupDecoding(...))
   llama.cpp draft model      Llama(target, draft_model=<the 0.5B model through LlamaDraftModel>)
-  corert plain / lookup / draft / adaptive   Runtime(plugins={"speculative": ...})
+  corert plain / lookup / draft / adaptive / tree   Runtime(plugins={"speculative": ...})
 For each prompt every side runs once, in that order, so drift in machine speed hits all sides alike; each
 ratio is reported over all tokens and, per prompt (the rounds), as a median and min-max.
 Decode tok/s counts tokens after the first over the time after the first (prompt evaluation excluded).
@@ -29,7 +29,8 @@ from corert.tools.prompts import GROUNDED, OPEN_ENDED
 TARGET = "qwen2.5-coder-1.5b-instruct"
 DRAFT = "qwen2.5-coder-0.5b-instruct"
 CORERT_SIDES = {"corert plain": "plain", "corert lookup": "speculative:lookup",
-                "corert draft": "speculative:draft", "corert adaptive": "speculative:adaptive"}
+                "corert draft": "speculative:draft", "corert adaptive": "speculative:adaptive",
+                "corert tree": "speculative:tree"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -380,6 +380,19 @@ def _dot_rows(a, r, b, hd):
     return s
 
 
+@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
+def _score_group(qg, row, hd, first, c0, scale, scores, col, m):
+    """Scores of one dequantized key row for the group's query heads (column ``col``); ``first``: the row is
+    position 0, whose key lacks the sink term."""
+    for r in range(qg.shape[0]):
+        x = _dot_rows(qg, r, row, hd)
+        if first:
+            x += c0[r]
+        x *= scale
+        scores[r, col] = x
+        m[r] = max(m[r], x)
+
+
 @njit(fastmath=True, cache=True, boundscheck=False)
 def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, ctx, length, tree, i, g,
                      scale, out):
@@ -416,25 +429,12 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         pg = table[s, j]
         _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, ctx - t0 - page_tokens))
         for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
-            t = t0 + sl
             _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
-            for r in range(group):
-                x = _dot_rows(qg, r, row, hd)
-                if t == 0:
-                    x += c0[r]
-                x *= scale
-                scores[r, t - lo] = x
-                m[r] = max(m[r], x)
+            _score_group(qg, row, hd, t0 + sl == 0, c0, scale, scores, t0 + sl - lo, m)
     for jt in range(max(lo, ctx), length):  # a tree row's ancestors, slot by slot
         t = tree[i, 1 + jt - ctx]
         _dequant_q8(kp, ks, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
-        for r in range(group):
-            x = _dot_rows(qg, r, row, hd)
-            if t == 0:
-                x += c0[r]
-            x *= scale
-            scores[r, jt - lo] = x
-            m[r] = max(m[r], x)
+        _score_group(qg, row, hd, t == 0, c0, scale, scores, jt - lo, m)
     for r in range(group):
         c0[r] = np.float32(1.0) / _exp_normalize(scores[r], m[r])
         for d in range(uint64(hd)):
