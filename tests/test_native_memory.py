@@ -96,6 +96,29 @@ def test_registry_model_weights_are_mapped_not_copied(smollm2):
         assert isinstance(t.embed_raw.base, np.memmap) or _mapped_from(t.embed_raw, os.path.dirname(smollm2))
 
 
+def _vm_flags(a: np.ndarray) -> set[str]:
+    """The VmFlags (/proc/self/smaps) of the mapping holding ``a``'s first byte."""
+    flags, inside = set(), False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= a.ctypes.data < hi
+            elif inside and head[0] == "VmFlags:":
+                flags |= set(head[1:])
+    return flags
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_mapped_layouts_ask_for_huge_pages(tiny, tmp_path):
+    """Every mapped layout carries MADV_HUGEPAGE ("hg"), so pages read back after eviction come as 2 MiB
+    folios (see layout_cache.py); the GGUF's own mapping (embedding rows) does not ask."""
+    t = _load(tiny, tmp_path)
+    assert all("hg" in _vm_flags(p) for m in t.matrices() for p in m.parts)
+    assert "hg" not in _vm_flags(t.embed_raw)
+
+
 def _resident_kib(a: np.ndarray) -> int:
     """Rss of the mappings overlapping ``a``'s memory (from /proc/self/smaps; the kernel may split one
     allocation into several)."""

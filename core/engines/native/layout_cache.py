@@ -16,6 +16,12 @@ converting at once each rename a whole one.  A file that does not read back (bad
 length, other shapes) is converted again and replaced.  Older key directories of the same GGUF are removed
 when a new one is made.
 
+Huge pages.  The kernels stream each matrix once per token; from 4 KiB pages the same product took 1.3-1.6x
+its time from 2 MiB pages here (EPYC, one thread).  A file's pages map as 2 MiB where the page cache holds
+them in 2 MiB folios: a fresh write makes such folios (all but each file's tail), but pages read back after
+eviction come in readahead-sized ones (70% of a 141 MB layout mapped as 2 MiB) unless the mapping asked for
+huge pages before its first touch (then 99%), so every mapping asks (``MADV_HUGEPAGE``).
+
 File: ``MAGIC`` · u64 header length · u64 data start · JSON header (names, kind, rows, cols; per part dtype,
 shape and offset from the data start) · the parts, each at a multiple of ``ALIGN`` bytes.
 """
@@ -26,6 +32,7 @@ import functools
 import glob
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -109,6 +116,7 @@ class LayoutCache:
             if not specs or max(off + nb for (_, _, off), nb in zip(specs, sizes)) != size:
                 return None
             mm = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: writable for numba, never written
+            _ask_huge_pages(mm)
             return tuple(mm[off:off + nb].view(dt).reshape(shape) for (dt, shape, off), nb in zip(specs, sizes))
         except (OSError, ValueError, KeyError, TypeError, struct.error):
             return None
@@ -153,6 +161,14 @@ class LayoutCache:
         for old in self.root.glob(f"{glob.escape(self.stem)}-*"):  # layouts of an older version of this file
             if old != self.dir and _source_path(old) == self.identity["path"]:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def _ask_huge_pages(mm: np.memmap) -> None:
+    """Ask for 2 MiB pages on a new mapping (see the module doc); a no-op where the OS has no such advice."""
+    raw = getattr(mm, "_mmap", None)
+    if raw is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+        with contextlib.suppress(OSError):
+            raw.madvise(mmap.MADV_HUGEPAGE)
 
 
 def _source_path(d: Path) -> str | None:
