@@ -146,3 +146,38 @@ def test_a_bad_request_fails_alone_and_a_failed_forward_leaves_the_service_usabl
         rt.generate(PROMPTS[1], max_tokens=8, **GREEDY)
     assert not service.runner.streams  # the failed stream left, its slot free
     assert list(rt.generate(PROMPTS[1], max_tokens=8, **GREEDY).token_ids) == solo(PROMPTS[1], 8)
+
+
+def test_forget_empties_the_free_slots_so_a_repeated_prompt_is_evaluated_in_full(rt, service, solo):
+    tok, runner = rt.tokenizer(), service.runner
+    prompt = "Forget check: a sentence about lighthouses, harbours and the fog that rolls in at dusk."
+    ids = tok.encode(prompt, parse_special=True)
+    first = rt.generate(prompt, max_tokens=4, **GREEDY)
+    assert any(s.tokens[:len(ids)] == ids for s in runner.slots)  # its prefix is cached in a slot
+    runner.forget()  # the service is idle: every slot is free
+    assert all(not s.tokens for s in runner.slots)
+    rows0 = runner.rows
+    again = rt.generate(prompt, max_tokens=1, **GREEDY)
+    assert runner.rows - rows0 == len(ids)  # no prefix reused: the whole prompt evaluated again
+    assert again.token_ids[0] == first.token_ids[0] == solo(prompt, 1)[0]
+
+
+def test_set_threads_reaches_both_llama_cpp_contexts(rt, service):
+    """The loaded model's own context and the batching context take the new thread counts (llama.cpp's
+    getters read them back); restored afterwards for the other tests."""
+    from corert.interfaces import ThreadBudget
+    from corert.llama_lib import llama_cpp
+
+    lib = llama_cpp()
+    loaded, _ = rt.load_generation_model()
+    contexts = [loaded.llama._ctx.ctx, service.runner.context.ctx.ctx]
+    before = [(lib.llama_n_threads(c), lib.llama_n_threads_batch(c)) for c in contexts]
+    budget = ThreadBudget(cores=2, llama_threads=1, llama_batch_threads=2, ort_intra_op=1, ort_inter_op=1,
+                          ort_spinning=False, numba_threads=1)
+    try:
+        loaded.set_threads(budget)
+        assert [(lib.llama_n_threads(c), lib.llama_n_threads_batch(c)) for c in contexts] == [(1, 2)] * 2
+        assert len(rt.generate(PROMPTS[0], max_tokens=4, **GREEDY).token_ids) == 4
+    finally:
+        for c, (n, nb) in zip(contexts, before):
+            lib.llama_set_n_threads(c, n, nb)

@@ -111,6 +111,18 @@ def test_cancelled_stream_leaves_the_worker_serving(iso, expected):
     assert _worker(iso)["pid"] == pid  # cancelled, not killed
 
 
+def test_query_asks_the_ready_worker_and_gives_none_without_an_answer(iso):
+    """SupervisedModel.query, the monitoring side channel (the KV stats of `corert plugins` and /metrics):
+    the worker answers "kv" with its stores' stats (llama.cpp's KV has none: an empty list, not None); a
+    question it does not answer is None once the timeout passes, and the worker keeps serving."""
+    pid = _wait_ready(iso)["pid"]
+    (sup,) = [m for m in iso._workers._models.values() if m.label.startswith("generate")]
+    assert sup.query("kv") == []
+    assert sup.query("no such question", timeout=0.2) is None
+    assert iso.kv_cache_info()["stores"] == []  # what the runtime reports comes from there
+    assert _worker(iso)["pid"] == pid and len(iso.generate(PROMPTS[0], max_tokens=2).token_ids) == 2
+
+
 def test_kill_9_mid_stream(iso, expected):
     iso.embed(["warm"])
     victim = _wait_ready(iso)["pid"]

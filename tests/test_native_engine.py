@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import attrs
 import numpy as np
 import pytest
 
@@ -236,6 +237,35 @@ def test_two_sessions_from_two_threads(small):
         t.join()
     s2.close()
     assert np.array_equal(results[0], alone) and np.array_equal(results[1], alone)
+
+
+def test_set_threads_is_the_numba_team_of_the_next_forward(small, monkeypatch):
+    import numba
+
+    from corert import numba_setup
+
+    ids = _ids(small, 6)
+    s = small.session()
+    seen: list[int] = []
+    run_parallel = numba_setup.run_parallel
+
+    def recording(fn, *args, threads=None):
+        def forward(*a):
+            seen.append(numba.get_num_threads())  # on the compute thread, as the forward sees it
+            return fn(*a)
+        return run_parallel(forward, *args, threads=threads)
+
+    monkeypatch.setattr(numba_setup, "run_parallel", recording)
+    try:
+        s.truncate(0)
+        two = s.eval(ids, all_logits=True)
+        small.set_threads(attrs.evolve(BUDGET, numba_threads=1))
+        s.truncate(0)
+        one = s.eval(ids, all_logits=True)
+    finally:
+        small.set_threads(BUDGET)
+    assert seen == [min(2, numba.config.NUMBA_NUM_THREADS), 1]
+    assert np.array_equal(one, two)  # each row's sums do not depend on the team
 
 
 # -- memory and errors -----------------------------------------------------------------------------------
