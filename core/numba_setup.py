@@ -41,6 +41,13 @@ from .compute import on_compute_thread  # noqa: E402
 if numba.config.THREADING_LAYER in ("default", ""):
     numba.config.THREADING_LAYER = "omp"
 
+# LLVM's code pages count in RSS but are idle once the kernels are loaded: dropped after every compile
+# or cache load (llvm_pages.py).  CORERT_KEEP_LLVM_PAGES=1 keeps them (to measure what this saves).
+if os.environ.get("CORERT_KEEP_LLVM_PAGES", "") in ("", "0"):
+    from . import llvm_pages  # noqa: E402
+
+    llvm_pages.install()
+
 #: Held around each parallel numba call in the process (see the module docstring); not re-entrant.
 PARALLEL_LOCK = threading.Lock()
 
