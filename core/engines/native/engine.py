@@ -37,6 +37,7 @@ class NativeEngine:
              threads: ThreadBudget | None, config: Any = None) -> NativeModel:
         from ...numba_setup import PARALLEL_LOCK, run_parallel  # numba only once a model loads here
         from .model import Transformer, header_arrays
+        from .warmup import warm_kernels
 
         header = read_header(model_path, want_arrays=header_arrays)
         if not isinstance(kv_cache, KVProvider):
@@ -54,6 +55,8 @@ class NativeEngine:
         n_ctx = min(int(n_ctx), cfg.ctx_train)
         n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
+        with PARALLEL_LOCK:  # the kernels load now, with few weights resident (warmup.py)
+            warm_kernels(transformer, kv_cache, n_threads)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
                              prefill_rows=native.prefill_rows)
