@@ -122,17 +122,11 @@ class _ReleaseAfterCompiling(ev.Listener):
 
 
 def install() -> PageReleaser | None:
-    """Set numba's target up now (its first compile or cache load would, with the process bigger by then),
-    drop the LLVM pages that import and set-up touched, and drop them again after every compile or load.
-    Call once, after ``import numba``."""
-    from numba.core.compiler_lock import global_compiler_lock
-    from numba.core.registry import cpu_target
-
+    """Drop the LLVM pages that numba's import and set-up touched, and drop them again after every compile
+    or cache load.  Call once, after numba's set-up (numba_import.py)."""
     releaser = PageReleaser.for_this_process()
     if releaser is None:
         return None
-    with global_compiler_lock:  # numba refreshes under its lock before each cache load
-        cpu_target.target_context.refresh()
     ev.register("numba:compiler_lock", _ReleaseAfterCompiling(releaser))
     releaser.release()
     return releaser

@@ -26,3 +26,17 @@ def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     buf = mmap.mmap(-1, nbytes, flags=flags)  # private anonymous: zero pages, nothing shared
     buf.madvise(mmap.MADV_NOHUGEPAGE)
     return np.frombuffer(buf, dtype).reshape(shape)  # the array keeps the mapping alive
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).  A model
+    load frees tens of MB of temporaries (header, vocabulary, conversions) that glibc otherwise keeps
+    mapped, counted in RSS, below the first block still in use."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

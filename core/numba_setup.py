@@ -34,19 +34,23 @@ import threading
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
-import numba  # noqa: E402
+from .numba_import import scipy_blas_deferred, set_up_target  # noqa: E402
+
+with scipy_blas_deferred():  # numba_import.py: ~32 MB of scipy that no kernel uses
+    import numba  # noqa: E402
+
+    # LLVM's code pages count in RSS but are idle once the kernels are loaded: dropped now and after every
+    # compile or cache load (llvm_pages.py).  CORERT_KEEP_LLVM_PAGES=1 keeps them (to measure the saving).
+    if os.environ.get("CORERT_KEEP_LLVM_PAGES", "") in ("", "0"):
+        from . import llvm_pages  # noqa: E402
+
+        llvm_pages.install()
+    set_up_target()
 
 from .compute import on_compute_thread  # noqa: E402
 
 if numba.config.THREADING_LAYER in ("default", ""):
     numba.config.THREADING_LAYER = "omp"
-
-# LLVM's code pages count in RSS but are idle once the kernels are loaded: dropped after every compile
-# or cache load (llvm_pages.py).  CORERT_KEEP_LLVM_PAGES=1 keeps them (to measure what this saves).
-if os.environ.get("CORERT_KEEP_LLVM_PAGES", "") in ("", "0"):
-    from . import llvm_pages  # noqa: E402
-
-    llvm_pages.install()
 
 #: Held around each parallel numba call in the process (see the module docstring); not re-entrant.
 PARALLEL_LOCK = threading.Lock()

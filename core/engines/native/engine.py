@@ -38,6 +38,7 @@ class NativeEngine:
         from ...numba_setup import PARALLEL_LOCK, run_parallel  # numba only once a model loads here
         from .model import Transformer, header_arrays
         from .warmup import warm_kernels
+        from ...memory import trim_heap
 
         header = read_header(model_path, want_arrays=header_arrays)
         if not isinstance(kv_cache, KVProvider):
@@ -57,6 +58,7 @@ class NativeEngine:
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
         with PARALLEL_LOCK:  # the kernels load now, with few weights resident (warmup.py)
             warm_kernels(transformer, kv_cache, n_threads)
+        trim_heap()  # the load's temporaries, before the weights become resident
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
                              prefill_rows=native.prefill_rows)
