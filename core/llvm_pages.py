@@ -40,6 +40,7 @@ class Mapping:
     path: str
     anonymous_kb: int
     private_dirty_kb: int
+    rss_kb: int = 0
 
     @property
     def clean_file_code(self) -> bool:
@@ -56,7 +57,7 @@ def parse_smaps(text: str) -> list[Mapping]:
         if head is not None:
             lo, hi = head[0].split("-")
             maps.append(Mapping(int(lo, 16), int(hi, 16), head[1], head[5] if len(head) > 5 else "",
-                                fields.get("Anonymous", 0), fields.get("Private_Dirty", 0)))
+                                fields.get("Anonymous", 0), fields.get("Private_Dirty", 0), fields.get("Rss", 0)))
 
     for line in text.splitlines():
         parts = line.split()
@@ -75,6 +76,13 @@ def library_ranges(text: str, library: str = LIBRARY) -> list[tuple[int, int]]:
     """The address ranges of ``library``'s mappings that may be dropped (see Mapping.clean_file_code)."""
     return [(m.start, m.end) for m in parse_smaps(text)
             if os.path.basename(m.path).startswith(library) and m.clean_file_code]
+
+
+def resident_mb(library: str = LIBRARY) -> float:
+    """How much of ``library`` this process holds resident now (all its mappings), MB."""
+    with open(SMAPS) as fh:
+        maps = parse_smaps(fh.read())
+    return sum(m.rss_kb for m in maps if os.path.basename(m.path).startswith(library)) / 1024
 
 
 class PageReleaser:

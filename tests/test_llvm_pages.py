@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="
 PROBE = r"""
 import json, os, numpy as np
 import corert.numba_setup
+from corert.llvm_pages import resident_mb
 from corert.engines.native import ops
 import numba
 
@@ -29,18 +30,8 @@ ops.rmsnorm(x, w, 1e-6, out)  # from numba's cache
 want = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-6) * w
 fresh = numba.njit(lambda a: (a * 2.0).sum())(x)  # compiled now: LLVM must run again after a release
 
-def llvm_rss_mb():
-    total, lib = 0, False
-    for line in open("/proc/self/smaps"):
-        parts = line.split()
-        if parts and not parts[0].endswith(":") and "-" in parts[0]:
-            lib = len(parts) > 5 and os.path.basename(parts[5]).startswith("libllvmlite")
-        elif lib and parts[0] == "Rss:":
-            total += int(parts[1])
-    return total / 1024
-
 print(json.dumps({"rmsnorm_err": float(np.abs(out - want).max()), "fresh_err": float(abs(fresh - 2 * x.sum())),
-                  "llvm_mb": llvm_rss_mb()}))
+                  "llvm_mb": resident_mb()}))
 """
 
 

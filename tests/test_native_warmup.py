@@ -27,6 +27,7 @@ BUDGET = ThreadBudget(cores=2, llama_threads=2, llama_batch_threads=2, ort_intra
 PROBE = r"""
 import json, os, sys, numpy as np
 import numba.core.event as ev
+from corert.llvm_pages import resident_mb
 from corert import RuntimeConfig
 from corert.interfaces import ThreadBudget
 from corert.engines.native import warmup
@@ -54,17 +55,7 @@ for _ in range(4):
 def status(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key + ":")) / 1024
 
-def llvm_mb():
-    total, lib = 0, False
-    for line in open("/proc/self/smaps"):
-        p = line.split()
-        if p and not p[0].endswith(":") and "-" in p[0]:
-            lib = len(p) > 5 and os.path.basename(p[5]).startswith("libllvmlite")
-        elif lib and p[0] == "Rss:":
-            total += int(p[1])
-    return total / 1024
-
-print(json.dumps({"loads": len(loads), "hwm": status("VmHWM"), "rss": status("VmRSS"), "llvm": llvm_mb()}))
+print(json.dumps({"loads": len(loads), "hwm": status("VmHWM"), "rss": status("VmRSS"), "llvm": resident_mb()}))
 """
 
 
