@@ -296,17 +296,18 @@ def test_simd_variants_are_vectorized():
     q8, s8, x = np.ones(32 * g, np.int8), np.zeros(g, np.uint16), np.ones(32, np.float32)
     q4, d, xs = np.ones(16 * g, np.uint8), np.ones(g, np.float32), np.ones(1, np.float32)
     acc, tmp = np.empty(g, np.float32), np.empty(g, np.float32)
-    q8_wide, q4_wide, q8_scalar, q4_scalar = (_fresh(f) for f in (
-        matmul.q8_group_wide, matmul.q4_group_wide, matmul.q8_group_scalar, matmul.q4_group_scalar))
-    for fn in (q8_wide, q8_scalar):
-        fn(q8, s8, x, F16_TO_F32, acc, tmp, g)
-    for fn in (q4_wide, q4_scalar):
-        fn(q4, d, d, x, xs, acc, tmp, g)
+    q6s = np.ones(2 * g, np.float32)  # q6: an f32 scale per 16 values, no table
+    wide = {name: _fresh(matmul.int8_group_wide) for name in ("q8", "q6")} | {"q4": _fresh(matmul.q4_group_wide)}
+    scalar = {name: _fresh(matmul.int8_group_scalar) for name in ("q8", "q6")} | {"q4": _fresh(matmul.q4_group_scalar)}
+    for kernels in (wide, scalar):
+        kernels["q8"](q8, s8, F16_TO_F32, matmul.QK, x, acc, tmp, g)
+        kernels["q6"](q8, q6s, None, matmul.Q6_BLOCK, x, acc, tmp, g)
+        kernels["q4"](q4, d, d, x, xs, acc, tmp, g)
     fma = re.compile(r"vfmadd\d+ps\s[^\n]*%[yz]mm")
-    for fn in (q8_wide, q4_wide):
-        assert fma.search(_asm(fn)), f"{fn.py_func.__name__} is not vectorized"
-    for fn in (q8_scalar, q4_scalar):
-        assert not re.search(r"vfmadd", _asm(fn)), f"{fn.py_func.__name__} contracts to FMA"
+    for name, fn in wide.items():
+        assert fma.search(_asm(fn)), f"{name} {fn.py_func.__name__} is not vectorized"
+    for name, fn in scalar.items():
+        assert not re.search(r"vfmadd", _asm(fn)), f"{name} {fn.py_func.__name__} contracts to FMA"
 
 
 def test_vnni_kernels_use_vpdpbusd(need_variant):
@@ -317,7 +318,7 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
     x = np.ones((1, 32), np.float32)
     d, out = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
     for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, out)),
-                     (matmul_i8.q8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
+                     (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
                                             x, out))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)

@@ -203,15 +203,15 @@ def test_neon_kernels_compile_to_neon_vector_code():
     row = np.ones(64, np.float32)
     fmla = re.compile(r"\bfmla\s+v\d+\.4s")
     wide = {
-        "q8_group_wide": _asm_of(matmul.q8_group_wide, q8, s8, x, F16_TO_F32, acc, tmp, g),
+        "int8_group_wide (q8)": _asm_of(matmul.int8_group_wide, q8, s8, F16_TO_F32, matmul.QK, x, acc, tmp, g),
         "q4_group_wide": _asm_of(matmul.q4_group_wide, q4, d, d, x, xs, acc, tmp, g),
         "paged _dot_f32_w": _asm_of(paged._dot_f32_w, row, row, 64),
         "paged _axpy_f32_w": _asm_of(paged._axpy_f32_w, row, np.float32(0.5), row, 64),
     }
     for name, asm in wide.items():
         assert fmla.search(asm), f"{name}: no fmla on .4s vectors"
-    scalar = _asm_of(matmul.q8_group_scalar, q8, s8, x, F16_TO_F32, acc, tmp, g)
-    assert not re.search(r"\bf(n)?m(la|ls|add|sub)\b", scalar), "q8_group_scalar contracts to FMA"
+    scalar = _asm_of(matmul.int8_group_scalar, q8, s8, F16_TO_F32, matmul.QK, x, acc, tmp, g)
+    assert not re.search(r"\bf(n)?m(la|ls|add|sub)\b", scalar), "int8_group_scalar contracts to FMA"
 
     data = np.frombuffer(b"plain ascii text, long enough for two blocks of 32", dtype=np.uint8)
     cls = np.zeros(64, dtype=np.uint8)

@@ -86,49 +86,16 @@ def group_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- one group, one token: acc[r] = W[g*GROUP + r] . x -------------------------------------------------------
-@njit(fastmath=True, cache=True, boundscheck=False)
-def q8_group_wide(q, s, x, tab, acc, tmp, gs):
-    ug, ubs = uint64(gs), uint64(QK)
-    for r in range(ug):
-        acc[r] = 0.0
-    for b in range(uint64(s.shape[0]) // ug):
-        for r in range(ug):
-            tmp[r] = 0.0
-        base = b * ubs * ug
-        for c in range(ubs):
-            xc = x[b * ubs + c]
-            o = base + c * ug
-            for r in range(ug):
-                tmp[r] += xc * np.float32(q[o + r])
-        ob = b * ug
-        for r in range(ug):
-            acc[r] += tmp[r] * tab[s[ob + r]]
-
-
-@njit(cache=True, boundscheck=False)
-def q8_group_scalar(q, s, x, tab, acc, tmp, gs):
-    for r in range(gs):
-        acc[r] = 0.0
-    for b in range(s.shape[0] // gs):
-        for r in range(gs):
-            tmp[r] = 0.0
-        for c in range(QK):
-            xc = x[b * QK + c]
-            for r in range(gs):
-                tmp[r] += xc * np.float32(q[(b * QK + c) * gs + r])
-        for r in range(gs):
-            acc[r] += tmp[r] * tab[s[b * gs + r]]
-
-
 #: values per q6 scale (Q6_K's sub-blocks)
 Q6_BLOCK = 16
 
 
+# q8 and q6 share a body: ``block`` values per scale (QK for q8, Q6_BLOCK for q6) and the scales as f16 bits
+# read through ``tab`` (q8) or, with ``tab`` None, f32 read as they are (q6).  numba compiles a None argument
+# as its own type and prunes the branch it decides, so each layout gets the loop it had as its own kernel.
 @njit(fastmath=True, cache=True, boundscheck=False)
-def q6_group_wide(q, s, x, acc, tmp, gs):
-    """As q8_group_wide with an f32 scale per 16 columns (the q8 layout's columns are contiguous per row
-    group, so a 16-column block is half of a 32-column one)."""
-    ug, ubs = uint64(gs), uint64(Q6_BLOCK)
+def int8_group_wide(q, s, tab, block, x, acc, tmp, gs):
+    ug, ubs = uint64(gs), uint64(block)
     for r in range(ug):
         acc[r] = 0.0
     for b in range(uint64(s.shape[0]) // ug):
@@ -141,23 +108,31 @@ def q6_group_wide(q, s, x, acc, tmp, gs):
             for r in range(ug):
                 tmp[r] += xc * np.float32(q[o + r])
         ob = b * ug
-        for r in range(ug):
-            acc[r] += tmp[r] * s[ob + r]
+        if tab is None:
+            for r in range(ug):
+                acc[r] += tmp[r] * s[ob + r]
+        else:
+            for r in range(ug):
+                acc[r] += tmp[r] * tab[s[ob + r]]
 
 
 @njit(cache=True, boundscheck=False)
-def q6_group_scalar(q, s, x, acc, tmp, gs):
+def int8_group_scalar(q, s, tab, block, x, acc, tmp, gs):
     for r in range(gs):
         acc[r] = 0.0
     for b in range(s.shape[0] // gs):
         for r in range(gs):
             tmp[r] = 0.0
-        for c in range(Q6_BLOCK):
-            xc = x[b * Q6_BLOCK + c]
+        for c in range(block):
+            xc = x[b * block + c]
             for r in range(gs):
-                tmp[r] += xc * np.float32(q[(b * Q6_BLOCK + c) * gs + r])
-        for r in range(gs):
-            acc[r] += tmp[r] * s[b * gs + r]
+                tmp[r] += xc * np.float32(q[(b * block + c) * gs + r])
+        if tab is None:
+            for r in range(gs):
+                acc[r] += tmp[r] * s[b * gs + r]
+        else:
+            for r in range(gs):
+                acc[r] += tmp[r] * tab[s[b * gs + r]]
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
@@ -215,16 +190,17 @@ def block_sums(x, out):
 # one driver serves both: numba caches a function by name, and a driver taking its group kernel as a
 # parameter would not stay cached.
 @njit(parallel=True, cache=True, boundscheck=False)
-def q8_matmul(q, s, x, out, tab, wide):
+def int8_matmul(q, s, x, out, tab, block, wide):
+    """q8 (``tab``: the f16 table, ``block`` QK) or q6 (``tab`` None, ``block`` Q6_BLOCK)."""
     rows, n = out.shape[1], x.shape[0]
     for g in prange(q.shape[0]):
         acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
         r0 = g * GROUP
         for t in range(n):
             if wide:
-                q8_group_wide(q[g], s[g], x[t], tab, acc, tmp, GROUP)
+                int8_group_wide(q[g], s[g], tab, block, x[t], acc, tmp, GROUP)
             else:
-                q8_group_scalar(q[g], s[g], x[t], tab, acc, tmp, GROUP)
+                int8_group_scalar(q[g], s[g], tab, block, x[t], acc, tmp, GROUP)
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 
@@ -240,21 +216,5 @@ def q4_matmul(q, d, m, x, xsum, out, wide):
                 q4_group_wide(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
             else:
                 q4_group_scalar(q[g], d[g], m[g], x[t], xsum[t], acc, tmp, GROUP)
-            for r in range(min(GROUP, rows - r0)):
-                out[t, r0 + r] = acc[r]
-
-
-
-@njit(parallel=True, cache=True, boundscheck=False)
-def q6_matmul(q, s, x, out, wide):
-    rows, n = out.shape[1], x.shape[0]
-    for g in prange(q.shape[0]):
-        acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
-        r0 = g * GROUP
-        for t in range(n):
-            if wide:
-                q6_group_wide(q[g], s[g], x[t], acc, tmp, GROUP)
-            else:
-                q6_group_scalar(q[g], s[g], x[t], acc, tmp, GROUP)
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]

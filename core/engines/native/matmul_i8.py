@@ -41,7 +41,8 @@ unpacked once per block and used by every row of the batch from registers.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, prange, types, uint64
+from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from .matmul import QK
@@ -275,56 +276,70 @@ def q4_matmul(q, d, m, x, out):
         _store_rows(acc, out, n, g, out.shape[1])
 
 
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q8_matmul(q, d, x, out):
-    xq, xd, xi, _ = _levels(x)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, dg = q[g], d[g]
-        ahead = PREFETCH_BYTES // (8 * 64)
-        for b in range(nb):
-            o = b * 8 * 64
+# q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is
+# picked by the scales' dtype when numba compiles it: f16 bits (uint16) one per 32 values (q8), f32 one per 16
+# (q6).  The overloads below are inlined, so each layout runs the loop it had as its own kernel.
+def _block_sums(xq, xi, d):
+    """The activation sums a block step takes out of its q + 128 products (typed per layout below)."""
+
+
+@overload(_block_sums, inline="always")
+def _block_sums_of(xq, xi, d):
+    if d.dtype == types.uint16:
+        return lambda xq, xi, d: xi  # q8: quantize_rows's sums per 32
+    return lambda xq, xi, d: _half_sums(xq)  # q6: per 16
+
+
+def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
+    """acc[t] += block b of the group (weights w0..w7, scales dg) . x[t], for every row t (typed per layout)."""
+
+
+@overload(_block_rows, inline="always")
+def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
+    ahead = PREFETCH_BYTES // (8 * 64)
+    if dg.dtype == types.uint16:
+        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
             prefetch(dg, (b + ahead) * ROWS)
-            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, o)
             dv = load_f32(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
                 # level 2 (the small term) first
-                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
+                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b])
                 part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
-                i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
+                i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
                 store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
-        _store_rows(acc, out, n, g, out.shape[1])
+        return q8_rows
+
+    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
+        """Two half-block integer dots, each scaled by its own d."""
+        prefetch(dg, (2 * b + 2 * ahead) * ROWS)
+        d_lo, d_hi = load_f32(dg, 2 * b * ROWS), load_f32(dg, (2 * b + 1) * ROWS)
+        for t in range(n):
+            xo = t * 2 * cols + b * QK
+            # level 2 (the small term) first
+            s2 = splat_f32(xd[t, 1, b])
+            part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b])), mul_f32(d_lo, s2),
+                           load_f32(acc, t * ROWS))
+            part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1])),
+                           mul_f32(d_hi, s2), part)
+            s1 = splat_f32(xd[t, 0, b])
+            part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b])), mul_f32(d_lo, s1), part)
+            part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1])),
+                           mul_f32(d_hi, s1), part)
+            store_f32(acc, t * ROWS, part)
+    return q6_rows
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q6_matmul(q, d, x, out):
-    """As q8_matmul with an f32 scale per 16 columns: each 32-column block's 8 operands make two half-block
-    integer dots, each scaled by its own d."""
-    xq, xd, _, _ = _levels(x)
-    xh = _half_sums(xq)
+def int8_matmul(q, d, x, out):
+    """q8 (``d`` f16 bits per 32 values) or q6 (``d`` f32 per 16, each half block its own scale)."""
+    xq, xd, xi, _ = _levels(x)
+    sums = _block_sums(xq, xi, d)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
         qg, dg = q[g], d[g]
-        ahead = PREFETCH_BYTES // (8 * 64)
         for b in range(nb):
-            o = b * 8 * 64
-            prefetch(dg, (2 * b + 2 * ahead) * ROWS)
-            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, o)
-            d_lo, d_hi = load_f32(dg, 2 * b * ROWS), load_f32(dg, (2 * b + 1) * ROWS)
-            for t in range(n):
-                xo = t * 2 * cols + b * QK
-                # level 2 (the small term) first
-                s2 = splat_f32(xd[t, 1, b])
-                part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo + cols, xh[t, 1, 2 * b])), mul_f32(d_lo, s2),
-                               load_f32(acc, t * ROWS))
-                part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, xh[t, 1, 2 * b + 1])),
-                               mul_f32(d_hi, s2), part)
-                s1 = splat_f32(xd[t, 0, b])
-                part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo, xh[t, 0, 2 * b])), mul_f32(d_lo, s1), part)
-                part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + 16, xh[t, 0, 2 * b + 1])),
-                               mul_f32(d_hi, s1), part)
-                store_f32(acc, t * ROWS, part)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+            _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols)
         _store_rows(acc, out, n, g, out.shape[1])

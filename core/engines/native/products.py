@@ -31,10 +31,10 @@ class F32Products:
         return matmul.group_q6(q, scale)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul.q8_matmul(*parts, x, out, F16_TO_F32, self.wide)
+        matmul.int8_matmul(*parts, x, out, F16_TO_F32, QK, self.wide)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul.q6_matmul(*parts, x, out, self.wide)
+        matmul.int8_matmul(*parts, x, out, None, matmul.Q6_BLOCK, self.wide)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         xsum = np.empty((x.shape[0], x.shape[1] // QK), np.float32)
@@ -56,10 +56,10 @@ class I8Products:
         return matmul_i8.layout_q6(q, scale)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.q8_matmul(*parts, x, out)
+        matmul_i8.int8_matmul(*parts, x, out)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.q6_matmul(*parts, x, out)
+        matmul_i8.int8_matmul(*parts, x, out)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul_i8.q4_matmul(*parts, x, out)
