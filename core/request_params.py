@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable, Mapping
 
 from .constraint import Constraint, compile_constraint
@@ -12,6 +13,16 @@ from .interfaces import SamplingParams
 PENALTY_RANGE = (-2.0, 2.0)
 BIAS_RANGE = (-100.0, 100.0)
 MAX_TOP_LOGPROBS = 20
+
+_EOG_IDS: "weakref.WeakKeyDictionary[Any, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+
+
+def eog_ids(tok) -> tuple[int, ...]:
+    """The tokenizer's end-of-generation ids (scanned once per tokenizer: the protocol only has ``is_eog``)."""
+    ids = _EOG_IDS.get(tok)
+    if ids is None:
+        ids = _EOG_IDS[tok] = tuple(i for i in range(tok.vocab_size) if tok.is_eog(i))
+    return ids
 
 
 def _number(name: str, value: Any, lo: float, hi: float) -> float:
@@ -27,11 +38,13 @@ def sampling_params(tokenizer: Callable[[], Any], *, max_tokens: int = 128, temp
                     presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                     logit_bias: Mapping[Any, float] | None = None, logprobs: int | None = None,
                     response_format: Mapping[str, Any] | None = None, grammar: str | None = None,
-                    constraint: Constraint | None = None) -> SamplingParams:
+                    constraint: Constraint | None = None, ignore_eos: bool = False) -> SamplingParams:
     """``tokenizer()`` gives the model's tokenizer (called only when token ids or a grammar need it).
     ``logit_bias`` maps token ids (ints or their decimal strings, as JSON sends them) to a bias;
     ``logprobs``: None for none, else how many top alternatives per token (0..20); ``constraint``: one
-    already compiled (tool calls), instead of ``response_format`` / ``grammar``."""
+    already compiled (tool calls), instead of ``response_format`` / ``grammar``; ``ignore_eos``: the
+    end-of-generation tokens are never chosen (a bias of -inf, as llama-server's ignore_eos), so the request
+    runs to max_tokens or a stop string (benchmarks compare equal work with it)."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0:
         raise InputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     if temperature < 0:
@@ -58,6 +71,10 @@ def sampling_params(tokenizer: Callable[[], Any], *, max_tokens: int = 128, temp
             if isinstance(key, bool) or not 0 <= token < n_vocab:
                 raise InputError(f"logit_bias token id {key!r} is not in the vocabulary (0..{n_vocab - 1})")
             bias[token] = _number(f"logit_bias[{key}]", value, *BIAS_RANGE)
+    if not isinstance(ignore_eos, bool):
+        raise InputError(f"ignore_eos must be true or false, got {ignore_eos!r}")
+    if ignore_eos:
+        bias.update(dict.fromkeys(eog_ids(tokenizer()), -math.inf))
     if response_format is not None or grammar is not None:
         if constraint is not None:
             raise InputError("response_format and grammar cannot be combined with tools")

@@ -267,7 +267,7 @@ class Runtime:
                  timeout: float | None, chat: bool = False, **sampling: Any) -> GenerateRequest:
         """``sampling``: :func:`corert.request_params.sampling_params`' options (max_tokens, temperature,
         top_k, top_p, seed, presence_penalty, frequency_penalty, logit_bias, logprobs, response_format,
-        grammar)."""
+        grammar, ignore_eos)."""
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
         if not prompt:
@@ -285,7 +285,8 @@ class Runtime:
                  temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
                  stop: str | Sequence[str] | None = None, priority: str = "normal",
                  timeout: float | None = None, **options: Any) -> Completion:
-        """``options``: presence_penalty, frequency_penalty, logit_bias, logprobs, response_format, grammar
+        """``options``: presence_penalty, frequency_penalty, logit_bias, logprobs, response_format, grammar,
+        ignore_eos
         (see :func:`corert.request_params.sampling_params`)."""
         req = self._request(prompt, model, stop, priority, timeout, max_tokens=max_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, **options)

@@ -141,3 +141,14 @@ def test_a_speculative_decoder_refuses_processors(smollm2):
         for options in ({"grammar": 'root ::= "yes" | "no"'}, {"logprobs": 1}, {"presence_penalty": 1.0}):
             with pytest.raises(InputError, match="speculative=plain"):
                 rt.generate("Hi", max_tokens=2, **options)
+
+
+def test_ignore_eos_runs_to_max_tokens_where_the_model_would_stop(runtime):
+    short = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\n"
+    plain = runtime.generate(short, max_tokens=24, temperature=0)
+    assert plain.finish_reason == "stop" and plain.usage.completion_tokens < 24  # the model ends it itself
+    forced = runtime.generate(short, max_tokens=24, temperature=0, ignore_eos=True)
+    assert forced.finish_reason == "length" and forced.usage.completion_tokens == 24
+    assert forced.text.startswith(plain.text)  # the same greedy path up to where it would have ended
+    with pytest.raises(InputError, match="ignore_eos"):
+        runtime.generate(short, max_tokens=4, ignore_eos="yes")

@@ -74,7 +74,7 @@ def _sampling(body: CompletionRequest | ChatCompletionRequest, max_tokens: int, 
             "stop": _stops(body.stop),
             "presence_penalty": body.presence_penalty or 0.0, "frequency_penalty": body.frequency_penalty or 0.0,
             "logit_bias": body.logit_bias or None, "logprobs": _logprobs(body),
-            "response_format": body.response_format, "grammar": body.grammar}
+            "response_format": body.response_format, "grammar": body.grammar, "ignore_eos": body.ignore_eos}
 
 
 def _logprobs(body: CompletionRequest | ChatCompletionRequest) -> int | None:

@@ -64,6 +64,8 @@ class _Sampling(_Request):
     response_format: dict[str, Any] | None = Field(None, description=(
         '{"type": "text" | "json_object"}, or {"type": "json_schema", "json_schema": {"schema": {...}}}'))
     grammar: str | None = Field(None, description="corert extension: a GBNF grammar the output must match")
+    ignore_eos: bool = Field(False, description="corert extension (llama-server's name): never choose an "
+                                                "end-of-generation token; run to max_tokens or a stop string")
 
 
 class CompletionRequest(_Sampling):

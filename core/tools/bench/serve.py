@@ -10,8 +10,8 @@ stops itself:
                     (scripts/build-llama-server.sh builds one)
 N clients (1, 4, 8, 16) each stream one /v1/completions request, all released together: the same prompts on
 every side, greedy, --max-tokens tokens asked, end-of-generation suppressed where the server has a way
-(llama-cpp-python's min_tokens, llama-server's ignore_eos; corert serve has none, and the prompts run past
-128 tokens without one); the tokens actually received are reported beside those asked.  Per side and N:
+(llama-cpp-python's min_tokens, llama-server's and corert serve's ignore_eos), so every side does the same
+work; the tokens actually received are reported beside those asked.  Per side and N:
 aggregate tok/s (tokens received / wall time from the first request to the last stream's end), TTFT p50 /
 p95 (request sent → first text chunk) and the inter-token p95 (gaps between text chunks), the last two
 pooled over every stream of every round.  Rounds interleave the sides (the first side rotates), so load
@@ -90,7 +90,7 @@ def _corert_side(name: str, path: str, threads: int, engine: str, plugins: list[
     if args.ctx:
         argv += ["--ctx", str(args.ctx)]
     return Side(name, ServerSpec(name, tuple(argv), ready_path="/health", port_pattern=LISTENING,
-                                 start_timeout_s=args.start_timeout))
+                                 start_timeout_s=args.start_timeout), {"ignore_eos": True})
 
 
 def build_sides(names: list[str], path: str, threads: int, args) -> list[Side]:
