@@ -36,6 +36,7 @@ class TreeDecoder:
     name = "speculative"
     runs_in_batcher = False
     samples_every_token = False  # accepted drafts bypass the Sampler (see SpeculativeDecoder)
+    batch_speculation = None  # solo requests: trees are not verified inside continuous batching (yet)
 
     def __init__(self, max_depth: int = 31):
         self.max_depth = max_depth
