@@ -100,6 +100,7 @@ def test_controller_grows_the_tree_with_evidence_and_stays_off_without():
             ctrl.record_acceptance(4, 4, cls)
             ctrl.record_acceptance(4, 0, cls)
     assert {c for c, _ in ctrl.plan([a, b], 4)} == {a, b}
+    assert len(ctrl.plan([a, b], 4, max_nodes=5)) == 1  # the context's end leaves room for one branch
     for _ in range(6):
         for cls in (0, 1, 3):
             ctrl.record_acceptance(4, 0, cls)

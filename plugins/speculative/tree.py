@@ -17,8 +17,11 @@ import attrs
 from .controller import CLASS_PRIORS, LADDER, RunLengths, VerifyCost, match_class
 from .sources import LookupSource
 
-#: candidates a tree merges at most (measured on the bench's prompts, more rarely pays: each costs rows)
+#: candidates a tree merges at most (each costs rows; beyond a few they rarely add an accepted token)
 MAX_BRANCHES = 4
+#: rows a verify takes at most (the pending token included): past ~48 rows a forward costs about as much per
+#: row as plain steps (verify of 32 rows ~ 6.6 steps natively), so bigger trees cannot pay
+MAX_NODES = 48
 
 
 @attrs.frozen
@@ -107,9 +110,10 @@ class TreeController:
             total += 1.0 - miss
         return total
 
-    def plan(self, cands: Sequence[Candidate], room: int, max_branches: int | None = None
-             ) -> list[tuple[Candidate, tuple[int, ...]]]:
-        """The candidates to verify, each with its first tokens to draft, or [] for a plain step."""
+    def plan(self, cands: Sequence[Candidate], room: int, max_branches: int | None = None,
+             max_nodes: int = MAX_NODES) -> list[tuple[Candidate, tuple[int, ...]]]:
+        """The candidates to verify, each with its first tokens to draft (at most ``room`` deep, at most
+        ``max_nodes`` rows with the pending token), or [] for a plain step."""
         if room <= 0 or not cands:
             return []
         order = sorted(cands, key=lambda c: -self.expected_tokens([c], room))
@@ -120,6 +124,8 @@ class TreeController:
             for k in depths:
                 drafts = [c.tokens[:k] for c in order[:m]]
                 nodes = len(merge(drafts)[0])  # the root (pending token) included
+                if nodes > max_nodes:
+                    break
                 rate = self.expected_tokens(order[:m], k) / self.verify(nodes)
                 if rate > best_rate:
                     best, best_rate = list(zip(order[:m], drafts)), rate

@@ -19,7 +19,7 @@ from corert.sampling import Sampler
 
 from .controller import ShadowOffer
 from .decoder import until_stop
-from .tree import TreeController, TreeLookupSource, merge
+from .tree import MAX_NODES, TreeController, TreeLookupSource, merge
 from .tree_accept import accept_tree_greedy, accept_tree_sampled
 
 
@@ -72,7 +72,7 @@ class TreeDecoder:
             room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
             td = time.perf_counter()
             cands = src.candidates(room) if room > 0 else []
-            plan = ctrl.plan(cands, room, branches)
+            plan = ctrl.plan(cands, room, branches, min(MAX_NODES, session.n_ctx - len(session.tokens)))
             st["draft_ms"] += (time.perf_counter() - td) * 1e3  # finding and planning the drafts
             st["steps"] += 1
             tv = time.perf_counter()
