@@ -53,9 +53,12 @@ class NativeSession:
         for a, b in zip([-1] + nodes, nodes):
             if not 0 <= b < len(ids) or parents[b] != a:
                 raise InputError(f"nodes {nodes} are not a path from a root of the token tree")
+        from ...numba_setup import PARALLEL_LOCK
+
         self._tree = None
         path_ids = [ids[j] for j in nodes]
-        self._model.kv.keep_path(self.seq, start, [start + j for j in nodes], token_ids=path_ids)
+        with PARALLEL_LOCK:  # the store's pages are shared with the batch runner's forwards
+            self._model.kv.keep_path(self.seq, start, [start + j for j in nodes], token_ids=path_ids)
         self.tokens.extend(path_ids)
 
     def _checked(self, ids: Sequence[int]) -> np.ndarray:
