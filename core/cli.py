@@ -49,9 +49,15 @@ def _common(p: argparse.ArgumentParser, model: bool = True) -> None:
 
 
 def _runtime(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **extra: Any):
-    """The Runtime a command runs on.  Precedence: flags > environment > TOML file > ``defaults`` (a command's
-    own, e.g. serve's isolation) > RuntimeConfig's."""
-    from .runtime import Runtime, RuntimeConfig
+    from .runtime import Runtime
+
+    return Runtime(_config(args, defaults, **extra), progress=True)
+
+
+def _config(args: argparse.Namespace, defaults: dict[str, Any] | None = None, **extra: Any):
+    """The RuntimeConfig a command runs on.  Precedence: flags > environment > TOML file > ``defaults`` (a
+    command's own, e.g. serve's isolation) > RuntimeConfig's."""
+    from .runtime import RuntimeConfig
 
     start = RuntimeConfig().evolve(**(defaults or {}))
     base = RuntimeConfig.from_toml(args.config, base=start) if getattr(args, "config", None) else start
@@ -77,7 +83,7 @@ def _runtime(args: argparse.Namespace, defaults: dict[str, Any] | None = None, *
     if getattr(args, "allow", None):
         over["allow"] = tuple(base.allow) + tuple(args.allow)
     over.update(extra)
-    return Runtime(base, progress=True, **over)
+    return base.evolve(**over)
 
 
 def _print_json(obj: Any) -> None:
@@ -339,7 +345,11 @@ def cmd_serve(args) -> int:
         first = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
         return _runtime(first, **extra)
 
-    return command.run(args, make_runtime)
+    def make_config(**extra: Any):
+        first = argparse.Namespace(**{**vars(args), "model": args.model[0] if args.model else None})
+        return _config(first, **extra)
+
+    return command.run(args, make_runtime, make_config)
 
 
 # -- modules with their own arguments (bench, perplexity, ab) ---------------------------------------------

@@ -43,5 +43,5 @@ if [ "$(cat "$marker" 2>/dev/null)" != "$key" ] || ! .venv/bin/python -c "import
   .venv/bin/python -m pip install -q "$whl"  # its own dependencies
   echo "$key" > "$marker"
 fi
-.venv/bin/python -m pip install -q -e ".[test,pull,plots,serve,bench]"
+.venv/bin/python -m pip install -q -e ".[test,pull,plots,serve,bench,ray]"
 echo "corert setup: ready (.venv/bin/corert)" >&2

@@ -25,9 +25,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a slot; more get 429")
     p.add_argument("--max-body", type=int, default=8 << 20, metavar="BYTES", help="largest request body (413)")
     p.add_argument("--log-level", default="warning", help="uvicorn's log level")
+    r = p.add_argument_group("Ray Serve (the ray extra; docs/scale.md)")
+    r.add_argument("--ray", action="store_true", help="serve as Ray Serve replicas behind one endpoint")
+    r.add_argument("--replicas", type=int, default=1, help="replicas (default 1)")
+    r.add_argument("--autoscale", metavar="MIN:MAX", help="scale between MIN and MAX replicas on queue depth")
+    r.add_argument("--num-cpus", type=int, default=1, help="CPUs per replica = its threads (default 1)")
+    r.add_argument("--route", choices=("prefix", "random"), default="prefix",
+                   help="replica choice: prefix-aware (default) or random (a baseline)")
+    r.add_argument("--ray-address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
 
 
-def run(args: argparse.Namespace, make_runtime: Callable[..., Any]) -> int:
+def run(args: argparse.Namespace, make_runtime: Callable[..., Any],
+        make_config: Callable[..., Any] | None = None) -> int:
+    if getattr(args, "ray", False):
+        return _run_ray(args, make_config)
     try:
         import uvicorn
 
@@ -62,6 +73,33 @@ def run(args: argparse.Namespace, make_runtime: Callable[..., Any]) -> int:
     finally:
         runtime.close()
     return 0
+
+
+def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -> int:
+    try:
+        from .app import ServeSettings
+        from .ray_deploy import RaySettings, run
+    except ImportError as exc:
+        raise CorertError(f"corert serve --ray needs the ray extra: pip install 'corert[ray]' ({exc})") from None
+    api_key = args.api_key or os.environ.get("CORERT_API_KEY") or None
+    if args.uds:
+        raise ConfigError("--uds does not go with --ray: Serve's proxy listens on TCP (--host, --port)")
+    check_bind(args.host, api_key)
+    autoscale = None
+    if args.autoscale:
+        low, _, high = args.autoscale.partition(":")
+        if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
+            raise ConfigError(f"--autoscale wants MIN:MAX with 0 < MIN <= MAX, got {args.autoscale!r}")
+        autoscale = (int(low), int(high))
+    if args.replicas < 1 or args.num_cpus < 1:
+        raise ConfigError("--replicas and --num-cpus must be at least 1")
+    # a replica is the unit of failure here (Serve replaces it): no worker processes inside it
+    config = make_config(defaults={"isolation": "none"}, **({"n_seqs": args.n_seqs} if args.n_seqs else {}))
+    settings = ServeSettings(models=tuple(args.model), api_key=api_key, max_queue=args.max_queue,
+                             max_body_bytes=args.max_body)
+    ray = RaySettings(replicas=args.replicas, autoscale=autoscale, num_cpus=args.num_cpus,
+                      max_ongoing=2 * config.n_seqs + args.max_queue, policy=args.route)
+    return run(args, config, settings, ray)
 
 
 def _announcing_server(config, url: str):

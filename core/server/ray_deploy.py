@@ -1,0 +1,338 @@
+"""``corert serve --ray``: the OpenAI-compatible app as Ray Serve replicas behind one endpoint (the ray extra).
+
+Two deployments.  ``CorertReplica`` (``num_cpus`` each) owns one Runtime, built inside the replica from the
+config (a ``Llama`` cannot be pickled; a config can), with ``n_threads = num_cpus`` (Ray sets
+``OMP_NUM_THREADS``, numba would take every core) and numba's cache in a writable directory shared by the
+node's replicas (else every worker compiles the kernels again); it serves the very app of ``corert serve``
+(:func:`corert.server.create_app`: routes, streaming, auth, metrics) in-process, request by request
+(asgi_bridge).  ``Ingress`` (no CPU of its own) is what Serve's HTTP proxy calls: it reads the body, hashes
+the prompt's leading blocks and forwards the request through a handle whose router is the prefix-aware
+:class:`~corert.server.ray_route.PrefixRouter`; it relays the response, a stream as a stream.
+
+Failure: a replica that dies before the first byte of its answer has its request retried once on another
+replica (nothing was sent, nothing is repeated twice to the client); one that dies mid-stream ends that
+stream with an error event (``code: replica_died``); Serve replaces the replica.  A client that goes away
+cancels the handle call, which cancels the app's request in the replica, which aborts its streams.
+Embeddings and classification are batched per replica with ``@serve.batch``; generation batches in the
+Runtime (continuous batching).  ``GET /metrics`` at the ingress: the routing counters, then every
+replica's own metrics with a ``replica`` label.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import threading
+from typing import Any, AsyncIterator
+
+import attrs
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .asgi_bridge import Forwarded, Lifespan, call_app, header
+from .errors import APIError
+from .ray_route import PrefixRouter, prefix_keys, routers
+from .security import check_key
+
+_REPLICA_GONE = (RayActorError, ActorUnavailableError)
+REPLICA_HEADER = "x-corert-replica"
+
+
+@attrs.frozen
+class RaySettings:
+    replicas: int = 1
+    #: (min, max) replicas, scaled on requests per replica; None: a fixed ``replicas``
+    autoscale: tuple[int, int] | None = None
+    num_cpus: int = 1
+    #: requests one replica takes at once (running + waiting in its app); more wait in the ingress's router
+    max_ongoing: int = 8
+    policy: str = "prefix"  # prefix | random
+    #: how long a replica may take to load its models and warm up
+    start_timeout_s: float = 900.0
+
+
+def numba_cache_dir() -> str:
+    """A writable directory the node's replicas share for numba's compiled kernels (``cache=True``)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    import platformdirs
+
+    return os.path.join(platformdirs.user_cache_dir("corert"), "numba")
+
+
+def _prepare_process(num_cpus: int) -> None:
+    """Before the Runtime exists: numba's cache dir and thread count from this replica's CPUs."""
+    path = numba_cache_dir()
+    os.makedirs(path, exist_ok=True)
+    os.environ["NUMBA_CACHE_DIR"] = path
+    os.environ["NUMBA_NUM_THREADS"] = str(num_cpus)
+    import sys
+
+    if "numba" in sys.modules:  # imported already (by whatever unpickled us): make it see the settings
+        sys.modules["numba"].config.reload_config()
+
+
+class _BatchedEncoders:
+    """The Runtime as the app sees it, with ``embed`` and ``classify`` batched across requests by
+    ``@serve.batch`` (the app calls them from its thread pool; the batch runs on the replica's loop)."""
+
+    def __init__(self, runtime: Any, loop: asyncio.AbstractEventLoop):
+        self._runtime, self._loop = runtime, loop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+    def embed(self, texts, *, model=None, **kw):
+        return _unwrap(asyncio.run_coroutine_threadsafe(self._one(("embed", model, None, tuple(texts))),
+                                                        self._loop).result())
+
+    def classify(self, texts, *, top_k=5, model=None, **kw):
+        return _unwrap(asyncio.run_coroutine_threadsafe(self._one(("classify", model, top_k, tuple(texts))),
+                                                        self._loop).result())
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _one(self, items: list[tuple]) -> list[Any]:
+        return await asyncio.to_thread(self._run, items)
+
+    def _run(self, items: list[tuple]) -> list[Any]:
+        """One Runtime call per (task, model, top_k) group; each request gets its slice of the result (or the
+        error, which only its own request sees when its texts alone are at fault)."""
+        out: list[Any] = [None] * len(items)
+        groups: dict[tuple, list[int]] = {}
+        for i, (task, model, top_k, _) in enumerate(items):
+            groups.setdefault((task, model, top_k), []).append(i)
+        for (task, model, top_k), idx in groups.items():
+            texts = [t for i in idx for t in items[i][3]]
+            try:
+                result = (self._runtime.embed(texts, model=model) if task == "embed" else
+                          self._runtime.classify(texts, top_k=top_k, model=model))
+            except Exception as exc:  # noqa: BLE001 - every request of the group gets it back
+                for i in idx:
+                    out[i] = exc
+                continue
+            start = 0
+            for i in idx:
+                end = start + len(items[i][3])
+                out[i] = (attrs.evolve(result, embeddings=result.embeddings[start:end],
+                                       inputs=result.inputs[start:end]) if task == "embed" else
+                          attrs.evolve(result, results=result.results[start:end]))
+                start = end
+        return [_raise_in_caller(x) for x in out]
+
+
+class _Raised:
+    """An error of one request's share of a batch, carried back to that request alone."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+
+def _raise_in_caller(x: Any) -> Any:
+    return _Raised(x) if isinstance(x, Exception) else x
+
+
+def _unwrap(x: Any) -> Any:
+    if isinstance(x, _Raised):
+        raise x.exc
+    return x
+
+
+class CorertReplica:
+    """One Runtime and the app over it; built inside the replica's process."""
+
+    async def __init__(self, config: Any, settings: Any, num_cpus: int):
+        _prepare_process(num_cpus)
+        from ..runtime import Runtime
+        from .app import create_app
+
+        self.runtime = await asyncio.to_thread(Runtime, config, n_threads=num_cpus)
+        self.app = create_app(_BatchedEncoders(self.runtime, asyncio.get_running_loop()), settings)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.lifespan = Lifespan(self.app)
+        await self.lifespan.start()
+        loader = self.app.state.loader
+        await asyncio.to_thread(loader.ready.wait)  # warm-up here: the replica takes no request before it
+        if loader.state != "ok":
+            raise RuntimeError(f"corert replica: loading the models failed: {loader.error}")
+
+    async def call(self, fwd: Forwarded) -> AsyncIterator[dict[str, Any]]:
+        async for message in call_app(self.app, fwd):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (REPLICA_HEADER.encode(), self.replica_id.encode())]}
+            yield message
+
+    def check_health(self) -> None:
+        if self.app.state.loader.state == "error":
+            raise RuntimeError(f"corert replica: {self.app.state.loader.error}")
+
+    async def __del__(self):
+        await self.lifespan.stop()  # drains the live streams before the Runtime goes
+        await asyncio.to_thread(self.runtime.close)
+
+
+def route_text(path: str, body: bytes) -> str:
+    """The text whose prefix decides the replica: a completion's prompt, a chat's messages in order."""
+    try:
+        data = json.loads(body) if body else {}
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    if path.endswith("/chat/completions"):
+        parts = []
+        for m in data.get("messages") or []:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list):
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.append(f"<{m.get('role', '') if isinstance(m, dict) else ''}>{content or ''}")
+        return "".join(parts)
+    prompt = data.get("prompt") if path.endswith("/completions") else None
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    return prompt if isinstance(prompt, str) else ""
+
+
+class Ingress:
+    """What Serve's proxy calls: forwards each request to a replica chosen by the prefix router."""
+
+    def __init__(self, replicas: Any, api_key: str | None):
+        self.replicas, self.api_key = replicas, api_key
+        self.failures = self.retries = 0
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        path = request.url.path
+        headers = tuple((k, v) for k, v in request.headers.items() if k.lower() != "host")
+        if path == "/metrics" and request.method == "GET":
+            return await self._metrics(request, headers)
+        fwd = Forwarded(request.method, path, request.url.query.encode(), headers, body,
+                        route_keys=prefix_keys(route_text(path, body)) if request.method == "POST" else ())
+        return await self._forward(fwd)
+
+    async def _start(self, fwd: Forwarded):
+        """The replica's response generator and its first message; retried once on another replica when the
+        first one died before answering (nothing reached the client yet)."""
+        for attempt in range(2):
+            gen = self.replicas.options(stream=True).call.remote(fwd)
+            try:
+                return gen, await gen.__anext__()
+            except _REPLICA_GONE:
+                self.failures += 1
+                if attempt == 0:
+                    self.retries += 1
+                    continue
+                raise APIError(503, "the replica serving this request died and the retry failed too; retry",
+                               "service_unavailable", code="replica_died") from None
+
+    async def _forward(self, fwd: Forwarded) -> Response:
+        try:
+            gen, start = await self._start(fwd)
+        except APIError as exc:
+            return exc.response()
+        raw = start.get("headers", [])
+        kept = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k.lower() != b"content-length"}
+        if (header(raw, b"content-type") or "").startswith("text/event-stream"):
+            return StreamingResponse(self._relay(gen), status_code=start["status"], headers=kept)
+        chunks = []
+        try:
+            async for message in gen:
+                chunks.append(message.get("body", b""))
+        except _REPLICA_GONE:
+            self.failures += 1
+            return _died().response()
+        return Response(b"".join(chunks), status_code=start["status"], headers=kept)
+
+    async def _relay(self, gen) -> AsyncIterator[bytes]:
+        try:
+            async for message in gen:
+                if message.get("body"):
+                    yield message["body"]
+        except _REPLICA_GONE:
+            self.failures += 1
+            yield f"data: {json.dumps(_died().body())}\n\n".encode()
+        finally:
+            gen.cancel()  # the client left, or the stream ended: the replica's request ends too
+
+    async def _metrics(self, request: Request, headers: tuple) -> Response:
+        auth = request.headers.get("authorization", "")
+        try:
+            check_key(self.api_key, auth[7:] if auth.lower().startswith("bearer ") else None)
+        except APIError as exc:
+            return exc.response()
+        from .ray_metrics import merged
+
+        router = next(iter(routers()), None)
+        ids = router.replica_ids() if router is not None else []
+        texts = await asyncio.gather(*(self._scrape(i, headers) for i in ids), return_exceptions=True)
+        per_replica = {i: t for i, t in zip(ids, texts) if isinstance(t, str)}
+        stats = router.stats.snapshot() if router is not None else None
+        body, content_type = merged(per_replica, stats, len(ids), self.failures, self.retries)
+        return Response(body, media_type=content_type)
+
+    async def _scrape(self, replica: str, headers: tuple) -> str:
+        gen = self.replicas.options(stream=True).call.remote(Forwarded("GET", "/metrics", headers=headers,
+                                                                       pin=replica))
+        return b"".join([m.get("body", b"") async for m in gen]).decode()
+
+
+def _died() -> APIError:
+    return APIError(503, "the replica serving this request died mid-answer; Serve replaces it: retry",
+                    "service_unavailable", code="replica_died")
+
+
+def build_app(config: Any, settings: Any, ray: RaySettings):
+    """The Serve application: the ingress bound to the replicas."""
+    from ray.serve.config import RequestRouterConfig
+
+    scaling: dict[str, Any] = {"num_replicas": ray.replicas}
+    if ray.autoscale is not None:
+        low, high = ray.autoscale
+        # Serve's ongoing requests per replica: running + waiting in its app (its queue depth)
+        scaling = {"autoscaling_config": {"min_replicas": low, "max_replicas": high, "initial_replicas": low,
+                                          "target_ongoing_requests": max(1, config.n_seqs),
+                                          "upscale_delay_s": 10, "downscale_delay_s": 120}}
+    replica = serve.deployment(CorertReplica, name="corert_replica", **scaling,
+                               max_ongoing_requests=ray.max_ongoing, ray_actor_options={"num_cpus": ray.num_cpus},
+                               health_check_period_s=10, graceful_shutdown_timeout_s=20,
+                               request_router_config=RequestRouterConfig(request_router_class=PrefixRouter,
+                                                                         request_router_kwargs={"policy": ray.policy}))
+    ingress = serve.deployment(Ingress, name="corert_ingress", num_replicas=1, max_ongoing_requests=1000,
+                               ray_actor_options={"num_cpus": 0})
+    return ingress.bind(replica.bind(config, settings, ray.num_cpus), settings.api_key)
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def run(args: Any, config: Any, settings: Any, ray_settings: RaySettings) -> int:
+    """Start (or join, with --ray-address) a Ray cluster, deploy, print the address, serve until SIGTERM or
+    Ctrl-C, then shut Serve down."""
+    import ray
+
+    host = args.host
+    port = free_port(host) if args.port == 0 else (8080 if args.port is None else args.port)
+    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if args.ray_address:
+        init["address"] = args.ray_address
+    ray.init(**init)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(config, settings, ray_settings), name="corert", route_prefix="/")
+        shown = f"[{host}]" if ":" in host else host
+        print(f"corert serve: listening on http://{shown}:{port} (Ray Serve)", flush=True)
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

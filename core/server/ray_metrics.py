@@ -1,0 +1,58 @@
+"""The ingress's ``GET /metrics``: its routing counters, then each replica's own metrics (scraped live) with a
+``replica`` label, in one Prometheus text."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from .metrics import CONTENT_TYPE
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def _routing(stats: dict[str, Any] | None, replicas: int, failures: int, retries: int) -> list[Metric]:
+    stats = stats or {"by_replica": {}, "hits": 0, "misses": 0, "no_prefix": 0, "hit_rate": 0.0}
+    routed = CounterMetricFamily("corert_route_requests", "requests routed, by replica", labels=["replica"])
+    for replica, n in sorted(stats["by_replica"].items()):
+        routed.add_metric([replica], n)
+    return [
+        routed,
+        CounterMetricFamily("corert_route_prefix_hits", "requests sent to the replica already holding their "
+                                                        "prompt's prefix", value=stats["hits"]),
+        CounterMetricFamily("corert_route_prefix_misses", "requests with a prefix no live replica held (or "
+                                                          "whose holder was full)", value=stats["misses"]),
+        CounterMetricFamily("corert_route_unkeyed", "requests without a whole prefix block (routed on load "
+                                                    "alone)", value=stats["no_prefix"]),
+        GaugeMetricFamily("corert_route_prefix_hit_rate", "prefix hits / requests with a prefix",
+                          value=stats["hit_rate"]),
+        GaugeMetricFamily("corert_route_replicas", "replicas the router sees", value=replicas),
+        CounterMetricFamily("corert_route_replica_failures", "requests whose replica died under them",
+                            value=failures),
+        CounterMetricFamily("corert_route_retries", "requests retried on another replica (nothing was sent "
+                                                    "yet)", value=retries),
+    ]
+
+
+def merged(per_replica: dict[str, str], stats: dict[str, Any] | None, replicas: int, failures: int,
+           retries: int) -> tuple[bytes, str]:
+    families: dict[str, Metric] = {}
+    for replica, text in sorted(per_replica.items()):
+        for fam in text_string_to_metric_families(text):
+            out = families.get(fam.name)
+            if out is None:
+                out = families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
+            for sample in fam.samples:
+                out.add_sample(sample.name, {**sample.labels, "replica": replica}, sample.value)
+    registry = CollectorRegistry()
+    registry.register(_Fixed(_routing(stats, replicas, failures, retries) + list(families.values())))
+    return generate_latest(registry), CONTENT_TYPE

@@ -1,0 +1,161 @@
+"""`corert serve --ray`'s app on a local Ray instance this module starts and stops (2 CPUs, no dashboard): two
+corert replicas of num_cpus=1 (native engine, paged:q8 KV) behind Serve's HTTP proxy on loopback.  The real
+openai client (strict validation) for chat, stream and embeddings; prefix-aware routing (8 requests sharing
+a ~1,000-token prefix land on one replica, which computes the prefix once); a replica killed mid-stream."""
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from serve_support import metric, metrics
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from corert.config import RuntimeConfig  # noqa: E402
+from corert.server.app import ServeSettings  # noqa: E402
+from corert.server.ray_deploy import REPLICA_HEADER, RaySettings, build_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+EMBED = "minilm-l6"
+KEY = "k-" + secrets.token_hex(12)
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# ~1,000 tokens of varied English, the same for every request of the prefix test
+PREFIX = " ".join(f"Note {i}: the {w} keeper of the {c} archive wrote down {i * 7} facts about {w} rivers."
+                  for i, (w, c) in enumerate([(w, c) for w in ("old", "young", "tired", "careful", "quiet",
+                                                               "busy", "kind", "stern") for c in
+                                              ("north", "south", "east", "west", "city")] * 2)[:44])
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="corert-test")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = RuntimeConfig().evolve(model=MODEL, engine="native", plugins=["kv_cache=paged:q8"], n_seqs=4,
+                                        n_ctx=2048)
+        settings = ServeSettings(models=(MODEL,), api_key=KEY)
+        serve.run(build_app(config, settings, RaySettings(replicas=2, num_cpus=1, max_ongoing=8)),
+                  name="corert", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(endpoint):
+    with openai.OpenAI(base_url=endpoint + "/v1", api_key=KEY, max_retries=0, timeout=120,
+                       _strict_response_validation=True) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def loose(endpoint):
+    """As users build it: strict validation would reject the base64 embeddings the client itself asks for."""
+    with openai.OpenAI(base_url=endpoint + "/v1", api_key=KEY, max_retries=0, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(endpoint):
+    with httpx.Client(base_url=endpoint, timeout=120, headers=AUTH) as c:
+        yield c
+
+
+def test_chat_stream_and_embeddings_through_the_proxy(client, loose, http):
+    assert {m.id for m in client.models.list().data} >= {MODEL, EMBED}
+    messages = [{"role": "user", "content": "Name a colour."}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].usage.completion_tokens > 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    emb = loose.embeddings.create(model=EMBED, input=["a red car", "a crimson automobile", "tax law"])
+    v = [e.embedding for e in emb.data]
+    assert len(v) == 3 and len(v[0]) == 384
+    dot = [sum(a * b for a, b in zip(v[0], x)) for x in v[1:]]
+    assert dot[0] > dot[1]  # the paraphrase is nearer than the unrelated text
+    assert http.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(http.base_url.join("/metrics")).status_code == 401
+
+
+def _ask(http: httpx.Client, question: str) -> tuple[str, dict]:
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": PREFIX + "\nQuestion: " + question,
+                                           "max_tokens": 4, "temperature": 0})
+    assert r.status_code == 200, r.text
+    return r.headers[REPLICA_HEADER], r.json()
+
+
+def test_shared_prefix_lands_on_one_replica_and_is_computed_once(http):
+    n_prefix = http.post("/v1/tokenize", json={"model": MODEL, "text": PREFIX}).json()["count"]
+    assert 900 <= n_prefix <= 1400, n_prefix
+    before = metrics(http)
+    first, _ = _ask(http, "who wrote the notes?")
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        rest = list(pool.map(lambda i: _ask(http, f"what did note {i} say?"), range(7)))
+    assert {r for r, _ in rest} == {first}
+    after = metrics(http)
+    routed = metric(after, f'corert_route_requests_total{{replica="{first}"}}') - \
+        metric(before, f'corert_route_requests_total{{replica="{first}"}}')
+    assert routed == 8
+    assert metric(after, "corert_route_prefix_hits_total") - metric(before, "corert_route_prefix_hits_total") == 7
+    hits = sum(v for k, v in after.items() if k.startswith("corert_kv_prefix_hit_tokens_total{")
+               and f'replica="{first}"' in k) - \
+        sum(v for k, v in before.items() if k.startswith("corert_kv_prefix_hit_tokens_total{")
+            and f'replica="{first}"' in k)
+    # each of the 7 later requests took the shared prefix's whole pages from the cache (the first computed it)
+    assert hits >= 7 * (n_prefix // 16 - 1) * 16, (hits, n_prefix)
+
+
+def _replica_actors() -> set[str]:
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if "corert_replica" in a["name"]}
+
+
+def test_replica_killed_mid_stream(http):
+    names = _replica_actors()
+    body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 400, "temperature": 0,
+            "stream": True}
+    events = []
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        victim = r.headers[REPLICA_HEADER]
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line)
+                break
+        ray.kill(ray.get_actor(next(n for n in names if n.endswith(victim)), namespace="serve"))
+        deadline = time.monotonic() + 60
+        for line in lines:
+            if line.startswith("data: "):
+                events.append(line)
+            assert time.monotonic() < deadline
+    last = json.loads(events[-1][6:])
+    assert last["error"]["code"] == "replica_died", events[-3:]
+    for _ in range(3):  # the next requests succeed (the survivor takes them)
+        r = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 2})
+        assert r.status_code == 200 and r.headers[REPLICA_HEADER] != victim
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # Serve starts a replacement
+        now = _replica_actors()
+        status = serve.status().applications["corert"].deployments["corert_replica"]
+        if len(now) == 2 and not any(n.endswith(victim) for n in now) and \
+                status.replica_states.get("RUNNING") == 2:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"no replacement replica: {_replica_actors()}")
