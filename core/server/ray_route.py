@@ -11,7 +11,8 @@ ranked first, the others after it, and Serve moves on to the next rank when the 
 (``max_ongoing_requests``).  The ``random`` policy (a uniform choice) is the baseline of
 ``corert bench serve --ray``.
 
-The router lives in the process of the handle that calls the replicas (the ingress); :func:`routers` is how
+Random routing (the baseline) records where prefixes went too, so its hit rate counts the requests that
+landed by chance where their prefix was.  The router lives in the process of the handle that calls the replicas (the ingress); :func:`routers` is how
 that process's ``/metrics`` finds its routing counters.
 """
 from __future__ import annotations
@@ -107,55 +108,64 @@ def _forwarded(pending: PendingRequest | None) -> Any:
 
 
 class PrefixRouter(RequestRouter):
+    """Ray 2.60 does not call ``on_request_routed``: a request is counted where it is decided, in
+    ``choose_replicas``, once (Serve may ask again for the same request after a rejection)."""
+
     def initialize_state(self, policy: str = "prefix", table_size: int = TABLE_SIZE, **_: Any) -> None:
         if policy not in ("prefix", "random"):
             raise ValueError(f"routing policy must be 'prefix' or 'random', not {policy!r}")
         self.policy = policy
         self.table = PrefixTable(table_size)
         self.stats = RouteStats()
-        self._intended: dict[str, str | None] = {}  # request id -> the owner it was meant for
-        _ROUTERS.add(self)
+        self._counted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Serve may hand the replica's process this class pickled by value, with module globals of its own:
+        # register in the importable module, the one /metrics reads
+        import corert.server.ray_route as home
+
+        home._ROUTERS.add(self)
 
     def _load(self, replica: RunningReplica) -> int:
         return self.replica_queue_len_cache.get(replica.replica_id) or 0
+
+    def _full(self, replica: RunningReplica) -> bool:
+        return self._load(replica) >= replica.max_ongoing_requests
+
+    def _least_loaded(self, replicas: list[RunningReplica]) -> RunningReplica:
+        low = min(self._load(r) for r in replicas)
+        return random.choice([r for r in replicas if self._load(r) == low])
+
+    def _first_time(self, pending: PendingRequest | None) -> bool:
+        rid = pending.metadata.internal_request_id if pending is not None else None
+        if rid is None or rid in self._counted:
+            return rid is None
+        self._counted[rid] = None
+        while len(self._counted) > 4096:
+            self._counted.popitem(last=False)
+        return True
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
         fwd = _forwarded(pending_request)
-        if fwd is not None and fwd.pin is not None:
+        if fwd is not None and fwd.pin is not None:  # a metrics scrape, not traffic
             return [[r for r in candidate_replicas if r.replica_id.unique_id == fwd.pin]]
-        if self.policy == "random":
-            return [[random.choice(candidate_replicas)]]
         keys = fwd.route_keys if fwd is not None else ()
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        owner, _ = self.table.match(keys, set(by_id)) if keys else (None, 0)
-        if owner is None:
-            low = min(self._load(r) for r in candidate_replicas)
-            owner = random.choice([r for r in candidate_replicas if self._load(r) == low]).replica_id.unique_id
-            hit = False
+        if self.policy == "random":
+            chosen = random.choice(candidate_replicas)
+            owner, _ = self.table.match(keys, set(by_id)) if keys else (None, 0)
+            hit = owner == chosen.replica_id.unique_id
         else:
-            hit = True
-        if keys:
-            self.table.record(keys, owner)  # claimed now: a burst sharing the prefix follows the first
-            self._intended[pending_request.metadata.internal_request_id] = owner if hit else None
-        rest = sorted((r for r in candidate_replicas if r.replica_id.unique_id != owner), key=self._load)
-        return [[by_id[owner]], rest] if rest else [[by_id[owner]]]
-
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: Any, result: Any) -> None:
-        fwd = _forwarded(pending_request)
-        if fwd is not None and fwd.pin is not None:
-            return  # a metrics scrape, not traffic
-        chosen = replica_id.unique_id
-        keys = fwd.route_keys if fwd is not None else ()
-        intended = self._intended.pop(pending_request.metadata.internal_request_id, None)
-        if keys and self.policy == "prefix":
-            self.table.record(keys, chosen)  # the owner was full: the prefix now lives where it went
-        elif keys:  # random routing: remember where prefixes went, to count would-be hits alike
-            intended, _ = self.table.match(keys, {chosen})
-            self.table.record(keys, chosen)
-        self.stats.count(chosen, bool(keys), intended == chosen)
+            owner, _ = self.table.match(keys, set(by_id)) if keys else (None, 0)
+            hit = owner is not None and not self._full(by_id[owner])
+            chosen = by_id[owner] if hit else self._least_loaded(candidate_replicas)
+        if keys:  # claimed now: a burst of requests sharing a new prefix follows the first
+            self.table.record(keys, chosen.replica_id.unique_id)
+        if self._first_time(pending_request):
+            self.stats.count(chosen.replica_id.unique_id, bool(keys), hit)
+        rest = sorted((r for r in candidate_replicas if r is not chosen), key=self._load)
+        return [[chosen], rest] if rest else [[chosen]]
 
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)

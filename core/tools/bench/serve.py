@@ -71,6 +71,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-timeout", type=float, default=1200.0,
                    help="seconds a server may take to load (default 1200: a first run compiles kernels)")
     p.add_argument("--plot", metavar="PNG", help="tok/s and TTFT p95 against clients, per side")
+    r = p.add_argument_group("--ray: Ray Serve replicas against the plain server (corert.tools.bench.serve_ray)")
+    r.add_argument("--ray", action="store_true", help="1 and 2 replicas vs the plain server; prefix vs random "
+                                                      "routing on shared-prefix traffic (needs the ray extra)")
+    r.add_argument("--ray-clients", type=int, default=8, help="concurrent streams of the overhead part (default 8)")
+    r.add_argument("--documents", type=int, default=8, help="shared prefixes of the routing part (default 8)")
+    r.add_argument("--in-flight", type=int, default=4, help="routing part: requests at once (default 4)")
+    r.add_argument("--kv-budget", default="40M", help="routing part: each replica's KV pool (default 40M)")
 
 
 @attrs.frozen
@@ -169,6 +176,10 @@ def _round_figures(rnd: Round, asked: int) -> dict[str, Any]:
 
 
 def run(args) -> dict[str, Any]:
+    if getattr(args, "ray", False):
+        from corert.tools.bench.serve_ray import run_ray
+
+        return run_ray(args)
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
     from corert.runtime import RuntimeConfig
@@ -295,6 +306,10 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, bool | None]:
 
 
 def render(r: dict[str, Any]) -> str:
+    if r.get("bench") == "serve-ray":
+        from corert.tools.bench.serve_ray import render as render_ray
+
+        return render_ray(r)
     lines = [f"serving: {r['model']}, {r['max_tokens']} tokens per stream, greedy, {r['threads']} threads, "
              f"{r['rounds']} rounds, sides interleaved; machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
              f"  {'clients':>7} {'side':<18} {'tok/s':>8} {'(min-max)':>15} {'TTFT p50':>9} {'p95':>8} "
