@@ -268,8 +268,12 @@ class Ingress:
 
         router = next(iter(routers()), None)
         ids = router.replica_ids() if router is not None else []
-        texts = await asyncio.gather(*(self._scrape(i, headers) for i in ids), return_exceptions=True)
-        per_replica = {i: t for i, t in zip(ids, texts) if isinstance(t, str)}
+        per_replica = {}
+        for replica in ids:  # one after another: calls made while serving one request share its internal id,
+            try:             # which Serve's router matches a routed replica to its request by
+                per_replica[replica] = await self._scrape(replica, headers)
+            except (asyncio.TimeoutError, *_REPLICA_GONE):
+                continue  # a replica that does not answer is left out of this scrape
         stats = router.stats.snapshot() if router is not None else None
         body, content_type = merged(per_replica, stats, len(ids), self.failures, self.retries)
         return Response(body, media_type=content_type)
@@ -277,7 +281,11 @@ class Ingress:
     async def _scrape(self, replica: str, headers: tuple) -> str:
         gen = self.replicas.options(stream=True).call.remote(Forwarded("GET", "/metrics", headers=headers,
                                                                        pin=replica))
-        return b"".join([m.get("body", b"") async for m in gen]).decode()
+
+        async def read() -> str:
+            return b"".join([m.get("body", b"") async for m in gen]).decode()
+
+        return await asyncio.wait_for(read(), 10.0)
 
 
 def _died() -> APIError:
