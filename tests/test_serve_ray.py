@@ -134,7 +134,7 @@ def _replica_actors() -> set[str]:
 
 def test_replica_killed_mid_stream(http):
     names = _replica_actors()
-    body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 400, "temperature": 0,
+    body = {"model": MODEL, "prompt": "Counting slowly: 1, 2, 3, 4, 5, 6,", "max_tokens": 400, "temperature": 0,
             "stream": True}
     events = []
     with http.stream("POST", "/v1/completions", json=body) as r:
@@ -151,8 +151,8 @@ def test_replica_killed_mid_stream(http):
             if line.startswith("data: "):
                 events.append(line)
             assert time.monotonic() < deadline
-    last = json.loads(events[-1][6:])
-    assert last["error"]["code"] == "replica_died", events[-3:]
+    assert events[-1] != "data: [DONE]" and len(events) < 400, events[-3:]  # it was cut short...
+    assert json.loads(events[-1][6:])["error"]["code"] == "replica_died", events[-3:]  # ...and says why
     for _ in range(3):  # the next requests succeed (the survivor takes them)
         r = http.post("/v1/completions", json={"model": MODEL, "prompt": "Hello", "max_tokens": 2})
         assert r.status_code == 200 and r.headers[REPLICA_HEADER] != victim
@@ -166,3 +166,14 @@ def test_replica_killed_mid_stream(http):
         time.sleep(1)
     else:
         pytest.fail(f"no replacement replica: {_replica_actors()}")
+
+
+@pytest.mark.parametrize("args, says", [(["--uds", "s.sock"], "--uds does not go with --ray"),
+                                        (["--autoscale", "3:1"], "--autoscale wants MIN:MAX")])
+def test_bad_ray_options_are_one_line_exit_2(args, says):
+    import subprocess
+
+    from cli_support import CORERT
+
+    out = subprocess.run([CORERT, "serve", "--ray", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
