@@ -16,7 +16,7 @@ import pytest
 
 import isolation_faults
 from corert import Runtime
-from corert.errors import ConfigError, ModelError, TaskTimeoutError, WorkerCrashed
+from corert.errors import ConfigError, InputError, ModelError, TaskTimeoutError, WorkerCrashed
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time", "The three primary colors are"]
@@ -91,6 +91,12 @@ def test_constraint_and_logprobs_cross_the_boundary(iso, runtime):
 def test_embed_identical_across_the_boundary(iso, runtime):
     texts = ["a cat sat on the mat", "stock markets fell sharply"]
     np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))
+
+
+def test_encoder_errors_cross_the_lane_typed(iso):
+    with pytest.raises(InputError, match="no texts given"):
+        iso.embed([])
+    assert iso.embed(["still serving"]).embeddings.shape[0] == 1
 
 
 def test_embed_runs_on_the_calling_thread_and_checks_its_priority(iso):

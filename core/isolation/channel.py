@@ -1,10 +1,12 @@
 """One worker process and the socket to it: start, framed messages both ways, kill, reap.
 
-The worker is a fresh interpreter (``python -m corert.isolation.worker FD``) started with ``subprocess``:
+The worker is a fresh interpreter (``python -m corert.isolation.worker FD LANE_FD``) started with ``subprocess``:
 exec after fork, like multiprocessing's spawn context, so no thread of the host is ever forked, and unlike
 spawn it never re-imports the host's ``__main__`` (an embedding script without a ``__main__`` guard would run
 again in every worker).  Messages are pickled tuples framed by
-:class:`multiprocessing.connection.Connection` (a 4-byte length, then the pickle) over a socketpair.
+:class:`multiprocessing.connection.Connection` (a 4-byte length, then the pickle) over a socketpair; a
+request answered as a whole (an encoder's) goes over a second one, the direct lane (lane.py), on which the
+caller reads its own answer.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
+
+from .lane import Lane
 
 
 def log_dir() -> Path:
@@ -93,12 +97,16 @@ class WorkerProcess:
         log_dir().mkdir(parents=True, exist_ok=True)
         _prune_logs(log_dir())
         ours, theirs = socket.socketpair()
+        lane_ours, lane_theirs = socket.socketpair()
         self.log_path = log_dir() / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(self):x}.log"
         with open(self.log_path, "ab") as log:
             self.proc = _Launcher.run(lambda: subprocess.Popen(
-                [sys.executable, "-m", "corert.isolation.worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+                [sys.executable, "-m", "corert.isolation.worker", str(theirs.fileno()), str(lane_theirs.fileno())],
+                pass_fds=(theirs.fileno(), lane_theirs.fileno()), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         theirs.close()
+        lane_theirs.close()
+        self._lane: Lane | None = Lane(lane_ours)
+        self._lane_lock = threading.Lock()
         self.pid = self.proc.pid
         self.conn = Connection(ours.detach())
         self._send_lock = threading.Lock()
@@ -134,6 +142,28 @@ class WorkerProcess:
             self.conn.close()
             self.exit_code = self._reap()
             self._on_exit(self, self.exit_code)
+            with self._lane_lock:  # its user has seen the end of the lane (the worker is dead) and left
+                self._lane.close()
+                self._lane = None
+
+    def ask(self, rid: int, msg: tuple, timeout: float | None) -> tuple | None:
+        """Send ``msg`` on the direct lane and read its answer, ``("done" | "err", rid, value)``, on this
+        thread; None when the worker is gone (its exit is reported by the reader thread); TimeoutError when
+        no answer came within ``timeout`` seconds."""
+        with self._lane_lock:
+            lane = self._lane
+            if lane is None:
+                return None
+            try:
+                lane.send(msg)
+                end = None if timeout is None else time.monotonic() + timeout
+                while end is None or lane.readable(end - time.monotonic()):
+                    answer = lane.recv()
+                    if answer[1] == rid:  # an earlier caller that left before its answer: skip that one
+                        return answer
+            except (OSError, EOFError):
+                return None
+        raise TimeoutError(f"no answer from the worker for {self.label} in {timeout:.3f} s")
 
     def _reap(self) -> int | None:
         try:

@@ -165,8 +165,8 @@ class RemoteEncoder:
     def _call(self, method: str, *args: Any, priority: str = "interactive", **kwargs: Any) -> Any:
         if priority not in PRIORITIES:
             raise ConfigError(f"unknown priority {priority!r}; use one of {', '.join(PRIORITIES)}")
-        return self.sup.call(lambda rid: ("enc", rid, method, args, kwargs), priority=priority,
-                             token=current_token())
+        return self.sup.ask(lambda rid: ("enc", rid, method, args, kwargs), priority=priority,
+                            token=current_token())
 
     def embed(self, texts, *, priority: str = "interactive"):
         return self._call("embed", texts, priority=priority)

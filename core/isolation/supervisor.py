@@ -11,6 +11,7 @@ worker waits with everything but the model loaded, so a restart costs the model'
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import threading
@@ -27,6 +28,7 @@ from .channel import WorkerProcess, describe_exit
 
 _RANK = {p: i for i, p in enumerate(PRIORITIES)}
 _POLL_S = 0.05  # how often a waiting request looks at its cancel token and deadline
+_REAP_WAIT_S = 15.0  # a dead worker's reader thread reports its exit within this (it kills one stuck 5 s)
 
 
 @attrs.define
@@ -184,11 +186,10 @@ class SupervisedModel:
                 self._cond.notify_all()
                 raise
 
-    def call(self, message: Callable[[int], tuple], *, priority: str, token: CancelToken,
-             emit: Callable[[Any], None] | None = None, cancel: threading.Event | None = None) -> Any:
-        """Send ``message(rid)`` to the worker and wait for its result (``emit`` gets its stream chunks).
-        A cancelled request (``cancel``, the token) is cancelled in the worker; one still running
-        ``grace_s`` after its deadline gets its worker replaced and fails with TaskTimeoutError."""
+    @contextlib.contextmanager
+    def _slot(self, priority: str, token: CancelToken, emit: Callable[[Any], None] | None = None):
+        """A slot in the worker and a registered request: ``(proc, rid, pending)``; the worker's exit fails
+        ``pending``."""
         proc = self._acquire(priority, token)
         rid = next(self._rids)
         pending = Pending(proc, emit)
@@ -197,23 +198,54 @@ class SupervisedModel:
                 if self.proc is not proc:
                     raise WorkerCrashed(f"the worker for {self.label} died before the request reached it")
                 self._inflight[rid] = pending
+            yield proc, rid, pending
+        finally:
+            with self._cond:
+                self._inflight.pop(rid, None)
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def _overran(self, proc: WorkerProcess) -> TaskTimeoutError:
+        proc.kill(f"a request ran {self.cfg.grace_s} s past its deadline")
+        return TaskTimeoutError(f"the request on {self.label} ran past its timeout and its worker did not stop "
+                                f"it; the worker was replaced (log: {proc.log_path})")
+
+    def call(self, message: Callable[[int], tuple], *, priority: str, token: CancelToken,
+             emit: Callable[[Any], None] | None = None, cancel: threading.Event | None = None) -> Any:
+        """Send ``message(rid)`` to the worker and wait for its result (``emit`` gets its stream chunks).
+        A cancelled request (``cancel``, the token) is cancelled in the worker; one still running
+        ``grace_s`` after its deadline gets its worker replaced and fails with TaskTimeoutError."""
+        with self._slot(priority, token, emit) as (proc, rid, pending):
             proc.send(message(rid))  # a dead worker: its exit fails the request
             cancelled = False
             while not pending.done.wait(_POLL_S):
                 if not cancelled and (token.cancelled or (cancel is not None and cancel.is_set())):
                     cancelled = proc.send(("cancel", rid))
                 if token.deadline is not None and time.monotonic() > token.deadline + self.cfg.grace_s:
-                    proc.kill(f"a request ran {self.cfg.grace_s} s past its deadline")
-                    raise TaskTimeoutError(f"the request on {self.label} ran past its timeout and its worker did "
-                                           f"not stop it; the worker was replaced (log: {proc.log_path})")
+                    raise self._overran(proc)
             if pending.error is not None:
                 raise pending.error
             return pending.result
-        finally:
-            with self._cond:
-                self._inflight.pop(rid, None)
-                self._busy -= 1
-                self._cond.notify_all()
+
+    def ask(self, message: Callable[[int], tuple], *, priority: str, token: CancelToken) -> Any:
+        """``call`` for a request answered as a whole (an encoder's, not cancellable in the worker): sent on
+        the direct lane, its answer read by this thread, which blocks in ``recv`` until it comes (no reader
+        thread to wake, no polling); one still running ``grace_s`` after its deadline gets its worker
+        replaced and fails with TaskTimeoutError."""
+        with self._slot(priority, token) as (proc, rid, pending):
+            timeout = None if token.deadline is None else token.deadline + self.cfg.grace_s - time.monotonic()
+            try:
+                answer = proc.ask(rid, message(rid), timeout)
+            except TimeoutError:
+                raise self._overran(proc) from None
+            if answer is None:  # the worker died: the reader thread reaps it and fails ``pending``
+                if not pending.done.wait(_REAP_WAIT_S):
+                    raise WorkerCrashed(f"the worker for {self.label} (pid {proc.pid}) closed its lane; its log: "
+                                        f"{proc.log_path}")
+                raise pending.error
+            if answer[0] == "err":
+                raise answer[2]
+            return answer[2]
 
     def query(self, kind: str, timeout: float = 2.0) -> Any:
         """A cheap question to a ready worker, outside the request slots (monitoring); None when it has no

@@ -2,14 +2,16 @@
 
 It owns the tokenizer, engine, KV cache, decoder and batch service; the host sends requests and gets back
 stream chunks (token ids and text, whatever else a chunk carries) and the finished result, never logits.
-Started by :class:`corert.isolation.channel.WorkerProcess` as ``python -m corert.isolation.worker FD``.
+Started by :class:`corert.isolation.channel.WorkerProcess` as ``python -m corert.isolation.worker FD LANE_FD``.
 
 Messages in:  ("spec", dict), ("load",) (a standby gets it when it takes over), then
-              ("gen", rid, GenerateRequest, stream) · ("cancel", rid) · ("enc", rid, method, args, kwargs) ·
-              ("kv", rid) (its KV stores' stats) · ("stop",)
+              ("gen", rid, GenerateRequest, stream) · ("cancel", rid) · ("kv", rid) (its KV stores' stats) ·
+              ("stop",)
 Messages out: ("standby",) once all but the model is loaded ·
               ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
               ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
+The direct lane (LANE_FD): ("enc", rid, method, args, kwargs) in, ("done", rid, result) or ("err", rid, error)
+out, answered by the thread that read it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import errno
 import os
 import pickle
 import queue
+import socket
 import sys
 import threading
 import time
@@ -25,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..cancel import CancelToken, set_current
+from .lane import Lane
 
 _CHUNK = "chunk"
 
@@ -68,7 +72,7 @@ class _Outbox:
         self.items.put(msg)
 
     def send_now(self, msg: tuple) -> None:
-        """Send from the calling thread (an encoder's answer: no chunks to keep in order with, no hand-off)."""
+        """Send from the calling thread (a query's answer: no chunks to keep in order with, no hand-off)."""
         try:
             with self._send_lock:
                 self.conn.send(msg)
@@ -157,8 +161,6 @@ class _Server:
                 event = self.cancels.get(msg[1])
                 if event is not None:
                     event.set()
-            elif kind == "enc":
-                self._encode(*msg[1:])
             elif kind == "kv":
                 info = self.rt.kv_cache_info() or {}
                 self.outbox.send_now(("done", msg[1], info.get("stores", [])))
@@ -190,16 +192,25 @@ class _Server:
             self.cancels.pop(rid, None)
         self.outbox.put(msg)
 
-    def _encode(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
-        # inline on the receiving thread: one encoder call at a time, no hand-off to pay for
-        try:
-            msg = ("done", rid, getattr(self.encoder, method)(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001
-            msg = ("err", rid, portable_error(exc))
-        self.outbox.send_now(msg)
+    def serve_lane(self, lane: Lane) -> None:
+        """The direct lane's requests, each answered by this thread: one encoder call at a time (the host
+        sends one), no hand-off to pay for."""
+        while True:
+            try:
+                _, rid, method, args, kwargs = lane.recv()
+            except (EOFError, OSError):
+                return  # the host is gone: the main loop sees it too
+            try:
+                msg = ("done", rid, getattr(self.encoder, method)(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - the host re-raises it
+                msg = ("err", rid, portable_error(exc))
+            try:
+                lane.send(msg)
+            except OSError:
+                return
 
 
-def main(fd: int) -> None:
+def main(fd: int, lane_fd: int) -> None:
     conn = Connection(fd)
     _, spec = conn.recv()
     sys.path[:] = spec["sys_path"]  # what the host can import (a test's plugin module), the worker can
@@ -228,6 +239,8 @@ def main(fd: int) -> None:
     print(f"loaded {info}: interpreter and imports {t0 - spec['spawned_at']:.2f} s, runtime {t1 - t0:.2f} s, "
           f"model {time.time() - t1:.2f} s", flush=True)
     outbox.put(("ready", info))
+    threading.Thread(target=server.serve_lane, args=(Lane(socket.socket(fileno=lane_fd)),),
+                     name="corert-worker-lane", daemon=True).start()
     server.serve(conn)
     try:
         server.rt.close()
@@ -238,4 +251,4 @@ def main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), int(sys.argv[2]))
