@@ -4,7 +4,9 @@ Building it reads the token, type, score and merge arrays with corert's fast hea
 into numpy tables (~1 s for a 262k vocabulary); the result is cached as a directory of .npy files under
 the user cache dir, keyed by the file's path, size and mtime.  A warm load maps the larger arrays
 (copy-on-write, never written): only the pages an encode or decode touches become resident, not the whole
-tables (14 MB for Qwen's 151k tokens, which a short prompt probes in a few pages).
+tables (14 MB for Qwen's 151k tokens, which a short prompt probes in a few pages).  Cache files are only
+ever replaced (written beside, then renamed), never rewritten in place: a process mapping the old ones
+keeps reading them.
 """
 from __future__ import annotations
 
