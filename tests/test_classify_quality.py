@@ -50,6 +50,7 @@ def test_scores_are_a_distribution_over_the_label_map(classifier_path, variant):
         assert sorted(x.label for x in r.top) == sorted(labels)
         scores = [x.score for x in r.top]
         assert scores == sorted(scores, reverse=True) and abs(sum(scores) - 1.0) < 1e-4
+        assert (r.label, r.score) == (r.top[0].label, max(scores))  # a classification is its best label
 
 
 @pytest.mark.parametrize("variant", ["q8", "stock"])
