@@ -9,6 +9,7 @@ and is read with ``recv_into`` a reused buffer: one system call each way for a s
 """
 from __future__ import annotations
 
+import math
 import pickle
 import select
 import socket
@@ -39,7 +40,8 @@ class Lane:
 
     def readable(self, timeout: float) -> bool:
         """True when a message (or the peer's end) is ready to read within ``timeout`` seconds."""
-        return self._start < self._end or bool(self._poll.poll(max(0, int(timeout * 1e3))))
+        # poll counts whole milliseconds: round up, so a wait never ends before its deadline
+        return self._start < self._end or bool(self._poll.poll(max(0, math.ceil(timeout * 1e3))))
 
     def recv(self) -> Any:
         while True:
