@@ -99,6 +99,23 @@ def test_encoder_errors_cross_the_lane_typed(iso):
     assert iso.embed(["still serving"]).embeddings.shape[0] == 1
 
 
+def test_embed_past_its_deadline_gets_its_worker_replaced():
+    # the encoder does not look at deadlines: the caller's wait on the lane ends at deadline + grace_s
+    rt = Runtime(isolation="process", worker={"grace_s": 0})
+    try:
+        rt.embed(["warm"])
+        pid = _worker(rt, "embed")["pid"]
+        with pytest.raises(TaskTimeoutError):  # the scheduler's or the lane's, whichever settles first
+            rt.embed(["a long text about a lighthouse keeper and a bottle " * 8] * 2000, timeout=0.2)
+        end = time.monotonic() + 30
+        while _worker(rt, "embed")["restarts"] < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _worker(rt, "embed")["restarts"] == 1 and _worker(rt, "embed")["pid"] != pid
+        assert rt.embed(["after"]).embeddings.shape == (1, 384)
+    finally:
+        rt.close()
+
+
 def test_embed_runs_on_the_calling_thread_and_checks_its_priority(iso):
     # no scheduler hop: the supervisor orders requests for the worker's slot
     before = iso.scheduler.stats()
