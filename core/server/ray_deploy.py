@@ -99,20 +99,21 @@ class _BatchedEncoders:
         return await asyncio.to_thread(self._run, items)
 
     def _run(self, items: list[tuple]) -> list[Any]:
-        """One Runtime call per (task, model, top_k) group; each request gets its slice of the result (or the
-        error, which only its own request sees when its texts alone are at fault)."""
+        """One Runtime call per (task, model, top_k) group, each request getting its slice of the result; a
+        group that fails is run request by request, so an error reaches only the request it belongs to."""
         out: list[Any] = [None] * len(items)
         groups: dict[tuple, list[int]] = {}
         for i, (task, model, top_k, _) in enumerate(items):
             groups.setdefault((task, model, top_k), []).append(i)
         for (task, model, top_k), idx in groups.items():
-            texts = [t for i in idx for t in items[i][3]]
             try:
-                result = (self._runtime.embed(texts, model=model) if task == "embed" else
-                          self._runtime.classify(texts, top_k=top_k, model=model))
-            except Exception as exc:  # noqa: BLE001 - every request of the group gets it back
+                result = self._encode(task, model, top_k, [t for i in idx for t in items[i][3]])
+            except Exception:  # noqa: BLE001 - whose input was at fault is found below
                 for i in idx:
-                    out[i] = exc
+                    try:
+                        out[i] = self._encode(task, model, top_k, list(items[i][3]))
+                    except Exception as exc:  # noqa: BLE001 - raised in its own request (_unwrap)
+                        out[i] = _Raised(exc)
                 continue
             start = 0
             for i in idx:
@@ -121,7 +122,12 @@ class _BatchedEncoders:
                                        inputs=result.inputs[start:end]) if task == "embed" else
                           attrs.evolve(result, results=result.results[start:end]))
                 start = end
-        return [_raise_in_caller(x) for x in out]
+        return out
+
+    def _encode(self, task: str, model: str | None, top_k: int | None, texts: list[str]) -> Any:
+        if task == "embed":
+            return self._runtime.embed(texts, model=model)
+        return self._runtime.classify(texts, top_k=top_k, model=model)
 
 
 class _Raised:
@@ -129,10 +135,6 @@ class _Raised:
 
     def __init__(self, exc: Exception):
         self.exc = exc
-
-
-def _raise_in_caller(x: Any) -> Any:
-    return _Raised(x) if isinstance(x, Exception) else x
 
 
 def _unwrap(x: Any) -> Any:

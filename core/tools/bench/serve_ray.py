@@ -32,7 +32,7 @@ TOPICS = ("lighthouse", "orchard", "observatory", "shipyard", "library", "bakery
           "vineyard", "monastery", "foundry", "harbour")
 
 
-def document(topic: str, sentences: int = 26) -> str:
+def document(topic: str, sentences: int = 18) -> str:
     """A ~600-token text about one topic, different from every other topic's from its first words on."""
     return f"Document about the {topic}.\n" + " ".join(
         f"Fact {i} about the {topic}: in year {1800 + 7 * i} its keepers counted {13 * i + 5} visitors, "
