@@ -168,7 +168,7 @@ def test_an_engine_forward_waits_for_a_tokenizer_batch(model, monkeypatch):
     monkeypatch.setattr(kernels_encode, "bpe_batch", bpe_batch)
     session = model.new_session()
     try:
-        pair.run(lambda: model.tokenizer.encode_batch(TEXTS), lambda: session.eval(ids), NativeSession.eval, order)
+        pair.run(lambda: model.tokenizer.encode_batch(TEXTS), lambda: session.eval(ids), NativeSession._forward, order)
     finally:
         session.close()
     assert order == ["tokenizer batch done", "engine forward started"]
