@@ -174,8 +174,14 @@ class SpeculativeDecoder:
         return idx, k, options[idx][3]
 
     def stats(self) -> dict:
-        st = dict(self._stats)
-        if st:
-            st["acceptance_rate"] = st["accepted"] / st["drafted"] if st["drafted"] else 0.0
-            st["mean_depth"] = st["drafted"] / st["spec_steps"] if st["spec_steps"] else 0.0
-        return st
+        return summarize(self._stats, "mean_depth", "drafted")
+
+
+def summarize(counts: dict, per_step_name: str, per_step_of: str) -> dict:
+    """A decoder's counters plus its acceptance rate and ``per_step_name`` = ``per_step_of`` per speculative
+    step (the chain decoder's mean depth, the tree decoder's mean nodes)."""
+    st = dict(counts)
+    if st:
+        st["acceptance_rate"] = st["accepted"] / st["drafted"] if st["drafted"] else 0.0
+        st[per_step_name] = st[per_step_of] / st["spec_steps"] if st["spec_steps"] else 0.0
+    return st

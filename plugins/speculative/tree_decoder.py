@@ -18,7 +18,7 @@ from corert.prefill import prefill
 from corert.sampling import Sampler
 
 from .controller import ShadowOffer
-from .decoder import until_stop
+from .decoder import summarize, until_stop
 from .tree import MAX_NODES, TreeController, TreeLookupSource, merge
 from .tree_accept import accept_tree_greedy, accept_tree_sampled
 
@@ -130,8 +130,4 @@ class TreeDecoder:
         st["accepted_from"][c.origin] += min(run, len(produced) - 1)
 
     def stats(self) -> dict:
-        st = dict(self._stats)
-        if st:
-            st["acceptance_rate"] = st["accepted"] / st["drafted"] if st["drafted"] else 0.0
-            st["mean_nodes"] = st["tree_nodes"] / st["spec_steps"] if st["spec_steps"] else 0.0
-        return st
+        return summarize(self._stats, "mean_nodes", "tree_nodes")
