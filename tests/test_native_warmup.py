@@ -81,8 +81,9 @@ def test_no_kernel_loads_after_load_and_the_peak_is_the_steady_state(smollm2, ne
     assert cold["loads"] > 0  # without the warm-up the first forward passes load kernels
     assert warm["loads"] == 0
     assert warm["llvm"] < 10 and cold["llvm"] < 10  # released after every load either way
-    # the last kernel (output head) loaded with every layer resident: a transient LLVM-sized high-water mark
-    assert cold["hwm"] - cold["rss"] > 20
+    # with the warm-up the peak is the steady state.  (Without it, the kernels loaded mid-forward once left an
+    # LLVM-sized transient; since LLVM's pages are released after each load it is ~10 MB, too close to the
+    # noise of a high-water mark to assert on: the load count above is the control.)
     assert warm["hwm"] - warm["rss"] < 8
 
 
