@@ -14,10 +14,10 @@ import httpx
 import openai
 import pytest
 
-from serve_support import metric, metrics
+import ray  # the ray extra: scripts/setup.sh installs it, so a missing ray is a failed set-up, not a skip
+from ray import serve
 
-ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
+from serve_support import metric, metrics
 
 from corert.config import RuntimeConfig  # noqa: E402
 from corert.server.app import ServeSettings  # noqa: E402
