@@ -303,6 +303,17 @@ class PrefixMatchingKVStore(Protocol):
         positions it now holds (their K/V need no evaluation)."""
 
 
+def reserve_rows(kv: KVStore, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray,
+                 provisional: bool = False) -> None:
+    """Reserve rows in any store: a :class:`PrefixMatchingKVStore` also gets their ``token_ids`` (and
+    ``provisional``), a plain :class:`KVStore` only the rows.  The one place that tells the two apart, so the
+    engine's session, batch runner and warm-up call stores alike."""
+    if isinstance(kv, PrefixMatchingKVStore):
+        kv.reserve(seq_ids, positions, token_ids=token_ids, provisional=provisional)
+    else:
+        kv.reserve(seq_ids, positions)
+
+
 @attrs.frozen
 class CalibrationRequest:
     """What a store wants evaluated to calibrate itself: the first ``max_tokens`` tokens of ``text``."""

@@ -32,7 +32,7 @@ import numpy as np
 from ...batch_service import Stream, StreamTable, check_prompt
 from ...config import NativeConfig
 from ...errors import InputError
-from ...interfaces import BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter
+from ...interfaces import BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter, reserve_rows
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long
@@ -146,10 +146,7 @@ class BatchRunner(StreamTable):
         pos_a = np.asarray(pos, np.int32)
         m = self.model
         with PARALLEL_LOCK:
-            if self._tracks:
-                self.kv.reserve(seq_a, pos_a, token_ids=ids_a)
-            else:
-                self.kv.reserve(seq_a, pos_a)
+            reserve_rows(self.kv, seq_a, pos_a, ids_a)
             t0 = time.perf_counter()
             try:
                 # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)

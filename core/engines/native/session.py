@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...interfaces import PrefixMatchingKVStore
+from ...interfaces import PrefixMatchingKVStore, reserve_rows
 from ...tree import TreeMask
 
 if TYPE_CHECKING:
@@ -105,14 +105,11 @@ class NativeSession:
                 chain = list(range(-1, redo - 1))
                 tree = TreeMask.from_parents(seq_ids, positions,
                                              chain + [p + redo if p >= 0 else redo - 1 for p in parents])
-            if paged:
-                if redo and parents is not None:  # the recomputed rows are tokens; the tree stays provisional
-                    m.kv.reserve(seq_ids[:redo], positions[:redo], token_ids=arr[:redo])
-                    m.kv.reserve(seq_ids[redo:], positions[redo:], token_ids=arr[redo:], provisional=True)
-                else:
-                    m.kv.reserve(seq_ids, positions, token_ids=arr, provisional=parents is not None)
+            if redo and parents is not None:  # the recomputed rows are tokens; the tree stays provisional
+                reserve_rows(m.kv, seq_ids[:redo], positions[:redo], arr[:redo])
+                reserve_rows(m.kv, seq_ids[redo:], positions[redo:], arr[redo:], provisional=True)
             else:
-                m.kv.reserve(seq_ids, positions)
+                reserve_rows(m.kv, seq_ids, positions, arr, provisional=parents is not None)
             try:
                 logits = run_parallel(m.transformer.forward, arr.astype(np.int32), seq_ids, positions, m.kv,
                                       out_rows, tree, threads=m.threads)

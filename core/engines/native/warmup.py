@@ -14,7 +14,7 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from ...interfaces import CalibratedKVStore, PrefixMatchingKVStore
+from ...interfaces import CalibratedKVStore, reserve_rows
 from .weights import QMatrix
 
 #: rows of the many-row forward: with the one-row forward, both attention paths of the contiguous store
@@ -68,9 +68,6 @@ def warm_kernels(t, kv_provider, threads: int) -> None:
     for positions in (np.arange(1, dtype=np.int32), np.arange(1, n + 1, dtype=np.int32)):
         ids = np.zeros(positions.size, np.int32)
         seq_ids = np.full(positions.size, seq, np.int32)
-        if isinstance(kv, PrefixMatchingKVStore):
-            kv.reserve(seq_ids, positions, token_ids=ids.astype(np.int64))
-        else:
-            kv.reserve(seq_ids, positions)
+        reserve_rows(kv, seq_ids, positions, ids.astype(np.int64))
         run_parallel(mini.forward, ids, seq_ids, positions, kv, np.array([positions.size - 1]), threads=threads)
     kv.release(seq)
