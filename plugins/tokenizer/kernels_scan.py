@@ -221,11 +221,12 @@ def run_end_block16(cls, p, end, mask):
 
 @njit(cache=True, inline="always")
 def run_end(variant, cls, p, end, mask):
+    m = np.int64(mask)  # a constant mask would compile its own run_end_* specialization
     if variant == 2:
-        return run_end_block32(cls, p, end, mask)
+        return run_end_block32(cls, p, end, m)
     if variant == 1:
-        return run_end_block16(cls, p, end, mask)
-    return run_end_scalar(cls, p, end, mask)
+        return run_end_block16(cls, p, end, m)
+    return run_end_scalar(cls, p, end, m)
 
 
 # -- splitters -------------------------------------------------------------------------------------------
@@ -358,13 +359,16 @@ SPLIT_LLAMA3 = 3
 
 @njit(cache=True)
 def split(kind, variant, data, cls, boff, s, e, words, nw):
+    # Constant arguments would be typed as literals and compile a specialization of each splitter (and of
+    # the run scans they call) per value: int64 here, so each compiles once.
+    s0, n0 = np.int64(s), np.int64(nw)
     if kind == SPLIT_QWEN2:
-        return split_qwen2(variant, data, cls, boff, s, e, words, nw, 1)
+        return split_qwen2(variant, data, cls, boff, s0, e, words, n0, np.int64(1))
     if kind == SPLIT_LLAMA3:
-        return split_qwen2(variant, data, cls, boff, s, e, words, nw, 3)
+        return split_qwen2(variant, data, cls, boff, s0, e, words, n0, np.int64(3))
     if kind == SPLIT_GPT2:
-        return _gpt2_piece(variant, data, cls, boff, s, e, words, nw)
-    return split_gpt2_digits(variant, data, cls, boff, s, e, words, nw)
+        return _gpt2_piece(variant, data, cls, boff, s0, e, words, n0)
+    return split_gpt2_digits(variant, data, cls, boff, s0, e, words, n0)
 
 
 #: variant name -> classify kernel (the SIMD ones are what the assembly test inspects)
