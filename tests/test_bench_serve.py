@@ -45,6 +45,8 @@ def test_bench_serve_corert_sides(smollm2):
 @pytest.mark.parametrize("argv, fragment", [
     (["--sides", "vllm"], "unknown side 'vllm'"),
     (["--sides", "llama-server"], "needs --llama-server PATH"),
+    (["--ray", "--documents", "1"], "--documents at least 2"),
+    (["--ray", "--documents", "13"], "--documents: at most 12"),
 ])
 def test_bench_serve_bad_options_are_bad_input(argv, fragment):
     assert_bad_input(run_cli("bench", "serve", *argv), fragment)

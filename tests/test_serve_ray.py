@@ -1,13 +1,16 @@
 """`corert serve --ray`'s app on a local Ray instance this module starts and stops (2 CPUs, no dashboard): two
 corert replicas of num_cpus=1 (native engine, paged:q8 KV) behind Serve's HTTP proxy on loopback.  The real
 openai client (strict validation) for chat, stream and embeddings; prefix-aware routing (8 requests sharing
-a ~1,000-token prefix land on one replica, which computes the prefix once); a replica killed mid-stream."""
+a ~1,000-token prefix land on one replica, which computes the prefix once); a replica killed mid-stream.
+Then the app is replaced by one serving two models with one loaded per replica (the second request evicts
+the first) and autoscaling 1:2 (scaled up under load)."""
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import secrets
 import socket
+import threading
 import time
 
 import httpx
@@ -26,6 +29,7 @@ from corert.server.ray_deploy import REPLICA_HEADER, RaySettings, build_app  # n
 pytestmark = pytest.mark.slow
 
 MODEL = "smollm2-135m-instruct"
+OTHER = "gemma3-270m"
 EMBED = "minilm-l6"
 KEY = "k-" + secrets.token_hex(12)
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -166,6 +170,89 @@ def test_replica_killed_mid_stream(http):
         time.sleep(1)
     else:
         pytest.fail(f"no replacement replica: {_replica_actors()}")
+
+
+@pytest.fixture(scope="module")
+def two_models(endpoint, http):
+    """The module's app replaced: SmolLM2 and Gemma-270M on llama.cpp (quick to load), one kept per replica,
+    1 to 2 replicas on queue depth (2 slots each)."""
+    serve.delete("corert")
+    config = RuntimeConfig().evolve(model=MODEL, engine="llama.cpp", n_seqs=2, n_ctx=2048)
+    settings = ServeSettings(models=(MODEL, OTHER), api_key=KEY)
+    serve.run(build_app(config, settings, RaySettings(autoscale=(1, 2), num_cpus=1, max_ongoing=16,
+                                                      models_per_replica=1)), name="corert", route_prefix="/")
+    return http
+
+
+def _replica_models(values: dict[str, float], name: str) -> dict[str, float]:
+    """``name``'s samples by model, summed over replicas."""
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if k.startswith(name + "{"):
+            model = k.split('model="', 1)[1].split('"', 1)[0]
+            out[model] = out.get(model, 0.0) + v
+    return out
+
+
+def test_one_model_per_replica_the_second_evicts_the_first(two_models):
+    http = two_models
+    ask = {"prompt": "The capital of France is", "max_tokens": 2, "temperature": 0}
+    first = http.post("/v1/completions", json={"model": MODEL, **ask})
+    assert first.status_code == 200, first.text
+    before = metrics(http)
+    assert _replica_models(before, "corert_replica_model_loaded") == {MODEL: 1.0, OTHER: 0.0}
+    second = http.post("/v1/completions", json={"model": OTHER, **ask})
+    assert second.status_code == 200 and second.json()["model"] == OTHER, second.text
+    assert second.headers[REPLICA_HEADER] == first.headers[REPLICA_HEADER]  # one replica so far
+    after = metrics(http)
+    assert _replica_models(after, "corert_replica_model_loaded") == {MODEL: 0.0, OTHER: 1.0}
+    assert _replica_models(after, "corert_replica_model_evictions_total") == {MODEL: 1.0, OTHER: 0.0}
+    assert _replica_models(after, "corert_replica_model_loads_total") == {MODEL: 1.0, OTHER: 1.0}
+    again = http.post("/v1/completions", json={"model": MODEL, **ask})  # back: loaded again, Gemma out
+    assert again.status_code == 200 and again.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
+    last = metrics(http)
+    assert _replica_models(last, "corert_replica_model_evictions_total") == {MODEL: 1.0, OTHER: 1.0}
+    assert _replica_models(last, "corert_replica_model_loads_total") == {MODEL: 2.0, OTHER: 1.0}
+
+
+def test_autoscale_config_is_on_queue_depth():
+    app = build_app(RuntimeConfig().evolve(n_seqs=4), ServeSettings(), RaySettings(autoscale=(1, 3), num_cpus=2))
+    replica = app._bound_deployment.init_args[0]._bound_deployment  # the ingress is bound to the replicas
+    auto = replica._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas) == (1, 1, 3)
+    assert auto.target_ongoing_requests == 4  # requests running or waiting in a replica: one per slot
+    assert replica.ray_actor_options["num_cpus"] == 2
+
+
+def test_autoscale_scales_up_under_load(two_models):
+    """8 long streams on one replica of 2 slots (target: 2 ongoing per replica): Serve adds the second one
+    within its metrics interval + upscale delay + a replica start, bounded here at 240 s."""
+    stop = threading.Event()
+    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+
+    def load() -> None:
+        with two_models.stream("POST", "/v1/completions", json=body) as r:
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    break
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = serve.status().applications["corert"].deployments["corert_replica"]
+            if status.replica_states.get("RUNNING", 0) == 2:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail(f"no second replica after 240 s: {status.replica_states}")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads)
 
 
 @pytest.mark.parametrize("args, says", [(["--uds", "s.sock"], "--uds does not go with --ray"),

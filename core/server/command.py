@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--num-cpus", type=int, default=1, help="CPUs per replica = its threads (default 1)")
     r.add_argument("--route", choices=("prefix", "random"), default="prefix",
                    help="replica choice: prefix-aware (default) or random (a baseline)")
+    r.add_argument("--models-per-replica", type=int, metavar="K",
+                   help="with several --model: models a replica keeps loaded, least recently used out (default all)")
     r.add_argument("--ray-address", help="join this Ray cluster (e.g. auto) instead of starting a local one")
 
 
@@ -91,14 +93,16 @@ def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -
         if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
             raise ConfigError(f"--autoscale wants MIN:MAX with 0 < MIN <= MAX, got {args.autoscale!r}")
         autoscale = (int(low), int(high))
-    if args.replicas < 1 or args.num_cpus < 1:
-        raise ConfigError("--replicas and --num-cpus must be at least 1")
+    if args.replicas < 1 or args.num_cpus < 1 or (args.models_per_replica is not None
+                                                        and args.models_per_replica < 1):
+        raise ConfigError("--replicas, --num-cpus and --models-per-replica must be at least 1")
     # a replica is the unit of failure here (Serve replaces it): no worker processes inside it
     config = make_config(defaults={"isolation": "none"}, **({"n_seqs": args.n_seqs} if args.n_seqs else {}))
     settings = ServeSettings(models=tuple(args.model), api_key=api_key, max_queue=args.max_queue,
                              max_body_bytes=args.max_body)
     ray = RaySettings(replicas=args.replicas, autoscale=autoscale, num_cpus=args.num_cpus,
-                      max_ongoing=2 * config.n_seqs + args.max_queue, policy=args.route)
+                      max_ongoing=2 * config.n_seqs + args.max_queue, policy=args.route,
+                      models_per_replica=args.models_per_replica)
     return run(args, config, settings, ray)
 
 

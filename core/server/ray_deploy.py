@@ -14,8 +14,10 @@ replica (nothing was sent, nothing is repeated twice to the client); one that di
 stream with an error event (``code: replica_died``); Serve replaces the replica.  A client that goes away
 cancels the handle call, which cancels the app's request in the replica, which aborts its streams.
 Embeddings and classification are batched per replica with ``@serve.batch``; generation batches in the
-Runtime (continuous batching).  ``GET /metrics`` at the ingress: the routing counters, then every
-replica's own metrics with a ``replica`` label.
+Runtime (continuous batching).  Several generation models with ``models_per_replica`` below their number:
+one Runtime per model, loaded on demand, least recently used out (:mod:`~corert.server.ray_models`).
+``GET /metrics`` at the ingress: the routing counters, then every replica's own metrics with a ``replica``
+label.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .asgi_bridge import Forwarded, Lifespan, call_app, header
+from .asgi_bridge import Forwarded, call_app, header
 from .errors import APIError
 from .ray_route import PrefixRouter, prefix_keys, routers
 from .security import check_key
@@ -51,6 +53,8 @@ class RaySettings:
     #: requests one replica takes at once (running + waiting in its app); more wait in the ingress's router
     max_ongoing: int = 8
     policy: str = "prefix"  # prefix | random
+    #: generation models one replica keeps loaded (least recently used out); None: all of them
+    models_per_replica: int | None = None
     #: how long a replica may take to load its models and warm up
     start_timeout_s: float = 900.0
 
@@ -144,47 +148,73 @@ def _unwrap(x: Any) -> Any:
 
 
 class CorertReplica:
-    """One Runtime and the app over it; built inside the replica's process."""
+    """The app of ``corert serve`` over one Runtime, built inside the replica's process; with
+    ``models_per_replica`` below the number of served models, one Runtime per model, the least recently
+    used unloaded first (:class:`~corert.server.ray_models.ModelLRU`)."""
 
-    async def __init__(self, config: Any, settings: Any, num_cpus: int):
+    async def __init__(self, config: Any, settings: Any, num_cpus: int, models_per_replica: int | None = None):
+        from .ray_models import ModelLRU, ServedApp
+
         _prepare_process(num_cpus)
-        from ..runtime import Runtime
-        from .app import create_app
-
-        self.runtime = await asyncio.to_thread(Runtime, config, n_threads=num_cpus)
-        self.app = create_app(_BatchedEncoders(self.runtime, asyncio.get_running_loop()), settings)
+        # Ray reserves CPUs, not cores: pinned lanes would put every replica of a node on its first cores
+        config = config.evolve(scheduler={"pin_threads": False})
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.lifespan = Lifespan(self.app)
-        await self.lifespan.start()
-        loader = self.app.state.loader
-        await asyncio.to_thread(loader.ready.wait)  # warm-up here: the replica takes no request before it
-        if loader.state != "ok":
-            raise RuntimeError(f"corert replica: loading the models failed: {loader.error}")
+        loop = asyncio.get_running_loop()
+
+        def start(cfg: Any, st: Any) -> Any:
+            return ServedApp.start(cfg, st, num_cpus, lambda runtime: _BatchedEncoders(runtime, loop))
+
+        models = settings.models or (config.model,)
+        self.one = self.lru = None
+        if models_per_replica is None or models_per_replica >= len(models):
+            self.one = await start(config, settings)
+        else:
+            self.lru = ModelLRU(lambda m: start(config.evolve(model=m), attrs.evolve(settings, models=(m,))),
+                                models, models_per_replica)
+            await self.lru.app_for(models[0])  # warm: Serve sends the replica nothing before
 
     async def call(self, fwd: Forwarded) -> AsyncIterator[dict[str, Any]]:
-        async for message in call_app(self.app, fwd):
+        if self.lru is not None and fwd.method == "GET" and fwd.path == "/metrics":
+            from .metrics import CONTENT_TYPE
+
+            messages = [{"type": "http.response.start", "status": 200,
+                         "headers": [(b"content-type", CONTENT_TYPE.encode())]},
+                        {"type": "http.response.body", "body": self.lru.metrics()}]
+        else:
+            served = self.one if self.lru is None else await self.lru.app_for(serve.get_multiplexed_model_id())
+            messages = call_app(served.app, fwd)
+        async for message in _aiter(messages):
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []),
                                                   (REPLICA_HEADER.encode(), self.replica_id.encode())]}
             yield message
 
     def check_health(self) -> None:
-        if self.app.state.loader.state == "error":
-            raise RuntimeError(f"corert replica: {self.app.state.loader.error}")
+        (self.one or self.lru).check_health()
 
     async def __del__(self):
-        await self.lifespan.stop()  # drains the live streams before the Runtime goes
-        await asyncio.to_thread(self.runtime.close)
+        await (self.one or self.lru).close()
 
 
-def route_text(path: str, body: bytes) -> str:
-    """The text whose prefix decides the replica: a completion's prompt, a chat's messages in order."""
+async def _aiter(messages: Any) -> AsyncIterator[dict[str, Any]]:
+    if isinstance(messages, list):
+        for m in messages:
+            yield m
+    else:
+        async for m in messages:
+            yield m
+
+
+def body_json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body) if body else {}
     except (ValueError, UnicodeDecodeError):
-        return ""
-    if not isinstance(data, dict):
-        return ""
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def route_text(path: str, data: dict[str, Any]) -> str:
+    """The text whose prefix decides the replica: a completion's prompt, a chat's messages in order."""
     if path.endswith("/chat/completions"):
         parts = []
         for m in data.get("messages") or []:
@@ -202,8 +232,10 @@ def route_text(path: str, body: bytes) -> str:
 class Ingress:
     """What Serve's proxy calls: forwards each request to a replica chosen by the prefix router."""
 
-    def __init__(self, replicas: Any, api_key: str | None):
-        self.replicas, self.api_key = replicas, api_key
+    def __init__(self, replicas: Any, api_key: str | None, multiplexed: tuple[str, ...] = ()):
+        """``multiplexed``: the generation models replicas load on demand (a request for one of them is
+        sent with its id, for Serve's multiplexer and our router); empty: every replica has every model."""
+        self.replicas, self.api_key, self.multiplexed = replicas, api_key, frozenset(multiplexed)
         self.failures = self.retries = 0
 
     async def __call__(self, request: Request) -> Response:
@@ -212,15 +244,18 @@ class Ingress:
         headers = tuple((k, v) for k, v in request.headers.items() if k.lower() != "host")
         if path == "/metrics" and request.method == "GET":
             return await self._metrics(request, headers)
+        data = body_json(body) if request.method == "POST" else {}
+        named = data.get("model") if isinstance(data.get("model"), str) else ""
+        # the model is part of the prefix: another model's cache does not hold it
         fwd = Forwarded(request.method, path, request.url.query.encode(), headers, body,
-                        route_keys=prefix_keys(route_text(path, body)) if request.method == "POST" else ())
-        return await self._forward(fwd)
+                        route_keys=prefix_keys(f"{named}\n{route_text(path, data)}") if data else ())
+        return await self._forward(fwd, named if named in self.multiplexed else "")
 
-    async def _start(self, fwd: Forwarded):
+    async def _start(self, fwd: Forwarded, model: str):
         """The replica's response generator and its first message; retried once on another replica when the
         first one died before answering (nothing reached the client yet)."""
         for attempt in range(2):
-            gen = self.replicas.options(stream=True).call.remote(fwd)
+            gen = self.replicas.options(stream=True, multiplexed_model_id=model).call.remote(fwd)
             try:
                 return gen, await gen.__anext__()
             except _REPLICA_GONE:
@@ -231,9 +266,9 @@ class Ingress:
                 raise APIError(503, "the replica serving this request died and the retry failed too; retry",
                                "service_unavailable", code="replica_died") from None
 
-    async def _forward(self, fwd: Forwarded) -> Response:
+    async def _forward(self, fwd: Forwarded, model: str) -> Response:
         try:
-            gen, start = await self._start(fwd)
+            gen, start = await self._start(fwd, model)
         except APIError as exc:
             return exc.response()
         raw = start.get("headers", [])
@@ -313,7 +348,10 @@ def build_app(config: Any, settings: Any, ray: RaySettings):
                                                                          request_router_kwargs={"policy": ray.policy}))
     ingress = serve.deployment(Ingress, name="corert_ingress", num_replicas=1, max_ongoing_requests=1000,
                                ray_actor_options={"num_cpus": 0})
-    return ingress.bind(replica.bind(config, settings, ray.num_cpus), settings.api_key)
+    models = settings.models or (config.model,)
+    per_replica = ray.models_per_replica if ray.models_per_replica and ray.models_per_replica < len(models) else None
+    return ingress.bind(replica.bind(config, settings, ray.num_cpus, per_replica), settings.api_key,
+                        models if per_replica else ())
 
 
 def free_port(host: str) -> int:

@@ -43,16 +43,25 @@ def _routing(stats: dict[str, Any] | None, replicas: int, failures: int, retries
     ]
 
 
-def merged(per_replica: dict[str, str], stats: dict[str, Any] | None, replicas: int, failures: int,
-           retries: int) -> tuple[bytes, str]:
+def labelled(texts: dict[str, str], label: str) -> list[Metric]:
+    """Prometheus texts of several sources as one set of families, each sample labelled with its source."""
     families: dict[str, Metric] = {}
-    for replica, text in sorted(per_replica.items()):
+    for source, text in sorted(texts.items()):
         for fam in text_string_to_metric_families(text):
             out = families.get(fam.name)
             if out is None:
                 out = families[fam.name] = Metric(fam.name, fam.documentation, fam.type)
             for sample in fam.samples:
-                out.add_sample(sample.name, {**sample.labels, "replica": replica}, sample.value)
+                out.add_sample(sample.name, {**sample.labels, label: source}, sample.value)
+    return list(families.values())
+
+
+def render(families: list[Metric]) -> bytes:
     registry = CollectorRegistry()
-    registry.register(_Fixed(_routing(stats, replicas, failures, retries) + list(families.values())))
-    return generate_latest(registry), CONTENT_TYPE
+    registry.register(_Fixed(families))
+    return generate_latest(registry)
+
+
+def merged(per_replica: dict[str, str], stats: dict[str, Any] | None, replicas: int, failures: int,
+           retries: int) -> tuple[bytes, str]:
+    return render(_routing(stats, replicas, failures, retries) + labelled(per_replica, "replica")), CONTENT_TYPE

@@ -5,15 +5,16 @@ A prompt is cut into blocks of ``block_chars`` characters; key k is a hash of it
 (:func:`prefix_keys`, computed by the ingress).  The router keeps, per key, the replica it last sent that
 prefix to (an LRU table): that replica's paged KV cache holds the prefix's pages, so it prefills only the
 rest.  A request goes to the replica owning its longest known prefix; a prompt nobody holds goes to the
-least loaded replica (queue lengths Serve's router caches), which then owns it at once, so a burst of
+least loaded replica (queue lengths Serve's router caches; among equals, the one given the fewest new
+prefixes so far), which then owns it at once, so a burst of
 requests sharing a new prefix follows the first.  Load balance decides ties and spills over: the owner is
 ranked first, the others after it, and Serve moves on to the next rank when the owner's queue is full
 (``max_ongoing_requests``).  The ``random`` policy (a uniform choice) is the baseline of
 ``corert bench serve --ray``.
 
 Random routing (the baseline) records where prefixes went too, so its hit rate counts the requests that
-landed by chance where their prefix was.  The router lives in the process of the handle that calls the replicas (the ingress); :func:`routers` is how
-that process's ``/metrics`` finds its routing counters.
+landed by chance where their prefix was.  The router lives in the process of the handle that calls the
+replicas (the ingress); :func:`routers` is how that process's ``/metrics`` finds its routing counters.
 """
 from __future__ import annotations
 
@@ -117,6 +118,9 @@ class PrefixRouter(RequestRouter):
         self.policy = policy
         self.table = PrefixTable(table_size)
         self.stats = RouteStats()
+        #: new prefixes given to each replica: the tie-break among equally loaded ones, so a burst of new
+        #: prefixes (Serve's queue lengths lag behind) is spread evenly instead of at random
+        self.claimed: collections.Counter[str] = collections.Counter()
         self._counted: collections.OrderedDict[str, None] = collections.OrderedDict()
         # Serve may hand the replica's process this class pickled by value, with module globals of its own:
         # register in the importable module, the one /metrics reads
@@ -132,7 +136,9 @@ class PrefixRouter(RequestRouter):
 
     def _least_loaded(self, replicas: list[RunningReplica]) -> RunningReplica:
         low = min(self._load(r) for r in replicas)
-        return random.choice([r for r in replicas if self._load(r) == low])
+        tied = [r for r in replicas if self._load(r) == low]
+        fewest = min(self.claimed[r.replica_id.unique_id] for r in tied)
+        return random.choice([r for r in tied if self.claimed[r.replica_id.unique_id] == fewest])
 
     def _first_time(self, pending: PendingRequest | None) -> bool:
         rid = pending.metadata.internal_request_id if pending is not None else None
@@ -151,6 +157,7 @@ class PrefixRouter(RequestRouter):
         if fwd is not None and fwd.pin is not None:  # a metrics scrape, not traffic
             return [[r for r in candidate_replicas if r.replica_id.unique_id == fwd.pin]]
         keys = fwd.route_keys if fwd is not None else ()
+        candidate_replicas = self._holding_model(candidate_replicas, pending_request)
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         if self.policy == "random":
             chosen = random.choice(candidate_replicas)
@@ -160,12 +167,23 @@ class PrefixRouter(RequestRouter):
             owner, _ = self.table.match(keys, set(by_id)) if keys else (None, 0)
             hit = owner is not None and not self._full(by_id[owner])
             chosen = by_id[owner] if hit else self._least_loaded(candidate_replicas)
+            if keys and owner is None:
+                self.claimed[chosen.replica_id.unique_id] += 1
         if keys:  # claimed now: a burst of requests sharing a new prefix follows the first
             self.table.record(keys, chosen.replica_id.unique_id)
         if self._first_time(pending_request):
             self.stats.count(chosen.replica_id.unique_id, bool(keys), hit)
         rest = sorted((r for r in candidate_replicas if r is not chosen), key=self._load)
         return [[chosen], rest] if rest else [[chosen]]
+
+    def _holding_model(self, replicas: list[RunningReplica], pending: PendingRequest | None) -> list[RunningReplica]:
+        """With models loaded on demand (``serve.multiplexed``): the replicas that have the request's model
+        and room, if any (else all: the chosen one loads it)."""
+        model = pending.metadata.multiplexed_model_id if pending is not None else ""
+        if not model:
+            return replicas
+        holding = [r for r in replicas if model in r.multiplexed_model_ids and not self._full(r)]
+        return holding or replicas
 
     def on_replica_actor_died(self, replica_id: Any) -> None:
         super().on_replica_actor_died(replica_id)

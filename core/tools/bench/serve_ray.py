@@ -1,58 +1,65 @@
-"""``corert bench serve --ray``: Ray Serve replicas against the single-process server, in one run.
+"""``corert bench serve --ray``: Ray Serve replicas against the single-process server, in one bounded run.
 
-Part 1, overhead: the same streaming load (N clients, distinct prompts) on
-  plain    corert serve --engine native --plugin kv_cache=paged:q8 --n-seqs 8 --threads T
-  ray-1    corert serve --ray --replicas 1 --num-cpus T   (the same options)
-  ray-2    corert serve --ray --replicas 2 --num-cpus T/2
-aggregate tok/s and TTFT p95 per side; the goal: ray-1 >= 0.9x plain (Ray's overhead <= 10%).
-Part 2, routing: ray-2 with prefix-aware routing against ray-2 with random routing on shared-prefix traffic:
-G documents of ~600 tokens, each asked about again and again (a new question each time), the KV pool of each
-replica (--set kv.budget) holding fewer documents than G but more than G/2, so where requests go decides
-whether their prefix is still cached.  One warm-up pass, then --rounds passes, C requests in flight.
-Reported: the router's hit rate (its own metric) and TTFT p50/p95; the goal: prefix p95 <= random p95 / 2.
+The plain side is ``corert serve --isolation none`` (a child process; the replicas run without worker
+processes too).  The Ray sides are the app ``corert serve --ray`` deploys (``build_app``), on one local Ray
+instance this benchmark starts and stops: starting Ray once, not once per side, keeps the run to a few
+minutes on 2 cores.  Every side: native engine, paged:q8 KV, 8 slots, the same model file.
 
-Each side is its own server process (a Ray side starts its own local Ray instance); they run one after
-the other (two Ray instances at once would only fight for the cores), so load drift is not spread over the
-sides as `corert bench serve` does: run it on a quiet machine, or twice.
+Part 1, overhead: C clients stream one completion each (distinct prompts, ``ignore_eos``, --max-tokens),
+  ray-1  1 replica of num_cpus T     against plain with T threads, rounds interleaved (paired ratios)
+  ray-2  2 replicas of num_cpus T/2  likewise
+aggregate tok/s and TTFT p95 per side; the goal: ray-1 >= 0.9x plain tok/s (Ray's overhead <= 10%).
+Part 2, routing: 2 replicas with prefix-aware routing, then with random routing, on shared-prefix traffic:
+G documents of ~1,000 tokens, each asked about again and again (a new question each time), each replica's
+KV pool (--kv-budget) holding more than G/2 documents but fewer than G, so where a request goes decides
+whether its document is still cached.  A warm-up pass (every document computed once, caches warm), then
+--rounds passes (documents shuffled, the same order for both policies), --in-flight requests at once.
+Reported: the router's hit rate (its own metric, measured passes only), the replicas' KV prefix hit rate
+and TTFT p50/p95; the goal: prefix p95 <= random p95 / 2.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 from corert.errors import InputError
-from corert.tools.bench.server_procs import HOST, ServerProcess, ServerSpec, get
-from corert.tools.bench.stream_client import concurrent_streams
-from corert.tools.stats import percentile
+from corert.tools.bench.server_procs import HOST, ServerProcess, ServerSpec, free_port, get
+from corert.tools.bench.stream_client import Round, concurrent_streams, post
+from corert.tools.stats import median, percentile, ratio_summary, ratios
 
 LISTENING = r"corert serve: listening on http://127\.0\.0\.1:(\d+)"
 N_SEQS = 8
+CTX = 2048
+KV = "kv_cache=paged:q8"
 TOPICS = ("lighthouse", "orchard", "observatory", "shipyard", "library", "bakery", "railway", "glacier",
           "vineyard", "monastery", "foundry", "harbour")
 
 
-def document(topic: str, sentences: int = 18) -> str:
-    """A ~600-token text about one topic, different from every other topic's from its first words on."""
+def document(topic: str, sentences: int = 30) -> str:
+    """A ~1,000-token text about one topic, different from every other topic's from its first words on."""
     return f"Document about the {topic}.\n" + " ".join(
         f"Fact {i} about the {topic}: in year {1800 + 7 * i} its keepers counted {13 * i + 5} visitors, "
         f"noted the weather, and repaired part {i} of the {topic}." for i in range(sentences))
 
 
-def _side_argv(path: str, args, ray: tuple[int, int] | None, route: str = "prefix",
-               budget: str | None = None) -> tuple[str, ...]:
-    argv = [sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
-            "--engine", "native", "--plugin", "kv_cache=paged:q8", "--n-seqs", str(N_SEQS), "--ctx", "2048"]
-    if ray is None:
-        argv += ["--threads", str(args.threads_total)]
-    else:
-        argv += ["--ray", "--replicas", str(ray[0]), "--num-cpus", str(ray[1]), "--route", route]
-    if budget:
-        argv += ["--set", f"kv.budget={budget}"]
-    return tuple(argv)
+def _figures(rounds: list[Round]) -> dict[str, Any]:
+    replies = [r for rnd in rounds for r in rnd.replies]
+    ok = [r for r in replies if r.status == 200 and not r.error]
+    ttfts = [r.ttft for r in ok if r.ttft is not None]
+    tok_s = [sum(r.tokens for r in rnd.replies) / rnd.wall_s if rnd.wall_s > 0 else 0.0 for rnd in rounds]
+    return {"tok_s": median(tok_s) if tok_s else 0.0, "tok_s_rounds": tok_s,
+            "ttft_p50_ms": percentile(ttfts, 50) * 1e3, "ttft_p95_ms": percentile(ttfts, 95) * 1e3,
+            "requests": len(replies), "failed": len(replies) - len(ok),
+            "errors": sorted({r.error or f"HTTP {r.status}" for r in replies if r not in ok})[:3]}
 
 
 def _metric(port: int, name: str) -> float:
+    """The sum of a metric's samples over every label (replicas, models) in GET /metrics."""
     status, body = get(port, "/metrics", timeout=30.0)
     if status != 200:
         return 0.0
@@ -60,69 +67,122 @@ def _metric(port: int, name: str) -> float:
                if line.startswith(name + " ") or line.startswith(name + "{"))
 
 
-def _figures(rounds) -> dict[str, Any]:
-    replies = [r for rnd in rounds for r in rnd.replies]
-    ok = [r for r in replies if r.status == 200 and not r.error]
-    ttfts = [r.ttft for r in ok if r.ttft is not None]
-    tok_s = [sum(r.tokens for r in rnd.replies) / rnd.wall_s for rnd in rounds if rnd.wall_s > 0]
-    return {"tok_s": sum(tok_s) / len(tok_s) if tok_s else 0.0, "tok_s_rounds": tok_s,
-            "ttft_p50_ms": percentile(ttfts, 50) * 1e3, "ttft_p95_ms": percentile(ttfts, 95) * 1e3,
-            "requests": len(replies), "failed": len(replies) - len(ok),
-            "errors": sorted({r.error or f"HTTP {r.status}" for r in replies if r not in ok})[:3]}
+class RayCluster:
+    """One local Ray instance with Serve's proxy on a loopback port; apps deployed and deleted in turn."""
+
+    def __init__(self, cpus: int, start_timeout: float):
+        import ray
+        from ray import serve
+
+        self.ray, self.serve, self.start_timeout = ray, serve, start_timeout
+        self.port = free_port()
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, namespace="corert-bench")
+        try:
+            serve.start(http_options={"host": HOST, "port": self.port})
+        except BaseException:
+            ray.shutdown()
+            raise
+
+    def deploy(self, config: Any, settings: Any, ray_settings: Any) -> None:
+        """Deploys the app and waits (bounded) until its replicas have loaded and warmed up."""
+        from corert.server.ray_deploy import build_app
+
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.serve.run(build_app(config, settings, ray_settings), name="corert", route_prefix="/")
+            except BaseException as exc:  # noqa: BLE001 - reported by the caller
+                failure.append(exc)
+
+        t = threading.Thread(target=run, name="bench-serve-run", daemon=True)
+        t.start()
+        t.join(self.start_timeout)
+        if t.is_alive():
+            raise TimeoutError(f"the Ray Serve app was not running after {self.start_timeout:.0f} s")
+        if failure:
+            raise failure[0]
+
+    def delete(self) -> None:
+        self.serve.delete("corert")
+
+    def close(self) -> None:
+        try:
+            self.serve.shutdown()
+        finally:
+            self.ray.shutdown()
 
 
-def _overhead(name: str, argv: tuple[str, ...], args, model_id_of) -> dict[str, Any]:
+def _overhead_bodies(model: str, args) -> list[dict[str, Any]]:
     from corert.tools.bench.serve import PROMPTS
 
-    spec = ServerSpec(name, argv, ready_path="/health", port_pattern=LISTENING, start_timeout_s=args.start_timeout)
-    with ServerProcess(spec) as proc:
-        model = model_id_of(proc.port)
-        bodies = [{"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens,
-                   "temperature": 0.0, "stream_options": {"include_usage": True}} for i in range(args.ray_clients)]
-        concurrent_streams(proc.port, "/v1/completions", [dict(b, max_tokens=8) for b in bodies[:2]],
-                           timeout=args.timeout)  # warm-up
-        rounds = [concurrent_streams(proc.port, "/v1/completions", bodies, timeout=args.timeout)
-                  for _ in range(args.rounds)]
-    return _figures(rounds)
+    return [{"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens,
+             "temperature": 0.0, "ignore_eos": True, "stream_options": {"include_usage": True}}
+            for i in range(args.ray_clients)]
 
 
-def _shared_prefix(name: str, argv: tuple[str, ...], args, model_id_of) -> dict[str, Any]:
-    spec = ServerSpec(name, argv, ready_path="/health", port_pattern=LISTENING, start_timeout_s=args.start_timeout)
+def _paired(plain_port: int, ray_port: int, bodies: list[dict[str, Any]], args) -> tuple[list[Round], list[Round]]:
+    """Rounds alternating between the two sides (the first side alternating too), after a warm-up each."""
+    warm = [dict(b, max_tokens=4) for b in bodies[:2]]
+    for port in (plain_port, ray_port):
+        concurrent_streams(port, "/v1/completions", warm, timeout=args.timeout)
+    plain, ray = [], []
+    for k in range(args.rounds):
+        order = [(plain_port, plain), (ray_port, ray)]
+        for port, sink in (order if k % 2 == 0 else order[::-1]):
+            sink.append(concurrent_streams(port, "/v1/completions", bodies, timeout=args.timeout))
+    return plain, ray
+
+
+def _shared_prefix(port: int, model: str, args) -> dict[str, Any]:
     docs = [document(t) for t in TOPICS[:args.documents]]
     rng = random.Random(0)  # the same traffic for both policies
-    with ServerProcess(spec) as proc:
-        model = model_id_of(proc.port)
 
-        def one_pass(k: int) -> list[dict[str, Any]]:
-            order = list(range(len(docs)))
-            rng.shuffle(order)
-            return [{"model": model, "prompt": f"{docs[d]}\nQuestion {k}: what happened in year {1800 + 7 * k}?",
-                     "max_tokens": 8, "temperature": 0.0, "stream_options": {"include_usage": True}} for d in order]
+    def run_pass(k: int) -> list[Round]:
+        order = list(range(len(docs)))
+        rng.shuffle(order)
+        bodies = [{"model": model, "prompt": f"{docs[d]}\nQuestion {k}: what happened in year {1800 + 7 * k}?",
+                   "max_tokens": 8, "temperature": 0.0, "stream_options": {"include_usage": True}} for d in order]
+        c = args.in_flight
+        return [concurrent_streams(port, "/v1/completions", bodies[i:i + c], timeout=args.timeout)
+                for i in range(0, len(bodies), c)]
 
-        def run_pass(k: int):
-            bodies = one_pass(k)
-            c = args.in_flight
-            return [concurrent_streams(proc.port, "/v1/completions", bodies[i:i + c], timeout=args.timeout)
-                    for i in range(0, len(bodies), c)]
-
-        run_pass(0)  # warm-up: every document computed once somewhere
-        hits0, miss0 = _metric(proc.port, "corert_route_prefix_hits_total"), \
-            _metric(proc.port, "corert_route_prefix_misses_total")
-        rounds = [rnd for k in range(1, args.rounds + 1) for rnd in run_pass(k)]
-        hits = _metric(proc.port, "corert_route_prefix_hits_total") - hits0
-        misses = _metric(proc.port, "corert_route_prefix_misses_total") - miss0
-        kv_hits = _metric(proc.port, "corert_kv_prefix_hit_tokens_total")
-        kv_asked = _metric(proc.port, "corert_kv_prefix_lookup_tokens_total")
+    # one document alone on an idle replica: its TTFT is a cold prefill (the capacity model's P)
+    cold = concurrent_streams(port, "/v1/completions", [{"model": model, "prompt": docs[0], "max_tokens": 1,
+                                                         "temperature": 0.0}], timeout=args.timeout).replies[0]
+    counted = post(port, "/v1/tokenize", {"model": model, "text": docs[0]}, timeout=args.timeout).body or {}
+    run_pass(0)  # warm-up: every document computed once somewhere
+    names = ("corert_route_prefix_hits_total", "corert_route_prefix_misses_total",
+             "corert_kv_prefix_hit_tokens_total", "corert_kv_prefix_lookup_tokens_total")
+    before = {n: _metric(port, n) for n in names}
+    rounds = [rnd for k in range(1, args.rounds + 1) for rnd in run_pass(k)]
+    d = {n: _metric(port, n) - before[n] for n in names}
     out = _figures(rounds)
-    out.update(route_hit_rate=hits / (hits + misses) if hits + misses else 0.0,
-               kv_prefix_hit_rate=kv_hits / kv_asked if kv_asked else 0.0)
+    routed = d["corert_route_prefix_hits_total"] + d["corert_route_prefix_misses_total"]
+    asked = d["corert_kv_prefix_lookup_tokens_total"]
+    out.update(route_hit_rate=d["corert_route_prefix_hits_total"] / routed if routed else 0.0,
+               kv_prefix_hit_rate=d["corert_kv_prefix_hit_tokens_total"] / asked if asked else 0.0,
+               kv_pool_tokens=_metric(port, "corert_kv_pages_total") * 16 / 2,  # per replica (2 of them)
+               document_tokens=counted.get("count"), cold_ttft_ms=cold.ttft * 1e3 if cold.ttft else None,
+               prefill_tok_s=counted["count"] / cold.ttft if cold.ttft and counted.get("count") else None)
     return out
 
 
+def _timed(what: str, fn: Callable[[], Any], log: dict[str, float]) -> Any:
+    t0 = time.monotonic()
+    try:
+        return fn()
+    finally:
+        log[what] = round(time.monotonic() - t0, 1)
+        print(f"corert bench serve --ray: {what} {log[what]:.0f} s", file=sys.stderr, flush=True)
+
+
 def run_ray(args) -> dict[str, Any]:
+    from corert.config import RuntimeConfig
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
-    from corert.runtime import RuntimeConfig
+    from corert.server.app import ServeSettings
+    from corert.server.ray_deploy import RaySettings
     from corert.tools.bench.serve import _cores, _model_id
 
     if args.rounds < 1 or args.ray_clients < 1 or args.documents < 2 or args.in_flight < 1:
@@ -132,44 +192,83 @@ def run_ray(args) -> dict[str, Any]:
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     path = str(ModelStore(progress=True).resolve(args.model or cfg.model))
     threads = args.threads or _cores()
-    args.threads_total = threads
     half = max(1, threads // 2)
-    overhead = {name: _overhead(name, argv, args, _model_id) for name, argv in (
-        ("plain", _side_argv(path, args, None)),
-        ("ray-1", _side_argv(path, args, (1, threads))),
-        ("ray-2", _side_argv(path, args, (2, half))))}
-    routing = {route: _shared_prefix(f"ray-2-{route}", _side_argv(path, args, (2, half), route, args.kv_budget),
-                                     args, _model_id) for route in ("prefix", "random")}
-    plain, one = overhead["plain"]["tok_s"], overhead["ray-1"]["tok_s"]
+    config = cfg.evolve(model=path, engine="native", plugins=[KV], n_seqs=N_SEQS, n_ctx=CTX, isolation="none")
+    settings = ServeSettings(models=(path,))
+    max_ongoing = 2 * N_SEQS + settings.max_queue
+    plain_argv = (sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
+                  "--engine", "native", "--plugin", KV, "--n-seqs", str(N_SEQS), "--ctx", str(CTX),
+                  "--threads", str(threads), "--isolation", "none")
+    load_before = os.getloadavg()
+    times: dict[str, float] = {}
+    t0 = time.monotonic()
+    spec = ServerSpec("plain", plain_argv, ready_path="/health", port_pattern=LISTENING,
+                      start_timeout_s=args.start_timeout)
+    # Ray's driver prints its daemons' errors on stdout, which carries this command's JSON: stderr instead
+    with ServerProcess(spec) as plain, contextlib.redirect_stdout(sys.stderr):
+        model = _model_id(plain.port)
+        bodies = _overhead_bodies(model, args)
+        cluster = _timed("ray start", lambda: RayCluster(threads, args.start_timeout), times)
+        try:
+            rounds: dict[str, dict[str, list[Round]]] = {}
+            for name, replicas, cpus in (("ray-1", 1, threads), ("ray-2", 2, half)):
+                _timed(f"{name} deploy", lambda: cluster.deploy(
+                    config, settings, RaySettings(replicas=replicas, num_cpus=cpus, max_ongoing=max_ongoing)), times)
+                p, r = _timed(f"{name} rounds", lambda: _paired(plain.port, cluster.port, bodies, args), times)
+                rounds[name] = {"plain": p, "ray": r}
+                cluster.delete()
+            budget_config = config.set_option(f"kv.budget={args.kv_budget}")
+            routing = {}
+            for policy in ("prefix", "random"):
+                _timed(f"routing {policy} deploy", lambda: cluster.deploy(
+                    budget_config, settings,
+                    RaySettings(replicas=2, num_cpus=half, max_ongoing=max_ongoing, policy=policy)), times)
+                routing[policy] = _timed(f"routing {policy} passes",
+                                         lambda: _shared_prefix(cluster.port, model, args), times)
+                cluster.delete()
+        finally:
+            cluster.close()
+    overhead: dict[str, Any] = {"plain": _figures([x for v in rounds.values() for x in v["plain"]])}
+    ratio: dict[str, Any] = {}
+    for name, v in rounds.items():
+        overhead[name] = _figures(v["ray"])
+        ratio[f"{name}/plain tok/s"] = ratio_summary(ratios(overhead[name]["tok_s_rounds"],
+                                                            _figures(v["plain"])["tok_s_rounds"]))
     p95 = {k: v["ttft_p95_ms"] for k, v in routing.items()}
-    goals = {"ray1_overhead_le_10pct": (one / plain >= 0.9) if plain else None,
-             "prefix_ttft_p95_le_half_random": (p95["prefix"] * 2 <= p95["random"]) if p95["random"] else None}
+    ratio["random/prefix TTFT p95"] = p95["random"] / p95["prefix"] if p95["prefix"] else None
+    one = ratio["ray-1/plain tok/s"]["median"]
+    goals = {"ray1_overhead_le_10pct": one >= 0.9,
+             "prefix_ttft_p95_le_half_random": p95["prefix"] * 2 <= p95["random"]}
     failed = sum(v["failed"] for v in [*overhead.values(), *routing.values()])
     return {"bench": "serve-ray", "model": model_label(path), "threads": threads, "max_tokens": args.max_tokens,
             "clients": args.ray_clients, "rounds": args.rounds, "documents": args.documents,
-            "kv_budget": args.kv_budget, "in_flight": args.in_flight, "overhead": overhead, "routing": routing,
-            "ratios": {"ray-1/plain tok/s": one / plain if plain else None,
-                       "ray-2/plain tok/s": overhead["ray-2"]["tok_s"] / plain if plain else None,
-                       "random/prefix TTFT p95": p95["random"] / p95["prefix"] if p95["prefix"] else None},
-            "goals": goals, "exit_code": 1 if failed else 0}
+            "document_chars": len(document(TOPICS[0])), "kv_budget": args.kv_budget, "in_flight": args.in_flight,
+            "overhead": overhead, "routing": routing, "ratios": ratio, "goals": goals,
+            "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "seconds": times,
+            "wall_s": round(time.monotonic() - t0, 1), "exit_code": 1 if failed else 0}
 
 
 def render(r: dict[str, Any]) -> str:
     lines = [f"serve --ray: {r['model']}, {r['threads']} threads, {r['clients']} clients x {r['max_tokens']} "
-             f"tokens, {r['rounds']} rounds; machine: {r['machine']['cpu']} ({r['machine']['cores']} cores)",
+             f"tokens, {r['rounds']} rounds; machine: {r['machine']['cpu']} ({r['machine']['cores']} cores), "
+             f"load {r['load_avg_before'][0]:.1f} before, {r['load_avg_after'][0]:.1f} after; {r['wall_s']:.0f} s",
              f"  {'side':<14} {'tok/s':>8} {'TTFT p50':>9} {'p95':>8}  (ms)"]
     for name, s in r["overhead"].items():
         fail = f"  {s['failed']} failed: {'; '.join(s['errors'])}" if s["failed"] else ""
         lines.append(f"  {name:<14} {s['tok_s']:>8.1f} {s['ttft_p50_ms']:>9.0f} {s['ttft_p95_ms']:>8.0f}{fail}")
-    lines.append(f"  shared-prefix traffic: {r['documents']} documents, {r['in_flight']} in flight, KV pool "
-                 f"{r['kv_budget']} per replica")
+    prefix = r["routing"]["prefix"]
+    lines.append(f"  shared-prefix traffic: {r['documents']} documents of {prefix['document_tokens']} tokens, "
+                 f"{r['in_flight']} in flight, KV pool {r['kv_budget']} ({prefix['kv_pool_tokens']:.0f} tokens) "
+                 f"per replica; a cold prefill: {prefix['prefill_tok_s'] or 0:.0f} tok/s per replica")
     for name, s in r["routing"].items():
         fail = f"  {s['failed']} failed: {'; '.join(s['errors'])}" if s["failed"] else ""
         lines.append(f"  ray-2 {name:<8} hit rate {s['route_hit_rate']:.2f} (KV {s['kv_prefix_hit_rate']:.2f})  "
                      f"TTFT p50 {s['ttft_p50_ms']:.0f}  p95 {s['ttft_p95_ms']:.0f}{fail}")
     for k, v in r["ratios"].items():
-        lines.append(f"  {k}: {'-' if v is None else f'{v:.2f}x'}")
-    lines.append("  goals: " + ", ".join(f"{k} {'-' if v is None else 'met' if v else 'NOT met'}"
-                                          for k, v in r["goals"].items()))
-    lines.append("  (sides run one after another, not interleaved: a shared machine makes these noisy)")
+        if isinstance(v, dict):
+            lo, hi = v["range"]
+            lines.append(f"  {k}: {v['median']:.2f}x ({lo:.2f}-{hi:.2f} over {len(v['rounds'])} rounds)")
+        else:
+            lines.append(f"  {k}: {'-' if v is None else f'{v:.2f}x'}")
+    lines.append("  goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in r["goals"].items()))
     return "\n".join(lines)
