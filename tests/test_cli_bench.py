@@ -174,6 +174,10 @@ def test_bench_speculative():
     for set_name in ("grounded", "open-ended"):
         # the same greedy decoding on the same llama.cpp model: corert plain is llama.cpp plain, token for token
         assert r["sides"]["corert plain"][set_name]["identical_to_llama_plain"] == "3/3"
+        # the same-engine reference column: each corert side against corert plain (not for llama.cpp's side)
+        assert r["sides"]["corert plain"][set_name]["identical_to_corert_plain"] == "3/3"
+        assert r["sides"]["corert lookup"][set_name]["identical_to_corert_plain"].endswith("/3")
+        assert "identical_to_corert_plain" not in r["sides"]["llama.cpp plain"][set_name]
         assert r["sides"]["llama.cpp plain"][set_name]["vs_llama_plain"] == 1.0
 
 

@@ -186,6 +186,21 @@ def test_verify_cost_interpolates_measured_sizes_and_explores_beyond():
     assert cost(32) == pytest.approx(max(0.160, 0.030 * (1 + 0.3 * 31)))
 
 
+def test_a_fully_accepted_offer_is_followed_to_its_whole_run():
+    """A verify that accepts every drafted token only says the run is at least that deep; the rest of the
+    offer, followed against what is produced, gives the run's real length (here 3 drafted + 3 more)."""
+    ctrl = DepthController()
+    sh = ShadowOffer.tail([10, 11, 12, 13, 14, 15, 16, 17], 3, ctrl, 2)
+    assert sh.tokens == [13, 14, 15, 16, 17]
+    assert not any(sh.observe(t) for t in (13, 14, 15))
+    assert sh.observe(99)  # the copy broke: settled
+    assert list(ctrl.classes[2].runs) == [6]
+    long = ShadowOffer.tail(list(range(100)), 7, ctrl, 3)  # a copy that holds: capped at the span
+    assert not any(long.observe(t) for t in range(7, SHADOW_SPAN - 1))
+    assert long.observe(SHADOW_SPAN - 1)
+    assert list(ctrl.classes[3].runs) == [SHADOW_SPAN]
+
+
 def test_shadow_offers_teach_a_class_without_verifying():
     """Declined prompt-lookup offers are checked against what was produced: a class whose offers would
     have been right is switched on without spending a verify on it."""

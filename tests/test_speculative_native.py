@@ -12,6 +12,8 @@ PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n"
     "def factorial(n):\n",
     "Once upon a time",
+    "<|im_start|>user\nCopy this list exactly: apples, pears, plums, cherries, grapes, lemons, limes, figs, dates, "
+    "kiwis.<|im_end|>\n<|im_start|>assistant\n",
 ]
 
 
@@ -56,4 +58,16 @@ def test_adaptive_keeps_its_measurements_across_requests(smollm2):
     assert rt.decoder() is decoder and decoder.controllers[0].classes is classes
     assert evidence() == first.decoder_stats["steps"] + second.decoder_stats["steps"]
     assert sum(len(c.runs) for c in classes) >= sampled  # added to, never restarted
+    rt.close()
+
+
+def test_a_fully_accepted_draft_teaches_the_whole_run(smollm2, plain_outputs):
+    """Drafting 4 at a time, a verbatim copy is accepted 4 by 4; the controller still learns a run longer
+    than 4 (the rest of each fully accepted offer is followed against the output), and the output is plain's."""
+    rt = Runtime(engine="native", model=smollm2, draft_depth=4, plugins={"speculative": "speculative:lookup"})
+    out = rt.generate(PROMPTS[3], max_tokens=40, temperature=0)
+    assert out.token_ids == plain_outputs[3]
+    assert out.decoder_stats["accepted"] > 4 and out.decoder_stats["mean_depth"] <= 4
+    runs = [r for c in rt.decoder().controllers[0].classes for r in c.runs]
+    assert max(runs) > 4
     rt.close()

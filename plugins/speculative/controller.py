@@ -170,16 +170,26 @@ class ShadowOffer:
     ctrl: DepthController
     cls: int
     matched: int = 0
+    #: tokens of the offer already accepted by a verify before ``tokens`` (a censored run: see ``tail``)
+    base: int = 0
+
+    @classmethod
+    def tail(cls, offer: list[int], accepted: int, ctrl: DepthController, match_cls: int) -> "ShadowOffer":
+        """The rest of an offer whose first ``accepted`` tokens were all drafted and all accepted.  Such a
+        run is censored at the depth drafted: recorded as is, a copy verified 7 at a time looks like runs of
+        7 and the controller never learns that 15 or 31 would hold.  Following the rest of the offer for
+        free measures the whole run."""
+        return cls(offer[accepted:], ctrl, match_cls, base=accepted)
 
     def observe(self, token: int) -> bool:
         """Feed the next produced token; True once the offer is settled (and recorded)."""
         if token == self.tokens[self.matched]:
             self.matched += 1
-            if self.matched < min(len(self.tokens), SHADOW_SPAN):
+            if self.matched < min(len(self.tokens), SHADOW_SPAN - self.base):
                 return False
-            self.ctrl.record_acceptance(self.matched, self.matched, self.cls)
+            self.ctrl.record_acceptance(self.base + self.matched, self.base + self.matched, self.cls)
         else:
-            self.ctrl.record_acceptance(self.matched + 1, self.matched, self.cls)
+            self.ctrl.record_acceptance(self.base + self.matched + 1, self.base + self.matched, self.cls)
         return True
 
 

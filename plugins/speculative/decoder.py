@@ -19,7 +19,7 @@ from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
 from .batched import BatchedLookup
-from .controller import Chooser, DepthController, ShadowOffer, VerifyCost
+from .controller import SHADOW_SPAN, Chooser, DepthController, ShadowOffer, VerifyCost
 from .sources import LookupSource
 from corert.sampling import Sampler
 
@@ -92,62 +92,74 @@ class SpeculativeDecoder:
         pending = sampler(logits)
         produced = 0
         shadows: dict[tuple[int, int], ShadowOffer] = {}  # (source, class) -> declined offer being checked
-        while True:
-            yield pending
-            produced += 1
-            if is_eog(pending) or produced >= params.max_tokens:
-                break
-            for s in self.sources:
-                s.extend((pending,))
-            shadows = {key: sh for key, sh in shadows.items() if not sh.observe(pending)}
-            # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
-            room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
-            idx, k, cls = self._choose(ctrls, chooser, room)
-            if k > 0:
-                shadows.clear()  # a real verify is about to give better evidence
-            elif self.adaptive:
-                self._shadow(ctrls, shadows)
-            drafts: list[int] = []
-            qs: list[dict[int, float]] = []
-            if k > 0:
-                td = time.perf_counter()
-                drafts, qs = self.sources[idx].propose(k, params, rng)
-                ctrls[idx].record_draft(len(drafts), time.perf_counter() - td)
-                st["draft_ms"] += (time.perf_counter() - td) * 1e3
-            st["steps"] += 1
-            tv = time.perf_counter()
-            if not drafts:
-                logits = session.eval((pending,))
+        tails: dict[tuple[int, int], ShadowOffer] = {}  # (source, class) -> a fully accepted offer's rest
+        try:
+            while True:
+                yield pending
+                produced += 1
+                if is_eog(pending) or produced >= params.max_tokens:
+                    break
+                for s in self.sources:
+                    s.extend((pending,))
+                shadows = {key: sh for key, sh in shadows.items() if not sh.observe(pending)}
+                tails = _observe(tails, (pending,))
+                # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
+                room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
+                idx, k, cls = self._choose(ctrls, chooser, room)
+                if k > 0:
+                    shadows.clear()  # a real verify is about to give better evidence
+                elif self.adaptive:
+                    self._shadow(ctrls, shadows)
+                drafts: list[int] = []
+                qs: list[dict[int, float]] = []
+                if k > 0:
+                    td = time.perf_counter()
+                    drafts, qs = self.sources[idx].propose(k, params, rng)
+                    ctrls[idx].record_draft(len(drafts), time.perf_counter() - td)
+                    st["draft_ms"] += (time.perf_counter() - td) * 1e3
+                st["steps"] += 1
+                tv = time.perf_counter()
+                if not drafts:
+                    logits = session.eval((pending,))
+                    dt = time.perf_counter() - tv
+                    ctrls[0].record_verify(1, dt)  # the verify table is shared by every controller
+                    st["verify_ms"] += dt * 1e3
+                    pending = sampler(logits)
+                    continue
+                rows = session.eval([pending] + drafts, all_logits=True)
                 dt = time.perf_counter() - tv
-                ctrls[0].record_verify(1, dt)  # the verify table is shared by every controller
+                ctrls[idx].record_verify(len(drafts) + 1, dt)
                 st["verify_ms"] += dt * 1e3
-                pending = sampler(logits)
-                continue
-            rows = session.eval([pending] + drafts, all_logits=True)
-            dt = time.perf_counter() - tv
-            ctrls[idx].record_verify(len(drafts) + 1, dt)
-            st["verify_ms"] += dt * 1e3
-            if greedy:
-                n_ok, nxt = accept_greedy(drafts, rows)
-            else:
-                n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
-            session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
-            ctrls[idx].record_acceptance(len(drafts), n_ok, cls)
-            st["spec_steps"] += 1
-            st["drafted"] += len(drafts)
-            st["accepted"] += n_ok
-            ps = st["per_source"][self.sources[idx].name]
-            ps["drafted"] += len(drafts)
-            ps["accepted"] += n_ok
-            ps["steps"] += 1
-            emit, stop = until_stop(drafts[:n_ok], produced, params.max_tokens, is_eog)
-            yield from emit
-            produced += len(emit)
-            if stop:
-                break
-            for s in self.sources:
-                s.extend(drafts[:n_ok])
-            pending = nxt
+                if greedy:
+                    n_ok, nxt = accept_greedy(drafts, rows)
+                else:
+                    n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
+                session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
+                tails = _observe(tails, drafts[:n_ok])
+                offer = self.sources[idx].free_offer()
+                if n_ok == len(drafts) and len(offer) > n_ok and offer[:n_ok] == drafts:
+                    # censored run: follow the rest of the offer (a tail already following it counts this step)
+                    tails.setdefault((idx, cls), ShadowOffer.tail(offer, n_ok, ctrls[idx], cls))
+                else:
+                    ctrls[idx].record_acceptance(len(drafts), n_ok, cls)
+                st["spec_steps"] += 1
+                st["drafted"] += len(drafts)
+                st["accepted"] += n_ok
+                ps = st["per_source"][self.sources[idx].name]
+                ps["drafted"] += len(drafts)
+                ps["accepted"] += n_ok
+                ps["steps"] += 1
+                emit, stop = until_stop(drafts[:n_ok], produced, params.max_tokens, is_eog)
+                yield from emit
+                produced += len(emit)
+                if stop:
+                    break
+                for s in self.sources:
+                    s.extend(drafts[:n_ok])
+                pending = nxt
+        finally:  # also when the consumer stops early (a stop string, end of generation)
+            for sh in tails.values():  # the request ended inside a copy: its run held at least this long
+                sh.ctrl.record_acceptance(sh.base + sh.matched, sh.base + sh.matched, sh.cls)
 
     def _shadow(self, ctrls: list[DepthController], shadows: dict) -> None:
         """Check the free offers just declined, one at a time per source and class."""
@@ -163,7 +175,9 @@ class SpeculativeDecoder:
             return 0, 0, 0
         options = []
         for i, (s, c) in enumerate(zip(self.sources, ctrls)):
-            avail = s.available(room)
+            # a free offer is looked up whole, past the room, so a declined or fully accepted offer can be
+            # followed that far (ShadowOffer); the depth drafted stays within the room
+            avail = min(s.available(max(room, SHADOW_SPAN)), room)
             options.append((i, c, avail, s.offer_class() if avail else 0))
         if not self.adaptive:
             for i, _, avail, cls in options:
@@ -175,6 +189,13 @@ class SpeculativeDecoder:
 
     def stats(self) -> dict:
         return summarize(self._stats, "mean_depth", "drafted")
+
+
+def _observe(followed: dict, tokens: Sequence[int]) -> dict:
+    """Feed produced tokens to the offers being followed; keep those not settled yet."""
+    for t in tokens:
+        followed = {key: sh for key, sh in followed.items() if not sh.observe(t)}
+    return followed
 
 
 def summarize(counts: dict, per_step_name: str, per_step_of: str) -> dict:
