@@ -48,6 +48,8 @@ class Stream:
     generated: list[int] = attrs.Factory(list)
     finish: str | None = None  # "stop" | "length" | "cancelled" | "error: ..."
     recomputed: int = 0  # positions evaluated again after an eviction (native paged store)
+    drafted: int = 0  # draft rows verified for it (speculation inside the batch)
+    accepted: int = 0  # of which accepted
 
     @classmethod
     def start(cls, sid: int, seq: int, ids: list[int], params: SamplingParams, n_ctx: int,

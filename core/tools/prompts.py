@@ -43,6 +43,12 @@ GROUNDED = [
     "Rewrite this paragraph as a bulleted list, one bullet per sentence, keeping the wording:\n\n" + _TEXT,
 ]
 
+#: two more edits of real code, so ``bench batch --speculative`` has eight distinct grounded streams
+GROUNDED_MORE = [
+    "Remove every comment from this Python code and return the whole code:\n```python\n" + _code(135, 40) + "\n```",
+    "Add a docstring to this function and return the whole code:\n```python\n" + _code(215, 36) + "\n```",
+]
+
 OPEN_ENDED = [
     "Write a short story about a robot who learns to paint.",
     "Explain how a hash map works and when to use one.",

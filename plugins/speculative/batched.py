@@ -1,11 +1,11 @@
 """Speculation inside continuous batching (corert.interfaces.BatchSpeculation): every stream drafts from its
 own prompt/output lookup, and each step the depths are chosen for the whole batch.
 
-A step of R rows yielding T tokens costs verify(R) (the decoder's VerifyCost: the same table solo requests
-fill, keyed by rows in the forward).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes
-the step cost verify(R + k), so it pays when it raises the step's tokens per second:
+A step of R rows yielding T tokens costs step(R) (``StepCost``: a line fitted to the batch's recent step
+times).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes the step cost step(R + k), so
+it pays when it raises the step's tokens per second:
 
-    (T + E(k) - 1) / verify(R + k)  >  T / verify(R)
+    (T + E(k) - 1) / step(R + k)  >  T / step(R)
 
 Streams are served best-anchored first (a long match is a copy in progress); each stream's rows then count
 as already in the step for the next one.  A draft row is cheap while the batch is small (8 rows cost ~3x
@@ -15,6 +15,7 @@ loaded model across requests; a stream's lookup index, offer and shadows are its
 """
 from __future__ import annotations
 
+import collections
 from typing import TYPE_CHECKING, Sequence
 
 import attrs
@@ -28,6 +29,59 @@ from .sources import LookupSource
 
 if TYPE_CHECKING:
     from .decoder import SpeculativeDecoder
+
+
+#: steps the batch's cost line is fitted over (the batch's make-up drifts as streams join and leave)
+STEP_WINDOW = 128
+#: before two row counts are measured, a row beyond the batch is priced at this share of an average row:
+#: optimistic enough to try a draft (which measures the slope), dear enough to try only a likely one
+PRIOR_ROW_SHARE = 0.5
+
+
+@attrs.define
+class StepCost:
+    """Seconds of one batched step by its rows, ``fixed + per_row * rows``: least squares over the last
+    STEP_WINDOW steps.  Not the solo requests' per-size table (VerifyCost): from ~8 rows up the int8 kernels
+    are compute-bound and a step's time grows by a near-constant amount per row, while a per-size table
+    knows only the exact sizes it saw and calls every larger size as cheap as the largest one (free rows,
+    so over-deep drafts)."""
+
+    steps: collections.deque = attrs.field(factory=lambda: collections.deque(maxlen=STEP_WINDOW))
+    _line: tuple[float, float] | None = None
+
+    def record(self, rows: int, seconds: float) -> None:
+        self.steps.append((rows, seconds))
+        self._line = None
+
+    def line(self) -> tuple[float, float]:
+        """(fixed seconds, seconds per row); (0, 1) with nothing measured."""
+        if self._line is None:
+            self._line = self._fit()
+        return self._line
+
+    def _fit(self) -> tuple[float, float]:
+        if not self.steps:
+            return 0.0, 1.0
+        x = np.array([r for r, _ in self.steps], np.float64)
+        y = np.array([t for _, t in self.steps], np.float64)
+        if np.ptp(x) == 0:  # one size so far: the prior slope through its mean time
+            per_row = PRIOR_ROW_SHARE * y.mean() / x[0]
+            return float(y.mean() - per_row * x[0]), float(per_row)
+        per_row, fixed = np.polyfit(x, y, 1)
+        per_row = max(float(per_row), 1e-3 * float(y.mean()) / float(x.mean()))  # noise never makes rows free
+        return float(y.mean() - per_row * x.mean()), per_row
+
+    def __call__(self, rows: int) -> float:
+        fixed, per_row = self.line()
+        return max(fixed + per_row * rows, 1e-9)
+
+    def table(self) -> list[dict[str, float]]:
+        """Measured mean seconds per row count beside the fitted line's (reports)."""
+        by: dict[int, list[float]] = {}
+        for r, t in self.steps:
+            by.setdefault(r, []).append(t)
+        return [{"rows": r, "steps": len(ts), "seconds": float(np.mean(ts)), "fitted": self(r)}
+                for r, ts in sorted(by.items())]
 
 
 @attrs.define
@@ -74,6 +128,7 @@ class BatchedLookup:
     def __init__(self, decoder: "SpeculativeDecoder", margin: float = 0.05):
         self.decoder = decoder
         self.margin = margin  # like Chooser's: a draft must beat no draft by this much
+        self.cost = StepCost()  # per loaded model, like the decoder's controller
 
     @property
     def ctrl(self) -> DepthController:
@@ -86,7 +141,7 @@ class BatchedLookup:
         return StreamDrafts(source, self.ctrl, params, rng, seen=len(prompt_ids))
 
     def record_step(self, rows: int, seconds: float) -> None:
-        self.ctrl.record_verify(rows, seconds)
+        self.cost.record(rows, seconds)
 
     def draft(self, streams: Sequence[tuple[StreamDrafts, Sequence[int], int]], base_rows: int,
               base_tokens: int) -> list[list[int]]:
@@ -95,7 +150,7 @@ class BatchedLookup:
             d.sync(tokens, min(room, depth_cap))
         if not self.decoder.adaptive:  # fixed depth: every offer as far as it goes
             return [d.take(d.available) for d, _, _ in streams]
-        ctrl, cost = self.ctrl, self.ctrl.verify
+        ctrl, cost = self.ctrl, self.cost
         rows, tokens = base_rows, float(base_tokens)
         depths = [0] * len(streams)
         order = sorted(range(len(streams)), key=lambda i: -ctrl.acceptance(streams[i][0].cls))

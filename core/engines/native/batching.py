@@ -179,6 +179,8 @@ class BatchRunner(StreamTable):
                 self.kv.truncate(st.seq, st.done_upto)  # drop the rejected drafts' K/V
                 self.drafted += len(drafts)
                 self.accepted += n_ok
+                st.drafted += len(drafts)
+                st.accepted += n_ok
             for tok in chosen:
                 tok, finish = st.take(tok)
                 out.append((st.id, tok))

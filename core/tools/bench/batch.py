@@ -38,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"rounds of every stream count, sides interleaved, at least {MIN_ROUNDS} (default {MIN_ROUNDS})")
     p.add_argument("--speculative", action="store_true",
                    help="grounded prompts at the largest --streams count: speculative:adaptive inside the batch vs "
-                        "the same batch decoded plainly vs llama.cpp one after another (native engine)")
+                        "the same batch decoded plainly vs llama.cpp one after another (native engine); eight "
+                        "distinct code and text edits whose answers copy the prompt, on qwen2.5-coder-0.5b-instruct "
+                        "unless --model (a coder model returns the code verbatim around its edits, so lookup drafts "
+                        "get accepted; SmolLM2 paraphrases)")
 
 
 def _native(rt, path: str, n_max: int, n_ctx: int):
@@ -87,7 +90,8 @@ def _run_batched(r, prompts: list[list[int]], max_tokens: int, speculation=None)
     n = len(prompts)
     return {"decode_tok_s": n * (max_tokens - 1) / (end - first_all), "e2e_tok_s": n * max_tokens / (end - t0),
             "seconds": end - t0, "steps": r.steps - steps0, "outputs": outs,
-            "drafted": getattr(r, "drafted", 0), "accepted": getattr(r, "accepted", 0)}
+            "drafted": getattr(r, "drafted", 0), "accepted": getattr(r, "accepted", 0),
+            "per_stream": [(r.result(s).drafted, r.result(s).accepted) for s in sids]}
 
 
 def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:
@@ -131,8 +135,10 @@ def run(args) -> dict[str, Any]:
     if args.speculative and not any(p.startswith("speculative=") for p in plugins):
         plugins.append("speculative=speculative:adaptive")
     over: dict[str, Any] = {"engine": engine, "plugins": plugins, "n_ctx": 512}
-    if args.model:
-        over["model"] = args.model
+    if args.model or args.speculative:
+        from .batch_speculative import DEFAULT_MODEL
+
+        over["model"] = args.model or DEFAULT_MODEL
     if args.threads:
         over["n_threads"] = args.threads
     base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None
