@@ -219,6 +219,7 @@ def test_bench_batch_speculative():
     assert 0 <= row["spec"]["accepted"] <= row["spec"]["drafted"]
     assert [(p["drafted"], p["accepted"]) for p in row["spec"]["per_stream"]] == [
         (row["spec"]["drafted"], row["spec"]["accepted"])]  # one stream: its counts are the batch's
+    assert row["spec"]["draft_ms_per_step"] >= 0 and row["spec"]["rollback_ms_per_step"] >= 0
     cost = row["spec"]["step_cost"]
     assert _positive(cost["per_row_s"]) and sum(m["steps"] for m in cost["measured"]) >= row["spec"]["steps"]
     assert r["streams_identical_to_solo_plain"] is True

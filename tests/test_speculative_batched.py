@@ -14,6 +14,7 @@ from corert.interfaces import SamplingParams, ThreadBudget
 from corert.plugins.kv_cache.contiguous import ContiguousKV
 from corert.plugins.kv_cache.paged.config import PagedConfig
 from corert.plugins.kv_cache.paged.plugin import PagedKV
+from corert.plugins.speculative.batched import PRIOR_ROW_SHARE, StepCost
 from corert.plugins.speculative.speculative import make
 from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
 
@@ -124,3 +125,32 @@ def test_runtime_batches_speculative_requests(smollm2, monkeypatch):
             rt.generate(PROMPTS[0], max_tokens=4, logit_bias={1: 1.0})
     finally:
         rt.close()
+
+
+# -- the batch's step cost and the depth it buys (pure: no model) ----------------------------------------
+def test_step_cost_is_the_line_through_the_batchs_step_times():
+    cost = StepCost()
+    cost.record(8, 0.030)  # one size: the prior prices a further row at a share of an average one
+    assert cost.line()[1] == pytest.approx(PRIOR_ROW_SHARE * 0.030 / 8)
+    for rows in (8, 16, 24, 40):
+        for _ in range(3):
+            cost.record(rows, 0.010 + 0.0025 * rows)
+    assert cost.line() == pytest.approx((0.010, 0.0025))
+    assert cost(64) == pytest.approx(0.010 + 0.0025 * 64)  # past the largest size seen: the same line, not free
+    assert [(m["rows"], m["steps"]) for m in cost.table()] == [(8, 4), (16, 3), (24, 3), (40, 3)]
+
+
+@pytest.mark.parametrize("per_row, drafts", [(0.0005, True), (0.003, False)])
+def test_batch_depth_follows_the_marginal_cost_of_a_row(per_row, drafts):
+    """Eight streams in the middle of a 20-token copy of their prompt: they draft when a row costs a fraction
+    of an average row of the 8-row step, and not when a row costs as much as an average one (a draft row
+    then yields no more than it costs, whatever its acceptance)."""
+    spec = make("adaptive").batch_speculation
+    for rows in (8, 16):
+        spec.record_step(rows, 0.020 + per_row * rows if drafts else per_row * rows)
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    rng = np.random.default_rng(0)
+    prompt = list(range(100, 140))
+    entries = [(spec.stream(prompt, params, rng), prompt + prompt[:20], 31) for _ in range(8)]
+    depths = [len(d) for d in spec.draft(entries, 8, 8)]
+    assert all(k > 0 for k in depths) if drafts else depths == [0] * 8, depths

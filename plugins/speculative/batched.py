@@ -3,14 +3,15 @@ own prompt/output lookup, and each step the depths are chosen for the whole batc
 
 A step of R rows yielding T tokens costs step(R) (``StepCost``: a line fitted to the batch's recent step
 times).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes the step cost step(R + k), so
-it pays when it raises the step's tokens per second:
+it pays when what it adds comes faster than what the step already yields (by a margin):
 
-    (T + E(k) - 1) / step(R + k)  >  T / step(R)
+    (E(k) - 1) / (step(R + k) - step(R))  >  (1 + margin) * T / step(R)
 
-Streams are served best-anchored first (a long match is a copy in progress); each stream's rows then count
-as already in the step for the next one.  A draft row is cheap while the batch is small (8 rows cost ~3x
-one on the int8 kernels) and dear once it is full, so the same stream drafts deeper alone than beside
-seven others.  What is learned (verify costs, accepted runs per match class) is the decoder's, kept per
+and of the k that pay, the one with the highest (T + E(k) - 1) / step(R + k) is taken.  Streams are served
+best-anchored first (a long match is a copy in progress); each stream's rows then count as already in the
+step for the next one.  A row is cheap beside a small batch (8 rows cost ~3x one on the int8 kernels: the
+weights are read once for all rows) and costs nearly a full row's compute beside a full one, so the same
+stream drafts deeper alone than beside seven others.  What is learned (verify costs, accepted runs per match class) is the decoder's, kept per
 loaded model across requests; a stream's lookup index, offer and shadows are its own.
 """
 from __future__ import annotations
@@ -127,7 +128,7 @@ class BatchedLookup:
 
     def __init__(self, decoder: "SpeculativeDecoder", margin: float = 0.05):
         self.decoder = decoder
-        self.margin = margin  # like Chooser's: a draft must beat no draft by this much
+        self.margin = margin  # like Chooser's: a draft's tokens per second must beat the step's by this much
         self.cost = StepCost()  # per loaded model, like the decoder's controller
 
     @property
@@ -158,10 +159,17 @@ class BatchedLookup:
             d = streams[i][0]
             if not d.available:
                 continue
-            rate = tokens / cost(rows)
-            best_k, best_rate = 0, rate * (1.0 + self.margin)
+            base = cost(rows)
+            rate = tokens / base
+            best_k, best_rate = 0, rate
             for k in ctrl.depths(d.available):
-                r = (tokens + ctrl.expected_tokens(k, d.cls) - 1.0) / (ctrl.draft_cost.value * k + cost(rows + k))
+                gain = ctrl.expected_tokens(k, d.cls) - 1.0
+                extra = ctrl.draft_cost.value * k + cost(rows + k) - base
+                # the margin is on what the draft adds: on the whole step's rate it would ask one stream of
+                # eight to lift everyone's, and turn down drafts that pay
+                if gain <= (1.0 + self.margin) * rate * extra:
+                    continue
+                r = (tokens + gain) / (base + extra)
                 if r > best_rate:
                     best_k, best_rate = k, r
             depths[i] = best_k

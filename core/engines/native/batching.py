@@ -54,6 +54,8 @@ class BatchRunner(StreamTable):
         self._drafters: dict[int, tuple[BatchSpeculation, StreamDrafter]] = {}
         self.drafted = 0  # draft rows verified so far
         self.accepted = 0  # of which accepted
+        self.draft_seconds = 0.0  # spent choosing drafts (lookup and depth choice), all streams
+        self.rollback_seconds = 0.0  # spent truncating rejected drafts' K/V
 
     # -- joining and leaving ---------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -73,7 +75,10 @@ class BatchRunner(StreamTable):
     # -- one step --------------------------------------------------------------------------------------
     def step(self) -> list[tuple[int, int]]:
         """One forward over every live stream's pending rows; returns (stream id, new token) pairs."""
+        t0 = time.perf_counter()
         plan = self._draft(self._plan())
+        if self._drafters:
+            self.draft_seconds += time.perf_counter() - t0
         while plan:
             try:
                 return self._run(plan)
@@ -176,7 +181,9 @@ class BatchRunner(StreamTable):
                 n_ok, nxt = self._drafters[st.id][1].settle(rows)
                 chosen = drafts[:n_ok] + [nxt]
                 st.done_upto += n_ok
+                t0 = time.perf_counter()
                 self.kv.truncate(st.seq, st.done_upto)  # drop the rejected drafts' K/V
+                self.rollback_seconds += time.perf_counter() - t0
                 self.drafted += len(drafts)
                 self.accepted += n_ok
                 st.drafted += len(drafts)

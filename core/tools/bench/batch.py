@@ -91,7 +91,8 @@ def _run_batched(r, prompts: list[list[int]], max_tokens: int, speculation=None)
     return {"decode_tok_s": n * (max_tokens - 1) / (end - first_all), "e2e_tok_s": n * max_tokens / (end - t0),
             "seconds": end - t0, "steps": r.steps - steps0, "outputs": outs,
             "drafted": getattr(r, "drafted", 0), "accepted": getattr(r, "accepted", 0),
-            "per_stream": [(r.result(s).drafted, r.result(s).accepted) for s in sids]}
+            "per_stream": [(r.result(s).drafted, r.result(s).accepted) for s in sids],
+            "draft_seconds": getattr(r, "draft_seconds", 0.0), "rollback_seconds": getattr(r, "rollback_seconds", 0.0)}
 
 
 def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]:

@@ -86,6 +86,10 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
     row["spec"]["per_stream"] = [{"prompt": i % len(prompts), "drafted": d, "accepted": a,
                                   "accepted_share": a / d if d else None}
                                  for i, (d, a) in enumerate(last["per_stream"])]
+    # what speculation costs beside the forwards, per step of the last round (lookup + depth choice, rollback)
+    row["spec"].update(draft_ms_per_step=1000 * last["draft_seconds"] / last["steps"],
+                       rollback_ms_per_step=1000 * last["rollback_seconds"] / last["steps"],
+                       step_ms=1000 * last["seconds"] / last["steps"])
     fixed, per_row = spec.cost.line()
     row["spec"]["step_cost"] = {"fixed_s": fixed, "per_row_s": per_row, "measured": spec.cost.table()}
     for other in ("plain", "llama"):
@@ -114,6 +118,8 @@ def render(r: dict[str, Any]) -> str:
              f"  spec vs llama.cpp:   decode {cell('decode_vs_llama')}, e2e {cell('e2e_vs_llama')}",
              "  accepted/drafted per stream (last round): " + ", ".join(
                  f"{p['accepted']}/{p['drafted']}" for p in row["spec"]["per_stream"]),
+             f"  per step: {row['spec']['step_ms']:.0f} ms in all, of which drafting "
+             f"{row['spec']['draft_ms_per_step']:.2f} ms and rollback {row['spec']['rollback_ms_per_step']:.3f} ms",
              f"  step cost fitted: {1000 * row['spec']['step_cost']['fixed_s']:.1f} ms + "
              f"{1000 * row['spec']['step_cost']['per_row_s']:.2f} ms per row; measured (rows: ms): " + ", ".join(
                  f"{m['rows']}: {1000 * m['seconds']:.0f}" for m in row["spec"]["step_cost"]["measured"][:12]),
