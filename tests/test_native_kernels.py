@@ -82,16 +82,28 @@ def test_q8_layout(real_rows, ggml_type):
 
 
 @pytest.mark.parametrize("ggml_type", [dequant.Q6_K, dequant.Q8_0, dequant.Q5_0, dequant.Q4_0])
-def test_q6_layout_is_exact(real_rows, ggml_type):
-    """Q6_K (and the symmetric 32-blocks that may join it in one matrix) as int8 with an f32 scale per 16,
-    against gguf-py's decoding in float64."""
+@pytest.mark.parametrize("per", [256, 32])
+def test_q6_layout_is_exact(real_rows, ggml_type, per):
+    """Q6_K (and the symmetric 32-blocks that may join it in one matrix) as int8 values, an int8 scale per 16
+    and an f32 scale per 256 (or per 32, the form a matrix with a 32-block type takes), against gguf-py's
+    decoding in float64."""
+    if ggml_type != dequant.Q6_K and per == 256:
+        pytest.skip("a 32-block type is laid out with a scale per 32")
     raw, ref, cols = real_rows[ggml_type]
     n = raw.shape[0]
-    qs, sc = np.empty((n, cols), np.int8), np.empty((n, cols // 16), np.float32)
-    dequant.to_q6(raw, ggml_type, qs, sc, F16_TO_F32)
+    qs, sub, sup = (np.empty((n, cols), np.int8), np.empty((n, cols // 16), np.int8),
+                    np.empty((n, cols // per), np.float32))
+    dequant.to_q6(raw, ggml_type, qs, sub, sup, F16_TO_F32)
     assert qs.min() >= -127 and (ggml_type != dequant.Q6_K or (qs.min() >= -32 and qs.max() <= 31))
-    got = (qs.reshape(n, -1, 16).astype(np.float64) * sc[..., None].astype(np.float64)).reshape(n, cols)
+    got = _q6_weights_f64(qs, sub, sup)
     np.testing.assert_allclose(got, ref.astype(np.float64), rtol=2 ** -23, atol=0)
+
+
+def _q6_weights_f64(qs, sub, sup):
+    n, cols = qs.shape
+    scale = np.repeat(sub.astype(np.float64), 16, axis=1) * np.repeat(sup.astype(np.float64), cols // sup.shape[1],
+                                                                      axis=1)
+    return qs * scale
 
 
 def test_f16_bits_matches_numpy():
@@ -115,14 +127,33 @@ def q8_matrix():
 
 @pytest.fixture(scope="module")
 def q6_matrix():
-    """Q6_K-like: 6-bit values, a signed scale per 16 (some negative, as Q6_K's int8 scales may be)."""
+    """Q6_K-like: 6-bit values, an int8 scale per 16 (signed, the extremes included) and an f16-exact scale per
+    256, at the largest integer block sums the kernels can meet."""
     rng = np.random.default_rng(4)
-    rows, cols = 200, 576
+    rows, cols = 200, 768
     qs = rng.integers(-32, 32, (rows, cols)).astype(np.int8)
-    sc = (rng.uniform(1e-3, 5e-2, (rows, cols // 16)) * rng.choice([-1, 1], (rows, cols // 16))).astype(np.float32)
+    qs[:8] = -32
+    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
+    sub[:8] = -128
+    sup = rng.uniform(1e-5, 5e-4, (rows, cols // 256)).astype(np.float16).astype(np.float32)
+    sup[:8] = 2.0 ** -18  # the extreme rows' outputs near the others' size (the tolerances scale with the largest)
     x = rng.standard_normal((7, cols)).astype(np.float32)
-    ref = x.astype(np.float64) @ (qs.reshape(rows, -1, 16) * sc[..., None].astype(np.float64)).reshape(rows, cols).T
-    return qs, sc, x, ref
+    x[0, :] = -1.0  # every activation at its level-1 extreme (-127): the integer sums at their largest
+    ref = x.astype(np.float64) @ _q6_weights_f64(qs, sub, sup).T
+    return qs, sub, sup, x, ref
+
+
+@pytest.fixture(scope="module")
+def q6_mixed_matrix():
+    """The per-32 form (a Q8_0 block beside Q6_K ones): int8 values up to 127, sub scales 1 or a Q6_K's."""
+    rng = np.random.default_rng(5)
+    rows, cols = 200, 576
+    qs = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
+    sub = np.where(rng.random((rows, cols // 16)) < 0.5, 1, rng.integers(-128, 128, (rows, cols // 16))).astype(np.int8)
+    sup = rng.uniform(1e-4, 5e-3, (rows, cols // 32)).astype(np.float16).astype(np.float32)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ _q6_weights_f64(qs, sub, sup).T
+    return qs, sub, sup, x, ref
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +207,8 @@ def test_every_engine_variant_has_its_products():
 def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
     if kind == "q8":
         return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
-    if kind == "q6":
-        return q6_matrix[:2], q6_matrix[2], q6_matrix[3]
+    if kind.startswith("q6"):  # q6_matrix: the fixture of the kind's form
+        return q6_matrix[:3], q6_matrix[3], q6_matrix[4]
     if kind == "q4":
         return q4_matrix[:3], q4_matrix[3], q4_matrix[4]
     packed, d, m, x, _ = q4_matrix
@@ -192,14 +223,15 @@ def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q6", "q4", "q4-f16-scales"])
-def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4", "q4-f16-scales"])
+def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
+                                              need_variant):
     """Every variant of the engine this CPU can execute against the scalar reference and float64."""
     need_variant(variant)
     p = products.PRODUCTS[variant]
     if kind == "q4" and isinstance(p, products.I8Products):
         pytest.skip("vnni stores f32 block scales as f16: see test_vnni_matches_integer_reference")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     got = _run(variant, kind[:2], mat, x)
     scalar = _run("scalar", kind[:2], mat, x)
     scale = np.abs(ref).max()
@@ -211,8 +243,7 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matri
 
 def _weights_f64(kind, mat):
     if kind == "q6":
-        qs, sc = mat
-        return (qs.reshape(qs.shape[0], -1, 16) * sc[..., None].astype(np.float64)).reshape(qs.shape[0], -1), None
+        return _q6_weights_f64(*mat), None
     if kind == "q8":
         qs, sc = mat
         return (qs.reshape(qs.shape[0], -1, 32) * F16_TO_F32[sc][..., None]).reshape(qs.shape[0], -1), None
@@ -222,12 +253,12 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q6", "q4", "q4-f16-scales", "q4-tiny-scales"])
-def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales"])
+def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix, need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     need_variant("vnni")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
+    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     got = _run("vnni", kind[:2], mat, x)
     w, m = _weights_f64(kind[:2], mat)
     if kind.startswith("q4"):
@@ -257,13 +288,14 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, n
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q6", "q4"])
-def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, q6_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4"])
+def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
+                                          need_variant):
     need_variant(variant)
-    mat, x, _ = _matrix(kind, q8_matrix, q4_matrix, q6_matrix)
+    mat, x, _ = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
-    batched = _run(variant, kind, mat, x)
-    one_by_one = np.concatenate([_run(variant, kind, mat, x[i:i + 1]) for i in range(x.shape[0])])
+    batched = _run(variant, kind[:2], mat, x)
+    one_by_one = np.concatenate([_run(variant, kind[:2], mat, x[i:i + 1]) for i in range(x.shape[0])])
     assert np.array_equal(batched, one_by_one)
 
 
@@ -296,12 +328,12 @@ def test_simd_variants_are_vectorized():
     q8, s8, x = np.ones(32 * g, np.int8), np.zeros(g, np.uint16), np.ones(32, np.float32)
     q4, d, xs = np.ones(16 * g, np.uint8), np.ones(g, np.float32), np.ones(1, np.float32)
     acc, tmp = np.empty(g, np.float32), np.empty(g, np.float32)
-    q6s = np.ones(2 * g, np.float32)  # q6: an f32 scale per 16 values, no table
+    q6s, q6sup = np.ones(2 * g, np.int8), np.ones(g, np.float32)  # q6: an int8 scale per 16, an f32 one per 256
     wide = {name: _fresh(matmul.int8_group_wide) for name in ("q8", "q6")} | {"q4": _fresh(matmul.q4_group_wide)}
     scalar = {name: _fresh(matmul.int8_group_scalar) for name in ("q8", "q6")} | {"q4": _fresh(matmul.q4_group_scalar)}
     for kernels in (wide, scalar):
         kernels["q8"](q8, s8, F16_TO_F32, matmul.QK, x, acc, tmp, g)
-        kernels["q6"](q8, q6s, None, matmul.Q6_BLOCK, x, acc, tmp, g)
+        kernels["q6"](q8, q6s, q6sup, matmul.Q6_BLOCK, x, acc, tmp, g)
         kernels["q4"](q4, d, d, x, xs, acc, tmp, g)
     fma = re.compile(r"vfmadd\d+ps\s[^\n]*%[yz]mm")
     for name, fn in wide.items():
@@ -319,7 +351,9 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
     d, out = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
     for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, out)),
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
-                                            x, out))):
+                                            x, out, None)),
+                     (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 32), np.int8),
+                                            x, out, np.zeros((1, 16), np.float32)))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

@@ -99,6 +99,18 @@ def load_f32(typingctx, arr, idx):
 
 
 @intrinsic
+def load_i8_i32(typingctx, arr, idx):
+    """16 signed bytes of an int8 array from ``arr[idx]``, widened to int32 lanes (``vpmovsxbd``)."""
+    if not (_array(arr, 8) and arr.dtype == types.int8 and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_address(context, builder, sig.args[0], args[0], args[1], ir.VectorType(_I8, 16)), align=1)
+        return builder.sext(v, I32x16.llvm())
+    return I32x16(arr, idx), codegen
+
+
+@intrinsic
 def store_f32(typingctx, arr, idx, v):
     """``arr[idx:idx + 16] = v`` for a float32 array."""
     if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
@@ -190,8 +202,8 @@ def _int_binary(op: str):
     return binary
 
 
-#: lane-wise int32 a + b, a - b
-add_i32, sub_i32 = _int_binary("add"), _int_binary("sub")
+#: lane-wise int32 a + b, a - b, a * b (low 32 bits)
+add_i32, sub_i32, mul_i32 = _int_binary("add"), _int_binary("sub"), _int_binary("mul")
 
 
 @intrinsic

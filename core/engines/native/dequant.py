@@ -2,8 +2,9 @@
 
 The native engine keeps weight matrices in one of three layouts (see weights.QMatrix):
   q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly
-  q6  int8 values with an f32 scale per 16 (10 bits/weight): Q6_K exactly (its scales are per 16), and
-      Q8_0 / Q5_0 / Q4_0 tensors joined with a Q6_K one in a matrix
+  q6  int8 values, an int8 scale per 16 and an f32 scale per 256 (8.6 bits/weight): Q6_K exactly (its
+      int8 sub-block scales and f16 super-block scale as they are); Q8_0 / Q5_0 / Q4_0 tensors joined with a
+      Q6_K one in a matrix take an f32 scale per 32 instead (9.5 bits/weight), their int8 scales all 1
   q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type
       (Q6_K beside a Q4_K tensor, Q5_1, Q5_K, F16, BF16, F32) is decoded one row at a time into a scratch row and
       requantized
@@ -275,25 +276,30 @@ def embed_rows(raw, ggml_type, ids, out, tab):
         dequant_row(raw[ids[t]], ggml_type, out[t], tab)
 
 
-#: types kept exactly in the q6 layout (int8 values, an f32 scale per 16): Q6_K's 16-value sub-blocks need
-#: it; the symmetric 32-blocks join a Q6_K tensor in one matrix without rounding
+#: types kept exactly in the q6 layout: Q6_K's 16-value sub-blocks need it; the symmetric 32-blocks join a
+#: Q6_K tensor in one matrix without rounding
 Q6_SOURCES = (Q6_K, Q8_0, Q5_0, Q4_0)
 
 
 @njit(parallel=True, cache=True)
-def to_q6(raw, ggml_type, qs, sc, tab):
-    """Rows of a symmetric type, exactly, as int8 ``qs`` (rows, cols) and an f32 scale per 16 values ``sc``
-    (rows, cols / 16): W = q * scale.  Q6_K: q - 32 with d * (its sub-block's int8 scale), a product of an
-    f16 and a byte, exact in f32."""
+def to_q6(raw, ggml_type, qs, sub, sup, tab):
+    """Rows of a symmetric type, exactly, as int8 ``qs`` (rows, cols), an int8 scale per 16 values ``sub``
+    (rows, cols / 16) and an f32 scale ``sup`` per 256 values (rows, cols / 256) or per 32 (rows, cols / 32,
+    a matrix where a 32-block type joins Q6_K): W = q * sub * sup.  Q6_K: q - 32, its sub-block scales and
+    its f16 super-block scale (repeated per 32 in the finer form); the 32-block types: sub 1, sup their f16
+    scale."""
     rows, cols = qs.shape
+    per256 = sup.shape[1] * 256 // cols  # super scales per 256 values: 1, or 8 (one per 32)
     for r in prange(rows):
-        src, q, s = raw[r], qs[r], sc[r]
+        src, q, s, u = raw[r], qs[r], sub[r], sup[r]
         if ggml_type == Q6_K:
             for b in range(cols // 256):
                 o = b * 210
                 d = _h(src, o + 208, tab)
+                for k in range(per256):
+                    u[per256 * b + k] = d
                 for j in range(16):
-                    s[16 * b + j] = d * np.float32(_i8(src[o + 192 + j]))
+                    s[16 * b + j] = np.int8(_i8(src[o + 192 + j]))
                 for half in range(2):
                     ql, qh, y = o + 64 * half, o + 128 + 32 * half, 256 * b + 128 * half
                     for l in range(32):
@@ -304,19 +310,18 @@ def to_q6(raw, ggml_type, qs, sc, tab):
                         q[y + l + 32] = np.int8(((c & 0xF) | (((h >> 2) & 3) << 4)) - 32)
                         q[y + l + 64] = np.int8(((a >> 4) | (((h >> 4) & 3) << 4)) - 32)
                         q[y + l + 96] = np.int8(((c >> 4) | (((h >> 6) & 3) << 4)) - 32)
-        elif ggml_type == Q4_0:
-            for b in range(cols // 32):
-                o = b * 18
-                d = _h(src, o, tab)
-                s[2 * b] = d
-                s[2 * b + 1] = d
-                for j in range(16):
-                    v = np.int64(src[o + 2 + j])
-                    q[32 * b + j] = np.int8((v & 0xF) - 8)
-                    q[32 * b + 16 + j] = np.int8((v >> 4) - 8)
-        else:  # Q8_0, Q5_0: int8 blocks of 32 with an f16 scale
-            bits = np.empty(cols // 32, np.uint16)
-            _direct_q8(src, ggml_type, q, bits)
-            for b in range(cols // 32):
-                s[2 * b] = tab[bits[b]]
-                s[2 * b + 1] = tab[bits[b]]
+        else:
+            s[:] = 1
+            if ggml_type == Q4_0:
+                for b in range(cols // 32):
+                    o = b * 18
+                    u[b] = _h(src, o, tab)
+                    for j in range(16):
+                        v = np.int64(src[o + 2 + j])
+                        q[32 * b + j] = np.int8((v & 0xF) - 8)
+                        q[32 * b + 16 + j] = np.int8((v >> 4) - 8)
+            else:  # Q8_0, Q5_0: int8 blocks of 32 with an f16 scale
+                bits = np.empty(cols // 32, np.uint16)
+                _direct_q8(src, ggml_type, q, bits)
+                for b in range(cols // 32):
+                    u[b] = tab[bits[b]]

@@ -10,7 +10,8 @@ kept numba at ~5 G multiply-adds/s per core; this layout runs ~4x faster (see gi
 
   q8: ``q`` int8, group g: [block b][column c][row r]; ``scale`` f16 bits (uint16): [block b][row r];
       W = q * scale.
-  q6: ``q`` as q8's; ``scale`` f32: [16-value block][row r]; W = q * scale.
+  q6: ``q`` as q8's; ``sub`` int8: [16-value block][row r]; ``sup`` f32: [256-value (or 32-value) block][row r];
+      W = q * sub * sup (Q6_K's own scales, see dequant.to_q6).
   q4: ``q`` uint8, group g: [block b][pair j][row r]; byte low nibble = value j, high = value j + 16 of the
       block (the GGUF Q4 packing, kept); ``scale``, ``offset`` f32: [block b][row r]; W = q * scale + offset.
 
@@ -34,7 +35,8 @@ halve the vector width.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, uint64
+from numba import njit, prange, types, uint64
+from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 
@@ -76,13 +78,18 @@ def group_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
     return np.ascontiguousarray(gq), np.ascontiguousarray(per_block[0]), np.ascontiguousarray(per_block[1])
 
 
-def group_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major q6 (rows, cols) int8 and (rows, cols/16) f32 -> the grouped layout: ``q`` as q8's,
-    ``scale`` [16-value block][row]."""
+def group_q6(q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major q6 (rows, cols) int8, (rows, cols/16) int8 and (rows, cols/256 or cols/32) f32 -> the grouped
+    layout: ``q`` as q8's, ``sub`` [16-value block][row], ``sup`` [super block][row]."""
     gq, _ = group_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))
-    scale = _pad_rows(scale)
-    ng, n16 = scale.shape[0] // GROUP, scale.shape[1]
-    return gq, np.ascontiguousarray(scale.reshape(ng, GROUP, n16).transpose(0, 2, 1).reshape(ng, -1))
+    return gq, _per_group_block(sub), _per_group_block(sup)
+
+
+def _per_group_block(a: np.ndarray) -> np.ndarray:
+    """(rows, blocks) -> (groups, blocks * GROUP): [block][row] inside a group."""
+    a = _pad_rows(a)
+    ng, nb = a.shape[0] // GROUP, a.shape[1]
+    return np.ascontiguousarray(a.reshape(ng, GROUP, nb).transpose(0, 2, 1).reshape(ng, -1))
 
 
 # -- one group, one token: acc[r] = W[g*GROUP + r] . x -------------------------------------------------------
@@ -90,9 +97,37 @@ def group_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 Q6_BLOCK = 16
 
 
-# q8 and q6 share a body: ``block`` values per scale (QK for q8, Q6_BLOCK for q6) and the scales as f16 bits
-# read through ``tab`` (q8) or, with ``tab`` None, f32 read as they are (q6).  numba compiles a None argument
-# as its own type and prunes the branch it decides, so each layout gets the loop it had as its own kernel.
+# q8 and q6 share a body: ``block`` values per scale ``s`` (QK for q8, Q6_BLOCK for q6).  q8: ``s`` f16 bits
+# read through the table ``tab``; q6: ``s`` the int8 sub-block scales and ``tab`` the group's f32 super-block
+# scales.  The overloads below are picked by ``s``'s dtype when numba compiles, so each layout gets its own loop.
+def _scale(s, tab, ob, b, r, ug):
+    """The f32 scale of row r in block b (``ob`` = b * ug) (typed per layout below)."""
+
+
+@overload(_scale, inline="always")
+def _scale_of(s, tab, ob, b, r, ug):
+    if s.dtype == types.uint16:
+        return lambda s, tab, ob, b, r, ug: tab[s[ob + r]]
+
+    def q6_scale(s, tab, ob, b, r, ug):
+        # an int8 times an f16 value: exact in f32, the scale Q6_K's dequantization uses
+        per_sup = uint64(s.shape[0]) // uint64(tab.shape[0])
+        return np.float32(s[ob + r]) * tab[(uint64(b) // per_sup) * uint64(ug) + uint64(r)]
+    return q6_scale
+
+
+def group_part(tab, g):
+    """What a group kernel reads its scales through: a per-group array's row g (q6's super-block scales), or
+    the argument as it is (the f16 table; None)."""
+
+
+@overload(group_part, inline="always")
+def _group_part_of(tab, g):
+    if isinstance(tab, types.Array) and tab.ndim == 2:
+        return lambda tab, g: tab[g]
+    return lambda tab, g: tab
+
+
 @njit(fastmath=True, cache=True, boundscheck=False)
 def int8_group_wide(q, s, tab, block, x, acc, tmp, gs):
     ug, ubs = uint64(gs), uint64(block)
@@ -108,12 +143,8 @@ def int8_group_wide(q, s, tab, block, x, acc, tmp, gs):
             for r in range(ug):
                 tmp[r] += xc * np.float32(q[o + r])
         ob = b * ug
-        if tab is None:
-            for r in range(ug):
-                acc[r] += tmp[r] * s[ob + r]
-        else:
-            for r in range(ug):
-                acc[r] += tmp[r] * tab[s[ob + r]]
+        for r in range(ug):
+            acc[r] += tmp[r] * _scale(s, tab, ob, b, r, ug)
 
 
 @njit(cache=True, boundscheck=False)
@@ -127,12 +158,8 @@ def int8_group_scalar(q, s, tab, block, x, acc, tmp, gs):
             xc = x[b * block + c]
             for r in range(gs):
                 tmp[r] += xc * np.float32(q[(b * block + c) * gs + r])
-        if tab is None:
-            for r in range(gs):
-                acc[r] += tmp[r] * s[b * gs + r]
-        else:
-            for r in range(gs):
-                acc[r] += tmp[r] * tab[s[b * gs + r]]
+        for r in range(gs):
+            acc[r] += tmp[r] * _scale(s, tab, b * gs, b, r, gs)
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
@@ -191,16 +218,16 @@ def block_sums(x, out):
 # parameter would not stay cached.
 @njit(parallel=True, cache=True, boundscheck=False)
 def int8_matmul(q, s, x, out, tab, block, wide):
-    """q8 (``tab``: the f16 table, ``block`` QK) or q6 (``tab`` None, ``block`` Q6_BLOCK)."""
+    """q8 (``tab``: the f16 table, ``block`` QK) or q6 (``tab``: the super-block scales, ``block`` Q6_BLOCK)."""
     rows, n = out.shape[1], x.shape[0]
     for g in prange(q.shape[0]):
         acc, tmp = np.empty(GROUP, np.float32), np.empty(GROUP, np.float32)
         r0 = g * GROUP
         for t in range(n):
             if wide:
-                int8_group_wide(q[g], s[g], tab, block, x[t], acc, tmp, GROUP)
+                int8_group_wide(q[g], s[g], group_part(tab, g), block, x[t], acc, tmp, GROUP)
             else:
-                int8_group_scalar(q[g], s[g], tab, block, x[t], acc, tmp, GROUP)
+                int8_group_scalar(q[g], s[g], group_part(tab, g), block, x[t], acc, tmp, GROUP)
             for r in range(min(GROUP, rows - r0)):
                 out[t, r0 + r] = acc[r]
 

@@ -21,8 +21,11 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
       bits (uint16) when every value stays a normal f16 (see _compact), else f32.
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
-  q6: ``q`` as q8's; ``d`` f32 [16-value block][row]: a block's first 4 operands are columns 0-15, the
-      last 4 columns 16-31, so each half gets its own scale.
+  q6: ``q`` as q8's; ``d`` int8 [16-value block][row] (Q6_K's sub-block scales): a block's first 4 operands
+      are columns 0-15, the last 4 columns 16-31, so each half gets its own scale; ``sup`` f32 [256-value
+      block][row] (Q6_K's super-block scale; per 32 values where a 32-block type joins it, see dequant.to_q6).
+      A block's two half products are scaled by their int8 scales and summed in int32 (exact: at most
+      2 * 16 * 32 * 127 * 128 < 2**24, so also exact in f32), then one f32 multiply-add per level.
   q8: ``q`` uint8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits
       [block][row].  ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
       the weights unsigned the activations can be the instruction's memory operand (a broadcast word);
@@ -45,10 +48,10 @@ from numba import njit, prange, types, uint64
 from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
-from .matmul import QK
+from .matmul import QK, group_part
 from ...kernels.simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
-                   low_nibbles, mul_f32, prefetch, splat_f32, splat_i32, store_f32, sub_i32,
-                   to_f32, zeros_i32)
+                   load_i8_i32, low_nibbles, mul_f32, mul_i32, prefetch, splat_f32, splat_i32, store_f32,
+                   sub_i32, to_f32, zeros_i32)
 
 #: output rows per group: the 16 int32 lanes of one zmm register
 ROWS = 16
@@ -99,12 +102,13 @@ def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.nda
     return gq, _per_block(scale_bits, ng, nb)
 
 
-def layout_q6(q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major q6 (rows, cols) int8 and (rows, cols/16) f32 -> (q + 128 as uint8 as q8's, d [16-value
-    block][row] f32)."""
+def layout_q6(q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-major q6 (rows, cols) int8, (rows, cols/16) int8 and (rows, cols/256 or cols/32) f32 -> (q + 128 as
+    uint8 as q8's, d [16-value block][row] int8, sup [super block][row] f32)."""
     gq, _ = layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))
-    scale = _pad_rows(scale.astype(np.float32))
-    return gq, _per_block(scale, scale.shape[0] // ROWS, scale.shape[1])
+    sub, sup = _pad_rows(sub), _pad_rows(sup.astype(np.float32))
+    ng = sub.shape[0] // ROWS
+    return gq, _per_block(sub, ng, sub.shape[1]), _per_block(sup, ng, sup.shape[1])
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
@@ -277,8 +281,9 @@ def q4_matmul(q, d, m, x, out):
 
 
 # q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is
-# picked by the scales' dtype when numba compiles it: f16 bits (uint16) one per 32 values (q8), f32 one per 16
-# (q6).  The overloads below are inlined, so each layout runs the loop it had as its own kernel.
+# picked by the scales' dtype when numba compiles it: f16 bits (uint16) one per 32 values (q8), int8 sub-block
+# scales per 16 with f32 super-block scales ``sup`` (q6).  The overloads below are inlined, so each layout runs
+# the loop it had as its own kernel.
 def _block_sums(xq, xi, d):
     """The activation sums a block step takes out of its q + 128 products (typed per layout below)."""
 
@@ -290,15 +295,16 @@ def _block_sums_of(xq, xi, d):
     return lambda xq, xi, d: _half_sums(xq)  # q6: per 16
 
 
-def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
-    """acc[t] += block b of the group (weights w0..w7, scales dg) . x[t], for every row t (typed per layout)."""
+def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
+    """acc[t] += block b of the group (weights w0..w7, scales dg, sg) . x[t], for every row t (typed per
+    layout)."""
 
 
 @overload(_block_rows, inline="always")
-def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
+def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
     ahead = PREFETCH_BYTES // (8 * 64)
     if dg.dtype == types.uint16:
-        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
+        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
             prefetch(dg, (b + ahead) * ROWS)
             dv = load_f32(dg, b * ROWS)
             for t in range(n):
@@ -310,36 +316,34 @@ def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, 
                 store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
         return q8_rows
 
-    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols):
-        """Two half-block integer dots, each scaled by its own d."""
+    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
+        """Two half-block integer dots times their int8 scales, summed in int32, then the super-block scale."""
         prefetch(dg, (2 * b + 2 * ahead) * ROWS)
-        d_lo, d_hi = load_f32(dg, 2 * b * ROWS), load_f32(dg, (2 * b + 1) * ROWS)
+        s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
+        sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
         for t in range(n):
             xo = t * 2 * cols + b * QK
             # level 2 (the small term) first
-            s2 = splat_f32(xd[t, 1, b])
-            part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b])), mul_f32(d_lo, s2),
-                           load_f32(acc, t * ROWS))
-            part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1])),
-                           mul_f32(d_hi, s2), part)
-            s1 = splat_f32(xd[t, 0, b])
-            part = fma_f32(to_f32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b])), mul_f32(d_lo, s1), part)
-            part = fma_f32(to_f32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1])),
-                           mul_f32(d_hi, s1), part)
-            store_f32(acc, t * ROWS, part)
+            i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b]), s_lo),
+                         mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1]), s_hi))
+            part = fma_f32(to_f32(i2), mul_f32(sup, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
+            i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b]), s_lo),
+                         mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1]), s_hi))
+            store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(sup, splat_f32(xd[t, 0, b])), part))
     return q6_rows
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def int8_matmul(q, d, x, out):
-    """q8 (``d`` f16 bits per 32 values) or q6 (``d`` f32 per 16, each half block its own scale)."""
+def int8_matmul(q, d, x, out, sup):
+    """q8 (``d`` f16 bits per 32 values, ``sup`` None) or q6 (``d`` int8 per 16, each half block its own
+    scale, ``sup`` f32 per super block)."""
     xq, xd, xi, _ = _levels(x)
     sums = _block_sums(xq, xi, d)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
-        qg, dg = q[g], d[g]
+        qg, dg, sg = q[g], d[g], group_part(sup, g)
         for b in range(nb):
             w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-            _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, b, xq, xd, sums, acc, n, cols)
+            _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols)
         _store_rows(acc, out, n, g, out.shape[1])

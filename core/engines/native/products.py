@@ -27,14 +27,15 @@ class F32Products:
     def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul.group_q4(q, scale, offset)
 
-    def layout_q6(self, q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
-        return matmul.group_q6(q, scale)
+    def layout_q6(self, q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul.group_q6(q, sub, sup)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul.int8_matmul(*parts, x, out, F16_TO_F32, QK, self.wide)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul.int8_matmul(*parts, x, out, None, matmul.Q6_BLOCK, self.wide)
+        q, sub, sup = parts
+        matmul.int8_matmul(q, sub, x, out, sup, matmul.Q6_BLOCK, self.wide)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         xsum = np.empty((x.shape[0], x.shape[1] // QK), np.float32)
@@ -52,14 +53,15 @@ class I8Products:
     def layout_q4(self, q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q4(q, scale, offset)
 
-    def layout_q6(self, q: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
-        return matmul_i8.layout_q6(q, scale)
+    def layout_q6(self, q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul_i8.layout_q6(q, sub, sup)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.int8_matmul(*parts, x, out)
+        matmul_i8.int8_matmul(*parts, x, out, None)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.int8_matmul(*parts, x, out)
+        q, sub, sup = parts
+        matmul_i8.int8_matmul(q, sub, x, out, sup)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul_i8.q4_matmul(*parts, x, out)

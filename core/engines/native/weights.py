@@ -29,7 +29,8 @@ class QMatrix:
     of the variant's kernels (``parts``: see products.py, matmul.py, matmul_i8.py).
 
     kind "q8": int8 values and one f16 scale per block; W = q * scale.
-    kind "q6": int8 values and one f32 scale per 16 values (Q6_K's sub-blocks); W = q * scale.
+    kind "q6": int8 values, an int8 scale per 16 values (Q6_K's sub-blocks) and an f32 scale per 256 (per 32
+    where a 32-block type joins Q6_K in the matrix); W = q * sub * sup.
     kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 scale and offset
     per block; W = q * scale + offset.
     """
@@ -126,7 +127,10 @@ class TensorSource:
                   np.empty((rows, nb), np.float32))  # values, scale, offset
             return self.products.layout_q4(*self._decode_rows(infos, raws, dequant.to_q4, q4))
         if kind == "q6":
-            q6 = (np.empty((rows, cols), np.int8), np.empty((rows, cols // 16), np.float32))
+            # one f32 scale per 256 for Q6_K alone; per 32 where a 32-block type joins it (see dequant.to_q6)
+            n_sup = cols // 256 if all(t.ggml_type == dequant.Q6_K for t in infos) else nb
+            q6 = (np.empty((rows, cols), np.int8), np.empty((rows, cols // 16), np.int8),
+                  np.empty((rows, n_sup), np.float32))
             return self.products.layout_q6(*self._decode_rows(infos, raws, dequant.to_q6, q6))
         q8 = (np.empty((rows, cols), np.int8), np.empty((rows, nb), np.uint16))
         return self.products.layout_q8(*self._decode_rows(infos, raws, dequant.to_q8, q8))
