@@ -125,35 +125,34 @@ def q8_matrix():
     return qs, sc, x, ref
 
 
+def _q6_case(seed, cols, per, q_max, extremes):
+    """A row-major q6 matrix (200 rows), 7 activation rows and the float64 product: values in [-q_max - 1,
+    q_max], int8 scales per 16 (half of them 1 in the per-32 form, as a 32-block type's are), f16-exact f32
+    scales per ``per`` values."""
+    rng = np.random.default_rng(seed)
+    rows = 200
+    qs = rng.integers(-q_max - 1, q_max + 1, (rows, cols)).astype(np.int8)
+    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
+    if per == 32:
+        sub[rng.random(sub.shape) < 0.5] = 1
+    sup = rng.uniform(1e-5, 5e-4, (rows, cols // per)).astype(np.float16).astype(np.float32)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    if extremes:  # the largest integer block sums the kernels can meet, on 8 rows
+        qs[:8], sub[:8], x[0] = -q_max - 1, -128, -1.0  # x[0]: every activation at its level-1 extreme (-127)
+        sup[:8] = 2.0 ** -18  # their outputs near the others' size (the tolerances scale with the largest)
+    return qs, sub, sup, x, x.astype(np.float64) @ _q6_weights_f64(qs, sub, sup).T
+
+
 @pytest.fixture(scope="module")
 def q6_matrix():
-    """Q6_K-like: 6-bit values, an int8 scale per 16 (signed, the extremes included) and an f16-exact scale per
-    256, at the largest integer block sums the kernels can meet."""
-    rng = np.random.default_rng(4)
-    rows, cols = 200, 768
-    qs = rng.integers(-32, 32, (rows, cols)).astype(np.int8)
-    qs[:8] = -32
-    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
-    sub[:8] = -128
-    sup = rng.uniform(1e-5, 5e-4, (rows, cols // 256)).astype(np.float16).astype(np.float32)
-    sup[:8] = 2.0 ** -18  # the extreme rows' outputs near the others' size (the tolerances scale with the largest)
-    x = rng.standard_normal((7, cols)).astype(np.float32)
-    x[0, :] = -1.0  # every activation at its level-1 extreme (-127): the integer sums at their largest
-    ref = x.astype(np.float64) @ _q6_weights_f64(qs, sub, sup).T
-    return qs, sub, sup, x, ref
+    """Q6_K-like: 6-bit values, a signed int8 scale per 16, an f32 scale per 256."""
+    return _q6_case(4, 768, 256, 31, extremes=True)
 
 
 @pytest.fixture(scope="module")
 def q6_mixed_matrix():
-    """The per-32 form (a Q8_0 block beside Q6_K ones): int8 values up to 127, sub scales 1 or a Q6_K's."""
-    rng = np.random.default_rng(5)
-    rows, cols = 200, 576
-    qs = rng.integers(-127, 128, (rows, cols)).astype(np.int8)
-    sub = np.where(rng.random((rows, cols // 16)) < 0.5, 1, rng.integers(-128, 128, (rows, cols // 16))).astype(np.int8)
-    sup = rng.uniform(1e-4, 5e-3, (rows, cols // 32)).astype(np.float16).astype(np.float32)
-    x = rng.standard_normal((7, cols)).astype(np.float32)
-    ref = x.astype(np.float64) @ _q6_weights_f64(qs, sub, sup).T
-    return qs, sub, sup, x, ref
+    """The per-32 form (Q8_0 blocks beside Q6_K ones): int8 values up to 127, an f32 scale per 32."""
+    return _q6_case(5, 576, 32, 126, extremes=False)
 
 
 @pytest.fixture(scope="module")
