@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -171,6 +172,40 @@ def test_kill_9_mid_stream(iso, expected):
     assert iso.generate(PROMPTS[0], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[0]]
     info = _worker(iso)
     assert info["pid"] != victim and info["restarts"] >= 1
+
+
+def _policies(pid: int) -> dict[int, int]:
+    """Each thread of ``pid``: its scheduling policy (5: SCHED_IDLE)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                out[int(tid)] = int(fh.read().rsplit(")", 1)[1].split()[38])
+        except OSError:  # the thread ended meanwhile
+            continue
+    return out
+
+
+def test_a_standby_prepares_at_idle_priority_and_serves_at_ours(iso, expected):
+    """The standby's preparation must not take cores from the serving worker's decode, and once it takes
+    over no thread of it (compute, OpenMP team, BLAS) may keep that idle priority."""
+    _wait_ready(iso)
+    end = time.monotonic() + 60
+    while _worker(iso)["standby"] != "ready" and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _worker(iso)["standby"] == "ready"
+    os.kill(_worker(iso)["pid"], signal.SIGKILL)
+    for _ in range(5):  # a request that reaches the dying worker fails; the next goes to the standby
+        try:
+            assert iso.generate(PROMPTS[0], max_tokens=8, temperature=0).token_ids == expected[PROMPTS[0]]
+            break
+        except WorkerCrashed:
+            continue
+    info = _worker(iso)
+    with open(info["log"]) as fh:
+        assert re.search(r"standby prepared in [0-9.]+ s at idle priority", fh.read())
+    policies = _policies(info["pid"])
+    assert len(policies) > 3 and 5 not in policies.values(), policies
 
 
 @pytest.fixture(scope="module")

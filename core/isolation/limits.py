@@ -8,6 +8,7 @@ Landlock (ABI 7) and seccomp are available in the kernel but not applied here (s
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import signal
 
@@ -46,3 +47,15 @@ def apply(limits: Limits) -> dict[str, bool]:
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory, resource.getrlimit(resource.RLIMIT_AS)[1]))
     applied["address_space"] = limits.memory is not None
     return applied
+
+
+def idle_priority() -> bool:
+    """Run the calling thread, and the threads it starts, only on cores nothing else wants (SCHED_IDLE): a
+    standby's preparation is background work, and the serving worker decodes on the same cores.  Linux
+    lets an unprivileged thread lower its priority but not raise it back, so the caller must be a thread
+    that ends.  False where the policy does not exist."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread, not the process
+        return True
+    except (AttributeError, OSError):
+        return False

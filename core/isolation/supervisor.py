@@ -75,11 +75,12 @@ class SupervisedModel:
         self._attempt += 1
         self.state = "starting"
         standby, self._standby = self._standby, None
-        self.proc = standby if standby is not None and standby.alive() else self._spawn()
+        self.proc = standby if standby is not None and standby.alive() else self._spawn(standby=False)
         self.proc.send(("load",))
 
-    def _spawn(self) -> WorkerProcess:
-        return WorkerProcess(self.label, self.spec, self._on_message, self._on_exit)
+    def _spawn(self, standby: bool) -> WorkerProcess:
+        """``standby``: it prepares at idle priority (nobody waits for it; the serving worker needs the cores)."""
+        return WorkerProcess(self.label, {**self.spec, "standby": standby}, self._on_message, self._on_exit)
 
     def _on_message(self, proc: WorkerProcess, msg: tuple) -> None:
         kind = msg[0]
@@ -102,7 +103,7 @@ class SupervisedModel:
                 self.state, self.loaded_info = "ready", msg[1]
                 self._cond.notify_all()
                 if self.cfg.standby and self._standby is None and not self._closed:
-                    self._standby = self._spawn()
+                    self._standby = self._spawn(standby=True)
             elif kind == "fail" and proc is self.proc:
                 self._start_error = (self._attempt, msg[1])
 

@@ -210,6 +210,38 @@ class _Server:
                 return
 
 
+def _prepared(spec: dict[str, Any], outbox: _Outbox) -> _Server:
+    """A ready-to-load server.  A standby prepares on a thread at idle priority, which then ends: its imports
+    and kernel loads (~1 s of CPU) would otherwise take a core from the serving worker's decode, and no
+    thread that serves may inherit that priority (the compute thread is started here, at ours, first)."""
+    if not spec["standby"]:
+        server = _Server(spec, outbox)
+        server.prepare()
+        return server
+    from ..compute import on_compute_thread
+    from . import limits
+
+    on_compute_thread(int)  # starts the compute thread: the OpenMP team is its, at this thread's priority
+    import numpy  # noqa: F401 - its BLAS starts its threads when it is imported: at our priority too
+    out: dict[str, Any] = {}
+
+    def prepare() -> None:
+        idle, t0 = limits.idle_priority(), time.time()
+        try:
+            out["server"] = _Server(spec, outbox)
+            out["server"].prepare()
+            print(f"standby prepared in {time.time() - t0:.2f} s{' at idle priority' if idle else ''}", flush=True)
+        except BaseException as exc:  # noqa: BLE001 - raised on the main thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=prepare, name="corert-worker-prepare", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["server"]
+
+
 def main(fd: int, lane_fd: int) -> None:
     conn = Connection(fd)
     _, spec = conn.recv()
@@ -223,8 +255,7 @@ def main(fd: int, lane_fd: int) -> None:
                      daemon=True).start()
     t0 = time.time()
     try:
-        server = _Server(spec, outbox)
-        server.prepare()
+        server = _prepared(spec, outbox)
         outbox.put(("standby",))
         # a standby waits here, everything but the model loaded, until its worker dies
         if conn.recv()[0] != "load":
