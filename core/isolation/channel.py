@@ -3,10 +3,9 @@
 The worker is a fresh interpreter (``python -m corert.isolation.worker FD LANE_FD``) started with ``subprocess``:
 exec after fork, like multiprocessing's spawn context, so no thread of the host is ever forked, and unlike
 spawn it never re-imports the host's ``__main__`` (an embedding script without a ``__main__`` guard would run
-again in every worker).  Messages are pickled tuples framed by
-:class:`multiprocessing.connection.Connection` (a 4-byte length, then the pickle) over a socketpair; a
-request answered as a whole (an encoder's) goes over a second one, the direct lane (lane.py), on which the
-caller reads its own answer.
+again in every worker).  Messages are pickled tuples, framed by framing.py, over a socketpair; a request
+answered as a whole (an encoder's) goes over a second one, the direct lane, on which the caller reads its
+own answer.
 """
 from __future__ import annotations
 
@@ -19,11 +18,10 @@ import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-from .lane import Lane
+from .framing import Framed
 
 
 def log_dir() -> Path:
@@ -105,11 +103,10 @@ class WorkerProcess:
                 pass_fds=(theirs.fileno(), lane_theirs.fileno()), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
         theirs.close()
         lane_theirs.close()
-        self._lane: Lane | None = Lane(lane_ours)
+        self._lane: Framed | None = Framed(lane_ours)
         self._lane_lock = threading.Lock()
         self.pid = self.proc.pid
-        self.conn = Connection(ours.detach())
-        self._send_lock = threading.Lock()
+        self.conn = Framed(ours)
         self.last_seen = time.monotonic()
         #: why the host killed it (heartbeat, deadline), for the error message; None: it died by itself
         self.kill_reason: str | None = None
@@ -124,8 +121,7 @@ class WorkerProcess:
     def send(self, msg: tuple) -> bool:
         """False when the worker is gone (its exit is reported by the reader thread)."""
         try:
-            with self._send_lock:
-                self.conn.send(msg)
+            self.conn.send(msg)
             return True
         except (OSError, EOFError, ValueError):
             return False

@@ -24,11 +24,10 @@ import sys
 import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ..cancel import CancelToken, set_current
-from .lane import Lane
+from .framing import Framed
 
 _CHUNK = "chunk"
 
@@ -62,9 +61,8 @@ class _Outbox:
     """Everything the worker sends goes through one thread, in order; chunks that are ready together (a
     batch step's tokens for several streams, a burst) leave in one message."""
 
-    def __init__(self, conn: Connection):
+    def __init__(self, conn: Framed):
         self.conn = conn
-        self._send_lock = threading.Lock()
         self.items: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._run, name="corert-worker-outbox", daemon=True).start()
 
@@ -74,8 +72,7 @@ class _Outbox:
     def send_now(self, msg: tuple) -> None:
         """Send from the calling thread (a query's answer: no chunks to keep in order with, no hand-off)."""
         try:
-            with self._send_lock:
-                self.conn.send(msg)
+            self.conn.send(msg)
         except (OSError, EOFError, ValueError):
             os._exit(0)  # the host is gone
 
@@ -100,11 +97,10 @@ class _Outbox:
             else:
                 flushed = None
             try:
-                with self._send_lock:
-                    if chunks:
-                        self.conn.send(("chunks", chunks))
-                    if msg is not None:
-                        self.conn.send(msg)
+                if chunks:
+                    self.conn.send(("chunks", chunks))
+                if msg is not None:
+                    self.conn.send(msg)
                 if flushed is not None:
                     flushed.set()
             except (OSError, EOFError, ValueError):
@@ -148,7 +144,7 @@ class _Server:
         self.encoder = self.rt._encoder(kind, model)
         return {}
 
-    def serve(self, conn: Connection) -> None:
+    def serve(self, conn: Framed) -> None:
         while True:
             try:
                 msg = conn.recv()
@@ -192,7 +188,7 @@ class _Server:
             self.cancels.pop(rid, None)
         self.outbox.put(msg)
 
-    def serve_lane(self, lane: Lane) -> None:
+    def serve_lane(self, lane: Framed) -> None:
         """The direct lane's requests, each answered by this thread: one encoder call at a time (the host
         sends one), no hand-off to pay for."""
         while True:
@@ -243,7 +239,7 @@ def _prepared(spec: dict[str, Any], outbox: _Outbox) -> _Server:
 
 
 def main(fd: int, lane_fd: int) -> None:
-    conn = Connection(fd)
+    conn = Framed(socket.socket(fileno=fd))
     _, spec = conn.recv()
     sys.path[:] = spec["sys_path"]  # what the host can import (a test's plugin module), the worker can
     from . import limits
@@ -270,7 +266,7 @@ def main(fd: int, lane_fd: int) -> None:
     print(f"loaded {info}: interpreter and imports {t0 - spec['spawned_at']:.2f} s, runtime {t1 - t0:.2f} s, "
           f"model {time.time() - t1:.2f} s", flush=True)
     outbox.put(("ready", info))
-    threading.Thread(target=server.serve_lane, args=(Lane(socket.socket(fileno=lane_fd)),),
+    threading.Thread(target=server.serve_lane, args=(Framed(socket.socket(fileno=lane_fd)),),
                      name="corert-worker-lane", daemon=True).start()
     server.serve(conn)
     try:

@@ -1,4 +1,4 @@
-"""The direct lane's framing on a real socketpair: messages of any size, several in one read, the peer's end."""
+"""The host-worker framing on a real socketpair: messages of any size, several in one read, the peer's end."""
 from __future__ import annotations
 
 import socket
@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 
-from corert.isolation.lane import Lane
+from corert.isolation.framing import Framed
 
 
 @pytest.fixture
 def pair():
     a, b = socket.socketpair()
-    ours, theirs = Lane(a), Lane(b)
+    ours, theirs = Framed(a), Framed(b)
     yield ours, theirs
     ours.close()
     theirs.close()
@@ -48,3 +48,23 @@ def test_the_peers_end_is_eof_and_readable(pair):
     assert ours.readable(1.0)
     with pytest.raises(EOFError):
         ours.recv()
+
+
+def test_two_senders_frames_never_interleave(pair):
+    """The main channel has several senders (the host's request threads; the worker's outbox and a query's
+    answer): each message must arrive whole."""
+    ours, theirs = pair
+    blob = {t: bytes([t]) * 200_000 for t in (1, 2)}  # larger than the socket buffer: sent in pieces
+
+    def send(t: int) -> None:
+        for i in range(20):
+            theirs.send(("done", t, i, blob[t]))
+
+    senders = [threading.Thread(target=send, args=(t,)) for t in (1, 2)]
+    for s in senders:
+        s.start()
+    got = [ours.recv() for _ in range(40)]
+    for s in senders:
+        s.join(10)
+    assert all(m[3] == blob[m[1]] for m in got)
+    assert [m[2] for m in got if m[1] == 1] == list(range(20)) == [m[2] for m in got if m[1] == 2]

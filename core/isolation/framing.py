@@ -1,11 +1,10 @@
-"""The direct lane: a second socket to a worker on which one caller at a time sends a request and reads its
-answer itself.
+"""The one framing of every message between the host and a worker, on both of their sockets: the main
+channel (requests, stream chunks, heartbeats) and the direct lane (an encoder's request, whose caller sends it
+and reads its own answer: no reader thread to wake).
 
-On the main channel an answer wakes the host's reader thread, which wakes the waiting caller: two wake-ups
-and a GIL hand-off per request, most of an embed's round trip on a loaded machine.  On the lane the caller
-blocks in ``recv`` until its answer arrives, and the worker answers from the thread that read the request.
-A message is one ``sendmsg`` (a 4-byte length, then the pickle, protocol 5 so a numpy array is one copy)
-and is read with ``recv_into`` a reused buffer: one system call each way for a small message.
+A message is a pickle (protocol 5, so a numpy array is one copy) after its 4-byte length, sent with one
+``sendmsg`` and read with ``recv_into`` a reused buffer: one system call each way for a small message, and
+messages that arrived together (a burst of stream chunks) come out of one read.
 """
 from __future__ import annotations
 
@@ -14,18 +13,20 @@ import pickle
 import select
 import socket
 import struct
+import threading
 from typing import Any
 
 _LEN = struct.Struct("<I")
 _BUF = 1 << 16  # an embed answer for a few texts fits: read in one recv
 
 
-class Lane:
-    """One end of a lane's socket: ``send`` a tuple, ``recv`` the next one (EOFError when the peer is gone).
-    Not thread-safe: its users take turns (the host: the model's request slot; the worker: one thread)."""
+class Framed:
+    """One end of a socket to a worker or to the host: ``send`` a tuple (from any thread), ``recv`` the next
+    one (EOFError when the peer is gone; one reader at a time)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self._send_lock = threading.Lock()
         self._buf = bytearray(_BUF)
         self._start = self._end = 0  # unread bytes: _buf[_start:_end]
         self._poll = select.poll()
@@ -36,7 +37,11 @@ class Lane:
 
     def send(self, msg: tuple) -> None:
         data = pickle.dumps(msg, protocol=5)
-        self.sock.sendmsg([_LEN.pack(len(data)), data])  # blocking: sendmsg sends it all or raises
+        head = _LEN.pack(len(data))
+        with self._send_lock:  # two senders' frames must not interleave
+            sent = self.sock.sendmsg([head, data])
+            if sent < len(head) + len(data):  # a signal cut a large send short: send the rest
+                self.sock.sendall((head + data)[sent:])
 
     def readable(self, timeout: float) -> bool:
         """True when a message (or the peer's end) is ready to read within ``timeout`` seconds."""
@@ -60,7 +65,7 @@ class Lane:
             with memoryview(self._buf) as view:
                 got = self.sock.recv_into(view[self._end:])
             if not got:
-                raise EOFError("the lane's peer closed it")
+                raise EOFError("the peer closed the socket")
             self._end += got
 
     def _make_room(self, need: int) -> None:
