@@ -6,7 +6,8 @@ the worker is ready; everything behind it waits here, in the host, so when a wor
 it was serving fail (:class:`corert.errors.WorkerCrashed`) and the waiting ones go to its replacement.  A
 worker that dies while serving is restarted at once (then after a growing backoff); more than
 ``max_restarts`` crashes within ``restart_window_s`` mark the model failed.  With ``standby`` on, a second
-worker waits with everything but the model loaded, so a restart costs the model's load only.
+worker waits with everything but the model loaded, so a restart costs the model's load only; it prepares at
+idle priority, and is taken over only once prepared.
 """
 from __future__ import annotations
 
@@ -74,8 +75,12 @@ class SupervisedModel:
     def _start(self) -> None:
         self._attempt += 1
         self.state = "starting"
-        standby, self._standby = self._standby, None
-        self.proc = standby if standby is not None and standby.alive() else self._spawn(standby=False)
+        standby = self._standby
+        if standby is not None and standby.alive() and standby.prepared:
+            self.proc, self._standby = standby, None
+        else:  # one still preparing does so at idle priority: a new worker at ours starts sooner, and it stays
+            self._standby = standby if standby is not None and standby.alive() else None
+            self.proc = self._spawn(standby=False)
         self.proc.send(("load",))
 
     def _spawn(self, standby: bool) -> WorkerProcess:
