@@ -181,16 +181,27 @@ class ShadowOffer:
         free measures the whole run."""
         return cls(offer[accepted:], ctrl, match_cls, base=accepted)
 
+    def cut_short(self) -> None:
+        """The request ended while the offer still held: record the run as far as it went."""
+        self.ctrl.record_acceptance(self.base + self.matched, self.base + self.matched, self.cls)
+
     def observe(self, token: int) -> bool:
         """Feed the next produced token; True once the offer is settled (and recorded)."""
         if token == self.tokens[self.matched]:
             self.matched += 1
             if self.matched < min(len(self.tokens), SHADOW_SPAN - self.base):
                 return False
-            self.ctrl.record_acceptance(self.base + self.matched, self.base + self.matched, self.cls)
+            self.cut_short()
         else:
             self.ctrl.record_acceptance(self.base + self.matched + 1, self.base + self.matched, self.cls)
         return True
+
+
+def follow(followed: dict, tokens) -> dict:
+    """Feed produced tokens to the offers being followed; keep those not settled yet."""
+    for t in tokens:
+        followed = {key: sh for key, sh in followed.items() if not sh.observe(t)}
+    return followed
 
 
 @attrs.define

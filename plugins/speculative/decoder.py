@@ -19,7 +19,7 @@ from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
 from .batched import BatchedLookup
-from .controller import SHADOW_SPAN, Chooser, DepthController, ShadowOffer, VerifyCost
+from .controller import SHADOW_SPAN, Chooser, DepthController, ShadowOffer, VerifyCost, follow
 from .sources import LookupSource
 from corert.sampling import Sampler
 
@@ -102,7 +102,7 @@ class SpeculativeDecoder:
                 for s in self.sources:
                     s.extend((pending,))
                 shadows = {key: sh for key, sh in shadows.items() if not sh.observe(pending)}
-                tails = _observe(tails, (pending,))
+                tails = follow(tails, (pending,))
                 # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
                 room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
                 idx, k, cls = self._choose(ctrls, chooser, room)
@@ -135,7 +135,7 @@ class SpeculativeDecoder:
                 else:
                     n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
                 session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
-                tails = _observe(tails, drafts[:n_ok])
+                tails = follow(tails, drafts[:n_ok])
                 offer = self.sources[idx].free_offer()
                 if n_ok == len(drafts) and len(offer) > n_ok and offer[:n_ok] == drafts:
                     # censored run: follow the rest of the offer (a tail already following it counts this step)
@@ -159,7 +159,7 @@ class SpeculativeDecoder:
                 pending = nxt
         finally:  # also when the consumer stops early (a stop string, end of generation)
             for sh in tails.values():  # the request ended inside a copy: its run held at least this long
-                sh.ctrl.record_acceptance(sh.base + sh.matched, sh.base + sh.matched, sh.cls)
+                sh.cut_short()
 
     def _shadow(self, ctrls: list[DepthController], shadows: dict) -> None:
         """Check the free offers just declined, one at a time per source and class."""
@@ -189,13 +189,6 @@ class SpeculativeDecoder:
 
     def stats(self) -> dict:
         return summarize(self._stats, "mean_depth", "drafted")
-
-
-def _observe(followed: dict, tokens: Sequence[int]) -> dict:
-    """Feed produced tokens to the offers being followed; keep those not settled yet."""
-    for t in tokens:
-        followed = {key: sh for key, sh in followed.items() if not sh.observe(t)}
-    return followed
 
 
 def summarize(counts: dict, per_step_name: str, per_step_of: str) -> dict:

@@ -17,7 +17,7 @@ from corert.interfaces import SamplingParams, Session, TreeSession
 from corert.prefill import prefill
 from corert.sampling import Sampler
 
-from .controller import ShadowOffer
+from .controller import SHADOW_SPAN, ShadowOffer, follow
 from .decoder import summarize, until_stop
 from .tree import MAX_NODES, TreeController, TreeLookupSource, merge
 from .tree_accept import accept_tree_greedy, accept_tree_sampled
@@ -62,55 +62,63 @@ class TreeDecoder:
         pending = sampler(logits)
         produced = 0
         shadows: dict[int, ShadowOffer] = {}  # match class -> a declined offer being checked
-        while True:
-            yield pending
-            produced += 1
-            if is_eog(pending) or produced >= params.max_tokens:
-                break
-            src.extend((pending,))
-            shadows = {c: sh for c, sh in shadows.items() if not sh.observe(pending)}
-            room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
-            td = time.perf_counter()
-            cands = src.candidates(room) if room > 0 else []
-            plan = ctrl.plan(cands, room, branches, min(MAX_NODES, session.n_ctx - len(session.tokens)))
-            st["draft_ms"] += (time.perf_counter() - td) * 1e3  # finding and planning the drafts
-            st["steps"] += 1
-            tv = time.perf_counter()
-            if not plan:
-                for c in cands:  # free offers declined: learn from them anyway, one per class
-                    if c.cls not in shadows:
-                        shadows[c.cls] = ShadowOffer(list(c.tokens), ctrl, c.cls)
-                logits = session.eval((pending,))
-                self._timed(1, tv)
-                pending = sampler(logits)
-                continue
-            shadows.clear()  # a real verify gives better evidence
-            tokens, parents = merge([d for _, d in plan])
-            tokens[0] = pending
-            if tree_ok:
-                rows = session.eval_tree(tokens, parents)
-            else:
-                rows = session.eval(tokens, all_logits=True)
-            self._timed(len(tokens), tv)
-            if greedy:
-                path, nxt = accept_tree_greedy(tokens, parents, rows)
-            else:
-                qs = [{t: 1.0} for t in tokens]  # lookup drafts are point masses
-                path, nxt = accept_tree_sampled(tokens, parents, qs, rows, params, sampler.rng)
-            if tree_ok:
-                session.keep_path(path)
-            else:
-                session.truncate(len(session.tokens) - (len(tokens) - len(path)))
-            out = [tokens[j] for j in path[1:]]
-            self._record(plan, out + [nxt], st, len(tokens) - 1)
-            st["accepted"] += len(out)
-            emit, stop = until_stop(out, produced, params.max_tokens, is_eog)
-            yield from emit
-            produced += len(emit)
-            if stop:
-                break
-            src.extend(out)
-            pending = nxt
+        self._tails: dict[int, ShadowOffer] = {}  # match class -> a fully accepted candidate's rest
+        try:
+            while True:
+                yield pending
+                produced += 1
+                if is_eog(pending) or produced >= params.max_tokens:
+                    break
+                src.extend((pending,))
+                shadows = {c: sh for c, sh in shadows.items() if not sh.observe(pending)}
+                self._tails = follow(self._tails, (pending,))
+                room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
+                td = time.perf_counter()
+                # whole free offers (past the room: a declined or fully accepted one is followed that far)
+                cands = src.candidates(max(room, SHADOW_SPAN)) if room > 0 else []
+                plan = ctrl.plan(cands, room, branches, min(MAX_NODES, session.n_ctx - len(session.tokens)))
+                st["draft_ms"] += (time.perf_counter() - td) * 1e3  # finding and planning the drafts
+                st["steps"] += 1
+                tv = time.perf_counter()
+                if not plan:
+                    for c in cands:  # free offers declined: learn from them anyway, one per class
+                        if c.cls not in shadows:
+                            shadows[c.cls] = ShadowOffer(list(c.tokens), ctrl, c.cls)
+                    logits = session.eval((pending,))
+                    self._timed(1, tv)
+                    pending = sampler(logits)
+                    continue
+                shadows.clear()  # a real verify gives better evidence
+                tokens, parents = merge([d for _, d in plan])
+                tokens[0] = pending
+                if tree_ok:
+                    rows = session.eval_tree(tokens, parents)
+                else:
+                    rows = session.eval(tokens, all_logits=True)
+                self._timed(len(tokens), tv)
+                if greedy:
+                    path, nxt = accept_tree_greedy(tokens, parents, rows)
+                else:
+                    qs = [{t: 1.0} for t in tokens]  # lookup drafts are point masses
+                    path, nxt = accept_tree_sampled(tokens, parents, qs, rows, params, sampler.rng)
+                if tree_ok:
+                    session.keep_path(path)
+                else:
+                    session.truncate(len(session.tokens) - (len(tokens) - len(path)))
+                out = [tokens[j] for j in path[1:]]
+                self._tails = follow(self._tails, out)
+                self._record(plan, out + [nxt], st, len(tokens) - 1)
+                st["accepted"] += len(out)
+                emit, stop = until_stop(out, produced, params.max_tokens, is_eog)
+                yield from emit
+                produced += len(emit)
+                if stop:
+                    break
+                src.extend(out)
+                pending = nxt
+        finally:  # also when the consumer stops early
+            for sh in self._tails.values():  # a copy still holding: its run went at least this far
+                sh.cut_short()
 
     def _timed(self, rows: int, since: float) -> None:
         dt = time.perf_counter() - since
@@ -125,7 +133,10 @@ class TreeDecoder:
         st["branches"] += len(plan)
         runs = [(_common_prefix(d, produced), c) for c, d in plan]
         for (run, c), (_, d) in zip(runs, plan):
-            self.ctrl.record_acceptance(len(d), run, c.cls)
+            if run == len(d) < len(c.tokens):  # censored at the depth drafted: follow the rest (decoder.py)
+                self._tails.setdefault(c.cls, ShadowOffer.tail(list(c.tokens), run, self.ctrl, c.cls))
+            else:
+                self.ctrl.record_acceptance(len(d), run, c.cls)
         run, c = max(runs, key=lambda x: x[0])
         st["accepted_from"][c.origin] += min(run, len(produced) - 1)
 
