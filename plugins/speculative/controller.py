@@ -197,11 +197,24 @@ class ShadowOffer:
         return True
 
 
-def follow(followed: dict, tokens) -> dict:
-    """Feed produced tokens to the offers being followed; keep those not settled yet."""
-    for t in tokens:
-        followed = {key: sh for key, sh in followed.items() if not sh.observe(t)}
-    return followed
+class FollowedOffers(dict):
+    """Fully accepted offers being followed to the end of their runs (``ShadowOffer.tail``), by key; as a
+    context around a request's decoding loop it records the runs still holding when the request ends
+    (also when its consumer stops early)."""
+
+    def feed(self, tokens) -> None:
+        """The tokens produced next; the offers they settle are recorded and dropped."""
+        for t in tokens:
+            for key in [key for key, sh in self.items() if sh.observe(t)]:
+                del self[key]
+
+    def __enter__(self) -> "FollowedOffers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sh in self.values():
+            sh.cut_short()
+        self.clear()
 
 
 @attrs.define

@@ -19,7 +19,7 @@ from corert.interfaces import SamplingParams, Session
 
 from .acceptance import accept_greedy, accept_sampled
 from .batched import BatchedLookup
-from .controller import SHADOW_SPAN, Chooser, DepthController, ShadowOffer, VerifyCost, follow
+from .controller import SHADOW_SPAN, Chooser, DepthController, ShadowOffer, VerifyCost, FollowedOffers
 from .sources import LookupSource
 from corert.sampling import Sampler
 
@@ -92,8 +92,8 @@ class SpeculativeDecoder:
         pending = sampler(logits)
         produced = 0
         shadows: dict[tuple[int, int], ShadowOffer] = {}  # (source, class) -> declined offer being checked
-        tails: dict[tuple[int, int], ShadowOffer] = {}  # (source, class) -> a fully accepted offer's rest
-        try:
+        # (source, class) -> a fully accepted offer's rest
+        with FollowedOffers() as tails:
             while True:
                 yield pending
                 produced += 1
@@ -102,7 +102,7 @@ class SpeculativeDecoder:
                 for s in self.sources:
                     s.extend((pending,))
                 shadows = {key: sh for key, sh in shadows.items() if not sh.observe(pending)}
-                tails = follow(tails, (pending,))
+                tails.feed((pending,))
                 # room for the drafts: never past max_tokens (accepted + the target's own token) or the context
                 room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
                 idx, k, cls = self._choose(ctrls, chooser, room)
@@ -135,7 +135,7 @@ class SpeculativeDecoder:
                 else:
                     n_ok, nxt = accept_sampled(drafts, qs, rows, params, rng)
                 session.truncate(len(session.tokens) - (len(drafts) - n_ok))  # drop the rejected drafts' K/V
-                tails = follow(tails, drafts[:n_ok])
+                tails.feed(drafts[:n_ok])
                 offer = self.sources[idx].free_offer()
                 if n_ok == len(drafts) and len(offer) > n_ok and offer[:n_ok] == drafts:
                     # censored run: follow the rest of the offer (a tail already following it counts this step)
@@ -157,9 +157,6 @@ class SpeculativeDecoder:
                 for s in self.sources:
                     s.extend(drafts[:n_ok])
                 pending = nxt
-        finally:  # also when the consumer stops early (a stop string, end of generation)
-            for sh in tails.values():  # the request ended inside a copy: its run held at least this long
-                sh.cut_short()
 
     def _shadow(self, ctrls: list[DepthController], shadows: dict) -> None:
         """Check the free offers just declined, one at a time per source and class."""

@@ -17,7 +17,7 @@ from corert.interfaces import SamplingParams, Session, TreeSession
 from corert.prefill import prefill
 from corert.sampling import Sampler
 
-from .controller import SHADOW_SPAN, ShadowOffer, follow
+from .controller import SHADOW_SPAN, FollowedOffers, ShadowOffer
 from .decoder import summarize, until_stop
 from .tree import MAX_NODES, TreeController, TreeLookupSource, merge
 from .tree_accept import accept_tree_greedy, accept_tree_sampled
@@ -62,8 +62,8 @@ class TreeDecoder:
         pending = sampler(logits)
         produced = 0
         shadows: dict[int, ShadowOffer] = {}  # match class -> a declined offer being checked
-        self._tails: dict[int, ShadowOffer] = {}  # match class -> a fully accepted candidate's rest
-        try:
+        # match class -> a fully accepted candidate's rest
+        with FollowedOffers() as self._tails:
             while True:
                 yield pending
                 produced += 1
@@ -71,7 +71,7 @@ class TreeDecoder:
                     break
                 src.extend((pending,))
                 shadows = {c: sh for c, sh in shadows.items() if not sh.observe(pending)}
-                self._tails = follow(self._tails, (pending,))
+                self._tails.feed((pending,))
                 room = min(params.max_tokens - produced - 1, session.n_ctx - len(session.tokens) - 1, self.max_depth)
                 td = time.perf_counter()
                 # whole free offers (past the room: a declined or fully accepted one is followed that far)
@@ -106,7 +106,7 @@ class TreeDecoder:
                 else:
                     session.truncate(len(session.tokens) - (len(tokens) - len(path)))
                 out = [tokens[j] for j in path[1:]]
-                self._tails = follow(self._tails, out)
+                self._tails.feed(out)
                 self._record(plan, out + [nxt], st, len(tokens) - 1)
                 st["accepted"] += len(out)
                 emit, stop = until_stop(out, produced, params.max_tokens, is_eog)
@@ -116,9 +116,6 @@ class TreeDecoder:
                     break
                 src.extend(out)
                 pending = nxt
-        finally:  # also when the consumer stops early
-            for sh in self._tails.values():  # a copy still holding: its run went at least this far
-                sh.cut_short()
 
     def _timed(self, rows: int, since: float) -> None:
         dt = time.perf_counter() - since
