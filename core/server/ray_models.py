@@ -2,13 +2,13 @@
 unloaded first (``corert serve --ray --model A --model B --models-per-replica K``; Serve's
 ``serve.multiplexed``).
 
-Each model gets its own Runtime and app in the replica (:class:`ServedApp`): unloading a model is then
-closing its Runtime, which already waits for the generations still running on it.  The ingress sends a
-request for model M with ``multiplexed_model_id=M``; Serve's multiplexer hands back M's app, loading it
-first (and evicting the least recently used when K are loaded), and the router prefers the replicas that
-hold M.  A request that names no served generation model (embeddings, ``/v1/models``, ``/health``) goes to
-the most recently used app.  The replica's ``/metrics``: its model loads and evictions, then each loaded
-app's own metrics with a ``runtime`` label (the model it serves).
+Each model gets its own Runtime and app in the replica (:class:`ServedApp`): unloading a model is then what
+stopping ``corert serve`` is (its streams drained, up to 10 s, then the Runtime closed, which stops what still
+runs at its next token). The ingress sends a request for model M with ``multiplexed_model_id=M``; Serve's
+multiplexer hands back M's app, loading it first (and evicting the least recently used when K are loaded), and
+the router prefers the replicas that hold M. A request that names no served generation model (embeddings,
+``/v1/models``, ``/health``) goes to the most recently used app. The replica's ``/metrics``: its model loads
+and evictions, then each loaded app's own metrics with a ``runtime`` label (the model it serves).
 """
 from __future__ import annotations
 
