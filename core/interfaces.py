@@ -150,6 +150,9 @@ class StreamDrafter(Protocol):
         its pending token and after each draft.  Returns (drafts accepted, the target's own next token), by
         the lossless rule (greedy: the argmax)."""
 
+    def finish(self) -> None:
+        """The stream left the batch (finished or cancelled): settle what it was still learning."""
+
 
 class BatchSpeculation(Protocol):
     """A speculative decoder's part in continuous batching, kept per loaded model (what it learns outlives

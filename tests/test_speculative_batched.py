@@ -154,3 +154,25 @@ def test_batch_depth_follows_the_marginal_cost_of_a_row(per_row, drafts):
     entries = [(spec.stream(prompt, params, rng), prompt + prompt[:20], 31) for _ in range(8)]
     depths = [len(d) for d in spec.draft(entries, 8, 8)]
     assert all(k > 0 for k in depths) if drafts else depths == [0] * 8, depths
+
+
+def test_a_fully_accepted_draft_is_followed_to_the_end_of_its_run():
+    """A stream drafting 3 of a 31-token copy offer, all accepted, then copying 7 more tokens: the controller
+    learns a run of 10, not a run of 3 censored at the depth drafted (the solo decoder's rule)."""
+    spec = make("adaptive").batch_speculation
+    prompt = list(range(100, 140))
+    tokens = prompt + prompt[:20]
+    d = spec.stream(prompt, SamplingParams(max_tokens=64, temperature=0.0), np.random.default_rng(0))
+    d.sync(tokens, 31)
+    offer = list(d.source.free_offer())
+    drafts = d.take(3)
+    rows = np.zeros((4, 200), np.float32)
+    rows[np.arange(4), offer[:4]] = 1.0  # the target agrees with every draft, then with the offer's 4th token
+    runs = spec.ctrl.classes[d.cls].runs
+    before = list(runs)
+    assert d.settle(rows) == (3, offer[3]) and list(runs) == before  # censored: nothing recorded yet
+    d.sync(tokens + drafts + offer[3:10] + [7], 31)  # 7 more copied tokens, then an edit
+    assert list(runs) == before + [10]
+    d.sync(tokens + drafts + offer[3:10] + [7], 31)
+    d.finish()  # nothing left to settle
+    assert list(runs) == before + [10]

@@ -99,14 +99,18 @@ class StreamDrafts:
     drafts: list[int] = attrs.Factory(list)
     qs: list[dict[int, float]] = attrs.Factory(list)
     shadows: dict[int, ShadowOffer] = attrs.Factory(dict)  # declined offers being checked, per class
+    tails: dict[int, ShadowOffer] = attrs.Factory(dict)  # per class: a fully accepted offer's rest, followed
+    tails_upto: int = 0  # tokens of the stream the tails have seen (settle feeds them the accepted drafts)
 
     def sync(self, tokens: Sequence[int], room: int) -> None:
         """Index the tokens produced since the last step (feeding the shadows), then look up an offer."""
-        new = [int(t) for t in tokens[self.seen:]]
+        start, new = self.seen, [int(t) for t in tokens[self.seen:]]
         self.seen = len(tokens)
         self.source.extend(new)
-        for t in new:
-            self.shadows = {c: sh for c, sh in self.shadows.items() if not sh.observe(t)}
+        for i, t in enumerate(new):
+            self.shadows = _follow(self.shadows, t)
+            if start + i >= self.tails_upto:
+                self.tails = _follow(self.tails, t)
         self.available = self.source.available(room) if room > 0 else 0
         self.cls = self.source.offer_class() if self.available else 0
 
@@ -119,8 +123,27 @@ class StreamDrafts:
             n_ok, nxt = accept_greedy(self.drafts, rows)
         else:
             n_ok, nxt = accept_sampled(self.drafts, self.qs, rows, self.params, self.rng)
-        self.ctrl.record_acceptance(len(self.drafts), n_ok, self.cls)
+        for t in self.drafts[:n_ok]:  # a tail already following this copy counts this step's accepted drafts
+            self.tails = _follow(self.tails, t)
+        self.tails_upto = self.seen + n_ok
+        offer = self.source.free_offer()
+        if n_ok == len(self.drafts) and len(offer) > n_ok and offer[:n_ok] == self.drafts:
+            # censored run (as in the solo decoder): follow the rest of the offer for free, or a copy verified
+            # k at a time teaches the controller runs of k
+            self.tails.setdefault(self.cls, ShadowOffer.tail(offer, n_ok, self.ctrl, self.cls))
+        else:
+            self.ctrl.record_acceptance(len(self.drafts), n_ok, self.cls)
         return n_ok, nxt
+
+    def finish(self) -> None:
+        for sh in self.tails.values():  # the stream ended inside a copy: its run held at least this long
+            sh.ctrl.record_acceptance(sh.base + sh.matched, sh.base + sh.matched, sh.cls)
+        self.tails.clear()
+
+
+def _follow(followed: dict[int, ShadowOffer], token: int) -> dict[int, ShadowOffer]:
+    """Feed a produced token to the offers being followed; keep those not settled yet."""
+    return {c: sh for c, sh in followed.items() if not sh.observe(token)}
 
 
 class BatchedLookup:

@@ -197,7 +197,9 @@ class BatchRunner(StreamTable):
         return out
 
     def _release(self, st: Stream) -> None:
-        self._drafters.pop(st.id, None)
+        spec = self._drafters.pop(st.id, None)
+        if spec is not None:
+            spec[1].finish()
         self.kv.release(st.seq)
 
     # -- convenience -----------------------------------------------------------------------------------
