@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import queue
 import threading
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from . import generation, tool_calls
 from .auto_engine import AUTO, EngineChoice, choose as choose_engine, explicit as explicit_engine
 from .cancel import CancelToken, set_current
 from .chat import render as render_chat, validate_messages
+from .chunk_stream import DONE, Channel, ChunkStream
 from .constraint import lark_constraint
 from .config import RuntimeConfig  # noqa: F401  (re-exported: corert.runtime.RuntimeConfig)
 from .errors import ConfigError, InputError, PluginError
@@ -41,8 +41,6 @@ from .request_params import sampling_params
 from .results import Completion, GenerateRequest, StreamChunk, Timings, Usage  # noqa: F401  (public)
 
 
-
-_DONE = object()
 #: how long close() waits for a model's running request to stop before leaving the model alone
 CLOSE_WAIT_S = 30.0
 
@@ -386,26 +384,34 @@ class Runtime:
             call.result = self._submit(req, None, None, time.perf_counter()).result()
         return call.result
 
-    def _stream(self, task: str, req: GenerateRequest) -> Iterator[StreamChunk]:
-        chunks: queue.Queue = queue.Queue()
+    def _stream(self, task: str, req: GenerateRequest) -> ChunkStream:
+        chunks = Channel()
         cancel = threading.Event()
         with contextlib.ExitStack() as setup:  # a request that fails to start ends its hooks here
             call = setup.enter_context(request_hooks(self.host.hook, task, req))
             fut = self._submit(req, chunks.put, cancel, time.perf_counter())
             hooks = setup.pop_all()  # ...else the stream's consumer ends them
-        fut.add_done_callback(lambda f: chunks.put(_DONE))
+        fut.add_done_callback(lambda f: chunks.put(DONE))
 
         def iterate() -> Iterator[StreamChunk]:
             with hooks:
                 try:
-                    while (item := chunks.get()) is not _DONE:
+                    while (item := chunks.get()) is not DONE:
                         yield item
                     call.result = fut.result()
                 finally:
                     cancel.set()  # the caller stopped early: let the worker stop too
                     fut.cancel()
 
-        return iterate()
+        def finish() -> None:  # push mode: the hooks end when the request does
+            with hooks:
+                call.result = fut.result()
+
+        def stop() -> None:
+            cancel.set()
+            fut.cancel()
+
+        return ChunkStream(iterate(), chunks, finish, stop)
 
     def _serve(self, req: GenerateRequest, decoder, emit, cancel: threading.Event | None,
                submitted: float) -> Completion:
