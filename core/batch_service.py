@@ -121,7 +121,7 @@ class _Request:
     def __init__(self, ids: list[int], params: SamplingParams, is_eog: Callable[[int], bool],
                  speculation: BatchSpeculation | None):
         self.ids, self.params, self.is_eog, self.speculation = ids, params, is_eog, speculation
-        self.out: queue.Queue = queue.Queue()
+        self.out: queue.SimpleQueue = queue.SimpleQueue()  # one put per token: the C queue, no Python locks
         self.sid: int | None = None
         self.cancelled = False
 
