@@ -201,6 +201,8 @@ def test_one_model_per_replica_the_second_evicts_the_first(two_models):
     assert first.status_code == 200, first.text
     before = metrics(http)
     assert _replica_models(before, "corert_replica_model_loaded") == {MODEL: 1.0, OTHER: 0.0}
+    listed = http.get("/v1/models").json()["data"]
+    assert {m["id"] for m in listed if m["task"] == "generate"} == {MODEL, OTHER}  # both, one loaded
     second = http.post("/v1/completions", json={"model": OTHER, **ask})
     assert second.status_code == 200 and second.json()["model"] == OTHER, second.text
     assert second.headers[REPLICA_HEADER] == first.headers[REPLICA_HEADER]  # one replica so far

@@ -47,6 +47,9 @@ class ServeSettings:
     max_body_bytes: int = 8 << 20
     #: load the models (and generate one token each) when the app starts; /health is 503 until then
     load_at_start: bool = True
+    #: generation models GET /v1/models lists; empty: ``models`` (a Ray replica's app of one model of several
+    #: lists them all: the ingress sends each request to the app of its model)
+    listed: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
 
 _ERRORS = {status: {"model": s.ErrorResponse, "description": why} for status, why in (
@@ -191,7 +194,8 @@ def create_app(runtime: Any, settings: ServeSettings = ServeSettings()) -> FastA
     # -- the server itself -------------------------------------------------------------------------------------
     @app.get("/v1/models", response_model=s.ModelList, dependencies=auth, responses=_ERRORS)
     async def list_models():
-        cards = [(m, "generate") for m in models] + [(embed_model, "embed"), (classify_model, "classify")]
+        cards = [(m, "generate") for m in settings.listed or models] + [(embed_model, "embed"),
+                                                                          (classify_model, "classify")]
         return {"object": "list", "data": [{"id": m, "object": "model", "created": started, "owned_by": "corert",
                                             "task": task} for m, task in cards]}
 

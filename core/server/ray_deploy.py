@@ -169,7 +169,8 @@ class CorertReplica:
         if models_per_replica is None or models_per_replica >= len(models):
             self.one = await start(config, settings)
         else:
-            self.lru = ModelLRU(lambda m: start(config.evolve(model=m), attrs.evolve(settings, models=(m,))),
+            self.lru = ModelLRU(lambda m: start(config.evolve(model=m),
+                                                attrs.evolve(settings, models=(m,), listed=models)),
                                 models, models_per_replica)
             await self.lru.app_for(models[0])  # warm: Serve sends the replica nothing before
 
