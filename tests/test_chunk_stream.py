@@ -65,3 +65,22 @@ def test_push_reports_the_request_error(runtime):
     with pytest.raises(type(ends[0])):
         raise ends[0]
     assert "context" in str(ends[0])
+
+
+def test_the_servers_loop_inbox_does_not_keep_a_finished_loop_alive():
+    import asyncio
+    import gc
+    import weakref
+
+    from corert.server.streams import _inbox
+
+    async def take_inbox():
+        _inbox(asyncio.get_running_loop())
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(take_inbox())
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None

@@ -55,7 +55,7 @@ class Inbox:
     ride along (``call_soon_threadsafe`` wakes the loop once per burst, not once per token)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # not a strong one: the loops' table would keep every loop alive
         self._items: collections.deque = collections.deque()
         self._scheduled = False
 
@@ -63,8 +63,10 @@ class Inbox:
         self._items.append((deliver, item))
         if not self._scheduled:  # a race only schedules a second, empty drain
             self._scheduled = True
+            loop = self._loop()
             try:
-                self._loop.call_soon_threadsafe(self._drain)
+                if loop is not None:
+                    loop.call_soon_threadsafe(self._drain)
             except RuntimeError:  # the loop is closed (server shutting down): nobody is listening
                 pass
 
