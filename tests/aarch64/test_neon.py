@@ -235,7 +235,7 @@ def greedy_neon(model: str) -> dict:
     return {"machine": platform.machine(), "chosen": chosen, "token_ids": list(r.token_ids), "text": r.text}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def neon_run(smollm2) -> dict:
     return greedy_neon(smollm2)
 
@@ -258,44 +258,74 @@ def _emulation_missing() -> str | None:
 
 
 #: The emulated run in two processes, one per core: under qemu nearly all of its time is numba compiling, on
-#: one thread, while the x86 suite waits for it.  Generation goes with the tokenizer tests (it compiles their
-#: neon kernels too), the kernel tests with the assembly checks; together they are every test of this file.
+#: one thread.  Generation goes with the tokenizer tests (it compiles their neon kernels too), the kernel tests
+#: with the assembly checks; together they are every test of this file.
 GROUPS = ("detected or scan or greedy", "not (detected or scan or greedy)")
+EMULATED = "test_emulated_aarch64_run"
+
+
+@pytest.fixture(scope="session")
+def emulated_aarch64(neon_run, store, tmp_path_factory):
+    """The emulated run, started in the background at nice 19 as soon as the x86 side has its reference: it
+    takes the CPU the rest of the suite leaves idle, and ``test_emulated_aarch64_run`` (ordered last in the
+    session by conftest.py) collects it.  Yields (the processes, their results file) or (None, why there is no
+    emulated environment)."""
+    missing = _emulation_missing()
+    if missing:
+        yield None, missing
+        return
+    work = tmp_path_factory.mktemp("aarch64")
+    env = {**os.environ, "CORERT_AARCH64_RESULTS": str(work / "aarch64.json"),
+           "CORERT_MODELS_DIR": str(store.root)}
+    env.pop("CORERT_CPU_FEATURES", None)  # the emulated side detects its CPU
+    # started after neon_run: the x86 side has written the neon weight layouts the emulated load then maps
+    runs = []
+    try:
+        for i, group in enumerate(GROUPS):
+            out, err = (open(work / f"{i}.{name}", "w+") for name in ("out", "err"))
+            proc = subprocess.Popen(["nice", "-n", "19", str(REPO / "scripts" / "aarch64-test.sh"), "-q", "-rs",
+                                     "-k", group], env=env, stdout=out, stderr=err, text=True,
+                                    start_new_session=True)
+            runs.append((proc, out, err))
+        yield (runs, work / "aarch64.json"), None
+    finally:
+        for proc, out, err in runs:
+            if proc.poll() is None:  # the script and its qemu child: one process group each
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            out.close(), err.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _emulation_starts_early(request):
+    """A session that will run the emulated test starts it with this file's first test."""
+    if not AARCH64 and any(item.name == EMULATED for item in request.session.items):
+        request.getfixturevalue("emulated_aarch64")
 
 
 @pytest.mark.slow  # ~10 min of one core when numba compiles under emulation (a new source state), split in two
 @pytest.mark.skipif(AARCH64, reason="this is the emulated side")
-def test_emulated_aarch64_run(neon_run, store, tmp_path):
+def test_emulated_aarch64_run(neon_run, emulated_aarch64):
     """This file on an emulated aarch64 CPU: every test passes (none skipped), and greedy generation gives the
     tokens this machine gives with the neon variants forced."""
-    missing = _emulation_missing()
+    started, missing = emulated_aarch64
     if missing:
         if os.environ.get("CI"):  # CI's command sets the environment up, so a missing one is a broken set-up
             pytest.fail(f"no emulated aarch64 environment under CI ({missing})")
         pytest.skip(f"no emulated aarch64 environment ({missing}): run scripts/aarch64-env.sh")
-    results = tmp_path / "aarch64.json"
-    env = {**os.environ, "CORERT_AARCH64_RESULTS": str(results), "CORERT_MODELS_DIR": str(store.root)}
-    env.pop("CORERT_CPU_FEATURES", None)  # the emulated side detects its CPU
-    # started after neon_run: the x86 side has written the neon weight layouts the emulated load then maps
-    procs = [subprocess.Popen([str(REPO / "scripts" / "aarch64-test.sh"), "-q", "-rs", "-k", group], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-             for group in GROUPS]
-    try:
-        outputs = [proc.communicate(timeout=3600) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:  # the script and its qemu child: one process group each
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-    skipped = []
-    for proc, (out, err) in zip(procs, outputs):
-        log = out[-6000:] + err[-3000:]
-        assert proc.returncode == 0, log
-        summary = out.strip().splitlines()[-1]
-        assert re.search(r"\b\d+ passed", summary) and "failed" not in summary, log
+    runs, results = started
+    logs, skipped = [], []
+    for proc, out, err in runs:
+        proc.wait(timeout=3600)
+        out.seek(0), err.seek(0)
+        text = out.read()
+        logs.append(text[-6000:] + err.read()[-3000:])
+        assert proc.returncode == 0, logs[-1]
+        summary = text.strip().splitlines()[-1]
+        assert re.search(r"\b\d+ passed", summary) and "failed" not in summary, logs[-1]
         skipped.append(int(m.group(1)) if (m := re.search(r"\b(\d+) skipped\b", summary)) else 0)
-    assert skipped == [0, 1], outputs  # only this test, which skips itself there
+    assert skipped == [0, 1], logs  # only this test, which skips itself there
     arm = json.loads(results.read_text())
     assert arm["machine"] == "aarch64"
     assert arm["chosen"] == neon_run["chosen"]
