@@ -15,6 +15,7 @@ import platform
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,9 @@ def emulated_aarch64(neon_run, store, tmp_path_factory):
                                      "-k", group], env=env, stdout=out, stderr=err, text=True,
                                     start_new_session=True)
             runs.append((proc, out, err))
+            # reaped as soon as it exits: a finished run left unwaited would be a zombie child of this process
+            # until the session's end, and tests/test_isolation.py asserts this process has none
+            threading.Thread(target=proc.wait, daemon=True).start()
         yield (runs, work / "aarch64.json"), None
     finally:
         for proc, out, err in runs:
