@@ -78,11 +78,7 @@ def run(args: argparse.Namespace, make_runtime: Callable[..., Any],
 
 
 def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -> int:
-    try:
-        from .app import ServeSettings
-        from .ray_deploy import RaySettings, run
-    except ImportError as exc:
-        raise CorertError(f"corert serve --ray needs the ray extra: pip install 'corert[ray]' ({exc})") from None
+    # the options are checked before ray is imported (seconds): a usage error comes back at once
     api_key = args.api_key or os.environ.get("CORERT_API_KEY") or None
     if args.uds:
         raise ConfigError("--uds does not go with --ray: Serve's proxy listens on TCP (--host, --port)")
@@ -96,6 +92,11 @@ def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -
     if args.replicas < 1 or args.num_cpus < 1 or (args.models_per_replica is not None
                                                         and args.models_per_replica < 1):
         raise ConfigError("--replicas, --num-cpus and --models-per-replica must be at least 1")
+    try:
+        from .app import ServeSettings
+        from .ray_deploy import RaySettings, run
+    except ImportError as exc:
+        raise CorertError(f"corert serve --ray needs the ray extra: pip install 'corert[ray]' ({exc})") from None
     # a replica is the unit of failure here (Serve replaces it): no worker processes inside it
     config = make_config(defaults={"isolation": "none"}, **({"n_seqs": args.n_seqs} if args.n_seqs else {}))
     settings = ServeSettings(models=tuple(args.model), api_key=api_key, max_queue=args.max_queue,
