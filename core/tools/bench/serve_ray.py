@@ -178,6 +178,11 @@ def _timed(what: str, fn: Callable[[], Any], log: dict[str, float]) -> Any:
 
 
 def run_ray(args) -> dict[str, Any]:
+    # the options are checked before ray is imported (seconds): a usage error comes back at once
+    if args.rounds < 1 or args.ray_clients < 1 or args.documents < 2 or args.in_flight < 1:
+        raise InputError("--rounds, --ray-clients and --in-flight must be at least 1, --documents at least 2")
+    if args.documents > len(TOPICS):
+        raise InputError(f"--documents: at most {len(TOPICS)}")
     from corert.config import RuntimeConfig
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
@@ -185,10 +190,6 @@ def run_ray(args) -> dict[str, Any]:
     from corert.server.ray_deploy import RaySettings
     from corert.tools.bench.serve import _cores, _model_id
 
-    if args.rounds < 1 or args.ray_clients < 1 or args.documents < 2 or args.in_flight < 1:
-        raise InputError("--rounds, --ray-clients and --in-flight must be at least 1, --documents at least 2")
-    if args.documents > len(TOPICS):
-        raise InputError(f"--documents: at most {len(TOPICS)}")
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     path = str(ModelStore(progress=True).resolve(args.model or cfg.model))
     threads = args.threads or _cores()
