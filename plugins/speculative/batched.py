@@ -103,7 +103,7 @@ class StreamDrafts:
     tails_upto: int = 0  # tokens of the stream the tails have seen (settle feeds them the accepted drafts)
 
     def sync(self, tokens: Sequence[int], room: int) -> None:
-        """Index the tokens produced since the last step (feeding the shadows), then look up an offer."""
+        """Index the tokens produced since the last step (feeding the shadows and tails), then look up an offer."""
         start, new = self.seen, [int(t) for t in tokens[self.seen:]]
         self.seen = len(tokens)
         self.source.extend(new)
