@@ -81,14 +81,13 @@ def test_q8_layout(real_rows, ggml_type):
         assert np.abs(qs).max() <= 127
 
 
-@pytest.mark.parametrize("ggml_type", [dequant.Q6_K, dequant.Q8_0, dequant.Q5_0, dequant.Q4_0])
-@pytest.mark.parametrize("per", [256, 32])
+# a 32-block type is laid out with a scale per 32 only; Q6_K alone takes either form
+@pytest.mark.parametrize("per, ggml_type", [(256, dequant.Q6_K)] + [(32, t) for t in (dequant.Q6_K, dequant.Q8_0,
+                                                                                      dequant.Q5_0, dequant.Q4_0)])
 def test_q6_layout_is_exact(real_rows, ggml_type, per):
     """Q6_K (and the symmetric 32-blocks that may join it in one matrix) as int8 values, an int8 scale per 16
     and an f32 scale per 256 (or per 32, the form a matrix with a 32-block type takes), against gguf-py's
     decoding in float64."""
-    if ggml_type != dequant.Q6_K and per == 256:
-        pytest.skip("a 32-block type is laid out with a scale per 32")
     raw, ref, cols = real_rows[ggml_type]
     n = raw.shape[0]
     qs, sub, sup = (np.empty((n, cols), np.int8), np.empty((n, cols // 16), np.int8),
