@@ -393,6 +393,10 @@ class Runtime:
             hooks = setup.pop_all()  # ...else the stream's consumer ends them
         fut.add_done_callback(lambda f: chunks.put(DONE))
 
+        def stop() -> None:  # the caller stopped early: let the worker stop too
+            cancel.set()
+            fut.cancel()
+
         def iterate() -> Iterator[StreamChunk]:
             with hooks:
                 try:
@@ -400,16 +404,11 @@ class Runtime:
                         yield item
                     call.result = fut.result()
                 finally:
-                    cancel.set()  # the caller stopped early: let the worker stop too
-                    fut.cancel()
+                    stop()
 
         def finish() -> None:  # push mode: the hooks end when the request does
             with hooks:
                 call.result = fut.result()
-
-        def stop() -> None:
-            cancel.set()
-            fut.cancel()
 
         return ChunkStream(iterate(), chunks, finish, stop)
 
