@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from corert.compute import on_compute_thread
@@ -50,7 +49,7 @@ def _native(rt, path: str, n_max: int, n_ctx: int):
     kv = rt.host.create(rt.resolve("kv_cache", "native"), engine="native", model=path, config=rt.config)
     eng = rt.host.create(rt.resolve("engine", "native"), config=rt.config)
     return eng.load(path, tokenizer=rt.tokenizer(engine="native"), kv_cache=kv, n_ctx=n_ctx,
-                    threads=rt.scheduler.thread_budget(), config=SimpleNamespace(n_seqs=n_max))
+                    threads=rt.scheduler.thread_budget(), config=rt.config.evolve(n_seqs=n_max))
 
 
 def _llama_cpp(rt, n_max: int):
