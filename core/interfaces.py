@@ -170,7 +170,7 @@ class BatchSpeculation(Protocol):
         yield ``base_tokens`` tokens."""
 
     def record_step(self, rows: int, seconds: float) -> None:
-        """A batched forward of ``rows`` rows took ``seconds``."""
+        """A batched forward of ``rows`` decode and verify rows (every one with its logits) took ``seconds``."""
 
 
 class BatchingRunner(Protocol):

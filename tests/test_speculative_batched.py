@@ -14,7 +14,7 @@ from corert.interfaces import SamplingParams, ThreadBudget
 from corert.plugins.kv_cache.contiguous import ContiguousKV
 from corert.plugins.kv_cache.paged.config import PagedConfig
 from corert.plugins.kv_cache.paged.plugin import PagedKV
-from corert.plugins.speculative.batched import PRIOR_ROW_SHARE, StepCost
+from corert.plugins.speculative.step_cost import PRIOR_ROW_SHARE, StepCost
 from corert.plugins.speculative.speculative import make
 from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
 
@@ -131,13 +131,31 @@ def test_runtime_batches_speculative_requests(smollm2, monkeypatch):
 def test_step_cost_is_the_line_through_the_batchs_step_times():
     cost = StepCost()
     cost.record(8, 0.030)  # one size: the prior prices a further row at a share of an average one
-    assert cost.line()[1] == pytest.approx(PRIOR_ROW_SHARE * 0.030 / 8)
+    assert cost.fit().per_row == pytest.approx(PRIOR_ROW_SHARE * 0.030 / 8)
     for rows in (8, 16, 24, 40):
         for _ in range(3):
             cost.record(rows, 0.010 + 0.0025 * rows)
-    assert cost.line() == pytest.approx((0.010, 0.0025))
+    assert (cost.fit().fixed, cost.fit().per_row, cost.fit().per_row_above) == pytest.approx((0.010, 0.0025, 0.0))
     assert cost(64) == pytest.approx(0.010 + 0.0025 * 64)  # past the largest size seen: the same line, not free
     assert [(m["rows"], m["steps"]) for m in cost.table()] == [(8, 4), (16, 3), (24, 3), (40, 3)]
+
+
+def test_step_cost_finds_the_knee_where_rows_stop_riding_on_the_weight_reads():
+    """Steps timed as the int8 kernels behave (memory-bound up to ~5 rows, then a full row's compute per row,
+    with noise): the convex fit prices both a lone stream's drafts and a full batch's extra rows near the
+    truth, where one straight line gets the small steps far too cheap (and so their drafts too dear)."""
+    truth = lambda rows: 0.004 + max(0.031, 0.007 * rows)  # noqa: E731
+    rng = np.random.default_rng(0)
+    cost = StepCost()
+    for rows in [1] * 20 + [2, 3, 4, 6] * 3 + [8] * 60 + [12, 16, 20, 24, 32, 40] * 4:
+        cost.record(rows, truth(rows) * rng.uniform(0.95, 1.05))
+    fit = cost.fit()
+    assert 4 <= fit.knee <= 8 and fit.per_row + fit.per_row_above == pytest.approx(0.007, rel=0.1)
+    for rows in (1, 2, 8, 16, 40, 64):
+        assert cost(rows) == pytest.approx(truth(rows), rel=0.08), rows
+    assert cost(16) - cost(1) == pytest.approx(truth(16) - truth(1), rel=0.1)  # a lone stream's 15 drafts
+    line = np.polyfit(*zip(*cost.steps), 1)
+    assert np.polyval(line, 1) < 0.7 * truth(1)  # the straight line: a lone stream's step far too cheap
 
 
 @pytest.mark.parametrize("per_row, drafts", [(0.0005, True), (0.003, False)])

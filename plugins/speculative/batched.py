@@ -1,22 +1,21 @@
 """Speculation inside continuous batching (corert.interfaces.BatchSpeculation): every stream drafts from its
 own prompt/output lookup, and each step the depths are chosen for the whole batch.
 
-A step of R rows yielding T tokens costs step(R) (``StepCost``: a line fitted to the batch's recent step
-times).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes the step cost step(R + k), so
-it pays when what it adds comes faster than what the step already yields (by a margin):
+A step of R rows yielding T tokens costs step(R) (``StepCost``: a line with a knee, fitted to the batch's
+recent step times).  Giving a stream k draft rows adds E(k) - 1 expected tokens and makes the step cost
+step(R + k), so it pays when what it adds comes faster than what the step already yields (by a margin):
 
     (E(k) - 1) / (step(R + k) - step(R))  >  (1 + margin) * T / step(R)
 
 and of the k that pay, the one with the highest (T + E(k) - 1) / step(R + k) is taken.  Streams are served
 best-anchored first (a long match is a copy in progress); each stream's rows then count as already in the
-step for the next one.  A row is cheap beside a small batch (8 rows cost ~3x one on the int8 kernels: the
-weights are read once for all rows) and costs nearly a full row's compute beside a full one, so the same
-stream drafts deeper alone than beside seven others.  What is learned (verify costs, accepted runs per match class) is the decoder's, kept per
-loaded model across requests; a stream's lookup index, offer and shadows are its own.
+step for the next one.  A row is cheap beside a small batch (the weights are read once for all rows) and
+costs a full row's compute beside a full one, so the same stream drafts deeper alone than beside seven
+others.  What is learned (verify costs, accepted runs per match class) is the decoder's, kept per loaded
+model across requests; a stream's lookup index, offer and shadows are its own.
 """
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Sequence
 
 import attrs
@@ -27,62 +26,10 @@ from corert.interfaces import SamplingParams
 from .acceptance import accept_greedy, accept_sampled
 from .controller import DepthController, ShadowOffer
 from .sources import LookupSource
+from .step_cost import StepCost
 
 if TYPE_CHECKING:
     from .decoder import SpeculativeDecoder
-
-
-#: steps the batch's cost line is fitted over (the batch's make-up drifts as streams join and leave)
-STEP_WINDOW = 128
-#: before two row counts are measured, a row beyond the batch is priced at this share of an average row:
-#: optimistic enough to try a draft (which measures the slope), dear enough to try only a likely one
-PRIOR_ROW_SHARE = 0.5
-
-
-@attrs.define
-class StepCost:
-    """Seconds of one batched step by its rows, ``fixed + per_row * rows``: least squares over the last
-    STEP_WINDOW steps.  Not the solo requests' per-size table (VerifyCost): from ~8 rows up the int8 kernels
-    are compute-bound and a step's time grows by a near-constant amount per row, while a per-size table
-    knows only the exact sizes it saw and calls every larger size as cheap as the largest one (free rows,
-    so over-deep drafts)."""
-
-    steps: collections.deque = attrs.field(factory=lambda: collections.deque(maxlen=STEP_WINDOW))
-    _line: tuple[float, float] | None = None
-
-    def record(self, rows: int, seconds: float) -> None:
-        self.steps.append((rows, seconds))
-        self._line = None
-
-    def line(self) -> tuple[float, float]:
-        """(fixed seconds, seconds per row); (0, 1) with nothing measured."""
-        if self._line is None:
-            self._line = self._fit()
-        return self._line
-
-    def _fit(self) -> tuple[float, float]:
-        if not self.steps:
-            return 0.0, 1.0
-        x = np.array([r for r, _ in self.steps], np.float64)
-        y = np.array([t for _, t in self.steps], np.float64)
-        if np.ptp(x) == 0:  # one size so far: the prior slope through its mean time
-            per_row = PRIOR_ROW_SHARE * y.mean() / x[0]
-            return float(y.mean() - per_row * x[0]), float(per_row)
-        per_row, fixed = np.polyfit(x, y, 1)
-        per_row = max(float(per_row), 1e-3 * float(y.mean()) / float(x.mean()))  # noise never makes rows free
-        return float(y.mean() - per_row * x.mean()), per_row
-
-    def __call__(self, rows: int) -> float:
-        fixed, per_row = self.line()
-        return max(fixed + per_row * rows, 1e-9)
-
-    def table(self) -> list[dict[str, float]]:
-        """Measured mean seconds per row count beside the fitted line's (reports)."""
-        by: dict[int, list[float]] = {}
-        for r, t in self.steps:
-            by.setdefault(r, []).append(t)
-        return [{"rows": r, "steps": len(ts), "seconds": float(np.mean(ts)), "fitted": self(r)}
-                for r, ts in sorted(by.items())]
 
 
 @attrs.define

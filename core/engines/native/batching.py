@@ -164,8 +164,9 @@ class BatchRunner(StreamTable):
                     self.kv.truncate(st.seq, st.done_upto)
                 raise
             seconds = time.perf_counter() - t0
-        for spec in {id(s): s for s, _ in self._drafters.values()}.values():
-            spec.record_step(len(ids), seconds)
+        if len(logit_rows) == len(ids):  # no prompt chunk in it (those rows skip the output projection)
+            for spec in {id(s): s for s, _ in self._drafters.values()}.values():
+                spec.record_step(len(ids), seconds)
         for sid, n, _ in plan:
             self.streams[sid].done_upto += n
         self.steps += 1

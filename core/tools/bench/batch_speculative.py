@@ -90,8 +90,9 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
     row["spec"].update(draft_ms_per_step=1000 * last["draft_seconds"] / last["steps"],
                        rollback_ms_per_step=1000 * last["rollback_seconds"] / last["steps"],
                        step_ms=1000 * last["seconds"] / last["steps"])
-    fixed, per_row = spec.cost.line()
-    row["spec"]["step_cost"] = {"fixed_s": fixed, "per_row_s": per_row, "measured": spec.cost.table()}
+    fit = spec.cost.fit()
+    row["spec"]["step_cost"] = {"fixed_s": fit.fixed, "per_row_s": fit.per_row, "knee_rows": fit.knee,
+                                "per_row_above_knee_s": fit.per_row_above, "measured": spec.cost.table()}
     for other in ("plain", "llama"):
         for k in ("decode", "e2e"):
             s = ratio_summary(ratios([r[f"{k}_tok_s"] for r in runs["spec"]], [r[f"{k}_tok_s"] for r in runs[other]]))
@@ -120,10 +121,16 @@ def render(r: dict[str, Any]) -> str:
                  f"{p['accepted']}/{p['drafted']}" for p in row["spec"]["per_stream"]),
              f"  per step: {row['spec']['step_ms']:.0f} ms in all, of which drafting "
              f"{row['spec']['draft_ms_per_step']:.2f} ms and rollback {row['spec']['rollback_ms_per_step']:.3f} ms",
-             f"  step cost fitted: {1000 * row['spec']['step_cost']['fixed_s']:.1f} ms + "
-             f"{1000 * row['spec']['step_cost']['per_row_s']:.2f} ms per row; measured (rows: ms): " + ", ".join(
+             f"  step cost fitted: {_fit_text(row['spec']['step_cost'])}; measured (rows: ms): " + ", ".join(
                  f"{m['rows']}: {1000 * m['seconds']:.0f}" for m in row["spec"]["step_cost"]["measured"][:12]),
              f"  every stream identical to its solo plain run: {r['streams_identical_to_solo_plain']}",
              f"  goal >= {GOAL_VS_PLAIN}x the plain batch: "
              f"{'met' if r[f'goal_{GOAL_VS_PLAIN}x_vs_plain_batch'] else 'NOT met'}  (shared machine: noisy)"]
     return "\n".join(lines)
+
+
+def _fit_text(c: dict[str, Any]) -> str:
+    text = f"{1000 * c['fixed_s']:.1f} ms + {1000 * c['per_row_s']:.2f} ms per row"
+    if c["knee_rows"]:
+        text += f", + {1000 * c['per_row_above_knee_s']:.2f} ms per row beyond {c['knee_rows']}"
+    return text
