@@ -174,6 +174,27 @@ def test_batch_depth_follows_the_marginal_cost_of_a_row(per_row, drafts):
     assert all(k > 0 for k in depths) if drafts else depths == [0] * 8, depths
 
 
+def test_a_prompt_chunk_in_the_step_does_not_buy_drafts():
+    """Eight decode streams whose copy class breaks early half the time decline to draft beside each other
+    (a row costs a full row's compute), and still decline when a 256-row prompt chunk shares the step: the
+    chunk makes the step slow, not its tokens cheap.  Alone, a stream takes the same offer."""
+    spec = make("adaptive").batch_speculation
+    for rows in [1] * 10 + [2, 4, 8, 12, 16, 24, 40] * 5:
+        spec.record_step(rows, 0.004 + max(0.031, 0.007 * rows))
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    prompt = list(range(100, 140))
+
+    def depths(n: int, prompt_rows: int) -> list[int]:
+        entries = [(spec.stream(prompt, params, np.random.default_rng(0)), prompt + prompt[:20], 31)
+                   for _ in range(n)]
+        return [len(d) for d in spec.draft(entries, n + prompt_rows, n)]
+
+    spec.ctrl.classes[3].runs.extend([0, 1, 0, 20, 0, 2])  # the 20-token match's class: bimodal runs
+    assert depths(8, 0) == [0] * 8
+    assert depths(8, 256) == [0] * 8
+    assert depths(1, 0)[0] > 0
+
+
 def test_a_fully_accepted_draft_is_followed_to_the_end_of_its_run():
     """A stream drafting 3 of a 31-token copy offer, all accepted, then copying 7 more tokens: the controller
     learns a run of 10, not a run of 3 censored at the depth drafted (the solo decoder's rule)."""

@@ -123,14 +123,17 @@ class BatchedLookup:
             return [d.take(d.available) for d, _, _ in streams]
         ctrl, cost = self.ctrl, self.cost
         rows, tokens = base_rows, float(base_tokens)
+        # rows of prompt chunks are work for later tokens: the step's rate is that of its decode rows, or a
+        # step beside a long chunk (a slow step yielding a few tokens) would take any draft at all
+        prompt_rows = max(0, base_rows - base_tokens)
         depths = [0] * len(streams)
         order = sorted(range(len(streams)), key=lambda i: -ctrl.acceptance(streams[i][0].cls))
         for i in order:
             d = streams[i][0]
             if not d.available:
                 continue
-            base = cost(rows)
-            rate = tokens / base
+            base, own = cost(rows), cost(rows - prompt_rows)
+            rate = tokens / own
             best_k, best_rate = 0, rate
             for k in ctrl.depths(d.available):
                 gain = ctrl.expected_tokens(k, d.cls) - 1.0
@@ -139,7 +142,7 @@ class BatchedLookup:
                 # eight to lift everyone's, and turn down drafts that pay
                 if gain <= (1.0 + self.margin) * rate * extra:
                     continue
-                r = (tokens + gain) / (base + extra)
+                r = (tokens + gain) / (own + extra)
                 if r > best_rate:
                     best_k, best_rate = k, r
             depths[i] = best_k
