@@ -223,6 +223,7 @@ def test_bench_batch_speculative():
     cost = row["spec"]["step_cost"]
     assert _positive(cost["per_row_s"]) and cost["knee_rows"] >= 0 and cost["per_row_above_knee_s"] >= 0
     assert cost["measured"] and all(_positive(m["seconds"]) and _positive(m["fitted"]) for m in cost["measured"])
+    assert _positive(cost["ceiling_vs_plain"])
     assert r["streams_identical_to_solo_plain"] is True
     assert isinstance(r["goal_1.3x_vs_plain_batch"], bool)
     assert_bad_input(run_cli("bench", "batch", "--speculative", "--engine", "llama.cpp"),

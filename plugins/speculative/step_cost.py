@@ -82,16 +82,25 @@ def _fit(steps) -> StepFit:
         return StepFit(float(y.mean() - per_row * x[0]), float(per_row))
     best = _line(x, y, floor)
     best_sse = float(np.sum((best.fixed + best.per_row * x - y) ** 2))
-    ones = np.ones_like(x)
-    for knee in sizes[1:-1]:  # a knee needs sizes on both sides
-        cols = np.stack([ones, x, np.maximum(0.0, x - knee)], axis=1)
-        (fixed, per_row, above), *_ = np.linalg.lstsq(cols, y, rcond=None)
-        if per_row < 0 or above <= 0:  # not convex: a line does as well
-            continue
-        sse = float(np.sum((cols @ (fixed, per_row, above) - y) ** 2))
-        if sse < best_sse:
-            best_sse = sse
-            best = StepFit(float(fixed), max(float(per_row), floor), int(knee), float(above))
+    knees = sizes[1:-1]  # a knee needs sizes on both sides
+    if not len(knees):
+        return best
+    # every knee's least squares at once, from the sums of its normal equations (a step pays for this fit)
+    h = np.maximum(0.0, x[None, :] - knees[:, None])  # (knees, steps)
+    n, sx, sy = float(len(x)), float(x.sum()), float(y.sum())
+    sh, sxh, shh, shy = h.sum(axis=1), h @ x, np.einsum("ks,ks->k", h, h), h @ y
+    gram = np.empty((len(knees), 3, 3))
+    gram[:, 0] = np.stack([np.full_like(sh, n), np.full_like(sh, sx), sh], axis=1)
+    gram[:, 1] = np.stack([np.full_like(sh, sx), np.full_like(sh, float(x @ x)), sxh], axis=1)
+    gram[:, 2] = np.stack([sh, sxh, shh], axis=1)
+    rhs = np.stack([np.full_like(sh, sy), np.full_like(sh, float(x @ y)), shy], axis=1)
+    coef = np.linalg.solve(gram, rhs[..., None])[..., 0]  # (knees, 3): fixed, per row, above the knee
+    sse = float(y @ y) - 2 * np.einsum("kc,kc->k", coef, rhs) + np.einsum("kc,kcd,kd->k", coef, gram, coef)
+    sse[(coef[:, 1] < 0) | (coef[:, 2] <= 0)] = np.inf  # not convex: a line does as well
+    i = int(np.argmin(sse))
+    if sse[i] < best_sse:
+        fixed, per_row, above = coef[i]
+        best = StepFit(float(fixed), max(float(per_row), floor), int(knees[i]), float(above))
     return best
 
 
