@@ -42,7 +42,7 @@ class Stream:
     tokens: list[int]  # every id of the sequence (prompt + generated): what its K/V must hold
     done_upto: int  # how many of ``tokens`` have K/V in the sequence
     params: SamplingParams
-    sample: Callable[[np.ndarray], int]
+    sample: Sampler  # batch runners draw many streams' tokens at once (corert.sampling.choose_rows)
     is_eog: Callable[[int], bool]
     n_prompt: int
     generated: list[int] = attrs.Factory(list)

@@ -7,6 +7,8 @@ path without code of their own.  A request without processors takes exactly the 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import attrs
 import numpy as np
 
@@ -25,17 +27,41 @@ class SampledToken:
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate ids and their probabilities after top-k, temperature and top-p (nucleus)."""
-    k = params.top_k if 0 < params.top_k < logits.shape[0] else logits.shape[0]
-    ids = np.argpartition(logits, -k)[-k:] if k < logits.shape[0] else np.arange(logits.shape[0])
-    ids = ids[np.argsort(-logits[ids], kind="stable")]
-    z = logits[ids].astype(np.float64) / max(params.temperature, 1e-6)
-    p = np.exp(z - z[0])
-    p /= p.sum()
-    if 0.0 < params.top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(p), params.top_p) + 1)
-        ids, p = ids[:keep], p[:keep] / p[:keep].sum()
-    return ids, p
+    """The candidate ids and their probabilities after top-k, temperature and top-p (nucleus); the ids in
+    descending logit order when top-k or top-p cut them (else all, in id order)."""
+    from .kernels.top_k import candidates  # numba: imported by the first sampled request only
+
+    return candidates(np.ascontiguousarray(logits, np.float32), params.top_k, params.temperature, params.top_p)
+
+
+def choose_rows(samplers: Sequence["Sampler"], logits: np.ndarray, rows: Sequence[int]) -> list[int]:
+    """``samplers[i]``'s token from ``logits[rows[i]]`` ((rows, n_vocab) f32), all at once: the tokens each
+    sampler would choose from its row alone, draw for draw.  A batch step calls it once: the greedy rows
+    take one argmax over the block, the sampled ones one kernel call (corert.kernels.top_k)."""
+    if not samplers:
+        return []
+    out = [0] * len(samplers)
+    idx = np.asarray(rows, np.int64)
+    greedy = [i for i, s in enumerate(samplers) if s.plain and s.greedy]
+    if len(greedy) == len(samplers) == logits.shape[0] and np.array_equal(idx, np.arange(len(idx))):
+        return np.argmax(logits, axis=1).tolist()  # the usual block: every row greedy, in order, no copy
+    for i in greedy:
+        out[i] = int(np.argmax(logits[idx[i]]))
+    drawn = [i for i, s in enumerate(samplers) if s.plain and not s.greedy]
+    if drawn:
+        from .kernels.top_k import draw_rows
+
+        ps = [samplers[i].params for i in drawn]
+        tokens = np.empty(len(drawn), np.int64)
+        draw_rows(np.ascontiguousarray(logits, np.float32), idx[drawn], np.array([p.top_k for p in ps], np.int64),
+                  np.array([p.temperature for p in ps], np.float64), np.array([p.top_p for p in ps], np.float64),
+                  np.array([samplers[i].rng.random() for i in drawn]), tokens)
+        for i, t in zip(drawn, tokens.tolist()):
+            out[i] = t
+    for i, s in enumerate(samplers):
+        if not s.plain:  # logit processors: the sampler's own path, in its own buffer
+            out[i] = s(logits[idx[i]])
+    return out
 
 
 class Penalties:
@@ -89,8 +115,10 @@ class Sampler:
     def _choose(self, logits: np.ndarray) -> int:
         if self.greedy:
             return int(np.argmax(logits))
+        from .kernels.top_k import draw
+
         ids, p = probabilities(logits, self.params)
-        return int(ids[self.rng.choice(p.shape[0], p=p)])
+        return int(draw(ids, p, self.rng.random()))  # one uniform, as Generator.choice(p=p) would take
 
     def process(self, logits: np.ndarray) -> np.ndarray:
         """The logits after bias, penalties and the grammar mask, in the Sampler's own buffer (an engine's

@@ -34,6 +34,7 @@ from ...config import NativeConfig
 from ...errors import InputError
 from ...interfaces import BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter, reserve_rows
 from ...numba_setup import PARALLEL_LOCK, run_parallel
+from ...sampling import choose_rows
 
 #: Prompt rows evaluated per step across all joining streams, so decoding streams are not stalled long
 #: (one default, the native settings table's).
@@ -95,6 +96,8 @@ class BatchRunner(StreamTable):
     def _draft(self, plan: list[tuple[int, int]]) -> list[tuple[int, int, list[int]]]:
         """(stream id, rows, drafts): each speculating stream's drafts after its pending token, chosen by
         its BatchSpeculation with the rows already in the step."""
+        if not self._drafters:
+            return [(sid, n, []) for sid, n in plan]
         rows = sum(n for _, n in plan)
         tokens = sum(1 for sid, n in plan if self.streams[sid].done_upto + n == len(self.streams[sid].tokens))
         drafts: dict[int, list[int]] = {}
@@ -172,12 +175,14 @@ class BatchRunner(StreamTable):
         self.steps += 1
         self.rows += len(ids)
         out: list[tuple[int, int]] = []
-        j = 0
-        for st, drafts in sampled:
-            rows = logits[j:j + len(drafts) + 1]
-            j += len(drafts) + 1
+        # every plain row's token in one call (one argmax over the block when all are greedy)
+        starts = np.cumsum([0] + [len(d) + 1 for _, d in sampled])
+        plain = [i for i, (_, d) in enumerate(sampled) if not d]
+        drawn = dict(zip(plain, choose_rows([sampled[i][0].sample for i in plain], logits, starts[plain])))
+        for i, (st, drafts) in enumerate(sampled):
+            rows = logits[starts[i]:starts[i + 1]]
             if not drafts:
-                chosen = [st.sample(rows[0])]
+                chosen = [drawn[i]]
             else:
                 n_ok, nxt = self._drafters[st.id][1].settle(rows)
                 chosen = drafts[:n_ok] + [nxt]
