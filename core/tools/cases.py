@@ -35,6 +35,8 @@ _BUILTIN = (
     BenchCase("isolation", "corert.tools.bench.isolation", "process isolation vs in-process: per-token cost, "
               "TTFT, embed p95, restart"),
     BenchCase("serve", "corert.tools.bench.serve", "corert serve vs llama-server and llama-cpp-python's server"),
+    BenchCase("routing", "corert.tools.bench.routing", "the prefix router at 10/100/1000 replicas, simulated "
+              "(no Ray): hit rate, imbalance, table size, routing time vs random and least-loaded"),
     BenchCase("soak", "corert.tools.bench.soak", "1,000 mixed requests against corert serve; leaks from /metrics"),
 )
 
