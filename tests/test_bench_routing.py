@@ -5,13 +5,12 @@ advantage go."""
 from __future__ import annotations
 
 import attrs
-import pytest
 
 from cli_support import assert_bad_input, cli_json, run_cli
 from corert.server.prefix_route import PrefixChooser, PrefixTable, prefix_keys
 from corert.tools.bench.routing_sim import SimConfig, simulate
 
-AT_100 = SimConfig(replicas=100, requests=1500, documents=600)
+AT_100 = SimConfig(replicas=100, requests=1000, documents=200)
 
 
 def test_a_new_prefix_goes_to_the_least_loaded_and_its_burst_follows():
@@ -34,7 +33,7 @@ def test_prefix_routing_beats_random_at_100_replicas(monkeypatch):
     rand = simulate(attrs.evolve(AT_100, policy="random"))
     least = simulate(attrs.evolve(AT_100, policy="least_loaded"))
     for r in (prefix, rand, least):
-        assert r["requests"] == 1500 and r["failed"] == 0 and r["counted"] > 1000
+        assert r["requests"] == 1000 and r["failed"] == 0 and r["counted"] >= 700
     # the pages really found cached in the replicas' pools, not only the router's opinion
     assert prefix["kv_hit_rate"] > 2 * max(rand["kv_hit_rate"], least["kv_hit_rate"]), (prefix, rand, least)
     assert prefix["router_hit_rate"] > 2 * rand["router_hit_rate"]
@@ -60,7 +59,5 @@ def test_bench_routing_cli_json():
     assert all(x["retried"] + x["failed"] > 0 for x in r["failure"])  # the dead replica held requests
 
 
-@pytest.mark.parametrize("args, says", [(("--replicas", "1"), "--replicas"), (("--parts", "scale,x"), "--parts"),
-                                         (("--load", "0"), "--load")])
-def test_bench_routing_bad_options(args, says):
-    assert_bad_input(run_cli("bench", "routing", *args), says)
+def test_bench_routing_bad_option_is_one_line_exit_2():
+    assert_bad_input(run_cli("bench", "routing", "--replicas", "100,1"), "--replicas")
