@@ -10,7 +10,8 @@ What is modelled of Serve (Ray 2.60), each ingress on its own: the router's cach
 (:class:`LoadView`: +1 on a send, the replica's true count in its accept/reject reply, -1 when a request
 ends, forgotten after 10 s); the ranking the router returns, tried in order, a replica refusing beyond
 ``max_ongoing``; requests no replica takes waiting in the ingress, retried as slots free; the autoscaler
-(ongoing requests, replicas' and ingresses', over ``target`` per replica, looked at every 10 s, up after
+(ongoing requests, replicas' and ingresses', over ``n_seqs`` per replica as ``--autoscale`` sets
+``target_ongoing_requests``, looked at every 10 s as they stand, where Serve averages a 30 s look-back; up after
 ``upscale_delay_s`` above, down after ``downscale_delay_s`` below, a new replica serving ``start_s`` after
 the decision); a replica dying (requests with no token yet retried once, the others failed, its prefixes
 forgotten, a replacement started).
@@ -162,9 +163,9 @@ class Simulation:
 
     def _arrive(self, i: int, d: int) -> None:
         text, chain = self._document(d)
-        t0 = time.perf_counter_ns()
+        t0 = time.thread_time_ns()
         keys = prefix_keys(f"{text}\nQuestion {i}: what does the document say about item {i % 97}?")
-        self.key_ns.append(time.perf_counter_ns() - t0)
+        self.key_ns.append(time.thread_time_ns() - t0)
         req = SimRequest(i, self.now, self.rng.randrange(self.cfg.ingresses), keys, chain,
                          self.cfg.doc_tokens + self.cfg.question_tokens, self.cfg.gen_tokens)
         self.requests.append(req)
@@ -175,9 +176,9 @@ class Simulation:
         ing = self.ingresses[req.ingress]
         view, cap = ing.view, self.model.max_ongoing
         view.now = self.now
-        t0 = time.perf_counter_ns()
+        t0 = time.thread_time_ns()
         chosen, hit, rest = ing.chooser.choose(req.keys, self.live, view.load, lambda r: view.load(r) >= cap)
-        self.route_ns.append(time.perf_counter_ns() - t0)
+        self.route_ns.append(time.thread_time_ns() - t0)
         if req.hit is None:
             req.hit = hit
         for name in (chosen, *rest):
@@ -273,7 +274,7 @@ class Simulation:
         heapq.heappush(self.events, (t, self.seq, kind, payload))
 
     def run(self) -> dict[str, Any]:
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         self._arrivals()
         if self.cfg.autoscale:
             self._push(AUTOSCALE_PERIOD_S, "autoscale", None)
@@ -296,7 +297,7 @@ class Simulation:
                 self._die()
             elif kind == "sample":
                 self._sample()
-        return self._figures(time.perf_counter() - wall)
+        return self._figures(time.perf_counter() - wall, time.process_time() - cpu)
 
     def _sample(self) -> None:
         loads = [self.replicas[n].ongoing for n in self.live]
@@ -307,7 +308,7 @@ class Simulation:
         if self.now < self.span:
             self._push(self.now + SAMPLE_S, "sample", None)
 
-    def _figures(self, wall_s: float) -> dict[str, Any]:
+    def _figures(self, wall_s: float, cpu_s: float) -> dict[str, Any]:
         counted = [r for r in self.requests if r.rid >= self.cfg.warmup * self.cfg.requests]
         served = [r for r in counted if r.phase == "done"]
         ttft = [r.ttft for r in served]
@@ -328,7 +329,7 @@ class Simulation:
             "route_us_mean": float(np.mean(self.route_ns)) / 1e3, "route_us_p99": percentile(self.route_ns, 99) / 1e3,
             "keys_us_mean": float(np.mean(self.key_ns)) / 1e3,
             "ingress_waiting_max": self.waiting_max,  # requests no replica took: the replicas are overloaded
-            "replicas_at_end": len(self.live), "simulated_s": self.now, "wall_s": wall_s,
+            "replicas_at_end": len(self.live), "simulated_s": self.now, "wall_s": wall_s, "cpu_s": cpu_s,
         }
 
 
