@@ -52,6 +52,18 @@ def _loop() -> None:
             done.set_exception(exc)
 
 
+def _forget_after_fork() -> None:
+    """A forked child has only the thread that forked: the compute thread stayed behind in the parent, so the
+    child's first forward starts its own (else it would queue work for a thread that does not exist and wait
+    forever).  The new thread starts its own OpenMP team: GNU OpenMP keeps a team per starting thread."""
+    global _jobs, _thread, _start
+    _jobs, _thread, _start = queue.SimpleQueue(), None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def on_compute_thread(fn, *args):
     """``fn(*args)`` on the compute thread; its result, or its exception raised in the caller."""
     global _thread

@@ -3,10 +3,17 @@
 Written to kill mutmut's mutants of the loop (scripts/mutation.sh generation): each test drives
 ``generation.generate`` with the Runtime's own loaded model and decoder, and checks one rule of the loop
 against the model's own greedy output (computed once per module), not against constants of its own.
+
+Under mutmut each mutant's run is a pytest run in a process forked from one that already ran this module
+(mutmut's stats and clean runs), so the Runtime and the clean reference are kept at module level there: built
+once by the clean code, inherited by every mutant's run (a mutant then never computes its own reference, and
+no run loads the model again).  Outside mutmut the module fixtures build and close their own.
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 
@@ -22,22 +29,38 @@ PROMPT = "The three primary colours are"
 CHAT = "<|im_start|>user\nSay hello in one word.<|im_end|>\n<|im_start|>assistant\n"
 
 
+_KEPT: dict[str, object] = {}  # under mutmut only: what forked runs inherit (see the module docstring)
+
+
+def _under_mutmut() -> bool:
+    return "MUTANT_UNDER_TEST" in os.environ  # mutmut sets it in its own process and in every forked run
+
+
 @pytest.fixture(scope="module")
 def rt():
+    if _under_mutmut():
+        if "rt" not in _KEPT:
+            _KEPT["rt"] = Runtime(engine="llama.cpp", model=MODEL, n_ctx=N_CTX, plugins={"speculative": "plain"})
+        yield _KEPT["rt"]
+        return
     runtime = Runtime(engine="llama.cpp", model=MODEL, n_ctx=N_CTX, plugins={"speculative": "plain"})
     yield runtime
     runtime.close()
 
 
 class Recording:
-    """The model's real decoder, recording whether the loop closed its token iterator."""
+    """The model's real decoder, recording whether the loop closed its token iterator and whether the
+    model's lock was held while it decoded."""
 
-    def __init__(self, decoder):
+    def __init__(self, decoder, lock=None):
         self.inner = decoder
+        self.lock = lock
         self.closed = 0
+        self.held: list[bool] = []
         self.runs_in_batcher = False
 
     def generate(self, session, ids, params, is_eog):
+        self.held.append(self.lock is not None and self.lock.locked())
         try:
             yield from self.inner.generate(session, ids, params, is_eog)
         finally:
@@ -47,10 +70,12 @@ class Recording:
         return {"recorded": True, **self.inner.stats()}
 
 
-def run(rt, prompt=PROMPT, *, max_tokens=24, stop=(), cancel=None, clock=(10.0, 10.25), decoder=None):
+def run(rt, prompt=PROMPT, *, max_tokens=24, stop=(), cancel=None, clock=(10.0, 10.25), decoder=None,
+        logprobs=None):
     loaded, lock = rt.load_generation_model(MODEL)
-    dec = decoder or Recording(rt.decoder(MODEL))
-    req = GenerateRequest(prompt, MODEL, SamplingParams(max_tokens=max_tokens, temperature=0.0), tuple(stop))
+    dec = decoder or Recording(rt.decoder(MODEL), lock)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=logprobs)
+    req = GenerateRequest(prompt, MODEL, params, tuple(stop))
     chunks = []
     done = generation.generate(req, generation.Target(loaded, lock, dec), generation.Clock(*clock),
                                {"engine": "llama.cpp"}, emit=chunks.append, cancel=cancel)
@@ -60,8 +85,12 @@ def run(rt, prompt=PROMPT, *, max_tokens=24, stop=(), cancel=None, clock=(10.0, 
 @pytest.fixture(scope="module")
 def free(rt):
     """The greedy run with nothing stopping it early: the reference the other tests cut."""
+    if "free" in _KEPT:
+        return _KEPT["free"]
     done, chunks, _ = run(rt)
     assert done.finish_reason == "length" and len(done.token_ids) == 24
+    if _under_mutmut():
+        _KEPT["free"] = done
     return done
 
 
@@ -76,6 +105,9 @@ def test_text_is_the_detokenized_ids_and_the_chunks_add_up_to_it(rt, free):
     assert last.completion is done and last.finish_reason == "length" and last.text == "" and last.token_ids == ()
     assert all(c.completion is None and c.finish_reason is None for c in chunks[:-1])
     assert dec.closed == 1
+    # one sequence per loaded model: the lock is held while the decoder runs, and released at the end
+    assert dec.held == [True] and not dec.lock.locked()
+    assert done.logprobs is None and all(c.logprobs == () for c in chunks)  # none asked for
 
 
 def test_usage_and_timings_count_what_ran(rt, free):
@@ -85,6 +117,12 @@ def test_usage_and_timings_count_what_ran(rt, free):
     assert t.prompt_tokens == n_prompt and t.decode_tokens == 23
     assert t.queue_ms == pytest.approx(250.0)
     assert t.tokenize_ms >= 0 and t.prompt_ms > 0 and t.decode_ms > 0
+    # the three phases split this run's own wall time, in milliseconds (no speed is asserted)
+    start = time.perf_counter()
+    done, _, _ = run(rt)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    phases = (done.timings.tokenize_ms, done.timings.prompt_ms, done.timings.decode_ms)
+    assert all(0 <= p < wall_ms for p in phases) and 0.5 * wall_ms < sum(phases) <= wall_ms
     assert free.id.startswith("cmpl-") and len(free.id) == 29 and free.model == MODEL
     assert free.plugins == {"engine": "llama.cpp"} and free.decoder_stats.get("recorded") is True
     assert free.chat is False
@@ -171,3 +209,79 @@ def test_a_prompt_that_fills_the_context_is_refused_before_any_decode(rt):
     if len(tok.encode(prompt, parse_special=True)) == N_CTX - 1:
         done, _, _ = run(rt, prompt)
         assert len(done.token_ids) == 1 and done.finish_reason == "length"
+
+
+def test_logprobs_follow_the_tokens_and_ride_with_the_text_that_completes_them(rt, free):
+    """Each kept token's logprob, in order, each sent once, with the first chunk that carries text of its
+    token (a stop string that never completes holds text back here, flushed at the end)."""
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    done, chunks, _ = run(rt, logprobs=2, stop=[free.text[-3:] + "\x00never"])
+    assert done.token_ids == free.token_ids and done.text == free.text  # asking for them changes no choice
+    lps = done.logprobs
+    assert [lp.token for lp in lps] == list(done.token_ids)
+    for lp in lps:
+        assert lp.piece == tok.token_bytes(lp.token) and lp.logprob <= 0.0
+        assert len(lp.top) == 2 and lp.top[0].token == lp.token  # greedy: the chosen one is the likeliest
+        assert lp.top[0].logprob == lp.logprob >= lp.top[1].logprob
+        assert all(t.piece == tok.token_bytes(t.token) and t.top == () for t in lp.top)
+    assert [lp for c in chunks for lp in c.logprobs] == list(lps)
+    assert all(c.logprobs == () for c in chunks if not c.text)
+
+
+class RecordingBatch:
+    """The model's real llama.cpp batch service (its own 2-sequence context, built per test so that no forked
+    mutant run inherits a driver thread), recording what the loop asked of it.  llama.cpp verifies no drafts
+    in a batch, so the speculation the loop hands over is recorded, not passed on."""
+
+    def __init__(self, loaded):
+        from corert.batch_service import BatchService
+        from corert.engines.llama_cpp_batching import BatchContext, LlamaBatchRunner
+
+        self.context = BatchContext.create(loaded, 2)
+        self.inner = BatchService(LlamaBatchRunner(self.context), 2)
+        self.calls: list[tuple] = []
+
+    @property
+    def peak_streams(self):
+        return self.inner.peak_streams
+
+    def generate(self, ids, params, is_eog, speculation=None):
+        self.calls.append((list(ids), params.max_tokens, is_eog, speculation))
+        return self.inner.generate(ids, params, is_eog)
+
+    def close(self):
+        self.inner.close()
+        self.context.close()
+
+
+class CountingLock:
+    def __init__(self):
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_batched_request_runs_in_the_batch_without_the_model_lock(rt, free):
+    loaded, _ = rt.load_generation_model(MODEL)
+    tok = rt.tokenizer(MODEL, "llama.cpp")
+    batch, lock, drafts = RecordingBatch(loaded), CountingLock(), object()
+    dec = Recording(rt.decoder(MODEL))
+    req = GenerateRequest(PROMPT, MODEL, SamplingParams(max_tokens=24, temperature=0.0))
+    chunks = []
+    try:
+        done = generation.generate(req, generation.Target(loaded, lock, dec, batch, drafts),
+                                   generation.Clock(1.0, 1.5), {"engine": "llama.cpp"}, emit=chunks.append)
+    finally:
+        batch.close()
+    assert done.token_ids == free.token_ids and done.text == free.text  # a batch stream decodes as alone
+    assert "".join(c.text for c in chunks) == done.text and chunks[-1].completion is done
+    ((ids, max_tokens, is_eog, speculation),) = batch.calls
+    assert ids == tok.encode(PROMPT, parse_special=True) and max_tokens == 24 and speculation is drafts
+    assert is_eog(tok.eos_id) and not is_eog(done.token_ids[0])  # the tokenizer's own test
+    assert lock.entered == 0 and dec.held == [] and dec.closed == 0  # the model's decoder is not used
+    assert done.decoder_stats == {"continuous_batching": True, "peak_streams": 1}
+    assert done.timings.queue_ms == pytest.approx(500.0) and done.finish_reason == "length"

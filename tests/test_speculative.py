@@ -13,7 +13,7 @@ from corert.plugins.speculative.acceptance import accept_greedy, accept_sampled,
 from corert.plugins.speculative.controller import (RESUMED, SHADOW_SPAN, Chooser, DepthController, ShadowOffer,
                                                   VerifyCost)
 from corert.plugins.speculative.lookup import PromptLookup
-from corert.plugins.speculative.sources import LookupSource
+from corert.plugins.speculative.sources import DraftModelSource, LookupSource
 
 FULL = SamplingParams(temperature=1.0, top_k=0, top_p=1.0)
 
@@ -273,6 +273,25 @@ def test_rollback_leaves_the_cache_as_if_rejected_tokens_were_never_seen(spec_rt
             results.append(s.eval(nxt).copy())
     assert rejected_a != rejected_b
     np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_a_draft_models_offer_is_never_free(spec_rt):
+    """DraftModelSource on a real loaded model (SmolLM2 drafting, outside a decoder): it drafts the model's
+    greedy continuation, and its free offer stays empty before and after every draft, so the decoder neither
+    follows a draft model's offer past the drafted tokens nor shadow-checks one (lookup's offers, which cost
+    nothing, get both: test_a_fully_accepted_offer_is_followed_to_its_whole_run, test_shadow_offers_...)."""
+    loaded, lock = spec_rt.load_generation_model()
+    tok = loaded.tokenizer
+    src = DraftModelSource(lambda: (loaded, lock), max_depth=8)
+    src.start(tok.encode(GROUNDED, parse_special=True))
+    drafted = []
+    for _ in range(2):
+        assert src.free_offer() == [] and src.available(31) == 8 and src.free_offer() == []
+        ids, qs = src.propose(8, SamplingParams(temperature=0.0), np.random.default_rng(0))
+        assert len(ids) == 8 and qs == [{t: 1.0} for t in ids] and src.free_offer() == []
+        src.extend(ids)
+        drafted += ids
+    assert tok.decode(drafted).startswith(" plums, cherries, peaches")  # the list, copied on
 
 
 def test_sampled_speculative_generation_runs_and_is_seeded(smollm2):
