@@ -300,23 +300,28 @@ GROUNDED = ("<|im_start|>user\nAdd type hints to this function and return the wh
 @pytest.mark.slow
 def test_speculative_draft_with_its_real_draft_model(store):
     """qwen2.5-coder-1.5b-instruct drafted by its registered pairing, the 0.5B (no draft_model given), on
-    the native engine, where batched verification is exact: greedy output equals plain decoding."""
+    the native engine, where batched verification is exact: greedy output equals plain decoding.  The 1.5B
+    is loaded once: the plain reference is the plain decoding plugin run by the generation loop on the same
+    loaded model, after the speculative request."""
+    from corert import generation
+    from corert.results import GenerateRequest
+
     target = "qwen2.5-coder-1.5b-instruct"
     store.resolve(target)  # pulled on first use (1.1 GB)
-    common = dict(engine="native", model=target, n_ctx=512, plugins={"tokenizer": "llama_cpp"})
-    plain = Runtime(**common, draft_model=None)
-    try:
-        want = plain.generate(GROUNDED, max_tokens=24, **GREEDY)
-    finally:
-        plain.close()
-    spec = Runtime(**{**common, "plugins": {**common["plugins"], "speculative": "speculative:draft"}},
-                   draft_model=None)
+    spec = Runtime(engine="native", model=target, n_ctx=512,
+                   plugins={"tokenizer": "llama_cpp", "speculative": "speculative:draft"}, draft_model=None)
     try:
         got = spec.generate(GROUNDED, max_tokens=24, **GREEDY)
         assert spec.config.draft_model is None
         assert any(k.path.endswith("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") for k in spec._loaded)
+        loaded, lock = spec.load_generation_model(target)
+        plain = spec.host.create(spec.host.resolve("speculative", "plain"), config=spec.config, context=None)
+        req = GenerateRequest(GROUNDED, target, SamplingParams(max_tokens=24, **GREEDY))
+        want = generation.generate(req, generation.Target(loaded, lock, plain), generation.Clock(0.0, 0.0),
+                                   {"engine": "native"})
     finally:
         spec.close()
+    assert "generated" in want.decoder_stats and "drafted" not in want.decoder_stats  # plain made it
     assert got.token_ids == want.token_ids
     st = got.decoder_stats
     assert st["drafted"] > 0 and 0 < st["accepted"] <= st["drafted"] and st["spec_steps"] > 0
