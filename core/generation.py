@@ -111,6 +111,7 @@ class _Run:
     out: list[int] = attrs.field(factory=list)
     text: list[str] = attrs.field(factory=list)
     finish: str = "length"
+    cut: bool = False  # a stop string ended the text (an end-of-generation token also finishes with "stop")
     first_at: float | None = None
     n_yielded: int = 0
     logprobs: list[TokenLogprob] = attrs.field(factory=list)
@@ -139,15 +140,16 @@ class _Run:
             piece, hit = self.stops.push(self.detok.feed(token))
             self._piece(piece, (token,))
             if hit:
-                self.finish = "stop"
+                self.finish, self.cut = "stop", True
                 return
             if cancel is not None and cancel.is_set():
                 self.finish = "cancelled"
                 return
 
     def flush(self) -> None:
-        """After the loop: text the detokenizer and the stop matcher still hold (none after a stop)."""
-        if self.finish != "stop":
+        """After the loop: text the detokenizer and the stop matcher still hold.  After a stop string none of
+        it is kept (it follows the cut); after an end-of-generation token it is the text's end."""
+        if not self.cut:
             tail, _ = self.stops.push(self.detok.flush())
             self._piece(tail + self.stops.flush(), ())
 

@@ -147,6 +147,25 @@ def test_text_held_for_a_stop_string_that_never_completes_is_flushed(rt, free):
     done, chunks, _ = run(rt, stop=[tail + "\x00never"])
     assert done.finish_reason == "length" and done.text == free.text
     assert "".join(c.text for c in chunks) == free.text
+    flushed = chunks[-2]  # the held text, sent after the loop: no token of its own
+    assert flushed.text and free.text.endswith(flushed.text) and flushed.token_ids == ()
+
+
+def test_text_held_for_a_stop_string_is_kept_when_the_model_ends_the_text(rt):
+    """An end-of-generation token also finishes with "stop", but it cuts nothing: text held back because it
+    could begin a stop string is the end of the text (it was dropped before mutmut found it)."""
+    whole, _, _ = run(rt, CHAT, max_tokens=40)
+    assert whole.finish_reason == "stop" and len(whole.text) >= 3
+    done, chunks, _ = run(rt, CHAT, max_tokens=40, stop=[whole.text[-2:] + "\x00never"])
+    assert done.finish_reason == "stop" and done.token_ids == whole.token_ids
+    assert done.text == whole.text and "".join(c.text for c in chunks) == whole.text
+
+
+def test_an_empty_prompt_is_refused_before_any_decode(rt):
+    dec = Recording(rt.decoder(MODEL))
+    with pytest.raises(InputError, match="^the prompt is empty after tokenization$"):
+        run(rt, "", decoder=dec)
+    assert dec.closed == 0 and dec.held == []
 
 
 def test_end_of_generation_is_not_kept(rt):
