@@ -131,6 +131,7 @@ def test_bench_batch():
         for k in ("decode", "e2e"):
             _ratio_summary(row[f"{k}_ratio"], row[f"{k}_ratio_range"], row[f"{k}_ratio_rounds"], 3)
         assert row["corert"]["steps"] == 4  # one forward per token for every stream at once
+        assert _positive(row["corert"]["driver_cpu_ms_per_step"])
     assert r["streams_identical_whatever_n"] is True
     same, n = r["same_tokens_as_llama_at_max_n"].split("/")
     assert int(n) == 2 and 0 <= int(same) <= 2

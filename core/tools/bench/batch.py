@@ -80,8 +80,14 @@ def _run_batched(r, prompts: list[list[int]], max_tokens: int, speculation=None)
     t0 = time.perf_counter()
     sids = [r.add(p, params, is_eog=lambda t: False, **extra) for p in prompts]
     first_all = None
+    driver_cpu = 0.0  # this thread's CPU in the decode steps: planning, sampling, bookkeeping (the forwards
+    decode_steps = 0  # run on the compute thread), the serial part the cores idle through
     while r.active:
+        c = time.thread_time()
         r.step()
+        if first_all is not None:
+            driver_cpu += time.thread_time() - c
+            decode_steps += 1
         if first_all is None and all(r.streams[s].generated if s in r.streams else True for s in sids):
             first_all = time.perf_counter()
     end = time.perf_counter()
@@ -89,6 +95,7 @@ def _run_batched(r, prompts: list[list[int]], max_tokens: int, speculation=None)
     n = len(prompts)
     return {"decode_tok_s": n * (max_tokens - 1) / (end - first_all), "e2e_tok_s": n * max_tokens / (end - t0),
             "seconds": end - t0, "steps": r.steps - steps0, "outputs": outs,
+            "driver_cpu_ms_per_step": 1e3 * driver_cpu / max(1, decode_steps),
             "drafted": getattr(r, "drafted", 0), "accepted": getattr(r, "accepted", 0),
             "per_stream": [(r.result(s).drafted, r.result(s).accepted) for s in sids],
             "draft_seconds": getattr(r, "draft_seconds", 0.0), "rollback_seconds": getattr(r, "rollback_seconds", 0.0)}
@@ -201,6 +208,7 @@ def _row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         row[side]["decode_tok_s_range"] = spread([r["decode_tok_s"] for r in rs])
         if side == "corert":
             row[side]["steps"] = rs[-1]["steps"]
+            row[side]["driver_cpu_ms_per_step"] = median([r["driver_cpu_ms_per_step"] for r in rs])
     for k in ("decode", "e2e"):
         summary = ratio_summary(ratios([r[f"{k}_tok_s"] for r in runs["corert"]],
                                        [r[f"{k}_tok_s"] for r in runs["llama"]]))
@@ -225,6 +233,9 @@ def render(r: dict[str, Any]) -> str:
                  for k in ("decode", "e2e")}
         lines.append(f"  {row['streams']:>7} {c['decode_tok_s']:>14.1f} {ll['decode_tok_s']:>13.1f} "
                      f"{cells['decode']:>20} {c['e2e_tok_s']:>11.1f} {ll['e2e_tok_s']:>10.1f} {cells['e2e']:>20}")
+    if all("driver_cpu_ms_per_step" in row["corert"] for row in r["rows"]):
+        lines.append("  corert driver CPU per decode step (planning, sampling, bookkeeping; the cores wait): " + ", ".join(
+            f"{row['streams']} streams {row['corert']['driver_cpu_ms_per_step']:.2f} ms" for row in r["rows"]))
     lines.append(f"  each corert stream identical whatever the number of streams: {r['streams_identical_whatever_n']}; "
                  f"greedy tokens equal to llama.cpp's: {r['same_tokens_as_llama_at_max_n']}")
     if "goal_4x_at_8" in r:
