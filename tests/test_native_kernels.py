@@ -340,6 +340,28 @@ def test_simd_variants_are_vectorized():
         assert not re.search(r"vfmadd", _asm(fn)), f"{name} {fn.py_func.__name__} contracts to FMA"
 
 
+def test_vnni_q6_layout_packs_six_bit_values(q6_matrix, q6_mixed_matrix):
+    """Q6_K's values (all in [-32, 31]) are stored in 6 bits, and unpack to themselves; a matrix with wider
+    values (a Q8_0 block joined with Q6_K ones) keeps the int8 form.  (The products of both forms are checked
+    against the scalar kernel and float64 above.)"""
+    qs, sub, sup = q6_matrix[:3]
+    q = matmul_i8.layout_q6(qs, sub, sup)[0]
+    rows, cols = qs.shape
+    groups = -(-rows // matmul_i8.ROWS)
+    assert matmul_i8.is_packed_q6(q, cols) and q.nbytes == groups * matmul_i8.ROWS * cols * 6 // 8
+    blocks = q.reshape(groups, cols // 32, matmul_i8.Q6_PACKED)
+    nib = blocks[:, :, :256].reshape(groups, -1, 4, matmul_i8.ROWS, 4)  # (g, b, step, r, i)
+    top = blocks[:, :, 256:].reshape(groups, -1, 2, matmul_i8.ROWS, 4)  # (g, b, half, r, i)
+    u = np.empty((groups, cols // 32, 2, 4, matmul_i8.ROWS, 4), np.int16)  # (g, b, half, step, r, i)
+    for k in range(4):
+        u[:, :, 0, k] = (nib[:, :, k] & 15) | (((top[:, :, 0] >> (2 * k)) & 3) << 4)
+        u[:, :, 1, k] = (nib[:, :, k] >> 4) | (((top[:, :, 1] >> (2 * k)) & 3) << 4)
+    back = (u.transpose(0, 4, 1, 2, 3, 5).reshape(groups * matmul_i8.ROWS, cols) - 32)[:rows]
+    np.testing.assert_array_equal(back, qs)
+    mixed = q6_mixed_matrix[0]
+    assert not matmul_i8.is_packed_q6(matmul_i8.layout_q6(*q6_mixed_matrix[:3])[0], mixed.shape[1])
+
+
 def test_vnni_kernels_use_vpdpbusd(need_variant):
     """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
     need_variant("vnni")
@@ -351,7 +373,9 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
                                             x, out, None)),
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 32), np.int8),
-                                            x, out, np.zeros((1, 16), np.float32)))):
+                                            x, out, np.zeros((1, 16), np.float32))),
+                     (matmul_i8.q6_packed_matmul, (np.zeros((1, matmul_i8.Q6_PACKED), np.uint8),
+                                                 np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32)))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

@@ -173,6 +173,26 @@ low_nibbles = _byte_op("and_", 0x0F, "Each byte & 0x0F.")
 high_nibbles = _byte_op("lshr", 4, "Each byte >> 4 (unsigned).")
 
 
+def _bit_pair(k: int):
+    @intrinsic
+    def bit_pair(typingctx, v):
+        if v != I8x64:
+            return None
+
+        def codegen(context, builder, sig, args):
+            def splat(c):
+                return ir.Constant(I8x64.llvm(), [c] * 64)
+            pair = builder.and_(builder.lshr(args[0], splat(2 * k)), splat(3))
+            return builder.shl(pair, splat(4))
+        return I8x64(v), codegen
+    bit_pair.__doc__ = f"Bits {2 * k}-{2 * k + 1} of each byte moved to bits 4-5, the rest 0."
+    return bit_pair
+
+
+#: ((v >> 2k) & 3) << 4 per byte, k = 0..3: the top two bits of a 6-bit value packed four to a byte
+bit_pair0, bit_pair1, bit_pair2, bit_pair3 = (_bit_pair(k) for k in range(4))
+
+
 @intrinsic
 def dot_u8s8(typingctx, acc, a, b):
     """``acc`` + per int32 lane: the sum of 4 products of unsigned bytes of ``a`` and signed bytes of
@@ -190,20 +210,22 @@ def dot_u8s8(typingctx, acc, a, b):
     return I32x16(acc, a, b), codegen
 
 
-def _int_binary(op: str):
+def _int_binary(op: str, vec: Vec = I32x16):
     @intrinsic
     def binary(typingctx, a, b):
-        if not (a == I32x16 and b == I32x16):
+        if not (a == vec and b == vec):
             return None
 
         def codegen(context, builder, sig, args):
             return getattr(builder, op)(args[0], args[1])
-        return I32x16(a, b), codegen
+        return vec(a, b), codegen
     return binary
 
 
 #: lane-wise int32 a + b, a - b, a * b (low 32 bits)
 add_i32, sub_i32, mul_i32 = _int_binary("add"), _int_binary("sub"), _int_binary("mul")
+#: bytewise a | b
+or_bytes = _int_binary("or_", I8x64)
 
 
 @intrinsic

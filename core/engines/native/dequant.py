@@ -2,7 +2,8 @@
 
 The native engine keeps weight matrices in one of three layouts (see weights.QMatrix):
   q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly
-  q6  int8 values, an int8 scale per 16 and an f32 scale per 256 (8.6 bits/weight): Q6_K exactly (its
+  q6  int8 values, an int8 scale per 16 and an f32 scale per 256 (8.6 bits/weight; the vnni layout packs the
+      6-bit values of Q6_K: 6.6): Q6_K exactly (its
       int8 sub-block scales and f16 super-block scale as they are); Q8_0 / Q5_0 / Q4_0 tensors joined with a
       Q6_K one in a matrix take an f32 scale per 32 instead (9.5 bits/weight), their int8 scales all 1
   q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type

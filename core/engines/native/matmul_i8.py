@@ -26,6 +26,12 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       block][row] (Q6_K's super-block scale; per 32 values where a 32-block type joins it, see dequant.to_q6).
       A block's two half products are scaled by their int8 scales and summed in int32 (exact: at most
       2 * 16 * 32 * 127 * 128 < 2**24, so also exact in f32), then one f32 multiply-add per level.
+      Packed (when every value fits 6 bits, as Q6_K's do): ``q`` holds q + 32 in 6 bits, ``Q6_PACKED`` bytes
+      a block: 4 x 64 bytes [step s < 4][row r][i < 4] whose low nibbles are the low 4 bits of column
+      4 s + i and high nibbles those of column 16 + 4 s + i (q4's arrangement), then 2 x 64 bytes [half h]
+      [row r][i < 4] holding the top 2 bits of column 16 h + 4 k + i at bits 2k-2k+1, k < 4.  The kernel
+      rebuilds the same 8 operands (6.6 bits/weight read instead of 8.6: these matrices stream from memory
+      once per token); the extra 32 * sum(x) comes back out as q8's 128 * sum(x) does.
   q8: ``q`` uint8, group g: [block b][step s < 8][row r][i < 4] = column 4 s + i.  ``d`` f16 bits
       [block][row].  ``q`` holds q + 128 as unsigned bytes: ``vpdpbusd`` multiplies unsigned by signed bytes, and with
       the weights unsigned the activations can be the instruction's memory operand (a broadcast word);
@@ -49,9 +55,9 @@ from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from .matmul import QK, group_part
-from ...kernels.simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32,
-                   load_i8_i32, low_nibbles, mul_f32, mul_i32, prefetch, splat_f32, splat_i32, store_f32,
-                   sub_i32, to_f32, zeros_i32)
+from ...kernels.simd import (add_i32, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
+                   fma_f32, high_nibbles, load_bytes, load_f32, load_i8_i32, low_nibbles, mul_f32, mul_i32,
+                   or_bytes, prefetch, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
 
 #: output rows per group: the 16 int32 lanes of one zmm register
 ROWS = 16
@@ -103,12 +109,42 @@ def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def layout_q6(q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row-major q6 (rows, cols) int8, (rows, cols/16) int8 and (rows, cols/256 or cols/32) f32 -> (q + 128 as
-    uint8 as q8's, d [16-value block][row] int8, sup [super block][row] f32)."""
-    gq, _ = layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))
+    """Row-major q6 (rows, cols) int8, (rows, cols/16) int8 and (rows, cols/256 or cols/32) f32 -> (q packed
+    in 6 bits when every value is in [-32, 31], else q + 128 as uint8 as q8's, d [16-value block][row] int8,
+    sup [super block][row] f32)."""
+    gq = _pack_q6(q) if q.size and -32 <= q.min() and q.max() <= 31 else \
+        layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))[0]
     sub, sup = _pad_rows(sub), _pad_rows(sup.astype(np.float32))
     ng = sub.shape[0] // ROWS
     return gq, _per_block(sub, ng, sub.shape[1]), _per_block(sup, ng, sup.shape[1])
+
+
+#: bytes of a packed q6 block (16 rows x 32 columns of 6 bits)
+Q6_PACKED = 384
+#: row groups packed at a time: the temporaries stay a few MB whatever the matrix
+_PACK_GROUPS = 256
+
+
+def _pack_q6(q: np.ndarray) -> np.ndarray:
+    """Row-major (rows, cols) int8 in [-32, 31] -> the packed q6 layout (see the module doc)."""
+    nb = q.shape[1] // QK
+    ng = -(-q.shape[0] // ROWS)
+    out = np.empty((ng, nb, Q6_PACKED), np.uint8)
+    for g0 in range(0, ng, _PACK_GROUPS):
+        chunk = _pad_rows(q[g0 * ROWS:(g0 + _PACK_GROUPS) * ROWS])
+        u = (chunk + np.int8(32)).view(np.uint8).reshape(-1, ROWS, nb, 2, 4, 4)  # (g, r, b, half, step, i)
+        g1 = g0 + u.shape[0]
+        nib = (u[:, :, :, 0] & 15) | ((u[:, :, :, 1] & 15) << 4)  # (g, r, b, step, i)
+        out[g0:g1, :, :256] = nib.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 256)
+        top = u >> 4
+        pairs = top[:, :, :, :, 0] | (top[:, :, :, :, 1] << 2) | (top[:, :, :, :, 2] << 4) | (top[:, :, :, :, 3] << 6)
+        out[g0:g1, :, 256:] = pairs.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 128)  # (g, b, half, r, i)
+    return out.reshape(ng, nb * Q6_PACKED)
+
+
+def is_packed_q6(q: np.ndarray, cols: int) -> bool:
+    """Whether the q6 weights ``q`` (a layout_q6 part) are the packed form, for rows of ``cols`` values."""
+    return q.shape[1] == cols // QK * Q6_PACKED
 
 
 #: how far ahead (bytes of ``q``) the kernels ask for weights.  A batch of 8 rows spends long enough on a
@@ -204,14 +240,28 @@ def _int8_block(qg, o):
 
 
 @njit(inline="always")
-def _half_dot(w0, w1, w2, w3, xq, xo, xsum):
-    """Integer dot of a 16-row x 16-column half block (q + 128 against the signed bytes at xq[xo]), the
-    extra 128 * sum(x) taken back out (``xsum``: the half block's sum of x)."""
+def _q6_packed_block(qg, o):
+    """The 8 operands (q + 32) of a packed q6 block at byte ``o`` of a group's weights, the weights a
+    prefetch distance ahead asked for."""
+    for line in range(6):
+        prefetch(qg, o + PREFETCH_BYTES + line * 64)
+    l0, l1, l2, l3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+    h0, h1 = load_bytes(qg, o + 256), load_bytes(qg, o + 320)
+    return (or_bytes(low_nibbles(l0), bit_pair0(h0)), or_bytes(low_nibbles(l1), bit_pair1(h0)),
+            or_bytes(low_nibbles(l2), bit_pair2(h0)), or_bytes(low_nibbles(l3), bit_pair3(h0)),
+            or_bytes(high_nibbles(l0), bit_pair0(h1)), or_bytes(high_nibbles(l1), bit_pair1(h1)),
+            or_bytes(high_nibbles(l2), bit_pair2(h1)), or_bytes(high_nibbles(l3), bit_pair3(h1)))
+
+
+@njit(inline="always")
+def _half_dot(w0, w1, w2, w3, xq, xo, xsum, bias):
+    """Integer dot of a 16-row x 16-column half block (q + ``bias`` against the signed bytes at xq[xo]), the
+    extra bias * sum(x) taken back out (``xsum``: the half block's sum of x)."""
     even = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo))
     odd = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + 4))
     even = dot_u8s8(even, w2, broadcast_word(xq, xo + 8))
     odd = dot_u8s8(odd, w3, broadcast_word(xq, xo + 12))
-    return sub_i32(add_i32(even, odd), splat_i32(xsum * 128))
+    return sub_i32(add_i32(even, odd), splat_i32(xsum * bias))
 
 
 @njit(cache=True, boundscheck=False)
@@ -317,20 +367,27 @@ def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc,
         return q8_rows
 
     def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
-        """Two half-block integer dots times their int8 scales, summed in int32, then the super-block scale."""
-        prefetch(dg, (2 * b + 2 * ahead) * ROWS)
-        s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
-        sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
-        for t in range(n):
-            xo = t * 2 * cols + b * QK
-            # level 2 (the small term) first
-            i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b]), s_lo),
-                         mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1]), s_hi))
-            part = fma_f32(to_f32(i2), mul_f32(sup, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
-            i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b]), s_lo),
-                         mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1]), s_hi))
-            store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(sup, splat_f32(xd[t, 0, b])), part))
+        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, 128)
     return q6_rows
+
+
+@njit(inline="always")
+def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, bias):
+    """q6's block step (operands q + ``bias``): two half-block integer dots times their int8 scales, summed
+    in int32, then the super-block scale."""
+    ahead = PREFETCH_BYTES // (8 * 64)
+    prefetch(dg, (2 * b + 2 * ahead) * ROWS)
+    s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
+    sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
+    for t in range(n):
+        xo = t * 2 * cols + b * QK
+        # level 2 (the small term) first
+        i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b], bias), s_lo),
+                     mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1], bias), s_hi))
+        part = fma_f32(to_f32(i2), mul_f32(sup, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
+        i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b], bias), s_lo),
+                     mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1], bias), s_hi))
+        store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(sup, splat_f32(xd[t, 0, b])), part))
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
@@ -346,4 +403,19 @@ def int8_matmul(q, d, x, out, sup):
         for b in range(nb):
             w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
             _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols)
+        _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q6_packed_matmul(q, d, x, out, sup):
+    """q6 in the packed layout: int8_matmul's q6 loop over operands rebuilt from 6 bits."""
+    xq, xd, _, _ = _levels(x)
+    sums = _half_sums(xq)
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, dg, sg = q[g], d[g], sup[g]
+        for b in range(nb):
+            w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
+            _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, 32)
         _store_rows(acc, out, n, g, out.shape[1])

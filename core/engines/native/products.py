@@ -61,7 +61,10 @@ class I8Products:
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, sub, sup = parts
-        matmul_i8.int8_matmul(q, sub, x, out, sup)
+        if matmul_i8.is_packed_q6(q, x.shape[1]):
+            matmul_i8.q6_packed_matmul(q, sub, x, out, sup)
+        else:
+            matmul_i8.int8_matmul(q, sub, x, out, sup)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul_i8.q4_matmul(*parts, x, out)
