@@ -24,7 +24,8 @@ from serve_support import metric, metrics
 
 from corert.config import RuntimeConfig  # noqa: E402
 from corert.server.app import ServeSettings  # noqa: E402
-from corert.server.ray_deploy import REPLICA_HEADER, RaySettings, build_app  # noqa: E402
+from corert.server.asgi_bridge import Forwarded  # noqa: E402
+from corert.server.ray_deploy import REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +102,32 @@ def test_chat_stream_and_embeddings_through_the_proxy(client, loose, http):
     assert dot[0] > dot[1]  # the paraphrase is nearer than the unrelated text
     assert http.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert httpx.get(http.base_url.join("/metrics")).status_code == 401
+
+
+def _events(body: bytes) -> list[str]:
+    assert body.endswith(b"\n\n"), body[-40:]  # whole events only: no event is split between two items
+    return [e.removeprefix("data: ") for e in body.decode().split("\n\n") if e]
+
+
+def test_events_ready_together_cross_as_one_item_and_reach_the_client_in_order(client):
+    """The replica sends every SSE event its app had ready at once as one Ray item (a stream's usage event and
+    its [DONE] are always ready together), bodies joined; the openai client still gets every event, in order."""
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 12,
+           "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    fwd = Forwarded("POST", "/v1/chat/completions", headers=(("authorization", f"Bearer {KEY}"),
+                                                            ("content-type", "application/json")),
+                    body=json.dumps({**ask, "ignore_eos": True}).encode())
+    bursts = list(serve.get_deployment_handle("corert_replica", "corert").options(stream=True).call.remote(fwd))
+    assert bursts[0][0]["type"] == "http.response.start" and bursts[0][0]["status"] == 200
+    assert all(sum(m["type"] == "http.response.body" for m in b) <= 1 for b in bursts)  # a burst's bodies joined
+    per_item = [_events(body_of(b)) for b in bursts if body_of(b)]
+    last = per_item[-1]
+    assert len(last) >= 2 and last[-1] == "[DONE]" and '"usage":{' in last[-2], last
+    events = [json.loads(e) for item in per_item[:-1] + [last[:-1]] for e in item]
+    texts = [c["delta"].get("content") for e in events for c in e["choices"] if c["delta"].get("content")]
+    chunks = list(client.chat.completions.create(**ask, extra_body={"ignore_eos": True}))
+    assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == texts
+    assert len(chunks) == len(events) and chunks[-1].usage.completion_tokens == 12
 
 
 def _ask(http: httpx.Client, question: str) -> tuple[str, dict]:

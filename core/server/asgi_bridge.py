@@ -2,8 +2,12 @@
 ``corert serve`` serves, routes, auth and metrics included), and its lifespan (models loaded at start,
 streams drained at shutdown).
 
-A request's response leaves as its ASGI messages, one at a time, so a stream stays a stream across the Ray
-hop.  When the caller stops listening (its task is cancelled: the HTTP client went away), the app is told
+A request's response leaves as its ASGI messages in bursts: the message the caller waited for and every one
+already queued behind it.  A stream stays a stream across the Ray hop (no message waits for a later one), and
+what piles up while the caller is busy (a stream's last token, its finish, usage and ``[DONE]`` events; the
+tokens of a reader that fell behind) crosses as one item instead of one per message.
+
+When the caller stops listening (its task is cancelled: the HTTP client went away), the app is told
 ``http.disconnect`` and then cancelled, which is what ends the Runtime's streams (engine abort).
 """
 from __future__ import annotations
@@ -33,8 +37,9 @@ class Forwarded:
 _DONE = object()
 
 
-async def call_app(app: Any, req: Forwarded) -> AsyncIterator[dict[str, Any]]:
-    """``app``'s ASGI messages for ``req`` (``http.response.start``, then ``http.response.body`` ones)."""
+async def call_app(app: Any, req: Forwarded) -> AsyncIterator[list[dict[str, Any]]]:
+    """``app``'s ASGI messages for ``req`` (``http.response.start``, then ``http.response.body`` ones), in
+    bursts of those ready together, in order."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": req.method,
              "scheme": "http", "path": req.path, "raw_path": req.path.encode(), "query_string": req.query,
              "root_path": "", "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in req.headers],
@@ -62,8 +67,16 @@ async def call_app(app: Any, req: Forwarded) -> AsyncIterator[dict[str, Any]]:
 
     task = asyncio.ensure_future(run())
     try:
-        while (message := await out.get()) is not _DONE:
-            yield message
+        ended = False
+        while not ended and (message := await out.get()) is not _DONE:
+            burst = [message]
+            while not out.empty():  # only what is queued already: nothing is held back for a later message
+                message = out.get_nowait()
+                if message is _DONE:
+                    ended = True
+                    break
+                burst.append(message)
+            yield burst
         await task  # the app's own exception, if it raised one
     finally:
         gone.set()  # the app's disconnect watchers see the client gone...

@@ -5,7 +5,8 @@ config (a ``Llama`` cannot be pickled; a config can), with ``n_threads = num_cpu
 ``OMP_NUM_THREADS``, numba would take every core) and numba's cache in a writable directory shared by the
 node's replicas (else every worker compiles the kernels again); it serves the very app of ``corert serve``
 (:func:`corert.server.create_app`: routes, streaming, auth, metrics) in-process, request by request
-(asgi_bridge).  ``Ingress`` (no CPU of its own) is what Serve's HTTP proxy calls: it reads the body, hashes
+(asgi_bridge), its response as bursts of ASGI messages: every SSE event ready at once crosses Ray as one
+item.  ``Ingress`` (no CPU of its own) is what Serve's HTTP proxy calls: it reads the body, hashes
 the prompt's leading blocks and forwards the request through a handle whose router is the prefix-aware
 :class:`~corert.server.ray_route.PrefixRouter`; it relays the response, a stream as a stream.
 
@@ -174,21 +175,20 @@ class CorertReplica:
                                 models, models_per_replica)
             await self.lru.app_for(models[0])  # warm: Serve sends the replica nothing before
 
-    async def call(self, fwd: Forwarded) -> AsyncIterator[dict[str, Any]]:
+    async def call(self, fwd: Forwarded) -> AsyncIterator[list[dict[str, Any]]]:
+        """The response to ``fwd``: lists of ASGI messages, each what the app had ready at once (one Ray
+        item per list; Ray's cost is per item, and per token it halved the throughput on quiet cores)."""
         if self.lru is not None and fwd.method == "GET" and fwd.path == "/metrics":
             from .metrics import CONTENT_TYPE
 
-            messages = [{"type": "http.response.start", "status": 200,
-                         "headers": [(b"content-type", CONTENT_TYPE.encode())]},
-                        {"type": "http.response.body", "body": self.lru.metrics()}]
+            bursts = [[{"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE.encode())]},
+                       {"type": "http.response.body", "body": self.lru.metrics()}]]
         else:
             served = self.one if self.lru is None else await self.lru.app_for(serve.get_multiplexed_model_id())
-            messages = call_app(served.app, fwd)
-        async for message in _aiter(messages):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (REPLICA_HEADER.encode(), self.replica_id.encode())]}
-            yield message
+            bursts = call_app(served.app, fwd)
+        async for burst in _aiter(bursts):
+            yield joined(burst, self.replica_id)
 
     def check_health(self) -> None:
         (self.one or self.lru).check_health()
@@ -197,13 +197,31 @@ class CorertReplica:
         await (self.one or self.lru).close()
 
 
-async def _aiter(messages: Any) -> AsyncIterator[dict[str, Any]]:
-    if isinstance(messages, list):
-        for m in messages:
-            yield m
+async def _aiter(items: Any) -> AsyncIterator[Any]:
+    if isinstance(items, list):
+        for x in items:
+            yield x
     else:
-        async for m in messages:
-            yield m
+        async for x in items:
+            yield x
+
+
+def joined(burst: list[dict[str, Any]], replica_id: str) -> list[dict[str, Any]]:
+    """A burst as it goes to the ingress: the replica's id added to the response start, consecutive bodies
+    joined into one message (one bytes object to pickle, one chunk for the ingress to write; the app's SSE
+    events are whole, so their boundaries stay intact)."""
+    out: list[dict[str, Any]] = []
+    for m in burst:
+        if m["type"] == "http.response.start":
+            m = {**m, "headers": [*m.get("headers", []), (REPLICA_HEADER.encode(), replica_id.encode())]}
+        elif m["type"] == "http.response.body" and out and out[-1]["type"] == "http.response.body":
+            m = {**m, "body": out.pop()["body"] + m.get("body", b"")}
+        out.append(m)
+    return out
+
+
+def body_of(burst: list[dict[str, Any]]) -> bytes:
+    return b"".join(m.get("body", b"") for m in burst)
 
 
 def body_json(body: bytes) -> dict[str, Any]:
@@ -253,8 +271,8 @@ class Ingress:
         return await self._forward(fwd, named if named in self.multiplexed else "")
 
     async def _start(self, fwd: Forwarded, model: str):
-        """The replica's response generator and its first message; retried once on another replica when the
-        first one died before answering (nothing reached the client yet)."""
+        """The replica's response generator and its first burst (the response start first); retried once on
+        another replica when the first one died before answering (nothing reached the client yet)."""
         for attempt in range(2):
             gen = self.replicas.options(stream=True, multiplexed_model_id=model).call.remote(fwd)
             try:
@@ -269,27 +287,30 @@ class Ingress:
 
     async def _forward(self, fwd: Forwarded, model: str) -> Response:
         try:
-            gen, start = await self._start(fwd, model)
+            gen, (start, *rest) = await self._start(fwd, model)
         except APIError as exc:
             return exc.response()
         raw = start.get("headers", [])
         kept = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k.lower() != b"content-length"}
         if (header(raw, b"content-type") or "").startswith("text/event-stream"):
-            return StreamingResponse(self._relay(gen), status_code=start["status"], headers=kept)
-        chunks = []
+            return StreamingResponse(self._relay(gen, rest), status_code=start["status"], headers=kept)
+        chunks = [body_of(rest)]
         try:
-            async for message in gen:
-                chunks.append(message.get("body", b""))
+            async for burst in gen:
+                chunks.append(body_of(burst))
         except _REPLICA_GONE:
             self.failures += 1
             return _died().response()
         return Response(b"".join(chunks), status_code=start["status"], headers=kept)
 
-    async def _relay(self, gen) -> AsyncIterator[bytes]:
+    async def _relay(self, gen, first: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+        """A burst's events as one chunk: written as they came, never held for later ones."""
         try:
-            async for message in gen:
-                if message.get("body"):
-                    yield message["body"]
+            if body := body_of(first):
+                yield body
+            async for burst in gen:
+                if body := body_of(burst):
+                    yield body
         except _REPLICA_GONE:
             self.failures += 1
             yield f"data: {json.dumps(_died().body())}\n\n".encode()
@@ -321,7 +342,7 @@ class Ingress:
                                                                        pin=replica))
 
         async def read() -> str:
-            return b"".join([m.get("body", b"") async for m in gen]).decode()
+            return b"".join([body_of(burst) async for burst in gen]).decode()
 
         return await asyncio.wait_for(read(), 10.0)
 

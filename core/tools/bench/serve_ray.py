@@ -8,7 +8,9 @@ minutes on 2 cores.  Every side: native engine, paged:q8 KV, 8 slots, the same m
 Part 1, overhead: C clients stream one completion each (distinct prompts, ``ignore_eos``, --max-tokens),
   ray-1  1 replica of num_cpus T     against plain with T threads, rounds interleaved (paired ratios)
   ray-2  2 replicas of num_cpus T/2  likewise
-aggregate tok/s and TTFT p95 per side; the goal: ray-1 >= 0.9x plain tok/s (Ray's overhead <= 10%).
+aggregate tok/s and TTFT p95 per side; the goal: ray-1 >= 0.9x plain tok/s (Ray's overhead <= 10%).  Also
+the CPU milliseconds per token each process spent in those rounds (plain server, replica, ingress, Serve's
+proxy, Ray's daemons; proc_cpu): a figure other load on the machine blurs much less than tok/s.
 Part 2, routing: 2 replicas with prefix-aware routing, then with random routing, on shared-prefix traffic:
 G documents of ~1,000 tokens, each asked about again and again (a new question each time), each replica's
 KV pool (--kv-budget) holding more than G/2 documents but fewer than G, so where a request goes decides
@@ -28,6 +30,7 @@ import time
 from typing import Any, Callable
 
 from corert.errors import InputError
+from corert.tools.bench.proc_cpu import CpuMeter, per_token_ms
 from corert.tools.bench.server_procs import HOST, ServerProcess, ServerSpec, free_port, get
 from corert.tools.bench.stream_client import Round, concurrent_streams, post
 from corert.tools.stats import median, percentile, ratio_summary, ratios
@@ -36,6 +39,10 @@ LISTENING = r"corert serve: listening on http://127\.0\.0\.1:(\d+)"
 N_SEQS = 8
 CTX = 2048
 KV = "kv_cache=paged:q8"
+#: the processes whose CPU the overhead part reports: (role, text in the command line)
+ROLES = (("plain server", "corert.cli serve"), ("replica", "corert_replica"), ("ingress", "corert_ingress"),
+         ("proxy", "ProxyActor"), ("controller", "ServeController"), ("raylet", "raylet/raylet"),
+         ("gcs", "gcs_server"))
 TOPICS = ("lighthouse", "orchard", "observatory", "shipyard", "library", "bakery", "railway", "glacier",
           "vineyard", "monastery", "foundry", "harbour")
 
@@ -121,16 +128,33 @@ def _overhead_bodies(model: str, args) -> list[dict[str, Any]]:
             for i in range(args.ray_clients)]
 
 
-def _paired(plain_port: int, ray_port: int, bodies: list[dict[str, Any]], args) -> tuple[list[Round], list[Round]]:
+class Measured:
+    """One side's rounds and the CPU seconds every process spent in each (by role)."""
+
+    def __init__(self):
+        self.rounds: list[Round] = []
+        self.cpu: list[dict[str, float]] = []
+
+    def run(self, meter: CpuMeter, port: int, bodies: list[dict[str, Any]], timeout: float) -> None:
+        meter.start()
+        self.rounds.append(concurrent_streams(port, "/v1/completions", bodies, timeout=timeout))
+        self.cpu.append(meter.stop())
+
+    def cpu_ms_per_token(self) -> dict[str, float] | None:
+        return per_token_ms(self.cpu, [sum(r.tokens for r in rnd.replies) for rnd in self.rounds])
+
+
+def _paired(plain_port: int, ray_port: int, bodies: list[dict[str, Any]], args) -> tuple[Measured, Measured]:
     """Rounds alternating between the two sides (the first side alternating too), after a warm-up each."""
     warm = [dict(b, max_tokens=4) for b in bodies[:2]]
     for port in (plain_port, ray_port):
         concurrent_streams(port, "/v1/completions", warm, timeout=args.timeout)
-    plain, ray = [], []
+    meter = CpuMeter(os.getpid(), ROLES, root_role="bench clients")
+    plain, ray = Measured(), Measured()
     for k in range(args.rounds):
         order = [(plain_port, plain), (ray_port, ray)]
-        for port, sink in (order if k % 2 == 0 else order[::-1]):
-            sink.append(concurrent_streams(port, "/v1/completions", bodies, timeout=args.timeout))
+        for port, side in (order if k % 2 == 0 else order[::-1]):
+            side.run(meter, port, bodies, args.timeout)
     return plain, ray
 
 
@@ -212,11 +236,13 @@ def run_ray(args) -> dict[str, Any]:
         cluster = _timed("ray start", lambda: RayCluster(threads, args.start_timeout), times)
         try:
             rounds: dict[str, dict[str, list[Round]]] = {}
+            cpu: dict[str, dict[str, Any]] = {}
             for name, replicas, cpus in (("ray-1", 1, threads), ("ray-2", 2, half)):
                 _timed(f"{name} deploy", lambda: cluster.deploy(
                     config, settings, RaySettings(replicas=replicas, num_cpus=cpus, max_ongoing=max_ongoing)), times)
                 p, r = _timed(f"{name} rounds", lambda: _paired(plain.port, cluster.port, bodies, args), times)
-                rounds[name] = {"plain": p, "ray": r}
+                rounds[name] = {"plain": p.rounds, "ray": r.rounds}
+                cpu[name] = {"plain": p.cpu_ms_per_token(), "ray": r.cpu_ms_per_token()}
                 cluster.delete()
             budget_config = config.set_option(f"kv.budget={args.kv_budget}")
             routing = {}
@@ -244,7 +270,7 @@ def run_ray(args) -> dict[str, Any]:
     return {"bench": "serve-ray", "model": model_label(path), "threads": threads, "max_tokens": args.max_tokens,
             "clients": args.ray_clients, "rounds": args.rounds, "documents": args.documents,
             "document_chars": len(document(TOPICS[0])), "kv_budget": args.kv_budget, "in_flight": args.in_flight,
-            "overhead": overhead, "routing": routing, "ratios": ratio, "goals": goals,
+            "overhead": overhead, "cpu_ms_per_token": cpu, "routing": routing, "ratios": ratio, "goals": goals,
             "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "seconds": times,
             "wall_s": round(time.monotonic() - t0, 1), "exit_code": 1 if failed else 0}
 
@@ -257,6 +283,11 @@ def render(r: dict[str, Any]) -> str:
     for name, s in r["overhead"].items():
         fail = f"  {s['failed']} failed: {'; '.join(s['errors'])}" if s["failed"] else ""
         lines.append(f"  {name:<14} {s['tok_s']:>8.1f} {s['ttft_p50_ms']:>9.0f} {s['ttft_p95_ms']:>8.0f}{fail}")
+    for name, sides in r.get("cpu_ms_per_token", {}).items():
+        if sides["plain"] and sides["ray"]:
+            lines.append(f"  CPU ms/token, {name} rounds: " + ", ".join(
+                f"{role} {ms:.2f}" for role, ms in sorted(sides["ray"].items(), key=lambda x: -x[1]) if ms >= 0.01)
+                + f"; plain rounds: plain server {sides['plain'].get('plain server', 0.0):.2f}")
     prefix = r["routing"]["prefix"]
     lines.append(f"  shared-prefix traffic: {r['documents']} documents of {prefix['document_tokens']} tokens, "
                  f"{r['in_flight']} in flight, KV pool {r['kv_budget']} ({prefix['kv_pool_tokens']:.0f} tokens) "
