@@ -1,13 +1,19 @@
-"""The host-worker framing on a real socketpair: messages of any size, several in one read, the peer's end."""
+"""The host-worker framing on a real socketpair: messages of any size, several in one read, token frames, a
+frame split across reads, the peer's end."""
 from __future__ import annotations
 
+import pickle
 import socket
+import struct
 import threading
+import time
 
+import attrs
 import numpy as np
 import pytest
 
-from corert.isolation.framing import Framed
+from corert.isolation.framing import Framed, token_frame
+from corert.results import StreamChunk, TokenLogprob
 
 
 @pytest.fixture
@@ -68,3 +74,68 @@ def test_two_senders_frames_never_interleave(pair):
         s.join(10)
     assert all(m[3] == blob[m[1]] for m in got)
     assert [m[2] for m in got if m[1] == 1] == list(range(20)) == [m[2] for m in got if m[1] == 2]
+
+
+def test_token_frames_carry_several_pieces_and_mix_with_pickles(pair):
+    """A worker's burst (several streams' tokens in one frame), pieces of several ids, text that is not
+    ASCII (and a lone surrogate, as pickle keeps it), between pickled messages, in one system call."""
+    ours, theirs = pair
+    pieces = [(0, (17,), " keeper"), (2**40, (1, 2, 3), "naïve ☃ 🦀"), (5, (-1,), ""), (6, (9,), "\ud83e")]
+    theirs.send_bodies([pickle.dumps(("hb",)), token_frame(pieces), token_frame(pieces[:1])])
+    theirs.send(("done", 0, None))
+    assert ours.recv() == ("hb",)
+    assert ours.recv() == ("tokens", pieces)
+    assert ours.recv() == ("tokens", pieces[:1])
+    assert ours.recv() == ("done", 0, None)
+
+
+def test_a_frame_split_across_reads_comes_out_whole(pair):
+    """Bytes trickle in (a frame's length, half its body, the rest with the next frame's start): each
+    frame is read once it is whole."""
+    ours, theirs = pair
+    frames = [token_frame([(rid, (rid, rid + 1), "x" * rid)]) for rid in range(1, 40)]
+    stream = b"".join(struct.pack("<I", len(f)) + f for f in frames)
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(ours.recv() for _ in frames))
+    reader.start()
+    for i in range(0, len(stream), 7):  # raw bytes, 7 at a time: every frame boundary falls mid-read
+        theirs.sock.sendall(stream[i:i + 7])
+    reader.join(10)
+    assert got == [("tokens", [(rid, (rid, rid + 1), "x" * rid)]) for rid in range(1, 40)]
+
+
+def _wait_for(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.001)
+
+
+def test_the_workers_chunks_put_while_the_socket_is_busy_leave_in_one_frame(pair):
+    """Three request threads emit a token each while another send holds the socket: the first to get it
+    sends all three in one token frame (no chunk waits for a later one); a chunk that is more than text and
+    ids (logprobs here) makes its frame a pickle, which keeps it whole."""
+    from corert.isolation.worker import _Sender
+
+    ours, theirs = pair
+    sender = _Sender(theirs)
+    senders = []
+    with sender._lock:  # the socket is busy
+        for rid in range(3):
+            senders.append(threading.Thread(target=sender.chunk, args=(rid, StreamChunk(f"t{rid}", (rid,)))))
+            senders[-1].start()
+            _wait_for(lambda: len(sender._ready) == rid + 1)
+    for t in senders:
+        t.join(10)
+    assert ours.recv() == ("tokens", [(rid, (rid,), f"t{rid}") for rid in range(3)])
+    assert not ours.readable(0.0)  # the two others found their chunks sent
+    lp = (TokenLogprob(5, b"x", -0.5, ()),)
+    sender.chunk(7, StreamChunk("x", (5,), logprobs=lp))
+    assert ours.recv() == ("chunks", [(7, StreamChunk("x", (5,), logprobs=lp))])
+
+
+def test_a_stream_chunks_fields_are_the_ones_the_token_frame_checks():
+    """The token frame carries a chunk's text and ids; the worker sends every other chunk pickled, telling
+    them apart by these fields (worker._plain).  A new StreamChunk field must be checked there too."""
+    assert [f.name for f in attrs.fields(StreamChunk)] == ["text", "token_ids", "finish_reason", "completion",
+                                                          "logprobs"]

@@ -2,9 +2,12 @@
 channel (requests, stream chunks, heartbeats) and the direct lane (an encoder's request, whose caller sends it
 and reads its own answer: no reader thread to wake).
 
-A message is a pickle (protocol 5, so a numpy array is one copy) after its 4-byte length, sent with one
-``sendmsg`` and read with ``recv_into`` a reused buffer: one system call each way for a small message, and
-messages that arrived together (a burst of stream chunks) come out of one read.
+A frame is a 4-byte length, then its body: a pickle (protocol 5, so a numpy array is one copy), or a token
+frame -- a stream's plain pieces of text and their token ids in a compact binary form (``b"T"``, then per
+piece its request id, id count, text length, ids and UTF-8 text), which is what a decoding worker sends
+for nearly every token and costs no pickling.  Frames leave with one ``sendmsg`` (several at once, too) and
+are read with ``recv_into`` a reused buffer: one system call each way, and frames that arrived together (a
+burst of stream chunks) come out of one read.
 """
 from __future__ import annotations
 
@@ -14,10 +17,39 @@ import select
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 _LEN = struct.Struct("<I")
 _BUF = 1 << 16  # an embed answer for a few texts fits: read in one recv
+_TOKENS = 0x54  # b"T": a token frame; a pickle (protocol 2+) starts with 0x80
+_PIECE = struct.Struct("<QHI")  # request id, number of token ids, bytes of text; then the ids, the text
+_ONE_ID_PIECE = struct.Struct("<QHIi")  # the same with its one id: nearly every piece
+
+
+def token_frame(pieces: Sequence[tuple[int, Sequence[int], str]]) -> bytes:
+    """The body of a token frame: ``(request id, token ids, text)`` per piece; :meth:`Framed.recv` gives
+    it back as ``("tokens", [(rid, ids, text), ...])`` with ``ids`` a tuple."""
+    parts = [b"T"]
+    for rid, ids, text in pieces:
+        data = text.encode("utf-8", "surrogatepass")  # as pickle does: a lone surrogate survives
+        n = len(ids)
+        parts.append(_ONE_ID_PIECE.pack(rid, 1, len(data), ids[0]) if n == 1 else
+                     struct.pack(f"<QHI{n}i", rid, n, len(data), *ids))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _read_tokens(buf: bytearray, start: int, end: int) -> tuple:
+    pieces = []
+    pos = start + 1
+    while pos < end:
+        rid, n, size = _PIECE.unpack_from(buf, pos)
+        pos += _PIECE.size
+        ids = struct.unpack_from(f"<{n}i", buf, pos)
+        pos += 4 * n
+        pieces.append((rid, ids, buf[pos:pos + size].decode("utf-8", "surrogatepass")))
+        pos += size
+    return ("tokens", pieces)
 
 
 class Framed:
@@ -36,12 +68,19 @@ class Framed:
         return self.sock.fileno()
 
     def send(self, msg: tuple) -> None:
-        data = pickle.dumps(msg, protocol=5)
-        head = _LEN.pack(len(data))
+        self.send_bodies([pickle.dumps(msg, protocol=5)])
+
+    def send_bodies(self, bodies: Sequence[bytes]) -> None:
+        """Send frames with these bodies (pickles, token frames) in one system call."""
+        parts = []
+        for body in bodies:
+            parts.append(_LEN.pack(len(body)))
+            parts.append(body)
         with self._send_lock:  # two senders' frames must not interleave
-            sent = self.sock.sendmsg([head, data])
-            if sent < len(head) + len(data):  # a signal cut a large send short: send the rest
-                self.sock.sendall((head + data)[sent:])
+            sent = self.sock.sendmsg(parts)
+            total = sum(map(len, parts))
+            if sent < total:  # a signal or a full socket cut a large send short: send the rest
+                self.sock.sendall(b"".join(parts)[sent:])
 
     def readable(self, timeout: float) -> bool:
         """True when a message (or the peer's end) is ready to read within ``timeout`` seconds."""
@@ -54,8 +93,12 @@ class Framed:
             if self._end - self._start >= need:
                 need += _LEN.unpack_from(self._buf, self._start)[0]
                 if self._end - self._start >= need:
-                    with memoryview(self._buf) as view:
-                        msg = pickle.loads(view[self._start + _LEN.size:self._start + need])
+                    body = self._start + _LEN.size
+                    if self._buf[body] == _TOKENS:
+                        msg = _read_tokens(self._buf, body, self._start + need)
+                    else:
+                        with memoryview(self._buf) as view:
+                            msg = pickle.loads(view[body:self._start + need])
                     self._start += need
                     if self._start == self._end:
                         self._start = self._end = 0

@@ -25,6 +25,7 @@ from ..cancel import CancelToken
 from ..config import WorkerConfig
 from ..errors import TaskTimeoutError, WorkerCrashed
 from ..interfaces import PRIORITIES
+from ..results import StreamChunk
 from .channel import WorkerProcess, describe_exit
 
 _RANK = {p: i for i, p in enumerate(PRIORITIES)}
@@ -94,8 +95,14 @@ class SupervisedModel:
         if kind == "standby":
             proc.prepared = True
             return
+        # under the lock, a chunk cannot reach a request that has already ended (a deadline, a cancel)
         with self._cond:
-            if kind == "chunks":
+            if kind == "tokens":  # a token frame: the plain chunks, nearly every token
+                for rid, ids, text in msg[1]:
+                    pending = self._inflight.get(rid)
+                    if pending is not None and pending.emit is not None:
+                        pending.emit(StreamChunk(text, ids))
+            elif kind == "chunks":
                 for rid, chunk in msg[1]:
                     pending = self._inflight.get(rid)
                     if pending is not None and pending.emit is not None:

@@ -9,16 +9,17 @@ Messages in:  ("spec", dict), ("load",) (a standby gets it when it takes over), 
               ("stop",)
 Messages out: ("standby",) once all but the model is loaded ·
               ("ready", info) or ("fail", error) once the model is loaded or failed to load ·
-              ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
+              stream chunks: a token frame ("tokens", [(rid, ids, text), ...]) for plain ones (framing.py),
+              else ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
 The direct lane (LANE_FD): ("enc", rid, method, args, kwargs) in, ("done", rid, result) or ("err", rid, error)
 out, answered by the thread that read it.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import pickle
-import queue
 import socket
 import sys
 import threading
@@ -27,9 +28,7 @@ import traceback
 from typing import Any
 
 from ..cancel import CancelToken, set_current
-from .framing import Framed
-
-_CHUNK = "chunk"
+from .framing import Framed, token_frame
 
 
 def portable_error(exc: BaseException) -> BaseException:
@@ -44,7 +43,9 @@ def portable_error(exc: BaseException) -> BaseException:
 
 
 def load_error(exc: BaseException, what: str, memory: int | None) -> BaseException:
-    """A failed load as a typed error; running out of the address-space limit says so."""
+    """A failed load as a typed error; running out of the address-space limit says so, and an engine's own
+    load error in a limited worker names the limit (llama.cpp reports an allocation that failed only as
+    "failed to load")."""
     from ..errors import CorertError, ModelError
 
     out_of_memory = isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM)
@@ -52,74 +53,74 @@ def load_error(exc: BaseException, what: str, memory: int | None) -> BaseExcepti
         return ModelError(f"loading {what} needs more memory than its worker may use: the worker's address space "
                           f"is limited to {memory >> 20} MiB (worker.memory); raise the limit or use a smaller "
                           f"model ({type(exc).__name__}: {exc})")
+    if isinstance(exc, ModelError) and memory is not None:
+        return ModelError(f"{exc} (the worker's address space is limited to {memory >> 20} MiB (worker.memory): "
+                          f"if the load ran out of it, raise the limit)")
     if isinstance(exc, CorertError):
         return portable_error(exc)
     return ModelError(f"the worker could not load {what}: {type(exc).__name__}: {exc}")
 
 
-class _Outbox:
-    """Everything the worker sends goes through one thread, in order; chunks that are ready together (a
-    batch step's tokens for several streams, a burst) leave in one message."""
+class _Sender:
+    """Everything the worker sends leaves from the thread that has it (a request's thread sends its own
+    chunks: no hand-off to a sender thread and its wake-up per token).  Chunks put while the socket was busy
+    leave together, in one frame, with the next send: a batch step's tokens for several streams, a burst.
+    A token is never held back waiting for another.  One thread's messages arrive in the order it sent
+    them (a request's chunks before its result)."""
 
     def __init__(self, conn: Framed):
         self.conn = conn
-        self.items: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="corert-worker-outbox", daemon=True).start()
+        self._ready: collections.deque = collections.deque()  # (rid, StreamChunk), not yet sent
+        self._lock = threading.Lock()
 
-    def put(self, msg: tuple) -> None:
-        self.items.put(msg)
+    def chunk(self, rid: int, chunk) -> None:
+        self._ready.append((rid, chunk))
+        self.send(None)  # ours went out, by us or by the thread that held the lock
 
-    def send_now(self, msg: tuple) -> None:
-        """Send from the calling thread (a query's answer: no chunks to keep in order with, no hand-off)."""
-        try:
-            self.conn.send(msg)
-        except (OSError, EOFError, ValueError):
-            os._exit(0)  # the host is gone
-
-    def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything put so far has been sent."""
-        done = threading.Event()
-        self.items.put(("_flushed", done))
-        done.wait(timeout)
-
-    def _run(self) -> None:
-        while True:
-            msg = self.items.get()
-            chunks = []
-            while msg is not None and msg[0] == _CHUNK:
-                chunks.append(msg[1:])
-                try:
-                    msg = self.items.get_nowait()
-                except queue.Empty:
-                    msg = None
-            if msg is not None and msg[0] == "_flushed":
-                msg, flushed = None, msg[1]
-            else:
-                flushed = None
+    def send(self, msg: tuple | None) -> None:
+        body = None if msg is None else pickle.dumps(msg, protocol=5)  # outside the lock: a Completion is large
+        with self._lock:
+            bodies = [_chunks_body(self._ready)] if self._ready else []
+            if body is not None:
+                bodies.append(body)
+            if not bodies:
+                return
             try:
-                if chunks:
-                    self.conn.send(("chunks", chunks))
-                if msg is not None:
-                    self.conn.send(msg)
-                if flushed is not None:
-                    flushed.set()
+                self.conn.send_bodies(bodies)
             except (OSError, EOFError, ValueError):
                 os._exit(0)  # the host is gone
 
 
-def _heartbeat(outbox: _Outbox, every: float) -> None:
+def _plain(chunk) -> bool:
+    """A StreamChunk that is text and ids only (every other field of StreamChunk at its default: a test
+    fails when StreamChunk gains a field this does not check)."""
+    return chunk.finish_reason is None and chunk.completion is None and not chunk.logprobs
+
+
+def _chunks_body(ready: collections.deque) -> bytes:
+    """Empty ``ready`` into one frame's body: a token frame when every chunk is plain text and ids (nearly
+    every token), else one pickle (logprobs, the last chunk's Completion)."""
+    items = []
+    while ready:
+        items.append(ready.popleft())
+    if all(_plain(chunk) for _, chunk in items):
+        return token_frame([(rid, chunk.token_ids, chunk.text) for rid, chunk in items])
+    return pickle.dumps(("chunks", items), protocol=5)
+
+
+def _heartbeat(sender: _Sender, every: float) -> None:
     while True:
-        outbox.put(("hb",))
+        sender.send(("hb",))
         time.sleep(every)
 
 
 class _Server:
     """Dispatches the host's requests to the in-process Runtime."""
 
-    def __init__(self, spec: dict[str, Any], outbox: _Outbox):
+    def __init__(self, spec: dict[str, Any], sender: _Sender):
         from ..runtime import Runtime
 
-        self.spec, self.outbox = spec, outbox
+        self.spec, self.sender = spec, sender
         extra = pickle.loads(spec["extra_plugins"])
         self.rt = Runtime(spec["config"].evolve(isolation="none"), extra_plugins=extra)
         self.cancels: dict[int, threading.Event] = {}
@@ -159,7 +160,7 @@ class _Server:
                     event.set()
             elif kind == "kv":
                 info = self.rt.kv_cache_info() or {}
-                self.outbox.send_now(("done", msg[1], info.get("stores", [])))
+                self.sender.send(("done", msg[1], info.get("stores", [])))
             elif kind == "stop":
                 return
 
@@ -169,7 +170,7 @@ class _Server:
         deadline keeps its slot until the host replaces this worker."""
         cancel = threading.Event()
         self.cancels[rid] = cancel
-        emit = (lambda chunk: self.outbox.put((_CHUNK, rid, chunk))) if stream else None
+        emit = (lambda chunk: self.sender.chunk(rid, chunk)) if stream else None
         deadline = None if req.timeout is None else time.monotonic() + req.timeout
         threading.Thread(target=self._run, args=(rid, req, emit, cancel, deadline, time.perf_counter()),
                          name=f"corert-worker-request-{rid}", daemon=True).start()
@@ -186,7 +187,7 @@ class _Server:
         finally:
             set_current(None)
             self.cancels.pop(rid, None)
-        self.outbox.put(msg)
+        self.sender.send(msg)
 
     def serve_lane(self, lane: Framed) -> None:
         """The direct lane's requests, each answered by this thread: one encoder call at a time (the host
@@ -206,12 +207,12 @@ class _Server:
                 return
 
 
-def _prepared(spec: dict[str, Any], outbox: _Outbox) -> _Server:
+def _prepared(spec: dict[str, Any], sender: _Sender) -> _Server:
     """A ready-to-load server.  A standby prepares on a thread at idle priority, which then ends: its imports
     and kernel loads (~1 s of CPU) would otherwise take a core from the serving worker's decode, and no
     thread that serves may inherit that priority (the compute thread is started here, at ours, first)."""
     if not spec["standby"]:
-        server = _Server(spec, outbox)
+        server = _Server(spec, sender)
         server.prepare()
         return server
     from ..compute import on_compute_thread
@@ -224,7 +225,7 @@ def _prepared(spec: dict[str, Any], outbox: _Outbox) -> _Server:
     def prepare() -> None:
         idle, t0 = limits.idle_priority(), time.time()
         try:
-            out["server"] = _Server(spec, outbox)
+            out["server"] = _Server(spec, sender)
             out["server"].prepare()
             print(f"standby prepared in {time.time() - t0:.2f} s{' at idle priority' if idle else ''}", flush=True)
         except BaseException as exc:  # noqa: BLE001 - raised on the main thread
@@ -246,13 +247,13 @@ def main(fd: int, lane_fd: int) -> None:
 
     applied = limits.apply(spec["limits"])
     print(f"corert worker pid {os.getpid()} for {spec['kind']} {spec['model']}: limits {applied}", flush=True)
-    outbox = _Outbox(conn)
-    threading.Thread(target=_heartbeat, args=(outbox, spec["heartbeat_every"]), name="corert-worker-heartbeat",
+    sender = _Sender(conn)
+    threading.Thread(target=_heartbeat, args=(sender, spec["heartbeat_every"]), name="corert-worker-heartbeat",
                      daemon=True).start()
     t0 = time.time()
     try:
-        server = _prepared(spec, outbox)
-        outbox.put(("standby",))
+        server = _prepared(spec, sender)
+        sender.send(("standby",))
         # a standby waits here, everything but the model loaded, until its worker dies
         if conn.recv()[0] != "load":
             os._exit(0)
@@ -260,12 +261,11 @@ def main(fd: int, lane_fd: int) -> None:
         info = server.load()
     except BaseException as exc:  # noqa: BLE001 - MemoryError under the address-space limit included
         traceback.print_exc()
-        outbox.put(("fail", load_error(exc, spec["model"], spec["limits"].memory)))
-        outbox.flush()
+        sender.send(("fail", load_error(exc, spec["model"], spec["limits"].memory)))
         os._exit(3)
     print(f"loaded {info}: interpreter and imports {t0 - spec['spawned_at']:.2f} s, runtime {t1 - t0:.2f} s, "
           f"model {time.time() - t1:.2f} s", flush=True)
-    outbox.put(("ready", info))
+    sender.send(("ready", info))
     threading.Thread(target=server.serve_lane, args=(Framed(socket.socket(fileno=lane_fd)),),
                      name="corert-worker-lane", daemon=True).start()
     server.serve(conn)
