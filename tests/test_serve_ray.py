@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import pickle
 import secrets
 import socket
 import threading
@@ -117,7 +118,8 @@ def test_events_ready_together_cross_as_one_item_and_reach_the_client_in_order(c
     fwd = Forwarded("POST", "/v1/chat/completions", headers=(("authorization", f"Bearer {KEY}"),
                                                             ("content-type", "application/json")),
                     body=json.dumps({**ask, "ignore_eos": True}).encode())
-    bursts = list(serve.get_deployment_handle("corert_replica", "corert").options(stream=True).call.remote(fwd))
+    bursts = [pickle.loads(b) for b in
+              serve.get_deployment_handle("corert_replica", "corert").options(stream=True).call.remote(fwd)]
     assert bursts[0][0]["type"] == "http.response.start" and bursts[0][0]["status"] == 200
     assert all(sum(m["type"] == "http.response.body" for m in b) <= 1 for b in bursts)  # a burst's bodies joined
     per_item = [_events(body_of(b)) for b in bursts if body_of(b)]
