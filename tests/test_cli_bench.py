@@ -56,6 +56,7 @@ def test_bench_generate(smollm2):
     lo, hi = r["raw"]["decode_tok_s_range"]
     assert r["corert"]["decode_tok_s_range"][0] / hi <= r["decode_ratio"] <= r["corert"]["decode_tok_s_range"][1] / lo
     assert r["plugins"]["engine"] == "llama.cpp" and r["plugins"]["tokenizer"].startswith("bpe:")
+    assert int(r["gomp_spincount"]) >= 0  # the corert side's OpenMP spin, as numba_setup chose it
 
 
 def test_bench_tokenize(tmp_path, smollm2):

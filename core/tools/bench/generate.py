@@ -72,7 +72,8 @@ def run(args) -> dict[str, Any]:
     return {
         "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20,
         "engine": corert.info.get("engine") or engine, "engine_requested": engine,
-        "plugins": corert.info.get("plugins"), "threads": threads, "rounds": args.rounds,
+        "plugins": corert.info.get("plugins"), "threads": threads, "gomp_spincount": corert.info.get("gomp_spincount"),
+        "rounds": args.rounds,
         "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
         "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
         "decode_ratio_rounds": decode["rounds"],
@@ -87,7 +88,7 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"corert bench generate — {r['model']} ({r['model_file_mb']:.0f} MB), engine {r['engine']}, "
              f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy",
              f"machine: {m['cpu']} ({m['cores']} cores, {m['isa']})",
-             f"corert plugins: {r['plugins']}", "",
+             f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}", "",
              f"{'side':<10}{'decode tok/s':>14}{'(min-max)':>18}{'prompt tok/s':>14}{'peak RSS MB':>13}{'RSS/model':>11}"]
     for name in ("raw", "corert"):
         s = r[name]

@@ -7,6 +7,7 @@ idle while the other runs, so they never compete for the cores.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -110,7 +111,9 @@ def _worker() -> None:
             if msg["cmd"] == "init":
                 side = (_RawLlama if msg["side"] == "raw" else _Corert)(**msg)
                 reply: dict[str, Any] = {"threads": side.threads, "plugins": getattr(side, "plugins", None),
-                                         "engine": getattr(side, "engine", None)}
+                                         "engine": getattr(side, "engine", None),
+                                         # OpenMP's spin, as corert.numba_setup chose it (None: not loaded)
+                                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
             elif msg["cmd"] == "run":
                 reply = side.run(msg["prompt"], msg["max_tokens"])
             elif msg["cmd"] == "rss":
