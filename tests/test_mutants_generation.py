@@ -71,11 +71,11 @@ class Recording:
 
 
 def run(rt, prompt=PROMPT, *, max_tokens=24, stop=(), cancel=None, clock=(10.0, 10.25), decoder=None,
-        logprobs=None):
+        logprobs=None, chat=False):
     loaded, lock = rt.load_generation_model(MODEL)
     dec = decoder or Recording(rt.decoder(MODEL), lock)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, logprobs=logprobs)
-    req = GenerateRequest(prompt, MODEL, params, tuple(stop))
+    req = GenerateRequest(prompt, MODEL, params, tuple(stop), chat=chat)
     chunks = []
     done = generation.generate(req, generation.Target(loaded, lock, dec), generation.Clock(*clock),
                                {"engine": "llama.cpp"}, emit=chunks.append, cancel=cancel)
@@ -111,21 +111,23 @@ def test_text_is_the_detokenized_ids_and_the_chunks_add_up_to_it(rt, free):
 
 
 def test_usage_and_timings_count_what_ran(rt, free):
+    """On a run of its own (``free`` is the clean code's under mutmut, so a mutant never made it)."""
     n_prompt = len(rt.tokenizer(MODEL, "llama.cpp").encode(PROMPT, parse_special=True))
-    assert free.usage.prompt_tokens == n_prompt and free.usage.completion_tokens == 24
-    t = free.timings
+    start = time.perf_counter()
+    done, _, _ = run(rt, chat=True)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    assert done.token_ids == free.token_ids
+    assert done.usage.prompt_tokens == n_prompt and done.usage.completion_tokens == 24
+    t = done.timings
     assert t.prompt_tokens == n_prompt and t.decode_tokens == 23
     assert t.queue_ms == pytest.approx(250.0)
     assert t.tokenize_ms >= 0 and t.prompt_ms > 0 and t.decode_ms > 0
     # the three phases split this run's own wall time, in milliseconds (no speed is asserted)
-    start = time.perf_counter()
-    done, _, _ = run(rt)
-    wall_ms = (time.perf_counter() - start) * 1e3
-    phases = (done.timings.tokenize_ms, done.timings.prompt_ms, done.timings.decode_ms)
+    phases = (t.tokenize_ms, t.prompt_ms, t.decode_ms)
     assert all(0 <= p < wall_ms for p in phases) and 0.5 * wall_ms < sum(phases) <= wall_ms
-    assert free.id.startswith("cmpl-") and len(free.id) == 29 and free.model == MODEL
-    assert free.plugins == {"engine": "llama.cpp"} and free.decoder_stats.get("recorded") is True
-    assert free.chat is False
+    assert done.id.startswith("cmpl-") and len(done.id) == 29 and done.id != free.id and done.model == MODEL
+    assert done.plugins == {"engine": "llama.cpp"} and done.decoder_stats.get("recorded") is True
+    assert done.chat is True and free.chat is False  # the request's flag, passed on
 
 
 def test_a_stop_string_cuts_the_text_before_it_and_ends_the_decoder(rt, free):
@@ -189,11 +191,16 @@ def test_the_scheduler_token_ends_the_loop_with_its_error(rt):
     token = CancelToken()
     token.cancel("timeout")
     set_current(token)
+    loaded, lock = rt.load_generation_model(MODEL)
+    dec = Recording(rt.decoder(MODEL), lock)
     try:
-        with pytest.raises(TaskTimeoutError):
-            run(rt)
+        with pytest.raises(TaskTimeoutError) as raised:
+            run(rt, decoder=dec)
     finally:
         set_current(None)
+    # the loop closed the decoder itself: the error's traceback, still held here, keeps its frames (and the
+    # suspended decoder in them) alive, so garbage collection would not have closed it yet
+    assert raised.value.__traceback__ is not None and dec.closed == 1 and not lock.locked()
 
 
 def long_prompt(rt, n_tokens: int) -> str:
@@ -209,8 +216,13 @@ def test_max_tokens_is_clamped_to_the_context(rt):
     prompt = long_prompt(rt, N_CTX - 12)
     n_prompt = len(rt.tokenizer(MODEL, "llama.cpp").encode(prompt, parse_special=True))
     assert n_prompt < N_CTX
+    start = time.perf_counter()
     done, _, _ = run(rt, prompt, max_tokens=10_000)
+    wall_ms = (time.perf_counter() - start) * 1e3
     assert done.finish_reason == "length" and len(done.token_ids) == N_CTX - n_prompt
+    # most of this run is the long prompt's forward: its share, in milliseconds, is in the split too
+    t = done.timings
+    assert 0.5 * wall_ms < t.tokenize_ms + t.prompt_ms + t.decode_ms <= wall_ms and t.prompt_tokens == n_prompt
 
 
 def test_a_prompt_that_fills_the_context_is_refused_before_any_decode(rt):
