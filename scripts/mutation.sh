@@ -35,7 +35,7 @@ MODULES=(
   'speculative_acceptance|corert/plugins/speculative/acceptance.py|"tests/test_speculative.py", "tests/test_mutants_speculative.py", "-k", "test_greedy_ or test_sampled_acceptance_ or test_rejection_ or test_a_draft_token"'
   'speculative_controller|corert/plugins/speculative/controller.py|"tests/test_speculative.py", "tests/test_mutants_speculative.py", "-k", "test_controller_ or test_verify_cost_ or test_shadow_offers_ or test_match_ or test_record_ or test_a_ or test_chooser_ or test_ema_ or test_depths_ or test_defaults_ or test_acceptance_rate"'
   'models_store|corert/models/store.py|"tests/test_mutants_models_store.py"'
-  # the generation loop of one request (a real model per mutant run: about 20 s each)
+  # the generation loop of one request: SmolLM2 loaded once, in mutmut's process; every forked run inherits it
   'generation|corert/generation.py|"tests/test_mutants_generation.py"'
 )
 

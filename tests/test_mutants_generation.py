@@ -110,6 +110,22 @@ def test_text_is_the_detokenized_ids_and_the_chunks_add_up_to_it(rt, free):
     assert done.logprobs is None and all(c.logprobs == () for c in chunks)  # none asked for
 
 
+class Eager(Recording):
+    """The real decoder's tokens handed over as a plain list iterator: the Decoder protocol asks for an
+    iterator, and one without ``close()`` is one."""
+
+    def generate(self, session, ids, params, is_eog):
+        return iter(list(super().generate(session, ids, params, is_eog)))
+
+
+def test_a_decoder_may_return_any_iterator(rt, free):
+    loaded, lock = rt.load_generation_model(MODEL)
+    dec = Eager(rt.decoder(MODEL), lock)
+    done, chunks, _ = run(rt, decoder=dec)
+    assert done.token_ids == free.token_ids and "".join(c.text for c in chunks) == free.text
+    assert dec.held == [True] and dec.closed == 1
+
+
 def test_usage_and_timings_count_what_ran(rt, free):
     """On a run of its own (``free`` is the clean code's under mutmut, so a mutant never made it)."""
     n_prompt = len(rt.tokenizer(MODEL, "llama.cpp").encode(PROMPT, parse_special=True))
