@@ -57,8 +57,8 @@ def test_the_peers_end_is_eof_and_readable(pair):
 
 
 def test_two_senders_frames_never_interleave(pair):
-    """The main channel has several senders (the host's request threads; the worker's outbox and a query's
-    answer): each message must arrive whole."""
+    """The main channel has several senders (the host's request threads; the worker's request threads, its
+    heartbeat and a query's answer): each message must arrive whole."""
     ours, theirs = pair
     blob = {t: bytes([t]) * 200_000 for t in (1, 2)}  # larger than the socket buffer: sent in pieces
 

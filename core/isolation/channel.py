@@ -3,8 +3,8 @@
 The worker is a fresh interpreter (``python -m corert.isolation.worker FD LANE_FD``) started with ``subprocess``:
 exec after fork, like multiprocessing's spawn context, so no thread of the host is ever forked, and unlike
 spawn it never re-imports the host's ``__main__`` (an embedding script without a ``__main__`` guard would run
-again in every worker).  Messages are pickled tuples, framed by framing.py, over a socketpair; a request
-answered as a whole (an encoder's) goes over a second one, the direct lane, on which the caller reads its
+again in every worker).  Messages are pickled tuples (a stream's plain chunks: compact token frames), framed
+by framing.py, over a socketpair; a request answered as a whole (an encoder's) goes over a second one, the direct lane, on which the caller reads its
 own answer.
 """
 from __future__ import annotations
