@@ -26,7 +26,7 @@ from serve_support import metric, metrics
 from corert.config import RuntimeConfig  # noqa: E402
 from corert.server.app import ServeSettings  # noqa: E402
 from corert.server.asgi_bridge import Forwarded  # noqa: E402
-from corert.server.ray_deploy import REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
+from corert.server.ray_deploy import RAY_ENV, REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,10 @@ def endpoint():
         port = s.getsockname()[1]
     for attempt in range(2):  # Ray gives its raylet 30 s to register: a loaded machine may need a second go
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="corert-test")
+            with pytest.MonkeyPatch.context() as env:  # Ray's daemons start with what `serve --ray` sets
+                for name, value in RAY_ENV.items():
+                    env.setenv(name, value)
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="corert-test")
             break
         except Exception:
             ray.shutdown()

@@ -47,6 +47,10 @@ from .security import check_key
 # a replica that dies mid-answer breaks its gRPC stream (Serve turns only UNAVAILABLE into ActorUnavailableError)
 _REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError)
 REPLICA_HEADER = "x-corert-replica"
+#: in the environment of the process that starts Ray (its daemons and workers inherit it): Serve's HTTP proxy
+#: reads the ingress's response over gRPC too, not as a Ray object per item (proxy + ingress CPU per streamed
+#: event ~1.3 -> ~1.0 ms, model-free replica); a cluster joined with --ray-address keeps its own setting
+RAY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 @attrs.frozen
@@ -414,6 +418,8 @@ def run(args: Any, config: Any, settings: Any, ray_settings: RaySettings) -> int
     init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if args.ray_address:
         init["address"] = args.ray_address
+    for name, value in RAY_ENV.items():
+        os.environ.setdefault(name, value)
     ray.init(**init)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -81,8 +81,11 @@ class RayCluster:
         import ray
         from ray import serve
 
+        from corert.server.ray_deploy import RAY_ENV
+
         self.ray, self.serve, self.start_timeout = ray, serve, start_timeout
         self.port = free_port()
+        os.environ.update(RAY_ENV)  # what `corert serve --ray` starts Ray with
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, namespace="corert-bench")
         try:
             serve.start(http_options={"host": HOST, "port": self.port})
