@@ -64,6 +64,17 @@ _CHOSEN = "CORERT_CHOSEN_SPINCOUNT"
 if "OMP_WAIT_POLICY" not in os.environ and os.environ.get("GOMP_SPINCOUNT", "") in ("", os.environ.get(_CHOSEN)):
     os.environ["GOMP_SPINCOUNT"] = os.environ[_CHOSEN] = str(spin_count(_cpu_pressure()))
 
+
+def child_env(env=None) -> dict[str, str]:
+    """``env`` (default os.environ) for a process that is not corert's -- a benchmark's competitor: without the
+    spin count this module chose for itself (libgomp in that process then uses its own default, or the user's
+    setting, which is kept).  A corert child would choose again anyway."""
+    env = dict(os.environ if env is None else env)
+    if env.get(_CHOSEN) is not None and env.get("GOMP_SPINCOUNT") == env.get(_CHOSEN):
+        del env["GOMP_SPINCOUNT"]
+    env.pop(_CHOSEN, None)
+    return env
+
 from .numba_import import scipy_blas_deferred, set_up_target  # noqa: E402
 
 with scipy_blas_deferred():  # numba_import.py: ~32 MB of scipy that no kernel uses

@@ -40,3 +40,11 @@ def test_the_users_setting_wins_and_a_child_chooses_again():
     # inherited from a corert parent: chosen again from this machine's pressure (never the stale 5)
     got = _child_spin({**base, "GOMP_SPINCOUNT": "5", numba_setup._CHOSEN: "5"})
     assert got in (str(numba_setup.SPIN_FREE), str(numba_setup.SPIN_BUSY))
+
+
+def test_a_competitor_gets_libgomps_own_spin_not_ours():
+    chosen = {"PATH": "/bin", "GOMP_SPINCOUNT": "1000", numba_setup._CHOSEN: "1000"}
+    assert numba_setup.child_env(chosen) == {"PATH": "/bin"}
+    users = {"PATH": "/bin", "GOMP_SPINCOUNT": "777", numba_setup._CHOSEN: "1000"}  # set by the user after us
+    assert numba_setup.child_env(users) == {"PATH": "/bin", "GOMP_SPINCOUNT": "777"}
+    assert numba_setup.child_env({"GOMP_SPINCOUNT": "5"}) == {"GOMP_SPINCOUNT": "5"}  # never chosen by corert

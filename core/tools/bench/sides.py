@@ -20,8 +20,10 @@ class SideProcess:
 
     def __init__(self, name: str, init: dict[str, Any]):
         self.name = name
+        from corert.numba_setup import child_env  # the raw side gets libgomp's own spin, not ours
+
         self.proc = subprocess.Popen([sys.executable, "-m", "corert.tools.bench.sides"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=child_env())
         self.info = self.call({"cmd": "init", **init})
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
