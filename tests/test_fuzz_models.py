@@ -48,9 +48,17 @@ def _table(counter: collections.Counter, rows: list[str], title: str) -> str:
     return "\n".join(lines)
 
 
+def _mutant_layouts() -> set[str]:
+    from corert.engines.native.layout_cache import default_root
+
+    root = default_root()
+    return {p.name for p in root.glob("mutant-*")} if root.is_dir() else set()
+
+
 @pytest.mark.slow
 def test_mutated_gguf_files_end_in_a_typed_error_or_a_load(smollm2, tmp_path):
     start = time.monotonic()
+    layouts = _mutant_layouts()
     all_mutants = list(mutants(smollm2, seed=SEED))
     assert len(all_mutants) >= MIN_FILES
     env = child_env(str(tmp_path / "tokenizer-cache"))
@@ -93,6 +101,7 @@ def test_mutated_gguf_files_end_in_a_typed_error_or_a_load(smollm2, tmp_path):
            f"{r.get('where', '')}{r.get('stderr', '')[-300:]}" for k, t, r in outcomes if not _clean(r["outcome"])]
     assert not bad, "\n".join(bad)
     assert len(outcomes) == len(all_mutants) * len(TARGETS)
+    assert _mutant_layouts() == layouts, "the mutants' converted weights were written to the user's layout cache"
     # a typed error is one clear line: the CLI prints it as is
     long = [r["message"] for _, _, r in outcomes if r["outcome"].startswith("error:")
             and ("\n" in r["message"] or len(r["message"]) > 1000)]
