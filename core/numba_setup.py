@@ -24,45 +24,10 @@ from __future__ import annotations
 import os
 import threading
 
-# GNU OpenMP's threads spin at each barrier before sleeping, GOMP_SPINCOUNT times; libgomp reads it once,
-# when it loads (numba's first parallel call).  A token runs ~150 parallel regions with Python between them;
-# a worker that has gone to sleep costs a wake-up at the next region.  On free cores a long spin keeps it
-# awake through the gaps: Qwen 1.5B decode at 2 threads, quiet (lead, 19:04-19:09 UTC 2026-12-03), 1000 spins
-# 8.0-14.4 tok/s (median 11.7), 20000 ~11.6, 50000 ~13.5, 300000 (libgomp's default) 15.6.  On busy cores
-# a long spin burns the core a preempted peer needs: smollm2 ~115 -> ~2 tok/s (2026-11-27), and again now
-# at load 10-11 with nice 19: the 1.5B 0.58-0.64 tok/s with 300000 spins, 2.1 with 1000.  So the spin is
-# chosen when this module loads, from how much tasks waited for a CPU over the last 10 s (Linux PSI); where
-# that is unknown, the short spin.  The user's settings (OMP_WAIT_POLICY, GOMP_SPINCOUNT) win.
-#: GOMP_SPINCOUNT on free cores (libgomp's own default) and on busy ones or when we cannot tell
-SPIN_FREE, SPIN_BUSY = 300000, 1000
-#: PSI ``some avg10`` (% of the last 10 s in which a task waited for a CPU) from which the cores count as busy
-BUSY_PRESSURE = 10.0
+# GNU OpenMP's spin at each barrier: chosen once, when this module loads, from the CPU pressure (corert.spin)
+from .spin import BUSY_PRESSURE, CHOSEN as _CHOSEN, SPIN_BUSY, SPIN_FREE, choose_spin, spin_count  # noqa: F401
 
-
-def spin_count(cpu_pressure: str | None) -> int:
-    """The spin count for the text of /proc/pressure/cpu (None: unreadable)."""
-    for line in (cpu_pressure or "").splitlines():
-        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
-        if line.startswith("some ") and "avg10" in fields:
-            try:
-                return SPIN_FREE if float(fields["avg10"]) < BUSY_PRESSURE else SPIN_BUSY
-            except ValueError:
-                break
-    return SPIN_BUSY
-
-
-def _cpu_pressure() -> str | None:
-    try:
-        with open("/proc/pressure/cpu") as fh:
-            return fh.read()
-    except OSError:  # no PSI (not Linux, an old kernel, disabled): unknown
-        return None
-
-
-#: the spin count this module chose, so a child process (which inherits it) chooses again for itself
-_CHOSEN = "CORERT_CHOSEN_SPINCOUNT"
-if "OMP_WAIT_POLICY" not in os.environ and os.environ.get("GOMP_SPINCOUNT", "") in ("", os.environ.get(_CHOSEN)):
-    os.environ["GOMP_SPINCOUNT"] = os.environ[_CHOSEN] = str(spin_count(_cpu_pressure()))
+choose_spin(os.environ)
 
 
 def child_env(env=None) -> dict[str, str]:

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from corert import numba_setup
+from corert import numba_setup, spin
 
 FREE = "some avg10=0.35 avg60=1.20 avg300=0.80 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
 BUSY = "some avg10=95.20 avg60=94.38 avg300=90.30 total=30585097838\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
@@ -48,3 +48,15 @@ def test_a_competitor_gets_libgomps_own_spin_not_ours():
     users = {"PATH": "/bin", "GOMP_SPINCOUNT": "777", numba_setup._CHOSEN: "1000"}  # set by the user after us
     assert numba_setup.child_env(users) == {"PATH": "/bin", "GOMP_SPINCOUNT": "777"}
     assert numba_setup.child_env({"GOMP_SPINCOUNT": "5"}) == {"GOMP_SPINCOUNT": "5"}  # never chosen by corert
+
+
+def test_a_given_spin_is_kept_and_the_users_setting_is_not_overridden():
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", spin.CHOSEN)}
+    given = spin.given_spin(base)
+    assert given["GOMP_SPINCOUNT"] in (str(spin.SPIN_FREE), str(spin.SPIN_BUSY)) and given[spin.CHOSEN] == spin.GIVEN
+    # a process handed its spin keeps it, whatever the pressure at its own start says
+    assert _child_spin({**base, "GOMP_SPINCOUNT": "4321", spin.CHOSEN: spin.GIVEN}) == "4321"
+    assert spin.given_spin({**base, "GOMP_SPINCOUNT": "777"}) == {}
+    assert spin.given_spin({**base, "OMP_WAIT_POLICY": "passive"}) == {}
+    # a corert parent's own choice is not the user's: chosen again, now
+    assert spin.given_spin({**base, "GOMP_SPINCOUNT": "5", spin.CHOSEN: "5"})["GOMP_SPINCOUNT"] != "5"

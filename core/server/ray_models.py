@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 from typing import Any, Awaitable, Callable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -40,6 +41,8 @@ class ServedApp:
         from .app import create_app
 
         runtime = await asyncio.to_thread(Runtime, config, n_threads=num_cpus)
+        # what decides how the replica's OpenMP team waits (numba_setup chose it when the Runtime loaded)
+        log.info("corert replica: %d threads, GOMP_SPINCOUNT=%s", num_cpus, os.environ.get("GOMP_SPINCOUNT"))
         app = create_app(wrap(runtime), settings)
         served = cls(runtime, app, Lifespan(app))
         await served.lifespan.start()

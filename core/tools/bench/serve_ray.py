@@ -215,6 +215,7 @@ def run_ray(args) -> dict[str, Any]:
     from corert.models.store import ModelStore
     from corert.server.app import ServeSettings
     from corert.server.ray_deploy import RaySettings
+    from corert.spin import given_spin
     from corert.tools.bench.serve import _cores, _model_id
 
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
@@ -230,7 +231,9 @@ def run_ray(args) -> dict[str, Any]:
     load_before = os.getloadavg()
     times: dict[str, float] = {}
     t0 = time.monotonic()
-    spec = ServerSpec("plain", plain_argv, ready_path="/health", port_pattern=LISTENING,
+    # both sides get the OpenMP spin chosen now: each choosing at its own start would see the other's start-up
+    spin = given_spin(os.environ)
+    spec = ServerSpec("plain", plain_argv, ready_path="/health", port_pattern=LISTENING, env=spin,
                       start_timeout_s=args.start_timeout)
     # Ray's driver prints its daemons' errors on stdout, which carries this command's JSON: stderr instead
     with ServerProcess(spec) as plain, contextlib.redirect_stdout(sys.stderr):
@@ -241,8 +244,8 @@ def run_ray(args) -> dict[str, Any]:
             rounds: dict[str, dict[str, list[Round]]] = {}
             cpu: dict[str, dict[str, Any]] = {}
             for name, replicas, cpus in (("ray-1", 1, threads), ("ray-2", 2, half)):
-                _timed(f"{name} deploy", lambda: cluster.deploy(
-                    config, settings, RaySettings(replicas=replicas, num_cpus=cpus, max_ongoing=max_ongoing)), times)
+                _timed(f"{name} deploy", lambda: cluster.deploy(config, settings, RaySettings(
+                    replicas=replicas, num_cpus=cpus, max_ongoing=max_ongoing, env=spin)), times)
                 p, r = _timed(f"{name} rounds", lambda: _paired(plain.port, cluster.port, bodies, args), times)
                 rounds[name] = {"plain": p.rounds, "ray": r.rounds}
                 cpu[name] = {"plain": p.cpu_ms_per_token(), "ray": r.cpu_ms_per_token()}
@@ -252,7 +255,7 @@ def run_ray(args) -> dict[str, Any]:
             for policy in ("prefix", "random"):
                 _timed(f"routing {policy} deploy", lambda: cluster.deploy(
                     budget_config, settings,
-                    RaySettings(replicas=2, num_cpus=half, max_ongoing=max_ongoing, policy=policy)), times)
+                    RaySettings(replicas=2, num_cpus=half, max_ongoing=max_ongoing, policy=policy, env=spin)), times)
                 routing[policy] = _timed(f"routing {policy} passes",
                                          lambda: _shared_prefix(cluster.port, model, args), times)
                 cluster.delete()
@@ -274,7 +277,7 @@ def run_ray(args) -> dict[str, Any]:
             "clients": args.ray_clients, "rounds": args.rounds, "documents": args.documents,
             "document_chars": len(document(TOPICS[0])), "kv_budget": args.kv_budget, "in_flight": args.in_flight,
             "overhead": overhead, "cpu_ms_per_token": cpu, "routing": routing, "ratios": ratio, "goals": goals,
-            "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "seconds": times,
+            "replica_env": spin, "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "seconds": times,
             "wall_s": round(time.monotonic() - t0, 1), "exit_code": 1 if failed else 0}
 
 
