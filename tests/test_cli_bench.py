@@ -230,3 +230,25 @@ def test_bench_batch_speculative():
     assert isinstance(r["goal_1.3x_vs_plain_batch"], bool)
     assert_bad_input(run_cli("bench", "batch", "--speculative", "--engine", "llama.cpp"),
                      "--speculative runs on the native engine")
+
+
+@pytest.mark.slow
+def test_bench_isolation():
+    """In-process against a worker process, llama.cpp only, the fewest runs: the same greedy ids on both sides,
+    a kill -9 of the worker survived (a request reaches its first token after each), ratios that are the
+    ratios of the reported figures.  Which goal is met depends on the machine: only their names are asserted."""
+    r = cli_json("bench", "isolation", "--json", "--engines", "llama.cpp", "--rounds", "3", "--max-tokens", "4",
+                 "--embed-runs", "2")
+    _machine(r)
+    assert r["bench"] == "isolation" and r["model"] == SMOL and (r["rounds"], r["max_tokens"]) == (3, 4)
+    (g,) = r["generation"]
+    assert g["engine"] == "llama.cpp" and g["identical_output_rounds"] == "3/3"
+    _ratio_summary(g["decode_ratio"], g["decode_ratio_range"], g["decode_ratio_rounds"], 3)
+    for side in ("in_process", "process"):
+        assert _positive(g["decode_tok_s"][side]) and _positive(g["ttft_ms"][side])
+        assert _positive(g["cpu_ms_per_token"][side]) and _positive(r["embed"]["p95_ms"][side])
+    assert len(g["restart_to_first_token_s_rounds"]) == 3
+    assert all(_positive(s) for s in g["restart_to_first_token_s_rounds"])
+    assert r["embed"]["runs"] == 2 and len(r["embed"]["p95_extra_ms_rounds"]) == 3
+    assert set(r["goals_met"]) == {"decode_ratio[llama.cpp]", "restart_to_first_token[llama.cpp]", "embed_p95_extra"}
+    assert_bad_input(run_cli("bench", "isolation", "--rounds", "2"), "--rounds must be at least 3")
