@@ -27,7 +27,7 @@ from corert.config import RuntimeConfig  # noqa: E402
 from corert.server.app import ServeSettings  # noqa: E402
 from corert.server.asgi_bridge import Forwarded  # noqa: E402
 from corert.spin import CHOSEN, GIVEN  # noqa: E402
-from corert.server.ray_deploy import RAY_ENV, REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
+from corert.server.ray_deploy import LOOP_ENV, RAY_ENV, REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -257,14 +257,16 @@ def test_autoscale_config_is_on_queue_depth():
     assert (auto.min_replicas, auto.initial_replicas, auto.max_replicas) == (1, 1, 3)
     assert auto.target_ongoing_requests == 4  # requests running or waiting in a replica: one per slot
     assert replica.ray_actor_options["num_cpus"] == 2
-    assert "runtime_env" not in replica.ray_actor_options  # nothing handed over: Ray's own environment
+    # our code on Serve's own loops, in the replicas and the ingress: no thread hop per streamed item
+    assert replica.ray_actor_options["runtime_env"] == {"env_vars": LOOP_ENV}
+    assert app._bound_deployment.ray_actor_options["runtime_env"] == {"env_vars": LOOP_ENV}
 
 
 def test_replicas_get_the_spin_chosen_before_ray_started():
     env = {"GOMP_SPINCOUNT": "1001", CHOSEN: GIVEN}
     app = build_app(RuntimeConfig(), ServeSettings(), RaySettings(env=env))
     replica = app._bound_deployment.init_args[0]._bound_deployment
-    assert replica.ray_actor_options["runtime_env"] == {"env_vars": env}
+    assert replica.ray_actor_options["runtime_env"] == {"env_vars": {**LOOP_ENV, **env}}
 
 
 def test_autoscale_scales_up_under_load(two_models):
