@@ -183,7 +183,11 @@ def test_verify_cost_interpolates_measured_sizes_and_explores_beyond():
     cost.record(2, 0.058)
     cost.record(16, 0.160)
     assert cost(9) == pytest.approx(0.058 + (0.160 - 0.058) * 7 / 14)
-    assert cost(32) == pytest.approx(max(0.160, 0.030 * (1 + 0.3 * 31)))
+    # beyond: the line through the two largest sizes (here cheaper than the prior line from one step)
+    assert cost(32) == pytest.approx(0.160 + (0.160 - 0.058) / 14 * 16)
+    assert cost(32) < 0.030 * (1 + 0.3 * 31)
+    cost.record(24, 0.500)  # steeper than the prior: the prior line, never below what was measured
+    assert cost(31) == pytest.approx(max(0.500, 0.030 * (1 + 0.3 * 30)))
 
 
 def test_a_fully_accepted_offer_is_followed_to_its_whole_run():

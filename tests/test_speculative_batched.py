@@ -195,6 +195,38 @@ def test_a_prompt_chunk_in_the_step_does_not_buy_drafts():
     assert depths(1, 0)[0] > 0
 
 
+#: a quiet 8-stream run's step times (Qwen2.5 0.5B paged:q8, rows: seconds, steps): its knee fit prices rows
+#: 9-11 at 4.5 ms, below the 6.8 ms of an average row, yet its fitted ceiling at 8 rows is 0.84
+QUIET_STEPS = [(1, 0.0223, 27), (3, 0.0349, 11), (4, 0.0236, 1), (5, 0.0441, 1), (7, 0.0544, 1), (8, 0.0557, 6),
+               (9, 0.0581, 7), (10, 0.0639, 11), (11, 0.0684, 21), (12, 0.0759, 40), (13, 0.0913, 1), (14, 0.0939, 1)]
+
+
+def test_a_full_batch_below_its_ceiling_drafts_nothing():
+    """Eight streams in a copy that is always accepted: the per-draft rule alone would take a few draft rows
+    (the knee's cheap rows), but not even every draft accepted beats the plain step at the fitted ceiling,
+    so none drafts; at three streams the ceiling is above 1 and they do."""
+    spec = make("adaptive").batch_speculation
+    for rows, seconds, steps in QUIET_STEPS:
+        for _ in range(steps):
+            spec.record_step(rows, seconds)
+    spec.ctrl.classes[3].runs.extend([20] * 6)
+    params = SamplingParams(max_tokens=64, temperature=0.0)
+    prompt = list(range(100, 140))
+
+    def entries(n: int):
+        return [(spec.stream(prompt, params, np.random.default_rng(0)), prompt + prompt[:20], 31) for _ in range(n)]
+
+    fit = spec.cost.fit()
+    assert fit.ceiling(8) < 1.0 < fit.ceiling(3)
+    eight = entries(8)
+    for d, tokens, room in eight:
+        d.sync(tokens, room)
+    assert spec._depth(eight[0][0], 8, 0, 8.0) > 0  # what the per-draft rule would take
+    assert [len(d) for d in spec.draft(eight, 8, 8)] == [0] * 8
+    assert all(d.shadows for d, _, _ in eight)  # declined offers still teach their class
+    assert any(len(d) for d in spec.draft(entries(3), 3, 3))
+
+
 def test_a_fully_accepted_draft_is_followed_to_the_end_of_its_run():
     """A stream drafting 3 of a 31-token copy offer, all accepted, then copying 7 more tokens: the controller
     learns a run of 10, not a run of 3 censored at the depth drafted (the solo decoder's rule)."""

@@ -127,24 +127,15 @@ class BatchedLookup:
         # step beside a long chunk (a slow step yielding a few tokens) would take any draft at all
         prompt_rows = max(0, base_rows - base_tokens)
         depths = [0] * len(streams)
+        # below 1 not even every draft accepted would beat the plain step: decline all (their offers still
+        # learn through shadows), so a full batch on compute-bound kernels runs as plain decoding
+        drafting = cost.fit().ceiling(max(1, base_rows - prompt_rows)) >= 1.0
         order = sorted(range(len(streams)), key=lambda i: -ctrl.acceptance(streams[i][0].cls))
         for i in order:
             d = streams[i][0]
             if not d.available:
                 continue
-            base, own = cost(rows), cost(rows - prompt_rows)
-            rate = tokens / own
-            best_k, best_rate = 0, rate
-            for k in ctrl.depths(d.available):
-                gain = ctrl.expected_tokens(k, d.cls) - 1.0
-                extra = ctrl.draft_cost.value * k + cost(rows + k) - base
-                # the margin is on what the draft adds: on the whole step's rate it would ask one stream of
-                # eight to lift everyone's, and turn down drafts that pay
-                if gain <= (1.0 + self.margin) * rate * extra:
-                    continue
-                r = (tokens + gain) / (own + extra)
-                if r > best_rate:
-                    best_k, best_rate = k, r
+            best_k = self._depth(d, rows, prompt_rows, tokens) if drafting else 0
             depths[i] = best_k
             if best_k:
                 rows += best_k
@@ -153,3 +144,21 @@ class BatchedLookup:
             elif d.cls not in d.shadows:  # declined: still learn whether it would have been right
                 d.shadows[d.cls] = ShadowOffer(d.source.free_offer(), ctrl, d.cls)
         return [d.take(k) for (d, _, _), k in zip(streams, depths)]
+
+    def _depth(self, d: StreamDrafts, rows: int, prompt_rows: int, tokens: float) -> int:
+        """The stream's depth beside ``rows`` already in the step (0: its drafts do not pay)."""
+        ctrl, cost = self.ctrl, self.cost
+        base, own = cost(rows), cost(rows - prompt_rows)
+        rate = tokens / own
+        best_k, best_rate = 0, rate
+        for k in ctrl.depths(d.available):
+            gain = ctrl.expected_tokens(k, d.cls) - 1.0
+            extra = ctrl.draft_cost.value * k + cost(rows + k) - base
+            # the margin is on what the draft adds: on the whole step's rate it would ask one stream of
+            # eight to lift everyone's, and turn down drafts that pay
+            if gain <= (1.0 + self.margin) * rate * extra:
+                continue
+            r = (tokens + gain) / (own + extra)
+            if r > best_rate:
+                best_k, best_rate = k, r
+        return best_k

@@ -76,11 +76,17 @@ class VerifyCost:
         if hi:
             t_hi = self.times[hi[0]].value
             return t_lo + (t_hi - t_lo) * (m - lo[-1]) / (hi[0] - lo[-1])
-        # beyond the largest measured size: the prior line from one step, never below what was measured.
-        # Optimistic on purpose: a size nobody tried would otherwise never be tried (llama.cpp's 2 positions
-        # cost 1.9 steps, yet 16 cost only 5.3), and one measurement corrects it.
+        # beyond the largest measured size: the cheaper of the prior line from one step and the line through
+        # the two largest sizes measured, never below what was measured.  Optimistic on purpose: a size nobody
+        # tried would otherwise never be tried (llama.cpp's 2 positions cost 1.9 steps, yet 16 cost only 5.3;
+        # the native engine's 8 cost ~2 steps, so the prior alone kept a copy at depth 7), and one
+        # measurement corrects it.
         step = self.times[known[0]].value / known[0]
-        return max(t_lo, step * (1.0 + self.prior_slope * (m - 1)))
+        guess = step * (1.0 + self.prior_slope * (m - 1))
+        if len(lo) >= 2:
+            slope = (t_lo - self.times[lo[-2]].value) / (lo[-1] - lo[-2])
+            guess = min(guess, t_lo + max(slope, 0.0) * (m - lo[-1]))
+        return max(t_lo, guess)
 
 
 @attrs.define

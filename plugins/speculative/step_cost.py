@@ -39,6 +39,13 @@ class StepFit:
     def __call__(self, rows: int) -> float:
         return max(self.fixed + self.per_row * rows + self.per_row_above * max(0, rows - self.knee), 1e-9)
 
+    def ceiling(self, rows: int) -> float:
+        """The most drafting can lift a step of ``rows`` decode rows, every draft accepted: each further row
+        yields one token for the slope past the knee, against step(rows) / rows per token of the plain step.
+        The cheap rows before the knee are not counted: they are the fit's least certain part (a quiet
+        8-stream run fitted rows 9-11 at 4.5 ms against 5.3 ms per row of its own plain steps)."""
+        return self(rows) / (max(rows, 1) * (self.per_row + self.per_row_above))
+
 
 @attrs.define
 class StepCost:
