@@ -46,6 +46,17 @@ def test_tokenize_bad_input(tmp_path, smollm2):
     assert_bad_input(run_cli("tokenize", "-m", smollm2, "--file", str(f), "hello"), "give TEXT or --file, not both")
 
 
+def test_detokenize_ids_as_arguments_and_a_json_list_on_stdin(smollm2, runtime):
+    """`corert detokenize` gives back the text of the ids `corert tokenize` gave, in both of its input forms
+    (its bad input: test_bad_input.py)."""
+    text = "Größe: 3 cafés ☕, naïve"
+    ids = cli_json("tokenize", "-m", smollm2, "--no-bos", "--json", text)
+    assert ids == runtime.tokenize(text, add_bos=False)
+    plain = run_cli("detokenize", "-m", smollm2, *map(str, ids))
+    assert plain.returncode == 0 and plain.stdout == text + "\n", plain.stderr
+    assert cli_json("detokenize", "-m", smollm2, "--json", input=json.dumps(ids)) == {"text": text}
+
+
 # -- embed / classify ------------------------------------------------------------------------------------
 SENTENCES = ["A cat sits on the mat.", "A kitten is resting on a rug.", "Stock prices fell sharply today."]
 
