@@ -195,6 +195,18 @@ def _shared_prefix(port: int, model: str, args) -> dict[str, Any]:
     return out
 
 
+def _settled_spin(wait_s: float = 30.0) -> dict[str, str]:
+    """The OpenMP spin both sides get (each choosing at its own start would see the other's start-up), chosen
+    once the pressure of whatever ran before has decayed (PSI's avg10 takes ~20 s to forget a busy spell; a
+    quiet slot's first seconds still read busy): at most ``wait_s`` of waiting, none if the user set it."""
+    from corert.spin import SPIN_FREE, cpu_pressure, given_spin, spin_count
+
+    deadline = time.monotonic() + wait_s
+    while given_spin(os.environ) and spin_count(cpu_pressure()) != SPIN_FREE and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return given_spin(os.environ)
+
+
 def _timed(what: str, fn: Callable[[], Any], log: dict[str, float]) -> Any:
     t0 = time.monotonic()
     try:
@@ -215,7 +227,6 @@ def run_ray(args) -> dict[str, Any]:
     from corert.models.store import ModelStore
     from corert.server.app import ServeSettings
     from corert.server.ray_deploy import RaySettings
-    from corert.spin import given_spin
     from corert.tools.bench.serve import _cores, _model_id
 
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
@@ -231,8 +242,7 @@ def run_ray(args) -> dict[str, Any]:
     load_before = os.getloadavg()
     times: dict[str, float] = {}
     t0 = time.monotonic()
-    # both sides get the OpenMP spin chosen now: each choosing at its own start would see the other's start-up
-    spin = given_spin(os.environ)
+    spin = _settled_spin()
     spec = ServerSpec("plain", plain_argv, ready_path="/health", port_pattern=LISTENING, env=spin,
                       start_timeout_s=args.start_timeout)
     # Ray's driver prints its daemons' errors on stdout, which carries this command's JSON: stderr instead
