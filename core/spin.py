@@ -62,3 +62,18 @@ def given_spin(env: Mapping[str, str]) -> dict[str, str]:
     if not _ours_to_choose(env):
         return {}
     return {"GOMP_SPINCOUNT": str(spin_count(cpu_pressure())), CHOSEN: GIVEN}
+
+
+def handed_spin(env: MutableMapping[str, str]) -> dict[str, str]:
+    """The variables that hand one of this process's workers (corert.isolation) this process's own spin: the
+    worker is its engine in another process and spins as it would here, rather than choosing from the
+    pressure at its own start, which often falls in our own model load (a quiet machine ran native SmolLM2 at
+    1000 spins in a worker beside 300000 in-process; in-process at 1000 it decodes 43 tok/s against 111).
+    Chosen now, as this process's own, when nothing chose it yet (a host with no engine of its own never
+    loads numba_setup); empty when the user's setting, or one handed to us, is in ``env`` (inherited as is)."""
+    if "GOMP_SPINCOUNT" not in env:
+        choose_spin(env)
+    chosen = env.get(CHOSEN)
+    if chosen is not None and chosen != GIVEN and env.get("GOMP_SPINCOUNT") == chosen:
+        return {"GOMP_SPINCOUNT": chosen, CHOSEN: GIVEN}
+    return {}

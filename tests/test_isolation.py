@@ -94,6 +94,23 @@ def test_embed_identical_across_the_boundary(iso, runtime):
     np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))
 
 
+def test_a_worker_spins_as_its_host_chose(monkeypatch):
+    """The worker keeps the host's OpenMP spin count rather than choosing from the pressure of the moment it
+    starts (5: a count the worker would never choose itself)."""
+    from corert import spin
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")  # as if this host had chosen 5
+    monkeypatch.setenv(spin.CHOSEN, "5")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    rt = Runtime(isolation="process")
+    try:
+        rt.embed(["a cat"])
+        with open(_worker(rt, "embed")["log"]) as fh:
+            assert re.search(r"^loaded .*; GOMP_SPINCOUNT 5$", fh.read(), re.M)
+    finally:
+        rt.close()
+
+
 def test_encoder_errors_cross_the_lane_typed(iso):
     with pytest.raises(InputError, match="no texts given"):
         iso.embed([])

@@ -60,3 +60,16 @@ def test_a_given_spin_is_kept_and_the_users_setting_is_not_overridden():
     assert spin.given_spin({**base, "OMP_WAIT_POLICY": "passive"}) == {}
     # a corert parent's own choice is not the user's: chosen again, now
     assert spin.given_spin({**base, "GOMP_SPINCOUNT": "5", spin.CHOSEN: "5"})["GOMP_SPINCOUNT"] != "5"
+
+
+def test_a_worker_is_handed_its_hosts_spin():
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", spin.CHOSEN)}
+    host = {**base, "GOMP_SPINCOUNT": "5", spin.CHOSEN: "5"}  # what this host chose (5: never chosen by a child)
+    handed = spin.handed_spin(host)
+    assert handed == {"GOMP_SPINCOUNT": "5", spin.CHOSEN: spin.GIVEN}
+    assert _child_spin({**host, **handed}) == "5"
+    assert spin.handed_spin({**base, "GOMP_SPINCOUNT": "777"}) == {}  # the user's: inherited as it stands
+    assert spin.handed_spin({**base, "GOMP_SPINCOUNT": "5", spin.CHOSEN: spin.GIVEN}) == {}
+    fresh = dict(base)  # nothing chosen yet: chosen now, for the host too
+    handed = spin.handed_spin(fresh)
+    assert handed["GOMP_SPINCOUNT"] == fresh["GOMP_SPINCOUNT"] in (str(spin.SPIN_FREE), str(spin.SPIN_BUSY))

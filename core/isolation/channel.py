@@ -97,10 +97,13 @@ class WorkerProcess:
         ours, theirs = socket.socketpair()
         lane_ours, lane_theirs = socket.socketpair()
         self.log_path = log_dir() / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{id(self):x}.log"
+        from ..spin import handed_spin
+
         with open(self.log_path, "ab") as log:
             self.proc = _Launcher.run(lambda: subprocess.Popen(
                 [sys.executable, "-m", "corert.isolation.worker", str(theirs.fileno()), str(lane_theirs.fileno())],
-                pass_fds=(theirs.fileno(), lane_theirs.fileno()), stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+                pass_fds=(theirs.fileno(), lane_theirs.fileno()), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={**os.environ, **handed_spin(os.environ)}))
         theirs.close()
         lane_theirs.close()
         self._lane: Framed | None = Framed(lane_ours)

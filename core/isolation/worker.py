@@ -264,7 +264,7 @@ def main(fd: int, lane_fd: int) -> None:
         sender.send(("fail", load_error(exc, spec["model"], spec["limits"].memory)))
         os._exit(3)
     print(f"loaded {info}: interpreter and imports {t0 - spec['spawned_at']:.2f} s, runtime {t1 - t0:.2f} s, "
-          f"model {time.time() - t1:.2f} s", flush=True)
+          f"model {time.time() - t1:.2f} s; GOMP_SPINCOUNT {os.environ.get('GOMP_SPINCOUNT')}", flush=True)
     sender.send(("ready", info))
     threading.Thread(target=server.serve_lane, args=(Framed(socket.socket(fileno=lane_fd)),),
                      name="corert-worker-lane", daemon=True).start()

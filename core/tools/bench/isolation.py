@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -81,6 +82,7 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
         for rt in sides.values():
             _stream(rt, PROMPT, 8)  # load, JIT, warm caches
         _standby_ready(sides["process"])  # its start-up (~1 s of CPU) must not fall on the timed rounds
+        spins = {"in_process": os.environ.get("GOMP_SPINCOUNT"), "process": _worker_spin(sides["process"])}
         for i in range(rounds):
             order = list(sides) if i % 2 == 0 else list(sides)[::-1]
             for name in order:
@@ -106,11 +108,19 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
             "cpu_overhead_us_per_token": median([(p - q) * 1e3 for p, q in zip(cpu["process"], cpu["in_process"])]),
             "ttft_extra_ms": median([p - q for p, q in zip(ttft["process"], ttft["in_process"])]),
             "restart_to_first_token_s": median(restarts), "restart_to_first_token_s_rounds": restarts,
+            "gomp_spincount": spins,
             "identical_output_rounds": f"{sum(a['ids'] == b['ids'] for a, b in zip(*runs.values()))}/{rounds}"}
 
 
 def _generation_worker(rt) -> dict[str, Any]:
     return next(w for w in rt.workers_info() if w["model"].startswith("generate"))
+
+
+def _worker_spin(rt) -> str | None:
+    """The OpenMP spin count the generation worker runs with, as its log says (the host's, by design)."""
+    with open(_generation_worker(rt)["log"]) as fh:
+        found = re.search(r"GOMP_SPINCOUNT (\S+)", fh.read())
+    return found.group(1) if found else None
 
 
 def _standby_ready(rt, timeout_s: float = 120.0) -> None:
@@ -211,7 +221,8 @@ def render(r: dict[str, Any]) -> str:
         c = g["cpu_ms_per_token"]
         lines.append(f"{g['engine']}: CPU per token (host + worker) in-process {c['in_process']:.2f} ms, process "
                      f"{c['process']:.2f} ms: {g['cpu_overhead_us_per_token']:+.0f} us, CPU-time decode ratio "
-                     f"{g['cpu_decode_ratio']:.3f}")
+                     f"{g['cpu_decode_ratio']:.3f}; GOMP_SPINCOUNT in-process {g['gomp_spincount']['in_process']}, "
+                     f"worker {g['gomp_spincount']['process']}")
     e = r["embed"]
     lines += ["", f"embed p50 ms in-process {e['p50_ms']['in_process']:.2f}, process {e['p50_ms']['process']:.2f}; "
                   f"p95 in-process {e['p95_ms']['in_process']:.2f}, process {e['p95_ms']['process']:.2f} "
