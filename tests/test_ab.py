@@ -127,8 +127,9 @@ def test_kv_cache_gate(smollm2):
 
 def test_speculative_gates(smollm2):
     # seeds 0..n-1: the samples are fixed.  The biased decoder's chi-square against plain, with a critical
-    # value of 11.2 (dof 1): 40 at 20 samples, 62 at 40, 206 at 120; lookup's is 0 (the same tokens)
-    bounds = ab.Bounds(sampling_n=40)
+    # value of 11.2 (dof 1): 40 at 20 samples, 62 at 40, 206 at 120; lookup's is 0 (the same tokens).  20
+    # still fails the biased decoder at 3.6x the critical value, at half the generations of 40
+    bounds = ab.Bounds(sampling_n=20)
     prompts = ["Repeat after me: the cat sat on the mat, the cat sat on the mat."]
     good = ab.compare("speculative=plain", "speculative=speculative:lookup", model=smollm2, engine="llama.cpp", inputs=prompts,
                       runs=1, max_tokens=24, bounds=bounds, extra_plugins=WRONG, base_plugins=BASE)

@@ -84,7 +84,8 @@ def reference_logits(path: str, ids: list[int], window: int | None = None) -> np
     def norm(v, w):
         return v / np.sqrt((v * v).mean(-1, keepdims=True) + eps) * w
 
-    x = T("token_embd.weight")[ids] * (np.sqrt(d) if gemma else 1.0)
+    emb = T("token_embd.weight")  # dequantized once: it is the output matrix too when the model ties them
+    x = emb[ids] * (np.sqrt(d) if gemma else 1.0)
     causal = np.triu(np.full((n, n), -np.inf), 1)
     # gemma3: five local layers of six, keys further back than the window masked, RoPE base 10000
     local_mask = causal + np.tril(np.full((n, n), -np.inf), -window) if window else causal
@@ -112,7 +113,7 @@ def reference_logits(path: str, ids: list[int], window: int | None = None) -> np
         act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3))) if gemma else g / (1 + np.exp(-g))
         f = (act * (h_ @ T(p + "ffn_up.weight").T)) @ T(p + "ffn_down.weight").T
         x = x + (norm(f, T(p + "post_ffw_norm.weight")) if gemma else f)
-    out = T("output.weight" if "output.weight" in names else "token_embd.weight")
+    out = T("output.weight") if "output.weight" in names else emb
     return norm(x, T("output_norm.weight")) @ out.T
 
 
@@ -342,10 +343,15 @@ def _native_greedy_along(model, prompt: str, path: list[int], max_tokens: int) -
     return out
 
 
+# Every parting seen at 64 tokens (2026-12-03) came before token 40: SmolLM2's at 4-30, Qwen 0.5B's at 2, 20
+# and 38; 40 tokens still reach each of them, at 5/8 of the tokens.
+NEAR_TIE_TOKENS = 40
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["smollm2", "qwen05"])
 def test_greedy_continuations_follow_llama_cpp_until_a_near_tie(name, request):
-    """Greedy 64-token continuations against llama.cpp's.  They are not all identical: llama.cpp quantizes
+    """Greedy 40-token continuations against llama.cpp's.  They are not all identical: llama.cpp quantizes
     activations to 8 bits inside its matrix products, which moves logits by up to ~1 (its KL divergence
     from the exact f64 computation is ~4e-3, ours ~1e-11, see test_smollm2_matches_f64_reference), so the
     paths part where two tokens are close.  (llama.cpp is not even batch-invariant: its logits for a prefix
@@ -360,8 +366,8 @@ def test_greedy_continuations_follow_llama_cpp_until_a_near_tie(name, request):
     try:
         identical, common = 0, []
         for p in PROMPTS:
-            theirs = raw_greedy(llm, p, 64)
-            ours = _native_greedy_along(model, p, theirs, 64)
+            theirs = raw_greedy(llm, p, NEAR_TIE_TOKENS)
+            ours = _native_greedy_along(model, p, theirs, NEAR_TIE_TOKENS)
             k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
             if k is None:
                 identical += 1
@@ -379,5 +385,5 @@ def test_greedy_continuations_follow_llama_cpp_until_a_near_tie(name, request):
     finally:
         model.close()
         llm.close()
-    print(f"{name}: {identical}/10 identical, mean common prefix {np.mean(common):.1f} tokens")
+    print(f"{name}: {identical}/10 identical, common prefixes {common} (mean {np.mean(common):.1f}) tokens")
     assert np.mean(common) >= 8
