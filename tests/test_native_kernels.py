@@ -450,3 +450,25 @@ def test_attention_matches_numpy_and_is_row_independent():
         attention.attend_contiguous(q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], np.float32(0.25), single)
         assert np.array_equal(single[0], out[i])
 
+
+
+def test_vnni_parallel_quantization_matches_serial(need_variant):
+    """A prompt's activations are quantized on every thread (quantize_rows_parallel, _half_sums from
+    PARALLEL_ROWS rows on): the same bytes, steps and sums as the serial loop a decode row takes."""
+    need_variant("vnni")
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((matmul_i8.PARALLEL_ROWS + 3, 256)) * rng.uniform(0.01, 10, (1, 256))).astype(np.float32)
+    x[2, :32] = 0.0  # an all-zero block
+    n, cols = x.shape
+    got = []
+    for fn in (matmul_i8.quantize_rows, matmul_i8.quantize_rows_parallel):
+        bufs = (np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // 32), np.float32),
+                np.empty((n, 2, cols // 32), np.int32), np.empty((n, cols // 32), np.float32))
+        fn(x, *bufs)
+        got.append(bufs)
+    for a, b in zip(*got):
+        assert np.array_equal(a, b)
+    xq = got[0][0]
+    serial = np.concatenate([matmul_i8._half_sums(xq[t:t + 1]) for t in range(n)])
+    assert np.array_equal(matmul_i8._half_sums(xq), serial)
+    assert np.array_equal(serial, xq.view(np.int8).reshape(n, 2, -1, 16).sum(axis=3, dtype=np.int32))
