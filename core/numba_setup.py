@@ -24,21 +24,11 @@ from __future__ import annotations
 import os
 import threading
 
-# GNU OpenMP's spin at each barrier: chosen once, when this module loads, from the CPU pressure (corert.spin)
-from .spin import BUSY_PRESSURE, CHOSEN as _CHOSEN, SPIN_BUSY, SPIN_FREE, choose_spin, spin_count  # noqa: F401
+# OpenMP's spin count is chosen from how busy the CPUs are now, sampled while numba imports (corert.spin);
+# it must be in the environment before libgomp loads (numba's first parallel call), which is after this.
+from . import spin  # noqa: E402
 
-choose_spin(os.environ)
-
-
-def child_env(env=None) -> dict[str, str]:
-    """``env`` (default os.environ) for a process that is not corert's -- a benchmark's competitor: without the
-    spin count this module chose for itself (libgomp in that process then uses its own default, or the user's
-    setting, which is kept).  A corert child would choose again anyway."""
-    env = dict(os.environ if env is None else env)
-    if env.get(_CHOSEN) is not None and env.get("GOMP_SPINCOUNT") == env.get(_CHOSEN):
-        del env["GOMP_SPINCOUNT"]
-    env.pop(_CHOSEN, None)
-    return env
+_spin_window = spin.start()
 
 from .numba_import import scipy_blas_deferred, set_up_target  # noqa: E402
 
@@ -54,6 +44,8 @@ with scipy_blas_deferred():  # numba_import.py: ~32 MB of scipy that no kernel u
     set_up_target()
 
 from .compute import on_compute_thread  # noqa: E402
+
+spin.finish(_spin_window)
 
 if numba.config.THREADING_LAYER in ("default", ""):
     numba.config.THREADING_LAYER = "omp"

@@ -17,6 +17,8 @@ import attrs
 
 from corert.errors import CorertError
 
+from .spawn import popen
+
 HOST = "127.0.0.1"
 
 
@@ -64,12 +66,9 @@ class ServerProcess:
         port = None if spec.port_pattern else free_port()
         argv = [a.format(port=port if port is not None else 0) for a in spec.argv]
         self.port = port
-        from corert.numba_setup import child_env  # a competitor's server gets libgomp's own spin, not ours
-
         # its own session: stopping it kills the children it may start too
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=child_env({**os.environ, **spec.env}), start_new_session=True, text=True,
-                                     errors="replace", bufsize=1)
+        self.proc = popen(argv, spec.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          start_new_session=True, text=True, errors="replace", bufsize=1)
         self._reader = threading.Thread(target=self._drain, name=f"bench-{spec.name}-output", daemon=True)
         self._reader.start()
         try:

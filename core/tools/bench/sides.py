@@ -14,16 +14,16 @@ import sys
 import time
 from typing import Any
 
+from .spawn import popen
+
 
 class SideProcess:
     """The parent's handle on one worker."""
 
     def __init__(self, name: str, init: dict[str, Any]):
         self.name = name
-        from corert.numba_setup import child_env  # the raw side gets libgomp's own spin, not ours
-
-        self.proc = subprocess.Popen([sys.executable, "-m", "corert.tools.bench.sides"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=child_env())
+        self.proc = popen([sys.executable, "-m", "corert.tools.bench.sides"], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True, bufsize=1)
         self.info = self.call({"cmd": "init", **init})
 
     def call(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +88,13 @@ class _Corert:
                  **_):
         from corert import Runtime
 
+        from .layout_warmup import Snapshot
+
         self.rt = Runtime(model=model_path, engine=engine, plugins=plugins or {}, n_threads=threads, n_ctx=n_ctx)
+        snap = Snapshot(model_path, self.rt.config.native.layout_cache)
         self.rt.load_generation_model()
+        #: native layout files this side's own load wrote (0 when the bench warmed the cache: layout_warmup.py)
+        self.layouts_written = snap.written()
         budget = self.rt.scheduler.thread_budget()
         self.engine = self.rt.generation_engine()  # auto's choice, or the one asked for
         self.threads = budget.llama_threads if self.engine == "llama.cpp" else budget.numba_threads
@@ -100,6 +105,12 @@ class _Corert:
         return {"ids": list(c.token_ids), "prompt_tokens": c.usage.prompt_tokens,
                 "prompt_s": c.timings.prompt_ms / 1e3, "decode_s": c.timings.decode_ms / 1e3,
                 "decode_tokens": c.timings.decode_tokens}
+
+
+def spin_load() -> dict[str, Any] | None:
+    from corert import spin
+
+    return spin.LAST.to_dict() if spin.LAST is not None else None
 
 
 def _worker() -> None:
@@ -114,8 +125,11 @@ def _worker() -> None:
                 side = (_RawLlama if msg["side"] == "raw" else _Corert)(**msg)
                 reply: dict[str, Any] = {"threads": side.threads, "plugins": getattr(side, "plugins", None),
                                          "engine": getattr(side, "engine", None),
-                                         # OpenMP's spin, as corert.numba_setup chose it (None: not loaded)
-                                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
+                                         "layouts_written": getattr(side, "layouts_written", None),
+                                         # OpenMP's spin, as corert.numba_setup chose it (None: not loaded),
+                                         # and what the CPUs did while it chose (spin.py)
+                                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+                                         "spin_load": spin_load()}
             elif msg["cmd"] == "run":
                 reply = side.run(msg["prompt"], msg["max_tokens"])
             elif msg["cmd"] == "rss":
