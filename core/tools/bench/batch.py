@@ -126,6 +126,8 @@ def run(args) -> dict[str, Any]:
     from corert.llama_lib import llama_cpp, prepare
     from corert.runtime import Runtime, RuntimeConfig
 
+    from .layout_warmup import warm
+
     counts = sorted({int(x) for x in str(args.streams).split(",") if x.strip()})
     if not counts or counts[0] < 1 or counts[-1] > len(PROMPTS):
         raise InputError(f"--streams must be between 1 and {len(PROMPTS)}")
@@ -150,6 +152,8 @@ def run(args) -> dict[str, Any]:
         over["n_threads"] = args.threads
     base = RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None
     rt = Runtime(RuntimeConfig.from_env(base), **over)
+    # the native layout converted in a process of its own before this one loads and times it (layout_warmup.py)
+    warm(str(rt.model_path()), engine, plugins, getattr(args, "config", None), label=model_label(rt.model_path()))
     try:
         if args.speculative:
             from . import batch_speculative

@@ -11,6 +11,7 @@ from typing import Any
 
 from corert.models.store import ModelStore
 from corert.models.labels import model_label
+from .layout_warmup import warm
 from .sides import SideProcess
 from corert.tools.stats import MIN_ROUNDS, format_ratio, median, ratio_summary, ratios, spread
 
@@ -37,6 +38,7 @@ def run(args) -> dict[str, Any]:
     engine = args.engine or cfg.engine
     n_ctx = args.ctx or cfg.n_ctx
     plugins = [f"{area}={value}" for area, value in cfg.plugins.items()] + list(args.plugin or [])
+    warmup = warm(path, engine, plugins, getattr(args, "config", None), label=model_label(model))
     corert = SideProcess("corert", {"side": "corert", "model_path": path, "engine": engine,
                                     "plugins": plugins, "threads": args.threads or cfg.n_threads, "n_ctx": n_ctx})
     threads = corert.info["threads"]
@@ -73,6 +75,9 @@ def run(args) -> dict[str, Any]:
         "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20,
         "engine": corert.info.get("engine") or engine, "engine_requested": engine,
         "plugins": corert.info.get("plugins"), "threads": threads, "gomp_spincount": corert.info.get("gomp_spincount"),
+        "spin_load": corert.info.get("spin_load"),
+        # converted before timing (layout_warmup.py); the measured side's own load then writes none
+        "layout_warmup": warmup, "layouts_written_by_corert_side": corert.info.get("layouts_written"),
         "rounds": args.rounds,
         "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
         "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
@@ -83,12 +88,20 @@ def run(args) -> dict[str, Any]:
     }
 
 
+def _spin_why(r: dict[str, Any]) -> str:
+    load = r.get("spin_load")
+    if not load:
+        return ""
+    return (f" (at start-up other processes used {load['others_cpus']} CPUs, tasks waited for one "
+            f"{load['stall_pct']}% of {1e3 * load['window_s']:.0f} ms)")
+
+
 def render(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"corert bench generate — {r['model']} ({r['model_file_mb']:.0f} MB), engine {r['engine']}, "
              f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy",
              f"machine: {m['cpu']} ({m['cores']} cores, {m['isa']})",
-             f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}", "",
+             f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}{_spin_why(r)}", "",
              f"{'side':<10}{'decode tok/s':>14}{'(min-max)':>18}{'prompt tok/s':>14}{'peak RSS MB':>13}{'RSS/model':>11}"]
     for name in ("raw", "corert"):
         s = r[name]

@@ -72,9 +72,15 @@ def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
 
 
 def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) -> dict[str, Any]:
+    from corert.models.labels import model_label
     from corert.runtime import Runtime
 
-    sides = {"in_process": Runtime(engine=engine, model=model) if model else Runtime(engine=engine),
+    from .layout_warmup import warm
+
+    in_process = Runtime(engine=engine, model=model) if model else Runtime(engine=engine)
+    # the native layout converted in a process of its own before any side (or the worker pool) starts
+    warm(str(in_process.model_path()), engine, label=model_label(in_process.model_path()))
+    sides = {"in_process": in_process,
              "process": Runtime(engine=engine, model=model, isolation="process") if model else
              Runtime(engine=engine, isolation="process")}
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}

@@ -184,6 +184,7 @@ def run(args) -> dict[str, Any]:
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
     from corert.runtime import RuntimeConfig
+    from corert.tools.bench.layout_warmup import warm
     from corert.tools.bench.serve_plot import draw, require_matplotlib
 
     counts, names, side_rounds = _parse(args)
@@ -193,6 +194,10 @@ def run(args) -> dict[str, Any]:
     path = str(ModelStore(progress=True).resolve(args.model or cfg.model))
     threads = args.threads or _cores()
     sides = build_sides(names, path, threads, args)
+    if "corert-native" in names:  # its layout converted before any server starts (layout_warmup.py)
+        kv = next((p for p in (args.plugin or []) if p.startswith("kv_cache=")), "kv_cache=paged:q8")
+        warm(path, "native", [p for p in (args.plugin or []) if not p.startswith("kv_cache=")] + [kv],
+             getattr(args, "config", None), label=model_label(path))
     figures: dict[str, dict[int, list[dict[str, Any]]]] = {s.name: {n: [] for n in counts} for s in sides}
     with contextlib.ExitStack() as stack:
         procs = start_all([s.spec for s in sides], stack)

@@ -197,14 +197,16 @@ def _shared_prefix(port: int, model: str, args) -> dict[str, Any]:
 
 def _settled_spin(wait_s: float = 30.0) -> dict[str, str]:
     """The OpenMP spin both sides get (each choosing at its own start would see the other's start-up), chosen
-    once the pressure of whatever ran before has decayed (PSI's avg10 takes ~20 s to forget a busy spell; a
-    quiet slot's first seconds still read busy): at most ``wait_s`` of waiting, none if the user set it."""
-    from corert.spin import SPIN_FREE, cpu_pressure, given_spin, spin_count
+    from a sample of the machine now (corert.spin); while that reads busy (whatever ran before may still be
+    ending), sampled again each second for at most ``wait_s``; none if the user set it."""
+    from corert.spin import SPIN_FREE, given_spin
 
     deadline = time.monotonic() + wait_s
-    while given_spin(os.environ) and spin_count(cpu_pressure()) != SPIN_FREE and time.monotonic() < deadline:
+    spin = given_spin(os.environ)
+    while spin and spin["GOMP_SPINCOUNT"] != str(SPIN_FREE) and time.monotonic() < deadline:
         time.sleep(1.0)
-    return given_spin(os.environ)
+        spin = given_spin(os.environ)
+    return spin
 
 
 def _timed(what: str, fn: Callable[[], Any], log: dict[str, float]) -> Any:
@@ -227,6 +229,7 @@ def run_ray(args) -> dict[str, Any]:
     from corert.models.store import ModelStore
     from corert.server.app import ServeSettings
     from corert.server.ray_deploy import RaySettings
+    from corert.tools.bench.layout_warmup import warm
     from corert.tools.bench.serve import _cores, _model_id
 
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
@@ -239,6 +242,7 @@ def run_ray(args) -> dict[str, Any]:
     plain_argv = (sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
                   "--engine", "native", "--plugin", KV, "--n-seqs", str(N_SEQS), "--ctx", str(CTX),
                   "--threads", str(threads), "--isolation", "none")
+    warm(path, "native", [KV], getattr(args, "config", None), label=model_label(path))  # layout_warmup.py
     load_before = os.getloadavg()
     times: dict[str, float] = {}
     t0 = time.monotonic()

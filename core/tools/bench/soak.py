@@ -248,15 +248,20 @@ def settle(port: int, before: dict[str, float], wait_s: float,
         time.sleep(0.5)
 
 
+def _engine_plugins(args) -> tuple[str, list[str]]:
+    engine = args.engine or "native"
+    plugins = list(args.plugin or [])
+    if engine == "native" and not any(p.startswith("kv_cache=") for p in plugins):
+        plugins.append("kv_cache=paged:q8")
+    return engine, plugins
+
+
 def server_spec(args, path: str) -> ServerSpec:
     """corert serve with the generation model (its embedding model is the Runtime's configured one)."""
     argv = [sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
             "--n-seqs", str(args.n_seqs)]
-    engine = args.engine or "native"
+    engine, plugins = _engine_plugins(args)
     argv += ["--engine", engine]
-    plugins = list(args.plugin or [])
-    if engine == "native" and not any(p.startswith("kv_cache=") for p in plugins):
-        plugins.append("kv_cache=paged:q8")
     for p in plugins:
         argv += ["--plugin", p]
     if args.threads:
@@ -273,6 +278,7 @@ def run(args) -> dict[str, Any]:
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
     from corert.runtime import RuntimeConfig
+    from corert.tools.bench.layout_warmup import warm
 
     if args.requests < 1 or args.concurrency < 1 or args.max_tokens < 1:
         raise InputError("--requests, --concurrency and --max-tokens must be at least 1")
@@ -281,6 +287,8 @@ def run(args) -> dict[str, Any]:
     path = str(store.resolve(args.model or cfg.model))
     store.resolve(cfg.embed_model)  # pulled here, with progress, rather than inside the server's load
     spec = server_spec(args, path)
+    # the native layout converted before the server starts (layout_warmup.py)
+    warm(path, *_engine_plugins(args), getattr(args, "config", None), label=model_label(path))
     jobs = plan(args.requests, args.seed)
     with ServerProcess(spec) as server:
         models = [m["id"] for m in json.loads(get(server.port, "/v1/models")[1])["data"]]

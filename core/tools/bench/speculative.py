@@ -98,7 +98,10 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
 def run(args) -> dict[str, Any]:
     from corert import Runtime
     from corert.models.gguf_header import read_header
+    from corert.models.labels import model_label
     from corert.models.store import ModelStore
+
+    from .layout_warmup import warm as warm_layout
 
     store = ModelStore(progress=True)
     target = args.model or TARGET
@@ -111,6 +114,8 @@ def run(args) -> dict[str, Any]:
     sets = {"grounded": GROUNDED[:args.prompts], "open-ended": OPEN_ENDED[:args.prompts]}
     prompts = {name: [render_chat(template, [{"role": "user", "content": p}]) for p in ps] for name, ps in sets.items()}
 
+    for path in (target_path, draft_path):  # native layouts converted before anything is timed (layout_warmup.py)
+        warm_layout(path, args.engine or "llama.cpp", list(args.plugin), label=model_label(path))
     raw, is_eog = _raw_sides(target_path, draft_path, threads, n_ctx, not args.no_llama_spec)
     runtimes = {name: Runtime(model=target_path, engine=args.engine or "llama.cpp", draft_model=draft_path,
                               n_threads=threads, n_ctx=n_ctx, plugins=[*args.plugin, f"speculative={spec}"])

@@ -1,0 +1,121 @@
+"""A benchmark that times the native engine converts the model's weight layout first, in a process of its own.
+
+The native layout cache's key follows the conversion code (corert.engines.native.layout_cache), so after a
+change to that code the first load converts: seconds to a minute, and a converted copy of every matrix in the
+loading process's peak RSS (gemma3: peak RSS / file 1.87 instead of 1.59).  Inside a benchmark that load is
+the measured side's, so :func:`warm` runs it before any side starts: a child process loads the model's
+matrices through the cache (converting what is missing, mapping the rest) and exits.  Nothing else changes:
+the measured side still loads the model itself, now from the cache, as a user's second run would.
+:func:`Snapshot` lets a side report how many layout files its own load wrote (0 once warmed).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from corert.errors import CorertError
+
+from .spawn import popen
+
+
+def _root(setting: str) -> Path | None:
+    if setting == "off":
+        return None
+    from corert.engines.native.layout_cache import default_root
+
+    return default_root() if setting == "auto" else Path(setting)
+
+
+def _source_path(d: Path) -> str | None:
+    try:
+        return json.loads((d / "source.json").read_text()).get("path")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class Snapshot:
+    """The layout files of one GGUF under a cache root, to count those a load writes (a conversion writes a
+    new file and renames it into place: a new inode)."""
+
+    def __init__(self, model_path: str, setting: str):
+        self.src = Path(model_path).resolve()
+        self.root = _root(setting)
+        self.before = self._files()
+
+    def _files(self) -> set[tuple[str, int]]:
+        if self.root is None or not self.root.is_dir():
+            return set()
+        out = set()
+        for d in self.root.glob(f"{glob.escape(self.src.stem)}-*"):
+            if _source_path(d) in (str(self.src), None):  # None: a directory whose source.json was lost
+                out.update((str(f), f.stat().st_ino) for f in d.glob("*.layout") if f.exists())
+        return out
+
+    def written(self) -> int:
+        """Layout files written since the snapshot."""
+        return len(self._files() - self.before)
+
+
+def warm(model_path: str, engine: str, plugins: Sequence[str] = (), config_path: str | None = None,
+         label: str | None = None, timeout_s: float = 900.0) -> dict[str, Any]:
+    """Makes sure the native layout of ``model_path`` is in the cache, as a Runtime configured with ``engine``
+    and ``plugins`` (plus the environment and ``config_path``) would load it; says so on stderr when it
+    converts.  Returns ``{"engine", "layout_cache", "converted", "seconds"}`` (``converted``: files written;
+    0 when the engine is not native or the cache is off)."""
+    from corert.implementation import engine_name
+
+    if engine_name(engine) not in ("native", "auto"):
+        return {"engine": engine, "layout_cache": None, "converted": 0, "seconds": 0.0}
+    t0 = time.monotonic()
+    request = {"model": model_path, "engine": engine, "plugins": list(plugins), "config": config_path}
+    proc = popen([sys.executable, "-m", "corert.tools.bench.layout_warmup", json.dumps(request)],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise CorertError(f"bench: converting the native layout of {model_path} took over {timeout_s:.0f} s")
+    if proc.returncode != 0:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        raise CorertError(f"bench: loading {model_path} to warm its native layout failed: {tail}")
+    result = {**json.loads(out.strip().splitlines()[-1]), "seconds": round(time.monotonic() - t0, 2)}
+    if result["converted"]:
+        print(f"corert bench: converted the native layout of {label or Path(model_path).name} before timing "
+              f"({result['converted']} matrices, {result['seconds']:.1f} s, not measured)", file=sys.stderr)
+    return result
+
+
+def _main(request: dict[str, Any]) -> dict[str, Any]:
+    """In the child: the model's matrices loaded through the layout cache, as the Runtime would load them."""
+    from corert import Runtime
+    from corert.config import RuntimeConfig
+    from corert.implementation import engine_name
+
+    base = RuntimeConfig.from_env(RuntimeConfig.from_toml(request["config"]) if request["config"] else None)
+    rt = Runtime(base, model=request["model"], engine=request["engine"], plugins=request["plugins"] or {})
+    engine = rt.generation_engine(request["model"])
+    setting = rt.config.native.layout_cache
+    if engine_name(engine) != "native" or setting == "off":
+        return {"engine": engine, "layout_cache": setting, "converted": 0}
+    from corert.engines.native.model import Transformer, header_arrays
+    from corert.models.gguf_header import read_header
+    from corert.numba_setup import PARALLEL_LOCK, run_parallel
+
+    variant = rt.resolve("engine", engine).variant.name
+    threads = rt.scheduler.thread_budget().numba_threads
+    snap = Snapshot(request["model"], setting)
+    header = read_header(request["model"], want_arrays=header_arrays)
+    with PARALLEL_LOCK:
+        transformer = run_parallel(Transformer.load, header, variant, setting, threads=threads)
+    transformer.close()
+    return {"engine": f"native:{variant}", "layout_cache": setting, "converted": snap.written()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_main(json.loads(sys.argv[1]))), flush=True)
