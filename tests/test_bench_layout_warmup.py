@@ -37,7 +37,6 @@ def test_nothing_to_warm_without_the_native_engine_or_the_cache(tiny, tmp_path, 
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow  # a SmolLM2 conversion and a side's load: ~15 s alone, 44 s beside other jobs
 def test_the_measured_side_does_not_convert_after_the_warm_up(smollm2, tmp_path, monkeypatch, capsys):
     """The real path of `corert bench generate`'s corert side, on a cache the warm-up fills (three matrices
     taken away again, so the second warm-up has something to do)."""
