@@ -5,6 +5,7 @@ ratios of the reported figures, models named by their registry name).  Speeds th
 asserted."""
 from __future__ import annotations
 
+import importlib
 import math
 import statistics
 
@@ -16,7 +17,13 @@ SMOL = "smollm2-135m-instruct"
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
 
-def _machine(result):
+def _machine(result, bench: str):
+    """The machine block, popped; first, the text report the command prints without ``--json`` renders from
+    the same result (the user's default output)."""
+    from corert.tools.cases import bench_cases
+
+    text = importlib.import_module(bench_cases()[bench].module).render(result)
+    assert text.count("\n") >= 2, text  # a report of several lines, not an empty string
     m = result.pop("machine")
     assert set(m) == {"cpu", "cores", "isa", "python", "platform"} and m["cores"] >= 1
     return m
@@ -37,7 +44,7 @@ def test_bench_generate(smollm2):
     # one thread: with two, OpenMP's spinning teams of two sides on a shared 2-core machine triple the time
     r = cli_json("bench", "generate", "--json", "--model", smollm2, "--rounds", "3", "--max-tokens", "8",
                  "--threads", "1", "--engine", "llama.cpp")
-    _machine(r)
+    _machine(r, "generate")
     assert r["threads"] == 1
     assert r["bench"] == "generate" and r["model"] == SMOL and r["engine"] == "llama.cpp"
     assert (r["rounds"], r["max_tokens"]) == (3, 8)
@@ -69,7 +76,7 @@ def test_bench_tokenize(tmp_path, smollm2):
         (corpus / name).write_text(text, encoding="utf-8")
     r = cli_json("bench", "tokenize", "--json", "--model", smollm2, "--repeat", "3", "--no-linear",
                  "--corpus", str(corpus))
-    _machine(r)
+    _machine(r, "tokenize")
     assert r["bench"] == "tokenize" and r["model"] == SMOL and r["corpus"] == "corpus"
     assert r["corpus_files"] == 2 and r["corpus_bytes"] == sum(len(t.encode()) for t in texts.values())
     names = [row["name"] for row in r["rows"]]
@@ -90,7 +97,7 @@ def test_bench_tokenize(tmp_path, smollm2):
 def test_bench_kv():
     r = cli_json("bench", "kv", "--json", "--budget", "64M", "--seq-tokens", "256", "--shared-prompt", "64",
                  "--requests", "2", "--compaction-tokens", "64")
-    _machine(r)
+    _machine(r, "kv")
     d = r["dims"]
     assert d["model"] == SMOL and (d["n_layers"], d["n_kv_heads"], d["head_dim"]) == (30, 3, 64)
     budget = 64 << 20
@@ -121,7 +128,7 @@ def test_bench_kv():
 
 def test_bench_batch():
     r = cli_json("bench", "batch", "--json", "--streams", "1,2", "--max-tokens", "4")
-    _machine(r)
+    _machine(r, "batch")
     assert r["model"] == SMOL and r["kv_cache"] == "paged:q8" and r["max_tokens"] == 4 and r["rounds"] == 3
     assert [row["streams"] for row in r["rows"]] == [1, 2]
     for row in r["rows"]:
@@ -157,7 +164,7 @@ def test_bench_batch_bad_streams_is_bad_input():
 def test_bench_speculative():
     r = cli_json("bench", "speculative", "--json", "--model", SMOL, "--prompts", "3", "--max-tokens", "6",
                  "--sides", "corert plain,corert lookup", "--no-llama-spec", "--threads", "1")
-    _machine(r)
+    _machine(r, "speculative")
     assert r["threads"] == 1
     assert r["bench"] == "speculative" and r["target"] == SMOL and r["draft"] == QWEN
     assert (r["engine"], r["max_tokens"]) == ("llama.cpp", 6)
@@ -193,7 +200,7 @@ def test_bench_rounds_below_three_is_bad_input():
 def test_bench_grammar():
     r = cli_json("bench", "grammar", "--json", "--model", SMOL, "--engine", "llama.cpp", "--rounds", "3",
                  "--max-tokens", "12", "--threads", "1")
-    _machine(r)
+    _machine(r, "grammar")
     assert r["bench"] == "grammar" and r["model"] == SMOL and r["tokens"] == 12 and r["vocab"] == 49152
     assert _positive(r["mask_ms_per_token"]) and _positive(r["plain_sampler_ms_per_token"])
     lo, hi = r["mask_ms_range"]
@@ -208,7 +215,7 @@ def test_bench_batch_speculative():
     # not the bench's default Qwen coder, to keep the test short
     r = cli_json("bench", "batch", "--speculative", "--json", "--streams", "1", "--max-tokens", "6",
                  "--model", SMOL, timeout=600)
-    _machine(r)
+    _machine(r, "batch")
     assert (r["bench"], r["model"], r["kv_cache"], r["speculative"]) == (
         "batch --speculative", SMOL, "paged:q8", "speculative:adaptive")
     row = r["row"]
@@ -239,7 +246,7 @@ def test_bench_isolation():
     ratios of the reported figures.  Which goal is met depends on the machine: only their names are asserted."""
     r = cli_json("bench", "isolation", "--json", "--engines", "llama.cpp", "--rounds", "3", "--max-tokens", "4",
                  "--embed-runs", "2")
-    _machine(r)
+    _machine(r, "isolation")
     assert r["bench"] == "isolation" and r["model"] == SMOL and (r["rounds"], r["max_tokens"]) == (3, 4)
     (g,) = r["generation"]
     assert g["engine"] == "llama.cpp" and g["identical_output_rounds"] == "3/3"
