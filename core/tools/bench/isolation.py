@@ -80,9 +80,12 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
     in_process = Runtime(engine=engine, model=model) if model else Runtime(engine=engine)
     # the native layout converted in a process of its own before any side (or the worker pool) starts
     warm(str(in_process.model_path()), engine, label=model_label(in_process.model_path()))
+    # every round kills the worker once (restart to first token): more rounds than the restart cap
+    # (worker.max_restarts) would mark the model failed
+    isolated = {"isolation": "process", "worker": {"max_restarts": rounds + 5}}
     sides = {"in_process": in_process,
-             "process": Runtime(engine=engine, model=model, isolation="process") if model else
-             Runtime(engine=engine, isolation="process")}
+             "process": Runtime(engine=engine, model=model, **isolated) if model else
+             Runtime(engine=engine, **isolated)}
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
     try:
         for rt in sides.values():
