@@ -169,10 +169,9 @@ def choose_spin(env: MutableMapping[str, str]) -> None:
 def handed_spin(env: MutableMapping[str, str]) -> dict[str, str]:
     """The variables that hand one of this process's workers (corert.isolation) this process's own spin: the
     worker is its engine in another process and spins as it would here, rather than choosing at its own start,
-    which often falls in our own model load (a quiet machine ran native SmolLM2 at 1000 spins in a worker beside
-    300000 in-process; in-process at 1000 it decodes 43 tok/s against 111).  Chosen now, as this process's own,
-    when nothing chose it yet (a host with no engine of its own never loads numba_setup); empty when the user's
-    setting, or one handed to us, is in ``env`` (inherited as is)."""
+    which often falls in our own model load (the two sides of a bench could spin 1000 and 300000).  Chosen
+    now, as this process's own, when nothing chose it yet (a host with no engine of its own never loads
+    numba_setup); empty when the user's setting, or one handed to us, is in ``env`` (inherited as is)."""
     if "GOMP_SPINCOUNT" not in env:
         choose_spin(env)
     chosen = env.get(CHOSEN)

@@ -102,10 +102,10 @@ def test_a_worker_spins_as_its_host_chose(monkeypatch):
     monkeypatch.setenv("GOMP_SPINCOUNT", "5")  # as if this host had chosen 5
     monkeypatch.setenv(spin.CHOSEN, "5")
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    rt = Runtime(isolation="process")
+    rt = Runtime(engine="llama.cpp", model=MODEL, isolation="process")  # its tokenizer loads numba_setup
     try:
-        rt.embed(["a cat"])
-        with open(_worker(rt, "embed")["log"]) as fh:
+        rt.generate(PROMPTS[0], max_tokens=1)
+        with open(_worker(rt)["log"]) as fh:
             assert re.search(r"^loaded .*; GOMP_SPINCOUNT 5$", fh.read(), re.M)
     finally:
         rt.close()
