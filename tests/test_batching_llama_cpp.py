@@ -1,7 +1,7 @@
 """Continuous batching on the llama.cpp engine (n_seqs > 1): concurrent requests share one llama_decode per
-step, each gets the greedy tokens raw llama-cpp-python gives it alone (both with flash attention), streams
-join and leave between steps, a cancelled stream's slot is free at once, a prompt reuses the slot holding its
-longest prefix, and a bad request or a failed forward harms no one after it."""
+step, each gets the greedy tokens raw llama-cpp-python gives it alone, streams join and leave between
+steps, a cancelled stream's slot is free at once, a prompt reuses the slot holding its longest prefix, and
+a bad request or a failed forward harms no one after it."""
 from __future__ import annotations
 
 import time
@@ -34,24 +34,13 @@ def service(rt):
 
 
 @pytest.fixture(scope="module")
-def raw_llama_fa(smollm2):
-    """llama-cpp-python used directly with flash attention, as the batching context computes."""
-    from corert.llama_lib import llama_cpp, prepare
-
-    prepare(smollm2)
-    llm = llama_cpp().Llama(model_path=smollm2, n_ctx=512, n_threads=2, flash_attn=True, verbose=False)
-    yield llm
-    llm.close()
-
-
-@pytest.fixture(scope="module")
-def solo(raw_llama_fa):
+def solo(raw_llama):
     """Each prompt's greedy tokens from raw llama-cpp-python, one sequence, computed once."""
     cache = {}
 
     def get(prompt: str, n: int) -> list[int]:
         if (prompt, n) not in cache:
-            cache[prompt, n] = raw_greedy(raw_llama_fa, prompt, n)
+            cache[prompt, n] = raw_greedy(raw_llama, prompt, n)
         return cache[prompt, n]
     return get
 

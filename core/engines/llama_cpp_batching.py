@@ -12,9 +12,6 @@ context of its own, so attention reads its K/V in the same order as alone.  (A u
 the sequences' cells and changes that order.)  llama.cpp splits one decode into micro-batches of
 consecutive sequence ids, so rows go in ascending slot order and a new stream fills a hole when it can.
 
-The context uses flash attention (llama-server's default; the model's own context keeps the KV cache
-plugin's choice): a stream's greedy tokens are compared with its tokens alone in a flash-attention context.
-
 Exactness: ggml multiplies a weight matrix by a micro-batch of rows with a kernel chosen by the row count
 (one to three rows: per-row dot products; from four, with the repacked extra buffers, 4-row gemm tiles;
 without them llamafile's tinyBLAS tiles change at eight).  Q4_1 weights (SmolLM2) have one kernel for every
@@ -94,10 +91,6 @@ class BatchContext:
         params.kv_unified = False  # one KV stream per sequence (see the module docstring)
         params.n_ctx = loaded.n_ctx * n_seqs  # split evenly: every sequence gets the model's n_ctx
         params.n_batch = params.n_ubatch = rows
-        # flash attention where the backend has it, as llama-server's default (-fa auto): at 8 streams the
-        # fused kernel costs ~20% less CPU per token than softmax and matmuls apart (bench-results/llserve15)
-        if params.flash_attn_type == lib.LLAMA_FLASH_ATTN_TYPE_DISABLED:
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_AUTO
         try:
             ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
             batch = _internals.LlamaBatch(n_tokens=rows, embd=0, n_seq_max=1, verbose=False)
