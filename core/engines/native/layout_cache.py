@@ -159,7 +159,7 @@ class LayoutCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "source.json").write_text(json.dumps(self.identity, indent=1))
         for old in self.root.glob(f"{glob.escape(self.stem)}-*"):  # layouts of an older version of this file
-            if old != self.dir and _source_path(old) == self.identity["path"]:
+            if old != self.dir and source_path(old) == self.identity["path"]:
                 shutil.rmtree(old, ignore_errors=True)
 
 
@@ -171,7 +171,8 @@ def _ask_huge_pages(mm: np.memmap) -> None:
             raw.madvise(mmap.MADV_HUGEPAGE)
 
 
-def _source_path(d: Path) -> str | None:
+def source_path(d: Path) -> str | None:
+    """The GGUF path a layout directory was converted from (its source.json), or None when unreadable."""
     try:
         return json.loads((d / "source.json").read_text()).get("path")
     except (OSError, ValueError, AttributeError):
