@@ -90,8 +90,15 @@ def test_constraint_and_logprobs_cross_the_boundary(iso, runtime):
 
 
 def test_embed_identical_across_the_boundary(iso, runtime):
-    texts = ["a cat sat on the mat", "stock markets fell sharply"]
-    np.testing.assert_array_equal(np.asarray(iso.embed(texts).embeddings), np.asarray(runtime.embed(texts).embeddings))
+    """The answer crosses as an embed frame (raw vectors): the same rows, dtype, token counts, truncation and
+    model as in-process; a text cut at max_length stays marked truncated."""
+    texts = ["a cat sat on the mat", "stock markets fell sharply", "naïve café ☃ " + "lighthouse keeper " * 400]
+    got, want = iso.embed(texts), runtime.embed(texts)
+    assert got.embeddings.dtype == want.embeddings.dtype == np.float32 and got.embeddings.flags.writeable
+    np.testing.assert_array_equal(got.embeddings, want.embeddings)
+    assert (got.inputs, got.model, got.max_length) == (want.inputs, want.model, want.max_length)
+    assert got.inputs[2].truncated and not got.inputs[0].truncated
+    assert got.timings.total_ms > 0 and got.timings.total_ms >= got.timings.infer_ms
 
 
 def test_a_worker_spins_as_its_host_chose(monkeypatch):

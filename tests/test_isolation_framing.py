@@ -12,6 +12,8 @@ import attrs
 import numpy as np
 import pytest
 
+from corert.engines.onnx.results import EmbedResult, InputInfo, Timings
+from corert.isolation.embed_frame import embed_body
 from corert.isolation.framing import Framed, token_frame
 from corert.results import StreamChunk, TokenLogprob
 
@@ -139,3 +141,32 @@ def test_a_stream_chunks_fields_are_the_ones_the_token_frame_checks():
     them apart by these fields (worker._plain).  A new StreamChunk field must be checked there too."""
     assert [f.name for f in attrs.fields(StreamChunk)] == ["text", "token_ids", "finish_reason", "completion",
                                                           "logprobs"]
+
+
+def test_embed_frames_carry_the_whole_result_and_mix_with_pickles(pair):
+    """An embed answer as raw vectors: rows, token counts, truncation, model name (not ASCII), max_length and
+    timings come back equal; frames of 1 and 3 rows and a pickle in between; a later frame does not change
+    an earlier answer's rows (they are copied out of the reused buffer)."""
+    ours, theirs = pair
+    rng = np.random.default_rng(7)
+    one = EmbedResult(rng.standard_normal((1, 384), dtype=np.float32), (InputInfo(9, False),), "minilm-l6",
+                      256, Timings(0.125, 1.5, 1.75))
+    three = EmbedResult(rng.standard_normal((3, 8), dtype=np.float32),
+                        (InputInfo(2, False), InputInfo(256, True), InputInfo(0, False)), "modèle ☃", 256,
+                        Timings(1e-3, 2.0, 3.0))
+    theirs.send_bodies([embed_body(2**40, one), pickle.dumps(("hb",)), embed_body(3, three)])
+    got = [ours.recv() for _ in range(3)]
+    assert got[1] == ("hb",)
+    for (kind, rid, result), (want_rid, want) in zip((got[0], got[2]), ((2**40, one), (3, three))):
+        assert (kind, rid) == ("done", want_rid) and result == want  # attrs eq: every field but the rows
+        np.testing.assert_array_equal(result.embeddings, want.embeddings)
+        assert result.embeddings.dtype == np.float32 and result.embeddings.flags.owndata
+
+
+def test_an_answer_that_is_not_float32_rows_goes_as_a_pickle():
+    """embed_body declines what it cannot carry exactly: a classify answer, float64 rows, one row as 1-D."""
+    info, t = (InputInfo(1, False),), Timings(0.0, 0.0, 0.0)
+    assert embed_body(1, ("not", "an", "EmbedResult")) is None
+    assert embed_body(1, EmbedResult(np.zeros((1, 4)), info, "m", 8, t)) is None
+    assert embed_body(1, EmbedResult(np.zeros(4, dtype=np.float32), info, "m", 8, t)) is None
+    assert embed_body(1, EmbedResult(np.zeros((1, 4), dtype=np.float32), info, "m", 8, t)) is not None

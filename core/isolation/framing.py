@@ -2,10 +2,10 @@
 channel (requests, stream chunks, heartbeats) and the direct lane (an encoder's request, whose caller sends it
 and reads its own answer: no reader thread to wake).
 
-A frame is a 4-byte length, then its body: a pickle (protocol 5, so a numpy array is one copy), or a token
+A frame is a 4-byte length, then its body: a pickle (protocol 5, so a numpy array is one copy), a token
 frame -- a stream's plain pieces of text and their token ids in a compact binary form (``b"T"``, then per
 piece its request id, id count, text length, ids and UTF-8 text), which is what a decoding worker sends
-for nearly every token and costs no pickling.  Frames leave with one ``sendmsg`` (several at once, too) and
+for nearly every token and costs no pickling -- or an embed answer's frame (``b"E"``, embed_frame.py).  Frames leave with one ``sendmsg`` (several at once, too) and
 are read with ``recv_into`` a reused buffer: one system call each way, and frames that arrived together (a
 burst of stream chunks) come out of one read.
 """
@@ -18,6 +18,8 @@ import socket
 import struct
 import threading
 from typing import Any, Sequence
+
+from . import embed_frame
 
 _LEN = struct.Struct("<I")
 _BUF = 1 << 16  # an embed answer for a few texts fits: read in one recv
@@ -96,6 +98,8 @@ class Framed:
                     body = self._start + _LEN.size
                     if self._buf[body] == _TOKENS:
                         msg = _read_tokens(self._buf, body, self._start + need)
+                    elif self._buf[body] == embed_frame.TAG:
+                        msg = embed_frame.read_embed(self._buf, body, self._start + need)
                     else:
                         with memoryview(self._buf) as view:
                             msg = pickle.loads(view[body:self._start + need])

@@ -12,7 +12,7 @@ Messages out: ("standby",) once all but the model is loaded ·
               stream chunks: a token frame ("tokens", [(rid, ids, text), ...]) for plain ones (framing.py),
               else ("chunks", [(rid, StreamChunk), ...]) · ("done", rid, result) · ("err", rid, error) · ("hb",)
 The direct lane (LANE_FD): ("enc", rid, method, args, kwargs) in, ("done", rid, result) or ("err", rid, error)
-out, answered by the thread that read it.
+out (an EmbedResult in an embed frame, embed_frame.py), answered by the thread that read it.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import traceback
 from typing import Any
 
 from ..cancel import CancelToken, set_current
+from .embed_frame import embed_body
 from .framing import Framed, token_frame
 
 
@@ -197,12 +198,18 @@ class _Server:
                 _, rid, method, args, kwargs = lane.recv()
             except (EOFError, OSError):
                 return  # the host is gone: the main loop sees it too
+            body = None
             try:
-                msg = ("done", rid, getattr(self.encoder, method)(*args, **kwargs))
+                result = getattr(self.encoder, method)(*args, **kwargs)
+                body = embed_body(rid, result)  # an embed answer: raw vectors, no pickling
+                msg = ("done", rid, result)
             except Exception as exc:  # noqa: BLE001 - the host re-raises it
                 msg = ("err", rid, portable_error(exc))
             try:
-                lane.send(msg)
+                if body is not None:
+                    lane.send_bodies([body])
+                else:
+                    lane.send(msg)
             except OSError:
                 return
 
