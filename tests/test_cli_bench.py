@@ -257,5 +257,6 @@ def test_bench_isolation():
     assert len(g["restart_to_first_token_s_rounds"]) == 3
     assert all(_positive(s) for s in g["restart_to_first_token_s_rounds"])
     assert r["embed"]["runs"] == 2 and len(r["embed"]["p95_extra_ms_rounds"]) == 3
+    assert r["embed"]["standby_at_first_round"] == "ready"  # its start-up CPU is not in the timed rounds
     assert set(r["goals_met"]) == {"decode_ratio[llama.cpp]", "restart_to_first_token[llama.cpp]", "embed_p95_extra"}
     assert_bad_input(run_cli("bench", "isolation", "--rounds", "2"), "--rounds must be at least 3")
