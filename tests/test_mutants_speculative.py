@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from corert.plugins.speculative.controller import (RESUMED, SHADOW_SPAN, Chooser, DepthController, ShadowOffer,
-                                                  match_class)
+from corert.plugins.speculative.controller import (FROM_OUTPUT, RESUMED, SHADOW_SPAN, Chooser, DepthController,
+                                                  ShadowOffer, match_class)
 
 
 def _ctrl(verify, draft=0.0) -> DepthController:
@@ -21,7 +21,12 @@ def _ctrl(verify, draft=0.0) -> DepthController:
 
 def test_match_classes():
     assert [match_class(n) for n in (0, 3, 4, 7, 8, 15, 16, 100)] == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert match_class(2, resumed=True) == match_class(40, resumed=True) == RESUMED == 4
+    # a short copy resumed after an edit has its own class; a long one is the copy in progress
+    assert match_class(2, resumed=True) == match_class(7, resumed=True) == RESUMED == 4
+    assert [match_class(n, resumed=True) for n in (8, 15, 16, 40)] == [2, 2, 3, 3]
+    # copies from the output have their own classes, by anchor only (resumed or not)
+    assert [match_class(n, from_output=True) for n in (0, 7, 8, 40)] == [FROM_OUTPUT] * 2 + [FROM_OUTPUT + 1] * 2
+    assert match_class(3, resumed=True, from_output=True) == FROM_OUTPUT == 5
 
 
 def test_record_draft_keeps_the_cost_per_token():
@@ -131,7 +136,8 @@ def test_defaults_are_class_zero_and_ties_keep_plain_decoding():
     assert c.best(8) == c.best(8, 0)
     c.record_acceptance(8, 5)
     assert list(c.classes[0].runs) == [5]
-    assert c.expected_tokens(3) == c.expected_tokens(3, 0) == 1.0 + (0 + 3) / 2
+    # class 0's prior runs (0 and 4) and the run just recorded, each cut at 3
+    assert c.expected_tokens(3) == c.expected_tokens(3, 0) == 1.0 + (0 + 3 + 3) / 3
     d = _ctrl(FLAT)
     k, rate = d.best(1, 3)
     assert (k, rate) == (1, pytest.approx(2 / FLAT(2)))

@@ -8,7 +8,7 @@ import pytest
 
 from corert import Runtime
 from corert.interfaces import SamplingParams
-from corert.plugins.speculative.controller import RESUMED
+from corert.plugins.speculative.controller import FROM_OUTPUT, RESUMED
 from corert.plugins.speculative.tree import Candidate, TreeController, TreeLookupSource, merge
 from corert.plugins.speculative.tree_accept import accept_tree_greedy, accept_tree_sampled
 
@@ -91,18 +91,18 @@ def test_controller_grows_the_tree_with_evidence_and_stays_off_without():
     for m, s in ((1, 1.0), (2, 1.3), (4, 1.6), (8, 2.0), (16, 3.2), (32, 6.6)):  # steps, as measured natively
         ctrl.record_verify(m, s)
     long = Candidate(tuple(range(20)), 3, "prompt")
-    a, b = Candidate((10, 11, 12, 13), 1, "prompt"), Candidate((20, 21, 22, 23), 0, "output")
-    assert ctrl.plan([b], 4) == []  # a bare 2-gram: no evidence it would be accepted
+    a, b = Candidate((10, 11, 12, 13), 1, "prompt"), Candidate((20, 21, 22, 23), FROM_OUTPUT, "output")
+    assert ctrl.plan([b], 4) == []  # a bare 2-gram of the output: no evidence it would be accepted
     plan = ctrl.plan([long, b], 20)
     assert [c for c, _ in plan] == [long] and len(plan[0][1]) >= 7  # a long copy goes deep alone
     for _ in range(3):  # each class now holds half the time: two branches beat one
-        for cls in (0, 1):
+        for cls in (1, FROM_OUTPUT):
             ctrl.record_acceptance(4, 4, cls)
             ctrl.record_acceptance(4, 0, cls)
     assert {c for c, _ in ctrl.plan([a, b], 4)} == {a, b}
     assert len(ctrl.plan([a, b], 4, max_nodes=5)) == 1  # the context's end leaves room for one branch
     for _ in range(6):
-        for cls in (0, 1, 3):
+        for cls in (1, 3, FROM_OUTPUT):
             ctrl.record_acceptance(4, 0, cls)
     assert ctrl.plan([long, a, b], 20) == []
 

@@ -31,10 +31,13 @@ class LookupSource:
     def start(self, prompt_ids: Sequence[int]) -> None:
         self._lookup = PromptLookup(self.max_ngram, self.min_ngram)
         self._lookup.extend(prompt_ids)
+        self._n_prompt = len(prompt_ids)
         self._proposal: list[int] = []
         self._class = 0
         self._copy_at: int | None = None  # source position the output is copying now
+        self._copied = 0  # tokens the copy in progress has run (an edited copy counts its part before the edit)
         self._broke_at: int | None = None  # where the last copy broke off
+        self._copied_before = 0  # tokens the copy had run when it broke off
 
     def extend(self, ids: Sequence[int]) -> None:
         toks = self._lookup.tokens
@@ -42,14 +45,20 @@ class LookupSource:
             if self._copy_at is not None:
                 if self._copy_at < len(toks) and toks[self._copy_at] == int(t):
                     self._copy_at += 1
+                    self._copied += 1
                 else:
                     self._broke_at, self._copy_at = self._copy_at, None
+                    self._copied_before, self._copied = self._copied, 0
             self._lookup.extend((t,))
 
     def available(self, k_max: int) -> int:
         self._proposal, match, pos = self._lookup.propose_with_match(k_max, near=self._broke_at)
         resumed = self._broke_at is not None and self._broke_at <= pos <= self._broke_at + RESUME
-        self._class = match_class(match, resumed)
+        if pos != self._copy_at:  # a new copy: it has run as far as its match, plus before the edit it resumes
+            self._copied = match + (self._copied_before if resumed else 0)
+        # a copy resumed after an edit is anchored by the whole copy, not by the few tokens since the edit
+        # (on the spelling fix, edits ~20 tokens apart left 2-token matches that held for 20 more)
+        self._class = match_class(max(match, self._copied), resumed, from_output=pos >= self._n_prompt)
         if self._proposal:
             self._copy_at = pos
         return len(self._proposal)

@@ -38,10 +38,6 @@ class TreeLookupSource(LookupSource):
 
     name = "tree_lookup"
 
-    def start(self, prompt_ids: Sequence[int]) -> None:
-        super().start(prompt_ids)
-        self._n_prompt = len(prompt_ids)
-
     def candidates(self, k_max: int, n_max: int = 2 * MAX_BRANCHES) -> list[Candidate]:
         toks = self._lookup.tokens
         out: list[Candidate] = []
@@ -52,7 +48,7 @@ class TreeLookupSource(LookupSource):
                 break
             cont = tuple(toks[pos:pos + k_max])
             if cont and not any(c.tokens[:len(cont)] == cont for c in out):  # nothing a kept one covers
-                out.append(Candidate(cont, match_class(match), self._origin(pos)))
+                out.append(Candidate(cont, match_class(match, from_output=pos >= self._n_prompt), self._origin(pos)))
         return out
 
     def _origin(self, pos: int | None) -> str:
