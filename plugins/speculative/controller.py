@@ -8,7 +8,8 @@ verify(m) is the measured time of one target forward over m positions.  Plain de
   cores llama.cpp verifies 2 positions in 1.9 steps' time, 8 in 4.9 and 16 in 5.3 (its batched kernels only
   pay off from ~16 rows), so the depth must come from measurements, not from a slope guessed once;
 - accepted runs per *match class*: a source tags each offer with how well it is anchored (prompt lookup:
-  the length of the matched context, or a copy resumed after an edit), and each class keeps its own runs.
+  the length of the matched context or of the edited copy it resumes, and whether it copies from the prompt
+  or from the output), and each class keeps its own runs.
   A long match is a copy in progress (~95% accepted); a bare 2-gram is a guess.  One pooled estimate would
   average the two and pick a depth that is wrong for both.  Offers declined are still checked against the
   tokens produced instead (``ShadowOffer``), so a class that is off keeps learning;
