@@ -124,6 +124,19 @@ def q8_matrix():
     return qs, sc, x, ref
 
 
+@pytest.fixture(scope="module")
+def q5_matrix():
+    """q8 with Q5_0's values (all in [-16, 15]): the vnni layout packs them in 5 bits."""
+    rng = np.random.default_rng(6)
+    rows, cols = 200, 896
+    qs = rng.integers(-16, 16, (rows, cols)).astype(np.int8)
+    qs[:8], qs[8:16] = -16, 15  # the extremes, on whole row groups' worth of rows
+    sc = (rng.uniform(1e-3, 5e-2, (rows, cols // 32))).astype(np.float16).view(np.uint16)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    ref = x.astype(np.float64) @ (qs.reshape(rows, -1, 32) * F16_TO_F32[sc][..., None]).reshape(rows, cols).T
+    return qs, sc, x, ref
+
+
 def _q6_case(seed, cols, per, q_max, extremes):
     """A row-major q6 matrix (200 rows), 7 activation rows and the float64 product: values in [-q_max - 1,
     q_max], int8 scales per 16 (half of them 1 in the per-32 form, as a 32-block type's are), f16-exact f32
@@ -173,7 +186,7 @@ def _run(variant, kind, mat, x):
     last group is padded)."""
     p = products.PRODUCTS[variant]
     out = np.empty((x.shape[0], mat[0].shape[0]), np.float32)
-    if kind == "q8":
+    if kind in ("q8", "q5"):  # q5: q8 with 5-bit values (Q5_0's), the same products
         p.q8(p.layout_q8(*mat), x, out)
     elif kind == "q6":
         p.q6(p.layout_q6(*mat), x, out)
@@ -203,7 +216,7 @@ def test_every_engine_variant_has_its_products():
 
 
 def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
-    if kind == "q8":
+    if kind in ("q8", "q5"):  # q8_matrix: the fixture of the kind's values
         return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
     if kind.startswith("q6"):  # q6_matrix: the fixture of the kind's form
         return q6_matrix[:3], q6_matrix[3], q6_matrix[4]
@@ -221,15 +234,16 @@ def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4", "q4-f16-scales"])
-def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
-                                              need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales"])
+def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
+                                              q6_mixed_matrix, need_variant):
     """Every variant of the engine this CPU can execute against the scalar reference and float64."""
     need_variant(variant)
     p = products.PRODUCTS[variant]
     if kind == "q4" and isinstance(p, products.I8Products):
         pytest.skip("vnni stores f32 block scales as f16: see test_vnni_matches_integer_reference")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
+    mat, x, ref = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
+                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     got = _run(variant, kind[:2], mat, x)
     scalar = _run("scalar", kind[:2], mat, x)
     scale = np.abs(ref).max()
@@ -242,7 +256,7 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q4_matri
 def _weights_f64(kind, mat):
     if kind == "q6":
         return _q6_weights_f64(*mat), None
-    if kind == "q8":
+    if kind in ("q8", "q5"):
         qs, sc = mat
         return (qs.reshape(qs.shape[0], -1, 32) * F16_TO_F32[sc][..., None]).reshape(qs.shape[0], -1), None
     packed, d, m = mat
@@ -251,12 +265,14 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales"])
-def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix, need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales"])
+def test_vnni_matches_integer_reference(kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
+                                        need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     need_variant("vnni")
-    mat, x, ref = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
+    mat, x, ref = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
+                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     got = _run("vnni", kind[:2], mat, x)
     w, m = _weights_f64(kind[:2], mat)
     if kind.startswith("q4"):
@@ -286,11 +302,12 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q4_matrix, q6_matrix, q
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q6", "q6-mixed", "q4"])
-def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
-                                          need_variant):
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4"])
+def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
+                                          q6_mixed_matrix, need_variant):
     need_variant(variant)
-    mat, x, _ = _matrix(kind, q8_matrix, q4_matrix, q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
+    mat, x, _ = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
+                        q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
     batched = _run(variant, kind[:2], mat, x)
     one_by_one = np.concatenate([_run(variant, kind[:2], mat, x[i:i + 1]) for i in range(x.shape[0])])
@@ -362,6 +379,35 @@ def test_vnni_q6_layout_packs_six_bit_values(q6_matrix, q6_mixed_matrix):
     assert not matmul_i8.is_packed_q6(matmul_i8.layout_q6(*q6_mixed_matrix[:3])[0], mixed.shape[1])
 
 
+def test_vnni_q8_layout_packs_five_bit_values(q5_matrix, q8_matrix, need_variant):
+    """Q5_0's values (all in [-16, 15]) are stored in 5 bits and unpack to themselves, and the packed
+    products equal the 8-bit layout's bit for bit (the same integer block products); wider values (Q8_0's)
+    keep the 8-bit form."""
+    qs, sc = q5_matrix[:2]
+    q, d = matmul_i8.layout_q8(qs, sc)
+    rows, cols = qs.shape
+    groups = -(-rows // matmul_i8.ROWS)
+    assert matmul_i8.is_packed_q5(q, cols) and q.nbytes == groups * matmul_i8.ROWS * cols * 5 // 8
+    blocks = q.reshape(groups, cols // 32, matmul_i8.Q5_PACKED)
+    nib = blocks[:, :, :256].reshape(groups, -1, 4, matmul_i8.ROWS, 4)  # (g, b, step, r, i)
+    top = blocks[:, :, 256:].reshape(groups, -1, matmul_i8.ROWS, 4)  # (g, b, r, i): bit 4 half + step
+    u = np.empty((groups, cols // 32, 2, 4, matmul_i8.ROWS, 4), np.int16)  # (g, b, half, step, r, i)
+    for k in range(4):
+        u[:, :, 0, k] = (nib[:, :, k] & 15) | (((top >> k) & 1) << 4)
+        u[:, :, 1, k] = (nib[:, :, k] >> 4) | (((top >> (4 + k)) & 1) << 4)
+    back = (u.transpose(0, 4, 1, 2, 3, 5).reshape(groups * matmul_i8.ROWS, cols) - 16)[:rows]
+    np.testing.assert_array_equal(back, qs)
+    assert not matmul_i8.is_packed_q5(matmul_i8.layout_q8(*q8_matrix[:2])[0], q8_matrix[0].shape[1])
+    need_variant("vnni")
+    vnni = products.PRODUCTS["vnni"]
+    plain = matmul_i8.layout_q8(qs, sc, pack=False)
+    for x in (q5_matrix[2][:1], q5_matrix[2]):  # one row (decode) and several
+        got, want = (np.empty((x.shape[0], rows), np.float32) for _ in range(2))
+        vnni.q8((q, d), x, got)
+        vnni.q8(plain, x, want)
+        assert np.array_equal(got, want)
+
+
 def test_vnni_kernels_use_vpdpbusd(need_variant):
     """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
     need_variant("vnni")
@@ -375,7 +421,9 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 32), np.int8),
                                             x, out, np.zeros((1, 16), np.float32))),
                      (matmul_i8.q6_packed_matmul, (np.zeros((1, matmul_i8.Q6_PACKED), np.uint8),
-                                                 np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32)))):
+                                                 np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32))),
+                     (matmul_i8.q5_packed_matmul, (np.zeros((1, matmul_i8.Q5_PACKED), np.uint8),
+                                                 np.zeros((1, 16), np.uint16), x, out))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

@@ -193,6 +193,28 @@ def _bit_pair(k: int):
 bit_pair0, bit_pair1, bit_pair2, bit_pair3 = (_bit_pair(k) for k in range(4))
 
 
+def _bit_four(k: int):
+    @intrinsic
+    def bit_four(typingctx, v):
+        if v != I8x64:
+            return None
+
+        def codegen(context, builder, sig, args):
+            def splat(c):
+                return ir.Constant(I8x64.llvm(), [c] * 64)
+            # one shift and one mask: bit k lands on bit 4 directly (the bits shifted in are masked off)
+            moved = builder.shl(args[0], splat(4 - k)) if k <= 4 else builder.lshr(args[0], splat(k - 4))
+            return builder.and_(moved, splat(0x10))
+        return I8x64(v), codegen
+    bit_four.__doc__ = f"Bit {k} of each byte moved to bit 4, the rest 0."
+    return bit_four
+
+
+#: ((v >> k) & 1) << 4 per byte, k = 0..7: the top bit of a 5-bit value packed eight to a byte
+bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5, bit_four6, bit_four7 = (
+    _bit_four(k) for k in range(8))
+
+
 @intrinsic
 def dot_u8s8(typingctx, acc, a, b):
     """``acc`` + per int32 lane: the sum of 4 products of unsigned bytes of ``a`` and signed bytes of

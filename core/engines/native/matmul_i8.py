@@ -38,6 +38,11 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       the extra 128 * sum(x) of each block comes back out from the activations' integer sums (exact).
       The alternative, x + 128 against signed weights, needs a per-block weight sum in memory: 1 more bit
       read per weight.
+      Packed (when every value fits 5 bits, as Q5_0's do): ``q`` holds q + 16 in 5 bits, ``Q5_PACKED`` bytes
+      a block: q4's 4 x 64 bytes of low nibbles, then 64 bytes [row r][i < 4] whose bit k is the fifth bit
+      of operand k (k < 4: column 4 k + i, else 16 + 4 (k - 4) + i).  5.5 bits/weight read instead of 8.5
+      (the 0.5B's FFN and attention matrices are Q5_0); the block integers are the 8-bit layout's exactly,
+      the extra 16 * sum(x) taken back out, so the results are identical to it.
 Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
 Activations (made by the products from x, see quantize_rows): ``xq`` (n, 2, cols) signed bytes (level 1,
 level 2), ``xd`` (n, 2, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
@@ -55,7 +60,8 @@ from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from .matmul import QK, group_part
-from ...kernels.simd import (add_i32, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
+from ...kernels.simd import (add_i32, bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5,
+                              bit_four6, bit_four7, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
                    fma_f32, high_nibbles, load_bytes, load_f32, load_i8_i32, low_nibbles, mul_f32, mul_i32,
                    or_bytes, prefetch, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
 
@@ -98,9 +104,12 @@ def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
             _per_block(_compact(offset.astype(np.float32)), ng, nb))
 
 
-def layout_q8(q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row-major q8 (rows, cols) int8 and (rows, cols/32) f16 scale bits -> (q + 128 as uint8, d)."""
+def layout_q8(q: np.ndarray, scale_bits: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major q8 (rows, cols) int8 and (rows, cols/32) f16 scale bits -> (q + 128 as uint8, d); with
+    ``pack``, q packed in 5 bits when every value is in [-16, 15] (Q5_0's are)."""
     nb = q.shape[1] // QK
+    if pack and q.size and -16 <= q.min() and q.max() <= 15:
+        return _pack_q5(q), _per_block(_pad_rows(scale_bits), -(-q.shape[0] // ROWS), nb)
     q, scale_bits = _pad_rows(q), _pad_rows(scale_bits)
     ng = q.shape[0] // ROWS
     gq = np.ascontiguousarray(q.view(np.uint8).reshape(ng, ROWS, nb, 8, 4).transpose(0, 2, 3, 1, 4)).reshape(ng, -1)
@@ -113,7 +122,7 @@ def layout_q6(q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarr
     in 6 bits when every value is in [-32, 31], else q + 128 as uint8 as q8's, d [16-value block][row] int8,
     sup [super block][row] f32)."""
     gq = _pack_q6(q) if q.size and -32 <= q.min() and q.max() <= 31 else \
-        layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16))[0]
+        layout_q8(q, np.zeros((q.shape[0], q.shape[1] // QK), np.uint16), pack=False)[0]
     sub, sup = _pad_rows(sub), _pad_rows(sup.astype(np.float32))
     ng = sub.shape[0] // ROWS
     return gq, _per_block(sub, ng, sub.shape[1]), _per_block(sup, ng, sup.shape[1])
@@ -140,6 +149,35 @@ def _pack_q6(q: np.ndarray) -> np.ndarray:
         pairs = top[:, :, :, :, 0] | (top[:, :, :, :, 1] << 2) | (top[:, :, :, :, 2] << 4) | (top[:, :, :, :, 3] << 6)
         out[g0:g1, :, 256:] = pairs.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 128)  # (g, b, half, r, i)
     return out.reshape(ng, nb * Q6_PACKED)
+
+
+#: bytes of a packed q5 block (16 rows x 32 columns of 5 bits)
+Q5_PACKED = 320
+
+
+def _pack_q5(q: np.ndarray) -> np.ndarray:
+    """Row-major (rows, cols) int8 in [-16, 15] -> the packed q5 layout (see the module doc)."""
+    nb = q.shape[1] // QK
+    ng = -(-q.shape[0] // ROWS)
+    out = np.empty((ng, nb, Q5_PACKED), np.uint8)
+    for g0 in range(0, ng, _PACK_GROUPS):
+        chunk = _pad_rows(q[g0 * ROWS:(g0 + _PACK_GROUPS) * ROWS])
+        u = (chunk + np.int8(16)).view(np.uint8).reshape(-1, ROWS, nb, 2, 4, 4)  # (g, r, b, half, step, i)
+        g1 = g0 + u.shape[0]
+        nib = (u[:, :, :, 0] & 15) | ((u[:, :, :, 1] & 15) << 4)  # (g, r, b, step, i)
+        out[g0:g1, :, :256] = nib.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 256)
+        top = (u >> 4).reshape(-1, ROWS, nb, 8, 4)  # operand k = 4 half + step: (g, r, b, k, i)
+        bits = np.zeros(top.shape[:3] + (4,), np.uint8)
+        for k in range(8):
+            bits |= top[:, :, :, k] << np.uint8(k)
+        out[g0:g1, :, 256:] = bits.transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 64)  # (g, b, r, i)
+    return out.reshape(ng, nb * Q5_PACKED)
+
+
+def is_packed_q5(q: np.ndarray, cols: int) -> bool:
+    """Whether the q8 weights ``q`` (a layout_q8 part) are the packed 5-bit form, for rows of ``cols``
+    values."""
+    return q.shape[1] == cols // QK * Q5_PACKED
 
 
 def is_packed_q6(q: np.ndarray, cols: int) -> bool:
@@ -451,4 +489,48 @@ def q6_packed_matmul(q, d, x, out, sup):
         for b in range(nb):
             w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
             _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, 32)
+        _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(inline="always")
+def _q5_packed_block(qg, o):
+    """The 8 operands (q + 16) of a packed q5 block at byte ``o`` of a group's weights, in the order of
+    _q4_block's arguments, the weights a prefetch distance ahead asked for."""
+    for line in range(5):
+        prefetch(qg, o + PREFETCH_BYTES + line * 64)
+    l0, l1, l2, l3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+    top = load_bytes(qg, o + 256)
+    return (or_bytes(low_nibbles(l0), bit_four0(top)), or_bytes(low_nibbles(l1), bit_four1(top)),
+            or_bytes(low_nibbles(l2), bit_four2(top)), or_bytes(low_nibbles(l3), bit_four3(top)),
+            or_bytes(high_nibbles(l0), bit_four4(top)), or_bytes(high_nibbles(l1), bit_four5(top)),
+            or_bytes(high_nibbles(l2), bit_four6(top)), or_bytes(high_nibbles(l3), bit_four7(top)))
+
+
+@njit(inline="always")
+def _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xsum):
+    """q5 operands hold q + 16: the extra 16 * sum(x) comes back out, leaving the same integer as q8's."""
+    return sub_i32(_q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo), splat_i32(xsum * 16))
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q5_packed_matmul(q, d, x, out):
+    """q8 in the packed 5-bit layout: int8_matmul's q8 loop over operands rebuilt from 5 bits.  Each block's
+    integer products equal the unpacked layout's, so the results are identical to it (test)."""
+    xq, xd, xi, _ = _levels(x)
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    ahead = PREFETCH_BYTES // Q5_PACKED
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, dg = q[g], d[g]
+        for b in range(nb):
+            l0, l1, l2, l3, h0, h1, h2, h3 = _q5_packed_block(qg, b * Q5_PACKED)
+            prefetch(dg, (b + ahead) * ROWS)
+            dv = load_f32(dg, b * ROWS)
+            for t in range(n):
+                xo = t * 2 * cols + b * QK
+                # level 2 (the small term) first, as int8_matmul's q8 step
+                i2 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols, xi[t, 1, b])
+                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
+                i1 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xi[t, 0, b])
+                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
         _store_rows(acc, out, n, g, out.shape[1])

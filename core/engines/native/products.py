@@ -2,7 +2,8 @@
 on every forward.  A variant is chosen once per model (cpu.py); its layout only fits its own kernels.
 
   avx2 / neon / scalar   f32 activations (matmul.py): 64-row groups, numba-vectorized loops
-  vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups
+  vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups;
+                         q8 values that fit 5 bits (Q5_0's) and q6 values that fit 6 (Q6_K's) are packed
 """
 from __future__ import annotations
 
@@ -57,7 +58,11 @@ class I8Products:
         return matmul_i8.layout_q6(q, sub, sup)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.int8_matmul(*parts, x, out, None)
+        q, d = parts
+        if matmul_i8.is_packed_q5(q, x.shape[1]):
+            matmul_i8.q5_packed_matmul(q, d, x, out)
+        else:
+            matmul_i8.int8_matmul(q, d, x, out, None)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, sub, sup = parts
