@@ -12,6 +12,9 @@ generator cancels the stream and frees its sequence slot).  Requests beyond ``n_
 for a slot in arrival order.  A runner draws each stream's tokens exactly as that stream alone would, so
 batching changes throughput, never output.
 
+Where a first token's time went (queued for a slot, waiting for a running step, its own prompt rows):
+``CORERT_LOG=debug`` logs every step and every request's first token (corert.batch_log).
+
 A bad request (e.g. one that cannot fit the KV budget even alone) fails alone with its typed error; the
 other streams go on.  An unexpected error in a forward fails every live request with it and leaves the
 service ready for new ones.
@@ -22,11 +25,13 @@ import collections
 import itertools
 import queue
 import threading
+import time
 from typing import Callable, Iterator, Sequence
 
 import attrs
 import numpy as np
 
+from . import batch_log
 from .errors import CorertError, InputError
 from .interfaces import BatchingRunner, BatchSpeculation, SamplingParams
 from .sampling import Sampler
@@ -124,6 +129,7 @@ class _Request:
         self.out: queue.SimpleQueue = queue.SimpleQueue()  # one put per token: the C queue, no Python locks
         self.sid: int | None = None
         self.cancelled = False
+        self.times = batch_log.RequestTimes() if batch_log.enabled() else None  # for the debug log only
 
 
 class BatchService:
@@ -171,8 +177,10 @@ class BatchService:
             self._thread.join(timeout=30)
 
     # -- the driver thread -------------------------------------------------------------------------------
-    def _admit(self) -> None:
-        """Under the lock: drop cancelled streams, let waiting requests take free sequence slots."""
+    def _admit(self) -> int:
+        """Under the lock: drop cancelled streams, let waiting requests take free sequence slots; how many
+        joined."""
+        joined = 0
         for sid, req in list(self._live.items()):
             if req.cancelled:
                 self.runner.cancel(sid)
@@ -190,19 +198,27 @@ class BatchService:
                 req.out.put(exc)
                 continue
             self._live[req.sid] = req
+            joined += 1
+            if req.times is not None:
+                req.times.admit(self.runner.steps)
+        return joined
 
     def _drive(self) -> None:
         while True:
             with self._lock:
-                self._admit()
+                joined = self._admit()
                 while not self._live and not self._closed:
                     self._lock.wait()
-                    self._admit()
+                    joined += self._admit()
+                waiting = len(self._waiting)
                 if self._closed:
                     for req in [*self._live.values(), *self._waiting]:
                         req.out.put(CorertError("the batching service was closed"))
                     return
             self.peak_streams = max(self.peak_streams, len(self.runner.streams))
+            tracing = batch_log.enabled()
+            if tracing:
+                streams, rows, t0 = len(self.runner.streams), self.runner.rows, time.perf_counter()
             try:
                 produced = self._run(self.runner.step)
             except InputError as exc:  # the runner failed the one stream at fault; the rest go on
@@ -211,10 +227,16 @@ class BatchService:
             except BaseException as exc:  # noqa: BLE001 - delivered to the requests, not lost in a thread
                 self._fail(exc, only_finished=False)
                 continue
+            if tracing:
+                batch_log.step(self.runner.steps, self.runner.rows - rows, streams, joined, waiting, len(produced),
+                               time.perf_counter() - t0)
             for sid, token in produced:
                 req = self._live.get(sid)
                 if req is not None:
                     req.out.put(token)
+                    if req.times is not None:
+                        batch_log.first_token(sid, req.times, self.runner.steps)
+                        req.times = None  # once: its first token
             self._retire()
 
     def _retire(self) -> None:
