@@ -3,12 +3,12 @@ first token, on the logger ``corert.batching`` (``CORERT_LOG=debug`` turns it on
 whose log file then holds the lines).
 
     step 12: 70 rows for 8 streams (7 joined, 0 waiting), 8 tokens, 40.1 ms
-    request 5: first token 63.9 ms after it reached the batch service (queued 16.3 ms, 2 steps)
+    request 5: first token 63.9 ms after it reached the batch service (queued 16.3 ms, 1 steps)
 
 Read together they say what a first token waited for: ``queued`` is the time until the request joined,
 which it does between two steps (behind the step running when it arrived, or, with every sequence slot
-taken, until one was freed: ``waiting`` in the step lines); the rest is its own step's rows.  Nothing is measured unless the
-logger is enabled for DEBUG: the driver's loop pays one ``isEnabledFor`` per step.
+taken, until one was freed: ``waiting`` in the step lines); the rest is its own step's rows.  Nothing is
+measured unless the logger is enabled for DEBUG: the driver's loop pays one ``isEnabledFor`` per step.
 """
 from __future__ import annotations
 
