@@ -134,44 +134,51 @@ Q6_PACKED = 384
 _PACK_GROUPS = 256
 
 
-def _pack_q6(q: np.ndarray) -> np.ndarray:
-    """Row-major (rows, cols) int8 in [-32, 31] -> the packed q6 layout (see the module doc)."""
+def _pack_low_bits(q: np.ndarray, bias: int, block_bytes: int, top_bytes) -> np.ndarray:
+    """Row-major (rows, cols) int8 -> packed blocks of ``block_bytes``: q + ``bias`` as q4's nibble
+    arrangement (256 bytes), then ``top_bytes(u)``'s planes of the bits above the nibbles, u being the
+    biased values of a chunk of groups as (g, r, b, half, step, i)."""
     nb = q.shape[1] // QK
     ng = -(-q.shape[0] // ROWS)
-    out = np.empty((ng, nb, Q6_PACKED), np.uint8)
+    out = np.empty((ng, nb, block_bytes), np.uint8)
     for g0 in range(0, ng, _PACK_GROUPS):
         chunk = _pad_rows(q[g0 * ROWS:(g0 + _PACK_GROUPS) * ROWS])
-        u = (chunk + np.int8(32)).view(np.uint8).reshape(-1, ROWS, nb, 2, 4, 4)  # (g, r, b, half, step, i)
+        u = (chunk + np.int8(bias)).view(np.uint8).reshape(-1, ROWS, nb, 2, 4, 4)  # (g, r, b, half, step, i)
         g1 = g0 + u.shape[0]
         nib = (u[:, :, :, 0] & 15) | ((u[:, :, :, 1] & 15) << 4)  # (g, r, b, step, i)
         out[g0:g1, :, :256] = nib.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 256)
-        top = u >> 4
-        pairs = top[:, :, :, :, 0] | (top[:, :, :, :, 1] << 2) | (top[:, :, :, :, 2] << 4) | (top[:, :, :, :, 3] << 6)
-        out[g0:g1, :, 256:] = pairs.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 128)  # (g, b, half, r, i)
-    return out.reshape(ng, nb * Q6_PACKED)
+        out[g0:g1, :, 256:] = top_bytes(u).reshape(g1 - g0, nb, block_bytes - 256)
+    return out.reshape(ng, nb * block_bytes)
+
+
+def _q6_top(u: np.ndarray) -> np.ndarray:
+    """Bits 4-5 of each column, four columns a byte: (g, b, half, r, i)."""
+    top = u >> 4
+    pairs = top[:, :, :, :, 0] | (top[:, :, :, :, 1] << 2) | (top[:, :, :, :, 2] << 4) | (top[:, :, :, :, 3] << 6)
+    return pairs.transpose(0, 2, 3, 1, 4)
+
+
+def _pack_q6(q: np.ndarray) -> np.ndarray:
+    """Row-major (rows, cols) int8 in [-32, 31] -> the packed q6 layout (see the module doc)."""
+    return _pack_low_bits(q, 32, Q6_PACKED, _q6_top)
 
 
 #: bytes of a packed q5 block (16 rows x 32 columns of 5 bits)
 Q5_PACKED = 320
 
 
+def _q5_top(u: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of a block's 8 operands, eight to a byte: (g, b, r, i), operand k = 4 half + step at bit k."""
+    top = (u >> 4).reshape(u.shape[:3] + (8, 4))  # (g, r, b, k, i)
+    bits = np.zeros(top.shape[:3] + (4,), np.uint8)
+    for k in range(8):
+        bits |= top[:, :, :, k] << np.uint8(k)
+    return bits.transpose(0, 2, 1, 3)
+
+
 def _pack_q5(q: np.ndarray) -> np.ndarray:
     """Row-major (rows, cols) int8 in [-16, 15] -> the packed q5 layout (see the module doc)."""
-    nb = q.shape[1] // QK
-    ng = -(-q.shape[0] // ROWS)
-    out = np.empty((ng, nb, Q5_PACKED), np.uint8)
-    for g0 in range(0, ng, _PACK_GROUPS):
-        chunk = _pad_rows(q[g0 * ROWS:(g0 + _PACK_GROUPS) * ROWS])
-        u = (chunk + np.int8(16)).view(np.uint8).reshape(-1, ROWS, nb, 2, 4, 4)  # (g, r, b, half, step, i)
-        g1 = g0 + u.shape[0]
-        nib = (u[:, :, :, 0] & 15) | ((u[:, :, :, 1] & 15) << 4)  # (g, r, b, step, i)
-        out[g0:g1, :, :256] = nib.transpose(0, 2, 3, 1, 4).reshape(g1 - g0, nb, 256)
-        top = (u >> 4).reshape(-1, ROWS, nb, 8, 4)  # operand k = 4 half + step: (g, r, b, k, i)
-        bits = np.zeros(top.shape[:3] + (4,), np.uint8)
-        for k in range(8):
-            bits |= top[:, :, :, k] << np.uint8(k)
-        out[g0:g1, :, 256:] = bits.transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 64)  # (g, b, r, i)
-    return out.reshape(ng, nb * Q5_PACKED)
+    return _pack_low_bits(q, 16, Q5_PACKED, _q5_top)
 
 
 def is_packed_q5(q: np.ndarray, cols: int) -> bool:
