@@ -1,5 +1,6 @@
 """`corert serve --ray`'s app on a local Ray instance this module starts and stops (2 CPUs, no dashboard): two
-corert replicas of num_cpus=1 (native engine, paged:q8 KV) behind Serve's HTTP proxy on loopback.  The real
+corert replicas of num_cpus=1 (native engine, paged:q8 KV) behind the ingress, which serves the endpoint itself
+on loopback (Serve's direct ingress: no proxy hop).  The real
 openai client (strict validation) for chat, stream and embeddings; prefix-aware routing (8 requests sharing
 a ~1,000-token prefix land on one replica, which computes the prefix once); a replica killed mid-stream.
 Then the app is replaced by one serving two models with one loaded per replica (the second request evicts
@@ -7,7 +8,9 @@ the first) and autoscaling 1:2 (scaled up under load)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
 import pickle
 import secrets
 import socket
@@ -27,7 +30,8 @@ from corert.config import RuntimeConfig  # noqa: E402
 from corert.server.app import ServeSettings  # noqa: E402
 from corert.server.asgi_bridge import Forwarded  # noqa: E402
 from corert.spin import CHOSEN, GIVEN  # noqa: E402
-from corert.server.ray_deploy import LOOP_ENV, RAY_ENV, REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
+from corert.server.ray_local import start_local  # noqa: E402
+from corert.server.ray_deploy import LOOP_ENV, REPLICA_HEADER, RaySettings, body_of, build_app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -48,19 +52,8 @@ def endpoint():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for attempt in range(2):  # Ray gives its raylet 30 s to register: a loaded machine may need a second go
-        try:
-            with pytest.MonkeyPatch.context() as env:  # Ray's daemons start with what `serve --ray` sets
-                for name, value in RAY_ENV.items():
-                    env.setenv(name, value)
-                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="corert-test")
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt:
-                raise
+    start_local("127.0.0.1", port, num_cpus=2, namespace="corert-test")  # as `corert serve --ray` does
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = RuntimeConfig().evolve(model=MODEL, engine="native", plugins=["kv_cache=paged:q8"], n_seqs=4,
                                         n_ctx=2048)
         settings = ServeSettings(models=(MODEL,), api_key=KEY)
@@ -92,7 +85,30 @@ def http(endpoint):
         yield c
 
 
-def test_chat_stream_and_embeddings_through_the_proxy(client, loose, http):
+def _listening(port: int) -> str:
+    """The command line of the process that listens on ``port`` (Linux /proc)."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    sockets.add(f"socket:[{fields[9]}]")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd")):
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    return f.read().replace(b"\0", b" ").decode()
+    return ""
+
+
+def test_the_endpoint_is_the_ingress_itself(endpoint):
+    """No proxy process between the client and the ingress (one process hop less per streamed event)."""
+    listener = _listening(int(endpoint.rsplit(":", 1)[1]))
+    assert "corert_ingress" in listener and "ProxyActor" not in listener, listener
+
+
+def test_chat_stream_and_embeddings_through_the_endpoint(client, loose, http):
     assert {m.id for m in client.models.list().data} >= {MODEL, EMBED}
     messages = [{"role": "user", "content": "Name a colour."}]
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
@@ -134,6 +150,37 @@ def test_events_ready_together_cross_as_one_item_and_reach_the_client_in_order(c
     chunks = list(client.chat.completions.create(**ask, extra_body={"ignore_eos": True}))
     assert [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content] == texts
     assert len(chunks) == len(events) and chunks[-1].usage.completion_tokens == 12
+
+
+def _streamed(http: httpx.Client, ask: dict) -> tuple[str, str]:
+    """(replica, text) of ``ask`` streamed."""
+    parts = []
+    with http.stream("POST", "/v1/completions", json={**ask, "stream": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                parts.append(json.loads(line[6:])["choices"][0]["text"])
+        return r.headers[REPLICA_HEADER], "".join(parts)
+
+
+def test_a_replicas_streams_share_its_channel(http):
+    """Four streams on one replica (their shared first block routes them together) reach the ingress on
+    the replica's channel, the bursts of one decode step in one item; each stream's text is its text alone."""
+    common = "The harbour master keeps a careful log of every ship that enters the port. " * 5  # > 256 bytes
+    asks = [{"model": MODEL, "prompt": f"{common}Ship {i} arrived carrying", "max_tokens": 16, "temperature": 0,
+             "ignore_eos": True} for i in range(4)]
+    alone = [http.post("/v1/completions", json=a).json()["choices"][0]["text"] for a in asks]
+    _streamed(http, {**asks[0], "max_tokens": 4})  # the replica's first stream opens its channel
+    before = metrics(http)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda a: _streamed(http, a), asks))
+    after = metrics(http)
+    assert len({replica for replica, _ in got}) == 1
+    assert [text for _, text in got] == alone
+    items, bursts = (metric(after, f"corert_route_channel_{n}_total") - metric(before, f"corert_route_channel_{n}_total")
+                     for n in ("items", "bursts"))
+    assert bursts >= 4 * 16 / 2, (items, bursts)  # most of the streams' bursts came on the channel...
+    assert bursts >= 1.5 * items, (items, bursts)  # ...several to an item
 
 
 def _ask(http: httpx.Client, question: str) -> tuple[str, dict]:
@@ -298,6 +345,21 @@ def test_autoscale_scales_up_under_load(two_models):
         for t in threads:
             t.join(60)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_port_in_use_is_one_line_exit_2():
+    import subprocess
+
+    from cli_support import CORERT
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([CORERT, "serve", "--ray", "--port", str(port)], capture_output=True, text=True,
+                             timeout=120)
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
 @pytest.mark.parametrize("args, says", [(["--uds", "s.sock"], "--uds does not go with --ray"),

@@ -23,7 +23,8 @@ import attrs
 class Forwarded:
     """One HTTP request as the ingress forwards it.  ``route_keys``: hashes of the prompt's leading blocks
     (see ray_route.prefix_keys), read by the router; ``pin``: a replica id the request must go to
-    (the ingress gathering every replica's metrics)."""
+    (the ingress gathering every replica's metrics, or opening a channel); ``channel``, ``stream``: the
+    ingress's channel and this request's stream id on it (see ray_mux)."""
 
     method: str
     path: str
@@ -32,6 +33,8 @@ class Forwarded:
     body: bytes = b""
     route_keys: tuple[int, ...] = ()
     pin: str | None = None
+    channel: str | None = None
+    stream: str = ""
 
 
 _DONE = object()

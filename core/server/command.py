@@ -81,7 +81,7 @@ def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -
     # the options are checked before ray is imported (seconds): a usage error comes back at once
     api_key = args.api_key or os.environ.get("CORERT_API_KEY") or None
     if args.uds:
-        raise ConfigError("--uds does not go with --ray: Serve's proxy listens on TCP (--host, --port)")
+        raise ConfigError("--uds does not go with --ray: Ray Serve listens on TCP (--host, --port)")
     check_bind(args.host, api_key)
     autoscale = None
     if args.autoscale:
@@ -97,6 +97,10 @@ def _run_ray(args: argparse.Namespace, make_config: Callable[..., Any] | None) -
         from .ray_deploy import RaySettings, run
     except ImportError as exc:
         raise CorertError(f"corert serve --ray needs the ray extra: pip install 'corert[ray]' ({exc})") from None
+    if not args.ray_address:  # the ingress listens on this machine: a port in use is a usage error, found now
+        sock, _ = _bind_tcp(args.host, 8080 if args.port is None else args.port)
+        args.port = sock.getsockname()[1]  # 0: a free one
+        sock.close()
     # a replica is the unit of failure here (Serve replaces it): no worker processes inside it
     config = make_config(defaults={"isolation": "none"}, **({"n_seqs": args.n_seqs} if args.n_seqs else {}))
     settings = ServeSettings(models=tuple(args.model), api_key=api_key, max_queue=args.max_queue,

@@ -6,10 +6,12 @@ config (a ``Llama`` cannot be pickled; a config can), with ``n_threads = num_cpu
 node's replicas (else every worker compiles the kernels again); it serves the very app of ``corert serve``
 (:func:`corert.server.create_app`: routes, streaming, auth, metrics) in-process, request by request
 (asgi_bridge), its response as bursts of ASGI messages: every SSE event ready at once crosses as one item,
-over Serve's gRPC transport (:class:`Bursts`).  ``Ingress`` (no CPU of its own) is what Serve's HTTP proxy
-calls: it reads the body, hashes the prompt's leading blocks and forwards the request through a handle whose
-router is the prefix-aware :class:`~corert.server.ray_route.PrefixRouter`; it relays the response, a stream
-as a stream.
+over Serve's gRPC transport (:class:`Bursts`); a stream's later bursts go on its ingress's channel, one item
+for what all the replica's streams have ready at once (:mod:`~corert.server.ray_mux`).  ``Ingress`` (no CPU
+of its own) serves the endpoint (Serve's direct ingress on a local Ray, :mod:`~corert.server.ray_local`;
+Serve's proxy calls it on a joined cluster): it reads the body, hashes the prompt's leading blocks and
+forwards the request through a handle whose router is the prefix-aware
+:class:`~corert.server.ray_route.PrefixRouter`; it relays the response, a stream as a stream.
 
 Failure: a replica that dies before the first byte of its answer has its request retried once on another
 replica (nothing was sent, nothing is repeated twice to the client); one that dies mid-stream ends that
@@ -28,7 +30,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import threading
 from typing import Any, AsyncIterator
 
@@ -42,16 +43,14 @@ from starlette.responses import Response, StreamingResponse
 from ..spin import given_spin
 from .asgi_bridge import Forwarded, call_app, header
 from .errors import APIError
+from .ray_local import free_port, reuse_address_for_direct_ingress, start_local
+from .ray_mux import MUXED, ChannelBroken, IngressChannels, ReplicaChannels, muxed_bursts
 from .ray_route import PrefixRouter, prefix_keys, routers
 from .security import check_key
 
 # a replica that dies mid-answer breaks its gRPC stream (Serve turns only UNAVAILABLE into ActorUnavailableError)
-_REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError)
+_REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError, ChannelBroken)
 REPLICA_HEADER = "x-corert-replica"
-#: in the environment of the process that starts Ray (its daemons and workers inherit it): Serve's HTTP proxy
-#: reads the ingress's response over gRPC too, not as a Ray object per item (proxy + ingress CPU per streamed
-#: event 1.6 -> 0.9 ms, model-free replica); a cluster joined with --ray-address keeps its own setting
-RAY_ENV = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
 #: in our deployments' processes (runtime_env, so on any cluster): our code runs on the replica's own event
 #: loop, and the ingress's router too, not each on a loop of its own in another thread, which every streamed
 #: item crossed (quiet 2 cores, ray-1: replica CPU per token 5.8 -> 4.7 ms, ingress 0.44 -> 0.34; none of our
@@ -177,6 +176,7 @@ class CorertReplica:
         # Ray reserves CPUs, not cores: pinned lanes would put every replica of a node on its first cores
         config = config.evolve(scheduler={"pin_threads": False})
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.channels = ReplicaChannels()
         loop = asyncio.get_running_loop()
 
         def start(cfg: Any, st: Any) -> Any:
@@ -192,20 +192,29 @@ class CorertReplica:
                                 models, models_per_replica)
             await self.lru.app_for(models[0])  # warm: Serve sends the replica nothing before
 
-    async def call(self, fwd: Forwarded) -> AsyncIterator[list[dict[str, Any]]]:
+    async def call(self, fwd: Forwarded) -> AsyncIterator[bytes]:
         """The response to ``fwd``: lists of ASGI messages, each what the app had ready at once, pickled (one
-        item per list: an item costs ~1-2 CPU ms across replica, ingress and proxy, a token ~5.5 ms to decode)."""
+        item per list: an item costs ~1 CPU ms across the processes it crosses, a token ~2.6 ms to decode);
+        a stream's later lists go on its ingress's channel when that is open (ray_mux)."""
         if self.lru is not None and fwd.method == "GET" and fwd.path == "/metrics":
             from .metrics import CONTENT_TYPE
 
-            bursts = [[{"type": "http.response.start", "status": 200,
+            source = [[{"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", CONTENT_TYPE.encode())]},
                        {"type": "http.response.body", "body": self.lru.metrics()}]]
         else:
             served = self.one if self.lru is None else await self.lru.app_for(serve.get_multiplexed_model_id())
-            bursts = call_app(served.app, fwd)
-        async for burst in _aiter(bursts):
-            yield pickle.dumps(joined(burst, self.replica_id))  # bytes: gRPC carries them as they are
+            source = call_app(served.app, fwd)
+        bursts = _aiter(source, lambda burst: joined(burst, self.replica_id))
+        first = await anext(bursts)
+        channel = fwd.channel if _event_stream(first) else None
+        async for burst in self.channels.relay(channel, fwd.stream, first, bursts):
+            yield pickle.dumps(burst)  # bytes: gRPC carries them as they are
+
+    async def channel(self, fwd: Forwarded) -> AsyncIterator[bytes]:
+        """The ingress ``fwd.channel``'s streams: every burst they have ready at once, as one item."""
+        async for batch in self.channels.serve(fwd.channel):
+            yield batch
 
     def check_health(self) -> None:
         (self.one or self.lru).check_health()
@@ -214,13 +223,18 @@ class CorertReplica:
         await (self.one or self.lru).close()
 
 
-async def _aiter(items: Any) -> AsyncIterator[Any]:
+async def _aiter(items: Any, each: Any) -> AsyncIterator[Any]:
     if isinstance(items, list):
         for x in items:
-            yield x
+            yield each(x)
     else:
         async for x in items:
-            yield x
+            yield each(x)
+
+
+def _event_stream(burst: list[dict[str, Any]]) -> bool:
+    start = burst[0] if burst and burst[0]["type"] == "http.response.start" else {}
+    return (header(start.get("headers", []), b"content-type") or "").startswith("text/event-stream")
 
 
 def joined(burst: list[dict[str, Any]], replica_id: str) -> list[dict[str, Any]]:
@@ -285,13 +299,22 @@ def route_text(path: str, data: dict[str, Any]) -> str:
 
 
 class Ingress:
-    """What Serve's proxy calls: forwards each request to a replica chosen by the prefix router."""
+    """The endpoint (or what Serve's proxy calls): forwards each request to a replica chosen by the prefix router."""
 
     def __init__(self, replicas: Any, api_key: str | None, multiplexed: tuple[str, ...] = ()):
         """``multiplexed``: the generation models replicas load on demand (a request for one of them is
         sent with its id, for Serve's multiplexer and our router); empty: every replica has every model."""
+        reuse_address_for_direct_ingress()  # before Serve starts the endpoint's server
         self.replicas, self.api_key, self.multiplexed = replicas, api_key, frozenset(multiplexed)
         self.failures = self.retries = 0
+        self.channels = IngressChannels(self._channel_call)
+
+    def _channel_call(self, replica: str, channel: str) -> Any:
+        return self.replicas.options(stream=True, _by_reference=False, response_serialization="noop").channel.remote(
+            Forwarded("GET", "", pin=replica, channel=channel))
+
+    def __del__(self):
+        self.channels.close()
 
     async def __call__(self, request: Request) -> Response:
         body = await request.body()
@@ -302,9 +325,11 @@ class Ingress:
         data = body_json(body) if request.method == "POST" else {}
         named = data.get("model") if isinstance(data.get("model"), str) else ""
         # the model is part of the prefix: another model's cache does not hold it
+        stream, queue = self.channels.register()
         fwd = Forwarded(request.method, path, request.url.query.encode(), headers, body,
-                        route_keys=prefix_keys(f"{named}\n{route_text(path, data)}") if data else ())
-        return await self._forward(fwd, named if named in self.multiplexed else "")
+                        route_keys=prefix_keys(f"{named}\n{route_text(path, data)}") if data else (),
+                        channel=self.channels.id, stream=stream)
+        return await self._forward(fwd, named if named in self.multiplexed else "", queue)
 
     async def _start(self, fwd: Forwarded, model: str):
         """The replica's response generator and its first burst (the response start first); retried once on
@@ -321,15 +346,21 @@ class Ingress:
                 raise APIError(503, "the replica serving this request died and the retry failed too; retry",
                                "service_unavailable", code="replica_died") from None
 
-    async def _forward(self, fwd: Forwarded, model: str) -> Response:
+    async def _forward(self, fwd: Forwarded, model: str, queue: asyncio.Queue) -> Response:
+        """``queue``: where the stream's bursts come if its replica sends them on our channel."""
         try:
             gen, (start, *rest) = await self._start(fwd, model)
         except APIError as exc:
+            self.channels.unregister(fwd.stream)
             return exc.response()
         raw = start.get("headers", [])
         kept = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k.lower() != b"content-length"}
         if (header(raw, b"content-type") or "").startswith("text/event-stream"):
-            return StreamingResponse(self._relay(gen, rest), status_code=start["status"], headers=kept)
+            muxed = any(m["type"] == MUXED for m in rest)
+            self.channels.on_replica(fwd.stream, header(raw, REPLICA_HEADER.encode()) or "")
+            return StreamingResponse(self._relay(gen, rest, fwd.stream, queue if muxed else None),
+                                     status_code=start["status"], headers=kept)
+        self.channels.unregister(fwd.stream)
         chunks = [body_of(rest)]
         try:
             async for burst in gen:
@@ -339,19 +370,25 @@ class Ingress:
             return _died().response()
         return Response(b"".join(chunks), status_code=start["status"], headers=kept)
 
-    async def _relay(self, gen, first: list[dict[str, Any]]) -> AsyncIterator[bytes]:
-        """A burst's events as one chunk: written as they came, never held for later ones."""
+    async def _relay(self, gen: Bursts, first: list[dict[str, Any]], stream: str,
+                     queue: asyncio.Queue | None) -> AsyncIterator[bytes]:
+        """A burst's events as one chunk: written as they came, never held for later ones.  ``queue``: the
+        later bursts come on the replica's channel (the call itself then only ends, or raises)."""
+        later = gen if queue is None else muxed_bursts(queue, gen)
         try:
             if body := body_of(first):
                 yield body
-            async for burst in gen:
+            async for burst in later:
                 if body := body_of(burst):
                     yield body
         except _REPLICA_GONE:
             self.failures += 1
             yield f"data: {json.dumps(_died().body())}\n\n".encode()
         finally:
+            if later is not gen:
+                await later.aclose()
             gen.cancel()  # the client left, or the stream ended: the replica's request ends too
+            self.channels.unregister(stream)
 
     async def _metrics(self, request: Request, headers: tuple) -> Response:
         auth = request.headers.get("authorization", "")
@@ -370,7 +407,8 @@ class Ingress:
             except (asyncio.TimeoutError, *_REPLICA_GONE):
                 continue  # a replica that does not answer is left out of this scrape
         stats = router.stats.snapshot() if router is not None else None
-        body, content_type = merged(per_replica, stats, len(ids), self.failures, self.retries)
+        body, content_type = merged(per_replica, stats, len(ids), self.failures, self.retries,
+                                    (self.channels.items, self.channels.bursts))
         return Response(body, media_type=content_type)
 
     async def _scrape(self, replica: str, headers: tuple) -> str:
@@ -413,12 +451,6 @@ def build_app(config: Any, settings: Any, ray: RaySettings):
                         models if per_replica else ())
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def run(args: Any, config: Any, settings: Any, ray_settings: RaySettings) -> int:
     """Start (or join, with --ray-address) a Ray cluster, deploy, print the address, serve until SIGTERM or
     Ctrl-C, then shut Serve down."""
@@ -426,19 +458,20 @@ def run(args: Any, config: Any, settings: Any, ray_settings: RaySettings) -> int
 
     host = args.host
     port = free_port(host) if args.port == 0 else (8080 if args.port is None else args.port)
-    init: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if args.ray_address:
-        init["address"] = args.ray_address
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
-    if not args.ray_address:  # the replicas run on this machine: their spin from its pressure before Ray starts
+    if args.ray_address:  # the cluster's own settings: its endpoint is Serve's proxy
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            serve.start(http_options={"host": host, "port": port})
+        except BaseException:
+            ray.shutdown()
+            raise
+    else:  # the replicas run on this machine: their spin from its pressure before Ray starts
         ray_settings = attrs.evolve(ray_settings, env={**given_spin(os.environ), **ray_settings.env})
-    ray.init(**init)
+        start_local(host, port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(config, settings, ray_settings), name="corert", route_prefix="/")
         shown = f"[{host}]" if ":" in host else host
         print(f"corert serve: listening on http://{shown}:{port} (Ray Serve)", flush=True)

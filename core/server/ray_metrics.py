@@ -20,7 +20,8 @@ class _Fixed(Collector):
         yield from self.families
 
 
-def _routing(stats: dict[str, Any] | None, replicas: int, failures: int, retries: int) -> list[Metric]:
+def _routing(stats: dict[str, Any] | None, replicas: int, failures: int, retries: int,
+             channels: tuple[int, int]) -> list[Metric]:
     stats = stats or {"by_replica": {}, "hits": 0, "misses": 0, "no_prefix": 0, "hit_rate": 0.0}
     routed = CounterMetricFamily("corert_route_requests", "requests routed, by replica", labels=["replica"])
     for replica, n in sorted(stats["by_replica"].items()):
@@ -40,6 +41,10 @@ def _routing(stats: dict[str, Any] | None, replicas: int, failures: int, retries
                             value=failures),
         CounterMetricFamily("corert_route_retries", "requests retried on another replica (nothing was sent "
                                                     "yet)", value=retries),
+        CounterMetricFamily("corert_route_channel_items", "items received on the replicas' channels (each "
+                                                          "carries what a replica's streams had ready at once)",
+                            value=channels[0]),
+        CounterMetricFamily("corert_route_channel_bursts", "stream bursts those items carried", value=channels[1]),
     ]
 
 
@@ -63,5 +68,6 @@ def render(families: list[Metric]) -> bytes:
 
 
 def merged(per_replica: dict[str, str], stats: dict[str, Any] | None, replicas: int, failures: int,
-           retries: int) -> tuple[bytes, str]:
-    return render(_routing(stats, replicas, failures, retries) + labelled(per_replica, "replica")), CONTENT_TYPE
+           retries: int, channels: tuple[int, int] = (0, 0)) -> tuple[bytes, str]:
+    return (render(_routing(stats, replicas, failures, retries, channels) + labelled(per_replica, "replica")),
+            CONTENT_TYPE)

@@ -75,23 +75,17 @@ def _metric(port: int, name: str) -> float:
 
 
 class RayCluster:
-    """One local Ray instance with Serve's proxy on a loopback port; apps deployed and deleted in turn."""
+    """One local Ray instance, the app's endpoint on a loopback port; apps deployed and deleted in turn."""
 
     def __init__(self, cpus: int, start_timeout: float):
         import ray
         from ray import serve
 
-        from corert.server.ray_deploy import RAY_ENV
+        from corert.server.ray_local import start_local
 
         self.ray, self.serve, self.start_timeout = ray, serve, start_timeout
         self.port = free_port()
-        os.environ.update(RAY_ENV)  # what `corert serve --ray` starts Ray with
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, namespace="corert-bench")
-        try:
-            serve.start(http_options={"host": HOST, "port": self.port})
-        except BaseException:
-            ray.shutdown()
-            raise
+        start_local(HOST, self.port, num_cpus=cpus, namespace="corert-bench")  # as `corert serve --ray` does
 
     def deploy(self, config: Any, settings: Any, ray_settings: Any) -> None:
         """Deploys the app and waits (bounded) until its replicas have loaded and warmed up."""

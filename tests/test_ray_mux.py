@@ -1,0 +1,130 @@
+"""The channel of ray_mux without Ray between its two ends (the Serve integration is in test_serve_ray.py): a
+replica's streams batched into one item per loop turn, read back per stream in order; a channel closes when
+idle only with no stream on it; a stream learns of its call's error and of its channel breaking."""
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import pytest
+
+from corert.server.ray_mux import MUXED, ChannelBroken, IngressChannels, ReplicaChannels, muxed_bursts
+
+
+def _burst(text: str) -> list[dict]:
+    return [{"type": "http.response.body", "body": text.encode(), "more_body": True}]
+
+
+async def _produce(texts: list[str], gap_s: float = 0.0, fail: bool = False):
+    for t in texts:
+        await asyncio.sleep(gap_s)
+        yield _burst(t)
+    if fail:
+        raise ValueError("the app failed")
+
+
+async def _call(channels: ReplicaChannels, channel: str | None, stream: str, texts: list[str], **kw) -> list:
+    """A stream's own call, as the ingress reads it."""
+    return [b async for b in channels.relay(channel, stream, _burst("start"), _produce(texts, **kw))]
+
+
+def test_streams_share_items_and_each_reads_its_own_in_order():
+    async def main():
+        replica = ReplicaChannels()
+
+        async def open_call(replica_id: str, channel: str):
+            async for raw in replica.serve(channel):
+                yield raw
+
+        ingress = IngressChannels(open_call)
+        ingress.on_replica("warm", "r1")  # the channel opens (as at a replica's first stream)
+        await asyncio.sleep(0.01)
+        streams = [ingress.register() for _ in range(3)]
+        words = [[f"s{i}w{k} " for k in range(5)] for i in range(3)]
+        calls = [asyncio.ensure_future(_call(replica, ingress.id, sid, w)) for (sid, _), w in zip(streams, words)]
+        for sid, _ in streams:
+            ingress.on_replica(sid, "r1")
+        own = await asyncio.gather(*calls)
+        assert all(len(o) == 1 and o[0][-1] == {"type": MUXED} for o in own)  # only the marked first burst
+        got = []
+        for (sid, queue), o in zip(streams, own):
+
+            async def nothing():
+                return
+                yield
+
+            got.append("".join([b[0]["body"].decode() async for b in muxed_bursts(queue, nothing())]))
+        assert got == ["".join(w) for w in words]
+        assert ingress.bursts == 3 * 6 and ingress.items <= 6  # three streams' bursts shared the items
+        ingress.close()
+
+    asyncio.run(main())
+
+
+def test_without_an_open_channel_a_stream_stays_on_its_call():
+    async def main():
+        replica = ReplicaChannels()
+        own = await _call(replica, "nobody", "s", ["a", "b"])
+        assert [b[0]["body"] for b in own] == [b"start", b"a", b"b"]
+
+    asyncio.run(main())
+
+
+def test_an_idle_channel_closes_but_not_under_a_stream():
+    async def main():
+        replica = ReplicaChannels(idle_s=0.05)
+        items = []
+
+        async def read():
+            async for raw in replica.serve("c"):
+                items.append(pickle.loads(raw))
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0)
+        call = asyncio.ensure_future(_call(replica, "c", "s", ["late"], gap_s=0.3))  # silent for 6 idle periods
+        await asyncio.wait_for(reader, 2.0)  # it closed, but only after the stream ended
+        assert call.done() and [x for batch in items for x in batch] == [("s", _burst("late")), ("s", None)]
+        assert (await _call(replica, "c", "t", ["x"]))[0][-1] != {"type": MUXED}  # closed: on its own call
+
+    asyncio.run(main())
+
+
+def test_a_calls_error_and_a_broken_channel_reach_the_stream():
+    async def main():
+        replica = ReplicaChannels()
+        channel_up = asyncio.Event()
+
+        async def open_call(replica_id: str, channel: str):
+            channel_up.set()
+            async for raw in replica.serve(channel):
+                yield raw
+                raise ConnectionError("the replica died")  # the channel breaks after its first item
+
+        ingress = IngressChannels(open_call)
+        ingress.on_replica("warm", "r1")
+        await channel_up.wait()
+        sid, queue = ingress.register()
+        ingress.on_replica(sid, "r1")
+        with pytest.raises(ValueError, match="the app failed"):  # the call raised: so does the stream
+            await _call(replica, ingress.id, sid, [], fail=True)
+
+        async def failing():
+            raise ValueError("the app failed")
+            yield
+
+        with pytest.raises(ValueError):
+            [b async for b in muxed_bursts(asyncio.Queue(), failing())]
+        sid2, queue2 = ingress.register()
+        ingress.on_replica(sid2, "r1")
+        call = asyncio.ensure_future(_call(replica, ingress.id, sid2, ["a", "b", "c"], gap_s=0.01))
+
+        async def waiting():
+            await asyncio.sleep(10)
+            return
+            yield
+
+        with pytest.raises(ChannelBroken):
+            [b async for b in muxed_bursts(queue2, waiting())]
+        call.cancel()
+
+    asyncio.run(main())
