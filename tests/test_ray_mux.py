@@ -80,8 +80,14 @@ def test_an_idle_channel_closes_but_not_under_a_stream():
                 items.append(pickle.loads(raw))
 
         reader = asyncio.ensure_future(read())
-        await asyncio.sleep(0)
-        call = asyncio.ensure_future(_call(replica, "c", "s", ["late"], gap_s=0.3))  # silent for 6 idle periods
+        await asyncio.sleep(0)  # the channel is open
+        relay = replica.relay("c", "s", _burst("start"), _produce(["late"], gap_s=0.3))  # silent for 6 periods
+        assert (await anext(relay))[-1] == {"type": MUXED}  # no await before it joined: no idle close yet
+
+        async def rest():
+            return [b async for b in relay]
+
+        call = asyncio.ensure_future(rest())
         await asyncio.wait_for(reader, 2.0)  # it closed, but only after the stream ended
         assert call.done() and [x for batch in items for x in batch] == [("s", _burst("late")), ("s", None)]
         assert (await _call(replica, "c", "t", ["x"]))[0][-1] != {"type": MUXED}  # closed: on its own call
@@ -126,5 +132,39 @@ def test_a_calls_error_and_a_broken_channel_reach_the_stream():
         with pytest.raises(ChannelBroken):
             [b async for b in muxed_bursts(queue2, waiting())]
         call.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_channel_cancelled_under_a_stream_ends_it():
+    """However a channel's reader ends (here: cancelled, as Serve cancels a request's child calls), a stream
+    waiting on it gets ChannelBroken, not a wait without end."""
+    async def main():
+        replica = ReplicaChannels()
+
+        async def open_call(replica_id: str, channel: str):
+            async for raw in replica.serve(channel):
+                yield raw
+
+        ingress = IngressChannels(open_call)
+        ingress.on_replica("warm", "r1")
+        await asyncio.sleep(0.01)
+        sid, queue = ingress.register()
+        ingress.on_replica(sid, "r1")
+        call = asyncio.ensure_future(_call(replica, ingress.id, sid, ["a", "b"], gap_s=0.05))
+        await asyncio.sleep(0.01)
+        ingress.close()  # the reader is cancelled while the stream still has bursts to come
+
+        async def waiting():
+            await asyncio.sleep(10)
+            return
+            yield
+
+        with pytest.raises(ChannelBroken):
+            await asyncio.wait_for(asyncio.ensure_future(_drain(muxed_bursts(queue, waiting()))), 2.0)
+        call.cancel()
+
+    async def _drain(bursts):
+        return [b async for b in bursts]
 
     asyncio.run(main())
