@@ -222,6 +222,10 @@ def _kv_cache_lines(kv: dict | None) -> list[str]:
     if not kv or "name" not in kv:
         return []
     lines = [f"\nkv_cache {kv['name']}"]
+    settings = kv.get("settings")
+    if settings and "flash_attn" in settings:
+        state = "on" if settings["flash_attn"] else "off (llama.flash_attn=false)"
+        lines.append(f"  cache type {settings['cache_type']}, flash attention {state}")
     cfg = kv.get("config")
     if cfg:
         budget = (f"{cfg['budget_bytes'] / 2**20:.0f} MiB" if cfg.get("budget_bytes") is not None else

@@ -11,10 +11,12 @@ Precedence, key by key: explicit arguments > environment > TOML file > the defau
     pin_threads = false
     [corert.native]             # NativeConfig: what the native engine itself reads
     prefill_rows = 128
+    [corert.llama]              # LlamaConfig: the llama.cpp engine's contexts
+    flash_attn = false
 
 Each sub-config key has the environment variable ``CORERT_<TABLE>_<KEY>`` (``CORERT_KV_BUDGET``,
 ``CORERT_KV_PAGE_TOKENS``, ``CORERT_KV_KERNEL``, ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``,
-``CORERT_NATIVE_PREFILL_ROWS``, ``CORERT_NATIVE_LAYOUT_CACHE``) and the argument form
+``CORERT_NATIVE_PREFILL_ROWS``, ``CORERT_NATIVE_LAYOUT_CACHE``, ``CORERT_LLAMA_FLASH_ATTN``) and the argument form
 ``Runtime(kv={"budget": "256M"})`` (the CLI: ``--set kv.budget=256M``).  A sub-config given as a mapping changes only the keys it names.  Unknown keys,
 wrong types and out-of-range values are :class:`~corert.errors.ConfigError` naming the key.
 """
@@ -204,6 +206,20 @@ class NativeConfig(_Table):
 
 
 @attrs.frozen
+class LlamaConfig(_Table):
+    """``[corert.llama]``: the llama.cpp engine's contexts (the model's own and the batching one alike).
+
+    Read by the ``llama_cpp`` kv_cache plugin, because in llama.cpp flash attention is part of the cache's
+    shape: V is stored transposed without it, and a quantized V cache (``llama_cpp:q8_0``) needs it."""
+
+    TABLE = "llama"
+    #: fused flash attention, as llama-server's default (``-fa auto`` resolves to on with a CPU backend, where
+    #: ggml has it for every head size and cache type); false: softmax and the products apart (greedy tokens
+    #: may then differ from a flash-attention context's after a near tie)
+    flash_attn: bool = attrs.field(default=True, validator=_is_bool)
+
+
+@attrs.frozen
 class WorkerConfig(_Table):
     """``[corert.worker]``: the supervised worker processes of ``isolation = "process"``."""
 
@@ -227,7 +243,7 @@ class WorkerConfig(_Table):
 
 
 SUB_CONFIGS: dict[str, type[_Table]] = {t.TABLE: t for t in (KVConfig, SchedulerConfig, NativeConfig,
-                                                             WorkerConfig)}
+                                                             LlamaConfig, WorkerConfig)}
 
 
 # -- the runtime config ------------------------------------------------------------------------------------
@@ -279,6 +295,7 @@ class RuntimeConfig:
     kv: KVConfig = attrs.field(factory=KVConfig, converter=KVConfig.from_mapping)
     scheduler: SchedulerConfig = attrs.field(factory=SchedulerConfig, converter=SchedulerConfig.from_mapping)
     native: NativeConfig = attrs.field(factory=NativeConfig, converter=NativeConfig.from_mapping)
+    llama: LlamaConfig = attrs.field(factory=LlamaConfig, converter=LlamaConfig.from_mapping)
     #: "none": engines run in this process; "process": each loaded model runs in a supervised worker process
     isolation: str = attrs.field(default="none", validator=_one_of("none", "process"))
     worker: WorkerConfig = attrs.field(factory=WorkerConfig, converter=WorkerConfig.from_mapping)
@@ -318,7 +335,8 @@ class RuntimeConfig:
         ``CORERT_ALLOW``, ``CORERT_DISABLE``, ``CORERT_MODELS_DIR``, ``CORERT_DRAFT_MODEL``, ``CORERT_N_SEQS``,
         ``CORERT_ISOLATION``, the ``CORERT_WORKER_*`` variables
         and the sub-config variables ``CORERT_KV_BUDGET``, ``CORERT_KV_PAGE_TOKENS``, ``CORERT_KV_KERNEL``,
-        ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``, ``CORERT_NATIVE_PREFILL_ROWS`` on top of
+        ``CORERT_SCHEDULER_PIN_THREADS``, ``CORERT_SCHEDULER_CPUS``, ``CORERT_NATIVE_PREFILL_ROWS``,
+        ``CORERT_LLAMA_FLASH_ATTN`` on top of
         ``base``; the plugins and the sub-configs change only where a variable is set."""
         env = os.environ if environ is None else environ
         base = base or cls()

@@ -162,6 +162,9 @@ class Runtime:
             return {"error": str(exc)}
         stats = getattr(provider, "stats", None)
         info: dict[str, Any] = {"name": res.label, **(stats() if callable(stats) else {})}
+        settings = getattr(provider, "settings", None)  # llama_cpp: cache type and flash attention
+        if callable(settings):
+            info["settings"] = settings()
         with self._lock:
             loaded = [(key.path, m) for key, m in self._loaded.items() if key.kv_cache == res.label]
         info["stores"] = [{"model": model_label(path, self.store), **m.kv.stats()} for path, m in loaded

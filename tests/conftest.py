@@ -44,11 +44,14 @@ def runtime():
 
 @pytest.fixture(scope="session")
 def raw_llama(smollm2):
-    """llama-cpp-python used directly: the oracle."""
+    """llama-cpp-python used directly: the oracle, with flash attention as corert's llama.cpp engine has it
+    (llama.flash_attn: on unless the environment turns it off; the two attentions' greedy tokens may part)."""
+    from corert.config import LlamaConfig
     from corert.llama_lib import llama_cpp, prepare
 
     prepare(smollm2)
-    return llama_cpp().Llama(model_path=smollm2, n_ctx=2048, n_threads=2, verbose=False)
+    return llama_cpp().Llama(model_path=smollm2, n_ctx=2048, n_threads=2, flash_attn=LlamaConfig.from_env().flash_attn,
+                             verbose=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Continuous batching on the llama.cpp engine (n_seqs > 1): concurrent requests share one llama_decode per
-step, each gets the greedy tokens raw llama-cpp-python gives it alone, streams join and leave between
-steps, a cancelled stream's slot is free at once, a prompt reuses the slot holding its longest prefix, and
-a bad request or a failed forward harms no one after it."""
+step, each gets the greedy tokens raw llama-cpp-python gives it alone (both with flash attention, as the
+model's own context has it), streams join and leave between steps, a cancelled stream's slot is free at once,
+a prompt reuses the slot holding its longest prefix, and a bad request or a failed forward harms no one
+after it."""
 from __future__ import annotations
 
 import time

@@ -15,7 +15,7 @@ from corert.errors import ConfigError
 SMOL = "smollm2-135m-instruct"
 QWEN = "qwen2.5-coder-0.5b-instruct"
 SUB_ENV = ("CORERT_KV_BUDGET", "CORERT_KV_PAGE_TOKENS", "CORERT_KV_KERNEL", "CORERT_SCHEDULER_PIN_THREADS",
-           "CORERT_SCHEDULER_CPUS", "CORERT_NATIVE_PREFILL_ROWS")
+           "CORERT_SCHEDULER_CPUS", "CORERT_NATIVE_PREFILL_ROWS", "CORERT_LLAMA_FLASH_ATTN")
 ALL_ENV = ("CORERT_MODEL", "CORERT_ENGINE", "CORERT_PLUGINS", "CORERT_CTX", "CORERT_THREADS", "CORERT_ALLOW",
            "CORERT_DISABLE", "CORERT_MODELS_DIR", "CORERT_DRAFT_MODEL", "CORERT_N_SEQS") + SUB_ENV
 
@@ -105,6 +105,7 @@ def test_a_commands_defaults_sit_under_the_file(tmp_path):
     ("[scheduler]\ncpus = ['a']\n", "scheduler.cpus must be a list of cpu ids"),
     ("[native]\nprefill_rows = -1\n", r"native.prefill_rows must be an integer in \[1, 1048576\], got -1"),
     ("[native]\nn_seqs = 2\n", "unknown native config keys: n_seqs; known: prefill_rows"),
+    ("[llama]\nflash_attn = 'auto'\n", "llama.flash_attn must be true or false, got 'auto'"),
 ])
 def test_from_toml_bad_settings_are_config_errors(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
@@ -154,10 +155,12 @@ def test_bad_variable_values_fail_their_validators():
 
 def test_every_sub_config_variable_applies():
     env = {"CORERT_KV_BUDGET": "64M", "CORERT_KV_PAGE_TOKENS": "8", "CORERT_KV_KERNEL": "wide",
-           "CORERT_SCHEDULER_PIN_THREADS": "off", "CORERT_SCHEDULER_CPUS": "0,1", "CORERT_NATIVE_PREFILL_ROWS": "32"}
+           "CORERT_SCHEDULER_PIN_THREADS": "off", "CORERT_SCHEDULER_CPUS": "0,1", "CORERT_NATIVE_PREFILL_ROWS": "32",
+           "CORERT_LLAMA_FLASH_ATTN": "0"}
     cfg = RuntimeConfig.from_env(environ=env)
     assert (cfg.kv.budget, cfg.kv.page_tokens, cfg.kv.kernel) == (64 << 20, 8, "wide")
     assert (cfg.scheduler.pin_threads, cfg.scheduler.cpus, cfg.native.prefill_rows) == (False, (0, 1), 32)
+    assert RuntimeConfig().llama.flash_attn is True and cfg.llama.flash_attn is False
     assert all(k in RuntimeConfig.from_env.__doc__ for k in SUB_ENV)
     assert RuntimeConfig.from_env(environ={"CORERT_SCHEDULER_PIN_THREADS": "1"}).scheduler.pin_threads is True
 

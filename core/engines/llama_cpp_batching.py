@@ -11,6 +11,9 @@ streams (``kv_unified`` off): a sequence's cells then sit at the same places, in
 context of its own, so attention reads its K/V in the same order as alone.  (A unified buffer interleaves
 the sequences' cells and changes that order.)  llama.cpp splits one decode into micro-batches of
 consecutive sequence ids, so rows go in ascending slot order and a new stream fills a hole when it can.
+The context copies the model context's parameters, so both hold the kv_cache plugin's cache type and
+flash-attention setting: with attention computed two ways a stream's greedy tokens would part from its
+solo ones after a near tie.
 
 Exactness: ggml multiplies a weight matrix by a micro-batch of rows with a kernel chosen by the row count
 (one to three rows: per-row dot products; from four, with the repacked extra buffers, 4-row gemm tiles;
@@ -85,7 +88,8 @@ class BatchContext:
         from llama_cpp import _internals
 
         llm = loaded.llama
-        params = type(llm.context_params).from_buffer_copy(llm.context_params)  # type_k/v, flash_attn, threads
+        # type_k/v, flash_attn and threads as the model's own context (see the module docstring)
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
         rows = n_seqs + prefill_rows
         params.n_seq_max = n_seqs
         params.kv_unified = False  # one KV stream per sequence (see the module docstring)

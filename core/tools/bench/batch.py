@@ -171,8 +171,9 @@ def run(args) -> dict[str, Any]:
         tok = model.tokenizer
         ids = [tok.encode(p) for p in PROMPTS]
         prepare(path)
+        # flash attention as corert's llama.cpp contexts have it (rt.config.llama), on either engine's run
         llm = llama_cpp().Llama(model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads,
-                                verbose=False)
+                                flash_attn=rt.config.llama.flash_attn, verbose=False)
         _run_batched(runner(), ids[:1], 4)  # warm-up: kernels compiled / loaded, caches hot
         on_compute_thread(_run_llama, llm, ids[:1], 4)
         runs: dict[int, dict[str, list[dict[str, Any]]]] = {n: {"corert": [], "llama": []} for n in counts}
@@ -196,7 +197,8 @@ def run(args) -> dict[str, Any]:
         rt.close()
     best = rows[-1]
     return {"model": model_label(path), "engine": engine, "threads": threads, "max_tokens": args.max_tokens,
-            "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", engine).label, "rows": rows,
+            "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", engine).label,
+            "llama_flash_attn": rt.config.llama.flash_attn, "rows": rows,
             "streams_identical_whatever_n": identical,
             "same_tokens_as_llama_at_max_n": f"{same_as_llama}/{best['streams']}",
             "kv_stats": {k: kv_stats[k] for k in ("pages_total", "page_bytes", "evictions") if k in kv_stats},

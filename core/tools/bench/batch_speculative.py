@@ -57,7 +57,8 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
     texts = [render(template, [{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
     ids = [model.tokenizer.encode(t, parse_special=True)[:N_CTX - args.max_tokens - 1] for t in texts]
     prepare(path)
-    llm = llama_cpp().Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama_cpp().Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads,
+                            flash_attn=rt.config.llama.flash_attn, verbose=False)  # as corert's llama.cpp engine
     try:
         runner = lambda: BatchRunner(model, share_prefixes=False)  # noqa: E731  (no side reuses a prompt)
         solo = [_run_batched(runner(), [x], args.max_tokens)["outputs"][0] for x in ids]

@@ -42,7 +42,8 @@ def run(args) -> dict[str, Any]:
     corert = SideProcess("corert", {"side": "corert", "model_path": path, "engine": engine,
                                     "plugins": plugins, "threads": args.threads or cfg.n_threads, "n_ctx": n_ctx})
     threads = corert.info["threads"]
-    raw = SideProcess("raw", {"side": "raw", "model_path": path, "threads": threads, "n_ctx": n_ctx})
+    raw = SideProcess("raw", {"side": "raw", "model_path": path, "threads": threads, "n_ctx": n_ctx,
+                              "flash_attn": corert.info["flash_attn"]})
     rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "corert": []}
     try:
         for i in range(args.rounds + 1):  # round 0 warms both sides up and is not counted
@@ -74,7 +75,7 @@ def run(args) -> dict[str, Any]:
     return {
         "bench": "generate", "model": model_label(model), "model_file_mb": size / 2**20,
         "engine": corert.info.get("engine") or engine, "engine_requested": engine,
-        "plugins": corert.info.get("plugins"), "threads": threads, "gomp_spincount": corert.info.get("gomp_spincount"),
+        "plugins": corert.info.get("plugins"), "flash_attn": corert.info["flash_attn"], "threads": threads, "gomp_spincount": corert.info.get("gomp_spincount"),
         "spin_load": corert.info.get("spin_load"),
         # converted before timing (layout_warmup.py); the measured side's own load then writes none
         "layout_warmup": warmup, "layouts_written_by_corert_side": corert.info.get("layouts_written"),
@@ -101,7 +102,8 @@ def render(r: dict[str, Any]) -> str:
     lines = [f"corert bench generate — {r['model']} ({r['model_file_mb']:.0f} MB), engine {r['engine']}, "
              f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy",
              f"machine: {m['cpu']} ({m['cores']} cores, {m['isa']})",
-             f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}{_spin_why(r)}", "",
+             f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}{_spin_why(r)}",
+             f"flash attention (llama.cpp, both sides): {'on' if r.get('flash_attn') else 'off'}", "",
              f"{'side':<10}{'decode tok/s':>14}{'(min-max)':>18}{'prompt tok/s':>14}{'peak RSS MB':>13}{'RSS/model':>11}"]
     for name in ("raw", "corert"):
         s = r[name]

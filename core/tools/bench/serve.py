@@ -3,9 +3,9 @@
 Every side is a server this benchmark starts (a subprocess, the same model file, the same threads) and
 stops itself:
   corert-native     corert serve --engine native --plugin kv_cache=paged:q8 --n-seqs 8
-  corert-llama      corert serve --engine llama.cpp --n-seqs 8
+  corert-llama      corert serve --engine llama.cpp --n-seqs 8 --set llama.flash_attn=true
   llama-cpp-python  python -m llama_cpp.server (--interrupt_requests False: with its default, each new
-                    request cuts the running stream short)
+                    request cuts the running stream short; --flash_attn True, as the other llama.cpp sides)
   llama-server      llama.cpp's own server, -np 8 -cb, when --llama-server PATH is given
                     (scripts/build-llama-server.sh builds one)
 N clients (1, 4, 8, 16) each stream one /v1/completions request, all released together: the same prompts on
@@ -90,9 +90,10 @@ class Side:
     extra_body: dict[str, Any] = attrs.field(factory=dict)
 
 
-def _corert_side(name: str, path: str, threads: int, engine: str, plugins: list[str], args) -> Side:
+def _corert_side(name: str, path: str, threads: int, engine: str, plugins: list[str], args,
+                 settings: tuple[str, ...] | list[str] = ()) -> Side:
     argv = [sys.executable, "-m", "corert.cli", "serve", "--host", HOST, "--port", "0", "--model", path,
-            "--engine", engine, "--n-seqs", str(N_SEQS), "--threads", str(threads)]
+            "--engine", engine, "--n-seqs", str(N_SEQS), "--threads", str(threads), *settings]
     for plugin in plugins:
         argv += ["--plugin", plugin]
     if args.ctx:
@@ -101,7 +102,9 @@ def _corert_side(name: str, path: str, threads: int, engine: str, plugins: list[
                                  start_timeout_s=args.start_timeout), {"ignore_eos": True})
 
 
-def build_sides(names: list[str], path: str, threads: int, args) -> list[Side]:
+def build_sides(names: list[str], path: str, threads: int, args, flash_attn: bool = True) -> list[Side]:
+    """The servers to start; ``flash_attn`` is the llama.cpp attention of corert-llama and llama-cpp-python
+    (llama-server's default, -fa auto, is on), so every llama.cpp side computes attention alike."""
     plugins = [p for p in (args.plugin or []) if not p.startswith("kv_cache=")]
     kv = next((p for p in (args.plugin or []) if p.startswith("kv_cache=")), "kv_cache=paged:q8")
     sides: list[Side] = []
@@ -109,12 +112,13 @@ def build_sides(names: list[str], path: str, threads: int, args) -> list[Side]:
         if name == "corert-native":
             sides.append(_corert_side(name, path, threads, "native", plugins + [kv], args))
         elif name == "corert-llama":
-            sides.append(_corert_side(name, path, threads, "llama.cpp", plugins, args))
+            sides.append(_corert_side(name, path, threads, "llama.cpp", plugins, args,
+                                      ["--set", f"llama.flash_attn={str(flash_attn).lower()}"]))
         elif name == "llama-cpp-python":
             argv = [sys.executable, "-m", "corert.tools.bench.llama_cpp_python_server", "--model", path,
                     "--host", HOST, "--port", "{port}",
                     "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(args.ctx or 2048),
-                    "--interrupt_requests", "False"]
+                    "--interrupt_requests", "False", "--flash_attn", str(flash_attn)]
             # its completion defaults add a 1.1 repeat penalty: off, like every other side's
             sides.append(Side(name, ServerSpec(name, tuple(argv), start_timeout_s=args.start_timeout),
                               {"min_tokens": args.max_tokens, "repeat_penalty": 1.0}))
@@ -193,7 +197,7 @@ def run(args) -> dict[str, Any]:
     cfg = RuntimeConfig.from_env(RuntimeConfig.from_toml(args.config) if getattr(args, "config", None) else None)
     path = str(ModelStore(progress=True).resolve(args.model or cfg.model))
     threads = args.threads or _cores()
-    sides = build_sides(names, path, threads, args)
+    sides = build_sides(names, path, threads, args, cfg.llama.flash_attn)
     if "corert-native" in names:  # its layout converted before any server starts (layout_warmup.py)
         kv = next((p for p in (args.plugin or []) if p.startswith("kv_cache=")), "kv_cache=paged:q8")
         warm(path, "native", [p for p in (args.plugin or []) if not p.startswith("kv_cache=")] + [kv],
@@ -223,6 +227,7 @@ def run(args) -> dict[str, Any]:
     rows = [_row(n, {s: figures[s][n] for s in figures}) for n in counts]
     result = {"bench": "serve", "model": model_label(path), "threads": threads, "max_tokens": args.max_tokens,
               "clients": counts, "rounds": args.rounds, "side_rounds": side_rounds, "n_seqs": N_SEQS,
+              "llama_flash_attn": cfg.llama.flash_attn,
               "sides": {s.name: {"argv": _public_argv(s.spec.argv, path), "extra_body": s.extra_body}
                         for s in sides},
               "rows": rows, "goals": goals(rows), "plot": args.plot}

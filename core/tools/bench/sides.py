@@ -53,13 +53,14 @@ class SideProcess:
 class _RawLlama:
     """llama-cpp-python used directly, the way its own docs show: Llama(...).generate(tokens)."""
 
-    def __init__(self, model_path: str, threads: int, n_ctx: int, **_):
+    def __init__(self, model_path: str, threads: int, n_ctx: int, flash_attn: bool, **_):
         from corert.llama_lib import llama_cpp, prepare
 
         lib = llama_cpp()
         prepare(model_path)  # the same extra-buffer verdict as corert's side
+        # flash attention as corert's side has it: the same attention on both sides, so greedy ids can match
         self.llm = lib.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                             verbose=False)
+                             flash_attn=flash_attn, verbose=False)
         vocab = lib.llama_model_get_vocab(self.llm._model.model)
         self.is_eog = lambda t: bool(lib.llama_vocab_is_eog(vocab, t))
         self.threads = threads
@@ -92,13 +93,16 @@ class _Corert:
 
         self.rt = Runtime(model=model_path, engine=engine, plugins=plugins or {}, n_threads=threads, n_ctx=n_ctx)
         snap = Snapshot(model_path, self.rt.config.native.layout_cache)
-        self.rt.load_generation_model()
+        loaded, _ = self.rt.load_generation_model()
         #: native layout files this side's own load wrote (0 when the bench warmed the cache: layout_warmup.py)
         self.layouts_written = snap.written()
         budget = self.rt.scheduler.thread_budget()
         self.engine = self.rt.generation_engine()  # auto's choice, or the one asked for
         self.threads = budget.llama_threads if self.engine == "llama.cpp" else budget.numba_threads
         self.plugins = self.rt.active_plugins()
+        #: the llama.cpp contexts' flash attention (the native engine: what a llama.cpp side would get)
+        self.flash_attn = bool(loaded.kv.context_params()["flash_attn"] if self.engine == "llama.cpp"
+                               else self.rt.config.llama.flash_attn)
 
     def run(self, prompt: str, max_tokens: int) -> dict[str, Any]:
         c = self.rt.generate(prompt, max_tokens=max_tokens, temperature=0.0)
@@ -125,6 +129,7 @@ def _worker() -> None:
                 side = (_RawLlama if msg["side"] == "raw" else _Corert)(**msg)
                 reply: dict[str, Any] = {"threads": side.threads, "plugins": getattr(side, "plugins", None),
                                          "engine": getattr(side, "engine", None),
+                                         "flash_attn": getattr(side, "flash_attn", None),
                                          "layouts_written": getattr(side, "layouts_written", None),
                                          # OpenMP's spin, as corert.numba_setup chose it (None: not loaded),
                                          # and what the CPUs did while it chose (spin.py)

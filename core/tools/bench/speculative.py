@@ -57,7 +57,7 @@ def _timed(gen: Iterator[int], max_tokens: int, is_eog: Callable[[int], bool]) -
     return {"ids": ids, "first_s": (t1 or t2) - t0, "decode_s": t2 - (t1 or t2)}
 
 
-def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with_spec: bool):
+def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with_spec: bool, flash_attn: bool):
     from corert.llama_lib import llama_cpp, prepare
 
     lib = llama_cpp()
@@ -69,7 +69,7 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
 
         def __init__(self, path: str, num_pred_tokens: int = 8):
             self.llm = lib.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                 verbose=False)
+                                 flash_attn=flash_attn, verbose=False)
             self.k = num_pred_tokens
 
         def __call__(self, input_ids, /, **kwargs):
@@ -84,7 +84,7 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
         # llama-cpp-python's draft paths keep logits for every position and overrun a tight context
         # (a broadcast error in Llama.eval), so they get twice the room
         return lib.Llama(model_path=target_path, n_ctx=n_ctx * (2 if draft else 1), n_threads=threads,
-                         n_threads_batch=threads, verbose=False, draft_model=draft)
+                         n_threads_batch=threads, flash_attn=flash_attn, verbose=False, draft_model=draft)
 
     sides = {"llama.cpp plain": make()}
     if with_spec:
@@ -97,6 +97,7 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
 
 def run(args) -> dict[str, Any]:
     from corert import Runtime
+    from corert.config import RuntimeConfig
     from corert.models.gguf_header import read_header
     from corert.models.labels import model_label
     from corert.models.store import ModelStore
@@ -116,7 +117,9 @@ def run(args) -> dict[str, Any]:
 
     for path in (target_path, draft_path):  # native layouts converted before anything is timed (layout_warmup.py)
         warm_layout(path, args.engine or "llama.cpp", list(args.plugin), label=model_label(path))
-    raw, is_eog = _raw_sides(target_path, draft_path, threads, n_ctx, not args.no_llama_spec)
+    # the raw sides' attention as corert's llama.cpp contexts have it (the runtimes below read the same config)
+    flash_attn = RuntimeConfig.from_env().llama.flash_attn
+    raw, is_eog = _raw_sides(target_path, draft_path, threads, n_ctx, not args.no_llama_spec, flash_attn)
     runtimes = {name: Runtime(model=target_path, engine=args.engine or "llama.cpp", draft_model=draft_path,
                               n_threads=threads, n_ctx=n_ctx, plugins=[*args.plugin, f"speculative={spec}"])
                 for name, spec in CORERT_SIDES.items() if wanted is None or name in wanted}
