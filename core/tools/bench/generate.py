@@ -60,7 +60,8 @@ def run(args) -> dict[str, Any]:
     size = os.path.getsize(path)
     sides = {}
     for name, rs in rounds.items():
-        dec = [r["decode_tokens"] / r["decode_s"] for r in rs if r["decode_s"] > 0]
+        # a round whose first token ended the generation decoded nothing: it has no decode speed (not 0)
+        dec = [r["decode_tokens"] / r["decode_s"] for r in rs if r["decode_s"] > 0 and r["decode_tokens"] > 0]
         pro = [r["prompt_tokens"] / r["prompt_s"] for r in rs if r["prompt_s"] > 0]
         sides[name] = {"decode_tok_s": median(dec), "decode_tok_s_range": spread(dec),
                        "prompt_tok_s": median(pro), "prompt_tok_s_range": spread(pro),
