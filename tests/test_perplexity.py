@@ -32,6 +32,14 @@ def test_native_against_llama_cpp(capsys):
     assert r["top1_agree"] >= 0.9
 
 
+def test_llama_cpp_reference_keeps_kv_in_f32_unless_told(capsys):
+    """The reference at llama.cpp's most precise cache; an explicit --ref-plugin kv_cache still wins."""
+    common = ("--engine", "native", "--ref-engine", "llama.cpp", "--ctx", "64", "--max-chunks", "1")
+    assert _perplexity(capsys, *common)["ref_plugins"]["kv_cache"] == "llama_cpp:f32"
+    told = _perplexity(capsys, *common, "--ref-plugin", "kv_cache=llama_cpp:q8_0")
+    assert told["ref_plugins"]["kv_cache"] == "llama_cpp:q8_0"
+
+
 def test_same_engine_on_both_sides_agrees_exactly(capsys):
     r = _perplexity(capsys, "--engine", "native", "--ref-engine", "native", "--ctx", "64", "--max-chunks", "1",
                     "--score", "all")
