@@ -32,12 +32,18 @@ def test_native_against_llama_cpp(capsys):
     assert r["top1_agree"] >= 0.9
 
 
-def test_llama_cpp_reference_keeps_kv_in_f32_unless_told(capsys):
-    """The reference at llama.cpp's most precise cache; an explicit --ref-plugin kv_cache still wins."""
+def test_llama_cpp_reference_is_f32_without_flash_attention_unless_told(capsys, monkeypatch):
+    """The reference at llama.cpp's most precise settings; an explicit --ref-plugin kv_cache still wins."""
+    from corert.tools import perplexity
+
+    made = []
+    real = perplexity._runtime
+    monkeypatch.setattr(perplexity, "_runtime", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     common = ("--engine", "native", "--ref-engine", "llama.cpp", "--ctx", "64", "--max-chunks", "1")
     assert _perplexity(capsys, *common)["ref_plugins"]["kv_cache"] == "llama_cpp:f32"
+    assert made[1].config.llama.flash_attn is False and made[0].config.engine == "native"
     told = _perplexity(capsys, *common, "--ref-plugin", "kv_cache=llama_cpp:q8_0")
-    assert told["ref_plugins"]["kv_cache"] == "llama_cpp:q8_0"
+    assert told["ref_plugins"]["kv_cache"] == "llama_cpp:q8_0" and made[3].config.llama.flash_attn is True
 
 
 def test_same_engine_on_both_sides_agrees_exactly(capsys):

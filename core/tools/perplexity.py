@@ -23,11 +23,13 @@ from corert.models.labels import model_label
 DEFAULT_CHUNK = 512
 #: Rows of logits asked for at a time (bounds memory: 128 x 152k vocabulary x 4 bytes = 78 MB).
 EVAL_BATCH = 128
-#: A llama.cpp reference keeps K/V in f32 unless --ref-plugin picks a cache: its most precise setting.  With
-#: its default f16 cache the CPU kernels also round Q and the attention weights to f16, and that alone moves
-#: llama.cpp as far as the native engine is from it (gemma3-270m: f16 vs f32 KL 0.006, top-1 0.94-0.96;
-#: docs/benchmarks.md).  Flash attention stays off: on the CPU it casts K/V to f16 whatever the cache type.
+#: A llama.cpp reference runs at llama.cpp's most precise settings unless --ref-plugin picks a cache: K/V in
+#: f32 and flash attention off.  Its f16 cache also rounds Q and the attention weights to f16 in the CPU
+#: kernels, and flash attention (the llama.cpp engine's default) casts K/V to f16 whatever the cache type;
+#: on gemma3-270m llama.cpp's own settings differ from each other by KL 0.006 (top-1 0.94-0.96), more than
+#: the native engine differs from any of them (docs/benchmarks.md).
 PRECISE_LLAMA_KV = "kv_cache=llama_cpp:f32"
+PRECISE_LLAMA = {"flash_attn": False}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-engine", help="reference engine (e.g. llama.cpp): adds kld_mean and top1_agree")
     parser.add_argument("--ref-plugin", action="append", default=[], metavar="AREA=NAME[:VARIANT]",
                         help="plugin selection of the reference side (repeatable; a llama.cpp reference "
-                             "keeps K/V in f32 unless a kv_cache is given)")
+                             "keeps K/V in f32 without flash attention unless a kv_cache is given)")
     parser.add_argument("--score", choices=("second-half", "all"), default="second-half",
                         help="positions of each chunk that are scored (default: second half, like llama.cpp)")
     parser.add_argument("--max-chunks", type=int, default=0, help="stop after this many chunks (0: all)")
 
 
-def _runtime(args: argparse.Namespace, engine: str | None, plugins: list[str]):
+def _runtime(args: argparse.Namespace, engine: str | None, plugins: list[str], **sub_configs: Any):
     from corert.runtime import Runtime, RuntimeConfig
 
-    over: dict[str, Any] = {"plugins": plugins}
+    over: dict[str, Any] = {"plugins": plugins, **sub_configs}
     if getattr(args, "model", None):
         over["model"] = args.model
     if engine:
@@ -56,11 +58,11 @@ def _runtime(args: argparse.Namespace, engine: str | None, plugins: list[str]):
     return Runtime(RuntimeConfig.from_env(base), **over)
 
 
-def _ref_plugins(args: argparse.Namespace) -> list[str]:
+def _ref_runtime(args: argparse.Namespace):
     plugins = list(args.ref_plugin)
-    if args.ref_engine == "llama.cpp" and not any(p.split("=", 1)[0].strip() == "kv_cache" for p in plugins):
-        plugins.append(PRECISE_LLAMA_KV)
-    return plugins
+    if args.ref_engine != "llama.cpp" or any(p.split("=", 1)[0].strip() == "kv_cache" for p in plugins):
+        return _runtime(args, args.ref_engine, plugins)
+    return _runtime(args, args.ref_engine, plugins + [PRECISE_LLAMA_KV], llama=PRECISE_LLAMA)
 
 
 def _chunk(args: argparse.Namespace) -> int:
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # the tested one, so `--plugin kv_cache=paged:q8 --ref-plugin kv_cache=contiguous` compares caches
     if args.ref_plugin and not args.ref_engine:
         args.ref_engine = rt.config.engine
-    ref_rt = _runtime(args, args.ref_engine, _ref_plugins(args)) if args.ref_engine else None
+    ref_rt = _ref_runtime(args) if args.ref_engine else None
     try:
         loaded, lock = rt.load_generation_model()
         tok = loaded.tokenizer
