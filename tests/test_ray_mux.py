@@ -28,17 +28,23 @@ async def _call(channels: ReplicaChannels, channel: str | None, stream: str, tex
     return [b async for b in channels.relay(channel, stream, _burst("start"), _produce(texts, **kw))]
 
 
+async def _open_channel() -> tuple[ReplicaChannels, IngressChannels]:
+    """A replica and an ingress whose channel to it is open (as at the replica's first stream)."""
+    replica = ReplicaChannels()
+
+    async def open_call(replica_id: str, channel: str):
+        async for raw in replica.serve(channel):
+            yield raw
+
+    ingress = IngressChannels(open_call)
+    ingress.on_replica("warm", "r1")
+    await asyncio.sleep(0.01)
+    return replica, ingress
+
+
 def test_streams_share_items_and_each_reads_its_own_in_order():
     async def main():
-        replica = ReplicaChannels()
-
-        async def open_call(replica_id: str, channel: str):
-            async for raw in replica.serve(channel):
-                yield raw
-
-        ingress = IngressChannels(open_call)
-        ingress.on_replica("warm", "r1")  # the channel opens (as at a replica's first stream)
-        await asyncio.sleep(0.01)
+        replica, ingress = await _open_channel()
         streams = [ingress.register() for _ in range(3)]
         words = [[f"s{i}w{k} " for k in range(5)] for i in range(3)]
         calls = [asyncio.ensure_future(_call(replica, ingress.id, sid, w)) for (sid, _), w in zip(streams, words)]
@@ -140,15 +146,7 @@ def test_a_channel_cancelled_under_a_stream_ends_it():
     """However a channel's reader ends (here: cancelled, as Serve cancels a request's child calls), a stream
     waiting on it gets ChannelBroken, not a wait without end."""
     async def main():
-        replica = ReplicaChannels()
-
-        async def open_call(replica_id: str, channel: str):
-            async for raw in replica.serve(channel):
-                yield raw
-
-        ingress = IngressChannels(open_call)
-        ingress.on_replica("warm", "r1")
-        await asyncio.sleep(0.01)
+        replica, ingress = await _open_channel()
         sid, queue = ingress.register()
         ingress.on_replica(sid, "r1")
         call = asyncio.ensure_future(_call(replica, ingress.id, sid, ["a", "b"], gap_s=0.05))
