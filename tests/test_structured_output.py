@@ -59,8 +59,14 @@ def test_every_output_validates_against_its_schema(runtime, schema):
     jsonschema.validate(json.loads(out.text), schema)
 
 
+#: a prompt whose greedy object closes: with ASK, SmolLM2's greedy answer repeats keys past any budget once the
+#: llama.cpp engine runs flash attention (its default), and the test would measure the model, not the mask
+ASK_TWO_KEYS = ("<|im_start|>user\nDescribe a pet as a JSON object with two keys, name and age.<|im_end|>\n"
+                "<|im_start|>assistant\n")
+
+
 def test_json_object_gives_an_object(runtime):
-    out = runtime.generate(ASK, max_tokens=160, temperature=0, response_format={"type": "json_object"})
+    out = runtime.generate(ASK_TWO_KEYS, max_tokens=160, temperature=0, response_format={"type": "json_object"})
     assert out.finish_reason == "stop" and isinstance(json.loads(out.text), dict)
 
 
