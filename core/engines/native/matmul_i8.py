@@ -363,6 +363,14 @@ def _store_rows(acc, out, n, g, rows):
             out[t, r0 + r] = acc[t * ROWS + r]
 
 
+@njit(inline="always")
+def _add_levels(acc, t, base, i2, i1, scale, x2, x1):
+    """acc[t] = base + i2 * scale * x2 + i1 * scale * x1: a block's two level products (integer) scaled,
+    level 2 (the small term) added first so it is not lost against the large one."""
+    part = fma_f32(to_f32(i2), mul_f32(scale, splat_f32(x2)), base)
+    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(x1)), part))
+
+
 @njit
 def _levels(x):
     """x's two int8 levels, their steps and sums (quantize_rows), freshly allocated."""
@@ -399,12 +407,11 @@ def q4_matmul(q, d, m, x, out):
             dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
-                # the small terms first: the offset, level 2, then level 1
-                part = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
+                # the small terms first: the offset, then the levels
+                base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
                 i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
-                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), part)
                 i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
-                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+                _add_levels(acc, t, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
         _store_rows(acc, out, n, g, out.shape[1])
 
 
@@ -437,11 +444,9 @@ def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc,
             dv = load_f32(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
-                # level 2 (the small term) first
                 i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b])
-                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
-                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+                _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
         return q8_rows
 
     def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
@@ -459,13 +464,11 @@ def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, co
     sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
     for t in range(n):
         xo = t * 2 * cols + b * QK
-        # level 2 (the small term) first
         i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b], bias), s_lo),
                      mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1], bias), s_hi))
-        part = fma_f32(to_f32(i2), mul_f32(sup, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
         i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b], bias), s_lo),
                      mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1], bias), s_hi))
-        store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(sup, splat_f32(xd[t, 0, b])), part))
+        _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, sup, xd[t, 1, b], xd[t, 0, b])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
@@ -535,9 +538,7 @@ def q5_packed_matmul(q, d, x, out):
             dv = load_f32(dg, b * ROWS)
             for t in range(n):
                 xo = t * 2 * cols + b * QK
-                # level 2 (the small term) first, as int8_matmul's q8 step
                 i2 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols, xi[t, 1, b])
-                part = fma_f32(to_f32(i2), mul_f32(dv, splat_f32(xd[t, 1, b])), load_f32(acc, t * ROWS))
                 i1 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xi[t, 0, b])
-                store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(dv, splat_f32(xd[t, 0, b])), part))
+                _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
         _store_rows(acc, out, n, g, out.shape[1])
