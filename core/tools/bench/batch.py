@@ -123,10 +123,10 @@ def _run_llama(llm, prompts: list[list[int]], max_tokens: int) -> dict[str, Any]
 
 def run(args) -> dict[str, Any]:
     from corert.errors import InputError
-    from corert.llama_lib import llama_cpp, prepare
     from corert.runtime import Runtime, RuntimeConfig
 
     from .layout_warmup import warm
+    from .raw_llama import raw_llama
 
     counts = sorted({int(x) for x in str(args.streams).split(",") if x.strip()})
     if not counts or counts[0] < 1 or counts[-1] > len(PROMPTS):
@@ -170,10 +170,8 @@ def run(args) -> dict[str, Any]:
             runner = lambda: _llama_cpp_runner(llama_runner)  # noqa: E731
         tok = model.tokenizer
         ids = [tok.encode(p) for p in PROMPTS]
-        prepare(path)
         # flash attention as corert's llama.cpp contexts have it (rt.config.llama), on either engine's run
-        llm = llama_cpp().Llama(model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads,
-                                flash_attn=rt.config.llama.flash_attn, verbose=False)
+        llm = raw_llama(path, 512, threads, rt.config.llama.flash_attn)
         _run_batched(runner(), ids[:1], 4)  # warm-up: kernels compiled / loaded, caches hot
         on_compute_thread(_run_llama, llm, ids[:1], 4)
         runs: dict[int, dict[str, list[dict[str, Any]]]] = {n: {"corert": [], "llama": []} for n in counts}

@@ -39,9 +39,10 @@ DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 def run(args, rt, counts: list[int]) -> dict[str, Any]:
     from corert.chat import render
     from corert.engines.native.batching import BatchRunner
-    from corert.llama_lib import llama_cpp, prepare
     from corert.models.gguf_header import read_header
     from corert.tools.prompts import GROUNDED, GROUNDED_MORE
+
+    from .raw_llama import raw_llama
 
     n = counts[-1]
     path = str(rt.model_path())
@@ -56,9 +57,7 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
     prompts = GROUNDED + GROUNDED_MORE
     texts = [render(template, [{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
     ids = [model.tokenizer.encode(t, parse_special=True)[:N_CTX - args.max_tokens - 1] for t in texts]
-    prepare(path)
-    llm = llama_cpp().Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads,
-                            flash_attn=rt.config.llama.flash_attn, verbose=False)  # as corert's llama.cpp engine
+    llm = raw_llama(path, N_CTX, threads, rt.config.llama.flash_attn)  # as corert's llama.cpp engine
     try:
         runner = lambda: BatchRunner(model, share_prefixes=False)  # noqa: E731  (no side reuses a prompt)
         solo = [_run_batched(runner(), [x], args.max_tokens)["outputs"][0] for x in ids]

@@ -54,15 +54,10 @@ class _RawLlama:
     """llama-cpp-python used directly, the way its own docs show: Llama(...).generate(tokens)."""
 
     def __init__(self, model_path: str, threads: int, n_ctx: int, flash_attn: bool, **_):
-        from corert.llama_lib import llama_cpp, prepare
+        from .raw_llama import eog_test, raw_llama
 
-        lib = llama_cpp()
-        prepare(model_path)  # the same extra-buffer verdict as corert's side
-        # flash attention as corert's side has it: the same attention on both sides, so greedy ids can match
-        self.llm = lib.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                             flash_attn=flash_attn, verbose=False)
-        vocab = lib.llama_model_get_vocab(self.llm._model.model)
-        self.is_eog = lambda t: bool(lib.llama_vocab_is_eog(vocab, t))
+        self.llm = raw_llama(model_path, n_ctx, threads, flash_attn)
+        self.is_eog = eog_test(self.llm)
         self.threads = threads
 
     def run(self, prompt: str, max_tokens: int) -> dict[str, Any]:

@@ -58,18 +58,15 @@ def _timed(gen: Iterator[int], max_tokens: int, is_eog: Callable[[int], bool]) -
 
 
 def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with_spec: bool, flash_attn: bool):
-    from corert.llama_lib import llama_cpp, prepare
-
-    lib = llama_cpp()
-    prepare(target_path)
     from llama_cpp.llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
+
+    from .raw_llama import eog_test, raw_llama
 
     class SmallModelDraft(LlamaDraftModel):
         """A draft model for llama-cpp-python's own speculative path: greedy tokens from a smaller Llama."""
 
         def __init__(self, path: str, num_pred_tokens: int = 8):
-            self.llm = lib.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                                 flash_attn=flash_attn, verbose=False)
+            self.llm = raw_llama(path, n_ctx, threads, flash_attn)
             self.k = num_pred_tokens
 
         def __call__(self, input_ids, /, **kwargs):
@@ -83,16 +80,13 @@ def _raw_sides(target_path: str, draft_path: str, threads: int, n_ctx: int, with
     def make(draft=None):
         # llama-cpp-python's draft paths keep logits for every position and overrun a tight context
         # (a broadcast error in Llama.eval), so they get twice the room
-        return lib.Llama(model_path=target_path, n_ctx=n_ctx * (2 if draft else 1), n_threads=threads,
-                         n_threads_batch=threads, flash_attn=flash_attn, verbose=False, draft_model=draft)
+        return raw_llama(target_path, n_ctx * (2 if draft else 1), threads, flash_attn, draft_model=draft)
 
     sides = {"llama.cpp plain": make()}
     if with_spec:
         sides["llama.cpp prompt lookup"] = make(LlamaPromptLookupDecoding(num_pred_tokens=10))
         sides["llama.cpp draft model"] = make(SmallModelDraft(draft_path))
-    vocab = lib.llama_model_get_vocab(sides["llama.cpp plain"]._model.model)
-    is_eog = lambda t: bool(lib.llama_vocab_is_eog(vocab, t))  # noqa: E731
-    return sides, is_eog
+    return sides, eog_test(sides["llama.cpp plain"])
 
 
 def run(args) -> dict[str, Any]:
