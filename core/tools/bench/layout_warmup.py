@@ -3,10 +3,10 @@
 The native layout cache's key follows the conversion code (corert.engines.native.layout_cache), so after a
 change to that code the first load converts: seconds to a minute, and a converted copy of every matrix in the
 loading process's peak RSS (gemma3: peak RSS / file 1.87 instead of 1.59).  Inside a benchmark that load is
-the measured side's, so :func:`warm` runs it before any side starts: a child process loads the model's
-matrices through the cache (converting what is missing, mapping the rest), generates a few tokens (so a numba
-kernel that its cache lacks compiles there, not in a side: gemma3's peak RSS / file was 2.06 once from that)
-and exits.  Nothing else changes:
+the measured side's, so :func:`warm` runs it before any side starts: a child process loads the
+model once through the Runtime, as the measured side does (its matrices through the cache: converting what
+is missing, mapping the rest), generates a few tokens (so a numba kernel that its cache lacks compiles there,
+not in a side: gemma3's peak RSS / file was 2.06 once from that) and exits.  Nothing else changes:
 the measured side still loads the model itself, now from the cache, as a user's second run would.
 :func:`Snapshot` lets a side report how many layout files its own load wrote (0 once warmed).
 """
@@ -86,8 +86,8 @@ def warm(model_path: str, engine: str, plugins: Sequence[str] = (), config_path:
 
 
 def _main(request: dict[str, Any]) -> dict[str, Any]:
-    """In the child: the model's matrices loaded through the layout cache, as the Runtime would load them, then a
-    short generation."""
+    """In the child: the model loaded once, through the Runtime as the measured side loads it (its matrices
+    through the layout cache), then a short generation."""
     from corert import Runtime
     from corert.config import RuntimeConfig
     from corert.implementation import engine_name
@@ -98,26 +98,28 @@ def _main(request: dict[str, Any]) -> dict[str, Any]:
     setting = rt.config.native.layout_cache
     if engine_name(engine) != "native" or setting == "off":
         return {"engine": engine, "layout_cache": setting, "converted": 0}
+    variant = rt.resolve("engine", engine).variant.name
+    snap = Snapshot(request["model"], setting)
+    # A few tokens through the Runtime: its load converts (or maps) the layout, and the numba kernels of the
+    # prompt and decode paths compile (or load from numba's cache) here, not in a side.
+    try:
+        rt.generate("The weather today is", max_tokens=4, temperature=0.0)
+    except ModelError:  # a file without a vocabulary (the tests' tiny GGUFs): the Runtime cannot load it
+        _load_matrices(request["model"], variant, setting, rt.scheduler.thread_budget().numba_threads)
+    finally:
+        rt.close()
+    return {"engine": f"native:{variant}", "layout_cache": setting, "converted": snap.written()}
+
+
+def _load_matrices(model_path: str, variant: str, setting: str, threads: int) -> None:
+    """The model's matrices alone through the layout cache, as the native engine's load takes them."""
     from corert.engines.native.model import Transformer, header_arrays
     from corert.models.gguf_header import read_header
     from corert.numba_setup import PARALLEL_LOCK, run_parallel
 
-    variant = rt.resolve("engine", engine).variant.name
-    threads = rt.scheduler.thread_budget().numba_threads
-    snap = Snapshot(request["model"], setting)
-    header = read_header(request["model"], want_arrays=header_arrays)
+    header = read_header(model_path, want_arrays=header_arrays)
     with PARALLEL_LOCK:
-        transformer = run_parallel(Transformer.load, header, variant, setting, threads=threads)
-    transformer.close()
-    # A few tokens through the Runtime, as the measured side runs them: the numba kernels of the prompt and
-    # decode paths compile (or load from numba's cache) here, not in a side.
-    try:
-        rt.generate("The weather today is", max_tokens=4, temperature=0.0)
-    except ModelError:  # a file without a vocabulary (the tests' tiny GGUFs): its layout is all there is to warm
-        pass
-    finally:
-        rt.close()
-    return {"engine": f"native:{variant}", "layout_cache": setting, "converted": snap.written()}
+        run_parallel(Transformer.load, header, variant, setting, threads=threads).close()
 
 
 if __name__ == "__main__":
