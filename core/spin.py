@@ -1,4 +1,10 @@
-"""GNU OpenMP's spin count (GOMP_SPINCOUNT) for a corert process, chosen from how busy the CPUs are *now*.
+"""GNU OpenMP's spin count (GOMP_SPINCOUNT) of corert's processes, chosen from how busy the CPUs are *now*.
+
+The module's one job is that variable: the choice for this process (:func:`start` / :func:`finish`, called by
+corert.numba_setup), the variables that hand a child process a spin instead of letting it choose at its own
+start (:func:`handed_spin`: this process's own choice, for an isolated engine worker; :func:`given_spin`: a
+sample taken now, for Ray's replicas), and the environment of a process that is not corert's, without our
+choice (:func:`child_env`, a benchmark's competitor).
 
 GNU OpenMP's threads spin at each barrier before sleeping, GOMP_SPINCOUNT times; libgomp reads it once, when
 it loads (numba's first parallel call).  A token runs ~150 parallel regions with Python between them; a
@@ -13,8 +19,6 @@ window (/proc/stat's busy ticks minus this process's own CPU time) and the share
 waited for a CPU (/proc/pressure/cpu's ``total``).  Either one says busy -> the short spin; neither readable
 -> the short spin.  PSI's ``avg10`` is not used: it remembers the last 10 s, so a process started right after
 another's 2-thread run chose from that run.  The user's settings (OMP_WAIT_POLICY, GOMP_SPINCOUNT) win.
-corert.numba_setup chooses when it loads; :func:`given_spin` is the choice made now for processes that would
-otherwise choose at a busy moment of our own making (Ray's replicas while Ray starts).
 """
 from __future__ import annotations
 
@@ -147,7 +151,11 @@ def finish(first: CpuSample | None) -> None:
     if first is None:
         return
     LAST = _load_since(first)
-    os.environ["GOMP_SPINCOUNT"] = os.environ[CHOSEN] = str(spin_count(LAST))
+    _choose(os.environ, LAST)
+
+
+def _choose(env: MutableMapping[str, str], load: CpuLoad) -> None:
+    env["GOMP_SPINCOUNT"] = env[CHOSEN] = str(spin_count(load))
 
 
 def given_spin(env: Mapping[str, str]) -> dict[str, str]:
@@ -159,21 +167,14 @@ def given_spin(env: Mapping[str, str]) -> dict[str, str]:
     return {"GOMP_SPINCOUNT": str(spin_count(_load_since(CpuSample.take()))), CHOSEN: GIVEN}
 
 
-def choose_spin(env: MutableMapping[str, str]) -> None:
-    """Sets GOMP_SPINCOUNT in ``env`` from a sample taken now (:data:`MIN_WINDOW_S`), unless the user set it
-    (or OMP_WAIT_POLICY)."""
-    if _ours_to_choose(env):
-        env["GOMP_SPINCOUNT"] = env[CHOSEN] = str(spin_count(_load_since(CpuSample.take())))
-
-
 def handed_spin(env: MutableMapping[str, str]) -> dict[str, str]:
     """The variables that hand one of this process's workers (corert.isolation) this process's own spin: the
     worker is its engine in another process and spins as it would here, rather than choosing at its own start,
     which often falls in our own model load (the two sides of a bench could spin 1000 and 300000).  Chosen
     now, as this process's own, when nothing chose it yet (a host with no engine of its own never loads
     numba_setup); empty when the user's setting, or one handed to us, is in ``env`` (inherited as is)."""
-    if "GOMP_SPINCOUNT" not in env:
-        choose_spin(env)
+    if "GOMP_SPINCOUNT" not in env and _ours_to_choose(env):
+        _choose(env, _load_since(CpuSample.take()))
     chosen = env.get(CHOSEN)
     if chosen is not None and chosen != GIVEN and env.get("GOMP_SPINCOUNT") == chosen:
         return {"GOMP_SPINCOUNT": chosen, CHOSEN: GIVEN}
