@@ -440,6 +440,62 @@ def test_rmsnorm_matches_numpy():
     np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-6)
 
 
+def test_rmsnorm_partial_sums_cover_every_value():
+    """The sum of squares runs in eight partial sums plus a tail: a row whose length is no multiple of
+    eight, with one large value in the tail, still has its own norm."""
+    x = np.ones((2, 13), np.float32)
+    x[1, 12] = 100.0
+    out = np.empty_like(x)
+    ops.rmsnorm(x, np.ones(13, np.float32), 0.0, out)
+    np.testing.assert_allclose(out, x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True)), rtol=1e-6)
+
+
+def test_row_ops_parallel_twins_match_serial():
+    """A prompt's row-wise ops run on every thread (ops.PARALLEL from ops.PARALLEL_ROWS rows): each gives
+    the serial form's bits, so a row's result does not depend on the size of its forward."""
+    rng = np.random.default_rng(11)
+    n, H, KV, hd, d, f = ops.PARALLEL_ROWS + 5, 4, 2, 16, 40, 24
+    assert ops.for_rows(n) is ops.PARALLEL and ops.for_rows(ops.PARALLEL_ROWS - 1) is ops.SERIAL
+    qkv = rng.standard_normal((n, (H + 2 * KV) * hd)).astype(np.float32)
+    cos, sin = ops.rope_tables(np.arange(n) + 3, hd, 10000.0)
+    w_q, w_k, w_d = (rng.uniform(0.5, 1.5, m).astype(np.float32) for m in (hd, hd, d))
+    bias = rng.standard_normal(qkv.shape[1]).astype(np.float32)
+    x0, y0 = rng.standard_normal((2, n, d)).astype(np.float32) * 3
+    gu = rng.standard_normal((n, 2 * f)).astype(np.float32) * 4
+
+    def run(o: ops.RowOps):
+        got = []
+        for normed in (False, True):
+            q, k, v = np.empty((n, H, hd), np.float32), np.empty((n, KV, hd), np.float32), np.empty((n, KV, hd), np.float32)
+            if normed:
+                o.split_qkv_normed(qkv, w_q, w_k, 1e-6, cos, sin, q, k, v)
+            else:
+                o.split_qkv(qkv, bias, cos, sin, True, q, k, v)
+            got += [q, k, v]
+        for fn, args in ((o.add_rmsnorm, (w_d,)), (o.add_normed, (w_d[::-1].copy(), w_d))):
+            x, y, out = x0.copy(), y0.copy(), np.empty_like(x0)
+            fn(x, y, *args, 1e-6, out)
+            got += [x, y, out]
+        out = np.empty_like(x0)
+        o.rmsnorm(x0, w_d, 1e-6, out)
+        got.append(out)
+        for fn in (o.swiglu, o.geglu):
+            act = np.empty((n, f), np.float32)
+            fn(gu, act)
+            got.append(act)
+        return got
+
+    serial, parallel = run(ops.SERIAL), run(ops.PARALLEL)
+    assert len(serial) == 15
+    for a, b in zip(serial, parallel):
+        assert np.array_equal(a, b)
+    # and row by row: each row alone gives the rows of the whole
+    one = np.empty((1, d), np.float32)
+    for t in range(n):
+        ops.rmsnorm(x0[t:t + 1], w_d, 1e-6, one)
+        assert np.array_equal(one[0], serial[-3][t])
+
+
 @pytest.mark.parametrize("neox", [False, True])
 def test_rope_matches_complex_rotation(neox):
     rng = np.random.default_rng(5)

@@ -285,27 +285,28 @@ class Transformer:
         att = np.empty((n, H, hd), np.float32)
         act = np.empty((n, cfg.d_ff), np.float32)
         scale = cfg.attn_scale or 1.0 / np.sqrt(hd)
-        ops.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
+        rows = ops.for_rows(n)  # a prompt's rows spread over the threads, a decode step's stay on this one
+        rows.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
         for li, layer in enumerate(self.layers):
             local = cfg.window > 0 and cfg.local_layers[li]
             cos, sin = rope_local if local else rope
             qkv = self._mm(layer.wqkv, h)  # (rows, (H + 2 KV) * hd)
             nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
             if cfg.gemma:
-                ops.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
+                rows.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
                 kv.write(li, seq_ids, positions, k, v)
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
-                ops.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
-                               layer.ffn_norm, cfg.eps, h)
-                ops.geglu(self._mm(layer.wgate_up, h), act)
-                ops.add_normed(x, self._mm(layer.wdown, act), layer.post_ffn_norm, nxt, cfg.eps, h)
+                rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
+                                layer.ffn_norm, cfg.eps, h)
+                rows.geglu(self._mm(layer.wgate_up, h), act)
+                rows.add_normed(x, self._mm(layer.wdown, act), layer.post_ffn_norm, nxt, cfg.eps, h)
                 continue
-            ops.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
+            rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
-            ops.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
-            ops.swiglu(self._mm(layer.wgate_up, h), act)
-            ops.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
+            rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
+            rows.swiglu(self._mm(layer.wgate_up, h), act)
+            rows.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
         logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]))
         if cfg.softcap:

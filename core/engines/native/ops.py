@@ -1,34 +1,71 @@
 """Row-wise numba kernels of the forward pass: RMSNorm, RoPE, SwiGLU / GELU gate, residual add.
 
 Each works on (rows, ...) arrays and computes every row with the same code, independent of the others, so
-a batch of rows gives exactly the per-row results (see matmul.py for why that matters).  They are serial on
-purpose: at decode they touch a few thousand floats, less work than waking the thread pool.
+a batch of rows gives exactly the per-row results (see matmul.py for why that matters).  Each has a serial
+form (decode: a few thousand floats, less work than waking the thread pool) and a ``_parallel`` twin that
+spreads a prompt's rows over the threads (run serially they kept one core idle for ~13% of gemma3's prompt
+forward); both run the same per-row code, so they give identical results.  :data:`SERIAL` and
+:data:`PARALLEL` bundle them; :func:`for_rows` picks by the number of rows.
 """
 from __future__ import annotations
 
+import attrs
 import numpy as np
-from numba import njit, uint64
+from numba import njit, prange, uint64
 
 from ... import numba_setup  # noqa: F401
-from ...kernels.simd import f32_from_bits
+from ...kernels.fast_exp import exp_f32 as _exp
 
-#: 2^f = sum(c_k f^k) on [-1/2, 1/2]: the Taylor terms (ln 2)^k / k!, degree 7 (relative error < 1e-8)
-_POW2 = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,
-         0.0013333558146428443, 0.00015403530393381608, 1.525273380405984e-05)
+
+#: independent partial sums in a row's sum of squares: one chain of f64 adds is bound by the add's latency
+#: (640 values: ~2,600 cycles); eight chains run side by side and LLVM packs them into one vector register
+_LANES = 8
+
+
+@njit(inline="always")
+def _sum_squares(x):
+    """sum(x^2) of a 1-D f32 array in f64 (like ggml's rms_norm), as _LANES partial sums added in a fixed
+    order, so every call on the same values gives the same bits."""
+    d = x.shape[0]
+    head = d - d % _LANES
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for i in range(0, head, _LANES):
+        v0, v1, v2, v3 = np.float64(x[i]), np.float64(x[i + 1]), np.float64(x[i + 2]), np.float64(x[i + 3])
+        v4, v5, v6, v7 = np.float64(x[i + 4]), np.float64(x[i + 5]), np.float64(x[i + 6]), np.float64(x[i + 7])
+        s0 += v0 * v0
+        s1 += v1 * v1
+        s2 += v2 * v2
+        s3 += v3 * v3
+        s4 += v4 * v4
+        s5 += v5 * v5
+        s6 += v6 * v6
+        s7 += v7 * v7
+    for i in range(head, d):
+        v = np.float64(x[i])
+        s0 += v * v
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(inline="always")
+def _rmsnorm_row(xr, w, eps, o):
+    """``o = xr / sqrt(mean(xr^2) + eps) * w`` for one row (``o`` may be ``xr``: the scale is taken first)."""
+    d = xr.shape[0]
+    scale = np.float32(1.0) / np.sqrt(np.float32(_sum_squares(xr) / d) + np.float32(eps))
+    for i in range(d):
+        o[i] = (xr[i] * scale) * w[i]
 
 
 @njit(cache=True)
 def rmsnorm(x, w, eps, out):
     """``out = x / sqrt(mean(x^2) + eps) * w`` per row; the mean is summed in f64 like ggml's rms_norm."""
-    n, d = x.shape
-    for t in range(n):
-        ss = 0.0
-        for i in range(d):
-            v = np.float64(x[t, i])
-            ss += v * v
-        scale = np.float32(1.0) / np.sqrt(np.float32(ss / d) + np.float32(eps))
-        for i in range(d):
-            out[t, i] = (x[t, i] * scale) * w[i]
+    for t in range(x.shape[0]):
+        _rmsnorm_row(x[t], w, eps, out[t])
+
+
+@njit(parallel=True, cache=True)
+def rmsnorm_parallel(x, w, eps, out):
+    for t in prange(x.shape[0]):
+        _rmsnorm_row(x[t], w, eps, out[t])
 
 
 def rope_tables(positions: np.ndarray, rot_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
@@ -38,66 +75,76 @@ def rope_tables(positions: np.ndarray, rot_dim: int, base: float) -> tuple[np.nd
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
+@njit(inline="always")
+def _rope_row(x, cos, sin, neox, t):
+    """Rotate each head of row ``t`` of ``x`` (rows, heads, head_dim) in place."""
+    half = cos.shape[1]
+    for k in range(x.shape[1]):
+        for i in range(half):
+            c, s = cos[t, i], sin[t, i]
+            if neox:
+                a, b = i, i + half
+            else:
+                a, b = 2 * i, 2 * i + 1
+            x0, x1 = x[t, k, a], x[t, k, b]
+            x[t, k, a] = x0 * c - x1 * s
+            x[t, k, b] = x0 * s + x1 * c
+
+
 @njit(cache=True)
 def rope(x, cos, sin, neox):
     """Rotate each head of ``x`` (rows, heads, head_dim) in place.  Normal (llama) style rotates adjacent
     pairs (2i, 2i+1); neox (qwen2) style rotates (i, i + rot/2)."""
-    n, h, _ = x.shape
-    half = cos.shape[1]
-    for t in range(n):
-        for k in range(h):
-            for i in range(half):
-                c, s = cos[t, i], sin[t, i]
-                if neox:
-                    a, b = i, i + half
-                else:
-                    a, b = 2 * i, 2 * i + 1
-                x0, x1 = x[t, k, a], x[t, k, b]
-                x[t, k, a] = x0 * c - x1 * s
-                x[t, k, b] = x0 * s + x1 * c
+    for t in range(x.shape[0]):
+        _rope_row(x, cos, sin, neox, t)
 
 
 @njit(inline="always")
-def _exp(x):
-    """e^x in f32 arithmetic that LLVM vectorizes (libm's expf is a call per value: SwiGLU over 8 rows of
-    1536 took 47 us, a tenth of a batched decode step).  2^k by building the float's exponent bits, 2^f
-    by a polynomial.  k is clamped to [-127, 128], whose bit patterns are 0.0 and +inf: under- and
-    overflow come out as libm's."""
-    y = min(max(x * np.float32(1.4426950408889634), np.float32(-127.0)), np.float32(128.0))
-    k = np.floor(y + np.float32(0.5))
-    f = y - k
-    c0, c1, c2, c3, c4, c5, c6, c7 = _POW2
-    p = ((((((np.float32(c7) * f + np.float32(c6)) * f + np.float32(c5)) * f + np.float32(c4)) * f
-            + np.float32(c3)) * f + np.float32(c2)) * f + np.float32(c1)) * f + np.float32(c0)
-    return p * f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+def _swiglu_row(gu, o):
+    f = o.shape[0]
+    for i in range(uint64(f)):  # unsigned: no negative-index code, so the loop vectorizes
+        g = gu[i]
+        o[i] = g / (np.float32(1.0) + _exp(-g)) * gu[uint64(f) + i]
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")  # numpy: no zero-division branch in the loop
 def swiglu(gate_up, out):
     """``out = silu(gate) * up`` where ``gate_up`` holds [gate | up] per row."""
-    n, f = out.shape
-    for t in range(n):
-        gu, o = gate_up[t], out[t]
-        for i in range(uint64(f)):  # unsigned: no negative-index code, so the loop vectorizes
-            g = gu[i]
-            o[i] = g / (np.float32(1.0) + _exp(-g)) * gu[uint64(f) + i]
+    for t in range(out.shape[0]):
+        _swiglu_row(gate_up[t], out[t])
+
+
+@njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
+def swiglu_parallel(gate_up, out):
+    for t in prange(out.shape[0]):
+        _swiglu_row(gate_up[t], out[t])
 
 
 #: sqrt(2 / pi), GELU's tanh approximation
 _GELU_C = 0.7978845608028654
 
 
+@njit(inline="always")
+def _geglu_row(gu, o):
+    f = o.shape[0]
+    for i in range(uint64(f)):
+        g = gu[i]
+        y = np.float32(2.0 * _GELU_C) * (g + np.float32(0.044715) * g * g * g)
+        o[i] = g / (np.float32(1.0) + _exp(-y)) * gu[uint64(f) + i]
+
+
 @njit(cache=True, boundscheck=False, error_model="numpy")
 def geglu(gate_up, out):
     """``out = gelu(gate) * up`` (GELU's tanh form, Gemma's) where ``gate_up`` holds [gate | up] per row.
     0.5 (1 + tanh(y)) = 1 / (1 + e^(-2y)), so it is SwiGLU's loop with another argument."""
-    n, f = out.shape
-    for t in range(n):
-        gu, o = gate_up[t], out[t]
-        for i in range(uint64(f)):
-            g = gu[i]
-            y = np.float32(2.0 * _GELU_C) * (g + np.float32(0.044715) * g * g * g)
-            o[i] = g / (np.float32(1.0) + _exp(-y)) * gu[uint64(f) + i]
+    for t in range(out.shape[0]):
+        _geglu_row(gate_up[t], out[t])
+
+
+@njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
+def geglu_parallel(gate_up, out):
+    for t in prange(out.shape[0]):
+        _geglu_row(gate_up[t], out[t])
 
 
 @njit(cache=True)
@@ -108,57 +155,130 @@ def add_inplace(x, y):
             x[t, i] += y[t, i]
 
 
-@njit(cache=True)
-def _split(qkv, bias, q, k, v):
-    """The fused Q|K|V projection rows -> q (rows, n_heads, hd), k and v (rows, n_kv_heads, hd), adding the
-    bias (an empty array when the model has none)."""
-    n, nh, hd = q.shape
-    nkv = k.shape[1]
+@njit(inline="always")
+def _split_row(qkv, bias, q, k, v, t):
+    """Row ``t`` of the fused Q|K|V projection -> q (rows, n_heads, hd), k and v (rows, n_kv_heads, hd),
+    adding the bias (an empty array when the model has none)."""
+    hd = q.shape[2]
     has_bias = bias.shape[0] > 0
-    for t in range(n):
-        c = 0
-        for dst, heads in ((q, nh), (k, nkv), (v, nkv)):
-            for hh in range(heads):
-                for i in range(hd):
-                    val = qkv[t, c]
-                    if has_bias:
-                        val += bias[c]
-                    dst[t, hh, i] = val
-                    c += 1
+    c = 0
+    for dst, heads in ((q, q.shape[1]), (k, k.shape[1]), (v, v.shape[1])):
+        for hh in range(heads):
+            for i in range(hd):
+                val = qkv[t, c]
+                if has_bias:
+                    val += bias[c]
+                dst[t, hh, i] = val
+                c += 1
+
+
+@njit(inline="always")
+def _split_qkv_row(qkv, bias, cos, sin, neox, q, k, v, t):
+    _split_row(qkv, bias, q, k, v, t)
+    _rope_row(q, cos, sin, neox, t)
+    _rope_row(k, cos, sin, neox, t)
 
 
 @njit(cache=True)
 def split_qkv(qkv, bias, cos, sin, neox, q, k, v):
     """Split (with the bias) and rotate q and k: one call instead of six."""
-    _split(qkv, bias, q, k, v)
-    rope(q, cos, sin, neox)
-    rope(k, cos, sin, neox)
+    for t in range(q.shape[0]):
+        _split_qkv_row(qkv, bias, cos, sin, neox, q, k, v, t)
+
+
+@njit(parallel=True, cache=True)
+def split_qkv_parallel(qkv, bias, cos, sin, neox, q, k, v):
+    for t in prange(q.shape[0]):
+        _split_qkv_row(qkv, bias, cos, sin, neox, q, k, v, t)
+
+
+@njit(inline="always")
+def _split_qkv_normed_row(qkv, nobias, q_norm, k_norm, eps, cos, sin, q, k, v, t):
+    _split_row(qkv, nobias, q, k, v, t)
+    for hh in range(q.shape[1]):
+        _rmsnorm_row(q[t, hh], q_norm, eps, q[t, hh])  # in place: the row's scale is taken before it is written
+    for hh in range(k.shape[1]):
+        _rmsnorm_row(k[t, hh], k_norm, eps, k[t, hh])
+    _rope_row(q, cos, sin, True, t)
+    _rope_row(k, cos, sin, True, t)
 
 
 @njit(cache=True)
 def split_qkv_normed(qkv, q_norm, k_norm, eps, cos, sin, q, k, v):
     """gemma3's split: every q and k head RMS-normed with its own weight (head_dim,), then rotated (neox)."""
-    _split(qkv, np.empty(0, np.float32), q, k, v)
-    q2 = q.reshape(q.shape[0] * q.shape[1], q.shape[2])
-    k2 = k.reshape(k.shape[0] * k.shape[1], k.shape[2])
-    rmsnorm(q2, q_norm, eps, q2)  # in place: each row's scale is taken before the row is written
-    rmsnorm(k2, k_norm, eps, k2)
-    rope(q, cos, sin, True)
-    rope(k, cos, sin, True)
+    nobias = np.empty(0, np.float32)
+    for t in range(q.shape[0]):
+        _split_qkv_normed_row(qkv, nobias, q_norm, k_norm, eps, cos, sin, q, k, v, t)
+
+
+@njit(parallel=True, cache=True)
+def split_qkv_normed_parallel(qkv, q_norm, k_norm, eps, cos, sin, q, k, v):
+    nobias = np.empty(0, np.float32)
+    for t in prange(q.shape[0]):
+        _split_qkv_normed_row(qkv, nobias, q_norm, k_norm, eps, cos, sin, q, k, v, t)
+
+
+@njit(inline="always")
+def _add_rmsnorm_row(xr, yr, w, eps, o):
+    for i in range(xr.shape[0]):
+        xr[i] += yr[i]
+    _rmsnorm_row(xr, w, eps, o)
 
 
 @njit(cache=True)
 def add_rmsnorm(x, y, w, eps, out):
     """``x += y`` then ``out = rmsnorm(x) * w`` (the residual add and the next norm in one call)."""
-    add_inplace(x, y)
-    rmsnorm(x, w, eps, out)
+    for t in range(x.shape[0]):
+        _add_rmsnorm_row(x[t], y[t], w, eps, out[t])
 
+
+@njit(parallel=True, cache=True)
+def add_rmsnorm_parallel(x, y, w, eps, out):
+    for t in prange(x.shape[0]):
+        _add_rmsnorm_row(x[t], y[t], w, eps, out[t])
+
+
+@njit(inline="always")
+def _add_normed_row(xr, yr, w_post, w_next, eps, o):
+    _rmsnorm_row(yr, w_post, eps, yr)
+    _add_rmsnorm_row(xr, yr, w_next, eps, o)
 
 
 @njit(cache=True)
 def add_normed(x, y, w_post, w_next, eps, out):
     """gemma3's residual: ``x += rmsnorm(y) * w_post`` (the sublayer's own output norm, ``y`` normed in
     place), then ``out = rmsnorm(x) * w_next``."""
-    rmsnorm(y, w_post, eps, y)
-    add_inplace(x, y)
-    rmsnorm(x, w_next, eps, out)
+    for t in range(x.shape[0]):
+        _add_normed_row(x[t], y[t], w_post, w_next, eps, out[t])
+
+
+@njit(parallel=True, cache=True)
+def add_normed_parallel(x, y, w_post, w_next, eps, out):
+    for t in prange(x.shape[0]):
+        _add_normed_row(x[t], y[t], w_post, w_next, eps, out[t])
+
+
+@attrs.frozen
+class RowOps:
+    """The row-wise ops of a forward, all serial or all spread over the threads."""
+
+    rmsnorm: object
+    split_qkv: object
+    split_qkv_normed: object
+    add_rmsnorm: object
+    add_normed: object
+    swiglu: object
+    geglu: object
+
+
+SERIAL = RowOps(rmsnorm, split_qkv, split_qkv_normed, add_rmsnorm, add_normed, swiglu, geglu)
+PARALLEL = RowOps(rmsnorm_parallel, split_qkv_parallel, split_qkv_normed_parallel, add_rmsnorm_parallel,
+                  add_normed_parallel, swiglu_parallel, geglu_parallel)
+#: from this many rows on (a prompt, a large batch) the row-wise ops run on every thread (matmul_i8 quantizes
+#: its activations from the same count)
+PARALLEL_ROWS = 8
+
+
+def for_rows(n: int) -> RowOps:
+    """The ops for a forward of ``n`` rows."""
+    return PARALLEL if n >= PARALLEL_ROWS else SERIAL
