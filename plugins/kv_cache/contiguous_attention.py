@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from corert import numba_setup  # noqa: F401
+from corert.kernels.fast_exp import exp_f32
 from corert.kernels.tree_rows import row_span, slot_of
 from corert.tree import NO_TREE
 
@@ -23,6 +24,19 @@ def _dot(a, b):
     for i in range(a.shape[0]):
         s += a[i] * b[i]
     return s
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _dot4(q, k0, k1, k2, k3):
+    """q . k0 .. q . k3 in one pass: each q value is loaded once for four keys."""
+    s0 = s1 = s2 = s3 = np.float32(0.0)
+    for d in range(q.shape[0]):
+        qd = q[d]
+        s0 += qd * k0[d]
+        s1 += qd * k1[d]
+        s2 += qd * k2[d]
+        s3 += qd * k3[d]
+    return s0, s1, s2, s3
 
 
 @njit(cache=True)
@@ -36,24 +50,41 @@ def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
             v_store[s, h, p, :] = v[i, h]
 
 
+#: keys a head's loops take at a time: a q value is loaded once per four dot products, and an output value
+#: is loaded and stored once per four weighted values (one key at a time, the loads and stores of ``o`` and
+#: ``q`` bound the loops: a 450-token prompt's attention took 12.4 ms a gemma3 layer, now ~8)
+_KEYS = 4
+
+
 @njit(fastmath=True, cache=True)
 def _attend_head(qi, k, v, tree, i, lo, ctx, scale, o, scores):
     """``o = softmax(qi . k * scale) @ v`` over row i's visible positions lo..lo+len(scores)-1 (k, v: one
     sequence and KV head, (max_tokens, head_dim)); ``ctx``: where its context ends (tree_rows)."""
     length = scores.shape[0]
     hd = o.shape[0]
+    whole = length - length % _KEYS
+    for t in range(0, whole, _KEYS):
+        a, b, c, d = _dot4(qi, k[slot_of(tree, i, ctx, lo + t)], k[slot_of(tree, i, ctx, lo + t + 1)],
+                           k[slot_of(tree, i, ctx, lo + t + 2)], k[slot_of(tree, i, ctx, lo + t + 3)])
+        scores[t], scores[t + 1], scores[t + 2], scores[t + 3] = a * scale, b * scale, c * scale, d * scale
+    for t in range(whole, length):
+        scores[t] = _dot(qi, k[slot_of(tree, i, ctx, lo + t)]) * scale
     m = np.float32(-np.inf)
     for t in range(length):
-        x = _dot(qi, k[slot_of(tree, i, ctx, lo + t)]) * scale
-        scores[t] = x
-        m = max(m, x)
+        m = max(m, scores[t])
     total = np.float32(0.0)
     for t in range(length):
-        e = np.exp(scores[t] - m)
+        e = exp_f32(scores[t] - m)
         scores[t] = e
         total += e
     o[:] = 0.0
-    for t in range(length):
+    for t in range(0, whole, _KEYS):
+        w0, w1, w2, w3 = scores[t], scores[t + 1], scores[t + 2], scores[t + 3]
+        v0, v1 = v[slot_of(tree, i, ctx, lo + t)], v[slot_of(tree, i, ctx, lo + t + 1)]
+        v2, v3 = v[slot_of(tree, i, ctx, lo + t + 2)], v[slot_of(tree, i, ctx, lo + t + 3)]
+        for d in range(hd):
+            o[d] += (w0 * v0[d] + w1 * v1[d]) + (w2 * v2[d] + w3 * v3[d])
+    for t in range(whole, length):
         w = scores[t]
         vt = v[slot_of(tree, i, ctx, lo + t)]
         for d in range(hd):
