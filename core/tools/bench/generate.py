@@ -58,6 +58,9 @@ def run(args) -> dict[str, Any]:
         raw.close()
         corert.close()
     size = os.path.getsize(path)
+    per_round = {name: {"decode": [r["decode_tokens"] / r["decode_s"] if r["decode_s"] > 0 else 0.0 for r in rs],
+                        "prompt": [r["prompt_tokens"] / r["prompt_s"] if r["prompt_s"] > 0 else 0.0 for r in rs]}
+                 for name, rs in rounds.items()}
     sides = {}
     for name, rs in rounds.items():
         # a round whose first token ended the generation decoded nothing: it has no decode speed (not 0)
@@ -65,10 +68,10 @@ def run(args) -> dict[str, Any]:
         pro = [r["prompt_tokens"] / r["prompt_s"] for r in rs if r["prompt_s"] > 0]
         sides[name] = {"decode_tok_s": median(dec), "decode_tok_s_range": spread(dec),
                        "prompt_tok_s": median(pro), "prompt_tok_s_range": spread(pro),
+                       # every round's figures, so a ratio's swing shows which side moved
+                       "prompt_tokens": rs[0]["prompt_tokens"], "prompt_ms_rounds": [1e3 * r["prompt_s"] for r in rs],
+                       "prompt_tok_s_rounds": per_round[name]["prompt"], "decode_tok_s_rounds": per_round[name]["decode"],
                        "peak_rss_mb": rss[name] / 2**20, "memory_ratio": rss[name] / size}
-    per_round = {name: {"decode": [r["decode_tokens"] / r["decode_s"] if r["decode_s"] > 0 else 0.0 for r in rs],
-                        "prompt": [r["prompt_tokens"] / r["prompt_s"] if r["prompt_s"] > 0 else 0.0 for r in rs]}
-                 for name, rs in rounds.items()}
     # the ratio of each round (both sides ran back to back), then their median and spread
     decode = ratio_summary(ratios(per_round["corert"]["decode"], per_round["raw"]["decode"]))
     prompt = ratio_summary(ratios(per_round["corert"]["prompt"], per_round["raw"]["prompt"]))
