@@ -51,6 +51,7 @@ def test_bench_generate(smollm2):
     assert r["threads"] == 1
     assert r["bench"] == "generate" and r["model"] == SMOL and r["engine"] == "llama.cpp"
     assert (r["rounds"], r["max_tokens"]) == (3, 8)
+    assert r["prompt"] == "caller" and r["prompt_tokens"] == r["raw"]["prompt_tokens"] > 10
     assert r["identical_output_rounds"] == "3/3"  # greedy, same model and prompt: the same tokens
     for side in ("raw", "corert"):
         s = r[side]
@@ -67,6 +68,20 @@ def test_bench_generate(smollm2):
     assert r["corert"]["decode_tok_s_range"][0] / hi <= r["decode_ratio"] <= r["corert"]["decode_tok_s_range"][1] / lo
     assert r["plugins"]["engine"] == "llama.cpp" and r["plugins"]["tokenizer"].startswith("bpe:")
     assert int(r["gomp_spincount"]) >= 0  # the corert side's OpenMP spin, as numba_setup chose it
+
+
+def test_bench_generate_default_prompt_is_one_long_batch(smollm2, gemma):
+    """The default prompt is corpus text long enough that a prompt timing is hundreds of ms, and short
+    enough to be one batch of llama.cpp's default 512 tokens, with every registry tokenizer."""
+    from corert import Runtime
+    from corert.tools.bench.generate import default_prompt
+
+    text = f"(3) {default_prompt()}"
+    assert text.count("  ") == 0 and "Licensor" in text
+    for model in (smollm2, gemma):
+        with Runtime(model=model, engine="llama.cpp") as rt:
+            n = len(rt.tokenize(text, add_bos=True, parse_special=True))
+        assert 400 <= n <= 500, (model, n)
 
 
 def test_bench_tokenize(tmp_path, smollm2):

@@ -2,6 +2,9 @@
 
 Each side runs in its own process (so its peak RSS is its own); rounds are interleaved raw, corert, raw, …
 Every round's prompt is new (a round number up front), so no side reuses another round's cached prefix.
+The default prompt is ~450 tokens of the packaged corpus: a 42-token prompt took 27-31 ms on corert's side
+and 51-91 ms on llama.cpp's, and at that length the VM's noise and each side's fixed cost per call swung the
+prompt ratio 1.3x-2.7x between rounds and runs (session 8, bench-results/s8-gemma18).
 """
 from __future__ import annotations
 
@@ -10,19 +13,31 @@ import os
 from typing import Any
 
 from corert.models.store import ModelStore
+from corert.tools.corpus import corpus_file
 from corert.models.labels import model_label
 from .layout_warmup import warm
 from .sides import SideProcess
 from corert.tools.stats import MIN_ROUNDS, format_ratio, median, ratio_summary, ratios, spread
 
-PROMPT = ("Write a detailed, friendly explanation of how a bicycle works, covering the frame, the wheels, "
-          "the chain and gears, the brakes, and how a rider keeps balance. Use several paragraphs.")
+#: the default prompt: an instruction, then this many words of the corpus' licence text (~450 tokens for the
+#: registry models' tokenizers: one batch of llama.cpp's default 512, hundreds of ms on either side)
+CORPUS_WORDS = 330
+CORPUS_TEXT = "license-apache2.txt"
+
+
+def default_prompt() -> str:
+    """The same text wherever corert runs (the corpus ships inside the package), whitespace runs as one space."""
+    words = corpus_file(CORPUS_TEXT).read_text(encoding="utf-8").split()
+    return ("Explain in plain words, section by section, what this licence text says:\n\n"
+            + " ".join(words[:CORPUS_WORDS]))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5, help=f"rounds per side, at least {MIN_ROUNDS} (default 5)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens generated per round (default 128)")
-    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--prompt", default=None,
+                   help=f"the prompt (default: an instruction and the first {CORPUS_WORDS} words of the packaged "
+                        f"corpus' {CORPUS_TEXT}, ~450 tokens)")
 
 
 def run(args) -> dict[str, Any]:
@@ -38,6 +53,7 @@ def run(args) -> dict[str, Any]:
     engine = args.engine or cfg.engine
     n_ctx = args.ctx or cfg.n_ctx
     plugins = [f"{area}={value}" for area, value in cfg.plugins.items()] + list(args.plugin or [])
+    text = args.prompt if args.prompt is not None else default_prompt()
     warmup = warm(path, engine, plugins, getattr(args, "config", None), label=model_label(model))
     corert = SideProcess("corert", {"side": "corert", "model_path": path, "engine": engine,
                                     "plugins": plugins, "threads": args.threads or cfg.n_threads, "n_ctx": n_ctx})
@@ -47,7 +63,7 @@ def run(args) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {"raw": [], "corert": []}
     try:
         for i in range(args.rounds + 1):  # round 0 warms both sides up and is not counted
-            prompt = f"({i + 1}) {args.prompt}"
+            prompt = f"({i + 1}) {text}"
             for name, side in (("raw", raw), ("corert", corert)):
                 r = side.call({"cmd": "run", "prompt": prompt, "max_tokens": args.max_tokens})
                 if i > 0:
@@ -83,8 +99,8 @@ def run(args) -> dict[str, Any]:
         "spin_load": corert.info.get("spin_load"),
         # converted before timing (layout_warmup.py); the measured side's own load then writes none
         "layout_warmup": warmup, "layouts_written_by_corert_side": corert.info.get("layouts_written"),
-        "rounds": args.rounds,
-        "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
+        "rounds": args.rounds, "prompt": "caller" if args.prompt is not None else f"corpus {CORPUS_TEXT}, {CORPUS_WORDS} words",
+        "prompt_tokens": sides["corert"]["prompt_tokens"], "max_tokens": args.max_tokens, "raw": sides["raw"], "corert": sides["corert"],
         "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
         "decode_ratio_rounds": decode["rounds"],
         "prompt_ratio": prompt["median"], "prompt_ratio_range": prompt["range"],
@@ -104,7 +120,8 @@ def _spin_why(r: dict[str, Any]) -> str:
 def render(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"corert bench generate — {r['model']} ({r['model_file_mb']:.0f} MB), engine {r['engine']}, "
-             f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy",
+             f"{r['threads']} threads, {r['rounds']} rounds x {r['max_tokens']} tokens, greedy, "
+             f"prompt {r['prompt_tokens']} tokens ({r['prompt']})",
              f"machine: {m['cpu']} ({m['cores']} cores, {m['isa']})",
              f"corert plugins: {r['plugins']}   GOMP_SPINCOUNT: {r.get('gomp_spincount')}{_spin_why(r)}",
              f"flash attention (llama.cpp, both sides): {'on' if r.get('flash_attn') else 'off'}", "",
