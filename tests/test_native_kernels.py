@@ -9,6 +9,7 @@ import gguf
 import gguf.quants
 from corert.engines.native import dequant, matmul, matmul_i8, ops, products
 from corert.kernels.f16 import F16_TO_F32
+from corert.tree import NO_TREE
 from corert.plugins.kv_cache import contiguous_attention as attention
 from corert.models.gguf_header import read_header
 
@@ -555,6 +556,35 @@ def test_attention_matches_numpy_and_is_row_independent():
         assert np.array_equal(single[0], out[i])
 
 
+
+
+def test_attention_head_groups_match_numpy_and_never_depend_on_the_split():
+    """gemma3's shape (4 query heads on one KV head, a sliding window): a prompt's rows over the threads in
+    whole head groups, a decode row alone (serial, or its heads split over jobs) give the same bits, and
+    numpy's softmax attention."""
+    rng = np.random.default_rng(8)
+    n_heads, n_kv, hd, T, window = 4, 1, 64, 300, 256
+    k = rng.standard_normal((1, n_kv, T + 1, hd)).astype(np.float32)
+    v = rng.standard_normal((1, n_kv, T + 1, hd)).astype(np.float32)
+    q = rng.standard_normal((T, n_heads, hd)).astype(np.float32)
+    pos, seqs, scale = np.arange(T, dtype=np.int32), np.zeros(T, np.int32), np.float32(0.125)
+    whole = np.empty_like(q)
+    attention.attend_contiguous(q, k, v, seqs, pos, scale, whole, window=window)  # parallel: the work is large
+    for i in (0, 5, 130, T - 1):
+        lo = max(0, i + 1 - window)
+        for h in range(n_heads):
+            s = k[0, 0, lo:i + 1].astype(np.float64) @ q[i, h] * float(scale)
+            p = np.exp(s - s.max())
+            np.testing.assert_allclose(whole[i, h], (p / p.sum()) @ v[0, 0, lo:i + 1], rtol=1e-5, atol=1e-6)
+    for i in (3, T - 1):
+        row = (q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], scale)
+        for parts in (1, 2, 3, 4):
+            alone = np.empty_like(q[:1])
+            attention._attend_parallel(*row, window, NO_TREE, alone, parts)
+            assert np.array_equal(alone[0], whole[i]), parts
+        alone = np.empty_like(q[:1])
+        attention._attend_serial(*row, window, NO_TREE, alone)
+        assert np.array_equal(alone[0], whole[i])
 
 def test_vnni_parallel_quantization_matches_serial(need_variant):
     """A prompt's activations are quantized on every thread (quantize_rows_parallel, _half_sums from

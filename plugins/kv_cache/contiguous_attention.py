@@ -9,6 +9,7 @@ read the context and their ancestors' slots only, in path order (corert.kernels.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -52,46 +53,64 @@ def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
 
 #: keys a head's loops take at a time: a q value is loaded once per four dot products, and an output value
 #: is loaded and stored once per four weighted values (one key at a time, the loads and stores of ``o`` and
-#: ``q`` bound the loops: a 450-token prompt's attention took 12.4 ms a gemma3 layer, now ~8)
+#: ``q`` bound the loops: a 450-token prompt's attention took 12.4 ms a gemma3 layer, then ~8)
 _KEYS = 4
 
 
 @njit(fastmath=True, cache=True)
-def _attend_head(qi, k, v, tree, i, lo, ctx, scale, o, scores):
-    """``o = softmax(qi . k * scale) @ v`` over row i's visible positions lo..lo+len(scores)-1 (k, v: one
-    sequence and KV head, (max_tokens, head_dim)); ``ctx``: where its context ends (tree_rows)."""
-    length = scores.shape[0]
-    hd = o.shape[0]
+def _attend_group(q, k, v, tree, i, h0, h1, lo, ctx, scale, out, scores):
+    """``out[i, h] = softmax(q[i, h] . k * scale) @ v`` for the query heads h0..h1-1 that read one KV head
+    (k, v: its (max_tokens, head_dim) for row i's sequence), over row i's visible positions
+    lo..lo+scores.shape[1]-2; ``ctx``: where its context ends (tree_rows); ``scores``: (heads, positions + 1)
+    scratch, the last column for each head's softmax sum.  The heads take each key and value row in turn
+    while it is in L1 (one head at a time, each head read them again: gemma3's 4 heads per KV head at 450
+    rows, 9.2 -> 6.2 ms a layer in a one-thread microbenchmark).  Every head runs the same instructions
+    whichever h0..h1 it came in, so how the heads are split over jobs never changes a result."""
+    length = scores.shape[1] - 1
+    hd = q.shape[2]
     whole = length - length % _KEYS
     for t in range(0, whole, _KEYS):
-        a, b, c, d = _dot4(qi, k[slot_of(tree, i, ctx, lo + t)], k[slot_of(tree, i, ctx, lo + t + 1)],
-                           k[slot_of(tree, i, ctx, lo + t + 2)], k[slot_of(tree, i, ctx, lo + t + 3)])
-        scores[t], scores[t + 1], scores[t + 2], scores[t + 3] = a * scale, b * scale, c * scale, d * scale
+        k0, k1 = k[slot_of(tree, i, ctx, lo + t)], k[slot_of(tree, i, ctx, lo + t + 1)]
+        k2, k3 = k[slot_of(tree, i, ctx, lo + t + 2)], k[slot_of(tree, i, ctx, lo + t + 3)]
+        for g in range(h1 - h0):
+            a, b, c, d = _dot4(q[i, h0 + g], k0, k1, k2, k3)
+            scores[g, t], scores[g, t + 1], scores[g, t + 2], scores[g, t + 3] = \
+                a * scale, b * scale, c * scale, d * scale
     for t in range(whole, length):
-        scores[t] = _dot(qi, k[slot_of(tree, i, ctx, lo + t)]) * scale
-    m = np.float32(-np.inf)
-    for t in range(length):
-        m = max(m, scores[t])
-    total = np.float32(0.0)
-    for t in range(length):
-        e = exp_f32(scores[t] - m)
-        scores[t] = e
-        total += e
-    o[:] = 0.0
+        kt = k[slot_of(tree, i, ctx, lo + t)]
+        for g in range(h1 - h0):
+            scores[g, t] = _dot(q[i, h0 + g], kt) * scale
+    for g in range(h1 - h0):
+        m = np.float32(-np.inf)
+        for t in range(length):
+            m = max(m, scores[g, t])
+        total = np.float32(0.0)
+        for t in range(length):
+            e = exp_f32(scores[g, t] - m)
+            scores[g, t] = e
+            total += e
+        scores[g, length] = total
+        out[i, h0 + g, :] = 0.0
     for t in range(0, whole, _KEYS):
-        w0, w1, w2, w3 = scores[t], scores[t + 1], scores[t + 2], scores[t + 3]
         v0, v1 = v[slot_of(tree, i, ctx, lo + t)], v[slot_of(tree, i, ctx, lo + t + 1)]
         v2, v3 = v[slot_of(tree, i, ctx, lo + t + 2)], v[slot_of(tree, i, ctx, lo + t + 3)]
-        for d in range(hd):
-            o[d] += (w0 * v0[d] + w1 * v1[d]) + (w2 * v2[d] + w3 * v3[d])
+        for g in range(h1 - h0):
+            w0, w1, w2, w3 = scores[g, t], scores[g, t + 1], scores[g, t + 2], scores[g, t + 3]
+            o = out[i, h0 + g]
+            for d in range(hd):
+                o[d] += (w0 * v0[d] + w1 * v1[d]) + (w2 * v2[d] + w3 * v3[d])
     for t in range(whole, length):
-        w = scores[t]
         vt = v[slot_of(tree, i, ctx, lo + t)]
+        for g in range(h1 - h0):
+            w = scores[g, t]
+            o = out[i, h0 + g]
+            for d in range(hd):
+                o[d] += w * vt[d]
+    for g in range(h1 - h0):
+        inv = np.float32(1.0) / scores[g, length]
+        o = out[i, h0 + g]
         for d in range(hd):
-            o[d] += w * vt[d]
-    inv = np.float32(1.0) / total
-    for d in range(hd):
-        o[d] *= inv
+            o[d] *= inv
 
 
 @njit(cache=True, inline="always")
@@ -100,31 +119,40 @@ def window_start(p, window):
     return max(0, p + 1 - window) if window > 0 else 0
 
 
+@njit(inline="always")
+def _attend_job(q, k, v, seq_ids, positions, scale, window, tree, out, i, kvh, h0, h1):
+    ctx, end = row_span(tree, i, positions[i])
+    lo = window_start(end - 1, window)
+    s = seq_ids[i]
+    _attend_group(q, k[s, kvh], v[s, kvh], tree, i, h0, h1, lo, ctx, scale, out,
+                  np.empty((h1 - h0, end - lo + 1), np.float32))
+
+
 @njit(parallel=True, cache=True)
-def _attend_parallel(q, k, v, seq_ids, positions, scale, window, tree, out):
-    n, n_heads, hd = q.shape
-    group = n_heads // k.shape[1]
-    for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
-        s, kvh = seq_ids[i], h // group
-        ctx, end = row_span(tree, i, positions[i])
-        lo = window_start(end - 1, window)
-        _attend_head(q[i, h], k[s, kvh], v[s, kvh], tree, i, lo, ctx, scale, out[i, h],
-                     np.empty(end - lo, np.float32))
+def _attend_parallel(q, k, v, seq_ids, positions, scale, window, tree, out, parts):
+    """Jobs of (row, KV head, one of ``parts`` slices of its query heads) over the threads."""
+    n, n_heads, _ = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    per = (group + parts - 1) // parts
+    for job in prange(n * n_kv * parts):
+        i = job // (n_kv * parts)
+        kvh = (job // parts) % n_kv
+        h0 = kvh * group + (job % parts) * per
+        h1 = min(h0 + per, (kvh + 1) * group)
+        if h0 < h1:
+            _attend_job(q, k, v, seq_ids, positions, scale, window, tree, out, i, kvh, h0, h1)
 
 
 @njit(cache=True)
 def _attend_serial(q, k, v, seq_ids, positions, scale, window, tree, out):
-    n, n_heads, hd = q.shape
-    group = n_heads // k.shape[1]
+    n, n_heads, _ = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
     for i in range(n):
-        ctx, end = row_span(tree, i, positions[i])
-        lo = window_start(end - 1, window)
-        scores = np.empty(end - lo, np.float32)
-        for h in range(n_heads):
-            s, kvh = seq_ids[i], h // group
-            _attend_head(q[i, h], k[s, kvh], v[s, kvh], tree, i, lo, ctx, scale, out[i, h], scores)
+        for kvh in range(n_kv):
+            _attend_job(q, k, v, seq_ids, positions, scale, window, tree, out, i, kvh, kvh * group,
+                        (kvh + 1) * group)
 
 
 #: below this many query-key products a forward's attention runs on the calling thread: waking the pool
@@ -135,10 +163,15 @@ PARALLEL_MIN_WORK = 1 << 16
 def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0, tree=NO_TREE):
     """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
     sequence seq_ids[i] (a tree row: over its context and ancestors).  q, out: (rows, n_heads, head_dim).
-    Serial or parallel over (row, head) by the amount of work; both run the same per-head kernel, so a
+    Serial or parallel over (row, KV head) by the amount of work; both run the same per-group kernel, so a
     row's output never depends on which."""
     reach = positions + 1 if tree.shape[0] == 0 else tree[:, 0] + (tree[:, 1:] >= 0).sum(axis=1)
     span = reach if window <= 0 else np.minimum(reach, window)
     work = q.shape[1] * int(span.sum()) * q.shape[2]
-    (_attend_parallel if work >= PARALLEL_MIN_WORK else _attend_serial)(q, k, v, seq_ids, positions, scale,
-                                                                         int(window), tree, out)
+    if work < PARALLEL_MIN_WORK:
+        _attend_serial(q, k, v, seq_ids, positions, scale, int(window), tree, out)
+        return
+    # whole head groups, unless there are fewer (row, KV head) pairs than threads (a decode step)
+    pairs, threads = q.shape[0] * k.shape[1], numba.get_num_threads()
+    parts = 1 if pairs >= threads else min(q.shape[1] // k.shape[1], -(-threads // pairs))
+    _attend_parallel(q, k, v, seq_ids, positions, scale, int(window), tree, out, parts)
