@@ -392,7 +392,8 @@ class Runtime:
         cancel = threading.Event()
         with contextlib.ExitStack() as setup:  # a request that fails to start ends its hooks here
             call = setup.enter_context(request_hooks(self.host.hook, task, req))
-            fut = self._submit(req, chunks.put, cancel, time.perf_counter())
+            # the channel is the emit: a worker's stream can then let its consumer read for itself
+            fut = self._submit(req, chunks, cancel, time.perf_counter())
             hooks = setup.pop_all()  # ...else the stream's consumer ends them
         fut.add_done_callback(lambda f: chunks.put(DONE))
 

@@ -159,6 +159,35 @@ def test_cancelled_stream_leaves_the_worker_serving(iso, expected):
     assert _worker(iso)["pid"] == pid  # cancelled, not killed
 
 
+def test_a_lone_streams_consumer_reads_its_own_tokens(iso, expected, monkeypatch):
+    """With one request in the worker, the iterating caller reads its token frames from the socket itself
+    (no hand-off from the reader thread per token; the reader thread delivers the first one, which it was
+    waiting for, and drains what a slow consumer leaves every 0.1 s).  A stream handed to push_to midway goes
+    back to the reader thread.  Either way the tokens are the in-process ones."""
+    from corert.isolation.channel import WorkerProcess
+
+    readers: list[threading.Thread] = []
+    take = WorkerProcess._take
+
+    def spy(self, msg):
+        if msg[0] == "tokens":
+            readers.append(threading.current_thread())
+        take(self, msg)
+
+    monkeypatch.setattr(WorkerProcess, "_take", spy)
+    _wait_ready(iso)
+    chunks = list(iso.stream(PROMPTS[0], max_tokens=8, temperature=0))
+    assert tuple(i for c in chunks for i in c.token_ids) == expected[PROMPTS[0]]
+    assert len(readers) >= 4 and readers.count(threading.current_thread()) >= len(readers) // 2, readers
+
+    stream = iso.stream(PROMPTS[2], max_tokens=8, temperature=0)
+    pushed, ended = [next(stream), next(stream)], []
+    done = threading.Event()
+    stream.push_to(pushed.append, lambda exc: (ended.append(exc), done.set()))
+    assert done.wait(60) and ended == [None]
+    assert tuple(i for c in pushed for i in c.token_ids) == expected[PROMPTS[2]]
+
+
 def test_query_asks_the_ready_worker_and_gives_none_without_an_answer(iso):
     """SupervisedModel.query, the monitoring side channel (the KV stats of `corert plugins` and /metrics):
     the worker answers "kv" with its stores' stats (llama.cpp's KV has none: an empty list, not None); a

@@ -32,6 +32,8 @@ def log_dir() -> Path:
 
 
 KEPT_LOGS = 200  # a host that restarts workers for months keeps the newest logs, not all of them
+#: while a caller reads its own stream, how often the reader thread looks for what it left unread
+_DRAIN_S = 0.1
 
 
 def _prune_logs(folder: Path) -> None:
@@ -117,6 +119,12 @@ class WorkerProcess:
         #: everything but the model is loaded (the worker said "standby")
         self.prepared = False
         self._on_message, self._on_exit = on_message, on_exit
+        #: whoever reads ``conn`` holds this: the reader thread, or a caller reading its own stream (pump)
+        self._read_lock = threading.Lock()
+        self._direct = 0  # callers reading for themselves (join_direct)
+        self._direct_lock = threading.Lock()
+        self._wake = threading.Event()  # the reader thread's nudge: a caller left, or met the worker's end
+        self._eof = False
         self.send(("spec", {**spec, "spawned_at": time.time()}))
         self._reader = threading.Thread(target=self._read, name=f"corert-worker-{label}", daemon=True)
         self._reader.start()
@@ -131,19 +139,64 @@ class WorkerProcess:
 
     def _read(self) -> None:
         try:
-            while True:
-                msg = self.conn.recv()
-                self.last_seen = time.monotonic()
-                self._on_message(self, msg)
+            while not self._eof:
+                if self._direct:
+                    self._wake.wait(_DRAIN_S)
+                    self._wake.clear()
+                    self._drain()
+                else:
+                    with self._read_lock:
+                        self._take(self.conn.recv())
         except (EOFError, OSError):
             pass
         finally:
+            self._eof = True
             self.conn.close()
             self.exit_code = self._reap()
             self._on_exit(self, self.exit_code)
             with self._lane_lock:  # its user has seen the end of the lane (the worker is dead) and left
                 self._lane.close()
                 self._lane = None
+
+    def _take(self, msg: tuple) -> None:
+        self.last_seen = time.monotonic()
+        self._on_message(self, msg)
+
+    def _drain(self) -> None:
+        """Dispatch what arrived while the caller reading for itself was elsewhere (a slow or gone consumer
+        must not leave heartbeats unread, nor the worker blocked on a full socket)."""
+        if self._read_lock.acquire(blocking=False):  # else that caller is reading
+            try:
+                while not self._eof and self.conn.readable(0):
+                    self._take(self.conn.recv())
+            finally:
+                self._read_lock.release()
+
+    def join_direct(self) -> None:
+        """A caller reads this worker's messages itself (:meth:`pump`): the reader thread steps aside after
+        the message it is waiting for, and from then on only drains what that caller leaves."""
+        with self._direct_lock:
+            self._direct += 1
+
+    def leave_direct(self) -> None:
+        with self._direct_lock:
+            self._direct -= 1
+        self._wake.set()  # back to reading every message
+
+    def pump(self, wanted: Callable[[], bool]) -> bool:
+        """Read the next message and dispatch it, on the calling thread, while ``wanted()``; False when it did
+        not (not wanted any more, or the worker is gone: the reader thread reaps it and reports the exit)."""
+        with self._read_lock:
+            if self._eof or not wanted():
+                return False
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                self._eof = True
+                self._wake.set()
+                return False
+            self._take(msg)
+            return True
 
     def ask(self, rid: int, msg: tuple, timeout: float | None) -> tuple | None:
         """Send ``msg`` on the direct lane and read its answer, ``("done" | "err", rid, value)``, on this

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import attrs
 
 from ..cancel import current_token
+from ..chunk_stream import Channel
 from ..errors import ConfigError
 from ..interfaces import PRIORITIES
 from .limits import Limits
@@ -130,7 +131,8 @@ class WorkerPool:
             emit(chunk)
 
         completion = sup.call(message, priority=req.priority, token=token, cancel=cancel,
-                              emit=forward if emit is not None else None)
+                              emit=forward if emit is not None else None,
+                              read_with=emit.read_with if isinstance(emit, Channel) else None)
         return _queued(completion, waited_ms)
 
     def kv_stores(self, kv_cache: str) -> list[dict[str, Any]]:

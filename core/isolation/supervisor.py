@@ -49,6 +49,33 @@ class Pending:
             self.done.set()
 
 
+class DirectReader:
+    """A stream whose consumer reads its own chunks from the worker's socket (chunk_stream.Channel.read_with):
+    the token reaches the caller's thread without a hand-off from the reader thread.  Only while its request
+    is the worker's one request (capacity 1): two consumers sharing the socket would hold up each other's
+    tokens.  The reader thread keeps supervising: it reaps the worker and drains what a consumer leaves."""
+
+    def __init__(self, proc: WorkerProcess, pending: Pending):
+        self.proc, self.pending = proc, pending
+        self._lock = threading.Lock()
+        self._joined = self._left = False
+
+    def pump(self, idle: Callable[[], bool]) -> bool:
+        with self._lock:
+            if self._left:
+                return False
+            if not self._joined:  # the first read: from now on the reader thread steps aside
+                self._joined = True
+                self.proc.join_direct()
+        return self.proc.pump(lambda: idle() and not self.pending.done.is_set())
+
+    def leave(self) -> None:
+        with self._lock:
+            if self._joined and not self._left:
+                self.proc.leave_direct()
+            self._left = True
+
+
 class SupervisedModel:
     def __init__(self, label: str, spec: dict[str, Any], cfg: WorkerConfig, capacity: int):
         self.label, self.spec, self.cfg, self.capacity = label, spec, cfg, capacity
@@ -224,18 +251,28 @@ class SupervisedModel:
                                 f"it; the worker was replaced (log: {proc.log_path})")
 
     def call(self, message: Callable[[int], tuple], *, priority: str, token: CancelToken,
-             emit: Callable[[Any], None] | None = None, cancel: threading.Event | None = None) -> Any:
-        """Send ``message(rid)`` to the worker and wait for its result (``emit`` gets its stream chunks).
+             emit: Callable[[Any], None] | None = None, cancel: threading.Event | None = None,
+             read_with: Callable[[DirectReader | None], None] | None = None) -> Any:
+        """Send ``message(rid)`` to the worker and wait for its result (``emit`` gets its stream chunks;
+        ``read_with``: the stream's channel takes a DirectReader, so its consumer may read its chunks itself).
         A cancelled request (``cancel``, the token) is cancelled in the worker; one still running
         ``grace_s`` after its deadline gets its worker replaced and fails with TaskTimeoutError."""
         with self._slot(priority, token, emit) as (proc, rid, pending):
-            proc.send(message(rid))  # a dead worker: its exit fails the request
-            cancelled = False
-            while not pending.done.wait(_POLL_S):
-                if not cancelled and (token.cancelled or (cancel is not None and cancel.is_set())):
-                    cancelled = proc.send(("cancel", rid))
-                if token.deadline is not None and time.monotonic() > token.deadline + self.cfg.grace_s:
-                    raise self._overran(proc)
+            direct = DirectReader(proc, pending) if read_with is not None and self.capacity == 1 else None
+            if direct is not None:
+                read_with(direct)
+            try:
+                proc.send(message(rid))  # a dead worker: its exit fails the request
+                cancelled = False
+                while not pending.done.wait(_POLL_S):
+                    if not cancelled and (token.cancelled or (cancel is not None and cancel.is_set())):
+                        cancelled = proc.send(("cancel", rid))
+                    if token.deadline is not None and time.monotonic() > token.deadline + self.cfg.grace_s:
+                        raise self._overran(proc)
+            finally:
+                if direct is not None:
+                    read_with(None)
+                    direct.leave()
             if pending.error is not None:
                 raise pending.error
             return pending.result
