@@ -24,13 +24,17 @@ from corert.tools.stats import MIN_ROUNDS, median, ratio_summary, ratios
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 GOALS = {"decode_ratio": 0.95, "embed_p95_extra_ms": 0.3, "restart_to_first_token_s": 2.0}
+#: kills per engine: each crash within worker.restart_window_s backs the next restart off longer (0, 0.25,
+#: 0.5, 1, 2 s...), so more kills would time the backoff policy, not the restart
+RESTARTS = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    # a decode round of 64 tokens lasted ~0.3 s: one stray stall of the shared cores moved its ratio by 0.1
-    # (session 7: per-round ratios 0.74-1.16 in quiet runs); 6 rounds of 256 give each side ~7 s of decode
-    p.add_argument("--rounds", type=int, default=6, help=f"rounds, at least {MIN_ROUNDS} (default 6)")
-    p.add_argument("--max-tokens", type=int, default=256, help="tokens per generation (default 256)")
+    # 3 decode rounds of 64 tokens (~0.3 s each) let one stray stall decide the median: quiet per-round ratios
+    # ran 0.74-1.16 (session 7), and at 6 x 256 a round still ran 0.12x or 5.5x (session 8); 12 pairs of
+    # adjacent rounds give a median that a few such rounds cannot move, ~6 s of decode per side
+    p.add_argument("--rounds", type=int, default=12, help=f"rounds, at least {MIN_ROUNDS} (default 12)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per generation (default 128)")
     # a p95 over 200 requests is their 10th slowest: a few stray slow requests move it
     p.add_argument("--embed-runs", type=int, default=1000,
                    help="embed requests per side and round (default 1000)")
@@ -55,10 +59,20 @@ def _workers_cpu_s(rt) -> float:
     return total
 
 
+def _steal_s() -> float:
+    """CPU seconds the hypervisor gave to other guests so far, all CPUs (/proc/stat's steal; 0 where not
+    readable): a round whose cores were taken away says so in the JSON."""
+    try:
+        with open("/proc/stat") as fh:
+            return int(fh.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
     """One greedy request as its caller sees it: time to first token, decode tok/s after it, the ids, and
     the CPU seconds per generated token (host and worker)."""
-    cpu0 = _cpu_s(rt)
+    cpu0, steal0 = _cpu_s(rt), _steal_s()
     t0 = time.perf_counter()
     first = last = None
     ids: list[int] = []
@@ -71,7 +85,7 @@ def _stream(rt, prompt: str, max_tokens: int) -> dict[str, Any]:
             ids.extend(chunk.token_ids)
     n = len(ids)
     return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1e3, "ids": ids,
-            "cpu_ms_per_token": (_cpu_s(rt) - cpu0) * 1e3 / max(1, n),
+            "cpu_ms_per_token": (_cpu_s(rt) - cpu0) * 1e3 / max(1, n), "steal_ms": (_steal_s() - steal0) * 1e3,
             "decode_tok_s": (n - 1) / (last - first) if n > 1 and last > first else 0.0}
 
 
@@ -84,9 +98,9 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
     in_process = Runtime(engine=engine, model=model) if model else Runtime(engine=engine)
     # the native layout converted in a process of its own before any side (or the worker pool) starts
     warm(str(in_process.model_path()), engine, label=model_label(in_process.model_path()))
-    # every round kills the worker once (restart to first token): more rounds than the restart cap
-    # (worker.max_restarts) would mark the model failed
-    isolated = {"isolation": "process", "worker": {"max_restarts": rounds + 5}}
+    # the restart rounds kill the worker: more kills than the restart cap (worker.max_restarts) would mark
+    # the model failed
+    isolated = {"isolation": "process", "worker": {"max_restarts": RESTARTS + 5}}
     sides = {"in_process": in_process,
              "process": Runtime(engine=engine, model=model, **isolated) if model else
              Runtime(engine=engine, **isolated)}
@@ -100,7 +114,7 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
             order = list(sides) if i % 2 == 0 else list(sides)[::-1]
             for name in order:
                 runs[name].append(_stream(sides[name], f"({i + 1}) {PROMPT}", max_tokens))
-        restarts = [_restart_to_first_token(sides["process"]) for _ in range(rounds)]
+        restarts = [_restart_to_first_token(sides["process"]) for _ in range(RESTARTS)]
     finally:
         for rt in sides.values():
             rt.close()
@@ -114,6 +128,7 @@ def _generation(engine: str, model: str | None, rounds: int, max_tokens: int) ->
             "ttft_ms": {k: median(v) for k, v in ttft.items()},
             "decode_ratio": decode["median"], "decode_ratio_range": decode["range"],
             "decode_ratio_rounds": decode["rounds"],
+            "decode_tok_s_rounds": dec, "steal_ms_rounds": {k: [r["steal_ms"] for r in v] for k, v in runs.items()},
             "per_token_overhead_us": median(per_token_us),
             "cpu_ms_per_token": {k: median(v) for k, v in cpu.items()},
             # the same ratio from CPU time (host + worker): what the boundary costs on idle cores
