@@ -480,9 +480,9 @@ def test_row_ops_parallel_twins_match_serial():
         out = np.empty_like(x0)
         o.rmsnorm(x0, w_d, 1e-6, out)
         got.append(out)
-        for fn in (o.swiglu, o.geglu):
+        for gelu in (False, True):
             act = np.empty((n, f), np.float32)
-            fn(gu, act)
+            o.gated(gu, act, gelu)
             got.append(act)
         return got
 
@@ -558,12 +558,13 @@ def test_attention_matches_numpy_and_is_row_independent():
 
 
 
-def test_attention_head_groups_match_numpy_and_never_depend_on_the_split():
-    """gemma3's shape (4 query heads on one KV head, a sliding window): a prompt's rows over the threads in
-    whole head groups, a decode row alone (serial, or its heads split over jobs) give the same bits, and
-    numpy's softmax attention."""
+@pytest.mark.parametrize("n_heads, n_kv", [(4, 1), (14, 2)])
+def test_attention_head_groups_match_numpy_and_never_depend_on_the_split(n_heads, n_kv):
+    """gemma3's shape (4 query heads on one KV head) and Qwen 0.5B's (7 on each of 2: an odd head out of
+    the pairs), a sliding window: a prompt's rows over the threads in whole head groups, a decode row alone
+    (serial, or its heads split over jobs) give the same bits, and numpy's softmax attention."""
     rng = np.random.default_rng(8)
-    n_heads, n_kv, hd, T, window = 4, 1, 64, 300, 256
+    hd, T, window = 64, 300, 256
     k = rng.standard_normal((1, n_kv, T + 1, hd)).astype(np.float32)
     v = rng.standard_normal((1, n_kv, T + 1, hd)).astype(np.float32)
     q = rng.standard_normal((T, n_heads, hd)).astype(np.float32)
@@ -573,9 +574,10 @@ def test_attention_head_groups_match_numpy_and_never_depend_on_the_split():
     for i in (0, 5, 130, T - 1):
         lo = max(0, i + 1 - window)
         for h in range(n_heads):
-            s = k[0, 0, lo:i + 1].astype(np.float64) @ q[i, h] * float(scale)
+            kv = h // (n_heads // n_kv)
+            s = k[0, kv, lo:i + 1].astype(np.float64) @ q[i, h] * float(scale)
             p = np.exp(s - s.max())
-            np.testing.assert_allclose(whole[i, h], (p / p.sum()) @ v[0, 0, lo:i + 1], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(whole[i, h], (p / p.sum()) @ v[0, kv, lo:i + 1], rtol=1e-5, atol=1e-6)
     for i in (3, T - 1):
         row = (q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], scale)
         for parts in (1, 2, 3, 4):

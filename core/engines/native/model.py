@@ -298,14 +298,14 @@ class Transformer:
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
                 rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
                                 layer.ffn_norm, cfg.eps, h)
-                rows.geglu(self._mm(layer.wgate_up, h), act)
+                rows.gated(self._mm(layer.wgate_up, h), act, True)
                 rows.add_normed(x, self._mm(layer.wdown, act), layer.post_ffn_norm, nxt, cfg.eps, h)
                 continue
             rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
             rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
-            rows.swiglu(self._mm(layer.wgate_up, h), act)
+            rows.gated(self._mm(layer.wgate_up, h), act, False)
             rows.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
         logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]))

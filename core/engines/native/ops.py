@@ -107,19 +107,6 @@ def _swiglu_row(gu, o):
         o[i] = g / (np.float32(1.0) + _exp(-g)) * gu[uint64(f) + i]
 
 
-@njit(cache=True, boundscheck=False, error_model="numpy")  # numpy: no zero-division branch in the loop
-def swiglu(gate_up, out):
-    """``out = silu(gate) * up`` where ``gate_up`` holds [gate | up] per row."""
-    for t in range(out.shape[0]):
-        _swiglu_row(gate_up[t], out[t])
-
-
-@njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
-def swiglu_parallel(gate_up, out):
-    for t in prange(out.shape[0]):
-        _swiglu_row(gate_up[t], out[t])
-
-
 #: sqrt(2 / pi), GELU's tanh approximation
 _GELU_C = 0.7978845608028654
 
@@ -133,18 +120,37 @@ def _geglu_row(gu, o):
         o[i] = g / (np.float32(1.0) + _exp(-y)) * gu[uint64(f) + i]
 
 
-@njit(cache=True, boundscheck=False, error_model="numpy")
-def geglu(gate_up, out):
-    """``out = gelu(gate) * up`` (GELU's tanh form, Gemma's) where ``gate_up`` holds [gate | up] per row.
-    0.5 (1 + tanh(y)) = 1 / (1 + e^(-2y)), so it is SwiGLU's loop with another argument."""
-    for t in range(out.shape[0]):
+@njit(inline="always")
+def _gated_row(gate_up, out, gelu, t):
+    if gelu:
         _geglu_row(gate_up[t], out[t])
+    else:
+        _swiglu_row(gate_up[t], out[t])
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")  # numpy: no zero-division branch in the loop
+def gated(gate_up, out, gelu):
+    """``out = act(gate) * up`` where ``gate_up`` holds [gate | up] per row; act is SiLU, or with ``gelu``
+    GELU's tanh form (Gemma's): 0.5 (1 + tanh(y)) = 1 / (1 + e^(-2y)), so it is SiLU's loop with another
+    argument."""
+    for t in range(out.shape[0]):
+        _gated_row(gate_up, out, gelu, t)
 
 
 @njit(parallel=True, cache=True, boundscheck=False, error_model="numpy")
-def geglu_parallel(gate_up, out):
+def gated_parallel(gate_up, out, gelu):
     for t in prange(out.shape[0]):
-        _geglu_row(gate_up[t], out[t])
+        _gated_row(gate_up, out, gelu, t)
+
+
+def swiglu(gate_up: np.ndarray, out: np.ndarray) -> None:
+    """``out = silu(gate) * up``."""
+    gated(gate_up, out, False)
+
+
+def geglu(gate_up: np.ndarray, out: np.ndarray) -> None:
+    """``out = gelu(gate) * up`` (GELU's tanh form)."""
+    gated(gate_up, out, True)
 
 
 @njit(cache=True)
@@ -267,13 +273,12 @@ class RowOps:
     split_qkv_normed: object
     add_rmsnorm: object
     add_normed: object
-    swiglu: object
-    geglu: object
+    gated: object  # (gate_up, out, gelu)
 
 
-SERIAL = RowOps(rmsnorm, split_qkv, split_qkv_normed, add_rmsnorm, add_normed, swiglu, geglu)
+SERIAL = RowOps(rmsnorm, split_qkv, split_qkv_normed, add_rmsnorm, add_normed, gated)
 PARALLEL = RowOps(rmsnorm_parallel, split_qkv_parallel, split_qkv_normed_parallel, add_rmsnorm_parallel,
-                  add_normed_parallel, swiglu_parallel, geglu_parallel)
+                  add_normed_parallel, gated_parallel)
 #: from this many rows on (a prompt, a large batch) the row-wise ops run on every thread (matmul_i8 quantizes
 #: its activations from the same count)
 PARALLEL_ROWS = 8
