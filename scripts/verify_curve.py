@@ -24,25 +24,7 @@ import corert.numba_setup
 from corert.engines.native import model as native_model
 from corert.interfaces import reserve_rows
 from corert.tools.prompts import GROUNDED
-
-
-class Split:
-    """Wall seconds per label inside the timed forwards."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.on = False
-
-    def wrap(self, label_of, fn):
-        def timed(*args, **kwargs):
-            if not self.on:
-                return fn(*args, **kwargs)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[label_of(*args)] += time.perf_counter() - t0
-        return timed
+from profile_native import Clock  # this script's folder is on sys.path when it runs
 
 
 def main() -> None:
@@ -54,7 +36,7 @@ def main() -> None:
     ap.add_argument("--kv-cache", default=None, help="kv_cache plugin (default: the runtime's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    split = Split()
+    split = Clock(time.perf_counter)  # wall time: the threads' work is what a verify waits for
     T = native_model.Transformer
     T._mm = split.wrap(lambda self, w, x: "head" if w is self.output else "products", T._mm)
     plugins = {"kv_cache": args.kv_cache} if args.kv_cache else {}
@@ -79,11 +61,9 @@ def main() -> None:
             for rep in range(args.repeats + 1):  # the first is a warm-up (numba's first call per shape)
                 reserve_rows(kv, seqs, pos, ids)
                 split.seconds.clear()
-                split.on = rep > 0
                 t0 = time.perf_counter()
                 corert.numba_setup.run_parallel(tf.forward, ids, seqs, pos, kv, every, threads=loaded.threads)
                 dt = time.perf_counter() - t0
-                split.on = False
                 for s in sessions:
                     kv.truncate(s.seq, len(s.tokens))
                 if rep:
