@@ -66,6 +66,27 @@ def test_q4_layout_is_exact(real_rows, ggml_type):
     np.testing.assert_allclose((q * d[..., None] + m[..., None]).reshape(n, cols), ref, rtol=0, atol=1e-6)
 
 
+def test_q4k_layout_is_exact(real_rows):
+    """Q4_K with its scales factored (to_q4k) decodes to gguf-py's values, and multiplied out
+    (q4k_scales) gives to_q4's scale and offset bit for bit."""
+    raw, ref, cols = real_rows[dequant.Q4_K]
+    n, nb = raw.shape[0], cols // 32
+    packed = np.empty((n, cols // 2), np.uint8)
+    sc, mn = np.empty((n, nb), np.uint8), np.empty((n, nb), np.uint8)
+    dd, dmin = np.empty((n, cols // 256), np.uint16), np.empty((n, cols // 256), np.uint16)
+    dequant.to_q4k(raw, packed, sc, mn, dd, dmin)
+    assert sc.max() <= 63 and mn.max() <= 63
+    p = packed.reshape(n, nb, 16)
+    q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
+    ddf, dminf = (np.repeat(F16_TO_F32[a].astype(np.float64), 8, axis=1)[..., None] for a in (dd, dmin))
+    np.testing.assert_allclose((q * sc[..., None] * ddf - mn[..., None] * dminf).reshape(n, cols), ref,
+                               rtol=0, atol=1e-6)
+    packed4, d, m = np.empty_like(packed), np.empty((n, nb), np.float32), np.empty((n, nb), np.float32)
+    dequant.to_q4(raw, dequant.Q4_K, packed4, d, m, F16_TO_F32)
+    scale, offset = dequant.q4k_scales(sc, mn, dd, dmin, F16_TO_F32)
+    assert np.array_equal(packed4, packed) and np.array_equal(scale, d) and np.array_equal(offset, m)
+
+
 @pytest.mark.parametrize("ggml_type", [dequant.Q8_0, dequant.Q5_0, dequant.Q6_K, dequant.Q5_1])
 def test_q8_layout(real_rows, ggml_type):
     """Q8_0 and Q5_0 are copied exactly; other types are requantized within half a step of 8 bits."""
@@ -182,6 +203,27 @@ def q4_matrix():
     return packed, d, m, x, x.astype(np.float64) @ w.T
 
 
+@pytest.fixture(scope="module")
+def q4k_matrix():
+    """Q4_K's factored form (dequant.to_q4k): 6-bit scales and mins per 32, f16 super-block scales per 256;
+    the largest factors on the first rows, and one super block's scales subnormal in f16."""
+    rng = np.random.default_rng(6)
+    rows, cols = 200, 768
+    packed = rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8)
+    sc, mn = (rng.integers(0, 64, (rows, cols // 32)).astype(np.uint8) for _ in range(2))
+    sc[:8], mn[:8] = 63, 63
+    dd = rng.uniform(1e-4, 1e-3, (rows, cols // 256)).astype(np.float16)
+    dmin = rng.uniform(1e-4, 3e-3, (rows, cols // 256)).astype(np.float16)
+    dd[9, 1], dmin[9, 1] = np.float16(3e-6), np.float16(5e-7)
+    dd, dmin = dd.view(np.uint16), dmin.view(np.uint16)
+    p = packed.reshape(rows, -1, 16)
+    q = np.concatenate([p & 15, p >> 4], axis=-1).astype(np.float64)
+    ddf, dminf = (np.repeat(F16_TO_F32[a].astype(np.float64), 8, axis=1)[..., None] for a in (dd, dmin))
+    w = (q * sc[..., None] * ddf - mn[..., None] * dminf).reshape(rows, cols)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    return packed, sc, mn, dd, dmin, x, x.astype(np.float64) @ w.T
+
+
 def _run(variant, kind, mat, x):
     """Row-major test matrices go through the variant's load-time layout, as a model's do (200 rows: the
     last group is padded)."""
@@ -191,9 +233,17 @@ def _run(variant, kind, mat, x):
         p.q8(p.layout_q8(*mat), x, out)
     elif kind == "q6":
         p.q6(p.layout_q6(*mat), x, out)
+    elif kind == "q4k":  # Q4_K's factored scales: the q4 products over the variant's layout of them
+        p.q4(p.layout_q4k(*mat), x, out)
     else:
         p.q4(p.layout_q4(*mat), x, out)
     return out
+
+
+def _layout_kind(kind: str) -> str:
+    """The layout a test kind goes through: "q4k" is its own; the others' variants (q6-mixed, q4-f16-scales...)
+    are forms of the first two letters'."""
+    return kind if kind == "q4k" else kind[:2]
 
 
 def _engine_variants() -> list[str]:
@@ -216,7 +266,9 @@ def test_every_engine_variant_has_its_products():
     assert all(type(p) in ACCURACY for p in products.PRODUCTS.values())
 
 
-def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
+def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None, q4k_matrix=None):
+    if kind == "q4k":
+        return q4k_matrix[:5], q4k_matrix[5], q4k_matrix[6]
     if kind in ("q8", "q5"):  # q8_matrix: the fixture of the kind's values
         return q8_matrix[:2], q8_matrix[2], q8_matrix[3]
     if kind.startswith("q6"):  # q6_matrix: the fixture of the kind's form
@@ -235,18 +287,18 @@ def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None):
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales"])
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4k"])
 def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
-                                              q6_mixed_matrix, need_variant):
+                                              q6_mixed_matrix, q4k_matrix, need_variant):
     """Every variant of the engine this CPU can execute against the scalar reference and float64."""
     need_variant(variant)
     p = products.PRODUCTS[variant]
     if kind == "q4" and isinstance(p, products.I8Products):
         pytest.skip("vnni stores f32 block scales as f16: see test_vnni_matches_integer_reference")
     mat, x, ref = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
-                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
-    got = _run(variant, kind[:2], mat, x)
-    scalar = _run("scalar", kind[:2], mat, x)
+                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
+    got = _run(variant, _layout_kind(kind), mat, x)
+    scalar = _run("scalar", _layout_kind(kind), mat, x)
     scale = np.abs(ref).max()
     # f32 kernels: float sums in another order, within a few f32 ulps of the largest output
     accuracy = ACCURACY[type(p)]
@@ -255,6 +307,9 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q5_matri
 
 
 def _weights_f64(kind, mat):
+    if kind == "q4k":  # exact: its scales and offsets are kept as the file's factors
+        packed, sc, mn, dd, dmin = mat
+        return _weights_f64("q4", (packed, *dequant.q4k_scales(sc, mn, dd, dmin, F16_TO_F32)))
     if kind == "q6":
         return _q6_weights_f64(*mat), None
     if kind in ("q8", "q5"):
@@ -266,17 +321,17 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
-@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales"])
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales", "q4k"])
 def test_vnni_matches_integer_reference(kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
-                                        need_variant):
+                                        q4k_matrix, need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
     (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
     need_variant("vnni")
     mat, x, ref = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
-                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
-    got = _run("vnni", kind[:2], mat, x)
-    w, m = _weights_f64(kind[:2], mat)
-    if kind.startswith("q4"):
+                          q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
+    got = _run("vnni", _layout_kind(kind), mat, x)
+    w, m = _weights_f64(_layout_kind(kind), mat)
+    if kind.startswith("q4") and kind != "q4k":
         stored = [a.dtype for a in products.PRODUCTS["vnni"].layout_q4(*mat)[1:]]
         assert stored[0] == (np.float32 if kind == "q4-tiny-scales" else np.uint16)
         if kind == "q4":  # f32 scales rounded to f16 where every value stays normal (as Q4_K's are)
@@ -303,15 +358,15 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q5_matrix, q4_matrix, q
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
-@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4"])
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4k"])
 def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
-                                          q6_mixed_matrix, need_variant):
+                                          q6_mixed_matrix, q4k_matrix, need_variant):
     need_variant(variant)
     mat, x, _ = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
-                        q6_mixed_matrix if kind == "q6-mixed" else q6_matrix)
+                        q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
     x = np.concatenate([x] * 6)  # 42 rows: crosses a token tile
-    batched = _run(variant, kind[:2], mat, x)
-    one_by_one = np.concatenate([_run(variant, kind[:2], mat, x[i:i + 1]) for i in range(x.shape[0])])
+    batched = _run(variant, _layout_kind(kind), mat, x)
+    one_by_one = np.concatenate([_run(variant, _layout_kind(kind), mat, x[i:i + 1]) for i in range(x.shape[0])])
     assert np.array_equal(batched, one_by_one)
 
 
@@ -409,6 +464,18 @@ def test_vnni_q8_layout_packs_five_bit_values(q5_matrix, q8_matrix, need_variant
         assert np.array_equal(got, want)
 
 
+def test_vnni_q4k_layout_reads_fewer_bytes(q4k_matrix):
+    """Q4_K's factored scales take 4.625 bits per weight in the vnni layout (the q4 layout of the same
+    weights, a scale and an offset per 32: 5 in f16, 6 here where the subnormal super-block scales keep
+    them f32)."""
+    mat = q4k_matrix[:5]
+    rows, cols = mat[0].shape[0], mat[0].shape[1] * 2
+    padded = -(-rows // matmul_i8.ROWS) * matmul_i8.ROWS
+    factored = sum(p.nbytes for p in matmul_i8.layout_q4k(*mat))
+    multiplied = sum(p.nbytes for p in matmul_i8.layout_q4(mat[0], *dequant.q4k_scales(*mat[1:], F16_TO_F32)))
+    assert factored * 8 == padded * cols * 4.625 and multiplied * 8 >= padded * cols * 5
+
+
 def test_vnni_kernels_use_vpdpbusd(need_variant):
     """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
     need_variant("vnni")
@@ -424,7 +491,9 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                      (matmul_i8.q6_packed_matmul, (np.zeros((1, matmul_i8.Q6_PACKED), np.uint8),
                                                  np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32))),
                      (matmul_i8.q5_packed_matmul, (np.zeros((1, matmul_i8.Q5_PACKED), np.uint8),
-                                                 np.zeros((1, 16), np.uint16), x, out))):
+                                                 np.zeros((1, 16), np.uint16), x, out)),
+                     (matmul_i8.q4k_matmul, (np.zeros((1, 4 * 64), np.uint8), *(np.zeros((1, 16), np.int8),) * 2,
+                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

@@ -1,7 +1,9 @@
 """GGML block formats -> our 8-bit layout, one row at a time (numba).
 
 The native engine keeps weight matrices in one of three layouts (see weights.QMatrix):
-  q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly
+  q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly; a
+      matrix of Q4_K tensors only keeps Q4_K's factored scales (to_q4k), which the vnni layout stores in
+      4.625 bits/weight
   q6  int8 values, an int8 scale per 16 and an f32 scale per 256 (8.6 bits/weight; the vnni layout packs the
       6-bit values of Q6_K: 6.6): Q6_K exactly (its
       int8 sub-block scales and f16 super-block scale as they are); Q8_0 / Q5_0 / Q4_0 tensors joined with a
@@ -261,6 +263,39 @@ def to_q4(raw, ggml_type, packed, d, m, tab):
                             lo = (np.int64(src[o + 16 + 32 * g + j]) >> (4 * h)) & 0xF
                             hi = (np.int64(src[o + 16 + 32 * g + 16 + j]) >> (4 * h)) & 0xF
                             pr[16 * b + j] = np.uint8(lo | (hi << 4))
+
+
+@njit(parallel=True, cache=True)
+def to_q4k(raw, packed, sc, mn, dd, dmin):
+    """Q4_K rows, exactly, with the file's scales kept factored: 4-bit values q (``packed`` as to_q4's), the
+    6-bit scale ``sc`` and min ``mn`` of each 32 values (uint8), and each 256's f16 scale ``dd`` and min
+    scale ``dmin`` as f16 bits (uint16): ``y = dd * sc * q - dmin * mn``.  The vnni layout keeps this form
+    (fewer bytes per weight than to_q4's scale and offset per 32)."""
+    for r in prange(packed.shape[0]):
+        src, pr = raw[r], packed[r]
+        for sb in range(dd.shape[1]):
+            o = sb * 144
+            dd[r, sb] = np.uint16(np.int64(src[o]) | (np.int64(src[o + 1]) << 8))
+            dmin[r, sb] = np.uint16(np.int64(src[o + 2]) | (np.int64(src[o + 3]) << 8))
+            for g in range(4):
+                for h in range(2):
+                    b = sb * 8 + 2 * g + h
+                    s, m = _scale_min_k4(2 * g + h, src, o + 4)
+                    sc[r, b], mn[r, b] = np.uint8(s), np.uint8(m)
+                    for j in range(16):
+                        lo = (np.int64(src[o + 16 + 32 * g + j]) >> (4 * h)) & 0xF
+                        hi = (np.int64(src[o + 16 + 32 * g + 16 + j]) >> (4 * h)) & 0xF
+                        pr[16 * b + j] = np.uint8(lo | (hi << 4))
+
+
+def q4k_scales(sc: np.ndarray, mn: np.ndarray, dd: np.ndarray, dmin: np.ndarray, tab: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """to_q4k's factored scales as to_q4's f32 scale and offset per 32 values (the same values: an f16 times a
+    6-bit integer is exact in f32)."""
+    per = sc.shape[1] // dd.shape[1]
+    scale = sc.astype(np.float32) * np.repeat(tab[dd], per, axis=1)
+    offset = -(mn.astype(np.float32) * np.repeat(tab[dmin], per, axis=1))
+    return scale, offset
 
 
 @njit(parallel=True, cache=True)

@@ -21,6 +21,11 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
       bits (uint16) when every value stays a normal f16 (see _compact), else f32.
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
+      Q4_K (a matrix of Q4_K tensors only, layout_q4k): ``q`` as above; ``sc``, ``mn`` int8 [block][row] (the
+      file's 6-bit scale and min of each 32 values), ``dd``, ``dmin`` f16 bits [256-value block][row] (the
+      file's super-block scales, dmin negated): d = sc * dd and m = mn * dmin, both exact in f32, rebuilt per
+      block.  4.625 bits/weight read instead of q4's 5: 16 rows' block is 256 bytes of values, 32 of scales
+      and mins, and an eighth of the super block's 64.
   q6: ``q`` as q8's; ``d`` int8 [16-value block][row] (Q6_K's sub-block scales): a block's first 4 operands
       are columns 0-15, the last 4 columns 16-31, so each half gets its own scale; ``sup`` f32 [256-value
       block][row] (Q6_K's super-block scale; per 32 values where a 32-block type joins it, see dequant.to_q6).
@@ -102,6 +107,18 @@ def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
     q = packed.reshape(ng, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
     return (np.ascontiguousarray(q), _per_block(_compact(scale.astype(np.float32)), ng, nb),
             _per_block(_compact(offset.astype(np.float32)), ng, nb))
+
+
+def layout_q4k(packed: np.ndarray, sc: np.ndarray, mn: np.ndarray, dd: np.ndarray, dmin: np.ndarray
+               ) -> tuple[np.ndarray, ...]:
+    """Row-major Q4_K in dequant.to_q4k's form -> (q as layout_q4's, sc, mn int8 [block][row], dd, -dmin
+    f16 bits [super block][row])."""
+    nb = packed.shape[1] * 2 // QK
+    ng = -(-packed.shape[0] // ROWS)
+    q = _pad_rows(packed).reshape(ng, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
+    neg = dmin ^ np.uint16(0x8000)  # the sign bit: the kernel adds mn * (-dmin), the offset itself
+    return (np.ascontiguousarray(q), *(_per_block(_pad_rows(a), ng, a.shape[1])
+                                       for a in (sc.view(np.int8), mn.view(np.int8), dd, neg)))
 
 
 def layout_q8(q: np.ndarray, scale_bits: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -390,29 +407,56 @@ def _levels(x):
 def q4_matmul(q, d, m, x, out):
     xq, xd, _, xs = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    ahead = PREFETCH_BYTES // (4 * 64)
     for g in prange(q.shape[0]):
         acc = np.zeros(n * ROWS, np.float32)
         qg, dg, mg = q[g], d[g], m[g]
-        ahead = PREFETCH_BYTES // (4 * 64)
         for b in range(nb):
-            o = b * 4 * 64
-            for line in range(4):  # past the group's end: the next group's, contiguous
-                prefetch(qg, o + PREFETCH_BYTES + line * 64)
             prefetch(dg, (b + ahead) * ROWS)
             prefetch(mg, (b + ahead) * ROWS)
-            w0, w1 = load_bytes(qg, o), load_bytes(qg, o + 64)
-            w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
-            l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
-            h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
-            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
-            for t in range(n):
-                xo = t * 2 * cols + b * QK
-                # the small terms first: the offset, then the levels
-                base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
-                i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
-                i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
-                _add_levels(acc, t, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+            _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, n, cols)
         _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q4k_matmul(q, sc, mn, dd, dmin, x, out):
+    """q4 with Q4_K's factored scales (layout_q4k): a block's scale and offset are rebuilt from its 6-bit
+    factors and its super block's f16 scales (both products exact in f32), then q4_matmul's step runs."""
+    xq, xd, _, xs = _levels(x)
+    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    ahead = PREFETCH_BYTES // (4 * 64)
+    per = nb * ROWS // dd.shape[1]  # blocks per super block
+    for g in prange(q.shape[0]):
+        acc = np.zeros(n * ROWS, np.float32)
+        qg, sg, mg, dg, ng = q[g], sc[g], mn[g], dd[g], dmin[g]
+        for b in range(nb):
+            prefetch(sg, (b + ahead) * ROWS)
+            prefetch(mg, (b + ahead) * ROWS)
+            s = b // per * ROWS
+            dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, s))
+            mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, s))  # ``dmin`` stored negated
+            _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, n, cols)
+        _store_rows(acc, out, n, g, out.shape[1])
+
+
+@njit(inline="always")
+def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, n, cols):
+    """acc[t] += block b of a q4 group (scale ``dv``, offset ``mv`` per row) . x[t], for every row t; the
+    weights a prefetch distance ahead asked for."""
+    o = b * 4 * 64
+    for line in range(4):  # past the group's end: the next group's, contiguous
+        prefetch(qg, o + PREFETCH_BYTES + line * 64)
+    w0, w1 = load_bytes(qg, o), load_bytes(qg, o + 64)
+    w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+    l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
+    h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
+    for t in range(n):
+        xo = t * 2 * cols + b * QK
+        # the small terms first: the offset, then the levels
+        base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
+        i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
+        i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
+        _add_levels(acc, t, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
 
 
 # q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is

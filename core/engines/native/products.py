@@ -3,14 +3,15 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
 
   avx2 / neon / scalar   f32 activations (matmul.py): 64-row groups, numba-vectorized loops
   vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups;
-                         q8 values that fit 5 bits (Q5_0's) and q6 values that fit 6 (Q6_K's) are packed
+                         q8 values that fit 5 bits (Q5_0's) and q6 values that fit 6 (Q6_K's) are packed;
+                         Q4_K keeps its factored scales (layout_q4k: 4.625 bits/weight)
 """
 from __future__ import annotations
 
 import attrs
 import numpy as np
 
-from . import matmul, matmul_i8
+from . import dequant, matmul, matmul_i8
 from ...kernels.f16 import F16_TO_F32
 
 QK = matmul.QK
@@ -30,6 +31,10 @@ class F32Products:
 
     def layout_q6(self, q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul.group_q6(q, sub, sup)
+
+    def layout_q4k(self, q: np.ndarray, *scales: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Q4_K's factored scales (dequant.to_q4k) multiplied out: the f32 kernels read a scale per 32."""
+        return matmul.group_q4(q, *dequant.q4k_scales(*scales, F16_TO_F32))
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul.int8_matmul(*parts, x, out, F16_TO_F32, QK, self.wide)
@@ -57,6 +62,9 @@ class I8Products:
     def layout_q6(self, q: np.ndarray, sub: np.ndarray, sup: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q6(q, sub, sup)
 
+    def layout_q4k(self, q: np.ndarray, *scales: np.ndarray) -> tuple[np.ndarray, ...]:
+        return matmul_i8.layout_q4k(q, *scales)
+
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, d = parts
         if matmul_i8.is_packed_q5(q, x.shape[1]):
@@ -72,7 +80,10 @@ class I8Products:
             matmul_i8.int8_matmul(q, sub, x, out, sup)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        matmul_i8.q4_matmul(*parts, x, out)
+        if len(parts) == 5:  # Q4_K's factored scales (layout_q4k)
+            matmul_i8.q4k_matmul(*parts, x, out)
+        else:
+            matmul_i8.q4_matmul(*parts, x, out)
 
 
 #: variant name -> its products

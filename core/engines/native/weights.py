@@ -32,7 +32,8 @@ class QMatrix:
     kind "q6": int8 values, an int8 scale per 16 values (Q6_K's sub-blocks) and an f32 scale per 256 (per 32
     where a 32-block type joins Q6_K in the matrix); W = q * sub * sup.
     kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 scale and offset
-    per block; W = q * scale + offset.
+    per block; W = q * scale + offset.  A matrix of Q4_K tensors only is decoded with its scales factored
+    (dequant.to_q4k): the vnni layout keeps them so (5 parts), the others multiply them out.
     """
 
     kind: str
@@ -122,6 +123,11 @@ class TensorSource:
                  ) -> tuple[np.ndarray, ...]:
         """The tensors' rows decoded into the row-major q4 / q6 / q8 arrays, then laid out for the kernels."""
         nb = cols // QK
+        if kind == "q4" and all(t.ggml_type == dequant.Q4_K for t in infos) and cols % 256 == 0:
+            q4k = (np.empty((rows, cols // 2), np.uint8), np.empty((rows, nb), np.uint8),
+                   np.empty((rows, nb), np.uint8), np.empty((rows, cols // 256), np.uint16),
+                   np.empty((rows, cols // 256), np.uint16))  # values, scale, min; super-block scales
+            return self.products.layout_q4k(*self._decode_rows(infos, raws, _q4k_rows, q4k))
         if kind == "q4":
             q4 = (np.empty((rows, cols // 2), np.uint8), np.empty((rows, nb), np.float32),
                   np.empty((rows, nb), np.float32))  # values, scale, offset
@@ -167,3 +173,8 @@ class TensorSource:
         self._mm = None
         if mm is not None and getattr(mm, "_mmap", None) is not None:
             mm._mmap.close()
+
+
+def _q4k_rows(raw, ggml_type, packed, sc, mn, dd, dmin, tab) -> None:
+    """_decode_rows's decoder for Q4_K (dequant.to_q4k: the type is known, the f16 scales stay bits)."""
+    dequant.to_q4k(raw, packed, sc, mn, dd, dmin)
