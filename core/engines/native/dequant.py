@@ -227,6 +227,8 @@ def to_q8(raw, ggml_type, qs, sc, tab):
             quantize_row_q8(row, qs[r], sc[r], tab)
 
 
+#: types the q8 layout keeps exactly (the others are requantized)
+Q8_EXACT = (Q8_0, Q5_0)
 Q4_SOURCES = (Q4_0, Q4_1, Q4_K)
 
 

@@ -17,7 +17,7 @@ from . import ops
 from . import dequant
 from ...kernels.f16 import F16_TO_F32
 from .products import PRODUCTS
-from .weights import QMatrix, TensorSource
+from .weights import QMatrix, SplitMatrix, TensorSource
 from ...tree import TreeMask
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
@@ -160,10 +160,19 @@ class ModelConfig:
                                  f"{self.n_layers}")
 
 
+def product(products, w: QMatrix | SplitMatrix, x: np.ndarray) -> np.ndarray:
+    """x (rows, w.cols) f32 times w's transpose by the variant's ``products``: (rows, w.rows) f32."""
+    if isinstance(w, SplitMatrix):
+        return np.concatenate([product(products, p, x) for p in w.pieces], axis=1)
+    out = np.empty((x.shape[0], w.rows), np.float32)
+    getattr(products, w.kind)(w.parts, x, out)  # q8, q6 or q4
+    return out
+
+
 @attrs.define
 class Layer:
     attn_norm: np.ndarray  # (d_model,)
-    wqkv: QMatrix  # rows: [q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]
+    wqkv: QMatrix | SplitMatrix  # rows: [q (n_heads*hd) | k (n_kv*hd) | v (n_kv*hd)]
     bqkv: np.ndarray  # qwen2's q/k/v biases, same row order (empty: no bias)
     wo: QMatrix
     ffn_norm: np.ndarray
@@ -217,7 +226,7 @@ class Transformer:
                         ("post_attn_norm", "post_attention_norm.weight"), ("post_ffn_norm", "post_ffw_norm.weight"))}
                 layers.append(Layer(
                     attn_norm=src.vector(p + "attn_norm.weight"),
-                    wqkv=src.matrix([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
+                    wqkv=src.fused([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"]),
                     bqkv=bias, wo=src.matrix([p + "attn_output.weight"]),
                     ffn_norm=src.vector(p + "ffn_norm.weight"),
                     wgate_up=src.matrix([p + "ffn_gate.weight", p + "ffn_up.weight"]),
@@ -238,9 +247,11 @@ class Transformer:
         return cls(cfg, src, embed_raw, emb.ggml_type, layers, out_norm, output, variant)
 
     def matrices(self) -> list[QMatrix]:
+        """Every weight matrix, a split one's pieces each."""
         mats = [self.output]
         for layer in self.layers:
-            mats += [layer.wqkv, layer.wo, layer.wgate_up, layer.wdown]
+            for w in (layer.wqkv, layer.wo, layer.wgate_up, layer.wdown):
+                mats += w.pieces if isinstance(w, SplitMatrix) else [w]
         return mats
 
     @property
@@ -255,10 +266,8 @@ class Transformer:
     def close(self) -> None:
         self.source.close()
 
-    def _mm(self, w: QMatrix, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], w.rows), np.float32)
-        getattr(self._products, w.kind)(w.parts, x, out)  # q8, q6 or q4
-        return out
+    def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray) -> np.ndarray:
+        return product(self._products, w, x)
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
                 logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:

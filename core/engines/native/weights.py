@@ -46,6 +46,31 @@ class QMatrix:
         return sum(p.nbytes for p in self.parts)
 
 
+@attrs.frozen
+class SplitMatrix:
+    """Row-wise consecutive QMatrix pieces that one product serves (``pieces`` in row order): tensors that
+    would share only a requantized q8 layout when fused, e.g. Q4_K q/k projections beside a Q6_K v, each
+    keep their exact layout (and the fewer bytes of it)."""
+
+    pieces: tuple[QMatrix, ...]
+
+    @property
+    def kind(self) -> str:
+        return "+".join(p.kind for p in self.pieces)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
+
+    @property
+    def cols(self) -> int:
+        return self.pieces[0].cols
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.pieces)
+
+
 class TensorSource:
     """The raw bytes of a GGUF file's tensors, memory-mapped."""
 
@@ -90,6 +115,29 @@ class TensorSource:
         dequant.dequantize(np.ascontiguousarray(raw), t.ggml_type, out, F16_TO_F32)
         return out.reshape(-1)
 
+    def fused(self, names: Sequence[str]) -> QMatrix | SplitMatrix:
+        """matrix(names), unless its tensors would only fit the q8 layout requantized while runs of them
+        (consecutive tensors of one type) fit an exact one each: then those runs, split."""
+        types = [self.info(n).ggml_type for n in names]
+        if self._kind(types) != "q8" or all(t in dequant.Q8_EXACT for t in types):
+            return self.matrix(names)
+        runs: list[list[str]] = []
+        for i, name in enumerate(names):
+            if i and types[i] == types[i - 1]:
+                runs[-1].append(name)
+            else:
+                runs.append([name])
+        return SplitMatrix(tuple(self.matrix(run) for run in runs))
+
+    @staticmethod
+    def _kind(types: Sequence[int]) -> str:
+        """The layout kind of a matrix of tensors of ``types`` (see matrix)."""
+        if all(t in dequant.Q4_SOURCES for t in types):
+            return "q4"
+        if any(t == dequant.Q6_K for t in types) and all(t in dequant.Q6_SOURCES for t in types):
+            return "q6"
+        return "q8"
+
     def matrix(self, names: Sequence[str]) -> QMatrix:
         """The row-wise concatenation of 2-D tensors ``names`` (e.g. Q, K, V projections) as one QMatrix:
         q4 when every part is Q4_0/Q4_1/Q4_K, q6 when one is Q6_K and the others symmetric blocks (both
@@ -105,13 +153,7 @@ class TensorSource:
                              f"multiple of {QK}")
         raws = [self.raw_rows(t) for t in infos]
         rows = sum(r.shape[0] for r in raws)
-        if all(t.ggml_type in dequant.Q4_SOURCES for t in infos):
-            kind = "q4"
-        elif any(t.ggml_type == dequant.Q6_K for t in infos) and \
-                all(t.ggml_type in dequant.Q6_SOURCES for t in infos):
-            kind = "q6"
-        else:
-            kind = "q8"
+        kind = self._kind([t.ggml_type for t in infos])
         if self.cache is None:
             return QMatrix(kind, rows, cols, self._convert(kind, infos, raws, rows, cols))
         parts = self.cache.load(names, kind, rows, cols)
