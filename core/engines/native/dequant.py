@@ -9,8 +9,8 @@ The native engine keeps weight matrices in one of three layouts (see weights.QMa
       int8 sub-block scales and f16 super-block scale as they are); Q8_0 / Q5_0 / Q4_0 tensors joined with a
       Q6_K one in a matrix take an f32 scale per 32 instead (9.5 bits/weight), their int8 scales all 1
   q8  int8 values with an f16 scale per 32 (8.5 bits/weight): Q8_0 and Q5_0 exactly; any other type
-      (Q6_K beside a Q4_K tensor, Q5_1, Q5_K, F16, BF16, F32) is decoded one row at a time into a scratch row and
-      requantized
+      (Q5_1, Q5_K, F16, BF16, F32) is decoded one row at a time into a scratch row and requantized (fused
+      tensors that would meet only here, as Q6_K beside Q4_K, are split instead: weights.SplitMatrix)
 so no f32 copy of a whole tensor ever exists.  The decoders
 follow ggml's block layouts (ggml-common.h); tests compare them with gguf-py's numpy dequantizers.
 """
