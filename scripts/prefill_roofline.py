@@ -180,10 +180,8 @@ def products_alone(tf, n: int, reps: int) -> list[dict]:
     layer = tf.layers[0]
     for name, w in (("wqkv", layer.wqkv), ("wo", layer.wo), ("wgate_up", layer.wgate_up), ("wdown", layer.wdown)):
         x = rng.standard_normal((n, w.cols)).astype(np.float32)
-        out = np.empty((n, w.rows), np.float32)
-        fn = getattr(tf._products, w.kind)
-        fn(w.parts, x, out)
-        med, lo = best(lambda: fn(w.parts, x, out), reps)
+        native_model.product(tf._products, w, x)  # a SplitMatrix runs its pieces one after the other
+        med, lo = best(lambda: native_model.product(tf._products, w, x), reps)
         xq, xd = np.empty((n, 2, w.cols), np.uint8), np.empty((n, 2, w.cols // 32), np.float32)
         xi, xs = np.empty((n, 2, w.cols // 32), np.int32), np.empty((n, w.cols // 32), np.float32)
         qfn = matmul_i8.quantize_rows_parallel if n >= matmul_i8.PARALLEL_ROWS else matmul_i8.quantize_rows
