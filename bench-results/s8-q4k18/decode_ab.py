@@ -20,7 +20,7 @@ speeds = []
 with Runtime(engine="native", model=args.model, n_ctx=2048) as rt:
     rt.generate("Hello", max_tokens=4, temperature=0)
     for _ in range(args.rounds):
-        times, tokens = [], 0
+        times = []
         for chunk in rt.stream(PROMPT, max_tokens=args.tokens + 1, temperature=0, ignore_eos=True):
             times.append(time.perf_counter())
         speeds.append((len(times) - 1) / (times[-1] - times[0]))
