@@ -32,14 +32,8 @@ def _sum_squares(x):
     for i in range(0, head, _LANES):
         v0, v1, v2, v3 = np.float64(x[i]), np.float64(x[i + 1]), np.float64(x[i + 2]), np.float64(x[i + 3])
         v4, v5, v6, v7 = np.float64(x[i + 4]), np.float64(x[i + 5]), np.float64(x[i + 6]), np.float64(x[i + 7])
-        s0 += v0 * v0
-        s1 += v1 * v1
-        s2 += v2 * v2
-        s3 += v3 * v3
-        s4 += v4 * v4
-        s5 += v5 * v5
-        s6 += v6 * v6
-        s7 += v7 * v7
+        s0, s1, s2, s3 = s0 + v0 * v0, s1 + v1 * v1, s2 + v2 * v2, s3 + v3 * v3
+        s4, s5, s6, s7 = s4 + v4 * v4, s5 + v5 * v5, s6 + v6 * v6, s7 + v7 * v7
     for i in range(head, d):
         v = np.float64(x[i])
         s0 += v * v
