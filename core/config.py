@@ -198,7 +198,8 @@ class NativeConfig(_Table):
     """``[corert.native]``: what the native engine reads (its batching width is the top-level ``n_seqs``)."""
 
     TABLE = "native"
-    #: prompt tokens one continuous-batching step evaluates; a longer prompt is spread over several steps
+    #: prompt tokens one continuous-batching step evaluates, and one forward of a session's long prompt; a
+    #: longer prompt is spread over several steps (forwards)
     prefill_rows: int = attrs.field(default=256, validator=_int_in(1, 1 << 20))
     #: where converted weight layouts are cached and mapped from: "auto" (the user cache dir), "off" (convert
     #: into memory at every load) or a directory

@@ -184,6 +184,10 @@ def test_batched_logits_identical_to_one_by_one(smollm2, variant, need_variant):
         chunked = np.concatenate([s.eval(ids[a:b], all_logits=True) for a, b in ((0, 5), (5, 6), (6, n))])
         assert np.array_equal(batched, one_by_one)
         assert np.array_equal(batched, chunked)
+        s.truncate(0)
+        m.prefill_rows = 4  # a prompt longer than prefill_rows is evaluated in blocks of it
+        assert np.array_equal(s.eval(ids), batched[-1])
+        assert s.tokens == [int(t) for t in ids] and m.kv.length(s.seq) == n
     finally:
         m.close()
 

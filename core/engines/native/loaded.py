@@ -28,7 +28,7 @@ class NativeModel:
         self.threads = threads
         self.metadata = metadata
         self.n_seqs = n_seqs
-        self.prefill_rows = prefill_rows  # prompt tokens per continuous-batching step
+        self.prefill_rows = prefill_rows  # prompt tokens per continuous-batching step, and per session forward
         self._session: NativeSession | None = None
         self._batching = None
         self._batching_lock = threading.Lock()

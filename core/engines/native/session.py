@@ -28,6 +28,15 @@ class NativeSession:
         """Append ``ids``; logits of the last position (n_vocab,) or, with ``all_logits``, of every
         position (len(ids), n_vocab), f32."""
         arr = self._checked(ids)
+        if not all_logits:
+            # a long prompt runs in blocks of prefill_rows: a block's activations stay in L2 (the prefill's
+            # products cost 4.4 ms a row at 55 rows, 6.8 at 717 on Qwen 1.5B) and its peak memory is bounded;
+            # each row's K/V and the last row's logits are the same as in one forward
+            step = self._model.prefill_rows
+            while arr.shape[0] > step:
+                self._forward(arr[:step], [step - 1], None)
+                self.tokens.extend(int(t) for t in arr[:step])
+                arr = arr[step:]
         n = arr.shape[0]
         logits = self._forward(arr, None if all_logits else [n - 1], None)
         self.tokens.extend(int(t) for t in arr)
