@@ -83,3 +83,12 @@ def test_no_machine_path_in_tracked_files():
 def test_patterns(line, bad):
     """The patterns catch machine paths and leave URLs, relative paths and prose alone."""
     assert any(p.search(line) for p in PATTERNS.values()) == bad
+
+
+# what Python and numba write beside the sources: compiled for one machine, with its paths inside
+_BUILD_ARTEFACT = re.compile(r"(?:^|/)__pycache__/|\.(?:pyc|nbi|nbc)$|\.egg-info/")
+
+
+def test_no_cache_or_build_artefact_is_tracked():
+    tracked = [rel for rel in _tracked_files() if _BUILD_ARTEFACT.search(rel)]
+    assert not tracked, f"tracked cache/build files (ignored by .gitignore; `git rm --cached` them): {tracked[:10]}"
