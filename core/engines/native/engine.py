@@ -59,9 +59,11 @@ class NativeEngine:
         with PARALLEL_LOCK:  # the kernels load now, with few weights resident (warmup.py)
             warm_kernels(transformer, kv_cache, n_threads)
         trim_heap()  # the load's temporaries, before the weights become resident
+        pages = transformer.settle_pages()  # now, in 2 MiB pages (huge_pages.py)
         meta = {k: v for k, v in header.metadata.items() if v is not None}
         loaded = NativeModel(str(model_path), transformer, tokenizer, kv, n_ctx, n_threads, meta, n_seqs,
                              prefill_rows=native.prefill_rows)
+        loaded.pages = pages
         if isinstance(kv, CalibratedKVStore):  # paged q8 calibrates on a fixed text: outputs never depend on history
             _calibrate(loaded, kv)
         return loaded

@@ -29,6 +29,8 @@ class NativeModel:
         self.metadata = metadata
         self.n_seqs = n_seqs
         self.prefill_rows = prefill_rows  # prompt tokens per continuous-batching step, and per session forward
+        #: how the mapped weights are paged after the load (huge_pages.PageReport; None: not measured)
+        self.pages = None
         self._session: NativeSession | None = None
         self._batching = None
         self._batching_lock = threading.Lock()

@@ -263,6 +263,13 @@ class Transformer:
     def bits_per_weight(self) -> float:
         return 8.0 * self.weight_bytes / sum(m.rows * m.cols for m in self.matrices())
 
+    def settle_pages(self):
+        """The weights mapped from the layout cache made resident in 2 MiB pages (huge_pages.settle); its
+        report, or None (nothing mapped, or not Linux)."""
+        from .huge_pages import mapped_files, settle
+
+        return settle(mapped_files(p for m in self.matrices() for p in m.parts))
+
     def close(self) -> None:
         self.source.close()
 
