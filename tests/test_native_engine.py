@@ -279,7 +279,7 @@ def test_weights_stay_quantized(small):
     assert tr.bits_per_weight <= 8.5
     for mat in tr.matrices():
         assert mat.parts[0].dtype in (np.int8, np.uint8)
-    assert tr.embed_raw.dtype == np.uint8  # looked up straight from the mapped file
+    assert tr.embed.rows(np.array([0, 3])).dtype == np.uint8  # rows read from the file in its GGUF type
 
 
 def test_bad_input_is_a_typed_error(small):

@@ -85,7 +85,7 @@ def test_a_damaged_or_stale_cache_file_is_rebuilt(tiny, tmp_path):
 
 def test_registry_model_weights_are_mapped_not_copied(smollm2):
     """The default engine path on a real model: every weight matrix maps the layout cache, the embedding
-    table maps the GGUF file itself."""
+    rows are read from the GGUF file as looked up."""
     from corert import Runtime
 
     with Runtime(model=smollm2, engine="native", n_ctx=64) as rt:
@@ -93,7 +93,42 @@ def test_registry_model_weights_are_mapped_not_copied(smollm2):
         cache = LayoutCache.open("auto", read_header(smollm2, want_arrays=False), "I8Products"
                                  if t.variant == "vnni" else "F32Products")
         assert all(_mapped_from(p, cache.dir) for m in t.matrices() for p in m.parts)
-        assert isinstance(t.embed_raw.base, np.memmap) or _mapped_from(t.embed_raw, os.path.dirname(smollm2))
+        assert t.embed.path == str(smollm2) and t.embed.n_rows == t.cfg.n_vocab
+
+
+def _file_resident_kib(path) -> int:
+    """Rss of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:
+                inside = len(head) > 5 and os.path.realpath(head[5]) == os.path.realpath(path)
+            elif inside and head[0] == "Rss:":
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
+def test_a_prompt_maps_no_page_of_the_gguf(smollm2):
+    """After the load let the file's pages go, a prompt's embedding lookups read their rows into the
+    request's buffer: none of the GGUF's pages is resident in the process (mapped lookups made 6.8 MB of
+    SmolLM2's file resident on a 467-token prompt, next to the output matrix that holds the same table),
+    and the logits are those of the rows decoded from the file."""
+    from corert import Runtime
+
+    with Runtime(model=smollm2, engine="native", n_ctx=512) as rt:
+        loaded = rt.load_generation_model()[0]
+        ids = np.arange(0, loaded.n_vocab, loaded.n_vocab // 300)[:300]  # rows spread over the whole table
+        s = loaded.new_session()
+        try:
+            s.eval(ids)
+        finally:
+            s.close()
+        assert _file_resident_kib(smollm2) == 0
+        t = loaded.transformer
+        raw = t.source.raw_rows(t.source.info("token_embd.weight"))
+        np.testing.assert_array_equal(t.embed.rows(ids), raw[ids])  # the same bytes as the mapped file
 
 
 def _vm_flags(a: np.ndarray) -> set[str]:
@@ -113,10 +148,9 @@ def _vm_flags(a: np.ndarray) -> set[str]:
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads Linux's /proc/self/smaps")
 def test_mapped_layouts_ask_for_huge_pages(tiny, tmp_path):
     """Every mapped layout carries MADV_HUGEPAGE ("hg"), so pages read back after eviction come as 2 MiB
-    folios (see layout_cache.py); the GGUF's own mapping (embedding rows) does not ask."""
+    folios (see layout_cache.py)."""
     t = _load(tiny, tmp_path)
     assert all("hg" in _vm_flags(p) for m in t.matrices() for p in m.parts)
-    assert "hg" not in _vm_flags(t.embed_raw)
 
 
 def _resident_kib(a: np.ndarray) -> int:

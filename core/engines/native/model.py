@@ -16,6 +16,7 @@ from ...models.gguf_header import GGUFHeader
 from . import ops
 from . import dequant
 from ...kernels.f16 import F16_TO_F32
+from .embedding import EmbeddingTable
 from .products import PRODUCTS
 from .weights import QMatrix, SplitMatrix, TensorSource
 from ...tree import TreeMask
@@ -188,9 +189,8 @@ class Layer:
 @attrs.define
 class Transformer:
     cfg: ModelConfig
-    source: TensorSource  # the memory-mapped file: the embedding table is read from it
-    embed_raw: np.ndarray  # (n_vocab, bytes per row) of token_embd, in its GGUF type
-    embed_type: int
+    source: TensorSource  # the memory-mapped file (its pages let go after the load)
+    embed: EmbeddingTable  # token_embd's rows, read from the file as looked up
     layers: list[Layer]
     out_norm: np.ndarray
     output: QMatrix  # (n_vocab, d_model)
@@ -235,7 +235,8 @@ class Transformer:
             output = src.matrix(["output.weight" if src.has("output.weight") else "token_embd.weight"])
             out_norm = src.vector("output_norm.weight")
             emb = src.info("token_embd.weight")
-            embed_raw = src.raw_rows(emb)
+            src.raw_rows(emb)  # a type and shape the lookup decodes
+            embed = EmbeddingTable(header.path, header.data_offset, emb)
         except BaseException:
             src.close()
             raise
@@ -244,7 +245,7 @@ class Transformer:
         if layers and layers[0].wqkv.rows != q_rows + 2 * cfg.n_kv_heads * cfg.head_dim:
             raise ModelError(f"{header.path}: attention tensors do not match {cfg.n_heads} heads of "
                              f"{cfg.head_dim}")
-        return cls(cfg, src, embed_raw, emb.ggml_type, layers, out_norm, output, variant)
+        return cls(cfg, src, embed, layers, out_norm, output, variant)
 
     def matrices(self) -> list[QMatrix]:
         """Every weight matrix, a split one's pieces each."""
@@ -256,7 +257,7 @@ class Transformer:
 
     @property
     def weight_bytes(self) -> int:
-        """Bytes of the weights held in memory (the embedding table stays in the mapped file)."""
+        """Bytes of the weights held in memory (embedding rows are read from the file as looked up)."""
         return sum(m.nbytes for m in self.matrices())
 
     @property
@@ -271,6 +272,7 @@ class Transformer:
         return settle(mapped_files(p for m in self.matrices() for p in m.parts))
 
     def close(self) -> None:
+        self.embed.close()
         self.source.close()
 
     def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray) -> np.ndarray:
@@ -288,7 +290,8 @@ class Transformer:
             raise InputError(f"token ids must be in [0, {cfg.n_vocab}), got {int(ids.min())}..{int(ids.max())}")
         H, KV, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         x = np.empty((n, cfg.d_model), np.float32)  # (rows, d_model) residual stream
-        dequant.embed_rows(self.embed_raw, self.embed_type, ids, x, F16_TO_F32)
+        dequant.embed_rows(self.embed.rows(ids), self.embed.ggml_type, np.arange(n, dtype=np.int32), x,
+                           F16_TO_F32)
         if cfg.gemma:
             x *= np.sqrt(np.float32(cfg.d_model))
         at = positions if tree is None else tree.path_positions  # where RoPE puts each row
@@ -324,6 +327,8 @@ class Transformer:
             rows.gated(self._mm(layer.wgate_up, h), act, False)
             rows.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
+        if len(logit_rows) == 0:  # a prompt block before the last: its K/V are all it leaves
+            return np.empty((0, cfg.n_vocab), np.float32)
         logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]))
         if cfg.softcap:
             cap = np.float32(cfg.softcap)

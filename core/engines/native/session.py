@@ -31,10 +31,11 @@ class NativeSession:
         if not all_logits:
             # a long prompt runs in blocks of prefill_rows: a block's activations stay in L2 (the prefill's
             # products cost 4.4 ms a row at 55 rows, 6.8 at 717 on Qwen 1.5B) and its peak memory is bounded;
-            # each row's K/V and the last row's logits are the same as in one forward
+            # each row's K/V and the last row's logits are the same as in one forward.  A block before the
+            # last only writes K/V: no row of it goes through the output head
             step = self._model.prefill_rows
             while arr.shape[0] > step:
-                self._forward(arr[:step], [step - 1], None)
+                self._forward(arr[:step], [], None)
                 self.tokens.extend(int(t) for t in arr[:step])
                 arr = arr[step:]
         n = arr.shape[0]
@@ -108,7 +109,7 @@ class NativeSession:
             redo = k - n  # rows re-evaluated before the new ones
             positions = np.arange(have, have + k, dtype=np.int32)
             seq_ids = np.full(k, self.seq, dtype=np.int32)
-            out_rows = np.arange(redo, k) if rows is None else np.asarray(rows) + redo
+            out_rows = np.arange(redo, k) if rows is None else np.asarray(rows, np.int64) + redo
             tree = None
             if parents is not None:  # recomputed rows are a chain the tree's roots continue
                 chain = list(range(-1, redo - 1))
