@@ -4,8 +4,8 @@ Matrices become :class:`QMatrix` at load (4-bit sources kept exactly in the q4 l
 the rest int8 blocks, 8.5 bits/weight; see dequant.py).  The file is memory-mapped and decoded row by row,
 so no f32 copy of a weight matrix exists at any time.  With a layout cache (layout_cache.py) each converted
 matrix is written once and then mapped from the cache file: no process holds a weight in private memory.
-The embedding table is read straight from the file, one row per looked-up token.  Norm weights and biases
-(small) are kept as f32.
+The embedding table is read from the file, one row per looked-up token (embedding.py).  Norm weights and
+biases (small) are kept as f32.
 """
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ class TensorSource:
 
     def drop_pages(self, t: TensorInfo | None = None) -> None:
         """Let the kernel reclaim the file pages read while loading a tensor (``None``: the whole file);
-        they count in RSS.  Pages needed later (embedding rows) are read back on demand."""
+        they count in RSS.  Nothing reads the mapping after the load (embedding rows: embedding.py)."""
         import mmap
 
         mm = getattr(self._mm, "_mmap", None)
