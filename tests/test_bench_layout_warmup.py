@@ -22,9 +22,10 @@ def test_the_warm_up_converts_once_and_says_so(tiny, tmp_path, monkeypatch, caps
     monkeypatch.setenv("CORERT_NATIVE_LAYOUT_CACHE", str(tmp_path))
     first = warm(tiny, "native", label="tiny")
     assert first["engine"].startswith("native:") and first["converted"] == TINY_MATRICES
+    assert first["synced"] == TINY_MATRICES  # on disk before any side's timing: no write-back inside it
     assert "converted the native layout of tiny before timing" in capsys.readouterr().err
     again = warm(tiny, "auto", label="tiny")  # auto picks native for this file: all there now
-    assert again["converted"] == 0 and capsys.readouterr().err == ""
+    assert again["converted"] == 0 and again["synced"] == 0 and capsys.readouterr().err == ""
     (key_dir,) = tmp_path.glob("tiny-*")  # one key directory: the matrices, no temporary file left
     assert len(list(key_dir.glob("*.layout"))) == TINY_MATRICES and not list(key_dir.glob(".tmp-*"))
 
