@@ -107,6 +107,39 @@ def _proc_cpuinfo_flags() -> set[str]:
     return set()
 
 
+#: L2 bytes a core is taken to have when the OS does not say (Zen 4's; Intel server cores have 1-2 MB)
+DEFAULT_L2_BYTES = 1 << 20
+_CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+
+
+@functools.lru_cache(maxsize=None)
+def l2_bytes(cache_dir: str = _CACHE_DIR) -> int:
+    """The L2 size of the first core, from Linux's cache description (``index*/level`` 2, ``size`` e.g.
+    "1024K"); DEFAULT_L2_BYTES when there is none (another OS, a container hiding it)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        for entry in sorted(os.listdir(cache_dir)):
+            base = os.path.join(cache_dir, entry)
+            if not entry.startswith("index") or _read(os.path.join(base, "level")) != "2":
+                continue
+            size = _read(os.path.join(base, "size"))
+            if size and size[-1] in units and size[:-1].isdigit():
+                return int(size[:-1]) * units[size[-1]]
+            if size.isdigit():
+                return int(size)
+    except OSError:
+        pass
+    return DEFAULT_L2_BYTES
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
 def info() -> CpuInfo:
     """This CPU's features (or the forced ones inside :func:`override`)."""
     real = _detect()

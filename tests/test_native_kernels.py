@@ -7,7 +7,7 @@ import pytest
 
 import gguf
 import gguf.quants
-from corert.engines.native import dequant, matmul, matmul_i8, ops, products
+from corert.engines.native import dequant, matmul, matmul_i8, ops, products, row_tiles
 from corert.kernels.f16 import F16_TO_F32
 from corert.tree import NO_TREE
 from corert.plugins.kv_cache import contiguous_attention as attention
@@ -224,10 +224,10 @@ def q4k_matrix():
     return packed, sc, mn, dd, dmin, x, x.astype(np.float64) @ w.T
 
 
-def _run(variant, kind, mat, x):
+def _run(variant, kind, mat, x, products_=None):
     """Row-major test matrices go through the variant's load-time layout, as a model's do (200 rows: the
-    last group is padded)."""
-    p = products.PRODUCTS[variant]
+    last group is padded); ``products_`` instead of the variant's own (another tuning of it)."""
+    p = products_ or products.PRODUCTS[variant]
     out = np.empty((x.shape[0], mat[0].shape[0]), np.float32)
     if kind in ("q8", "q5"):  # q5: q8 with 5-bit values (Q5_0's), the same products
         p.q8(p.layout_q8(*mat), x, out)
@@ -370,6 +370,64 @@ def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q5_matrix, q
     assert np.array_equal(batched, one_by_one)
 
 
+@pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4k"])
+def test_vnni_row_tiles_give_the_untiled_results(kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
+                                                 q6_mixed_matrix, q4k_matrix, need_variant):
+    """An L2 so small that a 45-row prompt is cut into tiles of a few rows (the last one short) and slices
+    of one or more groups (200 rows: 13 groups): every output bit-identical to the untiled loop (an L2 the
+    whole prompt fits in) and to one row at a time."""
+    need_variant("vnni")
+    mat, x, _ = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
+                        q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
+    x = np.concatenate([x] * 7)[:45]
+    untiled = _run("vnni", _layout_kind(kind), mat, x, products.I8Products(l2=1 << 30))
+    import numba
+
+    row_bytes = 2 * x.shape[1] + 20 * x.shape[1] // 32
+    threads = numba.get_num_threads()
+    try:  # one thread: 13 groups are enough for slices of 2 (row_tiles keeps 4 slices a thread)
+        for l2, n_threads, spans in ((8 * row_bytes, threads, {1}), (40 * row_bytes + 64 * x.shape[1], 1, {2})):
+            numba.set_num_threads(n_threads)  # what the products ask numba for
+            tile, span = row_tiles.row_tiles(x.shape[0], x.shape[1], 16 * x.shape[1], 13, l2, n_threads)
+            assert 1 < tile < x.shape[0] and x.shape[0] % tile != 0 and span in spans
+            tiled = _run("vnni", _layout_kind(kind), mat, x, products.I8Products(l2=l2))
+            assert np.array_equal(tiled, untiled), (tile, span)
+    finally:
+        numba.set_num_threads(threads)
+    one_by_one = np.concatenate([_run("vnni", _layout_kind(kind), mat, x[i:i + 1]) for i in range(x.shape[0])])
+    assert np.array_equal(untiled, one_by_one)
+
+
+def test_row_tiles_keep_the_tile_and_slice_in_half_the_l2():
+    """A prompt's tile (its rows' two activation levels) and a slice's weights fit half the L2; a batch that
+    fits a tile whole runs untiled (one group a slice: the decode loop as it was)."""
+    l2 = 1 << 20
+    for cols, group_bytes in ((1536, 12_672), (8960, 107_520)):  # Qwen 1.5B's gate|up (q4) and down (q6)
+        row_bytes = 2 * cols + 20 * (cols // 32)
+        tile, span = row_tiles.row_tiles(454, cols, group_bytes, 1120, l2, 2)
+        assert tile < 454 and tile * row_bytes <= l2 // 4 and tile * row_bytes + span * group_bytes <= l2 // 2
+        assert span >= 1
+        assert row_tiles.row_tiles(8, cols, group_bytes, 1120, l2, 2) == (8, 1)
+    assert row_tiles.row_tiles(1, 1536, 12_672, 16, l2, 2) == (1, 1)
+    span = row_tiles.row_tiles(454, 1536, 12_672, 16, l2, 2)[1]  # 16 groups: 4 slices a thread at least
+    assert -(-16 // span) >= 4 * 2
+
+
+def test_l2_size_read_from_the_cache_description(tmp_path):
+    """The L2 size comes from Linux's cache description; a tree without one gives the default."""
+    from corert import cpu
+
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction", "32K"),
+                                                 ("2", "Unified", "2048K"), ("3", "Unified", "32M")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(value + "\n")
+    assert cpu.l2_bytes(str(tmp_path)) == 2 << 20
+    assert cpu.l2_bytes(str(tmp_path / "none")) == cpu.DEFAULT_L2_BYTES
+    assert products.PRODUCTS["vnni"].l2 == cpu.l2_bytes()
+
+
 def _fresh(dispatcher):
     """numba hides the assembly of cached code: compile an uncached copy with the same options."""
     import numba
@@ -483,17 +541,19 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
 
     x = np.ones((1, 32), np.float32)
     d, out = np.zeros((1, 16), np.float32), np.zeros((1, 16), np.float32)
-    for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, out)),
+    tuning = (1 << 20, 1)  # l2, threads
+    for fn, args in ((matmul_i8.q4_matmul, (np.zeros((1, 4 * 64), np.uint8), d, d, x, out, *tuning)),
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 16), np.uint16),
-                                            x, out, None)),
+                                            x, out, None, *tuning)),
                      (matmul_i8.int8_matmul, (np.zeros((1, 8 * 64), np.uint8), np.zeros((1, 32), np.int8),
-                                            x, out, np.zeros((1, 16), np.float32))),
+                                            x, out, np.zeros((1, 16), np.float32), *tuning)),
                      (matmul_i8.q6_packed_matmul, (np.zeros((1, matmul_i8.Q6_PACKED), np.uint8),
-                                                 np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32))),
+                                                 np.zeros((1, 32), np.int8), x, out, np.zeros((1, 16), np.float32),
+                                                 *tuning)),
                      (matmul_i8.q5_packed_matmul, (np.zeros((1, matmul_i8.Q5_PACKED), np.uint8),
-                                                 np.zeros((1, 16), np.uint16), x, out)),
+                                                 np.zeros((1, 16), np.uint16), x, out, *tuning)),
                      (matmul_i8.q4k_matmul, (np.zeros((1, 4 * 64), np.uint8), *(np.zeros((1, 16), np.int8),) * 2,
-                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out))):
+                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out, l2))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

@@ -65,6 +65,7 @@ from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from .matmul import QK, group_part
+from .row_tiles import row_tiles
 from ...kernels.simd import (add_i32, bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5,
                               bit_four6, bit_four7, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
                    fma_f32, high_nibbles, load_bytes, load_f32, load_i8_i32, low_nibbles, mul_f32, mul_i32,
@@ -373,16 +374,24 @@ def _half_sums_row(xq, out, t):
 
 
 @njit(inline="always")
-def _store_rows(acc, out, n, g, rows):
+def _group_bytes(q, scales, count):
+    """Bytes of one group's weights and its ``count`` per-block scale arrays like ``scales`` (row_tiles)."""
+    return q.shape[1] * q.itemsize + count * scales.shape[1] * scales.itemsize
+
+
+@njit(inline="always")
+def _store_rows(acc, out, t0, t1, g, rows):
+    """Rows t0..t1 of group g's outputs from the tile's accumulators (row t at acc[(t - t0) * ROWS])."""
     r0 = g * ROWS
-    for t in range(n):
+    for t in range(t0, t1):
         for r in range(min(ROWS, rows - r0)):
-            out[t, r0 + r] = acc[t * ROWS + r]
+            out[t, r0 + r] = acc[(t - t0) * ROWS + r]
 
 
 @njit(inline="always")
 def _add_levels(acc, t, base, i2, i1, scale, x2, x1):
-    """acc[t] = base + i2 * scale * x2 + i1 * scale * x1: a block's two level products (integer) scaled,
+    """acc[t] = base + i2 * scale * x2 + i1 * scale * x1 (t: the row's place in its tile): a block's two
+    level products (integer) scaled,
     level 2 (the small term) added first so it is not lost against the large one."""
     part = fma_f32(to_f32(i2), mul_f32(scale, splat_f32(x2)), base)
     store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(x1)), part))
@@ -404,43 +413,53 @@ def _levels(x):
 # The products take x (n, cols) f32 and quantize it first, serially, in the same call: one dispatch from
 # Python per product instead of two (at 8 rows a call costs more than the quantization).
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4_matmul(q, d, m, x, out):
+def q4_matmul(q, d, m, x, out, l2, threads):
     xq, xd, _, xs = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // (4 * 64)
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, dg, mg = q[g], d[g], m[g]
-        for b in range(nb):
-            prefetch(dg, (b + ahead) * ROWS)
-            prefetch(mg, (b + ahead) * ROWS)
-            _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, n, cols)
-        _store_rows(acc, out, n, g, out.shape[1])
+    tile, span = row_tiles(n, cols, _group_bytes(q, d, 2), q.shape[0], l2, threads)
+    for s in prange(-(-q.shape[0] // span)):
+        acc = np.empty(tile * ROWS, np.float32)
+        for t0 in range(0, n, tile):
+            t1 = min(n, t0 + tile)
+            for g in range(s * span, min(q.shape[0], s * span + span)):
+                acc[:] = 0.0
+                qg, dg, mg = q[g], d[g], m[g]
+                for b in range(nb):
+                    prefetch(dg, (b + ahead) * ROWS)
+                    prefetch(mg, (b + ahead) * ROWS)
+                    _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, t0, t1, cols)
+                _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4k_matmul(q, sc, mn, dd, dmin, x, out):
+def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads):
     """q4 with Q4_K's factored scales (layout_q4k): a block's scale and offset are rebuilt from its 6-bit
     factors and its super block's f16 scales (both products exact in f32), then q4_matmul's step runs."""
     xq, xd, _, xs = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // (4 * 64)
     per = nb * ROWS // dd.shape[1]  # blocks per super block
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, sg, mg, dg, ng = q[g], sc[g], mn[g], dd[g], dmin[g]
-        for b in range(nb):
-            prefetch(sg, (b + ahead) * ROWS)
-            prefetch(mg, (b + ahead) * ROWS)
-            s = b // per * ROWS
-            dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, s))
-            mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, s))  # ``dmin`` stored negated
-            _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, n, cols)
-        _store_rows(acc, out, n, g, out.shape[1])
+    tile, span = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
+    for s in prange(-(-q.shape[0] // span)):
+        acc = np.empty(tile * ROWS, np.float32)
+        for t0 in range(0, n, tile):
+            t1 = min(n, t0 + tile)
+            for g in range(s * span, min(q.shape[0], s * span + span)):
+                acc[:] = 0.0
+                qg, sg, mg, dg, ng = q[g], sc[g], mn[g], dd[g], dmin[g]
+                for b in range(nb):
+                    prefetch(sg, (b + ahead) * ROWS)
+                    prefetch(mg, (b + ahead) * ROWS)
+                    sup = b // per * ROWS
+                    dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, sup))
+                    mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, sup))  # ``dmin`` stored negated
+                    _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols)
+                _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
-def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, n, cols):
+def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols):
     """acc[t] += block b of a q4 group (scale ``dv``, offset ``mv`` per row) . x[t], for every row t; the
     weights a prefetch distance ahead asked for."""
     o = b * 4 * 64
@@ -450,13 +469,13 @@ def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, n, cols):
     w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
     l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
     h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
-    for t in range(n):
+    for t in range(t0, t1):
         xo = t * 2 * cols + b * QK
         # the small terms first: the offset, then the levels
-        base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, t * ROWS))
+        base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, (t - t0) * ROWS))
         i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
         i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
-        _add_levels(acc, t, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+        _add_levels(acc, t - t0, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
 
 
 # q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is
@@ -474,76 +493,86 @@ def _block_sums_of(xq, xi, d):
     return lambda xq, xi, d: _half_sums(xq)  # q6: per 16
 
 
-def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
+def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
     """acc[t] += block b of the group (weights w0..w7, scales dg, sg) . x[t], for every row t (typed per
     layout)."""
 
 
 @overload(_block_rows, inline="always")
-def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
+def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
     ahead = PREFETCH_BYTES // (8 * 64)
     if dg.dtype == types.uint16:
-        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
+        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
             prefetch(dg, (b + ahead) * ROWS)
             dv = load_f32(dg, b * ROWS)
-            for t in range(n):
+            for t in range(t0, t1):
                 xo = t * 2 * cols + b * QK
                 i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b])
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
-                _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+                _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
         return q8_rows
 
-    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols):
-        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, 128)
+    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
+        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, 128)
     return q6_rows
 
 
 @njit(inline="always")
-def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, bias):
+def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, bias):
     """q6's block step (operands q + ``bias``): two half-block integer dots times their int8 scales, summed
     in int32, then the super-block scale."""
     ahead = PREFETCH_BYTES // (8 * 64)
     prefetch(dg, (2 * b + 2 * ahead) * ROWS)
     s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
     sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
-    for t in range(n):
+    for t in range(t0, t1):
         xo = t * 2 * cols + b * QK
         i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b], bias), s_lo),
                      mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1], bias), s_hi))
         i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b], bias), s_lo),
                      mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1], bias), s_hi))
-        _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, sup, xd[t, 1, b], xd[t, 0, b])
+        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd[t, 1, b], xd[t, 0, b])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def int8_matmul(q, d, x, out, sup):
+def int8_matmul(q, d, x, out, sup, l2, threads):
     """q8 (``d`` f16 bits per 32 values, ``sup`` None) or q6 (``d`` int8 per 16, each half block its own
     scale, ``sup`` f32 per super block)."""
     xq, xd, xi, _ = _levels(x)
     sums = _block_sums(xq, xi, d)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, dg, sg = q[g], d[g], group_part(sup, g)
-        for b in range(nb):
-            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-            _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols)
-        _store_rows(acc, out, n, g, out.shape[1])
+    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(-(-q.shape[0] // span)):
+        acc = np.empty(tile * ROWS, np.float32)
+        for t0 in range(0, n, tile):
+            t1 = min(n, t0 + tile)
+            for g in range(s * span, min(q.shape[0], s * span + span)):
+                acc[:] = 0.0
+                qg, dg, sg = q[g], d[g], group_part(sup, g)
+                for b in range(nb):
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+                    _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols)
+                _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q6_packed_matmul(q, d, x, out, sup):
+def q6_packed_matmul(q, d, x, out, sup, l2, threads):
     """q6 in the packed layout: int8_matmul's q6 loop over operands rebuilt from 6 bits."""
     xq, xd, _, _ = _levels(x)
     sums = _half_sums(xq)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, dg, sg = q[g], d[g], sup[g]
-        for b in range(nb):
-            w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-            _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, n, cols, 32)
-        _store_rows(acc, out, n, g, out.shape[1])
+    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(-(-q.shape[0] // span)):
+        acc = np.empty(tile * ROWS, np.float32)
+        for t0 in range(0, n, tile):
+            t1 = min(n, t0 + tile)
+            for g in range(s * span, min(q.shape[0], s * span + span)):
+                acc[:] = 0.0
+                qg, dg, sg = q[g], d[g], sup[g]
+                for b in range(nb):
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
+                    _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, 32)
+                _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
@@ -567,22 +596,28 @@ def _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xsum):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q5_packed_matmul(q, d, x, out):
+def q5_packed_matmul(q, d, x, out, l2, threads):
     """q8 in the packed 5-bit layout: int8_matmul's q8 loop over operands rebuilt from 5 bits.  Each block's
     integer products equal the unpacked layout's, so the results are identical to it (test)."""
     xq, xd, xi, _ = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // Q5_PACKED
-    for g in prange(q.shape[0]):
-        acc = np.zeros(n * ROWS, np.float32)
-        qg, dg = q[g], d[g]
-        for b in range(nb):
-            l0, l1, l2, l3, h0, h1, h2, h3 = _q5_packed_block(qg, b * Q5_PACKED)
-            prefetch(dg, (b + ahead) * ROWS)
-            dv = load_f32(dg, b * ROWS)
-            for t in range(n):
-                xo = t * 2 * cols + b * QK
-                i2 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols, xi[t, 1, b])
-                i1 = _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xi[t, 0, b])
-                _add_levels(acc, t, load_f32(acc, t * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
-        _store_rows(acc, out, n, g, out.shape[1])
+    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(-(-q.shape[0] // span)):
+        acc = np.empty(tile * ROWS, np.float32)
+        for t0 in range(0, n, tile):
+            t1 = min(n, t0 + tile)
+            for g in range(s * span, min(q.shape[0], s * span + span)):
+                acc[:] = 0.0
+                qg, dg = q[g], d[g]
+                for b in range(nb):
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
+                    prefetch(dg, (b + ahead) * ROWS)
+                    dv = load_f32(dg, b * ROWS)
+                    for t in range(t0, t1):
+                        xo = t * 2 * cols + b * QK
+                        i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
+                        i1 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
+                        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b],
+                                    xd[t, 0, b])
+                _store_rows(acc, out, t0, t1, g, out.shape[1])

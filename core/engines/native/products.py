@@ -9,9 +9,11 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
 from __future__ import annotations
 
 import attrs
+import numba
 import numpy as np
 
 from . import dequant, matmul, matmul_i8
+from ... import cpu
 from ...kernels.f16 import F16_TO_F32
 
 QK = matmul.QK
@@ -51,7 +53,15 @@ class F32Products:
 
 @attrs.frozen
 class I8Products:
-    """x split into two int8 levels per 32-value block before each product (see matmul_i8.py)."""
+    """x split into two int8 levels per 32-value block before each product (see matmul_i8.py); ``l2``: the
+    L2 bytes a core has, which cut a prompt's products into tiles (row_tiles.py)."""
+
+    l2: int = attrs.field(factory=cpu.l2_bytes)
+
+    def _tuning(self, x: np.ndarray) -> tuple[int, int]:
+        """The kernels' (l2, threads) for x.  A batch of a few rows is never tiled (row_tiles), so numba's
+        thread count (~0.5 us to ask; a decode step runs ~200 products) is asked for prompts only."""
+        return self.l2, numba.get_num_threads() if x.shape[0] >= matmul_i8.PARALLEL_ROWS else 1
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q8(q, scale_bits)
@@ -68,22 +78,22 @@ class I8Products:
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, d = parts
         if matmul_i8.is_packed_q5(q, x.shape[1]):
-            matmul_i8.q5_packed_matmul(q, d, x, out)
+            matmul_i8.q5_packed_matmul(q, d, x, out, *self._tuning(x))
         else:
-            matmul_i8.int8_matmul(q, d, x, out, None)
+            matmul_i8.int8_matmul(q, d, x, out, None, *self._tuning(x))
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, sub, sup = parts
         if matmul_i8.is_packed_q6(q, x.shape[1]):
-            matmul_i8.q6_packed_matmul(q, sub, x, out, sup)
+            matmul_i8.q6_packed_matmul(q, sub, x, out, sup, *self._tuning(x))
         else:
-            matmul_i8.int8_matmul(q, sub, x, out, sup)
+            matmul_i8.int8_matmul(q, sub, x, out, sup, *self._tuning(x))
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         if len(parts) == 5:  # Q4_K's factored scales (layout_q4k)
-            matmul_i8.q4k_matmul(*parts, x, out)
+            matmul_i8.q4k_matmul(*parts, x, out, *self._tuning(x))
         else:
-            matmul_i8.q4_matmul(*parts, x, out)
+            matmul_i8.q4_matmul(*parts, x, out, *self._tuning(x))
 
 
 #: variant name -> its products
