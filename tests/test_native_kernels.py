@@ -374,24 +374,24 @@ def test_matmul_rows_independent_of_batch(variant, kind, q8_matrix, q5_matrix, q
 def test_vnni_row_tiles_give_the_untiled_results(kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
                                                  q6_mixed_matrix, q4k_matrix, need_variant):
     """An L2 so small that a 45-row prompt is cut into tiles of a few rows (the last one short) and slices
-    of one or more groups (200 rows: 13 groups): every output bit-identical to the untiled loop (an L2 the
+    of one or two groups (200 rows: 13 groups): every output bit-identical to the untiled loop (an L2 the
     whole prompt fits in) and to one row at a time."""
     need_variant("vnni")
+    import numba
+
     mat, x, _ = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
                         q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
     x = np.concatenate([x] * 7)[:45]
     untiled = _run("vnni", _layout_kind(kind), mat, x, products.I8Products(l2=1 << 30))
-    import numba
-
     row_bytes = 2 * x.shape[1] + 20 * x.shape[1] // 32
     threads = numba.get_num_threads()
-    try:  # one thread: 13 groups are enough for slices of 2 (row_tiles keeps 4 slices a thread)
-        for l2, n_threads, spans in ((8 * row_bytes, threads, {1}), (40 * row_bytes + 64 * x.shape[1], 1, {2})):
+    try:  # one thread: slices of two groups (row_tiles keeps 4 slices a thread at least)
+        for l2, n_threads, slices in ((8 * row_bytes, threads, 13), (40 * row_bytes + 64 * x.shape[1], 1, 7)):
             numba.set_num_threads(n_threads)  # what the products ask numba for
-            tile, span = row_tiles.row_tiles(x.shape[0], x.shape[1], 16 * x.shape[1], 13, l2, n_threads)
-            assert 1 < tile < x.shape[0] and x.shape[0] % tile != 0 and span in spans
+            tile, got_slices = row_tiles.row_tiles(x.shape[0], x.shape[1], 16 * x.shape[1], 13, l2, n_threads)
+            assert 1 < tile < x.shape[0] and x.shape[0] % tile != 0 and got_slices == slices
             tiled = _run("vnni", _layout_kind(kind), mat, x, products.I8Products(l2=l2))
-            assert np.array_equal(tiled, untiled), (tile, span)
+            assert np.array_equal(tiled, untiled), (tile, slices)
     finally:
         numba.set_num_threads(threads)
     one_by_one = np.concatenate([_run("vnni", _layout_kind(kind), mat, x[i:i + 1]) for i in range(x.shape[0])])
@@ -399,18 +399,24 @@ def test_vnni_row_tiles_give_the_untiled_results(kind, q8_matrix, q5_matrix, q4_
 
 
 def test_row_tiles_keep_the_tile_and_slice_in_half_the_l2():
-    """A prompt's tile (its rows' two activation levels) and a slice's weights fit half the L2; a batch that
-    fits a tile whole runs untiled (one group a slice: the decode loop as it was)."""
+    """A long prompt's tile (its rows' two activation levels) and a slice's weights fit half the L2, in a
+    multiple of the threads' count of slices; a prompt or batch whose activations fit half the L2 runs
+    untiled, one group a slice (the loop as it was: decode unchanged)."""
     l2 = 1 << 20
     for cols, group_bytes in ((1536, 12_672), (8960, 107_520)):  # Qwen 1.5B's gate|up (q4) and down (q6)
         row_bytes = 2 * cols + 20 * (cols // 32)
-        tile, span = row_tiles.row_tiles(454, cols, group_bytes, 1120, l2, 2)
+        tile, slices = row_tiles.row_tiles(454, cols, group_bytes, 1120, l2, 2)
+        span = -(-1120 // slices)
         assert tile < 454 and tile * row_bytes <= l2 // 4 and tile * row_bytes + span * group_bytes <= l2 // 2
-        assert span >= 1
-        assert row_tiles.row_tiles(8, cols, group_bytes, 1120, l2, 2) == (8, 1)
-    assert row_tiles.row_tiles(1, 1536, 12_672, 16, l2, 2) == (1, 1)
-    span = row_tiles.row_tiles(454, 1536, 12_672, 16, l2, 2)[1]  # 16 groups: 4 slices a thread at least
-    assert -(-16 // span) >= 4 * 2
+        assert slices % 2 == 0
+        assert row_tiles.row_tiles(8, cols, group_bytes, 1120, l2, 2) == (8, 1120)
+    assert row_tiles.row_tiles(256, 576, 4_864, 36, l2, 2) == (256, 36)  # SmolLM2: 256 rows fit
+    assert row_tiles.row_tiles(1, 1536, 12_672, 16, l2, 2) == (1, 16)
+    tile, slices = row_tiles.row_tiles(454, 1536, 12_672, 36, l2, 2)  # few groups: 4 slices a thread at least
+    assert slices >= 8 and slices % 2 == 0
+    bounds = [row_tiles.slice_bounds(s, slices, 36) for s in range(slices)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 36 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert sum(g1 - g0 for g0, g1 in bounds[:slices // 2]) == 18  # each of 2 threads: half the groups
 
 
 def test_l2_size_read_from_the_cache_description(tmp_path):
@@ -553,7 +559,7 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                      (matmul_i8.q5_packed_matmul, (np.zeros((1, matmul_i8.Q5_PACKED), np.uint8),
                                                  np.zeros((1, 16), np.uint16), x, out, *tuning)),
                      (matmul_i8.q4k_matmul, (np.zeros((1, 4 * 64), np.uint8), *(np.zeros((1, 16), np.int8),) * 2,
-                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out, l2))):
+                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out, *tuning))):
         f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
         f(*args)
         asm = _asm(f)

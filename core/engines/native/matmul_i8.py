@@ -65,7 +65,7 @@ from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from .matmul import QK, group_part
-from .row_tiles import row_tiles
+from .row_tiles import row_tiles, slice_bounds
 from ...kernels.simd import (add_i32, bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5,
                               bit_four6, bit_four7, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
                    fma_f32, high_nibbles, load_bytes, load_f32, load_i8_i32, low_nibbles, mul_f32, mul_i32,
@@ -417,12 +417,13 @@ def q4_matmul(q, d, m, x, out, l2, threads):
     xq, xd, _, xs = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // (4 * 64)
-    tile, span = row_tiles(n, cols, _group_bytes(q, d, 2), q.shape[0], l2, threads)
-    for s in prange(-(-q.shape[0] // span)):
+    tile, slices = row_tiles(n, cols, _group_bytes(q, d, 2), q.shape[0], l2, threads)
+    for s in prange(slices):
         acc = np.empty(tile * ROWS, np.float32)
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             t1 = min(n, t0 + tile)
-            for g in range(s * span, min(q.shape[0], s * span + span)):
+            for g in range(g0, g1):
                 acc[:] = 0.0
                 qg, dg, mg = q[g], d[g], m[g]
                 for b in range(nb):
@@ -440,12 +441,13 @@ def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads):
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // (4 * 64)
     per = nb * ROWS // dd.shape[1]  # blocks per super block
-    tile, span = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
-    for s in prange(-(-q.shape[0] // span)):
+    tile, slices = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
+    for s in prange(slices):
         acc = np.empty(tile * ROWS, np.float32)
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             t1 = min(n, t0 + tile)
-            for g in range(s * span, min(q.shape[0], s * span + span)):
+            for g in range(g0, g1):
                 acc[:] = 0.0
                 qg, sg, mg, dg, ng = q[g], sc[g], mn[g], dd[g], dmin[g]
                 for b in range(nb):
@@ -541,12 +543,13 @@ def int8_matmul(q, d, x, out, sup, l2, threads):
     xq, xd, xi, _ = _levels(x)
     sums = _block_sums(xq, xi, d)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(-(-q.shape[0] // span)):
+    tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
         acc = np.empty(tile * ROWS, np.float32)
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             t1 = min(n, t0 + tile)
-            for g in range(s * span, min(q.shape[0], s * span + span)):
+            for g in range(g0, g1):
                 acc[:] = 0.0
                 qg, dg, sg = q[g], d[g], group_part(sup, g)
                 for b in range(nb):
@@ -561,12 +564,13 @@ def q6_packed_matmul(q, d, x, out, sup, l2, threads):
     xq, xd, _, _ = _levels(x)
     sums = _half_sums(xq)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(-(-q.shape[0] // span)):
+    tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
         acc = np.empty(tile * ROWS, np.float32)
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             t1 = min(n, t0 + tile)
-            for g in range(s * span, min(q.shape[0], s * span + span)):
+            for g in range(g0, g1):
                 acc[:] = 0.0
                 qg, dg, sg = q[g], d[g], sup[g]
                 for b in range(nb):
@@ -602,12 +606,13 @@ def q5_packed_matmul(q, d, x, out, l2, threads):
     xq, xd, xi, _ = _levels(x)
     n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
     ahead = PREFETCH_BYTES // Q5_PACKED
-    tile, span = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(-(-q.shape[0] // span)):
+    tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
         acc = np.empty(tile * ROWS, np.float32)
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             t1 = min(n, t0 + tile)
-            for g in range(s * span, min(q.shape[0], s * span + span)):
+            for g in range(g0, g1):
                 acc[:] = 0.0
                 qg, dg = q[g], d[g]
                 for b in range(nb):
