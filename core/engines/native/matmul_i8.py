@@ -415,21 +415,17 @@ def _levels(x):
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def q4_matmul(q, d, m, x, out, l2, threads):
     xq, xd, _, xs = _levels(x)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    ahead = PREFETCH_BYTES // (4 * 64)
+    n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 2), q.shape[0], l2, threads)
-    for s in prange(slices):
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            t1 = min(n, t0 + tile)
-            for g in range(g0, g1):
-                acc = np.zeros(tile * ROWS, np.float32)  # per group: a slice-wide buffer zeroed in place ran ~8% slower
-                qg, dg, mg = q[g], d[g], m[g]
-                for b in range(nb):
-                    prefetch(dg, (b + ahead) * ROWS)
-                    prefetch(mg, (b + ahead) * ROWS)
-                    _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, t0, t1, cols)
-                _store_rows(acc, out, t0, t1, g, out.shape[1])
+    if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
+        for g in prange(q.shape[0]):
+            _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, 0, n)
+    else:
+        for s in prange(slices):
+            g0, g1 = slice_bounds(s, slices, q.shape[0])
+            for t0 in range(0, n, tile):
+                for g in range(g0, g1):
+                    _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, t0, min(n, t0 + tile))
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
@@ -437,25 +433,46 @@ def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads):
     """q4 with Q4_K's factored scales (layout_q4k): a block's scale and offset are rebuilt from its 6-bit
     factors and its super block's f16 scales (both products exact in f32), then q4_matmul's step runs."""
     xq, xd, _, xs = _levels(x)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    ahead = PREFETCH_BYTES // (4 * 64)
-    per = nb * ROWS // dd.shape[1]  # blocks per super block
+    n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
-    for s in prange(slices):
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            t1 = min(n, t0 + tile)
-            for g in range(g0, g1):
-                acc = np.zeros(tile * ROWS, np.float32)  # per group: a slice-wide buffer zeroed in place ran ~8% slower
-                qg, sg, mg, dg, ng = q[g], sc[g], mn[g], dd[g], dmin[g]
-                for b in range(nb):
-                    prefetch(sg, (b + ahead) * ROWS)
-                    prefetch(mg, (b + ahead) * ROWS)
-                    sup = b // per * ROWS
-                    dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, sup))
-                    mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, sup))  # ``dmin`` stored negated
-                    _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols)
-                _store_rows(acc, out, t0, t1, g, out.shape[1])
+    if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
+        for g in prange(q.shape[0]):
+            _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, 0, n)
+    else:
+        for s in prange(slices):
+            g0, g1 = slice_bounds(s, slices, q.shape[0])
+            for t0 in range(0, n, tile):
+                for g in range(g0, g1):
+                    _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, t0, min(n, t0 + tile))
+
+
+@njit(inline="always")
+def _q4_group(qg, dg, mg, g, xq, xd, xs, out, t0, t1):
+    """Group g of a q4 matrix (weights qg, scales dg, offsets mg) . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    ahead = PREFETCH_BYTES // (4 * 64)
+    for b in range(xd.shape[2]):
+        prefetch(dg, (b + ahead) * ROWS)
+        prefetch(mg, (b + ahead) * ROWS)
+        _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, t0, t1, xq.shape[2])
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(inline="always")
+def _q4k_group(qg, sg, mg, dg, ng, g, xq, xd, xs, out, t0, t1):
+    """Group g of a Q4_K matrix (weights qg, 6-bit scales sg and mins mg, super-block scales dg and negated
+    mins ng) . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    ahead = PREFETCH_BYTES // (4 * 64)
+    per = xd.shape[2] * ROWS // dg.shape[0]  # blocks per super block
+    for b in range(xd.shape[2]):
+        prefetch(sg, (b + ahead) * ROWS)
+        prefetch(mg, (b + ahead) * ROWS)
+        sup = b // per * ROWS
+        dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, sup))
+        mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, sup))  # ``dmin`` stored negated
+        _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2])
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
@@ -534,25 +551,43 @@ def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t
         _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd[t, 1, b], xd[t, 0, b])
 
 
+@njit(inline="always")
+def _int8_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1):
+    """Group g of a q8 / q6 matrix (int8_matmul) . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    for b in range(xd.shape[2]):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+        _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2])
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(inline="always")
+def _q6_packed_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1):
+    """Group g of a packed q6 matrix . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    for b in range(xd.shape[2]):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
+        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2], 32)
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def int8_matmul(q, d, x, out, sup, l2, threads):
     """q8 (``d`` f16 bits per 32 values, ``sup`` None) or q6 (``d`` int8 per 16, each half block its own
     scale, ``sup`` f32 per super block)."""
     xq, xd, xi, _ = _levels(x)
     sums = _block_sums(xq, xi, d)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(slices):
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            t1 = min(n, t0 + tile)
-            for g in range(g0, g1):
-                acc = np.zeros(tile * ROWS, np.float32)  # per group: a slice-wide buffer zeroed in place ran ~8% slower
-                qg, dg, sg = q[g], d[g], group_part(sup, g)
-                for b in range(nb):
-                    w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-                    _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols)
-                _store_rows(acc, out, t0, t1, g, out.shape[1])
+    if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
+        for g in prange(q.shape[0]):
+            _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, 0, n)
+    else:
+        for s in prange(slices):
+            g0, g1 = slice_bounds(s, slices, q.shape[0])
+            for t0 in range(0, n, tile):
+                for g in range(g0, g1):
+                    _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, t0, min(n, t0 + tile))
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
@@ -560,19 +595,17 @@ def q6_packed_matmul(q, d, x, out, sup, l2, threads):
     """q6 in the packed layout: int8_matmul's q6 loop over operands rebuilt from 6 bits."""
     xq, xd, _, _ = _levels(x)
     sums = _half_sums(xq)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
+    n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(slices):
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            t1 = min(n, t0 + tile)
-            for g in range(g0, g1):
-                acc = np.zeros(tile * ROWS, np.float32)  # per group: a slice-wide buffer zeroed in place ran ~8% slower
-                qg, dg, sg = q[g], d[g], sup[g]
-                for b in range(nb):
-                    w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-                    _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, 32)
-                _store_rows(acc, out, t0, t1, g, out.shape[1])
+    if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
+        for g in prange(q.shape[0]):
+            _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, 0, n)
+    else:
+        for s in prange(slices):
+            g0, g1 = slice_bounds(s, slices, q.shape[0])
+            for t0 in range(0, n, tile):
+                for g in range(g0, g1):
+                    _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, t0, min(n, t0 + tile))
 
 
 @njit(inline="always")
@@ -595,29 +628,37 @@ def _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xsum):
     return sub_i32(_q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo), splat_i32(xsum * 16))
 
 
+@njit(inline="always")
+def _q5_packed_group(qg, dg, g, xq, xd, xi, out, t0, t1):
+    """Group g of a packed q5 matrix . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    cols = xq.shape[2]
+    ahead = PREFETCH_BYTES // Q5_PACKED
+    for b in range(xd.shape[2]):
+        w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
+        prefetch(dg, (b + ahead) * ROWS)
+        dv = load_f32(dg, b * ROWS)
+        for t in range(t0, t1):
+            xo = t * 2 * cols + b * QK
+            i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
+            i1 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
+            _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def q5_packed_matmul(q, d, x, out, l2, threads):
     """q8 in the packed 5-bit layout: int8_matmul's q8 loop over operands rebuilt from 5 bits.  Each block's
     integer products equal the unpacked layout's, so the results are identical to it (test)."""
     xq, xd, xi, _ = _levels(x)
-    n, cols, nb = xq.shape[0], xq.shape[2], xd.shape[2]
-    ahead = PREFETCH_BYTES // Q5_PACKED
+    n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(slices):
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            t1 = min(n, t0 + tile)
-            for g in range(g0, g1):
-                acc = np.zeros(tile * ROWS, np.float32)  # per group: a slice-wide buffer zeroed in place ran ~8% slower
-                qg, dg = q[g], d[g]
-                for b in range(nb):
-                    w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
-                    prefetch(dg, (b + ahead) * ROWS)
-                    dv = load_f32(dg, b * ROWS)
-                    for t in range(t0, t1):
-                        xo = t * 2 * cols + b * QK
-                        i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
-                        i1 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
-                        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b],
-                                    xd[t, 0, b])
-                _store_rows(acc, out, t0, t1, g, out.shape[1])
+    if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
+        for g in prange(q.shape[0]):
+            _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, 0, n)
+    else:
+        for s in prange(slices):
+            g0, g1 = slice_bounds(s, slices, q.shape[0])
+            for t0 in range(0, n, tile):
+                for g in range(g0, g1):
+                    _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, t0, min(n, t0 + tile))
