@@ -29,10 +29,10 @@ class NativeSession:
         position (len(ids), n_vocab), f32."""
         arr = self._checked(ids)
         if not all_logits:
-            # a long prompt runs in blocks of prefill_rows: a block's activations stay in L2 (the prefill's
-            # products cost 4.4 ms a row at 55 rows, 6.8 at 717 on Qwen 1.5B) and its peak memory is bounded;
-            # each row's K/V and the last row's logits are the same as in one forward.  A block before the
-            # last only writes K/V: no row of it goes through the output head
+            # a long prompt runs in blocks of prefill_rows: its peak memory is bounded (the products keep
+            # their working set in L2 themselves, row_tiles.py; with them, blocks of 512 measured no faster
+            # than 256 on Qwen 1.5B); each row's K/V and the last row's logits are the same as in one forward.
+            # A block before the last only writes K/V: no row of it goes through the output head
             step = self._model.prefill_rows
             while arr.shape[0] > step:
                 self._forward(arr[:step], [], None)
