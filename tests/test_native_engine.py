@@ -192,6 +192,26 @@ def test_batched_logits_identical_to_one_by_one(smollm2, variant, need_variant):
         m.close()
 
 
+def test_prompt_blocks_before_the_last_skip_the_output_head(small, monkeypatch):
+    """A prompt longer than prefill_rows: the blocks before the last only write K/V, none of their rows goes
+    through the output head (each computed a logits row that was thrown away)."""
+    from corert.engines.native.model import Transformer
+
+    heads = []
+    forward = Transformer.forward
+
+    def counting(self, ids, seq_ids, positions, kv, logit_rows, tree=None):
+        heads.append(len(logit_rows))
+        return forward(self, ids, seq_ids, positions, kv, logit_rows, tree)
+
+    monkeypatch.setattr(Transformer, "forward", counting)
+    monkeypatch.setattr(small, "prefill_rows", 4)
+    s = small.session()
+    s.truncate(0)
+    logits = s.eval(_ids(small, 10))
+    assert heads == [0, 0, 1] and logits.shape == (small.n_vocab,)
+
+
 @pytest.mark.slow
 def test_qwen2_batched_logits_identical_to_one_by_one(qwen05):
     m = _load(qwen05, n_ctx=64)
