@@ -146,8 +146,8 @@ def profile_forward(rt, prompts: list[str]) -> dict:
                 secs[label] += time.perf_counter() - t0
         return timed
 
-    def mm(self, w, x):
-        return wrap(f"{w.kind} {w.rows}x{w.cols}", orig_mm)(self, w, x)
+    def mm(self, w, x, role):
+        return wrap(f"{w.kind} {w.rows}x{w.cols}", orig_mm)(self, w, x, role)
     T._mm = mm
     T.forward = wrap("forward", orig_fwd)
     saved = {name: getattr(ops, name) for name in ("split_qkv", "add_rmsnorm", "swiglu", "rmsnorm", "rope_tables")}

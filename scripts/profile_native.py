@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     clock = Clock()
     T = native_model.Transformer
-    T._mm = clock.wrap(lambda self, w, x: f"{w.kind} {w.rows}x{w.cols}", T._mm)
+    T._mm = clock.wrap(lambda self, w, x, *role: f"{w.kind} {w.rows}x{w.cols}", T._mm)
     forward = T.forward
 
     def counted_forward(self, ids, *rest, **kwargs):

@@ -34,13 +34,14 @@ def main() -> None:
     ap.add_argument("--rows", default="1,2,4,8,16", help="rows per stream, comma-separated")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--kv-cache", default=None, help="kv_cache plugin (default: the runtime's)")
+    ap.add_argument("--engine", default="native", help="the native engine, or one of its variants (native:vnni-q8)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     split = Clock(time.perf_counter)  # wall time: the threads' work is what a verify waits for
     T = native_model.Transformer
-    T._mm = split.wrap(lambda self, w, x: "head" if w is self.output else "products", T._mm)
+    T._mm = split.wrap(lambda self, w, x, *role: "head" if w is self.output else "products", T._mm)
     plugins = {"kv_cache": args.kv_cache} if args.kv_cache else {}
-    with corert.Runtime(engine="native", model=args.model, plugins=plugins, n_seqs=max(args.streams, 1)) as rt:
+    with corert.Runtime(engine=args.engine, model=args.model, plugins=plugins, n_seqs=max(args.streams, 1)) as rt:
         loaded = rt.load_generation_model()[0]
         kv = loaded.kv
         kv.attend = split.wrap(lambda *a: "attention", kv.attend)
@@ -49,7 +50,7 @@ def main() -> None:
         for i, s in enumerate(sessions):  # a grounded prompt as the context, as speculation sees it
             s.eval(tok.encode(GROUNDED[i % len(GROUNDED)]))
         tf = loaded.transformer
-        out = {"model": args.model, "streams": args.streams, "threads": loaded.threads,
+        out = {"model": args.model, "engine": args.engine, "streams": args.streams, "threads": loaded.threads,
                "context": [len(s.tokens) for s in sessions], "kv_cache": rt.resolve("kv_cache", "native").label,
                "curve": []}
         for r in [int(x) for x in args.rows.split(",")]:

@@ -57,13 +57,15 @@ def raw_llama(smollm2):
 @pytest.fixture(scope="session")
 def need_variant():
     """``need_variant(name)`` skips the test when this CPU cannot run the native engine's variant ``name``:
-    vnni needs AVX-512 VNNI; the f32 kernel variants are plain numba loops and run on any CPU."""
+    vnni (and its one-level forms) needs AVX-512 VNNI; the f32 kernel variants are plain numba loops and run
+    on any CPU."""
     from corert.cpu import info
-    from corert.engines.native.plugin import VNNI
+    from corert.engines.native.plugin import VARIANTS
 
     def need(name: str) -> None:
-        if name == VNNI.name and not VNNI.supported(info()):
-            pytest.skip("this CPU has no AVX-512 VNNI")
+        variant = next(v for v in VARIANTS if v.name == name)
+        if not variant.supported(info()):
+            pytest.skip(f"this CPU lacks {', '.join(sorted(variant.requires - info().features))}")
     return need
 
 

@@ -230,12 +230,17 @@ def test_bench_grammar():
 @pytest.mark.slow
 def test_bench_batch_speculative():
     # one stream: its grounded prompt (~600 tokens) is evaluated 11 times (solo, 3 rounds of 3 sides); SmolLM2,
-    # not the bench's default Qwen coder, to keep the test short
+    # not the bench's default Qwen coder, to keep the test short; a native variant as --engine runs every side
+    # of corert's on it (vnni-q8 where the CPU has it: the plain batch, the speculative one and the solo runs)
+    from corert.cpu import info
+    from corert.engines.native.plugin import VNNI_Q8
+
+    engine = "native:vnni-q8" if VNNI_Q8.supported(info()) else "native:avx2"
     r = cli_json("bench", "batch", "--speculative", "--json", "--streams", "1", "--max-tokens", "6",
-                 "--model", SMOL, timeout=600)
+                 "--model", SMOL, "--engine", engine, timeout=600)
     _machine(r, "batch")
-    assert (r["bench"], r["model"], r["kv_cache"], r["speculative"]) == (
-        "batch --speculative", SMOL, "paged:q8", "speculative:adaptive")
+    assert (r["bench"], r["model"], r["kv_cache"], r["speculative"], r["engine"]) == (
+        "batch --speculative", SMOL, "paged:q8", "speculative:adaptive", engine)
     row = r["row"]
     assert row["streams"] == 1 and r["rounds"] == 3 and r["max_tokens"] == 6
     for side in ("spec", "plain", "llama"):

@@ -40,7 +40,8 @@ with Runtime(engine="native", model=model, plugins=["kv_cache=paged:f32"], n_thr
     info = rt.plugins_info()
     done = rt.generate(prompt, max_tokens=8, temperature=0)
     kv = rt.kv_cache_info()
-vnni = (matmul_i8.int8_matmul, matmul_i8.q4_matmul, matmul_i8.q4k_matmul, matmul_i8.quantize_rows)
+vnni = (matmul_i8.int8_product, matmul_i8.q4_product, matmul_i8.q4k_product, matmul_i8.q5_packed_product,
+        matmul_i8.q6_packed_product)  # what the products call from Python (they call the kernels)
 print(json.dumps({"tokens": list(done.token_ids), "plugins": done.plugins,
                   "chosen": {area: (e["chosen"] or {}).get("variant") for area, e in info["areas"].items()},
                   "failures": info["failures"], "kv_kernel": kv["stores"][0]["kernel"],

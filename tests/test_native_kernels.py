@@ -256,14 +256,29 @@ def _engine_variants() -> list[str]:
 
 
 ENGINE_VARIANTS = _engine_variants()
-#: max |variant - f64 reference| / max |reference| of each kind of products: f32 sums in another order; vnni's
-#: activations kept to ~16 bits (see test_vnni_matches_integer_reference)
-ACCURACY = {products.F32Products: 1e-5, products.I8Products: 3e-5}
+#: max |variant - f64 reference| / max |reference| of the f32 products: sums in another order
+F32_ACCURACY = 1e-5
+#: the same for the int8 products by activation levels: two keep x to ~16 bits, one (llama.cpp's Q8
+#: activations) to ~8 (see test_vnni_matches_integer_reference)
+I8_ACCURACY = {2: 3e-5, 1: 1.5e-2}
+
+
+def _accuracy(p) -> float:
+    return F32_ACCURACY if isinstance(p, products.F32Products) else I8_ACCURACY[p.levels]
 
 
 def test_every_engine_variant_has_its_products():
     assert set(ENGINE_VARIANTS) == set(products.PRODUCTS)
-    assert all(type(p) in ACCURACY for p in products.PRODUCTS.values())
+    assert all(isinstance(p, (products.F32Products, products.I8Products)) for p in products.PRODUCTS.values())
+
+
+def test_one_level_variants_pick_their_matrices():
+    """vnni-q8 runs every product with one level; vnni-q8ffn only the gate|up products; vnni none."""
+    for name, one in (("vnni", set()), ("vnni-q8", products.ROLES), ("vnni-q8ffn", {"gate_up"})):
+        p = products.PRODUCTS[name]
+        assert {r for r in products.ROLES if p.for_matrix(r).levels == 1} == one
+    with pytest.raises(ValueError):
+        products.I8Products(one_level={"gate"})
 
 
 def _matrix(kind, q8_matrix, q4_matrix, q6_matrix=None, q4k_matrix=None):
@@ -301,9 +316,9 @@ def test_matmul_variants_match_scalar_and_f64(variant, kind, q8_matrix, q5_matri
     scalar = _run("scalar", _layout_kind(kind), mat, x)
     scale = np.abs(ref).max()
     # f32 kernels: float sums in another order, within a few f32 ulps of the largest output
-    accuracy = ACCURACY[type(p)]
+    accuracy = _accuracy(p)
     assert np.abs(got - ref).max() <= accuracy * scale
-    assert np.abs(got - scalar).max() <= (accuracy + ACCURACY[products.F32Products]) * scale
+    assert np.abs(got - scalar).max() <= (accuracy + F32_ACCURACY) * scale
 
 
 def _weights_f64(kind, mat):
@@ -321,15 +336,18 @@ def _weights_f64(kind, mat):
     return (q * d[..., None]).reshape(packed.shape[0], -1), m
 
 
+@pytest.mark.parametrize("variant", ["vnni", "vnni-q8"])
 @pytest.mark.parametrize("kind", ["q8", "q5", "q6", "q6-mixed", "q4", "q4-f16-scales", "q4-tiny-scales", "q4k"])
-def test_vnni_matches_integer_reference(kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix, q6_mixed_matrix,
-                                        q4k_matrix, need_variant):
+def test_vnni_matches_integer_reference(variant, kind, q8_matrix, q5_matrix, q4_matrix, q6_matrix,
+                                        q6_mixed_matrix, q4k_matrix, need_variant):
     """The vnni kernels compute exactly what they promise: x split per 32-value block into two int8 levels
-    (checked against numpy), integer block products, f32 scales; and they are accurate to ~16 bits."""
-    need_variant("vnni")
+    (checked against numpy; vnni-q8: level 1 alone), integer block products, f32 scales; and they are
+    accurate to ~16 bits (one level: ~8)."""
+    need_variant(variant)
+    levels = products.PRODUCTS[variant].levels
     mat, x, ref = _matrix(kind, q5_matrix if kind == "q5" else q8_matrix, q4_matrix,
                           q6_mixed_matrix if kind == "q6-mixed" else q6_matrix, q4k_matrix)
-    got = _run("vnni", _layout_kind(kind), mat, x)
+    got = _run(variant, _layout_kind(kind), mat, x)
     w, m = _weights_f64(_layout_kind(kind), mat)
     if kind.startswith("q4") and kind != "q4k":
         stored = [a.dtype for a in products.PRODUCTS["vnni"].layout_q4(*mat)[1:]]
@@ -348,13 +366,15 @@ def test_vnni_matches_integer_reference(kind, q8_matrix, q5_matrix, q4_matrix, q
     q2 = np.rint((blocks - q1 * d1) * (np.float32(matmul_i8.LEVEL2) * np.float32(127)
                                        / np.abs(blocks).max(axis=2, keepdims=True)))
     assert np.abs(q1).max() <= 127 and np.abs(q2).max() <= 127
-    x_hat = (q1.astype(np.float64) * d1 + q2.astype(np.float64) * d2)
+    x_hat = q1.astype(np.float64) * d1 + (q2.astype(np.float64) * d2 if levels == 2 else 0)
     exact = x_hat.reshape(n, cols) @ w.T
     if m is not None:  # the offset term uses the sums of the rounded blocks
         exact += x_hat.sum(axis=2) @ m.T.astype(np.float64)
     scale = np.abs(ref).max()
     assert np.abs(got - exact).max() <= 1e-5 * scale
-    assert np.abs(got - ref).max() <= 3e-5 * scale  # ~16-bit activations: close to the f32 kernels
+    assert np.abs(got - ref).max() <= I8_ACCURACY[levels] * scale  # two levels: close to the f32 kernels
+    if levels == 1:  # and the rounding is really 8-bit: far from the two-level products
+        assert np.abs(got - _run("vnni", _layout_kind(kind), mat, x)).max() > 1e-4 * scale
 
 
 @pytest.mark.parametrize("variant", ENGINE_VARIANTS)
@@ -541,7 +561,8 @@ def test_vnni_q4k_layout_reads_fewer_bytes(q4k_matrix):
 
 
 def test_vnni_kernels_use_vpdpbusd(need_variant):
-    """The vnni variant's products are ``vpdpbusd`` on zmm registers."""
+    """The vnni variant's products are ``vpdpbusd`` on zmm registers, with two activation levels (vnni) and
+    one (vnni-q8).  (How many appear depends on LLVM's unrolling of the row loop, so they are not counted.)"""
     need_variant("vnni")
     import re
 
@@ -560,10 +581,10 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                                                  np.zeros((1, 16), np.uint16), x, out, *tuning)),
                      (matmul_i8.q4k_matmul, (np.zeros((1, 4 * 64), np.uint8), *(np.zeros((1, 16), np.int8),) * 2,
                                            *(np.zeros((1, 16), np.uint16),) * 2, x, out, *tuning))):
-        f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
-        f(*args)
-        asm = _asm(f)
-        assert re.search(r"vpdpbusd\s+[^\n]*%zmm", asm), f"{fn.py_func.__name__}: no vpdpbusd"
+        for levels in (1, 2):
+            f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
+            f(*args, levels)
+            assert re.search(r"vpdpbusd\s+[^\n]*%zmm", _asm(f)), f"{fn.py_func.__name__} ({levels}): no vpdpbusd"
 
 
 # -- row-wise ops ------------------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_first_group_is_the_first_rows_of_the_product(qwen):
     x = np.random.default_rng(1).standard_normal((3, t.cfg.d_model)).astype(np.float32)
     head = first_group(t.output)
     with PARALLEL_LOCK:
-        full = run_parallel(t._mm, t.output, x, threads=2)
-        part = run_parallel(t._mm, head, x, threads=2)
+        full = run_parallel(t._mm, t.output, x, "output", threads=2)
+        part = run_parallel(t._mm, head, x, "output", threads=2)
     assert part.shape == (3, head.rows)
     np.testing.assert_array_equal(part, full[:, :head.rows])

@@ -13,7 +13,9 @@ smollm2), and worse, it amplifies any other small change: a rounding step flips 
 sees a different 8-bit value, and so on.  Comparing the paged q8 KV cache with the f32 one measured the
 activation rounding rather than the cache (KL 0.0053, top-1 0.963 on smollm2 against 0.00017 / 0.997
 through the f32 kernels).  The second level costs 8 more ``vpdpbusd`` per block and token, on weights
-already in registers.
+already in registers.  The ``vnni-q8`` variant (and ``vnni-q8ffn``, for the gate|up products only) runs the
+same kernels with one level, to measure what that work costs: ``levels`` is a compile-time constant of each
+kernel, so one level has neither the second level's quantization nor its dots and scaling.
 
 Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane each):
   q4: ``q`` uint8, group g: [block b][step s < 4][row r][i < 4] = byte 4 s + i of row r's block b in the
@@ -49,8 +51,8 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       (the 0.5B's FFN and attention matrices are Q5_0); the block integers are the 8-bit layout's exactly,
       the extra 16 * sum(x) taken back out, so the results are identical to it.
 Rows are padded with zeros to a multiple of ROWS; the padding is never written to the output.
-Activations (made by the products from x, see quantize_rows): ``xq`` (n, 2, cols) signed bytes (level 1,
-level 2), ``xd`` (n, 2, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
+Activations (made by the products from x, see quantize_rows): ``xq`` (n, levels, cols) signed bytes (level 1,
+level 2), ``xd`` (n, levels, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
 f32 the sums of the rounded blocks.
 
 Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
@@ -60,7 +62,7 @@ unpacked once per block and used by every row of the batch from registers.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types, uint64
+from numba import literally, njit, prange, types, uint64
 from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
@@ -250,7 +252,9 @@ def quantize_rows_parallel(x, xq, xd, xi, xs):
 
 @njit(inline="always")
 def _quantize_row(x, xq, xd, xi, xs, t):
-    xr, q1r, q2r = x[t], xq[t, 0], xq[t, 1]
+    """Row t's levels: as many as ``xq`` has (its second axis, 1 or 2)."""
+    xr, q1r, q2r = x[t], xq[t, 0], xq[t, xq.shape[1] - 1]
+    two = xq.shape[1] == 2
     for b in range(uint64(x.shape[1] // QK)):  # unsigned indices: no negative-index code, loops vectorize
         base = b * uint64(QK)
         amax = np.float32(0.0)
@@ -263,16 +267,19 @@ def _quantize_row(x, xq, xd, xi, xs, t):
         sum1, sum2 = np.float32(0.0), np.float32(0.0)
         for j in range(base, base + uint64(QK)):
             q1 = np.rint(xr[j] * inv1)
-            q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((xr[j] - q1 * d1) * inv2)))
             sum1 += q1
-            sum2 += q2
             q1r[j] = np.uint8(np.int32(q1) & 255)
-            q2r[j] = np.uint8(np.int32(q2) & 255)
+        if two:  # level 2 in a loop of its own: one level skips it whole (q1 is recomputed, identically)
+            for j in range(base, base + uint64(QK)):
+                q2 = min(np.float32(127.0), max(np.float32(-127.0), np.rint((xr[j] - np.rint(xr[j] * inv1) * d1)
+                                                                             * inv2)))
+                sum2 += q2
+                q2r[j] = np.uint8(np.int32(q2) & 255)
+            xd[t, 1, b] = d2
+            xi[t, 1, b] = np.int32(sum2)
         xd[t, 0, b] = d1
-        xd[t, 1, b] = d2
         xi[t, 0, b] = np.int32(sum1)
-        xi[t, 1, b] = np.int32(sum2)
-        xs[t, b] = d1 * sum1 + d2 * sum2
+        xs[t, b] = d1 * sum1 + d2 * sum2  # one level: sum2 is 0, so exactly d1 * sum1
 
 
 # -- products: out (n, rows) f32 ---------------------------------------------------------------------------
@@ -346,8 +353,8 @@ def _half_dot(w0, w1, w2, w3, xq, xo, xsum, bias):
 
 @njit(cache=True, boundscheck=False)
 def _half_sums(xq):
-    """(n, 2, cols / 16) int32: the sums of each level's signed bytes per 16 columns (q6's blocks)."""
-    out = np.empty((xq.shape[0], 2, xq.shape[2] // 16), np.int32)
+    """(n, levels, cols / 16) int32: the sums of each level's signed bytes per 16 columns (q6's blocks)."""
+    out = np.empty((xq.shape[0], xq.shape[1], xq.shape[2] // 16), np.int32)
     if xq.shape[0] >= PARALLEL_ROWS:
         _half_sums_parallel(xq, out)
     else:
@@ -364,7 +371,7 @@ def _half_sums_parallel(xq, out):
 
 @njit(inline="always")
 def _half_sums_row(xq, out, t):
-    for lv in range(2):
+    for lv in range(xq.shape[1]):
         for b in range(xq.shape[2] // 16):
             total = 0
             for j in range(b * 16, b * 16 + 16):
@@ -389,20 +396,22 @@ def _store_rows(acc, out, t0, t1, g, rows):
 
 
 @njit(inline="always")
-def _add_levels(acc, t, base, i2, i1, scale, x2, x1):
-    """acc[t] = base + i2 * scale * x2 + i1 * scale * x1 (t: the row's place in its tile): a block's two
-    level products (integer) scaled,
-    level 2 (the small term) added first so it is not lost against the large one."""
-    part = fma_f32(to_f32(i2), mul_f32(scale, splat_f32(x2)), base)
-    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(x1)), part))
+def _add_levels(acc, t, base, i2, i1, scale, xd, tx, b, levels):
+    """acc[t] = base + i2 * scale * x2 + i1 * scale * x1 (t: the row's place in its tile; x1, x2: the levels'
+    steps of row tx's block b): a block's level products (integer) scaled, level 2 (the small term) added
+    first so it is not lost against the large one.  One level: i1's term alone (``levels`` is a compile-time
+    constant: the branch is gone)."""
+    if levels == 2:
+        base = fma_f32(to_f32(i2), mul_f32(scale, splat_f32(xd[tx, 1, b])), base)
+    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tx, 0, b])), base))
 
 
 @njit
-def _levels(x):
-    """x's two int8 levels, their steps and sums (quantize_rows), freshly allocated."""
+def _levels(x, levels):
+    """x's int8 levels (1 or 2), their steps and sums (quantize_rows), freshly allocated."""
     n, cols = x.shape
-    xq, xd = np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // QK), np.float32)
-    xi, xs = np.empty((n, 2, cols // QK), np.int32), np.empty((n, cols // QK), np.float32)
+    xq, xd = np.empty((n, levels, cols), np.uint8), np.empty((n, levels, cols // QK), np.float32)
+    xi, xs = np.empty((n, levels, cols // QK), np.int32), np.empty((n, cols // QK), np.float32)
     if n >= PARALLEL_ROWS:
         quantize_rows_parallel(x, xq, xd, xi, xs)
     else:
@@ -413,53 +422,55 @@ def _levels(x):
 # The products take x (n, cols) f32 and quantize it first, serially, in the same call: one dispatch from
 # Python per product instead of two (at 8 rows a call costs more than the quantization).
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4_matmul(q, d, m, x, out, l2, threads):
-    xq, xd, _, xs = _levels(x)
+def q4_matmul(q, d, m, x, out, l2, threads, levels):
+    literally(levels)
+    xq, xd, _, xs = _levels(x, levels)
     n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 2), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, 0, n)
+            _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, t0, min(n, t0 + tile))
+                    _q4_group(q[g], d[g], m[g], g, xq, xd, xs, out, t0, min(n, t0 + tile), levels)
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads):
+def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, levels):
     """q4 with Q4_K's factored scales (layout_q4k): a block's scale and offset are rebuilt from its 6-bit
     factors and its super block's f16 scales (both products exact in f32), then q4_matmul's step runs."""
-    xq, xd, _, xs = _levels(x)
+    literally(levels)
+    xq, xd, _, xs = _levels(x, levels)
     n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, 0, n)
+            _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, t0, min(n, t0 + tile))
+                    _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, t0, min(n, t0 + tile), levels)
 
 
 @njit(inline="always")
-def _q4_group(qg, dg, mg, g, xq, xd, xs, out, t0, t1):
+def _q4_group(qg, dg, mg, g, xq, xd, xs, out, t0, t1, levels):
     """Group g of a q4 matrix (weights qg, scales dg, offsets mg) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     ahead = PREFETCH_BYTES // (4 * 64)
     for b in range(xd.shape[2]):
         prefetch(dg, (b + ahead) * ROWS)
         prefetch(mg, (b + ahead) * ROWS)
-        _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, t0, t1, xq.shape[2])
+        _q4_rows(qg, b, load_f32(dg, b * ROWS), load_f32(mg, b * ROWS), xq, xd, xs, acc, t0, t1, xq.shape[2], levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
-def _q4k_group(qg, sg, mg, dg, ng, g, xq, xd, xs, out, t0, t1):
+def _q4k_group(qg, sg, mg, dg, ng, g, xq, xd, xs, out, t0, t1, levels):
     """Group g of a Q4_K matrix (weights qg, 6-bit scales sg and mins mg, super-block scales dg and negated
     mins ng) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
@@ -471,12 +482,12 @@ def _q4k_group(qg, sg, mg, dg, ng, g, xq, xd, xs, out, t0, t1):
         sup = b // per * ROWS
         dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, sup))
         mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, sup))  # ``dmin`` stored negated
-        _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2])
+        _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2], levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
-def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols):
+def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols, levels):
     """acc[t] += block b of a q4 group (scale ``dv``, offset ``mv`` per row) . x[t], for every row t; the
     weights a prefetch distance ahead asked for."""
     o = b * 4 * 64
@@ -487,12 +498,12 @@ def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols):
     l0, l1, l2, l3 = low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3)
     h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
     for t in range(t0, t1):
-        xo = t * 2 * cols + b * QK
+        xo = t * levels * cols + b * QK
         # the small terms first: the offset, then the levels
         base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, (t - t0) * ROWS))
-        i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols)
         i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
-        _add_levels(acc, t - t0, base, i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+        i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols) if levels == 2 else i1
+        _add_levels(acc, t - t0, base, i2, i1, dv, xd, t, b, levels)
 
 
 # q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is
@@ -510,32 +521,32 @@ def _block_sums_of(xq, xi, d):
     return lambda xq, xi, d: _half_sums(xq)  # q6: per 16
 
 
-def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
+def _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, levels):
     """acc[t] += block b of the group (weights w0..w7, scales dg, sg) . x[t], for every row t (typed per
     layout)."""
 
 
 @overload(_block_rows, inline="always")
-def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
+def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, levels):
     ahead = PREFETCH_BYTES // (8 * 64)
     if dg.dtype == types.uint16:
-        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
+        def q8_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, levels):
             prefetch(dg, (b + ahead) * ROWS)
             dv = load_f32(dg, b * ROWS)
             for t in range(t0, t1):
-                xo = t * 2 * cols + b * QK
-                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b])
+                xo = t * levels * cols + b * QK
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
-                _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b]) if levels == 2 else i1
+                _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd, t, b, levels)
         return q8_rows
 
-    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols):
-        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, 128)
+    def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, levels):
+        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, 128, levels)
     return q6_rows
 
 
 @njit(inline="always")
-def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, bias):
+def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, bias, levels):
     """q6's block step (operands q + ``bias``): two half-block integer dots times their int8 scales, summed
     in int32, then the super-block scale."""
     ahead = PREFETCH_BYTES // (8 * 64)
@@ -543,69 +554,77 @@ def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t
     s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
     sup = load_f32(sg, b // (dg.shape[0] // (2 * sg.shape[0])) * ROWS)  # 32-blocks per super block
     for t in range(t0, t1):
-        xo = t * 2 * cols + b * QK
-        i2 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo + cols, sums[t, 1, 2 * b], bias), s_lo),
-                     mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + cols + 16, sums[t, 1, 2 * b + 1], bias), s_hi))
-        i1 = add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, 0, 2 * b], bias), s_lo),
-                     mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, 0, 2 * b + 1], bias), s_hi))
-        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd[t, 1, b], xd[t, 0, b])
+        xo = t * levels * cols + b * QK
+        i1 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums, t, 0, b, bias, s_lo, s_hi)
+        i2 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums, t, 1, b, bias, s_lo, s_hi) \
+            if levels == 2 else i1
+        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd, t, b, levels)
 
 
 @njit(inline="always")
-def _int8_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1):
+def _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums, t, lv, b, bias, s_lo, s_hi):
+    """One level's integer product of a q6 block: its two halves times their int8 scales, summed in int32."""
+    return add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, lv, 2 * b], bias), s_lo),
+                   mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, lv, 2 * b + 1], bias), s_hi))
+
+
+@njit(inline="always")
+def _int8_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1, levels):
     """Group g of a q8 / q6 matrix (int8_matmul) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     for b in range(xd.shape[2]):
         w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-        _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2])
+        _block_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2], levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(inline="always")
-def _q6_packed_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1):
+def _q6_packed_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1, levels):
     """Group g of a packed q6 matrix . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     for b in range(xd.shape[2]):
         w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2], 32)
+        _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, xq.shape[2], 32, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def int8_matmul(q, d, x, out, sup, l2, threads):
+def int8_matmul(q, d, x, out, sup, l2, threads, levels):
     """q8 (``d`` f16 bits per 32 values, ``sup`` None) or q6 (``d`` int8 per 16, each half block its own
     scale, ``sup`` f32 per super block)."""
-    xq, xd, xi, _ = _levels(x)
+    literally(levels)
+    xq, xd, xi, _ = _levels(x, levels)
     sums = _block_sums(xq, xi, d)
     n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, 0, n)
+            _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, t0, min(n, t0 + tile))
+                    _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, t0, min(n, t0 + tile), levels)
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q6_packed_matmul(q, d, x, out, sup, l2, threads):
+def q6_packed_matmul(q, d, x, out, sup, l2, threads, levels):
     """q6 in the packed layout: int8_matmul's q6 loop over operands rebuilt from 6 bits."""
-    xq, xd, _, _ = _levels(x)
+    literally(levels)
+    xq, xd, _, _ = _levels(x, levels)
     sums = _half_sums(xq)
     n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, 0, n)
+            _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, t0, min(n, t0 + tile))
+                    _q6_packed_group(q[g], d[g], sup[g], g, xq, xd, sums, out, t0, min(n, t0 + tile), levels)
 
 
 @njit(inline="always")
@@ -629,7 +648,7 @@ def _q5_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo, xsum):
 
 
 @njit(inline="always")
-def _q5_packed_group(qg, dg, g, xq, xd, xi, out, t0, t1):
+def _q5_packed_group(qg, dg, g, xq, xd, xi, out, t0, t1, levels):
     """Group g of a packed q5 matrix . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     cols = xq.shape[2]
@@ -639,26 +658,68 @@ def _q5_packed_group(qg, dg, g, xq, xd, xi, out, t0, t1):
         prefetch(dg, (b + ahead) * ROWS)
         dv = load_f32(dg, b * ROWS)
         for t in range(t0, t1):
-            xo = t * 2 * cols + b * QK
-            i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b])
+            xo = t * levels * cols + b * QK
             i1 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
-            _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd[t, 1, b], xd[t, 0, b])
+            i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b]) if levels == 2 else i1
+            _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd, t, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q5_packed_matmul(q, d, x, out, l2, threads):
+def q5_packed_matmul(q, d, x, out, l2, threads, levels):
     """q8 in the packed 5-bit layout: int8_matmul's q8 loop over operands rebuilt from 5 bits.  Each block's
     integer products equal the unpacked layout's, so the results are identical to it (test)."""
-    xq, xd, xi, _ = _levels(x)
+    literally(levels)
+    xq, xd, xi, _ = _levels(x, levels)
     n, cols = xq.shape[0], xq.shape[2]
     tile, slices = row_tiles(n, cols, _group_bytes(q, d, 1), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, 0, n)
+            _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, t0, min(n, t0 + tile))
+                    _q5_packed_group(q[g], d[g], g, xq, xd, xi, out, t0, min(n, t0 + tile), levels)
+
+
+# -- the products as callers use them ----------------------------------------------------------------------
+# Each kernel above takes ``levels`` (1 or 2) as a compile-time constant (``literally``): one level drops the
+# second level's quantization, dots and scaling from the code, two levels carry no test for it.  A literal
+# argument passed from Python re-types the call every time (~0.2 s); passed as a constant from compiled code it
+# does not, so these small compiled callers pick the kernel's compiled form for ``levels``.
+@njit(cache=True)
+def q4_product(q, d, m, x, out, l2, threads, levels):
+    """q4_matmul with ``levels`` int8 activation levels."""
+    q4_matmul(q, d, m, x, out, l2, threads, 1) if levels == 1 else q4_matmul(q, d, m, x, out, l2, threads, 2)
+
+
+@njit(cache=True)
+def q4k_product(q, sc, mn, dd, dmin, x, out, l2, threads, levels):
+    """q4k_matmul with ``levels`` int8 activation levels."""
+    if levels == 1:
+        q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, 1)
+    else:
+        q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, 2)
+
+
+@njit(cache=True)
+def int8_product(q, d, x, out, sup, l2, threads, levels):
+    """int8_matmul (q8 or q6) with ``levels`` int8 activation levels."""
+    int8_matmul(q, d, x, out, sup, l2, threads, 1) if levels == 1 else int8_matmul(q, d, x, out, sup, l2, threads, 2)
+
+
+@njit(cache=True)
+def q6_packed_product(q, d, x, out, sup, l2, threads, levels):
+    """q6_packed_matmul with ``levels`` int8 activation levels."""
+    if levels == 1:
+        q6_packed_matmul(q, d, x, out, sup, l2, threads, 1)
+    else:
+        q6_packed_matmul(q, d, x, out, sup, l2, threads, 2)
+
+
+@njit(cache=True)
+def q5_packed_product(q, d, x, out, l2, threads, levels):
+    """q5_packed_matmul with ``levels`` int8 activation levels."""
+    q5_packed_matmul(q, d, x, out, l2, threads, 1) if levels == 1 else q5_packed_matmul(q, d, x, out, l2, threads, 2)

@@ -161,12 +161,13 @@ class ModelConfig:
                                  f"{self.n_layers}")
 
 
-def product(products, w: QMatrix | SplitMatrix, x: np.ndarray) -> np.ndarray:
-    """x (rows, w.cols) f32 times w's transpose by the variant's ``products``: (rows, w.rows) f32."""
+def product(products, w: QMatrix | SplitMatrix, x: np.ndarray, role: str = "") -> np.ndarray:
+    """x (rows, w.cols) f32 times w's transpose by the variant's ``products`` for a matrix of ``role``
+    (products.ROLES; a variant may run some roles' products differently): (rows, w.rows) f32."""
     if isinstance(w, SplitMatrix):
-        return np.concatenate([product(products, p, x) for p in w.pieces], axis=1)
+        return np.concatenate([product(products, p, x, role) for p in w.pieces], axis=1)
     out = np.empty((x.shape[0], w.rows), np.float32)
-    getattr(products, w.kind)(w.parts, x, out)  # q8, q6 or q4
+    getattr(products.for_matrix(role), w.kind)(w.parts, x, out)  # q8, q6 or q4
     return out
 
 
@@ -275,8 +276,8 @@ class Transformer:
         self.embed.close()
         self.source.close()
 
-    def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray) -> np.ndarray:
-        return product(self._products, w, x)
+    def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray, role: str) -> np.ndarray:
+        return product(self._products, w, x, role)
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
                 logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:
@@ -309,27 +310,27 @@ class Transformer:
         for li, layer in enumerate(self.layers):
             local = cfg.window > 0 and cfg.local_layers[li]
             cos, sin = rope_local if local else rope
-            qkv = self._mm(layer.wqkv, h)  # (rows, (H + 2 KV) * hd)
+            qkv = self._mm(layer.wqkv, h, "qkv")  # (rows, (H + 2 KV) * hd)
             nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
             if cfg.gemma:
                 rows.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
                 kv.write(li, seq_ids, positions, k, v)
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
-                rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.post_attn_norm,
+                rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.post_attn_norm,
                                 layer.ffn_norm, cfg.eps, h)
-                rows.gated(self._mm(layer.wgate_up, h), act, True)
-                rows.add_normed(x, self._mm(layer.wdown, act), layer.post_ffn_norm, nxt, cfg.eps, h)
+                rows.gated(self._mm(layer.wgate_up, h, "gate_up"), act, True)
+                rows.add_normed(x, self._mm(layer.wdown, act, "down"), layer.post_ffn_norm, nxt, cfg.eps, h)
                 continue
             rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
-            rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd)), layer.ffn_norm, cfg.eps, h)
-            rows.gated(self._mm(layer.wgate_up, h), act, False)
-            rows.add_rmsnorm(x, self._mm(layer.wdown, act), nxt, cfg.eps, h)
+            rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.ffn_norm, cfg.eps, h)
+            rows.gated(self._mm(layer.wgate_up, h, "gate_up"), act, False)
+            rows.add_rmsnorm(x, self._mm(layer.wdown, act, "down"), nxt, cfg.eps, h)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
         if len(logit_rows) == 0:  # a prompt block before the last: its K/V are all it leaves
             return np.empty((0, cfg.n_vocab), np.float32)
-        logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]))
+        logits = self._mm(self.output, np.ascontiguousarray(h[logit_rows]), "output")
         if cfg.softcap:
             cap = np.float32(cfg.softcap)
             np.tanh(logits / cap, out=logits)

@@ -18,8 +18,14 @@ __all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "VARI
 #: int8 ``vpdpbusd`` products (matmul_i8.py); preferred where the CPU has it
 VNNI = Variant("vnni", requires={"avx512_vnni", "avx512bw"}, priority=30,
                description="activations as two int8 levels (~16 bits), AVX-512 VNNI dot products")
+#: vnni with one int8 activation level (llama.cpp's Q8 activations), everywhere or for gate|up only: half
+#: the integer work of a row at ~8-bit accuracy; chosen only when asked for (priority below vnni's)
+VNNI_Q8 = Variant("vnni-q8", requires=VNNI.requires, priority=29,
+                  description="activations as ONE int8 level (~8 bits, as llama.cpp), AVX-512 VNNI dot products")
+VNNI_Q8FFN = Variant("vnni-q8ffn", requires=VNNI.requires, priority=28,
+                     description="vnni with one int8 activation level for the FFN's gate|up products only")
 #: the native engine's CPU variants (support.py asks which of them this CPU runs)
-VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (VNNI,)
+VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (VNNI, VNNI_Q8, VNNI_Q8FFN)
 
 
 @hookimpl

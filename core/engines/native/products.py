@@ -5,6 +5,9 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
   vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups;
                          q8 values that fit 5 bits (Q5_0's) and q6 values that fit 6 (Q6_K's) are packed;
                          Q4_K keeps its factored scales (layout_q4k: 4.625 bits/weight)
+  vnni-q8                vnni's layout and kernels with ONE int8 level per 32-value block (llama.cpp's Q8
+                         activations, ~8 bits): half the integer work of a row, at ~8-bit accuracy
+  vnni-q8ffn             one level for the FFN's gate|up products only, two for the others
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ class F32Products:
         """Q4_K's factored scales (dequant.to_q4k) multiplied out: the f32 kernels read a scale per 32."""
         return matmul.group_q4(q, *dequant.q4k_scales(*scales, F16_TO_F32))
 
+    def for_matrix(self, role: str) -> "F32Products":
+        return self
+
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul.int8_matmul(*parts, x, out, F16_TO_F32, QK, self.wide)
 
@@ -51,12 +57,29 @@ class F32Products:
         matmul.q4_matmul(*parts, x, xsum, out, self.wide)
 
 
+#: the roles of a layer's matrices and the output's, as Transformer.forward names them
+ROLES = frozenset({"qkv", "o", "gate_up", "down", "output"})
+
+
 @attrs.frozen
 class I8Products:
-    """x split into two int8 levels per 32-value block before each product (see matmul_i8.py); ``l2``: the
-    L2 bytes a core has, which cut a prompt's products into tiles (row_tiles.py)."""
+    """x split into ``levels`` int8 levels per 32-value block before each product (see matmul_i8.py); the
+    matrices whose role is in ``one_level`` get one level whatever ``levels`` says; ``l2``: the L2 bytes a
+    core has, which cut a prompt's products into tiles (row_tiles.py)."""
 
     l2: int = attrs.field(factory=cpu.l2_bytes)
+    levels: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2)))
+    one_level: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset,
+                                            validator=attrs.validators.deep_iterable(attrs.validators.in_(ROLES)))
+    _single: "I8Products | None" = attrs.field(default=None, init=False, eq=False, repr=False)
+
+    def for_matrix(self, role: str) -> "I8Products":
+        """The products of a matrix of ``role`` (one of ROLES)."""
+        if role not in self.one_level:
+            return self
+        if self._single is None:  # made once: this runs on every product of a forward
+            object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1))
+        return self._single
 
     def _tuning(self, x: np.ndarray) -> tuple[int, int]:
         """The kernels' (l2, threads) for x.  A batch of a few rows is never tiled (row_tiles), so numba's
@@ -78,24 +101,25 @@ class I8Products:
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, d = parts
         if matmul_i8.is_packed_q5(q, x.shape[1]):
-            matmul_i8.q5_packed_matmul(q, d, x, out, *self._tuning(x))
+            matmul_i8.q5_packed_product(q, d, x, out, *self._tuning(x), self.levels)
         else:
-            matmul_i8.int8_matmul(q, d, x, out, None, *self._tuning(x))
+            matmul_i8.int8_product(q, d, x, out, None, *self._tuning(x), self.levels)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         q, sub, sup = parts
         if matmul_i8.is_packed_q6(q, x.shape[1]):
-            matmul_i8.q6_packed_matmul(q, sub, x, out, sup, *self._tuning(x))
+            matmul_i8.q6_packed_product(q, sub, x, out, sup, *self._tuning(x), self.levels)
         else:
-            matmul_i8.int8_matmul(q, sub, x, out, sup, *self._tuning(x))
+            matmul_i8.int8_product(q, sub, x, out, sup, *self._tuning(x), self.levels)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         if len(parts) == 5:  # Q4_K's factored scales (layout_q4k)
-            matmul_i8.q4k_matmul(*parts, x, out, *self._tuning(x))
+            matmul_i8.q4k_product(*parts, x, out, *self._tuning(x), self.levels)
         else:
-            matmul_i8.q4_matmul(*parts, x, out, *self._tuning(x))
+            matmul_i8.q4_product(*parts, x, out, *self._tuning(x), self.levels)
 
 
 #: variant name -> its products
 PRODUCTS = {"avx2": F32Products(wide=True), "neon": F32Products(wide=True), "scalar": F32Products(wide=False),
-            "vnni": I8Products()}
+            "vnni": I8Products(), "vnni-q8": I8Products(levels=1),
+            "vnni-q8ffn": I8Products(one_level={"gate_up"})}

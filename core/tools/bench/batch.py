@@ -47,7 +47,7 @@ def _native(rt, path: str, n_max: int, n_ctx: int):
     from corert.engines.native.batching import BatchRunner  # noqa: F401  (import check before the load)
 
     kv = rt.host.create(rt.resolve("kv_cache", "native"), engine="native", model=path, config=rt.config)
-    eng = rt.host.create(rt.resolve("engine", "native"), config=rt.config)
+    eng = rt.host.create(rt.resolve("engine", rt.config.engine), config=rt.config)  # native or native:<variant>
     return eng.load(path, tokenizer=rt.tokenizer(engine="native"), kv_cache=kv, n_ctx=n_ctx,
                     threads=rt.scheduler.thread_budget(), config=rt.config.evolve(n_seqs=n_max))
 
@@ -133,13 +133,16 @@ def run(args) -> dict[str, Any]:
         raise InputError(f"--streams must be between 1 and {len(PROMPTS)}")
     if args.rounds < MIN_ROUNDS:
         raise InputError(f"--rounds must be at least {MIN_ROUNDS}: the ratio's spread needs several rounds")
+    from corert.implementation import engine_name
+
     engine = args.engine or "native"
-    if engine not in ("native", "llama.cpp"):
+    kind = engine_name(engine)  # a native variant (native:vnni-q8) batches as native does
+    if kind not in ("native", "llama.cpp"):
         raise InputError(f"--engine must be native or llama.cpp (the engines with continuous batching), not {engine!r}")
-    if args.speculative and engine != "native":
+    if args.speculative and kind != "native":
         raise InputError("--speculative runs on the native engine (its batch verifies drafts)")
     plugins = list(args.plugin or [])
-    if engine == "native" and not any(p.startswith("kv_cache=") for p in plugins):
+    if kind == "native" and not any(p.startswith("kv_cache=") for p in plugins):
         plugins.append("kv_cache=paged:q8")
     if args.speculative and not any(p.startswith("speculative=") for p in plugins):
         plugins.append("speculative=speculative:adaptive")
@@ -161,8 +164,8 @@ def run(args) -> dict[str, Any]:
             return batch_speculative.run(args, rt, counts)
         path = str(rt.model_path())
         budget = rt.scheduler.thread_budget()
-        threads = budget.numba_threads if engine == "native" else budget.llama_threads
-        if engine == "native":
+        threads = budget.numba_threads if kind == "native" else budget.llama_threads
+        if kind == "native":
             model = _native(rt, path, counts[-1], 512)
             runner = lambda: _native_runner(model)  # noqa: E731
         else:
@@ -187,7 +190,7 @@ def run(args) -> dict[str, Any]:
         last = runs[counts[-1]]
         same_as_llama = sum(a == b for a, b in zip(last["corert"][-1]["outputs"], last["llama"][-1]["outputs"]))
         kv_stats = model.kv.stats() if hasattr(model.kv, "stats") else {}
-        if engine == "native":
+        if kind == "native":
             model.close()
         else:
             llama_runner.context.close()
@@ -195,13 +198,13 @@ def run(args) -> dict[str, Any]:
         rt.close()
     best = rows[-1]
     return {"model": model_label(path), "engine": engine, "threads": threads, "max_tokens": args.max_tokens,
-            "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", engine).label,
+            "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", kind).label,
             "llama_flash_attn": rt.config.llama.flash_attn, "rows": rows,
             "streams_identical_whatever_n": identical,
             "same_tokens_as_llama_at_max_n": f"{same_as_llama}/{best['streams']}",
             "kv_stats": {k: kv_stats[k] for k in ("pages_total", "page_bytes", "evictions") if k in kv_stats},
             # the native engine's goal; the llama.cpp engine's is in `corert bench serve` (vs llama-server)
-            **({"goal_4x_at_8": best["streams"] == 8 and best["decode_ratio"] >= 4.0} if engine == "native" else {})}
+            **({"goal_4x_at_8": best["streams"] == 8 and best["decode_ratio"] >= 4.0} if kind == "native" else {})}
 
 
 def _row(n: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
             s = ratio_summary(ratios([r[f"{k}_tok_s"] for r in runs["spec"]], [r[f"{k}_tok_s"] for r in runs[other]]))
             row.update({f"{k}_vs_{other}": s["median"], f"{k}_vs_{other}_range": s["range"],
                         f"{k}_vs_{other}_rounds": s["rounds"]})
-    return {"bench": "batch --speculative", "model": model_label(path), "engine": "native", "threads": threads,
+    return {"bench": "batch --speculative", "model": model_label(path), "engine": rt.config.engine, "threads": threads,
             "max_tokens": args.max_tokens, "rounds": args.rounds, "kv_cache": rt.resolve("kv_cache", "native").label,
             "speculative": rt.resolve("speculative", "native").label, "prompts": "grounded", "row": row,
             "streams_identical_to_solo_plain": identical,

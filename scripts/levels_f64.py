@@ -1,0 +1,50 @@
+"""KL divergence of the native engine's variants from an independent float64 forward (the tests' reference,
+tests/test_native_engine.py: gguf-py's dequantized weights, numpy f64), on the first N tokens of the packaged
+apache licence: what one int8 activation level (vnni-q8, vnni-q8ffn) costs against two (vnni).
+
+    .venv/bin/python scripts/levels_f64.py qwen2.5-coder-1.5b-instruct 64 vnni vnni-q8 vnni-q8ffn --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("tokens", type=int)
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    from corert.models.store import ModelStore
+    from test_native_engine import _kld, _load, reference_logits, TEXT
+
+    path = str(ModelStore().resolve(args.model))
+    out = {"model": args.model, "tokens": args.tokens, "text": "license-apache2.txt", "variants": {}}
+    ref = None
+    for v in args.variants:
+        m = _load(path, variant=v, n_ctx=max(64, args.tokens))
+        try:
+            ids = m.tokenizer.encode(TEXT)[:args.tokens]
+            got = m.session().eval(ids, all_logits=True)
+        finally:
+            m.close()
+        if ref is None:
+            ref = reference_logits(path, ids)
+        k = _kld(ref, got)
+        out["variants"][v] = {"kl_mean": float(k.mean()), "kl_max": float(k.max()),
+                              "top1_vs_f64": float((got.argmax(-1) == ref.argmax(-1)).mean())}
+        print(args.model, v, out["variants"][v], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
