@@ -399,11 +399,12 @@ def _store_rows(acc, out, t0, t1, g, rows):
 def _add_levels(acc, t, base, i2, i1, scale, xd, tx, b, levels):
     """acc[t] = base + i2 * scale * x2 + i1 * scale * x1 (t: the row's place in its tile; x1, x2: the levels'
     steps of row tx's block b): a block's level products (integer) scaled, level 2 (the small term) added
-    first so it is not lost against the large one.  One level: i1's term alone (``levels`` is a compile-time
-    constant: the branch is gone)."""
-    if levels == 2:
-        base = fma_f32(to_f32(i2), mul_f32(scale, splat_f32(xd[tx, 1, b])), base)
-    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tx, 0, b])), base))
+    first so it is not lost against the large one.  One level: i1's term alone (level 2's step taken as 0)."""
+    # no branch: numba's inlining of the q8 / q6 overloads below warns on the phi a branch leaves (one level:
+    # a zero step, base + i2 * 0 = base exactly)
+    x2 = splat_f32(xd[tx, levels - 1, b] * np.float32(levels - 1))
+    part = fma_f32(to_f32(i2), mul_f32(scale, x2), base)
+    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tx, 0, b])), part))
 
 
 @njit
@@ -536,7 +537,8 @@ def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc,
             for t in range(t0, t1):
                 xo = t * levels * cols + b * QK
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
-                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums[t, 1, b]) if levels == 2 else i1
+                # one level: i1's own dot again (the compiler merges the two), no branch (see _add_levels)
+                i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + (levels - 1) * cols, sums[t, levels - 1, b])
                 _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd, t, b, levels)
         return q8_rows
 
@@ -556,8 +558,9 @@ def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t
     for t in range(t0, t1):
         xo = t * levels * cols + b * QK
         i1 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums, t, 0, b, bias, s_lo, s_hi)
-        i2 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, sums, t, 1, b, bias, s_lo, s_hi) \
-            if levels == 2 else i1
+        # one level: i1's own dot again (the compiler merges the two), no branch (see _add_levels)
+        i2 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + (levels - 1) * cols, sums, t, levels - 1, b, bias,
+                       s_lo, s_hi)
         _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd, t, b, levels)
 
 
