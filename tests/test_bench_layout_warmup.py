@@ -54,3 +54,15 @@ def test_the_measured_side_does_not_convert_after_the_warm_up(smollm2, tmp_path,
         assert side.info["engine"] == "native" and side.info["layouts_written"] == 0
     finally:
         side.close()
+
+
+def test_a_failed_warm_up_says_the_child_error_in_one_line(tiny, tmp_path, monkeypatch):
+    """The warm-up's child fails on an unknown variant: the bench's error is that exception's line, not the
+    traceback's tail (the CLI prints it as its one line)."""
+    from corert.errors import CorertError
+
+    monkeypatch.setenv("CORERT_NATIVE_LAYOUT_CACHE", str(tmp_path))
+    with pytest.raises(CorertError) as err:
+        warm(tiny, "native:bogus", label="tiny")
+    message = str(err.value)
+    assert "unknown variant engine=native:bogus" in message and "File " not in message and "\n" not in message

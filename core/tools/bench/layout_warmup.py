@@ -99,7 +99,9 @@ def warm(model_path: str, engine: str, plugins: Sequence[str] = (), config_path:
         proc.communicate()
         raise CorertError(f"bench: converting the native layout of {model_path} took over {timeout_s:.0f} s")
     if proc.returncode != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])
+        # the child's last line is its exception ("module.Error: message"); the traceback above it is noise
+        lines = err.strip().splitlines()
+        tail = lines[-1] if lines else f"exit status {proc.returncode}"
         raise CorertError(f"bench: loading {model_path} to warm its native layout failed: {tail}")
     result = {**json.loads(out.strip().splitlines()[-1]), "seconds": round(time.monotonic() - t0, 2)}
     if result["converted"]:
