@@ -653,6 +653,32 @@ def test_row_ops_parallel_twins_match_serial():
         assert np.array_equal(one[0], serial[-3][t])
 
 
+def test_rope_table_gives_rope_tables_values_and_grows_with_the_positions():
+    """The model's kept tables (ops.RopeTable) give each position the values rope_tables computes for it,
+    and grow only as far as the positions asked for (a step at a time), not to the context size."""
+    table = ops.RopeTable(64, 1e6)
+    for pos in (np.arange(5), np.array([3, 700, 2]), np.arange(450, 460)):
+        cos, sin = table.at(pos)
+        want_cos, want_sin = ops.rope_tables(pos, 64, 1e6)
+        np.testing.assert_array_equal(cos, want_cos)
+        np.testing.assert_array_equal(sin, want_sin)
+        assert cos.shape == (len(pos), 32)
+    assert table.cos.shape[0] == 3 * ops.RopeTable.STEP  # position 700 is in the third step
+
+
+def test_balanced_row_pairs_first_and_last_rows():
+    """The attention kernels' row order (tree_rows.balanced_row): a permutation of the rows, and each half of
+    the jobs (what each of two threads gets from prange) holds about half of a causal block's work."""
+    from corert.kernels.tree_rows import balanced_row
+
+    for n in (1, 2, 7, 256, 454):
+        order = [balanced_row(r, n) for r in range(n)]
+        assert sorted(order) == list(range(n))
+        first = sum(i + 1 for i in order[:n // 2])
+        assert abs(first / (n * (n + 1) / 2) - 0.5) <= 1.0 / max(n, 2) + 1e-9
+    assert [balanced_row(r, 5) for r in range(5)] == [0, 4, 1, 3, 2]
+
+
 @pytest.mark.parametrize("neox", [False, True])
 def test_rope_matches_complex_rotation(neox):
     rng = np.random.default_rng(5)

@@ -24,3 +24,12 @@ def row_span(tree, i, p):
 def slot_of(tree, i, ctx, j):
     """The slot of row i's j-th visible position."""
     return j if j < ctx else tree[i, 1 + j - ctx]
+
+
+@njit(cache=True, inline="always")
+def balanced_row(r, n):
+    """The row the ``r``-th of ``n`` row jobs takes: 0, n - 1, 1, n - 2, ...  numba's prange hands each thread
+    one contiguous run of the jobs, and a causal prompt row's attention costs in proportion to its position,
+    so in row order the thread with the last rows got ~3/4 of a block's work (two threads); paired first
+    with last, every run of jobs costs about the same.  Only the order changes, never a row's arithmetic."""
+    return r // 2 if r % 2 == 0 else n - 1 - r // 2

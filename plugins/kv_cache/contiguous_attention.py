@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from corert import numba_setup  # noqa: F401
 from corert.kernels.fast_exp import exp_f32
-from corert.kernels.tree_rows import row_span, slot_of
+from corert.kernels.tree_rows import balanced_row, row_span, slot_of
 from corert.tree import NO_TREE
 
 
@@ -165,14 +165,15 @@ def _attend_job(q, k, v, seq_ids, positions, scale, window, tree, out, i, kvh, h
 
 @njit(parallel=True, cache=True)
 def _attend_parallel(q, k, v, seq_ids, positions, scale, window, tree, out, parts):
-    """Jobs of (row, KV head, one of ``parts`` slices of its query heads) over the threads."""
+    """Jobs of (row, KV head, one of ``parts`` slices of its query heads) over the threads, the rows in
+    balanced_row's order."""
     n, n_heads, _ = q.shape
     n_kv = k.shape[1]
     group = n_heads // n_kv
     per = (group + parts - 1) // parts
     per += per % 2  # an even slice: its heads pair as they do in the whole group (see _attend_group)
     for job in prange(n * n_kv * parts):
-        i = job // (n_kv * parts)
+        i = balanced_row(job // (n_kv * parts), n)  # a causal row's cost grows with it: first and last paired
         kvh = (job // parts) % n_kv
         h0 = kvh * group + (job % parts) * per
         h1 = min(h0 + per, (kvh + 1) * group)

@@ -33,7 +33,7 @@ from numba import njit, prange, uint64
 from corert import numba_setup  # noqa: F401  (threading layer before the first prange)
 from corert.kernels.simd import prefetch
 
-from corert.kernels.tree_rows import row_span, slot_of
+from corert.kernels.tree_rows import balanced_row, row_span, slot_of
 
 from .rotation import rotate_vec
 from .writes import QB
@@ -111,8 +111,8 @@ def attend_f32_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, sc
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
+        i = balanced_row(job // n_heads, n)
+        h = job % n_heads
         s, kvh = seq_ids[i], h // group
         ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
@@ -141,8 +141,8 @@ def attend_f16_scalar(q, kp, vp, tab, table, page_tokens, seq_ids, positions, sc
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
+        i = balanced_row(job // n_heads, n)
+        h = job % n_heads
         s, kvh = seq_ids[i], h // group
         ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
@@ -186,8 +186,8 @@ def attend_q8_scalar(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
+        i = balanced_row(job // n_heads, n)
+        h = job % n_heads
         s, kvh = seq_ids[i], h // group
         ctx, length = row_span(tree, i, positions[i])
         qi = np.empty(hd, np.float32)
@@ -253,8 +253,8 @@ def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
+        i = balanced_row(job // n_heads, n)
+        h = job % n_heads
         s, kvh = seq_ids[i], h // group
         ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
@@ -300,8 +300,8 @@ def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
     n, n_heads, hd = q.shape
     group = n_heads // kp.shape[1]
     for job in prange(n * n_heads):
-        i = job // n_heads
-        h = job - i * n_heads
+        i = balanced_row(job // n_heads, n)
+        h = job % n_heads
         s, kvh = seq_ids[i], h // group
         ctx, length = row_span(tree, i, positions[i])
         lo = _window_start(length, window)
@@ -472,8 +472,8 @@ def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s
                    window, tree, out):
     n, n_kv = q.shape[0], kp.shape[1]
     for job in prange(n * n_kv):
-        i = job // n_kv
-        g = job - i * n_kv
+        i = balanced_row(job // n_kv, n)
+        g = job % n_kv
         ctx, length = row_span(tree, i, positions[i])
         _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i],
                          _window_start(length, window), ctx, length, tree, i, g, scale, out)
