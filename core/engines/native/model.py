@@ -197,9 +197,13 @@ class Transformer:
     output: QMatrix  # (n_vocab, d_model)
     variant: str
     _products: Any = attrs.field(init=False, repr=False)
+    _rope: ops.RopeTable = attrs.field(init=False, repr=False)
+    _rope_local: ops.RopeTable = attrs.field(init=False, repr=False)  # gemma3's local layers' base
 
     def __attrs_post_init__(self) -> None:
         self._products = PRODUCTS[self.variant]
+        self._rope = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base)
+        self._rope_local = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base_local)
 
     @classmethod
     def load(cls, header: GGUFHeader, variant: str, layout_cache: str = "off") -> "Transformer":
@@ -296,8 +300,8 @@ class Transformer:
         if cfg.gemma:
             x *= np.sqrt(np.float32(cfg.d_model))
         at = positions if tree is None else tree.path_positions  # where RoPE puts each row
-        rope = ops.rope_tables(at, cfg.rope_dim, cfg.rope_base)
-        rope_local = ops.rope_tables(at, cfg.rope_dim, cfg.rope_base_local) if cfg.window else rope
+        rope = self._rope.at(at)
+        rope_local = self._rope_local.at(at) if cfg.window else rope
         h = np.empty_like(x)
         q = np.empty((n, H, hd), np.float32)
         k = np.empty((n, KV, hd), np.float32)

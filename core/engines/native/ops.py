@@ -69,6 +69,31 @@ def rope_tables(positions: np.ndarray, rot_dim: int, base: float) -> tuple[np.nd
     return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
 
 
+@attrs.define
+class RopeTable:
+    """rope_tables for positions 0.. as far as the forwards so far reached, computed once: a prompt's tables
+    took ~2.3 ms of gemma3's 454-row prefill (two bases, two blocks) to recompute, a decode step ~20 us.
+    A row's values are the same whatever else is computed with it (element-wise)."""
+
+    rot_dim: int
+    base: float
+    cos: np.ndarray = attrs.field(init=False)
+    sin: np.ndarray = attrs.field(init=False)
+
+    #: the table grows in steps of this many positions (its size follows the context used, not n_ctx)
+    STEP = 256
+
+    def __attrs_post_init__(self) -> None:
+        self.cos = self.sin = np.empty((0, self.rot_dim // 2), np.float32)
+
+    def at(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cos, sin) of ``positions``, shape (rows, rot_dim/2)."""
+        top = int(positions.max()) + 1 if positions.size else 0
+        if top > self.cos.shape[0]:
+            self.cos, self.sin = rope_tables(np.arange(-(-top // self.STEP) * self.STEP), self.rot_dim, self.base)
+        return self.cos[positions], self.sin[positions]
+
+
 @njit(inline="always")
 def _rope_row(x, cos, sin, neox, t):
     """Rotate each head of row ``t`` of ``x`` (rows, heads, head_dim) in place."""
