@@ -15,15 +15,16 @@ import json
 import time
 from collections import defaultdict
 
+import attrs
 import numpy as np
 from numba import get_num_threads, njit, prange
 
 import corert
-from corert.engines.native import matmul_i8, ops
+from corert.engines.native import dequant, matmul_i8, ops
 from corert.engines.native import model as native_model
 from corert.kernels.simd import (add_i32, broadcast_word, dot_u8s8, fma_f32, load_bytes, load_f32, store_f32, to_f32,
                                  zeros_i32)
-from corert.tools.bench.generate import PROMPT
+from corert.tools.bench.generate import default_prompt
 
 #: independent accumulator chains in the peak loop: more than vpdpbusd's latency times its issue rate
 CHAINS = 12
@@ -132,8 +133,11 @@ def peak(threads: int) -> dict:
 
 
 def profile_forward(rt, prompts: list[str]) -> dict:
-    """Wall time per label over the prompts' prefills (each a fresh prompt: no prefix reuse)."""
+    """Wall time per label over the prompts' prefills (each a fresh prompt: no prefix reuse): each product
+    by role, kind and shape, attention, the K/V write, each row-wise op, the embedding and the RoPE tables;
+    ``rest_s`` is the forward's own Python between them."""
     secs: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
     T = native_model.Transformer
     orig_mm, orig_fwd = T._mm, T.forward
 
@@ -144,15 +148,19 @@ def profile_forward(rt, prompts: list[str]) -> dict:
                 return fn(*a, **k)
             finally:
                 secs[label] += time.perf_counter() - t0
+                calls[label] += 1
         return timed
 
     def mm(self, w, x, role):
-        return wrap(f"{w.kind} {w.rows}x{w.cols}", orig_mm)(self, w, x, role)
+        return wrap(f"{role} {w.kind} {w.rows}x{w.cols}", orig_mm)(self, w, x, role)
     T._mm = mm
     T.forward = wrap("forward", orig_fwd)
-    saved = {name: getattr(ops, name) for name in ("split_qkv", "add_rmsnorm", "swiglu", "rmsnorm", "rope_tables")}
-    for name, fn in saved.items():
-        setattr(ops, name, wrap(name, fn))
+    row_ops = {name: getattr(ops, name) for name in ("PARALLEL", "SERIAL")}
+    for name, bundle in row_ops.items():  # forward picks its bundle by ops.for_rows at every call
+        setattr(ops, name, ops.RowOps(**{f: wrap(f, getattr(bundle, f)) for f in attrs.fields_dict(ops.RowOps)}))
+    saved = {(mod, name): getattr(mod, name) for mod, name in ((ops, "rope_tables"), (dequant, "embed_rows"))}
+    for (mod, name), fn in saved.items():
+        setattr(mod, name, wrap(name, fn))
     kv = rt.load_generation_model()[0].kv
     attend, write = kv.attend, kv.write
     kv.attend, kv.write = wrap("attention", attend), wrap("kv write", write)
@@ -164,11 +172,15 @@ def profile_forward(rt, prompts: list[str]) -> dict:
             prompt_s += c.timings.prompt_ms / 1e3
     finally:
         T._mm, T.forward = orig_mm, orig_fwd
-        for name, fn in saved.items():
-            setattr(ops, name, fn)
+        for name, bundle in row_ops.items():
+            setattr(ops, name, bundle)
+        for (mod, name), fn in saved.items():
+            setattr(mod, name, fn)
         kv.attend, kv.write = attend, write
     fwd = secs.pop("forward")
-    out = {"rows": rows, "prompt_s": prompt_s, "forward_s": fwd, "by_label_s": dict(secs)}
+    forwards = calls.pop("forward")
+    out = {"rows": rows, "prompt_s": prompt_s, "forward_s": fwd, "forwards": forwards,
+           "by_label_s": dict(secs), "calls": dict(calls)}
     out["rest_s"] = fwd - sum(secs.values())
     return out
 
@@ -200,24 +212,30 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json")
+    ap.add_argument("--no-peak", dest="peak", action="store_false", help="skip the int8 peak and clock loops")
     args = ap.parse_args()
     with corert.Runtime(engine="native", model=args.model, n_ctx=2048) as rt:
+        PROMPT = default_prompt()
         rt.generate("(0) " + PROMPT, max_tokens=2, temperature=0.0)  # compiles, out of the figures
         tf = rt.load_generation_model()[0].transformer
         threads = get_num_threads()
         result = {"model": args.model, "threads": threads, "variant": tf.variant,
                   "weights_non_embedding": sum(m.rows * m.cols for m in tf.matrices()[1:])}
-        result["peak"] = peak(threads)
+        result["peak"] = peak(threads) if args.peak else {}
         prof = profile_forward(rt, [f"({i + 1}) {PROMPT}" for i in range(args.rounds)])
         result["prefill"] = prof
         n = prof["rows"] // args.rounds
-        result["products_alone"] = products_alone(tf, n, args.reps)
+        step = rt.load_generation_model()[0].prefill_rows  # the session's blocks: the products' row counts
+        blocks = [step] * (n // step) + ([n % step] if n % step else [])
+        result["blocks"] = blocks
+        result["products_alone"] = [r for b in sorted(set(blocks)) for r in products_alone(tf, b, args.reps)]
     per_prompt = {k: v / args.rounds * 1e3 for k, v in prof["by_label_s"].items()}
     print(json.dumps(result["peak"], indent=1))
-    print(f"prefill: {prof['rows'] / args.rounds:.0f} rows, prompt {prof['prompt_s'] / args.rounds * 1e3:.1f} ms "
-          f"({prof['rows'] / prof['prompt_s']:.1f} tok/s), forward {prof['forward_s'] / args.rounds * 1e3:.1f} ms")
+    print(f"prefill: {prof['rows'] / args.rounds:.0f} rows in blocks {result['blocks']}, prompt "
+          f"{prof['prompt_s'] / args.rounds * 1e3:.1f} ms ({prof['rows'] / prof['prompt_s']:.1f} tok/s), forward "
+          f"{prof['forward_s'] / args.rounds * 1e3:.1f} ms")
     for k, v in sorted(per_prompt.items(), key=lambda kv: -kv[1]):
-        print(f"  {k:<24} {v:8.2f} ms")
+        print(f"  {k:<36} {v:8.2f} ms  {prof['calls'][k] // args.rounds:5d} calls")
     print(f"  {'rest':<24} {prof['rest_s'] / args.rounds * 1e3:8.2f} ms")
     for r in result["products_alone"]:
         print(f"  alone {r['matrix']:<9} {r['kind']} {r['rows']}x{r['cols']} n={r['n']}: {r['median_ms']:.3f} ms "
