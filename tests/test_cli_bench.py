@@ -256,6 +256,9 @@ def test_bench_batch_speculative():
     assert _positive(cost["per_row_s"]) and cost["knee_rows"] >= 0 and cost["per_row_above_knee_s"] >= 0
     assert cost["measured"] and all(_positive(m["seconds"]) and _positive(m["fitted"]) for m in cost["measured"])
     assert _positive(cost["ceiling_vs_plain"])
+    bound = row["spec"]["lookup_bound"]  # one stream of 6 tokens: 5 decode steps plainly, at most as many drafting
+    assert bound["plain_steps"] == 5 and bound["stream_steps"] == [bound["steps"]] and 1 <= bound["steps"] <= 5
+    assert _positive(bound["vs_plain"])
     assert r["streams_identical_to_solo_plain"] is True
     assert isinstance(r["goal_1.3x_vs_plain_batch"], bool)
     assert_bad_input(run_cli("bench", "batch", "--speculative", "--engine", "llama.cpp"),

@@ -25,6 +25,7 @@ from corert.interfaces import SamplingParams
 
 from .acceptance import accept_greedy, accept_sampled
 from .controller import DepthController, ShadowOffer
+from .lookup_bound import LookupBound, batch_bound
 from .sources import LookupSource
 from .step_cost import StepCost
 
@@ -113,6 +114,12 @@ class BatchedLookup:
 
     def record_step(self, rows: int, seconds: float) -> None:
         self.cost.record(rows, seconds)
+
+    def lookup_bound(self, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> LookupBound:
+        """The most this lookup could give these streams in one batch, at the step costs fitted so far
+        (lookup_bound.py): their recorded outputs, every offer drafted exactly as far as it holds."""
+        src = self.decoder.sources[0]
+        return batch_bound(prompts, outputs, self.cost, self.decoder.max_depth, src.max_ngram, src.min_ngram)
 
     def draft(self, streams: Sequence[tuple[StreamDrafts, Sequence[int], int]], base_rows: int,
               base_tokens: int) -> list[list[int]]:
