@@ -259,6 +259,8 @@ def test_bench_batch_speculative():
     bound = row["spec"]["lookup_bound"]  # one stream of 6 tokens: 5 decode steps plainly, at most as many drafting
     assert bound["plain_steps"] == 5 and bound["stream_steps"] == [bound["steps"]] and 1 <= bound["steps"] <= 5
     assert _positive(bound["vs_plain"])
+    assert [p["rows"] for p in bound["step_curve"]] == [1, 2, 4]  # one stream x 1, 2, 4 rows, timed
+    assert all(_positive(p["seconds"]) for p in bound["step_curve"])
     assert r["streams_identical_to_solo_plain"] is True
     assert isinstance(r["goal_1.3x_vs_plain_batch"], bool)
     assert_bad_input(run_cli("bench", "batch", "--speculative", "--engine", "llama.cpp"),

@@ -6,6 +6,7 @@ import pytest
 
 from corert.plugins.speculative.lookup_bound import batch_bound, stream_steps
 from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
+from corert.tools.bench.step_curve import interpolate
 from corert.tools.corpus import corpus_file
 
 TEXT = corpus_file("license-apache2.txt").read_text(encoding="utf-8")
@@ -50,3 +51,11 @@ def test_the_stream_with_nothing_to_copy_holds_the_batch_to_plain_steps(texts):
     # rows that ride on the weight reads up to a knee and cost more past it: the copy's big step is dear
     knee = lambda rows: FIXED + ROW * rows + 2 * ROW * max(0, rows - 4)  # noqa: E731
     assert batch_bound([prompt, prompt], [copy, new], knee).vs_plain < 1.0
+
+
+def test_the_timed_step_curve_is_linear_between_sizes_and_beyond_the_largest():
+    # the 0.5B's forwards measured in session 10 (8 streams x 1, 2, 4 rows; 1, 2, 4 streams x 1 row)
+    seconds = interpolate([(8, 0.0259), (1, 0.0116), (32, 0.0957), (2, 0.0124), (16, 0.0468), (4, 0.0150)])
+    assert seconds(8) == pytest.approx(0.0259) and seconds(12) == pytest.approx((0.0259 + 0.0468) / 2)
+    assert seconds(48) == pytest.approx(0.0957 + 16 * (0.0957 - 0.0468) / 16)
+    assert seconds(3) == pytest.approx((0.0124 + 0.0150) / 2)

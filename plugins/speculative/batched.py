@@ -16,7 +16,7 @@ model across requests; a stream's lookup index, offer and shadows are its own.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import attrs
 import numpy as np
@@ -115,11 +115,14 @@ class BatchedLookup:
     def record_step(self, rows: int, seconds: float) -> None:
         self.cost.record(rows, seconds)
 
-    def lookup_bound(self, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]]) -> LookupBound:
-        """The most this lookup could give these streams in one batch, at the step costs fitted so far
-        (lookup_bound.py): their recorded outputs, every offer drafted exactly as far as it holds."""
+    def lookup_bound(self, prompts: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
+                     step_seconds: Callable[[int], float] | None = None) -> LookupBound:
+        """The most this lookup could give these streams in one batch (lookup_bound.py): their recorded
+        outputs, every offer drafted exactly as far as it holds, the steps priced by ``step_seconds`` (default:
+        the step costs fitted so far)."""
         src = self.decoder.sources[0]
-        return batch_bound(prompts, outputs, self.cost, self.decoder.max_depth, src.max_ngram, src.min_ngram)
+        return batch_bound(prompts, outputs, step_seconds or self.cost, self.decoder.max_depth, src.max_ngram,
+                           src.min_ngram)
 
     def draft(self, streams: Sequence[tuple[StreamDrafts, Sequence[int], int]], base_rows: int,
               base_tokens: int) -> list[list[int]]:
