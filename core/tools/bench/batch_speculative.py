@@ -11,6 +11,9 @@ Aggregate decode tok/s as in ``bench batch`` (tokens after each stream's first /
 stream has its first token); the ratios spec/plain and spec/llama per round, median and min-max.  Every
 spec stream is checked against its solo plain run (one BatchRunner stream alone), in every round, and its
 drafted and accepted tokens are reported, as is the batch's step-cost line against the step times measured.
+The lookup bound says how far any depth rule could go with these drafts: the solo outputs replayed with
+every offer drafted exactly as far as it holds (plugins/speculative/lookup_bound.py), the steps priced by
+forwards timed here (step_curve.py).
 
 The prompts and the model are chosen so that speculation has something to copy: eight distinct edits whose
 answer repeats most of the prompt (code annotated, renamed, fixed, typed or stripped of comments; a paragraph
