@@ -1,6 +1,7 @@
 """KL divergence of the native engine's variants from an independent float64 forward (the tests' reference,
 tests/test_native_engine.py: gguf-py's dequantized weights, numpy f64), on the first N tokens of the packaged
-apache licence: what one int8 activation level (vnni-q8, vnni-q8ffn) costs against two (vnni).
+apache licence: what one int8 activation level (vnni-q8, vnni-q8ffn) costs against two (vnni), and what the
+f16 KV cache costs against f32 (``--kv f16``; the default is the exact f32 cache).
 
     .venv/bin/python scripts/levels_f64.py qwen2.5-coder-1.5b-instruct 64 vnni vnni-q8 vnni-q8ffn --json out.json
 """
@@ -21,16 +22,18 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("tokens", type=int)
     ap.add_argument("variants", nargs="+")
+    ap.add_argument("--kv", default="f32", choices=("f16", "f32"), help="the contiguous KV cache's dtype")
     ap.add_argument("--json")
     args = ap.parse_args()
     from corert.models.store import ModelStore
     from test_native_engine import _kld, _load, reference_logits, TEXT
 
     path = str(ModelStore().resolve(args.model))
-    out = {"model": args.model, "tokens": args.tokens, "text": "license-apache2.txt", "variants": {}}
+    out = {"model": args.model, "tokens": args.tokens, "text": "license-apache2.txt", "kv": args.kv,
+           "variants": {}}
     ref = None
     for v in args.variants:
-        m = _load(path, variant=v, n_ctx=max(64, args.tokens))
+        m = _load(path, variant=v, n_ctx=max(64, args.tokens), kv=args.kv)
         try:
             ids = m.tokenizer.encode(TEXT)[:args.tokens]
             got = m.session().eval(ids, all_logits=True)

@@ -190,7 +190,7 @@ def test_toml_then_env_then_arguments(tmp_path, clean_env):
         # arguments over both; what neither overrides comes through from below
         assert rt.config.plugins == {"tokenizer": "llama_cpp", "kv_cache": "contiguous"}
         assert (rt.config.n_ctx, rt.config.model, rt.config.engine, rt.config.n_threads) == (768, SMOL, "native", 1)
-        assert rt.resolve("kv_cache").label == "contiguous:f32" and rt.resolve("tokenizer").impl.name == "llama_cpp"
+        assert rt.resolve("kv_cache").label == "contiguous:f16" and rt.resolve("tokenizer").impl.name == "llama_cpp"
     finally:
         rt.close()
 

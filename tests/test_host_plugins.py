@@ -507,7 +507,7 @@ def test_default_per_area_does_not_depend_on_registration_order():
     deny = ["kv_cache_contiguous", "kv_cache_paged"]
     for extra in (builtins, builtins[::-1]):
         host = plugin_host.PluginHost.build(deny=deny, extra=extra)
-        assert host.resolve("kv_cache", engine="native").label == "contiguous:f32"
+        assert host.resolve("kv_cache", engine="native").label == "contiguous:f16"
     tied = [("zeta_kv", _kv_plugin("zeta", priority=5)), ("alpha_kv", _kv_plugin("alpha", priority=5))]
     for extra in (tied, tied[::-1]):
         chosen = plugin_host.PluginHost.build(extra=extra).resolve("kv_cache", engine="native")

@@ -67,7 +67,7 @@ def test_every_kernel_variant_is_configurable_and_complete():
 def test_paged_attention_matches_contiguous_and_scalar(dtype, kernel):
     rng = np.random.default_rng(1)
     other, scalar = _store(dtype, kernel), _store(dtype, "scalar")
-    ref = ContiguousKVStore(L, KV, HD, 256, 4)
+    ref = ContiguousKVStore(L, KV, HD, 256, 4, "f32")
     for st in (other, scalar, ref):
         for _ in range(3):
             st.new_sequence()
@@ -454,7 +454,7 @@ def _q8_error(calibrate: bool, sink_at_0: bool = True):
             s, _ = run(st, 80)
             st.release(s)
         assert st.pool.cached_free == 0  # pages of the old basis left the prefix cache
-    _, err = run(st, 60, ContiguousKVStore(L, KV, HD, 256, 4))
+    _, err = run(st, 60, ContiguousKVStore(L, KV, HD, 256, 4, "f32"))
     return err, st
 
 
@@ -485,7 +485,7 @@ def test_a_sliding_window_reads_only_its_last_positions(dtype, kernel):
     """gemma3's local layers: ``window`` w reads positions p - w + 1 .. p, page borders included; the
     contiguous reference against numpy, every paged kernel against the contiguous one."""
     rng = np.random.default_rng(13)
-    st, ref = _store(dtype, kernel), ContiguousKVStore(L, KV, HD, 256, 4)
+    st, ref = _store(dtype, kernel), ContiguousKVStore(L, KV, HD, 256, 4, "f32")
     for s in (st, ref):
         for _ in range(3):
             s.new_sequence()

@@ -18,13 +18,13 @@ L, KV, H, HD = 2, 2, 6, 64
 CTX = 21  # context positions: the tree starts inside the second 16-token page and crosses into the third
 #: node -> parent (-1: the context); paths of depth 1..5
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 5, 7, 8]
-STORES = ["contiguous"] + [f"{d}:{k}" for d in ("f32", "f16", "q8") for k in ATTEND]
+STORES = ["contiguous", "contiguous:f32"] + [f"{d}:{k}" for d in ("f32", "f16", "q8") for k in ATTEND]
 TOL = {"f32": 1e-5, "f16": 3e-3, "q8": 4e-2}
 
 
 def _make(name: str):
-    if name == "contiguous":
-        return ContiguousKVStore(L, KV, HD, 128, 2)
+    if name.startswith("contiguous"):  # f16 by default
+        return ContiguousKVStore(L, KV, HD, 128, 2, *name.split(":")[1:])
     dtype, kernel = name.split(":")
     return PagedKVStore(PagedConfig(dtype=dtype, kernel=kernel, page_tokens=16), L, KV, HD, 128, 2)
 

@@ -770,6 +770,59 @@ def test_attention_head_groups_match_numpy_and_never_depend_on_the_split(n_heads
         attention._attend_serial(*row, window, NO_TREE, alone)
         assert np.array_equal(alone[0], whole[i])
 
+
+def test_f16_value_widens_every_finite_half_exactly():
+    """corert.kernels.half.f16_value (integer shifts and one multiply) against numpy's float16 -> float32 on
+    all 63,488 finite bit patterns: zeros, subnormals, normals, both signs."""
+    from numba import njit
+
+    from corert.kernels.half import f16_value
+
+    @njit
+    def widen(bits, out):
+        for i in range(bits.shape[0]):
+            out[i] = f16_value(bits[i])
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    ref = bits.view(np.float16).astype(np.float32)
+    out = np.empty(65536, np.float32)
+    widen(bits, out)
+    finite = np.isfinite(ref)
+    assert finite.sum() == 63488 and np.array_equal(out[finite], ref[finite])
+
+
+@pytest.mark.parametrize("n_heads, n_kv, window", [(9, 3, 0), (4, 1, 40), (14, 2, 0)])
+def test_f16_store_attention_equals_f32_over_the_rounded_values(n_heads, n_kv, window):
+    """The contiguous f16 store (SmolLM2's, gemma3's with a window, Qwen 0.5B's head groups): its write rounds
+    like numpy's astype(float16), and its attention, prompt rows (parallel) and decode rows (serial), gives the
+    f32 store's results over the same rounded values: the widening in the kernel is exact, the arithmetic
+    after it the same (bit-identical here; a thread with denormals-as-zero set would read the f16 subnormals,
+    |x| < 6.1e-5, as 0, hence the tolerance)."""
+    from corert.plugins.kv_cache.contiguous import ContiguousKVStore
+
+    rng = np.random.default_rng(9)
+    hd, T = 64, 200
+    k = (rng.standard_normal((T, n_kv, hd)) * rng.uniform(1e-5, 30, (1, 1, hd))).astype(np.float32)
+    v = rng.standard_normal((T, n_kv, hd)).astype(np.float32)
+    q = rng.standard_normal((T, n_heads, hd)).astype(np.float32)
+    seqs, pos = np.ones(T, np.int32), np.arange(T, dtype=np.int32)
+    half = ContiguousKVStore(2, n_kv, hd, 256, 2, "f16")
+    ref = ContiguousKVStore(2, n_kv, hd, 256, 2, "f32")
+    rounded = [a.astype(np.float16).astype(np.float32) for a in (k, v)]
+    for st, kk, vv in ((half, k, v), (ref, *rounded)):
+        for _ in range(2):
+            st.new_sequence()
+        st.reserve(seqs, pos)
+        st.write(1, seqs, pos, kk, vv)
+    assert half.k.dtype == np.uint16 and half.nbytes() * 2 == ref.nbytes()
+    assert np.array_equal(half.k[1, 1, :, :T], k.astype(np.float16).view(np.uint16).transpose(1, 0, 2))
+    assert np.array_equal(half.v[1, 1, :, :T], v.astype(np.float16).view(np.uint16).transpose(1, 0, 2))
+    for rows in (slice(0, T), slice(T - 1, T), slice(7, 8)):
+        got, want = np.empty_like(q[rows]), np.empty_like(q[rows])
+        half.attend(1, seqs[rows], pos[rows], q[rows], 0.125, got, window=window)
+        ref.attend(1, seqs[rows], pos[rows], q[rows], 0.125, want, window=window)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=str(rows))
+
 def test_vnni_parallel_quantization_matches_serial(need_variant):
     """A prompt's activations are quantized on every thread (quantize_rows_parallel, _half_sums from
     PARALLEL_ROWS rows on): the same bytes, steps and sums as the serial loop a decode row takes."""

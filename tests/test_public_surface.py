@@ -67,9 +67,10 @@ def test_contiguous_store_nbytes_is_its_k_and_v_at_full_length():
     from corert.plugins.kv_cache.contiguous import ContiguousKVStore
 
     layers, n_kv, hd, max_tokens, n_seqs = 3, 2, 64, 40, 2
-    st = ContiguousKVStore(layers, n_kv, hd, max_tokens, n_seqs)
-    # K and V, f32, every sequence at full length: the address space it holds (resident only where written)
-    assert st.nbytes() == 2 * layers * n_seqs * n_kv * max_tokens * hd * 4
+    # K and V, every sequence at full length: the address space it holds (resident only where written)
+    for dtype, size in (("f16", 2), ("f32", 4)):
+        st = ContiguousKVStore(layers, n_kv, hd, max_tokens, n_seqs, dtype)
+        assert st.nbytes() == 2 * layers * n_seqs * n_kv * max_tokens * hd * size
 
 
 def test_paged_store_tokens_follow_reserve_truncate_and_release():

@@ -1,6 +1,6 @@
 """Token-tree verification on the native engine with a real model (SmolLM2): every node's logits equal a
 sequential forward of its path, and keeping a path leaves the KV store exactly as if only that path had
-been evaluated — on the contiguous store and on f32 and q8 pages."""
+been evaluated — on the contiguous store (f16 and f32) and on f32 and q8 pages."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,7 @@ from corert.plugins.kv_cache.paged.store import PagedKVStore
 PROMPT = "The quick brown fox jumps over the lazy dog. The quick brown fox"
 #: node -> parent (-1: continues the prompt); two roots, branches at depth 1 and 2, a path of depth 5
 PARENTS = [-1, 0, 0, 1, 1, 2, 3, 6, 7, -1, 9]
-STORES = ["contiguous", "paged:f32", "paged:q8"]
+STORES = ["contiguous", "contiguous:f32", "paged:f32", "paged:q8"]
 
 
 def _path(node: int) -> list[int]:

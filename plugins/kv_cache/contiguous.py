@@ -1,8 +1,9 @@
-"""Contiguous f32 KV cache for the native engine: the reference memory layout.
+"""Contiguous KV cache for the native engine: the reference memory layout.
 
-Each layer holds K and V as (n_seqs, n_kv_heads, max_tokens, head_dim) f32 arrays allocated up front, so
-a head's keys are one contiguous run the attention kernel streams through.  Simple and exact; the paged
-cache is the memory-efficient alternative.
+Each layer holds K and V as (n_seqs, n_kv_heads, max_tokens, head_dim) arrays allocated up front, so a
+head's keys are one contiguous run the attention kernel streams through.  Values are f16 (the default, as
+llama.cpp's cache: half the bytes a token, which a decode step streams through once per layer) or f32 (the
+exact reference, ``contiguous:f32``).  Simple; the paged cache is the one that shares and evicts.
 """
 from __future__ import annotations
 
@@ -16,19 +17,28 @@ from corert.memory import lazy_zeros
 from corert.tree import NO_TREE, TreeMask
 
 
+#: mode -> how a value is stored (f16: its bit pattern; numba has no float16)
+DTYPES = {"f16": np.uint16, "f32": np.float32}
+
+
 class ContiguousKVStore:
-    """A :class:`corert.interfaces.KVStore` backed by preallocated f32 arrays."""
+    """A :class:`corert.interfaces.KVStore` backed by preallocated f16 or f32 arrays."""
 
-    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, n_seqs: int = 1):
-        from .contiguous_attention import attend_contiguous, write_contiguous
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int, n_seqs: int = 1,
+                 dtype: str = "f16"):
+        from .contiguous_attention import attend_contiguous, write_contiguous, write_contiguous_f16
 
-        self._attend, self._write = attend_contiguous, write_contiguous
+        if dtype not in DTYPES:
+            raise InputError(f"kv_cache=contiguous stores f16 or f32, not {dtype!r}")
+        self.dtype = dtype
+        self._attend = attend_contiguous
+        self._write = write_contiguous_f16 if dtype == "f16" else write_contiguous
         self.n_layers, self.n_kv_heads, self.head_dim = n_layers, n_kv_heads, head_dim
         self.max_tokens, self.n_seqs = max_tokens, n_seqs
         shape = (n_layers, n_seqs, n_kv_heads, max_tokens, head_dim)
         # resident only where written (corert.memory): a short request costs its tokens, not n_ctx
-        self.k = lazy_zeros(shape, np.float32)  # (layer, seq, kv_head, position, head_dim)
-        self.v = lazy_zeros(shape, np.float32)
+        self.k = lazy_zeros(shape, DTYPES[dtype])  # (layer, seq, kv_head, position, head_dim)
+        self.v = lazy_zeros(shape, DTYPES[dtype])
         self._len = np.zeros(n_seqs, np.int64)
         self._free = list(range(n_seqs - 1, -1, -1))
 
@@ -64,6 +74,9 @@ class ContiguousKVStore:
 
     def write(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, k: np.ndarray,
               v: np.ndarray) -> None:
+        if self.dtype == "f16":  # the write kernel rounds the f32 bit patterns
+            k = np.ascontiguousarray(k, np.float32).view(np.uint32)
+            v = np.ascontiguousarray(v, np.float32).view(np.uint32)
         self._write(self.k[layer], self.v[layer], seq_ids, positions, k, v)
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
@@ -100,25 +113,29 @@ class ContiguousKVStore:
 
 
 class ContiguousKV:
-    """The plugin's provider: allocates a store for a model's dimensions."""
+    """The plugin's provider: allocates a store of ``dtype`` (f16 or f32) for a model's dimensions."""
 
     name = "contiguous"
 
+    def __init__(self, dtype: str = "f16"):
+        self.dtype = dtype
+
     def allocate(self, n_layers: int, n_kv_heads: int, head_dim: int, max_tokens: int,
                  n_seqs: int = 1) -> ContiguousKVStore:
-        return ContiguousKVStore(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs)
+        return ContiguousKVStore(n_layers, n_kv_heads, head_dim, max_tokens, n_seqs, self.dtype)
 
 
 def _factory(variant: str, engine: str = "native", **ctx) -> ContiguousKV:
     if engine != "native":
         raise PluginError(f"kv_cache=contiguous stores K/V for the native engine, not {engine!r}")
-    return ContiguousKV()
+    return ContiguousKV(variant)
 
 
 @hookimpl
 def register_kv_caches(register):
     register(Implementation(
         area="kv_cache", name="contiguous", engines=("native",), factory=_factory,
-        variants=(Mode("f32", description="preallocated f32 arrays"),),
-        priority=1,  # the exact reference is the native default; kv_cache=paged is chosen by name
-        description="reference KV cache of the native engine: contiguous f32 per layer and sequence"))
+        variants=(Mode("f16", priority=5, description="preallocated f16 arrays (0.5x f32), widened in the kernel"),
+                  Mode("f32", priority=0, description="preallocated f32 arrays (exact)")),
+        priority=1,  # the native default; kv_cache=paged is chosen by name
+        description="reference KV cache of the native engine: contiguous f16 or f32 per layer and sequence"))

@@ -1,7 +1,8 @@
-"""Causal attention over a contiguous f32 K/V store (the reference memory layout), numba.
+"""Causal attention over a contiguous K/V store, numba.
 
 Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head_dim), so the keys a head
-reads are contiguous.  Every (row, head) pair is computed independently by the same code, so a row's output
+reads are contiguous.  The values are f32, or f16 bit patterns (uint16) that the kernels widen as they read
+them (corert.kernels.half): the same kernels, typed per store dtype by ``_kv``.  Every (row, head) pair is computed independently by the same code, so a row's output
 does not depend on which other rows are in the batch.  Grouped-query attention: query head h reads KV head
 h // (n_heads / n_kv_heads).  Sliding-window layers (gemma3's local ones) pass ``window`` > 0: a row at
 position p reads positions p - window + 1 .. p only.  Token-tree rows (``tree``, corert.tree.TreeMask.visible)
@@ -11,19 +12,32 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from corert import numba_setup  # noqa: F401
 from corert.kernels.fast_exp import exp_f32
+from corert.kernels.half import f16_bits, f16_value
 from corert.kernels.tree_rows import balanced_row, row_span, slot_of
 from corert.tree import NO_TREE
+
+
+def _kv(x):
+    """A stored K or V value as f32 (typed per store dtype below)."""
+
+
+@overload(_kv)
+def _kv_of(x):
+    if x == types.uint16:
+        return lambda x: f16_value(x)
+    return lambda x: x
 
 
 @njit(fastmath=True, cache=True, inline="always")
 def _dot(a, b):
     s = np.float32(0.0)
     for i in range(a.shape[0]):
-        s += a[i] * b[i]
+        s += a[i] * _kv(b[i])
     return s
 
 
@@ -33,10 +47,10 @@ def _dot4(q, k0, k1, k2, k3):
     s0 = s1 = s2 = s3 = np.float32(0.0)
     for d in range(q.shape[0]):
         qd = q[d]
-        s0 += qd * k0[d]
-        s1 += qd * k1[d]
-        s2 += qd * k2[d]
-        s3 += qd * k3[d]
+        s0 += qd * _kv(k0[d])
+        s1 += qd * _kv(k1[d])
+        s2 += qd * _kv(k2[d])
+        s3 += qd * _kv(k3[d])
     return s0, s1, s2, s3
 
 
@@ -46,7 +60,7 @@ def _dot4x2(qa, qb, k0, k1, k2, k3):
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = np.float32(0.0)
     for d in range(qa.shape[0]):
         x, y = qa[d], qb[d]
-        u0, u1, u2, u3 = k0[d], k1[d], k2[d], k3[d]
+        u0, u1, u2, u3 = _kv(k0[d]), _kv(k1[d]), _kv(k2[d]), _kv(k3[d])
         a0 += x * u0
         a1 += x * u1
         a2 += x * u2
@@ -60,13 +74,26 @@ def _dot4x2(qa, qb, k0, k1, k2, k3):
 
 @njit(cache=True)
 def write_contiguous(k_store, v_store, seq_ids, positions, k, v):
-    """Rows' K and V (rows, n_kv_heads, head_dim) into one layer's store (n_seqs, n_kv_heads, max_tokens,
+    """Rows' K and V (rows, n_kv_heads, head_dim) into one layer's f32 store (n_seqs, n_kv_heads, max_tokens,
     head_dim)."""
     for i in range(k.shape[0]):
         s, p = seq_ids[i], positions[i]
         for h in range(k.shape[1]):
             k_store[s, h, p, :] = k[i, h]
             v_store[s, h, p, :] = v[i, h]
+
+
+@njit(cache=True)
+def write_contiguous_f16(k_store, v_store, seq_ids, positions, k_bits, v_bits):
+    """write_contiguous into an f16 store (uint16), the rows given as the uint32 bits of their f32 values
+    (numba has no scalar bit cast), each rounded to the nearest half."""
+    for i in range(k_bits.shape[0]):
+        s, p = seq_ids[i], positions[i]
+        for h in range(k_bits.shape[1]):
+            ko, vo = k_store[s, h, p], v_store[s, h, p]
+            for d in range(k_bits.shape[2]):
+                ko[d] = f16_bits(k_bits[i, h, d])
+                vo[d] = f16_bits(v_bits[i, h, d])
 
 
 #: keys a head's loops take at a time: a q value is loaded once per four dot products, and an output value
@@ -126,21 +153,21 @@ def _attend_group(q, k, v, tree, i, h0, h1, lo, ctx, scale, out, scores):
             x0, x1, x2, x3 = scores[g + 1, t], scores[g + 1, t + 1], scores[g + 1, t + 2], scores[g + 1, t + 3]
             oa, ob = out[i, h0 + g], out[i, h0 + g + 1]
             for d in range(hd):
-                p0, p1, p2, p3 = v0[d], v1[d], v2[d], v3[d]
+                p0, p1, p2, p3 = _kv(v0[d]), _kv(v1[d]), _kv(v2[d]), _kv(v3[d])
                 oa[d] += (w0 * p0 + w1 * p1) + (w2 * p2 + w3 * p3)
                 ob[d] += (x0 * p0 + x1 * p1) + (x2 * p2 + x3 * p3)
         for g in range(pairs, nh):
             w0, w1, w2, w3 = scores[g, t], scores[g, t + 1], scores[g, t + 2], scores[g, t + 3]
             o = out[i, h0 + g]
             for d in range(hd):
-                o[d] += (w0 * v0[d] + w1 * v1[d]) + (w2 * v2[d] + w3 * v3[d])
+                o[d] += (w0 * _kv(v0[d]) + w1 * _kv(v1[d])) + (w2 * _kv(v2[d]) + w3 * _kv(v3[d]))
     for t in range(whole, length):
         vt = v[slot_of(tree, i, ctx, lo + t)]
         for g in range(nh):
             w = scores[g, t]
             o = out[i, h0 + g]
             for d in range(hd):
-                o[d] += w * vt[d]
+                o[d] += w * _kv(vt[d])
     for g in range(nh):
         inv = np.float32(1.0) / scores[g, length]
         o = out[i, h0 + g]

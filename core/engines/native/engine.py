@@ -56,6 +56,9 @@ class NativeEngine:
         n_ctx = min(int(n_ctx), cfg.ctx_train)
         n_seqs = int(getattr(config, "n_seqs", DEFAULT_SEQS) or DEFAULT_SEQS)
         kv = kv_cache.allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, n_ctx, n_seqs)
+        warm_tokenizer = getattr(tokenizer, "warm_up", None)
+        if warm_tokenizer is not None:  # its kernels too: loading them at the first encode ran LLVM's code
+            warm_tokenizer()  # (llvm_pages.py) with every weight resident, up to 46 MB above the final peak
         with PARALLEL_LOCK:  # the kernels load now, with few weights resident (warmup.py)
             warm_kernels(transformer, kv_cache, n_threads)
         trim_heap()  # the load's temporaries, before the weights become resident

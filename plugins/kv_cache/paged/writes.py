@@ -11,35 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, uint64
 
+from corert.kernels.half import f16_bits
 from corert.kernels.simd import prefetch
 
 from .rotation import rotate_vec
 
 QB = 32  # values per q8 block (one f16 scale each), as llama.cpp's q8_0
-
-
-@njit(cache=True, inline="always")
-def f16_bits(u):
-    """uint32 bits of an f32 -> uint16 bits of the nearest f16, ties to even (numpy's ``astype(float16)``;
-    NaN becomes the quiet NaN)."""
-    u = np.int64(u)
-    sign = (u >> 16) & 0x8000
-    a = u & 0x7FFFFFFF
-    if a >= 0x7F800000:  # inf or NaN
-        h = 0x7C00 if a == 0x7F800000 else 0x7E00
-    elif a >= 0x477FF000:  # 65520 and up round past the largest f16 (65504)
-        h = 0x7C00
-    elif a >= 0x38800000:  # normal: rebias the exponent (127 -> 15), drop 13 mantissa bits rounding to even
-        h = (a - 0x38000000 + 0xFFF + ((a >> 13) & 1)) >> 13
-    else:  # subnormal or zero: the value in units of 2^-24, rounded to even
-        e = a >> 23
-        if e < 102:  # below 2^-25: rounds to 0
-            h = 0
-        else:
-            m = (a & 0x7FFFFF) | 0x800000
-            shift = 126 - e  # 14..24
-            h = (m + (1 << (shift - 1)) - 1 + ((m >> shift) & 1)) >> shift
-    return np.uint16(sign | h)
 
 
 def quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
