@@ -158,6 +158,22 @@ def test_f16_kv_cache_logits_close_to_f32(small, smollm2):
     assert (half.argmax(-1) == exact.argmax(-1)).mean() >= 0.97
 
 
+def test_ffn_in_row_chunks_gives_the_whole_block_bits(small, monkeypatch):
+    """A prompt's rows go through the FFN FFN_ROWS at a time (its buffers stop growing with the block): 150
+    rows in chunks of 64, 64, 22 give every row the bits of one whole-block FFN."""
+    from corert.engines.native import model as native_model
+
+    ids = _ids(small, 150)
+    assert len(ids) > 2 * native_model.FFN_ROWS
+    s = small.session()
+    got = []
+    for chunk in (native_model.FFN_ROWS, len(ids)):
+        monkeypatch.setattr(native_model, "FFN_ROWS", chunk)
+        s.truncate(0)
+        got.append(s.eval(ids, all_logits=True))
+    assert np.array_equal(got[0], got[1])
+
+
 def test_vnni_variant_matches_f64_reference(smollm2, need_variant):
     """The vnni variant's two int8 activation levels keep ~16 bits: far below llama.cpp's 8-bit rounding
     (KL ~5e-3 to this reference on smollm2), and the same greedy tokens."""

@@ -22,6 +22,11 @@ from .weights import QMatrix, SplitMatrix, TensorSource
 from ...tree import TreeMask
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
+#: a prompt's rows go through the FFN this many at a time: its gate|up output (2 * d_ff f32 a row) and the
+#: gated activations are the forward's largest buffers, and per row they would grow with the block
+#: (SmolLM2's 256-row block: 4.7 MB, Qwen 1.5B's: 27 MB); every row is computed independently, so the
+#: results are the same bits
+FFN_ROWS = 64
 #: gemma3's layers are local (sliding window) but every n-th, when the GGUF gives no pattern (llama.cpp's 6)
 GEMMA3_SWA_PERIOD = 6
 
@@ -283,6 +288,20 @@ class Transformer:
     def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray, role: str) -> np.ndarray:
         return product(self._products, w, x, role)
 
+    def _ffn(self, layer: Layer, x: np.ndarray, h: np.ndarray, act: np.ndarray, nxt: np.ndarray) -> None:
+        """The FFN of every row, FFN_ROWS at a time: x += down(gate(h) * up(h)) (gemma3: normed first), then h
+        = the next norm of x.  A chunk reads and writes its own rows of h only."""
+        cfg = self.cfg
+        for r0 in range(0, x.shape[0], FFN_ROWS):
+            r1 = min(x.shape[0], r0 + FFN_ROWS)
+            rows, a = ops.for_rows(r1 - r0), act[:r1 - r0]
+            rows.gated(self._mm(layer.wgate_up, h[r0:r1], "gate_up"), a, cfg.gemma)
+            if cfg.gemma:
+                rows.add_normed(x[r0:r1], self._mm(layer.wdown, a, "down"), layer.post_ffn_norm, nxt, cfg.eps,
+                                h[r0:r1])
+            else:
+                rows.add_rmsnorm(x[r0:r1], self._mm(layer.wdown, a, "down"), nxt, cfg.eps, h[r0:r1])
+
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
                 logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:
         """Run rows ``ids`` (int32) at ``positions`` of sequences ``seq_ids`` through the model, writing
@@ -307,7 +326,7 @@ class Transformer:
         k = np.empty((n, KV, hd), np.float32)
         v = np.empty((n, KV, hd), np.float32)
         att = np.empty((n, H, hd), np.float32)
-        act = np.empty((n, cfg.d_ff), np.float32)
+        act = np.empty((min(n, FFN_ROWS), cfg.d_ff), np.float32)
         scale = cfg.attn_scale or 1.0 / np.sqrt(hd)
         rows = ops.for_rows(n)  # a prompt's rows spread over the threads, a decode step's stay on this one
         rows.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
@@ -322,15 +341,13 @@ class Transformer:
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
                 rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.post_attn_norm,
                                 layer.ffn_norm, cfg.eps, h)
-                rows.gated(self._mm(layer.wgate_up, h, "gate_up"), act, True)
-                rows.add_normed(x, self._mm(layer.wdown, act, "down"), layer.post_ffn_norm, nxt, cfg.eps, h)
+                self._ffn(layer, x, h, act, nxt)
                 continue
             rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
             rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.ffn_norm, cfg.eps, h)
-            rows.gated(self._mm(layer.wgate_up, h, "gate_up"), act, False)
-            rows.add_rmsnorm(x, self._mm(layer.wdown, act, "down"), nxt, cfg.eps, h)
+            self._ffn(layer, x, h, act, nxt)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
         if len(logit_rows) == 0:  # a prompt block before the last: its K/V are all it leaves
             return np.empty((0, cfg.n_vocab), np.float32)
