@@ -129,8 +129,9 @@ def vocab(smollm2):
 
 
 def _native_logits(path: str, ids: list[int], variant: str = "avx2") -> np.ndarray:
-    m = NativeEngine(variant).load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=ContiguousKV(), n_ctx=64,
-                                   threads=BUDGET)
+    """With the exact f32 KV cache: held to the f64 oracle at 1e-8, these measure the weights' kernels."""
+    m = NativeEngine(variant).load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=ContiguousKV("f32"),
+                                   n_ctx=64, threads=BUDGET)
     try:
         return m.session().eval(ids, all_logits=True)
     finally:

@@ -19,11 +19,6 @@ from corert.tree import NO_TREE, TreeMask
 
 #: mode -> how a value is stored (f16: its bit pattern; numba has no float16)
 DTYPES = {"f16": np.uint16, "f32": np.float32}
-#: a forward with at least this many rows, all of one sequence (a prompt block, a token tree), reads that
-#: sequence's f16 K/V widened to f32 once per layer (numpy, exact): the kernel widens every key again for
-#: every row that reads it, which cost a 454-token prompt ~16% on SmolLM2.  Fewer rows (a decode step, a
-#: batch of several sequences' steps) widen in the kernel, reading half the bytes
-WIDEN_ROWS = 16
 
 
 class ContiguousKVStore:
@@ -86,13 +81,7 @@ class ContiguousKVStore:
 
     def attend(self, layer: int, seq_ids: np.ndarray, positions: np.ndarray, q: np.ndarray, scale: float,
                out: np.ndarray, window: int = 0, tree: TreeMask | None = None) -> None:
-        k, v = self.k[layer], self.v[layer]
-        if self.dtype == "f16" and seq_ids.shape[0] >= WIDEN_ROWS and np.all(seq_ids == seq_ids[0]):
-            s, end = int(seq_ids[0]), int(positions.max()) + 1  # a tree's slots are its rows' positions
-            k = k[s:s + 1, :, :end].view(np.float16).astype(np.float32)
-            v = v[s:s + 1, :, :end].view(np.float16).astype(np.float32)
-            seq_ids = np.zeros_like(seq_ids)
-        self._attend(q, k, v, seq_ids, positions, np.float32(scale), out, window,
+        self._attend(q, self.k[layer], self.v[layer], seq_ids, positions, np.float32(scale), out, window,
                      NO_TREE if tree is None else tree.visible)
 
     def keep_path(self, seq: int, start: int, slots: Sequence[int], token_ids: Sequence[int] | None = None) -> None:
