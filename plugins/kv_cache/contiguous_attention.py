@@ -2,10 +2,11 @@
 
 Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head_dim), so the keys a head
 reads are contiguous.  The values are f32, or f16 bit patterns (uint16) that the kernels widen as they read
-them (corert.kernels.half): the same kernels, typed per store dtype by ``_kv``.  Every (row, head) pair is computed independently by the same code, so a row's output
-does not depend on which other rows are in the batch.  Grouped-query attention: query head h reads KV head
-h // (n_heads / n_kv_heads).  Sliding-window layers (gemma3's local ones) pass ``window`` > 0: a row at
-position p reads positions p - window + 1 .. p only.  Token-tree rows (``tree``, corert.tree.TreeMask.visible)
+them (corert.kernels.half): the same kernels, typed per store dtype by ``_kv``.  Every (row, head) pair is
+computed independently by the same code, so a row's output does not depend on which other rows are in the
+batch.  Grouped-query attention: query head h reads KV head h // (n_heads / n_kv_heads).  Sliding-window
+layers (gemma3's local ones) pass ``window`` > 0: a row at position p reads positions p - window + 1 .. p
+only.  Token-tree rows (``tree``, corert.tree.TreeMask.visible)
 read the context and their ancestors' slots only, in path order (corert.kernels.tree_rows).
 """
 from __future__ import annotations
