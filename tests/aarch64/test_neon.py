@@ -146,7 +146,7 @@ def test_paged_attention_wide_matches_scalar(dtype):
     assert wide_cfg.kernel == "wide"
     stores = [PagedKVStore(wide_cfg, layers, n_kv, hd, 64, 2),
               PagedKVStore(PagedConfig(dtype=dtype, kernel="scalar"), layers, n_kv, hd, 64, 2),
-              ContiguousKVStore(layers, n_kv, hd, 64, 2)]
+              ContiguousKVStore(layers, n_kv, hd, 64, 2, "f32")]
     for st in stores:
         st.new_sequence(), st.new_sequence()
     rng = np.random.default_rng(1)
