@@ -33,4 +33,4 @@ def register_engines(register):
     register(Implementation(
         area="engine", name="native", factory=lambda variant, **ctx: NativeEngine(variant),
         variants=VARIANTS, priority=10,  # engine="auto" tries it first (when check_model says it runs the file)
-        description="numpy/numba transformer over GGUF weights (llama, qwen2); 4-bit and 8-bit weight blocks"))
+        description="numpy/numba transformer over GGUF weights (llama, qwen2, gemma3); 4-bit to 8-bit weight blocks (Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0), F16, BF16, F32"))
