@@ -549,15 +549,38 @@ def test_vnni_q8_layout_packs_five_bit_values(q5_matrix, q8_matrix, need_variant
 
 
 def test_vnni_q4k_layout_reads_fewer_bytes(q4k_matrix):
-    """Q4_K's factored scales take 4.625 bits per weight in the vnni layout (the q4 layout of the same
-    weights, a scale and an offset per 32: 5 in f16, 6 here where the subnormal super-block scales keep
-    them f32)."""
+    """Q4_K's factored scales take 4.5 bits per weight in the vnni layout, the file's own (the q4 layout of
+    the same weights, a scale and an offset per 32: 5 in f16, 6 here where the subnormal super-block scales
+    keep them f32)."""
     mat = q4k_matrix[:5]
     rows, cols = mat[0].shape[0], mat[0].shape[1] * 2
     padded = -(-rows // matmul_i8.ROWS) * matmul_i8.ROWS
     factored = sum(p.nbytes for p in matmul_i8.layout_q4k(*mat))
     multiplied = sum(p.nbytes for p in matmul_i8.layout_q4(mat[0], *dequant.q4k_scales(*mat[1:], F16_TO_F32)))
-    assert factored * 8 == padded * cols * 4.625 and multiplied * 8 >= padded * cols * 5
+    assert factored * 8 == padded * cols * 4.5 and multiplied * 8 >= padded * cols * 5
+
+
+def test_vnni_q4k_scales_unpack_to_the_files(q4k_matrix):
+    """The 6-bit scale words of layout_q4k, read as the module doc says (the kernel's shifts and rotation,
+    in numpy), give back every row's scales and mins, and the super blocks' dd and negated dmin beside them;
+    the padding rows are zero."""
+    packed, sc, mn, dd, dmin = q4k_matrix[:5]
+    rows, ns = sc.shape[0], dd.shape[1]
+    _, ks = matmul_i8.layout_q4k(packed, sc, mn, dd, dmin)
+    ng = ks.shape[0]
+    blocks = ks.reshape(ng, ns, matmul_i8.Q4K_SCALES)
+    words = np.ascontiguousarray(blocks[..., :96]).view(np.uint32).reshape(ng, ns, 3, matmul_i8.ROWS)
+    got_sc, got_mn = (np.empty((ng, matmul_i8.ROWS, ns, 8), np.uint32) for _ in range(2))
+    for k in range(8):
+        low = words[:, :, k // 4] >> np.uint32(4 * (k % 4))
+        top = (words[:, :, 2] >> np.uint32(2 * k)) | (words[:, :, 2] << np.uint32((32 - 2 * k) % 32))  # rotate
+        v = (low & np.uint32(0x000F000F)) | (top & np.uint32(0x00300030))
+        got_sc[..., k], got_mn[..., k] = (a.transpose(0, 2, 1) for a in (v & np.uint32(0xFFFF), v >> np.uint32(16)))
+    got_sc, got_mn = got_sc.reshape(-1, ns * 8), got_mn.reshape(-1, ns * 8)
+    assert np.array_equal(got_sc[:rows], sc) and np.array_equal(got_mn[:rows], mn)
+    assert not got_sc[rows:].any() and not got_mn[rows:].any()
+    halves = blocks[..., 96:].reshape(ng, ns, 2, matmul_i8.ROWS).transpose(0, 3, 1, 2).reshape(-1, ns, 2)
+    assert np.array_equal(halves[:rows, :, 0], dd) and np.array_equal(halves[:rows, :, 1], dmin ^ np.uint16(0x8000))
 
 
 def test_vnni_kernels_use_vpdpbusd(need_variant):
@@ -579,8 +602,9 @@ def test_vnni_kernels_use_vpdpbusd(need_variant):
                                                  *tuning)),
                      (matmul_i8.q5_packed_matmul, (np.zeros((1, matmul_i8.Q5_PACKED), np.uint8),
                                                  np.zeros((1, 16), np.uint16), x, out, *tuning)),
-                     (matmul_i8.q4k_matmul, (np.zeros((1, 4 * 64), np.uint8), *(np.zeros((1, 16), np.int8),) * 2,
-                                           *(np.zeros((1, 16), np.uint16),) * 2, x, out, *tuning))):
+                     (matmul_i8.q4k_matmul, (np.zeros((1, 8 * 4 * 64), np.uint8),
+                                           np.zeros((1, matmul_i8.Q4K_SCALES), np.uint16),
+                                           np.ones((1, 256), np.float32), out, *tuning))):
         for levels in (1, 2):
             f = _fresh(fn)  # compiled serially: the loop body is in this function's own assembly
             f(*args, levels)

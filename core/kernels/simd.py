@@ -111,6 +111,18 @@ def load_i8_i32(typingctx, arr, idx):
 
 
 @intrinsic
+def load_i32(typingctx, arr, idx):
+    """16 int32 lanes from the 64 bytes at ``arr[idx]`` (any C-contiguous array; ``idx`` in its elements):
+    words packed beside other data in one array (matmul_i8's Q4_K scale words beside their f16 scales)."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_address(context, builder, sig.args[0], args[0], args[1], I32x16.llvm()), align=2)
+    return I32x16(arr, idx), codegen
+
+
+@intrinsic
 def store_f32(typingctx, arr, idx, v):
     """``arr[idx:idx + 16] = v`` for a float32 array."""
     if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
@@ -248,6 +260,33 @@ def _int_binary(op: str, vec: Vec = I32x16):
 add_i32, sub_i32, mul_i32 = _int_binary("add"), _int_binary("sub"), _int_binary("mul")
 #: bytewise a | b
 or_bytes = _int_binary("or_", I8x64)
+#: lane-wise int32 a & b, a | b
+and_i32, or_i32 = _int_binary("and_"), _int_binary("or_")
+
+
+def _shift(name: str, doc: str):
+    @intrinsic
+    def shift(typingctx, v, n):
+        if not (v == I32x16 and isinstance(n, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            count = builder.trunc(args[1], _I32) if sig.args[1].bitwidth > 32 else \
+                builder.zext(args[1], _I32) if sig.args[1].bitwidth < 32 else args[1]
+            amount = _splat(builder, count, I32x16.llvm())
+            if name == "lshr":
+                return builder.lshr(args[0], amount)
+            fnty = ir.FunctionType(I32x16.llvm(), [I32x16.llvm()] * 3)
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fshr.v16i32")
+            return builder.call(fn, [args[0], args[0], amount])  # a funnel shift of v with itself: a rotation
+        return I32x16(v, n), codegen
+    shift.__doc__ = doc
+    return shift
+
+
+#: each int32 lane shifted right by n (logical), n < 32; rotated right by n (``vprord``)
+shift_right_i32 = _shift("lshr", "Each int32 lane >> n (unsigned), n < 32.")
+rotate_right_i32 = _shift("fshr", "Each int32 lane rotated right by n bits (mod 32).")
 
 
 @intrinsic

@@ -3,7 +3,7 @@
 The native engine keeps weight matrices in one of three layouts (see weights.QMatrix):
   q4  4-bit values with an f32 scale and offset per 32 (6 bits/weight): Q4_0, Q4_1, Q4_K, exactly; a
       matrix of Q4_K tensors only keeps Q4_K's factored scales (to_q4k), which the vnni layout stores in
-      4.625 bits/weight
+      4.5 bits/weight, the file's
   q6  int8 values, an int8 scale per 16 and an f32 scale per 256 (8.6 bits/weight; the vnni layout packs the
       6-bit values of Q6_K: 6.6): Q6_K exactly (its
       int8 sub-block scales and f16 super-block scale as they are); Q8_0 / Q5_0 / Q4_0 tensors joined with a

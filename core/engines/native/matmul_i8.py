@@ -23,11 +23,16 @@ Layout (converted at load; groups of ``ROWS`` = 16 output rows, one int32 lane e
       64-byte load gives two 16-row x 4-column operands of ``vpdpbusd``.  ``d``, ``m`` [block][row], f16
       bits (uint16) when every value stays a normal f16 (see _compact), else f32.
       W = q * d + m; the m term uses the sums of x's rounded blocks (see quantize_rows).
-      Q4_K (a matrix of Q4_K tensors only, layout_q4k): ``q`` as above; ``sc``, ``mn`` int8 [block][row] (the
-      file's 6-bit scale and min of each 32 values), ``dd``, ``dmin`` f16 bits [256-value block][row] (the
-      file's super-block scales, dmin negated): d = sc * dd and m = mn * dmin, both exact in f32, rebuilt per
-      block.  4.625 bits/weight read instead of q4's 5: 16 rows' block is 256 bytes of values, 32 of scales
-      and mins, and an eighth of the super block's 64.
+      Q4_K (a matrix of Q4_K tensors only, layout_q4k): ``q`` as above; ``ks`` uint16, group g: per 256-value
+      super block ``Q4K_SCALES`` elements (256 bytes, four cache lines): the file's 6-bit scales and mins of
+      its 8 blocks in three planes of 16 uint32 words [plane][row], then the super block's f16 ``dd`` [row]
+      and its ``dmin`` negated [row].  Plane 0 holds blocks 0-3, plane 1 blocks 4-7: block k's low 4 bits
+      of the scale at bits 4 (k % 4), of the min at 16 + 4 (k % 4); plane 2 the top 2 bits, the scale's at
+      bits (4 + 2 k) % 32, the min's at (20 + 2 k) % 32, so one rotation right by 2 k puts both at bits 4-5
+      and 20-21 of their lane: a block's scale and min come out of 5 integer operations as
+      scale | min << 16.  d = sc * dd and m = mn * dmin, both exact in f32, are rebuilt per block.
+      4.5 bits/weight read, the file's own (q4's is 5): 16 rows' block is 256 bytes of values, and an
+      eighth of the super block's 256 of scales.
   q6: ``q`` as q8's; ``d`` int8 [16-value block][row] (Q6_K's sub-block scales): a block's first 4 operands
       are columns 0-15, the last 4 columns 16-31, so each half gets its own scale; ``sup`` f32 [256-value
       block][row] (Q6_K's super-block scale; per 32 values where a 32-block type joins it, see dequant.to_q6).
@@ -68,10 +73,11 @@ from numba.extending import overload
 from ... import numba_setup  # noqa: F401
 from .matmul import QK, group_part
 from .row_tiles import row_tiles, slice_bounds
-from ...kernels.simd import (add_i32, bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5,
-                              bit_four6, bit_four7, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word, dot_u8s8,
-                   fma_f32, high_nibbles, load_bytes, load_f32, load_i8_i32, low_nibbles, mul_f32, mul_i32,
-                   or_bytes, prefetch, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
+from ...kernels.simd import (add_i32, and_i32, bit_four0, bit_four1, bit_four2, bit_four3, bit_four4, bit_four5,
+                              bit_four6, bit_four7, bit_pair0, bit_pair1, bit_pair2, bit_pair3, broadcast_word,
+                              dot_u8s8, fma_f32, high_nibbles, load_bytes, load_f32, load_i32, load_i8_i32,
+                              low_nibbles, mul_f32, mul_i32, or_bytes, or_i32, prefetch, rotate_right_i32,
+                              shift_right_i32, splat_f32, splat_i32, store_f32, sub_i32, to_f32, zeros_i32)
 
 #: output rows per group: the 16 int32 lanes of one zmm register
 ROWS = 16
@@ -112,16 +118,37 @@ def layout_q4(packed: np.ndarray, scale: np.ndarray, offset: np.ndarray
             _per_block(_compact(offset.astype(np.float32)), ng, nb))
 
 
+#: uint16 elements of one group's scales per Q4_K super block (layout_q4k): three planes of 16 uint32 scale
+#: words, 16 f16 ``dd``, 16 f16 ``-dmin``
+Q4K_SCALES = 128
+#: Q4_K blocks of 32 values per super block
+Q4K_BLOCKS = 8
+
+
+def _q4k_words(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """(rows, blocks) 6-bit scales and mins -> (rows, super blocks, 3) uint32: the module doc's planes."""
+    s, m = (a.reshape(a.shape[0], -1, Q4K_BLOCKS).astype(np.uint32) for a in (sc, mn))
+    words = np.zeros(s.shape[:2] + (3,), np.uint32)
+    for k in range(Q4K_BLOCKS):
+        low = 4 * (k % 4)
+        words[..., k // 4] |= ((s[..., k] & 15) << low) | ((m[..., k] & 15) << (16 + low))
+        words[..., 2] |= ((s[..., k] >> 4) << ((4 + 2 * k) % 32)) | ((m[..., k] >> 4) << ((20 + 2 * k) % 32))
+    return words
+
+
 def layout_q4k(packed: np.ndarray, sc: np.ndarray, mn: np.ndarray, dd: np.ndarray, dmin: np.ndarray
-               ) -> tuple[np.ndarray, ...]:
-    """Row-major Q4_K in dequant.to_q4k's form -> (q as layout_q4's, sc, mn int8 [block][row], dd, -dmin
-    f16 bits [super block][row])."""
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major Q4_K in dequant.to_q4k's form -> (q as layout_q4's, ks: the scales in 6 bits beside the
+    super-block scales, see the module doc)."""
     nb = packed.shape[1] * 2 // QK
     ng = -(-packed.shape[0] // ROWS)
+    ns = nb // Q4K_BLOCKS
     q = _pad_rows(packed).reshape(ng, ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(ng, -1)
+    words = _pad_rows(_q4k_words(sc, mn)).reshape(ng, ROWS, ns, 3).transpose(0, 2, 3, 1)
     neg = dmin ^ np.uint16(0x8000)  # the sign bit: the kernel adds mn * (-dmin), the offset itself
-    return (np.ascontiguousarray(q), *(_per_block(_pad_rows(a), ng, a.shape[1])
-                                       for a in (sc.view(np.int8), mn.view(np.int8), dd, neg)))
+    halves = [_pad_rows(a).reshape(ng, ROWS, ns).transpose(0, 2, 1) for a in (dd, neg)]
+    ks = np.concatenate([np.ascontiguousarray(words).view(np.uint16).reshape(ng, ns, 96), *halves], axis=2)
+    return np.ascontiguousarray(q), np.ascontiguousarray(ks.reshape(ng, ns * Q4K_SCALES))
 
 
 def layout_q8(q: np.ndarray, scale_bits: np.ndarray, pack: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -440,22 +467,22 @@ def q4_matmul(q, d, m, x, out, l2, threads, levels):
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, levels):
+def q4k_matmul(q, ks, x, out, l2, threads, levels):
     """q4 with Q4_K's factored scales (layout_q4k): a block's scale and offset are rebuilt from its 6-bit
     factors and its super block's f16 scales (both products exact in f32), then q4_matmul's step runs."""
     literally(levels)
     xq, xd, _, xs = _levels(x, levels)
     n, cols = xq.shape[0], xq.shape[2]
-    tile, slices = row_tiles(n, cols, _group_bytes(q, sc, 2), q.shape[0], l2, threads)
+    tile, slices = row_tiles(n, cols, _group_bytes(q, ks, 1), q.shape[0], l2, threads)
     if tile >= n:  # untiled: a group a task, the rows from 0 (decode's loop, constants where they were)
         for g in prange(q.shape[0]):
-            _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, 0, n, levels)
+            _q4k_group(q[g], ks[g], g, xq, xd, xs, out, 0, n, levels)
     else:
         for s in prange(slices):
             g0, g1 = slice_bounds(s, slices, q.shape[0])
             for t0 in range(0, n, tile):
                 for g in range(g0, g1):
-                    _q4k_group(q[g], sc[g], mn[g], dd[g], dmin[g], g, xq, xd, xs, out, t0, min(n, t0 + tile), levels)
+                    _q4k_group(q[g], ks[g], g, xq, xd, xs, out, t0, min(n, t0 + tile), levels)
 
 
 @njit(inline="always")
@@ -471,19 +498,24 @@ def _q4_group(qg, dg, mg, g, xq, xd, xs, out, t0, t1, levels):
 
 
 @njit(inline="always")
-def _q4k_group(qg, sg, mg, dg, ng, g, xq, xd, xs, out, t0, t1, levels):
-    """Group g of a Q4_K matrix (weights qg, 6-bit scales sg and mins mg, super-block scales dg and negated
-    mins ng) . x[t] into out[t], rows t0..t1."""
+def _q4k_group(qg, kg, g, xq, xd, xs, out, t0, t1, levels):
+    """Group g of a Q4_K matrix (weights qg, scales kg: layout_q4k) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
-    ahead = PREFETCH_BYTES // (4 * 64)
-    per = xd.shape[2] * ROWS // dg.shape[0]  # blocks per super block
-    for b in range(xd.shape[2]):
-        prefetch(sg, (b + ahead) * ROWS)
-        prefetch(mg, (b + ahead) * ROWS)
-        sup = b // per * ROWS
-        dv = mul_f32(to_f32(load_i8_i32(sg, b * ROWS)), load_f32(dg, sup))
-        mv = mul_f32(to_f32(load_i8_i32(mg, b * ROWS)), load_f32(ng, sup))  # ``dmin`` stored negated
-        _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2], levels)
+    ahead = PREFETCH_BYTES // (4 * 64 * Q4K_BLOCKS) * Q4K_SCALES  # the weights' distance, in super blocks
+    for s in range(xd.shape[2] // Q4K_BLOCKS):
+        o = s * Q4K_SCALES
+        for line in range(4):  # uint16 elements: 32 a cache line
+            prefetch(kg, o + ahead + line * 32)
+        tops, dd, nd = load_i32(kg, o + 64), load_f32(kg, o + 96), load_f32(kg, o + 112)  # ``dmin`` negated
+        for h in range(2):
+            lows = load_i32(kg, o + 32 * h)
+            for k in range(4):
+                # scale | min << 16: the low 4 bits of each, then the top 2 rotated down to bits 4-5
+                v = or_i32(and_i32(shift_right_i32(lows, 4 * k), splat_i32(0x000F000F)),
+                           and_i32(rotate_right_i32(tops, 8 * h + 2 * k), splat_i32(0x00300030)))
+                dv = mul_f32(to_f32(and_i32(v, splat_i32(0xFFFF))), dd)
+                mv = mul_f32(to_f32(shift_right_i32(v, 16)), nd)
+                _q4_rows(qg, s * Q4K_BLOCKS + 4 * h + k, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2], levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
@@ -699,12 +731,9 @@ def q4_product(q, d, m, x, out, l2, threads, levels):
 
 
 @njit(cache=True)
-def q4k_product(q, sc, mn, dd, dmin, x, out, l2, threads, levels):
+def q4k_product(q, ks, x, out, l2, threads, levels):
     """q4k_matmul with ``levels`` int8 activation levels."""
-    if levels == 1:
-        q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, 1)
-    else:
-        q4k_matmul(q, sc, mn, dd, dmin, x, out, l2, threads, 2)
+    q4k_matmul(q, ks, x, out, l2, threads, 1) if levels == 1 else q4k_matmul(q, ks, x, out, l2, threads, 2)
 
 
 @njit(cache=True)

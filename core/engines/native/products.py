@@ -4,7 +4,7 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
   avx2 / neon / scalar   f32 activations (matmul.py): 64-row groups, numba-vectorized loops
   vnni                   activations as two int8 levels (~16 bits), AVX-512 VNNI (matmul_i8.py): 16-row groups;
                          q8 values that fit 5 bits (Q5_0's) and q6 values that fit 6 (Q6_K's) are packed;
-                         Q4_K keeps its factored scales (layout_q4k: 4.625 bits/weight)
+                         Q4_K keeps its factored 6-bit scales (layout_q4k: 4.5 bits/weight, the file's)
   vnni-q8                vnni's layout and kernels with ONE int8 level per 32-value block (llama.cpp's Q8
                          activations, ~8 bits): half the integer work of a row, at ~8-bit accuracy
   vnni-q8ffn             one level for the FFN's gate|up products only, two for the others
@@ -113,7 +113,7 @@ class I8Products:
             matmul_i8.int8_product(q, sub, x, out, sup, *self._tuning(x), self.levels)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        if len(parts) == 5:  # Q4_K's factored scales (layout_q4k)
+        if len(parts) == 2:  # Q4_K's factored scales (layout_q4k: values, scales)
             matmul_i8.q4k_product(*parts, x, out, *self._tuning(x), self.levels)
         else:
             matmul_i8.q4_product(*parts, x, out, *self._tuning(x), self.levels)

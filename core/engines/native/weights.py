@@ -33,7 +33,7 @@ class QMatrix:
     where a 32-block type joins Q6_K in the matrix); W = q * sub * sup.
     kind "q4": two 4-bit values a byte (low nibble: value j of a block, high: j + 16), f32 scale and offset
     per block; W = q * scale + offset.  A matrix of Q4_K tensors only is decoded with its scales factored
-    (dequant.to_q4k): the vnni layout keeps them so (5 parts), the others multiply them out.
+    (dequant.to_q4k): the vnni layout keeps them so (2 parts), the others multiply them out.
     """
 
     kind: str
