@@ -347,3 +347,88 @@ def f32_from_bits(typingctx, bits):
     def codegen(context, builder, sig, args):
         return builder.bitcast(builder.trunc(args[0], _I32) if sig.args[0].bitwidth > 32 else args[0], _F32)
     return types.float32(bits), codegen
+
+
+# -- float lanes for the activation quantizer (matmul_i8.quantize_rows) -------------------------------------
+def _f32_call(builder, name: str, args):
+    fnty = ir.FunctionType(F32x16.llvm(), [F32x16.llvm()] * len(args))
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.v16f32"), list(args))
+
+
+def _f32_unary(name: str, doc: str):
+    """A lane-wise LLVM float intrinsic ``llvm.<name>.v16f32`` of one operand."""
+    @intrinsic
+    def unary(typingctx, a):
+        if a != F32x16:
+            return None
+        return F32x16(a), lambda context, builder, sig, args: _f32_call(builder, name, args)
+    unary.__doc__ = doc
+    return unary
+
+
+def _f32_binary(name: str, doc: str):
+    """The same, of two operands."""
+    @intrinsic
+    def binary(typingctx, a, b):
+        if not (a == F32x16 and b == F32x16):
+            return None
+        return F32x16(a, b), lambda context, builder, sig, args: _f32_call(builder, name, args)
+    binary.__doc__ = doc
+    return binary
+
+
+abs_f32 = _f32_unary("fabs", "|a| per lane.")
+rint_f32 = _f32_unary("rint", "a rounded to the nearest integer per lane, ties to even (numpy's rint).")
+max_f32 = _f32_binary("maxnum", "max(a, b) per lane.")
+min_f32 = _f32_binary("minnum", "min(a, b) per lane.")
+
+
+@intrinsic
+def hmax_f32(typingctx, v):
+    """The largest of the 16 lanes, as a float32."""
+    if v != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_F32, [F32x16.llvm()])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fmax.v16f32"),
+                            [args[0]])
+    return types.float32(v), codegen
+
+
+@intrinsic
+def to_i32(typingctx, v):
+    """float32 lanes (integral values) -> int32 lanes."""
+    if v != F32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fptosi(args[0], I32x16.llvm())
+    return I32x16(v), codegen
+
+
+@intrinsic
+def hsum_i32(typingctx, v):
+    """The sum of the 16 int32 lanes (wrapping), as an int32."""
+    if v != I32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        fnty = ir.FunctionType(_I32, [I32x16.llvm()])
+        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.add.v16i32"),
+                            [args[0]])
+    return types.int32(v), codegen
+
+
+@intrinsic
+def store_low_bytes(typingctx, arr, idx, v):
+    """``arr[idx:idx + 16]`` = the low byte of each int32 lane (``vpmovdb``), for a 1-byte array."""
+    if not (_array(arr, 8) and isinstance(idx, types.Integer) and v == I32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v8 = ir.VectorType(_I8, 16)
+        builder.store(builder.trunc(args[2], v8), _address(context, builder, sig.args[0], args[0], args[1], v8),
+                      align=1)
+        return context.get_dummy_value()
+    return types.void(arr, idx, v), codegen
