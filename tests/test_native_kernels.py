@@ -870,3 +870,38 @@ def test_vnni_parallel_quantization_matches_serial(need_variant):
     serial = np.concatenate([matmul_i8._half_sums(xq[t:t + 1]) for t in range(n)])
     assert np.array_equal(matmul_i8._half_sums(xq), serial)
     assert np.array_equal(serial, xq.view(np.int8).reshape(n, 2, -1, 16).sum(axis=3, dtype=np.int32))
+
+
+def test_vnni_quantizer_rounds_as_numpy(need_variant):
+    """quantize_rows (16-float vectors) against numpy at its own steps: q1 = rint(x * 127 / amax), q2 the
+    exact residual x - d1 q1 in steps of d2, clipped to int8; the integer sums and xs = d1 sum1 + d2 sum2 (rounded once);
+    an all-zero block gives zeros; one level writes level 1 alone, the same bytes."""
+    need_variant("vnni")
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((5, 320)) * np.exp(rng.standard_normal(320))).astype(np.float32)
+    x[1, 64:96] = 0.0
+    n, cols = x.shape
+    two = (np.empty((n, 2, cols), np.uint8), np.empty((n, 2, cols // 32), np.float32),
+           np.empty((n, 2, cols // 32), np.int32), np.empty((n, cols // 32), np.float32))
+    matmul_i8.quantize_rows(x, *two)
+    q, d, sums, xs = two
+    blocks = x.reshape(n, -1, 32)
+    amax = np.abs(blocks).max(axis=2)
+    with np.errstate(divide="ignore"):
+        inv1 = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)[..., None]
+    q1 = np.rint(blocks * inv1)
+    d1 = d[:, 0, :, None].astype(np.float64)
+    assert np.allclose(d[:, 0], amax / np.float32(127), rtol=2 ** -23, atol=0)
+    residual = (blocks - q1 * d1).astype(np.float32)  # exact in f64, then rounded once: the kernel's fma
+    q2 = np.clip(np.rint(residual * (np.float32(matmul_i8.LEVEL2) * inv1)), -127, 127)
+    got1, got2 = (q[:, lv].view(np.int8).reshape(n, -1, 32) for lv in (0, 1))
+    assert np.array_equal(got1, q1) and np.array_equal(got2, q2)
+    assert np.array_equal(sums, np.stack([got1.sum(axis=2), got2.sum(axis=2)], axis=1))
+    exact = d[:, 0].astype(np.float64) * sums[:, 0] + d[:, 1].astype(np.float64) * sums[:, 1]
+    assert np.array_equal(xs, exact.astype(np.float32))  # the rounded sum of the exact products
+    assert not got1[1, 2:3].any() and not got2[1, 2:3].any() and d[1, :, 2].max() == 0
+    one = (np.empty((n, 1, cols), np.uint8), np.empty((n, 1, cols // 32), np.float32),
+           np.empty((n, 1, cols // 32), np.int32), np.empty((n, cols // 32), np.float32))
+    matmul_i8.quantize_rows(x, *one)
+    assert np.array_equal(one[0][:, 0], q[:, 0]) and np.array_equal(one[1][:, 0], d[:, 0])
+    assert np.array_equal(one[3], (d[:, 0].astype(np.float64) * sums[:, 0]).astype(np.float32))

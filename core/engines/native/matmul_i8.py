@@ -310,7 +310,10 @@ def _quantize_row(x, xq, xd, xi, xs, t):
             xi[t, 1, b] = sum2
         xd[t, 0, b] = d1
         xi[t, 0, b] = sum1
-        xs[t, b] = d1 * np.float32(sum1) + d2 * np.float32(sum2)  # one level: sum2 is 0, so exactly d1 * sum1
+        # in f64 both products are exact (24-bit steps times sums below 2**12), so a contraction to a fused
+        # multiply-add, which fastmath may make in one inlined copy of this row and not in another, cannot
+        # change the rounded f32 (serial and parallel rows stay identical); one level: exactly d1 * sum1
+        xs[t, b] = np.float32(np.float64(d1) * np.float64(sum1) + np.float64(d2) * np.float64(sum2))
 
 
 # -- products: out (n, rows) f32 ---------------------------------------------------------------------------
