@@ -37,38 +37,32 @@ def keep_frac(d1: np.ndarray, f: float) -> np.ndarray:
     return d1 >= f * d1.max(-1, keepdims=True)
 
 
+def _drop_smallest(cost: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """Keep mask: per row, the blocks of smallest ``cost`` are dropped while their sum stays within ``budget``."""
+    order = np.argsort(cost, -1)
+    drop_sorted = np.cumsum(np.take_along_axis(cost, order, -1), -1) <= budget
+    keep = np.ones(cost.shape, bool)
+    np.put_along_axis(keep, order, ~drop_sorted, -1)
+    return keep
+
+
 def keep_energy(d1: np.ndarray, e: float) -> np.ndarray:
     """Drop the smallest-step blocks while their d1^2 sum stays within e of the row's."""
     e2 = d1.astype(np.float64) ** 2
-    order = np.argsort(e2, -1)
-    cum = np.cumsum(np.take_along_axis(e2, order, -1), -1)
-    drop_sorted = cum <= e * e2.sum(-1, keepdims=True)
-    keep = np.ones_like(d1, bool)
-    np.put_along_axis(keep, order, ~drop_sorted, -1)
-    return keep
+    return _drop_smallest(e2, e * e2.sum(-1, keepdims=True))
 
 
 def keep_signal(d1: np.ndarray, x: np.ndarray, e: float) -> np.ndarray:
     """Drop smallest-step blocks while their residual energy (32 d1^2 / 12 each) is within e of |x|^2."""
-    e2 = d1.astype(np.float64) ** 2 * (QK / 12)
-    order = np.argsort(e2, -1)
-    cum = np.cumsum(np.take_along_axis(e2, order, -1), -1)
-    drop_sorted = cum <= e * (x.astype(np.float64) ** 2).sum(-1, keepdims=True)
-    keep = np.ones_like(d1, bool)
-    np.put_along_axis(keep, order, ~drop_sorted, -1)
-    return keep
+    return _drop_smallest(d1.astype(np.float64) ** 2 * (QK / 12),
+                          e * (x.astype(np.float64) ** 2).sum(-1, keepdims=True))
 
 
 def keep_weighted(d1: np.ndarray, wb: np.ndarray, e: float) -> np.ndarray:
     """keep_energy with each block's d1^2 weighted by its weight columns' energy |W[:, block]|^2 (static per
     matrix): the output error a dropped block adds, if the residuals are independent."""
     e2 = d1.astype(np.float64) ** 2 * wb[None, :]
-    order = np.argsort(e2, -1)
-    cum = np.cumsum(np.take_along_axis(e2, order, -1), -1)
-    drop_sorted = cum <= e * e2.sum(-1, keepdims=True)
-    keep = np.ones_like(d1, bool)
-    np.put_along_axis(keep, order, ~drop_sorted, -1)
-    return keep
+    return _drop_smallest(e2, e * e2.sum(-1, keepdims=True))
 
 
 WEIGHTS = {"wb": None}  # the current matrix's column-block energies, set by the product hook

@@ -383,17 +383,27 @@ max_f32 = _f32_binary("maxnum", "max(a, b) per lane.")
 min_f32 = _f32_binary("minnum", "min(a, b) per lane.")
 
 
-@intrinsic
-def hmax_f32(typingctx, v):
-    """The largest of the 16 lanes, as a float32."""
-    if v != F32x16:
-        return None
+def _reduce(name: str, vec: Vec, scalar, doc: str):
+    """One lane-wide LLVM reduction ``llvm.vector.reduce.<name>`` of a ``vec`` to a ``scalar``."""
+    ll_scalar = {types.float32: _F32, types.int32: _I32}[scalar]
 
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_F32, [F32x16.llvm()])
-        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.fmax.v16f32"),
-                            [args[0]])
-    return types.float32(v), codegen
+    @intrinsic
+    def reduce(typingctx, v):
+        if v != vec:
+            return None
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ll_scalar, [vec.llvm()])
+            suffix = "v16f32" if vec == F32x16 else "v16i32"
+            return builder.call(cgutils.get_or_insert_function(builder.module, fnty,
+                                                               f"llvm.vector.reduce.{name}.{suffix}"), [args[0]])
+        return scalar(v), codegen
+    reduce.__doc__ = doc
+    return reduce
+
+
+hmax_f32 = _reduce("fmax", F32x16, types.float32, "The largest of the 16 lanes, as a float32.")
+hsum_i32 = _reduce("add", I32x16, types.int32, "The sum of the 16 int32 lanes (wrapping), as an int32.")
 
 
 @intrinsic
@@ -405,19 +415,6 @@ def to_i32(typingctx, v):
     def codegen(context, builder, sig, args):
         return builder.fptosi(args[0], I32x16.llvm())
     return I32x16(v), codegen
-
-
-@intrinsic
-def hsum_i32(typingctx, v):
-    """The sum of the 16 int32 lanes (wrapping), as an int32."""
-    if v != I32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        fnty = ir.FunctionType(_I32, [I32x16.llvm()])
-        return builder.call(cgutils.get_or_insert_function(builder.module, fnty, "llvm.vector.reduce.add.v16i32"),
-                            [args[0]])
-    return types.int32(v), codegen
 
 
 @intrinsic
