@@ -795,6 +795,16 @@ def test_attention_head_groups_match_numpy_and_never_depend_on_the_split(n_heads
         assert np.array_equal(alone[0], whole[i])
 
 
+def test_a_decode_steps_attention_gives_every_thread_work():
+    """head_parts: one row's KV heads that do not divide among the threads are sliced (the split never
+    changes a result, test above); whole groups otherwise."""
+    assert attention.head_parts(1, 3, 3, 2) == 2  # SmolLM2's decode on 2 threads: 6 jobs, not 3
+    assert attention.head_parts(1, 2, 6, 2) == 1  # Qwen: one KV head a thread
+    assert attention.head_parts(1, 1, 4, 2) == 2  # gemma3: its one group halved
+    assert attention.head_parts(1, 1, 1, 4) == 1  # nothing to slice
+    assert attention.head_parts(454, 3, 3, 2) == 1  # a prompt's rows keep the threads busy
+
+
 def test_f16_value_widens_every_finite_half_exactly():
     """corert.kernels.half.f16_value (integer shifts and one multiply) against numpy's float16 -> float32 on
     all 63,488 finite bit patterns: zeros, subnormals, normals, both signs."""

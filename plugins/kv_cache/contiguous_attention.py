@@ -230,13 +230,26 @@ def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0, tree=NO
     sequence seq_ids[i] (a tree row: over its context and ancestors).  q, out: (rows, n_heads, head_dim).
     Serial or parallel over (row, KV head) by the amount of work; both run the same per-group kernel, so a
     row's output never depends on which."""
-    reach = positions + 1 if tree.shape[0] == 0 else tree[:, 0] + (tree[:, 1:] >= 0).sum(axis=1)
-    span = reach if window <= 0 else np.minimum(reach, window)
-    work = q.shape[1] * int(span.sum()) * q.shape[2]
+    if tree.shape[0] == 0 and positions.shape[0] == 1:  # a decode step: its span without array arithmetic
+        reach = int(positions[0]) + 1
+        span = min(reach, window) if window > 0 else reach
+    else:
+        reach = positions + 1 if tree.shape[0] == 0 else tree[:, 0] + (tree[:, 1:] >= 0).sum(axis=1)
+        span = int((reach if window <= 0 else np.minimum(reach, window)).sum())
+    work = q.shape[1] * span * q.shape[2]
     if work < PARALLEL_MIN_WORK:
         _attend_serial(q, k, v, seq_ids, positions, scale, int(window), tree, out)
         return
-    # whole head groups, unless there are fewer (row, KV head) pairs than threads (a decode step)
-    pairs, threads = q.shape[0] * k.shape[1], numba.get_num_threads()
-    parts = 1 if pairs >= threads else min(q.shape[1] // k.shape[1], -(-threads // pairs))
+    parts = head_parts(q.shape[0], k.shape[1], q.shape[1] // k.shape[1], numba.get_num_threads())
     _attend_parallel(q, k, v, seq_ids, positions, scale, int(window), tree, out, parts)
+
+
+def head_parts(rows: int, n_kv: int, group: int, threads: int) -> int:
+    """Into how many slices _attend_parallel cuts each KV head's ``group`` query heads: whole groups when the
+    (row, KV head) pairs keep every thread busy, else (a decode step) enough slices for the threads.  One
+    row of 3 KV heads on 2 threads (SmolLM2's decode) was 3 jobs, one thread doing two of them: slices of
+    its 3 heads (2 + 1) give 6 jobs, 5 heads' work against 4."""
+    pairs = rows * n_kv
+    if pairs >= threads and (rows > 1 or pairs % threads == 0):
+        return 1
+    return min(group, -(-threads // pairs) if pairs < threads else threads)

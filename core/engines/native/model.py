@@ -166,14 +166,42 @@ class ModelConfig:
                                  f"{self.n_layers}")
 
 
-def product(products, w: QMatrix | SplitMatrix, x: np.ndarray, role: str = "") -> np.ndarray:
-    """x (rows, w.cols) f32 times w's transpose by the variant's ``products`` for a matrix of ``role``
-    (products.ROLES; a variant may run some roles' products differently): (rows, w.rows) f32."""
+def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
+    """``run(x)``: x (rows, w.cols) f32 times w's transpose by the variant's ``products`` for a matrix of
+    ``role`` (products.ROLES; a variant may run some roles' products differently), (rows, w.rows) f32.  The
+    kernels are chosen here, once, not on every product."""
     if isinstance(w, SplitMatrix):
-        return np.concatenate([product(products, p, x, role) for p in w.pieces], axis=1)
-    out = np.empty((x.shape[0], w.rows), np.float32)
-    getattr(products.for_matrix(role), w.kind)(w.parts, x, out)  # q8, q6 or q4
-    return out
+        runs = [(products.bind(p.kind, p.parts, p.cols, role), p.rows) for p in w.pieces]
+        total = w.rows
+
+        def run_split(x: np.ndarray) -> np.ndarray:
+            if x.shape[0] != 1:
+                outs = []
+                for run, rows in runs:
+                    outs.append(np.empty((x.shape[0], rows), np.float32))
+                    run(x, outs[-1])
+                return np.concatenate(outs, axis=1)
+            # one row (decode): each piece writes its own columns of the row, a C-contiguous (1, rows) view,
+            # so the kernels are the ones a whole row gets and nothing is copied
+            out = np.empty((1, total), np.float32)
+            c = 0
+            for run, rows in runs:
+                run(x, out[0, c:c + rows][None])
+                c += rows
+            return out
+        return run_split
+    run, rows = products.bind(w.kind, w.parts, w.cols, role), w.rows
+
+    def run_one(x: np.ndarray) -> np.ndarray:
+        out = np.empty((x.shape[0], rows), np.float32)
+        run(x, out)
+        return out
+    return run_one
+
+
+def product(products, w: QMatrix | SplitMatrix, x: np.ndarray, role: str = "") -> np.ndarray:
+    """x (rows, w.cols) f32 times w's transpose (bind_product's run, once)."""
+    return bind_product(products, w, role)(x)
 
 
 @attrs.define
@@ -204,9 +232,11 @@ class Transformer:
     _products: Any = attrs.field(init=False, repr=False)
     _rope: ops.RopeTable = attrs.field(init=False, repr=False)
     _rope_local: ops.RopeTable = attrs.field(init=False, repr=False)  # gemma3's local layers' base
+    _runs: dict = attrs.field(init=False, repr=False)  # (id(matrix), role) -> (matrix, its bind_product run)
 
     def __attrs_post_init__(self) -> None:
         self._products = PRODUCTS[self.variant]
+        self._runs = {}
         self._rope = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base)
         self._rope_local = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base_local)
 
@@ -286,21 +316,30 @@ class Transformer:
         self.source.close()
 
     def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray, role: str) -> np.ndarray:
-        return product(self._products, w, x, role)
+        got = self._runs.get((id(w), role))
+        if got is None:  # the entry keeps w alive, so no other matrix can take its id
+            got = self._runs[id(w), role] = (w, bind_product(self._products, w, role))
+        return got[1](x)
 
     def _ffn(self, layer: Layer, x: np.ndarray, h: np.ndarray, act: np.ndarray, nxt: np.ndarray) -> None:
         """The FFN of every row, FFN_ROWS at a time: x += down(gate(h) * up(h)) (gemma3: normed first), then h
         = the next norm of x.  A chunk reads and writes its own rows of h only."""
+        n = x.shape[0]
+        if n <= FFN_ROWS:  # one chunk (every decode step): no slices to make
+            self._ffn_rows(layer, x, h, act, nxt, ops.for_rows(n))
+            return
+        for r0 in range(0, n, FFN_ROWS):
+            r1 = min(n, r0 + FFN_ROWS)
+            self._ffn_rows(layer, x[r0:r1], h[r0:r1], act[:r1 - r0], nxt, ops.for_rows(r1 - r0))
+
+    def _ffn_rows(self, layer: Layer, x: np.ndarray, h: np.ndarray, a: np.ndarray, nxt: np.ndarray,
+                  rows: ops.RowOps) -> None:
         cfg = self.cfg
-        for r0 in range(0, x.shape[0], FFN_ROWS):
-            r1 = min(x.shape[0], r0 + FFN_ROWS)
-            rows, a = ops.for_rows(r1 - r0), act[:r1 - r0]
-            rows.gated(self._mm(layer.wgate_up, h[r0:r1], "gate_up"), a, cfg.gemma)
-            if cfg.gemma:
-                rows.add_normed(x[r0:r1], self._mm(layer.wdown, a, "down"), layer.post_ffn_norm, nxt, cfg.eps,
-                                h[r0:r1])
-            else:
-                rows.add_rmsnorm(x[r0:r1], self._mm(layer.wdown, a, "down"), nxt, cfg.eps, h[r0:r1])
+        rows.gated(self._mm(layer.wgate_up, h, "gate_up"), a, cfg.gemma)
+        if cfg.gemma:
+            rows.add_normed(x, self._mm(layer.wdown, a, "down"), layer.post_ffn_norm, nxt, cfg.eps, h)
+        else:
+            rows.add_rmsnorm(x, self._mm(layer.wdown, a, "down"), nxt, cfg.eps, h)
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
                 logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:

@@ -44,6 +44,12 @@ class F32Products:
     def for_matrix(self, role: str) -> "F32Products":
         return self
 
+    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
+        """``run(x, out)``: the product of the matrix (``kind``, ``parts``, ``cols``) with x, what ``q8`` /
+        ``q6`` / ``q4`` would run (here simply that method)."""
+        method = getattr(self, kind)
+        return lambda x, out: method(parts, x, out)
+
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
         matmul.int8_matmul(*parts, x, out, F16_TO_F32, QK, self.wide)
 
@@ -81,10 +87,32 @@ class I8Products:
             object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1))
         return self._single
 
-    def _tuning(self, x: np.ndarray) -> tuple[int, int]:
-        """The kernels' (l2, threads) for x.  A batch of a few rows is never tiled (row_tiles), so numba's
-        thread count (~0.5 us to ask; a decode step runs ~200 products) is asked for prompts only."""
-        return self.l2, numba.get_num_threads() if x.shape[0] >= matmul_i8.PARALLEL_ROWS else 1
+    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
+        """``run(x, out)``: exactly the kernel call ``for_matrix(role).<kind>(parts, x, out)`` makes, chosen
+        once per matrix.  A decode step runs ~120 products; the choice (role, kind, packed layout, levels)
+        took five Python calls of each, ~1-2 us a product (profile: bench-results/s11-tok11)."""
+        p = self.for_matrix(role)
+        l2, levels, many = p.l2, p.levels, matmul_i8.PARALLEL_ROWS
+        q = parts[0]
+        if kind == "q8" and matmul_i8.is_packed_q5(q, cols):
+            fn, pre, post = matmul_i8.q5_packed_product, parts, ()
+        elif kind == "q8":
+            fn, pre, post = matmul_i8.int8_product, parts, (None,)
+        elif kind == "q6":
+            fn = matmul_i8.q6_packed_product if matmul_i8.is_packed_q6(q, cols) else matmul_i8.int8_product
+            pre, post = parts[:2], parts[2:]
+        elif kind == "q4":
+            # Q4_K's factored scales (layout_q4k: values, scales) or q4's (values, scale, offset)
+            fn, pre, post = (matmul_i8.q4k_product if len(parts) == 2 else matmul_i8.q4_product), parts, ()
+        else:
+            raise ValueError(f"no product for weights of kind {kind!r}")
+        get_threads = numba.get_num_threads
+
+        def run(x: np.ndarray, out: np.ndarray) -> None:
+            # a batch of a few rows is never tiled (row_tiles), so numba's thread count (~0.5 us to ask) is
+            # asked for prompts only
+            fn(*pre, x, out, *post, l2, get_threads() if x.shape[0] >= many else 1, levels)
+        return run
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q8(q, scale_bits)
@@ -99,24 +127,13 @@ class I8Products:
         return matmul_i8.layout_q4k(q, *scales)
 
     def q8(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        q, d = parts
-        if matmul_i8.is_packed_q5(q, x.shape[1]):
-            matmul_i8.q5_packed_product(q, d, x, out, *self._tuning(x), self.levels)
-        else:
-            matmul_i8.int8_product(q, d, x, out, None, *self._tuning(x), self.levels)
+        self.bind("q8", parts, x.shape[1], "")(x, out)
 
     def q6(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        q, sub, sup = parts
-        if matmul_i8.is_packed_q6(q, x.shape[1]):
-            matmul_i8.q6_packed_product(q, sub, x, out, sup, *self._tuning(x), self.levels)
-        else:
-            matmul_i8.int8_product(q, sub, x, out, sup, *self._tuning(x), self.levels)
+        self.bind("q6", parts, x.shape[1], "")(x, out)
 
     def q4(self, parts: tuple[np.ndarray, ...], x: np.ndarray, out: np.ndarray) -> None:
-        if len(parts) == 2:  # Q4_K's factored scales (layout_q4k: values, scales)
-            matmul_i8.q4k_product(*parts, x, out, *self._tuning(x), self.levels)
-        else:
-            matmul_i8.q4_product(*parts, x, out, *self._tuning(x), self.levels)
+        self.bind("q4", parts, x.shape[1], "")(x, out)
 
 
 #: variant name -> its products

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...interfaces import PrefixMatchingKVStore, reserve_rows
+from ...interfaces import prefix_matching, reserve_rows
 from ...tree import TreeMask
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class NativeSession:
         m = self._model
         n = arr.shape[0]
         start = len(self.tokens)
-        paged = isinstance(m.kv, PrefixMatchingKVStore)  # a store that tracks ids (kv_cache=paged)
+        paged = prefix_matching(m.kv)  # a store that tracks ids (kv_cache=paged)
         with PARALLEL_LOCK:
             have = m.kv.length(self.seq)
             if have < start:  # the store evicted this idle sequence's K/V: recompute them first
