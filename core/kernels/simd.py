@@ -289,15 +289,22 @@ shift_right_i32 = _shift("lshr", "Each int32 lane >> n (unsigned), n < 32.")
 rotate_right_i32 = _shift("fshr", "Each int32 lane rotated right by n bits (mod 32).")
 
 
-@intrinsic
-def to_f32(typingctx, v):
-    """int32 lanes -> float32 lanes (exact below 2**24)."""
-    if v != I32x16:
-        return None
+def _convert(op: str, src: Vec, dst: Vec, doc: str):
+    """A lane-wise conversion ``builder.<op>`` of a ``src`` vector to a ``dst`` one."""
+    @intrinsic
+    def convert(typingctx, v):
+        if v != src:
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.sitofp(args[0], F32x16.llvm())
-    return F32x16(v), codegen
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], dst.llvm())
+        return dst(v), codegen
+    convert.__doc__ = doc
+    return convert
+
+
+to_f32 = _convert("sitofp", I32x16, F32x16, "int32 lanes -> float32 lanes (exact below 2**24).")
+to_i32 = _convert("fptosi", F32x16, I32x16, "float32 lanes (integral values) -> int32 lanes.")
 
 
 @intrinsic
@@ -404,17 +411,6 @@ def _reduce(name: str, vec: Vec, scalar, doc: str):
 
 hmax_f32 = _reduce("fmax", F32x16, types.float32, "The largest of the 16 lanes, as a float32.")
 hsum_i32 = _reduce("add", I32x16, types.int32, "The sum of the 16 int32 lanes (wrapping), as an int32.")
-
-
-@intrinsic
-def to_i32(typingctx, v):
-    """float32 lanes (integral values) -> int32 lanes."""
-    if v != F32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.fptosi(args[0], I32x16.llvm())
-    return I32x16(v), codegen
 
 
 @intrinsic
