@@ -21,7 +21,8 @@ verification exact).
 Variants (a dispatch table, chosen once per store):
   wide    fastmath, unsigned indices, run-time block bounds: LLVM vectorizes the head_dim loops (ymm on
           avx2, q registers on neon).  q8: one job per (row, KV head) that serves the KV head's query heads
-          together, each position's K and V row dequantized once for all of them
+          together, each position's K and V row dequantized once for all of them; the softmax's e^x in f32
+          arithmetic (corert.kernels.fast_exp) rather than libm's
   scalar  strictly ordered sums, no fastmath, one job per (row, query head): the reference the wide kernels
           are tested against
 """
@@ -31,6 +32,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from corert import numba_setup  # noqa: F401  (threading layer before the first prange)
+from corert.kernels.fast_exp import exp_f32 as _exp
 from corert.kernels.simd import prefetch
 
 from corert.kernels.tree_rows import balanced_row, row_span, slot_of
@@ -45,6 +47,20 @@ def _exp_normalize(scores, m):
     total = np.float32(0.0)
     for t in range(scores.shape[0]):
         e = np.exp(scores[t] - m)
+        scores[t] = e
+        total += e
+    return total
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _exp_normalize_wide(scores, m):
+    """_exp_normalize with e^x in f32 arithmetic (corert.kernels.fast_exp, relative error < 1e-8) that LLVM
+    vectorizes: without SVML (numba's vector maths, not installed) np.exp is a libm call per score, ~17% of
+    the q8 kernel's time per position (SmolLM2, 8 decode rows; docs/benchmarks.md).  The scalar reference
+    keeps np.exp."""
+    total = np.float32(0.0)
+    for t in range(scores.shape[0]):
+        e = _exp(scores[t] - m)
         scores[t] = e
         total += e
     return total
@@ -276,7 +292,7 @@ def attend_f32_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
             x = _dot_f32_w(qi, kp[pg, kvh, sl], hd) * scale
             scores[j - lo] = x
             m = max(m, x)
-        total = _exp_normalize(scores, m)
+        total = _exp_normalize_wide(scores, m)
         o = out[i, h]
         o[:] = 0.0
         for j in range(lo // page_tokens, table.shape[1]):
@@ -323,7 +339,7 @@ def attend_f16_wide(q, kp, vp, tab, table, page_tokens, seq_ids, positions, scal
             x = _dot_f16_w(qi, kp[pg, kvh, sl], tab, hd) * scale
             scores[j - lo] = x
             m = max(m, x)
-        total = _exp_normalize(scores, m)
+        total = _exp_normalize_wide(scores, m)
         o = out[i, h]
         o[:] = 0.0
         for j in range(lo // page_tokens, table.shape[1]):
@@ -436,7 +452,7 @@ def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens,
         _dequant_q8(kp, ks, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
         _score_group(qg, row, hd, t == 0, c0, scale, scores, jt - lo, m)
     for r in range(group):
-        c0[r] = np.float32(1.0) / _exp_normalize(scores[r], m[r])
+        c0[r] = np.float32(1.0) / _exp_normalize_wide(scores[r], m[r])
         for d in range(uint64(hd)):
             og[r, d] = 0.0
     for j in range(j0, table.shape[1]):
