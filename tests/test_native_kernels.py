@@ -805,17 +805,26 @@ def test_a_decode_steps_attention_gives_every_thread_work():
     assert attention.head_parts(454, 3, 3, 2) == 1  # a prompt's rows keep the threads busy
 
 
-def test_f16_value_widens_every_finite_half_exactly():
-    """corert.kernels.half.f16_value (integer shifts and one multiply) against numpy's float16 -> float32 on
-    all 63,488 finite bit patterns: zeros, subnormals, normals, both signs."""
+@pytest.mark.parametrize("way", ["int", "f16c"])
+def test_f16_value_widens_every_finite_half_exactly(way):
+    """corert.kernels.half's two widenings (integer shifts and one multiply; F16C's ``vcvtph2ps``) against
+    numpy's float16 -> float32 on all 63,488 finite bit patterns: zeros, subnormals, normals, both signs.
+    f16_value is the F16C one wherever numba compiles with F16C."""
     from numba import njit
 
-    from corert.kernels.half import f16_value
+    from corert.kernels import half
+    from corert.kernels.simd import compiles_with
+
+    if way == "f16c":
+        if not compiles_with("f16c"):
+            pytest.skip("numba does not compile with F16C here")
+        assert half.f16_value is half._f16_value_f16c
+    fn = half.f16_value_int if way == "int" else half._f16_value_f16c
 
     @njit
     def widen(bits, out):
         for i in range(bits.shape[0]):
-            out[i] = f16_value(bits[i])
+            out[i] = fn(bits[i])
 
     bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
     ref = bits.view(np.float16).astype(np.float32)

