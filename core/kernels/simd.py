@@ -122,17 +122,25 @@ def load_i32(typingctx, arr, idx):
     return I32x16(arr, idx), codegen
 
 
-@intrinsic
-def store_f32(typingctx, arr, idx, v):
-    """``arr[idx:idx + 16] = v`` for a float32 array."""
-    if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
-        return None
+def _store(vec: Vec, bits: int, align: int, doc: str):
+    """``arr[idx:idx + lanes] = v`` for a ``vec`` value and an array of ``bits``-bit elements."""
+    @intrinsic
+    def store(typingctx, arr, idx, v):
+        if not (_array(arr, bits) and isinstance(idx, types.Integer) and v == vec):
+            return None
 
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()),
-                      align=4)
-        return context.get_dummy_value()
-    return types.void(arr, idx, v), codegen
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], vec.llvm()),
+                          align=align)
+            return context.get_dummy_value()
+        return types.void(arr, idx, v), codegen
+    store.__doc__ = doc
+    return store
+
+
+store_f32 = _store(F32x16, 32, 4, "``arr[idx:idx + 16] = v`` for a float32 array.")
+store_bytes = _store(I8x64, 8, 1, "``arr[idx:idx + 64] = v`` for a 1-byte array (an operand unpacked for "
+                                  "matmul_amx's weight tiles).")
 
 
 # -- values ------------------------------------------------------------------------------------------------

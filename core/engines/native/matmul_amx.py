@@ -1,0 +1,306 @@
+"""Matrix products on AMX-INT8 tiles (the ``amx`` variant): matmul_i8's layouts, levels and results, with the
+integer block products of 16 activation rows at a time done by one ``tdpbsud`` (core/kernels/amx.py).
+
+Why.  A prompt's products are ~80% of its time, and matmul_i8's ``vpdpbusd`` loop runs them at about half
+of the VNNI peak (64 multiply-adds an instruction).  One tile instruction does a 16-row x 16-output x 32-value
+block of them (8192), so the integer part nearly vanishes and what is left is the f32 epilogue per row and
+block (the scales, matmul_i8's ``_add_levels``), which both variants share.
+
+Why it is exact and needs no new layout.  matmul_i8 already keeps a 16-output-row group's block as 8 operands
+of 64 bytes [step s][row r][i < 4] = column 4 s + i of row r: an AMX B tile (K/4 rows of 16 columns x 4
+consecutive K bytes).  q8 blocks are loaded as they are; q4 / Q4_K / packed q5 / packed q6 blocks are
+unpacked by matmul_i8's own code into a 512-byte buffer first.  The activations ``xq`` (n, levels, cols) are
+the rows of an A tile as they lie: (row, level) pairs ``cols`` bytes apart, so one tile holds 16 / levels
+rows with all their levels, and C's row j is row ``j // levels``'s level ``j % levels`` product.  A C row is
+the 16 int32 lanes the vnni kernel's block dot gives for that row (before its bias corrections), and the
+epilogue (q4_row_step, scaled_row_step, q6_ints) is the same code, so the outputs are bit-identical to
+vnni's for every layout, row count and level count (tests/test_native_amx.py).  q6 has a scale per 16
+values: its half blocks are two K = 16 products.
+
+The activations get whole tiles of rows: ``xq`` has TILE_ROWS zero rows after x's (their products are never
+read).  The tile state is per thread: each prange task loads the configuration and releases it at its end.
+Products of fewer than AMX_MIN_ROWS rows (decode) run the vnni kernels (products.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import literally, njit, prange
+
+from ... import cpu, numba_setup  # noqa: F401
+from ...kernels import amx
+from ...kernels.amx import dot_s8u8, load_config, release_tiles, tile_load, tile_store, tile_zero
+from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i8_i32, load_i32, low_nibbles, prefetch, \
+    splat_i32, store_bytes, sub_i32
+from .matmul import QK, group_part
+from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PACKED, ROWS, _group_bytes,
+                        _half_sums, _int8_block, _q5_packed_block, _q6_packed_block, _store_rows, padded_levels,
+                        q4_row_step, q4k_block_scales, q6_ints, scaled_row_step)
+from .row_tiles import SLICES_PER_THREAD, row_tiles, slice_bounds
+
+cpu.request_amx_permission()  # the tile state, before any kernel runs (idempotent; the variant needed it)
+
+#: rows of an A tile (activation rows x levels) and of C
+TILE_ROWS = 16
+#: the products of fewer rows run the vnni kernels: measured on Sapphire Rapids (see products.py)
+AMX_MIN_ROWS = 16
+#: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 the activations (A), 2 their products (C);
+#: q6's halves: 3 and 4 the weights of columns 0-15 and 16-31, 5 the activations' half, 6 the second C
+CONFIG = amx.tile_config(((8, 64), (TILE_ROWS, QK), (TILE_ROWS, 64), (4, 64), (4, 64), (TILE_ROWS, QK // 2),
+                          (TILE_ROWS, 64)))
+
+
+@njit(inline="always")
+def _tiles(n, cols, group_bytes, groups, l2, threads):
+    """row_tiles' tiles rounded to whole A tiles of 16 rows, and slices of groups for the threads even when
+    untiled: each slice loads the tile configuration once."""
+    tile, slices = row_tiles(n, cols, group_bytes, groups, l2, threads)
+    if tile >= n:
+        return n, min(groups, SLICES_PER_THREAD * max(1, threads))
+    return max(TILE_ROWS, tile // TILE_ROWS * TILE_ROWS), slices
+
+
+@njit(inline="always")
+def _task_start():
+    """A prange task's tile configuration and buffers: the unpacked weights of a block (8 operands), the C
+    tiles' int32 products (two, for q6's halves)."""
+    load_config(CONFIG)
+    return np.empty(8 * 64, np.uint8), np.empty(2 * TILE_ROWS * ROWS, np.int32)
+
+
+@njit(inline="always")
+def _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7):
+    """Tile 0 = a block's 8 operands (columns 0-3, 4-7, ..., 28-31) through the buffer."""
+    store_bytes(wbuf, 0, w0)
+    store_bytes(wbuf, 64, w1)
+    store_bytes(wbuf, 128, w2)
+    store_bytes(wbuf, 192, w3)
+    store_bytes(wbuf, 256, w4)
+    store_bytes(wbuf, 320, w5)
+    store_bytes(wbuf, 384, w6)
+    store_bytes(wbuf, 448, w7)
+    tile_load(0, wbuf, 0, 64)
+
+
+@njit(inline="always")
+def _products(xq, r0, b, cbuf):
+    """cbuf = C: xq's rows r0..r0 + 16 (as (row, level) pairs) . block b's weights in tile 0."""
+    cols = xq.shape[2]
+    tile_load(1, xq, r0 * cols + b * QK, cols)
+    tile_zero(2)
+    dot_s8u8(2, 1, 0)
+    tile_store(2, cbuf, 0, 64)
+
+
+@njit(inline="always")
+def _half_products(xq, r0, b, cbuf):
+    """cbuf[:256], cbuf[256:] = the two half blocks' C (tiles 3 and 4 hold the weights of each)."""
+    cols = xq.shape[2]
+    o = r0 * cols + b * QK
+    tile_load(5, xq, o, cols)
+    tile_zero(2)
+    dot_s8u8(2, 5, 3)
+    tile_load(5, xq, o + QK // 2, cols)
+    tile_zero(6)
+    dot_s8u8(6, 5, 4)
+    tile_store(2, cbuf, 0, 64)
+    tile_store(6, cbuf, TILE_ROWS * ROWS, 64)
+
+
+@njit(inline="always")
+def _rows_of(r0, t1, levels):
+    """The activation rows whose levels are C rows from r0 (a whole tile, cut at t1)."""
+    return range(r0 // levels, min(t1, (r0 + TILE_ROWS) // levels))
+
+
+@njit(inline="always")
+def _level_ints(cbuf, r0, t, levels, half):
+    """Row t's level products (C rows of the tile from r0; ``half``: the second half block's C)."""
+    j = (t * levels - r0) * ROWS + half
+    return load_i32(cbuf, j), load_i32(cbuf, j + (levels - 1) * ROWS)
+
+
+@njit(inline="always")
+def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg, mg):
+    """Group g of a q4 matrix (scales dg, offsets mg) or a Q4_K one (scales kg: ``dv_of`` True) . x[t] into
+    out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    for b in range(xd.shape[2]):
+        o = b * 4 * 64
+        for line in range(4):
+            prefetch(qg, o + PREFETCH_BYTES + line * 64)
+        w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+        _operands_tile(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
+                       high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
+        if dv_of:  # Q4_K: the block's scale and offset from its super block's factors
+            s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
+            so = s * Q4K_SCALES
+            dv, mv = q4k_block_scales(load_i32(kg, so + 32 * h), load_i32(kg, so + 64), load_f32(kg, so + 96),
+                                      load_f32(kg, so + 112), h, k)
+        else:
+            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
+        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
+            _products(xq, r0, b, cbuf)
+            for t in _rows_of(r0, t1, levels):
+                i1, i2 = _level_ints(cbuf, r0, t, levels, 0)
+                q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels)
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q4_matmul(q, d, m, x, out, l2, threads, levels):
+    """matmul_i8.q4_matmul on tiles."""
+    literally(levels)
+    xq, xd, _, xs = padded_levels(x, levels, TILE_ROWS)
+    n = x.shape[0]
+    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 2), q.shape[0], l2, threads)
+    for s in prange(slices):
+        wbuf, cbuf = _task_start()
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
+        for t0 in range(0, n, tile):
+            for g in range(g0, g1):
+                _q4_group(q[g], False, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, d[g], d[g],
+                          m[g])
+        release_tiles()
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q4k_matmul(q, ks, x, out, l2, threads, levels):
+    """matmul_i8.q4k_matmul on tiles."""
+    literally(levels)
+    xq, xd, _, xs = padded_levels(x, levels, TILE_ROWS)
+    n = x.shape[0]
+    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, ks, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
+        wbuf, cbuf = _task_start()
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
+        for t0 in range(0, n, tile):
+            for g in range(g0, g1):
+                _q4_group(q[g], True, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, ks[g],
+                          ks[g], ks[g])
+        release_tiles()
+
+
+@njit(inline="always")
+def _q8_group(qg, dg, g, xq, xd, xi, out, t0, t1, levels, wbuf, cbuf, bias):
+    """Group g of a q8 matrix (``bias`` 128: q + 128 bytes, loaded as they are) or a packed q5 one (16: q + 16
+    in 5 bits, unpacked) . x[t] into out[t], rows t0..t1."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    for b in range(xd.shape[2]):
+        if bias == 128:
+            for line in range(8):
+                prefetch(qg, b * 8 * 64 + PREFETCH_BYTES + line * 64)
+            tile_load(0, qg, b * 8 * 64, 64)
+        else:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
+            _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7)
+        dv = load_f32(dg, b * ROWS)
+        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
+            _products(xq, r0, b, cbuf)
+            for t in _rows_of(r0, t1, levels):
+                c1, c2 = _level_ints(cbuf, r0, t, levels, 0)
+                i1 = sub_i32(c1, splat_i32(xi[t, 0, b] * bias))
+                i2 = sub_i32(c2, splat_i32(xi[t, levels - 1, b] * bias))
+                scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q8_matmul(q, d, x, out, l2, threads, levels, bias):
+    """matmul_i8.int8_matmul's q8 (``bias`` 128) or q5_packed_matmul (16) on tiles."""
+    literally(levels)
+    literally(bias)
+    xq, xd, xi, _ = padded_levels(x, levels, TILE_ROWS)
+    n = x.shape[0]
+    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
+        wbuf, cbuf = _task_start()
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
+        for t0 in range(0, n, tile):
+            for g in range(g0, g1):
+                _q8_group(q[g], d[g], g, xq, xd, xi, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, bias)
+        release_tiles()
+
+
+@njit(inline="always")
+def _q6_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1, levels, wbuf, cbuf, bias):
+    """Group g of a q6 matrix (``bias`` 128: q8's bytes, loaded as they are; 32: packed, unpacked) . x[t]
+    into out[t], rows t0..t1: two half-block products, each times its int8 scale, then the super-block
+    scale."""
+    acc = np.zeros((t1 - t0) * ROWS, np.float32)
+    per_sup = dg.shape[0] // (2 * sg.shape[0])  # 32-blocks per super block
+    for b in range(xd.shape[2]):
+        if bias == 128:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+        else:
+            w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
+        _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7)
+        tile_load(3, wbuf, 0, 64)
+        tile_load(4, wbuf, 4 * 64, 64)
+        s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
+        sup = load_f32(sg, b // per_sup * ROWS)
+        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
+            _half_products(xq, r0, b, cbuf)
+            for t in _rows_of(r0, t1, levels):
+                lo1, lo2 = _level_ints(cbuf, r0, t, levels, 0)
+                hi1, hi2 = _level_ints(cbuf, r0, t, levels, TILE_ROWS * ROWS)
+                i1 = q6_ints(lo1, hi1, sums, t, 0, b, bias, s_lo, s_hi)
+                i2 = q6_ints(lo2, hi2, sums, t, levels - 1, b, bias, s_lo, s_hi)
+                scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
+    _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def q6_matmul(q, d, x, out, sup, l2, threads, levels, bias):
+    """matmul_i8.int8_matmul's q6 (``bias`` 128) or q6_packed_matmul (32) on tiles."""
+    literally(levels)
+    literally(bias)
+    xq, xd, _, _ = padded_levels(x, levels, TILE_ROWS)
+    sums = _half_sums(xq)
+    n = x.shape[0]
+    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
+    for s in prange(slices):
+        wbuf, cbuf = _task_start()
+        g0, g1 = slice_bounds(s, slices, q.shape[0])
+        for t0 in range(0, n, tile):
+            for g in range(g0, g1):
+                _q6_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, t0, min(n, t0 + tile), levels,
+                          wbuf, cbuf, bias)
+        release_tiles()
+
+
+# -- the products as callers use them (matmul_i8's "products as callers use them" says why); the same
+# arguments as matmul_i8's, so products.py calls either (q8's ``sup`` is None) ---------------------------
+@njit(cache=True)
+def q4_product(q, d, m, x, out, l2, threads, levels):
+    q4_matmul(q, d, m, x, out, l2, threads, 1) if levels == 1 else q4_matmul(q, d, m, x, out, l2, threads, 2)
+
+
+@njit(cache=True)
+def q4k_product(q, ks, x, out, l2, threads, levels):
+    q4k_matmul(q, ks, x, out, l2, threads, 1) if levels == 1 else q4k_matmul(q, ks, x, out, l2, threads, 2)
+
+
+@njit(cache=True)
+def q8_product(q, d, x, out, sup, l2, threads, levels):
+    q8_matmul(q, d, x, out, l2, threads, 1, 128) if levels == 1 else q8_matmul(q, d, x, out, l2, threads, 2, 128)
+
+
+@njit(cache=True)
+def q5_packed_product(q, d, x, out, l2, threads, levels):
+    q8_matmul(q, d, x, out, l2, threads, 1, 16) if levels == 1 else q8_matmul(q, d, x, out, l2, threads, 2, 16)
+
+
+@njit(cache=True)
+def q6_product(q, d, x, out, sup, l2, threads, levels):
+    if levels == 1:
+        q6_matmul(q, d, x, out, sup, l2, threads, 1, 128)
+    else:
+        q6_matmul(q, d, x, out, sup, l2, threads, 2, 128)
+
+
+@njit(cache=True)
+def q6_packed_product(q, d, x, out, sup, l2, threads, levels):
+    if levels == 1:
+        q6_matmul(q, d, x, out, sup, l2, threads, 1, 32)
+    else:
+        q6_matmul(q, d, x, out, sup, l2, threads, 2, 32)
