@@ -123,14 +123,20 @@ def tile_store(typingctx, t, arr, idx, stride):
     return types.void(t, arr, idx, stride), codegen
 
 
-@intrinsic
-def dot_s8u8(typingctx, c, a, b):
-    """``tdpbsud``: tile ``c`` += tile ``a`` (signed bytes) . tile ``b`` (unsigned bytes, 4 K values a
-    column): c[m][n] += sum over k of a[m][k] * b[k / 4][4 n + k % 4], exact in int32."""
-    if not (_tile(c) and _tile(a) and _tile(b)):
-        return None
+def _dot(name: str, doc: str):
+    @intrinsic
+    def dot(typingctx, c, a, b):
+        if not (_tile(c) and _tile(a) and _tile(b)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        _call(builder, "tdpbsud", ir.VoidType(), [ir.Constant(_I8, s.literal_value) for s in sig.args])
-        return context.get_dummy_value()
-    return types.void(c, a, b), codegen
+        def codegen(context, builder, sig, args):
+            _call(builder, name, ir.VoidType(), [ir.Constant(_I8, s.literal_value) for s in sig.args])
+            return context.get_dummy_value()
+        return types.void(c, a, b), codegen
+    dot.__doc__ = doc
+    return dot
+
+
+dot_s8u8 = _dot("tdpbsud", """``tdpbsud``: tile ``c`` += tile ``a`` (signed bytes) . tile ``b`` (unsigned bytes, 4 K values a
+    column): c[m][n] += sum over k of a[m][k] * b[k / 4][4 n + k % 4], exact in int32.""")
+dot_s8s8 = _dot("tdpbssd", "``tdpbssd``: dot_s8u8 with signed bytes in ``b`` too.")

@@ -191,6 +191,9 @@ def _byte_op(op: str, operand: int, doc: str):
 
 low_nibbles = _byte_op("and_", 0x0F, "Each byte & 0x0F.")
 high_nibbles = _byte_op("lshr", 4, "Each byte >> 4 (unsigned).")
+#: each byte minus 16, 32 or 128, wrapping: q + bias bytes back to signed q (matmul_amx's weight tiles)
+minus_16, minus_32, minus_128 = (_byte_op("sub", b - 256 * (b > 127), f"Each byte - {b} (wrapping).")
+                                 for b in (16, 32, 128))
 
 
 def _bit_pair(k: int):

@@ -28,25 +28,30 @@ from numba import literally, njit, prange
 
 from ... import cpu, numba_setup  # noqa: F401
 from ...kernels import amx
-from ...kernels.amx import dot_s8u8, load_config, release_tiles, tile_load, tile_store, tile_zero
-from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i8_i32, load_i32, low_nibbles, prefetch, \
-    splat_i32, store_bytes, sub_i32
+from ...kernels.amx import dot_s8s8, dot_s8u8, load_config, release_tiles, tile_load, tile_store, tile_zero
+from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i8_i32, load_i32, low_nibbles, minus_16, \
+    minus_32, minus_128, prefetch, store_bytes
 from .matmul import QK, group_part
 from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PACKED, ROWS, _group_bytes,
-                        _half_sums, _int8_block, _q5_packed_block, _q6_packed_block, _store_rows, padded_levels,
-                        q4_row_step, q4k_block_scales, q6_ints, scaled_row_step)
+                        _int8_block, _q5_packed_block, _q6_packed_block, _store_rows, padded_levels,
+                        q4_row_step, q4k_block_scales, q6_scaled, scaled_row_step)
 from .row_tiles import SLICES_PER_THREAD, row_tiles, slice_bounds
 
 cpu.request_amx_permission()  # the tile state, before any kernel runs (idempotent; the variant needed it)
 
 #: rows of an A tile (activation rows x levels) and of C
 TILE_ROWS = 16
+#: C rows a block's products are made for before their epilogue reads them (tiles in pairs, two chains): the
+#: stores are long done by then, and the tile unit runs back to back instead of waiting on each epilogue
+CHUNK_ROWS = 8 * TILE_ROWS
 #: the products of fewer rows run the vnni kernels: measured on Sapphire Rapids (see products.py)
 AMX_MIN_ROWS = 16
-#: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 the activations (A), 2 their products (C);
-#: q6's halves: 3 and 4 the weights of columns 0-15 and 16-31, 5 the activations' half, 6 the second C
-CONFIG = amx.tile_config(((8, 64), (TILE_ROWS, QK), (TILE_ROWS, 64), (4, 64), (4, 64), (TILE_ROWS, QK // 2),
-                          (TILE_ROWS, 64)))
+#: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 and 2 the activations (A) of a pair of tiles,
+#: 3-6 their products (C); q6: 0 and 7 the weights of a block's columns 0-15 and 16-31, 1 and 2 the
+#: activations' halves, 3-6 a pair of tiles' half products
+CONFIG = amx.tile_config(((8, 64), (TILE_ROWS, QK), (TILE_ROWS, QK)) + ((TILE_ROWS, 64),) * 4)
+CONFIG_Q6 = amx.tile_config(((4, 64), (TILE_ROWS, QK // 2), (TILE_ROWS, QK // 2)) + ((TILE_ROWS, 64),) * 4
+                            + ((4, 64),))
 
 
 @njit(inline="always")
@@ -56,20 +61,20 @@ def _tiles(n, cols, group_bytes, groups, l2, threads):
     tile, slices = row_tiles(n, cols, group_bytes, groups, l2, threads)
     if tile >= n:
         return n, min(groups, SLICES_PER_THREAD * max(1, threads))
-    return max(TILE_ROWS, tile // TILE_ROWS * TILE_ROWS), slices
+    return max(CHUNK_ROWS, tile // CHUNK_ROWS * CHUNK_ROWS), slices
 
 
 @njit(inline="always")
-def _task_start():
-    """A prange task's tile configuration and buffers: the unpacked weights of a block (8 operands), the C
-    tiles' int32 products (two, for q6's halves)."""
-    load_config(CONFIG)
-    return np.empty(8 * 64, np.uint8), np.empty(2 * TILE_ROWS * ROWS, np.int32)
+def _task_start(config):
+    """A prange task's tile configuration and buffers: the unpacked weights of a block (8 operands), a chunk's
+    int32 products (two, for q6's halves)."""
+    load_config(config)
+    return np.empty(8 * 64, np.uint8), np.empty(2 * CHUNK_ROWS * ROWS, np.int32)
 
 
 @njit(inline="always")
-def _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7):
-    """Tile 0 = a block's 8 operands (columns 0-3, 4-7, ..., 28-31) through the buffer."""
+def _store_operands(wbuf, w0, w1, w2, w3, w4, w5, w6, w7):
+    """A block's 8 operands (columns 0-3, 4-7, ..., 28-31) into the buffer tiles load them from."""
     store_bytes(wbuf, 0, w0)
     store_bytes(wbuf, 64, w1)
     store_bytes(wbuf, 128, w2)
@@ -78,38 +83,74 @@ def _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7):
     store_bytes(wbuf, 320, w5)
     store_bytes(wbuf, 384, w6)
     store_bytes(wbuf, 448, w7)
-    tile_load(0, wbuf, 0, 64)
 
 
 @njit(inline="always")
-def _products(xq, r0, b, cbuf):
-    """cbuf = C: xq's rows r0..r0 + 16 (as (row, level) pairs) . block b's weights in tile 0."""
-    cols = xq.shape[2]
-    tile_load(1, xq, r0 * cols + b * QK, cols)
-    tile_zero(2)
-    dot_s8u8(2, 1, 0)
-    tile_store(2, cbuf, 0, 64)
+def _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7):
+    """_store_operands of q + ``bias`` bytes as signed q: a signed tile product (``tdpbssd``) has no
+    bias * sum(x) to take out per row, which the vnni kernels do (their ``vpdpbusd`` needs unsigned
+    weights); the integers are the same."""
+    if bias == 128:
+        _store_operands(wbuf, minus_128(w0), minus_128(w1), minus_128(w2), minus_128(w3), minus_128(w4),
+                        minus_128(w5), minus_128(w6), minus_128(w7))
+    elif bias == 32:
+        _store_operands(wbuf, minus_32(w0), minus_32(w1), minus_32(w2), minus_32(w3), minus_32(w4), minus_32(w5),
+                        minus_32(w6), minus_32(w7))
+    else:
+        _store_operands(wbuf, minus_16(w0), minus_16(w1), minus_16(w2), minus_16(w3), minus_16(w4), minus_16(w5),
+                        minus_16(w6), minus_16(w7))
 
 
 @njit(inline="always")
-def _half_products(xq, r0, b, cbuf):
-    """cbuf[:256], cbuf[256:] = the two half blocks' C (tiles 3 and 4 hold the weights of each)."""
+def _products(xq, r0, r1, b, cbuf, signed):
+    """cbuf[(r - r0) * 16] = C row r: xq's rows r0..r1 (as (row, level) pairs, whole pairs of tiles) . block
+    b's weights in tile 0 (``signed`` bytes, else unsigned)."""
     cols = xq.shape[2]
-    o = r0 * cols + b * QK
-    tile_load(5, xq, o, cols)
-    tile_zero(2)
-    dot_s8u8(2, 5, 3)
-    tile_load(5, xq, o + QK // 2, cols)
-    tile_zero(6)
-    dot_s8u8(6, 5, 4)
-    tile_store(2, cbuf, 0, 64)
-    tile_store(6, cbuf, TILE_ROWS * ROWS, 64)
+    for r in range(r0, r1, 2 * TILE_ROWS):
+        tile_load(1, xq, r * cols + b * QK, cols)
+        tile_zero(3)
+        tile_load(2, xq, (r + TILE_ROWS) * cols + b * QK, cols)
+        tile_zero(4)
+        if signed:
+            dot_s8s8(3, 1, 0)
+            dot_s8s8(4, 2, 0)
+        else:
+            dot_s8u8(3, 1, 0)
+            dot_s8u8(4, 2, 0)
+        tile_store(3, cbuf, (r - r0) * ROWS, 64)
+        tile_store(4, cbuf, (r - r0 + TILE_ROWS) * ROWS, 64)
+
+
+@njit(inline="always")
+def _half_products(xq, r0, r1, b, cbuf):
+    """_products of q6's half blocks (weights in tiles 0 and 7): the first halves' C rows in cbuf from 0, the
+    second's from CHUNK_ROWS * 16."""
+    cols = xq.shape[2]
+    for r in range(r0, r1, 2 * TILE_ROWS):
+        for k in range(2):  # the pair's tiles
+            o, c = (r + k * TILE_ROWS) * cols + b * QK, (r - r0 + k * TILE_ROWS) * ROWS
+            tile_load(1, xq, o, cols)
+            tile_load(2, xq, o + QK // 2, cols)
+            if k == 0:
+                tile_zero(3)
+                tile_zero(4)
+                dot_s8s8(3, 1, 0)
+                dot_s8s8(4, 2, 7)
+                tile_store(3, cbuf, c, 64)
+                tile_store(4, cbuf, CHUNK_ROWS * ROWS + c, 64)
+            else:
+                tile_zero(5)
+                tile_zero(6)
+                dot_s8s8(5, 1, 0)
+                dot_s8s8(6, 2, 7)
+                tile_store(5, cbuf, c, 64)
+                tile_store(6, cbuf, CHUNK_ROWS * ROWS + c, 64)
 
 
 @njit(inline="always")
 def _rows_of(r0, t1, levels):
-    """The activation rows whose levels are C rows from r0 (a whole tile, cut at t1)."""
-    return range(r0 // levels, min(t1, (r0 + TILE_ROWS) // levels))
+    """The activation rows whose levels are C rows from r0 (a chunk, cut at t1)."""
+    return range(r0 // levels, min(t1, (r0 + CHUNK_ROWS) // levels))
 
 
 @njit(inline="always")
@@ -129,8 +170,9 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
         for line in range(4):
             prefetch(qg, o + PREFETCH_BYTES + line * 64)
         w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192)
-        _operands_tile(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
-                       high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
+        _store_operands(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
+                        high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
+        tile_load(0, wbuf, 0, 64)
         if dv_of:  # Q4_K: the block's scale and offset from its super block's factors
             s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
             so = s * Q4K_SCALES
@@ -138,8 +180,8 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
                                       load_f32(kg, so + 112), h, k)
         else:
             dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
-        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
-            _products(xq, r0, b, cbuf)
+        for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
+            _products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf, False)
             for t in _rows_of(r0, t1, levels):
                 i1, i2 = _level_ints(cbuf, r0, t, levels, 0)
                 q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels)
@@ -150,11 +192,11 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
 def q4_matmul(q, d, m, x, out, l2, threads, levels):
     """matmul_i8.q4_matmul on tiles."""
     literally(levels)
-    xq, xd, _, xs = padded_levels(x, levels, TILE_ROWS)
+    xq, xd, _, xs = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 2), q.shape[0], l2, threads)
     for s in prange(slices):
-        wbuf, cbuf = _task_start()
+        wbuf, cbuf = _task_start(CONFIG)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
@@ -167,11 +209,11 @@ def q4_matmul(q, d, m, x, out, l2, threads, levels):
 def q4k_matmul(q, ks, x, out, l2, threads, levels):
     """matmul_i8.q4k_matmul on tiles."""
     literally(levels)
-    xq, xd, _, xs = padded_levels(x, levels, TILE_ROWS)
+    xq, xd, _, xs = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, ks, 1), q.shape[0], l2, threads)
     for s in prange(slices):
-        wbuf, cbuf = _task_start()
+        wbuf, cbuf = _task_start(CONFIG)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
@@ -181,25 +223,22 @@ def q4k_matmul(q, ks, x, out, l2, threads, levels):
 
 
 @njit(inline="always")
-def _q8_group(qg, dg, g, xq, xd, xi, out, t0, t1, levels, wbuf, cbuf, bias):
+def _q8_group(qg, dg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
     """Group g of a q8 matrix (``bias`` 128: q + 128 bytes, loaded as they are) or a packed q5 one (16: q + 16
     in 5 bits, unpacked) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     for b in range(xd.shape[2]):
         if bias == 128:
-            for line in range(8):
-                prefetch(qg, b * 8 * 64 + PREFETCH_BYTES + line * 64)
-            tile_load(0, qg, b * 8 * 64, 64)
+            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
-            _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7)
+        _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
+        tile_load(0, wbuf, 0, 64)
         dv = load_f32(dg, b * ROWS)
-        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
-            _products(xq, r0, b, cbuf)
+        for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
+            _products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf, True)
             for t in _rows_of(r0, t1, levels):
-                c1, c2 = _level_ints(cbuf, r0, t, levels, 0)
-                i1 = sub_i32(c1, splat_i32(xi[t, 0, b] * bias))
-                i2 = sub_i32(c2, splat_i32(xi[t, levels - 1, b] * bias))
+                i1, i2 = _level_ints(cbuf, r0, t, levels, 0)
                 scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
@@ -209,20 +248,20 @@ def q8_matmul(q, d, x, out, l2, threads, levels, bias):
     """matmul_i8.int8_matmul's q8 (``bias`` 128) or q5_packed_matmul (16) on tiles."""
     literally(levels)
     literally(bias)
-    xq, xd, xi, _ = padded_levels(x, levels, TILE_ROWS)
+    xq, xd, _, _ = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
     for s in prange(slices):
-        wbuf, cbuf = _task_start()
+        wbuf, cbuf = _task_start(CONFIG)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _q8_group(q[g], d[g], g, xq, xd, xi, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, bias)
+                _q8_group(q[g], d[g], g, xq, xd, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, bias)
         release_tiles()
 
 
 @njit(inline="always")
-def _q6_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1, levels, wbuf, cbuf, bias):
+def _q6_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
     """Group g of a q6 matrix (``bias`` 128: q8's bytes, loaded as they are; 32: packed, unpacked) . x[t]
     into out[t], rows t0..t1: two half-block products, each times its int8 scale, then the super-block
     scale."""
@@ -233,18 +272,17 @@ def _q6_group(qg, dg, sg, g, xq, xd, sums, out, t0, t1, levels, wbuf, cbuf, bias
             w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
         else:
             w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-        _operands_tile(wbuf, w0, w1, w2, w3, w4, w5, w6, w7)
-        tile_load(3, wbuf, 0, 64)
-        tile_load(4, wbuf, 4 * 64, 64)
+        _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
+        tile_load(0, wbuf, 0, 64)
+        tile_load(7, wbuf, 4 * 64, 64)
         s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
         sup = load_f32(sg, b // per_sup * ROWS)
-        for r0 in range(t0 * levels, t1 * levels, TILE_ROWS):
-            _half_products(xq, r0, b, cbuf)
+        for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
+            _half_products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf)
             for t in _rows_of(r0, t1, levels):
                 lo1, lo2 = _level_ints(cbuf, r0, t, levels, 0)
-                hi1, hi2 = _level_ints(cbuf, r0, t, levels, TILE_ROWS * ROWS)
-                i1 = q6_ints(lo1, hi1, sums, t, 0, b, bias, s_lo, s_hi)
-                i2 = q6_ints(lo2, hi2, sums, t, levels - 1, b, bias, s_lo, s_hi)
+                hi1, hi2 = _level_ints(cbuf, r0, t, levels, CHUNK_ROWS * ROWS)
+                i1, i2 = q6_scaled(lo1, hi1, s_lo, s_hi), q6_scaled(lo2, hi2, s_lo, s_hi)
                 scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
@@ -254,16 +292,15 @@ def q6_matmul(q, d, x, out, sup, l2, threads, levels, bias):
     """matmul_i8.int8_matmul's q6 (``bias`` 128) or q6_packed_matmul (32) on tiles."""
     literally(levels)
     literally(bias)
-    xq, xd, _, _ = padded_levels(x, levels, TILE_ROWS)
-    sums = _half_sums(xq)
+    xq, xd, _, _ = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
     for s in prange(slices):
-        wbuf, cbuf = _task_start()
+        wbuf, cbuf = _task_start(CONFIG_Q6)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _q6_group(q[g], d[g], group_part(sup, g), g, xq, xd, sums, out, t0, min(n, t0 + tile), levels,
+                _q6_group(q[g], d[g], group_part(sup, g), g, xq, xd, out, t0, min(n, t0 + tile), levels,
                           wbuf, cbuf, bias)
         release_tiles()
 

@@ -639,8 +639,14 @@ def _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums, t, lv, b, bias, s_lo
 def q6_ints(lo, hi, sums, t, lv, b, bias, s_lo, s_hi):
     """A q6 block's integer product from its two half products ``lo``, ``hi`` (of q + ``bias``): the extra
     bias * sum(x) of each half taken back out, then each times its int8 scale, summed in int32."""
-    return add_i32(mul_i32(sub_i32(lo, splat_i32(sums[t, lv, 2 * b] * bias)), s_lo),
-                   mul_i32(sub_i32(hi, splat_i32(sums[t, lv, 2 * b + 1] * bias)), s_hi))
+    return q6_scaled(sub_i32(lo, splat_i32(sums[t, lv, 2 * b] * bias)),
+                     sub_i32(hi, splat_i32(sums[t, lv, 2 * b + 1] * bias)), s_lo, s_hi)
+
+
+@njit(inline="always")
+def q6_scaled(lo, hi, s_lo, s_hi):
+    """A q6 block's integer product from its half products of signed q: each times its int8 scale."""
+    return add_i32(mul_i32(lo, s_lo), mul_i32(hi, s_hi))
 
 
 @njit(inline="always")
