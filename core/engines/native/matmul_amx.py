@@ -41,9 +41,11 @@ cpu.request_amx_permission()  # the tile state, before any kernel runs (idempote
 
 #: rows of an A tile (activation rows x levels) and of C
 TILE_ROWS = 16
-#: C rows a block's products are made for before their epilogue reads them (tiles in pairs, two chains): the
-#: stores are long done by then, and the tile unit runs back to back instead of waiting on each epilogue
-CHUNK_ROWS = 8 * TILE_ROWS
+#: C rows of a chunk (tiles in pairs, two chains), and blocks whose products are made for a chunk before
+#: their epilogue reads them: the stores are long done by then, and the tile unit runs back to back instead
+#: of waiting on each epilogue (with few rows, each block's unpacking, tile loads and stores are a chain of
+#: latencies that the next blocks' overlap)
+CHUNK_ROWS, CHUNK_BLOCKS = 8 * TILE_ROWS, 4
 #: the products of fewer rows run the vnni kernels: measured on Sapphire Rapids (see products.py)
 AMX_MIN_ROWS = 16
 #: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 and 2 the activations (A) of a pair of tiles,
@@ -69,7 +71,7 @@ def _task_start(config):
     """A prange task's tile configuration and buffers: the unpacked weights of a block (8 operands), a chunk's
     int32 products (two, for q6's halves)."""
     load_config(config)
-    return np.empty(8 * 64, np.uint8), np.empty(2 * CHUNK_ROWS * ROWS, np.int32)
+    return np.empty(8 * 64, np.uint8), np.empty(CHUNK_BLOCKS * 2 * CHUNK_ROWS * ROWS, np.int32)
 
 
 @njit(inline="always")
@@ -102,33 +104,30 @@ def _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7):
 
 
 @njit(inline="always")
-def _products(xq, r0, r1, b, cbuf, signed):
-    """cbuf[(r - r0) * 16] = C row r: xq's rows r0..r1 (as (row, level) pairs, whole pairs of tiles) . block
-    b's weights in tile 0 (``signed`` bytes, else unsigned)."""
+def _products(xq, r0, r1, b, cbuf, co, signed):
+    """cbuf[co + (r - r0) * 16] = C row r: xq's rows r0..r1 (as (row, level) pairs, whole tiles) . block b's
+    weights in tile 0 (``signed`` bytes, else unsigned)."""
     cols = xq.shape[2]
     for r in range(r0, r1, 2 * TILE_ROWS):
         tile_load(1, xq, r * cols + b * QK, cols)
         tile_zero(3)
-        tile_load(2, xq, (r + TILE_ROWS) * cols + b * QK, cols)
-        tile_zero(4)
-        if signed:
-            dot_s8s8(3, 1, 0)
-            dot_s8s8(4, 2, 0)
-        else:
-            dot_s8u8(3, 1, 0)
-            dot_s8u8(4, 2, 0)
-        tile_store(3, cbuf, (r - r0) * ROWS, 64)
-        tile_store(4, cbuf, (r - r0 + TILE_ROWS) * ROWS, 64)
+        dot_s8s8(3, 1, 0) if signed else dot_s8u8(3, 1, 0)
+        if r + TILE_ROWS < r1:  # the pair's second tile
+            tile_load(2, xq, (r + TILE_ROWS) * cols + b * QK, cols)
+            tile_zero(4)
+            dot_s8s8(4, 2, 0) if signed else dot_s8u8(4, 2, 0)
+            tile_store(4, cbuf, co + (r - r0 + TILE_ROWS) * ROWS, 64)
+        tile_store(3, cbuf, co + (r - r0) * ROWS, 64)
 
 
 @njit(inline="always")
-def _half_products(xq, r0, r1, b, cbuf):
-    """_products of q6's half blocks (weights in tiles 0 and 7): the first halves' C rows in cbuf from 0, the
-    second's from CHUNK_ROWS * 16."""
+def _half_products(xq, r0, r1, b, cbuf, co):
+    """_products of q6's half blocks (weights in tiles 0 and 7): the first halves' C rows in cbuf from co, the
+    second's from co + CHUNK_ROWS * 16."""
     cols = xq.shape[2]
     for r in range(r0, r1, 2 * TILE_ROWS):
-        for k in range(2):  # the pair's tiles
-            o, c = (r + k * TILE_ROWS) * cols + b * QK, (r - r0 + k * TILE_ROWS) * ROWS
+        for k in range(1 + (r + TILE_ROWS < r1)):  # the pair's tiles
+            o, c = (r + k * TILE_ROWS) * cols + b * QK, co + (r - r0 + k * TILE_ROWS) * ROWS
             tile_load(1, xq, o, cols)
             tile_load(2, xq, o + QK // 2, cols)
             if k == 0:
@@ -165,26 +164,31 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
     """Group g of a q4 matrix (scales dg, offsets mg) or a Q4_K one (scales kg: ``dv_of`` True) . x[t] into
     out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
-    for b in range(xd.shape[2]):
-        o = b * 4 * 64
-        for line in range(4):
-            prefetch(qg, o + PREFETCH_BYTES + line * 64)
-        w0, w1, w2, w3 = load_bytes(qg, o), load_bytes(qg, o + 64), load_bytes(qg, o + 128), load_bytes(qg, o + 192)
-        _store_operands(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
-                        high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
-        tile_load(0, wbuf, 0, 64)
-        if dv_of:  # Q4_K: the block's scale and offset from its super block's factors
-            s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
-            so = s * Q4K_SCALES
-            dv, mv = q4k_block_scales(load_i32(kg, so + 32 * h), load_i32(kg, so + 64), load_f32(kg, so + 96),
-                                      load_f32(kg, so + 112), h, k)
-        else:
-            dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
+    nb, region = xd.shape[2], CHUNK_ROWS * ROWS
+    for b0 in range(0, nb, CHUNK_BLOCKS):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
-            _products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf, False)
-            for t in _rows_of(r0, t1, levels):
-                i1, i2 = _level_ints(cbuf, r0, t, levels, 0)
-                q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels)
+            r1 = min(t1 * levels, r0 + CHUNK_ROWS)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                o = b * 4 * 64
+                for line in range(4):
+                    prefetch(qg, o + PREFETCH_BYTES + line * 64)
+                w0, w1 = load_bytes(qg, o), load_bytes(qg, o + 64)
+                w2, w3 = load_bytes(qg, o + 128), load_bytes(qg, o + 192)
+                _store_operands(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
+                                high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
+                tile_load(0, wbuf, 0, 64)
+                _products(xq, r0, r1, b, cbuf, (b - b0) * region, False)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                if dv_of:  # Q4_K: the block's scale and offset from its super block's factors
+                    s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
+                    so = s * Q4K_SCALES
+                    dv, mv = q4k_block_scales(load_i32(kg, so + 32 * h), load_i32(kg, so + 64),
+                                              load_f32(kg, so + 96), load_f32(kg, so + 112), h, k)
+                else:
+                    dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
+                for t in _rows_of(r0, t1, levels):
+                    i1, i2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
+                    q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
@@ -227,19 +231,23 @@ def _q8_group(qg, dg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
     """Group g of a q8 matrix (``bias`` 128: q + 128 bytes, loaded as they are) or a packed q5 one (16: q + 16
     in 5 bits, unpacked) . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
-    for b in range(xd.shape[2]):
-        if bias == 128:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-        else:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
-        _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
-        tile_load(0, wbuf, 0, 64)
-        dv = load_f32(dg, b * ROWS)
+    nb, region = xd.shape[2], CHUNK_ROWS * ROWS
+    for b0 in range(0, nb, CHUNK_BLOCKS):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
-            _products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf, True)
-            for t in _rows_of(r0, t1, levels):
-                i1, i2 = _level_ints(cbuf, r0, t, levels, 0)
-                scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
+            r1 = min(t1 * levels, r0 + CHUNK_ROWS)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                if bias == 128:
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+                else:
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
+                _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
+                tile_load(0, wbuf, 0, 64)
+                _products(xq, r0, r1, b, cbuf, (b - b0) * region, True)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                dv = load_f32(dg, b * ROWS)
+                for t in _rows_of(r0, t1, levels):
+                    i1, i2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
+                    scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
@@ -267,23 +275,27 @@ def _q6_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
     scale."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     per_sup = dg.shape[0] // (2 * sg.shape[0])  # 32-blocks per super block
-    for b in range(xd.shape[2]):
-        if bias == 128:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-        else:
-            w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-        _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
-        tile_load(0, wbuf, 0, 64)
-        tile_load(7, wbuf, 4 * 64, 64)
-        s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
-        sup = load_f32(sg, b // per_sup * ROWS)
+    nb, region = xd.shape[2], 2 * CHUNK_ROWS * ROWS
+    for b0 in range(0, nb, CHUNK_BLOCKS):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
-            _half_products(xq, r0, min(t1 * levels, r0 + CHUNK_ROWS), b, cbuf)
-            for t in _rows_of(r0, t1, levels):
-                lo1, lo2 = _level_ints(cbuf, r0, t, levels, 0)
-                hi1, hi2 = _level_ints(cbuf, r0, t, levels, CHUNK_ROWS * ROWS)
-                i1, i2 = q6_scaled(lo1, hi1, s_lo, s_hi), q6_scaled(lo2, hi2, s_lo, s_hi)
-                scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
+            r1 = min(t1 * levels, r0 + CHUNK_ROWS)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                if bias == 128:
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+                else:
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
+                _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
+                tile_load(0, wbuf, 0, 64)
+                tile_load(7, wbuf, 4 * 64, 64)
+                _half_products(xq, r0, r1, b, cbuf, (b - b0) * region)
+            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+                s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
+                sup = load_f32(sg, b // per_sup * ROWS)
+                for t in _rows_of(r0, t1, levels):
+                    lo1, lo2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
+                    hi1, hi2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region + CHUNK_ROWS * ROWS)
+                    i1, i2 = q6_scaled(lo1, hi1, s_lo, s_hi), q6_scaled(lo2, hi2, s_lo, s_hi)
+                    scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 

@@ -60,6 +60,10 @@ Activations (made by the products from x, see quantize_rows): ``xq`` (n, levels,
 level 2), ``xd`` (n, levels, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
 f32 the sums of the rounded blocks.
 
+The ``amx`` variant (matmul_amx.py) runs products of many rows on AMX tiles over these layouts: a block's 8
+operands are an AMX weight tile as they lie, and it shares the per-row epilogues below (q4_row_step,
+scaled_row_step, q6_scaled, q4k_block_scales), so its outputs are these kernels' bit for bit.
+
 Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
 so k tokens at once give bit-identical results to one at a time.  The group's weights are loaded and
 unpacked once per block and used by every row of the batch from registers.
