@@ -9,6 +9,7 @@ import pytest
 from corert.cpu import info
 from corert.engines.native import matmul_amx, matmul_i8, products
 from corert.engines.native.plugin import AMX
+from native_support import prompt_logits
 
 pytestmark = pytest.mark.skipif(not AMX.supported(info()), reason="this CPU lacks AMX")
 
@@ -118,8 +119,6 @@ def test_forward_logits_equal_vnni(qwen05):
     """A whole prompt (40 tokens: the products run on tiles) through Qwen 0.5B on amx and on vnni."""
     from corert.engines.native.model import Transformer
     from corert.models.gguf_header import read_header
-    from corert.numba_setup import PARALLEL_LOCK, run_parallel
-    from corert.plugins.kv_cache.contiguous import ContiguousKV
     from corert.plugins.tokenizer.bpe import BpeTokenizer
 
     header = read_header(qwen05, want_arrays=False)
@@ -127,17 +126,7 @@ def test_forward_logits_equal_vnni(qwen05):
         "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number, iteratively.\"\"\"\n    a, b = 0, 1\n"
         "    for _ in range(n):\n        a, b = b, a + b\n    return a\n"), np.int32)
     assert ids.size >= matmul_amx.AMX_MIN_ROWS
-    logits = {}
-    for variant in ("vnni", "amx"):
-        t = Transformer.load(header, variant, "auto")
-        cfg = t.cfg
-        kv = ContiguousKV().allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, 128, 1)
-        seq = kv.new_sequence()
-        positions = np.arange(ids.size, dtype=np.int32)
-        seq_ids = np.full(ids.size, seq, np.int32)
-        with PARALLEL_LOCK:
-            kv.reserve(seq_ids, positions)
-            logits[variant] = run_parallel(t.forward, ids, seq_ids, positions, kv, np.arange(ids.size), threads=2)
+    logits = {v: prompt_logits(Transformer.load(header, v, "auto"), ids, threads=2) for v in ("vnni", "amx")}
     assert np.isfinite(logits["vnni"]).all()
     np.testing.assert_array_equal(logits["amx"].view(np.uint32), logits["vnni"].view(np.uint32))
 

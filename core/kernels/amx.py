@@ -93,34 +93,27 @@ def tile_zero(typingctx, t):
     return types.void(t), codegen
 
 
-@intrinsic
-def tile_load(typingctx, t, arr, idx, stride):
-    """Tile ``t`` (its configured rows x bytes) from ``arr[idx]``, rows ``stride`` bytes apart."""
-    if not (_tile(t) and isinstance(arr, types.Array) and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(stride, types.Integer)):
-        return None
+def _tile_memory(name: str, doc: str):
+    """``llvm.x86.<name>(tile, address, stride)``: a tile's rows from or to memory."""
+    @intrinsic
+    def memory(typingctx, t, arr, idx, stride):
+        if not (_tile(t) and isinstance(arr, types.Array) and arr.layout == "C"
+                and isinstance(idx, types.Integer) and isinstance(stride, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[1], args[1], args[2])
-        _call(builder, "tileloadd64", ir.VoidType(),
-              [ir.Constant(_I8, sig.args[0].literal_value), ptr, _stride(builder, args[3], sig.args[3])])
-        return context.get_dummy_value()
-    return types.void(t, arr, idx, stride), codegen
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[1], args[1], args[2])
+            _call(builder, name, ir.VoidType(),
+                  [ir.Constant(_I8, sig.args[0].literal_value), ptr, _stride(builder, args[3], sig.args[3])])
+            return context.get_dummy_value()
+        return types.void(t, arr, idx, stride), codegen
+    memory.__doc__ = doc
+    return memory
 
 
-@intrinsic
-def tile_store(typingctx, t, arr, idx, stride):
-    """Tile ``t`` into ``arr[idx]``, rows ``stride`` bytes apart."""
-    if not (_tile(t) and isinstance(arr, types.Array) and arr.layout == "C"
-            and isinstance(idx, types.Integer) and isinstance(stride, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _address(context, builder, sig.args[1], args[1], args[2])
-        _call(builder, "tilestored64", ir.VoidType(),
-              [ir.Constant(_I8, sig.args[0].literal_value), ptr, _stride(builder, args[3], sig.args[3])])
-        return context.get_dummy_value()
-    return types.void(t, arr, idx, stride), codegen
+tile_load = _tile_memory("tileloadd64", "Tile ``t`` (its configured rows x bytes) from ``arr[idx]``, rows ``stride`` "
+                                        "bytes apart.")
+tile_store = _tile_memory("tilestored64", "Tile ``t`` into ``arr[idx]``, rows ``stride`` bytes apart.")
 
 
 def _dot(name: str, doc: str):

@@ -24,13 +24,14 @@ Products of fewer than AMX_MIN_ROWS rows (decode) run the vnni kernels (products
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, njit, prange
+from numba import literally, njit, prange, types
+from numba.extending import overload
 
 from ... import cpu, numba_setup  # noqa: F401
 from ...kernels import amx
 from ...kernels.amx import dot_s8s8, dot_s8u8, load_config, release_tiles, tile_load, tile_store, tile_zero
 from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i8_i32, load_i32, low_nibbles, minus_16, \
-    minus_32, minus_128, prefetch, store_bytes
+    minus_32, minus_128, prefetch, store_bytes, zeros_i32
 from .matmul import QK, group_part
 from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PACKED, ROWS, _group_bytes,
                         _int8_block, _q5_packed_block, _q6_packed_block, _store_rows, padded_levels,
@@ -160,9 +161,9 @@ def _level_ints(cbuf, r0, t, levels, half):
 
 
 @njit(inline="always")
-def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg, mg):
-    """Group g of a q4 matrix (scales dg, offsets mg) or a Q4_K one (scales kg: ``dv_of`` True) . x[t] into
-    out[t], rows t0..t1."""
+def _q4_group(qg, dg, mg, factored, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf):
+    """Group g of a q4 matrix (scales dg, offsets mg) or, ``factored``, a Q4_K one (scales dg: layout_q4k)
+    . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     nb, region = xd.shape[2], CHUNK_ROWS * ROWS
     for b0 in range(0, nb, CHUNK_BLOCKS):
@@ -179,11 +180,11 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
                 tile_load(0, wbuf, 0, 64)
                 _products(xq, r0, r1, b, cbuf, (b - b0) * region, False)
             for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
-                if dv_of:  # Q4_K: the block's scale and offset from its super block's factors
+                if factored:  # Q4_K: the block's scale and offset from its super block's factors
                     s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
                     so = s * Q4K_SCALES
-                    dv, mv = q4k_block_scales(load_i32(kg, so + 32 * h), load_i32(kg, so + 64),
-                                              load_f32(kg, so + 96), load_f32(kg, so + 112), h, k)
+                    dv, mv = q4k_block_scales(load_i32(dg, so + 32 * h), load_i32(dg, so + 64),
+                                              load_f32(dg, so + 96), load_f32(dg, so + 112), h, k)
                 else:
                     dv, mv = load_f32(dg, b * ROWS), load_f32(mg, b * ROWS)
                 for t in _rows_of(r0, t1, levels):
@@ -193,127 +194,88 @@ def _q4_group(qg, dv_of, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf, kg, dg,
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4_matmul(q, d, m, x, out, l2, threads, levels):
-    """matmul_i8.q4_matmul on tiles."""
+def q4_matmul(q, d, m, x, out, l2, threads, levels, factored):
+    """matmul_i8.q4_matmul on tiles, or (``factored``: ``d`` and ``m`` both Q4_K's scales, layout_q4k)
+    matmul_i8.q4k_matmul."""
     literally(levels)
+    literally(factored)
     xq, xd, _, xs = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
-    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 2), q.shape[0], l2, threads)
+    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1 if factored else 2), q.shape[0], l2, threads)
     for s in prange(slices):
         wbuf, cbuf = _task_start(CONFIG)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _q4_group(q[g], False, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, d[g], d[g],
-                          m[g])
-        release_tiles()
-
-
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q4k_matmul(q, ks, x, out, l2, threads, levels):
-    """matmul_i8.q4k_matmul on tiles."""
-    literally(levels)
-    xq, xd, _, xs = padded_levels(x, levels, 2 * TILE_ROWS)
-    n = x.shape[0]
-    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, ks, 1), q.shape[0], l2, threads)
-    for s in prange(slices):
-        wbuf, cbuf = _task_start(CONFIG)
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            for g in range(g0, g1):
-                _q4_group(q[g], True, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, ks[g],
-                          ks[g], ks[g])
+                _q4_group(q[g], d[g], m[g], factored, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf)
         release_tiles()
 
 
 @njit(inline="always")
-def _q8_group(qg, dg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
-    """Group g of a q8 matrix (``bias`` 128: q + 128 bytes, loaded as they are) or a packed q5 one (16: q + 16
-    in 5 bits, unpacked) . x[t] into out[t], rows t0..t1."""
+def _int8_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias, halves):
+    """Group g of a q8 matrix (``bias`` 128: q + 128 bytes) or a packed q5 one (16: q + 16 in 5 bits) . x[t]
+    into out[t], rows t0..t1; with ``halves`` a q6 one (128: q8's bytes; 32: packed in 6 bits): two half-block
+    products, each times its int8 scale, then the super-block scale."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
-    nb, region = xd.shape[2], CHUNK_ROWS * ROWS
+    per_sup = dg.shape[0] // (2 * sg.shape[0])  # q6's 32-blocks per super block
+    nb, region = xd.shape[2], (1 + halves) * CHUNK_ROWS * ROWS
     for b0 in range(0, nb, CHUNK_BLOCKS):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
             r1 = min(t1 * levels, r0 + CHUNK_ROWS)
             for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
                 if bias == 128:
                     w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
+                elif bias == 32:
+                    w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
                 else:
                     w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
                 _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
                 tile_load(0, wbuf, 0, 64)
-                _products(xq, r0, r1, b, cbuf, (b - b0) * region, True)
+                if halves:
+                    tile_load(7, wbuf, 4 * 64, 64)
+                    _half_products(xq, r0, r1, b, cbuf, (b - b0) * region)
+                else:
+                    _products(xq, r0, r1, b, cbuf, (b - b0) * region, True)
             for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
-                dv = load_f32(dg, b * ROWS)
+                scale, s_lo, s_hi = _block_scales(dg, sg, b, per_sup)
                 for t in _rows_of(r0, t1, levels):
                     i1, i2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
-                    scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
+                    if halves:
+                        hi1, hi2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region + CHUNK_ROWS * ROWS)
+                        i1, i2 = q6_scaled(i1, hi1, s_lo, s_hi), q6_scaled(i2, hi2, s_lo, s_hi)
+                    scaled_row_step(acc, t, t0, i1, i2, scale, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 
+def _block_scales(dg, sg, b, per_sup):
+    """Block b's f32 scale per row, and q6's int8 scales of its halves (typed per layout below)."""
+
+
+@overload(_block_scales, inline="always")
+def _block_scales_of(dg, sg, b, per_sup):
+    if dg.dtype == types.uint16:  # q8 / q5: f16 bits per 32 values
+        return lambda dg, sg, b, per_sup: (load_f32(dg, b * ROWS), zeros_i32(), zeros_i32())
+    return lambda dg, sg, b, per_sup: (load_f32(sg, b // per_sup * ROWS), load_i8_i32(dg, 2 * b * ROWS),
+                                       load_i8_i32(dg, (2 * b + 1) * ROWS))  # q6: int8 per 16, f32 per super block
+
+
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q8_matmul(q, d, x, out, l2, threads, levels, bias):
-    """matmul_i8.int8_matmul's q8 (``bias`` 128) or q5_packed_matmul (16) on tiles."""
+def int8_matmul(q, d, x, out, sup, l2, threads, levels, bias, halves):
+    """matmul_i8.int8_matmul's q8 (``bias`` 128) and q5_packed_matmul (16) on tiles; with ``halves``
+    int8_matmul's q6 (128) and q6_packed_matmul (32)."""
     literally(levels)
     literally(bias)
+    literally(halves)
     xq, xd, _, _ = padded_levels(x, levels, 2 * TILE_ROWS)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
     for s in prange(slices):
-        wbuf, cbuf = _task_start(CONFIG)
+        wbuf, cbuf = _task_start(CONFIG_Q6 if halves else CONFIG)
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _q8_group(q[g], d[g], g, xq, xd, out, t0, min(n, t0 + tile), levels, wbuf, cbuf, bias)
-        release_tiles()
-
-
-@njit(inline="always")
-def _q6_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias):
-    """Group g of a q6 matrix (``bias`` 128: q8's bytes, loaded as they are; 32: packed, unpacked) . x[t]
-    into out[t], rows t0..t1: two half-block products, each times its int8 scale, then the super-block
-    scale."""
-    acc = np.zeros((t1 - t0) * ROWS, np.float32)
-    per_sup = dg.shape[0] // (2 * sg.shape[0])  # 32-blocks per super block
-    nb, region = xd.shape[2], 2 * CHUNK_ROWS * ROWS
-    for b0 in range(0, nb, CHUNK_BLOCKS):
-        for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
-            r1 = min(t1 * levels, r0 + CHUNK_ROWS)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
-                if bias == 128:
-                    w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-                else:
-                    w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-                _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7)
-                tile_load(0, wbuf, 0, 64)
-                tile_load(7, wbuf, 4 * 64, 64)
-                _half_products(xq, r0, r1, b, cbuf, (b - b0) * region)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
-                s_lo, s_hi = load_i8_i32(dg, 2 * b * ROWS), load_i8_i32(dg, (2 * b + 1) * ROWS)
-                sup = load_f32(sg, b // per_sup * ROWS)
-                for t in _rows_of(r0, t1, levels):
-                    lo1, lo2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
-                    hi1, hi2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region + CHUNK_ROWS * ROWS)
-                    i1, i2 = q6_scaled(lo1, hi1, s_lo, s_hi), q6_scaled(lo2, hi2, s_lo, s_hi)
-                    scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
-    _store_rows(acc, out, t0, t1, g, out.shape[1])
-
-
-@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def q6_matmul(q, d, x, out, sup, l2, threads, levels, bias):
-    """matmul_i8.int8_matmul's q6 (``bias`` 128) or q6_packed_matmul (32) on tiles."""
-    literally(levels)
-    literally(bias)
-    xq, xd, _, _ = padded_levels(x, levels, 2 * TILE_ROWS)
-    n = x.shape[0]
-    tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
-    for s in prange(slices):
-        wbuf, cbuf = _task_start(CONFIG_Q6)
-        g0, g1 = slice_bounds(s, slices, q.shape[0])
-        for t0 in range(0, n, tile):
-            for g in range(g0, g1):
-                _q6_group(q[g], d[g], group_part(sup, g), g, xq, xd, out, t0, min(n, t0 + tile), levels,
-                          wbuf, cbuf, bias)
+                _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, out, t0, min(n, t0 + tile), levels, wbuf,
+                            cbuf, bias, halves)
         release_tiles()
 
 
@@ -321,35 +283,48 @@ def q6_matmul(q, d, x, out, sup, l2, threads, levels, bias):
 # arguments as matmul_i8's, so products.py calls either (q8's ``sup`` is None) ---------------------------
 @njit(cache=True)
 def q4_product(q, d, m, x, out, l2, threads, levels):
-    q4_matmul(q, d, m, x, out, l2, threads, 1) if levels == 1 else q4_matmul(q, d, m, x, out, l2, threads, 2)
+    if levels == 1:
+        q4_matmul(q, d, m, x, out, l2, threads, 1, False)
+    else:
+        q4_matmul(q, d, m, x, out, l2, threads, 2, False)
 
 
 @njit(cache=True)
 def q4k_product(q, ks, x, out, l2, threads, levels):
-    q4k_matmul(q, ks, x, out, l2, threads, 1) if levels == 1 else q4k_matmul(q, ks, x, out, l2, threads, 2)
+    if levels == 1:
+        q4_matmul(q, ks, ks, x, out, l2, threads, 1, True)
+    else:
+        q4_matmul(q, ks, ks, x, out, l2, threads, 2, True)
 
 
 @njit(cache=True)
 def q8_product(q, d, x, out, sup, l2, threads, levels):
-    q8_matmul(q, d, x, out, l2, threads, 1, 128) if levels == 1 else q8_matmul(q, d, x, out, l2, threads, 2, 128)
+    # ``d`` stands in for q6's super-block scales (None here): the kernel types the q6 branches too
+    if levels == 1:
+        int8_matmul(q, d, x, out, d, l2, threads, 1, 128, False)
+    else:
+        int8_matmul(q, d, x, out, d, l2, threads, 2, 128, False)
 
 
 @njit(cache=True)
 def q5_packed_product(q, d, x, out, l2, threads, levels):
-    q8_matmul(q, d, x, out, l2, threads, 1, 16) if levels == 1 else q8_matmul(q, d, x, out, l2, threads, 2, 16)
+    if levels == 1:
+        int8_matmul(q, d, x, out, d, l2, threads, 1, 16, False)  # ``d``: as q8_product's
+    else:
+        int8_matmul(q, d, x, out, d, l2, threads, 2, 16, False)
 
 
 @njit(cache=True)
 def q6_product(q, d, x, out, sup, l2, threads, levels):
     if levels == 1:
-        q6_matmul(q, d, x, out, sup, l2, threads, 1, 128)
+        int8_matmul(q, d, x, out, sup, l2, threads, 1, 128, True)
     else:
-        q6_matmul(q, d, x, out, sup, l2, threads, 2, 128)
+        int8_matmul(q, d, x, out, sup, l2, threads, 2, 128, True)
 
 
 @njit(cache=True)
 def q6_packed_product(q, d, x, out, sup, l2, threads, levels):
     if levels == 1:
-        q6_matmul(q, d, x, out, sup, l2, threads, 1, 32)
+        int8_matmul(q, d, x, out, sup, l2, threads, 1, 32, True)
     else:
-        q6_matmul(q, d, x, out, sup, l2, threads, 2, 32)
+        int8_matmul(q, d, x, out, sup, l2, threads, 2, 32, True)
