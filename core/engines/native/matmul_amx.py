@@ -42,11 +42,12 @@ cpu.request_amx_permission()  # the tile state, before any kernel runs (idempote
 
 #: rows of an A tile (activation rows x levels) and of C
 TILE_ROWS = 16
-#: C rows of a chunk (tiles in pairs, two chains), and blocks whose products are made for a chunk before
-#: their epilogue reads them: the stores are long done by then, and the tile unit runs back to back instead
-#: of waiting on each epilogue (with few rows, each block's unpacking, tile loads and stores are a chain of
-#: latencies that the next blocks' overlap)
-CHUNK_ROWS, CHUNK_BLOCKS = 8 * TILE_ROWS, 4
+#: C rows of a chunk (tiles in pairs, two chains), whose products are made before their epilogue reads them:
+#: the stores are long done by then, and the tile unit runs back to back instead of waiting on each epilogue.
+#: With few rows (at most FEW_ROWS C rows) a chunk spans CHUNK_BLOCKS blocks: each block's unpacking, tile
+#: loads and stores are a chain of latencies that the next blocks' overlap; with more, one block (4 blocks of
+#: 128 rows, 32-64 KB of products, left L1 and cost 10-25%: bench-results/s12-amx12/products-qwen05-v5.json)
+CHUNK_ROWS, CHUNK_BLOCKS, FEW_ROWS = 8 * TILE_ROWS, 4, 2 * TILE_ROWS
 #: the products of fewer rows run the vnni kernels: measured on Sapphire Rapids (see products.py)
 AMX_MIN_ROWS = 16
 #: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 and 2 the activations (A) of a pair of tiles,
@@ -166,10 +167,11 @@ def _q4_group(qg, dg, mg, factored, g, xq, xd, xs, out, t0, t1, levels, wbuf, cb
     . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     nb, region = xd.shape[2], CHUNK_ROWS * ROWS
-    for b0 in range(0, nb, CHUNK_BLOCKS):
+    blocks = CHUNK_BLOCKS if (t1 - t0) * levels <= FEW_ROWS else 1
+    for b0 in range(0, nb, blocks):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
             r1 = min(t1 * levels, r0 + CHUNK_ROWS)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+            for b in range(b0, min(nb, b0 + blocks)):
                 o = b * 4 * 64
                 for line in range(4):
                     prefetch(qg, o + PREFETCH_BYTES + line * 64)
@@ -179,7 +181,7 @@ def _q4_group(qg, dg, mg, factored, g, xq, xd, xs, out, t0, t1, levels, wbuf, cb
                                 high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
                 tile_load(0, wbuf, 0, 64)
                 _products(xq, r0, r1, b, cbuf, (b - b0) * region, False)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+            for b in range(b0, min(nb, b0 + blocks)):
                 if factored:  # Q4_K: the block's scale and offset from its super block's factors
                     s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
                     so = s * Q4K_SCALES
@@ -219,10 +221,11 @@ def _int8_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias, ha
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
     per_sup = dg.shape[0] // (2 * sg.shape[0])  # q6's 32-blocks per super block
     nb, region = xd.shape[2], (1 + halves) * CHUNK_ROWS * ROWS
-    for b0 in range(0, nb, CHUNK_BLOCKS):
+    blocks = CHUNK_BLOCKS if (t1 - t0) * levels <= FEW_ROWS else 1
+    for b0 in range(0, nb, blocks):
         for r0 in range(t0 * levels, t1 * levels, CHUNK_ROWS):
             r1 = min(t1 * levels, r0 + CHUNK_ROWS)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+            for b in range(b0, min(nb, b0 + blocks)):
                 if bias == 128:
                     w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
                 elif bias == 32:
@@ -236,7 +239,7 @@ def _int8_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias, ha
                     _half_products(xq, r0, r1, b, cbuf, (b - b0) * region)
                 else:
                     _products(xq, r0, r1, b, cbuf, (b - b0) * region, True)
-            for b in range(b0, min(nb, b0 + CHUNK_BLOCKS)):
+            for b in range(b0, min(nb, b0 + blocks)):
                 scale, s_lo, s_hi = _block_scales(dg, sg, b, per_sup)
                 for t in _rows_of(r0, t1, levels):
                     i1, i2 = _level_ints(cbuf, r0, t, levels, (b - b0) * region)
