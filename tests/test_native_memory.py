@@ -10,6 +10,7 @@ import pytest
 
 from corert.engines.native.layout_cache import MAGIC, LayoutCache
 from corert.engines.native.model import Transformer
+from corert.engines.native.products import PRODUCTS
 from corert.memory import lazy_zeros
 from corert.models.gguf_header import read_header
 from native_support import prompt_logits
@@ -82,8 +83,8 @@ def test_registry_model_weights_are_mapped_not_copied(smollm2):
 
     with Runtime(model=smollm2, engine="native", n_ctx=64) as rt:
         t = rt.load_generation_model()[0].transformer
-        cache = LayoutCache.open("auto", read_header(smollm2, want_arrays=False), "I8Products"
-                                 if t.variant == "vnni" else "F32Products")
+        cache = LayoutCache.open("auto", read_header(smollm2, want_arrays=False),
+                                 type(PRODUCTS[t.variant]).__name__)  # vnni and amx share I8Products' layouts
         assert all(_mapped_from(p, cache.dir) for m in t.matrices() for p in m.parts)
         assert t.embed.path == str(smollm2) and t.embed.n_rows == t.cfg.n_vocab
 
