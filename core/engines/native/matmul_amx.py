@@ -48,7 +48,8 @@ TILE_ROWS = 16
 #: loads and stores are a chain of latencies that the next blocks' overlap; with more, one block (4 blocks of
 #: 128 rows, 32-64 KB of products, left L1 and cost 10-25%: bench-results/s12-amx12/products-qwen05-v5.json)
 CHUNK_ROWS, CHUNK_BLOCKS, FEW_ROWS = 8 * TILE_ROWS, 4, 2 * TILE_ROWS
-#: the products of fewer rows run the vnni kernels: measured on Sapphire Rapids (see products.py)
+#: the products of fewer rows run the vnni kernels: at 8 rows the tiles were 0.87-0.9x vnni's, at 16 0.88-1.2x,
+#: at 64 1.1-1.44x (Qwen 0.5B's layer 0 on this Xeon: bench-results/s12-amx12/products-qwen05-v6.json)
 AMX_MIN_ROWS = 16
 #: tile shapes (rows, bytes a row): 0 a block's weights (B), 1 and 2 the activations (A) of a pair of tiles,
 #: 3-6 their products (C); q6: 0 and 7 the weights of a block's columns 0-15 and 16-31, 1 and 2 the
