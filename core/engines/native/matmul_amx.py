@@ -13,12 +13,13 @@ unpacked by matmul_i8's own code into a 512-byte buffer first.  The activations 
 the rows of an A tile as they lie: (row, level) pairs ``cols`` bytes apart, so one tile holds 16 / levels
 rows with all their levels, and C's row j is row ``j // levels``'s level ``j % levels`` product.  A C row is
 the 16 int32 lanes the vnni kernel's block dot gives for that row (before its bias corrections), and the
-epilogue (q4_row_step, scaled_row_step, q6_ints) is the same code, so the outputs are bit-identical to
+epilogue (q4_row_step, scaled_row_step, q6_scaled) is the same code, so the outputs are bit-identical to
 vnni's for every layout, row count and level count (tests/test_native_amx.py).  q6 has a scale per 16
 values: its half blocks are two K = 16 products.
 
-The activations get whole tiles of rows: ``xq`` has TILE_ROWS zero rows after x's (their products are never
-read).  The tile state is per thread: each prange task loads the configuration and releases it at its end.
+The activations get whole pairs of tiles: ``xq`` has 2 * TILE_ROWS zero rows after x's (their products are
+never read).  q8 / q5 / q6 operands are made signed (q, not q + bias) for ``tdpbssd``: no bias * sum(x) to take
+out per row, the same integers.  The tile state is per thread: each prange task loads the configuration and releases it at its end.
 Products of fewer than AMX_MIN_ROWS rows (decode) run the vnni kernels (products.py).
 """
 from __future__ import annotations
