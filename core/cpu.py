@@ -8,6 +8,7 @@ the host picks the best one this CPU has.  Tests force features with :func:`over
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import platform
@@ -56,6 +57,8 @@ def _detect() -> CpuInfo:
         if "avx512f" in flags and "avx512bw" in flags:
             features.add("avx512")
         features |= {f for f in flags if f.startswith("avx512")}
+        if AMX_FLAGS <= flags and request_amx_permission():  # the tile state is the kernel's to grant
+            features |= AMX_FLAGS
     env = os.environ.get("CORERT_CPU_FEATURES")
     if env is not None:  # an override for tests and A/B on other hardware profiles
         features = {f.strip() for f in env.split(",") if f.strip()}
@@ -73,8 +76,9 @@ def _llvm_flags() -> set[str]:
 
 
 def _llvm_name(flag: str) -> str:
-    """A /proc/cpuinfo flag as LLVM spells it (``avx512_vnni`` -> ``avx512vnni``, ``sse4_1`` -> ``sse41``)."""
-    return flag.replace("_", "").replace(".", "")
+    """A /proc/cpuinfo or LLVM flag without separators (``avx512_vnni`` and ``avx512vnni`` -> ``avx512vnni``,
+    ``sse4_1`` and ``sse4.1`` -> ``sse41``, ``amx_int8`` and ``amx-int8`` -> ``amxint8``)."""
+    return flag.replace("_", "").replace(".", "").replace("-", "")
 
 
 def _numba_target_flags() -> set[str] | None:
@@ -94,6 +98,28 @@ def _numba_target_flags() -> set[str] | None:
             return None  # numba uses this CPU's features
         listed = ""
     return {_llvm_name(f.strip()[1:]) for f in listed.split(",") if f.strip().startswith("+")}
+
+
+#: the /proc/cpuinfo flags of AMX's int8 tile products (the native engine's ``amx`` variant)
+AMX_FLAGS = frozenset({"amx_int8", "amx_tile"})
+#: arch_prctl's request for an extended state component, and AMX's tile data component (linux/asm/prctl.h)
+ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 0x1023, 18
+_SYS_ARCH_PRCTL = 158  # x86-64
+
+
+@functools.lru_cache(maxsize=1)
+def request_amx_permission() -> bool:
+    """Ask Linux for this process's AMX tile state (process-wide, idempotent); whether it was granted.
+    Linux hands the 8 KB of tile registers to a process only when asked: without it the first tile
+    instruction is SIGILL.  False off x86-64 Linux, or when the kernel refuses (too old, or a VM hides it)."""
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(ctypes.c_long(_SYS_ARCH_PRCTL), ctypes.c_long(ARCH_REQ_XCOMP_PERM),
+                            ctypes.c_long(XFEATURE_XTILEDATA)) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def _proc_cpuinfo_flags() -> set[str]:

@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from corert.cpu import CpuInfo
-from corert.engines.native.plugin import VNNI
+from corert.engines.native.plugin import AMX, VNNI
 
 PROMPT = "The capital of France is"
 #: what a child must not inherit from this process: the profile is the test's choice
@@ -76,6 +76,7 @@ def _real_features() -> frozenset[str]:
 def _profile_features(profile: str) -> frozenset[str]:
     real = _real_features()
     return {"detected": real, "no-avx512": frozenset(f for f in real if not f.startswith("avx512")),
+            "no-amx": real - (AMX.requires - VNNI.requires),
             "neon": frozenset({"neon"}), "no-simd": frozenset()}[profile]
 
 
@@ -93,7 +94,8 @@ def _profile_env(profile: str) -> dict[str, str]:
 def _expected(features: frozenset[str]) -> dict[str, str]:
     """The fallback each kernel plugin must pick on a CPU with ``features``."""
     simd = "avx2" if "avx2" in features else "neon" if "neon" in features else "scalar"
-    return {"engine": VNNI.name if VNNI.supported(CpuInfo("x86_64", features)) else simd, "tokenizer": simd,
+    engine = next((v.name for v in (AMX, VNNI) if v.supported(CpuInfo("x86_64", features))), simd)
+    return {"engine": engine, "tokenizer": simd,
             "kv_kernel": "wide" if simd != "scalar" else "scalar"}
 
 
@@ -115,11 +117,12 @@ def _check_run(run: dict, expected: dict[str, str]) -> None:
     assert run["chosen"]["engine"] == expected["engine"]
     assert run["plugins"]["tokenizer"] == f"bpe:{expected['tokenizer']}"
     assert run["kv_kernel"] == expected["kv_kernel"]
-    # the vnni kernels are compiled at their first call: never, unless vnni is the engine's variant
-    assert (run["vnni_signatures"] > 0) == (expected["engine"] == VNNI.name)
+    # the vnni kernels are compiled at their first call: never, unless vnni (or amx, whose decode runs them)
+    # is the engine's variant
+    assert (run["vnni_signatures"] > 0) == (expected["engine"] in (VNNI.name, AMX.name))
 
 
-PROFILES = ["detected", "no-avx512", "neon", "no-simd"]
+PROFILES = ["detected", "no-amx", "no-avx512", "neon", "no-simd"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -135,10 +138,13 @@ def test_profile_picks_its_fallback_silently(profile, smollm2):
 
 
 def test_this_cpu_defaults_to_vnni_and_falls_back_without_avx512(smollm2):
-    """Here (AVX-512 VNNI) the default engine variant is vnni; without AVX-512 it is avx2, silently."""
-    if not VNNI.supported(CpuInfo("x86_64", _real_features())):
+    """Here (AVX-512 VNNI) the default engine variant is vnni, amx where the CPU has AMX (and Linux grants it);
+    without AMX it is vnni, without AVX-512 avx2, silently."""
+    real = CpuInfo("x86_64", _real_features())
+    if not VNNI.supported(real):
         pytest.skip("this CPU has no AVX-512 VNNI: the default is already a fallback")
-    assert _run_profile(smollm2, "detected")["chosen"]["engine"] == VNNI.name
+    assert _run_profile(smollm2, "detected")["chosen"]["engine"] == (AMX if AMX.supported(real) else VNNI).name
+    assert _run_profile(smollm2, "no-amx")["chosen"]["engine"] == VNNI.name
     assert _run_profile(smollm2, "no-avx512")["chosen"]["engine"] == "avx2"
 
 

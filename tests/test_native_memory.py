@@ -10,10 +10,10 @@ import pytest
 
 from corert.engines.native.layout_cache import MAGIC, LayoutCache
 from corert.engines.native.model import Transformer
+from corert.engines.native.products import PRODUCTS
 from corert.memory import lazy_zeros
 from corert.models.gguf_header import read_header
-from corert.numba_setup import PARALLEL_LOCK, run_parallel
-from corert.plugins.kv_cache.contiguous import ContiguousKV
+from native_support import prompt_logits
 from tiny_gguf import write_tiny_llama
 
 IDS = np.array([1, 5, 9, 2, 33, 7], np.int32)
@@ -28,14 +28,7 @@ def _mapped_from(a: np.ndarray, directory) -> bool:
 
 
 def _logits(t: Transformer) -> np.ndarray:
-    cfg = t.cfg
-    kv = ContiguousKV().allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, 16, 1)
-    seq = kv.new_sequence()
-    positions = np.arange(IDS.size, dtype=np.int32)
-    seq_ids = np.full(IDS.size, seq, np.int32)
-    with PARALLEL_LOCK:
-        kv.reserve(seq_ids, positions)
-        return run_parallel(t.forward, IDS, seq_ids, positions, kv, np.arange(IDS.size), threads=1)
+    return prompt_logits(t, IDS)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +83,8 @@ def test_registry_model_weights_are_mapped_not_copied(smollm2):
 
     with Runtime(model=smollm2, engine="native", n_ctx=64) as rt:
         t = rt.load_generation_model()[0].transformer
-        cache = LayoutCache.open("auto", read_header(smollm2, want_arrays=False), "I8Products"
-                                 if t.variant == "vnni" else "F32Products")
+        cache = LayoutCache.open("auto", read_header(smollm2, want_arrays=False),
+                                 type(PRODUCTS[t.variant]).__name__)  # vnni and amx share I8Products' layouts
         assert all(_mapped_from(p, cache.dir) for m in t.matrices() for p in m.parts)
         assert t.embed.path == str(smollm2) and t.embed.n_rows == t.cfg.n_vocab
 

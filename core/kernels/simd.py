@@ -122,17 +122,25 @@ def load_i32(typingctx, arr, idx):
     return I32x16(arr, idx), codegen
 
 
-@intrinsic
-def store_f32(typingctx, arr, idx, v):
-    """``arr[idx:idx + 16] = v`` for a float32 array."""
-    if not (_array(arr, 32) and isinstance(idx, types.Integer) and v == F32x16):
-        return None
+def _store(vec: Vec, bits: int, align: int, doc: str):
+    """``arr[idx:idx + lanes] = v`` for a ``vec`` value and an array of ``bits``-bit elements."""
+    @intrinsic
+    def store(typingctx, arr, idx, v):
+        if not (_array(arr, bits) and isinstance(idx, types.Integer) and v == vec):
+            return None
 
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()),
-                      align=4)
-        return context.get_dummy_value()
-    return types.void(arr, idx, v), codegen
+        def codegen(context, builder, sig, args):
+            builder.store(args[2], _address(context, builder, sig.args[0], args[0], args[1], vec.llvm()),
+                          align=align)
+            return context.get_dummy_value()
+        return types.void(arr, idx, v), codegen
+    store.__doc__ = doc
+    return store
+
+
+store_f32 = _store(F32x16, 32, 4, "``arr[idx:idx + 16] = v`` for a float32 array.")
+store_bytes = _store(I8x64, 8, 1, "``arr[idx:idx + 64] = v`` for a 1-byte array (an operand unpacked for "
+                                  "matmul_amx's weight tiles).")
 
 
 # -- values ------------------------------------------------------------------------------------------------
@@ -183,6 +191,9 @@ def _byte_op(op: str, operand: int, doc: str):
 
 low_nibbles = _byte_op("and_", 0x0F, "Each byte & 0x0F.")
 high_nibbles = _byte_op("lshr", 4, "Each byte >> 4 (unsigned).")
+#: each byte minus 16, 32 or 128, wrapping: q + bias bytes back to signed q (matmul_amx's weight tiles)
+minus_16, minus_32, minus_128 = (_byte_op("sub", b - 256 * (b > 127), f"Each byte - {b} (wrapping).")
+                                 for b in (16, 32, 128))
 
 
 def _bit_pair(k: int):

@@ -60,6 +60,10 @@ Activations (made by the products from x, see quantize_rows): ``xq`` (n, levels,
 level 2), ``xd`` (n, levels, cols / 32) f32 their steps, ``xi`` their integer block sums, ``xs`` (n, cols / 32)
 f32 the sums of the rounded blocks.
 
+The ``amx`` variant (matmul_amx.py) runs products of many rows on AMX tiles over these layouts: a block's 8
+operands are an AMX weight tile as they lie, and it shares the per-row epilogues below (q4_row_step,
+scaled_row_step, q6_scaled, q4k_block_scales), so its outputs are these kernels' bit for bit.
+
 Batch invariance holds as in matmul.py: a row of x goes through the same instructions whatever the batch,
 so k tokens at once give bit-identical results to one at a time.  The group's weights are loaded and
 unpacked once per block and used by every row of the batch from registers.
@@ -375,14 +379,13 @@ def _q6_packed_block(qg, o):
 
 
 @njit(inline="always")
-def _half_dot(w0, w1, w2, w3, xq, xo, xsum, bias):
-    """Integer dot of a 16-row x 16-column half block (q + ``bias`` against the signed bytes at xq[xo]), the
-    extra bias * sum(x) taken back out (``xsum``: the half block's sum of x)."""
+def _half_dot(w0, w1, w2, w3, xq, xo):
+    """Integer dot of a 16-row x 16-column half block (q + bias against the signed bytes at xq[xo])."""
     even = dot_u8s8(zeros_i32(), w0, broadcast_word(xq, xo))
     odd = dot_u8s8(zeros_i32(), w1, broadcast_word(xq, xo + 4))
     even = dot_u8s8(even, w2, broadcast_word(xq, xo + 8))
     odd = dot_u8s8(odd, w3, broadcast_word(xq, xo + 12))
-    return sub_i32(add_i32(even, odd), splat_i32(xsum * bias))
+    return add_i32(even, odd)
 
 
 @njit(cache=True, boundscheck=False)
@@ -441,11 +444,24 @@ def _add_levels(acc, t, base, i2, i1, scale, xd, tx, b, levels):
     store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tx, 0, b])), part))
 
 
+@njit(inline="always")
+def scaled_row_step(acc, t, t0, i1, i2, scale, xd, b, levels):
+    """acc[t] += a q8 / q5 / q6 block (``scale`` per row) . x[t] from its level products ``i1``, ``i2``."""
+    _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, scale, xd, t, b, levels)
+
+
 @njit
 def _levels(x, levels):
     """x's int8 levels (1 or 2), their steps and sums (quantize_rows), freshly allocated."""
+    return padded_levels(x, levels, 0)
+
+
+@njit
+def padded_levels(x, levels, pad):
+    """_levels with ``pad`` rows of zeros after x's in ``xq`` (whole tiles for matmul_amx), not in the others."""
     n, cols = x.shape
-    xq, xd = np.empty((n, levels, cols), np.uint8), np.empty((n, levels, cols // QK), np.float32)
+    xq, xd = np.empty((n + pad, levels, cols), np.uint8), np.empty((n, levels, cols // QK), np.float32)
+    xq[n:] = 0
     xi, xs = np.empty((n, levels, cols // QK), np.int32), np.empty((n, cols // QK), np.float32)
     if n >= PARALLEL_ROWS:
         quantize_rows_parallel(x, xq, xd, xi, xs)
@@ -517,13 +533,19 @@ def _q4k_group(qg, kg, g, xq, xd, xs, out, t0, t1, levels):
         for h in range(2):
             lows = load_i32(kg, o + 32 * h)
             for k in range(4):
-                # scale | min << 16: the low 4 bits of each, then the top 2 rotated down to bits 4-5
-                v = or_i32(and_i32(shift_right_i32(lows, 4 * k), splat_i32(0x000F000F)),
-                           and_i32(rotate_right_i32(tops, 8 * h + 2 * k), splat_i32(0x00300030)))
-                dv = mul_f32(to_f32(and_i32(v, splat_i32(0xFFFF))), dd)
-                mv = mul_f32(to_f32(shift_right_i32(v, 16)), nd)
+                dv, mv = q4k_block_scales(lows, tops, dd, nd, h, k)
                 _q4_rows(qg, s * Q4K_BLOCKS + 4 * h + k, dv, mv, xq, xd, xs, acc, t0, t1, xq.shape[2], levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
+
+
+@njit(inline="always")
+def q4k_block_scales(lows, tops, dd, nd, h, k):
+    """Block 4 h + k's scale and offset per row from its super block's scale words ``lows`` (plane h),
+    ``tops`` (plane 2) and f16 scales ``dd``, ``nd`` (``dmin`` negated)."""
+    # scale | min << 16: the low 4 bits of each, then the top 2 rotated down to bits 4-5
+    v = or_i32(and_i32(shift_right_i32(lows, 4 * k), splat_i32(0x000F000F)),
+               and_i32(rotate_right_i32(tops, 8 * h + 2 * k), splat_i32(0x00300030)))
+    return mul_f32(to_f32(and_i32(v, splat_i32(0xFFFF))), dd), mul_f32(to_f32(shift_right_i32(v, 16)), nd)
 
 
 @njit(inline="always")
@@ -539,11 +561,18 @@ def _q4_rows(qg, b, dv, mv, xq, xd, xs, acc, t0, t1, cols, levels):
     h0, h1, h2, h3 = high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3)
     for t in range(t0, t1):
         xo = t * levels * cols + b * QK
-        # the small terms first: the offset, then the levels
-        base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, (t - t0) * ROWS))
         i1 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo)
         i2 = _q4_block(l0, l1, l2, l3, h0, h1, h2, h3, xq, xo + cols) if levels == 2 else i1
-        _add_levels(acc, t - t0, base, i2, i1, dv, xd, t, b, levels)
+        q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels)
+
+
+@njit(inline="always")
+def q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels):
+    """acc[t] += a q4 block (scale ``dv``, offset ``mv`` per row) . x[t] from its level products ``i1``,
+    ``i2`` (the vnni and amx kernels share it: the same f32 operations on the same integers)."""
+    # the small terms first: the offset, then the levels
+    base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, (t - t0) * ROWS))
+    _add_levels(acc, t - t0, base, i2, i1, dv, xd, t, b, levels)
 
 
 # q8 and q6 share the driver (int8_matmul); what differs, the scales and the activation sums of a block, is
@@ -578,7 +607,7 @@ def _block_rows_of(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc,
                 i1 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums[t, 0, b])
                 # one level: i1's own dot again (the compiler merges the two), no branch (see _add_levels)
                 i2 = _q8_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + (levels - 1) * cols, sums[t, levels - 1, b])
-                _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd, t, b, levels)
+                scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
         return q8_rows
 
     def q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t1, cols, levels):
@@ -600,14 +629,28 @@ def _q6_rows(w0, w1, w2, w3, w4, w5, w6, w7, dg, sg, b, xq, xd, sums, acc, t0, t
         # one level: i1's own dot again (the compiler merges the two), no branch (see _add_levels)
         i2 = _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + (levels - 1) * cols, sums, t, levels - 1, b, bias,
                        s_lo, s_hi)
-        _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, sup, xd, t, b, levels)
+        scaled_row_step(acc, t, t0, i1, i2, sup, xd, b, levels)
 
 
 @njit(inline="always")
 def _q6_level(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, sums, t, lv, b, bias, s_lo, s_hi):
     """One level's integer product of a q6 block: its two halves times their int8 scales, summed in int32."""
-    return add_i32(mul_i32(_half_dot(w0, w1, w2, w3, xq, xo, sums[t, lv, 2 * b], bias), s_lo),
-                   mul_i32(_half_dot(w4, w5, w6, w7, xq, xo + 16, sums[t, lv, 2 * b + 1], bias), s_hi))
+    return q6_ints(_half_dot(w0, w1, w2, w3, xq, xo), _half_dot(w4, w5, w6, w7, xq, xo + 16), sums, t, lv, b, bias,
+                   s_lo, s_hi)
+
+
+@njit(inline="always")
+def q6_ints(lo, hi, sums, t, lv, b, bias, s_lo, s_hi):
+    """A q6 block's integer product from its two half products ``lo``, ``hi`` (of q + ``bias``): the extra
+    bias * sum(x) of each half taken back out, then each times its int8 scale, summed in int32."""
+    return q6_scaled(sub_i32(lo, splat_i32(sums[t, lv, 2 * b] * bias)),
+                     sub_i32(hi, splat_i32(sums[t, lv, 2 * b + 1] * bias)), s_lo, s_hi)
+
+
+@njit(inline="always")
+def q6_scaled(lo, hi, s_lo, s_hi):
+    """A q6 block's integer product from its half products of signed q: each times its int8 scale."""
+    return add_i32(mul_i32(lo, s_lo), mul_i32(hi, s_hi))
 
 
 @njit(inline="always")
@@ -703,7 +746,7 @@ def _q5_packed_group(qg, dg, g, xq, xd, xi, out, t0, t1, levels):
             xo = t * levels * cols + b * QK
             i1 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo, xi[t, 0, b])
             i2 = _q5_block(w0, w1, w2, w3, w4, w5, w6, w7, xq, xo + cols, xi[t, 1, b]) if levels == 2 else i1
-            _add_levels(acc, t - t0, load_f32(acc, (t - t0) * ROWS), i2, i1, dv, xd, t, b, levels)
+            scaled_row_step(acc, t, t0, i1, i2, dv, xd, b, levels)
     _store_rows(acc, out, t0, t1, g, out.shape[1])
 
 

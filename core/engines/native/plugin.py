@@ -12,7 +12,7 @@ from .engine import NativeEngine
 from .loaded import DEFAULT_SEQS, NativeModel
 from .session import NativeSession
 
-__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "VARIANTS", "VNNI", "register_engines"]
+__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "AMX", "VARIANTS", "VNNI", "register_engines"]
 
 
 #: int8 ``vpdpbusd`` products (matmul_i8.py); preferred where the CPU has it
@@ -24,8 +24,12 @@ VNNI_Q8 = Variant("vnni-q8", requires=VNNI.requires, priority=29,
                   description="activations as ONE int8 level (~8 bits, as llama.cpp), AVX-512 VNNI dot products")
 VNNI_Q8FFN = Variant("vnni-q8ffn", requires=VNNI.requires, priority=28,
                      description="vnni with one int8 activation level for the FFN's gate|up products only")
+#: vnni with the products of many rows (prompts, batches) on AMX-INT8 tiles (matmul_amx.py): the same results;
+#: offered where cpu.py found the flags and Linux granted the tile state
+AMX = Variant("amx", requires=VNNI.requires | {"amx_int8", "amx_tile"}, priority=40,
+              description="vnni, with the products of 16 rows or more on AMX-INT8 tiles (the same results)")
 #: the native engine's CPU variants (support.py asks which of them this CPU runs)
-VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (VNNI, VNNI_Q8, VNNI_Q8FFN)
+VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (AMX, VNNI, VNNI_Q8, VNNI_Q8FFN)
 
 
 @hookimpl

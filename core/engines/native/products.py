@@ -8,6 +8,9 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
   vnni-q8                vnni's layout and kernels with ONE int8 level per 32-value block (llama.cpp's Q8
                          activations, ~8 bits): half the integer work of a row, at ~8-bit accuracy
   vnni-q8ffn             one level for the FFN's gate|up products only, two for the others
+  amx                    vnni's layout, levels and results (bit for bit), the products of AMX_MIN_ROWS rows or
+                         more (prompts, batches, verified drafts) on AMX-INT8 tiles (matmul_amx.py); decode's
+                         single rows stay on the vnni kernels
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import attrs
 import numba
 import numpy as np
 
-from . import dequant, matmul, matmul_i8
+from . import dequant, matmul, matmul_amx, matmul_i8
 from ... import cpu
 from ...kernels.f16 import F16_TO_F32
 
@@ -71,12 +74,14 @@ ROLES = frozenset({"qkv", "o", "gate_up", "down", "output"})
 class I8Products:
     """x split into ``levels`` int8 levels per 32-value block before each product (see matmul_i8.py); the
     matrices whose role is in ``one_level`` get one level whatever ``levels`` says; ``l2``: the L2 bytes a
-    core has, which cut a prompt's products into tiles (row_tiles.py)."""
+    core has, which cut a prompt's products into tiles (row_tiles.py); ``amx``: products of
+    matmul_amx.AMX_MIN_ROWS rows or more on AMX tiles (the same results)."""
 
     l2: int = attrs.field(factory=cpu.l2_bytes)
     levels: int = attrs.field(default=2, validator=attrs.validators.in_((1, 2)))
     one_level: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset,
                                             validator=attrs.validators.deep_iterable(attrs.validators.in_(ROLES)))
+    amx: bool = False
     _single: "I8Products | None" = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def for_matrix(self, role: str) -> "I8Products":
@@ -84,7 +89,7 @@ class I8Products:
         if role not in self.one_level:
             return self
         if self._single is None:  # made once: this runs on every product of a forward
-            object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1))
+            object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1, amx=self.amx))
         return self._single
 
     def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
@@ -94,25 +99,34 @@ class I8Products:
         p = self.for_matrix(role)
         l2, levels, many = p.l2, p.levels, matmul_i8.PARALLEL_ROWS
         q = parts[0]
+        # (vnni kernel, amx kernel): the same arguments
         if kind == "q8" and matmul_i8.is_packed_q5(q, cols):
-            fn, pre, post = matmul_i8.q5_packed_product, parts, ()
+            fns, pre, post = (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product), parts, ()
         elif kind == "q8":
-            fn, pre, post = matmul_i8.int8_product, parts, (None,)
+            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q8_product), parts, (None,)
+        elif kind == "q6" and matmul_i8.is_packed_q6(q, cols):
+            fns, pre, post = (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product), parts[:2], parts[2:]
         elif kind == "q6":
-            fn = matmul_i8.q6_packed_product if matmul_i8.is_packed_q6(q, cols) else matmul_i8.int8_product
-            pre, post = parts[:2], parts[2:]
-        elif kind == "q4":
-            # Q4_K's factored scales (layout_q4k: values, scales) or q4's (values, scale, offset)
-            fn, pre, post = (matmul_i8.q4k_product if len(parts) == 2 else matmul_i8.q4_product), parts, ()
+            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q6_product), parts[:2], parts[2:]
+        elif kind == "q4" and len(parts) == 2:  # Q4_K's factored scales (layout_q4k: values, scales)
+            fns, pre, post = (matmul_i8.q4k_product, matmul_amx.q4k_product), parts, ()
+        elif kind == "q4":  # q4's (values, scale, offset)
+            fns, pre, post = (matmul_i8.q4_product, matmul_amx.q4_product), parts, ()
         else:
             raise ValueError(f"no product for weights of kind {kind!r}")
+        fn, tiles = fns
         get_threads = numba.get_num_threads
 
         def run(x: np.ndarray, out: np.ndarray) -> None:
             # a batch of a few rows is never tiled (row_tiles), so numba's thread count (~0.5 us to ask) is
             # asked for prompts only
             fn(*pre, x, out, *post, l2, get_threads() if x.shape[0] >= many else 1, levels)
-        return run
+
+        def run_amx(x: np.ndarray, out: np.ndarray) -> None:
+            rows = x.shape[0]
+            (tiles if rows >= tiled else fn)(*pre, x, out, *post, l2, get_threads() if rows >= many else 1, levels)
+        tiled = matmul_amx.AMX_MIN_ROWS
+        return run_amx if p.amx else run
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q8(q, scale_bits)
@@ -139,4 +153,4 @@ class I8Products:
 #: variant name -> its products
 PRODUCTS = {"avx2": F32Products(wide=True), "neon": F32Products(wide=True), "scalar": F32Products(wide=False),
             "vnni": I8Products(), "vnni-q8": I8Products(levels=1),
-            "vnni-q8ffn": I8Products(one_level={"gate_up"})}
+            "vnni-q8ffn": I8Products(one_level={"gate_up"}), "amx": I8Products(amx=True)}

@@ -1,0 +1,135 @@
+"""AMX-INT8 tile instructions for numba kernels (Intel Sapphire Rapids and later): the ``amx`` variant's.
+
+One ``tdpbsud`` multiplies a tile of up to 16 rows x 64 signed bytes (A) by one of up to 16 rows x 64
+unsigned bytes (B, K/4 rows of 16 columns x 4 consecutive K bytes: matmul_i8's weight operands exactly) into
+16 x 16 int32 (C), exactly: 16 ``vpdpbusd`` of work in one instruction.  The eight tile registers
+(``tmm0``-``tmm7``) get their shapes from a 64-byte configuration (:func:`tile_config`) that each thread loads
+itself (``ldtilecfg``: the tile state is per thread) and releases when done (``tilerelease``).  Tile numbers
+are compile-time constants (the instructions encode them), so the functions below take literal integers.
+
+Linux hands the tile state (8 KB of registers) to a process only when asked: without the
+``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`` of cpu.request_amx_permission the first tile
+instruction is SIGILL.  cpu.py asks at detection, and offers the variant only when the kernel said yes.
+
+Memory operands take a C-contiguous array and a flat element index, as simd.py's do; strides are in bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_I8, _I64 = ir.IntType(8), ir.IntType(64)
+_PTR = _I8.as_pointer()
+
+#: the tile configuration's size and layout: palette at byte 0, colsb[16] uint16 at 16, rows[16] uint8 at 48
+CONFIG_BYTES = 64
+
+
+def tile_config(shapes) -> np.ndarray:
+    """The 64-byte configuration (palette 1) giving tile k ``shapes[k]`` = (rows, bytes a row); the tiles
+    not listed are unused (0 x 0)."""
+    cfg = np.zeros(CONFIG_BYTES, np.uint8)
+    cfg[0] = 1
+    for k, (rows, colsb) in enumerate(shapes):
+        if not (0 < rows <= 16 and 0 < colsb <= 64):
+            raise ValueError(f"tile {k}: {rows} rows of {colsb} bytes; a tile holds at most 16 rows of 64")
+        cfg[16 + 2 * k:18 + 2 * k] = np.frombuffer(np.uint16(colsb).tobytes(), np.uint8)
+        cfg[48 + k] = rows
+    return cfg
+
+
+def _call(builder, name: str, ret, args) -> ir.Value:
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, f"llvm.x86.{name}"), args)
+
+
+def _tile(t) -> bool:
+    return isinstance(t, types.IntegerLiteral) and 0 <= t.literal_value < 8
+
+
+def _address(context, builder, aty, arr, idx):
+    data = context.make_array(aty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [idx]), _PTR)
+
+
+def _stride(builder, value, ty):
+    return builder.sext(value, _I64) if ty.bitwidth < 64 else value
+
+
+@intrinsic
+def load_config(typingctx, cfg):
+    """``ldtilecfg``: the tile shapes of a :func:`tile_config` array (zeroes every tile)."""
+    if not (isinstance(cfg, types.Array) and cfg.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "ldtilecfg", ir.VoidType(), [_address(context, builder, sig.args[0], args[0],
+                                                             ir.Constant(_I64, 0))])
+        return context.get_dummy_value()
+    return types.void(cfg), codegen
+
+
+@intrinsic
+def release_tiles(typingctx):
+    """``tilerelease``: this thread's tile state back to its initial (unused) state."""
+    def codegen(context, builder, sig, args):
+        _call(builder, "tilerelease", ir.VoidType(), [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@intrinsic
+def tile_zero(typingctx, t):
+    """Tile ``t`` = 0."""
+    if not _tile(t):
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "tilezero", ir.VoidType(), [ir.Constant(_I8, sig.args[0].literal_value)])
+        return context.get_dummy_value()
+    return types.void(t), codegen
+
+
+def _tile_memory(name: str, doc: str):
+    """``llvm.x86.<name>(tile, address, stride)``: a tile's rows from or to memory."""
+    @intrinsic
+    def memory(typingctx, t, arr, idx, stride):
+        if not (_tile(t) and isinstance(arr, types.Array) and arr.layout == "C"
+                and isinstance(idx, types.Integer) and isinstance(stride, types.Integer)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            ptr = _address(context, builder, sig.args[1], args[1], args[2])
+            _call(builder, name, ir.VoidType(),
+                  [ir.Constant(_I8, sig.args[0].literal_value), ptr, _stride(builder, args[3], sig.args[3])])
+            return context.get_dummy_value()
+        return types.void(t, arr, idx, stride), codegen
+    memory.__doc__ = doc
+    return memory
+
+
+tile_load = _tile_memory("tileloadd64", "Tile ``t`` (its configured rows x bytes) from ``arr[idx]``, rows ``stride`` "
+                                        "bytes apart.")
+tile_store = _tile_memory("tilestored64", "Tile ``t`` into ``arr[idx]``, rows ``stride`` bytes apart.")
+
+
+def _dot(name: str, doc: str):
+    @intrinsic
+    def dot(typingctx, c, a, b):
+        if not (_tile(c) and _tile(a) and _tile(b)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            _call(builder, name, ir.VoidType(), [ir.Constant(_I8, s.literal_value) for s in sig.args])
+            return context.get_dummy_value()
+        return types.void(c, a, b), codegen
+    dot.__doc__ = doc
+    return dot
+
+
+dot_s8u8 = _dot("tdpbsud", """``tdpbsud``: tile ``c`` += tile ``a`` (signed bytes) . tile ``b`` (unsigned bytes, 4 K values a
+    column): c[m][n] += sum over k of a[m][k] * b[k / 4][4 n + k % 4], exact in int32.""")
+dot_s8s8 = _dot("tdpbssd", "``tdpbssd``: dot_s8u8 with signed bytes in ``b`` too.")

@@ -1,0 +1,138 @@
+"""The amx variant (matmul_amx.py) against vnni (matmul_i8.py): the same integers through the same epilogue, so
+bit-identical outputs for every layout, row count (whole tiles and tails) and level count, on random and real
+matrices, and a whole forward's logits on a real prompt."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from corert.cpu import info
+from corert.engines.native import matmul_amx, matmul_i8, products
+from corert.engines.native.plugin import AMX
+from native_support import prompt_logits
+
+pytestmark = pytest.mark.skipif(not AMX.supported(info()), reason="this CPU lacks AMX")
+
+ROWS = [1, 2, 15, 16, 17, 33, 64, 130]
+L2 = 1 << 20
+#: layout -> (vnni kernel, amx kernel); both take (*parts, x, out, *post, l2, threads, levels)
+KERNELS = {"q8": (matmul_i8.int8_product, matmul_amx.q8_product),
+           "q5": (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product),
+           "q6": (matmul_i8.int8_product, matmul_amx.q6_product),
+           "q6p": (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product),
+           "q4": (matmul_i8.q4_product, matmul_amx.q4_product),
+           "q4k": (matmul_i8.q4k_product, matmul_amx.q4k_product)}
+
+
+def _split(kind, parts):
+    """(the parts before x, those after out) as products.I8Products.bind passes them."""
+    if kind == "q8":
+        return parts, (None,)
+    if kind.startswith("q6"):
+        return parts[:2], parts[2:]
+    return parts, ()
+
+
+def _both(kind, parts, x, levels, rows, l2=L2, threads=2):
+    """(vnni's, amx's) outputs (n, rows) of the matrix (``kind``, ``parts``) . x."""
+    pre, post = _split(kind, parts)
+    outs = []
+    for fn in KERNELS[kind]:
+        out = np.full((x.shape[0], rows), np.nan, np.float32)
+        fn(*pre, x, out, *post, l2, threads, levels)
+        outs.append(out)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    """Random matrices of 40 rows (the last group padded) x 512 columns in every layout."""
+    rng = np.random.default_rng(12)
+    rows, cols = 40, 512
+    q = rng.integers(-128, 128, (rows, cols)).astype(np.int8)
+    bits = rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float16).view(np.uint16)
+    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
+    sup = rng.uniform(1e-3, 1e-2, (rows, cols // 256)).astype(np.float32)
+    nib = rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8)
+    f16 = rng.uniform(1e-4, 1e-3, (2, rows, cols // 256)).astype(np.float16).view(np.uint16)
+    out = {"q8": matmul_i8.layout_q8(q, bits, pack=False), "q5": matmul_i8.layout_q8(q // 8, bits),
+           "q6": matmul_i8.layout_q6(q, sub, sup), "q6p": matmul_i8.layout_q6(q // 4, sub, sup),
+           "q4": matmul_i8.layout_q4(nib, rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float32),
+                                     rng.uniform(-0.1, 0.1, (rows, cols // 32)).astype(np.float32)),
+           "q4k": matmul_i8.layout_q4k(nib, *rng.integers(0, 64, (2, rows, cols // 32)).astype(np.uint8), *f16)}
+    assert matmul_i8.is_packed_q5(out["q5"][0], cols) and matmul_i8.is_packed_q6(out["q6p"][0], cols)
+    assert not matmul_i8.is_packed_q6(out["q6"][0], cols)
+    return out, rng, cols
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("kind", list(KERNELS))
+def test_amx_equals_vnni_bit_for_bit(kind, levels, layouts):
+    mats, rng, cols = layouts
+    for n in ROWS:
+        x = rng.standard_normal((n, cols)).astype(np.float32)
+        vnni, amx = _both(kind, mats[kind], x, levels, 40)
+        assert np.isfinite(vnni).all()
+        np.testing.assert_array_equal(amx.view(np.uint32), vnni.view(np.uint32), err_msg=f"{kind} {n} rows")
+
+
+def test_amx_tiled_loop_equals_vnni(layouts):
+    """A small L2 cuts 130 rows into row tiles (row_tiles): the amx tiles are rounded to whole A tiles, the
+    sums stay the same."""
+    mats, rng, cols = layouts
+    x = rng.standard_normal((130, cols)).astype(np.float32)
+    for kind in KERNELS:
+        vnni, amx = _both(kind, mats[kind], x, 2, 40, l2=16 << 10)
+        np.testing.assert_array_equal(amx.view(np.uint32), vnni.view(np.uint32), err_msg=kind)
+
+
+def _kind(m):
+    if m.kind == "q8" and matmul_i8.is_packed_q5(m.parts[0], m.cols):
+        return "q5"
+    if m.kind == "q6":
+        return "q6p" if matmul_i8.is_packed_q6(m.parts[0], m.cols) else "q6"
+    return "q4k" if m.kind == "q4" and len(m.parts) == 2 else m.kind
+
+
+@pytest.fixture(scope="module")
+def qwen_model(qwen05):
+    from corert.engines.native.model import Transformer
+    from corert.models.gguf_header import read_header
+
+    return Transformer.load(read_header(qwen05, want_arrays=False), "vnni", "auto")
+
+
+def test_real_matrices_of_every_layout(qwen_model):
+    """Qwen 0.5B's matrices (Q4_K, packed Q5_0, packed Q6_K, Q8_0): one of each layout, 33 rows."""
+    rng = np.random.default_rng(5)
+    seen = {}
+    for m in qwen_model.matrices():
+        seen.setdefault(_kind(m), m)
+    assert {"q8", "q5", "q6p", "q4k"} <= set(seen)
+    for kind, m in seen.items():
+        x = rng.standard_normal((33, m.cols)).astype(np.float32)
+        vnni, amx = _both(kind, m.parts, x, 2, m.rows)
+        np.testing.assert_array_equal(amx.view(np.uint32), vnni.view(np.uint32), err_msg=kind)
+
+
+def test_forward_logits_equal_vnni(qwen05):
+    """A whole prompt (40 tokens: the products run on tiles) through Qwen 0.5B on amx and on vnni."""
+    from corert.engines.native.model import Transformer
+    from corert.models.gguf_header import read_header
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+
+    header = read_header(qwen05, want_arrays=False)
+    ids = np.array(BpeTokenizer.from_gguf(qwen05).encode(
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number, iteratively.\"\"\"\n    a, b = 0, 1\n"
+        "    for _ in range(n):\n        a, b = b, a + b\n    return a\n"), np.int32)
+    assert ids.size >= matmul_amx.AMX_MIN_ROWS
+    logits = {v: prompt_logits(Transformer.load(header, v, "auto"), ids, threads=2) for v in ("vnni", "amx")}
+    assert np.isfinite(logits["vnni"]).all()
+    np.testing.assert_array_equal(logits["amx"].view(np.uint32), logits["vnni"].view(np.uint32))
+
+
+def test_amx_products_pick_tiles_from_min_rows():
+    """The amx variant's products: vnni's layout family (one layout cache), the tiles from AMX_MIN_ROWS rows."""
+    p = products.PRODUCTS["amx"]
+    assert p.amx and p.levels == 2 and type(p) is type(products.PRODUCTS["vnni"])
+    assert p.for_matrix("gate_up") is p
