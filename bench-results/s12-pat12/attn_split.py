@@ -1,7 +1,7 @@
-import sys, time, numpy as np
+import os, sys, time, numpy as np
 """attn_bench.py's prompt attention with the value loops cut (ca_nopv) or the score loops cut (ca_noqk) from copies of
 contiguous_attention.py (cache=False) in the directory argv[1]: how the time splits between q.k and p.v."""
-sys.path.insert(0, sys.argv[1]); sys.path.insert(0, "/work/wt/pat12/bench-results/s12-pat12")
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import importlib
 from attn_bench import case, SHAPES
 for mod in ("ca_full", "ca_nopv", "ca_noqk"):
