@@ -251,9 +251,12 @@ def describe(host: PluginHost, selections: dict[str, Selection], engine: str | N
     """What ``corert plugins`` shows: per area, the implementations, their variants and the choice
     (``engine`` None: not known yet, engine=auto decides when it reads the model file)."""
     cpu = cpu or info()
+    # the SIMD families, and whatever a registered variant asks for (avx512_vnni, amx_int8...): what decided
+    required = {f for area in AREAS + (ENGINE_AREA,) for reg in host.implementations(area).values()
+                for v in reg.impl.variants for f in v.requires}
+    shown = required | {"avx2", "avx512", "avx512f", "avx512bw", "neon"}
     out: dict[str, Any] = {"cpu": {"machine": cpu.machine, "isa": cpu.isa,
-                                   "features": sorted(f for f in cpu.features if f in
-                                                      ("avx2", "avx512", "avx512f", "avx512bw", "neon"))},
+                                   "features": sorted(cpu.features & shown)},
                            "engine": engine, "areas": {}}
     for area in AREAS + (ENGINE_AREA,):
         impls = []

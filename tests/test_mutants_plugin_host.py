@@ -407,6 +407,17 @@ def test_describe_lists_areas_choices_and_errors():
                                                               "(needs avx2)"}
 
 
+def test_describe_lists_the_features_a_variant_asks_for():
+    # a CPU feature shows when it is present and a registered variant requires it (what decided the choice)
+    host = PluginHost.build(deny=["tokenizer_bpe", "tokenizer_llama_cpp"], extra=[(
+        "n", _registering("n", _impl(name="tiles", variants=(Variant("amx", requires={"amx_int8", "avx2"}),
+                                                             Variant("plain")))))])
+    cpu = CpuInfo("x86_64", frozenset({"amx_int8", "avx2", "sse2", "fma"}))
+    assert describe(host, {}, "eng", cpu=cpu)["cpu"]["features"] == ["amx_int8", "avx2"]
+    bare = CpuInfo("x86_64", frozenset({"avx2", "sse2"}))
+    assert describe(host, {}, "eng", cpu=bare)["cpu"]["features"] == ["avx2"]
+
+
 def test_describe_reports_failures():
     @hookimpl
     def register_tokenizers(register):
