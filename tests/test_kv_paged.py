@@ -223,6 +223,27 @@ def test_a_rows_attention_does_not_depend_on_the_batch(dtype, kernel):
         np.testing.assert_array_equal(part, whole[rows])
 
 
+@pytest.mark.parametrize("kernel", list(ATTEND))
+def test_verify_rows_of_one_context_equal_each_row_alone(kernel):
+    """A verify step's rows (a stream's pending row and its drafts, over one context, across page borders;
+    11 rows: more than one tile of the wide q8 kernel) give each row the bits it gets alone."""
+    rng = np.random.default_rng(13)
+    st = _coded_store("q8", kernel)
+    ctx = [14, 30, 45]
+    for _ in ctx:
+        st.new_sequence()
+    _fill([st], ctx, rng)
+    rows = [5, 11, 3]
+    sid, pos, _ = _fill([st], rows, rng, dict(enumerate(ctx)))
+    q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+    whole = np.empty_like(q)
+    st.attend(0, sid, pos, q, 0.125, whole)
+    for i in range(len(sid)):
+        alone = np.empty((1, H, HD), np.float32)
+        st.attend(0, sid[i:i + 1], pos[i:i + 1], np.ascontiguousarray(q[i:i + 1]), 0.125, alone)
+        np.testing.assert_array_equal(alone[0], whole[i])
+
+
 def test_no_page_leaked_after_1000_mixed_operations():
     rng = np.random.default_rng(3)
     # 20 pages of 4 tokens for 6 sequences of up to 64: the pool runs out, idle sequences get evicted
