@@ -389,27 +389,6 @@ def _prefetch_page(x, xs, table, s, j, kvh, n_slots):
         prefetch(xs, r * nb + o // 2)
 
 
-@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
-def _dot_rows(a, r, b, hd):
-    s = np.float32(0.0)
-    for d in range(uint64(hd)):
-        s += a[r, d] * b[d]
-    return s
-
-
-@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
-def _score_group(qg, row, hd, first, c0, scale, scores, col, m):
-    """Scores of one dequantized key row for the group's query heads (column ``col``); ``first``: the row is
-    position 0, whose key lacks the sink term."""
-    for r in range(qg.shape[0]):
-        x = _dot_rows(qg, r, row, hd)
-        if first:
-            x += c0[r]
-        x *= scale
-        scores[r, col] = x
-        m[r] = max(m[r], x)
-
-
 #: rows of one sequence that share a job of the wide q8 kernel (a verify step's pending row and its drafts, a
 #: prompt's rows a few at a time): every K and V row of their common context is dequantized once for all of
 #: them.  Their query heads' arithmetic is per (row, head) whatever the tile, so a row's output stays exact.
