@@ -244,6 +244,18 @@ def test_verify_rows_of_one_context_equal_each_row_alone(kernel):
         np.testing.assert_array_equal(alone[0], whole[i])
 
 
+def test_row_tiles_cut_each_sequences_run_into_even_tiles():
+    from corert.plugins.kv_cache.paged.kernels import row_tiles
+
+    def sizes(ids, cap=8):
+        return np.diff(row_tiles(np.asarray(ids, np.int32), cap)).tolist()
+    assert sizes([0] * 9) == [4, 5]  # a lone stream's 9 verify rows: both threads get a tile
+    assert sizes([0] * 8 + [1] * 3 + [2]) == [8, 3, 1]
+    assert sizes([0, 1, 0, 1]) == [1, 1, 1, 1]  # a tile never spans two runs
+    assert sizes([0] * 17) == [5, 6, 6] and sizes([0] * 5, cap=1) == [1] * 5
+    assert sum(sizes([0] * 454)) == 454 and max(sizes([0] * 454)) == 8
+
+
 def test_no_page_leaked_after_1000_mixed_operations():
     rng = np.random.default_rng(3)
     # 20 pages of 4 tokens for 6 sequences of up to 64: the pool runs out, idle sequences get evicted
