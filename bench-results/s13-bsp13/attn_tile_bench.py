@@ -1,5 +1,5 @@
 """One layer's paged q8 attention, Qwen2.5 0.5B's shapes (14 heads, 2 KV heads of 64), ms per call: a
-454-row prompt of one sequence, 8 streams x 1 decode row and 8 streams x 5 verify rows at ~400 positions.
+454-row prompt of one sequence, 8 streams x 1 decode row, 8 streams x 5 and one stream x 5 or 9 verify rows at ~400 positions.
 Run with each tree's own venv (the kernel of that tree)."""
 import time
 
@@ -45,6 +45,9 @@ def main():
         s = np.repeat(np.arange(1, 9, dtype=np.int32), k)
         p = np.concatenate([np.arange(n - k, n) for n in lens]).astype(np.int32)
         print(f"8 streams x {k} rows: {timed(st, s, p, rng, 200):.3f} ms")
+    for k in (5, 9):  # a lone stream's verify rows
+        s, p = np.full(k, 1, np.int32), np.arange(lens[0] - k, lens[0], dtype=np.int32)
+        print(f"1 stream x {k} rows: {timed(st, s, p, rng, 400):.3f} ms")
 
 
 if __name__ == "__main__":
