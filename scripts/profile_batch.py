@@ -2,6 +2,12 @@
 products by matrix role, the KV store's writes and attention, the row-wise ops (norms, RoPE, residual adds,
 gates), the embedding lookup, the page reservation, sampling and the rest of the step (Python).
 
+With ``--drafts 0,1,3`` every stream also verifies that many draft rows a step (speculation inside the batch,
+as `bench batch --speculative`'s steps: drafting, acceptance and the rollback of the rejected rows' K/V
+included); the drafts are the stream's own last tokens, so most are rejected and a stream still advances a
+token or so a step, as plain decoding does.  ``--grounded``: `bench batch --speculative`'s prompts and model
+(their long contexts are what its verify rows attend to).
+
 `corert bench batch`'s set-up (its prompts, greedy, paged:q8, n_ctx 512, the scheduler's numba threads) and
 wall time (the step is what the streams wait for; thread CPU time would miss the pool's threads).  Each part
 is wrapped, in this process only, by attribute; the wrappers cost ~1 us a call, so the step is also timed
@@ -9,6 +15,7 @@ unwrapped (``step_ms_bare``).  The products quantize their activations inside th
 ``quantize`` is timed apart, on the same shapes and with the same kernels a product of that many rows uses.
 
     .venv/bin/python scripts/profile_batch.py --streams 1,8 --steps 96 --json out.json
+    .venv/bin/python scripts/profile_batch.py --grounded --streams 8 --drafts 0,1,2,3,4 --steps 24 --json out.json
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from corert.engines.native import batching, dequant, matmul_i8, ops
 from corert.engines.native import model as native_model
 from corert.interfaces import SamplingParams
 from corert.tools.bench.batch import PROMPTS, _native
+from corert.tools.bench.batch_speculative import DEFAULT_MODEL
 
 
 class Clock:
@@ -61,12 +69,48 @@ def install(clock: Clock, kv) -> None:
     batching.reserve_rows = clock.wrap(lambda *a: "kv reserve (pages, ids)", batching.reserve_rows)
 
 
-def decode_steps(model, n: int, steps: int, clock: Clock, timed: bool) -> list[float]:
-    """Wall ms of each of ``steps`` decode steps of ``n`` streams (after every stream's prompt)."""
+class FixedDrafts:
+    """A BatchSpeculation (corert.interfaces) drafting ``depth`` rows for every stream every step: the stream's
+    last tokens, a real verify step's shape and work whatever is accepted."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+
+    def stream(self, prompt_ids, params, rng):
+        return _Drafter()
+
+    def draft(self, streams, base_rows, base_tokens):
+        return [d.take(list(tokens[-self.depth:]) if room >= self.depth else []) for d, tokens, room in streams]
+
+    def record_step(self, rows, seconds):
+        pass
+
+
+class _Drafter:
+    def __init__(self):
+        self.drafts: list[int] = []
+
+    def take(self, drafts: list[int]) -> list[int]:
+        self.drafts = drafts
+        return drafts
+
+    def settle(self, rows):
+        from corert.plugins.speculative.acceptance import accept_greedy
+        return accept_greedy(self.drafts, rows)
+
+    def finish(self) -> None:
+        pass
+
+
+def decode_steps(model, prompts, n: int, steps: int, clock: Clock, timed: bool, drafts: int = 0) -> list[float]:
+    """Wall ms of each of ``steps`` decode steps of ``n`` streams (after every stream's prompt), each stream
+    verifying ``drafts`` draft rows a step."""
     runner = batching.BatchRunner(model, share_prefixes=False)
-    ids = [model.tokenizer.encode(p) for p in PROMPTS[:n]]
-    params = SamplingParams(max_tokens=steps + 2, temperature=0.0)
-    sids = [runner.add(p, params, is_eog=lambda t: False) for p in ids]
+    ids = prompts[:n]
+    # room for every step whatever is accepted; the streams are cancelled after the timed steps
+    params = SamplingParams(max_tokens=model.n_ctx - max(len(p) for p in ids) - 1, temperature=0.0)
+    spec = {"speculation": FixedDrafts(drafts)} if drafts else {}
+    sids = [runner.add(p, params, is_eog=lambda t: False, **spec) for p in ids]
     while not all(runner.streams[s].generated for s in sids):
         runner.step()
     out = []
@@ -76,8 +120,8 @@ def decode_steps(model, n: int, steps: int, clock: Clock, timed: bool) -> list[f
         runner.step()
         out.append(1e3 * (time.perf_counter() - t0))
     clock.on = False
-    while runner.active:
-        runner.step()
+    for sid in sids:
+        runner.cancel(sid)
     return out
 
 
@@ -99,7 +143,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="1,8")
     ap.add_argument("--steps", type=int, default=96, help="decode steps timed per stream count")
+    ap.add_argument("--drafts", default="0", help="draft rows per stream a step (comma list)")
+    ap.add_argument("--grounded", action="store_true",
+                    help="bench batch --speculative's prompts and default model (n_ctx 1024)")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--engine", default="native", help="native or native:VARIANT")
     ap.add_argument("--json", default=None, help="write the table here too")
     args = ap.parse_args()
     from corert.runtime import Runtime, RuntimeConfig
@@ -107,23 +155,36 @@ def main() -> None:
     from corert.numba_setup import set_threads
 
     counts = [int(c) for c in args.streams.split(",")]
-    over = {"engine": "native", "plugins": ["kv_cache=paged:q8"], "n_ctx": 512}
-    if args.model:
-        over["model"] = args.model
+    depths = [int(c) for c in args.drafts.split(",")]
+    n_ctx = 1024 if args.grounded else 512
+    over = {"engine": args.engine, "plugins": ["kv_cache=paged:q8"], "n_ctx": n_ctx}
+    if args.model or args.grounded:
+        over["model"] = args.model or DEFAULT_MODEL
     rt = Runtime(RuntimeConfig.from_env(None), **over)
-    model = _native(rt, str(rt.model_path()), max(counts), 512)
+    model = _native(rt, str(rt.model_path()), max(counts), n_ctx)
+    if args.grounded:
+        from corert.chat import render
+        from corert.models.gguf_header import read_header
+        from corert.tools.prompts import GROUNDED, GROUNDED_MORE
+
+        template = read_header(str(rt.model_path()), want_arrays=False).metadata.get("tokenizer.chat_template")
+        texts = [render(template, [{"role": "user", "content": t}]) for t in (GROUNDED + GROUNDED_MORE)]
+        prompts = [model.tokenizer.encode(t, parse_special=True)[:n_ctx // 2] for t in texts]
+    else:
+        prompts = [model.tokenizer.encode(p) for p in PROMPTS]
     threads = model.threads
     clock = Clock()
     install(clock, model.kv)
     cfg = model.transformer.cfg
     result = {"model": str(rt.model_path().name), "threads": threads, "steps": args.steps, "rows": {}}
     try:
-        decode_steps(model, max(counts), 4, clock, False)  # warm-up: compiles, caches
-        for n in counts:
-            bare = decode_steps(model, n, args.steps, clock, False)
+        for k in depths:  # warm-up: compiles, caches
+            decode_steps(model, prompts, max(counts), 2, clock, False, k)
+        for n, k in [(n, k) for n in counts for k in depths]:
+            bare = decode_steps(model, prompts, n, args.steps, clock, False, k)
             clock.seconds.clear()
             clock.calls.clear()
-            wrapped = decode_steps(model, n, args.steps, clock, True)
+            wrapped = decode_steps(model, prompts, n, args.steps, clock, True, k)
             per = {k: 1e3 * s / args.steps for k, s in clock.seconds.items()}
             fwd = per.pop("forward")
             inside = sum(v for k, v in per.items() if k not in ("sampling (choose_rows)", "kv reserve (pages, ids)"))
@@ -132,11 +193,12 @@ def main() -> None:
             per["step rest (planning, bookkeeping, Python)"] = float(np.mean(wrapped)) - fwd - \
                 per.get("sampling (choose_rows)", 0.0) - per.get("kv reserve (pages, ids)", 0.0)
 
-            def q(cols, rows=n):
+            def q(cols, rows=n * (k + 1)):
                 return on_compute_thread(lambda: (set_threads(threads), quantize_ms(rows, cols))[1])
             layers = cfg.n_layers
             per["  of the products: quantize (est.)"] = layers * (3 * q(cfg.d_model) + q(cfg.d_ff)) + q(cfg.d_model)
-            result["rows"][n] = {"step_ms_bare_median": float(np.median(bare)), "step_ms_wrapped_median": step,
+            result["rows"][f"{n}x{k + 1}"] = {"streams": n, "drafts": k, "step_ms_bare_median": float(np.median(bare)),
+                                             "step_ms_wrapped_median": step,
                                  "step_ms_wrapped_mean": float(np.mean(wrapped)), "forward_ms": fwd,
                                  "parts_ms": per,
                                  "calls_per_step": {k: c / args.steps for k, c in clock.calls.items()}}
@@ -144,7 +206,7 @@ def main() -> None:
         model.close()
         rt.close()
     for n, r in result["rows"].items():
-        print(f"{n} streams: step {r['step_ms_bare_median']:.2f} ms bare (median), {r['step_ms_wrapped_mean']:.2f} "
+        print(f"{r['streams']} streams x {r['drafts'] + 1} rows: step {r['step_ms_bare_median']:.2f} ms bare (median), {r['step_ms_wrapped_mean']:.2f} "
               f"wrapped (mean), forward {r['forward_ms']:.2f}")
         for k, v in sorted(r["parts_ms"].items(), key=lambda kv: -kv[1]):
             print(f"  {k:<48} {v:7.3f} ms")

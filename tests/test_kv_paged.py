@@ -223,6 +223,39 @@ def test_a_rows_attention_does_not_depend_on_the_batch(dtype, kernel):
         np.testing.assert_array_equal(part, whole[rows])
 
 
+@pytest.mark.parametrize("kernel", list(ATTEND))
+def test_verify_rows_of_one_context_equal_each_row_alone(kernel):
+    """A verify step's rows (a stream's pending row and its drafts, over one context, across page borders;
+    11 rows: more than one tile of the wide q8 kernel) give each row the bits it gets alone."""
+    rng = np.random.default_rng(13)
+    st = _coded_store("q8", kernel)
+    ctx = [14, 30, 45]
+    for _ in ctx:
+        st.new_sequence()
+    _fill([st], ctx, rng)
+    rows = [5, 11, 3]
+    sid, pos, _ = _fill([st], rows, rng, dict(enumerate(ctx)))
+    q = rng.standard_normal((len(sid), H, HD)).astype(np.float32)
+    whole = np.empty_like(q)
+    st.attend(0, sid, pos, q, 0.125, whole)
+    for i in range(len(sid)):
+        alone = np.empty((1, H, HD), np.float32)
+        st.attend(0, sid[i:i + 1], pos[i:i + 1], np.ascontiguousarray(q[i:i + 1]), 0.125, alone)
+        np.testing.assert_array_equal(alone[0], whole[i])
+
+
+def test_row_tiles_cut_each_sequences_run_into_even_tiles():
+    from corert.plugins.kv_cache.paged.kernels import row_tiles
+
+    def sizes(ids, cap=8):
+        return np.diff(row_tiles(np.asarray(ids, np.int32), cap)).tolist()
+    assert sizes([0] * 9) == [4, 5]  # a lone stream's 9 verify rows: both threads get a tile
+    assert sizes([0] * 8 + [1] * 3 + [2]) == [8, 3, 1]
+    assert sizes([0, 1, 0, 1]) == [1, 1, 1, 1]  # a tile never spans two runs
+    assert sizes([0] * 17) == [5, 6, 6] and sizes([0] * 5, cap=1) == [1] * 5
+    assert sum(sizes([0] * 454)) == 454 and max(sizes([0] * 454)) == 8
+
+
 def test_no_page_leaked_after_1000_mixed_operations():
     rng = np.random.default_rng(3)
     # 20 pages of 4 tokens for 6 sequences of up to 64: the pool runs out, idle sequences get evicted

@@ -20,9 +20,10 @@ verification exact).
 
 Variants (a dispatch table, chosen once per store):
   wide    fastmath, unsigned indices, run-time block bounds: LLVM vectorizes the head_dim loops (ymm on
-          avx2, q registers on neon).  q8: one job per (row, KV head) that serves the KV head's query heads
-          together, each position's K and V row dequantized once for all of them; the softmax's e^x in f32
-          arithmetic (corert.kernels.fast_exp) rather than libm's
+          avx2, q registers on neon).  q8: one job per (tile of up to TILE_ROWS rows of one sequence, KV head)
+          that serves the tile's rows' query heads together, each K and V row of their common context
+          dequantized once for all of them; the softmax's e^x in f32 arithmetic (corert.kernels.fast_exp)
+          rather than libm's
   scalar  strictly ordered sums, no fastmath, one job per (row, query head): the reference the wide kernels
           are tested against
 """
@@ -388,111 +389,160 @@ def _prefetch_page(x, xs, table, s, j, kvh, n_slots):
         prefetch(xs, r * nb + o // 2)
 
 
-@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
-def _dot_rows(a, r, b, hd):
-    s = np.float32(0.0)
-    for d in range(uint64(hd)):
-        s += a[r, d] * b[d]
-    return s
+#: rows of one sequence that share a job of the wide q8 kernel (a verify step's pending row and its drafts, a
+#: prompt's rows a few at a time): every K and V row of their common context is dequantized once for all of
+#: them.  Their query heads' arithmetic is per (row, head) whatever the tile, so a row's output stays exact.
+TILE_ROWS = 8
 
 
 @njit(fastmath=True, cache=True, boundscheck=False, inline="always")
-def _score_group(qg, row, hd, first, c0, scale, scores, col, m):
-    """Scores of one dequantized key row for the group's query heads (column ``col``); ``first``: the row is
-    position 0, whose key lacks the sink term."""
-    for r in range(qg.shape[0]):
-        x = _dot_rows(qg, r, row, hd)
-        if first:
-            x += c0[r]
-        x *= scale
-        scores[r, col] = x
-        m[r] = max(m[r], x)
+def _score_tile(qg, nt, row, hd, first, c0, scale, scores, col, m):
+    """Scores of one dequantized key row for the query heads of a tile's first ``nt`` rows (column ``col``);
+    ``first``: the row is position 0, whose key lacks the sink term."""
+    for rr in range(nt):
+        for r in range(qg.shape[1]):
+            x = np.float32(0.0)
+            for d in range(uint64(hd)):
+                x += qg[rr, r, d] * row[d]
+            if first:
+                x += c0[rr, r]
+            x *= scale
+            scores[rr, r, col] = x
+            m[rr, r] = max(m[rr, r], x)
+
+
+@njit(fastmath=True, cache=True, boundscheck=False, inline="always")
+def _accumulate_tile(og, nt, row, hd, scores, col):
+    for rr in range(nt):
+        for r in range(og.shape[1]):
+            p = scores[rr, r, col]
+            for d in range(uint64(hd)):
+                og[rr, r, d] += p * row[d]
 
 
 @njit(fastmath=True, cache=True, boundscheck=False)
-def _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, ctx, length, tree, i, g,
-                     scale, out):
-    """Row i's query heads that read KV head g over positions lo..length-1: each position's K and V row is
-    dequantized once for all of them (grouped-query attention).  Per head the result is the same computation
-    whatever the batch.  Positions lo..ctx-1 page by page, then a tree row's ancestor slots (tree_rows)."""
+def _attend_q8_tile(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, s, lo, i0, nt, positions, tree, g,
+                    scale, out):
+    """Rows i0..i0+nt-1 (one sequence, the same first position ``lo``), their query heads that read KV head g:
+    each K and V row of the context they all read (lo..common-1) is dequantized once for all of them
+    (grouped-query attention, and a verify step's rows over one context); then each row's own positions
+    (a causal row's last few, a tree row's ancestor slots, tree_rows) one row at a time.  A row's positions
+    are visited in its visible order and each (row, head) sum runs the same code whatever the tile, so its
+    output is the one it gets alone."""
     n_heads, hd = q.shape[1], q.shape[2]
     group = n_heads // kp.shape[1]
     bs = hd // ks.shape[3]
     h0 = g * group
-    gh = group * hd
-    span = length - lo
-    buf = np.empty(2 * gh + hd + 2 * group + group * span, np.float32)  # one allocation per job
-    qg = buf[:gh].reshape((group, hd))  # coded queries
-    og = buf[gh:2 * gh].reshape((group, hd))  # outputs, in the value basis
-    row = buf[2 * gh:2 * gh + hd]  # a dequantized K or V row; rotation scratch
-    c0 = buf[2 * gh + hd:2 * gh + hd + group]  # sink term, then 1 / softmax total
-    m = buf[2 * gh + hd + group:2 * gh + hd + 2 * group]  # running max score
-    scores = buf[2 * gh + hd + 2 * group:].reshape((group, span))
-    for r in range(group):
-        _coded_query(q, i, h0 + r, w, g, qg[r], row, block)
-        x = np.float32(0.0)
-        for d in range(uint64(hd)):
-            x += qg[r, d] * sink[g, d]
-        c0[r] = x
-        m[r] = -np.inf
+    common, span = table.shape[1] * page_tokens, 0
+    for rr in range(nt):
+        ctx, length = row_span(tree, i0 + rr, positions[i0 + rr])
+        common = min(common, ctx)
+        span = max(span, length - lo)
+    common = max(common, lo)
+    th = nt * group * hd
+    buf = np.empty(2 * th + hd + 2 * nt * group + nt * group * span, np.float32)  # one allocation per job
+    qg = buf[:th].reshape((nt, group, hd))  # coded queries
+    og = buf[th:2 * th].reshape((nt, group, hd))  # outputs, in the value basis
+    row = buf[2 * th:2 * th + hd]  # a dequantized K or V row; rotation scratch
+    b = 2 * th + hd
+    c0 = buf[b:b + nt * group].reshape((nt, group))  # sink term, then 1 / softmax total
+    m = buf[b + nt * group:b + 2 * nt * group].reshape((nt, group))  # running max score
+    scores = buf[b + 2 * nt * group:].reshape((nt, group, span))
+    for rr in range(nt):
+        for r in range(group):
+            _coded_query(q, i0 + rr, h0 + r, w, g, qg[rr, r], row, block)
+            x = np.float32(0.0)
+            for d in range(uint64(hd)):
+                x += qg[rr, r, d] * sink[g, d]
+            c0[rr, r] = x
+            m[rr, r] = -np.inf
     j0 = lo // page_tokens
-    _prefetch_page(kp, ks, table, s, j0, g, min(page_tokens, ctx - j0 * page_tokens))
-    _prefetch_page(vp, vs, table, s, j0, g, min(page_tokens, ctx - j0 * page_tokens))
-    for j in range(j0, table.shape[1]):  # page by page: one table lookup per page
+    _prefetch_page(kp, ks, table, s, j0, g, min(page_tokens, common - j0 * page_tokens))
+    _prefetch_page(vp, vs, table, s, j0, g, min(page_tokens, common - j0 * page_tokens))
+    for j in range(j0, table.shape[1]):  # the common context page by page: one table lookup per page
         t0 = j * page_tokens
-        if t0 >= ctx:
+        if t0 >= common:
             break
         pg = table[s, j]
-        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, ctx - t0 - page_tokens))
-        for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
+        _prefetch_page(kp, ks, table, s, j + 1, g, min(page_tokens, common - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, common - t0)):
             _dequant_q8(kp, ks, pg, g, sl, tab, bs, row)
-            _score_group(qg, row, hd, t0 + sl == 0, c0, scale, scores, t0 + sl - lo, m)
-    for jt in range(max(lo, ctx), length):  # a tree row's ancestors, slot by slot
-        t = tree[i, 1 + jt - ctx]
-        _dequant_q8(kp, ks, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
-        _score_group(qg, row, hd, t == 0, c0, scale, scores, jt - lo, m)
-    for r in range(group):
-        c0[r] = np.float32(1.0) / _exp_normalize_wide(scores[r], m[r])
-        for d in range(uint64(hd)):
-            og[r, d] = 0.0
+            _score_tile(qg, nt, row, hd, t0 + sl == 0, c0, scale, scores, t0 + sl - lo, m)
+    for rr in range(nt):  # each row's own positions
+        i = i0 + rr
+        ctx, length = row_span(tree, i, positions[i])
+        for jt in range(common, length):
+            t = slot_of(tree, i, ctx, jt)
+            _dequant_q8(kp, ks, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
+            _score_tile(qg[rr:rr + 1], 1, row, hd, t == 0, c0[rr:rr + 1], scale, scores[rr:rr + 1], jt - lo,
+                        m[rr:rr + 1])
+    for rr in range(nt):
+        length = row_span(tree, i0 + rr, positions[i0 + rr])[1]
+        for r in range(group):
+            c0[rr, r] = np.float32(1.0) / _exp_normalize_wide(scores[rr, r, :length - lo], m[rr, r])
+            for d in range(uint64(hd)):
+                og[rr, r, d] = 0.0
     for j in range(j0, table.shape[1]):
         t0 = j * page_tokens
-        if t0 >= ctx:
+        if t0 >= common:
             break
         pg = table[s, j]
-        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, ctx - t0 - page_tokens))
-        for sl in range(max(lo - t0, 0), min(page_tokens, ctx - t0)):
+        _prefetch_page(vp, vs, table, s, j + 1, g, min(page_tokens, common - t0 - page_tokens))
+        for sl in range(max(lo - t0, 0), min(page_tokens, common - t0)):
             _dequant_q8(vp, vs, pg, g, sl, tab, bs, row)
-            for r in range(group):
-                p = scores[r, t0 + sl - lo]
-                for d in range(uint64(hd)):
-                    og[r, d] += p * row[d]
-    for jt in range(max(lo, ctx), length):
-        t = tree[i, 1 + jt - ctx]
-        _dequant_q8(vp, vs, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
+            _accumulate_tile(og, nt, row, hd, scores, t0 + sl - lo)
+    for rr in range(nt):
+        i = i0 + rr
+        ctx, length = row_span(tree, i, positions[i])
+        for jt in range(common, length):
+            t = slot_of(tree, i, ctx, jt)
+            _dequant_q8(vp, vs, table[s, t // page_tokens], g, t % page_tokens, tab, bs, row)
+            _accumulate_tile(og[rr:rr + 1], 1, row, hd, scores[rr:rr + 1], jt - lo)
+    for rr in range(nt):
         for r in range(group):
-            p = scores[r, jt - lo]
+            inv = c0[rr, r]
             for d in range(uint64(hd)):
-                og[r, d] += p * row[d]
-    for r in range(group):
-        inv = c0[r]
-        for d in range(uint64(hd)):
-            og[r, d] *= inv
-        rotate_vec(og[r], row, block)  # back to the model's basis
-        for d in range(uint64(hd)):
-            out[i, h0 + r, d] = og[r, d]
+                og[rr, r, d] *= inv
+            rotate_vec(og[rr, r], row, block)  # back to the model's basis
+            for d in range(uint64(hd)):
+                out[i0 + rr, h0 + r, d] = og[rr, r, d]
+
+
+@njit(cache=True, boundscheck=False)
+def row_tiles(seq_ids, cap):
+    """Start rows of the tiles (and n at the end): each run of consecutive rows of one sequence cut into the
+    fewest tiles of at most ``cap`` rows, of sizes differing by at most one (a lone stream's 9 verify rows as
+    5 + 4, not 8 + 1: the threads take tiles, and one of 8 rows would leave the other thread idle)."""
+    n = seq_ids.shape[0]
+    starts = np.empty(n + 1, np.int64)
+    k, i = 0, 0
+    while i < n:
+        e = i + 1
+        while e < n and seq_ids[e] == seq_ids[i]:
+            e += 1
+        parts = (e - i + cap - 1) // cap
+        for t in range(parts):
+            starts[k] = i + (e - i) * t // parts
+            k += 1
+        i = e
+    starts[k] = n
+    return starts[:k + 1]
 
 
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
                    window, tree, out):
-    n, n_kv = q.shape[0], kp.shape[1]
-    for job in prange(n * n_kv):
-        i = balanced_row(job // n_kv, n)
+    n_kv = kp.shape[1]
+    # a sliding window starts each row's context elsewhere: one row a tile there
+    starts = row_tiles(seq_ids, TILE_ROWS if window == 0 else 1)
+    n_tiles = starts.shape[0] - 1
+    for job in prange(n_tiles * n_kv):
+        k = balanced_row(job // n_kv, n_tiles)
         g = job % n_kv
-        ctx, length = row_span(tree, i, positions[i])
-        _attend_q8_group(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i],
-                         _window_start(length, window), ctx, length, tree, i, g, scale, out)
+        i0 = starts[k]
+        lo = _window_start(row_span(tree, i0, positions[i0])[1], window)
+        _attend_q8_tile(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids[i0], lo, i0,
+                        starts[k + 1] - i0, positions, tree, g, scale, out)
 
 
 #: kernel variant -> page dtype -> attention kernel.  q8 kernels take (q, k, k_scales, v, v_scales, w, sink, block,
