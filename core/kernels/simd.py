@@ -456,3 +456,52 @@ def store_low_bytes(typingctx, arr, idx, v):
                       align=1)
         return context.get_dummy_value()
     return types.void(arr, idx, v), codegen
+
+
+# -- float lanes for attention (plugins/kv_cache/contiguous_attention) --------------------------------------
+@intrinsic
+def muladd_f32(typingctx, a, b, c):
+    """a * b + c per lane (``llvm.fmuladd``): one FMA where the CPU has it, else a multiply and an add.  The
+    choice is the target's, the same in every kernel compiled for it, so one lane's chain of these gives the
+    same bits wherever it is computed."""
+    if not (a == F32x16 and b == F32x16 and c == F32x16):
+        return None
+    return F32x16(a, b, c), lambda context, builder, sig, args: _f32_call(builder, "fmuladd", args)
+
+
+@intrinsic
+def add_f32(typingctx, a, b):
+    if not (a == F32x16 and b == F32x16):
+        return None
+    return F32x16(a, b), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 16), lanes))
+
+
+@intrinsic
+def sums4_f32(typingctx, a, b, c, d):
+    """The lane sums of a, b, c, d in lanes 0, 4, 8 and 12, each by the same tree: lane i plus lane i + 8,
+    then + 4, + 2, + 1 (so ``sums4_f32(a, a, a, a)`` sums ``a`` exactly as any other call sums it)."""
+    if not all(x == F32x16 for x in (a, b, c, d)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b, c, d = args
+        lo, hi = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+        ab = builder.fadd(_shuffle(builder, a, b, lo), _shuffle(builder, a, b, hi))  # a's 8 sums | b's
+        cd = builder.fadd(_shuffle(builder, c, d, lo), _shuffle(builder, c, d, hi))
+        lo = [g + i for g in (0, 8, 16, 24) for i in range(4)]
+        x = builder.fadd(_shuffle(builder, ab, cd, lo), _shuffle(builder, ab, cd, [i + 4 for i in lo]))
+        x = builder.fadd(x, _shuffle(builder, x, x, [i ^ 2 for i in range(16)]))  # a's 4 | b's | c's | d's
+        return builder.fadd(x, _shuffle(builder, x, x, [i ^ 1 for i in range(16)]))
+    return F32x16(a, b, c, d), codegen
+
+
+@intrinsic
+def lane_f32(typingctx, v, i):
+    """Lane ``i`` of a float vector, as a float32."""
+    if not (v == F32x16 and isinstance(i, types.Integer)):
+        return None
+    return types.float32(v, i), lambda context, builder, sig, args: builder.extract_element(args[0], args[1])
