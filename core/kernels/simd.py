@@ -416,6 +416,7 @@ def _f32_binary(name: str, doc: str):
 
 
 abs_f32 = _f32_unary("fabs", "|a| per lane.")
+floor_f32 = _f32_unary("floor", "a rounded down to an integer per lane.")
 rint_f32 = _f32_unary("rint", "a rounded to the nearest integer per lane, ties to even (numpy's rint).")
 max_f32 = _f32_binary("maxnum", "max(a, b) per lane.")
 min_f32 = _f32_binary("minnum", "min(a, b) per lane.")
@@ -505,3 +506,20 @@ def lane_f32(typingctx, v, i):
     if not (v == F32x16 and isinstance(i, types.Integer)):
         return None
     return types.float32(v, i), lambda context, builder, sig, args: builder.extract_element(args[0], args[1])
+
+
+def _f32_op(op: str, doc: str):
+    """A lane-wise IEEE operation ``builder.<op>`` of two float vectors (no fast-math flags: each lane is
+    exactly the scalar operation)."""
+    @intrinsic
+    def binary(typingctx, a, b):
+        if not (a == F32x16 and b == F32x16):
+            return None
+        return F32x16(a, b), lambda context, builder, sig, args: getattr(builder, op)(args[0], args[1])
+    binary.__doc__ = doc
+    return binary
+
+
+sub_f32 = _f32_op("fsub", "a - b per lane.")
+div_f32 = _f32_op("fdiv", "a / b per lane.")
+bits_f32 = _convert("bitcast", I32x16, F32x16, "int32 lanes -> the float32 lanes of the same bits.")
