@@ -88,13 +88,22 @@ def load_f32(typingctx, arr, idx):
             and arr.dtype in (types.float32, types.uint16)):
         return None
     half = arr.dtype == types.uint16
+    f16c = half and compiles_with("f16c")
 
     def codegen(context, builder, sig, args):
         if not half:
             return builder.load(_address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()), align=4)
-        vh = ir.VectorType(ir.HalfType(), 16)
-        return builder.fpext(builder.load(_address(context, builder, sig.args[0], args[0], args[1], vh), align=2),
-                             F32x16.llvm())
+        if f16c:
+            vh = ir.VectorType(ir.HalfType(), 16)
+            return builder.fpext(builder.load(_address(context, builder, sig.args[0], args[0], args[1], vh),
+                                              align=2), F32x16.llvm())
+        # no F16C (a generic x86-64 target): LLVM would call a library routine per half; corert.kernels.half's
+        # f16_value_int on 16 lanes instead (exact for every finite half)
+        v16 = ir.VectorType(ir.IntType(16), 16)
+        h = builder.load(_address(context, builder, sig.args[0], args[0], args[1], v16), align=2)
+        bits = builder.and_(builder.shl(builder.sext(h, I32x16.llvm()), ir.Constant(I32x16.llvm(), [13] * 16)),
+                            ir.Constant(I32x16.llvm(), [-1879048193] * 16))  # sign and the 28 low bits
+        return builder.fmul(builder.bitcast(bits, F32x16.llvm()), ir.Constant(F32x16.llvm(), [2.0 ** 112] * 16))
     return F32x16(arr, idx), codegen
 
 

@@ -207,6 +207,17 @@ TILE_ROWS = 4
 
 
 @njit(inline="always")
+def _mac4(x, y0, y1, y2, y3, a0, a1, a2, a3):
+    """a_j + x * y_j for 4 accumulators (muladd_f32)."""
+    return muladd_f32(x, y0, a0), muladd_f32(x, y1, a1), muladd_f32(x, y2, a2), muladd_f32(x, y3, a3)
+
+
+@njit(inline="always")
+def _load4(arr, o0, o1, o2, o3):
+    return load_f32(arr, o0), load_f32(arr, o1), load_f32(arr, o2), load_f32(arr, o3)
+
+
+@njit(inline="always")
 def _score_block(q, qo0, qo1, qo2, qo3, k, ko0, ko1, ko2, ko3, n_chunks):
     """The dot products of 4 query vectors (flat offsets ``qo*`` into q) with 4 keys (``ko*`` into k),
     16 dimensions a step: each loaded value serves 4 multiply-adds.  Returns one vector a query, its 4
@@ -215,15 +226,11 @@ def _score_block(q, qo0, qo1, qo2, qo3, k, ko0, ko1, ko2, ko3, n_chunks):
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = splat_f32(np.float32(0.0))
     for ch in range(n_chunks):
         o = ch * 16
-        k0, k1, k2, k3 = load_f32(k, ko0 + o), load_f32(k, ko1 + o), load_f32(k, ko2 + o), load_f32(k, ko3 + o)
-        x = load_f32(q, qo0 + o)
-        a0, a1, a2, a3 = muladd_f32(x, k0, a0), muladd_f32(x, k1, a1), muladd_f32(x, k2, a2), muladd_f32(x, k3, a3)
-        x = load_f32(q, qo1 + o)
-        b0, b1, b2, b3 = muladd_f32(x, k0, b0), muladd_f32(x, k1, b1), muladd_f32(x, k2, b2), muladd_f32(x, k3, b3)
-        x = load_f32(q, qo2 + o)
-        c0, c1, c2, c3 = muladd_f32(x, k0, c0), muladd_f32(x, k1, c1), muladd_f32(x, k2, c2), muladd_f32(x, k3, c3)
-        x = load_f32(q, qo3 + o)
-        d0, d1, d2, d3 = muladd_f32(x, k0, d0), muladd_f32(x, k1, d1), muladd_f32(x, k2, d2), muladd_f32(x, k3, d3)
+        k0, k1, k2, k3 = _load4(k, ko0 + o, ko1 + o, ko2 + o, ko3 + o)
+        a0, a1, a2, a3 = _mac4(load_f32(q, qo0 + o), k0, k1, k2, k3, a0, a1, a2, a3)
+        b0, b1, b2, b3 = _mac4(load_f32(q, qo1 + o), k0, k1, k2, k3, b0, b1, b2, b3)
+        c0, c1, c2, c3 = _mac4(load_f32(q, qo2 + o), k0, k1, k2, k3, c0, c1, c2, c3)
+        d0, d1, d2, d3 = _mac4(load_f32(q, qo3 + o), k0, k1, k2, k3, d0, d1, d2, d3)
     return sums4_f32(a0, a1, a2, a3), sums4_f32(b0, b1, b2, b3), sums4_f32(c0, c1, c2, c3), sums4_f32(d0, d1, d2, d3)
 
 
@@ -233,11 +240,9 @@ def _score_block2(q, qo0, qo1, k, ko0, ko1, ko2, ko3, n_chunks):
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = splat_f32(np.float32(0.0))
     for ch in range(n_chunks):
         o = ch * 16
-        k0, k1, k2, k3 = load_f32(k, ko0 + o), load_f32(k, ko1 + o), load_f32(k, ko2 + o), load_f32(k, ko3 + o)
-        x = load_f32(q, qo0 + o)
-        a0, a1, a2, a3 = muladd_f32(x, k0, a0), muladd_f32(x, k1, a1), muladd_f32(x, k2, a2), muladd_f32(x, k3, a3)
-        x = load_f32(q, qo1 + o)
-        b0, b1, b2, b3 = muladd_f32(x, k0, b0), muladd_f32(x, k1, b1), muladd_f32(x, k2, b2), muladd_f32(x, k3, b3)
+        k0, k1, k2, k3 = _load4(k, ko0 + o, ko1 + o, ko2 + o, ko3 + o)
+        a0, a1, a2, a3 = _mac4(load_f32(q, qo0 + o), k0, k1, k2, k3, a0, a1, a2, a3)
+        b0, b1, b2, b3 = _mac4(load_f32(q, qo1 + o), k0, k1, k2, k3, b0, b1, b2, b3)
     return sums4_f32(a0, a1, a2, a3), sums4_f32(b0, b1, b2, b3)
 
 
@@ -256,15 +261,11 @@ def _weigh_block(w, r0, r1, r2, r3, v, vo, length, oc0, oc1, oc2, oc3):
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = c0 = c1 = c2 = c3 = d0 = d1 = d2 = d3 = splat_f32(np.float32(0.0))
     for t in range(length):
         o = vo[t]
-        v0, v1, v2, v3 = load_f32(v, o + oc0), load_f32(v, o + oc1), load_f32(v, o + oc2), load_f32(v, o + oc3)
-        x = splat_f32(w[r0, t])
-        a0, a1, a2, a3 = muladd_f32(x, v0, a0), muladd_f32(x, v1, a1), muladd_f32(x, v2, a2), muladd_f32(x, v3, a3)
-        x = splat_f32(w[r1, t])
-        b0, b1, b2, b3 = muladd_f32(x, v0, b0), muladd_f32(x, v1, b1), muladd_f32(x, v2, b2), muladd_f32(x, v3, b3)
-        x = splat_f32(w[r2, t])
-        c0, c1, c2, c3 = muladd_f32(x, v0, c0), muladd_f32(x, v1, c1), muladd_f32(x, v2, c2), muladd_f32(x, v3, c3)
-        x = splat_f32(w[r3, t])
-        d0, d1, d2, d3 = muladd_f32(x, v0, d0), muladd_f32(x, v1, d1), muladd_f32(x, v2, d2), muladd_f32(x, v3, d3)
+        v0, v1, v2, v3 = _load4(v, o + oc0, o + oc1, o + oc2, o + oc3)
+        a0, a1, a2, a3 = _mac4(splat_f32(w[r0, t]), v0, v1, v2, v3, a0, a1, a2, a3)
+        b0, b1, b2, b3 = _mac4(splat_f32(w[r1, t]), v0, v1, v2, v3, b0, b1, b2, b3)
+        c0, c1, c2, c3 = _mac4(splat_f32(w[r2, t]), v0, v1, v2, v3, c0, c1, c2, c3)
+        d0, d1, d2, d3 = _mac4(splat_f32(w[r3, t]), v0, v1, v2, v3, d0, d1, d2, d3)
     return a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3
 
 
@@ -274,11 +275,9 @@ def _weigh_block2(w, r0, r1, v, vo, length, oc0, oc1, oc2, oc3):
     a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = splat_f32(np.float32(0.0))
     for t in range(length):
         o = vo[t]
-        v0, v1, v2, v3 = load_f32(v, o + oc0), load_f32(v, o + oc1), load_f32(v, o + oc2), load_f32(v, o + oc3)
-        x = splat_f32(w[r0, t])
-        a0, a1, a2, a3 = muladd_f32(x, v0, a0), muladd_f32(x, v1, a1), muladd_f32(x, v2, a2), muladd_f32(x, v3, a3)
-        x = splat_f32(w[r1, t])
-        b0, b1, b2, b3 = muladd_f32(x, v0, b0), muladd_f32(x, v1, b1), muladd_f32(x, v2, b2), muladd_f32(x, v3, b3)
+        v0, v1, v2, v3 = _load4(v, o + oc0, o + oc1, o + oc2, o + oc3)
+        a0, a1, a2, a3 = _mac4(splat_f32(w[r0, t]), v0, v1, v2, v3, a0, a1, a2, a3)
+        b0, b1, b2, b3 = _mac4(splat_f32(w[r1, t]), v0, v1, v2, v3, b0, b1, b2, b3)
     return a0, a1, a2, a3, b0, b1, b2, b3
 
 
