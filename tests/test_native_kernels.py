@@ -822,6 +822,10 @@ def test_attention_tiles_break_at_sequences():
             attention.attend_contiguous(q[i:i + 1], k, v, seqs[i:i + 1], pos[i:i + 1], np.float32(0.3), alone,
                                         window=8)
             assert np.array_equal(alone[0], out[i]), (hd, i)
+            strided = np.empty((1, 6, 2 * hd), np.float32)[:, :, ::2]  # views that are not C-contiguous
+            attention.attend_contiguous(np.asfortranarray(q[i:i + 1]), k, v, seqs[i:i + 1], pos[i:i + 1],
+                                        np.float32(0.3), strided, window=8)
+            assert np.array_equal(strided[0], out[i]), (hd, i)
             kk = k[seqs[i]].view(np.float16).astype(np.float64)
             vv = v[seqs[i]].view(np.float16).astype(np.float64)
             lo = max(0, pos[i] - 7)

@@ -13,9 +13,9 @@ TILE_ROWS rows of one sequence and the query heads of one KV head, so each K and
 every query vector of the tile (4 vectors x 4 keys a register block), in explicit 16-lane vector code
 (corert.kernels.simd) whose chains and trees do not depend on the tile: a row's output is the same bits in
 any batch, tile or thread split, and for either store dtype over the same values.  A 454-row prompt's
-attention on gemma3 (4 heads of 256 on one KV head) took half the time of the per-(row, group) kernel
-``_attend_group``, Qwen 0.5B's (7 heads of 64 a KV head, where that kernel's per-key horizontal sums
-dominated) a third; ``_attend_group`` remains for other head dimensions.
+attention layer on gemma3 (4 heads of 256 on one KV head) took 2.1 ms where the per-(row, group) kernel
+``_attend_group`` took 4.0, Qwen 0.5B's (7 heads of 64 a KV head, where that kernel's per-key horizontal
+sums weighed most) 2.7 for 6.0; ``_attend_group`` remains for other head dimensions.
 """
 from __future__ import annotations
 
@@ -463,8 +463,14 @@ PARALLEL_MIN_WORK = 1 << 16
 def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0, tree=NO_TREE):
     """``out[i, h] = softmax(q[i, h] . K[:p+1] * scale) @ V[:p+1]`` with p = positions[i], for the K/V of
     sequence seq_ids[i] (a tree row: over its context and ancestors).  q, out: (rows, n_heads, head_dim).
-    Serial or parallel over (row, KV head) by the amount of work; both run the same per-group kernel, so a
-    row's output never depends on which."""
+    Serial or parallel over (tile of rows, KV head) by the amount of work; both run the same tile kernel, so
+    a row's output never depends on which.  Arrays that are not C-contiguous go through C copies: the tiles
+    read and write flat offsets, and each kernel has one compiled form."""
+    if not (q.flags.c_contiguous and out.flags.c_contiguous):
+        dense = np.empty(out.shape, np.float32)
+        attend_contiguous(np.ascontiguousarray(q), k, v, seq_ids, positions, scale, dense, window, tree)
+        out[...] = dense
+        return
     if tree.shape[0] == 0 and positions.shape[0] == 1:  # a decode step: its span without array arithmetic
         reach = int(positions[0]) + 1
         span = min(reach, window) if window > 0 else reach
