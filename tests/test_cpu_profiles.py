@@ -224,3 +224,36 @@ def test_generation_when_numba_compiles_for_another_cpu(target, smollm2):
     run = _run_profile(smollm2, f"numba:{target}")
     _check_run(run, _expected(features))
     assert run["tokens"] == _run_profile(smollm2, "no-simd")["tokens"]
+
+
+ATTEND = r"""
+import numpy as np
+from corert.kernels.simd import compiles_with
+from corert.plugins.kv_cache.contiguous_attention import attend_contiguous
+
+rng = np.random.default_rng(3)
+T, hd = 40, 32
+k = rng.standard_normal((1, 1, T, hd)).astype(np.float16)
+v = rng.standard_normal((1, 1, T, hd)).astype(np.float16)
+q = rng.standard_normal((T, 2, hd)).astype(np.float32)
+out = np.empty_like(q)
+attend_contiguous(q, k.view(np.uint16), v.view(np.uint16), np.zeros(T, np.int32), np.arange(T, dtype=np.int32),
+                  np.float32(0.2), out)
+kf, vf = k[0, 0].astype(np.float64), v[0, 0].astype(np.float64)
+err = 0.0
+for i in range(T):
+    for h in range(2):
+        s = kf[:i + 1] @ q[i, h] * 0.2
+        p = np.exp(s - s.max())
+        err = max(err, float(np.abs(out[i, h] - (p / p.sum()) @ vf[:i + 1]).max()))
+print(compiles_with("f16c"), err)
+"""
+
+
+@pytest.mark.slow
+def test_f16_attention_without_f16c(tmp_path):
+    """On a target without F16C (a generic x86-64) the contiguous f16 cache's tile kernel widens its halves
+    with integer lanes (simd.load_f32), not a library call per half, and attends like numpy."""
+    out = _child(["-c", ATTEND], _env(NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path)))
+    f16c, err = out.split()
+    assert f16c == "False" and float(err) < 1e-5

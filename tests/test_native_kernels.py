@@ -784,15 +784,56 @@ def test_attention_head_groups_match_numpy_and_never_depend_on_the_split(n_heads
             s = k[0, kv, lo:i + 1].astype(np.float64) @ q[i, h] * float(scale)
             p = np.exp(s - s.max())
             np.testing.assert_allclose(whole[i, h], (p / p.sum()) @ v[0, kv, lo:i + 1], rtol=1e-5, atol=1e-6)
+    one_row = np.array([0, 1], np.int64)
     for i in (3, T - 1):
         row = (q[i:i + 1], k, v, seqs[:1], pos[i:i + 1], scale)
         for parts in (1, 2, 3, 4):
             alone = np.empty_like(q[:1])
-            attention._attend_parallel(*row, window, NO_TREE, alone, parts)
+            attention._attend_tiles_parallel(*row, window, NO_TREE, alone, one_row, parts)
             assert np.array_equal(alone[0], whole[i]), parts
         alone = np.empty_like(q[:1])
-        attention._attend_serial(*row, window, NO_TREE, alone)
+        attention._attend_tiles_serial(*row, window, NO_TREE, alone, one_row)
         assert np.array_equal(alone[0], whole[i])
+    for tile_rows in (1, 3, 7):  # other tiles of the rows: the same bits
+        tiled = np.empty_like(q)
+        attention._attend_tiles_serial(q, k, v, seqs, pos, scale, window, NO_TREE, tiled,
+                                       attention.row_tiles(seqs, NO_TREE, tile_rows))
+        assert np.array_equal(tiled, whole), tile_rows
+
+
+def test_attention_tiles_break_at_sequences():
+    """A batch of two sequences' rows in runs of different lengths (continuous batching): each tile holds
+    one sequence's rows (row_tiles), and every row equals the row attended alone, for a head dimension of
+    the tiles (64) and one that takes the per-group kernel (24)."""
+    rng = np.random.default_rng(11)
+    seqs = np.array([0, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0], np.int32)
+    pos = np.zeros_like(seqs)
+    for s in (0, 1):
+        pos[seqs == s] = np.arange((seqs == s).sum()) + 30 * s
+    assert attention.row_tiles(seqs, NO_TREE, 4).tolist() == [0, 2, 6, 7, 8, 9, 13, 14]
+    for hd in (64, 24):
+        k = rng.standard_normal((2, 2, 64, hd)).astype(np.float16).view(np.uint16)
+        v = rng.standard_normal((2, 2, 64, hd)).astype(np.float16).view(np.uint16)
+        q = rng.standard_normal((seqs.size, 6, hd)).astype(np.float32)
+        out = np.empty_like(q)
+        attention.attend_contiguous(q, k, v, seqs, pos, np.float32(0.3), out, window=8)
+        for i in range(seqs.size):
+            alone = np.empty_like(q[:1])
+            attention.attend_contiguous(q[i:i + 1], k, v, seqs[i:i + 1], pos[i:i + 1], np.float32(0.3), alone,
+                                        window=8)
+            assert np.array_equal(alone[0], out[i]), (hd, i)
+            strided = np.empty((1, 6, 2 * hd), np.float32)[:, :, ::2]  # views that are not C-contiguous
+            attention.attend_contiguous(np.asfortranarray(q[i:i + 1]), k, v, seqs[i:i + 1], pos[i:i + 1],
+                                        np.float32(0.3), strided, window=8)
+            assert np.array_equal(strided[0], out[i]), (hd, i)
+            kk = k[seqs[i]].view(np.float16).astype(np.float64)
+            vv = v[seqs[i]].view(np.float16).astype(np.float64)
+            lo = max(0, pos[i] - 7)
+            for h in range(6):
+                sc = kk[h // 3, lo:pos[i] + 1] @ q[i, h] * 0.3
+                p = np.exp(sc - sc.max())
+                np.testing.assert_allclose(out[i, h], (p / p.sum()) @ vv[h // 3, lo:pos[i] + 1], rtol=1e-5,
+                                           atol=1e-6)
 
 
 def test_a_decode_steps_attention_gives_every_thread_work():
@@ -838,11 +879,10 @@ def test_f16_value_widens_every_finite_half_exactly(way):
 def test_f16_store_attention_equals_f32_over_the_rounded_values(n_heads, n_kv, window):
     """The contiguous f16 store (SmolLM2's, gemma3's with a window, Qwen 0.5B's head groups): its write rounds
     like numpy's astype(float16), and its attention, prompt rows (parallel) and decode rows (serial), gives the
-    f32 store's results over the same rounded values: the widening in the kernel is exact, the arithmetic
-    after it the same up to the last bit.  Not bit for bit: _attend_group is compiled with fastmath, so the
-    uint16 and float32 specializations may contract their multiply-adds into FMAs differently (freshly
-    compiled, the parallel path's rows differed in the last place on this machine; loaded from
-    numba's cache they were equal); each store's own results do not depend on the batch (test_native_engine).
+    f32 store's results over the same rounded values bit for bit: the widening in the kernel is exact, and
+    the arithmetic after it is explicit vector code (contiguous_attention._attend_tile), the same chains for
+    either store type however LLVM compiles them (the fastmath kernels before it differed in the last place
+    between the two, freshly compiled).  Head dimensions that are no multiple of 16 take _attend_group.
     """
     from corert.plugins.kv_cache.contiguous import ContiguousKVStore
 
@@ -867,7 +907,7 @@ def test_f16_store_attention_equals_f32_over_the_rounded_values(n_heads, n_kv, w
         got, want = np.empty_like(q[rows]), np.empty_like(q[rows])
         half.attend(1, seqs[rows], pos[rows], q[rows], 0.125, got, window=window)
         ref.attend(1, seqs[rows], pos[rows], q[rows], 0.125, want, window=window)
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=str(rows))
+        assert np.array_equal(got, want), rows
 
 def test_vnni_parallel_quantization_matches_serial(need_variant):
     """A prompt's activations are quantized on every thread (quantize_rows_parallel, _half_sums from

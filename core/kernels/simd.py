@@ -88,13 +88,22 @@ def load_f32(typingctx, arr, idx):
             and arr.dtype in (types.float32, types.uint16)):
         return None
     half = arr.dtype == types.uint16
+    f16c = half and compiles_with("f16c")
 
     def codegen(context, builder, sig, args):
         if not half:
             return builder.load(_address(context, builder, sig.args[0], args[0], args[1], F32x16.llvm()), align=4)
-        vh = ir.VectorType(ir.HalfType(), 16)
-        return builder.fpext(builder.load(_address(context, builder, sig.args[0], args[0], args[1], vh), align=2),
-                             F32x16.llvm())
+        if f16c:
+            vh = ir.VectorType(ir.HalfType(), 16)
+            return builder.fpext(builder.load(_address(context, builder, sig.args[0], args[0], args[1], vh),
+                                              align=2), F32x16.llvm())
+        # no F16C (a generic x86-64 target): LLVM would call a library routine per half; corert.kernels.half's
+        # f16_value_int on 16 lanes instead (exact for every finite half)
+        v16 = ir.VectorType(ir.IntType(16), 16)
+        h = builder.load(_address(context, builder, sig.args[0], args[0], args[1], v16), align=2)
+        bits = builder.and_(builder.shl(builder.sext(h, I32x16.llvm()), ir.Constant(I32x16.llvm(), [13] * 16)),
+                            ir.Constant(I32x16.llvm(), [-1879048193] * 16))  # sign and the 28 low bits
+        return builder.fmul(builder.bitcast(bits, F32x16.llvm()), ir.Constant(F32x16.llvm(), [2.0 ** 112] * 16))
     return F32x16(arr, idx), codegen
 
 
@@ -416,6 +425,7 @@ def _f32_binary(name: str, doc: str):
 
 
 abs_f32 = _f32_unary("fabs", "|a| per lane.")
+floor_f32 = _f32_unary("floor", "a rounded down to an integer per lane.")
 rint_f32 = _f32_unary("rint", "a rounded to the nearest integer per lane, ties to even (numpy's rint).")
 max_f32 = _f32_binary("maxnum", "max(a, b) per lane.")
 min_f32 = _f32_binary("minnum", "min(a, b) per lane.")
@@ -456,3 +466,69 @@ def store_low_bytes(typingctx, arr, idx, v):
                       align=1)
         return context.get_dummy_value()
     return types.void(arr, idx, v), codegen
+
+
+# -- float lanes for attention (plugins/kv_cache/contiguous_attention) --------------------------------------
+@intrinsic
+def muladd_f32(typingctx, a, b, c):
+    """a * b + c per lane (``llvm.fmuladd``): one FMA where the CPU has it, else a multiply and an add.  The
+    choice is the target's, the same in every kernel compiled for it, so one lane's chain of these gives the
+    same bits wherever it is computed."""
+    if not (a == F32x16 and b == F32x16 and c == F32x16):
+        return None
+    return F32x16(a, b, c), lambda context, builder, sig, args: _f32_call(builder, "fmuladd", args)
+
+
+@intrinsic
+def add_f32(typingctx, a, b):
+    if not (a == F32x16 and b == F32x16):
+        return None
+    return F32x16(a, b), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 16), lanes))
+
+
+@intrinsic
+def sums4_f32(typingctx, a, b, c, d):
+    """The lane sums of a, b, c, d in lanes 0, 4, 8 and 12, each by the same tree: lane i plus lane i + 8,
+    then + 4, + 2, + 1 (so ``sums4_f32(a, a, a, a)`` sums ``a`` exactly as any other call sums it)."""
+    if not all(x == F32x16 for x in (a, b, c, d)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b, c, d = args
+        lo, hi = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+        ab = builder.fadd(_shuffle(builder, a, b, lo), _shuffle(builder, a, b, hi))  # a's 8 sums | b's
+        cd = builder.fadd(_shuffle(builder, c, d, lo), _shuffle(builder, c, d, hi))
+        lo = [g + i for g in (0, 8, 16, 24) for i in range(4)]
+        x = builder.fadd(_shuffle(builder, ab, cd, lo), _shuffle(builder, ab, cd, [i + 4 for i in lo]))
+        x = builder.fadd(x, _shuffle(builder, x, x, [i ^ 2 for i in range(16)]))  # a's 4 | b's | c's | d's
+        return builder.fadd(x, _shuffle(builder, x, x, [i ^ 1 for i in range(16)]))
+    return F32x16(a, b, c, d), codegen
+
+
+@intrinsic
+def lane_f32(typingctx, v, i):
+    """Lane ``i`` of a float vector, as a float32."""
+    if not (v == F32x16 and isinstance(i, types.Integer)):
+        return None
+    return types.float32(v, i), lambda context, builder, sig, args: builder.extract_element(args[0], args[1])
+
+
+def _f32_op(op: str, doc: str):
+    """A lane-wise IEEE operation ``builder.<op>`` of two float vectors (no fast-math flags: each lane is
+    exactly the scalar operation)."""
+    @intrinsic
+    def binary(typingctx, a, b):
+        if not (a == F32x16 and b == F32x16):
+            return None
+        return F32x16(a, b), lambda context, builder, sig, args: getattr(builder, op)(args[0], args[1])
+    binary.__doc__ = doc
+    return binary
+
+
+sub_f32 = _f32_op("fsub", "a - b per lane.")
+div_f32 = _f32_op("fdiv", "a / b per lane.")
+bits_f32 = _convert("bitcast", I32x16, F32x16, "int32 lanes -> the float32 lanes of the same bits.")
