@@ -11,7 +11,8 @@ of 64 bytes [step s][row r][i < 4] = column 4 s + i of row r: an AMX B tile (K/4
 consecutive K bytes).  q8 blocks are loaded as they are; q4 / Q4_K / packed q5 / packed q6 blocks are
 unpacked by matmul_i8's own code into a 512-byte buffer first.  The activations ``xq`` (n, levels, cols) are
 the rows of an A tile as they lie: (row, level) pairs ``cols`` bytes apart, so one tile holds 16 / levels
-rows with all their levels, and C's row j is row ``j // levels``'s level ``j % levels`` product.  A C row is
+rows with all their levels, and C's row j is row ``j // levels``'s level ``j % levels`` product (from a
+chunk of C rows on, a copy of them block-major, _tile_rows: a tile is then 512 contiguous bytes).  A C row is
 the 16 int32 lanes the vnni kernel's block dot gives for that row (before its bias corrections), and the
 epilogue (q4_row_step, scaled_row_step, q6_scaled) is the same code, so the outputs are bit-identical to
 vnni's for every layout, row count and level count (tests/test_native_amx.py).  q6 has a scale per 16
@@ -107,17 +108,45 @@ def _store_signed(wbuf, bias, w0, w1, w2, w3, w4, w5, w6, w7):
                         minus_16(w6), minus_16(w7))
 
 
+@njit(parallel=True, cache=True, boundscheck=False)
+def _tile_rows(xq):
+    """``xq`` (rows, levels, cols) as the A tiles read it: (cols / 32, rows * levels, 32), block b's C rows
+    ((row, level) pairs) 32 bytes apart.  A tile load then reads 512 contiguous bytes and a block's tiles
+    follow each other, instead of 16 rows ``cols`` bytes apart."""
+    rows, cols = xq.shape[0] * xq.shape[1], xq.shape[2]
+    flat = xq.reshape((rows, cols))
+    xa = np.empty((cols // QK, rows, QK), np.uint8)
+    for b in prange(cols // QK):
+        for r in range(rows):
+            for i in range(QK):
+                xa[b, r, i] = flat[r, b * QK + i]
+    return xa
+
+
 @njit(inline="always")
-def _products(xq, r0, r1, b, cbuf, co, signed):
-    """cbuf[co + (r - r0) * 16] = C row r: xq's rows r0..r1 (as (row, level) pairs, whole tiles) . block b's
-    weights in tile 0 (``signed`` bytes, else unsigned)."""
-    cols = xq.shape[2]
+def _activations(xq, levels):
+    """(A tiles' array, C row stride, block stride) in bytes: _tile_rows' layout from a whole chunk of C rows
+    on (in-process A/B against xq as it lies, quiet: 1.04-1.27x at 64-256 rows on q4 / q8 / q6 shapes of
+    Qwen 1.5B and gemma3, bench-results/s13-amx13/ab4-tile-rows-gated.jsonl), else xq as it lies (at 16-32
+    rows the copy lost 5-19%: ab3-tile-rows.jsonl, ab4)."""
+    cols, c_rows = xq.shape[2], (xq.shape[0] - 2 * TILE_ROWS) * levels
+    if c_rows < CHUNK_ROWS:
+        return xq, cols, QK
+    xa = _tile_rows(xq)
+    return xa, QK, xa.shape[1] * QK
+
+
+@njit(inline="always")
+def _products(xa, rs, bs, r0, r1, b, cbuf, co, signed):
+    """cbuf[co + (r - r0) * 16] = C row r: C rows r0..r1 of the activations ``xa`` (C row r of block b at
+    r * rs + b * bs: _activations; whole tiles) . block b's weights in tile 0 (``signed`` bytes, else
+    unsigned)."""
     for r in range(r0, r1, 2 * TILE_ROWS):
-        tile_load(1, xq, r * cols + b * QK, cols)
+        tile_load(1, xa, r * rs + b * bs, rs)
         tile_zero(3)
         dot_s8s8(3, 1, 0) if signed else dot_s8u8(3, 1, 0)
         if r + TILE_ROWS < r1:  # the pair's second tile
-            tile_load(2, xq, (r + TILE_ROWS) * cols + b * QK, cols)
+            tile_load(2, xa, (r + TILE_ROWS) * rs + b * bs, rs)
             tile_zero(4)
             dot_s8s8(4, 2, 0) if signed else dot_s8u8(4, 2, 0)
             tile_store(4, cbuf, co + (r - r0 + TILE_ROWS) * ROWS, 64)
@@ -125,15 +154,14 @@ def _products(xq, r0, r1, b, cbuf, co, signed):
 
 
 @njit(inline="always")
-def _half_products(xq, r0, r1, b, cbuf, co):
+def _half_products(xa, rs, bs, r0, r1, b, cbuf, co):
     """_products of q6's half blocks (weights in tiles 0 and 7): the first halves' C rows in cbuf from co, the
     second's from co + CHUNK_ROWS * 16."""
-    cols = xq.shape[2]
     for r in range(r0, r1, 2 * TILE_ROWS):
         for k in range(1 + (r + TILE_ROWS < r1)):  # the pair's tiles
-            o, c = (r + k * TILE_ROWS) * cols + b * QK, co + (r - r0 + k * TILE_ROWS) * ROWS
-            tile_load(1, xq, o, cols)
-            tile_load(2, xq, o + QK // 2, cols)
+            o, c = (r + k * TILE_ROWS) * rs + b * bs, co + (r - r0 + k * TILE_ROWS) * ROWS
+            tile_load(1, xa, o, rs)
+            tile_load(2, xa, o + QK // 2, rs)
             if k == 0:
                 tile_zero(3)
                 tile_zero(4)
@@ -164,7 +192,7 @@ def _level_ints(cbuf, r0, t, levels, half):
 
 
 @njit(inline="always")
-def _q4_group(qg, dg, mg, factored, g, xq, xd, xs, out, t0, t1, levels, wbuf, cbuf):
+def _q4_group(qg, dg, mg, factored, g, xa, rs, bs, xd, xs, out, t0, t1, levels, wbuf, cbuf):
     """Group g of a q4 matrix (scales dg, offsets mg) or, ``factored``, a Q4_K one (scales dg: layout_q4k)
     . x[t] into out[t], rows t0..t1."""
     acc = np.zeros((t1 - t0) * ROWS, np.float32)
@@ -182,7 +210,7 @@ def _q4_group(qg, dg, mg, factored, g, xq, xd, xs, out, t0, t1, levels, wbuf, cb
                 _store_operands(wbuf, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
                                 high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
                 tile_load(0, wbuf, 0, 64)
-                _products(xq, r0, r1, b, cbuf, (b - b0) * region, False)
+                _products(xa, rs, bs, r0, r1, b, cbuf, (b - b0) * region, False)
             for b in range(b0, min(nb, b0 + blocks)):
                 if factored:  # Q4_K: the block's scale and offset from its super block's factors
                     s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
@@ -204,6 +232,7 @@ def q4_matmul(q, d, m, x, out, l2, threads, levels, factored):
     literally(levels)
     literally(factored)
     xq, xd, _, xs = padded_levels(x, levels, 2 * TILE_ROWS)
+    xa, rs, bs = _activations(xq, levels)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1 if factored else 2), q.shape[0], l2, threads)
     for s in prange(slices):
@@ -211,12 +240,12 @@ def q4_matmul(q, d, m, x, out, l2, threads, levels, factored):
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _q4_group(q[g], d[g], m[g], factored, g, xq, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf)
+                _q4_group(q[g], d[g], m[g], factored, g, xa, rs, bs, xd, xs, out, t0, min(n, t0 + tile), levels, wbuf, cbuf)
         release_tiles()
 
 
 @njit(inline="always")
-def _int8_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias, halves):
+def _int8_group(qg, dg, sg, g, xa, rs, bs, xd, out, t0, t1, levels, wbuf, cbuf, bias, halves):
     """Group g of a q8 matrix (``bias`` 128: q + 128 bytes) or a packed q5 one (16: q + 16 in 5 bits) . x[t]
     into out[t], rows t0..t1; with ``halves`` a q6 one (128: q8's bytes; 32: packed in 6 bits): two half-block
     products, each times its int8 scale, then the super-block scale."""
@@ -238,9 +267,9 @@ def _int8_group(qg, dg, sg, g, xq, xd, out, t0, t1, levels, wbuf, cbuf, bias, ha
                 tile_load(0, wbuf, 0, 64)
                 if halves:
                     tile_load(7, wbuf, 4 * 64, 64)
-                    _half_products(xq, r0, r1, b, cbuf, (b - b0) * region)
+                    _half_products(xa, rs, bs, r0, r1, b, cbuf, (b - b0) * region)
                 else:
-                    _products(xq, r0, r1, b, cbuf, (b - b0) * region, True)
+                    _products(xa, rs, bs, r0, r1, b, cbuf, (b - b0) * region, True)
             for b in range(b0, min(nb, b0 + blocks)):
                 scale, s_lo, s_hi = _block_scales(dg, sg, b, per_sup)
                 for t in _rows_of(r0, t1, levels):
@@ -272,6 +301,7 @@ def int8_matmul(q, d, x, out, sup, l2, threads, levels, bias, halves):
     literally(bias)
     literally(halves)
     xq, xd, _, _ = padded_levels(x, levels, 2 * TILE_ROWS)
+    xa, rs, bs = _activations(xq, levels)
     n = x.shape[0]
     tile, slices = _tiles(n, x.shape[1], _group_bytes(q, d, 1), q.shape[0], l2, threads)
     for s in prange(slices):
@@ -279,7 +309,7 @@ def int8_matmul(q, d, x, out, sup, l2, threads, levels, bias, halves):
         g0, g1 = slice_bounds(s, slices, q.shape[0])
         for t0 in range(0, n, tile):
             for g in range(g0, g1):
-                _int8_group(q[g], d[g], group_part(sup, g), g, xq, xd, out, t0, min(n, t0 + tile), levels, wbuf,
+                _int8_group(q[g], d[g], group_part(sup, g), g, xa, rs, bs, xd, out, t0, min(n, t0 + tile), levels, wbuf,
                             cbuf, bias, halves)
         release_tiles()
 

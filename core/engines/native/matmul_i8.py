@@ -439,9 +439,11 @@ def _add_levels(acc, t, base, i2, i1, scale, xd, tx, b, levels):
     first so it is not lost against the large one.  One level: i1's term alone (level 2's step taken as 0)."""
     # no branch: numba's inlining of the q8 / q6 overloads below warns on the phi a branch leaves (one level:
     # a zero step, base + i2 * 0 = base exactly)
-    x2 = splat_f32(xd[tx, levels - 1, b] * np.float32(levels - 1))
+    # unsigned indices: no negative-index code (6 of the ~22 instructions a row and block on the amx path)
+    tu, bu = uint64(tx), uint64(b)
+    x2 = splat_f32(xd[tu, uint64(levels - 1), bu] * np.float32(levels - 1))
     part = fma_f32(to_f32(i2), mul_f32(scale, x2), base)
-    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tx, 0, b])), part))
+    store_f32(acc, t * ROWS, fma_f32(to_f32(i1), mul_f32(scale, splat_f32(xd[tu, uint64(0), bu])), part))
 
 
 @njit(inline="always")
@@ -571,7 +573,7 @@ def q4_row_step(acc, t, t0, i1, i2, dv, mv, xd, xs, b, levels):
     """acc[t] += a q4 block (scale ``dv``, offset ``mv`` per row) . x[t] from its level products ``i1``,
     ``i2`` (the vnni and amx kernels share it: the same f32 operations on the same integers)."""
     # the small terms first: the offset, then the levels
-    base = fma_f32(mv, splat_f32(xs[t, b]), load_f32(acc, (t - t0) * ROWS))
+    base = fma_f32(mv, splat_f32(xs[uint64(t), uint64(b)]), load_f32(acc, (t - t0) * ROWS))
     _add_levels(acc, t - t0, base, i2, i1, dv, xd, t, b, levels)
 
 
