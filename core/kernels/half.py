@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .simd import compiles_with, f32_from_bits, f32_from_half
+from .simd import HALF_REBIAS, HALF_SIGN_AND_LOW, compiles_with, f32_from_bits, f32_from_half
 
 
 @njit(cache=True, inline="always")
@@ -37,10 +37,8 @@ def f16_bits(u):
     return np.uint16(sign | h)
 
 
-#: 0x8FFFFFFF as an int32: the sign bit and the 28 low bits (exponent bits 30..28 cleared)
-_SIGN_AND_LOW = np.int32(-1879048193)
-#: f32 exponent bias minus f16's (127 - 15): the shifted pattern is the half's value times 2^-112
-_REBIAS = np.float32(2.0 ** 112)
+_SIGN_AND_LOW = np.int32(HALF_SIGN_AND_LOW)
+_REBIAS = np.float32(HALF_REBIAS)
 
 
 @njit(cache=True, inline="always")

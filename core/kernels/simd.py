@@ -80,6 +80,14 @@ def broadcast_word(typingctx, arr, idx):
     return I8x64(arr, idx), codegen
 
 
+#: a half's bits widened by integer operations (corert.kernels.half.f16_value_int, and load_f32 of halves
+#: without F16C): 0x8FFFFFFF as an int32, the sign bit and the 28 low bits (exponent bits 30..28 cleared) of
+#: the half sign-extended and shifted 13 bits up ...
+HALF_SIGN_AND_LOW = -1879048193
+#: ... which is an f32 of the half's value times 2^-112: f32's exponent bias minus f16's (127 - 15)
+HALF_REBIAS = 2.0 ** 112
+
+
 @intrinsic
 def load_f32(typingctx, arr, idx):
     """16 floats from ``arr[idx]``: a float32 array as it is, a uint16 array as f16 bit patterns (widened
@@ -102,8 +110,8 @@ def load_f32(typingctx, arr, idx):
         v16 = ir.VectorType(ir.IntType(16), 16)
         h = builder.load(_address(context, builder, sig.args[0], args[0], args[1], v16), align=2)
         bits = builder.and_(builder.shl(builder.sext(h, I32x16.llvm()), ir.Constant(I32x16.llvm(), [13] * 16)),
-                            ir.Constant(I32x16.llvm(), [-1879048193] * 16))  # sign and the 28 low bits
-        return builder.fmul(builder.bitcast(bits, F32x16.llvm()), ir.Constant(F32x16.llvm(), [2.0 ** 112] * 16))
+                            ir.Constant(I32x16.llvm(), [HALF_SIGN_AND_LOW] * 16))
+        return builder.fmul(builder.bitcast(bits, F32x16.llvm()), ir.Constant(F32x16.llvm(), [HALF_REBIAS] * 16))
     return F32x16(arr, idx), codegen
 
 
@@ -479,13 +487,6 @@ def muladd_f32(typingctx, a, b, c):
     return F32x16(a, b, c), lambda context, builder, sig, args: _f32_call(builder, "fmuladd", args)
 
 
-@intrinsic
-def add_f32(typingctx, a, b):
-    if not (a == F32x16 and b == F32x16):
-        return None
-    return F32x16(a, b), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
-
-
 def _shuffle(builder, a, b, lanes):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 16), lanes))
 
@@ -529,6 +530,7 @@ def _f32_op(op: str, doc: str):
     return binary
 
 
+add_f32 = _f32_op("fadd", "a + b per lane.")
 sub_f32 = _f32_op("fsub", "a - b per lane.")
 div_f32 = _f32_op("fdiv", "a / b per lane.")
 bits_f32 = _convert("bitcast", I32x16, F32x16, "int32 lanes -> the float32 lanes of the same bits.")

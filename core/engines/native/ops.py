@@ -14,9 +14,8 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ... import numba_setup  # noqa: F401
-from ...kernels.fast_exp import _POW2, exp_f32 as _exp
-from ...kernels.simd import (add_f32, add_i32, bits_f32, div_f32, floor_f32, load_f32, max_f32, min_f32, mul_f32,
-                             mul_i32, splat_f32, splat_i32, store_f32, sub_f32, to_i32)
+from ...kernels.fast_exp import exp_f32 as _exp, exp_f32x16
+from ...kernels.simd import add_f32, div_f32, load_f32, mul_f32, splat_f32, store_f32
 
 
 #: independent partial sums in a row's sum of squares: one chain of f64 adds is bound by the add's latency
@@ -121,21 +120,6 @@ def rope(x, cos, sin, neox):
 
 
 @njit(inline="always")
-def _exp16(x):
-    """fast_exp.exp_f32 on 16 lanes, operation for operation (the same bits as the scalar form: no fused
-    multiply-adds there either)."""
-    y = min_f32(max_f32(mul_f32(x, splat_f32(np.float32(1.4426950408889634))), splat_f32(np.float32(-127.0))),
-                splat_f32(np.float32(128.0)))
-    k = floor_f32(add_f32(y, splat_f32(np.float32(0.5))))
-    f = sub_f32(y, k)
-    c0, c1, c2, c3, c4, c5, c6, c7 = _POW2
-    p = splat_f32(np.float32(c7))
-    for c in (c6, c5, c4, c3, c2, c1, c0):
-        p = add_f32(mul_f32(p, f), splat_f32(np.float32(c)))
-    return mul_f32(p, bits_f32(mul_i32(add_i32(to_i32(k), splat_i32(127)), splat_i32(1 << 23))))
-
-
-@njit(inline="always")
 def _gated16(gu, i, f, gelu):
     """_swiglu_row's / _geglu_row's values i..i+15 of a row (``gu`` flat, ``f`` its half), 16 lanes at a
     time: LLVM vectorized the scalar loops 8 lanes wide (it prefers 256-bit vectors on these CPUs)."""
@@ -144,7 +128,7 @@ def _gated16(gu, i, f, gelu):
     if gelu:
         c = splat_f32(np.float32(0.044715))
         arg = mul_f32(splat_f32(np.float32(2.0 * _GELU_C)), add_f32(g, mul_f32(mul_f32(mul_f32(c, g), g), g)))
-    e = _exp16(mul_f32(arg, splat_f32(np.float32(-1.0))))
+    e = exp_f32x16(mul_f32(arg, splat_f32(np.float32(-1.0))))
     return mul_f32(div_f32(g, add_f32(splat_f32(np.float32(1.0)), e)), load_f32(gu, i + f))
 
 
