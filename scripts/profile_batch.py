@@ -30,7 +30,7 @@ from corert.engines.native import batching, dequant, matmul_i8, ops
 from corert.engines.native import model as native_model
 from corert.interfaces import SamplingParams
 from corert.tools.bench.batch import PROMPTS, _native
-from corert.tools.bench.batch_speculative import DEFAULT_MODEL
+from corert.tools.bench.batch_speculative import DEFAULT_MODEL, grounded_ids
 
 
 class Clock:
@@ -163,13 +163,9 @@ def main() -> None:
     rt = Runtime(RuntimeConfig.from_env(None), **over)
     model = _native(rt, str(rt.model_path()), max(counts), n_ctx)
     if args.grounded:
-        from corert.chat import render
-        from corert.models.gguf_header import read_header
         from corert.tools.prompts import GROUNDED, GROUNDED_MORE
 
-        template = read_header(str(rt.model_path()), want_arrays=False).metadata.get("tokenizer.chat_template")
-        texts = [render(template, [{"role": "user", "content": t}]) for t in (GROUNDED + GROUNDED_MORE)]
-        prompts = [model.tokenizer.encode(t, parse_special=True)[:n_ctx // 2] for t in texts]
+        prompts = grounded_ids(model, str(rt.model_path()), len(GROUNDED + GROUNDED_MORE), n_ctx // 2)
     else:
         prompts = [model.tokenizer.encode(p) for p in PROMPTS]
     threads = model.threads

@@ -39,10 +39,21 @@ N_CTX = 1024
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
-def run(args, rt, counts: list[int]) -> dict[str, Any]:
+def grounded_ids(model, path: str, n: int, limit: int) -> list[list[int]]:
+    """The bench's n prompts (the grounded ones in turn) in the model's chat template, as token ids cut at
+    ``limit`` (scripts/profile_batch.py --grounded profiles the same ones)."""
     from corert.chat import render
-    from corert.engines.native.batching import BatchRunner
     from corert.models.gguf_header import read_header
+    from corert.tools.prompts import GROUNDED, GROUNDED_MORE
+
+    template = read_header(path, want_arrays=False).metadata.get("tokenizer.chat_template")
+    prompts = GROUNDED + GROUNDED_MORE
+    texts = [render(template, [{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
+    return [model.tokenizer.encode(t, parse_special=True)[:limit] for t in texts]
+
+
+def run(args, rt, counts: list[int]) -> dict[str, Any]:
+    from corert.engines.native.batching import BatchRunner
     from corert.tools.prompts import GROUNDED, GROUNDED_MORE
 
     from . import step_curve
@@ -57,10 +68,8 @@ def run(args, rt, counts: list[int]) -> dict[str, Any]:
         from corert.errors import InputError
         raise InputError("--speculative needs speculative=speculative:adaptive or speculative:lookup (a decoder "
                          "that drafts by lookup)")
-    template = read_header(path, want_arrays=False).metadata.get("tokenizer.chat_template")
     prompts = GROUNDED + GROUNDED_MORE
-    texts = [render(template, [{"role": "user", "content": prompts[i % len(prompts)]}]) for i in range(n)]
-    ids = [model.tokenizer.encode(t, parse_special=True)[:N_CTX - args.max_tokens - 1] for t in texts]
+    ids = grounded_ids(model, path, n, N_CTX - args.max_tokens - 1)
     llm = raw_llama(path, N_CTX, threads, rt.config.llama.flash_attn)  # as corert's llama.cpp engine
     try:
         runner = lambda: BatchRunner(model, share_prefixes=False)  # noqa: E731  (no side reuses a prompt)
