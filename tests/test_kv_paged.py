@@ -244,11 +244,11 @@ def test_verify_rows_of_one_context_equal_each_row_alone(kernel):
         np.testing.assert_array_equal(alone[0], whole[i])
 
 
-def test_row_tiles_cut_each_sequences_run_into_even_tiles():
-    from corert.plugins.kv_cache.paged.kernels import row_tiles
+def test_sequence_tiles_cut_each_sequences_run_into_even_tiles():
+    from corert.kernels.tree_rows import sequence_tiles
 
     def sizes(ids, cap=8):
-        return np.diff(row_tiles(np.asarray(ids, np.int32), cap)).tolist()
+        return np.diff(sequence_tiles(np.asarray(ids, np.int32), cap)).tolist()
     assert sizes([0] * 9) == [4, 5]  # a lone stream's 9 verify rows: both threads get a tile
     assert sizes([0] * 8 + [1] * 3 + [2]) == [8, 3, 1]
     assert sizes([0, 1, 0, 1]) == [1, 1, 1, 1]  # a tile never spans two runs

@@ -9,6 +9,7 @@ import gguf
 import gguf.quants
 from corert.engines.native import dequant, matmul, matmul_i8, ops, products, row_tiles
 from corert.kernels.f16 import F16_TO_F32
+from corert.kernels.tree_rows import sequence_tiles
 from corert.tree import NO_TREE
 from corert.plugins.kv_cache import contiguous_attention as attention
 from corert.models.gguf_header import read_header
@@ -797,20 +798,20 @@ def test_attention_head_groups_match_numpy_and_never_depend_on_the_split(n_heads
     for tile_rows in (1, 3, 7):  # other tiles of the rows: the same bits
         tiled = np.empty_like(q)
         attention._attend_tiles_serial(q, k, v, seqs, pos, scale, window, NO_TREE, tiled,
-                                       attention.row_tiles(seqs, NO_TREE, tile_rows))
+                                       sequence_tiles(seqs, tile_rows))
         assert np.array_equal(tiled, whole), tile_rows
 
 
 def test_attention_tiles_break_at_sequences():
     """A batch of two sequences' rows in runs of different lengths (continuous batching): each tile holds
-    one sequence's rows (row_tiles), and every row equals the row attended alone, for a head dimension of
+    one sequence's rows (sequence_tiles), and every row equals the row attended alone, for a head dimension of
     the tiles (64) and one that takes the per-group kernel (24)."""
     rng = np.random.default_rng(11)
     seqs = np.array([0, 0, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0], np.int32)
     pos = np.zeros_like(seqs)
     for s in (0, 1):
         pos[seqs == s] = np.arange((seqs == s).sum()) + 30 * s
-    assert attention.row_tiles(seqs, NO_TREE, 4).tolist() == [0, 2, 6, 7, 8, 9, 13, 14]
+    assert sequence_tiles(seqs, 4).tolist() == [0, 2, 4, 7, 8, 9, 11, 14]  # runs of 5 as 2 + 3
     for hd in (64, 24):
         k = rng.standard_normal((2, 2, 64, hd)).astype(np.float16).view(np.uint16)
         v = rng.standard_normal((2, 2, 64, hd)).astype(np.float16).view(np.uint16)

@@ -29,7 +29,7 @@ from corert.kernels.fast_exp import exp_f32
 from corert.kernels.half import f16_bits, f16_value
 from corert.kernels.simd import (add_f32, hmax_f32, lane_f32, load_f32, max_f32, mul_f32, muladd_f32, splat_f32,
                                  store_f32, sums4_f32)
-from corert.kernels.tree_rows import balanced_row, row_span, slot_of
+from corert.kernels.tree_rows import balanced_row, row_span, sequence_tiles, slot_of
 from corert.tree import NO_TREE
 
 
@@ -384,21 +384,6 @@ def _attend_tile(q, k, v, seq_ids, positions, scale, window, tree, out, i0, i1, 
             _store_out(out, qrow[r + 3], oc0, oc1, oc2, oc3, inv[r + 3], acc[12], acc[13], acc[14], acc[15])
 
 
-@njit(cache=True)
-def row_tiles(seq_ids, tree, tile_rows):
-    """Where each tile of rows starts (and, last, the row count): up to ``tile_rows`` consecutive rows of one
-    sequence; one row a tile in a token tree (its rows read different slots)."""
-    n = seq_ids.shape[0]
-    starts = np.empty(n + 1, np.int64)
-    m = 0
-    for i in range(n):
-        if i == 0 or tree.shape[0] > 0 or seq_ids[i] != seq_ids[starts[m - 1]] or i - starts[m - 1] >= tile_rows:
-            starts[m] = i
-            m += 1
-    starts[m] = n
-    return starts[:m + 1]
-
-
 @njit(parallel=True, cache=True)
 def _attend_tiles_parallel(q, k, v, seq_ids, positions, scale, window, tree, out, tiles, parts):
     """Jobs of (tile of rows, KV head, one of ``parts`` slices of its query heads) over the threads, the tiles
@@ -485,7 +470,8 @@ def attend_contiguous(q, k, v, seq_ids, positions, scale, out, window=0, tree=NO
         parts = head_parts(q.shape[0], k.shape[1], q.shape[1] // k.shape[1], numba.get_num_threads())
         _attend_parallel(q, k, v, seq_ids, positions, scale, int(window), tree, out, parts)
         return
-    tiles = _ONE_ROW if q.shape[0] == 1 else row_tiles(seq_ids, tree, TILE_ROWS)
+    # a token tree's rows read different slots: one row a tile there
+    tiles = _ONE_ROW if q.shape[0] == 1 else sequence_tiles(seq_ids, 1 if tree.shape[0] > 0 else TILE_ROWS)
     if work < PARALLEL_MIN_WORK:
         _attend_tiles_serial(q, k, v, seq_ids, positions, scale, int(window), tree, out, tiles)
         return

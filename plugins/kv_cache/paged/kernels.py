@@ -36,7 +36,7 @@ from corert import numba_setup  # noqa: F401  (threading layer before the first 
 from corert.kernels.fast_exp import exp_f32 as _exp
 from corert.kernels.simd import prefetch
 
-from corert.kernels.tree_rows import balanced_row, row_span, slot_of
+from corert.kernels.tree_rows import balanced_row, row_span, sequence_tiles, slot_of
 
 from .rotation import rotate_vec
 from .writes import QB
@@ -508,33 +508,12 @@ def _attend_q8_tile(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, 
                 out[i0 + rr, h0 + r, d] = og[rr, r, d]
 
 
-@njit(cache=True, boundscheck=False)
-def row_tiles(seq_ids, cap):
-    """Start rows of the tiles (and n at the end): each run of consecutive rows of one sequence cut into the
-    fewest tiles of at most ``cap`` rows, of sizes differing by at most one (a lone stream's 9 verify rows as
-    5 + 4, not 8 + 1: the threads take tiles, and one of 8 rows would leave the other thread idle)."""
-    n = seq_ids.shape[0]
-    starts = np.empty(n + 1, np.int64)
-    k, i = 0, 0
-    while i < n:
-        e = i + 1
-        while e < n and seq_ids[e] == seq_ids[i]:
-            e += 1
-        parts = (e - i + cap - 1) // cap
-        for t in range(parts):
-            starts[k] = i + (e - i) * t // parts
-            k += 1
-        i = e
-    starts[k] = n
-    return starts[:k + 1]
-
-
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
 def attend_q8_wide(q, kp, ks, vp, vs, w, sink, block, tab, table, page_tokens, seq_ids, positions, scale,
                    window, tree, out):
     n_kv = kp.shape[1]
     # a sliding window starts each row's context elsewhere: one row a tile there
-    starts = row_tiles(seq_ids, TILE_ROWS if window == 0 else 1)
+    starts = sequence_tiles(seq_ids, TILE_ROWS if window == 0 else 1)
     n_tiles = starts.shape[0] - 1
     for job in prange(n_tiles * n_kv):
         k = balanced_row(job // n_kv, n_tiles)
