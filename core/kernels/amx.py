@@ -133,3 +133,48 @@ def _dot(name: str, doc: str):
 dot_s8u8 = _dot("tdpbsud", """``tdpbsud``: tile ``c`` += tile ``a`` (signed bytes) . tile ``b`` (unsigned bytes, 4 K values a
     column): c[m][n] += sum over k of a[m][k] * b[k / 4][4 n + k % 4], exact in int32.""")
 dot_s8s8 = _dot("tdpbssd", "``tdpbssd``: dot_s8u8 with signed bytes in ``b`` too.")
+dot_bf16 = _dot("tdpbf16ps", """``tdpbf16ps``: tile ``c`` (f32) += tile ``a`` (bf16, 32 K values a row) . tile ``b`` (bf16, 2 K values a
+    column): c[m][n] += sum over k of a[m][k] * b[k / 2][2 n + k % 2], accumulated in f32 across calls.""")
+
+_I32x16 = ir.VectorType(ir.IntType(32), 16)
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
+
+
+def _bf16_bits(builder, v):
+    """f32 lanes rounded to bf16 (nearest, ties to even) in the top 16 bits of int32 lanes: integer
+    operations, on any AVX-512 (finite values; the weights are)."""
+    c = lambda k: ir.Constant(_I32x16, [k] * 16)  # noqa: E731
+    bits = builder.bitcast(v, _I32x16)
+    odd = builder.and_(builder.lshr(bits, c(16)), c(1))
+    return builder.add(bits, builder.add(odd, c(0x7FFF)))
+
+
+@intrinsic
+def store_bf16_operand(typingctx, buf, idx, v, scale, offset):
+    """Rows ``idx`` and ``idx + 64`` (bytes) of a bf16 B tile in ``buf`` (uint8) from one of matmul_i8's
+    weight operands ``v`` (64 unsigned bytes: int32 lane r = columns 4 s..4 s + 3 of output row r): the
+    weights byte * scale + offset (per lane) as bf16, lane r of the first row = columns 4 s, 4 s + 1 of row r
+    (low half first), of the second 4 s + 2, 4 s + 3: the B operand of ``tdpbf16ps`` as it lies."""
+    from .simd import F32x16, I8x64
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and buf.layout == "C"
+            and isinstance(idx, types.Integer) and v == I8x64 and scale == F32x16 and offset == F32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        words = builder.bitcast(args[2], _I32x16)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32x16, [_F32x16] * 3),
+                                             "llvm.fma.v16f32")
+        rounded = []
+        for i in range(4):
+            byte = builder.and_(builder.lshr(words, ir.Constant(_I32x16, [8 * i] * 16)),
+                                ir.Constant(_I32x16, [255] * 16))
+            w = builder.call(fma, [builder.uitofp(byte, _F32x16), args[3], args[4]])
+            rounded.append(_bf16_bits(builder, w))
+        high = ir.Constant(_I32x16, [-65536] * 16)
+        ptr = builder.bitcast(_address(context, builder, sig.args[0], args[0], args[1]), _I32x16.as_pointer())
+        for j in range(2):
+            row = builder.or_(builder.lshr(rounded[2 * j], ir.Constant(_I32x16, [16] * 16)),
+                              builder.and_(rounded[2 * j + 1], high))
+            builder.store(row, builder.gep(ptr, [ir.Constant(_I64, j)]), align=4)
+        return context.get_dummy_value()
+    return types.void(buf, idx, v, scale, offset), codegen
