@@ -23,8 +23,8 @@ from numba.extending import overload
 
 from ... import cpu, numba_setup  # noqa: F401
 from ...kernels import amx
-from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, tile_load, tile_store, \
-    tile_zero
+from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, \
+    store_bf16_split, tile_load, tile_store, tile_zero
 from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i32, load_i8_i32, low_nibbles, mul_f32, \
     prefetch, splat_f32, to_f32
 from .matmul import QK
@@ -45,45 +45,73 @@ A_CHUNK_BYTES = 1 << 20
 Q4, Q4K, Q8, Q5P, Q6, Q6P = 0, 1, 2, 3, 4, 5
 
 
+@njit(inline="always")
+def _bf16(u):
+    """The bf16 bits of f32 bits u, rounded to nearest even."""
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
 @njit(parallel=True, cache=True, boundscheck=False)
-def bf16_rows(x, n_pad):
-    """x (n, cols) f32 -> (cols / 32, n_pad, 32) bf16 bits (rounded to nearest even), rows n.. zero."""
+def bf16_rows(x, n_pad, split):
+    """x (n, cols) f32 -> (1 + split, cols / 32, n_pad, 32) bf16 bits (rounded to nearest even), rows n..
+    zero; with ``split`` [1] holds the remainders x - bf16(x) in bf16: x ~ hi + lo to ~16 bits."""
     n, cols = x.shape
-    xa = np.empty((cols // QK, n_pad, QK), np.uint16)
+    si = 1 if split else 0
+    xa = np.empty((1 + si, cols // QK, n_pad, QK), np.uint16)
     bits = x.view(np.uint32)
     for b in prange(cols // QK):
+        rest = np.empty(QK, np.float32)  # the remainders, their bits read through a view
+        rest_bits, high = rest.view(np.uint32), np.empty(QK, np.uint32)
         for t in range(n):
             for i in range(QK):
-                u = bits[t, b * QK + i]
-                xa[b, t, i] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))
-                                        >> np.uint32(16))
+                h = _bf16(bits[t, b * QK + i])
+                xa[0, b, t, i] = np.uint16(h)
+                high[i] = h << np.uint32(16)
+            if split:
+                top = high.view(np.float32)
+                for i in range(QK):
+                    rest[i] = x[t, b * QK + i] - top[i]  # exact: at most 16 significant bits
+                for i in range(QK):
+                    xa[si, b, t, i] = np.uint16(_bf16(rest_bits[i]))
         for t in range(n, n_pad):
             for i in range(QK):
-                xa[b, t, i] = 0
+                xa[0, b, t, i] = 0
+                xa[si, b, t, i] = 0
     return xa
 
 
 @njit(inline="always")
-def _store_block(wb, o, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w6, w7):
-    """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o; operands 0-3 (columns 0-15)
-    take scale s_lo and offset m_lo, 4-7 s_hi and m_hi (q6's half blocks; the others pass the same twice)."""
-    store_bf16_operand(wb, o, w0, s_lo, m_lo)
-    store_bf16_operand(wb, o + 128, w1, s_lo, m_lo)
-    store_bf16_operand(wb, o + 256, w2, s_lo, m_lo)
-    store_bf16_operand(wb, o + 384, w3, s_lo, m_lo)
-    store_bf16_operand(wb, o + 512, w4, s_hi, m_hi)
-    store_bf16_operand(wb, o + 640, w5, s_hi, m_hi)
-    store_bf16_operand(wb, o + 768, w6, s_hi, m_hi)
-    store_bf16_operand(wb, o + 896, w7, s_hi, m_hi)
+def _store_block(wb, o, split, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w6, w7):
+    """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o (``split``: and the
+    remainders' tile after it); operands 0-3 (columns 0-15) take scale s_lo and offset m_lo, 4-7 s_hi and
+    m_hi (q6's half blocks; the others pass the same twice)."""
+    if split:
+        store_bf16_split(wb, o, w0, s_lo, m_lo, TILE_BYTES)
+        store_bf16_split(wb, o + 128, w1, s_lo, m_lo, TILE_BYTES)
+        store_bf16_split(wb, o + 256, w2, s_lo, m_lo, TILE_BYTES)
+        store_bf16_split(wb, o + 384, w3, s_lo, m_lo, TILE_BYTES)
+        store_bf16_split(wb, o + 512, w4, s_hi, m_hi, TILE_BYTES)
+        store_bf16_split(wb, o + 640, w5, s_hi, m_hi, TILE_BYTES)
+        store_bf16_split(wb, o + 768, w6, s_hi, m_hi, TILE_BYTES)
+        store_bf16_split(wb, o + 896, w7, s_hi, m_hi, TILE_BYTES)
+    else:
+        store_bf16_operand(wb, o, w0, s_lo, m_lo, TILE_BYTES)
+        store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, TILE_BYTES)
+        store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, TILE_BYTES)
+        store_bf16_operand(wb, o + 384, w3, s_lo, m_lo, TILE_BYTES)
+        store_bf16_operand(wb, o + 512, w4, s_hi, m_hi, TILE_BYTES)
+        store_bf16_operand(wb, o + 640, w5, s_hi, m_hi, TILE_BYTES)
+        store_bf16_operand(wb, o + 768, w6, s_hi, m_hi, TILE_BYTES)
+        store_bf16_operand(wb, o + 896, w7, s_hi, m_hi, TILE_BYTES)
 
 
-def _dequant(kind, qg, dg, mg, b, wb, o):
+def _dequant(kind, qg, dg, mg, b, wb, o, split):
     """Block b of a group (weights qg, scales dg, then q4's offsets / q6's super-block scales mg) as a bf16 B
     tile at byte o of wb (typed per layout below: each reads its own scales)."""
 
 
 @njit(inline="always")
-def _q4_block(qg, dg, mg, b, wb, o, factored):
+def _q4_block(qg, dg, mg, b, wb, o, split, factored):
     qo = b * 4 * 64
     for line in range(4):
         prefetch(qg, qo + PREFETCH_BYTES + line * 64)
@@ -96,12 +124,12 @@ def _q4_block(qg, dg, mg, b, wb, o, factored):
                                   load_f32(dg, so + 112), h, k)
     else:
         dv, mv = load_f32(dg, b * 16), load_f32(mg, b * 16)
-    _store_block(wb, o, dv, mv, dv, mv, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
+    _store_block(wb, o, split, dv, mv, dv, mv, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
                  high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
 
 
 @njit(inline="always")
-def _int8_block_bf16(qg, dg, b, wb, o, packed):
+def _int8_block_bf16(qg, dg, b, wb, o, split, packed):
     """q8 (bytes q + 128) or packed q5 (q + 16)."""
     if packed:
         w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
@@ -111,11 +139,11 @@ def _int8_block_bf16(qg, dg, b, wb, o, packed):
         bias = np.float32(-128.0)
     dv = load_f32(dg, b * 16)
     mv = mul_f32(dv, splat_f32(bias))
-    _store_block(wb, o, dv, mv, dv, mv, w0, w1, w2, w3, w4, w5, w6, w7)
+    _store_block(wb, o, split, dv, mv, dv, mv, w0, w1, w2, w3, w4, w5, w6, w7)
 
 
 @njit(inline="always")
-def _q6_block(qg, dg, sg, b, wb, o, packed):
+def _q6_block(qg, dg, sg, b, wb, o, split, packed):
     """q6 (bytes q + 128, or packed q + 32): an int8 scale per 16 values times the super block's f32."""
     if packed:
         w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
@@ -127,23 +155,23 @@ def _q6_block(qg, dg, sg, b, wb, o, packed):
     sup = load_f32(sg, b // per_sup * 16)
     s_lo = mul_f32(sup, to_f32(load_i8_i32(dg, 2 * b * 16)))
     s_hi = mul_f32(sup, to_f32(load_i8_i32(dg, (2 * b + 1) * 16)))
-    _store_block(wb, o, s_lo, mul_f32(s_lo, splat_f32(bias)), s_hi, mul_f32(s_hi, splat_f32(bias)),
+    _store_block(wb, o, split, s_lo, mul_f32(s_lo, splat_f32(bias)), s_hi, mul_f32(s_hi, splat_f32(bias)),
                  w0, w1, w2, w3, w4, w5, w6, w7)
 
 
 @overload(_dequant, inline="always")
-def _dequant_of(kind, qg, dg, mg, b, wb, o):
+def _dequant_of(kind, qg, dg, mg, b, wb, o, split):
     if not isinstance(kind, types.IntegerLiteral):
         return None
     k = kind.literal_value
     if k in (Q4, Q4K):
         factored = k == Q4K
-        return lambda kind, qg, dg, mg, b, wb, o: _q4_block(qg, dg, mg, b, wb, o, factored)
+        return lambda kind, qg, dg, mg, b, wb, o, split: _q4_block(qg, dg, mg, b, wb, o, split, factored)
     if k in (Q8, Q5P):
         packed = k == Q5P
-        return lambda kind, qg, dg, mg, b, wb, o: _int8_block_bf16(qg, dg, b, wb, o, packed)
+        return lambda kind, qg, dg, mg, b, wb, o, split: _int8_block_bf16(qg, dg, b, wb, o, split, packed)
     packed = k == Q6P
-    return lambda kind, qg, dg, mg, b, wb, o: _q6_block(qg, dg, mg, b, wb, o, packed)
+    return lambda kind, qg, dg, mg, b, wb, o, split: _q6_block(qg, dg, mg, b, wb, o, split, packed)
 
 
 @njit(inline="always")
@@ -156,10 +184,32 @@ def _c_place(out, tail, r, n, col):
 
 
 @njit(inline="always")
-def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1):
+def _dots(two, pair):
+    """The products of the A tiles (0, 1) and B tiles (2, 3) loaded, into C tiles 4-7."""
+    dot_bf16(4, 0, 2)
+    if two:
+        dot_bf16(5, 0, 3)
+    if pair:
+        dot_bf16(6, 1, 2)
+        if two:
+            dot_bf16(7, 1, 3)
+
+
+@njit(inline="always")
+def _load_pair(t, u, arr, o0, o1, second):
+    """Tiles t (at o0) and u (at o1, when ``second``) of 1024 contiguous bytes."""
+    tile_load(t, arr, o0, 64)
+    if second:
+        tile_load(u, arr, o1, 64)
+
+
+@njit(inline="always")
+def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
     """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1: C tiles
-    zeroed at block 0, else reloaded from the previous K chunk's; stored once."""
-    stride, kc = 4 * out.shape[1], b1 - b0
+    zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo and
+    w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
+    stride, kc, wt = 4 * out.shape[1], b1 - b0, (1 + split) * TILE_BYTES
+    lo_a = nb * n_pad * QK  # elements from an A tile to its remainders'
     for r in range(0, n_pad, 2 * TILE_ROWS):
         pair = r + TILE_ROWS < n_pad
         a0, o0 = _c_place(out, tail, r, n, g0 * 16)
@@ -178,17 +228,16 @@ def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1):
                 if two:
                     tile_load(7, a1, o1 + 16, stride)
         for b in range(b0, b1):
-            tile_load(0, xa, (b * n_pad + r) * QK, 64)
-            tile_load(2, wb, (b - b0) * TILE_BYTES, 64)
-            dot_bf16(4, 0, 2)
-            if two:
-                tile_load(3, wb, (kc + b - b0) * TILE_BYTES, 64)
-                dot_bf16(5, 0, 3)
-            if pair:
-                tile_load(1, xa, (b * n_pad + r + TILE_ROWS) * QK, 64)
-                dot_bf16(6, 1, 2)
-                if two:
-                    dot_bf16(7, 1, 3)
+            xo, wo = (b * n_pad + r) * QK, (b - b0) * wt
+            _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
+            _load_pair(2, 3, wb, wo, wo + kc * wt, two)
+            _dots(two, pair)
+            if split:
+                _load_pair(2, 3, wb, wo + TILE_BYTES, wo + kc * wt + TILE_BYTES, two)
+                _dots(two, pair)
+                _load_pair(0, 1, xa, lo_a + xo, lo_a + xo + TILE_ROWS * QK, pair)
+                _load_pair(2, 3, wb, wo, wo + kc * wt, two)
+                _dots(two, pair)
         tile_store(4, a0, o0, stride)
         if two:
             tile_store(5, a0, o0 + 16, stride)
@@ -198,19 +247,37 @@ def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1):
                 tile_store(7, a1, o1 + 16, stride)
 
 
+@njit(cache=True)
+def _target(out, cols):
+    """``out``, or a (rows, cols) array when its rows do not fill the last group (C tiles are 16 wide)."""
+    if out.shape[1] == cols:
+        return out
+    return np.empty((out.shape[0], cols), np.float32)
+
+
+@njit(cache=True)
+def _copy_back(out, dst):
+    """The columns of ``out`` from _target's array."""
+    if dst.shape[1] != out.shape[1]:
+        for t in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                out[t, c] = dst[t, c]
+
+
 @njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
-def bf16_matmul(q, d, m, x, out, threads, kind):
-    """out[t, r] = W[r] . x[t] for a matrix of layout ``kind`` (matmul_i8's parts: q, d, then ``m`` q4's
+def bf16_matmul(q, d, m, x, out, threads, kind, split):
+    """out[t, r] = W[r] . x[t] (``out`` as wide as the groups: _target) for a matrix of layout ``kind`` (matmul_i8's parts: q, d, then ``m`` q4's
     offsets or q6's super-block scales, for the other layouts ``d`` again), on
     bf16 tiles.  Threads take panels of 2 groups (32 output columns); K is cut in chunks so that a chunk of
     every row's activations stays in L2 while the panels pass."""
     literally(kind)
+    literally(split)
     n, cols = x.shape
     nb, groups = cols // QK, q.shape[0]
     n_pad = -(-n // TILE_ROWS) * TILE_ROWS
-    xa = bf16_rows(x, n_pad)
+    xa = bf16_rows(x, n_pad, split)
     tail = np.empty((TILE_ROWS, out.shape[1]), np.float32)
-    chunks = -(-nb * n_pad * 64 // A_CHUNK_BYTES)
+    chunks = -(-nb * n_pad * 64 * (1 + split) // A_CHUNK_BYTES)
     kc = -(-nb // chunks)
     panels = (groups + 1) // 2
     slices = min(panels, 4 * max(1, threads))
@@ -218,7 +285,8 @@ def bf16_matmul(q, d, m, x, out, threads, kind):
         b1 = min(nb, b0 + kc)
         for s in prange(slices):
             load_config(CONFIG)
-            wb = np.empty(2 * (b1 - b0) * TILE_BYTES, np.uint8)
+            wt = (1 + split) * TILE_BYTES
+            wb = np.empty(2 * (b1 - b0) * wt, np.uint8)
             p0, p1 = slice_bounds(s, slices, panels)
             for p in range(p0, p1):
                 g0 = 2 * p
@@ -226,8 +294,8 @@ def bf16_matmul(q, d, m, x, out, threads, kind):
                 for k in range(1 + two):
                     g = g0 + k
                     for b in range(b0, b1):
-                        _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * TILE_BYTES)
-                _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1)
+                        _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * wt, split)
+                _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split)
             release_tiles()
     r = n_pad - TILE_ROWS
     if r < n < n_pad:
@@ -235,32 +303,63 @@ def bf16_matmul(q, d, m, x, out, threads, kind):
 
 
 # -- the products as callers use them: the layout a compile-time constant (``literally``), chosen here in
-# compiled code (from Python each call would go through the dispatcher's literal retyping: ~100 ms) ------
+# compiled code (from Python each call would go through the dispatcher's literal retyping: ~100 ms);
+# ``split`` made a literal the same way ---------------------------------------------------------------------
 @njit(cache=True)
-def q4_product(q, d, m, x, out, threads):
-    bf16_matmul(q, d, m, x, out, threads, Q4)
-
-
-@njit(cache=True)
-def q4k_product(q, ks, x, out, threads):
-    bf16_matmul(q, ks, ks, x, out, threads, Q4K)
-
-
-@njit(cache=True)
-def q8_product(q, d, x, out, threads):
-    bf16_matmul(q, d, d, x, out, threads, Q8)
+def q4_product(q, d, m, x, out, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, m, x, dst, threads, Q4, True)
+    else:
+        bf16_matmul(q, d, m, x, dst, threads, Q4, False)
+    _copy_back(out, dst)
 
 
 @njit(cache=True)
-def q5_packed_product(q, d, x, out, threads):
-    bf16_matmul(q, d, d, x, out, threads, Q5P)
+def q4k_product(q, ks, x, out, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, ks, ks, x, dst, threads, Q4K, True)
+    else:
+        bf16_matmul(q, ks, ks, x, dst, threads, Q4K, False)
+    _copy_back(out, dst)
 
 
 @njit(cache=True)
-def q6_product(q, d, x, out, sup, threads):
-    bf16_matmul(q, d, sup, x, out, threads, Q6)
+def q8_product(q, d, x, out, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, d, x, dst, threads, Q8, True)
+    else:
+        bf16_matmul(q, d, d, x, dst, threads, Q8, False)
+    _copy_back(out, dst)
 
 
 @njit(cache=True)
-def q6_packed_product(q, d, x, out, sup, threads):
-    bf16_matmul(q, d, sup, x, out, threads, Q6P)
+def q5_packed_product(q, d, x, out, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, d, x, dst, threads, Q5P, True)
+    else:
+        bf16_matmul(q, d, d, x, dst, threads, Q5P, False)
+    _copy_back(out, dst)
+
+
+@njit(cache=True)
+def q6_product(q, d, x, out, sup, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, sup, x, dst, threads, Q6, True)
+    else:
+        bf16_matmul(q, d, sup, x, dst, threads, Q6, False)
+    _copy_back(out, dst)
+
+
+@njit(cache=True)
+def q6_packed_product(q, d, x, out, sup, threads, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, sup, x, dst, threads, Q6P, True)
+    else:
+        bf16_matmul(q, d, sup, x, dst, threads, Q6P, False)
+    _copy_back(out, dst)
