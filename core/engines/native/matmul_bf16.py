@@ -5,8 +5,20 @@ Why.  The ``amx`` variant's int8 tile products are exact per 32-value block, so 
 is stored and rescaled into f32 by the epilogue: ~10 instructions per row and block, and the tile unit idles
 (~4% of its int8 peak).  ``tdpbf16ps`` accumulates f32 in the C tile across the whole K: a panel of output
 columns is dequantized to bf16 once (into L2), every row tile of the prompt runs through it, and each C
-tile is stored once.  The price is precision: weights and activations rounded to bf16 (8 significant
-bits, relative error <= 2^-9 each), against ~16 bits for matmul_i8's two activation levels.
+tile is stored once.
+
+Precision: ``split``.  With x and w each rounded to bf16 (8 significant bits, error <= 2^-9 of the value)
+gemma3's KL to the float64 forward was 2.5e-4 (amx: 4.8e-7; scripts/levels_f64.py gemma3-270m 48, f16 KV,
+bench-results/s14-bf14/kl-gemma3-amx-vs-bf16.json).  Split, x ~ x_hi + x_lo and w ~ w_hi + w_lo (the
+remainder after bf16 rounding, itself in bf16: ~16 significant bits), and three tile products a block
+(hi hi, hi lo, lo hi; lo lo is ~2^-18 of the sum): KL 3.1e-7 (kl-gemma3-amx-vs-bf16x3.json), the largest
+error on random matrices 4e-6 of the largest output against amx's 2e-5, for 3x the tile work and twice the
+dequantization (quiet, 256 rows: 1.96x amx's speed on q4 17920x1536, 1.98x on q8 4096x640; one term 4.3x
+and 3.6x: bench-results/s14-bf14/ab2-*.jsonl).
+
+Each output is its row's: no value of another row of the call enters it, and cutting K into chunks (C
+tiles stored to ``out`` and reloaded: exact f32) keeps the order of the sums, so a row's bits do not depend
+on the call's rows, threads or chunks (tests/test_native_bf16.py).  They are not vnni's bits.
 
 Layout.  A bf16 B tile is 16 rows (pairs of K values) x 16 columns x 2 bf16 = 1024 bytes for 32 K
 values: lane r of a row holds output row r's two consecutive weights, which is matmul_i8's operand
@@ -304,62 +316,42 @@ def bf16_matmul(q, d, m, x, out, threads, kind, split):
 
 # -- the products as callers use them: the layout a compile-time constant (``literally``), chosen here in
 # compiled code (from Python each call would go through the dispatcher's literal retyping: ~100 ms);
-# ``split`` made a literal the same way ---------------------------------------------------------------------
-@njit(cache=True)
-def q4_product(q, d, m, x, out, threads, split):
+# ``split`` made a literal the same way -----------------------------------------------------------------------
+@njit(inline="always")
+def _product(q, d, m, x, out, threads, kind, split):
     dst = _target(out, q.shape[0] * 16)
     if split:
-        bf16_matmul(q, d, m, x, dst, threads, Q4, True)
+        bf16_matmul(q, d, m, x, dst, threads, kind, True)
     else:
-        bf16_matmul(q, d, m, x, dst, threads, Q4, False)
+        bf16_matmul(q, d, m, x, dst, threads, kind, False)
     _copy_back(out, dst)
+
+
+@njit(cache=True)
+def q4_product(q, d, m, x, out, threads, split):
+    _product(q, d, m, x, out, threads, Q4, split)
 
 
 @njit(cache=True)
 def q4k_product(q, ks, x, out, threads, split):
-    dst = _target(out, q.shape[0] * 16)
-    if split:
-        bf16_matmul(q, ks, ks, x, dst, threads, Q4K, True)
-    else:
-        bf16_matmul(q, ks, ks, x, dst, threads, Q4K, False)
-    _copy_back(out, dst)
+    _product(q, ks, ks, x, out, threads, Q4K, split)
 
 
 @njit(cache=True)
 def q8_product(q, d, x, out, threads, split):
-    dst = _target(out, q.shape[0] * 16)
-    if split:
-        bf16_matmul(q, d, d, x, dst, threads, Q8, True)
-    else:
-        bf16_matmul(q, d, d, x, dst, threads, Q8, False)
-    _copy_back(out, dst)
+    _product(q, d, d, x, out, threads, Q8, split)
 
 
 @njit(cache=True)
 def q5_packed_product(q, d, x, out, threads, split):
-    dst = _target(out, q.shape[0] * 16)
-    if split:
-        bf16_matmul(q, d, d, x, dst, threads, Q5P, True)
-    else:
-        bf16_matmul(q, d, d, x, dst, threads, Q5P, False)
-    _copy_back(out, dst)
+    _product(q, d, d, x, out, threads, Q5P, split)
 
 
 @njit(cache=True)
 def q6_product(q, d, x, out, sup, threads, split):
-    dst = _target(out, q.shape[0] * 16)
-    if split:
-        bf16_matmul(q, d, sup, x, dst, threads, Q6, True)
-    else:
-        bf16_matmul(q, d, sup, x, dst, threads, Q6, False)
-    _copy_back(out, dst)
+    _product(q, d, sup, x, out, threads, Q6, split)
 
 
 @njit(cache=True)
 def q6_packed_product(q, d, x, out, sup, threads, split):
-    dst = _target(out, q.shape[0] * 16)
-    if split:
-        bf16_matmul(q, d, sup, x, dst, threads, Q6P, True)
-    else:
-        bf16_matmul(q, d, sup, x, dst, threads, Q6P, False)
-    _copy_back(out, dst)
+    _product(q, d, sup, x, out, threads, Q6P, split)
