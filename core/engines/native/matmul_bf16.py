@@ -36,7 +36,7 @@ from numba.extending import overload
 from ... import cpu, numba_setup  # noqa: F401
 from ...kernels import amx
 from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, \
-    store_bf16_split, tile_load, tile_store, tile_zero
+    tile_load, tile_store, tile_zero
 from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i32, load_i8_i32, low_nibbles, mul_f32, \
     prefetch, splat_f32, to_f32
 from .matmul import QK
@@ -97,24 +97,15 @@ def _store_block(wb, o, split, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w
     """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o (``split``: and the
     remainders' tile after it); operands 0-3 (columns 0-15) take scale s_lo and offset m_lo, 4-7 s_hi and
     m_hi (q6's half blocks; the others pass the same twice)."""
-    if split:
-        store_bf16_split(wb, o, w0, s_lo, m_lo, TILE_BYTES)
-        store_bf16_split(wb, o + 128, w1, s_lo, m_lo, TILE_BYTES)
-        store_bf16_split(wb, o + 256, w2, s_lo, m_lo, TILE_BYTES)
-        store_bf16_split(wb, o + 384, w3, s_lo, m_lo, TILE_BYTES)
-        store_bf16_split(wb, o + 512, w4, s_hi, m_hi, TILE_BYTES)
-        store_bf16_split(wb, o + 640, w5, s_hi, m_hi, TILE_BYTES)
-        store_bf16_split(wb, o + 768, w6, s_hi, m_hi, TILE_BYTES)
-        store_bf16_split(wb, o + 896, w7, s_hi, m_hi, TILE_BYTES)
-    else:
-        store_bf16_operand(wb, o, w0, s_lo, m_lo, TILE_BYTES)
-        store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, TILE_BYTES)
-        store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, TILE_BYTES)
-        store_bf16_operand(wb, o + 384, w3, s_lo, m_lo, TILE_BYTES)
-        store_bf16_operand(wb, o + 512, w4, s_hi, m_hi, TILE_BYTES)
-        store_bf16_operand(wb, o + 640, w5, s_hi, m_hi, TILE_BYTES)
-        store_bf16_operand(wb, o + 768, w6, s_hi, m_hi, TILE_BYTES)
-        store_bf16_operand(wb, o + 896, w7, s_hi, m_hi, TILE_BYTES)
+    lo = TILE_BYTES if split else 0
+    store_bf16_operand(wb, o, w0, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 384, w3, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 512, w4, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 640, w5, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 768, w6, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 896, w7, s_hi, m_hi, lo)
 
 
 def _dequant(kind, qg, dg, mg, b, wb, o, split):
@@ -141,28 +132,36 @@ def _q4_block(qg, dg, mg, b, wb, o, split, factored):
 
 
 @njit(inline="always")
-def _int8_block_bf16(qg, dg, b, wb, o, split, packed):
+def _byte_operands(qg, b, kind):
+    """Block b's 8 operands of a q8 / q6 (bytes q + 128), packed q5 (q + 16) or packed q6 (q + 32) group."""
+    if kind == Q5P:
+        return _q5_packed_block(qg, b * Q5_PACKED)
+    if kind == Q6P:
+        return _q6_packed_block(qg, b * Q6_PACKED)
+    return _int8_block(qg, b * 8 * 64)
+
+
+@njit(inline="always")
+def _bias(kind):
+    """Minus the bias of _byte_operands' bytes."""
+    return np.float32(-16.0 if kind == Q5P else -32.0 if kind == Q6P else -128.0)
+
+
+@njit(inline="always")
+def _int8_block_bf16(qg, dg, b, wb, o, split, kind):
     """q8 (bytes q + 128) or packed q5 (q + 16)."""
-    if packed:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _q5_packed_block(qg, b * Q5_PACKED)
-        bias = np.float32(-16.0)
-    else:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-        bias = np.float32(-128.0)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _byte_operands(qg, b, kind)
+    bias = _bias(kind)
     dv = load_f32(dg, b * 16)
     mv = mul_f32(dv, splat_f32(bias))
     _store_block(wb, o, split, dv, mv, dv, mv, w0, w1, w2, w3, w4, w5, w6, w7)
 
 
 @njit(inline="always")
-def _q6_block(qg, dg, sg, b, wb, o, split, packed):
+def _q6_block(qg, dg, sg, b, wb, o, split, kind):
     """q6 (bytes q + 128, or packed q + 32): an int8 scale per 16 values times the super block's f32."""
-    if packed:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _q6_packed_block(qg, b * Q6_PACKED)
-        bias = np.float32(-32.0)
-    else:
-        w0, w1, w2, w3, w4, w5, w6, w7 = _int8_block(qg, b * 8 * 64)
-        bias = np.float32(-128.0)
+    w0, w1, w2, w3, w4, w5, w6, w7 = _byte_operands(qg, b, kind)
+    bias = _bias(kind)
     per_sup = dg.shape[0] // (2 * sg.shape[0])
     sup = load_f32(sg, b // per_sup * 16)
     s_lo = mul_f32(sup, to_f32(load_i8_i32(dg, 2 * b * 16)))
@@ -180,10 +179,8 @@ def _dequant_of(kind, qg, dg, mg, b, wb, o, split):
         factored = k == Q4K
         return lambda kind, qg, dg, mg, b, wb, o, split: _q4_block(qg, dg, mg, b, wb, o, split, factored)
     if k in (Q8, Q5P):
-        packed = k == Q5P
-        return lambda kind, qg, dg, mg, b, wb, o, split: _int8_block_bf16(qg, dg, b, wb, o, split, packed)
-    packed = k == Q6P
-    return lambda kind, qg, dg, mg, b, wb, o, split: _q6_block(qg, dg, mg, b, wb, o, split, packed)
+        return lambda kind, qg, dg, mg, b, wb, o, split: _int8_block_bf16(qg, dg, b, wb, o, split, k)
+    return lambda kind, qg, dg, mg, b, wb, o, split: _q6_block(qg, dg, mg, b, wb, o, split, k)
 
 
 @njit(inline="always")
@@ -216,6 +213,26 @@ def _load_pair(t, u, arr, o0, o1, second):
 
 
 @njit(inline="always")
+def _c_tile(t, store, arr, o, stride):
+    if store:
+        tile_store(t, arr, o, stride)
+    else:
+        tile_load(t, arr, o, stride)
+
+
+@njit(inline="always")
+def _c_tiles(store, a0, o0, a1, o1, stride, two, pair):
+    """The C tiles 4-7 in use, from (``store``: to) their rows of ``out`` / ``tail`` (_c_place)."""
+    _c_tile(4, store, a0, o0, stride)
+    if two:
+        _c_tile(5, store, a0, o0 + 16, stride)
+    if pair:
+        _c_tile(6, store, a1, o1, stride)
+        if two:
+            _c_tile(7, store, a1, o1 + 16, stride)
+
+
+@njit(inline="always")
 def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
     """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1: C tiles
     zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo and
@@ -232,13 +249,7 @@ def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
             tile_zero(6)
             tile_zero(7)
         else:
-            tile_load(4, a0, o0, stride)
-            if two:
-                tile_load(5, a0, o0 + 16, stride)
-            if pair:
-                tile_load(6, a1, o1, stride)
-                if two:
-                    tile_load(7, a1, o1 + 16, stride)
+            _c_tiles(False, a0, o0, a1, o1, stride, two, pair)
         for b in range(b0, b1):
             xo, wo = (b * n_pad + r) * QK, (b - b0) * wt
             _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
@@ -250,13 +261,7 @@ def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
                 _load_pair(0, 1, xa, lo_a + xo, lo_a + xo + TILE_ROWS * QK, pair)
                 _load_pair(2, 3, wb, wo, wo + kc * wt, two)
                 _dots(two, pair)
-        tile_store(4, a0, o0, stride)
-        if two:
-            tile_store(5, a0, o0 + 16, stride)
-        if pair:
-            tile_store(6, a1, o1, stride)
-            if two:
-                tile_store(7, a1, o1 + 16, stride)
+        _c_tiles(True, a0, o0, a1, o1, stride, two, pair)
 
 
 @njit(cache=True)
