@@ -58,7 +58,7 @@ def _detect() -> CpuInfo:
             features.add("avx512")
         features |= {f for f in flags if f.startswith("avx512")}
         if AMX_FLAGS <= flags and request_amx_permission():  # the tile state is the kernel's to grant
-            features |= AMX_FLAGS
+            features |= AMX_FLAGS | (AMX_BF16_FLAGS & flags)
     env = os.environ.get("CORERT_CPU_FEATURES")
     if env is not None:  # an override for tests and A/B on other hardware profiles
         features = {f.strip() for f in env.split(",") if f.strip()}
@@ -102,6 +102,8 @@ def _numba_target_flags() -> set[str] | None:
 
 #: the /proc/cpuinfo flags of AMX's int8 tile products (the native engine's ``amx`` variant)
 AMX_FLAGS = frozenset({"amx_int8", "amx_tile"})
+#: AMX's bf16 tile products (the ``amx-bf16`` variant's prompt products); granted with the same tile state
+AMX_BF16_FLAGS = frozenset({"amx_bf16"})
 #: arch_prctl's request for an extended state component, and AMX's tile data component (linux/asm/prctl.h)
 ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 0x1023, 18
 _SYS_ARCH_PRCTL = 158  # x86-64

@@ -133,3 +133,61 @@ def _dot(name: str, doc: str):
 dot_s8u8 = _dot("tdpbsud", """``tdpbsud``: tile ``c`` += tile ``a`` (signed bytes) . tile ``b`` (unsigned bytes, 4 K values a
     column): c[m][n] += sum over k of a[m][k] * b[k / 4][4 n + k % 4], exact in int32.""")
 dot_s8s8 = _dot("tdpbssd", "``tdpbssd``: dot_s8u8 with signed bytes in ``b`` too.")
+dot_bf16 = _dot("tdpbf16ps", """``tdpbf16ps``: tile ``c`` (f32) += tile ``a`` (bf16, 32 K values a row) . tile ``b`` (bf16, 2 K values a
+    column): c[m][n] += sum over k of a[m][k] * b[k / 2][2 n + k % 2], accumulated in f32 across calls.""")
+
+_I32x16 = ir.VectorType(ir.IntType(32), 16)
+_F32x16 = ir.VectorType(ir.FloatType(), 16)
+
+
+def _bf16_bits(builder, v):
+    """f32 lanes rounded to bf16 (nearest, ties to even) in the top 16 bits of int32 lanes: integer
+    operations, on any AVX-512 (finite values; the weights are)."""
+    c = lambda k: ir.Constant(_I32x16, [k] * 16)  # noqa: E731
+    bits = builder.bitcast(v, _I32x16)
+    odd = builder.and_(builder.lshr(bits, c(16)), c(1))
+    return builder.add(bits, builder.add(odd, c(0x7FFF)))
+
+
+@intrinsic
+def store_bf16_operand(typingctx, buf, idx, v, scale, offset, lo):
+    """Rows ``idx`` and ``idx + 64`` (bytes) of a bf16 B tile in ``buf`` (uint8) from one of matmul_i8's
+    weight operands ``v`` (64 unsigned bytes: int32 lane r = columns 4 s..4 s + 3 of output row r): the
+    weights byte * scale + offset (per lane) rounded to bf16, lane r of the first row = columns 4 s, 4 s + 1
+    of row r (low half first), of the second 4 s + 2, 4 s + 3: the B operand of ``tdpbf16ps`` as it lies.
+    With ``lo`` > 0 the remainders w - bf16(w) rounded to bf16 too, ``lo`` bytes after: w ~ hi + lo to ~16
+    significant bits."""
+    from .simd import F32x16, I8x64
+    if not (isinstance(buf, types.Array) and buf.dtype == types.uint8 and buf.layout == "C"
+            and isinstance(idx, types.Integer) and v == I8x64 and scale == F32x16 and offset == F32x16
+            and isinstance(lo, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        words = builder.bitcast(args[2], _I32x16)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_F32x16, [_F32x16] * 3),
+                                             "llvm.fma.v16f32")
+        high = ir.Constant(_I32x16, [-65536] * 16)
+        base = _address(context, builder, sig.args[0], args[0], args[1])
+
+        def store_rows(parts, at):
+            ptr = builder.bitcast(builder.gep(base, [at]), _I32x16.as_pointer())
+            for j in range(2):
+                row = builder.or_(builder.lshr(parts[2 * j], ir.Constant(_I32x16, [16] * 16)),
+                                  builder.and_(parts[2 * j + 1], high))
+                builder.store(row, builder.gep(ptr, [ir.Constant(_I64, j)]), align=4)
+
+        ws, hi = [], []
+        for i in range(4):
+            byte = builder.and_(builder.lshr(words, ir.Constant(_I32x16, [8 * i] * 16)),
+                                ir.Constant(_I32x16, [255] * 16))
+            ws.append(builder.call(fma, [builder.uitofp(byte, _F32x16), args[3], args[4]]))
+            hi.append(_bf16_bits(builder, ws[-1]))
+        store_rows(hi, ir.Constant(_I64, 0))
+        lo = _stride(builder, args[5], sig.args[5])
+        with builder.if_then(builder.icmp_signed(">", lo, ir.Constant(_I64, 0))):
+            # w - bf16(w) is exact in f32 (at most 16 significant bits), then rounded itself
+            store_rows([_bf16_bits(builder, builder.fsub(w, builder.bitcast(builder.and_(h, high), _F32x16)))
+                        for w, h in zip(ws, hi)], lo)
+        return context.get_dummy_value()
+    return types.void(buf, idx, v, scale, offset, lo), codegen

@@ -1,0 +1,362 @@
+"""Matrix products on AMX-BF16 tiles (the ``amx-bf16`` variant's prompt products): matmul_i8's layouts,
+dequantized to bf16 once per call and multiplied by bf16 activations with f32 accumulation.
+
+Why.  The ``amx`` variant's int8 tile products are exact per 32-value block, so each block's int32 C tile
+is stored and rescaled into f32 by the epilogue: ~10 instructions per row and block, and the tile unit idles
+(~4% of its int8 peak).  ``tdpbf16ps`` accumulates f32 in the C tile across the whole K: a panel of output
+columns is dequantized to bf16 once (into L2), every row tile of the prompt runs through it, and each C
+tile is stored once.
+
+Precision: ``split``.  With x and w each rounded to bf16 (8 significant bits, error <= 2^-9 of the value)
+gemma3's KL to the float64 forward was 2.5e-4 (amx: 4.8e-7; scripts/levels_f64.py gemma3-270m 48, f16 KV,
+bench-results/s14-bf14/kl-gemma3-amx-vs-bf16.json).  Split, x ~ x_hi + x_lo and w ~ w_hi + w_lo (the
+remainder after bf16 rounding, itself in bf16: ~16 significant bits), and three tile products a block
+(hi hi, hi lo, lo hi; lo lo is ~2^-18 of the sum): KL 3.1e-7 (kl-gemma3-amx-vs-bf16x3.json), the largest
+error on random matrices 4e-6 of the largest output against amx's 2e-5, for 3x the tile work and twice the
+dequantization (quiet, 256 rows: 1.96x amx's speed on q4 17920x1536, 1.98x on q8 4096x640; one term 4.3x
+and 3.6x: bench-results/s14-bf14/ab2-*.jsonl).
+
+Each output is its row's: no value of another row of the call enters it, and cutting K into chunks (C
+tiles stored to ``out`` and reloaded: exact f32) keeps the order of the sums, so a row's bits do not depend
+on the call's rows, threads or chunks (tests/test_native_bf16.py).  They are not vnni's bits.
+
+Layout.  A bf16 B tile is 16 rows (pairs of K values) x 16 columns x 2 bf16 = 1024 bytes for 32 K
+values: lane r of a row holds output row r's two consecutive weights, which is matmul_i8's operand
+arrangement (lane r = 4 consecutive K of row r) cut in two: amx.store_bf16_operand turns each of a
+block's 8 operands into two B rows, lane-wise (byte -> f32, times the block's scale plus its offset,
+rounded to bf16).  The activations are copied to bf16 block-major (K / 32, rows, 32): an A tile (16 rows x
+32 values) is 1024 contiguous bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import literally, njit, prange, types
+from numba.extending import overload
+
+from ... import cpu, numba_setup  # noqa: F401
+from ...kernels import amx
+from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, \
+    tile_load, tile_store, tile_zero
+from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i32, load_i8_i32, low_nibbles, mul_f32, \
+    prefetch, splat_f32, to_f32
+from .matmul import QK
+from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PACKED, _int8_block,
+                        _q5_packed_block, _q6_packed_block, q4k_block_scales)
+from .row_tiles import slice_bounds
+
+cpu.request_amx_permission()
+
+#: rows of an A / C tile; bytes of a B (or A) tile: 32 K values of 16 rows in bf16
+TILE_ROWS, TILE_BYTES = 16, 1024
+#: tiles 0-1 the activations (A) of two row tiles, 2-3 the weights (B) of two 16-column groups, 4-7 the four
+#: products (C, f32)
+CONFIG = amx.tile_config(((TILE_ROWS, 64),) * 8)
+#: bytes of activations (one K chunk of every row) kept in L2 while the panels stream through them
+A_CHUNK_BYTES = 1 << 20
+#: layouts (the kernels' literal ``kind``)
+Q4, Q4K, Q8, Q5P, Q6, Q6P = 0, 1, 2, 3, 4, 5
+
+
+@njit(inline="always")
+def _bf16(u):
+    """The bf16 bits of f32 bits u, rounded to nearest even."""
+    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@njit(parallel=True, cache=True, boundscheck=False)
+def bf16_rows(x, n_pad, split):
+    """x (n, cols) f32 -> (1 + split, cols / 32, n_pad, 32) bf16 bits (rounded to nearest even), rows n..
+    zero; with ``split`` [1] holds the remainders x - bf16(x) in bf16: x ~ hi + lo to ~16 bits."""
+    n, cols = x.shape
+    si = 1 if split else 0
+    xa = np.empty((1 + si, cols // QK, n_pad, QK), np.uint16)
+    bits = x.view(np.uint32)
+    for b in prange(cols // QK):
+        rest = np.empty(QK, np.float32)  # the remainders, their bits read through a view
+        rest_bits, high = rest.view(np.uint32), np.empty(QK, np.uint32)
+        for t in range(n):
+            for i in range(QK):
+                h = _bf16(bits[t, b * QK + i])
+                xa[0, b, t, i] = np.uint16(h)
+                high[i] = h << np.uint32(16)
+            if split:
+                top = high.view(np.float32)
+                for i in range(QK):
+                    rest[i] = x[t, b * QK + i] - top[i]  # exact: at most 16 significant bits
+                for i in range(QK):
+                    xa[si, b, t, i] = np.uint16(_bf16(rest_bits[i]))
+        for t in range(n, n_pad):
+            for i in range(QK):
+                xa[0, b, t, i] = 0
+                xa[si, b, t, i] = 0
+    return xa
+
+
+@njit(inline="always")
+def _store_block(wb, o, split, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w6, w7):
+    """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o (``split``: and the
+    remainders' tile after it); operands 0-3 (columns 0-15) take scale s_lo and offset m_lo, 4-7 s_hi and
+    m_hi (q6's half blocks; the others pass the same twice)."""
+    lo = TILE_BYTES if split else 0
+    store_bf16_operand(wb, o, w0, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 384, w3, s_lo, m_lo, lo)
+    store_bf16_operand(wb, o + 512, w4, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 640, w5, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 768, w6, s_hi, m_hi, lo)
+    store_bf16_operand(wb, o + 896, w7, s_hi, m_hi, lo)
+
+
+def _dequant(kind, qg, dg, mg, b, wb, o, split):
+    """Block b of a group (weights qg, scales dg, then q4's offsets / q6's super-block scales mg) as a bf16 B
+    tile at byte o of wb (typed per layout below: each reads its own scales)."""
+
+
+@njit(inline="always")
+def _q4_block(qg, dg, mg, b, wb, o, split, factored):
+    qo = b * 4 * 64
+    for line in range(4):
+        prefetch(qg, qo + PREFETCH_BYTES + line * 64)
+    w0, w1 = load_bytes(qg, qo), load_bytes(qg, qo + 64)
+    w2, w3 = load_bytes(qg, qo + 128), load_bytes(qg, qo + 192)
+    if factored:  # Q4_K: the block's scale and offset from its super block's factors
+        s, h, k = b // Q4K_BLOCKS, b % Q4K_BLOCKS // 4, b % 4
+        so = s * Q4K_SCALES
+        dv, mv = q4k_block_scales(load_i32(dg, so + 32 * h), load_i32(dg, so + 64), load_f32(dg, so + 96),
+                                  load_f32(dg, so + 112), h, k)
+    else:
+        dv, mv = load_f32(dg, b * 16), load_f32(mg, b * 16)
+    _store_block(wb, o, split, dv, mv, dv, mv, low_nibbles(w0), low_nibbles(w1), low_nibbles(w2), low_nibbles(w3),
+                 high_nibbles(w0), high_nibbles(w1), high_nibbles(w2), high_nibbles(w3))
+
+
+@njit(inline="always")
+def _byte_operands(qg, b, kind):
+    """Block b's 8 operands of a q8 / q6 (bytes q + 128), packed q5 (q + 16) or packed q6 (q + 32) group."""
+    if kind == Q5P:
+        return _q5_packed_block(qg, b * Q5_PACKED)
+    if kind == Q6P:
+        return _q6_packed_block(qg, b * Q6_PACKED)
+    return _int8_block(qg, b * 8 * 64)
+
+
+@njit(inline="always")
+def _bias(kind):
+    """Minus the bias of _byte_operands' bytes."""
+    return np.float32(-16.0 if kind == Q5P else -32.0 if kind == Q6P else -128.0)
+
+
+@njit(inline="always")
+def _int8_block_bf16(qg, dg, b, wb, o, split, kind):
+    """q8 (bytes q + 128) or packed q5 (q + 16)."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = _byte_operands(qg, b, kind)
+    bias = _bias(kind)
+    dv = load_f32(dg, b * 16)
+    mv = mul_f32(dv, splat_f32(bias))
+    _store_block(wb, o, split, dv, mv, dv, mv, w0, w1, w2, w3, w4, w5, w6, w7)
+
+
+@njit(inline="always")
+def _q6_block(qg, dg, sg, b, wb, o, split, kind):
+    """q6 (bytes q + 128, or packed q + 32): an int8 scale per 16 values times the super block's f32."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = _byte_operands(qg, b, kind)
+    bias = _bias(kind)
+    per_sup = dg.shape[0] // (2 * sg.shape[0])
+    sup = load_f32(sg, b // per_sup * 16)
+    s_lo = mul_f32(sup, to_f32(load_i8_i32(dg, 2 * b * 16)))
+    s_hi = mul_f32(sup, to_f32(load_i8_i32(dg, (2 * b + 1) * 16)))
+    _store_block(wb, o, split, s_lo, mul_f32(s_lo, splat_f32(bias)), s_hi, mul_f32(s_hi, splat_f32(bias)),
+                 w0, w1, w2, w3, w4, w5, w6, w7)
+
+
+@overload(_dequant, inline="always")
+def _dequant_of(kind, qg, dg, mg, b, wb, o, split):
+    if not isinstance(kind, types.IntegerLiteral):
+        return None
+    k = kind.literal_value
+    if k in (Q4, Q4K):
+        factored = k == Q4K
+        return lambda kind, qg, dg, mg, b, wb, o, split: _q4_block(qg, dg, mg, b, wb, o, split, factored)
+    if k in (Q8, Q5P):
+        return lambda kind, qg, dg, mg, b, wb, o, split: _int8_block_bf16(qg, dg, b, wb, o, split, k)
+    return lambda kind, qg, dg, mg, b, wb, o, split: _q6_block(qg, dg, mg, b, wb, o, split, k)
+
+
+@njit(inline="always")
+def _c_place(out, tail, r, n, col):
+    """Where C tile rows r..r + 16 at column col go: ``out`` when they are all rows of x, else ``tail`` (the
+    last, partial row tile)."""
+    if r + TILE_ROWS <= n:
+        return out, r * out.shape[1] + col
+    return tail, col
+
+
+@njit(inline="always")
+def _dots(two, pair):
+    """The products of the A tiles (0, 1) and B tiles (2, 3) loaded, into C tiles 4-7."""
+    dot_bf16(4, 0, 2)
+    if two:
+        dot_bf16(5, 0, 3)
+    if pair:
+        dot_bf16(6, 1, 2)
+        if two:
+            dot_bf16(7, 1, 3)
+
+
+@njit(inline="always")
+def _load_pair(t, u, arr, o0, o1, second):
+    """Tiles t (at o0) and u (at o1, when ``second``) of 1024 contiguous bytes."""
+    tile_load(t, arr, o0, 64)
+    if second:
+        tile_load(u, arr, o1, 64)
+
+
+@njit(inline="always")
+def _c_tile(t, store, arr, o, stride):
+    if store:
+        tile_store(t, arr, o, stride)
+    else:
+        tile_load(t, arr, o, stride)
+
+
+@njit(inline="always")
+def _c_tiles(store, a0, o0, a1, o1, stride, two, pair):
+    """The C tiles 4-7 in use, from (``store``: to) their rows of ``out`` / ``tail`` (_c_place)."""
+    _c_tile(4, store, a0, o0, stride)
+    if two:
+        _c_tile(5, store, a0, o0 + 16, stride)
+    if pair:
+        _c_tile(6, store, a1, o1, stride)
+        if two:
+            _c_tile(7, store, a1, o1 + 16, stride)
+
+
+@njit(inline="always")
+def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
+    """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1: C tiles
+    zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo and
+    w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
+    stride, kc, wt = 4 * out.shape[1], b1 - b0, (1 + split) * TILE_BYTES
+    lo_a = nb * n_pad * QK  # elements from an A tile to its remainders'
+    for r in range(0, n_pad, 2 * TILE_ROWS):
+        pair = r + TILE_ROWS < n_pad
+        a0, o0 = _c_place(out, tail, r, n, g0 * 16)
+        a1, o1 = _c_place(out, tail, r + TILE_ROWS, n, g0 * 16)
+        if b0 == 0:
+            tile_zero(4)
+            tile_zero(5)
+            tile_zero(6)
+            tile_zero(7)
+        else:
+            _c_tiles(False, a0, o0, a1, o1, stride, two, pair)
+        for b in range(b0, b1):
+            xo, wo = (b * n_pad + r) * QK, (b - b0) * wt
+            _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
+            _load_pair(2, 3, wb, wo, wo + kc * wt, two)
+            _dots(two, pair)
+            if split:
+                _load_pair(2, 3, wb, wo + TILE_BYTES, wo + kc * wt + TILE_BYTES, two)
+                _dots(two, pair)
+                _load_pair(0, 1, xa, lo_a + xo, lo_a + xo + TILE_ROWS * QK, pair)
+                _load_pair(2, 3, wb, wo, wo + kc * wt, two)
+                _dots(two, pair)
+        _c_tiles(True, a0, o0, a1, o1, stride, two, pair)
+
+
+@njit(cache=True)
+def _target(out, cols):
+    """``out``, or a (rows, cols) array when its rows do not fill the last group (C tiles are 16 wide)."""
+    if out.shape[1] == cols:
+        return out
+    return np.empty((out.shape[0], cols), np.float32)
+
+
+@njit(cache=True)
+def _copy_back(out, dst):
+    """The columns of ``out`` from _target's array."""
+    if dst.shape[1] != out.shape[1]:
+        for t in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                out[t, c] = dst[t, c]
+
+
+@njit(parallel=True, fastmath=True, cache=True, boundscheck=False)
+def bf16_matmul(q, d, m, x, out, threads, kind, split):
+    """out[t, r] = W[r] . x[t] (``out`` as wide as the groups: _target) for a matrix of layout ``kind`` (matmul_i8's parts: q, d, then ``m`` q4's
+    offsets or q6's super-block scales, for the other layouts ``d`` again), on
+    bf16 tiles.  Threads take panels of 2 groups (32 output columns); K is cut in chunks so that a chunk of
+    every row's activations stays in L2 while the panels pass."""
+    literally(kind)
+    literally(split)
+    n, cols = x.shape
+    nb, groups = cols // QK, q.shape[0]
+    n_pad = -(-n // TILE_ROWS) * TILE_ROWS
+    xa = bf16_rows(x, n_pad, split)
+    tail = np.empty((TILE_ROWS, out.shape[1]), np.float32)
+    chunks = -(-nb * n_pad * 64 * (1 + split) // A_CHUNK_BYTES)
+    kc = -(-nb // chunks)
+    panels = (groups + 1) // 2
+    slices = min(panels, 4 * max(1, threads))
+    for b0 in range(0, nb, kc):
+        b1 = min(nb, b0 + kc)
+        for s in prange(slices):
+            load_config(CONFIG)
+            wt = (1 + split) * TILE_BYTES
+            wb = np.empty(2 * (b1 - b0) * wt, np.uint8)
+            p0, p1 = slice_bounds(s, slices, panels)
+            for p in range(p0, p1):
+                g0 = 2 * p
+                two = g0 + 1 < groups
+                for k in range(1 + two):
+                    g = g0 + k
+                    for b in range(b0, b1):
+                        _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * wt, split)
+                _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split)
+            release_tiles()
+    r = n_pad - TILE_ROWS
+    if r < n < n_pad:
+        out[r:n] = tail[:n - r]
+
+
+# -- the products as callers use them: the layout a compile-time constant (``literally``), chosen here in
+# compiled code (from Python each call would go through the dispatcher's literal retyping: ~100 ms);
+# ``split`` made a literal the same way -----------------------------------------------------------------------
+@njit(inline="always")
+def _product(q, d, m, x, out, threads, kind, split):
+    dst = _target(out, q.shape[0] * 16)
+    if split:
+        bf16_matmul(q, d, m, x, dst, threads, kind, True)
+    else:
+        bf16_matmul(q, d, m, x, dst, threads, kind, False)
+    _copy_back(out, dst)
+
+
+@njit(cache=True)
+def q4_product(q, d, m, x, out, threads, split):
+    _product(q, d, m, x, out, threads, Q4, split)
+
+
+@njit(cache=True)
+def q4k_product(q, ks, x, out, threads, split):
+    _product(q, ks, ks, x, out, threads, Q4K, split)
+
+
+@njit(cache=True)
+def q8_product(q, d, x, out, threads, split):
+    _product(q, d, d, x, out, threads, Q8, split)
+
+
+@njit(cache=True)
+def q5_packed_product(q, d, x, out, threads, split):
+    _product(q, d, d, x, out, threads, Q5P, split)
+
+
+@njit(cache=True)
+def q6_product(q, d, x, out, sup, threads, split):
+    _product(q, d, sup, x, out, threads, Q6, split)
+
+
+@njit(cache=True)
+def q6_packed_product(q, d, x, out, sup, threads, split):
+    _product(q, d, sup, x, out, threads, Q6P, split)
