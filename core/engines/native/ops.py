@@ -360,17 +360,26 @@ def split_qkv_normed_parallel(qkv, q_norm, k_norm, eps, cos, sin, q, k, v):
 
 
 @njit(inline="always")
+def _add_then_norm16(xr, yr, y_scale, w_y, w, eps, o):
+    """A row of a multiple of 16: ``xr += yr`` (RMS-normed first, ``(yr * y_scale) * w_y``, when ``w_y`` has
+    values), then ``o = rmsnorm(xr) * w``; the add and xr's sum of squares in one pass."""
+    d = xr.shape[0]
+    a = b = zeros_f64()
+    for i in range(0, d, 16):
+        y = _normed16(yr, i, y_scale, w_y, i) if w_y.shape[0] > 0 else load_f32(yr, i)
+        s = add_f32(load_f32(xr, i), y)
+        store_f32(xr, i, s)
+        a, b = add_squares_low_f64(a, s), add_squares_high_f64(b, s)
+    scale = _norm_scale(hsum2_f64(a, b), d, eps)
+    for i in range(0, d, 16):
+        store_f32(o, i, _normed16(xr, i, scale, w, i))
+
+
+@njit(inline="always")
 def _add_rmsnorm_row(xr, yr, w, eps, o):
     d = xr.shape[0]
-    if d % 16 == 0:  # the add and the sum of squares in one pass
-        a = b = zeros_f64()
-        for i in range(0, d, 16):
-            s = add_f32(load_f32(xr, i), load_f32(yr, i))
-            store_f32(xr, i, s)
-            a, b = add_squares_low_f64(a, s), add_squares_high_f64(b, s)
-        scale = _norm_scale(hsum2_f64(a, b), d, eps)
-        for i in range(0, d, 16):
-            store_f32(o, i, _normed16(xr, i, scale, w, i))
+    if d % 16 == 0:
+        _add_then_norm16(xr, yr, np.float32(1.0), w[:0], w, eps, o)
         return
     for i in range(d):
         xr[i] += yr[i]
@@ -393,16 +402,8 @@ def add_rmsnorm_parallel(x, y, w, eps, out):
 @njit(inline="always")
 def _add_normed_row(xr, yr, w_post, w_next, eps, o):
     d = xr.shape[0]
-    if d % 16 == 0:  # y's norm, the add and x's sum of squares in one pass
-        sy = _norm_scale(_sum_squares16(yr, 0, d), d, eps)
-        a = b = zeros_f64()
-        for i in range(0, d, 16):
-            s = add_f32(load_f32(xr, i), _normed16(yr, i, sy, w_post, i))
-            store_f32(xr, i, s)
-            a, b = add_squares_low_f64(a, s), add_squares_high_f64(b, s)
-        scale = _norm_scale(hsum2_f64(a, b), d, eps)
-        for i in range(0, d, 16):
-            store_f32(o, i, _normed16(xr, i, scale, w_next, i))
+    if d % 16 == 0:
+        _add_then_norm16(xr, yr, _norm_scale(_sum_squares16(yr, 0, d), d, eps), w_post, w_next, eps, o)
         return
     sy = _norm_scale(_sum_squares(yr), d, eps)
     for i in range(d):
