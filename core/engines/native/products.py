@@ -11,6 +11,9 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
   amx                    vnni's layout, levels and results (bit for bit), the products of AMX_MIN_ROWS rows or
                          more (prompts, batches, verified drafts) on AMX-INT8 tiles (matmul_amx.py); decode's
                          single rows stay on the vnni kernels
+  amx-bf16               amx's layout, the products of BF16_MIN_ROWS rows or more on AMX-BF16 tiles
+                         (matmul_bf16.py, split: x and w as bf16 hi + lo, f32 sums); NOT bit-identical to vnni,
+                         and (work in progress) chosen by the row count of the call
 """
 from __future__ import annotations
 
@@ -18,11 +21,15 @@ import attrs
 import numba
 import numpy as np
 
-from . import dequant, matmul, matmul_amx, matmul_i8
+from . import dequant, matmul, matmul_amx, matmul_bf16, matmul_i8
 from ... import cpu
 from ...kernels.f16 import F16_TO_F32
 
 QK = matmul.QK
+#: amx-bf16 (work in progress): products of this many rows or more on bf16 tiles (split: x and w as hi + lo);
+#: fewer on amx's.  At 64 rows the split tiles were 1.28-1.35x amx's, at 16 0.72-0.82x (quiet slot bf14-ab2,
+#: bench-results/s14-bf14/ab2-*.jsonl).  A row-count rule breaks batch invariance: see the branch's notes
+BF16_MIN_ROWS = 64
 
 
 @attrs.frozen
@@ -82,6 +89,7 @@ class I8Products:
     one_level: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset,
                                             validator=attrs.validators.deep_iterable(attrs.validators.in_(ROLES)))
     amx: bool = False
+    bf16: bool = False
     _single: "I8Products | None" = attrs.field(default=None, init=False, eq=False, repr=False)
 
     def for_matrix(self, role: str) -> "I8Products":
@@ -89,7 +97,8 @@ class I8Products:
         if role not in self.one_level:
             return self
         if self._single is None:  # made once: this runs on every product of a forward
-            object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1, amx=self.amx))
+            object.__setattr__(self, "_single", I8Products(l2=self.l2, levels=1, amx=self.amx,
+                                                                bf16=self.bf16))
         return self._single
 
     def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
@@ -99,22 +108,26 @@ class I8Products:
         p = self.for_matrix(role)
         l2, levels, many = p.l2, p.levels, matmul_i8.PARALLEL_ROWS
         q = parts[0]
-        # (vnni kernel, amx kernel): the same arguments
+        # (vnni kernel, amx kernel): the same arguments; the bf16 kernel's: pre, x, out, post[:1], threads
         if kind == "q8" and matmul_i8.is_packed_q5(q, cols):
-            fns, pre, post = (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product), parts, ()
+            fns, pre, post = (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product,
+                              matmul_bf16.q5_packed_product), parts, ()
         elif kind == "q8":
-            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q8_product), parts, (None,)
+            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q8_product, matmul_bf16.q8_product), parts, (None,)
         elif kind == "q6" and matmul_i8.is_packed_q6(q, cols):
-            fns, pre, post = (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product), parts[:2], parts[2:]
+            fns, pre, post = (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product,
+                              matmul_bf16.q6_packed_product), parts[:2], parts[2:]
         elif kind == "q6":
-            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q6_product), parts[:2], parts[2:]
+            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q6_product, matmul_bf16.q6_product), parts[:2], \
+                parts[2:]
         elif kind == "q4" and len(parts) == 2:  # Q4_K's factored scales (layout_q4k: values, scales)
-            fns, pre, post = (matmul_i8.q4k_product, matmul_amx.q4k_product), parts, ()
+            fns, pre, post = (matmul_i8.q4k_product, matmul_amx.q4k_product, matmul_bf16.q4k_product), parts, ()
         elif kind == "q4":  # q4's (values, scale, offset)
-            fns, pre, post = (matmul_i8.q4_product, matmul_amx.q4_product), parts, ()
+            fns, pre, post = (matmul_i8.q4_product, matmul_amx.q4_product, matmul_bf16.q4_product), parts, ()
         else:
             raise ValueError(f"no product for weights of kind {kind!r}")
-        fn, tiles = fns
+        fn, tiles, bf16 = fns
+        sup = tuple(a for a in post if a is not None)
         get_threads = numba.get_num_threads
 
         def run(x: np.ndarray, out: np.ndarray) -> None:
@@ -125,8 +138,14 @@ class I8Products:
         def run_amx(x: np.ndarray, out: np.ndarray) -> None:
             rows = x.shape[0]
             (tiles if rows >= tiled else fn)(*pre, x, out, *post, l2, get_threads() if rows >= many else 1, levels)
+        def run_bf16(x: np.ndarray, out: np.ndarray) -> None:
+            if x.shape[0] >= split_rows:
+                bf16(*pre, x, out, *sup, get_threads(), True)
+            else:
+                run_amx(x, out)
+        split_rows = BF16_MIN_ROWS
         tiled = matmul_amx.AMX_MIN_ROWS
-        return run_amx if p.amx else run
+        return run_bf16 if p.bf16 else run_amx if p.amx else run
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q8(q, scale_bits)
@@ -153,4 +172,5 @@ class I8Products:
 #: variant name -> its products
 PRODUCTS = {"avx2": F32Products(wide=True), "neon": F32Products(wide=True), "scalar": F32Products(wide=False),
             "vnni": I8Products(), "vnni-q8": I8Products(levels=1),
-            "vnni-q8ffn": I8Products(one_level={"gate_up"}), "amx": I8Products(amx=True)}
+            "vnni-q8ffn": I8Products(one_level={"gate_up"}), "amx": I8Products(amx=True),
+            "amx-bf16": I8Products(amx=True, bf16=True)}
