@@ -212,9 +212,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--json")
+    ap.add_argument("--engine", default="native", help="the engine and variant, e.g. native:amx-bf16")
     ap.add_argument("--no-peak", dest="peak", action="store_false", help="skip the int8 peak and clock loops")
     args = ap.parse_args()
-    with corert.Runtime(engine="native", model=args.model, n_ctx=2048) as rt:
+    with corert.Runtime(engine=args.engine, model=args.model, n_ctx=2048) as rt:
         PROMPT = default_prompt()
         rt.generate("(0) " + PROMPT, max_tokens=2, temperature=0.0)  # compiles, out of the figures
         tf = rt.load_generation_model()[0].transformer
