@@ -678,65 +678,6 @@ def test_row_ops_parallel_twins_match_serial():
         assert np.array_equal(one[0], serial[-3][t])
 
 
-def _rmsnorm_f32(x, w, eps):
-    """The row ops' RMSNorm step by step in numpy: the sum of squares in f64, then f32 operations in their
-    order (numpy rounds each, as the kernels do with no contraction)."""
-    ss = (x.astype(np.float64) ** 2).sum(-1, keepdims=True)
-    scale = np.float32(1.0) / np.sqrt((ss / x.shape[-1]).astype(np.float32) + np.float32(eps))
-    return (x * scale) * w
-
-
-def _rope_neox_f32(x, cos, sin):
-    """Neox RoPE of x (rows, heads, hd) in numpy f32 operations: pairs (i, i + rot/2), the rest unrotated."""
-    half = cos.shape[1]
-    c, s = cos[:, None, :], sin[:, None, :]
-    a, b = x[..., :half], x[..., half:2 * half]
-    return np.concatenate([a * c - b * s, a * s + b * c, x[..., 2 * half:]], axis=-1)
-
-
-@pytest.mark.parametrize("rot", [32, 64])
-def test_row_ops_16_lanes_give_the_scalar_operations_bits(rot):
-    """Rows and heads of multiples of 16 (every model's) run in 16-lane vectors, one pass for what the
-    scalar rows did in several (split, bias, norm, rotate; add, norm): every value is the same operations
-    in the same order, so the results equal numpy's step-by-step f32 ones bit for bit.  rot 32 of a 64-wide
-    head leaves half of each head unrotated."""
-    rng = np.random.default_rng(12)
-    n, H, KV, hd, d, eps = ops.PARALLEL_ROWS + 3, 3, 1, 64, 80, 1e-6
-    qkv = (rng.standard_normal((n, (H + 2 * KV) * hd)) * 3).astype(np.float32)
-    bias = rng.standard_normal(qkv.shape[1]).astype(np.float32)
-    cos, sin = ops.rope_tables(np.arange(n) + 7, rot, 10000.0)
-    w_q, w_k = rng.uniform(0.5, 1.5, (2, hd)).astype(np.float32)
-    w_post, w_next = rng.uniform(0.5, 1.5, (2, d)).astype(np.float32)
-    x0, y0 = (rng.standard_normal((2, n, d)) * 4).astype(np.float32)
-    split = np.split(qkv.reshape(n, H + 2 * KV, hd), [H, H + KV], axis=1)
-    biased = np.split((qkv + bias).reshape(n, H + 2 * KV, hd), [H, H + KV], axis=1)
-    want_plain = [_rope_neox_f32(biased[0], cos, sin), _rope_neox_f32(biased[1], cos, sin), biased[2]]
-    want_normed = [_rope_neox_f32(_rmsnorm_f32(split[0], w_q, eps), cos, sin),
-                   _rope_neox_f32(_rmsnorm_f32(split[1], w_k, eps), cos, sin), split[2]]
-    added = x0 + y0
-    added_normed = x0 + _rmsnorm_f32(y0, w_post, eps)
-    for o in (ops.SERIAL, ops.PARALLEL):
-        q, k, v = np.empty((n, H, hd), np.float32), np.empty((n, KV, hd), np.float32), np.empty((n, KV, hd), np.float32)
-        o.split_qkv(qkv, bias, cos, sin, True, q, k, v)
-        for got, want in zip((q, k, v), want_plain):
-            np.testing.assert_array_equal(got, want)
-        o.split_qkv_normed(qkv, w_q, w_k, eps, cos, sin, q, k, v)
-        for got, want in zip((q, k, v), want_normed):
-            np.testing.assert_array_equal(got, want)
-        out = np.empty_like(x0)
-        o.rmsnorm(x0, w_next, eps, out)
-        np.testing.assert_array_equal(out, _rmsnorm_f32(x0, w_next, eps))
-        x, y = x0.copy(), y0.copy()
-        o.add_rmsnorm(x, y, w_next, eps, out)
-        np.testing.assert_array_equal(x, added)
-        np.testing.assert_array_equal(out, _rmsnorm_f32(added, w_next, eps))
-        x = x0.copy()
-        o.add_normed(x, y, w_post, w_next, eps, out)
-        np.testing.assert_array_equal(y, y0)  # left as it was
-        np.testing.assert_array_equal(x, added_normed)
-        np.testing.assert_array_equal(out, _rmsnorm_f32(added_normed, w_next, eps))
-
-
 def test_rope_table_gives_rope_tables_values_and_grows_with_the_positions():
     """The model's kept tables (ops.RopeTable) give each position the values rope_tables computes for it,
     and grow only as far as the positions asked for (a step at a time), not to the context size."""

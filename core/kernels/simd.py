@@ -18,8 +18,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-_I8, _I32, _F32, _F64 = ir.IntType(8), ir.IntType(32), ir.FloatType(), ir.DoubleType()
-_LL = {"i8": (_I8, 64), "i32": (_I32, 16), "f32": (_F32, 16), "f64": (_F64, 8)}
+_I8, _I32, _F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+_LL = {"i8": (_I8, 64), "i32": (_I32, 16), "f32": (_F32, 16)}
 
 
 class Vec(types.Type):
@@ -33,7 +33,7 @@ class Vec(types.Type):
         return ir.VectorType(*_LL[self.kind])
 
 
-I8x64, I32x16, F32x16, F64x8 = Vec("i8"), Vec("i32"), Vec("f32"), Vec("f64")
+I8x64, I32x16, F32x16 = Vec("i8"), Vec("i32"), Vec("f32")
 
 
 @register_model(Vec)
@@ -534,48 +534,3 @@ add_f32 = _f32_op("fadd", "a + b per lane.")
 sub_f32 = _f32_op("fsub", "a - b per lane.")
 div_f32 = _f32_op("fdiv", "a / b per lane.")
 bits_f32 = _convert("bitcast", I32x16, F32x16, "int32 lanes -> the float32 lanes of the same bits.")
-
-
-# -- f64 sums of squares for the row norms (corert.engines.native.ops) ---------------------------------------
-@intrinsic
-def zeros_f64(typingctx):
-    """Eight f64 zeros."""
-    return F64x8(), lambda context, builder, sig, args: ir.Constant(F64x8.llvm(), None)
-
-
-def _add_squares(half: int):
-    @intrinsic
-    def add_squares(typingctx, acc, v):
-        if not (acc == F64x8 and v == F32x16):
-            return None
-
-        def codegen(context, builder, sig, args):
-            pick = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * half, 8 * half + 8)))
-            lanes = builder.fpext(builder.shuffle_vector(args[1], args[1], pick), F64x8.llvm())
-            fnty = ir.FunctionType(F64x8.llvm(), [F64x8.llvm()] * 3)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fmuladd.v8f64")
-            return builder.call(fn, [lanes, lanes, args[0]])
-        return F64x8(acc, v), codegen
-    add_squares.__doc__ = (f"acc + the squares of lanes {8 * half}..{8 * half + 7} of a float vector, in f64 "
-                           f"(exact products, so a fused multiply-add or not gives the same bits).")
-    return add_squares
-
-
-add_squares_low_f64, add_squares_high_f64 = _add_squares(0), _add_squares(1)
-
-
-@intrinsic
-def hsum2_f64(typingctx, a, b):
-    """The sum of the 16 lanes of a and b as a float64, by one fixed tree (a + b, then lane i + lane i + 4,
-    + 2, + 1)."""
-    if not (a == F64x8 and b == F64x8):
-        return None
-
-    def codegen(context, builder, sig, args):
-        def swap(x, k):
-            return builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, 8), [i ^ k for i in range(8)]))
-        x = builder.fadd(args[0], args[1])
-        for k in (4, 2, 1):
-            x = builder.fadd(x, swap(x, k))
-        return builder.extract_element(x, ir.Constant(_I32, 0))
-    return types.float64(a, b), codegen

@@ -6,12 +6,6 @@ form (decode: a few thousand floats, less work than waking the thread pool) and 
 spreads a prompt's rows over the threads (run serially they kept one core idle for ~13% of gemma3's prompt
 forward); both run the same per-row code, so they give identical results.  :data:`SERIAL` and
 :data:`PARALLEL` bundle them; :func:`for_rows` picks by the number of rows.
-
-Rows (and heads) whose length is a multiple of 16 run in explicit 16-lane vectors (simd.py): LLVM
-vectorized the scalar loops 8 wide, and made a pass over the row per step (copy, norm, rotate) where one
-pass does them all.  The vector forms compute every value by the same operations in the same order as the
-scalar ones (no contraction), so they give the same bits; only a row's f64 sum of squares is added in
-another order, which rounds to the same f32 but in a case of ~1e-9.
 """
 from __future__ import annotations
 
@@ -21,8 +15,7 @@ from numba import njit, prange, uint64
 
 from ... import numba_setup  # noqa: F401
 from ...kernels.fast_exp import exp_f32 as _exp, exp_f32x16
-from ...kernels.simd import (add_f32, add_squares_high_f64, add_squares_low_f64, div_f32, hsum2_f64, load_f32,
-                             mul_f32, splat_f32, store_f32, sub_f32, zeros_f64)
+from ...kernels.simd import add_f32, div_f32, load_f32, mul_f32, splat_f32, store_f32
 
 
 #: independent partial sums in a row's sum of squares: one chain of f64 adds is bound by the add's latency
@@ -49,38 +42,10 @@ def _sum_squares(x):
 
 
 @njit(inline="always")
-def _sum_squares16(x, base, d):
-    """_sum_squares of ``x``'s flat values base..base+d (d a multiple of 16), 16 at a time in two chains of
-    8 f64 lanes (the squares of f32 values are exact in f64, so only the order of the adds differs)."""
-    a = b = zeros_f64()
-    for i in range(base, base + d, 16):
-        v = load_f32(x, i)
-        a, b = add_squares_low_f64(a, v), add_squares_high_f64(b, v)
-    return hsum2_f64(a, b)
-
-
-@njit(inline="always")
-def _norm_scale(sum_squares, d, eps):
-    """1 / sqrt(mean + eps) of a row of ``d`` values, as an f32."""
-    return np.float32(1.0) / np.sqrt(np.float32(sum_squares / d) + np.float32(eps))
-
-
-@njit(inline="always")
-def _normed16(x, i, scale, w, j):
-    """(x[i:i+16] * scale) * w[j:j+16] (flat indices), as the scalar rows compute each value."""
-    return mul_f32(mul_f32(load_f32(x, i), splat_f32(scale)), load_f32(w, j))
-
-
-@njit(inline="always")
 def _rmsnorm_row(xr, w, eps, o):
     """``o = xr / sqrt(mean(xr^2) + eps) * w`` for one row (``o`` may be ``xr``: the scale is taken first)."""
     d = xr.shape[0]
-    if d % 16 == 0:
-        scale = _norm_scale(_sum_squares16(xr, 0, d), d, eps)
-        for i in range(0, d, 16):
-            store_f32(o, i, _normed16(xr, i, scale, w, i))
-        return
-    scale = _norm_scale(_sum_squares(xr), d, eps)
+    scale = np.float32(1.0) / np.sqrt(np.float32(_sum_squares(xr) / d) + np.float32(eps))
     for i in range(d):
         o[i] = (xr[i] * scale) * w[i]
 
@@ -144,15 +109,6 @@ def _rope_row(x, cos, sin, neox, t):
             x0, x1 = x[t, k, a], x[t, k, b]
             x[t, k, a] = x0 * c - x1 * s
             x[t, k, b] = x0 * s + x1 * c
-
-
-@njit(inline="always")
-def _rope16(o, a, b, x0, x1, cr, sr, i):
-    """neox RoPE of 16 pairs: o[a:a+16], o[b:b+16] = the rotations of x0, x1 by cos/sin row values i..i+15
-    (_rope_row's operations, lane by lane)."""
-    c, s = load_f32(cr, i), load_f32(sr, i)
-    store_f32(o, a, sub_f32(mul_f32(x0, c), mul_f32(x1, s)))
-    store_f32(o, b, add_f32(mul_f32(x0, s), mul_f32(x1, c)))
 
 
 @njit(cache=True)
@@ -261,57 +217,7 @@ def _split_row(qkv, bias, q, k, v, t):
 
 
 @njit(inline="always")
-def _vector_heads(q, cos, neox):
-    """Whether a row's heads take the 16-lane path: neox pairs (i, i + rot/2) are two runs of lanes, llama's
-    adjacent pairs would need shuffles (left to the scalar rows)."""
-    return neox and q.shape[2] % 16 == 0 and cos.shape[1] % 16 == 0
-
-
-@njit(inline="always")
-def _head16(src, at, bias, has_bias, norm, normed, scale, j):
-    """16 values of a head from flat column ``at`` of ``src`` (a qkv row): + bias, then (x * scale) * norm[j..]
-    when the head is normed, as _split_row and _rmsnorm_row compute them."""
-    x = load_f32(src, at)
-    if has_bias:
-        x = add_f32(x, load_f32(bias, at))
-    if normed:
-        x = mul_f32(mul_f32(x, splat_f32(scale)), load_f32(norm, j))
-    return x
-
-
-@njit(inline="always")
-def _split_heads16(qkv, bias, c, dst, heads, cos, sin, norm, eps, rotate, t):
-    """Row t's ``heads`` heads from qkv's flat column c on into dst (rows, heads, hd) in one pass: the bias
-    added (when ``bias`` has values), RMS-normed by ``norm`` (when it has values), rotated (neox) when
-    ``rotate``.  Returns the column after them."""
-    hd, half = dst.shape[2], cos.shape[1]
-    src, o, cr, sr = qkv[t], dst[t], cos[t], sin[t]
-    has_bias, normed = bias.shape[0] > 0, norm.shape[0] > 0
-    rot = 2 * half if rotate else 0
-    for hh in range(heads):
-        at, to = c + hh * hd, hh * hd
-        scale = _norm_scale(_sum_squares16(src, at, hd), hd, eps) if normed else np.float32(1.0)
-        for i in range(0, rot // 2, 16):  # pairs (i, i + half): both halves rotated together
-            x0 = _head16(src, at + i, bias, has_bias, norm, normed, scale, i)
-            x1 = _head16(src, at + half + i, bias, has_bias, norm, normed, scale, half + i)
-            _rope16(o, to + i, to + half + i, x0, x1, cr, sr, i)
-        for i in range(rot, hd, 16):  # the values past the rotated ones (all of v's)
-            store_f32(o, to + i, _head16(src, at + i, bias, has_bias, norm, normed, scale, i))
-    return c + heads * hd
-
-
-@njit(inline="always")
-def _split_qkv16(qkv, bias, q_norm, k_norm, eps, cos, sin, q, k, v, t):
-    c = _split_heads16(qkv, bias, 0, q, q.shape[1], cos, sin, q_norm, eps, True, t)
-    c = _split_heads16(qkv, bias, c, k, k.shape[1], cos, sin, k_norm, eps, True, t)
-    _split_heads16(qkv, bias, c, v, v.shape[1], cos, sin, bias[:0], eps, False, t)
-
-
-@njit(inline="always")
 def _split_qkv_row(qkv, bias, cos, sin, neox, q, k, v, t):
-    if _vector_heads(q, cos, neox):
-        _split_qkv16(qkv, bias, bias[:0], bias[:0], 0.0, cos, sin, q, k, v, t)
-        return
     _split_row(qkv, bias, q, k, v, t)
     _rope_row(q, cos, sin, neox, t)
     _rope_row(k, cos, sin, neox, t)
@@ -332,9 +238,6 @@ def split_qkv_parallel(qkv, bias, cos, sin, neox, q, k, v):
 
 @njit(inline="always")
 def _split_qkv_normed_row(qkv, nobias, q_norm, k_norm, eps, cos, sin, q, k, v, t):
-    if _vector_heads(q, cos, True):
-        _split_qkv16(qkv, nobias, q_norm, k_norm, eps, cos, sin, q, k, v, t)
-        return
     _split_row(qkv, nobias, q, k, v, t)
     for hh in range(q.shape[1]):
         _rmsnorm_row(q[t, hh], q_norm, eps, q[t, hh])  # in place: the row's scale is taken before it is written
@@ -360,28 +263,8 @@ def split_qkv_normed_parallel(qkv, q_norm, k_norm, eps, cos, sin, q, k, v):
 
 
 @njit(inline="always")
-def _add_then_norm16(xr, yr, y_scale, w_y, w, eps, o):
-    """A row of a multiple of 16: ``xr += yr`` (RMS-normed first, ``(yr * y_scale) * w_y``, when ``w_y`` has
-    values), then ``o = rmsnorm(xr) * w``; the add and xr's sum of squares in one pass."""
-    d = xr.shape[0]
-    a = b = zeros_f64()
-    for i in range(0, d, 16):
-        y = _normed16(yr, i, y_scale, w_y, i) if w_y.shape[0] > 0 else load_f32(yr, i)
-        s = add_f32(load_f32(xr, i), y)
-        store_f32(xr, i, s)
-        a, b = add_squares_low_f64(a, s), add_squares_high_f64(b, s)
-    scale = _norm_scale(hsum2_f64(a, b), d, eps)
-    for i in range(0, d, 16):
-        store_f32(o, i, _normed16(xr, i, scale, w, i))
-
-
-@njit(inline="always")
 def _add_rmsnorm_row(xr, yr, w, eps, o):
-    d = xr.shape[0]
-    if d % 16 == 0:
-        _add_then_norm16(xr, yr, np.float32(1.0), w[:0], w, eps, o)
-        return
-    for i in range(d):
+    for i in range(xr.shape[0]):
         xr[i] += yr[i]
     _rmsnorm_row(xr, w, eps, o)
 
@@ -401,20 +284,14 @@ def add_rmsnorm_parallel(x, y, w, eps, out):
 
 @njit(inline="always")
 def _add_normed_row(xr, yr, w_post, w_next, eps, o):
-    d = xr.shape[0]
-    if d % 16 == 0:
-        _add_then_norm16(xr, yr, _norm_scale(_sum_squares16(yr, 0, d), d, eps), w_post, w_next, eps, o)
-        return
-    sy = _norm_scale(_sum_squares(yr), d, eps)
-    for i in range(d):
-        xr[i] += (yr[i] * sy) * w_post[i]
-    _rmsnorm_row(xr, w_next, eps, o)
+    _rmsnorm_row(yr, w_post, eps, yr)
+    _add_rmsnorm_row(xr, yr, w_next, eps, o)
 
 
 @njit(cache=True)
 def add_normed(x, y, w_post, w_next, eps, out):
-    """gemma3's residual: ``x += rmsnorm(y) * w_post`` (the sublayer's own output norm; ``y`` is left as it
-    was), then ``out = rmsnorm(x) * w_next``."""
+    """gemma3's residual: ``x += rmsnorm(y) * w_post`` (the sublayer's own output norm, ``y`` normed in
+    place), then ``out = rmsnorm(x) * w_next``."""
     for t in range(x.shape[0]):
         _add_normed_row(x[t], y[t], w_post, w_next, eps, out[t])
 
