@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from corert.cpu import CpuInfo
-from corert.engines.native.plugin import AMX, VNNI
+from corert.engines.native.plugin import AMX, AMX_BF16, VNNI
 
 PROMPT = "The capital of France is"
 #: what a child must not inherit from this process: the profile is the test's choice
@@ -76,7 +76,7 @@ def _real_features() -> frozenset[str]:
 def _profile_features(profile: str) -> frozenset[str]:
     real = _real_features()
     return {"detected": real, "no-avx512": frozenset(f for f in real if not f.startswith("avx512")),
-            "no-amx": real - (AMX.requires - VNNI.requires),
+            "no-amx": real - (AMX.requires - VNNI.requires), "no-amx-bf16": real - {"amx_bf16"},
             "neon": frozenset({"neon"}), "no-simd": frozenset()}[profile]
 
 
@@ -94,7 +94,7 @@ def _profile_env(profile: str) -> dict[str, str]:
 def _expected(features: frozenset[str]) -> dict[str, str]:
     """The fallback each kernel plugin must pick on a CPU with ``features``."""
     simd = "avx2" if "avx2" in features else "neon" if "neon" in features else "scalar"
-    engine = next((v.name for v in (AMX, VNNI) if v.supported(CpuInfo("x86_64", features))), simd)
+    engine = next((v.name for v in (AMX_BF16, AMX, VNNI) if v.supported(CpuInfo("x86_64", features))), simd)
     return {"engine": engine, "tokenizer": simd,
             "kv_kernel": "wide" if simd != "scalar" else "scalar"}
 
@@ -119,7 +119,7 @@ def _check_run(run: dict, expected: dict[str, str]) -> None:
     assert run["kv_kernel"] == expected["kv_kernel"]
     # the vnni kernels are compiled at their first call: never, unless vnni (or amx, whose decode runs them)
     # is the engine's variant
-    assert (run["vnni_signatures"] > 0) == (expected["engine"] in (VNNI.name, AMX.name))
+    assert (run["vnni_signatures"] > 0) == (expected["engine"] in (VNNI.name, AMX.name, AMX_BF16.name))
 
 
 PROFILES = ["detected", "no-amx", "no-avx512", "neon", "no-simd"]
@@ -138,12 +138,16 @@ def test_profile_picks_its_fallback_silently(profile, smollm2):
 
 
 def test_this_cpu_defaults_to_vnni_and_falls_back_without_avx512(smollm2):
-    """Here (AVX-512 VNNI) the default engine variant is vnni, amx where the CPU has AMX (and Linux grants it);
-    without AMX it is vnni, without AVX-512 avx2, silently."""
+    """Here (AVX-512 VNNI) the default engine variant is vnni, amx where the CPU has AMX (and Linux grants it),
+    amx-bf16 where it also has AMX-BF16; without AMX-BF16 it is amx, without AMX vnni, without AVX-512 avx2,
+    silently."""
     real = CpuInfo("x86_64", _real_features())
     if not VNNI.supported(real):
         pytest.skip("this CPU has no AVX-512 VNNI: the default is already a fallback")
-    assert _run_profile(smollm2, "detected")["chosen"]["engine"] == (AMX if AMX.supported(real) else VNNI).name
+    best = next(v for v in (AMX_BF16, AMX, VNNI) if v.supported(real))
+    assert _run_profile(smollm2, "detected")["chosen"]["engine"] == best.name
+    if AMX_BF16.supported(real):
+        assert _run_profile(smollm2, "no-amx-bf16")["chosen"]["engine"] == AMX.name
     assert _run_profile(smollm2, "no-amx")["chosen"]["engine"] == VNNI.name
     assert _run_profile(smollm2, "no-avx512")["chosen"]["engine"] == "avx2"
 

@@ -111,3 +111,73 @@ def test_bf16_row_independent_of_the_call(kind, layouts):
         part = _product(kind, parts, x[r0:r1], w.shape[0], True, threads)
         np.testing.assert_array_equal(part.view(np.uint32), whole[r0:r1].view(np.uint32),
                                       err_msg=f"rows {r0}..{r1}")
+
+
+def _chunked_logits(t, ids: np.ndarray, cuts: list[int], bulk_last: bool = False) -> np.ndarray:
+    """The last row's logits of one prompt fed in chunks ending at ``cuts`` (a session's prompt blocks: no
+    logits before the last), on a fresh contiguous KV cache; with ``bulk_last`` the last row takes the bulk
+    path too."""
+    from corert.numba_setup import PARALLEL_LOCK, run_parallel
+    from corert.plugins.kv_cache.contiguous import ContiguousKV
+
+    cfg = t.cfg
+    kv = ContiguousKV().allocate(cfg.n_layers, cfg.n_kv_heads, cfg.head_dim, -(-ids.size // 16) * 16, 1)
+    seq = kv.new_sequence()
+    start = 0
+    for end in cuts:
+        positions = np.arange(start, end, dtype=np.int32)
+        seq_ids = np.full(end - start, seq, np.int32)
+        last = end == ids.size
+        rows = np.array([end - start - 1] if last else [], np.int64)
+        bulk = np.ones(end - start, np.bool_) if bulk_last and last else None
+        with PARALLEL_LOCK:
+            kv.reserve(seq_ids, positions)
+            out = run_parallel(t.forward, ids[start:end], seq_ids, positions, kv, rows, None, bulk, threads=2)
+        start = end
+    return out[0]
+
+
+def test_prompt_rows_take_bf16_whatever_the_chunks(qwen05):
+    """amx-bf16 on Qwen 0.5B: a prompt's rows but its last (bulk) on bf16 tiles, so the last row's logits are
+    the same bits however the prompt is cut into forwards (2 to 3 chunks, 1-row ones included); a forward that
+    returns every row's logits has no bulk rows and equals amx bit for bit; the bulk path's logits stay
+    within bf16-split rounding of amx's (same top-1, close values)."""
+    from corert.engines.native.model import Transformer
+    from corert.models.gguf_header import read_header
+    from corert.plugins.tokenizer.bpe import BpeTokenizer
+    from native_support import prompt_logits
+
+    header = read_header(qwen05, want_arrays=False)
+    ids = np.array(BpeTokenizer.from_gguf(qwen05).encode(
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number, iteratively.\"\"\"\n    a, b = 0, 1\n"
+        "    for _ in range(n):\n        a, b = b, a + b\n    return a\n"), np.int32)
+    n = ids.size
+    bf16, amx = Transformer.load(header, "amx-bf16", "auto"), Transformer.load(header, "amx", "auto")
+    whole = _chunked_logits(bf16, ids, [n])
+    for cuts in ([1, n], [17, 18, n], [n - 1, n]):
+        np.testing.assert_array_equal(_chunked_logits(bf16, ids, cuts).view(np.uint32), whole.view(np.uint32),
+                                      err_msg=str(cuts))
+    exact = prompt_logits(amx, ids, threads=2)
+    np.testing.assert_array_equal(prompt_logits(bf16, ids, threads=2).view(np.uint32), exact.view(np.uint32))
+    assert not np.array_equal(whole, exact[-1])  # the bulk rows did take another path
+    assert whole.argmax() == exact[-1].argmax()
+    assert np.abs(whole - exact[-1]).max() < 1e-2 * np.abs(exact[-1]).max()
+    all_bulk = _chunked_logits(bf16, ids, [n], bulk_last=True)
+    assert all_bulk.argmax() == exact[-1].argmax() and not np.array_equal(all_bulk, whole)
+
+
+def test_bind_product_runs_each_row_on_its_path(qwen05):
+    """A product with a mixed ``bulk`` mask: bulk rows get the bits of an all-bulk call, the others those of
+    an all-exact call (model.bind_product splits the rows; each path's rows are independent of the call)."""
+    from corert.engines.native.model import Transformer, bind_product
+    from corert.models.gguf_header import read_header
+
+    t = Transformer.load(read_header(qwen05, want_arrays=False), "amx-bf16", "auto")
+    rng = np.random.default_rng(3)
+    for w, role in ((t.layers[0].wqkv, "qkv"), (t.layers[0].wdown, "down"), (t.layers[0].wgate_up, "gate_up")):
+        run = bind_product(t._products, w, role)
+        x = rng.standard_normal((37, w.cols)).astype(np.float32)
+        mask = rng.random(37) < 0.6
+        mixed = run(x, mask)
+        np.testing.assert_array_equal(mixed[mask].view(np.uint32), run(x, np.ones(37, np.bool_))[mask].view(np.uint32))
+        np.testing.assert_array_equal(mixed[~mask].view(np.uint32), run(x)[~mask].view(np.uint32))

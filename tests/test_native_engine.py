@@ -252,9 +252,9 @@ def test_prompt_blocks_before_the_last_skip_the_output_head(small, monkeypatch):
     heads = []
     forward = Transformer.forward
 
-    def counting(self, ids, seq_ids, positions, kv, logit_rows, tree=None):
+    def counting(self, ids, seq_ids, positions, kv, logit_rows, tree=None, bulk=None):
         heads.append(len(logit_rows))
-        return forward(self, ids, seq_ids, positions, kv, logit_rows, tree)
+        return forward(self, ids, seq_ids, positions, kv, logit_rows, tree, bulk)
 
     monkeypatch.setattr(Transformer, "forward", counting)
     monkeypatch.setattr(small, "prefill_rows", 4)

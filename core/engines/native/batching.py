@@ -57,6 +57,9 @@ class BatchRunner(StreamTable):
         self.accepted = 0  # of which accepted
         self.draft_seconds = 0.0  # spent choosing drafts (lookup and depth choice), all streams
         self.rollback_seconds = 0.0  # spent truncating rejected drafts' K/V
+        #: per stream, per position evaluated: whether its K/V took the variant's bulk path (model.forward's
+        #: ``bulk``: a prompt's rows but its last), so a recomputed evicted stream gets the same bits
+        self._bulk: dict[int, list[bool]] = {}
 
     # -- joining and leaving ---------------------------------------------------------------------------
     def add(self, prompt_ids: Sequence[int], params: SamplingParams,
@@ -138,7 +141,7 @@ class BatchRunner(StreamTable):
         return plan
 
     def _run(self, plan: list[tuple[int, int, list[int]]]) -> list[tuple[int, int]]:
-        ids, seqs, pos, logit_rows, sampled = [], [], [], [], []
+        ids, seqs, pos, logit_rows, sampled, bulk, paths = [], [], [], [], [], [], {}
         for sid, n, drafts in plan:
             st = self.streams[sid]
             a = st.done_upto
@@ -146,9 +149,15 @@ class BatchRunner(StreamTable):
             ids += rows
             seqs += [st.seq] * len(rows)
             pos += range(a, a + len(rows))
-            if a + n == len(st.tokens):  # the stream's last pending row (and its drafts'): sample from it
+            last = a + n == len(st.tokens)
+            if last:  # the stream's last pending row (and its drafts'): sample from it
                 logit_rows += range(len(ids) - 1 - len(drafts), len(ids))
                 sampled.append((st, drafts))
+            # a shared prefix's rows were another stream's prompt rows: bulk, as this one's own would be
+            had = self._bulk.setdefault(sid, [])
+            had += [True] * (a - len(had))
+            paths[sid] = [had[p] if p < len(had) else not (last and p == a + n - 1) for p in range(a, a + n)]
+            bulk += paths[sid] + [False] * len(drafts)  # drafts return logits: the exact path
         ids_a = np.asarray(ids, np.int32)
         seq_a = np.asarray(seqs, np.int32)
         pos_a = np.asarray(pos, np.int32)
@@ -160,7 +169,8 @@ class BatchRunner(StreamTable):
                 # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)
                 # samples nothing, and an empty float array is no index
                 logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv,
-                                      np.asarray(logit_rows, np.int64), threads=m.threads)
+                                      np.asarray(logit_rows, np.int64), None, np.asarray(bulk, np.bool_),
+                                      threads=m.threads)
             except BaseException:
                 for sid, _, _ in plan:
                     st = self.streams[sid]
@@ -171,7 +181,10 @@ class BatchRunner(StreamTable):
             for spec in {id(s): s for s, _ in self._drafters.values()}.values():
                 spec.record_step(len(ids), seconds)
         for sid, n, _ in plan:
-            self.streams[sid].done_upto += n
+            st = self.streams[sid]
+            had = self._bulk[sid]
+            had += paths[sid][len(had) - st.done_upto:]
+            st.done_upto += n
         self.steps += 1
         self.rows += len(ids)
         out: list[tuple[int, int]] = []
@@ -187,6 +200,7 @@ class BatchRunner(StreamTable):
                 n_ok, nxt = self._drafters[st.id][1].settle(rows)
                 chosen = drafts[:n_ok] + [nxt]
                 st.done_upto += n_ok
+                self._bulk[st.id] += [False] * n_ok
                 t0 = time.perf_counter()
                 self.kv.truncate(st.seq, st.done_upto)  # drop the rejected drafts' K/V
                 self.rollback_seconds += time.perf_counter() - t0
@@ -203,6 +217,7 @@ class BatchRunner(StreamTable):
         return out
 
     def _release(self, st: Stream) -> None:
+        self._bulk.pop(st.id, None)
         spec = self._drafters.pop(st.id, None)
         if spec is not None:
             spec[1].finish()

@@ -27,6 +27,10 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 #: (SmolLM2's 256-row block: 4.7 MB, Qwen 1.5B's: 27 MB); every row is computed independently, so the
 #: results are the same bits
 FFN_ROWS = 64
+#: ... and this many with a bulk path (amx-bf16): its kernel dequantizes each weight panel once a call, so
+#: 64-row chunks dequantized every panel again four times a 256-row block (Qwen 1.5B prompt 199 -> 224 tok/s
+#: with 256, amx 152 -> 137: bench-results/s14-bf14/gen-ffn256-*.json)
+BULK_FFN_ROWS = 256
 #: gemma3's layers are local (sliding window) but every n-th, when the GGUF gives no pattern (llama.cpp's 6)
 GEMMA3_SWA_PERIOD = 6
 
@@ -167,11 +171,35 @@ class ModelConfig:
 
 
 def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
-    """``run(x)``: x (rows, w.cols) f32 times w's transpose by the variant's ``products`` for a matrix of
-    ``role`` (products.ROLES; a variant may run some roles' products differently), (rows, w.rows) f32.  The
-    kernels are chosen here, once, not on every product."""
+    """``run(x, bulk=None)``: x (rows, w.cols) f32 times w's transpose by the variant's ``products`` for a
+    matrix of ``role`` (products.ROLES; a variant may run some roles' products differently), (rows, w.rows)
+    f32.  ``bulk`` (bool per row) marks the rows the variant's bulk kernels take (products.bulk_path: the
+    bf16 tiles), the others take the exact ones; each row's result depends only on the row and its path.
+    The kernels are chosen here, once, not on every product."""
+    exact = _bind_rows(products, w, role, False)
+    if not products.bulk_path:
+        return lambda x, bulk=None: exact(x)
+    fast = _bind_rows(products, w, role, True)
+
+    def run(x: np.ndarray, bulk: np.ndarray | None = None) -> np.ndarray:
+        if bulk is None:
+            return exact(x)
+        n_bulk = int(bulk.sum())
+        if n_bulk == x.shape[0]:
+            return fast(x)
+        if n_bulk == 0:
+            return exact(x)
+        out = np.empty((x.shape[0], w.rows), np.float32)
+        out[bulk] = fast(np.ascontiguousarray(x[bulk]))
+        out[~bulk] = exact(np.ascontiguousarray(x[~bulk]))
+        return out
+    return run
+
+
+def _bind_rows(products, w: QMatrix | SplitMatrix, role: str, bulk: bool):
+    """bind_product's run of every row on one path (``bulk`` or the exact one)."""
     if isinstance(w, SplitMatrix):
-        runs = [(products.bind(p.kind, p.parts, p.cols, role), p.rows) for p in w.pieces]
+        runs = [(products.bind(p.kind, p.parts, p.cols, role, bulk), p.rows) for p in w.pieces]
         total = w.rows
 
         def run_split(x: np.ndarray) -> np.ndarray:
@@ -190,7 +218,7 @@ def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
                 c += rows
             return out
         return run_split
-    run, rows = products.bind(w.kind, w.parts, w.cols, role), w.rows
+    run, rows = products.bind(w.kind, w.parts, w.cols, role, bulk), w.rows
 
     def run_one(x: np.ndarray) -> np.ndarray:
         out = np.empty((x.shape[0], rows), np.float32)
@@ -315,38 +343,57 @@ class Transformer:
         self.embed.close()
         self.source.close()
 
-    def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray, role: str) -> np.ndarray:
+    def _mm(self, w: QMatrix | SplitMatrix, x: np.ndarray, role: str, bulk: np.ndarray | None = None) -> np.ndarray:
         got = self._runs.get((id(w), role))
         if got is None:  # the entry keeps w alive, so no other matrix can take its id
             got = self._runs[id(w), role] = (w, bind_product(self._products, w, role))
-        return got[1](x)
+        return got[1](x, bulk)
 
-    def _ffn(self, layer: Layer, x: np.ndarray, h: np.ndarray, act: np.ndarray, nxt: np.ndarray) -> None:
-        """The FFN of every row, FFN_ROWS at a time: x += down(gate(h) * up(h)) (gemma3: normed first), then h
-        = the next norm of x.  A chunk reads and writes its own rows of h only."""
-        n = x.shape[0]
-        if n <= FFN_ROWS:  # one chunk (every decode step): no slices to make
-            self._ffn_rows(layer, x, h, act, nxt, ops.for_rows(n))
+    def _ffn(self, layer: Layer, x: np.ndarray, h: np.ndarray, act: np.ndarray, nxt: np.ndarray,
+             bulk: np.ndarray | None) -> None:
+        """The FFN of every row, act's row count at a time: x += down(gate(h) * up(h)) (gemma3: normed first),
+        then h = the next norm of x.  A chunk reads and writes its own rows of h only."""
+        n, step = x.shape[0], act.shape[0]
+        if n <= step:  # one chunk (every decode step): no slices to make
+            self._ffn_rows(layer, x, h, act, nxt, ops.for_rows(n), bulk)
             return
-        for r0 in range(0, n, FFN_ROWS):
-            r1 = min(n, r0 + FFN_ROWS)
-            self._ffn_rows(layer, x[r0:r1], h[r0:r1], act[:r1 - r0], nxt, ops.for_rows(r1 - r0))
+        for r0 in range(0, n, step):
+            r1 = min(n, r0 + step)
+            self._ffn_rows(layer, x[r0:r1], h[r0:r1], act[:r1 - r0], nxt, ops.for_rows(r1 - r0),
+                           None if bulk is None else bulk[r0:r1])
 
     def _ffn_rows(self, layer: Layer, x: np.ndarray, h: np.ndarray, a: np.ndarray, nxt: np.ndarray,
-                  rows: ops.RowOps) -> None:
+                  rows: ops.RowOps, bulk: np.ndarray | None) -> None:
         cfg = self.cfg
-        rows.gated(self._mm(layer.wgate_up, h, "gate_up"), a, cfg.gemma)
+        rows.gated(self._mm(layer.wgate_up, h, "gate_up", bulk), a, cfg.gemma)
         if cfg.gemma:
-            rows.add_normed(x, self._mm(layer.wdown, a, "down"), layer.post_ffn_norm, nxt, cfg.eps, h)
+            rows.add_normed(x, self._mm(layer.wdown, a, "down", bulk), layer.post_ffn_norm, nxt, cfg.eps, h)
         else:
-            rows.add_rmsnorm(x, self._mm(layer.wdown, a, "down"), nxt, cfg.eps, h)
+            rows.add_rmsnorm(x, self._mm(layer.wdown, a, "down", bulk), nxt, cfg.eps, h)
+
+    def bulk_rows(self, n: int, logit_rows: np.ndarray) -> np.ndarray | None:
+        """The default ``bulk`` of a forward of ``n`` rows: the rows whose logits it does not return (a
+        prompt's but its last), when the variant has a bulk path; None otherwise."""
+        if not self._products.bulk_path or len(logit_rows) >= n:
+            return None
+        bulk = np.ones(n, np.bool_)
+        bulk[np.asarray(logit_rows, np.int64)] = False
+        return bulk
 
     def forward(self, ids: np.ndarray, seq_ids: np.ndarray, positions: np.ndarray, kv,
-                logit_rows: np.ndarray, tree: TreeMask | None = None) -> np.ndarray:
+                logit_rows: np.ndarray, tree: TreeMask | None = None,
+                bulk: np.ndarray | None = None) -> np.ndarray:
         """Run rows ``ids`` (int32) at ``positions`` of sequences ``seq_ids`` through the model, writing
         their K/V to ``kv`` (already reserved); returns the logits of rows ``logit_rows``,
         shape (len(logit_rows), n_vocab).  With ``tree`` the rows are token-tree nodes stored at slots
-        ``positions``: each is rotated at its depth in the tree and attends to its context and ancestors."""
+        ``positions``: each is rotated at its depth in the tree and attends to its context and ancestors.
+
+        ``bulk`` (bool per row) marks the rows whose products take the variant's bulk path
+        (amx-bf16's bf16 tiles; other variants have one path).  A row's bits depend only on the row and its
+        path, so the rule that picks the path must not depend on what else is in the forward: without
+        ``bulk`` (bulk_rows) it is the rows whose logits are not returned, i.e. a prompt's rows but its last, which
+        solo and batched runs, any prompt chunking and any speculation agree on; a caller recomputing rows
+        an evicted sequence lost passes the paths they had (session.py, batching.py)."""
         cfg = self.cfg
         n = ids.shape[0]
         if n and (ids.min() < 0 or ids.max() >= cfg.n_vocab):
@@ -365,28 +412,33 @@ class Transformer:
         k = np.empty((n, KV, hd), np.float32)
         v = np.empty((n, KV, hd), np.float32)
         att = np.empty((n, H, hd), np.float32)
-        act = np.empty((min(n, FFN_ROWS), cfg.d_ff), np.float32)
+        if bulk is None:
+            bulk = None if tree is not None else self.bulk_rows(n, logit_rows)
+        elif not (self._products.bulk_path and bulk.any()):
+            bulk = None
+        act = np.empty((min(n, BULK_FFN_ROWS if bulk is not None else FFN_ROWS), cfg.d_ff), np.float32)
         scale = cfg.attn_scale or 1.0 / np.sqrt(hd)
         rows = ops.for_rows(n)  # a prompt's rows spread over the threads, a decode step's stay on this one
         rows.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
         for li, layer in enumerate(self.layers):
             local = cfg.window > 0 and cfg.local_layers[li]
             cos, sin = rope_local if local else rope
-            qkv = self._mm(layer.wqkv, h, "qkv")  # (rows, (H + 2 KV) * hd)
+            qkv = self._mm(layer.wqkv, h, "qkv", bulk)  # (rows, (H + 2 KV) * hd)
             nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
             if cfg.gemma:
                 rows.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
                 kv.write(li, seq_ids, positions, k, v)
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
-                rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.post_attn_norm,
+                rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd), "o", bulk), layer.post_attn_norm,
                                 layer.ffn_norm, cfg.eps, h)
-                self._ffn(layer, x, h, act, nxt)
+                self._ffn(layer, x, h, act, nxt, bulk)
                 continue
             rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
-            rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd), "o"), layer.ffn_norm, cfg.eps, h)
-            self._ffn(layer, x, h, act, nxt)
+            rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd), "o", bulk), layer.ffn_norm, cfg.eps,
+                             h)
+            self._ffn(layer, x, h, act, nxt, bulk)
         # h holds the final norm of every row; only the rows whose logits are wanted go through the output
         if len(logit_rows) == 0:  # a prompt block before the last: its K/V are all it leaves
             return np.empty((0, cfg.n_vocab), np.float32)

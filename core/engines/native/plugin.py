@@ -12,7 +12,8 @@ from .engine import NativeEngine
 from .loaded import DEFAULT_SEQS, NativeModel
 from .session import NativeSession
 
-__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "AMX", "AMX_BF16", "VARIANTS", "VNNI", "register_engines"]
+__all__ = ["DEFAULT_SEQS", "NativeEngine", "NativeModel", "NativeSession", "AMX", "AMX_BF16", "VARIANTS", "VNNI",
+           "register_engines"]
 
 
 #: int8 ``vpdpbusd`` products (matmul_i8.py); preferred where the CPU has it
@@ -28,10 +29,11 @@ VNNI_Q8FFN = Variant("vnni-q8ffn", requires=VNNI.requires, priority=28,
 #: offered where cpu.py found the flags and Linux granted the tile state
 AMX = Variant("amx", requires=VNNI.requires | {"amx_int8", "amx_tile"}, priority=40,
               description="vnni, with the products of 16 rows or more on AMX-INT8 tiles (the same results)")
-#: amx with the products of many rows on AMX-BF16 tiles (matmul_bf16.py): bf16 weights and activations, f32
-#: sums, no per-block epilogue; not vnni's results, so only when asked for (priority below amx's)
-AMX_BF16 = Variant("amx-bf16", requires=AMX.requires | {"amx_bf16"}, priority=39,
-                   description="amx, with the products of 16 rows or more on AMX-BF16 tiles (bf16 rounding)")
+#: amx, with the products of a prompt's rows (those whose logits nobody reads) on AMX-BF16 tiles
+#: (matmul_bf16.py: split bf16 operands, f32 sums, no per-block epilogue): prompts 1.26-1.30x amx's
+#: (bench-results/s14-bf14/gen-*.json), KL to a float64 forward 3.1e-7 (amx 4.8e-7); preferred where granted
+AMX_BF16 = Variant("amx-bf16", requires=AMX.requires | {"amx_bf16"}, priority=41,
+                   description="amx, with a prompt's rows on AMX-BF16 tiles (split bf16, f32 sums)")
 #: the native engine's CPU variants (support.py asks which of them this CPU runs)
 VARIANTS = simd_variants("ordered f32 sums, no fastmath") + (AMX, AMX_BF16, VNNI, VNNI_Q8, VNNI_Q8FFN)
 

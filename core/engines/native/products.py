@@ -11,9 +11,10 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
   amx                    vnni's layout, levels and results (bit for bit), the products of AMX_MIN_ROWS rows or
                          more (prompts, batches, verified drafts) on AMX-INT8 tiles (matmul_amx.py); decode's
                          single rows stay on the vnni kernels
-  amx-bf16               amx's layout, the products of BF16_MIN_ROWS rows or more on AMX-BF16 tiles
-                         (matmul_bf16.py, split: x and w as bf16 hi + lo, f32 sums); NOT bit-identical to vnni,
-                         and (work in progress) chosen by the row count of the call
+  amx-bf16               amx, and the "bulk" rows of a forward (a prompt's rows whose logits nobody reads)
+                         on AMX-BF16 tiles (matmul_bf16.py, split: x and w as bf16 hi + lo, f32 sums over the
+                         whole K: no per-block epilogue); NOT vnni's bits for those rows, so which rows go
+                         there is the forward's caller's rule, never the row count of a call (model.py)
 """
 from __future__ import annotations
 
@@ -26,10 +27,6 @@ from ... import cpu
 from ...kernels.f16 import F16_TO_F32
 
 QK = matmul.QK
-#: amx-bf16 (work in progress): products of this many rows or more on bf16 tiles (split: x and w as hi + lo);
-#: fewer on amx's.  At 64 rows the split tiles were 1.28-1.35x amx's, at 16 0.72-0.82x (quiet slot bf14-ab2,
-#: bench-results/s14-bf14/ab2-*.jsonl).  A row-count rule breaks batch invariance: see the branch's notes
-BF16_MIN_ROWS = 64
 
 
 @attrs.frozen
@@ -37,6 +34,8 @@ class F32Products:
     """x stays f32; ``wide`` picks the vectorized group kernels over the scalar reference."""
 
     wide: bool
+    #: no other kernels for a forward's bulk rows (I8Products.bulk_path)
+    bulk_path = False
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul.group_q8(q, scale_bits)
@@ -54,9 +53,9 @@ class F32Products:
     def for_matrix(self, role: str) -> "F32Products":
         return self
 
-    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
+    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str, bulk: bool = False):
         """``run(x, out)``: the product of the matrix (``kind``, ``parts``, ``cols``) with x, what ``q8`` /
-        ``q6`` / ``q4`` would run (here simply that method)."""
+        ``q6`` / ``q4`` would run (here simply that method; ``bulk`` changes nothing)."""
         method = getattr(self, kind)
         return lambda x, out: method(parts, x, out)
 
@@ -89,6 +88,7 @@ class I8Products:
     one_level: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset,
                                             validator=attrs.validators.deep_iterable(attrs.validators.in_(ROLES)))
     amx: bool = False
+    #: the bulk rows' products on bf16 tiles (bind(..., bulk=True))
     bf16: bool = False
     _single: "I8Products | None" = attrs.field(default=None, init=False, eq=False, repr=False)
 
@@ -101,8 +101,14 @@ class I8Products:
                                                                 bf16=self.bf16))
         return self._single
 
-    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str):
-        """``run(x, out)``: exactly the kernel call ``for_matrix(role).<kind>(parts, x, out)`` makes, chosen
+    @property
+    def bulk_path(self) -> bool:
+        """Whether bind(..., bulk=True) runs other kernels than the exact ones."""
+        return self.bf16
+
+    def bind(self, kind: str, parts: tuple[np.ndarray, ...], cols: int, role: str, bulk: bool = False):
+        """``run(x, out)``: exactly the kernel call ``for_matrix(role).<kind>(parts, x, out)`` makes (with
+        ``bulk`` and bulk_path: the bf16 tiles' product of every row, whatever their count), chosen
         once per matrix.  A decode step runs ~120 products; the choice (role, kind, packed layout, levels)
         took five Python calls of each, ~1-2 us a product (profile: bench-results/s11-tok11)."""
         p = self.for_matrix(role)
@@ -138,14 +144,13 @@ class I8Products:
         def run_amx(x: np.ndarray, out: np.ndarray) -> None:
             rows = x.shape[0]
             (tiles if rows >= tiled else fn)(*pre, x, out, *post, l2, get_threads() if rows >= many else 1, levels)
+
         def run_bf16(x: np.ndarray, out: np.ndarray) -> None:
-            if x.shape[0] >= split_rows:
-                bf16(*pre, x, out, *sup, get_threads(), True)
-            else:
-                run_amx(x, out)
-        split_rows = BF16_MIN_ROWS
+            bf16(*pre, x, out, *sup, get_threads(), True)
         tiled = matmul_amx.AMX_MIN_ROWS
-        return run_bf16 if p.bf16 else run_amx if p.amx else run
+        if bulk and p.bf16:
+            return run_bf16
+        return run_amx if p.amx else run
 
     def layout_q8(self, q: np.ndarray, scale_bits: np.ndarray) -> tuple[np.ndarray, ...]:
         return matmul_i8.layout_q8(q, scale_bits)

@@ -22,6 +22,9 @@ class NativeSession:
         self.n_ctx = model.n_ctx
         self.n_vocab = model.n_vocab
         self.tokens: list[int] = []
+        # per token: whether its K/V came from the variant's bulk path (model.forward's ``bulk``), so that
+        # recomputing what the store evicted takes the same path and gives the same bits
+        self._bulk: list[bool] = []
         self._tree: tuple[int, list[int], list[int]] | None = None  # (start, node ids, parents) until kept
 
     def eval(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
@@ -36,11 +39,9 @@ class NativeSession:
             step = self._model.prefill_rows
             while arr.shape[0] > step:
                 self._forward(arr[:step], [], None)
-                self.tokens.extend(int(t) for t in arr[:step])
                 arr = arr[step:]
         n = arr.shape[0]
         logits = self._forward(arr, None if all_logits else [n - 1], None)
-        self.tokens.extend(int(t) for t in arr)
         return logits if all_logits else logits[0]
 
     def eval_tree(self, ids: Sequence[int], parents: Sequence[int]) -> np.ndarray:
@@ -49,8 +50,11 @@ class NativeSession:
         arr = self._checked(ids)
         if len(parents) != arr.shape[0]:
             raise InputError(f"a token tree needs one parent per node: {len(parents)} for {arr.shape[0]}")
+        start = len(self.tokens)
         logits = self._forward(arr, None, [int(p) for p in parents])
-        self._tree = (len(self.tokens), [int(t) for t in arr], [int(p) for p in parents])
+        # the nodes are not the session's tokens until keep_path
+        del self.tokens[start:], self._bulk[start:]
+        self._tree = (start, [int(t) for t in arr], [int(p) for p in parents])
         return logits
 
     def keep_path(self, nodes: Sequence[int]) -> None:
@@ -70,6 +74,7 @@ class NativeSession:
         with PARALLEL_LOCK:  # the store's pages are shared with the batch runner's forwards
             self._model.kv.keep_path(self.seq, start, [start + j for j in nodes], token_ids=path_ids)
         self.tokens.extend(path_ids)
+        self._bulk.extend([False] * len(path_ids))  # a tree's rows all return logits: the exact path
 
     def _checked(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -91,8 +96,9 @@ class NativeSession:
             self._model.kv.truncate(self.seq, min(start, self._model.kv.length(self.seq)))
 
     def _forward(self, arr: np.ndarray, rows: list[int] | None, parents: list[int] | None) -> np.ndarray:
-        """One forward of ``arr`` after the session's tokens (re-evaluating K/V the store evicted first);
-        logits of ``rows`` of ``arr`` (None: all).  ``parents``: arr is a token tree (see eval_tree)."""
+        """One forward of ``arr`` after the session's tokens (re-evaluating K/V the store evicted first), which
+        then become the session's tokens; logits of ``rows`` of ``arr`` (None: all).  ``parents``: arr is a
+        token tree (see eval_tree)."""
         from ...numba_setup import PARALLEL_LOCK, run_parallel  # not at import: registering needs no numba
 
         m = self._model
@@ -110,6 +116,10 @@ class NativeSession:
             positions = np.arange(have, have + k, dtype=np.int32)
             seq_ids = np.full(k, self.seq, dtype=np.int32)
             out_rows = np.arange(redo, k) if rows is None else np.asarray(rows, np.int64) + redo
+            # the new rows' paths by forward's rule (their own logit rows), the recomputed ones' as they were
+            bulk = np.ones(k, np.bool_)
+            bulk[out_rows] = False
+            bulk[:redo] = self._bulk[have:start]
             tree = None
             if parents is not None:  # recomputed rows are a chain the tree's roots continue
                 chain = list(range(-1, redo - 1))
@@ -122,10 +132,12 @@ class NativeSession:
                 reserve_rows(m.kv, seq_ids, positions, arr, provisional=parents is not None)
             try:
                 logits = run_parallel(m.transformer.forward, arr.astype(np.int32), seq_ids, positions, m.kv,
-                                      out_rows, tree, threads=m.threads)
+                                      out_rows, tree, bulk, threads=m.threads)
             except BaseException:
                 m.kv.truncate(self.seq, have)
                 raise
+        self.tokens.extend(int(t) for t in arr[redo:])
+        self._bulk.extend(bool(b) for b in bulk[redo:])
         return logits
 
     def truncate(self, n_tokens: int) -> None:
@@ -134,7 +146,7 @@ class NativeSession:
             raise InputError(f"cannot roll back to {n_tokens} tokens (sequence has {len(self.tokens)})")
         kv = self._model.kv
         kv.truncate(self.seq, min(n_tokens, kv.length(self.seq)))  # fewer if the store evicted it
-        del self.tokens[n_tokens:]
+        del self.tokens[n_tokens:], self._bulk[n_tokens:]
 
     def close(self) -> None:
         """Give the sequence slot back to the KV store."""
