@@ -29,8 +29,12 @@ SUPPORTED_ARCHS = ("llama", "qwen2", "gemma3")
 FFN_ROWS = 64
 #: ... and this many with a bulk path (amx-bf16): its kernel dequantizes each weight panel once a call, so
 #: 64-row chunks dequantized every panel again four times a 256-row block (Qwen 1.5B prompt 199 -> 224 tok/s
-#: with 256, amx 152 -> 137: bench-results/s14-bf14/gen-ffn256-*.json)
+#: with 256, amx 152 -> 137: bench-results/s14-bf14/gen-ffn256-*.json; SmolLM2 3.86x -> 4.85x llama.cpp's) ...
 BULK_FFN_ROWS = 256
+#: ... unless a chunk's buffers (gate|up out, activations: 3 d_ff f32 a row) pass this share of the weights'
+#: bytes: SmolLM2's 4.7 MB beside 94 MB of weights cost its peak RSS 3 MB, over raw llama.cpp's
+#: (bench-results/s14-lead/rss/), so it keeps 64
+BULK_FFN_SHARE = 0.04
 #: gemma3's layers are local (sliding window) but every n-th, when the GGUF gives no pattern (llama.cpp's 6)
 GEMMA3_SWA_PERIOD = 6
 
@@ -184,12 +188,16 @@ def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
     def run(x: np.ndarray, bulk: np.ndarray | None = None) -> np.ndarray:
         if bulk is None:
             return exact(x)
-        n_bulk = int(bulk.sum())
-        if n_bulk == x.shape[0]:
+        k = int(bulk.sum())
+        if k == x.shape[0]:
             return fast(x)
-        if n_bulk == 0:
+        if k == 0:
             return exact(x)
         out = np.empty((x.shape[0], w.rows), np.float32)
+        if bulk[:k].all():  # a prompt's rows then its last: contiguous halves, no copies
+            fast(x[:k], out[:k])
+            exact(x[k:], out[k:])
+            return out
         out[bulk] = fast(np.ascontiguousarray(x[bulk]))
         out[~bulk] = exact(np.ascontiguousarray(x[~bulk]))
         return out
@@ -197,21 +205,24 @@ def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
 
 
 def _bind_rows(products, w: QMatrix | SplitMatrix, role: str, bulk: bool):
-    """bind_product's run of every row on one path (``bulk`` or the exact one)."""
+    """bind_product's run of every row on one path (``bulk`` or the exact one): ``run(x, out=None)``, into
+    ``out`` (C-contiguous rows) when given."""
     if isinstance(w, SplitMatrix):
         runs = [(products.bind(p.kind, p.parts, p.cols, role, bulk), p.rows) for p in w.pieces]
         total = w.rows
 
-        def run_split(x: np.ndarray) -> np.ndarray:
+        def run_split(x: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
             if x.shape[0] != 1:
                 outs = []
                 for run, rows in runs:
                     outs.append(np.empty((x.shape[0], rows), np.float32))
                     run(x, outs[-1])
-                return np.concatenate(outs, axis=1)
+                if into is None:
+                    return np.concatenate(outs, axis=1)
+                return np.concatenate(outs, axis=1, out=into)
             # one row (decode): each piece writes its own columns of the row, a C-contiguous (1, rows) view,
             # so the kernels are the ones a whole row gets and nothing is copied
-            out = np.empty((1, total), np.float32)
+            out = np.empty((1, total), np.float32) if into is None else into
             c = 0
             for run, rows in runs:
                 run(x, out[0, c:c + rows][None])
@@ -220,8 +231,8 @@ def _bind_rows(products, w: QMatrix | SplitMatrix, role: str, bulk: bool):
         return run_split
     run, rows = products.bind(w.kind, w.parts, w.cols, role, bulk), w.rows
 
-    def run_one(x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], rows), np.float32)
+    def run_one(x: np.ndarray, into: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty((x.shape[0], rows), np.float32) if into is None else into
         run(x, out)
         return out
     return run_one
@@ -261,12 +272,14 @@ class Transformer:
     _rope: ops.RopeTable = attrs.field(init=False, repr=False)
     _rope_local: ops.RopeTable = attrs.field(init=False, repr=False)  # gemma3's local layers' base
     _runs: dict = attrs.field(init=False, repr=False)  # (id(matrix), role) -> (matrix, its bind_product run)
+    _bulk_ffn_rows: int = attrs.field(init=False, repr=False)  # the bulk path's FFN chunk (_ffn_rows_bulk)
 
     def __attrs_post_init__(self) -> None:
         self._products = PRODUCTS[self.variant]
         self._runs = {}
         self._rope = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base)
         self._rope_local = ops.RopeTable(self.cfg.rope_dim, self.cfg.rope_base_local)
+        self._bulk_ffn_rows = 0  # set at the first forward with bulk rows (weight_bytes reads every matrix)
 
     @classmethod
     def load(cls, header: GGUFHeader, variant: str, layout_cache: str = "off") -> "Transformer":
@@ -371,6 +384,12 @@ class Transformer:
         else:
             rows.add_rmsnorm(x, self._mm(layer.wdown, a, "down", bulk), nxt, cfg.eps, h)
 
+    def _ffn_rows_bulk(self) -> int:
+        if not self._bulk_ffn_rows:
+            fits = BULK_FFN_ROWS * 3 * self.cfg.d_ff * 4 <= BULK_FFN_SHARE * self.weight_bytes
+            self._bulk_ffn_rows = BULK_FFN_ROWS if fits else FFN_ROWS
+        return self._bulk_ffn_rows
+
     def bulk_rows(self, n: int, logit_rows: np.ndarray) -> np.ndarray | None:
         """The default ``bulk`` of a forward of ``n`` rows: the rows whose logits it does not return (a
         prompt's but its last), when the variant has a bulk path; None otherwise."""
@@ -416,7 +435,7 @@ class Transformer:
             bulk = None if tree is not None else self.bulk_rows(n, logit_rows)
         elif not (self._products.bulk_path and bulk.any()):
             bulk = None
-        act = np.empty((min(n, BULK_FFN_ROWS if bulk is not None else FFN_ROWS), cfg.d_ff), np.float32)
+        act = np.empty((min(n, FFN_ROWS if bulk is None else self._ffn_rows_bulk()), cfg.d_ff), np.float32)
         scale = cfg.attn_scale or 1.0 / np.sqrt(hd)
         rows = ops.for_rows(n)  # a prompt's rows spread over the threads, a decode step's stay on this one
         rows.rmsnorm(x, self.layers[0].attn_norm, cfg.eps, h)
@@ -427,6 +446,7 @@ class Transformer:
             nxt = self.layers[li + 1].attn_norm if li + 1 < len(self.layers) else self.out_norm
             if cfg.gemma:
                 rows.split_qkv_normed(qkv, layer.q_norm, layer.k_norm, cfg.eps, cos, sin, q, k, v)
+                del qkv  # not held through the FFN: a prompt block's peak is there
                 kv.write(li, seq_ids, positions, k, v)
                 kv.attend(li, seq_ids, positions, q, scale, att, window=cfg.window if local else 0, tree=tree)
                 rows.add_normed(x, self._mm(layer.wo, att.reshape(n, H * hd), "o", bulk), layer.post_attn_norm,
@@ -434,6 +454,7 @@ class Transformer:
                 self._ffn(layer, x, h, act, nxt, bulk)
                 continue
             rows.split_qkv(qkv, layer.bqkv, cos, sin, cfg.rope_neox, q, k, v)
+            del qkv
             kv.write(li, seq_ids, positions, k, v)
             kv.attend(li, seq_ids, positions, q, scale, att, tree=tree)
             rows.add_rmsnorm(x, self._mm(layer.wo, att.reshape(n, H * hd), "o", bulk), layer.ffn_norm, cfg.eps,
