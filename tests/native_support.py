@@ -18,3 +18,20 @@ def prompt_logits(t, ids: np.ndarray, threads: int = 1) -> np.ndarray:
     with PARALLEL_LOCK:
         kv.reserve(seq_ids, positions)
         return run_parallel(t.forward, ids, seq_ids, positions, kv, np.arange(ids.size), threads=threads)
+
+
+def random_blocks(rng: np.random.Generator, rows: int, cols: int) -> dict[str, np.ndarray]:
+    """Random parts of a (rows, cols) matrix for every int8 layout (matmul_i8.layout_*): ``q`` int8 values,
+    ``bits`` f16 scales a 32 (q8), ``sub`` / ``sup`` q6's int8 scales a 16 and f32 ones a 256, ``nib`` Q4
+    nibbles with ``scale`` / ``offset`` f32 a 32 (q4), ``sc`` / ``mn`` 6-bit scales and mins a 32 with ``dd`` /
+    ``dmin`` f16 bits a 256 (Q4_K)."""
+    sc, mn = rng.integers(0, 64, (2, rows, cols // 32)).astype(np.uint8)
+    dd, dmin = rng.uniform(1e-4, 1e-3, (2, rows, cols // 256)).astype(np.float16).view(np.uint16)
+    return {"q": rng.integers(-128, 128, (rows, cols)).astype(np.int8),
+            "bits": rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float16).view(np.uint16),
+            "sub": rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8),
+            "sup": rng.uniform(1e-3, 1e-2, (rows, cols // 256)).astype(np.float32),
+            "nib": rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8),
+            "scale": rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float32),
+            "offset": rng.uniform(-0.1, 0.1, (rows, cols // 32)).astype(np.float32),
+            "sc": sc, "mn": mn, "dd": dd, "dmin": dmin}

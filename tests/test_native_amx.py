@@ -9,7 +9,7 @@ import pytest
 from corert.cpu import info
 from corert.engines.native import matmul_amx, matmul_i8, products
 from corert.engines.native.plugin import AMX
-from native_support import prompt_logits
+from native_support import prompt_logits, random_blocks
 
 pytestmark = pytest.mark.skipif(not AMX.supported(info()), reason="this CPU lacks AMX")
 
@@ -49,17 +49,12 @@ def layouts():
     """Random matrices of 40 rows (the last group padded) x 512 columns in every layout."""
     rng = np.random.default_rng(12)
     rows, cols = 40, 512
-    q = rng.integers(-128, 128, (rows, cols)).astype(np.int8)
-    bits = rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float16).view(np.uint16)
-    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
-    sup = rng.uniform(1e-3, 1e-2, (rows, cols // 256)).astype(np.float32)
-    nib = rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8)
-    f16 = rng.uniform(1e-4, 1e-3, (2, rows, cols // 256)).astype(np.float16).view(np.uint16)
+    r = random_blocks(rng, rows, cols)
+    q, bits, sub, sup, nib = r["q"], r["bits"], r["sub"], r["sup"], r["nib"]
     out = {"q8": matmul_i8.layout_q8(q, bits, pack=False), "q5": matmul_i8.layout_q8(q // 8, bits),
            "q6": matmul_i8.layout_q6(q, sub, sup), "q6p": matmul_i8.layout_q6(q // 4, sub, sup),
-           "q4": matmul_i8.layout_q4(nib, rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float32),
-                                     rng.uniform(-0.1, 0.1, (rows, cols // 32)).astype(np.float32)),
-           "q4k": matmul_i8.layout_q4k(nib, *rng.integers(0, 64, (2, rows, cols // 32)).astype(np.uint8), *f16)}
+           "q4": matmul_i8.layout_q4(nib, r["scale"], r["offset"]),
+           "q4k": matmul_i8.layout_q4k(nib, r["sc"], r["mn"], r["dd"], r["dmin"])}
     assert matmul_i8.is_packed_q5(out["q5"][0], cols) and matmul_i8.is_packed_q6(out["q6p"][0], cols)
     assert not matmul_i8.is_packed_q6(out["q6"][0], cols)
     return out, rng, cols

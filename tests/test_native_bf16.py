@@ -10,6 +10,7 @@ import pytest
 from corert.cpu import info
 from corert.engines.native import matmul_bf16, matmul_i8
 from corert.engines.native.plugin import AMX
+from native_support import random_blocks
 
 pytestmark = pytest.mark.skipif(not (AMX.supported(info()) and "amx_bf16" in info().features),
                                 reason="this CPU lacks AMX-BF16")
@@ -42,15 +43,9 @@ def layouts():
     their float64 weights."""
     rng = np.random.default_rng(14)
     rows, cols = 40, 2048
-    q = rng.integers(-128, 128, (rows, cols)).astype(np.int8)
-    bits = rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float16).view(np.uint16)
-    sub = rng.integers(-128, 128, (rows, cols // 16)).astype(np.int8)
-    sup = rng.uniform(1e-3, 1e-2, (rows, cols // 256)).astype(np.float32)
-    nib = rng.integers(0, 256, (rows, cols // 2)).astype(np.uint8)
-    scale = rng.uniform(0.01, 0.1, (rows, cols // 32)).astype(np.float32)
-    offset = rng.uniform(-0.1, 0.1, (rows, cols // 32)).astype(np.float32)
-    sc, mn = rng.integers(0, 64, (2, rows, cols // 32)).astype(np.uint8)
-    dd, dmin = rng.uniform(1e-4, 1e-3, (2, rows, cols // 256)).astype(np.float16).view(np.uint16)
+    r = random_blocks(rng, rows, cols)
+    q, bits, sub, sup, nib, scale, offset = (r[k] for k in ("q", "bits", "sub", "sup", "nib", "scale", "offset"))
+    sc, mn, dd, dmin = r["sc"], r["mn"], r["dd"], r["dmin"]
     q6 = _per(sub, 16) * _per(sup, 256)
     q4k_scale = (sc * _per(_f16(dd), 8)).astype(np.float32)  # the kernels' f32 products (exact: 6 x 11 bits)
     q4k_offset = -(mn * _per(_f16(dmin), 8)).astype(np.float32)
