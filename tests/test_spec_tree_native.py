@@ -56,10 +56,12 @@ def test_every_node_equals_a_sequential_forward_and_keep_path_rolls_back_exactly
     tree_logits = s.eval_tree(ids, PARENTS).copy()
     assert tree_logits.shape == (len(PARENTS), model.n_vocab)
     assert len(s.tokens) == len(prompt)  # provisional until a path is kept
+    # the sequential forward a decoder makes: every row returns logits, so each takes the exact kernels (on
+    # amx-bf16 a prompt's rows but its last take the bf16 tiles: model.forward's bulk), as every tree node does
     for node in range(len(PARENTS)):
         path = _path(node)
         s.truncate(len(prompt))
-        want = s.eval([ids[j] for j in path])
+        want = s.eval([ids[j] for j in path], all_logits=True)[-1]
         np.testing.assert_array_equal(tree_logits[node], want, err_msg=f"node {node}, path {path}")
 
     keep = _path(8)  # depth 5: 0 -> 1 -> 3 -> 6 -> 7 -> 8 ... slots move down to consecutive positions
@@ -76,7 +78,7 @@ def test_every_node_equals_a_sequential_forward_and_keep_path_rolls_back_exactly
         hashes = list(model.kv.seqs[s.seq].hashes)
         used = model.kv.pool.used
     s.truncate(len(prompt))
-    s.eval([ids[j] for j in keep])
+    s.eval([ids[j] for j in keep], all_logits=True)
     for a, b in zip(after_tree, _snapshot(model, s, n)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(next_after_tree, s.eval(tok.encode(" and")))
