@@ -3,6 +3,9 @@ bit-identical outputs for every layout, row count (whole tiles and tails) and le
 matrices, and a whole forward's logits on a real prompt."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -131,3 +134,27 @@ def test_amx_products_pick_tiles_from_min_rows():
     p = products.PRODUCTS["amx"]
     assert p.amx and p.levels == 2 and type(p) is type(products.PRODUCTS["vnni"])
     assert p.for_matrix("gate_up") is p
+
+
+#: a tile kernel called with no variant chosen, so cpu.py's detection never runs in the process
+UNDETECTED = r"""
+import numpy as np
+from corert import cpu
+from corert.engines.native import matmul_amx, matmul_i8
+
+rng = np.random.default_rng(0)
+parts = matmul_i8.layout_q8(rng.integers(-128, 128, (16, 64)).astype(np.int8),
+                            np.full((16, 2), 0x2c00, np.uint16), pack=False)
+x = rng.standard_normal((matmul_amx.AMX_MIN_ROWS, 64)).astype(np.float32)
+out = np.full((x.shape[0], 16), np.nan, np.float32)
+matmul_amx.q8_product(*parts, x, out, None, 1 << 20, 1, 2)
+assert np.isfinite(out).all()
+assert cpu._detect.cache_info().currsize == 0, "detection ran: the test proves nothing"
+"""
+
+
+def test_tile_kernel_runs_without_detection():
+    """Importing a tile kernel's module asks for the tile state (kernels/amx.py): a kernel called before
+    any detection (a script, Transformer.load(header, "amx")) runs; without the request it was SIGILL."""
+    proc = subprocess.run([sys.executable, "-c", UNDETECTED], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-3000:]}"

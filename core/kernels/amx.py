@@ -9,7 +9,8 @@ are compile-time constants (the instructions encode them), so the functions belo
 
 Linux hands the tile state (8 KB of registers) to a process only when asked: without the
 ``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`` of cpu.request_amx_permission the first tile
-instruction is SIGILL.  cpu.py asks at detection, and offers the variant only when the kernel said yes.
+instruction is SIGILL.  cpu.py asks at detection, and offers the variant only when the kernel said yes; this
+module asks again at import (below), because a tile kernel can run with no detection before it.
 
 Memory operands take a C-contiguous array and a flat element index, as simd.py's do; strides are in bytes.
 """
@@ -20,6 +21,14 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from .. import cpu
+
+# Every module whose kernels use tiles imports this one, so the tile state is asked for before any of them
+# runs, detection or not: a script calling matmul_amx's kernels, or Transformer.load(header, "amx"), never runs
+# cpu.py's detection, and then the first tile instruction was SIGILL (tests/test_native_amx.py).  At import,
+# not at compile time: a kernel numba loads from its cache compiles nothing.  Idempotent (cached).
+cpu.request_amx_permission()
 
 _I8, _I64 = ir.IntType(8), ir.IntType(64)
 _PTR = _I8.as_pointer()

@@ -29,7 +29,7 @@ import numpy as np
 from numba import literally, njit, prange, types
 from numba.extending import overload
 
-from ... import cpu, numba_setup  # noqa: F401
+from ... import numba_setup  # noqa: F401
 from ...kernels import amx
 from ...kernels.amx import dot_s8s8, dot_s8u8, load_config, release_tiles, tile_load, tile_store, tile_zero
 from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i8_i32, load_i32, low_nibbles, minus_16, \
@@ -39,8 +39,6 @@ from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PA
                         _int8_block, _q5_packed_block, _q6_packed_block, _store_rows, padded_levels,
                         q4_row_step, q4k_block_scales, q6_scaled, scaled_row_step)
 from .row_tiles import SLICES_PER_THREAD, row_tiles, slice_bounds
-
-cpu.request_amx_permission()  # the tile state, before any kernel runs (idempotent; the variant needed it)
 
 #: rows of an A tile (activation rows x levels) and of C
 TILE_ROWS = 16

@@ -33,7 +33,7 @@ import numpy as np
 from numba import literally, njit, prange, types
 from numba.extending import overload
 
-from ... import cpu, numba_setup  # noqa: F401
+from ... import numba_setup  # noqa: F401
 from ...kernels import amx
 from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, \
     tile_load, tile_store, tile_zero
@@ -43,8 +43,6 @@ from .matmul import QK
 from .matmul_i8 import (PREFETCH_BYTES, Q4K_BLOCKS, Q4K_SCALES, Q5_PACKED, Q6_PACKED, _int8_block,
                         _q5_packed_block, _q6_packed_block, q4k_block_scales)
 from .row_tiles import slice_bounds
-
-cpu.request_amx_permission()
 
 #: rows of an A / C tile; bytes of a B (or A) tile: 32 K values of 16 rows in bf16
 TILE_ROWS, TILE_BYTES = 16, 1024
