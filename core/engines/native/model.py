@@ -390,10 +390,15 @@ class Transformer:
             self._bulk_ffn_rows = BULK_FFN_ROWS if fits else FFN_ROWS
         return self._bulk_ffn_rows
 
+    @property
+    def bulk_path(self) -> bool:
+        """Whether forward's ``bulk`` rows take other kernels than the rest (products.bulk_path)."""
+        return self._products.bulk_path
+
     def bulk_rows(self, n: int, logit_rows: np.ndarray) -> np.ndarray | None:
         """The default ``bulk`` of a forward of ``n`` rows: the rows whose logits it does not return (a
         prompt's but its last), when the variant has a bulk path; None otherwise."""
-        if not self._products.bulk_path or len(logit_rows) >= n:
+        if not self.bulk_path or len(logit_rows) >= n:
             return None
         bulk = np.ones(n, np.bool_)
         bulk[np.asarray(logit_rows, np.int64)] = False

@@ -23,7 +23,9 @@ class NativeSession:
         self.n_vocab = model.n_vocab
         self.tokens: list[int] = []
         # per token: whether its K/V came from the variant's bulk path (model.forward's ``bulk``), so that
-        # recomputing what the store evicted takes the same path and gives the same bits
+        # recomputing what the store evicted takes the same path and gives the same bits; kept (and a forward's
+        # mask made) only when the variant has a bulk path: every other variant's rows take one path
+        self._bulk_path = model.transformer.bulk_path
         self._bulk: list[bool] = []
         self._tree: tuple[int, list[int], list[int]] | None = None  # (start, node ids, parents) until kept
 
@@ -74,7 +76,8 @@ class NativeSession:
         with PARALLEL_LOCK:  # the store's pages are shared with the batch runner's forwards
             self._model.kv.keep_path(self.seq, start, [start + j for j in nodes], token_ids=path_ids)
         self.tokens.extend(path_ids)
-        self._bulk.extend([False] * len(path_ids))  # a tree's rows all return logits: the exact path
+        if self._bulk_path:
+            self._bulk.extend([False] * len(path_ids))  # a tree's rows all return logits: the exact path
 
     def _checked(self, ids: Sequence[int]) -> np.ndarray:
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -116,10 +119,12 @@ class NativeSession:
             positions = np.arange(have, have + k, dtype=np.int32)
             seq_ids = np.full(k, self.seq, dtype=np.int32)
             out_rows = np.arange(redo, k) if rows is None else np.asarray(rows, np.int64) + redo
-            # the new rows' paths by forward's rule (their own logit rows), the recomputed ones' as they were
-            bulk = np.ones(k, np.bool_)
-            bulk[out_rows] = False
-            bulk[:redo] = self._bulk[have:start]
+            bulk = None
+            if self._bulk_path:
+                # the new rows' paths by forward's rule (their own logit rows), the recomputed ones' as they were
+                bulk = np.ones(k, np.bool_)
+                bulk[out_rows] = False
+                bulk[:redo] = self._bulk[have:start]
             tree = None
             if parents is not None:  # recomputed rows are a chain the tree's roots continue
                 chain = list(range(-1, redo - 1))
@@ -137,7 +142,8 @@ class NativeSession:
                 m.kv.truncate(self.seq, have)
                 raise
         self.tokens.extend(int(t) for t in arr[redo:])
-        self._bulk.extend(bool(b) for b in bulk[redo:])
+        if bulk is not None:
+            self._bulk.extend(bulk[redo:].tolist())
         return logits
 
     def truncate(self, n_tokens: int) -> None:
