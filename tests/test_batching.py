@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from corert import RuntimeConfig
+from corert.cpu import info
 from corert.tools.corpus import corpus_file
 from corert.engines.native.batching import BatchRunner
-from corert.engines.native.plugin import NativeEngine
+from corert.engines.native.plugin import AMX_BF16, NativeEngine
 from corert.errors import InputError
 from corert.interfaces import SamplingParams, ThreadBudget
 from corert.plugins.kv_cache.paged.config import PagedConfig
@@ -25,9 +26,9 @@ TEXT = corpus_file("license-apache2.txt").read_text(encoding="utf-8")
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 
 
-def _load(path, dtype="q8", n_seqs=4, budget=None, n_ctx=512):
+def _load(path, dtype="q8", n_seqs=4, budget=None, n_ctx=512, variant="avx2"):
     kv = PagedKV(PagedConfig(dtype=dtype, budget_bytes=budget))
-    return NativeEngine("avx2").load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=kv, n_ctx=n_ctx,
+    return NativeEngine(variant).load(path, tokenizer=LlamaCppTokenizer(path), kv_cache=kv, n_ctx=n_ctx,
                                      threads=BUDGET, config=RuntimeConfig(n_seqs=n_seqs))
 
 
@@ -178,3 +179,40 @@ def test_no_page_leaked_after_mixed_add_cancel_finish(model):
     assert added >= 5 and cancelled >= 2
     stats = model.kv.stats()
     assert stats["pages_used"] == 0 and stats["sequences"] == 0, stats
+
+
+@pytest.mark.skipif(not AMX_BF16.supported(info()), reason="this CPU lacks AMX-BF16 (no bulk path)")
+def test_bulk_rows_come_first_in_a_step(smollm2, monkeypatch):
+    """amx-bf16 (a prompt's rows but its last on bf16 tiles): a prompt's chunks joining decoding streams are
+    put first in the step, so its bulk rows are a prefix of the forward (model.bind_product's two halves, no
+    rows copied); every stream still produces exactly what it produces alone."""
+    from corert.engines.native.model import Transformer
+
+    masks = []
+    forward = Transformer.forward
+
+    def recording(self, ids, seq_ids, positions, kv, logit_rows, tree=None, bulk=None):
+        masks.append(None if bulk is None else bulk.copy())
+        return forward(self, ids, seq_ids, positions, kv, logit_rows, tree, bulk)
+
+    m = _load(smollm2, variant="amx-bf16")
+    try:
+        tok = m.tokenizer
+        ids = [tok.encode(PROMPTS[0]), tok.encode(PROMPTS[1]), tok.encode(TEXT)[:40]]
+        alone = [_alone(m, x) for x in ids]
+        monkeypatch.setattr(Transformer, "forward", recording)
+        r = BatchRunner(m, prefill_rows=16, share_prefixes=False)  # the third prompt: 16, 16 and 8 rows
+        a, b = r.add(ids[0], GREEDY), r.add(ids[1], GREEDY)
+        r.step(), r.step()
+        joined = len(masks)
+        c = r.add(ids[2], GREEDY)  # after a and b in the plan: its rows were last before
+        while r.active:
+            r.step()
+        assert [r.result(s).generated for s in (a, b, c)] == alone
+        # its three chunks beside a's and b's decode rows: bulk first, then exact (the last chunk's last row)
+        mixed = [x for x in masks[joined:] if x is not None and x.any()]
+        assert len(mixed) == 3 and all(x.size > x.sum() for x in mixed)
+        assert all(x[:x.sum()].all() for x in mixed)
+        assert masks[0] is not None and masks[0].sum() == len(ids[0]) + len(ids[1]) - 2  # a's and b's prompts
+    finally:
+        m.close()

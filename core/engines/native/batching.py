@@ -58,7 +58,9 @@ class BatchRunner(StreamTable):
         self.draft_seconds = 0.0  # spent choosing drafts (lookup and depth choice), all streams
         self.rollback_seconds = 0.0  # spent truncating rejected drafts' K/V
         #: per stream, per position evaluated: whether its K/V took the variant's bulk path (model.forward's
-        #: ``bulk``: a prompt's rows but its last), so a recomputed evicted stream gets the same bits
+        #: ``bulk``: a prompt's rows but its last), so a recomputed evicted stream gets the same bits; kept (and
+        #: a step's mask made) only when the variant has a bulk path
+        self._bulk_path = model.transformer.bulk_path
         self._bulk: dict[int, list[bool]] = {}
 
     # -- joining and leaving ---------------------------------------------------------------------------
@@ -140,24 +142,44 @@ class BatchRunner(StreamTable):
                 plan.append((sid, n))
         return plan
 
+    def _paths(self, st: Stream, n: int) -> list[bool]:
+        """Whether each of the stream's next ``n`` rows takes the bulk path: the path it had when it was
+        evaluated before (an evicted stream's recomputed rows), else forward's rule (all but its last row
+        when that row ends the pending ids: the one sampled from)."""
+        a = st.done_upto
+        last = a + n == len(st.tokens)
+        # a shared prefix's rows were another stream's prompt rows: bulk, as this one's own would be
+        had = self._bulk.setdefault(st.id, [])
+        had += [True] * (a - len(had))
+        return [had[p] if p < len(had) else not (last and p == a + n - 1) for p in range(a, a + n)]
+
+    @staticmethod
+    def _bulk_first(plan: list[tuple[int, int, list[int]]],
+                    paths: dict[int, list[bool]]) -> list[tuple[int, int, list[int]]]:
+        """The plan's streams in row order: those with bulk rows only, then those whose rows start bulk (a
+        prompt's last chunk), then the rest (decode rows, drafts: exact); each stream's rows stay together
+        and in order.  With one stream ending its prompt or none, the step's bulk rows come first and each
+        product runs as two contiguous halves, no rows copied (model.bind_product)."""
+        def rank(entry: tuple[int, int, list[int]]) -> int:
+            p = paths[entry[0]]
+            return 2 if not p or not p[0] else 0 if all(p) and not entry[2] else 1
+        return sorted(plan, key=rank)  # stable: plan order within a rank
+
     def _run(self, plan: list[tuple[int, int, list[int]]]) -> list[tuple[int, int]]:
-        ids, seqs, pos, logit_rows, sampled, bulk, paths = [], [], [], [], [], [], {}
-        for sid, n, drafts in plan:
+        ids, seqs, pos, logit_rows, sampled, bulk = [], [], [], [], [], []
+        paths = {sid: self._paths(self.streams[sid], n) for sid, n, _ in plan} if self._bulk_path else {}
+        for sid, n, drafts in self._bulk_first(plan, paths) if paths else plan:
             st = self.streams[sid]
             a = st.done_upto
             rows = st.tokens[a:a + n] + drafts
             ids += rows
             seqs += [st.seq] * len(rows)
             pos += range(a, a + len(rows))
-            last = a + n == len(st.tokens)
-            if last:  # the stream's last pending row (and its drafts'): sample from it
+            if a + n == len(st.tokens):  # the stream's last pending row (and its drafts'): sample from it
                 logit_rows += range(len(ids) - 1 - len(drafts), len(ids))
                 sampled.append((st, drafts))
-            # a shared prefix's rows were another stream's prompt rows: bulk, as this one's own would be
-            had = self._bulk.setdefault(sid, [])
-            had += [True] * (a - len(had))
-            paths[sid] = [had[p] if p < len(had) else not (last and p == a + n - 1) for p in range(a, a + n)]
-            bulk += paths[sid] + [False] * len(drafts)  # drafts return logits: the exact path
+            if paths:
+                bulk += paths[sid] + [False] * len(drafts)  # drafts return logits: the exact path
         ids_a = np.asarray(ids, np.int32)
         seq_a = np.asarray(seqs, np.int32)
         pos_a = np.asarray(pos, np.int32)
@@ -169,8 +191,8 @@ class BatchRunner(StreamTable):
                 # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)
                 # samples nothing, and an empty float array is no index
                 logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv,
-                                      np.asarray(logit_rows, np.int64), None, np.asarray(bulk, np.bool_),
-                                      threads=m.threads)
+                                      np.asarray(logit_rows, np.int64), None,
+                                      np.asarray(bulk, np.bool_) if paths else None, threads=m.threads)
             except BaseException:
                 for sid, _, _ in plan:
                     st = self.streams[sid]
@@ -182,8 +204,9 @@ class BatchRunner(StreamTable):
                 spec.record_step(len(ids), seconds)
         for sid, n, _ in plan:
             st = self.streams[sid]
-            had = self._bulk[sid]
-            had += paths[sid][len(had) - st.done_upto:]
+            if paths:
+                had = self._bulk[sid]
+                had += paths[sid][len(had) - st.done_upto:]
             st.done_upto += n
         self.steps += 1
         self.rows += len(ids)
@@ -200,7 +223,8 @@ class BatchRunner(StreamTable):
                 n_ok, nxt = self._drafters[st.id][1].settle(rows)
                 chosen = drafts[:n_ok] + [nxt]
                 st.done_upto += n_ok
-                self._bulk[st.id] += [False] * n_ok
+                if self._bulk_path:
+                    self._bulk[st.id] += [False] * n_ok
                 t0 = time.perf_counter()
                 self.kv.truncate(st.seq, st.done_upto)  # drop the rejected drafts' K/V
                 self.rollback_seconds += time.perf_counter() - t0

@@ -194,10 +194,11 @@ def bind_product(products, w: QMatrix | SplitMatrix, role: str = ""):
         if k == 0:
             return exact(x)
         out = np.empty((x.shape[0], w.rows), np.float32)
-        if bulk[:k].all():  # a prompt's rows then its last: contiguous halves, no copies
+        if bulk[:k].all():  # a prompt's rows then its last (a batch step's too: BatchRunner): halves, no copies
             fast(x[:k], out[:k])
             exact(x[k:], out[k:])
             return out
+        # any other order (a step where several prompts end): each path's rows gathered, in one call
         out[bulk] = fast(np.ascontiguousarray(x[bulk]))
         out[~bulk] = exact(np.ascontiguousarray(x[~bulk]))
         return out
