@@ -18,29 +18,15 @@ pytestmark = pytest.mark.skipif(not AMX.supported(info()), reason="this CPU lack
 
 ROWS = [1, 2, 15, 16, 17, 33, 64, 130]
 L2 = 1 << 20
-#: layout -> (vnni kernel, amx kernel); both take (*parts, x, out, *post, l2, threads, levels)
-KERNELS = {"q8": (matmul_i8.int8_product, matmul_amx.q8_product),
-           "q5": (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product),
-           "q6": (matmul_i8.int8_product, matmul_amx.q6_product),
-           "q6p": (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product),
-           "q4": (matmul_i8.q4_product, matmul_amx.q4_product),
-           "q4k": (matmul_i8.q4k_product, matmul_amx.q4k_product)}
-
-
-def _split(kind, parts):
-    """(the parts before x, those after out) as products.I8Products.bind passes them."""
-    if kind == "q8":
-        return parts, (None,)
-    if kind.startswith("q6"):
-        return parts[:2], parts[2:]
-    return parts, ()
 
 
 def _both(kind, parts, x, levels, rows, l2=L2, threads=2):
-    """(vnni's, amx's) outputs (n, rows) of the matrix (``kind``, ``parts``) . x."""
-    pre, post = _split(kind, parts)
+    """(vnni's, amx's) outputs (n, rows) of the matrix (layout ``kind``, ``parts``) . x, the kernels and
+    arguments products.I8Products.bind takes."""
+    k = products.LAYOUT_KERNELS[kind]
+    pre, post, _ = k.arguments(parts)
     outs = []
-    for fn in KERNELS[kind]:
+    for fn in (k.vnni, k.amx):
         out = np.full((x.shape[0], rows), np.nan, np.float32)
         fn(*pre, x, out, *post, l2, threads, levels)
         outs.append(out)
@@ -58,13 +44,13 @@ def layouts():
            "q6": matmul_i8.layout_q6(q, sub, sup), "q6p": matmul_i8.layout_q6(q // 4, sub, sup),
            "q4": matmul_i8.layout_q4(nib, r["scale"], r["offset"]),
            "q4k": matmul_i8.layout_q4k(nib, r["sc"], r["mn"], r["dd"], r["dmin"])}
-    assert matmul_i8.is_packed_q5(out["q5"][0], cols) and matmul_i8.is_packed_q6(out["q6p"][0], cols)
-    assert not matmul_i8.is_packed_q6(out["q6"][0], cols)
+    # each the layout its name says, as bind tells them apart (q5 is a q8 matrix packed in 5 bits)
+    assert {k: products.layout_of("q8" if k == "q5" else k[:2], v, cols) for k, v in out.items()} == {k: k for k in out}
     return out, rng, cols
 
 
 @pytest.mark.parametrize("levels", [1, 2])
-@pytest.mark.parametrize("kind", list(KERNELS))
+@pytest.mark.parametrize("kind", list(products.LAYOUT_KERNELS))
 def test_amx_equals_vnni_bit_for_bit(kind, levels, layouts):
     mats, rng, cols = layouts
     for n in ROWS:
@@ -79,17 +65,9 @@ def test_amx_tiled_loop_equals_vnni(layouts):
     sums stay the same."""
     mats, rng, cols = layouts
     x = rng.standard_normal((130, cols)).astype(np.float32)
-    for kind in KERNELS:
+    for kind in products.LAYOUT_KERNELS:
         vnni, amx = _both(kind, mats[kind], x, 2, 40, l2=16 << 10)
         np.testing.assert_array_equal(amx.view(np.uint32), vnni.view(np.uint32), err_msg=kind)
-
-
-def _kind(m):
-    if m.kind == "q8" and matmul_i8.is_packed_q5(m.parts[0], m.cols):
-        return "q5"
-    if m.kind == "q6":
-        return "q6p" if matmul_i8.is_packed_q6(m.parts[0], m.cols) else "q6"
-    return "q4k" if m.kind == "q4" and len(m.parts) == 2 else m.kind
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +83,7 @@ def test_real_matrices_of_every_layout(qwen_model):
     rng = np.random.default_rng(5)
     seen = {}
     for m in qwen_model.matrices():
-        seen.setdefault(_kind(m), m)
+        seen.setdefault(products.layout_of(m.kind, m.parts, m.cols), m)
     assert {"q8", "q5", "q6p", "q4k"} <= set(seen)
     for kind, m in seen.items():
         x = rng.standard_normal((33, m.cols)).astype(np.float32)

@@ -18,6 +18,8 @@ on every forward.  A variant is chosen once per model (cpu.py); its layout only 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import attrs
 import numba
 import numpy as np
@@ -77,6 +79,50 @@ ROLES = frozenset({"qkv", "o", "gate_up", "down", "output"})
 
 
 @attrs.frozen
+class LayoutKernels:
+    """The product entry points of one int8 layout (matmul_i8's), one per variant family: ``vnni`` and ``amx``
+    take (*parts before x, x, out, *parts after, l2, threads, levels), ``bf16`` (..., out, *parts after,
+    threads, split)."""
+
+    vnni: Callable
+    amx: Callable
+    bf16: Callable
+    #: the parts after out (q6's super-block scales); the others come before x
+    after: int = 0
+    #: q8's vnni and amx kernels are q6's (int8_product): None in the place of its super-block scales
+    none_after: bool = False
+
+    def arguments(self, parts: tuple[np.ndarray, ...]) -> tuple[tuple, tuple, tuple]:
+        """A matrix's ``parts`` as the kernels take them: (before x, after out for vnni / amx, for bf16)."""
+        cut = len(parts) - self.after
+        return parts[:cut], (None,) if self.none_after else parts[cut:], parts[cut:]
+
+
+#: layout (layout_of) -> its kernels
+LAYOUT_KERNELS = {
+    "q8": LayoutKernels(matmul_i8.int8_product, matmul_amx.q8_product, matmul_bf16.q8_product, none_after=True),
+    "q5": LayoutKernels(matmul_i8.q5_packed_product, matmul_amx.q5_packed_product, matmul_bf16.q5_packed_product),
+    "q6": LayoutKernels(matmul_i8.int8_product, matmul_amx.q6_product, matmul_bf16.q6_product, after=1),
+    "q6p": LayoutKernels(matmul_i8.q6_packed_product, matmul_amx.q6_packed_product, matmul_bf16.q6_packed_product,
+                         after=1),
+    "q4": LayoutKernels(matmul_i8.q4_product, matmul_amx.q4_product, matmul_bf16.q4_product),
+    "q4k": LayoutKernels(matmul_i8.q4k_product, matmul_amx.q4k_product, matmul_bf16.q4k_product)}
+
+
+def layout_of(kind: str, parts: tuple[np.ndarray, ...], cols: int) -> str:
+    """The int8 layout of a matrix of ``kind`` (q8 / q6 / q4) made by I8Products.layout_*: q8's values packed
+    in 5 bits (Q5_0's: "q5") or not, q6's in 6 bits ("q6p") or bytes, q4's factored Q4_K scales ("q4k":
+    values, scales) or a scale and offset per 32 ("q4")."""
+    if kind == "q8":
+        return "q5" if matmul_i8.is_packed_q5(parts[0], cols) else "q8"
+    if kind == "q6":
+        return "q6p" if matmul_i8.is_packed_q6(parts[0], cols) else "q6"
+    if kind == "q4":
+        return "q4k" if len(parts) == 2 else "q4"
+    raise ValueError(f"no product for weights of kind {kind!r}")
+
+
+@attrs.frozen
 class I8Products:
     """x split into ``levels`` int8 levels per 32-value block before each product (see matmul_i8.py); the
     matrices whose role is in ``one_level`` get one level whatever ``levels`` says; ``l2``: the L2 bytes a
@@ -113,27 +159,9 @@ class I8Products:
         took five Python calls of each, ~1-2 us a product (profile: bench-results/s11-tok11)."""
         p = self.for_matrix(role)
         l2, levels, many = p.l2, p.levels, matmul_i8.PARALLEL_ROWS
-        q = parts[0]
-        # (vnni kernel, amx kernel): the same arguments; the bf16 kernel's: pre, x, out, post[:1], threads
-        if kind == "q8" and matmul_i8.is_packed_q5(q, cols):
-            fns, pre, post = (matmul_i8.q5_packed_product, matmul_amx.q5_packed_product,
-                              matmul_bf16.q5_packed_product), parts, ()
-        elif kind == "q8":
-            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q8_product, matmul_bf16.q8_product), parts, (None,)
-        elif kind == "q6" and matmul_i8.is_packed_q6(q, cols):
-            fns, pre, post = (matmul_i8.q6_packed_product, matmul_amx.q6_packed_product,
-                              matmul_bf16.q6_packed_product), parts[:2], parts[2:]
-        elif kind == "q6":
-            fns, pre, post = (matmul_i8.int8_product, matmul_amx.q6_product, matmul_bf16.q6_product), parts[:2], \
-                parts[2:]
-        elif kind == "q4" and len(parts) == 2:  # Q4_K's factored scales (layout_q4k: values, scales)
-            fns, pre, post = (matmul_i8.q4k_product, matmul_amx.q4k_product, matmul_bf16.q4k_product), parts, ()
-        elif kind == "q4":  # q4's (values, scale, offset)
-            fns, pre, post = (matmul_i8.q4_product, matmul_amx.q4_product, matmul_bf16.q4_product), parts, ()
-        else:
-            raise ValueError(f"no product for weights of kind {kind!r}")
-        fn, tiles, bf16 = fns
-        sup = tuple(a for a in post if a is not None)
+        k = LAYOUT_KERNELS[layout_of(kind, parts, cols)]
+        fn, tiles, bf16 = k.vnni, k.amx, k.bf16
+        pre, post, sup = k.arguments(parts)
         get_threads = numba.get_num_threads
 
         def run(x: np.ndarray, out: np.ndarray) -> None:
