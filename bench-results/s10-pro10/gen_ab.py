@@ -32,11 +32,28 @@ print(json.dumps(out))
 '''
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def side_arguments(ap: argparse.ArgumentParser, pairs: int = 3) -> None:
+    """The two sides and the pair count (also batch_ab.py's, s15-r15)."""
     ap.add_argument("model")
     ap.add_argument("sides", nargs=2, help="LABEL=python or LABEL=python,ENV=VALUE,... (that side's environment)")
-    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=pairs)
+
+
+def side_runs(specs: list[str], pairs: int):
+    """(label, python, environment) of every child to run, the sides alternating A B B A ..."""
+    sides = [s.split("=", 1) for s in specs]
+    env = {}
+    for label, spec in sides:
+        py, *kvs = spec.split(",")
+        env[label] = (py, dict(os.environ, **dict(kv.split("=", 1) for kv in kvs)))
+    for p in range(pairs):
+        for label, _ in (sides if p % 2 == 0 else sides[::-1]):
+            yield (p, label, *env[label])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    side_arguments(ap)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--engine", default="native")
@@ -46,22 +63,16 @@ def main() -> None:
 
     prompt = default_prompt()
     sides = [s.split("=", 1) for s in args.sides]
-    env = {}
-    for label, spec in sides:
-        py, *pairs = spec.split(",")
-        env[label] = (py, dict(os.environ, **dict(kv.split("=", 1) for kv in pairs)))
     runs = {label: [] for label, _ in sides}
-    for p in range(args.pairs):
-        for label, _ in (sides if p % 2 == 0 else sides[::-1]):
-            py, side_env = env[label]
-            r = subprocess.run([py, "-c", CHILD, args.model, str(args.rounds), str(args.max_tokens), args.engine],
-                               input=prompt, capture_output=True, text=True, timeout=600, env=side_env)
-            if r.returncode:
-                sys.exit(f"{label}: {r.stderr.strip().splitlines()[-1]}")
-            rs = json.loads(r.stdout.strip().splitlines()[-1])
-            runs[label].append(rs)
-            print(f"pair {p} {label}: prompt {[round(x['prompt_tok_s'], 1) for x in rs]} decode "
-                  f"{[round(x['decode_tok_s'], 1) for x in rs]}", flush=True)
+    for p, label, py, side_env in side_runs(args.sides, args.pairs):
+        r = subprocess.run([py, "-c", CHILD, args.model, str(args.rounds), str(args.max_tokens), args.engine],
+                           input=prompt, capture_output=True, text=True, timeout=600, env=side_env)
+        if r.returncode:
+            sys.exit(f"{label}: {r.stderr.strip().splitlines()[-1]}")
+        rs = json.loads(r.stdout.strip().splitlines()[-1])
+        runs[label].append(rs)
+        print(f"pair {p} {label}: prompt {[round(x['prompt_tok_s'], 1) for x in rs]} decode "
+              f"{[round(x['decode_tok_s'], 1) for x in rs]}", flush=True)
     summary = {}
     for label, _ in sides:
         pr = [x["prompt_tok_s"] for rs in runs[label] for x in rs]
