@@ -16,6 +16,16 @@ error on random matrices 4e-6 of the largest output against amx's 2e-5, for 3x t
 dequantization (quiet, 256 rows: 1.96x amx's speed on q4 17920x1536, 1.98x on q8 4096x640; one term 4.3x
 and 3.6x: bench-results/s14-bf14/ab2-*.jsonl).
 
+The two-term middles (x split: + x_lo w_hi, w's bf16 rounding kept; w split: + x_hi w_lo; measured with
+bench-results/s15-p15/terms.patch, not merged: docs/benchmarks.md) miss 2e-5 (bulk path, 48 tokens, f16 KV,
+bench-results/s15-p15/kl-*-terms.json): KL 1 / 2x / 2w / 3 terms gemma3 1.9e-4
+/ 6.7e-5 / 8.6e-5 / 3.2e-7, Qwen 0.5B 8.2e-5 / 5.4e-5 / 4.6e-5 / 4.7e-6, SmolLM2 3.5e-4 / 9.6e-5 / 3.3e-4 /
+3.8e-6: each operand's rounding costs about as much as the other's (SmolLM2's activations more), so only
+both split stay near amx.  Speed at 459 rows against three terms (quiet, ab-terms-1.jsonl): 2w 1.45-1.88x,
+2x only 1.15-1.30x (x's remainders double the A tiles read from L2 a block, w's come from the panel's
+copy), one term 2.0-2.4x; Qwen 1.5B's prompt 210 / 236 / 269 / 353 tok/s for 3 / 2x / 2w / 1 (llama.cpp's
+~158 in the same runs, gen-qwen15-t*-a.json).
+
 Each output is its row's: no value of another row of the call enters it, and cutting K into chunks (C
 tiles stored to ``out`` and reloaded: exact f32) keeps the order of the sums, so a row's bits do not depend
 on the call's rows, threads or chunks (tests/test_native_bf16.py).  They are not vnni's bits.
