@@ -151,8 +151,9 @@ def profile_forward(rt, prompts: list[str]) -> dict:
                 calls[label] += 1
         return timed
 
-    def mm(self, w, x, role):
-        return wrap(f"{role} {w.kind} {w.rows}x{w.cols}", orig_mm)(self, w, x, role)
+    def mm(self, w, x, role, bulk=None):  # bulk: the rows on the variant's bulk path (amx-bf16's bf16 tiles)
+        path = "" if bulk is None else " bulk" if bulk.all() else " mixed" if bulk.any() else ""
+        return wrap(f"{role} {w.kind} {w.rows}x{w.cols}{path}", orig_mm)(self, w, x, role, bulk)
     T._mm = mm
     T.forward = wrap("forward", orig_fwd)
     row_ops = {name: getattr(ops, name) for name in ("PARALLEL", "SERIAL")}

@@ -200,3 +200,33 @@ def store_bf16_operand(typingctx, buf, idx, v, scale, offset, lo):
                         for w, h in zip(ws, hi)], lo)
         return context.get_dummy_value()
     return types.void(buf, idx, v, scale, offset, lo), codegen
+
+
+@intrinsic
+def store_bf16_split(typingctx, dst, idx, src, at, lo):
+    """``dst[idx:idx + 16]`` (uint16) = the bf16 bits of the 16 floats ``src[at:at + 16]`` (rounded to nearest,
+    ties to even); with ``lo`` > 0 also ``dst[idx + lo:idx + lo + 16]`` = the remainders x - bf16(x) (exact in
+    f32) rounded to bf16: x ~ hi + lo to ~16 significant bits, the A operand of a split product."""
+    if not (isinstance(dst, types.Array) and dst.dtype == types.uint16 and dst.layout == "C"
+            and isinstance(src, types.Array) and src.dtype == types.float32 and src.layout == "C"
+            and isinstance(idx, types.Integer) and isinstance(at, types.Integer) and isinstance(lo, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i16x16 = ir.VectorType(ir.IntType(16), 16)
+        x = builder.load(builder.bitcast(_address(context, builder, sig.args[2], args[2], args[3]),
+                                         _F32x16.as_pointer()), align=4)
+        out = builder.bitcast(_address(context, builder, sig.args[0], args[0], args[1]), i16x16.as_pointer())
+        sixteen = ir.Constant(_I32x16, [16] * 16)
+
+        def store(bits, ptr):
+            builder.store(builder.trunc(builder.lshr(bits, sixteen), i16x16), ptr, align=2)
+
+        hi = _bf16_bits(builder, x)
+        store(hi, out)
+        lo = _stride(builder, args[4], sig.args[4])
+        with builder.if_then(builder.icmp_signed(">", lo, ir.Constant(_I64, 0))):
+            top = builder.bitcast(builder.and_(hi, ir.Constant(_I32x16, [-65536] * 16)), _F32x16)
+            store(_bf16_bits(builder, builder.fsub(x, top)), builder.gep(out, [builder.sdiv(lo, ir.Constant(_I64, 16))]))
+        return context.get_dummy_value()
+    return types.void(dst, idx, src, at, lo), codegen

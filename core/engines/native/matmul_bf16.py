@@ -34,8 +34,15 @@ Layout.  A bf16 B tile is 16 rows (pairs of K values) x 16 columns x 2 bf16 = 10
 values: lane r of a row holds output row r's two consecutive weights, which is matmul_i8's operand
 arrangement (lane r = 4 consecutive K of row r) cut in two: amx.store_bf16_operand turns each of a
 block's 8 operands into two B rows, lane-wise (byte -> f32, times the block's scale plus its offset,
-rounded to bf16).  The activations are copied to bf16 block-major (K / 32, rows, 32): an A tile (16 rows x
-32 values) is 1024 contiguous bytes.
+rounded to bf16).  The activations are converted to bf16 block-major one K chunk at a time ((1 + split,
+blocks, rows, 32): an A tile, 16 rows x 32 values, is 1024 contiguous bytes), 16 lanes at once
+(amx.store_bf16_split), into a buffer the chunk's panels then read from L2.  Converting all of x up front wrote
+a hi + lo copy as large as x (9.2 MB for a 256-row FFN chunk of Qwen 1.5B's down, K = 8960), fresh pages
+every call, that the chunks read back from memory, and its scalar loop took 2.1 ms of that product's ~12
+(now 0.8).  Quiet in-process A/B at 256 rows (bench-results/s15-k15/ab6.jsonl, same bits): down q4
+1536x8960 0.87x the time, q6 0.66x, gate_up q4 17920x1536 0.98x, o q4 1536x1536 0.91x, gemma3's q8 4096x640
+0.93x.  Tried and dropped: running every row pair through 8 (or 4) blocks of the panel before the next ones,
+so the B tiles stay in L1, cost 1.08-1.19x the time (the C tiles' extra trips through ``out``; ab1.jsonl).
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from numba.extending import overload
 
 from ... import numba_setup  # noqa: F401
 from ...kernels import amx
-from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, \
+from ...kernels.amx import dot_bf16, load_config, release_tiles, store_bf16_operand, store_bf16_split, \
     tile_load, tile_store, tile_zero
 from ...kernels.simd import high_nibbles, load_bytes, load_f32, load_i32, load_i8_i32, low_nibbles, mul_f32, \
     prefetch, splat_f32, to_f32
@@ -66,38 +73,19 @@ Q4, Q4K, Q8, Q5P, Q6, Q6P = 0, 1, 2, 3, 4, 5
 
 
 @njit(inline="always")
-def _bf16(u):
-    """The bf16 bits of f32 bits u, rounded to nearest even."""
-    return (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-
-
-@njit(parallel=True, cache=True, boundscheck=False)
-def bf16_rows(x, n_pad, split):
-    """x (n, cols) f32 -> (1 + split, cols / 32, n_pad, 32) bf16 bits (rounded to nearest even), rows n..
-    zero; with ``split`` [1] holds the remainders x - bf16(x) in bf16: x ~ hi + lo to ~16 bits."""
-    n, cols = x.shape
-    si = 1 if split else 0
-    xa = np.empty((1 + si, cols // QK, n_pad, QK), np.uint16)
-    bits = x.view(np.uint32)
-    for b in prange(cols // QK):
-        rest = np.empty(QK, np.float32)  # the remainders, their bits read through a view
-        rest_bits, high = rest.view(np.uint32), np.empty(QK, np.uint32)
-        for t in range(n):
-            for i in range(QK):
-                h = _bf16(bits[t, b * QK + i])
-                xa[0, b, t, i] = np.uint16(h)
-                high[i] = h << np.uint32(16)
+def _bf16_block(x, xa, b, j, n, n_pad, split):
+    """Block b (columns 32 b..32 b + 31) of every row of x -> xa[0, j] (rows, 32) bf16 bits rounded to nearest
+    even, rows n.. zero; with ``split`` xa[1, j] the remainders x - bf16(x) in bf16: x ~ hi + lo to ~16 bits."""
+    lo = xa.shape[1] * n_pad * QK if split else 0
+    o = j * n_pad * QK
+    for t in range(n):
+        store_bf16_split(xa, o + t * QK, x, (t * x.shape[1] + b * QK), lo)
+        store_bf16_split(xa, o + t * QK + 16, x, (t * x.shape[1] + b * QK + 16), lo)
+    for t in range(n, n_pad):
+        for i in range(QK):
+            xa[0, j, t, i] = 0
             if split:
-                top = high.view(np.float32)
-                for i in range(QK):
-                    rest[i] = x[t, b * QK + i] - top[i]  # exact: at most 16 significant bits
-                for i in range(QK):
-                    xa[si, b, t, i] = np.uint16(_bf16(rest_bits[i]))
-        for t in range(n, n_pad):
-            for i in range(QK):
-                xa[0, b, t, i] = 0
-                xa[si, b, t, i] = 0
-    return xa
+                xa[1, j, t, i] = 0
 
 
 @njit(inline="always")
@@ -241,12 +229,12 @@ def _c_tiles(store, a0, o0, a1, o1, stride, two, pair):
 
 
 @njit(inline="always")
-def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
-    """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1: C tiles
-    zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo and
-    w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
+def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
+    """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1 (xa's K chunk):
+    C tiles zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo
+    and w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
     stride, kc, wt = 4 * out.shape[1], b1 - b0, (1 + split) * TILE_BYTES
-    lo_a = nb * n_pad * QK  # elements from an A tile to its remainders'
+    lo_a = xa.shape[1] * n_pad * QK  # elements from an A tile to its remainders'
     for r in range(0, n_pad, 2 * TILE_ROWS):
         pair = r + TILE_ROWS < n_pad
         a0, o0 = _c_place(out, tail, r, n, g0 * 16)
@@ -259,7 +247,7 @@ def _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split):
         else:
             _c_tiles(False, a0, o0, a1, o1, stride, two, pair)
         for b in range(b0, b1):
-            xo, wo = (b * n_pad + r) * QK, (b - b0) * wt
+            xo, wo = ((b - b0) * n_pad + r) * QK, (b - b0) * wt
             _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
             _load_pair(2, 3, wb, wo, wo + kc * wt, two)
             _dots(two, pair)
@@ -300,14 +288,17 @@ def bf16_matmul(q, d, m, x, out, threads, kind, split):
     n, cols = x.shape
     nb, groups = cols // QK, q.shape[0]
     n_pad = -(-n // TILE_ROWS) * TILE_ROWS
-    xa = bf16_rows(x, n_pad, split)
     tail = np.empty((TILE_ROWS, out.shape[1]), np.float32)
-    chunks = -(-nb * n_pad * 64 * (1 + split) // A_CHUNK_BYTES)
+    si = 1 if split else 0
+    chunks = -(-nb * n_pad * 64 * (1 + si) // A_CHUNK_BYTES)
     kc = -(-nb // chunks)
+    xa = np.empty((1 + si, kc, n_pad, QK), np.uint16)  # one K chunk of the activations
     panels = (groups + 1) // 2
     slices = min(panels, 4 * max(1, threads))
     for b0 in range(0, nb, kc):
         b1 = min(nb, b0 + kc)
+        for b in prange(b0, b1):
+            _bf16_block(x, xa, b, b - b0, n, n_pad, split)
         for s in prange(slices):
             load_config(CONFIG)
             wt = (1 + split) * TILE_BYTES
@@ -320,7 +311,7 @@ def bf16_matmul(q, d, m, x, out, threads, kind, split):
                     g = g0 + k
                     for b in range(b0, b1):
                         _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * wt, split)
-                _panel(xa, wb, out, tail, n, n_pad, nb, g0, two, b0, b1, split)
+                _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split)
             release_tiles()
     r = n_pad - TILE_ROWS
     if r < n < n_pad:
