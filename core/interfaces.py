@@ -297,13 +297,17 @@ class PrefixMatchingKVStore(Protocol):
     whose K/V was evicted (or a new one) takes the cached pages of its longest cached prefix."""
 
     def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None,
-                provisional: bool = False) -> None:
+                provisional: bool = False, exact: np.ndarray | None = None) -> None:
         """:meth:`KVStore.reserve`, with ``token_ids`` (int, (rows,)) the ids of those rows; ``provisional``
-        rows (a token tree) get their ids from ``keep_path``."""
+        rows (a token tree) get their ids from ``keep_path``.  ``exact`` (bool, (rows,)): the rows an engine
+        with two paths (native amx-bf16: a prompt's rows but its last on bf16 tiles) computes on its exact
+        path; their bits differ from the bulk path's, so a page holding one is shared only with a
+        ``match_prefix`` that wants those rows exact."""
 
-    def match_prefix(self, seq: int, ids: Sequence[int]) -> int:
+    def match_prefix(self, seq: int, ids: Sequence[int], exact: Sequence[bool] | None = None) -> int:
         """An empty ``seq`` takes the cached pages of ``ids``' longest cached prefix; returns how many
-        positions it now holds (their K/V need no evaluation)."""
+        positions it now holds (their K/V need no evaluation).  ``exact``: which rows it wants on the
+        engine's exact path (a recomputed sequence's own; None: none, as a new prompt's rows)."""
 
 
 #: store type -> whether it is a PrefixMatchingKVStore
@@ -320,12 +324,14 @@ def prefix_matching(kv: KVStore) -> bool:
 
 
 def reserve_rows(kv: KVStore, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray,
-                 provisional: bool = False) -> None:
+                 provisional: bool = False, exact: np.ndarray | None = None) -> None:
     """Reserve rows in any store: a :class:`PrefixMatchingKVStore` also gets their ``token_ids`` (and
     ``provisional``), a plain :class:`KVStore` only the rows.  The one place that tells the two apart, so the
     engine's session, batch runner and warm-up call stores alike."""
     if prefix_matching(kv):
-        kv.reserve(seq_ids, positions, token_ids=token_ids, provisional=provisional)
+        # ``exact`` only from an engine with two paths: a store written before it serves every other one
+        extra = {} if exact is None else {"exact": exact}
+        kv.reserve(seq_ids, positions, token_ids=token_ids, provisional=provisional, **extra)
     else:
         kv.reserve(seq_ids, positions)
 

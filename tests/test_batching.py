@@ -216,3 +216,25 @@ def test_bulk_rows_come_first_in_a_step(smollm2, monkeypatch):
         assert masks[0] is not None and masks[0].sum() == len(ids[0]) + len(ids[1]) - 2  # a's and b's prompts
     finally:
         m.close()
+
+
+@pytest.mark.skipif(not AMX_BF16.supported(info()), reason="this CPU lacks AMX-BF16 (no bulk path)")
+def test_a_follow_up_prompt_shares_only_bulk_pages(smollm2):
+    """amx-bf16: a follow-up turn (the first prompt, its answer, a new question) takes the cached pages of the
+    first prompt's bulk rows, not those holding its answer (exact rows: a forward of the follow-up alone puts
+    them on the bulk path), and produces exactly what it produces alone."""
+    m = _load(smollm2, variant="amx-bf16")
+    try:
+        tok = m.tokenizer
+        first = tok.encode(TEXT)[:50]
+        params = SamplingParams(max_tokens=40, temperature=0.0)
+        r = BatchRunner(m)
+        answer = r.run([first], params)[0]
+        assert len(answer) > 30  # the answer fills pages of its own
+        follow = first + answer + tok.encode(" In short,")
+        hits0 = m.kv.counters["prefix_hits"]
+        shared = r.run([follow], GREEDY)[0]
+        assert m.kv.counters["prefix_hits"] - hits0 == 48  # the first prompt's full pages of bulk rows: (50 - 1) // 16
+        assert shared == _alone(m, follow)  # alone last: its own full pages become prefix-cache entries
+    finally:
+        m.close()

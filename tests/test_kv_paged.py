@@ -350,6 +350,36 @@ def test_prefix_pages_are_shared_and_copied_on_write():
     st.check()
 
 
+def test_pages_are_shared_only_for_the_paths_their_rows_took():
+    """A page holding a row an engine computed on its exact path (reserve's ``exact``: native amx-bf16's
+    logit rows, whose bits differ from its bulk path's) is shared only with a match that wants that row exact
+    (a recomputed sequence's own history), never with a new prompt (all its matched rows bulk).  Rolling
+    back past the row, or a tree slot kept to a new position, carries its path along."""
+    st = _store("f32", page=16)
+    a = st.new_sequence()
+    ids = np.arange(48)
+    exact = np.zeros(48, np.bool_)
+    exact[20] = True  # in the second page
+    st.reserve(np.full(48, a, np.int32), np.arange(48, dtype=np.int32), token_ids=ids, exact=exact)
+    b = st.new_sequence()
+    assert st.match_prefix(b, list(ids) + [7]) == 16  # a new prompt's: the match stops at the second page
+    st.truncate(b, 0)
+    assert st.match_prefix(b, list(ids) + [7], exact=list(exact)) == 48  # a's own paths: every page
+    assert st.seqs[b].pages == st.seqs[a].pages and st.seqs[b].exact == {20}
+    st.release(b)
+    st.truncate(a, 18)  # the exact row is gone: the second page, full again, holds bulk rows only
+    st.reserve(np.full(30, a, np.int32), np.arange(18, 48, dtype=np.int32), token_ids=ids[18:])
+    c = st.new_sequence()
+    assert st.match_prefix(c, list(ids) + [7]) == 48
+    st.release(c)
+    # a tree: slots 48..51 provisional, 50 exact; keeping slots 50, 51 moves its path to position 48
+    st.reserve(np.full(4, a, np.int32), np.arange(48, 52, dtype=np.int32), provisional=True,
+               exact=np.array([False, False, True, False]))
+    st.keep_path(a, 48, [50, 51], token_ids=[100, 101])
+    assert st.seqs[a].exact == {48}
+    st.check()
+
+
 def test_lru_eviction_and_a_request_too_big_for_the_pool():
     pb = page_bytes(PagedConfig("q8"), L, KV, HD)
     st = _store("q8", page=16, n_seqs=3, max_tokens=256, budget=6 * pb)  # 6 pages

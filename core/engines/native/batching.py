@@ -130,7 +130,9 @@ class BatchRunner(StreamTable):
             have = self.kv.length(st.seq)
             if have < st.done_upto:  # evicted while it waited: recompute its K/V from its ids
                 if have == 0 and self.share_prefixes:
-                    have = self.kv.match_prefix(st.seq, st.tokens)
+                    # its own rows' paths: pages of the same ids on other paths hold other bits
+                    extra = {"exact": [not b for b in self._bulk.get(sid, [])]} if self._bulk_path else {}
+                    have = self.kv.match_prefix(st.seq, st.tokens, **extra)
                 st.recomputed += st.done_upto - have
                 st.done_upto = have
             pending = len(st.tokens) - st.done_upto
@@ -148,7 +150,7 @@ class BatchRunner(StreamTable):
         when that row ends the pending ids: the one sampled from)."""
         a = st.done_upto
         last = a + n == len(st.tokens)
-        # a shared prefix's rows were another stream's prompt rows: bulk, as this one's own would be
+        # rows a match gave it past its own history are bulk: match_prefix shares them only as bulk rows
         had = self._bulk.setdefault(st.id, [])
         had += [True] * (a - len(had))
         return [had[p] if p < len(had) else not (last and p == a + n - 1) for p in range(a, a + n)]
@@ -184,15 +186,16 @@ class BatchRunner(StreamTable):
         seq_a = np.asarray(seqs, np.int32)
         pos_a = np.asarray(pos, np.int32)
         m = self.model
+        bulk_a = np.asarray(bulk, np.bool_) if paths else None
         with PARALLEL_LOCK:
-            reserve_rows(self.kv, seq_a, pos_a, ids_a)
+            # the store keys pages by their rows' paths: a new prompt's match wants bulk rows
+            reserve_rows(self.kv, seq_a, pos_a, ids_a, exact=None if bulk_a is None else ~bulk_a)
             t0 = time.perf_counter()
             try:
                 # int64 even when empty: a step of prompt chunks only (a prompt longer than prefill_rows)
                 # samples nothing, and an empty float array is no index
                 logits = run_parallel(m.transformer.forward, ids_a, seq_a, pos_a, self.kv,
-                                      np.asarray(logit_rows, np.int64), None,
-                                      np.asarray(bulk, np.bool_) if paths else None, threads=m.threads)
+                                      np.asarray(logit_rows, np.int64), None, bulk_a, threads=m.threads)
             except BaseException:
                 for sid, _, _ in plan:
                     st = self.streams[sid]

@@ -112,7 +112,9 @@ class NativeSession:
             have = m.kv.length(self.seq)
             if have < start:  # the store evicted this idle sequence's K/V: recompute them first
                 if have == 0 and paged:
-                    have = m.kv.match_prefix(self.seq, self.tokens + [int(arr[0])])
+                    # its own rows' paths: pages of the same ids on other paths hold other bits
+                    extra = {"exact": [not b for b in self._bulk]} if self._bulk_path else {}
+                    have = m.kv.match_prefix(self.seq, self.tokens + [int(arr[0])], **extra)
                 arr = np.concatenate([np.asarray(self.tokens[have:], np.int64), arr])
             k = arr.shape[0]
             redo = k - n  # rows re-evaluated before the new ones
@@ -130,11 +132,14 @@ class NativeSession:
                 chain = list(range(-1, redo - 1))
                 tree = TreeMask.from_parents(seq_ids, positions,
                                              chain + [p + redo if p >= 0 else redo - 1 for p in parents])
+            exact = None if bulk is None else ~bulk  # the store keys pages by their rows' paths
             if redo and parents is not None:  # the recomputed rows are tokens; the tree stays provisional
-                reserve_rows(m.kv, seq_ids[:redo], positions[:redo], arr[:redo])
-                reserve_rows(m.kv, seq_ids[redo:], positions[redo:], arr[redo:], provisional=True)
+                reserve_rows(m.kv, seq_ids[:redo], positions[:redo], arr[:redo],
+                             exact=None if exact is None else exact[:redo])
+                reserve_rows(m.kv, seq_ids[redo:], positions[redo:], arr[redo:], provisional=True,
+                             exact=None if exact is None else exact[redo:])
             else:
-                reserve_rows(m.kv, seq_ids, positions, arr, provisional=parents is not None)
+                reserve_rows(m.kv, seq_ids, positions, arr, provisional=parents is not None, exact=exact)
             try:
                 logits = run_parallel(m.transformer.forward, arr.astype(np.int32), seq_ids, positions, m.kv,
                                       out_rows, tree, bulk, threads=m.threads)

@@ -17,6 +17,7 @@ no sequence's output depends on what ran before it.
 Beyond the KVStore protocol (callers that know token ids get sharing and recompute;
 corert.interfaces.PrefixMatchingKVStore):
   reserve(..., token_ids=ids)   full pages of known tokens become shareable prefix-cache entries
+  reserve(..., exact=mask)      rows an engine put on its exact path (amx-bf16): keyed apart from bulk rows
   match_prefix(seq, ids) -> n   an empty sequence takes the cached pages of ids' longest cached prefix
   evicted(seq) -> bool          the store dropped this idle sequence's K/V to make room: re-evaluate it
   compact(), fragmentation(), stats()
@@ -62,6 +63,15 @@ CALIBRATION_TEXT = (
     "for (let i = 0; i < items.length; i++) {\n  if (items[i].done) continue;\n  total += items[i].price * 1.2;\n}\n")
 
 
+def _page_key(ids: Sequence[int], j: int, page_tokens: int, exact: set[int]) -> tuple[int, ...]:
+    """Page j's prefix-cache key: its ids, those of rows on an engine's exact path as ~id, so a page is
+    shared only with a sequence that wants each of its rows on the path it took (their bits differ)."""
+    lo = j * page_tokens
+    if not exact or exact.isdisjoint(range(lo, lo + page_tokens)):
+        return tuple(ids[lo:lo + page_tokens])
+    return tuple(~t if lo + i in exact else t for i, t in enumerate(ids[lo:lo + page_tokens]))
+
+
 def page_bytes(cfg: PagedConfig, n_layers: int, n_kv_heads: int, head_dim: int) -> int:
     """Bytes of one page, K and V, all layers."""
     per_value = np.dtype(_STORAGE[cfg.dtype]).itemsize
@@ -75,6 +85,7 @@ class SeqState:
     length: int = 0
     tokens: list[int] | None = attrs.Factory(list)  # None: some positions were written without ids
     hashes: list[int] = attrs.Factory(list)  # chain hash of each full page of known tokens
+    exact: set[int] = attrs.Factory(set)  # positions an engine with two paths computed on its exact one
     last_used: int = 0
     evicted: bool = False
 
@@ -166,17 +177,19 @@ class PagedKVStore:
         return None if st is None or st.tokens is None else list(st.tokens)
 
     # -- prefix sharing --------------------------------------------------------------------------------
-    def match_prefix(self, seq: int, ids: Sequence[int]) -> int:
+    def match_prefix(self, seq: int, ids: Sequence[int], exact: Sequence[bool] | None = None) -> int:
         """Give the empty sequence ``seq`` the cached pages of the longest cached prefix of ``ids`` (whole
-        pages only, and at least the last id left to evaluate).  Returns how many positions it now holds."""
+        pages only, and at least the last id left to evaluate).  Returns how many positions it now holds.
+        ``exact``: which of the ids' rows it wants on an engine's exact path (None: none, a new prompt's)."""
         st = self._state(seq)
         if st.length:
             raise InputError(f"KV sequence {seq} is not empty ({st.length} positions): truncate it first")
         ids = [int(t) for t in ids]
+        want = set() if exact is None else {p for p, e in enumerate(exact) if e}
         P, prev = self.page_tokens, -1
         self.counters["prefix_queried"] += len(ids)
         for j in range((len(ids) - 1) // P):
-            toks = tuple(ids[j * P:(j + 1) * P])
+            toks = _page_key(ids, j, P, want)
             h = chain_hash(prev, toks)
             page = self.pool.lookup(h, prev, toks)
             if page is None:
@@ -188,15 +201,17 @@ class PagedKVStore:
             prev = h
         st.length = len(st.pages) * P
         st.tokens = ids[:st.length]
+        st.exact = {p for p in want if p < st.length}
         st.evicted = False
         self.counters["prefix_hits"] += st.length
         return st.length
 
     # -- a forward pass --------------------------------------------------------------------------------
     def reserve(self, seq_ids: np.ndarray, positions: np.ndarray, token_ids: np.ndarray | None = None,
-                provisional: bool = False) -> None:
+                provisional: bool = False, exact: np.ndarray | None = None) -> None:
         """``provisional``: the rows are a token tree; their ids become the sequence's (and full pages
-        shareable) only when ``keep_path`` names the rows that stay."""
+        shareable) only when ``keep_path`` names the rows that stay.  ``exact``: rows on the engine's exact
+        path; a page holding one is shared only by a match that wants them there (match_prefix)."""
         P = self.page_tokens
         new_len: dict[int, int] = {}
         rows: dict[int, list[int]] = {}
@@ -209,6 +224,8 @@ class PagedKVStore:
                 raise InputError(f"KV sequence {s} is full: {self.max_tokens} tokens")
             new_len[s] = p + 1
             rows.setdefault(s, []).append(i)
+            if exact is not None and exact[i]:
+                st.exact.add(p)
         need = 0
         for s, n in new_len.items():
             st = self.seqs[s]
@@ -282,6 +299,8 @@ class PagedKVStore:
             del st.tokens[n_tokens:]  # (a tree's provisional rows have no ids yet)
         elif n_tokens == 0:
             st.tokens = []
+        if st.exact:
+            st.exact = {p for p in st.exact if p < n_tokens}
         st.length = n_tokens
 
     def keep_path(self, seq: int, start: int, slots: Sequence[int], token_ids: Sequence[int] | None = None) -> None:
@@ -300,7 +319,10 @@ class PagedKVStore:
                 for a in self._arrays():
                     a[:, st.pages[dst // P], :, dst % P] = a[:, st.pages[src // P], :, src % P]
         tokens = st.tokens
+        # the kept slots' paths move with them
+        exact = {p for p in st.exact if p < start} | {start + j for j, src in enumerate(slots) if src in st.exact}
         self.truncate(seq, start + len(slots))
+        st.exact = exact
         if tokens is None or len(tokens) < start or token_ids is None:
             st.tokens = None
         else:
@@ -439,7 +461,7 @@ class PagedKVStore:
         while len(st.hashes) < n // P:
             j = len(st.hashes)
             prev = st.hashes[-1] if st.hashes else -1
-            toks = tuple(st.tokens[j * P:(j + 1) * P])
+            toks = _page_key(st.tokens, j, P, st.exact)
             h = chain_hash(prev, toks)
             self.pool.register(st.pages[j], h, prev, toks)
             st.hashes.append(h)
@@ -454,6 +476,7 @@ class PagedKVStore:
             for p in st.pages:
                 self.pool.decref(p)  # hashed pages stay findable until reused: recompute may hit them
             st.pages, st.hashes, st.length, st.tokens, st.evicted = [], [], 0, [], True
+            st.exact = set()
             self.counters["evictions"] += 1
         if not self.pool.can_allocate(need):
             raise InputError(
