@@ -329,11 +329,20 @@ def reserve_rows(kv: KVStore, seq_ids: np.ndarray, positions: np.ndarray, token_
     ``provisional``), a plain :class:`KVStore` only the rows.  The one place that tells the two apart, so the
     engine's session, batch runner and warm-up call stores alike."""
     if prefix_matching(kv):
-        # ``exact`` only from an engine with two paths: a store written before it serves every other one
-        extra = {} if exact is None else {"exact": exact}
-        kv.reserve(seq_ids, positions, token_ids=token_ids, provisional=provisional, **extra)
+        kv.reserve(seq_ids, positions, token_ids=token_ids, provisional=provisional, **_paths(exact))
     else:
         kv.reserve(seq_ids, positions)
+
+
+def match_cached_prefix(kv: PrefixMatchingKVStore, seq: int, ids: Sequence[int],
+                        exact: Sequence[bool] | None = None) -> int:
+    """``kv.match_prefix``, with ``exact`` (the rows' paths) only when an engine has two paths."""
+    return kv.match_prefix(seq, ids, **_paths(exact))
+
+
+def _paths(exact) -> dict:
+    """``exact=`` only from an engine with two paths: a store written before the argument serves every other."""
+    return {} if exact is None else {"exact": exact}
 
 
 @attrs.frozen

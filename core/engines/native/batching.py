@@ -32,7 +32,8 @@ import numpy as np
 from ...batch_service import Stream, StreamTable, check_prompt
 from ...config import NativeConfig
 from ...errors import InputError
-from ...interfaces import BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter, reserve_rows
+from ...interfaces import (BatchSpeculation, PrefixMatchingKVStore, SamplingParams, StreamDrafter,
+                           match_cached_prefix, reserve_rows)
 from ...numba_setup import PARALLEL_LOCK, run_parallel
 from ...sampling import choose_rows
 
@@ -131,8 +132,8 @@ class BatchRunner(StreamTable):
             if have < st.done_upto:  # evicted while it waited: recompute its K/V from its ids
                 if have == 0 and self.share_prefixes:
                     # its own rows' paths: pages of the same ids on other paths hold other bits
-                    extra = {"exact": [not b for b in self._bulk.get(sid, [])]} if self._bulk_path else {}
-                    have = self.kv.match_prefix(st.seq, st.tokens, **extra)
+                    exact = [not b for b in self._bulk.get(sid, [])] if self._bulk_path else None
+                    have = match_cached_prefix(self.kv, st.seq, st.tokens, exact)
                 st.recomputed += st.done_upto - have
                 st.done_upto = have
             pending = len(st.tokens) - st.done_upto

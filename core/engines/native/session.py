@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...interfaces import prefix_matching, reserve_rows
+from ...interfaces import match_cached_prefix, prefix_matching, reserve_rows
 from ...tree import TreeMask
 
 if TYPE_CHECKING:
@@ -113,8 +113,8 @@ class NativeSession:
             if have < start:  # the store evicted this idle sequence's K/V: recompute them first
                 if have == 0 and paged:
                     # its own rows' paths: pages of the same ids on other paths hold other bits
-                    extra = {"exact": [not b for b in self._bulk]} if self._bulk_path else {}
-                    have = m.kv.match_prefix(self.seq, self.tokens + [int(arr[0])], **extra)
+                    exact = [not b for b in self._bulk] if self._bulk_path else None
+                    have = match_cached_prefix(m.kv, self.seq, self.tokens + [int(arr[0])], exact)
                 arr = np.concatenate([np.asarray(self.tokens[have:], np.int64), arr])
             k = arr.shape[0]
             redo = k - n  # rows re-evaluated before the new ones
