@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 
+from corert.server import ray_mux
 from corert.server.ray_mux import MUXED, ChannelBroken, IngressChannels, ReplicaChannels, muxed_bursts
 
 
@@ -99,6 +100,31 @@ def test_an_idle_channel_closes_but_not_under_a_stream():
         assert (await _call(replica, "c", "t", ["x"]))[0][-1] != {"type": MUXED}  # closed: on its own call
 
     asyncio.run(main())
+
+
+def test_bursts_put_as_the_idle_timeout_fires_are_sent_before_the_channel_closes(monkeypatch):
+    """The race behind a once-failed run of the test above: the idle wait timed out in the very turn the
+    stream put its last bursts and ended, and the channel closed without sending them."""
+    real_wait_for = asyncio.wait_for
+    box = ray_mux.Outbox()
+    timeouts = []
+
+    async def times_out_as_the_stream_ends(awaitable, timeout):
+        if timeouts:
+            return await real_wait_for(awaitable, timeout)
+        timeouts.append(timeout)
+        awaitable.close()
+        box.put("s", _burst("last"))
+        box.put("s", None)  # the stream ended: no stream holds the channel open now
+        raise asyncio.TimeoutError
+
+    monkeypatch.setattr(ray_mux.asyncio, "wait_for", times_out_as_the_stream_ends)
+
+    async def main():
+        return [pickle.loads(b) async for b in box.batches(0.01, close=lambda: True)]
+
+    assert asyncio.run(main()) == [[("s", _burst("last")), ("s", None)]]
+    assert timeouts == [0.01]
 
 
 def test_a_calls_error_and_a_broken_channel_reach_the_stream():

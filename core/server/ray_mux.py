@@ -47,9 +47,10 @@ class Outbox:
             try:
                 await asyncio.wait_for(self._ready.wait(), idle_s)
             except asyncio.TimeoutError:
-                if close():
-                    return
-                continue
+                if not self._items:  # the timeout can fire in the turn a stream put its last bursts and ended
+                    if close():
+                        return
+                    continue
             await asyncio.sleep(0)  # one loop turn: the step's other streams put theirs too
             self._ready.clear()
             items, self._items = self._items, []
