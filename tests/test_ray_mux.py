@@ -11,6 +11,8 @@ import pytest
 from corert.server import ray_mux
 from corert.server.ray_mux import MUXED, ChannelBroken, IngressChannels, ReplicaChannels, muxed_bursts
 
+WAIT = 60.0  # a bound for what must happen (in well under a second): never reached when things work
+
 
 def _burst(text: str) -> list[dict]:
     return [{"type": "http.response.body", "body": text.encode(), "more_body": True}]
@@ -95,7 +97,7 @@ def test_an_idle_channel_closes_but_not_under_a_stream():
             return [b async for b in relay]
 
         call = asyncio.ensure_future(rest())
-        await asyncio.wait_for(reader, 2.0)  # it closed, but only after the stream ended
+        await asyncio.wait_for(reader, WAIT)  # it closed, but only after the stream ended
         assert call.done() and [x for batch in items for x in batch] == [("s", _burst("late")), ("s", None)]
         assert (await _call(replica, "c", "t", ["x"]))[0][-1] != {"type": MUXED}  # closed: on its own call
 
@@ -185,7 +187,7 @@ def test_a_channel_cancelled_under_a_stream_ends_it():
             yield
 
         with pytest.raises(ChannelBroken):
-            await asyncio.wait_for(asyncio.ensure_future(_drain(muxed_bursts(queue, waiting()))), 2.0)
+            await asyncio.wait_for(asyncio.ensure_future(_drain(muxed_bursts(queue, waiting()))), WAIT)
         call.cancel()
 
     async def _drain(bursts):

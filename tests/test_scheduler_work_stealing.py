@@ -249,7 +249,9 @@ def test_timeout_while_running_settles_the_future_and_stops_the_task(sched_facto
         stopped.set()
         token.check()
 
-    fut = sched.submit(stubborn, payload, timeout=0.05)
+    # long enough for the idle worker to take it first: at 0.05 s a worker woken late on a loaded machine met
+    # it past its deadline, still queued, and stubborn never ran
+    fut = sched.submit(stubborn, payload, timeout=0.5)
     del payload
     with pytest.raises(TaskTimeoutError):
         fut.result(WAIT)
