@@ -7,7 +7,8 @@ it was serving fail (:class:`corert.errors.WorkerCrashed`) and the waiting ones 
 worker that dies while serving is restarted at once (then after a growing backoff); more than
 ``max_restarts`` crashes within ``restart_window_s`` mark the model failed.  With ``standby`` on, a second
 worker waits with everything but the model loaded, so a restart costs the model's load only; it prepares at
-idle priority, and is taken over only once prepared.
+idle priority, and is taken over only once prepared (one that dies as it takes over fails no request: the
+requests waiting for it start a fresh worker).
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ class SupervisedModel:
         self._attempt = 0
         self._start_error: tuple[int, BaseException] | None = None
         self._crashes: collections.deque[float] = collections.deque()
+        self._promoted: WorkerProcess | None = None  # the standby that took over, until it is ready
         self._inflight: dict[int, Pending] = {}
         self._busy = 0
         self._waiting: list[tuple[int, int]] = []
@@ -104,8 +106,10 @@ class SupervisedModel:
         self._attempt += 1
         self.state = "starting"
         standby = self._standby
+        self._promoted = None
         if standby is not None and standby.alive() and standby.prepared:
             self.proc, self._standby = standby, None
+            self._promoted = standby
         else:  # one still preparing does so at idle priority: a new worker at ours starts sooner, and it stays
             self._standby = standby if standby is not None and standby.alive() else None
             self.proc = self._spawn(standby=False)
@@ -167,6 +171,12 @@ class SupervisedModel:
                 return
             if not was_ready and self._start_error is not None and self._start_error[0] == self._attempt:
                 return  # the model failed to load (a typed error): the next request tries again
+            if not was_ready and proc is self._promoted:
+                # a standby that died as it took over (killed with the worker it replaced, most likely: it
+                # was alive when that one's death was handled) says nothing of the model: the requests
+                # waiting for it start a fresh worker, whose own start error they get if it fails too
+                self._crashes.append(time.monotonic())
+                return
             if not was_ready:
                 limit = self.spec["limits"].memory
                 hint = (f" (its address space is limited to {limit >> 20} MiB by worker.memory)"
@@ -212,7 +222,7 @@ class SupervisedModel:
                         if mine is not None and self._start_error and self._start_error[0] == mine:
                             raise self._start_error[1]
                         self._start()
-                    if self.state == "starting" and mine is None:
+                    if self.state == "starting":  # the attempt now under way (a dead standby's was not)
                         mine = self._attempt
                     if self.state == "ready" and self._busy < self.capacity and self._waiting[0] == ticket:
                         heapq.heappop(self._waiting)
