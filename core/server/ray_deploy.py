@@ -2,8 +2,10 @@
 
 Two deployments.  ``CorertReplica`` (``num_cpus`` each) owns one Runtime, built inside the replica from the
 config (a ``Llama`` cannot be pickled; a config can), with ``n_threads = num_cpus`` (Ray sets
-``OMP_NUM_THREADS``, numba would take every core) and numba's cache in a writable directory shared by the
-node's replicas (else every worker compiles the kernels again); it serves the very app of ``corert serve``
+``OMP_NUM_THREADS``, numba would take every core) and numba's cache where numba keeps it for every corert
+process of the install (beside the sources, else its user-wide cache; ``NUMBA_CACHE_DIR`` when set), so a
+replica loads the kernels the node's other replicas and corert commands compiled; it serves the very app of
+``corert serve``
 (:func:`corert.server.create_app`: routes, streaming, auth, metrics) in-process, request by request
 (asgi_bridge), its response as bursts of ASGI messages: every SSE event ready at once crosses as one item,
 over Serve's gRPC transport (:class:`Bursts`); a stream's later bursts go on its ingress's channel, one item
@@ -76,20 +78,10 @@ class RaySettings:
     env: dict[str, str] = attrs.field(factory=dict)
 
 
-def numba_cache_dir() -> str:
-    """A writable directory the node's replicas share for numba's compiled kernels (``cache=True``)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return os.environ["NUMBA_CACHE_DIR"]
-    import platformdirs
-
-    return os.path.join(platformdirs.user_cache_dir("corert"), "numba")
-
-
 def _prepare_process(num_cpus: int) -> None:
-    """Before the Runtime exists: numba's cache dir and thread count from this replica's CPUs."""
-    path = numba_cache_dir()
-    os.makedirs(path, exist_ok=True)
-    os.environ["NUMBA_CACHE_DIR"] = path
+    """Before the Runtime exists: numba's thread count from this replica's CPUs.  Its cache stays numba's
+    own (a directory of the replicas' alone missed every kernel the install's other processes had compiled:
+    a fresh checkout's test run spent 80 s compiling them in the replicas again)."""
     os.environ["NUMBA_NUM_THREADS"] = str(num_cpus)
     import sys
 
