@@ -2,9 +2,10 @@
 (``extra_plugins=[("isolation_faults", isolation_faults)]``), it reaches the worker process by its import
 name, since the worker starts with the host's ``sys.path``.
 
-It decodes plainly, except that a request's ``seed`` (ignored by greedy decoding) asks for a fault after the
-first token: SEGFAULT reads address 0 through ctypes (SIGSEGV in the worker), HANG sleeps without looking at
-its cancel token."""
+It decodes plainly, except that a request's ``seed`` (ignored by greedy decoding) asks for a fault: SEGFAULT
+reads address 0 through ctypes (SIGSEGV in the worker) after the first token, HANG sleeps without looking at
+its cancel token before it (at once: a deadline that passed during a slow first token would have been seen
+at that token, and the worker would never hang)."""
 from __future__ import annotations
 
 import ctypes
@@ -22,12 +23,12 @@ class FaultyDecoder(PlainDecoder):
     runs_in_batcher = False  # requests must run through this decoder, not the batcher
 
     def generate(self, session, prompt_ids, params, is_eog):
+        if params.seed == HANG:
+            time.sleep(HANG_S)
         for n, token in enumerate(super().generate(session, prompt_ids, params, is_eog)):
             yield token
             if n == 0 and params.seed == SEGFAULT:
                 ctypes.string_at(0)
-            if n == 0 and params.seed == HANG:
-                time.sleep(HANG_S)
 
 
 @hookimpl

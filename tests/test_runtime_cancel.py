@@ -23,7 +23,9 @@ LONG = 1900  # tokens a timed-out or abandoned request would produce if nothing 
 @pytest.fixture(scope="module", params=["fifo", "work_stealing"])
 def served(smollm2, request):
     """(runtime, its model's session, what NEXT gives alone) for each scheduler."""
-    rt = Runtime(engine="llama.cpp", model=smollm2, n_ctx=2048,
+    # one llama.cpp thread: two crawl on a busy box (a team thread off the CPU stalls every barrier), and the
+    # timed request's first tokens then outlasted its 5 s deadline (held was never reached)
+    rt = Runtime(engine="llama.cpp", model=smollm2, n_ctx=2048, n_threads=1,
                  plugins={"scheduler": request.param, "tokenizer": "llama_cpp"})
     expected = rt.generate(NEXT, max_tokens=12, temperature=0).token_ids  # also loads the model
     loaded, _ = rt.load_generation_model()
