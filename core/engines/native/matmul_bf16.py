@@ -189,15 +189,36 @@ def _c_place(out, tail, r, n, col):
 
 
 @njit(inline="always")
+def _dot_pair(c0, c1, b, pair):
+    """C tile c0 += A tile 0 times B tile b, and (``pair``) c1 += A tile 1 times b."""
+    dot_bf16(c0, 0, b)
+    if pair:
+        dot_bf16(c1, 1, b)
+
+
+@njit(inline="always")
 def _dots(two, pair):
     """The products of the A tiles (0, 1) and B tiles (2, 3) loaded, into C tiles 4-7."""
-    dot_bf16(4, 0, 2)
+    _dot_pair(4, 6, 2, pair)
     if two:
-        dot_bf16(5, 0, 3)
-    if pair:
-        dot_bf16(6, 1, 2)
-        if two:
-            dot_bf16(7, 1, 3)
+        _dot_pair(5, 7, 3, pair)
+
+
+@njit(inline="always")
+def _block_rest(xa, wb, ao0, ao1, wo0, wo1, two, pair):
+    """A block's hi * lo and lo * hi products after _dots' hi * hi, in 5 tile loads where reloading both B hi
+    tiles took 6: the B remainders go over B hi 3 (reloaded last), and each C tile still sums hi hi, hi lo,
+    lo hi in that order, so the bits do not change."""
+    tile_load(3, wb, wo0 + TILE_BYTES, 64)
+    _dot_pair(4, 6, 3, pair)
+    if two:
+        tile_load(3, wb, wo1 + TILE_BYTES, 64)
+        _dot_pair(5, 7, 3, pair)
+    _load_pair(0, 1, xa, ao0, ao1, pair)
+    _dot_pair(4, 6, 2, pair)
+    if two:
+        tile_load(3, wb, wo1, 64)
+        _dot_pair(5, 7, 3, pair)
 
 
 @njit(inline="always")
@@ -252,11 +273,7 @@ def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
             _load_pair(2, 3, wb, wo, wo + kc * wt, two)
             _dots(two, pair)
             if split:
-                _load_pair(2, 3, wb, wo + TILE_BYTES, wo + kc * wt + TILE_BYTES, two)
-                _dots(two, pair)
-                _load_pair(0, 1, xa, lo_a + xo, lo_a + xo + TILE_ROWS * QK, pair)
-                _load_pair(2, 3, wb, wo, wo + kc * wt, two)
-                _dots(two, pair)
+                _block_rest(xa, wb, lo_a + xo, lo_a + xo + TILE_ROWS * QK, wo, wo + kc * wt, two, pair)
         _c_tiles(True, a0, o0, a1, o1, stride, two, pair)
 
 
