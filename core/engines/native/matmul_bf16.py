@@ -93,7 +93,7 @@ def _store_block(wb, o, split, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w
     """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o (``split``: and the
     remainders' tile after it); operands 0-3 (columns 0-15) take scale s_lo and offset m_lo, 4-7 s_hi and
     m_hi (q6's half blocks; the others pass the same twice)."""
-    lo = TILE_BYTES if split else 0
+    lo = TILE_BYTES * split  # not a conditional expression: its phi, inlined into _panel, upset numba's IR checks
     store_bf16_operand(wb, o, w0, s_lo, m_lo, lo)
     store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, lo)
     store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, lo)
@@ -250,11 +250,15 @@ def _c_tiles(store, a0, o0, a1, o1, stride, two, pair):
 
 
 @njit(inline="always")
-def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
+def _panel(xa, wb, cur, out, tail, n, n_pad, g0, two, b0, b1, split, kind, q, d, m, nxt, gn, dn):
     """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1 (xa's K chunk):
     C tiles zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo
-    and w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
+    and w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding).
+    The panel's B tiles are at byte ``cur`` of wb; between its blocks the next panel's dn blocks (groups gn, gn + 1)
+    are dequantized to byte ``nxt``, spread evenly over the blocks' steps, so that the core's vector work runs
+    while the tile unit multiplies."""
     stride, kc, wt = 4 * out.shape[1], b1 - b0, (1 + split) * TILE_BYTES
+    steps, acc, j = -(-n_pad // (2 * TILE_ROWS)) * kc, 0, 0
     lo_a = xa.shape[1] * n_pad * QK  # elements from an A tile to its remainders'
     for r in range(0, n_pad, 2 * TILE_ROWS):
         pair = r + TILE_ROWS < n_pad
@@ -268,12 +272,18 @@ def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
         else:
             _c_tiles(False, a0, o0, a1, o1, stride, two, pair)
         for b in range(b0, b1):
-            xo, wo = ((b - b0) * n_pad + r) * QK, (b - b0) * wt
+            xo, wo = ((b - b0) * n_pad + r) * QK, cur + (b - b0) * wt
             _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
             _load_pair(2, 3, wb, wo, wo + kc * wt, two)
             _dots(two, pair)
             if split:
                 _block_rest(xa, wb, lo_a + xo, lo_a + xo + TILE_ROWS * QK, wo, wo + kc * wt, two, pair)
+            acc += dn
+            for _ in range(acc // steps):
+                g = gn + j // kc
+                _dequant(kind, q[g], d[g], m[g], b0 + j % kc, wb, nxt + j * wt, split)
+                j += 1
+            acc %= steps
         _c_tiles(True, a0, o0, a1, o1, stride, two, pair)
 
 
@@ -318,17 +328,20 @@ def bf16_matmul(q, d, m, x, out, threads, kind, split):
             _bf16_block(x, xa, b, b - b0, n, n_pad, split)
         for s in prange(slices):
             load_config(CONFIG)
-            wt = (1 + split) * TILE_BYTES
-            wb = np.empty(2 * (b1 - b0) * wt, np.uint8)
+            kb, wt = b1 - b0, (1 + split) * TILE_BYTES
+            half = 2 * kb * wt
+            wb = np.empty(2 * half, np.uint8)  # two panels' B tiles: this one's and the next's
             p0, p1 = slice_bounds(s, slices, panels)
+            for j in range(min(2 * p0 + 2, groups) * kb - 2 * p0 * kb):
+                g = 2 * p0 + j // kb
+                _dequant(kind, q[g], d[g], m[g], b0 + j % kb, wb, j * wt, split)
             for p in range(p0, p1):
                 g0 = 2 * p
                 two = g0 + 1 < groups
-                for k in range(1 + two):
-                    g = g0 + k
-                    for b in range(b0, b1):
-                        _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * wt, split)
-                _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split)
+                cur = (p - p0) % 2 * half
+                dn = (min(g0 + 4, groups) - g0 - 2) * kb if p + 1 < p1 else 0
+                _panel(xa, wb, cur, out, tail, n, n_pad, g0, two, b0, b1, split, kind, q, d, m, half - cur, g0 + 2,
+                       dn)
             release_tiles()
     r = n_pad - TILE_ROWS
     if r < n < n_pad:
