@@ -43,6 +43,13 @@ every call, that the chunks read back from memory, and its scalar loop took 2.1 
 1536x8960 0.87x the time, q6 0.66x, gate_up q4 17920x1536 0.98x, o q4 1536x1536 0.91x, gemma3's q8 4096x640
 0.93x.  Tried and dropped: running every row pair through 8 (or 4) blocks of the panel before the next ones,
 so the B tiles stay in L1, cost 1.08-1.19x the time (the C tiles' extra trips through ``out``; ab1.jsonl).
+
+Overlap.  Each thread dequantizes the next panel between this panel's blocks of tile products (two panel
+buffers), so the core's vector work runs while the tile unit multiplies: quiet in-process A/B against the
+dequantization up front (bench-results/s16-k16/ab3.jsonl, ab4.jsonl, same bits) 0.76-0.95x the time on Qwen
+1.5B's products at 256 rows, 0.88-0.98x at 459; whole prompt, paired: gemma3 1538 -> 1757 tok/s, Qwen 1.5B
+181 -> 216, 204 -> 207, 200 -> 208 (genab-*.json).  It costs ~8 s of compile a layout on a cold cache (15
+-> 24 s: compile1.jsonl).
 """
 from __future__ import annotations
 
