@@ -43,6 +43,13 @@ every call, that the chunks read back from memory, and its scalar loop took 2.1 
 1536x8960 0.87x the time, q6 0.66x, gate_up q4 17920x1536 0.98x, o q4 1536x1536 0.91x, gemma3's q8 4096x640
 0.93x.  Tried and dropped: running every row pair through 8 (or 4) blocks of the panel before the next ones,
 so the B tiles stay in L1, cost 1.08-1.19x the time (the C tiles' extra trips through ``out``; ab1.jsonl).
+
+Overlap.  Each thread dequantizes the next panel between this panel's blocks of tile products (two panel
+buffers), so the core's vector work runs while the tile unit multiplies: quiet in-process A/B against the
+dequantization up front (bench-results/s16-k16/ab3.jsonl, ab4.jsonl, same bits) 0.76-0.95x the time on Qwen
+1.5B's products at 256 rows, 0.88-0.98x at 459; whole prompt, paired: gemma3 1538 -> 1757 tok/s, Qwen 1.5B
+181 -> 216, 204 -> 207, 200 -> 208 (genab-*.json).  It costs ~8 s of compile a layout on a cold cache (15
+-> 24 s: compile1.jsonl).
 """
 from __future__ import annotations
 
@@ -93,7 +100,7 @@ def _store_block(wb, o, split, s_lo, m_lo, s_hi, m_hi, w0, w1, w2, w3, w4, w5, w
     """A block's 8 operands (columns 4 s..4 s + 3) as one bf16 B tile at byte o (``split``: and the
     remainders' tile after it); operands 0-3 (columns 0-15) take scale s_lo and offset m_lo, 4-7 s_hi and
     m_hi (q6's half blocks; the others pass the same twice)."""
-    lo = TILE_BYTES if split else 0
+    lo = TILE_BYTES * split  # not a conditional expression: its phi, inlined into _panel, upset numba's IR checks
     store_bf16_operand(wb, o, w0, s_lo, m_lo, lo)
     store_bf16_operand(wb, o + 128, w1, s_lo, m_lo, lo)
     store_bf16_operand(wb, o + 256, w2, s_lo, m_lo, lo)
@@ -189,15 +196,36 @@ def _c_place(out, tail, r, n, col):
 
 
 @njit(inline="always")
+def _dot_pair(c0, c1, b, pair):
+    """C tile c0 += A tile 0 times B tile b, and (``pair``) c1 += A tile 1 times b."""
+    dot_bf16(c0, 0, b)
+    if pair:
+        dot_bf16(c1, 1, b)
+
+
+@njit(inline="always")
 def _dots(two, pair):
     """The products of the A tiles (0, 1) and B tiles (2, 3) loaded, into C tiles 4-7."""
-    dot_bf16(4, 0, 2)
+    _dot_pair(4, 6, 2, pair)
     if two:
-        dot_bf16(5, 0, 3)
-    if pair:
-        dot_bf16(6, 1, 2)
-        if two:
-            dot_bf16(7, 1, 3)
+        _dot_pair(5, 7, 3, pair)
+
+
+@njit(inline="always")
+def _block_rest(xa, wb, ao0, ao1, wo0, wo1, two, pair):
+    """A block's hi * lo and lo * hi products after _dots' hi * hi, in 5 tile loads where reloading both B hi
+    tiles took 6: the B remainders go over B hi 3 (reloaded last), and each C tile still sums hi hi, hi lo,
+    lo hi in that order, so the bits do not change."""
+    tile_load(3, wb, wo0 + TILE_BYTES, 64)
+    _dot_pair(4, 6, 3, pair)
+    if two:
+        tile_load(3, wb, wo1 + TILE_BYTES, 64)
+        _dot_pair(5, 7, 3, pair)
+    _load_pair(0, 1, xa, ao0, ao1, pair)
+    _dot_pair(4, 6, 2, pair)
+    if two:
+        tile_load(3, wb, wo1, 64)
+        _dot_pair(5, 7, 3, pair)
 
 
 @njit(inline="always")
@@ -229,11 +257,15 @@ def _c_tiles(store, a0, o0, a1, o1, stride, two, pair):
 
 
 @njit(inline="always")
-def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
+def _panel(xa, wb, cur, out, tail, n, n_pad, g0, two, b0, b1, split, kind, q, d, m, nxt, gn, dn):
     """Output columns of groups g0 (and g0 + 1 when ``two``) of every row, over blocks b0..b1 (xa's K chunk):
     C tiles zeroed at block 0, else reloaded from the previous K chunk's; stored once.  ``split``: x ~ hi + lo
-    and w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding)."""
+    and w ~ hi + lo, three products per block (hi hi, hi lo, lo hi; lo lo is below the f32 sums' rounding).
+    The panel's B tiles are at byte ``cur`` of wb; between its blocks the next panel's dn blocks (groups gn, gn + 1)
+    are dequantized to byte ``nxt``, spread evenly over the blocks' steps, so that the core's vector work runs
+    while the tile unit multiplies."""
     stride, kc, wt = 4 * out.shape[1], b1 - b0, (1 + split) * TILE_BYTES
+    steps, acc, j = -(-n_pad // (2 * TILE_ROWS)) * kc, 0, 0
     lo_a = xa.shape[1] * n_pad * QK  # elements from an A tile to its remainders'
     for r in range(0, n_pad, 2 * TILE_ROWS):
         pair = r + TILE_ROWS < n_pad
@@ -247,16 +279,18 @@ def _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split):
         else:
             _c_tiles(False, a0, o0, a1, o1, stride, two, pair)
         for b in range(b0, b1):
-            xo, wo = ((b - b0) * n_pad + r) * QK, (b - b0) * wt
+            xo, wo = ((b - b0) * n_pad + r) * QK, cur + (b - b0) * wt
             _load_pair(0, 1, xa, xo, xo + TILE_ROWS * QK, pair)
             _load_pair(2, 3, wb, wo, wo + kc * wt, two)
             _dots(two, pair)
             if split:
-                _load_pair(2, 3, wb, wo + TILE_BYTES, wo + kc * wt + TILE_BYTES, two)
-                _dots(two, pair)
-                _load_pair(0, 1, xa, lo_a + xo, lo_a + xo + TILE_ROWS * QK, pair)
-                _load_pair(2, 3, wb, wo, wo + kc * wt, two)
-                _dots(two, pair)
+                _block_rest(xa, wb, lo_a + xo, lo_a + xo + TILE_ROWS * QK, wo, wo + kc * wt, two, pair)
+            acc += dn
+            for _ in range(acc // steps):
+                g = gn + j // kc
+                _dequant(kind, q[g], d[g], m[g], b0 + j % kc, wb, nxt + j * wt, split)
+                j += 1
+            acc %= steps
         _c_tiles(True, a0, o0, a1, o1, stride, two, pair)
 
 
@@ -301,17 +335,20 @@ def bf16_matmul(q, d, m, x, out, threads, kind, split):
             _bf16_block(x, xa, b, b - b0, n, n_pad, split)
         for s in prange(slices):
             load_config(CONFIG)
-            wt = (1 + split) * TILE_BYTES
-            wb = np.empty(2 * (b1 - b0) * wt, np.uint8)
+            kb, wt = b1 - b0, (1 + split) * TILE_BYTES
+            half = 2 * kb * wt
+            wb = np.empty(2 * half, np.uint8)  # two panels' B tiles: this one's and the next's
             p0, p1 = slice_bounds(s, slices, panels)
+            for j in range(min(2 * p0 + 2, groups) * kb - 2 * p0 * kb):
+                g = 2 * p0 + j // kb
+                _dequant(kind, q[g], d[g], m[g], b0 + j % kb, wb, j * wt, split)
             for p in range(p0, p1):
                 g0 = 2 * p
                 two = g0 + 1 < groups
-                for k in range(1 + two):
-                    g = g0 + k
-                    for b in range(b0, b1):
-                        _dequant(kind, q[g], d[g], m[g], b, wb, (k * (b1 - b0) + b - b0) * wt, split)
-                _panel(xa, wb, out, tail, n, n_pad, g0, two, b0, b1, split)
+                cur = (p - p0) % 2 * half
+                dn = (min(g0 + 4, groups) - g0 - 2) * kb if p + 1 < p1 else 0
+                _panel(xa, wb, cur, out, tail, n, n_pad, g0, two, b0, b1, split, kind, q, d, m, half - cur, g0 + 2,
+                       dn)
             release_tiles()
     r = n_pad - TILE_ROWS
     if r < n < n_pad:
