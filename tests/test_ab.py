@@ -48,8 +48,12 @@ class GreedyAlwaysDecoder(PlainDecoder):
         return super().generate(session, prompt_ids, attrs.evolve(params, temperature=0.0), is_eog)
 
 
+#: the slow scheduler's wait before every task, ms: several times an 8-token SmolLM2 request's latency
+SLOW_MS = 500.0
+
+
 class SlowScheduler:
-    """Wrong on purpose: every task waits a second before it runs."""
+    """Wrong on purpose: every task waits SLOW_MS before it runs."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -59,7 +63,7 @@ class SlowScheduler:
         import time
 
         def late(*a, **k):
-            time.sleep(1.0)
+            time.sleep(SLOW_MS / 1e3)
             return fn(*a, **k)
 
         return self.inner.submit(late, *args, **kwargs)
@@ -178,9 +182,9 @@ def test_scheduler_gate_reads_every_measured_request(smollm2):
     assert gate.area == "scheduler" and gate.name == "p95 latency ratio B/A"
     p95 = next(m for m in result.metrics if m.name == "latency p95 ms")
     assert len(p95.a) == len(p95.b) == 2  # one p95 per round
-    assert min(p95.b) >= 1000.0  # the slow scheduler's second before every task was measured
+    assert min(p95.b) >= SLOW_MS  # the slow scheduler's wait before every task was measured
     pa, pb = (float(x) for x in re.fullmatch(r"p95 A ([\d.]+) ms, B ([\d.]+) ms", gate.detail).groups())
-    assert pb >= 1000.0 and gate.value == pytest.approx(pb / pa, rel=1e-2)
+    assert pb >= SLOW_MS and gate.value == pytest.approx(pb / pa, rel=1e-2)
 
 
 def test_cli_exit_code_json_and_plot(tmp_path):
