@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from corert import RuntimeConfig
-from corert.cpu import info
 from corert.engines.native.batching import BatchRunner
-from corert.engines.native.plugin import AMX, VNNI, NativeEngine
+from corert.engines.native.plugin import NativeEngine
 from corert.interfaces import SamplingParams, ThreadBudget
 from corert.plugins.kv_cache.paged.config import PagedConfig
 from corert.plugins.kv_cache.paged.plugin import PagedKV
@@ -21,6 +20,7 @@ from corert.plugins.speculative.acceptance import sparse_probs
 from corert.plugins.speculative.speculative import make
 from corert.plugins.tokenizer.llama_cpp import LlamaCppTokenizer
 
+from native_support import fastest_exact_variant
 from test_speculative import chi2_critical, chi2_stat
 
 BUDGET = ThreadBudget(cores=2, llama_threads=2, llama_batch_threads=2, ort_intra_op=1, ort_inter_op=1,
@@ -38,11 +38,9 @@ TOKENS = 3
 PARAMS = SamplingParams(max_tokens=TOKENS, temperature=1.5, top_k=3, top_p=1.0)
 
 
-#: the fastest exact (batch-invariant) variant this CPU runs: a row's logits never depend on the rows beside it,
-#: the exactness the plain-forward joint leans on (test_native_engine's test_batched_logits_identical_to_one_by_one
-#: holds it for avx2 and vnni, test_native_amx amx's equality with vnni); the sampling rule is the same code on
-#: any of them.  On avx2's f32 products this test took 4x amx's time (42.8 s against 10.2 s, measured)
-VARIANT = next((v.name for v in (AMX, VNNI) if v.supported(info())), "avx2")
+#: batch invariance is the exactness the plain-forward joint leans on (test_batched_logits_identical_to_one_by_one,
+#: test_native_amx); the sampling rule is the same code on any variant.  avx2: 42.8 s here, amx 10.2 s (measured)
+VARIANT = fastest_exact_variant()
 
 
 @pytest.fixture(scope="module")
