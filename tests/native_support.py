@@ -7,6 +7,16 @@ from corert.numba_setup import PARALLEL_LOCK, run_parallel
 from corert.plugins.kv_cache.contiguous import ContiguousKV
 
 
+def fastest_exact_variant() -> str:
+    """The fastest native variant this CPU runs whose rows are batch-invariant and whose activations keep ~16
+    bits or more: amx (vnni's integers on tiles, the same bits), vnni, else avx2 (f32).  For tests whose subject
+    is not a variant's kernels: on avx2's f32 products they take 2-4x the time."""
+    from corert.cpu import info
+    from corert.engines.native.plugin import AMX, VNNI
+
+    return next((v.name for v in (AMX, VNNI) if v.supported(info())), "avx2")
+
+
 def prompt_logits(t, ids: np.ndarray, threads: int = 1) -> np.ndarray:
     """The logits of every row of one prompt ``ids`` (int32) through the Transformer ``t``, on a fresh
     contiguous KV cache: (len(ids), n_vocab)."""

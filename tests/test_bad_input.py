@@ -75,16 +75,27 @@ def test_prompt_longer_than_context(rt):
     _one_line_error(_cli("generate", "--ctx", "64", "word " * 600), "context")
 
 
+def _counting(n: int) -> str:
+    return ", ".join(str(i) for i in range(1, n + 1)) + ","
+
+
 def test_generation_stops_at_a_full_context(rt):
     """More tokens asked for than the context has room for: the generation ends where the context does, with
     finish_reason "length", and the next request is served as usual."""
     loaded, _ = rt.load_generation_model()
-    # greedy SmolLM2 keeps counting past the context's end: never an end-of-text token before it
-    out = rt.generate("1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", max_tokens=1000, temperature=0)
-    assert out.finish_reason == "length"
     # llama.cpp rounds the context up to a multiple of 256 tokens (n_ctx=128 holds 256): the loaded model's is
     # the one that fills up
     assert 128 <= loaded.n_ctx < 1000
+    # greedy SmolLM2 keeps counting past the context's end: never an end-of-text token before it.  The prompt
+    # fills all but ~24 tokens of the context (one batch), so the decode loop runs into the end in ~24 steps
+    # instead of ~240
+    n = 10
+    while len(rt.tokenize(_counting(n + 1))) < loaded.n_ctx - 24:
+        n += 1
+    prompt = _counting(n)
+    out = rt.generate(prompt, max_tokens=1000, temperature=0)
+    assert out.finish_reason == "length"
+    assert out.usage.prompt_tokens == len(rt.tokenize(prompt)) and out.usage.completion_tokens >= 20
     assert out.usage.total_tokens == loaded.n_ctx
     assert rt.generate("The sun is", max_tokens=4, temperature=0).usage.completion_tokens == 4
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from corert.cpu import info
-from corert.engines.native import matmul_bf16, matmul_i8
+from corert.engines.native import matmul_bf16, matmul_i8, products
 from corert.engines.native.plugin import AMX
 from native_support import random_blocks
 
@@ -16,9 +16,6 @@ pytestmark = pytest.mark.skipif(not (AMX.supported(info()) and "amx_bf16" in inf
                                 reason="this CPU lacks AMX-BF16")
 
 ROWS = [1, 17, 64, 300]
-#: layout -> its bf16 product, which takes (*pre, x, out, *post, threads, split)
-KERNELS = {"q8": matmul_bf16.q8_product, "q5": matmul_bf16.q5_packed_product, "q6": matmul_bf16.q6_product,
-           "q6p": matmul_bf16.q6_packed_product, "q4": matmul_bf16.q4_product, "q4k": matmul_bf16.q4k_product}
 
 
 def _f16(bits):
@@ -58,13 +55,18 @@ def layouts():
                     _nibbles(nib) * _per(q4k_scale, 32) + _per(q4k_offset, 32))}
     assert matmul_i8.is_packed_q5(mats["q5"][0][0], cols) and matmul_i8.is_packed_q6(mats["q6p"][0][0], cols)
     assert not matmul_i8.is_packed_q6(mats["q6"][0][0], cols)
+    # each the layout its name says, as the products' binding tells them apart
+    assert {k: products.layout_of("q8" if k == "q5" else k[:2], v[0], cols) for k, v in mats.items()} == \
+        {k: k for k in mats}
     return mats, rng, cols
 
 
 def _product(kind, parts, x, rows, split, threads=2):
-    pre, post = (parts[:2], parts[2:]) if kind.startswith("q6") else (parts, ())
+    """The layout's bf16 product as the products' binding calls it: (*pre, x, out, *post, threads, split)."""
+    k = products.LAYOUT_KERNELS[kind]
+    pre, _, post = k.arguments(parts)
     out = np.full((x.shape[0], rows), np.nan, np.float32)
-    KERNELS[kind](*pre, x, out, *post, threads, split)
+    k.bf16(*pre, x, out, *post, threads, split)
     return out
 
 
@@ -78,7 +80,7 @@ def _bound(x, w, split):
 
 
 @pytest.mark.parametrize("split", [True, False])
-@pytest.mark.parametrize("kind", list(KERNELS))
+@pytest.mark.parametrize("kind", list(products.LAYOUT_KERNELS))
 def test_bf16_against_float64(kind, split, layouts):
     mats, rng, cols = layouts
     parts, w = mats[kind]
