@@ -181,7 +181,11 @@ def test_no_page_leaked_after_mixed_add_cancel_finish(model):
     assert stats["pages_used"] == 0 and stats["sequences"] == 0, stats
 
 
-@pytest.mark.skipif(not AMX_BF16.supported(info()), reason="this CPU lacks AMX-BF16 (no bulk path)")
+#: the tests of amx-bf16's two paths (a prompt's rows but its last on bf16 tiles)
+needs_bulk_path = pytest.mark.skipif(not AMX_BF16.supported(info()), reason="this CPU lacks AMX-BF16 (no bulk path)")
+
+
+@needs_bulk_path
 def test_bulk_rows_come_first_in_a_step(smollm2, monkeypatch):
     """amx-bf16 (a prompt's rows but its last on bf16 tiles): a prompt's chunks joining decoding streams are
     put first in the step, so its bulk rows are a prefix of the forward (model.bind_product's two halves, no
@@ -218,7 +222,7 @@ def test_bulk_rows_come_first_in_a_step(smollm2, monkeypatch):
         m.close()
 
 
-@pytest.mark.skipif(not AMX_BF16.supported(info()), reason="this CPU lacks AMX-BF16 (no bulk path)")
+@needs_bulk_path
 def test_a_follow_up_prompt_shares_only_bulk_pages(smollm2):
     """amx-bf16: a follow-up turn (the first prompt, its answer, a new question) takes the cached pages of the
     first prompt's bulk rows, not those holding its answer (exact rows: a forward of the follow-up alone puts
